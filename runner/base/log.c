@@ -1,0 +1,248 @@
+#include "log.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static enum al_log_level current_level = AL_LOG_INFO;
+static int log_fd = -1;
+
+struct secret {
+    char *value;
+    size_t len;
+    unsigned refs;
+};
+
+static pthread_mutex_t redact_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct secret *secrets;
+static size_t n_secrets;
+
+static const char *const level_names[] = {
+        [AL_LOG_ERROR] = "error",
+        [AL_LOG_WARN] = "warn",
+        [AL_LOG_INFO] = "info",
+        [AL_LOG_DEBUG] = "debug",
+};
+
+/* syslog priorities for journald's "<N>" prefix */
+static const int level_prio[] = {
+        [AL_LOG_ERROR] = 3,
+        [AL_LOG_WARN] = 4,
+        [AL_LOG_INFO] = 6,
+        [AL_LOG_DEBUG] = 7,
+};
+
+void al_log_set_level(enum al_log_level level)
+{
+    current_level = level;
+}
+
+enum al_log_level al_log_get_level(void)
+{
+    return current_level;
+}
+
+int al_log_level_from_string(const char *s, enum al_log_level *ret_level)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(level_names); i++) {
+        if (s && streq(s, level_names[i])) {
+            *ret_level = (enum al_log_level)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+const char *al_log_level_to_string(enum al_log_level level)
+{
+    if ((size_t)level >= ARRAY_SIZE(level_names))
+        return "?";
+    return level_names[level];
+}
+
+void al_log_set_fd(int fd)
+{
+    log_fd = fd;
+}
+
+int al_redact_add(const char *secret)
+{
+    if (!secret || strlen(secret) < AL_REDACT_MIN_LEN)
+        return -EINVAL;
+    int r = 0;
+    pthread_mutex_lock(&redact_lock);
+    for (size_t i = 0; i < n_secrets; i++) {
+        if (streq(secrets[i].value, secret)) {
+            secrets[i].refs++;
+            goto out;
+        }
+    }
+    struct secret *grown = realloc(secrets, (n_secrets + 1) * sizeof(*secrets));
+    if (!grown) {
+        r = -ENOMEM;
+        goto out;
+    }
+    secrets = grown;
+    char *copy = strdup(secret);
+    if (!copy) {
+        r = -ENOMEM;
+        goto out;
+    }
+    secrets[n_secrets++] = (struct secret){.value = copy, .len = strlen(copy), .refs = 1};
+out:
+    pthread_mutex_unlock(&redact_lock);
+    return r;
+}
+
+static void secret_wipe(struct secret *s)
+{
+    /* explicit_bzero keeps the compiler from dropping the wipe */
+    explicit_bzero(s->value, s->len);
+    free(s->value);
+}
+
+void al_redact_remove(const char *secret)
+{
+    if (!secret)
+        return;
+    pthread_mutex_lock(&redact_lock);
+    for (size_t i = 0; i < n_secrets; i++) {
+        if (!streq(secrets[i].value, secret))
+            continue;
+        if (--secrets[i].refs == 0) {
+            secret_wipe(&secrets[i]);
+            secrets[i] = secrets[--n_secrets];
+        }
+        break;
+    }
+    pthread_mutex_unlock(&redact_lock);
+}
+
+void al_redact_clear(void)
+{
+    pthread_mutex_lock(&redact_lock);
+    for (size_t i = 0; i < n_secrets; i++)
+        secret_wipe(&secrets[i]);
+    free(secrets);
+    secrets = NULL;
+    n_secrets = 0;
+    pthread_mutex_unlock(&redact_lock);
+}
+
+/* Longest registered secret matching at text[pos], or NULL. Lock held. */
+static const struct secret *match_at(const char *text, size_t len, size_t pos)
+{
+    const struct secret *best = NULL;
+    for (size_t i = 0; i < n_secrets; i++) {
+        const struct secret *s = &secrets[i];
+        if (s->len <= len - pos && memcmp(text + pos, s->value, s->len) == 0 &&
+            (!best || s->len > best->len))
+            best = s;
+    }
+    return best;
+}
+
+char *al_redact(const char *text, size_t len, size_t *ret_len)
+{
+    pthread_mutex_lock(&redact_lock);
+    /* Worst case every byte starts a secret of length AL_REDACT_MIN_LEN and
+     * the replacement is no longer than it, so len + 1 always suffices. */
+    char *out = malloc(len + 1);
+    size_t o = 0;
+    if (out) {
+        for (size_t i = 0; i < len;) {
+            const struct secret *s = n_secrets ? match_at(text, len, i) : NULL;
+            if (s) {
+                memcpy(out + o, AL_REDACTED, strlen(AL_REDACTED));
+                o += strlen(AL_REDACTED);
+                i += s->len;
+            } else {
+                out[o++] = text[i++];
+            }
+        }
+        out[o] = '\0';
+        if (ret_len)
+            *ret_len = o;
+    }
+    pthread_mutex_unlock(&redact_lock);
+    return out;
+}
+
+bool al_redact_contains(const char *text, size_t len)
+{
+    bool found = false;
+    pthread_mutex_lock(&redact_lock);
+    for (size_t i = 0; i < len && !found && n_secrets; i++)
+        found = match_at(text, len, i) != NULL;
+    pthread_mutex_unlock(&redact_lock);
+    return found;
+}
+
+void al_log(enum al_log_level level, const char *job_id, const char *fmt, ...)
+{
+    if (level > current_level)
+        return;
+
+    char msg[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    size_t mlen = (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1;
+
+    /* One event, one line: escape control characters. */
+    char flat[sizeof(msg) * 2];
+    size_t f = 0;
+    for (size_t i = 0; i < mlen && f + 2 < sizeof(flat); i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if (c == '\n') {
+            flat[f++] = '\\';
+            flat[f++] = 'n';
+        } else if (c < 0x20 && c != '\t') {
+            flat[f++] = '?';
+        } else {
+            flat[f++] = (char)c;
+        }
+    }
+
+    size_t rlen = 0;
+    _cleanup_free_ char *red = al_redact(flat, f, &rlen);
+    if (!red)
+        return;
+
+    char prefix[96];
+    if (getenv("JOURNAL_STREAM")) {
+        snprintf(prefix, sizeof(prefix), "<%d>", level_prio[level]);
+    } else {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        snprintf(prefix, sizeof(prefix), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s ",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 ts.tv_nsec / 1000000, level_names[level]);
+    }
+
+    _cleanup_free_ char *jobpart = NULL;
+    if (job_id) {
+        jobpart = al_redact(job_id, strlen(job_id), NULL);
+    }
+
+    char line[sizeof(flat) + 256];
+    int ln = snprintf(line, sizeof(line), "%sjob=%s %s\n", prefix, jobpart ? jobpart : "-", red);
+    if (!job_id)
+        ln = snprintf(line, sizeof(line), "%s%s\n", prefix, red);
+    if (ln < 0)
+        return;
+    size_t total = (size_t)ln < sizeof(line) ? (size_t)ln : sizeof(line) - 1;
+    if (total > 0 && line[total - 1] != '\n')
+        line[total - 1] = '\n';
+    int fd = log_fd >= 0 ? log_fd : STDERR_FILENO;
+    /* one write per line keeps lines whole when several processes share stderr */
+    ssize_t w = write(fd, line, total);
+    (void)w;
+}

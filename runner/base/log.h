@@ -1,0 +1,71 @@
+/* Daemon logging and secret redaction.
+ *
+ * One line per event on stderr. When stderr is connected to journald
+ * (JOURNAL_STREAM set) lines carry a "<N>" syslog priority prefix and no
+ * timestamp; otherwise an ISO-8601 UTC timestamp and the level.
+ *
+ * Every line passes through the redactor: a secret registered with
+ * al_redact_add() is replaced by "***" wherever it appears. Registration is
+ * reference-counted and thread-safe.
+ */
+#ifndef AL_LOG_H
+#define AL_LOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "macro.h"
+
+enum al_log_level {
+    AL_LOG_ERROR = 0,
+    AL_LOG_WARN,
+    AL_LOG_INFO,
+    AL_LOG_DEBUG,
+};
+
+#define AL_REDACTED "***"
+
+void al_log_set_level(enum al_log_level level);
+enum al_log_level al_log_get_level(void);
+
+/* Parses "error|warn|info|debug"; returns 0 or -EINVAL. */
+int al_log_level_from_string(const char *s, enum al_log_level *ret_level);
+const char *al_log_level_to_string(enum al_log_level level);
+
+/* Sends log lines to fd instead of stderr (tests); -1 restores stderr. */
+void al_log_set_fd(int fd);
+
+/* Logs one line. job_id may be NULL. Newlines in the message are escaped so
+ * one event stays one line. */
+void al_log(enum al_log_level level, const char *job_id, const char *fmt, ...) _printf_(3, 4);
+
+#define log_error(job, ...) al_log(AL_LOG_ERROR, (job), __VA_ARGS__)
+#define log_warn(job, ...)  al_log(AL_LOG_WARN, (job), __VA_ARGS__)
+#define log_info(job, ...)  al_log(AL_LOG_INFO, (job), __VA_ARGS__)
+#define log_debug(job, ...)                           \
+    do {                                              \
+        if (al_log_get_level() >= AL_LOG_DEBUG)       \
+            al_log(AL_LOG_DEBUG, (job), __VA_ARGS__); \
+    } while (0)
+
+/* Registers a secret value (copied). Values shorter than AL_REDACT_MIN_LEN
+ * are refused with -EINVAL because masking them would mangle ordinary text;
+ * callers must reject such secrets at the input edge. */
+#define AL_REDACT_MIN_LEN 4
+int al_redact_add(const char *secret);
+
+/* Drops one registration of the secret. Unknown values are ignored. */
+void al_redact_remove(const char *secret);
+
+/* Forgets every registered secret (tests, shutdown). */
+void al_redact_clear(void);
+
+/* Returns a newly allocated copy of text[0..len) with every registered
+ * secret replaced by AL_REDACTED, and its length in *ret_len (may be NULL).
+ * NULL on allocation failure. */
+char *al_redact(const char *text, size_t len, size_t *ret_len);
+
+/* True when text[0..len) contains a registered secret. */
+bool al_redact_contains(const char *text, size_t len);
+
+#endif

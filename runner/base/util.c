@@ -1,0 +1,429 @@
+#include "util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+
+int al_parse_int64(const char *s, int64_t min, int64_t max, int64_t *ret)
+{
+    if (!s || !*s)
+        return -EINVAL;
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno == ERANGE)
+        return -ERANGE;
+    if (errno || end == s || *end != '\0')
+        return -EINVAL;
+    if (v < min || v > max)
+        return -ERANGE;
+    *ret = (int64_t)v;
+    return 0;
+}
+
+int al_parse_int(const char *s, int min, int max, int *ret)
+{
+    int64_t v;
+    int r = al_parse_int64(s, min, max, &v);
+    if (r < 0)
+        return r;
+    *ret = (int)v;
+    return 0;
+}
+
+int al_parse_uint64(const char *s, uint64_t max, uint64_t *ret)
+{
+    if (!s || !*s || *s == '-' || *s == '+')
+        return -EINVAL;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno == ERANGE)
+        return -ERANGE;
+    if (errno || end == s || *end != '\0')
+        return -EINVAL;
+    if (v > max)
+        return -ERANGE;
+    *ret = (uint64_t)v;
+    return 0;
+}
+
+int al_parse_bool(const char *s, bool *ret)
+{
+    static const char *const yes[] = {"1", "yes", "true", "on"};
+    static const char *const no[] = {"0", "no", "false", "off"};
+    if (!s)
+        return -EINVAL;
+    for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *ret = true;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *ret = false;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+/* Splits "123x" into number and one-letter suffix. */
+static int split_suffix(const char *s, uint64_t *ret_n, char *ret_suffix)
+{
+    if (!s || !*s)
+        return -EINVAL;
+    size_t len = strlen(s);
+    char num[32];
+    char suffix = '\0';
+    if (len >= sizeof(num))
+        return -ERANGE;
+    memcpy(num, s, len + 1);
+    if (num[len - 1] < '0' || num[len - 1] > '9') {
+        suffix = num[len - 1];
+        num[len - 1] = '\0';
+    }
+    int r = al_parse_uint64(num, UINT64_MAX, ret_n);
+    if (r < 0)
+        return r;
+    *ret_suffix = suffix;
+    return 0;
+}
+
+int al_parse_duration(const char *s, int64_t *ret_seconds)
+{
+    uint64_t n;
+    char suffix;
+    int r = split_suffix(s, &n, &suffix);
+    if (r < 0)
+        return r;
+    uint64_t mult;
+    switch (suffix) {
+    case '\0':
+    case 's':
+        mult = 1;
+        break;
+    case 'm':
+        mult = 60;
+        break;
+    case 'h':
+        mult = 3600;
+        break;
+    case 'd':
+        mult = 86400;
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (n > (uint64_t)INT64_MAX / mult)
+        return -ERANGE;
+    *ret_seconds = (int64_t)(n * mult);
+    return 0;
+}
+
+int al_parse_size(const char *s, uint64_t *ret_bytes)
+{
+    uint64_t n;
+    char suffix;
+    int r = split_suffix(s, &n, &suffix);
+    if (r < 0)
+        return r;
+    unsigned shift;
+    switch (suffix) {
+    case '\0':
+    case 'B':
+        shift = 0;
+        break;
+    case 'K':
+    case 'k':
+        shift = 10;
+        break;
+    case 'M':
+        shift = 20;
+        break;
+    case 'G':
+        shift = 30;
+        break;
+    case 'T':
+        shift = 40;
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (shift && n > (UINT64_MAX >> shift))
+        return -ERANGE;
+    *ret_bytes = n << shift;
+    return 0;
+}
+
+int al_read_file(const char *path, size_t max, char **ret_data, size_t *ret_len,
+                 struct al_error **err)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return al_error_set_errno(err, errno, "opening %s", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return al_error_set_errno(err, errno, "stat %s", path);
+    if (S_ISDIR(st.st_mode))
+        return al_error_set(err, EISDIR, "%s is a directory", path);
+    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > max)
+        return al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
+
+    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 4096;
+    _cleanup_free_ char *data = malloc(cap);
+    if (!data)
+        return al_error_set(err, ENOMEM, "reading %s", path);
+    size_t len = 0;
+    for (;;) {
+        if (len + 1 >= cap) {
+            if (cap > max + 1)
+                return al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
+            size_t ncap = cap * 2;
+            char *n = realloc(data, ncap);
+            if (!n)
+                return al_error_set(err, ENOMEM, "reading %s", path);
+            data = n;
+            cap = ncap;
+        }
+        ssize_t k = read(fd, data + len, cap - len - 1);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return al_error_set_errno(err, errno, "reading %s", path);
+        }
+        if (k == 0)
+            break;
+        len += (size_t)k;
+        if (len > max)
+            return al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
+    }
+    data[len] = '\0';
+    *ret_data = TAKE_PTR(data);
+    if (ret_len)
+        *ret_len = len;
+    return 0;
+}
+
+int al_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
+                         struct al_error **err)
+{
+    _cleanup_free_ char *tmp = NULL;
+    if (asprintf(&tmp, "%s.tmp.%d", path, (int)getpid()) < 0)
+        return al_error_set(err, ENOMEM, "writing %s", path);
+    _cleanup_close_ int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0)
+        return al_error_set_errno(err, errno, "creating %s", tmp);
+    if (fchmod(fd, mode) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return al_error_set_errno(err, e, "chmod %s", tmp);
+    }
+    const char *p = data;
+    size_t left = len;
+    while (left) {
+        ssize_t k = write(fd, p, left);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            unlink(tmp);
+            return al_error_set_errno(err, e, "writing %s", tmp);
+        }
+        p += k;
+        left -= (size_t)k;
+    }
+    if (fsync(fd) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return al_error_set_errno(err, e, "fsync %s", tmp);
+    }
+    if (rename(tmp, path) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return al_error_set_errno(err, e, "renaming %s to %s", tmp, path);
+    }
+    return 0;
+}
+
+int al_mkdir_p(const char *path, mode_t mode, struct al_error **err)
+{
+    _cleanup_free_ char *p = strdup(path);
+    if (!p)
+        return al_error_set(err, ENOMEM, "mkdir %s", path);
+    size_t len = strlen(p);
+    while (len > 1 && p[len - 1] == '/')
+        p[--len] = '\0';
+    for (char *s = p + 1;; s++) {
+        bool last = *s == '\0';
+        if (*s == '/' || last) {
+            char saved = *s;
+            *s = '\0';
+            if (mkdir(p, mode) < 0) {
+                if (errno != EEXIST)
+                    return al_error_set_errno(err, errno, "creating directory %s", p);
+                struct stat st;
+                if (stat(p, &st) < 0)
+                    return al_error_set_errno(err, errno, "stat %s", p);
+                if (!S_ISDIR(st.st_mode))
+                    return al_error_set(err, ENOTDIR, "%s exists and is not a directory", p);
+            }
+            *s = saved;
+            if (last)
+                break;
+        }
+    }
+    return 0;
+}
+
+static int rm_rf_at(int parent_fd, const char *name, dev_t dev, struct al_error **err)
+{
+    struct stat st;
+    if (fstatat(parent_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return al_error_set_errno(err, errno, "stat %s", name);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        if (st.st_dev != dev)
+            return al_error_set(err, EXDEV, "refusing to cross a mount point at %s", name);
+        int fd = openat(parent_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return al_error_set_errno(err, errno, "opening %s", name);
+        DIR *d = fdopendir(fd);
+        if (!d) {
+            int e = errno;
+            close(fd);
+            return al_error_set_errno(err, e, "opening %s", name);
+        }
+        struct dirent *de;
+        int r = 0;
+        while ((de = readdir(d))) {
+            if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+                continue;
+            r = rm_rf_at(dirfd(d), de->d_name, dev, err);
+            if (r < 0)
+                break;
+        }
+        closedir(d);
+        if (r < 0)
+            return al_error_wrap(err, "%s", name);
+        if (unlinkat(parent_fd, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+            return al_error_set_errno(err, errno, "removing directory %s", name);
+        return 0;
+    }
+    if (unlinkat(parent_fd, name, 0) < 0 && errno != ENOENT)
+        return al_error_set_errno(err, errno, "removing %s", name);
+    return 0;
+}
+
+int al_rm_rf(const char *path, struct al_error **err)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        return al_error_set_errno(err, errno, "stat %s", path);
+    }
+    return rm_rf_at(AT_FDCWD, path, st.st_dev, err);
+}
+
+char *al_path_join(const char *a, const char *b)
+{
+    char *s = NULL;
+    size_t la = strlen(a);
+    while (*b == '/')
+        b++;
+    bool slash = la > 0 && a[la - 1] == '/';
+    if (asprintf(&s, "%s%s%s", a, slash ? "" : "/", b) < 0)
+        return NULL;
+    return s;
+}
+
+uint64_t al_now_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+uint64_t al_now_mono_ms(void)
+{
+    return al_now_mono_us() / 1000u;
+}
+
+int64_t al_now_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void al_format_time_ms(int64_t ms, char *buf, size_t size)
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+int al_random_bytes(void *buf, size_t n)
+{
+    char *p = buf;
+    while (n) {
+        ssize_t k = getrandom(p, n, 0);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+char *al_random_hex(size_t n)
+{
+    _cleanup_free_ unsigned char *raw = malloc(n ? n : 1);
+    char *hex = malloc(2 * n + 1);
+    if (!raw || !hex || al_random_bytes(raw, n) < 0) {
+        free(hex);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    hex[2 * n] = '\0';
+    return hex;
+}
+
+bool al_consttime_equal(const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (alen != blen)
+        return false;
+    const volatile unsigned char *x = a;
+    const volatile unsigned char *y = b;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < alen; i++)
+        diff |= (unsigned char)(x[i] ^ y[i]);
+    return diff == 0;
+}
+
+int al_fd_set_nonblock(int fd, bool on)
+{
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0)
+        return -errno;
+    int nf = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+    if (nf != flags && fcntl(fd, F_SETFL, nf) < 0)
+        return -errno;
+    return 0;
+}

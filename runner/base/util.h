@@ -1,0 +1,66 @@
+/* Small checked helpers: number parsing, files, paths, time, randomness. */
+#ifndef AL_UTIL_H
+#define AL_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "error.h"
+
+/* Parses a whole decimal integer in [min, max]. Leading/trailing junk,
+ * empty strings and overflow give -EINVAL/-ERANGE. */
+int al_parse_int64(const char *s, int64_t min, int64_t max, int64_t *ret);
+int al_parse_int(const char *s, int min, int max, int *ret);
+int al_parse_uint64(const char *s, uint64_t max, uint64_t *ret);
+
+/* "yes/no/true/false/on/off/1/0" */
+int al_parse_bool(const char *s, bool *ret);
+
+/* Durations: "90", "90s", "15m", "2h", "7d" -> seconds. */
+int al_parse_duration(const char *s, int64_t *ret_seconds);
+
+/* Sizes: "512", "64K", "10M", "2G", "1T" (binary units) -> bytes. */
+int al_parse_size(const char *s, uint64_t *ret_bytes);
+
+/* Reads a whole file, at most max bytes (else -EFBIG). Adds a NUL. */
+int al_read_file(const char *path, size_t max, char **ret_data, size_t *ret_len,
+                 struct al_error **err);
+
+/* Writes data to path atomically (temp file in the same dir, fsync, rename)
+ * with the given mode. */
+int al_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
+                         struct al_error **err);
+
+/* mkdir -p with mode for each created component. */
+int al_mkdir_p(const char *path, mode_t mode, struct al_error **err);
+
+/* rm -rf without following symlinks and without crossing mount points.
+ * A missing path is not an error. */
+int al_rm_rf(const char *path, struct al_error **err);
+
+/* Joins two path parts with one '/'. Returns NULL on ENOMEM. */
+char *al_path_join(const char *a, const char *b);
+
+/* Monotonic clock in milliseconds / microseconds; wall clock in ms since the epoch. */
+uint64_t al_now_mono_ms(void);
+uint64_t al_now_mono_us(void);
+int64_t al_now_wall_ms(void);
+
+/* Formats ms since the epoch as "2026-11-29T07:00:00.123Z" into buf (>= 25 bytes). */
+void al_format_time_ms(int64_t ms, char *buf, size_t size);
+
+/* Fills buf with n bytes from getrandom(). */
+int al_random_bytes(void *buf, size_t n);
+
+/* Lowercase hex of n random bytes into a new string (2n chars). */
+char *al_random_hex(size_t n);
+
+/* Constant-time comparison of two byte strings; lengths are not secret. */
+bool al_consttime_equal(const void *a, size_t alen, const void *b, size_t blen);
+
+/* Sets O_CLOEXEC/O_NONBLOCK on an fd. */
+int al_fd_set_nonblock(int fd, bool on);
+
+#endif

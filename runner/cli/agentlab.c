@@ -1,0 +1,83 @@
+/* agentlab: the command-line interface.
+ *
+ * Commands are a table; each has its own --help. Exit codes: 0 success,
+ * 1 failure, 2 usage error (for `run`: the workload's status, 124 timeout,
+ * 125 agentlab error, 130 cancelled).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/log.h"
+#include "../config.h"
+#include "cli.h"
+
+static int cmd_config(int argc, char **argv)
+{
+    if (argc < 2 || streq(argv[1], "--help") || streq(argv[1], "-h")) {
+        FILE *out = argc < 2 ? stderr : stdout;
+        fprintf(out, "Usage: agentlab config show [--config FILE]\n"
+                     "\n"
+                     "Prints the effective configuration: the file's values over the built-in\n"
+                     "defaults, with environment overrides applied.\n");
+        return argc < 2 ? 2 : 0;
+    }
+    if (!streq(argv[1], "show")) {
+        fprintf(stderr, "agentlab config: unknown subcommand \"%s\"\n", argv[1]);
+        return 2;
+    }
+    const char *path = NULL;
+    for (int i = 2; i < argc; i++) {
+        if ((streq(argv[i], "--config") || streq(argv[i], "-c")) && i + 1 < argc) {
+            path = argv[++i];
+        } else if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
+            printf("Usage: agentlab config show [--config FILE]\n");
+            return 0;
+        } else {
+            fprintf(stderr, "agentlab config show: unexpected argument \"%s\"\n", argv[i]);
+            return 2;
+        }
+    }
+    _cleanup_error_ struct al_error *err = NULL;
+    _cleanup_config_ struct config *cfg = NULL;
+    if (config_load(path, &cfg, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        return 1;
+    }
+    return config_print(cfg, stdout) < 0 ? 1 : 0;
+}
+
+static const struct cli_command commands[] = {
+        {"config", "show the effective configuration", cmd_config},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab COMMAND [ARGS...]\n\nCommands:\n");
+    for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\nRun 'agentlab COMMAND --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (streq(argv[1], "--help") || streq(argv[1], "-h") || streq(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (streq(argv[1], "--version") || streq(argv[1], "-V")) {
+        printf("agentlab %s\n", AL_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+        if (streq(argv[1], commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "agentlab: unknown command \"%s\"\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

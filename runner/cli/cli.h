@@ -1,0 +1,12 @@
+/* Shared pieces of the agentlab CLI. */
+#ifndef AL_CLI_H
+#define AL_CLI_H
+
+struct cli_command {
+    const char *name;
+    const char *summary;
+    /* argv[0] is the command name */
+    int (*run)(int argc, char **argv);
+};
+
+#endif

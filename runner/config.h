@@ -1,0 +1,160 @@
+/* agentlab configuration: an INI file with [agent], [backend "NAME"],
+ * [source "NAME"] and [pool "NAME"] sections.
+ *
+ * Every key has a built-in default, so no file is needed: then there is one
+ * libvirt backend "local" and one pool "default" using it. Keys, types,
+ * defaults and help live in one table (config.c) that drives parsing,
+ * validation and `agentlab config show`.
+ *
+ * AGENTLAB_CONFIG names the file (default /etc/agentlab/agentlab.conf; a
+ * missing default file is fine, a missing named one is an error).
+ * AGENTLAB_STATE_DIR and AGENTLAB_RUN_DIR override the directories.
+ */
+#ifndef AL_CONFIG_H
+#define AL_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "base/error.h"
+#include "base/log.h"
+
+#define AL_CONFIG_DEFAULT_PATH "/etc/agentlab/agentlab.conf"
+#define AL_CONFIG_MAX_BYTES    (1u << 20)
+#define AL_CONFIG_MAX_SECTIONS 64
+#define AL_NAME_MAX            63
+
+enum backend_type {
+    BACKEND_LIBVIRT = 0,
+    BACKEND_PROXMOX,
+};
+
+enum inject_mode {
+    INJECT_SEED = 0,
+    INJECT_GUESTFS,
+};
+
+enum accel_mode {
+    ACCEL_AUTO = 0,
+    ACCEL_KVM,
+    ACCEL_TCG,
+};
+
+enum source_type {
+    SOURCE_SPOOL = 0,
+    SOURCE_HTTP,
+    SOURCE_GITLAB,
+    SOURCE_GITHUB,
+};
+
+struct config_agent {
+    char *state_dir;
+    char *run_dir;
+    int log_level; /* enum al_log_level */
+    char *image;   /* default image for jobs that name none */
+    char *pool;    /* default pool */
+    char *api_socket;
+    char *api_socket_group;
+    char *api_listen; /* "" = TCP listener off, else "HOST:PORT" */
+    char *api_token_file;
+    int64_t boot_timeout_s;
+    int64_t job_timeout_s;
+    int64_t heartbeat_timeout_s;
+    int max_attempts;
+    int64_t retention_s;
+    uint64_t retention_bytes;
+    uint64_t max_log_bytes;
+    uint64_t max_artifact_bytes;
+    int max_artifact_files;
+    int job_cpus;        /* default vCPUs of a job */
+    uint64_t job_memory; /* default memory of a job, bytes */
+};
+
+struct config_backend {
+    char *name;
+    int type;        /* enum backend_type */
+    int max_vms;     /* 0 = derived from host */
+    int vcpus;       /* capacity; 0 = host CPUs */
+    uint64_t memory; /* capacity in bytes; 0 = 80% of host memory */
+    /* libvirt */
+    char *uri;
+    int inject; /* enum inject_mode */
+    int accel;  /* enum accel_mode */
+    char *network;
+    char *storage_pool;
+    /* proxmox */
+    char *url;
+    char *token_file;
+    char *ca_file;
+    char *fingerprint;
+    char *node;
+    char *pve_pool;
+    char *template_vm;
+    char *storage;
+    char *bridge;
+    bool full_clone;
+};
+
+struct config_source {
+    char *name;
+    int type; /* enum source_type */
+    char *pool;
+    char *dir;        /* spool */
+    char *url;        /* http, gitlab, github api base */
+    char *token_file; /* http, gitlab, github */
+    char **labels;    /* gitlab tags, github labels */
+    int concurrent;
+    int64_t poll_interval_s;
+};
+
+struct config_pool {
+    char *name;
+    char **backends; /* NULL = every backend, in file order */
+    char **labels;
+    int warm;
+    int64_t warm_max_idle_s;
+};
+
+struct config {
+    char *path; /* file read, or NULL for built-in defaults */
+    struct config_agent agent;
+    struct config_backend *backends;
+    size_t n_backends;
+    struct config_source *sources;
+    size_t n_sources;
+    struct config_pool *pools;
+    size_t n_pools;
+};
+
+/* Loads configuration. path NULL means $AGENTLAB_CONFIG or the default path
+ * (where a missing file is not an error). Errors name file, line, key and the
+ * expected form. On success the caller owns *ret and frees it with
+ * config_free(). */
+int config_load(const char *path, struct config **ret, struct al_error **err);
+
+/* Parses configuration from a string (tests, fuzzing). name is used in
+ * messages. Applies environment overrides like config_load(). */
+int config_load_string(const char *text, size_t len, const char *name, struct config **ret,
+                       struct al_error **err);
+
+struct config *config_free(struct config *c);
+DEFINE_CLEANUP_FUNC(struct config, config_free)
+#define _cleanup_config_ _cleanup_(config_freep)
+
+/* Writes the effective configuration as INI, every key included. */
+int config_print(const struct config *c, FILE *out);
+
+const struct config_backend *config_find_backend(const struct config *c, const char *name);
+const struct config_pool *config_find_pool(const struct config *c, const char *name);
+
+const char *backend_type_to_string(int type);
+const char *inject_mode_to_string(int mode);
+int inject_mode_from_string(const char *s, int *ret);
+const char *source_type_to_string(int type);
+
+/* True when s is a valid object name: [A-Za-z0-9][A-Za-z0-9._-]{0,62}. */
+bool config_name_is_valid(const char *s);
+
+#endif

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Runs every agentlab test: installs what is missing (scripts/setup.sh),
+# builds in build/, runs the whole suite with ctest, then builds with
+# AddressSanitizer + UBSan in build-asan/ and runs the unit suite there.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh -L unit    only tests with this ctest label (no sanitizer pass)
+set -eu
+cd "$(dirname "$0")/.."
+jobs=$(nproc 2>/dev/null || echo 2)
+
+scripts/setup.sh
+
+cmake -S . -B build -DAL_WERROR=ON >/dev/null
+cmake --build build -j"$jobs"
+
+if [ $# -gt 0 ]; then
+    cd build && exec ctest --output-on-failure "$@"
+fi
+
+(cd build && ctest --output-on-failure -j"$jobs")
+
+cmake -S . -B build-asan -DAL_WERROR=ON -DAL_SANITIZE=address,undefined >/dev/null
+cmake --build build-asan -j"$jobs"
+(cd build-asan && ctest --output-on-failure -j"$jobs" -L unit)
+echo "test.sh: all tests passed"

@@ -1,0 +1,109 @@
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+#include "base/util.h"
+
+char *test_tmpdir(const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    char *path = NULL;
+    if (asprintf(&path, "%s/agentlab-test-%s-XXXXXX", base && *base ? base : "/tmp", tag) < 0)
+        return NULL;
+    if (!mkdtemp(path)) {
+        free(path);
+        return NULL;
+    }
+    chmod(path, 0711);
+    return path;
+}
+
+void test_tmpdir_remove(char *path)
+{
+    if (!path)
+        return;
+    struct al_error *err = NULL;
+    al_rm_rf(path, &err);
+    al_error_free(err);
+    free(path);
+}
+
+struct deadline {
+    uv_timer_t timer;
+    uv_timer_t check;
+    const bool *flag;
+    bool expired;
+};
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct deadline *d = t->data;
+    d->expired = true;
+    uv_stop(t->loop);
+}
+
+/* libuv runs timers before it polls, so a flag set by a timer callback would
+ * otherwise wait for the next I/O or the deadline: look every few ms. */
+static void on_check(uv_timer_t *t)
+{
+    struct deadline *d = t->data;
+    if (*d->flag)
+        uv_stop(t->loop);
+}
+
+bool test_run_until(uv_loop_t *loop, const bool *flag, unsigned timeout_ms)
+{
+    struct deadline d = {.flag = flag};
+    uv_timer_init(loop, &d.timer);
+    uv_timer_init(loop, &d.check);
+    d.timer.data = d.check.data = &d;
+    uv_timer_start(&d.timer, on_deadline, timeout_ms, 0);
+    uv_timer_start(&d.check, on_check, 5, 5);
+    while (!*flag && !d.expired)
+        uv_run(loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&d.timer, NULL);
+    uv_close((uv_handle_t *)&d.check, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return *flag;
+}
+
+static void count_open(uv_handle_t *h, void *arg)
+{
+    unsigned *n = arg;
+    if (!uv_is_closing(h)) {
+        fprintf(stderr, "test: handle of type %s left open\n", uv_handle_type_name(h->type));
+        (*n)++;
+    }
+}
+
+void test_loop_close(uv_loop_t *loop)
+{
+    /* let pending close callbacks run; anything still open is a leak */
+    uv_run(loop, UV_RUN_NOWAIT);
+    unsigned open = 0;
+    uv_walk(loop, count_open, &open);
+    assert_int_equal(open, 0);
+    uv_run(loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(loop), 0);
+}
+
+const char *test_outdir(void)
+{
+    static char *dir;
+    if (dir)
+        return dir;
+    const char *env = getenv("AL_TEST_OUTDIR");
+    if (env && *env) {
+        struct al_error *err = NULL;
+        if (al_mkdir_p(env, 0755, &err) == 0)
+            dir = strdup(env);
+        al_error_free(err);
+    }
+    if (!dir)
+        dir = test_tmpdir("out");
+    return dir;
+}

@@ -1,0 +1,226 @@
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/util.h"
+#include "config.h"
+
+static int setup(void **state)
+{
+    (void)state;
+    unsetenv("AGENTLAB_STATE_DIR");
+    unsetenv("AGENTLAB_RUN_DIR");
+    unsetenv("AGENTLAB_CONFIG");
+    return 0;
+}
+
+static struct config *load_ok(const char *text)
+{
+    struct config *c = NULL;
+    struct al_error *err = NULL;
+    int r = config_load_string(text, strlen(text), "test.conf", &c, &err);
+    if (r < 0)
+        fail_msg("unexpected error: %s", al_error_message(err));
+    return c;
+}
+
+static char *load_err(const char *text)
+{
+    struct config *c = NULL;
+    struct al_error *err = NULL;
+    int r = config_load_string(text, strlen(text), "test.conf", &c, &err);
+    assert_true(r < 0);
+    assert_null(c);
+    char *msg = strdup(al_error_message(err));
+    al_error_free(err);
+    return msg;
+}
+
+static void test_defaults_without_file(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("");
+    assert_string_equal(c->agent.state_dir, "/var/lib/agentlab");
+    assert_string_equal(c->agent.run_dir, "/run/agentlab");
+    assert_string_equal(c->agent.api_socket, "/run/agentlab/agentlabd.sock");
+    assert_int_equal(c->agent.job_timeout_s, 3600);
+    assert_int_equal(c->n_backends, 1);
+    assert_string_equal(c->backends[0].name, "local");
+    assert_int_equal(c->backends[0].type, BACKEND_LIBVIRT);
+    assert_string_equal(c->backends[0].uri, "qemu:///system");
+    assert_string_equal(c->backends[0].storage_pool, "agentlab-local");
+    assert_int_equal(c->backends[0].inject, INJECT_SEED);
+    assert_int_equal(c->n_pools, 1);
+    assert_string_equal(c->pools[0].name, "default");
+    assert_null(c->pools[0].backends[0]);
+    config_free(c);
+
+    /* a named file that does not exist is an error; the default one is not */
+    struct al_error *err = NULL;
+    assert_int_equal(config_load("/nonexistent/agentlab.conf", &c, &err), -ENOENT);
+    assert_non_null(strstr(al_error_message(err), "/nonexistent/agentlab.conf"));
+    al_error_free(err);
+}
+
+static void test_full_file(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("# comment\n"
+                               "[agent]\n"
+                               "state_dir = /srv/agentlab\n"
+                               "log_level = debug\n"
+                               "job_timeout = 15m\n"
+                               "pool = ci\n"
+                               "\n"
+                               "[backend \"local\"]\n"
+                               "uri = qemu:///system\n"
+                               "inject = guestfs\n"
+                               "max_vms = 4\n"
+                               "memory = 16G\n"
+                               "\n"
+                               "[backend \"spare\"]\n"
+                               "uri = test:///default\n"
+                               "\n"
+                               "[pool \"ci\"]\n"
+                               "backends = local, spare\n"
+                               "labels = linux,x64\n"
+                               "warm = 2\n"
+                               "\n"
+                               "[source \"drop\"]\n"
+                               "type = spool\n"
+                               "pool = ci\n");
+    assert_string_equal(c->agent.state_dir, "/srv/agentlab");
+    assert_int_equal(c->agent.log_level, AL_LOG_DEBUG);
+    assert_int_equal(c->agent.job_timeout_s, 900);
+    assert_int_equal(c->n_backends, 2);
+    assert_int_equal(c->backends[0].inject, INJECT_GUESTFS);
+    assert_int_equal(c->backends[0].max_vms, 4);
+    assert_int_equal(c->backends[0].memory, 16ull << 30);
+    const struct config_pool *p = config_find_pool(c, "ci");
+    assert_non_null(p);
+    assert_string_equal(p->backends[0], "local");
+    assert_string_equal(p->backends[1], "spare");
+    assert_null(p->backends[2]);
+    assert_string_equal(p->labels[1], "x64");
+    assert_int_equal(p->warm, 2);
+    assert_int_equal(c->n_sources, 1);
+    assert_string_equal(c->sources[0].dir, "/srv/agentlab/spool");
+    config_free(c);
+}
+
+static void test_env_override(void **state)
+{
+    (void)state;
+    setenv("AGENTLAB_STATE_DIR", "/tmp/al-state", 1);
+    setenv("AGENTLAB_RUN_DIR", "/tmp/al-run", 1);
+    struct config *c = load_ok("[agent]\nstate_dir = /srv/x\n");
+    assert_string_equal(c->agent.state_dir, "/tmp/al-state");
+    assert_string_equal(c->agent.api_socket, "/tmp/al-run/agentlabd.sock");
+    config_free(c);
+    setenv("AGENTLAB_STATE_DIR", "relative/dir", 1);
+    char *msg = load_err("");
+    assert_non_null(strstr(msg, "AGENTLAB_STATE_DIR must be an absolute path"));
+    free(msg);
+    unsetenv("AGENTLAB_STATE_DIR");
+    unsetenv("AGENTLAB_RUN_DIR");
+}
+
+static void test_errors_name_file_line_key(void **state)
+{
+    (void)state;
+    struct {
+        const char *text;
+        const char *expect;
+    } cases[] = {
+            {"[agent]\nlog_level = loud\n",
+             "test.conf:2: bad value \"loud\" for key \"log_level\": expected one of error, warn, "
+             "info, debug"},
+            {"[agent]\n\nbogus = 1\n", "test.conf:3: unknown key \"bogus\" in [agent]"},
+            {"[backend \"x\"]\ntype = proxmox\ninject = seed\n",
+             "test.conf:3: key \"inject\" does not apply to backend type proxmox"},
+            {"[backend \"x\"]\nmax_vms = -1\n",
+             "test.conf:2: bad value \"-1\" for key \"max_vms\""},
+            {"[agent]\njob_timeout = 10 minutes\n", "test.conf:2: bad value \"10 minutes\""},
+            {"[pool \"p\"]\nbackends = local, nowhere\n[backend \"local\"]\n",
+             "pool \"p\" names unknown backend \"nowhere\""},
+            {"[backend]\nuri = x\n", "needs a quoted name"},
+            {"[backend \"bad name!\"]\n", "invalid backend name"},
+            {"[frobnicate]\nx = 1\n", "unknown section [frobnicate]"},
+            {"key = value\n", "outside of any section"},
+            {"[agent\n", "test.conf:1: syntax error"},
+            {"[backend \"pve\"]\ntype = proxmox\n", "needs url, token_file and template"},
+            {"[agent]\nstate_dir = relative\n", "bad value \"relative\" for key \"state_dir\""},
+            {"[agent]\npool = nope\n[pool \"ci\"]\n", "the default pool \"nope\" is not defined"},
+            {"[source \"q\"]\ntype = http\n", "source \"q\" of type http needs a url"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *msg = load_err(cases[i].text);
+        if (!strstr(msg, cases[i].expect))
+            fail_msg("case %zu: got \"%s\", want \"%s\"", i, msg, cases[i].expect);
+        free(msg);
+    }
+}
+
+static void test_long_line_and_nul(void **state)
+{
+    (void)state;
+    char text[600];
+    memset(text, 'x', sizeof(text));
+    memcpy(text, "[agent]\nimage = ", 16);
+    text[sizeof(text) - 2] = '\n';
+    text[sizeof(text) - 1] = '\0';
+    char *msg = load_err(text);
+    assert_non_null(strstr(msg, "test.conf:2: line longer than"));
+    free(msg);
+
+    struct config *c = NULL;
+    struct al_error *err = NULL;
+    const char nul[] = "[agent]\nimage = a\0b\n";
+    assert_true(config_load_string(nul, sizeof(nul) - 1, "nul.conf", &c, &err) < 0);
+    assert_non_null(strstr(al_error_message(err), "NUL byte"));
+    al_error_free(err);
+}
+
+static void test_print_roundtrip(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("[agent]\nretention = 3d\nmax_log_size = 10M\n"
+                               "[backend \"local\"]\ninject = guestfs\n[pool \"default\"]\n"
+                               "labels = a, b\n");
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    assert_int_equal(config_print(c, f), 0);
+    fclose(f);
+    assert_non_null(strstr(out, "retention = 3d\n"));
+    assert_non_null(strstr(out, "max_log_size = 10M\n"));
+    assert_non_null(strstr(out, "inject = guestfs\n"));
+    assert_non_null(strstr(out, "labels = a, b\n"));
+    /* the printed form parses back to the same thing */
+    struct config *again = load_ok(out);
+    char *out2 = NULL;
+    size_t len2 = 0;
+    f = open_memstream(&out2, &len2);
+    config_print(again, f);
+    fclose(f);
+    assert_string_equal(strchr(out, '\n'), strchr(out2, '\n'));
+    free(out);
+    free(out2);
+    config_free(again);
+    config_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_defaults_without_file),
+            cmocka_unit_test(test_full_file),
+            cmocka_unit_test(test_env_override),
+            cmocka_unit_test(test_errors_name_file_line_key),
+            cmocka_unit_test(test_long_line_and_nul),
+            cmocka_unit_test(test_print_roundtrip),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}

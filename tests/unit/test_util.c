@@ -1,0 +1,160 @@
+#include "test_util.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/buf.h"
+#include "base/util.h"
+
+static void test_parse_int(void **state)
+{
+    (void)state;
+    int v = 0;
+    assert_int_equal(al_parse_int("42", 0, 100, &v), 0);
+    assert_int_equal(v, 42);
+    assert_int_equal(al_parse_int("-5", -10, 10, &v), 0);
+    assert_int_equal(v, -5);
+    assert_int_equal(al_parse_int("101", 0, 100, &v), -ERANGE);
+    assert_int_equal(al_parse_int("", 0, 100, &v), -EINVAL);
+    assert_int_equal(al_parse_int("12abc", 0, 100, &v), -EINVAL);
+    assert_int_equal(al_parse_int(" 12", 0, 100, &v), 0); /* strtol skips leading space */
+    assert_int_equal(al_parse_int("99999999999999999999", 0, 100, &v), -ERANGE);
+    assert_int_equal(v, 12);
+    uint64_t u;
+    assert_int_equal(al_parse_uint64("-1", UINT64_MAX, &u), -EINVAL);
+}
+
+static void test_parse_duration_size(void **state)
+{
+    (void)state;
+    int64_t s;
+    assert_int_equal(al_parse_duration("90", &s), 0);
+    assert_int_equal(s, 90);
+    assert_int_equal(al_parse_duration("15m", &s), 0);
+    assert_int_equal(s, 900);
+    assert_int_equal(al_parse_duration("2h", &s), 0);
+    assert_int_equal(s, 7200);
+    assert_int_equal(al_parse_duration("7d", &s), 0);
+    assert_int_equal(s, 7 * 86400);
+    assert_int_equal(al_parse_duration("5x", &s), -EINVAL);
+    assert_int_equal(al_parse_duration("m", &s), -EINVAL);
+    uint64_t b;
+    assert_int_equal(al_parse_size("64K", &b), 0);
+    assert_int_equal(b, 65536);
+    assert_int_equal(al_parse_size("2G", &b), 0);
+    assert_int_equal(b, 2ull << 30);
+    assert_int_equal(al_parse_size("99999999999T", &b), -ERANGE);
+    bool yes;
+    assert_int_equal(al_parse_bool("On", &yes), 0);
+    assert_true(yes);
+    assert_int_equal(al_parse_bool("nope", &yes), -EINVAL);
+}
+
+static void test_buf_limit(void **state)
+{
+    (void)state;
+    struct al_buf b = {.limit = 8};
+    assert_int_equal(al_buf_puts(&b, "12345"), 0);
+    assert_int_equal(al_buf_puts(&b, "6789"), -E2BIG);
+    assert_int_equal(b.len, 5);
+    assert_string_equal(b.data, "12345");
+    assert_int_equal(al_buf_printf(&b, "%d", 678), 0);
+    assert_string_equal(b.data, "12345678");
+    al_buf_consume(&b, 3);
+    assert_string_equal(b.data, "45678");
+    char *s = al_buf_steal(&b);
+    assert_string_equal(s, "45678");
+    assert_null(b.data);
+    free(s);
+    al_buf_free(&b);
+}
+
+static void test_files(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("util");
+    assert_non_null(dir);
+    char *deep = al_path_join(dir, "a/b/c");
+    struct al_error *err = NULL;
+    assert_int_equal(al_mkdir_p(deep, 0755, &err), 0);
+    char *file = al_path_join(deep, "f.txt");
+    assert_int_equal(al_write_file_atomic(file, "hello", 5, 0600, &err), 0);
+    struct stat st;
+    assert_int_equal(stat(file, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    char *data = NULL;
+    size_t len = 0;
+    assert_int_equal(al_read_file(file, 100, &data, &len, &err), 0);
+    assert_int_equal(len, 5);
+    assert_string_equal(data, "hello");
+    free(data);
+    assert_int_equal(al_read_file(file, 3, &data, &len, &err), -EFBIG);
+    assert_non_null(err);
+    assert_non_null(strstr(al_error_message(err), "larger than 3 bytes"));
+    err = al_error_free(err);
+
+    /* mkdir_p over a file fails clearly */
+    assert_true(al_mkdir_p(file, 0755, &err) < 0);
+    assert_non_null(strstr(al_error_message(err), "not a directory"));
+    err = al_error_free(err);
+
+    /* rm -rf does not follow symlinks out of the tree */
+    char *outside = test_tmpdir("outside");
+    char *keep = al_path_join(outside, "keep");
+    assert_int_equal(al_write_file_atomic(keep, "x", 1, 0644, &err), 0);
+    char *link = al_path_join(dir, "a/link");
+    assert_int_equal(symlink(outside, link), 0);
+    char *top = al_path_join(dir, "a");
+    assert_int_equal(al_rm_rf(top, &err), 0);
+    assert_int_equal(stat(top, &st), -1);
+    assert_int_equal(stat(keep, &st), 0);
+    assert_int_equal(al_rm_rf(top, &err), 0); /* missing is fine */
+
+    free(top);
+    free(link);
+    free(keep);
+    test_tmpdir_remove(outside);
+    free(file);
+    free(deep);
+    test_tmpdir_remove(dir);
+}
+
+static void test_error_wrap(void **state)
+{
+    (void)state;
+    struct al_error *err = NULL;
+    assert_int_equal(al_error_set(&err, ENOENT, "opening %s", "x"), -ENOENT);
+    assert_int_equal(al_error_set(&err, EIO, "second"), -EIO); /* first one wins */
+    assert_int_equal(al_error_wrap(&err, "loading %s", "image"), -ENOENT);
+    assert_string_equal(al_error_message(err), "loading image: opening x");
+    al_error_free(err);
+    assert_string_equal(al_error_message(NULL), "unknown error");
+    assert_int_equal(al_error_set(NULL, EPERM, "ignored"), -EPERM);
+}
+
+static void test_random_consttime(void **state)
+{
+    (void)state;
+    char *a = al_random_hex(16);
+    char *b = al_random_hex(16);
+    assert_int_equal(strlen(a), 32);
+    assert_string_not_equal(a, b);
+    assert_true(al_consttime_equal("abc", 3, "abc", 3));
+    assert_false(al_consttime_equal("abc", 3, "abd", 3));
+    assert_false(al_consttime_equal("abc", 3, "ab", 2));
+    free(a);
+    free(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_parse_int),  cmocka_unit_test(test_parse_duration_size),
+            cmocka_unit_test(test_buf_limit),  cmocka_unit_test(test_files),
+            cmocka_unit_test(test_error_wrap), cmocka_unit_test(test_random_consttime),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
