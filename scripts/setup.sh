@@ -30,9 +30,9 @@ if [ -n "$missing" ]; then
     log "installing:$missing"
     export DEBIAN_FRONTEND=noninteractive
     # Third-party sources on a host may be unreachable; Debian's own are what we need.
-    $SUDO apt-get update -qq || log "apt-get update reported errors; continuing with what was fetched"
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq || log "apt-get update reported errors; continuing with what was fetched"
     # shellcheck disable=SC2086
-    $SUDO apt-get install -y -qq --no-install-recommends $missing
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing
 else
     log "all packages present"
 fi
