@@ -120,7 +120,7 @@ static const struct config_key keys[] = {
         {SEC_BACKEND, T(BACKEND_LIBVIRT), "network", KEY_STRING, B(network), "", 0, 0, NULL,
          "libvirt network to attach (empty: no NIC)"},
         {SEC_BACKEND, T(BACKEND_LIBVIRT), "storage_pool", KEY_STRING, B(storage_pool), "", 0, 0,
-         NULL, "libvirt storage pool for overlays (empty: agentlab-NAME)"},
+         NULL, "libvirt storage pool for overlays (empty: agentlab-NAME-HASH, HASH of the state dir)"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "url", KEY_STRING, B(url), "", 0, 0, NULL,
          "https://HOST:8006"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "token_file", KEY_PATH, B(token_file), "", 0, 0, NULL,
@@ -690,11 +690,6 @@ static int finish(struct config *c, const char *file, struct al_error **err)
 
     for (size_t i = 0; i < c->n_backends; i++) {
         struct config_backend *b = &c->backends[i];
-        if (b->type == BACKEND_LIBVIRT && !*b->storage_pool) {
-            free(b->storage_pool);
-            if (asprintf(&b->storage_pool, "agentlab-%s", b->name) < 0)
-                return al_error_set(err, ENOMEM, "out of memory");
-        }
         if (b->type == BACKEND_PROXMOX && (!*b->url || !*b->token_file || !*b->template_vm))
             return al_error_set(err, EINVAL,
                                 "%s: backend \"%s\" of type proxmox needs url, token_file and "

@@ -1,5 +1,7 @@
 #include "log.h"
 
+#include "buf.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -168,6 +170,97 @@ char *al_redact(const char *text, size_t len, size_t *ret_len)
     }
     pthread_mutex_unlock(&redact_lock);
     return out;
+}
+
+/* True when text[pos..len) is a proper prefix of some secret. Lock held. */
+static bool partial_at_end(const char *text, size_t len, size_t pos)
+{
+    size_t rest = len - pos;
+    for (size_t i = 0; i < n_secrets; i++) {
+        if (secrets[i].len > rest && memcmp(text + pos, secrets[i].value, rest) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Redacts text into out, stopping at the first position whose tail could
+ * still grow into a secret when final is false. Returns the bytes consumed.
+ * Lock held. */
+static size_t redact_into(const char *text, size_t len, bool final, struct al_buf *out, int *ret_r)
+{
+    size_t i = 0, run = 0;
+    int r = 0;
+    while (i < len) {
+        const struct secret *s = n_secrets ? match_at(text, len, i) : NULL;
+        if (s) {
+            if ((r = al_buf_append(out, text + run, i - run)) < 0 ||
+                (r = al_buf_puts(out, AL_REDACTED)) < 0)
+                break;
+            i += s->len;
+            run = i;
+            continue;
+        }
+        if (!final && n_secrets && partial_at_end(text, len, i))
+            break;
+        i++;
+    }
+    if (r == 0)
+        r = al_buf_append(out, text + run, i - run);
+    *ret_r = r;
+    return i;
+}
+
+int al_redact_stream_feed(struct al_redact_stream *s, const void *data, size_t len,
+                          struct al_buf *out)
+{
+    /* join the held tail with the new bytes */
+    char *joined = malloc(s->held_len + len + 1);
+    if (!joined)
+        return -ENOMEM;
+    if (s->held_len)
+        memcpy(joined, s->held, s->held_len);
+    if (len)
+        memcpy(joined + s->held_len, data, len);
+    size_t total = s->held_len + len;
+    int r = 0;
+    pthread_mutex_lock(&redact_lock);
+    size_t used = redact_into(joined, total, false, out, &r);
+    pthread_mutex_unlock(&redact_lock);
+    if (r < 0) {
+        free(joined);
+        return r;
+    }
+    free(s->held);
+    s->held_len = total - used;
+    s->held = NULL;
+    if (s->held_len) {
+        memmove(joined, joined + used, s->held_len);
+        s->held = joined;
+    } else {
+        free(joined);
+    }
+    return 0;
+}
+
+int al_redact_stream_flush(struct al_redact_stream *s, struct al_buf *out)
+{
+    int r = 0;
+    if (s->held_len) {
+        pthread_mutex_lock(&redact_lock);
+        redact_into(s->held, s->held_len, true, out, &r);
+        pthread_mutex_unlock(&redact_lock);
+    }
+    al_redact_stream_free(s);
+    return r;
+}
+
+void al_redact_stream_free(struct al_redact_stream *s)
+{
+    if (s->held)
+        explicit_bzero(s->held, s->held_len);
+    free(s->held);
+    s->held = NULL;
+    s->held_len = 0;
 }
 
 bool al_redact_contains(const char *text, size_t len)

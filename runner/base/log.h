@@ -68,4 +68,23 @@ char *al_redact(const char *text, size_t len, size_t *ret_len);
 /* True when text[0..len) contains a registered secret. */
 bool al_redact_contains(const char *text, size_t len);
 
+/* Redaction of a byte stream that arrives in chunks (job output): a secret
+ * split across two chunks is still caught. Bytes that could be the start of
+ * a secret are held back until the next chunk (or the flush) decides. */
+struct al_redact_stream {
+    char *held;
+    size_t held_len;
+};
+
+struct al_buf;
+
+/* Appends the redacted output that is certain so far to out. */
+int al_redact_stream_feed(struct al_redact_stream *s, const void *data, size_t len,
+                          struct al_buf *out);
+
+/* Appends whatever is still held (redacted) and resets the stream. */
+int al_redact_stream_flush(struct al_redact_stream *s, struct al_buf *out);
+
+void al_redact_stream_free(struct al_redact_stream *s);
+
 #endif

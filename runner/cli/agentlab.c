@@ -48,6 +48,7 @@ static int cmd_config(int argc, char **argv)
 }
 
 static const struct cli_command commands[] = {
+        {"run", "run one command in a throwaway VM", cmd_run},
         {"config", "show the effective configuration", cmd_config},
 };
 

@@ -9,4 +9,6 @@ struct cli_command {
     int (*run)(int argc, char **argv);
 };
 
+int cmd_run(int argc, char **argv);
+
 #endif

@@ -50,7 +50,7 @@ static void test_defaults_without_file(void **state)
     assert_string_equal(c->backends[0].name, "local");
     assert_int_equal(c->backends[0].type, BACKEND_LIBVIRT);
     assert_string_equal(c->backends[0].uri, "qemu:///system");
-    assert_string_equal(c->backends[0].storage_pool, "agentlab-local");
+    assert_string_equal(c->backends[0].storage_pool, ""); /* derived by the backend */
     assert_int_equal(c->backends[0].inject, INJECT_SEED);
     assert_int_equal(c->n_pools, 1);
     assert_string_equal(c->pools[0].name, "default");

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/buf.h"
 #include "base/log.h"
 #include "base/util.h"
 
@@ -135,12 +136,38 @@ static void test_redact_overlapping(void **state)
     al_redact_clear();
 }
 
+static void test_redact_stream_split_secret(void **state)
+{
+    (void)state;
+    assert_int_equal(al_redact_add("hunter2-secret"), 0);
+    const char *chunks[] = {"password: hun", "ter2", "-sec", "ret and hunter2-se", "cret!", " hunt"};
+    struct al_redact_stream rs = {0};
+    struct al_buf out = AL_BUF_INIT;
+    for (size_t i = 0; i < ARRAY_SIZE(chunks); i++) {
+        assert_int_equal(al_redact_stream_feed(&rs, chunks[i], strlen(chunks[i]), &out), 0);
+        /* nothing that could be a secret is ever emitted early */
+        assert_null(strstr(out.data ? out.data : "", "hunter2"));
+    }
+    /* "password: " is certain before the secret completes: live output is not delayed */
+    assert_int_equal(al_redact_stream_flush(&rs, &out), 0);
+    assert_string_equal(out.data, "password: *** and ***! hunt");
+    al_buf_free(&out);
+
+    /* with no secret registered everything passes straight through */
+    al_redact_clear();
+    assert_int_equal(al_redact_stream_feed(&rs, "plain", 5, &out), 0);
+    assert_string_equal(out.data, "plain");
+    assert_int_equal(rs.held_len, 0);
+    al_buf_free(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_line_format),        cmocka_unit_test(test_levels),
             cmocka_unit_test(test_journald_prefix),    cmocka_unit_test(test_redaction_in_logs),
             cmocka_unit_test(test_redact_overlapping),
+            cmocka_unit_test(test_redact_stream_split_secret),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

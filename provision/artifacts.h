@@ -1,0 +1,36 @@
+/* Unpacking a job's artifact tarball on the host.
+ *
+ * The tarball comes from the guest, which runs untrusted code, so every
+ * entry is checked before anything touches the disk: only regular files and
+ * directories are written; absolute paths, ".." components, symlinks,
+ * hard links and device files are skipped (and reported); permission bits
+ * are reduced to 0755/0644 (never setuid, setgid or sticky); nothing is
+ * written through a symlink; byte and file counts are capped. */
+#ifndef AL_ARTIFACTS_H
+#define AL_ARTIFACTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runner/base/error.h"
+
+struct artifact_limits {
+    uint64_t max_bytes; /* 0 = unlimited */
+    uint64_t max_files; /* 0 = unlimited */
+};
+
+struct artifact_summary {
+    uint64_t files;
+    uint64_t bytes;
+    uint64_t skipped;
+    bool truncated;    /* a limit stopped the extraction */
+    char note[256];    /* first reason something was skipped or cut */
+};
+
+/* Extracts tar_path into dest_dir (created with mode 0755 when missing).
+ * Returns 0 even when entries were skipped (see *ret); a negative errno when
+ * the archive is unreadable or the destination unusable. Blocking. */
+int artifacts_extract(const char *tar_path, const char *dest_dir, const struct artifact_limits *lim,
+                      struct artifact_summary *ret, struct al_error **err);
+
+#endif

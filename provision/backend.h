@@ -1,0 +1,189 @@
+/* VM backends behind one ops table.
+ *
+ * The scheduler never knows which hypervisor it talks to: it asks a backend
+ * for its capacity, launches a VM for one attempt of a job, receives the VM's
+ * events (phase changes, live output, artifacts, the result), may cancel the
+ * workload, and always destroys the VM in the end. list_owned and
+ * destroy_owned let a restarted daemon find and remove VMs it owns.
+ *
+ * Everything runs on the loop thread; backends push blocking work to the
+ * thread pool themselves. Optional slots may be NULL; callers check.
+ */
+#ifndef AL_BACKEND_H
+#define AL_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "runner/base/error.h"
+#include "runner/config.h"
+
+struct backend;
+struct vm;
+struct al_curl;
+
+struct backend_capacity {
+    int max_vms;
+    int vcpus;
+    uint64_t memory; /* bytes */
+    int used_vms;
+    int used_vcpus;
+    uint64_t used_memory;
+    bool healthy;
+    char reason[160]; /* why not healthy */
+};
+
+struct env_pair {
+    const char *name;
+    const char *value;
+};
+
+/* Everything a backend needs to run one attempt of a job. The strings and
+ * arrays belong to the caller and must stay valid until the VM is destroyed. */
+struct vm_request {
+    const char *job_id;
+    int attempt;
+    const char *image; /* image name in the catalogue (libvirt) */
+    int cpus;
+    uint64_t memory;     /* bytes */
+    uint64_t disk_bytes; /* virtual size of the job's disk; 0 = the image's */
+    int inject;          /* enum inject_mode; -1 = the backend's default */
+
+    /* the workload */
+    const char *const *argv; /* NULL-terminated, or NULL when script is set */
+    const char *script;
+    const struct env_pair *env;
+    size_t n_env;
+    const struct env_pair *secret_env; /* delivered over the channel only */
+    size_t n_secret_env;
+    int64_t timeout_s;             /* in-guest timeout */
+    const char *const *artifacts;  /* NULL-terminated, may be NULL */
+    uint64_t max_artifact_bytes;   /* 0 = unlimited */
+    const char *workdir_tar;       /* host path of a tar to unpack as the work dir, or NULL */
+    bool keep_running;             /* debugging: the guest does not power off */
+};
+
+enum vm_phase {
+    VM_PHASE_PROVISIONED, /* disk and cloud-init data ready */
+    VM_PHASE_BOOTING,     /* the hypervisor started the VM */
+    VM_PHASE_CONNECTED,   /* the in-guest helper said hello */
+    VM_PHASE_RUNNING,     /* the workload started */
+};
+
+enum vm_stream {
+    VM_STDOUT = 1,
+    VM_STDERR = 2,
+};
+
+enum vm_outcome {
+    VM_EXITED = 0,    /* the workload ended and the guest reported it */
+    VM_GUEST_TIMEOUT, /* the in-guest timeout fired */
+    VM_CANCELED,      /* cancelled on request, the guest confirmed */
+    VM_INFRA_ERROR,   /* provisioning failed, the VM died, the channel broke, ... */
+};
+
+struct vm_result {
+    enum vm_outcome outcome;
+    int exit_code; /* 0..255 for VM_EXITED; 124/130 for timeout/cancel */
+    int signal;    /* signal that killed the workload, or 0 */
+    char reason[512];
+    uint64_t artifact_bytes;
+    uint64_t artifact_files;
+    char artifact_error[256];
+    /* milliseconds since launch at which each phase was reached (0 = not) */
+    uint64_t t_provisioned, t_booting, t_connected, t_running, t_exited;
+};
+
+/* Events of one VM, delivered on the loop thread. finished runs exactly once
+ * per launched VM (also when launch fails asynchronously); after it the VM
+ * sends nothing more and the owner must call destroy. */
+struct vm_events {
+    void (*phase)(struct vm *vm, enum vm_phase phase, void *data);
+    void (*output)(struct vm *vm, enum vm_stream stream, const uint8_t *buf, size_t len,
+                   void *data);
+    /* one tar stream in chunks, in order */
+    void (*artifact)(struct vm *vm, const uint8_t *buf, size_t len, void *data);
+    void (*diag)(struct vm *vm, const char *message, void *data);
+    void (*finished)(struct vm *vm, const struct vm_result *result, void *data);
+};
+
+/* A VM some backend owns, as found by list_owned (crash reconcile, gc). */
+struct owned_vm {
+    char *name;   /* backend-specific identity (domain name, VMID) */
+    char *job_id; /* from the VM's metadata */
+    int attempt;
+    char *owner; /* the owner id that created it */
+    bool running;
+};
+
+void owned_vm_array_free(struct owned_vm *v, size_t n);
+
+typedef void (*backend_done_cb)(int result, const struct al_error *err, void *data);
+typedef void (*backend_list_cb)(int result, struct owned_vm *vms, size_t n,
+                                const struct al_error *err, void *data);
+
+struct backend_ops {
+    const char *type;
+    /* Connects and prepares (storage pool, capacity). Loop thread. */
+    int (*open)(struct backend *b, struct al_error **err);
+    /* Releases everything; every VM must be destroyed before. done may run
+     * before close returns. */
+    void (*close)(struct backend *b, void (*done)(void *data), void *data);
+    /* Current capacity and use. */
+    void (*capacity)(struct backend *b, struct backend_capacity *ret);
+    /* Provisions and boots a VM. On 0 the VM exists (in *ret_vm) and events
+     * follow; finished reports any later failure. On error nothing exists. */
+    int (*launch)(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
+                  void *ev_data, struct vm **ret_vm, struct al_error **err);
+    /* Asks the guest to stop the workload; finished follows with
+     * VM_CANCELED (or an error). Optional. */
+    int (*cancel)(struct vm *vm);
+    /* Destroys the VM and everything it owns (disks, seeds, sockets, run dir),
+     * at any phase, also while launch is still working. done runs on the loop
+     * when all is gone; the vm is freed after done returns. Never fails to
+     * free the vm; result reports leftovers that could not be removed. */
+    void (*destroy)(struct vm *vm, backend_done_cb done, void *data);
+    /* Lists VMs (and their leftovers) owned by this agentlab installation. */
+    int (*list_owned)(struct backend *b, backend_list_cb cb, void *data);
+    /* Destroys an owned VM found by list_owned, by name, with its disks. */
+    int (*destroy_owned)(struct backend *b, const char *name, backend_done_cb done, void *data);
+};
+
+/* Shared context every backend gets. */
+struct backend_env {
+    uv_loop_t *loop;
+    struct al_curl *curl;
+    const struct config *cfg;
+    const char *owner_id; /* identifies this agentlab instance in VM metadata */
+};
+
+struct backend {
+    const struct backend_ops *ops;
+    const struct config_backend *cfg;
+    struct backend_env env;
+    char *name;
+    void *priv;
+};
+
+/* The part of every VM the caller may see; backends embed it first in
+ * their own VM struct. */
+struct vm {
+    struct backend *backend;
+    char *name;
+    const struct vm_events *ev;
+    void *ev_data;
+};
+
+/* Creates and opens the backend named in cfg. Returns 0 or negative errno. */
+int backend_new(const struct backend_env *env, const struct config_backend *cfg,
+                struct backend **ret, struct al_error **err);
+
+/* Closes and frees the backend; done (may be NULL) runs when it is gone. */
+void backend_free(struct backend *b, void (*done)(void *data), void *data);
+
+/* The ops table of each backend type. */
+extern const struct backend_ops libvirt_backend_ops;
+
+#endif

@@ -1,0 +1,449 @@
+#include "channel.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runner/base/macro.h"
+
+#define READ_CHUNK     (64u * 1024u)
+#define FILE_CHUNK     (256u * 1024u)
+#define RETRY_DELAY_MS 50
+
+enum item_kind { ITEM_FRAME, ITEM_FILE };
+
+struct item {
+    enum item_kind kind;
+    struct item *next;
+    /* ITEM_FRAME */
+    uint8_t *buf;
+    size_t len;
+    /* ITEM_FILE */
+    char *path;
+    uint8_t type, end_type;
+    void (*done)(struct channel *ch, int result, void *data);
+    void *done_data;
+};
+
+struct channel {
+    uv_loop_t *loop;
+    uv_pipe_t pipe;
+    uv_timer_t retry;
+    uv_write_t wreq;
+    uv_fs_t fsreq;
+    char *path;
+    const struct channel_ops *ops;
+    void *data;
+    struct al_frame_decoder dec;
+    uint8_t rbuf[READ_CHUNK];
+    uint64_t received;
+    uint64_t deadline_ms;
+
+    struct item *head, *tail;
+    bool writing;
+    /* the file being streamed by the head item */
+    int file_fd;
+    uint8_t *chunk; /* frame header + FILE_CHUNK bytes */
+    bool fs_busy;
+
+    bool connected;
+    bool ended;   /* the connection is over; no more I/O */
+    bool closing; /* channel_close() called */
+    bool pipe_open;
+    int pending_closes;
+};
+
+static void process_queue(struct channel *ch);
+
+static void item_free(struct item *it)
+{
+    if (!it)
+        return;
+    free(it->buf);
+    free(it->path);
+    free(it);
+}
+
+static void maybe_free(struct channel *ch)
+{
+    if (!ch->closing || ch->pending_closes || ch->fs_busy || ch->writing)
+        return;
+    while (ch->head) {
+        struct item *it = ch->head;
+        ch->head = it->next;
+        item_free(it);
+    }
+    if (ch->file_fd >= 0)
+        close(ch->file_fd);
+    al_frame_decoder_free(&ch->dec);
+    free(ch->chunk);
+    free(ch->path);
+    free(ch);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct channel *ch = h->data;
+    ch->pending_closes--;
+    maybe_free(ch);
+}
+
+/* Ends the connection once and tells the owner (unless it closed us). */
+static void end(struct channel *ch, int result, const char *message)
+{
+    if (ch->ended)
+        return;
+    ch->ended = true;
+    ch->connected = false;
+    if (ch->pipe_open) {
+        uv_read_stop((uv_stream_t *)&ch->pipe);
+    }
+    /* fail pending file streams so their owners hear about it */
+    for (struct item *it = ch->head; it; it = it->next) {
+        if (it->kind == ITEM_FILE && it->done && !ch->closing) {
+            void (*done)(struct channel *, int, void *) = it->done;
+            it->done = NULL;
+            done(ch, -ENOTCONN, it->done_data);
+        }
+    }
+    if (!ch->closing && ch->ops->closed)
+        ch->ops->closed(ch, result, message, ch->data);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct channel *ch = h->data;
+    buf->base = (char *)ch->rbuf;
+    buf->len = sizeof(ch->rbuf);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct channel *ch = s->data;
+    (void)buf;
+    if (n == UV_EOF) {
+        end(ch, 0, "the guest closed the channel");
+        return;
+    }
+    if (n < 0) {
+        end(ch, (int)n, uv_strerror((int)n));
+        return;
+    }
+    ch->received += (uint64_t)n;
+    size_t off = 0;
+    while (off < (size_t)n && !ch->ended && !ch->closing) {
+        size_t used = 0;
+        struct al_frame f;
+        int r = al_frame_decoder_feed(&ch->dec, ch->rbuf + off, (size_t)n - off, &used, &f);
+        if (r < 0) {
+            end(ch, -EPROTO,
+                r == -EMSGSIZE ? "the guest sent an oversized frame"
+                               : "the guest sent a malformed frame");
+            return;
+        }
+        off += used;
+        if (r == 0)
+            break;
+        ch->ops->frame(ch, &f, ch->data);
+    }
+}
+
+static void start_reading(struct channel *ch)
+{
+    ch->connected = true;
+    int r = uv_read_start((uv_stream_t *)&ch->pipe, on_alloc, on_read);
+    if (r < 0) {
+        end(ch, r, uv_strerror(r));
+        return;
+    }
+    process_queue(ch);
+}
+
+static void try_connect(struct channel *ch);
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    try_connect(t->data);
+}
+
+static void on_pipe_closed_for_retry(uv_handle_t *h)
+{
+    struct channel *ch = h->data;
+    ch->pending_closes--;
+    ch->pipe_open = false;
+    if (ch->closing) {
+        maybe_free(ch);
+        return;
+    }
+    uv_timer_start(&ch->retry, on_retry_timer, RETRY_DELAY_MS, 0);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct channel *ch = req->data;
+    free(req);
+    if (ch->closing || ch->ended)
+        return;
+    if (status == 0) {
+        start_reading(ch);
+        return;
+    }
+    bool retryable = status == UV_ENOENT || status == UV_ECONNREFUSED || status == UV_EAGAIN;
+    if (!retryable || uv_now(ch->loop) >= ch->deadline_ms) {
+        end(ch, -ETIMEDOUT, "could not connect to the VM's channel socket");
+        return;
+    }
+    ch->pending_closes++;
+    uv_close((uv_handle_t *)&ch->pipe, on_pipe_closed_for_retry);
+}
+
+static void try_connect(struct channel *ch)
+{
+    if (ch->closing || ch->ended)
+        return;
+    uv_pipe_init(ch->loop, &ch->pipe, 0);
+    ch->pipe.data = ch;
+    ch->pipe_open = true;
+    uv_connect_t *req = calloc(1, sizeof(*req));
+    if (!req) {
+        end(ch, -ENOMEM, "out of memory");
+        return;
+    }
+    req->data = ch;
+    uv_pipe_connect(req, &ch->pipe, ch->path, on_connect);
+}
+
+int channel_open(uv_loop_t *loop, const char *path, unsigned connect_timeout_ms,
+                 uint32_t max_payload, const struct channel_ops *ops, void *data,
+                 struct channel **ret, struct al_error **err)
+{
+    struct channel *ch = calloc(1, sizeof(*ch));
+    if (!ch)
+        return al_error_set(err, ENOMEM, "allocating a channel");
+    ch->path = strdup(path);
+    ch->chunk = malloc(AL_PROTO_HEADER_SIZE + FILE_CHUNK);
+    if (!ch->path || !ch->chunk) {
+        free(ch->path);
+        free(ch->chunk);
+        free(ch);
+        return al_error_set(err, ENOMEM, "allocating a channel");
+    }
+    ch->loop = loop;
+    ch->ops = ops;
+    ch->data = data;
+    ch->file_fd = -1;
+    ch->dec.max_payload = max_payload ? max_payload : AL_PROTO_MAX_PAYLOAD;
+    ch->deadline_ms = uv_now(loop) + connect_timeout_ms;
+    uv_timer_init(loop, &ch->retry);
+    ch->retry.data = ch;
+    try_connect(ch);
+    *ret = ch;
+    return 0;
+}
+
+static int enqueue(struct channel *ch, struct item *it)
+{
+    if (ch->ended || ch->closing) {
+        item_free(it);
+        return -ENOTCONN;
+    }
+    if (ch->tail)
+        ch->tail->next = it;
+    else
+        ch->head = it;
+    ch->tail = it;
+    process_queue(ch);
+    return 0;
+}
+
+int channel_send(struct channel *ch, uint8_t type, const void *payload, size_t len)
+{
+    if (len > AL_PROTO_MAX_PAYLOAD)
+        return -EMSGSIZE;
+    struct item *it = calloc(1, sizeof(*it));
+    if (!it)
+        return -ENOMEM;
+    it->kind = ITEM_FRAME;
+    int r = al_frame_build(type, payload, len, &it->buf, &it->len);
+    if (r < 0) {
+        free(it);
+        return r;
+    }
+    return enqueue(ch, it);
+}
+
+int channel_send_file(struct channel *ch, uint8_t type, uint8_t end_type, const char *path,
+                      void (*done)(struct channel *ch, int result, void *data), void *data)
+{
+    struct item *it = calloc(1, sizeof(*it));
+    if (!it)
+        return -ENOMEM;
+    it->kind = ITEM_FILE;
+    it->path = strdup(path);
+    if (!it->path) {
+        free(it);
+        return -ENOMEM;
+    }
+    it->type = type;
+    it->end_type = end_type;
+    it->done = done;
+    it->done_data = data;
+    return enqueue(ch, it);
+}
+
+static void pop_head(struct channel *ch)
+{
+    struct item *it = ch->head;
+    ch->head = it->next;
+    if (!ch->head)
+        ch->tail = NULL;
+    item_free(it);
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    struct channel *ch = w->data;
+    ch->writing = false;
+    if (ch->closing) {
+        maybe_free(ch);
+        return;
+    }
+    if (status < 0) {
+        end(ch, status, uv_strerror(status));
+        return;
+    }
+    struct item *it = ch->head;
+    if (it && it->kind == ITEM_FRAME)
+        pop_head(ch);
+    process_queue(ch);
+}
+
+static void write_buf(struct channel *ch, uint8_t *buf, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+    ch->writing = true;
+    ch->wreq.data = ch;
+    int r = uv_write(&ch->wreq, (uv_stream_t *)&ch->pipe, &b, 1, on_written);
+    if (r < 0) {
+        ch->writing = false;
+        end(ch, r, uv_strerror(r));
+    }
+}
+
+static void file_finish(struct channel *ch, int result)
+{
+    struct item *it = ch->head;
+    if (ch->file_fd >= 0) {
+        close(ch->file_fd);
+        ch->file_fd = -1;
+    }
+    void (*done)(struct channel *, int, void *) = it->done;
+    void *data = it->done_data;
+    it->done = NULL;
+    pop_head(ch);
+    if (done)
+        done(ch, result, data);
+}
+
+static void on_file_read(uv_fs_t *req)
+{
+    struct channel *ch = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    ch->fs_busy = false;
+    if (ch->closing) {
+        maybe_free(ch);
+        return;
+    }
+    if (ch->ended)
+        return;
+    struct item *it = ch->head;
+    if (n < 0) {
+        file_finish(ch, (int)n);
+        process_queue(ch);
+        return;
+    }
+    if (n == 0) {
+        /* the end marker goes out as a plain frame, then the item is done */
+        uint8_t end_type = it->end_type;
+        file_finish(ch, 0);
+        struct item *marker = calloc(1, sizeof(*marker));
+        if (!marker || al_frame_build(end_type, NULL, 0, &marker->buf, &marker->len) < 0) {
+            free(marker);
+            end(ch, -ENOMEM, "out of memory");
+            return;
+        }
+        marker->kind = ITEM_FRAME;
+        marker->next = ch->head;
+        ch->head = marker;
+        if (!ch->tail)
+            ch->tail = marker;
+        process_queue(ch);
+        return;
+    }
+    al_frame_header_encode(ch->chunk, it->type, (uint32_t)n);
+    write_buf(ch, ch->chunk, AL_PROTO_HEADER_SIZE + (size_t)n);
+}
+
+static void file_read_next(struct channel *ch)
+{
+    uv_buf_t b = uv_buf_init((char *)ch->chunk + AL_PROTO_HEADER_SIZE, FILE_CHUNK);
+    ch->fsreq.data = ch;
+    ch->fs_busy = true;
+    int r = uv_fs_read(ch->loop, &ch->fsreq, ch->file_fd, &b, 1, -1, on_file_read);
+    if (r < 0) {
+        ch->fs_busy = false;
+        file_finish(ch, r);
+        process_queue(ch);
+    }
+}
+
+static void process_queue(struct channel *ch)
+{
+    while (ch->connected && !ch->ended && !ch->closing && !ch->writing && !ch->fs_busy &&
+           ch->head) {
+        struct item *it = ch->head;
+        if (it->kind == ITEM_FRAME) {
+            write_buf(ch, it->buf, it->len);
+            return;
+        }
+        if (ch->file_fd < 0) {
+            ch->file_fd = open(it->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+            if (ch->file_fd < 0) {
+                file_finish(ch, -errno);
+                continue;
+            }
+        }
+        file_read_next(ch);
+        return;
+    }
+}
+
+bool channel_is_connected(const struct channel *ch)
+{
+    return ch->connected && !ch->ended;
+}
+
+uint64_t channel_bytes_received(const struct channel *ch)
+{
+    return ch->received;
+}
+
+void channel_close(struct channel *ch)
+{
+    if (!ch || ch->closing)
+        return;
+    ch->closing = true;
+    ch->ended = true;
+    uv_timer_stop(&ch->retry);
+    ch->pending_closes++;
+    uv_close((uv_handle_t *)&ch->retry, on_handle_closed);
+    if (ch->pipe_open && !uv_is_closing((uv_handle_t *)&ch->pipe)) {
+        ch->pending_closes++;
+        uv_close((uv_handle_t *)&ch->pipe, on_handle_closed);
+    }
+    if (ch->fs_busy)
+        uv_cancel((uv_req_t *)&ch->fsreq);
+    maybe_free(ch);
+}

@@ -1,0 +1,54 @@
+/* The host end of a VM's virtio-serial channel: a libuv pipe connected to
+ * the unix socket libvirt created for the port, speaking proto.h frames.
+ *
+ * Frames are validated by the decoder (size, type); callers validate
+ * payloads. Writes are queued in order; channel_send_file() streams a file
+ * as frames without holding more than one chunk in memory.
+ */
+#ifndef AL_CHANNEL_H
+#define AL_CHANNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "proto.h"
+#include "runner/base/error.h"
+
+struct channel;
+
+struct channel_ops {
+    /* A complete, header-valid frame. The payload is valid during the call. */
+    void (*frame)(struct channel *ch, const struct al_frame *f, void *data);
+    /* The connection ended: result 0 for EOF, negative errno for an error
+     * (-EPROTO for a bad frame, -ETIMEDOUT when connecting failed). message
+     * says what happened. Not called after channel_close(). */
+    void (*closed)(struct channel *ch, int result, const char *message, void *data);
+};
+
+/* Connects to path, retrying for up to connect_timeout_ms while the socket
+ * is not there yet. max_payload 0 = AL_PROTO_MAX_PAYLOAD. */
+int channel_open(uv_loop_t *loop, const char *path, unsigned connect_timeout_ms,
+                 uint32_t max_payload, const struct channel_ops *ops, void *data,
+                 struct channel **ret, struct al_error **err);
+
+/* Queues one frame. Returns 0, -ENOTCONN before the connection is up or
+ * after it ended, -EMSGSIZE, -ENOMEM. */
+int channel_send(struct channel *ch, uint8_t type, const void *payload, size_t len);
+
+/* Streams the file at path as frames of type, then one empty end_type frame,
+ * then calls done (0 or negative errno) on the loop. Frames queued later with
+ * channel_send() go after the whole file. */
+int channel_send_file(struct channel *ch, uint8_t type, uint8_t end_type, const char *path,
+                      void (*done)(struct channel *ch, int result, void *data), void *data);
+
+/* True once connected. */
+bool channel_is_connected(const struct channel *ch);
+
+/* Bytes received so far (for rate accounting). */
+uint64_t channel_bytes_received(const struct channel *ch);
+
+/* Stops all callbacks and frees the channel (from its close callback). */
+void channel_close(struct channel *ch);
+
+#endif

@@ -1,0 +1,69 @@
+/* Libvirt XML for agentlab's VMs: the transient domain, the overlay volume,
+ * the backend's storage pool and the egress nwfilter, plus the metadata
+ * element that marks a domain as ours. */
+#ifndef AL_DOMAIN_XML_H
+#define AL_DOMAIN_XML_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runner/base/error.h"
+
+#define AL_XML_NS         "https://agentlab.dev/xmlns/domain/1"
+#define AL_XML_NS_PREFIX  "agentlab"
+#define AL_NWFILTER_NAME  "agentlab-egress"
+#define AL_DOMAIN_PREFIX  "agentlab-"
+
+struct domain_params {
+    const char *name;
+    const char *domain_type; /* "kvm" or "qemu" */
+    int vcpus;
+    uint64_t memory; /* bytes */
+    const char *kernel;
+    const char *initrd;
+    const char *cmdline;
+    const char *disk_path;
+    const char *disk_format; /* "qcow2" */
+    const char *seed_path;   /* NoCloud ISO, or NULL (guestfs injection) */
+    const char *channel_path;
+    const char *console_log; /* serial console log file, or NULL */
+    const char *network;     /* libvirt network name, or NULL for no NIC */
+    const char *gateway;     /* with network: the address DHCP/DNS may reach */
+    /* ownership metadata */
+    const char *job_id;
+    int attempt;
+    const char *owner;
+    const char *backend;
+    const char *image;
+};
+
+/* Builds the domain XML. Every value is escaped; values that cannot be
+ * represented are refused. The caller frees *ret_xml. */
+int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_error **err);
+
+/* Volume XML for a qcow2 overlay named name backed by backing (a qcow2 file),
+ * with the given virtual size in bytes. */
+int volume_xml_build(const char *name, const char *backing, uint64_t capacity, char **ret_xml,
+                     struct al_error **err);
+
+/* A transient dir storage pool named name at path. */
+int pool_xml_build(const char *name, const char *path, char **ret_xml, struct al_error **err);
+
+/* The nwfilter that drops guest traffic to private, link-local and loopback
+ * ranges (IPv4 and IPv6) and to the host, except DHCP and DNS to $GATEWAY. */
+const char *nwfilter_xml(void);
+
+/* Parses our metadata element (as virDomainGetMetadata returns it). Fields
+ * absent from the element are left NULL/0. Returns 0 or -EINVAL when the
+ * element is not ours. */
+struct domain_metadata {
+    char *job_id;
+    int attempt;
+    char *owner;
+    char *backend;
+    char *image;
+};
+int domain_metadata_parse(const char *xml, struct domain_metadata *ret);
+void domain_metadata_clear(struct domain_metadata *m);
+
+#endif

@@ -1,0 +1,1241 @@
+/* The libvirt backend: one transient domain per attempt, booted directly
+ * from the image's kernel and initrd, its disk a qcow2 overlay on the golden
+ * image created through the storage API, its per-job cloud-init data a
+ * NoCloud seed ISO (or injected into the overlay with libguestfs), and its
+ * workload driven over a virtio-serial channel (proto.h).
+ *
+ * libvirt calls that take longer than a few milliseconds (volume creation,
+ * domain start and destroy, libguestfs) run on the thread pool; everything
+ * else, including the channel and the events, runs on the loop thread.
+ */
+#include <dirent.h>
+#include <inttypes.h>
+#include <libvirt/libvirt.h>
+#include <stdarg.h>
+#include <libvirt/virterror.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "accel.h"
+#include "backend.h"
+#include "channel.h"
+#include "cloudinit.h"
+#include "domain_xml.h"
+#include "guest_job.h"
+#include "guestfs_inject.h"
+#include "images/catalog.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/loop/work.h"
+#include "seed_iso.h"
+
+#define CONNECT_TIMEOUT_MS 15000
+#define CONSOLE_TAIL_BYTES 1500
+
+struct lv_vm;
+
+struct lv_backend {
+    struct backend *b;
+    virConnectPtr conn;
+    int lifecycle_id;
+    struct accel_result accel;
+    char *pool_name;
+    char *pool_dir;
+    char *vms_dir; /* <run_dir>/vms */
+    int max_vms;
+    int vcpus;
+    uint64_t memory;
+    struct lv_vm *vms;
+    char health[160];
+};
+
+struct lv_vm {
+    struct vm base;
+    struct lv_backend *lb;
+    struct lv_vm *next;
+    struct vm_request req; /* the strings belong to the caller */
+    int inject;
+    struct image_info *image;
+    char *run_dir;
+    char *channel_path;
+    char *seed_path;
+    char *console_log;
+    char *vol_name;
+    char *vol_path;
+    char *meta_data;
+    char *user_data;
+    char *domain_xml;
+    struct al_tlv_buf job;
+    virDomainPtr dom;
+    struct channel *ch;
+    uv_timer_t hb_timer;
+    bool hb_timer_open;
+    uint64_t t0;
+    uint64_t last_frame_ms;
+    struct vm_result result;
+    bool hello;
+    bool finished;
+    bool worker_busy;
+    bool destroying;
+    backend_done_cb destroy_done;
+    void *destroy_data;
+};
+
+static void finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
+        _printf_(4, 5);
+static void destroy_continue(struct lv_vm *v);
+
+static void quiet_libvirt_errors(void *data, virErrorPtr e)
+{
+    (void)data;
+    (void)e;
+}
+
+static const char *libvirt_msg(void)
+{
+    const char *m = virGetLastErrorMessage();
+    return m && *m ? m : "unknown libvirt error";
+}
+
+static uint64_t since_ms(const struct lv_vm *v)
+{
+    uint64_t t = al_now_mono_ms() - v->t0;
+    return t ? t : 1;
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static uint32_t fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static struct lv_vm *find_vm(struct lv_backend *lb, const char *name)
+{
+    for (struct lv_vm *v = lb->vms; v; v = v->next) {
+        if (streq(v->base.name, name))
+            return v;
+    }
+    return NULL;
+}
+
+/* Last lines of the serial console, for errors about guests that died. */
+static char *console_tail(const struct lv_vm *v)
+{
+    if (!v->console_log)
+        return NULL;
+    FILE *f = fopen(v->console_log, "re");
+    if (!f)
+        return NULL;
+    char buf[CONSOLE_TAIL_BYTES + 1];
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    long from = size > CONSOLE_TAIL_BYTES ? size - CONSOLE_TAIL_BYTES : 0;
+    fseek(f, from, SEEK_SET);
+    size_t n = fread(buf, 1, CONSOLE_TAIL_BYTES, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* keep the last three non-empty lines */
+    int lines = 0;
+    char *start = buf;
+    for (char *p = buf + n; p > buf; p--) {
+        if (p[-1] == '\n' && p < buf + n && *p != '\n' && ++lines == 4) {
+            start = p;
+            break;
+        }
+    }
+    for (char *p = start; *p; p++) {
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+        else if ((unsigned char)*p < 0x20)
+            *p = '?';
+    }
+    return strdup(start);
+}
+
+static void finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
+{
+    if (v->finished)
+        return;
+    v->finished = true;
+    v->result.outcome = outcome;
+    v->result.exit_code = exit_code;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(v->result.reason, sizeof(v->result.reason), fmt, ap);
+        va_end(ap);
+    }
+    if (!v->result.t_exited)
+        v->result.t_exited = since_ms(v);
+    if (v->hb_timer_open)
+        uv_timer_stop(&v->hb_timer);
+    if (v->ch) {
+        channel_close(v->ch);
+        v->ch = NULL;
+    }
+    if (v->base.ev->finished)
+        v->base.ev->finished(&v->base, &v->result, v->base.ev_data);
+}
+
+static void phase(struct lv_vm *v, enum vm_phase p)
+{
+    uint64_t t = since_ms(v);
+    switch (p) {
+    case VM_PHASE_PROVISIONED:
+        v->result.t_provisioned = t;
+        break;
+    case VM_PHASE_BOOTING:
+        v->result.t_booting = t;
+        break;
+    case VM_PHASE_CONNECTED:
+        v->result.t_connected = t;
+        break;
+    case VM_PHASE_RUNNING:
+        v->result.t_running = t;
+        break;
+    }
+    if (v->base.ev->phase)
+        v->base.ev->phase(&v->base, p, v->base.ev_data);
+}
+
+/* ------------------------------------------------------------- channel */
+
+static void tlv_text(const uint8_t *val, uint32_t len, char *out, size_t size)
+{
+    size_t n = len < size - 1 ? len : size - 1;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (val[i] >= 0x20 && val[i] < 0x7f) ? (char)val[i] : '?';
+    out[n] = '\0';
+}
+
+static void on_workdir_sent(struct channel *ch, int result, void *data)
+{
+    (void)ch;
+    struct lv_vm *v = data;
+    if (result < 0 && !v->finished)
+        finish(v, VM_INFRA_ERROR, 0, "sending the work directory to the guest: %s",
+               strerror(-result));
+}
+
+static int send_tlv(struct lv_vm *v, uint8_t type, const struct al_tlv_buf *b)
+{
+    return channel_send(v->ch, type, b->data, b->len);
+}
+
+static void handle_hello(struct lv_vm *v, const struct al_frame *f)
+{
+    if (v->hello)
+        return; /* the helper repeats HELLO until it hears from us */
+    struct al_tlv_iter it;
+    al_tlv_iter_init(&it, f->payload, f->len);
+    uint16_t tag;
+    const uint8_t *val;
+    uint32_t len;
+    int r;
+    bool has_job = false;
+    uint64_t version = 0;
+    while ((r = al_tlv_next(&it, &tag, &val, &len)) == 1) {
+        if (tag == AL_TLV_VERSION && al_tlv_value_u64(val, len, &version) < 0) {
+            finish(v, VM_INFRA_ERROR, 0, "the guest sent a bad HELLO version");
+            return;
+        }
+        if (tag == AL_TLV_JOB_ID) {
+            if (len != strlen(v->req.job_id) || memcmp(val, v->req.job_id, len) != 0) {
+                finish(v, VM_INFRA_ERROR, 0, "the guest holds a different job");
+                return;
+            }
+            has_job = true;
+        }
+    }
+    if (r < 0 || version != AL_PROTO_VERSION) {
+        finish(v, VM_INFRA_ERROR, 0, "the guest speaks protocol version %" PRIu64 ", not %d",
+               version, AL_PROTO_VERSION);
+        return;
+    }
+    v->hello = true;
+    phase(v, VM_PHASE_CONNECTED);
+
+    struct al_error *err = NULL;
+    struct al_tlv_buf secrets = {0};
+    if (!has_job && send_tlv(v, AL_FRAME_JOB, &v->job) < 0)
+        goto fail;
+    if (v->req.n_secret_env) {
+        if (guest_secrets_encode(&v->req, &secrets, &err) < 0)
+            goto fail;
+        r = send_tlv(v, AL_FRAME_SECRETS, &secrets);
+        explicit_bzero(secrets.data, secrets.len);
+        al_tlv_buf_free(&secrets);
+        if (r < 0)
+            goto fail;
+    }
+    if (v->req.workdir_tar &&
+        channel_send_file(v->ch, AL_FRAME_WORKDIR, AL_FRAME_WORKDIR_END, v->req.workdir_tar,
+                          on_workdir_sent, v) < 0)
+        goto fail;
+    if (channel_send(v->ch, AL_FRAME_START, NULL, 0) < 0)
+        goto fail;
+    return;
+fail:
+    finish(v, VM_INFRA_ERROR, 0, "delivering the job to the guest failed%s%s", err ? ": " : "",
+           err ? al_error_message(err) : "");
+    al_error_free(err);
+}
+
+static void handle_artifact_end(struct lv_vm *v, const struct al_frame *f)
+{
+    struct al_tlv_iter it;
+    al_tlv_iter_init(&it, f->payload, f->len);
+    uint16_t tag;
+    const uint8_t *val;
+    uint32_t len;
+    while (al_tlv_next(&it, &tag, &val, &len) == 1) {
+        if (tag == AL_TLV_BYTES)
+            al_tlv_value_u64(val, len, &v->result.artifact_bytes);
+        else if (tag == AL_TLV_FILES)
+            al_tlv_value_u64(val, len, &v->result.artifact_files);
+        else if (tag == AL_TLV_ERROR)
+            tlv_text(val, len, v->result.artifact_error, sizeof(v->result.artifact_error));
+    }
+}
+
+static void handle_exit(struct lv_vm *v, const struct al_frame *f)
+{
+    struct al_tlv_iter it;
+    al_tlv_iter_init(&it, f->payload, f->len);
+    uint16_t tag;
+    const uint8_t *val;
+    uint32_t len;
+    uint64_t code = 0, sig = 0, timed_out = 0;
+    bool have_code = false;
+    char reason[128] = "exited";
+    int r;
+    while ((r = al_tlv_next(&it, &tag, &val, &len)) == 1) {
+        if (tag == AL_TLV_EXIT_CODE)
+            have_code = al_tlv_value_u64(val, len, &code) == 0 && code <= 255;
+        else if (tag == AL_TLV_SIGNAL)
+            al_tlv_value_u64(val, len, &sig);
+        else if (tag == AL_TLV_TIMED_OUT)
+            al_tlv_value_u64(val, len, &timed_out);
+        else if (tag == AL_TLV_REASON)
+            tlv_text(val, len, reason, sizeof(reason));
+    }
+    if (r < 0 || !have_code) {
+        finish(v, VM_INFRA_ERROR, 0, "the guest sent a malformed EXIT frame");
+        return;
+    }
+    v->result.signal = sig < 128 ? (int)sig : 0;
+    v->result.t_exited = since_ms(v);
+    if (timed_out)
+        finish(v, VM_GUEST_TIMEOUT, (int)code, "the workload timed out in the guest");
+    else if (streq(reason, "canceled"))
+        finish(v, VM_CANCELED, (int)code, "canceled");
+    else if (sig)
+        finish(v, VM_EXITED, (int)code, "the workload was killed by signal %" PRIu64, sig);
+    else
+        finish(v, VM_EXITED, (int)code, "the workload exited with status %" PRIu64, code);
+}
+
+static void on_frame(struct channel *ch, const struct al_frame *f, void *data)
+{
+    (void)ch;
+    struct lv_vm *v = data;
+    if (v->finished)
+        return;
+    v->last_frame_ms = al_now_mono_ms();
+    if (!v->hello && f->type != AL_FRAME_HELLO && f->type != AL_FRAME_DIAG) {
+        finish(v, VM_INFRA_ERROR, 0, "the guest sent frame type %u before HELLO", f->type);
+        return;
+    }
+    switch (f->type) {
+    case AL_FRAME_HELLO:
+        handle_hello(v, f);
+        break;
+    case AL_FRAME_STARTED:
+        if (!v->result.t_running)
+            phase(v, VM_PHASE_RUNNING);
+        break;
+    case AL_FRAME_STDOUT:
+    case AL_FRAME_STDERR:
+        if (v->base.ev->output && f->len)
+            v->base.ev->output(&v->base, f->type == AL_FRAME_STDOUT ? VM_STDOUT : VM_STDERR,
+                               f->payload, f->len, v->base.ev_data);
+        break;
+    case AL_FRAME_HEARTBEAT:
+        break;
+    case AL_FRAME_DIAG: {
+        struct al_tlv_iter it;
+        al_tlv_iter_init(&it, f->payload, f->len);
+        uint16_t tag;
+        const uint8_t *val;
+        uint32_t len;
+        while (al_tlv_next(&it, &tag, &val, &len) == 1) {
+            if (tag == AL_TLV_REASON && v->base.ev->diag) {
+                char msg[512];
+                tlv_text(val, len, msg, sizeof(msg));
+                v->base.ev->diag(&v->base, msg, v->base.ev_data);
+            }
+        }
+        break;
+    }
+    case AL_FRAME_ARTIFACT:
+        if (v->base.ev->artifact && f->len)
+            v->base.ev->artifact(&v->base, f->payload, f->len, v->base.ev_data);
+        break;
+    case AL_FRAME_ARTIFACT_END:
+        handle_artifact_end(v, f);
+        break;
+    case AL_FRAME_EXIT:
+        handle_exit(v, f);
+        break;
+    default:
+        finish(v, VM_INFRA_ERROR, 0, "the guest sent a host-only frame (type %u)", f->type);
+        break;
+    }
+}
+
+static void on_channel_closed(struct channel *ch, int result, const char *message, void *data)
+{
+    (void)ch;
+    struct lv_vm *v = data;
+    _cleanup_free_ char *tail = console_tail(v);
+    if (result == -EPROTO)
+        finish(v, VM_INFRA_ERROR, 0, "protocol violation: %s", message);
+    else if (!v->hello)
+        finish(v, VM_INFRA_ERROR, 0, "the VM's channel closed before the guest helper started (%s)%s%s",
+               message, tail ? "; console: " : "", tail ? tail : "");
+    else
+        finish(v, VM_INFRA_ERROR, 0, "the guest went away before reporting a result (%s)%s%s",
+               message, tail ? "; console: " : "", tail ? tail : "");
+}
+
+static const struct channel_ops channel_ops = {
+        .frame = on_frame,
+        .closed = on_channel_closed,
+};
+
+static void on_heartbeat_check(uv_timer_t *t)
+{
+    struct lv_vm *v = t->data;
+    if (!v->hello || v->finished)
+        return;
+    uint64_t limit = (uint64_t)v->lb->b->env.cfg->agent.heartbeat_timeout_s * 1000u;
+    uint64_t quiet = al_now_mono_ms() - v->last_frame_ms;
+    if (quiet > limit)
+        finish(v, VM_INFRA_ERROR, 0, "the guest sent nothing for %" PRIu64 " s (heartbeat lost)",
+               quiet / 1000u);
+}
+
+/* -------------------------------------------------------------- workers */
+
+static int ensure_pool(struct lv_backend *lb, struct al_error **err)
+{
+    virStoragePoolPtr pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
+    if (pool) {
+        int active = virStoragePoolIsActive(pool);
+        if (active == 0 && virStoragePoolCreate(pool, 0) < 0) {
+            int r = al_error_set(err, EIO, "starting storage pool %s: %s", lb->pool_name,
+                                 libvirt_msg());
+            virStoragePoolFree(pool);
+            return r;
+        }
+        virStoragePoolFree(pool);
+        return 0;
+    }
+    int r = al_mkdir_p(lb->pool_dir, 0711, err);
+    if (r < 0)
+        return r;
+    _cleanup_free_ char *xml = NULL;
+    r = pool_xml_build(lb->pool_name, lb->pool_dir, &xml, err);
+    if (r < 0)
+        return r;
+    pool = virStoragePoolCreateXML(lb->conn, xml, 0);
+    if (!pool) {
+        /* another process may have created it meanwhile */
+        pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
+        if (!pool)
+            return al_error_set(err, EIO, "creating storage pool %s: %s", lb->pool_name,
+                                libvirt_msg());
+    }
+    virStoragePoolFree(pool);
+    return 0;
+}
+
+static int provision_work(void *data, struct al_error **err)
+{
+    struct lv_vm *v = data;
+    struct lv_backend *lb = v->lb;
+    int r = al_mkdir_p(v->run_dir, 0711, err);
+    if (r < 0)
+        return r;
+    /* the owner file lets gc attribute leftovers of a VM that never got a domain */
+    _cleanup_free_ char *owner_path = al_path_join(v->run_dir, "owner");
+    _cleanup_free_ char *owner_line = NULL;
+    if (!owner_path || asprintf(&owner_line, "%s %s %d\n", lb->b->env.owner_id, v->req.job_id,
+                                v->req.attempt) < 0)
+        return al_error_set(err, ENOMEM, "owner file");
+    r = al_write_file_atomic(owner_path, owner_line, strlen(owner_line), 0644, err);
+    if (r < 0)
+        return r;
+
+    r = ensure_pool(lb, err);
+    if (r < 0)
+        return r;
+    virStoragePoolPtr pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
+    if (!pool)
+        return al_error_set(err, EIO, "storage pool %s: %s", lb->pool_name, libvirt_msg());
+    uint64_t cap = v->image->virtual_size;
+    if (v->req.disk_bytes > cap)
+        cap = v->req.disk_bytes;
+    _cleanup_free_ char *vol_xml = NULL;
+    r = volume_xml_build(v->vol_name, v->image->disk, cap, &vol_xml, err);
+    if (r < 0) {
+        virStoragePoolFree(pool);
+        return r;
+    }
+    virStorageVolPtr vol = virStorageVolCreateXML(pool, vol_xml, 0);
+    virStoragePoolFree(pool);
+    if (!vol)
+        return al_error_set(err, EIO, "creating the overlay %s: %s", v->vol_name, libvirt_msg());
+    v->vol_path = virStorageVolGetPath(vol);
+    virStorageVolFree(vol);
+    if (!v->vol_path)
+        return al_error_set(err, EIO, "overlay path: %s", libvirt_msg());
+
+    if (v->inject == INJECT_GUESTFS) {
+        struct guestfs_inject_item item = {
+                .disk = v->vol_path,
+                .format = "qcow2",
+                .meta_data = v->meta_data,
+                .user_data = v->user_data,
+        };
+        r = guestfs_inject_seed(&item, 1, lb->accel.kind == ACCEL_KIND_TCG, err);
+        if (r < 0)
+            return al_error_wrap(err, "injecting cloud-init data with libguestfs");
+    } else {
+        r = seed_iso_write(v->seed_path, 0644, v->meta_data, v->user_data, NULL, err);
+        if (r < 0)
+            return al_error_wrap(err, "writing the seed ISO");
+    }
+
+    struct domain_params dp = {
+            .name = v->base.name,
+            .domain_type = accel_domain_type(&lb->accel),
+            .vcpus = v->req.cpus,
+            .memory = v->req.memory,
+            .kernel = v->image->kernel,
+            .initrd = v->image->initrd,
+            .cmdline = v->image->cmdline,
+            .disk_path = v->vol_path,
+            .disk_format = "qcow2",
+            .seed_path = v->inject == INJECT_GUESTFS ? NULL : v->seed_path,
+            .channel_path = v->channel_path,
+            .console_log = v->console_log,
+            .network = *lb->b->cfg->network ? lb->b->cfg->network : NULL,
+            .job_id = v->req.job_id,
+            .attempt = v->req.attempt,
+            .owner = lb->b->env.owner_id,
+            .backend = lb->b->name,
+            .image = v->image->name,
+    };
+    return domain_xml_build(&dp, &v->domain_xml, err);
+}
+
+static int start_work(void *data, struct al_error **err)
+{
+    struct lv_vm *v = data;
+    v->dom = virDomainCreateXML(v->lb->conn, v->domain_xml, 0);
+    if (!v->dom)
+        return al_error_set(err, EIO, "starting the VM: %s", libvirt_msg());
+    return 0;
+}
+
+static void on_started(void *data, int result, struct al_error *err)
+{
+    struct lv_vm *v = data;
+    v->worker_busy = false;
+    if (v->destroying) {
+        al_error_free(err);
+        destroy_continue(v);
+        return;
+    }
+    if (result < 0) {
+        finish(v, VM_INFRA_ERROR, 0, "%s", al_error_message(err));
+        al_error_free(err);
+        return;
+    }
+    phase(v, VM_PHASE_BOOTING);
+    struct al_error *cerr = NULL;
+    int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS, 0, &channel_ops,
+                         v, &v->ch, &cerr);
+    if (r < 0) {
+        finish(v, VM_INFRA_ERROR, 0, "opening the channel: %s", al_error_message(cerr));
+        al_error_free(cerr);
+        return;
+    }
+    v->last_frame_ms = al_now_mono_ms();
+    uv_timer_start(&v->hb_timer, on_heartbeat_check, 1000, 1000);
+}
+
+static void on_provisioned(void *data, int result, struct al_error *err)
+{
+    struct lv_vm *v = data;
+    v->worker_busy = false;
+    if (v->destroying) {
+        al_error_free(err);
+        destroy_continue(v);
+        return;
+    }
+    if (result < 0) {
+        finish(v, VM_INFRA_ERROR, 0, "%s", al_error_message(err));
+        al_error_free(err);
+        return;
+    }
+    phase(v, VM_PHASE_PROVISIONED);
+    if (v->destroying || v->finished)
+        return;
+    v->worker_busy = true;
+    if (al_work_queue(v->lb->b->env.loop, start_work, on_started, v, NULL) < 0) {
+        v->worker_busy = false;
+        finish(v, VM_INFRA_ERROR, 0, "queueing the VM start failed");
+    }
+}
+
+/* ------------------------------------------------------------ teardown */
+
+struct teardown {
+    virConnectPtr conn;
+    char *pool_name;
+    char *dom_name;
+    virDomainPtr dom; /* may be NULL: look up by name */
+    char *vol_name;
+    char *run_dir;
+    bool must_be_ours;
+};
+
+/* Frees what a teardown holds (not the struct, which is embedded). */
+static void teardown_clear(struct teardown *t)
+{
+    if (t->dom)
+        virDomainFree(t->dom);
+    free(t->pool_name);
+    free(t->dom_name);
+    free(t->vol_name);
+    free(t->run_dir);
+    *t = (struct teardown){0};
+}
+
+static int teardown_work(void *data, struct al_error **err)
+{
+    struct teardown *t = data;
+    int r = 0;
+    if (!t->dom && t->dom_name)
+        t->dom = virDomainLookupByName(t->conn, t->dom_name);
+    if (t->dom && t->must_be_ours) {
+        char *meta = virDomainGetMetadata(t->dom, VIR_DOMAIN_METADATA_ELEMENT, AL_XML_NS, 0);
+        bool ours = meta != NULL;
+        free(meta);
+        if (!ours)
+            return al_error_set(err, EPERM, "domain %s carries no agentlab metadata; not touching it",
+                                t->dom_name);
+    }
+    if (t->dom) {
+        if (virDomainIsActive(t->dom) == 1 &&
+            virDomainDestroyFlags(t->dom, VIR_DOMAIN_DESTROY_DEFAULT) < 0 &&
+            virDomainIsActive(t->dom) == 1)
+            r = al_error_set(err, EIO, "destroying %s: %s", t->dom_name, libvirt_msg());
+        /* a domain defined by someone by hand would survive destroy */
+        if (virDomainIsPersistent(t->dom) == 1)
+            virDomainUndefineFlags(t->dom, VIR_DOMAIN_UNDEFINE_NVRAM);
+    }
+    if (t->vol_name) {
+        virStoragePoolPtr pool = virStoragePoolLookupByName(t->conn, t->pool_name);
+        virStorageVolPtr vol = pool ? virStorageVolLookupByName(pool, t->vol_name) : NULL;
+        if (!vol && pool) {
+            /* created behind libvirt's back or pool not refreshed yet */
+            virStoragePoolRefresh(pool, 0);
+            vol = virStorageVolLookupByName(pool, t->vol_name);
+        }
+        if (vol) {
+            if (virStorageVolDelete(vol, 0) < 0 && r == 0)
+                r = al_error_set(err, EIO, "deleting volume %s: %s", t->vol_name, libvirt_msg());
+            virStorageVolFree(vol);
+        }
+        if (pool)
+            virStoragePoolFree(pool);
+    }
+    if (t->run_dir) {
+        struct al_error *rerr = NULL;
+        if (al_rm_rf(t->run_dir, &rerr) < 0 && r == 0)
+            r = al_error_move(err, &rerr);
+        al_error_free(rerr);
+    }
+    return r;
+}
+
+static void vm_free(struct lv_vm *v)
+{
+    struct lv_backend *lb = v->lb;
+    for (struct lv_vm **pp = &lb->vms; *pp; pp = &(*pp)->next) {
+        if (*pp == v) {
+            *pp = v->next;
+            break;
+        }
+    }
+    image_info_free(v->image);
+    free(v->base.name);
+    free(v->run_dir);
+    free(v->channel_path);
+    free(v->seed_path);
+    free(v->console_log);
+    free(v->vol_name);
+    free(v->vol_path);
+    free(v->meta_data);
+    free(v->user_data);
+    free(v->domain_xml);
+    al_tlv_buf_free(&v->job);
+    free(v);
+}
+
+static void on_hb_timer_closed(uv_handle_t *h)
+{
+    struct lv_vm *v = h->data;
+    v->hb_timer_open = false;
+    vm_free(v);
+}
+
+static void on_torn_down(void *data, int result, struct al_error *err)
+{
+    struct lv_vm *v = data;
+    backend_done_cb done = v->destroy_done;
+    void *ddata = v->destroy_data;
+    if (result < 0)
+        log_warn(v->req.job_id, "cleanup of %s incomplete: %s", v->base.name,
+                 al_error_message(err));
+    if (done)
+        done(result, err, ddata);
+    al_error_free(err);
+    uv_close((uv_handle_t *)&v->hb_timer, on_hb_timer_closed);
+}
+
+struct vm_teardown {
+    struct teardown t;
+    struct lv_vm *v;
+};
+
+static int vm_teardown_work(void *data, struct al_error **err)
+{
+    struct vm_teardown *vt = data;
+    return teardown_work(&vt->t, err);
+}
+
+static void vm_teardown_done(void *data, int result, struct al_error *err)
+{
+    struct vm_teardown *vt = data;
+    struct lv_vm *v = vt->v;
+    teardown_clear(&vt->t);
+    free(vt);
+    v->dom = NULL;
+    on_torn_down(v, result, err);
+}
+
+static void destroy_continue(struct lv_vm *v)
+{
+    struct vm_teardown *vt = calloc(1, sizeof(*vt));
+    if (vt) {
+        vt->v = v;
+        vt->t.conn = v->lb->conn;
+        vt->t.dom = TAKE_PTR(v->dom);
+        vt->t.dom_name = strdup(v->base.name);
+        vt->t.pool_name = strdup(v->lb->pool_name);
+        vt->t.vol_name = strdup(v->vol_name);
+        vt->t.run_dir = strdup(v->run_dir);
+    }
+    if (!vt || !vt->t.dom_name || !vt->t.pool_name || !vt->t.vol_name || !vt->t.run_dir ||
+        al_work_queue(v->lb->b->env.loop, vm_teardown_work, vm_teardown_done, vt, NULL) < 0) {
+        /* last resort: tear down synchronously rather than leak */
+        struct al_error *err = NULL;
+        int r = vt ? teardown_work(&vt->t, &err) : -ENOMEM;
+        if (vt)
+            vm_teardown_done(vt, r, err);
+        else
+            on_torn_down(v, r, NULL);
+    }
+}
+
+/* ------------------------------------------------------------------ ops */
+
+static void lv_destroy(struct vm *vm, backend_done_cb done, void *data)
+{
+    struct lv_vm *v = container_of(vm, struct lv_vm, base);
+    if (v->destroying)
+        return;
+    v->destroying = true;
+    v->destroy_done = done;
+    v->destroy_data = data;
+    /* no events after destroy: mark finished without telling anyone */
+    v->finished = true;
+    if (v->ch) {
+        channel_close(v->ch);
+        v->ch = NULL;
+    }
+    uv_timer_stop(&v->hb_timer);
+    if (v->worker_busy)
+        return; /* the worker's completion continues the teardown */
+    destroy_continue(v);
+}
+
+static int lv_cancel(struct vm *vm)
+{
+    struct lv_vm *v = container_of(vm, struct lv_vm, base);
+    if (v->finished)
+        return 0;
+    if (v->ch && v->hello && channel_send(v->ch, AL_FRAME_CANCEL, NULL, 0) == 0)
+        return 0; /* the guest answers with EXIT reason=canceled */
+    finish(v, VM_CANCELED, 130, "canceled before the workload started");
+    return 0;
+}
+
+static char *make_hostname(const char *job_id)
+{
+    char *h = NULL;
+    size_t n = strlen(job_id);
+    const char *tail = n > 12 ? job_id + n - 12 : job_id;
+    if (asprintf(&h, "al-%s", tail) < 0)
+        return NULL;
+    for (char *p = h; *p; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-'))
+            *p = (*p >= 'A' && *p <= 'Z') ? (char)(*p - 'A' + 'a') : '-';
+    }
+    return h;
+}
+
+static int lv_launch(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
+                     void *ev_data, struct vm **ret_vm, struct al_error **err)
+{
+    struct lv_backend *lb = b->priv;
+    if (!config_name_is_valid(req->job_id))
+        return al_error_set(err, EINVAL, "invalid job id \"%s\"", req->job_id);
+    if (req->cpus < 1 || req->memory < (128u << 20))
+        return al_error_set(err, EINVAL, "a VM needs at least 1 vCPU and 128 MiB");
+
+    struct lv_vm *v = calloc(1, sizeof(*v));
+    if (!v)
+        return al_error_set(err, ENOMEM, "allocating a VM");
+    v->lb = lb;
+    v->base.backend = b;
+    v->base.ev = ev;
+    v->base.ev_data = ev_data;
+    v->req = *req;
+    v->inject = req->inject >= 0 ? req->inject : b->cfg->inject;
+    v->t0 = al_now_mono_ms();
+    uv_timer_init(b->env.loop, &v->hb_timer);
+    v->hb_timer.data = v;
+    v->hb_timer_open = true;
+    _cleanup_free_ char *hostname = NULL;
+    int r;
+
+    if (asprintf(&v->base.name, AL_DOMAIN_PREFIX "%s-%d", req->job_id, req->attempt) < 0 ||
+        asprintf(&v->vol_name, "%s.qcow2", v->base.name) < 0 ||
+        !(v->run_dir = al_path_join(lb->vms_dir, v->base.name)) ||
+        !(v->channel_path = al_path_join(v->run_dir, "job.sock")) ||
+        !(v->seed_path = al_path_join(v->run_dir, "seed.iso")) ||
+        !(v->console_log = al_path_join(v->run_dir, "console.log"))) {
+        r = al_error_set(err, ENOMEM, "allocating a VM");
+        goto fail;
+    }
+    r = image_find(b->env.cfg->agent.state_dir, req->image, &v->image, err);
+    if (r < 0)
+        goto fail;
+
+    r = guest_job_encode(req, &v->job, err);
+    if (r < 0)
+        goto fail;
+    hostname = make_hostname(req->job_id);
+    struct cloudinit_job cj = {
+            .instance_id = req->job_id,
+            .hostname = hostname,
+            .job_blob = v->job.data,
+            .job_blob_len = v->job.len,
+    };
+    r = cloudinit_render(&cj, &v->meta_data, &v->user_data, err);
+    if (r < 0)
+        goto fail;
+
+    v->next = lb->vms;
+    lb->vms = v;
+    v->worker_busy = true;
+    r = al_work_queue(b->env.loop, provision_work, on_provisioned, v, NULL);
+    if (r < 0) {
+        lb->vms = v->next;
+        v->worker_busy = false;
+        r = al_error_set(err, -r, "queueing provisioning");
+        goto fail;
+    }
+    *ret_vm = &v->base;
+    return 0;
+fail:
+    uv_close((uv_handle_t *)&v->hb_timer, on_hb_timer_closed);
+    return r;
+}
+
+static void lv_capacity(struct backend *b, struct backend_capacity *ret)
+{
+    struct lv_backend *lb = b->priv;
+    struct backend_capacity c = {
+            .max_vms = lb->max_vms,
+            .vcpus = lb->vcpus,
+            .memory = lb->memory,
+            .healthy = virConnectIsAlive(lb->conn) == 1,
+    };
+    for (struct lv_vm *v = lb->vms; v; v = v->next) {
+        c.used_vms++;
+        c.used_vcpus += v->req.cpus;
+        c.used_memory += v->req.memory;
+    }
+    if (!c.healthy)
+        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down",
+                 b->cfg->uri);
+    *ret = c;
+}
+
+static void on_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event, int detail,
+                               void *data)
+{
+    (void)conn;
+    struct lv_backend *lb = data;
+    struct lv_vm *v = find_vm(lb, virDomainGetName(dom));
+    if (!v || v->finished)
+        return;
+    if (event == VIR_DOMAIN_EVENT_STOPPED || event == VIR_DOMAIN_EVENT_CRASHED) {
+        static const char *const stopped[] = {"shut down", "destroyed", "crashed", "migrated",
+                                              "saved",     "failed",    "snapshot"};
+        const char *what = event == VIR_DOMAIN_EVENT_CRASHED ? "crashed"
+                           : (detail >= 0 && (size_t)detail < ARRAY_SIZE(stopped))
+                                   ? stopped[detail]
+                                   : "stopped";
+        _cleanup_free_ char *tail = console_tail(v);
+        finish(v, VM_INFRA_ERROR, 0, "the VM %s before reporting a result%s%s", what,
+               tail ? "; console: " : "", tail ? tail : "");
+    }
+}
+
+static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *data)
+{
+    on_lifecycle_event(conn, dom, event, detail, data);
+    return 0;
+}
+
+static int lv_open(struct backend *b, struct al_error **err)
+{
+    const struct config *cfg = b->env.cfg;
+    struct lv_backend *lb = calloc(1, sizeof(*lb));
+    if (!lb)
+        return al_error_set(err, ENOMEM, "allocating the libvirt backend");
+    lb->b = b;
+    b->priv = lb;
+    lb->lifecycle_id = -1;
+    int r;
+    virSetErrorFunc(NULL, quiet_libvirt_errors);
+
+    if (*b->cfg->storage_pool) {
+        lb->pool_name = strdup(b->cfg->storage_pool);
+    } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name,
+                        fnv1a(cfg->agent.state_dir)) < 0) {
+        lb->pool_name = NULL;
+    }
+    _cleanup_free_ char *pools = al_path_join(cfg->agent.state_dir, "pools");
+    lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
+    lb->vms_dir = al_path_join(cfg->agent.run_dir, "vms");
+    if (!lb->pool_name || !lb->pool_dir || !lb->vms_dir) {
+        r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
+        goto fail;
+    }
+    r = al_mkdir_p(lb->vms_dir, 0711, err);
+    if (r < 0)
+        goto fail;
+
+    r = accel_probe(b->cfg->accel, cfg->agent.run_dir, &lb->accel, err);
+    if (r < 0)
+        goto fail;
+    if (lb->accel.kind == ACCEL_KIND_TCG && b->cfg->accel == ACCEL_AUTO && !lb->accel.from_cache)
+        log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
+                 b->name, lb->accel.reason);
+
+    lb->conn = virConnectOpen(b->cfg->uri);
+    if (!lb->conn) {
+        r = al_error_set(err, EIO, "connecting to %s: %s", b->cfg->uri, libvirt_msg());
+        goto fail;
+    }
+    /* keepalives need the event loop, which runs on our uv loop */
+    virConnectSetKeepAlive(lb->conn, 5, 3);
+    lb->lifecycle_id = virConnectDomainEventRegisterAny(
+            lb->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb),
+            lb, NULL);
+    if (lb->lifecycle_id < 0) {
+        r = al_error_set(err, EIO, "subscribing to domain events on %s: %s", b->cfg->uri,
+                         libvirt_msg());
+        goto fail;
+    }
+    r = ensure_pool(lb, err);
+    if (r < 0)
+        goto fail;
+
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    lb->vcpus = b->cfg->vcpus > 0 ? b->cfg->vcpus : (int)(cpus > 0 ? cpus : 1);
+    lb->memory = b->cfg->memory > 0 ? b->cfg->memory
+                                    : (uint64_t)pages * (uint64_t)page / 10u * 8u;
+    lb->max_vms = b->cfg->max_vms > 0 ? b->cfg->max_vms : lb->vcpus;
+    return 0;
+fail:
+    if (lb->conn) {
+        if (lb->lifecycle_id >= 0)
+            virConnectDomainEventDeregisterAny(lb->conn, lb->lifecycle_id);
+        virConnectClose(lb->conn);
+    }
+    free(lb->pool_name);
+    free(lb->pool_dir);
+    free(lb->vms_dir);
+    free(lb);
+    b->priv = NULL;
+    return r;
+}
+
+static void lv_close(struct backend *b, void (*done)(void *data), void *data)
+{
+    struct lv_backend *lb = b->priv;
+    if (lb) {
+        if (lb->vms)
+            log_warn(NULL, "backend %s closed with VMs still alive", b->name);
+        if (lb->conn) {
+            if (lb->lifecycle_id >= 0)
+                virConnectDomainEventDeregisterAny(lb->conn, lb->lifecycle_id);
+            virConnectClose(lb->conn);
+        }
+        free(lb->pool_name);
+        free(lb->pool_dir);
+        free(lb->vms_dir);
+        free(lb);
+        b->priv = NULL;
+    }
+    if (done)
+        done(data);
+}
+
+/* ---------------------------------------------------- reconcile support */
+
+struct list_ctx {
+    struct lv_backend *lb;
+    virConnectPtr conn;
+    char *pool_name;
+    char *vms_dir;
+    struct owned_vm *vms;
+    size_t n;
+    backend_list_cb cb;
+    void *data;
+};
+
+static struct owned_vm *owned_get(struct list_ctx *c, const char *name)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (streq(c->vms[i].name, name))
+            return &c->vms[i];
+    }
+    struct owned_vm *g = realloc(c->vms, (c->n + 1) * sizeof(*g));
+    if (!g)
+        return NULL;
+    c->vms = g;
+    struct owned_vm *o = &g[c->n];
+    *o = (struct owned_vm){.name = strdup(name)};
+    if (!o->name)
+        return NULL;
+    c->n++;
+    return o;
+}
+
+static int list_work(void *data, struct al_error **err)
+{
+    struct list_ctx *c = data;
+    virDomainPtr *doms = NULL;
+    int n = virConnectListAllDomains(c->conn, &doms, 0);
+    if (n < 0)
+        return al_error_set(err, EIO, "listing domains: %s", libvirt_msg());
+    for (int i = 0; i < n; i++) {
+        char *meta = virDomainGetMetadata(doms[i], VIR_DOMAIN_METADATA_ELEMENT, AL_XML_NS, 0);
+        struct domain_metadata m = {0};
+        if (meta && domain_metadata_parse(meta, &m) == 0 && m.backend &&
+            streq(m.backend, c->lb->b->name)) {
+            struct owned_vm *o = owned_get(c, virDomainGetName(doms[i]));
+            if (o) {
+                o->job_id = TAKE_PTR(m.job_id);
+                o->owner = TAKE_PTR(m.owner);
+                o->attempt = m.attempt;
+                o->running = virDomainIsActive(doms[i]) == 1;
+            }
+        }
+        domain_metadata_clear(&m);
+        free(meta);
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+
+    /* leftovers: overlays without a domain */
+    virStoragePoolPtr pool = virStoragePoolLookupByName(c->conn, c->pool_name);
+    if (pool) {
+        virStoragePoolRefresh(pool, 0);
+        virStorageVolPtr *vols = NULL;
+        int nv = virStoragePoolListAllVolumes(pool, &vols, 0);
+        for (int i = 0; i < nv; i++) {
+            const char *vn = virStorageVolGetName(vols[i]);
+            size_t len = strlen(vn);
+            if (strncmp(vn, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) == 0 && len > 6 &&
+                streq(vn + len - 6, ".qcow2")) {
+                _cleanup_free_ char *name = strndup(vn, len - 6);
+                if (name)
+                    owned_get(c, name);
+            }
+            virStorageVolFree(vols[i]);
+        }
+        free(vols);
+        virStoragePoolFree(pool);
+    }
+
+    /* leftovers: run dirs; their owner file says who made them */
+    DIR *d = opendir(c->vms_dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (strncmp(de->d_name, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0)
+                continue;
+            struct owned_vm *o = owned_get(c, de->d_name);
+            if (!o || o->owner)
+                continue;
+            _cleanup_free_ char *dir = al_path_join(c->vms_dir, de->d_name);
+            _cleanup_free_ char *path = dir ? al_path_join(dir, "owner") : NULL;
+            _cleanup_free_ char *text = NULL;
+            struct al_error *rerr = NULL;
+            if (path && al_read_file(path, 4096, &text, NULL, &rerr) == 0) {
+                char owner[256], job[128];
+                int attempt = 0;
+                if (sscanf(text, "%255s %127s %d", owner, job, &attempt) == 3) {
+                    o->owner = strdup(owner);
+                    o->job_id = strdup(job);
+                    o->attempt = attempt;
+                }
+            }
+            al_error_free(rerr);
+        }
+        closedir(d);
+    }
+    return 0;
+}
+
+static void list_done(void *data, int result, struct al_error *err)
+{
+    struct list_ctx *c = data;
+    if (result < 0) {
+        owned_vm_array_free(c->vms, c->n);
+        c->cb(result, NULL, 0, err, c->data);
+    } else {
+        c->cb(0, c->vms, c->n, NULL, c->data);
+    }
+    al_error_free(err);
+    free(c->pool_name);
+    free(c->vms_dir);
+    free(c);
+}
+
+static int lv_list_owned(struct backend *b, backend_list_cb cb, void *data)
+{
+    struct lv_backend *lb = b->priv;
+    struct list_ctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->lb = lb;
+    c->conn = lb->conn;
+    c->pool_name = strdup(lb->pool_name);
+    c->vms_dir = strdup(lb->vms_dir);
+    c->cb = cb;
+    c->data = data;
+    int r = (!c->pool_name || !c->vms_dir) ? -ENOMEM
+                                           : al_work_queue(b->env.loop, list_work, list_done, c,
+                                                           NULL);
+    if (r < 0) {
+        free(c->pool_name);
+        free(c->vms_dir);
+        free(c);
+    }
+    return r;
+}
+
+struct owned_destroy {
+    struct teardown t;
+    backend_done_cb done;
+    void *data;
+};
+
+static int owned_destroy_work(void *data, struct al_error **err)
+{
+    struct owned_destroy *od = data;
+    return teardown_work(&od->t, err);
+}
+
+static void owned_destroy_done(void *data, int result, struct al_error *err)
+{
+    struct owned_destroy *od = data;
+    od->done(result, err, od->data);
+    al_error_free(err);
+    teardown_clear(&od->t);
+    free(od);
+}
+
+static int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb done, void *data)
+{
+    struct lv_backend *lb = b->priv;
+    if (strncmp(name, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0 ||
+        !config_name_is_valid(name))
+        return -EINVAL;
+    if (find_vm(lb, name))
+        return -EBUSY; /* a live VM of ours: destroy it through its owner */
+    struct owned_destroy *od = calloc(1, sizeof(*od));
+    if (!od)
+        return -ENOMEM;
+    od->done = done;
+    od->data = data;
+    od->t.conn = lb->conn;
+    od->t.must_be_ours = true;
+    od->t.dom_name = strdup(name);
+    od->t.pool_name = strdup(lb->pool_name);
+    if (asprintf(&od->t.vol_name, "%s.qcow2", name) < 0)
+        od->t.vol_name = NULL;
+    od->t.run_dir = al_path_join(lb->vms_dir, name);
+    int r = (!od->t.dom_name || !od->t.pool_name || !od->t.vol_name || !od->t.run_dir)
+                    ? -ENOMEM
+                    : al_work_queue(b->env.loop, owned_destroy_work, owned_destroy_done, od, NULL);
+    if (r < 0) {
+        teardown_clear(&od->t);
+        free(od);
+    }
+    return r;
+}
+
+const struct backend_ops libvirt_backend_ops = {
+        .type = "libvirt",
+        .open = lv_open,
+        .close = lv_close,
+        .capacity = lv_capacity,
+        .launch = lv_launch,
+        .cancel = lv_cancel,
+        .destroy = lv_destroy,
+        .list_owned = lv_list_owned,
+        .destroy_owned = lv_destroy_owned,
+};
