@@ -45,6 +45,44 @@ static bool path_is_safe(const char *p)
     return true;
 }
 
+/* Opens (creating when missing) the directory chain of path's first n
+ * components below dfd without following symlinks. Returns an fd or -errno. */
+static int open_dirs(int dfd, const char *path, size_t n)
+{
+    int cur = dup(dfd);
+    if (cur < 0)
+        return -errno;
+    const char *c = path;
+    while (c < path + n) {
+        const char *slash = memchr(c, '/', (size_t)(path + n - c));
+        size_t len = slash ? (size_t)(slash - c) : (size_t)(path + n - c);
+        if (len && !(len == 1 && c[0] == '.')) {
+            char comp[256];
+            if (len >= sizeof(comp)) {
+                close(cur);
+                return -ENAMETOOLONG;
+            }
+            memcpy(comp, c, len);
+            comp[len] = '\0';
+            if (mkdirat(cur, comp, 0755) < 0 && errno != EEXIST) {
+                int e = errno;
+                close(cur);
+                return -e;
+            }
+            int next = openat(cur, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            int e = errno;
+            close(cur);
+            if (next < 0)
+                return -e;
+            cur = next;
+        }
+        c += len;
+        while (c < path + n && *c == '/')
+            c++;
+    }
+    return cur;
+}
+
 int artifacts_extract(const char *tar_path, const char *dest_dir, const struct artifact_limits *lim,
                       struct artifact_summary *ret, struct al_error **err)
 {
@@ -52,28 +90,20 @@ int artifacts_extract(const char *tar_path, const char *dest_dir, const struct a
     int r = al_mkdir_p(dest_dir, 0755, err);
     if (r < 0)
         return r;
+    _cleanup_close_ int dfd = open(dest_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return al_error_set_errno(err, errno, "opening %s", dest_dir);
 
     struct archive *in = archive_read_new();
-    struct archive *out = archive_write_disk_new();
-    if (!in || !out) {
-        archive_read_free(in);
-        archive_write_free(out);
+    if (!in)
         return al_error_set(err, ENOMEM, "allocating the archive reader");
-    }
     archive_read_support_format_tar(in);
     archive_read_support_format_gnutar(in);
     archive_read_support_filter_none(in);
-    /* No ARCHIVE_EXTRACT_OWNER/PERM beyond our masked mode: files belong to
-     * us; the SECURE flags are a second line behind our own checks. */
-    archive_write_disk_set_options(out, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM |
-                                                ARCHIVE_EXTRACT_SECURE_SYMLINKS |
-                                                ARCHIVE_EXTRACT_SECURE_NODOTDOT |
-                                                ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
-                                                ARCHIVE_EXTRACT_NO_HFS_COMPRESSION);
-
     if (archive_read_open_filename(in, tar_path, 64 * 1024) != ARCHIVE_OK) {
         r = al_error_set(err, EIO, "reading %s: %s", tar_path, archive_error_string(in));
-        goto out;
+        archive_read_free(in);
+        return r;
     }
 
     struct archive_entry *e;
@@ -99,56 +129,81 @@ int artifacts_extract(const char *tar_path, const char *dest_dir, const struct a
             note(&s, "skipped \"%.100s\": only regular files and directories are extracted", path);
             continue;
         }
-        if (type == AE_IFREG) {
-            int64_t size = archive_entry_size(e);
-            if ((lim->max_files && s.files + 1 > lim->max_files) ||
-                (lim->max_bytes && (uint64_t)size > lim->max_bytes - s.bytes)) {
-                s.truncated = true;
-                note(&s, "artifact limit reached at \"%.100s\"", path);
-                break;
+        size_t plen = strlen(path);
+        while (plen > 1 && path[plen - 1] == '/')
+            plen--;
+        if (type == AE_IFDIR) {
+            int fd = open_dirs(dfd, path, plen);
+            if (fd < 0) {
+                s.skipped++;
+                note(&s, "skipped \"%.100s\": %s", path, strerror(-fd));
+            } else {
+                close(fd);
             }
-        }
-        _cleanup_free_ char *full = al_path_join(dest_dir, path);
-        if (!full) {
-            r = al_error_set(err, ENOMEM, "artifact path");
-            goto out;
-        }
-        archive_entry_set_pathname(e, full);
-        archive_entry_set_perm(e, type == AE_IFDIR ? 0755
-                                  : (archive_entry_perm(e) & 0111) ? 0755
-                                                                    : 0644);
-        archive_entry_set_uid(e, 0);
-        archive_entry_set_gid(e, 0);
-        if (archive_write_header(out, e) != ARCHIVE_OK) {
-            s.skipped++;
-            note(&s, "skipped \"%.100s\": %s", path, archive_error_string(out));
             continue;
         }
-        if (type == AE_IFREG) {
-            uint64_t written = 0;
-            ssize_t n;
-            while ((n = archive_read_data(in, buf, sizeof(buf))) > 0) {
-                if (archive_write_data(out, buf, (size_t)n) < 0) {
-                    r = al_error_set(err, EIO, "writing %s: %s", full, archive_error_string(out));
-                    goto out;
-                }
-                written += (uint64_t)n;
-            }
-            if (n < 0) {
-                note(&s, "the artifact archive is damaged at \"%.100s\"", path);
-                s.truncated = true;
-                archive_write_finish_entry(out);
-                break;
-            }
-            s.files++;
-            s.bytes += written;
+        int64_t size = archive_entry_size(e);
+        if ((lim->max_files && s.files + 1 > lim->max_files) ||
+            (lim->max_bytes && (size < 0 || (uint64_t)size > lim->max_bytes - s.bytes))) {
+            s.truncated = true;
+            note(&s, "artifact limit reached at \"%.100s\"", path);
+            break;
         }
-        archive_write_finish_entry(out);
+        const char *slash = memrchr(path, '/', plen);
+        size_t dirlen = slash ? (size_t)(slash - path) : 0;
+        const char *base = slash ? slash + 1 : path;
+        int pfd = open_dirs(dfd, path, dirlen);
+        if (pfd < 0) {
+            s.skipped++;
+            note(&s, "skipped \"%.100s\": %s", path, strerror(-pfd));
+            continue;
+        }
+        char name[256];
+        size_t blen = plen - (size_t)(base - path);
+        if (blen >= sizeof(name)) {
+            close(pfd);
+            s.skipped++;
+            note(&s, "skipped \"%.100s\": name too long", path);
+            continue;
+        }
+        memcpy(name, base, blen);
+        name[blen] = '\0';
+        mode_t mode = (archive_entry_perm(e) & 0111) ? 0755 : 0644;
+        /* O_NOFOLLOW: an existing symlink at the name is never written through */
+        int fd = openat(pfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
+        int oerr = errno;
+        close(pfd);
+        if (fd < 0) {
+            s.skipped++;
+            note(&s, "skipped \"%.100s\": %s", path, strerror(oerr));
+            continue;
+        }
+        uint64_t written = 0;
+        la_ssize_t n;
+        bool damaged = false;
+        while ((n = archive_read_data(in, buf, sizeof(buf))) > 0) {
+            if (write(fd, buf, (size_t)n) != n) {
+                r = al_error_set_errno(err, errno, "writing %s/%s", dest_dir, path);
+                close(fd);
+                goto out;
+            }
+            written += (uint64_t)n;
+        }
+        if (n < 0)
+            damaged = true;
+        fchmod(fd, mode);
+        close(fd);
+        if (damaged) {
+            note(&s, "the artifact archive is damaged at \"%.100s\"", path);
+            s.truncated = true;
+            break;
+        }
+        s.files++;
+        s.bytes += written;
     }
     r = 0;
 out:
     archive_read_free(in);
-    archive_write_free(out);
     if (r == 0)
         *ret = s;
     return r;

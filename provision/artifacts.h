@@ -23,8 +23,8 @@ struct artifact_summary {
     uint64_t files;
     uint64_t bytes;
     uint64_t skipped;
-    bool truncated;    /* a limit stopped the extraction */
-    char note[256];    /* first reason something was skipped or cut */
+    bool truncated; /* a limit stopped the extraction */
+    char note[256]; /* first reason something was skipped or cut */
 };
 
 /* Extracts tar_path into dest_dir (created with mode 0755 when missing).

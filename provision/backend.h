@@ -58,11 +58,11 @@ struct vm_request {
     size_t n_env;
     const struct env_pair *secret_env; /* delivered over the channel only */
     size_t n_secret_env;
-    int64_t timeout_s;             /* in-guest timeout */
-    const char *const *artifacts;  /* NULL-terminated, may be NULL */
-    uint64_t max_artifact_bytes;   /* 0 = unlimited */
-    const char *workdir_tar;       /* host path of a tar to unpack as the work dir, or NULL */
-    bool keep_running;             /* debugging: the guest does not power off */
+    int64_t timeout_s;            /* in-guest timeout */
+    const char *const *artifacts; /* NULL-terminated, may be NULL */
+    uint64_t max_artifact_bytes;  /* 0 = unlimited */
+    const char *workdir_tar;      /* host path of a tar to unpack as the work dir, or NULL */
+    bool keep_running;            /* debugging: the guest does not power off */
 };
 
 enum vm_phase {

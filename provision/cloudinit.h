@@ -19,7 +19,7 @@ struct cloudinit_job {
     const char *hostname;    /* e.g. "al-<short id>" */
     const void *job_blob;    /* TLV job (proto.h); may be NULL for a warm VM */
     size_t job_blob_len;
-    const char *helper_path; /* NULL = AL_GUEST_HELPER_PATH */
+    const char *helper_path;                /* NULL = AL_GUEST_HELPER_PATH */
     const char *const *ssh_authorized_keys; /* NULL-terminated, may be NULL */
 };
 

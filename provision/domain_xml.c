@@ -20,26 +20,27 @@ static int emit_esc(struct al_buf *b, const char *value)
     return al_xml_escape_append(b, value ? value : "");
 }
 
-#define EMIT(b, s)                                                                                 \
-    do {                                                                                           \
-        if ((r = emit((b), (s))) < 0)                                                              \
-            goto fail;                                                                             \
+#define EMIT(b, s)                    \
+    do {                              \
+        if ((r = emit((b), (s))) < 0) \
+            goto fail;                \
     } while (0)
-#define EMITV(b, v)                                                                                \
-    do {                                                                                           \
-        if ((r = emit_esc((b), (v))) < 0)                                                          \
-            goto fail;                                                                             \
+#define EMITV(b, v)                       \
+    do {                                  \
+        if ((r = emit_esc((b), (v))) < 0) \
+            goto fail;                    \
     } while (0)
-#define EMITF(b, ...)                                                                              \
-    do {                                                                                           \
-        if ((r = al_buf_printf((b), __VA_ARGS__)) < 0)                                             \
-            goto fail;                                                                             \
+#define EMITF(b, ...)                                  \
+    do {                                               \
+        if ((r = al_buf_printf((b), __VA_ARGS__)) < 0) \
+            goto fail;                                 \
     } while (0)
 
 int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_error **err)
 {
     if (!p->name || !p->domain_type || !p->kernel || !p->disk_path || !p->channel_path)
-        return al_error_set(err, EINVAL, "domain XML: name, type, kernel, disk and channel are required");
+        return al_error_set(err, EINVAL,
+                            "domain XML: name, type, kernel, disk and channel are required");
     if (p->vcpus < 1 || p->memory < (64u << 20))
         return al_error_set(err, EINVAL, "domain XML: need at least 1 vCPU and 64 MiB");
 
@@ -49,8 +50,8 @@ int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_er
     EMITV(&b, p->domain_type);
     EMIT(&b, "'>\n  <name>");
     EMITV(&b, p->name);
-    EMIT(&b, "</name>\n  <metadata>\n    <" AL_XML_NS_PREFIX ":vm xmlns:" AL_XML_NS_PREFIX "='" AL_XML_NS
-             "' job='");
+    EMIT(&b, "</name>\n  <metadata>\n    <" AL_XML_NS_PREFIX ":vm xmlns:" AL_XML_NS_PREFIX
+             "='" AL_XML_NS "' job='");
     EMITV(&b, p->job_id);
     EMITF(&b, "' attempt='%d' owner='", p->attempt);
     EMITV(&b, p->owner);
@@ -109,8 +110,9 @@ int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_er
     if (p->network) {
         EMIT(&b, "    <interface type='network'>\n      <source network='");
         EMITV(&b, p->network);
-        EMIT(&b, "'/>\n      <model type='virtio'/>\n      <filterref filter='" AL_NWFILTER_NAME "'>\n"
-                 "        <parameter name='GATEWAY' value='");
+        EMIT(&b,
+             "'/>\n      <model type='virtio'/>\n      <filterref filter='" AL_NWFILTER_NAME "'>\n"
+             "        <parameter name='GATEWAY' value='");
         EMITV(&b, p->gateway ? p->gateway : "0.0.0.0");
         EMIT(&b, "'/>\n      </filterref>\n    </interface>\n");
     }
@@ -210,7 +212,10 @@ const char *nwfilter_xml(void)
 
 int domain_metadata_parse(const char *xml, struct domain_metadata *ret)
 {
-    if (!xml || !strstr(xml, AL_XML_NS))
+    /* virDomainGetMetadata(AL_XML_NS) returns our element without its
+     * namespace ("<vm .../>"): the lookup by namespace is what proves it is
+     * ours. Accept that form and the namespaced one we wrote. */
+    if (!xml || (strncmp(xml, "<vm ", 4) != 0 && !strstr(xml, AL_XML_NS)))
         return -EINVAL;
     struct domain_metadata m = {0};
     m.job_id = al_xml_attr(xml, "job");

@@ -9,10 +9,10 @@
 
 #include "runner/base/error.h"
 
-#define AL_XML_NS         "https://agentlab.dev/xmlns/domain/1"
-#define AL_XML_NS_PREFIX  "agentlab"
-#define AL_NWFILTER_NAME  "agentlab-egress"
-#define AL_DOMAIN_PREFIX  "agentlab-"
+#define AL_XML_NS        "https://agentlab.dev/xmlns/domain/1"
+#define AL_XML_NS_PREFIX "agentlab"
+#define AL_NWFILTER_NAME "agentlab-egress"
+#define AL_DOMAIN_PREFIX "agentlab-"
 
 struct domain_params {
     const char *name;
@@ -53,9 +53,9 @@ int pool_xml_build(const char *name, const char *path, char **ret_xml, struct al
  * ranges (IPv4 and IPv6) and to the host, except DHCP and DNS to $GATEWAY. */
 const char *nwfilter_xml(void);
 
-/* Parses our metadata element (as virDomainGetMetadata returns it). Fields
- * absent from the element are left NULL/0. Returns 0 or -EINVAL when the
- * element is not ours. */
+/* Parses our metadata element as virDomainGetMetadata(..., AL_XML_NS)
+ * returns it. Fields absent from the element are left NULL/0. Returns 0, or
+ * -EINVAL when the element is not ours. */
 struct domain_metadata {
     char *job_id;
     int attempt;

@@ -277,9 +277,8 @@ static void handle_hello(struct lv_vm *v, const struct al_frame *f)
         if (r < 0)
             goto fail;
     }
-    if (v->req.workdir_tar &&
-        channel_send_file(v->ch, AL_FRAME_WORKDIR, AL_FRAME_WORKDIR_END, v->req.workdir_tar,
-                          on_workdir_sent, v) < 0)
+    if (v->req.workdir_tar && channel_send_file(v->ch, AL_FRAME_WORKDIR, AL_FRAME_WORKDIR_END,
+                                                v->req.workdir_tar, on_workdir_sent, v) < 0)
         goto fail;
     if (channel_send(v->ch, AL_FRAME_START, NULL, 0) < 0)
         goto fail;
@@ -410,8 +409,9 @@ static void on_channel_closed(struct channel *ch, int result, const char *messag
     if (result == -EPROTO)
         finish(v, VM_INFRA_ERROR, 0, "protocol violation: %s", message);
     else if (!v->hello)
-        finish(v, VM_INFRA_ERROR, 0, "the VM's channel closed before the guest helper started (%s)%s%s",
-               message, tail ? "; console: " : "", tail ? tail : "");
+        finish(v, VM_INFRA_ERROR, 0,
+               "the VM's channel closed before the guest helper started (%s)%s%s", message,
+               tail ? "; console: " : "", tail ? tail : "");
     else
         finish(v, VM_INFRA_ERROR, 0, "the guest went away before reporting a result (%s)%s%s",
                message, tail ? "; console: " : "", tail ? tail : "");
@@ -479,8 +479,8 @@ static int provision_work(void *data, struct al_error **err)
     /* the owner file lets gc attribute leftovers of a VM that never got a domain */
     _cleanup_free_ char *owner_path = al_path_join(v->run_dir, "owner");
     _cleanup_free_ char *owner_line = NULL;
-    if (!owner_path || asprintf(&owner_line, "%s %s %d\n", lb->b->env.owner_id, v->req.job_id,
-                                v->req.attempt) < 0)
+    if (!owner_path ||
+        asprintf(&owner_line, "%s %s %d\n", lb->b->env.owner_id, v->req.job_id, v->req.attempt) < 0)
         return al_error_set(err, ENOMEM, "owner file");
     r = al_write_file_atomic(owner_path, owner_line, strlen(owner_line), 0644, err);
     if (r < 0)
@@ -644,7 +644,8 @@ static int teardown_work(void *data, struct al_error **err)
         bool ours = meta != NULL;
         free(meta);
         if (!ours)
-            return al_error_set(err, EPERM, "domain %s carries no agentlab metadata; not touching it",
+            return al_error_set(err, EPERM,
+                                "domain %s carries no agentlab metadata; not touching it",
                                 t->dom_name);
     }
     if (t->dom) {
@@ -902,8 +903,7 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
         c.used_memory += v->req.memory;
     }
     if (!c.healthy)
-        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down",
-                 b->cfg->uri);
+        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down", b->cfg->uri);
     *ret = c;
 }
 
@@ -918,10 +918,9 @@ static void on_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event, 
     if (event == VIR_DOMAIN_EVENT_STOPPED || event == VIR_DOMAIN_EVENT_CRASHED) {
         static const char *const stopped[] = {"shut down", "destroyed", "crashed", "migrated",
                                               "saved",     "failed",    "snapshot"};
-        const char *what = event == VIR_DOMAIN_EVENT_CRASHED ? "crashed"
-                           : (detail >= 0 && (size_t)detail < ARRAY_SIZE(stopped))
-                                   ? stopped[detail]
-                                   : "stopped";
+        const char *what = event == VIR_DOMAIN_EVENT_CRASHED                       ? "crashed"
+                           : (detail >= 0 && (size_t)detail < ARRAY_SIZE(stopped)) ? stopped[detail]
+                                                                                   : "stopped";
         _cleanup_free_ char *tail = console_tail(v);
         finish(v, VM_INFRA_ERROR, 0, "the VM %s before reporting a result%s%s", what,
                tail ? "; console: " : "", tail ? tail : "");
@@ -948,8 +947,8 @@ static int lv_open(struct backend *b, struct al_error **err)
 
     if (*b->cfg->storage_pool) {
         lb->pool_name = strdup(b->cfg->storage_pool);
-    } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name,
-                        fnv1a(cfg->agent.state_dir)) < 0) {
+    } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name, fnv1a(cfg->agent.state_dir)) <
+               0) {
         lb->pool_name = NULL;
     }
     _cleanup_free_ char *pools = al_path_join(cfg->agent.state_dir, "pools");
@@ -977,9 +976,9 @@ static int lv_open(struct backend *b, struct al_error **err)
     }
     /* keepalives need the event loop, which runs on our uv loop */
     virConnectSetKeepAlive(lb->conn, 5, 3);
-    lb->lifecycle_id = virConnectDomainEventRegisterAny(
-            lb->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb),
-            lb, NULL);
+    lb->lifecycle_id =
+            virConnectDomainEventRegisterAny(lb->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                             VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb), lb, NULL);
     if (lb->lifecycle_id < 0) {
         r = al_error_set(err, EIO, "subscribing to domain events on %s: %s", b->cfg->uri,
                          libvirt_msg());
@@ -992,8 +991,7 @@ static int lv_open(struct backend *b, struct al_error **err)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     lb->vcpus = b->cfg->vcpus > 0 ? b->cfg->vcpus : (int)(cpus > 0 ? cpus : 1);
-    lb->memory = b->cfg->memory > 0 ? b->cfg->memory
-                                    : (uint64_t)pages * (uint64_t)page / 10u * 8u;
+    lb->memory = b->cfg->memory > 0 ? b->cfg->memory : (uint64_t)pages * (uint64_t)page / 10u * 8u;
     lb->max_vms = b->cfg->max_vms > 0 ? b->cfg->max_vms : lb->vcpus;
     return 0;
 fail:
@@ -1166,9 +1164,9 @@ static int lv_list_owned(struct backend *b, backend_list_cb cb, void *data)
     c->vms_dir = strdup(lb->vms_dir);
     c->cb = cb;
     c->data = data;
-    int r = (!c->pool_name || !c->vms_dir) ? -ENOMEM
-                                           : al_work_queue(b->env.loop, list_work, list_done, c,
-                                                           NULL);
+    int r = (!c->pool_name || !c->vms_dir)
+                    ? -ENOMEM
+                    : al_work_queue(b->env.loop, list_work, list_done, c, NULL);
     if (r < 0) {
         free(c->pool_name);
         free(c->vms_dir);

@@ -72,23 +72,23 @@ enum al_tlv_tag {
     AL_TLV_JOB_ID = 2,
     AL_TLV_UPTIME_MS = 3,
     /* the job (JOB frame / job.tlv) */
-    AL_TLV_ARGV = 10,       /* one per argument, in order; or SCRIPT */
-    AL_TLV_SCRIPT = 11,     /* run with /bin/sh -e */
-    AL_TLV_ENV = 12,        /* "NAME=value", repeated */
-    AL_TLV_TIMEOUT_S = 13,  /* in-guest timeout of the workload */
-    AL_TLV_ARTIFACT = 14,   /* path (relative to the work dir, or absolute), repeated */
-    AL_TLV_USER = 15,       /* user to run as (default "agentlab") */
-    AL_TLV_WORKDIR = 16,    /* work dir in the guest (default ~USER/work) */
+    AL_TLV_ARGV = 10,        /* one per argument, in order; or SCRIPT */
+    AL_TLV_SCRIPT = 11,      /* run with /bin/sh -e */
+    AL_TLV_ENV = 12,         /* "NAME=value", repeated */
+    AL_TLV_TIMEOUT_S = 13,   /* in-guest timeout of the workload */
+    AL_TLV_ARTIFACT = 14,    /* path (relative to the work dir, or absolute), repeated */
+    AL_TLV_USER = 15,        /* user to run as (default "agentlab") */
+    AL_TLV_WORKDIR = 16,     /* work dir in the guest (default ~USER/work) */
     AL_TLV_HAS_WORKDIR = 17, /* "1": WORKDIR frames follow before START */
-    AL_TLV_POWEROFF = 18,   /* "0": stay up after EXIT (debugging) */
+    AL_TLV_POWEROFF = 18,    /* "0": stay up after EXIT (debugging) */
     AL_TLV_MAX_ARTIFACT_BYTES = 19,
     /* SECRETS frame */
     AL_TLV_SECRET_ENV = 30, /* "NAME=value", repeated; never written to disk */
     /* EXIT / ARTIFACT_END / DIAG */
-    AL_TLV_EXIT_CODE = 40,  /* workload exit status 0..255 */
-    AL_TLV_SIGNAL = 41,     /* signal that killed it, when it was killed */
-    AL_TLV_TIMED_OUT = 42,  /* "1" when the in-guest timeout fired */
-    AL_TLV_REASON = 43,     /* text: "exited", "timeout", "canceled", "error: ..." */
+    AL_TLV_EXIT_CODE = 40, /* workload exit status 0..255 */
+    AL_TLV_SIGNAL = 41,    /* signal that killed it, when it was killed */
+    AL_TLV_TIMED_OUT = 42, /* "1" when the in-guest timeout fired */
+    AL_TLV_REASON = 43,    /* text: "exited", "timeout", "canceled", "error: ..." */
     AL_TLV_BYTES = 44,
     AL_TLV_FILES = 45,
     AL_TLV_ERROR = 46,

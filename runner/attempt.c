@@ -406,8 +406,8 @@ int attempt_start(uv_loop_t *loop, const struct attempt_params *p,
     a->t0 = al_now_mono_ms();
     a->log_path = al_path_join(p->job_dir, "output.log");
     a->tar_path = al_path_join(p->job_dir, "artifacts.tar");
-    a->artifacts_dir = p->artifacts_dir ? strdup(p->artifacts_dir)
-                                        : al_path_join(p->job_dir, "artifacts");
+    a->artifacts_dir =
+            p->artifacts_dir ? strdup(p->artifacts_dir) : al_path_join(p->job_dir, "artifacts");
     if (!a->log_path || !a->tar_path || !a->artifacts_dir) {
         attempt_free(a);
         return al_error_set(err, ENOMEM, "allocating an attempt");

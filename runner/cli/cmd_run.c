@@ -62,35 +62,34 @@ struct run_ctx {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: agentlab run [OPTIONS] -- CMD [ARG...]\n"
-            "\n"
-            "Runs CMD in a fresh throwaway VM and streams its output live. The VM, its\n"
-            "disk and its cloud-init data are destroyed afterwards, also on errors and\n"
-            "on Ctrl-C.\n"
-            "\n"
-            "  --image NAME          image to boot (default: the configured image)\n"
-            "  --cpus N              vCPUs (default: job_cpus from the config)\n"
-            "  --memory MB           memory in MiB (default: job_memory from the config)\n"
-            "  --timeout SEC         job timeout, e.g. 90, 15m (default: job_timeout)\n"
-            "  --env K=V             environment variable for CMD (repeatable)\n"
-            "  --secret-env K[=V]    secret variable: never logged or stored, masked in the\n"
-            "                        output; without =V the value comes from this\n"
-            "                        process's environment (repeatable)\n"
-            "  --artifact PATH       file or directory to bring back, relative to the work\n"
-            "                        dir (repeatable)\n"
-            "  --artifacts-dir DIR   where artifacts go (default: ./artifacts)\n"
-            "  --workdir DIR         copy DIR into the VM as the job's work directory\n"
-            "  --inject seed|guestfs how cloud-init data reaches the VM (default: the\n"
-            "                        backend's inject setting)\n"
-            "  --backend NAME        backend to use (default: the default pool's first)\n"
-            "  --json                print the result as JSON on stdout; the job's output\n"
-            "                        then goes to stderr\n"
-            "  -q, --quiet           no phase lines on stderr\n"
-            "  -h, --help            show this help\n"
-            "\n"
-            "Exit status: the workload's own; 124 when it timed out; 130 when cancelled;\n"
-            "125 when agentlab or the VM failed (with a one-line reason on stderr).\n");
+    fprintf(out, "Usage: agentlab run [OPTIONS] -- CMD [ARG...]\n"
+                 "\n"
+                 "Runs CMD in a fresh throwaway VM and streams its output live. The VM, its\n"
+                 "disk and its cloud-init data are destroyed afterwards, also on errors and\n"
+                 "on Ctrl-C.\n"
+                 "\n"
+                 "  --image NAME          image to boot (default: the configured image)\n"
+                 "  --cpus N              vCPUs (default: job_cpus from the config)\n"
+                 "  --memory MB           memory in MiB (default: job_memory from the config)\n"
+                 "  --timeout SEC         job timeout, e.g. 90, 15m (default: job_timeout)\n"
+                 "  --env K=V             environment variable for CMD (repeatable)\n"
+                 "  --secret-env K[=V]    secret variable: never logged or stored, masked in the\n"
+                 "                        output; without =V the value comes from this\n"
+                 "                        process's environment (repeatable)\n"
+                 "  --artifact PATH       file or directory to bring back, relative to the work\n"
+                 "                        dir (repeatable)\n"
+                 "  --artifacts-dir DIR   where artifacts go (default: ./artifacts)\n"
+                 "  --workdir DIR         copy DIR into the VM as the job's work directory\n"
+                 "  --inject seed|guestfs how cloud-init data reaches the VM (default: the\n"
+                 "                        backend's inject setting)\n"
+                 "  --backend NAME        backend to use (default: the default pool's first)\n"
+                 "  --json                print the result as JSON on stdout; the job's output\n"
+                 "                        then goes to stderr\n"
+                 "  -q, --quiet           no phase lines on stderr\n"
+                 "  -h, --help            show this help\n"
+                 "\n"
+                 "Exit status: the workload's own; 124 when it timed out; 130 when cancelled;\n"
+                 "125 when agentlab or the VM failed (with a one-line reason on stderr).\n");
 }
 
 static int parse_pair(const char *arg, bool from_env, struct env_pair *ret)
@@ -468,7 +467,8 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
     uv_signal_start(&c->sighup, on_signal, SIGHUP);
 
     struct backend_env env = {.loop = &c->loop, .cfg = cfg, .owner_id = owner};
-    if (al_virt_event_register(&c->loop, &err) < 0 || backend_new(&env, bcfg, &c->backend, &err) < 0)
+    if (al_virt_event_register(&c->loop, &err) < 0 ||
+        backend_new(&env, bcfg, &c->backend, &err) < 0)
         goto fail_loop;
 
     struct backend_capacity cap;
@@ -508,11 +508,12 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
     const struct attempt_result *r = &c->result;
     if (r->outcome == ATTEMPT_ERROR)
         fprintf(stderr, "agentlab: error: %s\n", r->reason);
-    say(c, "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
-           "cleanup %.2fs",
+    say(c,
+        "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
+        "cleanup %.2fs",
         attempt_outcome_to_string(r->outcome), r->exit_code, (double)r->ms_total / 1000.0,
-        (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0,
-        (double)r->ms_boot / 1000.0, (double)r->ms_run / 1000.0, (double)r->ms_cleanup / 1000.0);
+        (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0, (double)r->ms_boot / 1000.0,
+        (double)r->ms_run / 1000.0, (double)r->ms_cleanup / 1000.0);
     if (r->have_artifacts)
         say(c, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes in %s%s%s", r->artifacts.files,
             r->artifacts.bytes, ap.artifacts_dir, r->artifacts.note[0] ? "; " : "",

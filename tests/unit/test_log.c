@@ -140,7 +140,8 @@ static void test_redact_stream_split_secret(void **state)
 {
     (void)state;
     assert_int_equal(al_redact_add("hunter2-secret"), 0);
-    const char *chunks[] = {"password: hun", "ter2", "-sec", "ret and hunter2-se", "cret!", " hunt"};
+    const char *chunks[] = {"password: hun",      "ter2",  "-sec",
+                            "ret and hunter2-se", "cret!", " hunt"};
     struct al_redact_stream rs = {0};
     struct al_buf out = AL_BUF_INIT;
     for (size_t i = 0; i < ARRAY_SIZE(chunks); i++) {
@@ -164,8 +165,10 @@ static void test_redact_stream_split_secret(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_line_format),        cmocka_unit_test(test_levels),
-            cmocka_unit_test(test_journald_prefix),    cmocka_unit_test(test_redaction_in_logs),
+            cmocka_unit_test(test_line_format),
+            cmocka_unit_test(test_levels),
+            cmocka_unit_test(test_journald_prefix),
+            cmocka_unit_test(test_redaction_in_logs),
             cmocka_unit_test(test_redact_overlapping),
             cmocka_unit_test(test_redact_stream_split_secret),
     };

@@ -1,0 +1,255 @@
+/* Artifact tarballs come from untrusted guests: only regular files and
+ * directories inside the destination may be written. */
+#include "test_util.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "base/util.h"
+#include "provision/artifacts.h"
+#include "provision/workdir.h"
+
+static char *tmp;
+
+static int setup(void **state)
+{
+    (void)state;
+    tmp = test_tmpdir("artifacts");
+    return tmp ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    test_tmpdir_remove(tmp);
+    return 0;
+}
+
+static void add(struct archive *a, const char *path, mode_t type, mode_t perm, const char *data,
+                const char *link)
+{
+    struct archive_entry *e = archive_entry_new();
+    archive_entry_set_pathname(e, path);
+    archive_entry_set_filetype(e, type);
+    archive_entry_set_perm(e, perm);
+    archive_entry_set_uid(e, 0);
+    archive_entry_set_gid(e, 0);
+    if (type == AE_IFLNK)
+        archive_entry_set_symlink(e, link);
+    if (type == AE_IFCHR)
+        archive_entry_set_rdev(e, makedev(1, 3));
+    if (link && type == AE_IFREG)
+        archive_entry_set_hardlink(e, link);
+    size_t len = data ? strlen(data) : 0;
+    archive_entry_set_size(e, (la_int64_t)len);
+    assert_int_equal(archive_write_header(a, e), ARCHIVE_OK);
+    if (len)
+        assert_int_equal(archive_write_data(a, data, len), (la_ssize_t)len);
+    archive_entry_free(e);
+}
+
+static char *hostile_tar(void)
+{
+    char *path = al_path_join(tmp, "hostile.tar");
+    struct archive *a = archive_write_new();
+    archive_write_set_format_pax_restricted(a);
+    assert_int_equal(archive_write_open_filename(a, path), ARCHIVE_OK);
+    add(a, "good.txt", AE_IFREG, 0644, "hello artifact\n", NULL);
+    add(a, "dir", AE_IFDIR, 0777, NULL, NULL);
+    add(a, "dir/run.sh", AE_IFREG, 04755, "#!/bin/sh\n", NULL);
+    add(a, "../escape.txt", AE_IFREG, 0644, "escaped\n", NULL);
+    add(a, "dir/../../escape2.txt", AE_IFREG, 0644, "escaped\n", NULL);
+    add(a, "/tmp/agentlab-abs-escape.txt", AE_IFREG, 0644, "abs\n", NULL);
+    add(a, "link", AE_IFLNK, 0777, NULL, "/");
+    add(a, "link/etc/through.txt", AE_IFREG, 0644, "through\n", NULL);
+    add(a, "null", AE_IFCHR, 0666, NULL, NULL);
+    add(a, "hard", AE_IFREG, 0644, NULL, "/etc/passwd");
+    add(a, "last.txt", AE_IFREG, 0600, "end\n", NULL);
+    archive_write_close(a);
+    archive_write_free(a);
+    return path;
+}
+
+static void test_hostile_archive(void **state)
+{
+    (void)state;
+    char *tar = hostile_tar();
+    char *dest = al_path_join(tmp, "out/nested");
+    struct artifact_limits lim = {0};
+    struct artifact_summary s;
+    struct al_error *err = NULL;
+    unlink("/tmp/agentlab-abs-escape.txt");
+    if (artifacts_extract(tar, dest, &lim, &s, &err) < 0)
+        fail_msg("extract: %s", al_error_message(err));
+
+    struct stat st;
+    char *p = al_path_join(dest, "good.txt");
+    char *data = NULL;
+    assert_int_equal(al_read_file(p, 100, &data, NULL, &err), 0);
+    assert_string_equal(data, "hello artifact\n");
+    free(data);
+    free(p);
+    /* setuid dropped, exec kept */
+    p = al_path_join(dest, "dir/run.sh");
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0755);
+    free(p);
+    /* nothing outside the destination, no links, no devices */
+    p = al_path_join(tmp, "out/escape.txt");
+    assert_int_equal(lstat(p, &st), -1);
+    free(p);
+    p = al_path_join(tmp, "escape2.txt");
+    assert_int_equal(lstat(p, &st), -1);
+    free(p);
+    assert_int_equal(lstat("/tmp/agentlab-abs-escape.txt", &st), -1);
+    assert_int_equal(lstat("/etc/through.txt", &st), -1);
+    /* the symlink was skipped, so the entry meant to go through it landed in
+     * a real directory inside the destination */
+    p = al_path_join(dest, "link");
+    assert_int_equal(lstat(p, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    free(p);
+    const char *absent[] = {"null", "hard"};
+    for (size_t i = 0; i < ARRAY_SIZE(absent); i++) {
+        p = al_path_join(dest, absent[i]);
+        if (lstat(p, &st) == 0)
+            fail_msg("%s was extracted", absent[i]);
+        free(p);
+    }
+    p = al_path_join(dest, "last.txt");
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0644);
+    free(p);
+
+    assert_int_equal(s.files, 4);
+    assert_int_equal(s.skipped, 6);
+    assert_false(s.truncated);
+    assert_non_null(strstr(s.note, "unsafe path"));
+    free(dest);
+    free(tar);
+}
+
+static void test_limits(void **state)
+{
+    (void)state;
+    char *tar = hostile_tar();
+    char *dest = al_path_join(tmp, "limited");
+    struct artifact_limits lim = {.max_files = 1};
+    struct artifact_summary s;
+    struct al_error *err = NULL;
+    assert_int_equal(artifacts_extract(tar, dest, &lim, &s, &err), 0);
+    assert_int_equal(s.files, 1);
+    assert_true(s.truncated);
+    assert_non_null(strstr(s.note, "limit"));
+    free(dest);
+    dest = al_path_join(tmp, "limited-bytes");
+    lim = (struct artifact_limits){.max_bytes = 10};
+    assert_int_equal(artifacts_extract(tar, dest, &lim, &s, &err), 0);
+    assert_int_equal(s.files, 0);
+    assert_true(s.truncated);
+    free(dest);
+    free(tar);
+}
+
+static void test_damaged_and_missing(void **state)
+{
+    (void)state;
+    char *tar = hostile_tar();
+    char *cut = al_path_join(tmp, "cut.tar");
+    char *data = NULL;
+    size_t len = 0;
+    struct al_error *err = NULL;
+    assert_int_equal(al_read_file(tar, 1 << 20, &data, &len, &err), 0);
+    assert_int_equal(al_write_file_atomic(cut, data, 700, 0600, &err), 0);
+    free(data);
+    char *dest = al_path_join(tmp, "cut-out");
+    struct artifact_limits lim = {0};
+    struct artifact_summary s;
+    assert_int_equal(artifacts_extract(cut, dest, &lim, &s, &err), 0);
+    assert_true(s.truncated);
+    assert_non_null(strstr(s.note, "damaged"));
+    assert_true(artifacts_extract("/nonexistent.tar", dest, &lim, &s, &err) < 0);
+    assert_non_null(strstr(al_error_message(err), "/nonexistent.tar"));
+    al_error_free(err);
+    free(dest);
+    free(cut);
+    free(tar);
+}
+
+static void test_workdir_roundtrip(void **state)
+{
+    (void)state;
+    char *src = al_path_join(tmp, "src");
+    struct al_error *err = NULL;
+    char *sub = al_path_join(src, "a/b");
+    assert_int_equal(al_mkdir_p(sub, 0755, &err), 0);
+    char *f1 = al_path_join(src, "top.txt");
+    char *f2 = al_path_join(sub, "deep.bin");
+    assert_int_equal(al_write_file_atomic(f1, "top\n", 4, 0644, &err), 0);
+    char bin[3000];
+    for (size_t i = 0; i < sizeof(bin); i++)
+        bin[i] = (char)(i * 7);
+    assert_int_equal(al_write_file_atomic(f2, bin, sizeof(bin), 0755, &err), 0);
+    char *lnk = al_path_join(src, "outside");
+    assert_int_equal(symlink("/etc", lnk), 0);
+
+    char *tar = al_path_join(tmp, "wd.tar");
+    uint64_t bytes = 0;
+    assert_int_equal(workdir_pack(src, tar, 0, &bytes, &err), 0);
+    assert_true(bytes > sizeof(bin));
+
+    /* entries are relative, the symlink is stored as a symlink (not followed) */
+    struct archive *a = archive_read_new();
+    archive_read_support_format_all(a);
+    assert_int_equal(archive_read_open_filename(a, tar, 10240), ARCHIVE_OK);
+    struct archive_entry *e;
+    bool saw_link = false, saw_deep = false;
+    int n = 0;
+    while (archive_read_next_header(a, &e) == ARCHIVE_OK) {
+        const char *p = archive_entry_pathname(e);
+        assert_true(p[0] != '/');
+        assert_null(strstr(p, tmp));
+        if (streq(p, "outside")) {
+            saw_link = archive_entry_filetype(e) == AE_IFLNK;
+            assert_string_equal(archive_entry_symlink(e), "/etc");
+        }
+        if (streq(p, "a/b/deep.bin"))
+            saw_deep = archive_entry_size(e) == (la_int64_t)sizeof(bin);
+        n++;
+    }
+    archive_read_free(a);
+    assert_true(saw_link);
+    assert_true(saw_deep);
+    assert_int_equal(n, 5); /* top.txt a a/b a/b/deep.bin outside */
+
+    /* too big, not a directory, missing */
+    assert_int_equal(workdir_pack(src, tar, 100, NULL, &err), -EFBIG);
+    err = al_error_free(err);
+    assert_int_equal(workdir_pack(f1, tar, 0, NULL, &err), -ENOTDIR);
+    err = al_error_free(err);
+    assert_int_equal(workdir_pack("/nonexistent-dir", tar, 0, NULL, &err), -ENOENT);
+    err = al_error_free(err);
+    free(tar);
+    free(lnk);
+    free(f1);
+    free(f2);
+    free(sub);
+    free(src);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_hostile_archive),
+            cmocka_unit_test(test_limits),
+            cmocka_unit_test(test_damaged_and_missing),
+            cmocka_unit_test(test_workdir_roundtrip),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,192 @@
+/* Domain, volume, pool and nwfilter XML: libvirt's own RNG schemas accept
+ * them (virt-xml-validate), the test driver defines the domain, and our
+ * metadata reads back. */
+#include "test_util.h"
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "base/util.h"
+#include "base/xml.h"
+#include "provision/domain_xml.h"
+
+static char *tmp;
+
+static int setup(void **state)
+{
+    (void)state;
+    tmp = test_tmpdir("domxml");
+    return tmp ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    test_tmpdir_remove(tmp);
+    return 0;
+}
+
+/* Runs virt-xml-validate on xml with the given schema; returns its status. */
+static int validate(const char *xml, const char *schema)
+{
+    char *path = al_path_join(tmp, "doc.xml");
+    struct al_error *err = NULL;
+    assert_int_equal(al_write_file_atomic(path, xml, strlen(xml), 0644, &err), 0);
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "virt-xml-validate %s %s >/dev/null 2>&1", path, schema);
+    int st = system(cmd);
+    free(path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static struct domain_params sample(void)
+{
+    return (struct domain_params){
+            .name = "agentlab-j0123456789ab0011aabb-1",
+            .domain_type = "qemu",
+            .vcpus = 2,
+            .memory = 1024ull << 20,
+            .kernel = "/var/lib/agentlab/images/debian-12/vmlinuz",
+            .initrd = "/var/lib/agentlab/images/debian-12/initrd.img",
+            .cmdline = "root=/dev/vda rw console=ttyS0 quiet",
+            .disk_path = "/var/lib/agentlab/pools/local/x.qcow2",
+            .disk_format = "qcow2",
+            .seed_path = "/run/agentlab/vms/x/seed.iso",
+            .channel_path = "/run/agentlab/vms/x/job.sock",
+            .console_log = "/run/agentlab/vms/x/console.log",
+            .job_id = "j0123456789ab0011aabb",
+            .attempt = 1,
+            .owner = "daemon:00112233445566778899aabbccddeeff",
+            .backend = "local",
+            .image = "debian-12",
+    };
+}
+
+static void test_domain_validates(void **state)
+{
+    (void)state;
+    struct domain_params p = sample();
+    char *xml = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(domain_xml_build(&p, &xml, &err), 0);
+    assert_int_equal(validate(xml, "domain"), 0);
+    /* no NIC unless asked for one */
+    assert_null(strstr(xml, "<interface"));
+    assert_non_null(strstr(xml, "name='org.agentlab.job'"));
+    assert_non_null(strstr(xml, "<on_reboot>destroy</on_reboot>"));
+    free(xml);
+
+    /* with a network: a NIC behind the egress filter */
+    p.network = "default";
+    p.gateway = "203.0.113.1";
+    p.domain_type = "kvm";
+    p.seed_path = NULL;
+    assert_int_equal(domain_xml_build(&p, &xml, &err), 0);
+    assert_int_equal(validate(xml, "domain"), 0);
+    assert_non_null(strstr(xml, "<filterref filter='" AL_NWFILTER_NAME "'>"));
+    assert_non_null(strstr(xml, "host-passthrough"));
+    assert_null(strstr(xml, "vdb"));
+    free(xml);
+}
+
+static void test_values_are_escaped(void **state)
+{
+    (void)state;
+    struct domain_params p = sample();
+    p.cmdline = "console=ttyS0 x='<&>\"";
+    char *xml = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(domain_xml_build(&p, &xml, &err), 0);
+    assert_non_null(strstr(xml, "x=&apos;&lt;&amp;&gt;&quot;"));
+    assert_int_equal(validate(xml, "domain"), 0);
+    free(xml);
+
+    p.cmdline = "bad\x01value";
+    assert_true(domain_xml_build(&p, &xml, &err) < 0);
+    assert_non_null(strstr(al_error_message(err), "cannot be written as XML"));
+    al_error_free(err);
+}
+
+static void test_volume_pool_filter_validate(void **state)
+{
+    (void)state;
+    char *xml = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(
+            volume_xml_build("agentlab-j1-1.qcow2", "/srv/img/disk.qcow2", 2ull << 30, &xml, &err),
+            0);
+    assert_int_equal(validate(xml, "storagevol"), 0);
+    free(xml);
+    assert_int_equal(pool_xml_build("agentlab-local-0badc0de", "/srv/pools/local", &xml, &err), 0);
+    assert_int_equal(validate(xml, "storagepool"), 0);
+    free(xml);
+    assert_int_equal(validate(nwfilter_xml(), "nwfilter"), 0);
+}
+
+static void quiet(void *d, virErrorPtr e)
+{
+    (void)d;
+    (void)e;
+}
+
+static void test_test_driver_accepts_and_metadata_reads_back(void **state)
+{
+    (void)state;
+    virSetErrorFunc(NULL, quiet);
+    virConnectPtr conn = virConnectOpen("test:///default");
+    assert_non_null(conn);
+    struct domain_params p = sample();
+    p.domain_type = "test";
+    char *xml = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(domain_xml_build(&p, &xml, &err), 0);
+    virDomainPtr dom = virDomainDefineXML(conn, xml);
+    if (!dom)
+        fail_msg("test driver refused the XML: %s", virGetLastErrorMessage());
+    char *meta = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, AL_XML_NS, 0);
+    assert_non_null(meta);
+    struct domain_metadata m;
+    assert_int_equal(domain_metadata_parse(meta, &m), 0);
+    assert_string_equal(m.job_id, p.job_id);
+    assert_string_equal(m.owner, p.owner);
+    assert_string_equal(m.backend, "local");
+    assert_string_equal(m.image, "debian-12");
+    assert_int_equal(m.attempt, 1);
+    domain_metadata_clear(&m);
+    free(meta);
+    /* a domain without our namespace is not ours */
+    assert_int_equal(domain_metadata_parse("<other job='x'/>", &m), -EINVAL);
+    virDomainUndefine(dom);
+    virDomainFree(dom);
+    virConnectClose(conn);
+    free(xml);
+}
+
+static void test_xml_attr(void **state)
+{
+    (void)state;
+    char *v = al_xml_attr("<a:vm xmlns:a='x' job=\"j1\" xjob='no' owner='o&amp;k'/>", "job");
+    assert_string_equal(v, "j1");
+    free(v);
+    v = al_xml_attr("<a:vm owner='o&amp;k'/>", "owner");
+    assert_string_equal(v, "o&k");
+    free(v);
+    assert_null(al_xml_attr("<a:vm xjob='1'/>", "job"));
+    assert_null(al_xml_attr("<a:vm job='unterminated/>", "job"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_domain_validates),
+            cmocka_unit_test(test_values_are_escaped),
+            cmocka_unit_test(test_volume_pool_filter_validate),
+            cmocka_unit_test(test_test_driver_accepts_and_metadata_reads_back),
+            cmocka_unit_test(test_xml_attr),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
