@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "accel.h"
@@ -851,6 +852,13 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
         !(v->seed_path = al_path_join(v->run_dir, "seed.iso")) ||
         !(v->console_log = al_path_join(v->run_dir, "console.log"))) {
         r = al_error_set(err, ENOMEM, "allocating a VM");
+        goto fail;
+    }
+    if (strlen(v->channel_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        r = al_error_set(err, ENAMETOOLONG,
+                         "the channel socket path %s is too long for a unix socket; use a "
+                         "shorter run_dir",
+                         v->channel_path);
         goto fail;
     }
     r = image_find(b->env.cfg->agent.state_dir, req->image, &v->image, err);
