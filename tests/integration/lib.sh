@@ -1,0 +1,55 @@
+# Shared helpers for the shell integration tests. Sourced, not run.
+# Needs: AGENTLAB (the CLI), AL_BUILD_DIR.
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# A private state/run dir per test run; the image store is shared across
+# tests through AGENTLAB_TEST_STATE (built once by the image fixture).
+al_test_env() {
+    export AGENTLAB_STATE_DIR="${AGENTLAB_TEST_STATE:-$AL_BUILD_DIR/test-state}"
+    # short: unix socket paths must stay under 108 bytes
+    AGENTLAB_RUN_DIR=$(mktemp -d /tmp/al-it.XXXXXX)
+    chmod 0711 "$AGENTLAB_RUN_DIR"
+    export AGENTLAB_RUN_DIR
+    export AGENTLAB_CONFIG="$AGENTLAB_RUN_DIR/agentlab.conf"
+    : > "$AGENTLAB_CONFIG"
+    TEST_TMP=$(mktemp -d /tmp/al-it-tmp.XXXXXX)
+    trap al_test_cleanup EXIT
+}
+
+al_test_cleanup() {
+    rm -rf "$TEST_TMP" "$AGENTLAB_RUN_DIR"
+}
+
+# Asserts nothing of job $1 is left: no domain, no overlay volume, no run dir.
+assert_no_leftovers() {
+    job=$1
+    if virsh -c qemu:///system list --all --name | grep -q -- "$job"; then
+        virsh -c qemu:///system list --all
+        fail "a domain of job $job is still defined"
+    fi
+    for pool in $(virsh -c qemu:///system pool-list --name | grep '^agentlab-'); do
+        virsh -c qemu:///system pool-refresh "$pool" >/dev/null 2>&1 || true
+        if virsh -c qemu:///system vol-list "$pool" 2>/dev/null | grep -q -- "$job"; then
+            fail "an overlay of job $job is left in pool $pool"
+        fi
+    done
+    if ls "$AGENTLAB_STATE_DIR"/pools/*/ 2>/dev/null | grep -q -- "$job"; then
+        fail "an overlay file of job $job is left on disk"
+    fi
+    if [ -n "$(ls -A "$AGENTLAB_RUN_DIR/vms" 2>/dev/null)" ]; then
+        ls -la "$AGENTLAB_RUN_DIR/vms"
+        fail "a VM run dir is left"
+    fi
+    if [ -n "$(ls -A "$AGENTLAB_RUN_DIR/jobs" 2>/dev/null)" ]; then
+        fail "a job dir is left in $AGENTLAB_RUN_DIR/jobs"
+    fi
+}
+
+# The job id agentlab printed on stderr ("job jXXXX: provisioning").
+job_id_from() {
+    sed -n 's/.*job \(j[0-9a-f]*\): provisioning.*/\1/p' "$1" | head -n 1
+}
