@@ -270,8 +270,8 @@ static int render_meta_data(const struct cloudinit_job *job, char **ret)
  *   cc_locale: minimal images lack the locales package and locale-gen is
  *   slow under TCG.
  * - growpart/resize_rootfs off: the overlay has the golden image's size.
- * - ssh: the schema wants at least one key type, and ed25519 takes
- *   milliseconds; keep keys and fingerprints off the serial console. */
+ * - ssh: keep host keys, fingerprints and keys off the serial console and
+ *   out of the datasource. */
 static const char user_data_settings[] = "preserve_hostname: false\n"
                                          "prefer_fqdn_over_hostname: false\n"
                                          "manage_etc_hosts: true\n"
@@ -285,15 +285,24 @@ static const char user_data_settings[] = "preserve_hostname: false\n"
                                          "  mode: \"off\"\n"
                                          "resize_rootfs: false\n"
                                          "disable_root: true\n"
-                                         "ssh_pwauth: false\n"
                                          "ssh_deletekeys: true\n"
-                                         "ssh_genkeytypes: [\"ed25519\"]\n"
-                                         "ssh_quiet_keygen: true\n"
                                          "ssh_publish_hostkeys:\n"
                                          "  enabled: false\n"
                                          "ssh:\n"
                                          "  emit_keys_to_console: false\n"
                                          "no_ssh_fingerprints: true\n";
+
+/* Without authorized keys nobody logs in over ssh: an empty ssh_keys makes
+ * cc_ssh skip host key generation (its documented behaviour; an empty
+ * ssh_genkeytypes would do the same but fails the schema), and ssh_pwauth
+ * stays unset because setting it makes cloud-init query, and warn about, an
+ * ssh service minimal images do not have. With keys the guest needs a host
+ * key (ed25519 takes milliseconds) and password logins off. */
+static const char ssh_off[] = "ssh_keys: {}\n";
+static const char ssh_on[] = "ssh_genkeytypes: [\"ed25519\"]\n"
+                             "ssh_quiet_keygen: true\n"
+                             "ssh_pwauth: false\n"
+                             "ssh_authorized_keys:\n";
 
 static int render_user_data(const struct cloudinit_job *job, const char *helper, char **ret)
 {
@@ -308,8 +317,10 @@ static int render_user_data(const struct cloudinit_job *job, const char *helper,
     if (r == 0)
         r = al_buf_puts(&b, user_data_settings);
 
-    if (r == 0 && job->ssh_authorized_keys && job->ssh_authorized_keys[0]) {
-        r = al_buf_puts(&b, "ssh_authorized_keys:\n");
+    bool ssh = job->ssh_authorized_keys && job->ssh_authorized_keys[0];
+    if (r == 0)
+        r = al_buf_puts(&b, ssh ? ssh_on : ssh_off);
+    if (r == 0 && ssh) {
         for (const char *const *k = job->ssh_authorized_keys; r == 0 && *k; k++) {
             r = al_buf_puts(&b, "  - ");
             if (r == 0)
