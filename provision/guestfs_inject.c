@@ -35,8 +35,6 @@ static void inject_done(struct inject *in)
     in->roots = NULL;
 }
 
-DEFINE_CLEANUP_FUNC(struct guestfs_statns, guestfs_free_statns)
-
 static void on_warning(guestfs_h *g, void *opaque, uint64_t event, int event_handle, int flags,
                        const char *buf, size_t buf_len, const uint64_t *array, size_t array_len)
 {
