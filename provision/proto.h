@@ -32,6 +32,25 @@
  *          unless the job said POWEROFF=0.
  *   host:  CANCEL at any time: the guest kills the workload, sends EXIT with
  *          REASON=canceled.
+ *
+ * Details the helper (provision/guest/) implements and the host relies on:
+ *   - STARTED, HEARTBEAT, START, CANCEL and WORKDIR_END have empty payloads.
+ *   - HEARTBEATs flow from STARTED until EXIT.
+ *   - The job file is a bare TLV list (no frame header) and must carry
+ *     JOB_ID; it may carry SECRET_ENV too (it lives on tmpfs). SECRETS may
+ *     come before or after JOB, never after START. TIMEOUT_S 0 = no limit.
+ *   - ARTIFACT frames and ARTIFACT_END are sent only when the job listed
+ *     ARTIFACT paths and the workload exited or timed out (not after CANCEL
+ *     or a helper error). FILES counts tar members (files, dirs, links).
+ *     ERROR is "; "-joined from: "limit", "canceled", "missing: a, b",
+ *     "tar failed: ...". The stream is cut at exactly MAX_ARTIFACT_BYTES.
+ *   - EXIT: REASON=exited with EXIT_CODE 0..255, or with SIGNAL and
+ *     EXIT_CODE 128+SIGNAL; timeout: EXIT_CODE 124, TIMED_OUT=1; canceled:
+ *     130. A program that cannot be executed is the workload failing like in
+ *     a shell: STARTED, a STDERR line, EXIT_CODE 127 (missing) or 126.
+ *     When the job cannot start at all (bad job, unknown user, work dir
+ *     refused, protocol violation) there is no STARTED, and EXIT carries
+ *     EXIT_CODE 125 and REASON "error: <why>", preceded by a DIAG.
  */
 #ifndef AL_PROTO_H
 #define AL_PROTO_H
@@ -96,11 +115,13 @@ enum al_tlv_tag {
 
 /* ---- frame headers ---- */
 
-/* Writes the 8-byte header. Returns 0, or -EMSGSIZE when len is too big. */
+/* Writes the 8-byte header. Returns 0, -EMSGSIZE when len is too big, or
+ * -EPROTO for a type this version does not define. */
 int al_frame_header_encode(uint8_t out[AL_PROTO_HEADER_SIZE], uint8_t type, uint32_t len);
 
 /* Reads and validates a header (flags/reserved zero, len <= max_payload,
- * known type). Returns 0, -EMSGSIZE or -EPROTO. */
+ * known type). max_payload 0, or above AL_PROTO_MAX_PAYLOAD, means
+ * AL_PROTO_MAX_PAYLOAD. Returns 0, -EMSGSIZE or -EPROTO. */
 int al_frame_header_decode(const uint8_t in[AL_PROTO_HEADER_SIZE], uint32_t max_payload,
                            uint8_t *ret_type, uint32_t *ret_len);
 
@@ -112,7 +133,8 @@ bool al_frame_type_is_known(uint8_t type);
 struct al_frame {
     uint8_t type;
     uint32_t len;
-    uint8_t *payload; /* owned by the decoder; valid until the next feed */
+    uint8_t *payload; /* owned by the decoder; valid until the next feed;
+                       * never NULL, also when len is 0 */
 };
 
 struct al_frame_decoder {
@@ -129,8 +151,12 @@ struct al_frame_decoder {
 
 /* Consumes bytes from data[0..n). Returns 1 when *ret_frame holds a complete
  * frame (then *ret_consumed says how much was used; feed the rest again), 0
- * when all n bytes were consumed without completing a frame, or a negative
- * errno (-EPROTO, -EMSGSIZE, -ENOMEM) after which the decoder stays failed. */
+ * when all n bytes were consumed without completing a frame (*ret_consumed
+ * is n), or a negative errno (-EPROTO, -EMSGSIZE, -ENOMEM) after which the
+ * decoder stays failed and every later call returns -EPROTO. The payload
+ * buffer is sized from the header, so it is at most max_payload bytes.
+ * al_frame_decoder_free() clears the buffer (it may have held secrets) and
+ * resets the decoder, keeping max_payload. */
 int al_frame_decoder_feed(struct al_frame_decoder *d, const uint8_t *data, size_t n,
                           size_t *ret_consumed, struct al_frame *ret_frame);
 void al_frame_decoder_free(struct al_frame_decoder *d);
@@ -143,7 +169,9 @@ struct al_tlv_buf {
     size_t cap;
 };
 
-/* Appends one item. Returns 0, -ENOMEM, or -EMSGSIZE past AL_PROTO_MAX_PAYLOAD. */
+/* Appends one item. Returns 0, -ENOMEM, -EINVAL (NULL value with a length),
+ * or -EMSGSIZE past AL_PROTO_MAX_PAYLOAD. al_tlv_buf_free() clears the
+ * bytes before freeing them (SECRETS payloads). */
 int al_tlv_add(struct al_tlv_buf *b, uint16_t tag, const void *val, size_t len);
 int al_tlv_add_str(struct al_tlv_buf *b, uint16_t tag, const char *s);
 int al_tlv_add_u64(struct al_tlv_buf *b, uint16_t tag, uint64_t v);
@@ -160,13 +188,15 @@ void al_tlv_iter_init(struct al_tlv_iter *it, const uint8_t *data, size_t len);
 int al_tlv_next(struct al_tlv_iter *it, uint16_t *ret_tag, const uint8_t **ret_val,
                 uint32_t *ret_len);
 
-/* Parses a TLV value as a whole decimal u64 (no sign, no junk). */
+/* Parses a TLV value as a whole decimal u64 (no sign, no junk, no spaces;
+ * leading zeros allowed). Returns 0, -EINVAL or -ERANGE. */
 int al_tlv_value_u64(const uint8_t *val, uint32_t len, uint64_t *ret);
 
 /* True when the value is valid text for a C string: no NUL bytes. */
 bool al_tlv_value_is_text(const uint8_t *val, uint32_t len);
 
-/* Builds a complete frame (header + payload) in a new buffer. */
+/* Builds a complete frame (header + payload) in a new buffer the caller
+ * frees. Returns 0, -EMSGSIZE, -EPROTO (unknown type), -EINVAL or -ENOMEM. */
 int al_frame_build(uint8_t type, const void *payload, size_t len, uint8_t **ret, size_t *ret_len);
 
 #endif

@@ -43,13 +43,16 @@
 #define DEFAULT_PORT        "/dev/virtio-ports/" AL_PROTO_PORT_NAME
 #define PORT_WAIT_MS        30000u
 #define HELLO_INTERVAL_MS   1000u
-#define KILL_GRACE_MS       5000u  /* SIGTERM -> SIGKILL */
-#define PIPE_DRAIN_MS       2000u  /* after the workload's main process ended */
-#define HOST_ABSENT_BACKOFF 250u   /* char device reporting POLLHUP */
-#define FINISH_STALL_MS     60000u /* EXIT queued but the port takes nothing */
-#define POWEROFF_LINGER_MS  2000u
-#define READ_CHUNK          (64u * 1024u)
-#define COLLECT_MAX         4096u
+#define KILL_GRACE_MS       5000u /* SIGTERM -> SIGKILL */
+#define PIPE_DRAIN_MS       2000u /* after the workload's main process ended */
+#define HOST_ABSENT_BACKOFF 250u  /* char device reporting POLLHUP */
+/* Output is queued and the port has taken nothing for this long: treat the
+ * host as gone. Applies once the host has spoken or the EXIT is queued;
+ * before that a warm VM may legitimately wait a long time for its host. */
+#define PORT_STALL_MS      120000u
+#define POWEROFF_LINGER_MS 2000u
+#define READ_CHUNK         (64u * 1024u)
+#define COLLECT_MAX        4096u
 /* A script longer than this does not fit in one exec argument
  * (MAX_ARG_STRLEN is 128 KiB); it is run from a file on tmpfs instead. */
 #define SCRIPT_ARG_MAX (100u * 1024u)
@@ -81,7 +84,7 @@ struct helper {
     struct al_frame_decoder dec;
     bool port_in_failed; /* decoder failed or socket EOF: stop reading */
     uint64_t port_retry_at;
-    uint64_t finish_progress_at;
+    uint64_t port_progress_at; /* last write progress, or when output got queued */
     int sig_fd;
     enum phase phase;
     bool host_spoke;
@@ -154,6 +157,8 @@ static void flush_port(struct helper *h);
 
 static void send_frame(struct helper *h, uint8_t type, const void *data, size_t len)
 {
+    if (port_backlog(&h->port) == 0)
+        h->port_progress_at = now_ms();
     if (port_send(&h->port, type, data, len) == 0)
         flush_port(h);
 }
@@ -290,7 +295,7 @@ static void send_exit(struct helper *h, int code, int sig, bool timed_out, const
     send_tlv(h, AL_FRAME_EXIT, &b, r);
     h->exit_queued = true;
     h->phase = PHASE_FINISHING;
-    h->finish_progress_at = now_ms();
+    h->port_progress_at = now_ms(); /* the full stall window for the last frames */
 }
 
 /* The job cannot run (bad job, user, work dir, protocol): report and finish. */
@@ -319,7 +324,7 @@ static void flush_port(struct helper *h)
 {
     long n = port_flush(&h->port);
     if (n > 0)
-        h->finish_progress_at = now_ms();
+        h->port_progress_at = now_ms();
     else if (n < 0 && !h->port_in_failed)
         h->port_in_failed = true; /* dead: handled in advance() */
 }
@@ -1214,6 +1219,13 @@ static void advance_once(struct helper *h)
 {
     uint64_t now = now_ms();
 
+    bool stall_limit = h->host_spoke || h->phase == PHASE_FINISHING;
+    if (!h->port.dead && stall_limit && port_backlog(&h->port) > 0 &&
+        now >= h->port_progress_at + PORT_STALL_MS) {
+        note("the host has not read from the port for %u s; giving up on it", PORT_STALL_MS / 1000);
+        h->port.dead = true;
+    }
+
     if (h->port.dead && h->phase != PHASE_DONE) {
         /* host gone: nothing can be reported, stop everything */
         if (h->phase == PHASE_SETUP) {
@@ -1256,7 +1268,7 @@ static void advance_once(struct helper *h)
         }
         break;
     case PHASE_FINISHING:
-        if (port_backlog(&h->port) == 0 || now >= h->finish_progress_at + FINISH_STALL_MS)
+        if (port_backlog(&h->port) == 0)
             h->phase = PHASE_DONE;
         break;
     case PHASE_DONE:
@@ -1308,11 +1320,12 @@ static int poll_timeout(struct helper *h)
         take_min(&t, h->next_heartbeat);
         break;
     case PHASE_FINISHING:
-        take_min(&t, h->finish_progress_at + FINISH_STALL_MS);
         break;
     case PHASE_DONE:
         return 0;
     }
+    if ((h->host_spoke || h->phase == PHASE_FINISHING) && port_backlog(&h->port) > 0)
+        take_min(&t, h->port_progress_at + PORT_STALL_MS);
     if (h->port_retry_at)
         take_min(&t, h->port_retry_at);
     if (t == 0)

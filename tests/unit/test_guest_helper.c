@@ -898,6 +898,71 @@ static void test_bad_job_and_protocol(void **state)
     host_wait_helper(h, 10000);
 }
 
+/* A fast writer and a host that does not read for a while: nothing is lost
+ * or reordered, the helper holds the workload back instead. */
+static void test_backpressure_keeps_order(void **state)
+{
+    struct host *h = *state;
+    struct al_tlv_buf job = {0};
+    job_script(&job, h, "seq 1 1000000; echo tail >&2");
+    host_start(h, &job);
+    al_tlv_buf_free(&job);
+    host_hello_start(h);
+    usleep(1500 * 1000);
+    struct frame *exit = host_wait_exit(h, 60000);
+    assert_tlv(exit, AL_TLV_EXIT_CODE, "0");
+    size_t len;
+    char *out = collect(h, AL_FRAME_STDOUT, &len);
+    size_t pos = 0;
+    for (unsigned i = 1; i <= 1000000; i++) {
+        char line[16];
+        int n = snprintf(line, sizeof(line), "%u\n", i);
+        if (pos + (size_t)n > len || memcmp(out + pos, line, (size_t)n) != 0)
+            fail_msg("stdout differs at line %u (byte %zu)", i, pos);
+        pos += (size_t)n;
+    }
+    assert_int_equal(pos, len);
+    free(out);
+    char *err = collect(h, AL_FRAME_STDERR, NULL);
+    assert_string_equal(err, "tail\n");
+    free(err);
+    assert_int_equal(WEXITSTATUS(host_wait_helper(h, 10000)), 0);
+}
+
+/* Longer than one exec argument may be: run from a tmpfs file instead. */
+static void test_long_script(void **state)
+{
+    struct host *h = *state;
+    size_t pad = 200 * 1024;
+    char *script = malloc(pad + 64);
+    memset(script, '#', pad);
+    script[0] = ':';
+    script[1] = ' ';
+    script[pad - 1] = '\n';
+    static const char tail[] = "echo long-ok; echo \"$0\" >&2\n";
+    memcpy(script + pad, tail, sizeof(tail));
+    struct al_tlv_buf job = {0};
+    job_script(&job, h, script);
+    free(script);
+    host_start(h, &job);
+    al_tlv_buf_free(&job);
+    host_hello_start(h);
+    struct frame *exit = host_wait_exit(h, 20000);
+    assert_tlv(exit, AL_TLV_EXIT_CODE, "0");
+    char *out = collect(h, AL_FRAME_STDOUT, NULL);
+    assert_string_equal(out, "long-ok\n");
+    free(out);
+    /* $0 is the script file, which is gone after the job */
+    char *err = collect(h, AL_FRAME_STDERR, NULL);
+    size_t el = strlen(err);
+    assert_true(el > 1 && err[el - 1] == '\n');
+    err[el - 1] = '\0';
+    assert_non_null(strstr(err, "job-script."));
+    assert_int_equal(access(err, F_OK), -1);
+    free(err);
+    assert_int_equal(WEXITSTATUS(host_wait_helper(h, 10000)), 0);
+}
+
 static void test_host_gone(void **state)
 {
     struct host *h = *state;
@@ -933,6 +998,8 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_warm_mode, setup, teardown),
             cmocka_unit_test_setup_teardown(test_missing_program, setup, teardown),
             cmocka_unit_test_setup_teardown(test_bad_job_and_protocol, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_backpressure_keeps_order, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_long_script, setup, teardown),
             cmocka_unit_test_setup_teardown(test_host_gone, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
