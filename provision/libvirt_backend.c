@@ -30,6 +30,7 @@
 #include "images/catalog.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
+#include "runner/base/xml.h"
 #include "runner/loop/work.h"
 #include "seed_iso.h"
 
@@ -49,6 +50,7 @@ struct lv_backend {
     int max_vms;
     int vcpus;
     uint64_t memory;
+    char *gateway; /* the network's host address, for the egress filter */
     struct lv_vm *vms;
     char health[160];
 };
@@ -541,6 +543,7 @@ static int provision_work(void *data, struct al_error **err)
             .channel_path = v->channel_path,
             .console_log = v->console_log,
             .network = *lb->b->cfg->network ? lb->b->cfg->network : NULL,
+            .gateway = lb->gateway,
             .job_id = v->req.job_id,
             .attempt = v->req.attempt,
             .owner = lb->b->env.owner_id,
@@ -941,6 +944,32 @@ static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int det
     return 0;
 }
 
+/* A NIC is opt-in: define the egress filter and learn the network's host
+ * address, which the filter lets through for DHCP and DNS only. */
+static int prepare_network(struct lv_backend *lb, struct al_error **err)
+{
+    const char *name = lb->b->cfg->network;
+    virNetworkPtr net = virNetworkLookupByName(lb->conn, name);
+    if (!net)
+        return al_error_set(err, ENOENT, "libvirt network \"%s\": %s", name, libvirt_msg());
+    char *xml = virNetworkGetXMLDesc(net, 0);
+    virNetworkFree(net);
+    const char *ip = xml ? strstr(xml, "<ip ") : NULL;
+    lb->gateway = ip ? al_xml_attr(ip, "address") : NULL;
+    free(xml);
+    if (!lb->gateway)
+        return al_error_set(err, EINVAL,
+                            "libvirt network \"%s\" has no IPv4 address; the egress filter "
+                            "needs the host side of the network",
+                            name);
+    virNWFilterPtr f = virNWFilterDefineXML(lb->conn, nwfilter_xml());
+    if (!f)
+        return al_error_set(err, EIO, "defining nwfilter " AL_NWFILTER_NAME ": %s",
+                            libvirt_msg());
+    virNWFilterFree(f);
+    return 0;
+}
+
 static int lv_open(struct backend *b, struct al_error **err)
 {
     const struct config *cfg = b->env.cfg;
@@ -995,6 +1024,11 @@ static int lv_open(struct backend *b, struct al_error **err)
     r = ensure_pool(lb, err);
     if (r < 0)
         goto fail;
+    if (*b->cfg->network) {
+        r = prepare_network(lb, err);
+        if (r < 0)
+            goto fail;
+    }
 
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -1011,6 +1045,7 @@ fail:
     free(lb->pool_name);
     free(lb->pool_dir);
     free(lb->vms_dir);
+    free(lb->gateway);
     free(lb);
     b->priv = NULL;
     return r;
@@ -1030,6 +1065,7 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
         free(lb->pool_name);
         free(lb->pool_dir);
         free(lb->vms_dir);
+        free(lb->gateway);
         free(lb);
         b->priv = NULL;
     }
