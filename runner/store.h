@@ -32,9 +32,11 @@
  * reaches 32 MiB, which bounds the file but stalls that commit.
  *
  * Secrets never reach the file: specs are stored through job_spec_to_json()
- * (names of secret variables only), and every text column written by this
- * module passes through the log redactor, so a registered secret that leaks
- * into a name, command, detail or reason is stored as "***".
+ * (names of secret variables only), and every free-text column (job name,
+ * spec, source reference, event details, reasons, backend and VM names,
+ * artifact paths) passes through the log redactor, so a registered secret
+ * that leaks into a command, an error message or a name is stored as "***".
+ * Identifiers validated elsewhere (ids, states, labels, pools) are not.
  *
  * Job ids are "j" + 12 lower-case hex digits of the creation time in ms
  * since the epoch + 8 hex digits that start random and count up when several

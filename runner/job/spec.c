@@ -846,6 +846,13 @@ static const yajl_callbacks callbacks = {
 
 DEFINE_CLEANUP_FUNC(struct yajl_handle_t, yajl_free)
 
+/* The pending map key is needed until the last error message is built. */
+static void parser_done(struct parser *p)
+{
+    free(p->map_key);
+    p->map_key = NULL;
+}
+
 /* Rules that span fields, checked once the document is complete. */
 static int check_whole(const struct job_spec *spec, struct al_error **err)
 {
@@ -875,7 +882,7 @@ int job_spec_parse(const char *data, size_t len, unsigned flags, struct job_spec
         return al_error_set(err, ENOMEM, "job spec: out of memory");
     spec->inject = -1;
 
-    struct parser p = {.spec = spec, .flags = flags};
+    _cleanup_(parser_done) struct parser p = {.spec = spec, .flags = flags};
     _cleanup_(yajl_freep) yajl_handle h = yajl_alloc(&callbacks, NULL, &p);
     if (!h)
         return al_error_set(err, ENOMEM, "job spec: out of memory");
@@ -884,7 +891,6 @@ int job_spec_parse(const char *data, size_t len, unsigned flags, struct job_spec
     yajl_status st = yajl_parse(h, (const unsigned char *)data, len);
     if (st == yajl_status_ok)
         st = yajl_complete_parse(h);
-    free(p.map_key);
 
     if (st == yajl_status_client_canceled || p.error)
         return al_error_move(err, &p.error);

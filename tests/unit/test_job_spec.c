@@ -257,6 +257,9 @@ static const struct {
         {"{\"command\":[\"a\"],\"name\":\"\\x\"}", "name: invalid JSON at byte *"},
         {"{\"command\":[\"a\"],\"resources\":{\"cpus\":01}}", "*"},
         {"{\"command\":[\"a\"]", "job spec: invalid JSON at byte *"},
+        /* a syntax error right after an env name (found by fuzzing) */
+        {"{\"command\":[\"a\"],\"env\":{\"A\":x}}", "env.A: invalid JSON at byte *"},
+        {"{\"command\":[\"a\"],\"env\":{\"A\" \"x\"}}", "env.A: invalid JSON at byte *"},
         {"   ", "job spec: invalid JSON at byte *"},
 };
 
