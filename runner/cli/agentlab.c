@@ -11,6 +11,7 @@
 #include "../base/log.h"
 #include "../config.h"
 #include "cli.h"
+#include "cmd_job.h"
 
 static int cmd_config(int argc, char **argv)
 {
@@ -50,6 +51,7 @@ static int cmd_config(int argc, char **argv)
 static const struct cli_command commands[] = {
         {"run", "run one command in a throwaway VM", cmd_run},
         {"config", "show the effective configuration", cmd_config},
+        {"job", "job specs: validate", cmd_job},
 };
 
 static void usage(FILE *out)
