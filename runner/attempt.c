@@ -310,6 +310,8 @@ static void end(struct attempt *a)
     }
     decide(a);
     snprintf(a->res.vm_name, sizeof(a->res.vm_name), "%s", a->vm ? a->vm->name : "");
+    if (a->cb.decided)
+        a->cb.decided(a, &a->res, a->data);
 
     if (a->tar_fd >= 0) {
         close(a->tar_fd);

@@ -62,6 +62,10 @@ struct attempt_callbacks {
     void (*output)(struct attempt *a, enum vm_stream stream, const char *buf, size_t len,
                    void *data);
     void (*diag)(struct attempt *a, const char *message, void *data);
+    /* Once, when the result is known and before the VM is destroyed, so the
+     * owner can persist the terminal state first. Timings of the teardown
+     * and the artifact summary are not known yet. Optional. */
+    void (*decided)(struct attempt *a, const struct attempt_result *r, void *data);
     /* Once, after teardown. The attempt is freed when this returns. */
     void (*done)(struct attempt *a, const struct attempt_result *r, void *data);
 };
