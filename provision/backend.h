@@ -131,6 +131,9 @@ struct backend_ops {
     /* Releases everything; every VM must be destroyed before. done may run
      * before close returns. */
     void (*close)(struct backend *b, void (*done)(void *data), void *data);
+    /* The name launch() will give the VM of this job attempt, so the owner
+     * can record it durably before anything is created. */
+    int (*vm_name)(struct backend *b, const char *job_id, int attempt, char *buf, size_t size);
     /* Current capacity and use. */
     void (*capacity)(struct backend *b, struct backend_capacity *ret);
     /* Provisions and boots a VM. On 0 the VM exists (in *ret_vm) and events

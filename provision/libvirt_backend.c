@@ -823,6 +823,13 @@ static char *make_hostname(const char *job_id)
     return h;
 }
 
+static int lv_vm_name(struct backend *b, const char *job_id, int attempt, char *buf, size_t size)
+{
+    (void)b;
+    int n = snprintf(buf, size, AL_DOMAIN_PREFIX "%s-%d", job_id, attempt);
+    return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
 static int lv_launch(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
                      void *ev_data, struct vm **ret_vm, struct al_error **err)
 {
@@ -848,8 +855,9 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     _cleanup_free_ char *hostname = NULL;
     int r;
 
-    if (asprintf(&v->base.name, AL_DOMAIN_PREFIX "%s-%d", req->job_id, req->attempt) < 0 ||
-        asprintf(&v->vol_name, "%s.qcow2", v->base.name) < 0 ||
+    char name[160];
+    if (lv_vm_name(b, req->job_id, req->attempt, name, sizeof(name)) < 0 ||
+        !(v->base.name = strdup(name)) || asprintf(&v->vol_name, "%s.qcow2", v->base.name) < 0 ||
         !(v->run_dir = al_path_join(lb->vms_dir, v->base.name)) ||
         !(v->channel_path = al_path_join(v->run_dir, "job.sock")) ||
         !(v->seed_path = al_path_join(v->run_dir, "seed.iso")) ||
@@ -1274,6 +1282,7 @@ const struct backend_ops libvirt_backend_ops = {
         .type = "libvirt",
         .open = lv_open,
         .close = lv_close,
+        .vm_name = lv_vm_name,
         .capacity = lv_capacity,
         .launch = lv_launch,
         .cancel = lv_cancel,

@@ -1,15 +1,25 @@
 #include "daemon.h"
 
+#include <fcntl.h>
 #include <libvirt/libvirt.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "base/log.h"
 #include "base/util.h"
+#include "engine.h"
 #include "loop/curl_uv.h"
 #include "loop/virt_uv.h"
+#include "owner.h"
+#include "sources/spool.h"
+#include "store.h"
+
+#define MAX_SOURCES 64
 
 struct daemon {
     const struct config *cfg;
@@ -17,6 +27,12 @@ struct daemon {
     uv_signal_t sigint;
     uv_signal_t sigterm;
     struct al_curl *curl;
+    struct store *store;
+    struct engine *engine;
+    char *owner_id;
+    struct spool *spools[MAX_SOURCES];
+    size_t n_spools;
+    int stopping_parts;
     bool stopping;
 };
 
@@ -25,12 +41,9 @@ static void on_signal_closed(uv_handle_t *h)
     (void)h;
 }
 
-static void daemon_stop(struct daemon *d)
+/* Last step of the shutdown: everything that is not the engine's. */
+static void stop_loop_handles(struct daemon *d)
 {
-    if (d->stopping)
-        return;
-    d->stopping = true;
-    log_info(NULL, "shutting down");
     if (d->curl) {
         al_curl_close(d->curl, NULL, NULL);
         d->curl = NULL;
@@ -38,6 +51,40 @@ static void daemon_stop(struct daemon *d)
     al_virt_event_shutdown();
     uv_close((uv_handle_t *)&d->sigint, on_signal_closed);
     uv_close((uv_handle_t *)&d->sigterm, on_signal_closed);
+}
+
+static void on_engine_stopped(void *data)
+{
+    struct daemon *d = data;
+    d->engine = NULL;
+    log_info(NULL, "engine stopped");
+    stop_loop_handles(d);
+}
+
+static void on_source_stopped(void *data)
+{
+    struct daemon *d = data;
+    if (--d->stopping_parts > 0)
+        return;
+    /* sources first, so nothing is submitted while the engine drains */
+    if (d->engine)
+        engine_stop(d->engine, on_engine_stopped, d);
+    else
+        stop_loop_handles(d);
+}
+
+static void daemon_stop(struct daemon *d)
+{
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    log_info(NULL, "shutting down");
+    d->stopping_parts = 1;
+    for (size_t i = 0; i < d->n_spools; i++) {
+        d->stopping_parts++;
+        spool_stop(d->spools[i], on_source_stopped, d);
+    }
+    on_source_stopped(d);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -57,22 +104,87 @@ static int prepare_dirs(const struct config *cfg, struct al_error **err)
     return al_mkdir_p(cfg->agent.run_dir, 0711, err);
 }
 
+/* One daemon per state dir: two would each destroy the other's VMs as
+ * orphans. The lock is held (fd left open) for the life of the process. */
+static int lock_state_dir(const char *state_dir, int *ret_fd, struct al_error **err)
+{
+    _cleanup_free_ char *path = al_path_join(state_dir, "agentlabd.lock");
+    if (!path)
+        return al_error_set(err, ENOMEM, "lock path");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return al_error_set_errno(err, errno, "opening %s", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return al_error_set(err, EBUSY, "another agentlabd is running on state dir %s",
+                                state_dir);
+        return al_error_set_errno(err, e, "locking %s", path);
+    }
+    *ret_fd = fd;
+    return 0;
+}
+
+static void on_reconciled(const struct engine_reconcile_report *r, void *data)
+{
+    struct daemon *d = data;
+    (void)r;
+    if (d->stopping)
+        return;
+    /* sources start once the engine knows what it has */
+    for (size_t i = 0; i < d->cfg->n_sources && d->n_spools < MAX_SOURCES; i++) {
+        const struct config_source *src = &d->cfg->sources[i];
+        struct al_error *err = NULL;
+        if (src->type == SOURCE_SPOOL) {
+            if (spool_start(&d->loop, d->engine, src, &d->spools[d->n_spools], &err) == 0)
+                d->n_spools++;
+            else
+                log_error(NULL, "source %s: %s", src->name, al_error_message(err));
+        } else {
+            log_warn(NULL, "source %s: type %s is not supported by this build yet", src->name,
+                     source_type_to_string(src->type));
+        }
+        al_error_free(err);
+    }
+    log_info(NULL, "agentlabd %s ready (state %s, run %s, owner %s)", AL_VERSION,
+             d->cfg->agent.state_dir, d->cfg->agent.run_dir, d->owner_id);
+}
+
 int daemon_run(const struct config *cfg, struct al_error **err)
 {
     struct daemon d = {.cfg = cfg};
+    _cleanup_close_ int lock_fd = -1;
     int r = prepare_dirs(cfg, err);
     if (r < 0)
         return al_error_wrap(err, "preparing directories");
+    r = lock_state_dir(cfg->agent.state_dir, &lock_fd, err);
+    if (r < 0)
+        return r;
+    r = owner_id_for_state_dir(cfg->agent.state_dir, &d.owner_id, err);
+    if (r < 0)
+        return al_error_wrap(err, "owner id");
+    _cleanup_free_ char *db = al_path_join(cfg->agent.state_dir, "agentlab.db");
+    if (!db)
+        return al_error_set(err, ENOMEM, "database path");
+    r = store_open(db, NULL, &d.store, err);
+    if (r < 0) {
+        free(d.owner_id);
+        return r;
+    }
 
     r = uv_loop_init(&d.loop);
-    if (r < 0)
+    if (r < 0) {
+        store_close(d.store);
+        free(d.owner_id);
         return al_error_set(err, -r, "uv_loop_init: %s", uv_strerror(r));
-
+    }
     uv_signal_init(&d.loop, &d.sigint);
     uv_signal_init(&d.loop, &d.sigterm);
     d.sigint.data = d.sigterm.data = &d;
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+    signal(SIGPIPE, SIG_IGN);
 
     if (al_curl_global_init() < 0) {
         r = al_error_set(err, EIO, "curl_global_init failed");
@@ -84,9 +196,17 @@ int daemon_run(const struct config *cfg, struct al_error **err)
     r = al_virt_event_register(&d.loop, err);
     if (r < 0)
         goto out;
-
-    log_info(NULL, "agentlabd %s ready (state %s, run %s)", AL_VERSION, cfg->agent.state_dir,
-             cfg->agent.run_dir);
+    struct engine_params ep = {
+            .loop = &d.loop,
+            .cfg = cfg,
+            .store = d.store,
+            .curl = d.curl,
+            .owner_id = d.owner_id,
+    };
+    r = engine_new(&ep, &d.engine, err);
+    if (r < 0)
+        goto out;
+    engine_start(d.engine, on_reconciled, &d);
     uv_run(&d.loop, UV_RUN_DEFAULT);
     r = 0;
 
@@ -100,5 +220,7 @@ out:
         if (r == 0)
             r = al_error_set(err, EBUSY, "event loop did not close cleanly");
     }
+    store_close(d.store);
+    free(d.owner_id);
     return r;
 }

@@ -1,0 +1,124 @@
+/* The engine: every job from acceptance to its terminal state.
+ *
+ * It owns the queue, the backends and the running attempts. A submitted job
+ * is validated, stored as QUEUED and scheduled FIFO per pool: the first
+ * backend of the job's pool that is healthy and has room for it (VMs, vCPUs,
+ * memory) gets it; when none has, the job waits (later jobs that fit may go
+ * first). Each state change is committed to the store before the action it
+ * announces, and broadcast to observers. Infrastructure errors are retried
+ * on a fresh VM while attempts remain; workload failures never are.
+ *
+ * At start the engine reconciles: jobs left in a running phase by a crash
+ * end as ERROR (requeued when attempts remain), and every VM this instance
+ * owns with no live job is destroyed, with its disks and run dir.
+ *
+ * Loop thread only.
+ */
+#ifndef AL_ENGINE_H
+#define AL_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base/error.h"
+#include "config.h"
+#include "job/spec.h"
+#include "provision/backend.h"
+#include "store.h"
+
+struct engine;
+
+struct engine_params {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    struct store *store;
+    struct al_curl *curl; /* for HTTP-based backends; may be NULL */
+    const char *owner_id;
+    const char *jobs_dir; /* job logs and artifacts; NULL = <state_dir>/jobs */
+};
+
+/* Opens every configured backend. A backend that fails to open is kept as
+ * unhealthy (the error is logged) so the other backends still work. */
+int engine_new(const struct engine_params *p, struct engine **ret, struct al_error **err);
+
+/* What reconcile did, for `agentlab gc` and the logs. */
+struct engine_reconcile_report {
+    unsigned jobs_failed;   /* running jobs of a previous process ended as ERROR */
+    unsigned jobs_requeued; /* ... and queued again */
+    unsigned jobs_resumed;  /* QUEUED jobs taken back into the queue */
+    unsigned vms_destroyed; /* owned VMs (and leftovers) without a live job */
+    unsigned dirs_removed;  /* job run dirs without a live job */
+    unsigned errors;
+};
+
+/* Reconciles, then starts scheduling. done (may be NULL) runs once the
+ * reconcile is over; each action is also logged. */
+void engine_start(struct engine *e,
+                  void (*done)(const struct engine_reconcile_report *r, void *data), void *data);
+
+/* Stops: no new admissions; running jobs are cancelled with reason
+ * "agentlabd is shutting down" (ERROR, requeued when attempts remain, so a
+ * restarted daemon runs them again); every VM is destroyed; the backends are
+ * closed; then done runs and the engine is freed. */
+void engine_stop(struct engine *e, void (*done)(void *data), void *data);
+
+struct engine_submit {
+    /* A tar to unpack as the job's work dir; moved into the job dir. */
+    const char *workdir_tar;
+    /* Where artifacts go; NULL = <job dir>/artifacts. */
+    const char *artifacts_dir;
+};
+
+/* Validates spec (defaults applied here) against the configuration: pool,
+ * image, resources some backend of the pool can ever hold. Takes ownership
+ * of spec in every case. On success the job is QUEUED and its id is in
+ * ret_id. Errors name the problem; nothing is stored then. */
+int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_submit *opts,
+                  char ret_id[STORE_JOB_ID_SIZE], struct al_error **err);
+
+/* Cancels a job in any non-terminal phase. -ENOENT for an unknown job,
+ * -EALREADY when it is already terminal. */
+int engine_cancel(struct engine *e, const char *job_id, struct al_error **err);
+
+/* Makes every commit so far durable against power loss (store_sync on a
+ * worker thread), then calls done. Sources call it before acknowledging a
+ * job to the outside world. */
+void engine_sync(struct engine *e, void (*done)(int result, void *data), void *data);
+
+/* Observers see every transition and every chunk of (redacted) output. */
+struct engine_observer {
+    void (*event)(const struct store_event *ev, void *data);
+    void (*output)(const char *job_id, enum vm_stream stream, const char *buf, size_t len,
+                   void *data);
+};
+
+struct engine_watch;
+struct engine_watch *engine_observe(struct engine *e, const struct engine_observer *o, void *data);
+void engine_unobserve(struct engine *e, struct engine_watch *w);
+
+/* Status of one backend for `pool status` and /metrics. */
+struct engine_backend_status {
+    const char *name;
+    const char *type;
+    struct backend_capacity cap;
+    unsigned jobs_started; /* attempts started on it since the engine started */
+    char last_fallback[160]; /* why a job last skipped it, or "" */
+};
+
+/* Fills up to max entries; returns the number of backends. */
+size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size_t max);
+
+/* Counts of live jobs. */
+void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running);
+
+/* <state_dir>/jobs/<id>: the job's log (output.log) and artifacts/. */
+char *engine_job_dir(struct engine *e, const char *job_id);
+
+struct store *engine_store(struct engine *e);
+
+/* Runs a bounded retention pass now (also done periodically). */
+void engine_prune(struct engine *e);
+
+#endif
