@@ -104,6 +104,22 @@ static void kick(struct engine *e)
         uv_timer_start(&e->kick, on_kick, 0, 0);
 }
 
+/* Ends a round of observer callbacks; watches removed during it go now. */
+static void notify_end(struct engine *e)
+{
+    if (--e->notifying > 0)
+        return;
+    for (struct engine_watch **pp = &e->watches; *pp;) {
+        if ((*pp)->removed) {
+            struct engine_watch *dead = *pp;
+            *pp = dead->next;
+            free(dead);
+        } else {
+            pp = &(*pp)->next;
+        }
+    }
+}
+
 static void notify_event(struct engine *e, const struct store_event *ev)
 {
     e->notifying++;
@@ -111,18 +127,7 @@ static void notify_event(struct engine *e, const struct store_event *ev)
         if (!w->removed && w->o.event)
             w->o.event(ev, w->data);
     }
-    e->notifying--;
-    if (!e->notifying) {
-        for (struct engine_watch **pp = &e->watches; *pp;) {
-            if ((*pp)->removed) {
-                struct engine_watch *dead = *pp;
-                *pp = dead->next;
-                free(dead);
-            } else {
-                pp = &(*pp)->next;
-            }
-        }
-    }
+    notify_end(e);
 }
 
 /* Commits a transition and tells the observers. */
@@ -163,6 +168,19 @@ static void ejob_free(struct ejob *j)
     free(j->secrets);
     free((void *)j->req.artifacts);
     free(j);
+}
+
+/* The job is done with for good: tell the observers, then free it. */
+static void job_finished(struct ejob *j, const struct attempt_result *last)
+{
+    struct engine *e = j->e;
+    e->notifying++;
+    for (struct engine_watch *w = e->watches; w; w = w->next) {
+        if (!w->removed && w->o.finished)
+            w->o.finished(j->id, j->state, last, w->data);
+    }
+    notify_end(e);
+    ejob_free(j);
 }
 
 static void queue_push(struct engine *e, struct ejob *j, bool front)
@@ -343,7 +361,7 @@ static void on_attempt_output(struct attempt *a, enum vm_stream s, const char *b
         if (!w->removed && w->o.output)
             w->o.output(j->id, s, buf, len, w->data);
     }
-    e->notifying--;
+    notify_end(e);
 }
 
 static void on_attempt_diag(struct attempt *a, const char *msg, void *data)
@@ -398,6 +416,14 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
     store_job_set_log_bytes(e->store, j->id, r->log_bytes, &err);
     err = al_error_free(err);
     index_artifacts(j, r);
+    bool retry = j->state == JOB_STATE_ERROR && !j->cancel_requested && !j->retry_blocked &&
+                 j->attempts < j->max_attempts;
+    e->notifying++;
+    for (struct engine_watch *w = e->watches; w; w = w->next) {
+        if (!w->removed && w->o.attempt_done)
+            w->o.attempt_done(j->id, j->attempts, r, w->data);
+    }
+    notify_end(e);
     log_info(j->id, "attempt %d on %s done in %.1fs (provision %.2fs, start %.2fs, boot %.1fs, "
                     "run %.1fs, cleanup %.2fs)",
              j->attempts, j->backend->name, (double)r->ms_total / 1000.0,
@@ -406,8 +432,7 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
              (double)r->ms_cleanup / 1000.0);
     j->backend = NULL;
 
-    if (j->state == JOB_STATE_ERROR && !j->cancel_requested && !j->retry_blocked &&
-        j->attempts < j->max_attempts) {
+    if (retry) {
         struct store_event ev = {0};
         if (store_job_retry(e->store, j->id, "retrying on a fresh VM", &ev, &err) == 0) {
             j->state = JOB_STATE_QUEUED;
@@ -422,7 +447,7 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
         log_error(j->id, "cannot requeue: %s", al_error_message(err));
         al_error_free(err);
     }
-    ejob_free(j);
+    job_finished(j, r);
     kick(e);
     maybe_finish_stop(e);
 }
@@ -454,7 +479,9 @@ static void start_attempt(struct ejob *j, struct backend_slot *slot)
     char detail[200];
     snprintf(detail, sizeof(detail), "attempt %d on backend %s", j->attempts + 1, b->name);
     if (transition(j, JOB_STATE_PROVISIONING, detail, false, 0) < 0) {
-        ejob_free(j);
+        /* the store refused: the job cannot make progress; end it */
+        transition(j, JOB_STATE_ERROR, "recording the job's progress failed", false, 0);
+        job_finished(j, NULL);
         return;
     }
     j->attempts++;
@@ -466,7 +493,7 @@ static void start_attempt(struct ejob *j, struct backend_slot *slot)
         transition(j, JOB_STATE_ERROR, err ? al_error_message(err) : "naming the VM failed",
                    false, 0);
         al_error_free(err);
-        ejob_free(j);
+        job_finished(j, NULL);
         return;
     }
     rotate_log(j);
@@ -493,7 +520,7 @@ static void start_attempt(struct ejob *j, struct backend_slot *slot)
         al_error_free(err);
         transition(j, JOB_STATE_ERROR, msg, false, 0);
         j->backend = NULL;
-        ejob_free(j);
+        job_finished(j, NULL);
     }
 }
 
@@ -700,7 +727,7 @@ int engine_cancel(struct engine *e, const char *job_id, struct al_error **err)
     if (j->state == JOB_STATE_QUEUED) {
         queue_remove(e, j);
         transition(j, JOB_STATE_CANCELED, "canceled while queued", false, 0);
-        ejob_free(j);
+        job_finished(j, NULL);
         return 0;
     }
     log_info(job_id, "cancel requested in %s", job_state_to_string(j->state));
@@ -943,13 +970,13 @@ static void reconcile_jobs(struct engine *e)
                     transition(j, JOB_STATE_ERROR, msg, false, 0);
                     e->report.jobs_failed++;
                     if (j->retry_blocked || j->attempts >= j->max_attempts) {
-                        ejob_free(j);
+                        job_finished(j, NULL);
                         continue;
                     }
                     struct store_event ev = {0};
                     if (store_job_retry(e->store, j->id, "requeued after restart", &ev, &err) < 0) {
                         err = al_error_free(err);
-                        ejob_free(j);
+                        job_finished(j, NULL);
                         continue;
                     }
                     notify_event(e, &ev);
@@ -962,7 +989,7 @@ static void reconcile_jobs(struct engine *e)
                                      : "secret values are not kept across agentlabd restarts; "
                                        "submit the job again",
                                false, 0);
-                    ejob_free(j);
+                    job_finished(j, NULL);
                     continue;
                 } else {
                     e->report.jobs_resumed++;

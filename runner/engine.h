@@ -87,11 +87,21 @@ int engine_cancel(struct engine *e, const char *job_id, struct al_error **err);
  * job to the outside world. */
 void engine_sync(struct engine *e, void (*done)(int result, void *data), void *data);
 
-/* Observers see every transition and every chunk of (redacted) output. */
+struct attempt_result;
+
+/* Observers see every transition, every chunk of (redacted) output, and
+ * each attempt's full result (timings, artifacts) once its VM is gone. */
 struct engine_observer {
     void (*event)(const struct store_event *ev, void *data);
     void (*output)(const char *job_id, enum vm_stream stream, const char *buf, size_t len,
                    void *data);
+    void (*attempt_done)(const char *job_id, int attempt, const struct attempt_result *r,
+                         void *data);
+    /* The job reached its final state and left the engine, whichever way
+     * (also cancelled while queued, or failed before any VM existed). last is
+     * its last attempt's result, or NULL when it never had one. */
+    void (*finished)(const char *job_id, enum job_state state, const struct attempt_result *last,
+                     void *data);
 };
 
 struct engine_watch;

@@ -1,7 +1,9 @@
 /* agentlab run: one job in a throwaway VM, output live on the terminal.
  *
- * Runs the job in-process: its own loop, the configured default pool's first
- * backend, one attempt, everything destroyed at the end. */
+ * Runs the job in-process with the same engine the daemon uses (admission,
+ * fallback across the pool's backends, retries of infrastructure errors),
+ * over a private database and job dir under <run_dir>/cli-<pid> that are
+ * removed at the end, like the VM. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -17,10 +19,11 @@
 #include "../base/log.h"
 #include "../base/util.h"
 #include "../config.h"
+#include "../engine.h"
 #include "../loop/virt_uv.h"
 #include "../owner.h"
+#include "../store.h"
 #include "cli.h"
-#include "images/catalog.h"
 #include "provision/workdir.h"
 
 #define MAX_ITEMS 256
@@ -49,15 +52,21 @@ struct run_ctx {
     uv_loop_t loop;
     uv_signal_t sigint, sigterm, sighup;
     struct config *cfg;
-    struct backend *backend;
-    struct attempt *attempt;
+    struct store *store;
+    struct engine *engine;
+    struct engine_watch *watch;
     struct run_opts *o;
-    char *job_id;
+    char *owner;
+    char *tmp_dir; /* <run_dir>/cli-<pid>: this run's database and job dir */
+    char job_id[STORE_JOB_ID_SIZE];
     uint64_t t0;
     int interrupts;
-    bool done;
-    struct attempt_result result;
-    bool backend_closed;
+    bool finished;
+    enum job_state final;
+    int exit_code;
+    char reason[640];
+    struct attempt_result last; /* of the last attempt */
+    bool have_last;
 };
 
 static void usage(FILE *out)
@@ -275,64 +284,67 @@ static void say(struct run_ctx *c, const char *fmt, ...)
     fprintf(stderr, "agentlab: [%6.2fs] %s\n", t, line);
 }
 
-static void on_phase(struct attempt *a, enum vm_phase phase, void *data)
+static void on_event(const struct store_event *ev, void *data)
 {
-    (void)a;
     struct run_ctx *c = data;
-    switch (phase) {
-    case VM_PHASE_PROVISIONED:
-        say(c, "disk and cloud-init data ready");
+    if (!streq(ev->job_id, c->job_id))
+        return;
+    switch (ev->to) {
+    case JOB_STATE_PROVISIONING:
+        say(c, "provisioning (%s)", ev->detail ? ev->detail : "");
         break;
-    case VM_PHASE_BOOTING:
-        say(c, "booting VM %s", attempt_vm_name(c->attempt));
+    case JOB_STATE_BOOTING:
+        say(c, "booting VM %s", ev->detail ? ev->detail : "");
         break;
-    case VM_PHASE_CONNECTED:
-        say(c, "guest helper connected");
-        break;
-    case VM_PHASE_RUNNING:
+    case JOB_STATE_RUNNING:
         say(c, "running");
+        break;
+    case JOB_STATE_QUEUED:
+        if (ev->from == JOB_STATE_ERROR)
+            say(c, "retrying on a fresh VM");
+        break;
+    default:
+        if (job_state_is_terminal(ev->to)) {
+            c->final = ev->to;
+            snprintf(c->reason, sizeof(c->reason), "%s", ev->detail ? ev->detail : "");
+        }
         break;
     }
 }
 
-static void on_output(struct attempt *a, enum vm_stream s, const char *buf, size_t len, void *data)
-{
-    (void)a;
-    struct run_ctx *c = data;
-    write_all(c->o->json || s == VM_STDERR ? STDERR_FILENO : STDOUT_FILENO, buf, len);
-}
-
-static void on_diag(struct attempt *a, const char *msg, void *data)
-{
-    (void)a;
-    say(data, "guest: %s", msg);
-}
-
-static void on_backend_closed(void *data)
+static void on_output(const char *job_id, enum vm_stream s, const char *buf, size_t len,
+                      void *data)
 {
     struct run_ctx *c = data;
-    c->backend_closed = true;
+    if (streq(job_id, c->job_id))
+        write_all(c->o->json || s == VM_STDERR ? STDERR_FILENO : STDOUT_FILENO, buf, len);
 }
 
-static void close_everything(struct run_ctx *c)
+static void on_engine_stopped(void *data)
 {
+    struct run_ctx *c = data;
+    c->engine = NULL;
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigterm, NULL);
     uv_close((uv_handle_t *)&c->sighup, NULL);
-    if (c->backend)
-        backend_free(c->backend, on_backend_closed, c);
-    c->backend = NULL;
     al_virt_event_shutdown();
 }
 
-static void on_done(struct attempt *a, const struct attempt_result *r, void *data)
+static void on_finished(const char *job_id, enum job_state state, const struct attempt_result *r,
+                        void *data)
 {
-    (void)a;
     struct run_ctx *c = data;
-    c->result = *r;
-    c->done = true;
-    c->attempt = NULL;
-    close_everything(c);
+    if (!streq(job_id, c->job_id))
+        return;
+    c->final = state;
+    if (r) {
+        c->last = *r;
+        c->have_last = true;
+    }
+    c->finished = true;
+    engine_unobserve(c->engine, c->watch);
+    c->watch = NULL;
+    engine_stop(c->engine, on_engine_stopped, c);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -343,27 +355,18 @@ static void on_signal(uv_signal_t *s, int signum)
         fprintf(stderr, "agentlab: %s: cancelling the job and cleaning up\n", strsignal(signum));
     else
         fprintf(stderr, "agentlab: still cleaning up; the VM is being destroyed\n");
-    if (c->attempt)
-        attempt_cancel(c->attempt);
-}
-
-static char *new_job_id(void)
-{
-    _cleanup_free_ char *rnd = al_random_hex(4);
-    char *id = NULL;
-    if (!rnd || asprintf(&id, "j%012" PRIx64 "%s", (uint64_t)al_now_wall_ms(), rnd) < 0)
-        return NULL;
-    return id;
+    struct al_error *err = NULL;
+    if (c->engine && c->job_id[0] && !c->finished && engine_cancel(c->engine, c->job_id, &err) < 0)
+        al_error_free(err);
 }
 
 static void print_json(const struct run_ctx *c)
 {
-    const struct attempt_result *r = &c->result;
-    /* every string printed here is ours (ids, fixed words) or escaped below */
-    printf("{\"job\":\"%s\",\"vm\":\"%s\",\"outcome\":\"%s\",\"exit_code\":%d,", c->job_id,
-           r->vm_name, attempt_outcome_to_string(r->outcome), r->exit_code);
+    const struct attempt_result *r = &c->last;
+    printf("{\"job\":\"%s\",\"state\":\"%s\",\"exit_code\":%d,", c->job_id,
+           job_state_to_string(c->final), c->exit_code);
     printf("\"reason\":\"");
-    for (const char *p = r->reason; *p; p++) {
+    for (const char *p = c->reason; *p; p++) {
         if (*p == '"' || *p == '\\')
             printf("\\%c", *p);
         else if ((unsigned char)*p < 0x20)
@@ -371,8 +374,8 @@ static void print_json(const struct run_ctx *c)
         else
             putchar(*p);
     }
-    printf("\",\"log_bytes\":%" PRIu64 ",\"log_truncated\":%s,", r->log_bytes,
-           r->log_truncated ? "true" : "false");
+    printf("\",\"vm\":\"%s\",\"log_bytes\":%" PRIu64 ",\"log_truncated\":%s,", r->vm_name,
+           r->log_bytes, r->log_truncated ? "true" : "false");
     printf("\"artifacts\":{\"files\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"skipped\":%" PRIu64 "},",
            r->artifacts.files, r->artifacts.bytes, r->artifacts.skipped);
     printf("\"ms\":{\"provision\":%" PRIu64 ",\"start\":%" PRIu64 ",\"boot\":%" PRIu64
@@ -381,82 +384,121 @@ static void print_json(const struct run_ctx *c)
     printf("\"cleanup_ok\":%s}\n", r->cleanup_failed ? "false" : "true");
 }
 
+static char **strv_dup(char *const *v, size_t *ret_n)
+{
+    size_t n = 0;
+    while (v && v[n])
+        n++;
+    char **out = calloc(n + 1, sizeof(char *));
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (!(out[i] = strdup(v[i]))) {
+            strv_free(out);
+            return NULL;
+        }
+    }
+    if (ret_n)
+        *ret_n = n;
+    return out;
+}
+
+static struct job_env_var *env_dup(const struct env_pair *p, size_t n)
+{
+    struct job_env_var *v = calloc(n + 1, sizeof(*v));
+    if (!v)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        v[i].name = strdup(p[i].name);
+        v[i].value = strdup(p[i].value);
+        if (!v[i].name || !v[i].value) {
+            for (size_t k = 0; k <= i; k++) {
+                free(v[k].name);
+                free(v[k].value);
+            }
+            free(v);
+            return NULL;
+        }
+    }
+    return v;
+}
+
+/* The options as a job spec: the same validation and defaults as any job. */
+static struct job_spec *spec_from_opts(const struct run_opts *o)
+{
+    struct job_spec *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->inject = o->inject;
+    s->timeout_s = o->timeout_s;
+    s->resources.cpus = o->cpus;
+    s->resources.memory_mb = (int)(o->memory >> 20);
+    s->source.type = JOB_SOURCE_CLI;
+    if ((o->image && !(s->image = strdup(o->image))) ||
+        !(s->command = strv_dup(o->argv, &s->n_command)))
+        return job_spec_free(s);
+    if (o->n_env && !(s->env = env_dup(o->env, o->n_env)))
+        return job_spec_free(s);
+    s->n_env = o->n_env;
+    if (o->n_secrets && !(s->secret_env = env_dup(o->secrets, o->n_secrets)))
+        return job_spec_free(s);
+    s->n_secret_env = o->n_secrets;
+    if (o->n_artifacts && !(s->artifacts = strv_dup((char *const *)o->artifacts, &s->n_artifacts)))
+        return job_spec_free(s);
+    return s;
+}
+
+static int exit_code_for(struct run_ctx *c)
+{
+    switch (c->final) {
+    case JOB_STATE_SUCCEEDED:
+    case JOB_STATE_FAILED:
+        return c->have_last ? c->last.exit_code : 125;
+    case JOB_STATE_TIMED_OUT:
+        return 124;
+    case JOB_STATE_CANCELED:
+        return 130;
+    default:
+        return 125;
+    }
+}
+
 static int run_job(struct run_ctx *c, struct run_opts *o)
 {
     _cleanup_error_ struct al_error *err = NULL;
     const struct config *cfg = c->cfg;
-
-    const struct config_backend *bcfg = NULL;
-    if (o->backend) {
-        bcfg = config_find_backend(cfg, o->backend);
-        if (!bcfg) {
-            fprintf(stderr, "agentlab: no backend named \"%s\" in the configuration\n", o->backend);
-            return 125;
-        }
-    } else {
-        const struct config_pool *pool = config_find_pool(cfg, cfg->agent.pool);
-        bcfg = pool && pool->backends && pool->backends[0]
-                       ? config_find_backend(cfg, pool->backends[0])
-                       : &cfg->backends[0];
-    }
-
-    const char *image = o->image ? o->image : cfg->agent.image;
-    struct image_info *img = NULL;
-    if (image_find(cfg->agent.state_dir, image, &img, &err) < 0) {
-        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
-        return 125;
-    }
-    image_info_free(img);
-
-    c->job_id = new_job_id();
-    _cleanup_free_ char *owner = NULL;
-    if (!c->job_id || owner_id_for_process(&owner, &err) < 0) {
-        fprintf(stderr, "agentlab: %s\n", err ? al_error_message(err) : "out of memory");
-        return 125;
-    }
-    _cleanup_free_ char *jobs_dir = al_path_join(cfg->agent.run_dir, "jobs");
-    _cleanup_free_ char *job_dir = jobs_dir ? al_path_join(jobs_dir, c->job_id) : NULL;
-    if (!job_dir || al_mkdir_p(job_dir, 0700, &err) < 0) {
-        fprintf(stderr, "agentlab: %s\n", err ? al_error_message(err) : "out of memory");
-        return 125;
-    }
-
     int rc = 125;
-    _cleanup_free_ char *workdir_tar = NULL;
-    if (o->workdir) {
-        workdir_tar = al_path_join(job_dir, "workdir.tar");
-        uint64_t bytes = 0;
-        if (!workdir_tar || workdir_pack(o->workdir, workdir_tar, 0, &bytes, &err) < 0) {
-            fprintf(stderr, "agentlab: %s\n", err ? al_error_message(err) : "out of memory");
-            goto out_dir;
-        }
+
+    if (o->backend && !config_find_backend(cfg, o->backend)) {
+        fprintf(stderr, "agentlab: no backend named \"%s\" in the configuration\n", o->backend);
+        return 125;
     }
-
-    for (size_t i = 0; i < o->n_secrets; i++)
-        al_redact_add(o->secrets[i].value);
-
-    o->artifacts[o->n_artifacts] = NULL;
-    struct vm_request req = {
-            .job_id = c->job_id,
-            .attempt = 1,
-            .image = image,
-            .cpus = o->cpus ? o->cpus : cfg->agent.job_cpus,
-            .memory = o->memory ? o->memory : cfg->agent.job_memory,
-            .inject = o->inject,
-            .argv = (const char *const *)o->argv,
-            .env = o->env,
-            .n_env = o->n_env,
-            .secret_env = o->secrets,
-            .n_secret_env = o->n_secrets,
-            .timeout_s = o->timeout_s ? o->timeout_s : cfg->agent.job_timeout_s,
-            .artifacts = o->n_artifacts ? o->artifacts : NULL,
-            .max_artifact_bytes = cfg->agent.max_artifact_bytes,
-            .workdir_tar = workdir_tar,
-    };
+    _cleanup_free_ char *cli_dir_name = NULL;
+    if (owner_id_for_process(&c->owner, &err) < 0 ||
+        asprintf(&cli_dir_name, "cli-%d", (int)getpid()) < 0 ||
+        !(c->tmp_dir = al_path_join(cfg->agent.run_dir, cli_dir_name))) {
+        fprintf(stderr, "agentlab: %s\n", err ? al_error_message(err) : "out of memory");
+        return 125;
+    }
+    _cleanup_free_ char *db = al_path_join(c->tmp_dir, "agentlab.db");
+    _cleanup_free_ char *jobs = al_path_join(c->tmp_dir, "jobs");
+    _cleanup_free_ char *workdir_tar = al_path_join(c->tmp_dir, "workdir.tar");
+    if (!db || !jobs || !workdir_tar || al_mkdir_p(c->tmp_dir, 0711, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", err ? al_error_message(err) : "out of memory");
+        goto out_dir;
+    }
+    if (o->workdir && workdir_pack(o->workdir, workdir_tar, 0, NULL, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        goto out_dir;
+    }
+    if (store_open(db, NULL, &c->store, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        goto out_dir;
+    }
 
     if (uv_loop_init(&c->loop) < 0) {
         fprintf(stderr, "agentlab: cannot create the event loop\n");
-        goto out_dir;
+        goto out_store;
     }
     uv_signal_init(&c->loop, &c->sigint);
     uv_signal_init(&c->loop, &c->sigterm);
@@ -466,81 +508,77 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
     uv_signal_start(&c->sigterm, on_signal, SIGTERM);
     uv_signal_start(&c->sighup, on_signal, SIGHUP);
 
-    struct backend_env env = {.loop = &c->loop, .cfg = cfg, .owner_id = owner};
-    if (al_virt_event_register(&c->loop, &err) < 0 ||
-        backend_new(&env, bcfg, &c->backend, &err) < 0)
-        goto fail_loop;
-
-    struct backend_capacity cap;
-    c->backend->ops->capacity(c->backend, &cap);
-    if (req.cpus > cap.vcpus || req.memory > cap.memory) {
-        al_error_set(&err, ENOSPC,
-                     "the job needs %d vCPUs and %" PRIu64 " MiB; backend %s has %d vCPUs and "
-                     "%" PRIu64 " MiB",
-                     req.cpus, req.memory >> 20, bcfg->name, cap.vcpus, cap.memory >> 20);
-        goto fail_loop;
+    struct engine_params ep = {
+            .loop = &c->loop,
+            .cfg = cfg,
+            .store = c->store,
+            .owner_id = c->owner,
+            .jobs_dir = jobs,
+    };
+    if (al_virt_event_register(&c->loop, &err) < 0 || engine_new(&ep, &c->engine, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        if (c->engine)
+            engine_stop(c->engine, on_engine_stopped, c);
+        else
+            on_engine_stopped(c);
+        uv_run(&c->loop, UV_RUN_DEFAULT);
+        goto out_loop;
     }
-
-    struct attempt_params ap = {
-            .backend = c->backend,
-            .req = &req,
-            .job_dir = job_dir,
-            .artifacts_dir = o->artifacts_dir ? o->artifacts_dir : "artifacts",
-            .boot_timeout_s = cfg->agent.boot_timeout_s,
-            .run_grace_s = 30,
-            .max_log_bytes = cfg->agent.max_log_bytes,
-            .artifact_limits = {.max_bytes = cfg->agent.max_artifact_bytes,
-                                .max_files = (uint64_t)cfg->agent.max_artifact_files},
-    };
-    static const struct attempt_callbacks cbs = {
-            .phase = on_phase,
+    static const struct engine_observer obs = {
+            .event = on_event,
             .output = on_output,
-            .diag = on_diag,
-            .done = on_done,
+            .finished = on_finished,
     };
-    say(c, "job %s: provisioning (image %s, %d vCPU, %" PRIu64 " MiB, backend %s)", c->job_id,
-        image, req.cpus, req.memory >> 20, bcfg->name);
-    if (attempt_start(&c->loop, &ap, &cbs, c, &c->attempt, &err) < 0)
-        goto fail_loop;
+    c->watch = engine_observe(c->engine, &obs, c);
+    engine_start(c->engine, NULL, NULL);
 
-    uv_run(&c->loop, UV_RUN_DEFAULT);
-
-    const struct attempt_result *r = &c->result;
-    if (r->outcome == ATTEMPT_ERROR)
-        fprintf(stderr, "agentlab: error: %s\n", r->reason);
-    say(c,
-        "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
-        "cleanup %.2fs",
-        attempt_outcome_to_string(r->outcome), r->exit_code, (double)r->ms_total / 1000.0,
-        (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0, (double)r->ms_boot / 1000.0,
-        (double)r->ms_run / 1000.0, (double)r->ms_cleanup / 1000.0);
-    if (r->have_artifacts)
-        say(c, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes in %s%s%s", r->artifacts.files,
-            r->artifacts.bytes, ap.artifacts_dir, r->artifacts.note[0] ? "; " : "",
-            r->artifacts.note);
-    else if (o->n_artifacts && r->artifacts.note[0])
-        say(c, "artifacts: %s", r->artifacts.note);
-    if (r->log_truncated)
-        say(c, "output was truncated at max_log_size");
-    if (r->cleanup_failed)
-        fprintf(stderr, "agentlab: warning: cleanup incomplete: %s\n", r->cleanup_error);
-    if (o->json)
-        print_json(c);
-    rc = r->exit_code;
-    goto out_loop;
-
-fail_loop:
+    struct job_spec *spec = spec_from_opts(o);
+    struct engine_submit sub = {
+            .workdir_tar = o->workdir ? workdir_tar : NULL,
+            .artifacts_dir = o->artifacts_dir ? o->artifacts_dir : "artifacts",
+    };
+    if (!spec) {
+        al_error_set(&err, ENOMEM, "building the job");
+    } else if (engine_submit(c->engine, spec, &sub, c->job_id, &err) == 0) {
+        say(c, "job %s: queued (image %s)", c->job_id, o->image ? o->image : cfg->agent.image);
+        uv_run(&c->loop, UV_RUN_DEFAULT);
+        const struct attempt_result *r = &c->last;
+        c->exit_code = exit_code_for(c);
+        if (c->final == JOB_STATE_ERROR)
+            fprintf(stderr, "agentlab: error: %s\n", c->reason);
+        say(c, "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
+               "cleanup %.2fs",
+            job_state_to_string(c->final), c->exit_code, (double)r->ms_total / 1000.0,
+            (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0,
+            (double)r->ms_boot / 1000.0, (double)r->ms_run / 1000.0,
+            (double)r->ms_cleanup / 1000.0);
+        if (r->have_artifacts)
+            say(c, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes in %s%s%s",
+                r->artifacts.files, r->artifacts.bytes, sub.artifacts_dir,
+                r->artifacts.note[0] ? "; " : "", r->artifacts.note);
+        else if (o->n_artifacts && r->artifacts.note[0])
+            say(c, "artifacts: %s", r->artifacts.note);
+        if (r->log_truncated)
+            say(c, "output was truncated at max_log_size");
+        if (r->cleanup_failed)
+            fprintf(stderr, "agentlab: warning: cleanup incomplete: %s\n", r->cleanup_error);
+        if (o->json)
+            print_json(c);
+        rc = c->exit_code;
+        goto out_loop;
+    }
     fprintf(stderr, "agentlab: %s\n", al_error_message(err));
-    close_everything(c);
+    engine_unobserve(c->engine, c->watch);
+    engine_stop(c->engine, on_engine_stopped, c);
     uv_run(&c->loop, UV_RUN_DEFAULT);
 out_loop:
     if (uv_loop_close(&c->loop) != 0)
         fprintf(stderr, "agentlab: warning: event loop did not close cleanly\n");
-out_dir:
-    for (size_t i = 0; i < o->n_secrets; i++)
-        al_redact_remove(o->secrets[i].value);
+out_store:
+    store_close(c->store);
+out_dir:;
     struct al_error *rmerr = NULL;
-    al_rm_rf(job_dir, &rmerr);
+    al_rm_rf(c->tmp_dir, &rmerr);
     al_error_free(rmerr);
     return rc;
 }
@@ -552,19 +590,32 @@ int cmd_run(int argc, char **argv)
     if (r >= 0)
         return r == 2 ? 2 : 0;
 
-    struct run_ctx c = {.o = &o, .t0 = al_now_mono_ms()};
+    struct run_ctx c = {.o = &o, .t0 = al_now_mono_ms(), .final = JOB_STATE_NONE};
     _cleanup_error_ struct al_error *err = NULL;
     if (config_load(NULL, &c.cfg, &err) < 0) {
         fprintf(stderr, "agentlab: %s\n", al_error_message(err));
         return 125;
     }
-    al_log_set_level((enum al_log_level)c.cfg->agent.log_level);
+    /* the phase lines say what matters; the engine's own log is for daemons */
+    al_log_set_level(c.cfg->agent.log_level >= AL_LOG_DEBUG ? AL_LOG_DEBUG : AL_LOG_WARN);
+    if (o.backend) {
+        /* run on exactly that backend: a one-backend default pool */
+        for (size_t i = 0; i < c.cfg->n_pools; i++) {
+            if (!streq(c.cfg->pools[i].name, c.cfg->agent.pool))
+                continue;
+            strv_free(c.cfg->pools[i].backends);
+            c.cfg->pools[i].backends = calloc(2, sizeof(char *));
+            if (c.cfg->pools[i].backends)
+                c.cfg->pools[i].backends[0] = strdup(o.backend);
+        }
+    }
     int rc = run_job(&c, &o);
     for (size_t i = 0; i < o.n_env; i++)
         free((char *)o.env[i].name);
     for (size_t i = 0; i < o.n_secrets; i++)
         free((char *)o.secrets[i].name);
-    free(c.job_id);
+    free(c.owner);
+    free(c.tmp_dir);
     config_free(c.cfg);
     return rc;
 }
