@@ -3,9 +3,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const struct backend_ops *const all_ops[] = {
+static const struct backend_ops *all_ops[] = {
         [BACKEND_LIBVIRT] = &libvirt_backend_ops,
+        [BACKEND_PROXMOX] = NULL,
 };
+
+int backend_register(int type, const struct backend_ops *ops)
+{
+    if (type < 0 || (size_t)type >= ARRAY_SIZE(all_ops))
+        return -EINVAL;
+    all_ops[type] = ops;
+    return 0;
+}
 
 void owned_vm_array_free(struct owned_vm *v, size_t n)
 {

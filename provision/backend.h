@@ -186,6 +186,10 @@ int backend_new(const struct backend_env *env, const struct config_backend *cfg,
 /* Closes and frees the backend; done (may be NULL) runs when it is gone. */
 void backend_free(struct backend *b, void (*done)(void *data), void *data);
 
+/* Replaces the ops table used for a backend type (enum backend_type), e.g.
+ * to run the engine against a simulated hypervisor in tests. */
+int backend_register(int type, const struct backend_ops *ops);
+
 /* The ops table of each backend type. */
 extern const struct backend_ops libvirt_backend_ops;
 

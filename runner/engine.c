@@ -883,6 +883,16 @@ static bool owned_by_us(struct engine *e, const struct owned_vm *v)
     return streq(v->owner, e->owner_id) || owner_is_dead_run(v->owner);
 }
 
+/* True when the VM belongs to a running attempt of this engine. */
+static bool vm_is_live(struct engine *e, struct backend *b, const char *name)
+{
+    for (struct ejob *j = e->running; j; j = j->next) {
+        if (j->backend == b && streq(j->vm_name, name))
+            return true;
+    }
+    return false;
+}
+
 struct list_ctx {
     struct engine *e;
     struct backend_slot *slot;
@@ -903,7 +913,7 @@ static void on_listed(int result, struct owned_vm *vms, size_t n, const struct a
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!owned_by_us(e, &vms[i]) || find_live(e, vms[i].job_id ? vms[i].job_id : ""))
+        if (!owned_by_us(e, &vms[i]) || vm_is_live(e, b, vms[i].name))
             continue;
         struct destroy_ctx *d = calloc(1, sizeof(*d));
         if (!d)

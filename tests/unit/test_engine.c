@@ -1,0 +1,602 @@
+/* The engine against a simulated hypervisor: admission, fallback across a
+ * pool's backends, persisted transitions, retries, cancellation, shutdown
+ * and crash reconcile. The fake backend behaves like a VM that boots in a few
+ * milliseconds; each job says through its environment how it should end:
+ *   FAKE=ok (default) | fail:<code> | error | hang | timeout
+ */
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attempt.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "engine.h"
+#include "images/catalog.h"
+#include "loop/work.h"
+
+/* ------------------------------------------------------------ the fake */
+
+struct fake_vm {
+    struct vm base;
+    uv_timer_t timer;
+    int step;
+    const char *mode;
+    bool destroyed;
+    backend_done_cb done;
+    void *done_data;
+    struct fake_backend *fb;
+    struct fake_vm *next;
+};
+
+struct fake_backend {
+    struct backend *b;
+    struct fake_vm *vms;
+    int launched;
+};
+
+/* VMs the fake "finds" at reconcile, and what destroy_owned removed. */
+static struct owned_vm planted[4];
+static size_t n_planted;
+static int destroyed_owned;
+
+static const char *mode_of(const struct vm_request *req)
+{
+    for (size_t i = 0; i < req->n_env; i++) {
+        if (streq(req->env[i].name, "FAKE"))
+            return req->env[i].value;
+    }
+    return "ok";
+}
+
+static void fake_step(uv_timer_t *t)
+{
+    struct fake_vm *v = t->data;
+    const struct vm_events *ev = v->base.ev;
+    struct vm_result r = {0};
+    switch (v->step++) {
+    case 0:
+        if (streq(v->mode, "error")) {
+            r.outcome = VM_INFRA_ERROR;
+            snprintf(r.reason, sizeof(r.reason), "simulated infrastructure failure");
+            ev->finished(&v->base, &r, v->base.ev_data);
+            return;
+        }
+        ev->phase(&v->base, VM_PHASE_PROVISIONED, v->base.ev_data);
+        ev->phase(&v->base, VM_PHASE_BOOTING, v->base.ev_data);
+        break;
+    case 1:
+        ev->phase(&v->base, VM_PHASE_CONNECTED, v->base.ev_data);
+        ev->phase(&v->base, VM_PHASE_RUNNING, v->base.ev_data);
+        ev->output(&v->base, VM_STDOUT, (const uint8_t *)"hello\n", 6, v->base.ev_data);
+        if (streq(v->mode, "hang"))
+            return; /* until cancelled */
+        break;
+    default:
+        if (strncmp(v->mode, "fail:", 5) == 0) {
+            r.outcome = VM_EXITED;
+            r.exit_code = atoi(v->mode + 5);
+        } else if (streq(v->mode, "timeout")) {
+            r.outcome = VM_GUEST_TIMEOUT;
+            r.exit_code = 124;
+        } else {
+            r.outcome = VM_EXITED;
+        }
+        ev->finished(&v->base, &r, v->base.ev_data);
+        return;
+    }
+    uv_timer_start(&v->timer, fake_step, 5, 0);
+}
+
+static int fake_open(struct backend *b, struct al_error **err)
+{
+    (void)err;
+    struct fake_backend *fb = calloc(1, sizeof(*fb));
+    fb->b = b;
+    b->priv = fb;
+    return 0;
+}
+
+static void fake_close(struct backend *b, void (*done)(void *), void *data)
+{
+    free(b->priv);
+    if (done)
+        done(data);
+}
+
+static int fake_vm_name(struct backend *b, const char *job, int attempt, char *buf, size_t size)
+{
+    snprintf(buf, size, "fake-%s-%s-%d", b->name, job, attempt);
+    return 0;
+}
+
+static void fake_capacity(struct backend *b, struct backend_capacity *ret)
+{
+    struct fake_backend *fb = b->priv;
+    struct backend_capacity c = {.max_vms = b->cfg->max_vms, .vcpus = 64, .memory = 64ull << 30,
+                                 .healthy = true};
+    for (struct fake_vm *v = fb->vms; v; v = v->next) {
+        c.used_vms++;
+        c.used_vcpus += 1;
+    }
+    *ret = c;
+}
+
+static int fake_launch(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
+                       void *ev_data, struct vm **ret, struct al_error **err)
+{
+    (void)err;
+    struct fake_backend *fb = b->priv;
+    struct fake_vm *v = calloc(1, sizeof(*v));
+    char name[160];
+    fake_vm_name(b, req->job_id, req->attempt, name, sizeof(name));
+    v->base = (struct vm){.backend = b, .name = strdup(name), .ev = ev, .ev_data = ev_data};
+    v->mode = mode_of(req);
+    v->fb = fb;
+    uv_timer_init(b->env.loop, &v->timer);
+    v->timer.data = v;
+    uv_timer_start(&v->timer, fake_step, 5, 0);
+    v->next = fb->vms;
+    fb->vms = v;
+    fb->launched++;
+    *ret = &v->base;
+    return 0;
+}
+
+static int fake_cancel(struct vm *vm)
+{
+    struct fake_vm *v = container_of(vm, struct fake_vm, base);
+    uv_timer_stop(&v->timer);
+    struct vm_result r = {.outcome = VM_CANCELED, .exit_code = 130};
+    v->base.ev->finished(&v->base, &r, v->base.ev_data);
+    return 0;
+}
+
+static void fake_freed(uv_handle_t *h)
+{
+    struct fake_vm *v = h->data;
+    v->done(0, NULL, v->done_data);
+    free(v->base.name);
+    free(v);
+}
+
+static void fake_destroy(struct vm *vm, backend_done_cb done, void *data)
+{
+    struct fake_vm *v = container_of(vm, struct fake_vm, base);
+    for (struct fake_vm **pp = &v->fb->vms; *pp; pp = &(*pp)->next) {
+        if (*pp == v) {
+            *pp = v->next;
+            break;
+        }
+    }
+    v->done = done;
+    v->done_data = data;
+    uv_close((uv_handle_t *)&v->timer, fake_freed);
+}
+
+static int fake_list_owned(struct backend *b, backend_list_cb cb, void *data)
+{
+    (void)b;
+    struct owned_vm *v = calloc(n_planted + 1, sizeof(*v));
+    for (size_t i = 0; i < n_planted; i++) {
+        v[i].name = strdup(planted[i].name);
+        v[i].owner = strdup(planted[i].owner);
+        v[i].job_id = planted[i].job_id ? strdup(planted[i].job_id) : NULL;
+    }
+    cb(0, v, n_planted, NULL, data);
+    return 0;
+}
+
+static void fake_destroy_owned_done(void *data, int result, struct al_error *err)
+{
+    (void)err;
+    void **pair = data;
+    backend_done_cb done = (backend_done_cb)(uintptr_t)pair[0];
+    done(result, NULL, pair[1]);
+    free(pair);
+}
+
+static int noop_work(void *data, struct al_error **err)
+{
+    (void)data;
+    (void)err;
+    return 0;
+}
+
+static int fake_destroy_owned(struct backend *b, const char *name, backend_done_cb done, void *data)
+{
+    destroyed_owned++;
+    void **pair = calloc(2, sizeof(void *));
+    pair[0] = (void *)(uintptr_t)done;
+    pair[1] = data;
+    (void)name;
+    return al_work_queue(b->env.loop, noop_work, fake_destroy_owned_done, pair, NULL);
+}
+
+static const struct backend_ops fake_ops = {
+        .type = "fake",
+        .open = fake_open,
+        .close = fake_close,
+        .vm_name = fake_vm_name,
+        .capacity = fake_capacity,
+        .launch = fake_launch,
+        .cancel = fake_cancel,
+        .destroy = fake_destroy,
+        .list_owned = fake_list_owned,
+        .destroy_owned = fake_destroy_owned,
+};
+
+/* ------------------------------------------------------------ harness */
+
+struct ctx {
+    uv_loop_t loop;
+    char *dir;
+    struct config *cfg;
+    struct store *store;
+    struct engine *engine;
+    struct engine_watch *watch;
+    int finished;
+    bool reconciled;
+    bool stopped;
+    char out[4096];
+    size_t out_len;
+    struct engine_reconcile_report report;
+    char last_backend[64];
+};
+
+static void on_output(const char *job, enum vm_stream s, const char *buf, size_t len, void *data)
+{
+    (void)job;
+    (void)s;
+    struct ctx *c = data;
+    if (c->out_len + len < sizeof(c->out)) {
+        memcpy(c->out + c->out_len, buf, len);
+        c->out_len += len;
+    }
+}
+
+static void on_finished(const char *job, enum job_state st, const struct attempt_result *r,
+                        void *data)
+{
+    (void)job;
+    (void)st;
+    (void)r;
+    struct ctx *c = data;
+    c->finished++;
+}
+
+static void on_event(const struct store_event *ev, void *data)
+{
+    struct ctx *c = data;
+    if (ev->to == JOB_STATE_PROVISIONING && ev->detail) {
+        const char *b = strstr(ev->detail, "backend ");
+        if (b)
+            snprintf(c->last_backend, sizeof(c->last_backend), "%s", b + 8);
+    }
+}
+
+static void on_reconciled(const struct engine_reconcile_report *r, void *data)
+{
+    struct ctx *c = data;
+    c->report = *r;
+    c->reconciled = true;
+}
+
+static const char conf_fmt[] = "[agent]\n"
+                               "state_dir = %s\n"
+                               "run_dir = %s/run\n"
+                               "log_level = error\n"
+                               "max_attempts = 2\n"
+                               "[backend \"a\"]\n"
+                               "max_vms = 1\n"
+                               "[backend \"b\"]\n"
+                               "max_vms = 8\n"
+                               "[pool \"default\"]\n"
+                               "backends = a, b\n"
+                               "[pool \"only-a\"]\n"
+                               "backends = a\n";
+
+static void engine_up(struct ctx *c)
+{
+    static const struct engine_observer obs = {
+            .event = on_event, .output = on_output, .finished = on_finished};
+    struct al_error *err = NULL;
+    struct engine_params ep = {.loop = &c->loop, .cfg = c->cfg, .store = c->store,
+                               .owner_id = "daemon:00000000000000000000000000000001"};
+    assert_int_equal(engine_new(&ep, &c->engine, &err), 0);
+    c->watch = engine_observe(c->engine, &obs, c);
+    c->reconciled = false;
+    engine_start(c->engine, on_reconciled, c);
+    assert_true(test_run_until(&c->loop, &c->reconciled, 5000));
+}
+
+static void on_stopped(void *data)
+{
+    struct ctx *c = data;
+    c->stopped = true;
+}
+
+static void engine_down(struct ctx *c)
+{
+    c->stopped = false;
+    engine_stop(c->engine, on_stopped, c);
+    assert_true(test_run_until(&c->loop, &c->stopped, 5000));
+    c->engine = NULL;
+}
+
+static void write_image(const char *state)
+{
+    /* the engine checks the image exists; a manifest is enough for the fake */
+    struct al_error *err = NULL;
+    char *dir = NULL;
+    assert_true(asprintf(&dir, "%s/images/debian-12", state) > 0);
+    assert_int_equal(al_mkdir_p(dir, 0755, &err), 0);
+    struct image_info info = {.name = "debian-12", .dir = dir, .format = "qcow2",
+                              .cmdline = "console=ttyS0", .recipe = "debian-12",
+                              .recipe_hash = "0", .sha256 = "0"};
+    info.disk = al_path_join(dir, IMAGE_DISK_FILE);
+    info.kernel = al_path_join(dir, IMAGE_KERNEL_FILE);
+    info.initrd = al_path_join(dir, IMAGE_INITRD_FILE);
+    const char *files[] = {info.disk, info.kernel, info.initrd};
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(al_write_file_atomic(files[i], "x", 1, 0644, &err), 0);
+    assert_int_equal(image_manifest_write(dir, &info, &err), 0);
+    free(info.disk);
+    free(info.kernel);
+    free(info.initrd);
+    free(dir);
+}
+
+static int setup(void **state)
+{
+    struct ctx *c = calloc(1, sizeof(*c));
+    uv_loop_init(&c->loop);
+    c->dir = test_tmpdir("engine");
+    unsetenv("AGENTLAB_STATE_DIR");
+    unsetenv("AGENTLAB_RUN_DIR");
+    char conf[2048];
+    snprintf(conf, sizeof(conf), conf_fmt, c->dir, c->dir);
+    struct al_error *err = NULL;
+    assert_int_equal(config_load_string(conf, strlen(conf), "test.conf", &c->cfg, &err), 0);
+    write_image(c->dir);
+    char *db = al_path_join(c->dir, "agentlab.db");
+    assert_int_equal(store_open(db, NULL, &c->store, &err), 0);
+    free(db);
+    backend_register(BACKEND_LIBVIRT, &fake_ops);
+    n_planted = 0;
+    destroyed_owned = 0;
+    al_log_set_level(AL_LOG_ERROR);
+    *state = c;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct ctx *c = *state;
+    if (c->engine)
+        engine_down(c);
+    test_loop_close(&c->loop);
+    struct al_error *err = NULL;
+    assert_int_equal(store_integrity_check(c->store, &err), 0);
+    store_close(c->store);
+    config_free(c->cfg);
+    test_tmpdir_remove(c->dir);
+    free(c);
+    return 0;
+}
+
+static char *submit(struct ctx *c, const char *json, char id[STORE_JOB_ID_SIZE])
+{
+    struct job_spec *spec = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(job_spec_parse(json, strlen(json), 0, &spec, &err), 0);
+    if (engine_submit(c->engine, spec, NULL, id, &err) < 0) {
+        char *msg = strdup(al_error_message(err));
+        al_error_free(err);
+        return msg;
+    }
+    return NULL;
+}
+
+static enum job_state state_of(struct ctx *c, const char *id, int *ret_attempts, int *ret_code)
+{
+    struct store_job *j = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(store_job_get(c->store, id, &j, &err), 0);
+    enum job_state s = j->state;
+    if (ret_attempts)
+        *ret_attempts = j->attempts;
+    if (ret_code)
+        *ret_code = j->has_exit_code ? j->exit_code : -1;
+    store_job_free(j);
+    return s;
+}
+
+static bool all_finished_flag;
+
+static void wait_finished(struct ctx *c, int n)
+{
+    uint64_t end = al_now_mono_ms() + 10000;
+    while (c->finished < n && al_now_mono_ms() < end)
+        uv_run(&c->loop, UV_RUN_ONCE);
+    assert_int_equal(c->finished, n);
+    (void)all_finished_flag;
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void test_runs_and_persists(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    char id[STORE_JOB_ID_SIZE];
+    assert_null(submit(c, "{\"command\":[\"echo\",\"hi\"]}", id));
+    wait_finished(c, 1);
+    int attempts, code;
+    assert_int_equal(state_of(c, id, &attempts, &code), JOB_STATE_SUCCEEDED);
+    assert_int_equal(attempts, 1);
+    assert_int_equal(code, 0);
+    assert_memory_equal(c->out, "hello\n", 6);
+    /* every transition is an event, in order */
+    struct store_event *evs = NULL;
+    size_t n = 0;
+    struct al_error *err = NULL;
+    assert_int_equal(store_events_since(c->store, id, 0, 0, &evs, &n, &err), 0);
+    enum job_state want[] = {JOB_STATE_QUEUED, JOB_STATE_PROVISIONING, JOB_STATE_BOOTING,
+                             JOB_STATE_RUNNING, JOB_STATE_SUCCEEDED};
+    assert_int_equal(n, ARRAY_SIZE(want));
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(evs[i].to, want[i]);
+    store_events_free(evs, n);
+    /* the VM record is gone with the VM */
+    struct store_vm *vms = NULL;
+    assert_int_equal(store_vm_list(c->store, NULL, &vms, &n, &err), 0);
+    assert_int_equal(n, 0);
+    store_vms_free(vms, n);
+}
+
+static void test_fallback_to_second_backend(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    char ids[3][STORE_JOB_ID_SIZE];
+    /* backend a holds one VM: the first job runs there, the others on b */
+    for (int i = 0; i < 3; i++)
+        assert_null(submit(c, "{\"command\":[\"true\"],\"env\":{\"FAKE\":\"hang\"}}", ids[i]));
+    uv_run(&c->loop, UV_RUN_NOWAIT);
+    uv_run(&c->loop, UV_RUN_NOWAIT);
+    struct engine_backend_status st[4];
+    assert_int_equal(engine_backends(c->engine, st, 4), 2);
+    assert_int_equal(st[0].jobs_started, 1);
+    assert_int_equal(st[1].jobs_started, 2);
+    assert_non_null(strstr(st[0].last_fallback, "backend a is full (1/1 VMs"));
+    /* a pool without the spare backend waits instead */
+    char waiting[STORE_JOB_ID_SIZE];
+    assert_null(submit(c, "{\"command\":[\"true\"],\"pool\":\"only-a\"}", waiting));
+    uv_run(&c->loop, UV_RUN_NOWAIT);
+    assert_int_equal(state_of(c, waiting, NULL, NULL), JOB_STATE_QUEUED);
+    struct al_error *err = NULL;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(engine_cancel(c->engine, ids[i], &err), 0);
+    wait_finished(c, 4); /* the three cancelled, then the waiting one ran */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(state_of(c, ids[i], NULL, NULL), JOB_STATE_CANCELED);
+    assert_int_equal(state_of(c, waiting, NULL, NULL), JOB_STATE_SUCCEEDED);
+    assert_string_equal(c->last_backend, "a");
+}
+
+static void test_retry_infra_errors_only(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    char err_id[STORE_JOB_ID_SIZE], fail_id[STORE_JOB_ID_SIZE], to_id[STORE_JOB_ID_SIZE];
+    assert_null(submit(c, "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"error\"}}", err_id));
+    assert_null(submit(c, "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"fail:3\"}}", fail_id));
+    assert_null(submit(c, "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"timeout\"}}", to_id));
+    wait_finished(c, 3);
+    int attempts, code;
+    assert_int_equal(state_of(c, err_id, &attempts, NULL), JOB_STATE_ERROR);
+    assert_int_equal(attempts, 2); /* max_attempts = 2: retried once on a fresh VM */
+    assert_int_equal(state_of(c, fail_id, &attempts, &code), JOB_STATE_FAILED);
+    assert_int_equal(attempts, 1); /* the workload failed: never retried */
+    assert_int_equal(code, 3);
+    assert_int_equal(state_of(c, to_id, &attempts, NULL), JOB_STATE_TIMED_OUT);
+    assert_int_equal(attempts, 1);
+}
+
+static void test_rejects_bad_jobs(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    char id[STORE_JOB_ID_SIZE];
+    char *msg = submit(c, "{\"command\":[\"x\"],\"pool\":\"nope\"}", id);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "pool: no pool named \"nope\""));
+    free(msg);
+    msg = submit(c, "{\"command\":[\"x\"],\"resources\":{\"cpus\":64,\"memory_mb\":99999999}}",
+                 id);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "fit no backend"));
+    free(msg);
+    msg = submit(c, "{\"command\":[\"x\"],\"image\":\"ghost\"}", id);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "ghost"));
+    free(msg);
+    /* nothing was stored */
+    struct store_job_page page = {0};
+    struct store_job_filter f = {.state = JOB_STATE_NONE, .source = JOB_SOURCE_NONE};
+    struct al_error *err = NULL;
+    assert_int_equal(store_job_list(c->store, &f, &page, &err), 0);
+    assert_int_equal(page.n, 0);
+    store_job_page_clear(&page);
+}
+
+static void test_stop_requeues_and_restart_reconciles(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    char running[STORE_JOB_ID_SIZE], queued[STORE_JOB_ID_SIZE];
+    assert_null(submit(c,
+                       "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"hang\"},\"pool\":\"only-a\","
+                       "\"max_attempts\":3}",
+                       running));
+    assert_null(submit(c, "{\"command\":[\"x\"],\"pool\":\"only-a\"}", queued));
+    for (int i = 0; i < 10; i++)
+        uv_run(&c->loop, UV_RUN_NOWAIT);
+    assert_int_equal(state_of(c, running, NULL, NULL), JOB_STATE_RUNNING);
+    assert_int_equal(state_of(c, queued, NULL, NULL), JOB_STATE_QUEUED);
+    engine_down(c);
+    /* shutting down ended the running attempt as ERROR and queued it again */
+    int attempts;
+    assert_int_equal(state_of(c, running, &attempts, NULL), JOB_STATE_QUEUED);
+    assert_int_equal(attempts, 1);
+    assert_int_equal(state_of(c, queued, NULL, NULL), JOB_STATE_QUEUED);
+
+    /* a crash leaves a job RUNNING with its VM; reconcile ends and requeues it,
+     * destroys our VMs and those of dead runs, and leaves others alone */
+    struct store_transition t = {.to = JOB_STATE_PROVISIONING};
+    struct al_error *err = NULL;
+    assert_int_equal(store_job_transition(c->store, running, &t, NULL, &err), 0);
+    t.to = JOB_STATE_BOOTING;
+    assert_int_equal(store_job_transition(c->store, running, &t, NULL, &err), 0);
+    planted[0] = (struct owned_vm){.name = "fake-a-x-2", .owner =
+                                           "daemon:00000000000000000000000000000001",
+                                   .job_id = running};
+    planted[1] = (struct owned_vm){.name = "someone-else", .owner =
+                                           "daemon:ffffffffffffffffffffffffffffffff"};
+    planted[2] = (struct owned_vm){.name = "dead-run", .owner = "run:not-this-boot:1:1"};
+    n_planted = 3;
+    engine_up(c);
+    assert_int_equal(c->report.jobs_failed, 1);
+    assert_int_equal(c->report.jobs_requeued, 1);
+    assert_int_equal(c->report.jobs_resumed, 1);
+    /* planted on both backends: ours and the dead run's, twice */
+    assert_int_equal(destroyed_owned, 4);
+    assert_int_equal(c->report.vms_destroyed, 4);
+    n_planted = 0;
+    /* the requeued job runs again (hang); cancel it, the other succeeds */
+    for (int i = 0; i < 20; i++)
+        uv_run(&c->loop, UV_RUN_NOWAIT);
+    assert_int_equal(engine_cancel(c->engine, running, &err), 0);
+    wait_finished(c, 2);
+    assert_int_equal(state_of(c, running, &attempts, NULL), JOB_STATE_CANCELED);
+    assert_int_equal(attempts, 3);
+    assert_int_equal(state_of(c, queued, NULL, NULL), JOB_STATE_SUCCEEDED);
+    assert_int_equal(engine_cancel(c->engine, queued, &err), -EALREADY);
+    al_error_free(err);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+            cmocka_unit_test_setup_teardown(test_runs_and_persists, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_fallback_to_second_backend, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_retry_infra_errors_only, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_rejects_bad_jobs, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_stop_requeues_and_restart_reconciles, setup,
+                                            teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
