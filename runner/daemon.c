@@ -104,28 +104,6 @@ static int prepare_dirs(const struct config *cfg, struct al_error **err)
     return al_mkdir_p(cfg->agent.run_dir, 0711, err);
 }
 
-/* One daemon per state dir: two would each destroy the other's VMs as
- * orphans. The lock is held (fd left open) for the life of the process. */
-static int lock_state_dir(const char *state_dir, int *ret_fd, struct al_error **err)
-{
-    _cleanup_free_ char *path = al_path_join(state_dir, "agentlabd.lock");
-    if (!path)
-        return al_error_set(err, ENOMEM, "lock path");
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return al_error_set_errno(err, errno, "opening %s", path);
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        int e = errno;
-        close(fd);
-        if (e == EWOULDBLOCK)
-            return al_error_set(err, EBUSY, "another agentlabd is running on state dir %s",
-                                state_dir);
-        return al_error_set_errno(err, e, "locking %s", path);
-    }
-    *ret_fd = fd;
-    return 0;
-}
-
 static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 {
     struct daemon *d = data;
@@ -158,7 +136,7 @@ int daemon_run(const struct config *cfg, struct al_error **err)
     int r = prepare_dirs(cfg, err);
     if (r < 0)
         return al_error_wrap(err, "preparing directories");
-    r = lock_state_dir(cfg->agent.state_dir, &lock_fd, err);
+    r = owner_lock_state_dir(cfg->agent.state_dir, &lock_fd, err);
     if (r < 0)
         return r;
     r = owner_id_for_state_dir(cfg->agent.state_dir, &d.owner_id, err);

@@ -79,6 +79,9 @@ struct engine {
     uint64_t last_prune;
     bool started;
     bool stopping;
+    bool reconcile_only;
+    struct store_vm *recorded; /* VM records found at reconcile */
+    size_t n_recorded;
     int pending_closes;
     /* reconcile */
     struct engine_reconcile_report report;
@@ -241,9 +244,32 @@ static struct ejob *find_live(struct engine *e, const char *id)
     return NULL;
 }
 
+static bool pool_has_labels(const struct config_pool *p, char *const *labels)
+{
+    for (char *const *l = labels; l && *l; l++) {
+        bool found = false;
+        for (char **pl = p->labels; pl && *pl && !found; pl++)
+            found = streq(*pl, *l);
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+/* A job's pool: the one it names; else the first pool whose labels include
+ * all of the job's labels; else the default pool. */
 static const struct config_pool *pool_of(struct engine *e, const struct job_spec *spec)
 {
-    return config_find_pool(e->cfg, spec->pool ? spec->pool : e->cfg->agent.pool);
+    if (spec->pool)
+        return config_find_pool(e->cfg, spec->pool);
+    if (spec->n_labels) {
+        for (size_t i = 0; i < e->cfg->n_pools; i++) {
+            if (pool_has_labels(&e->cfg->pools[i], spec->labels))
+                return &e->cfg->pools[i];
+        }
+        return NULL;
+    }
+    return config_find_pool(e->cfg, e->cfg->agent.pool);
 }
 
 /* The backends of a pool in order (every backend when it names none). */
@@ -551,7 +577,7 @@ static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why
 
 static void schedule(struct engine *e)
 {
-    if (!e->started || e->stopping)
+    if (!e->started || e->stopping || e->reconcile_only)
         return;
     for (struct ejob *j = e->queue, *next; j; j = next) {
         next = j->next;
@@ -611,6 +637,8 @@ static int job_dir_prepare(struct engine *e, struct ejob *j, const struct engine
 static int validate(struct engine *e, struct job_spec *spec, struct al_error **err)
 {
     const struct config_pool *pool = pool_of(e, spec);
+    if (!pool && !spec->pool && spec->n_labels)
+        return al_error_set(err, EINVAL, "labels: no pool carries all of the job's labels");
     if (!pool)
         return al_error_set(err, EINVAL, "pool: no pool named \"%s\"",
                             spec->pool ? spec->pool : e->cfg->agent.pool);
@@ -830,16 +858,15 @@ static void reconcile_step_done(struct engine *e)
 {
     if (--e->reconcile_pending > 0)
         return;
-    /* the store's VM records describe what was just swept */
-    struct store_vm *vms = NULL;
-    size_t n = 0;
+    /* the VM records found at the start described what was just swept */
     struct al_error *err = NULL;
-    if (store_vm_list(e->store, NULL, &vms, &n, &err) == 0) {
-        for (size_t i = 0; i < n; i++)
-            store_vm_remove(e->store, vms[i].backend, vms[i].vm_name, &err);
-        store_vms_free(vms, n);
+    for (size_t i = 0; i < e->n_recorded; i++) {
+        if (store_vm_remove(e->store, e->recorded[i].backend, e->recorded[i].vm_name, &err) < 0)
+            err = al_error_free(err);
     }
-    al_error_free(err);
+    store_vms_free(e->recorded, e->n_recorded);
+    e->recorded = NULL;
+    e->n_recorded = 0;
     const struct engine_reconcile_report *r = &e->report;
     log_info(NULL,
              "reconcile: %u running jobs ended as ERROR (%u requeued), %u queued jobs resumed, "
@@ -874,13 +901,17 @@ static void on_owned_destroyed(int result, const struct al_error *err, void *dat
     reconcile_step_done(e);
 }
 
-static bool owned_by_us(struct engine *e, const struct owned_vm *v)
+static bool owned_by_us(struct engine *e, struct backend *b, const struct owned_vm *v)
 {
-    /* leftovers with no owner record (a VM that never got a domain or run
-     * dir) are ours only if the store recorded them */
-    if (!v->owner)
-        return false;
-    return streq(v->owner, e->owner_id) || owner_is_dead_run(v->owner);
+    if (v->owner)
+        return streq(v->owner, e->owner_id) || owner_is_dead_run(v->owner);
+    /* a leftover without an owner record (its run dir was on tmpfs and the
+     * host rebooted) is ours only if our store recorded it */
+    for (size_t i = 0; i < e->n_recorded; i++) {
+        if (streq(e->recorded[i].backend, b->name) && streq(e->recorded[i].vm_name, v->name))
+            return true;
+    }
+    return false;
 }
 
 /* True when the VM belongs to a running attempt of this engine. */
@@ -913,7 +944,7 @@ static void on_listed(int result, struct owned_vm *vms, size_t n, const struct a
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!owned_by_us(e, &vms[i]) || vm_is_live(e, b, vms[i].name))
+        if (!owned_by_us(e, b, &vms[i]) || vm_is_live(e, b, vms[i].name))
             continue;
         struct destroy_ctx *d = calloc(1, sizeof(*d));
         if (!d)
@@ -1027,6 +1058,13 @@ void engine_start(struct engine *e,
 {
     e->reconciled = done;
     e->reconciled_data = data;
+    struct al_error *err = NULL;
+    if (store_vm_list(e->store, NULL, &e->recorded, &e->n_recorded, &err) < 0) {
+        log_warn(NULL, "reconcile: reading VM records: %s", al_error_message(err));
+        al_error_free(err);
+        e->recorded = NULL;
+        e->n_recorded = 0;
+    }
     reconcile_jobs(e);
     e->reconcile_pending = 1; /* released below, after every backend was asked */
     for (size_t i = 0; i < e->n_slots; i++) {
@@ -1126,6 +1164,7 @@ int engine_new(const struct engine_params *p, struct engine **ret, struct al_err
     e->curl = p->curl;
     e->owner_id = strdup(p->owner_id);
     e->jobs_dir = p->jobs_dir ? strdup(p->jobs_dir) : al_path_join(p->cfg->agent.state_dir, "jobs");
+    e->reconcile_only = p->reconcile_only;
     e->slots = calloc(p->cfg->n_backends, sizeof(*e->slots));
     if (!e->owner_id || !e->jobs_dir || !e->slots) {
         free(e->owner_id);

@@ -37,6 +37,7 @@ struct engine_params {
     struct al_curl *curl; /* for HTTP-based backends; may be NULL */
     const char *owner_id;
     const char *jobs_dir; /* job logs and artifacts; NULL = <state_dir>/jobs */
+    bool reconcile_only;  /* `agentlab gc`: sweep, but never start a job */
 };
 
 /* Opens every configured backend. A backend that fails to open is kept as

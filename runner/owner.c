@@ -1,9 +1,11 @@
 #include "owner.h"
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "base/util.h"
@@ -126,4 +128,24 @@ bool owner_is_dead_run(const char *owner)
     if (process_start_time(pid, &now_start) < 0)
         return true; /* no such process */
     return now_start != start;
+}
+
+int owner_lock_state_dir(const char *state_dir, int *ret_fd, struct al_error **err)
+{
+    _cleanup_free_ char *path = al_path_join(state_dir, "agentlabd.lock");
+    if (!path)
+        return al_error_set(err, ENOMEM, "lock path");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return al_error_set_errno(err, errno, "opening %s", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return al_error_set(err, EBUSY, "another agentlabd (or agentlab gc) is using state dir %s",
+                                state_dir);
+        return al_error_set_errno(err, e, "locking %s", path);
+    }
+    *ret_fd = fd;
+    return 0;
 }

@@ -28,4 +28,10 @@ int owner_id_for_process(char **ret, struct al_error **err);
  * owners and unknown formats are never reported dead. */
 bool owner_is_dead_run(const char *owner);
 
+/* Takes the exclusive lock of a state dir (<state_dir>/agentlabd.lock) that
+ * one daemon (or one `agentlab gc`) holds for as long as it runs: two would
+ * each destroy the other's VMs as orphans. Returns the fd to keep open, or
+ * -EBUSY with a message when someone holds it. */
+int owner_lock_state_dir(const char *state_dir, int *ret_fd, struct al_error **err);
+
 #endif

@@ -50,6 +50,7 @@ static int cmd_config(int argc, char **argv)
 
 static const struct cli_command commands[] = {
         {"run", "run one command in a throwaway VM", cmd_run},
+        {"gc", "destroy leftover VMs and disks; recover after a crash", cmd_gc},
         {"config", "show the effective configuration", cmd_config},
         {"job", "job specs: validate", cmd_job},
 };

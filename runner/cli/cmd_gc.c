@@ -1,0 +1,110 @@
+/* agentlab gc: the daemon's crash-recovery sweep, by hand.
+ *
+ * Ends the jobs a crashed daemon left in a running phase (requeuing them when
+ * attempts remain), and destroys every VM, overlay, seed and run dir this
+ * installation owns that no job is using, plus those of `agentlab run`
+ * processes that are gone. It needs the state dir to itself: while agentlabd
+ * runs, the daemon does this on its own at start. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "../base/log.h"
+#include "../base/util.h"
+#include "../config.h"
+#include "../engine.h"
+#include "../loop/virt_uv.h"
+#include "../owner.h"
+#include "../store.h"
+#include "cli.h"
+
+struct gc_ctx {
+    struct engine *engine;
+    struct engine_reconcile_report report;
+    bool done;
+};
+
+static void on_stopped(void *data)
+{
+    struct gc_ctx *c = data;
+    c->engine = NULL;
+    al_virt_event_shutdown();
+}
+
+static void on_reconciled(const struct engine_reconcile_report *r, void *data)
+{
+    struct gc_ctx *c = data;
+    c->report = *r;
+    c->done = true;
+    engine_stop(c->engine, on_stopped, c);
+}
+
+int cmd_gc(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
+            printf("Usage: agentlab gc\n\n"
+                   "Destroys the VMs, overlays, seeds and run dirs this installation owns that\n"
+                   "no job uses (also those of `agentlab run` processes that died), and ends\n"
+                   "jobs a crashed agentlabd left running (ERROR, requeued when attempts\n"
+                   "remain). Prints what it removed. While agentlabd runs it does this itself\n"
+                   "at start; gc refuses then.\n");
+            return 0;
+        }
+        fprintf(stderr, "agentlab gc: unexpected argument \"%s\"\n", argv[i]);
+        return 2;
+    }
+    _cleanup_error_ struct al_error *err = NULL;
+    _cleanup_config_ struct config *cfg = NULL;
+    if (config_load(NULL, &cfg, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        return 1;
+    }
+    al_log_set_level(AL_LOG_INFO);
+    _cleanup_close_ int lock_fd = -1;
+    _cleanup_free_ char *owner = NULL;
+    _cleanup_free_ char *db = al_path_join(cfg->agent.state_dir, "agentlab.db");
+    if (al_mkdir_p(cfg->agent.state_dir, 0711, &err) < 0 ||
+        owner_lock_state_dir(cfg->agent.state_dir, &lock_fd, &err) < 0 ||
+        owner_id_for_state_dir(cfg->agent.state_dir, &owner, &err) < 0) {
+        fprintf(stderr, "agentlab gc: %s\n", al_error_message(err));
+        return 1;
+    }
+    struct store *store = NULL;
+    if (!db || store_open(db, NULL, &store, &err) < 0) {
+        fprintf(stderr, "agentlab gc: %s\n", err ? al_error_message(err) : "out of memory");
+        return 1;
+    }
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct gc_ctx c = {0};
+    struct engine_params ep = {
+            .loop = &loop,
+            .cfg = cfg,
+            .store = store,
+            .owner_id = owner,
+            .reconcile_only = true,
+    };
+    int rc = 0;
+    if (al_virt_event_register(&loop, &err) < 0 || engine_new(&ep, &c.engine, &err) < 0) {
+        fprintf(stderr, "agentlab gc: %s\n", al_error_message(err));
+        al_virt_event_shutdown();
+        rc = 1;
+    } else {
+        engine_start(c.engine, on_reconciled, &c);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) != 0)
+        fprintf(stderr, "agentlab gc: warning: event loop did not close cleanly\n");
+    store_close(store);
+    if (c.done) {
+        const struct engine_reconcile_report *r = &c.report;
+        printf("gc: %u VMs destroyed, %u running jobs ended as ERROR (%u requeued), "
+               "%u errors\n",
+               r->vms_destroyed, r->jobs_failed, r->jobs_requeued, r->errors);
+        rc = r->errors ? 1 : 0;
+    }
+    return rc;
+}
