@@ -49,6 +49,7 @@ static int cmd_config(int argc, char **argv)
 
 static const struct cli_command commands[] = {
         {"config", "show the effective configuration", cmd_config},
+        {"image", "build, list, inspect and remove golden images", cmd_image},
 };
 
 static void usage(FILE *out)

@@ -9,4 +9,7 @@ struct cli_command {
     int (*run)(int argc, char **argv);
 };
 
+/* agentlab image ... (cmd_image.c) */
+int cmd_image(int argc, char **argv);
+
 #endif
