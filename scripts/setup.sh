@@ -8,7 +8,7 @@ libvirt-dev libguestfs-dev libcurl4-openssl-dev libyajl-dev libuv1-dev
 libcmocka-dev libsqlite3-dev sqlite3 libarchive-dev libinih-dev libhttp-parser-dev
 libssl-dev zlib1g-dev
 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
-libguestfs-tools linux-image-amd64 mmdebstrap
+libguestfs-tools linux-image-amd64 mmdebstrap genisoimage
 python3 curl clang libclang-rt-14-dev valgrind chromium
 cloud-init"
 

@@ -53,6 +53,7 @@ static const struct cli_command commands[] = {
         {"gc", "destroy leftover VMs and disks; recover after a crash", cmd_gc},
         {"config", "show the effective configuration", cmd_config},
         {"job", "job specs: validate", cmd_job},
+        {"image", "build, list, inspect and remove golden images", cmd_image},
 };
 
 static void usage(FILE *out)

@@ -11,5 +11,7 @@ struct cli_command {
 
 int cmd_run(int argc, char **argv);
 int cmd_gc(int argc, char **argv);
+/* agentlab image ... (cmd_image.c) */
+int cmd_image(int argc, char **argv);
 
 #endif

@@ -1,0 +1,14 @@
+# Golden images: where the builder finds recipes, the guest helper and its
+# unit, and what gets installed. Included from the top-level CMakeLists.txt.
+target_compile_definitions(agentlab_core PRIVATE
+  AL_DATADIR="${CMAKE_INSTALL_FULL_DATADIR}"
+  AL_LIBEXECDIR="${CMAKE_INSTALL_FULL_LIBEXECDIR}"
+  # development fallbacks, used only when the files exist
+  AL_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+  AL_SOURCE_RECIPES="${PROJECT_SOURCE_DIR}/images/recipes")
+
+install(DIRECTORY images/recipes/ DESTINATION ${CMAKE_INSTALL_DATADIR}/agentlab/recipes
+  USE_SOURCE_PERMISSIONS)
+if(EXISTS ${PROJECT_SOURCE_DIR}/provision/guest/agentlab-guest.service)
+  install(FILES provision/guest/agentlab-guest.service DESTINATION ${CMAKE_INSTALL_DATADIR}/agentlab)
+endif()
