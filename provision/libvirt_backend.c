@@ -686,15 +686,24 @@ static int teardown_work(void *data, struct al_error **err)
     return r;
 }
 
-static void vm_free(struct lv_vm *v)
+static void vm_unlink(struct lv_vm *v)
 {
-    struct lv_backend *lb = v->lb;
-    for (struct lv_vm **pp = &lb->vms; *pp; pp = &(*pp)->next) {
+    if (!v->lb)
+        return;
+    for (struct lv_vm **pp = &v->lb->vms; *pp; pp = &(*pp)->next) {
         if (*pp == v) {
             *pp = v->next;
             break;
         }
     }
+    v->lb = NULL;
+}
+
+/* Frees the VM's memory; it no longer belongs to the backend (which may be
+ * gone already). */
+static void vm_free(struct lv_vm *v)
+{
+    vm_unlink(v);
     image_info_free(v->image);
     free(v->base.name);
     free(v->run_dir);
@@ -725,6 +734,9 @@ static void on_torn_down(void *data, int result, struct al_error *err)
     if (result < 0)
         log_warn(v->req.job_id, "cleanup of %s incomplete: %s", v->base.name,
                  al_error_message(err));
+    /* gone from the backend before the owner hears of it: the owner may
+     * close the backend right away */
+    vm_unlink(v);
     if (done)
         done(result, err, ddata);
     al_error_free(err);

@@ -966,8 +966,10 @@ static void on_listed(int result, struct owned_vm *vms, size_t n, const struct a
 /* Ends or resumes the jobs a previous process left behind. */
 static void reconcile_jobs(struct engine *e)
 {
-    static const enum job_state states[] = {JOB_STATE_PROVISIONING, JOB_STATE_BOOTING,
-                                            JOB_STATE_RUNNING, JOB_STATE_QUEUED};
+    /* QUEUED first: the jobs requeued below are QUEUED too and must not be
+     * picked up a second time */
+    static const enum job_state states[] = {JOB_STATE_QUEUED, JOB_STATE_PROVISIONING,
+                                            JOB_STATE_BOOTING, JOB_STATE_RUNNING};
     for (size_t si = 0; si < ARRAY_SIZE(states); si++) {
         struct store_job_filter f = {.state = states[si], .oldest_first = true,
                                      .limit = STORE_LIST_MAX};

@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "images/builder.h"
 #include "images/catalog.h"
+#include "images/import.h"
 
 #define DEFAULT_RECIPE "debian-12"
 
@@ -30,6 +31,7 @@ static const char usage_text[] =
         "  list             list the images\n"
         "  inspect NAME     print an image's manifest as JSON\n"
         "  rm NAME          remove an image (refused while a job uses it)\n"
+        "  import NAME      add a kernel, initrd and disk built elsewhere\n"
         "\n"
         "Common options:\n"
         "  -c, --config FILE   configuration file (state_dir comes from it;\n"
@@ -481,6 +483,62 @@ static int cmd_rm(int argc, char **argv)
     return 0;
 }
 
+static const char import_help[] =
+        "Usage: agentlab image import NAME --kernel FILE --initrd FILE [--disk FILE.qcow2]\n"
+        "                             [--cmdline TEXT] [--force]\n"
+        "\n"
+        "Adds an image built elsewhere: jobs boot KERNEL with INITRD and CMDLINE\n"
+        "directly, on a copy-on-write clone of DISK (an empty 64 MiB qcow2 when no\n"
+        "disk is given, for guests that live in their initramfs). The guest must\n"
+        "start agentlab-guest itself (cloud-init or its init). --force replaces an\n"
+        "existing image of that name.\n";
+
+static int cmd_import(int argc, char **argv)
+{
+    struct common c = {0};
+    struct image_import imp = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool has = i + 1 < argc;
+        if (is_help(a)) {
+            fputs(import_help, stdout);
+            return 0;
+        } else if (streq(a, "--kernel") && has) {
+            imp.kernel = argv[++i];
+        } else if (streq(a, "--initrd") && has) {
+            imp.initrd = argv[++i];
+        } else if (streq(a, "--disk") && has) {
+            imp.disk = argv[++i];
+        } else if (streq(a, "--cmdline") && has) {
+            imp.cmdline = argv[++i];
+        } else if (streq(a, "--force")) {
+            imp.replace = true;
+        } else if ((streq(a, "--config") || streq(a, "-c")) && has) {
+            c.config_path = argv[++i];
+        } else if (a[0] != '-' && !imp.name) {
+            imp.name = a;
+        } else {
+            fprintf(stderr, "agentlab image import: unexpected argument \"%s\"\n%s", a,
+                    import_help);
+            return 2;
+        }
+    }
+    if (!imp.name || !imp.kernel || !imp.initrd) {
+        fputs(import_help, stderr);
+        return 2;
+    }
+    if (load_config(&c) < 0)
+        return 1;
+    _cleanup_config_ struct config *cfg = c.cfg;
+    _cleanup_error_ struct al_error *err = NULL;
+    if (image_import(cfg->agent.state_dir, &imp, &err) < 0) {
+        fprintf(stderr, "agentlab: image import %s: %s\n", imp.name, al_error_message(err));
+        return 1;
+    }
+    printf("imported image %s\n", imp.name);
+    return 0;
+}
+
 int cmd_image(int argc, char **argv)
 {
     if (argc < 2) {
@@ -494,7 +552,7 @@ int cmd_image(int argc, char **argv)
     static const struct cli_command subs[] = {
             {"build", "build an image", cmd_build}, {"list", "list images", cmd_list},
             {"ls", "list images", cmd_list},        {"inspect", "show an image", cmd_inspect},
-            {"rm", "remove an image", cmd_rm},
+            {"rm", "remove an image", cmd_rm},      {"import", "import an image", cmd_import},
     };
     for (size_t i = 0; i < ARRAY_SIZE(subs); i++)
         if (streq(argv[1], subs[i].name))

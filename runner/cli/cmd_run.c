@@ -78,7 +78,7 @@ static void usage(FILE *out)
                  "on Ctrl-C.\n"
                  "\n"
                  "  --image NAME          image to boot (default: the configured image)\n"
-                 "  --cpus N              vCPUs (default: job_cpus from the config)\n"
+                 "  --cpus N              vCPUs, 1 to 64 (default: job_cpus from the config)\n"
                  "  --memory MB           memory in MiB (default: job_memory from the config)\n"
                  "  --timeout SEC         job timeout, e.g. 90, 15m (default: job_timeout)\n"
                  "  --env K=V             environment variable for CMD (repeatable)\n"
@@ -163,15 +163,17 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             o->image = optarg;
             break;
         case OPT_CPUS:
-            if (al_parse_int(optarg, 1, 256, &o->cpus) < 0) {
-                fprintf(stderr, "agentlab run: --cpus expects an integer from 1 to 256\n");
+            if (al_parse_int(optarg, 1, JOB_SPEC_MAX_CPUS, &o->cpus) < 0) {
+                fprintf(stderr, "agentlab run: --cpus expects an integer from 1 to %d\n",
+                        JOB_SPEC_MAX_CPUS);
                 return 2;
             }
             break;
         case OPT_MEMORY: {
             int mb;
-            if (al_parse_int(optarg, 128, 1024 * 1024, &mb) < 0) {
-                fprintf(stderr, "agentlab run: --memory expects MiB, at least 128\n");
+            if (al_parse_int(optarg, JOB_SPEC_MIN_MEMORY_MB, JOB_SPEC_MAX_MEMORY_MB, &mb) < 0) {
+                fprintf(stderr, "agentlab run: --memory expects MiB from %d to %d\n",
+                        JOB_SPEC_MIN_MEMORY_MB, JOB_SPEC_MAX_MEMORY_MB);
                 return 2;
             }
             o->memory = (uint64_t)mb << 20;

@@ -85,10 +85,11 @@ badinput)
         [ "$rc" -eq "$want_rc" ] || { cat "$TEST_TMP/err"; fail "$*: exit $rc, want $want_rc"; }
         grep -q -- "$want_msg" "$TEST_TMP/err" || { cat "$TEST_TMP/err"; fail "$*: no \"$want_msg\""; }
     }
-    expect 125 'no image named "no-such-image"' --image no-such-image -- true
+    expect 125 'no-such-image' --image no-such-image -- true
     expect 2 '--timeout expects a positive duration' --timeout 0 -- true
     expect 2 '--timeout expects a positive duration' --timeout -5 -- true
-    expect 125 'the job needs 256 vCPUs' --cpus 256 --memory 128 -- true
+    expect 125 'resources: 64 vCPUs and 128 MiB fit no backend' --cpus 64 --memory 128 -- true
+    expect 2 '--cpus expects an integer from 1 to 64' --cpus 65 -- true
     expect 125 'work directory /nonexistent' --workdir /nonexistent -- true
     expect 2 'no command given' --timeout 10
     expect 2 'shorter than 4 characters' --secret-env K=abc -- true

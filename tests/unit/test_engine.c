@@ -414,6 +414,15 @@ static enum job_state state_of(struct ctx *c, const char *id, int *ret_attempts,
     return s;
 }
 
+/* Runs the loop until the job reaches state (or 5 s pass). */
+static void wait_state(struct ctx *c, const char *id, enum job_state want)
+{
+    uint64_t end = al_now_mono_ms() + 5000;
+    while (state_of(c, id, NULL, NULL) != want && al_now_mono_ms() < end)
+        uv_run(&c->loop, UV_RUN_ONCE);
+    assert_int_equal(state_of(c, id, NULL, NULL), want);
+}
+
 static bool all_finished_flag;
 
 static void wait_finished(struct ctx *c, int n)
@@ -465,8 +474,8 @@ static void test_fallback_to_second_backend(void **state)
     /* backend a holds one VM: the first job runs there, the others on b */
     for (int i = 0; i < 3; i++)
         assert_null(submit(c, "{\"command\":[\"true\"],\"env\":{\"FAKE\":\"hang\"}}", ids[i]));
-    uv_run(&c->loop, UV_RUN_NOWAIT);
-    uv_run(&c->loop, UV_RUN_NOWAIT);
+    for (int i = 0; i < 3; i++)
+        wait_state(c, ids[i], JOB_STATE_RUNNING);
     struct engine_backend_status st[4];
     assert_int_equal(engine_backends(c->engine, st, 4), 2);
     assert_int_equal(st[0].jobs_started, 1);
@@ -515,7 +524,7 @@ static void test_rejects_bad_jobs(void **state)
     assert_non_null(msg);
     assert_non_null(strstr(msg, "pool: no pool named \"nope\""));
     free(msg);
-    msg = submit(c, "{\"command\":[\"x\"],\"resources\":{\"cpus\":64,\"memory_mb\":99999999}}",
+    msg = submit(c, "{\"command\":[\"x\"],\"resources\":{\"cpus\":64,\"memory_mb\":500000}}",
                  id);
     assert_non_null(msg);
     assert_non_null(strstr(msg, "fit no backend"));
@@ -543,9 +552,7 @@ static void test_stop_requeues_and_restart_reconciles(void **state)
                        "\"max_attempts\":3}",
                        running));
     assert_null(submit(c, "{\"command\":[\"x\"],\"pool\":\"only-a\"}", queued));
-    for (int i = 0; i < 10; i++)
-        uv_run(&c->loop, UV_RUN_NOWAIT);
-    assert_int_equal(state_of(c, running, NULL, NULL), JOB_STATE_RUNNING);
+    wait_state(c, running, JOB_STATE_RUNNING);
     assert_int_equal(state_of(c, queued, NULL, NULL), JOB_STATE_QUEUED);
     engine_down(c);
     /* shutting down ended the running attempt as ERROR and queued it again */
@@ -577,8 +584,7 @@ static void test_stop_requeues_and_restart_reconciles(void **state)
     assert_int_equal(c->report.vms_destroyed, 4);
     n_planted = 0;
     /* the requeued job runs again (hang); cancel it, the other succeeds */
-    for (int i = 0; i < 20; i++)
-        uv_run(&c->loop, UV_RUN_NOWAIT);
+    wait_state(c, running, JOB_STATE_RUNNING);
     assert_int_equal(engine_cancel(c->engine, running, &err), 0);
     wait_finished(c, 2);
     assert_int_equal(state_of(c, running, &attempts, NULL), JOB_STATE_CANCELED);
