@@ -52,6 +52,9 @@ struct lv_backend {
     uint64_t memory;
     char *gateway; /* the network's host address, for the egress filter */
     struct lv_vm *vms;
+    bool conn_dead;      /* libvirtd closed the connection */
+    uint64_t last_retry; /* ms, of the last reconnect attempt */
+    char conn_error[160];
     char health[160];
 };
 
@@ -90,6 +93,7 @@ struct lv_vm {
 static void finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
         _printf_(4, 5);
 static void destroy_continue(struct lv_vm *v);
+static bool lv_ensure_conn(struct lv_backend *lb);
 
 static void quiet_libvirt_errors(void *data, virErrorPtr e)
 {
@@ -630,6 +634,8 @@ static void teardown_clear(struct teardown *t)
 {
     if (t->dom)
         virDomainFree(t->dom);
+    if (t->conn)
+        virConnectClose(t->conn); /* drops the worker's reference */
     free(t->pool_name);
     free(t->dom_name);
     free(t->vol_name);
@@ -641,6 +647,10 @@ static int teardown_work(void *data, struct al_error **err)
 {
     struct teardown *t = data;
     int r = 0;
+    if (!t->conn)
+        return al_error_set(err, ENOTCONN,
+                            "no connection to libvirtd; %s is left for the next sweep",
+                            t->dom_name ? t->dom_name : "the VM");
     if (!t->dom && t->dom_name)
         t->dom = virDomainLookupByName(t->conn, t->dom_name);
     if (t->dom && t->must_be_ours) {
@@ -767,9 +777,12 @@ static void vm_teardown_done(void *data, int result, struct al_error *err)
 static void destroy_continue(struct lv_vm *v)
 {
     struct vm_teardown *vt = calloc(1, sizeof(*vt));
+    lv_ensure_conn(v->lb);
     if (vt) {
         vt->v = v;
         vt->t.conn = v->lb->conn;
+        if (vt->t.conn)
+            virConnectRef(vt->t.conn);
         vt->t.dom = TAKE_PTR(v->dom);
         vt->t.dom_name = strdup(v->base.name);
         vt->t.pool_name = strdup(v->lb->pool_name);
@@ -926,7 +939,7 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
             .max_vms = lb->max_vms,
             .vcpus = lb->vcpus,
             .memory = lb->memory,
-            .healthy = virConnectIsAlive(lb->conn) == 1,
+            .healthy = lv_ensure_conn(lb),
     };
     for (struct lv_vm *v = lb->vms; v; v = v->next) {
         c.used_vms++;
@@ -962,6 +975,81 @@ static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int det
 {
     on_lifecycle_event(conn, dom, event, detail, data);
     return 0;
+}
+
+static void on_conn_closed(virConnectPtr conn, int reason, void *data)
+{
+    (void)conn;
+    struct lv_backend *lb = data;
+    static const char *const reasons[] = {"an error", "end of file", "a keepalive timeout",
+                                          "a client request"};
+    lb->conn_dead = true;
+    snprintf(lb->conn_error, sizeof(lb->conn_error), "the connection to %.60s closed (%s)",
+             lb->b->cfg->uri,
+             reason >= 0 && (size_t)reason < ARRAY_SIZE(reasons) ? reasons[reason] : "unknown");
+    log_warn(NULL, "backend %s: %s; reconnecting", lb->b->name, lb->conn_error);
+}
+
+static void lv_disconnect(struct lv_backend *lb)
+{
+    if (!lb->conn)
+        return;
+    if (lb->lifecycle_id >= 0)
+        virConnectDomainEventDeregisterAny(lb->conn, lb->lifecycle_id);
+    lb->lifecycle_id = -1;
+    virConnectUnregisterCloseCallback(lb->conn, on_conn_closed);
+    virConnectClose(lb->conn);
+    lb->conn = NULL;
+}
+
+static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *data);
+
+/* Opens the connection with keepalives, domain events, a close callback and
+ * the storage pool. Loop thread. */
+static int lv_connect(struct lv_backend *lb, struct al_error **err)
+{
+    const char *uri = lb->b->cfg->uri;
+    lb->last_retry = al_now_mono_ms();
+    lb->conn = virConnectOpen(uri);
+    if (!lb->conn)
+        return al_error_set(err, EIO, "connecting to %s: %s", uri, libvirt_msg());
+    /* keepalives need the event loop, which runs on our uv loop */
+    virConnectSetKeepAlive(lb->conn, 5, 3);
+    virConnectRegisterCloseCallback(lb->conn, on_conn_closed, lb, NULL);
+    lb->lifecycle_id = virConnectDomainEventRegisterAny(lb->conn, NULL,
+                                                        VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                        VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb),
+                                                        lb, NULL);
+    int r = 0;
+    if (lb->lifecycle_id < 0)
+        r = al_error_set(err, EIO, "subscribing to domain events on %s: %s", uri, libvirt_msg());
+    if (r == 0)
+        r = ensure_pool(lb, err);
+    if (r < 0) {
+        lv_disconnect(lb);
+        return r;
+    }
+    lb->conn_dead = false;
+    lb->conn_error[0] = '\0';
+    return 0;
+}
+
+/* Reconnects a dead connection, at most every 2 s. Returns true when up. */
+static bool lv_ensure_conn(struct lv_backend *lb)
+{
+    if (lb->conn && !lb->conn_dead)
+        return true;
+    if (al_now_mono_ms() - lb->last_retry < 2000)
+        return false;
+    lv_disconnect(lb);
+    struct al_error *err = NULL;
+    if (lv_connect(lb, &err) < 0) {
+        snprintf(lb->conn_error, sizeof(lb->conn_error), "%.150s", al_error_message(err));
+        al_error_free(err);
+        return false;
+    }
+    log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->uri);
+    return true;
 }
 
 /* A NIC is opt-in: define the egress filter and learn the network's host
@@ -1026,22 +1114,7 @@ static int lv_open(struct backend *b, struct al_error **err)
         log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
                  b->name, lb->accel.reason);
 
-    lb->conn = virConnectOpen(b->cfg->uri);
-    if (!lb->conn) {
-        r = al_error_set(err, EIO, "connecting to %s: %s", b->cfg->uri, libvirt_msg());
-        goto fail;
-    }
-    /* keepalives need the event loop, which runs on our uv loop */
-    virConnectSetKeepAlive(lb->conn, 5, 3);
-    lb->lifecycle_id =
-            virConnectDomainEventRegisterAny(lb->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                             VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb), lb, NULL);
-    if (lb->lifecycle_id < 0) {
-        r = al_error_set(err, EIO, "subscribing to domain events on %s: %s", b->cfg->uri,
-                         libvirt_msg());
-        goto fail;
-    }
-    r = ensure_pool(lb, err);
+    r = lv_connect(lb, err);
     if (r < 0)
         goto fail;
     if (*b->cfg->network) {
@@ -1057,11 +1130,7 @@ static int lv_open(struct backend *b, struct al_error **err)
     lb->max_vms = b->cfg->max_vms > 0 ? b->cfg->max_vms : lb->vcpus;
     return 0;
 fail:
-    if (lb->conn) {
-        if (lb->lifecycle_id >= 0)
-            virConnectDomainEventDeregisterAny(lb->conn, lb->lifecycle_id);
-        virConnectClose(lb->conn);
-    }
+    lv_disconnect(lb);
     free(lb->pool_name);
     free(lb->pool_dir);
     free(lb->vms_dir);
@@ -1077,11 +1146,7 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
     if (lb) {
         if (lb->vms)
             log_warn(NULL, "backend %s closed with VMs still alive", b->name);
-        if (lb->conn) {
-            if (lb->lifecycle_id >= 0)
-                virConnectDomainEventDeregisterAny(lb->conn, lb->lifecycle_id);
-            virConnectClose(lb->conn);
-        }
+        lv_disconnect(lb);
         free(lb->pool_name);
         free(lb->pool_dir);
         free(lb->vms_dir);
@@ -1211,6 +1276,7 @@ static void list_done(void *data, int result, struct al_error *err)
         c->cb(0, c->vms, c->n, NULL, c->data);
     }
     al_error_free(err);
+    virConnectClose(c->conn);
     free(c->pool_name);
     free(c->vms_dir);
     free(c);
@@ -1223,7 +1289,12 @@ static int lv_list_owned(struct backend *b, backend_list_cb cb, void *data)
     if (!c)
         return -ENOMEM;
     c->lb = lb;
+    if (!lv_ensure_conn(lb)) {
+        free(c);
+        return -ENOTCONN;
+    }
     c->conn = lb->conn;
+    virConnectRef(c->conn);
     c->pool_name = strdup(lb->pool_name);
     c->vms_dir = strdup(lb->vms_dir);
     c->cb = cb;
@@ -1273,7 +1344,12 @@ static int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb
         return -ENOMEM;
     od->done = done;
     od->data = data;
+    if (!lv_ensure_conn(lb)) {
+        free(od);
+        return -ENOTCONN;
+    }
     od->t.conn = lb->conn;
+    virConnectRef(od->t.conn);
     od->t.must_be_ours = true;
     od->t.dom_name = strdup(name);
     od->t.pool_name = strdup(lb->pool_name);

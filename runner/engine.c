@@ -19,6 +19,8 @@
 #define PRUNE_INTERVAL_MS (10u * 60u * 1000u)
 #define SYNC_INTERVAL_MS  1000u
 #define RUN_GRACE_S       30
+#define REOPEN_INTERVAL_MS 10000u
+#define SWEEP_INTERVAL_MS  (5u * 60u * 1000u)
 
 struct ejob {
     struct engine *e;
@@ -85,7 +87,10 @@ struct engine {
     int pending_closes;
     /* reconcile */
     struct engine_reconcile_report report;
-    int reconcile_pending;
+    int sweep_pending; /* list/destroy steps of a reconcile or sweep in flight */
+    bool reconciling;  /* the sweep in flight is the start-up reconcile */
+    uint64_t last_sweep;
+    uint64_t last_reopen;
     void (*reconciled)(const struct engine_reconcile_report *r, void *data);
     void *reconciled_data;
     /* stop */
@@ -97,6 +102,7 @@ struct engine {
 static void schedule(struct engine *e);
 static void maybe_finish_stop(struct engine *e);
 static void on_kick(uv_timer_t *t);
+static void sweep_owned(struct engine *e);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -838,6 +844,28 @@ void engine_prune(struct engine *e)
     store_prune_result_clear(&res);
 }
 
+/* Backends that failed to open (libvirtd down at start) are tried again. */
+static void reopen_backends(struct engine *e)
+{
+    struct backend_env env = {.loop = e->loop, .curl = e->curl, .cfg = e->cfg,
+                              .owner_id = e->owner_id};
+    for (size_t i = 0; i < e->n_slots; i++) {
+        struct backend_slot *s = &e->slots[i];
+        if (s->b)
+            continue;
+        struct al_error *err = NULL;
+        if (backend_new(&env, s->cfg, &s->b, &err) == 0) {
+            log_info(NULL, "backend %s is available again", s->cfg->name);
+            s->open_error[0] = '\0';
+            kick(e);
+        } else {
+            snprintf(s->open_error, sizeof(s->open_error), "%s", al_error_message(err));
+            al_error_free(err);
+            s->b = NULL;
+        }
+    }
+}
+
 static void on_housekeeping(uv_timer_t *t)
 {
     struct engine *e = t->data;
@@ -850,14 +878,30 @@ static void on_housekeeping(uv_timer_t *t)
         e->last_prune = now;
         engine_prune(e);
     }
+    if (now - e->last_reopen >= REOPEN_INTERVAL_MS) {
+        e->last_reopen = now;
+        reopen_backends(e);
+    }
+    if (e->started && !e->sweep_pending && now - e->last_sweep >= SWEEP_INTERVAL_MS) {
+        e->last_sweep = now;
+        e->report = (struct engine_reconcile_report){0};
+        sweep_owned(e);
+    }
 }
 
 /* ------------------------------------------------------------ reconcile */
 
-static void reconcile_step_done(struct engine *e)
+static void sweep_step_done(struct engine *e)
 {
-    if (--e->reconcile_pending > 0)
+    if (--e->sweep_pending > 0)
         return;
+    if (!e->reconciling) {
+        if (e->report.vms_destroyed)
+            log_info(NULL, "sweep: destroyed %u VMs no job was using", e->report.vms_destroyed);
+        maybe_finish_stop(e);
+        return;
+    }
+    e->reconciling = false;
     /* the VM records found at the start described what was just swept */
     struct al_error *err = NULL;
     for (size_t i = 0; i < e->n_recorded; i++) {
@@ -898,7 +942,7 @@ static void on_owned_destroyed(int result, const struct al_error *err, void *dat
     }
     struct engine *e = d->e;
     free(d);
-    reconcile_step_done(e);
+    sweep_step_done(e);
 }
 
 static bool owned_by_us(struct engine *e, struct backend *b, const struct owned_vm *v)
@@ -940,7 +984,7 @@ static void on_listed(int result, struct owned_vm *vms, size_t n, const struct a
         e->report.errors++;
         log_error(NULL, "reconcile: listing VMs on %s failed: %s", b->name,
                   al_error_message(err));
-        reconcile_step_done(e);
+        sweep_step_done(e);
         return;
     }
     for (size_t i = 0; i < n; i++) {
@@ -952,15 +996,15 @@ static void on_listed(int result, struct owned_vm *vms, size_t n, const struct a
         d->e = e;
         snprintf(d->name, sizeof(d->name), "%s", vms[i].name);
         snprintf(d->backend, sizeof(d->backend), "%s", b->name);
-        e->reconcile_pending++;
+        e->sweep_pending++;
         if (b->ops->destroy_owned(b, vms[i].name, on_owned_destroyed, d) < 0) {
-            e->reconcile_pending--;
+            e->sweep_pending--;
             e->report.errors++;
             free(d);
         }
     }
     owned_vm_array_free(vms, n);
-    reconcile_step_done(e);
+    sweep_step_done(e);
 }
 
 /* Ends or resumes the jobs a previous process left behind. */
@@ -1068,7 +1112,15 @@ void engine_start(struct engine *e,
         e->n_recorded = 0;
     }
     reconcile_jobs(e);
-    e->reconcile_pending = 1; /* released below, after every backend was asked */
+    e->reconciling = true;
+    sweep_owned(e);
+}
+
+/* Lists every backend's owned VMs and destroys those no running attempt
+ * uses. Also runs periodically, for teardowns that failed (libvirtd gone). */
+static void sweep_owned(struct engine *e)
+{
+    e->sweep_pending = 1; /* released below, after every backend was asked */
     for (size_t i = 0; i < e->n_slots; i++) {
         struct backend_slot *slot = &e->slots[i];
         if (!slot->b || !slot->b->ops->list_owned)
@@ -1078,14 +1130,14 @@ void engine_start(struct engine *e,
             continue;
         lc->e = e;
         lc->slot = slot;
-        e->reconcile_pending++;
+        e->sweep_pending++;
         if (slot->b->ops->list_owned(slot->b, on_listed, lc) < 0) {
-            e->reconcile_pending--;
+            e->sweep_pending--;
             e->report.errors++;
             free(lc);
         }
     }
-    reconcile_step_done(e);
+    sweep_step_done(e);
 }
 
 /* ------------------------------------------------------------ observers */
@@ -1238,7 +1290,7 @@ static void on_backend_closed(void *data)
 static void maybe_finish_stop(struct engine *e)
 {
     if (!e->stopping || e->running || e->backends_closing || e->pending_closes ||
-        e->reconcile_pending || e->workers)
+        e->sweep_pending || e->workers)
         return;
     /* queued jobs stay QUEUED in the store: a restart resumes them */
     while (e->queue) {
