@@ -35,7 +35,7 @@ head -c 200000 /dev/urandom > art.bin; sha256sum art.bin; exit 3'
     grep -q ' hello$' "$TEST_TMP/out" || fail "stdout line missing"
     grep -q '^oops$' "$TEST_TMP/err" || fail "stderr line missing"
     [ "$rc" -eq 3 ] || fail "exit status $rc, want 3"
-    grep -q 'failed (exit 3)' "$TEST_TMP/err" || fail "exit 3 not reported"
+    grep -q 'FAILED (exit 3)' "$TEST_TMP/err" || fail "exit 3 not reported"
     # live: "hello" reached us while the job was still sleeping
     hello_at=$(sed -n 's/^\([0-9.]*\) hello$/\1/p' "$TEST_TMP/out")
     awk -v h="$hello_at" -v e="$end" 'BEGIN { exit !(e - h >= 2.5) }' ||
