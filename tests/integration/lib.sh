@@ -27,6 +27,7 @@ al_test_cleanup() {
 # Asserts nothing of job $1 is left: no domain, no overlay volume, no run dir.
 assert_no_leftovers() {
     job=$1
+    [ -n "$job" ] || fail "no job id to check for leftovers"
     if virsh -c qemu:///system list --all --name | grep -q -- "$job"; then
         virsh -c qemu:///system list --all
         fail "a domain of job $job is still defined"
@@ -49,7 +50,7 @@ assert_no_leftovers() {
     fi
 }
 
-# The job id agentlab printed on stderr ("job jXXXX: provisioning").
+# The job id agentlab printed on stderr ("job jXXXX: queued").
 job_id_from() {
-    sed -n 's/.*job \(j[0-9a-f]*\): provisioning.*/\1/p' "$1" | head -n 1
+    sed -n 's/.*job \(j[0-9a-f]*\): queued.*/\1/p' "$1" | head -n 1
 }
