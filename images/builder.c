@@ -635,8 +635,10 @@ static int run_bootstrap(const struct bootstrap *b, struct al_error **err)
         kill(-pid, SIGKILL);
     if (is_cancelled(o))
         return al_error_set(err, ECANCELED, "interrupted");
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        (void)unlink(sources_file);
         return 0;
+    }
     if (enospc)
         return al_error_set(err, ENOSPC, "mmdebstrap ran out of disk space in %s (log: %s)",
                             b->build_dir, b->log_path);

@@ -607,9 +607,6 @@ int image_remove(const char *state_dir, const char *name, const char *libvirt_ur
 {
     if (!image_name_is_valid(name))
         return al_error_set(err, EINVAL, "invalid image name \"%s\"", name);
-    _cleanup_close_ int lock = image_lock(state_dir, name, true, 0, err);
-    if (lock < 0)
-        return lock;
     _cleanup_free_ char *dir = image_dir_path(state_dir, name);
     if (!dir)
         return al_error_set(err, ENOMEM, "removing image");
@@ -620,6 +617,11 @@ int image_remove(const char *state_dir, const char *name, const char *libvirt_ur
         r = image_find(state_dir, name, &unused, err);
         return r < 0 ? r : al_error_set(err, ENOENT, "no image \"%s\"", name);
     }
+    _cleanup_close_ int lock = image_lock(state_dir, name, true, 0, err);
+    if (lock < 0)
+        return lock;
+    if (lstat(dir, &st) < 0)
+        return al_error_set(err, ENOENT, "no image \"%s\"", name);
 
     _cleanup_free_ pid_t *pids = NULL;
     size_t n = 0;

@@ -44,7 +44,7 @@ start=$(date +%s.%N)
 "$agentlab" image build "$recipe" $rebuild
 end=$(date +%s.%N)
 manifest=$("$agentlab" image inspect "$recipe")
-field() { printf '%s\n' "$manifest" | sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -n1; }
+field() { printf '%s\n' "$manifest" | sed -n "s/^  \"$1\": \"\(.*\)\",\{0,1\}$/\1/p" | head -n1; }
 phase() { printf '%s\n' "$manifest" | sed -n "s/^    \"$1\": \([0-9]*\),\{0,1\}$/\1/p" | head -n1; }
 printf 'this run       %6.1f s%s\n' "$(echo "$end - $start" | bc)" "$([ -z "$rebuild" ] && echo ' (up-to-date check when the image existed)')"
 for p in bootstrap disk seal checksum; do
@@ -52,6 +52,7 @@ for p in bootstrap disk seal checksum; do
 done
 
 disk=$(field disk)
+[ -n "$disk" ] || { echo "bench-image: cannot read the manifest" >&2; exit 1; }
 kernel=$(field kernel)
 initrd=$(field initrd)
 cmdline=$(field cmdline)
@@ -83,14 +84,17 @@ while [ "$i" -le "$boots" ]; do
     qemu-img create -q -f qcow2 -F qcow2 -b "$disk" "$work/overlay.qcow2"
     mkdir -p "$work/seed"
     printf 'instance-id: bench-%s\nlocal-hostname: bench\n' "$tag" >"$work/seed/meta-data"
-    {
-        echo "#cloud-config"
-        echo "runcmd:"
-        echo "  - [ sh, -c, 'echo $marker $(cat /proc/uptime) > /dev/ttyS0' ]"
-        if [ -n "$blame" ]; then
-            echo "  - [ sh, -c, 'systemd-analyze > /dev/ttyS0; systemd-analyze blame | head -n 15 > /dev/ttyS0; systemd-analyze critical-chain > /dev/ttyS0' ]"
-        fi
-    } >"$work/seed/user-data"
+    # the probe runs inside the guest: quoted heredocs, marker filled in by sed
+    cat <<'EOF' | sed "s/@MARKER@/$marker/" >"$work/seed/user-data"
+#cloud-config
+runcmd:
+  - [ sh, -c, "echo @MARKER@ $(cut -d' ' -f1 /proc/uptime) > /dev/ttyS0" ]
+EOF
+    if [ -n "$blame" ]; then
+        cat <<'EOF' >>"$work/seed/user-data"
+  - [ systemd-run, --no-block, --unit=bench-blame, sh, -c, "while ! systemd-analyze >/dev/null 2>&1; do sleep 0.5; done; (systemd-analyze; systemd-analyze blame | head -n 12) > /dev/ttyS0 2>&1" ]
+EOF
+    fi
     genisoimage -quiet -output "$work/seed.iso" -volid cidata -joliet -rock \
         "$work/seed/user-data" "$work/seed/meta-data"
     rm -rf "$work/seed"
@@ -152,8 +156,13 @@ EOF
     uptime=$(grep -a "$marker" "$work/console.log" | head -n1 | awk '{print $2}')
     printf 'boot %d: %5.1f s to runcmd (guest uptime %s s)\n' "$i" "$secs" "$uptime"
     if [ -n "$blame" ]; then
-        sleep 5
-        sed -n '/Startup finished/,$p' "$work/console.log" | tr -d '\r' | grep -v "^$marker" | head -n 60
+        j=0
+        while [ $j -lt 150 ] && ! grep -aq 'Startup finished' "$work/console.log"; do
+            sleep 0.2
+            j=$((j + 1))
+        done
+        sleep 3
+        sed -n '/Startup finished/,$p' "$work/console.log" | tr -d '\r' | head -n 16
     fi
     times="$times $secs"
     virsh -q -c "$uri" destroy "$dom" >/dev/null 2>&1 || true

@@ -39,7 +39,7 @@ expect() {
         fail "$* exited $got, expected $want: $(cat "$tmp/err")"
     elif ! grep -q -- "$pattern" "$tmp/err" "$tmp/out"; then
         fail "$*: output lacks \"$pattern\": $(cat "$tmp/out" "$tmp/err")"
-    elif [ "$want" -ne 0 ] && [ "$(grep -vc '^image .*: ' "$tmp/err")" -gt 1 ]; then
+    elif [ "$want" -eq 1 ] && [ "$(grep -vc '^image .*: ' "$tmp/err")" -gt 1 ]; then
         fail "$*: more than one error line: $(cat "$tmp/err")"
     else
         echo "ok: $* -> $got ($(tail -n1 "$tmp/err" "$tmp/out" | grep -v '^==' | grep -v '^$' | head -n1))"
