@@ -16,6 +16,7 @@
 #include "loop/curl_uv.h"
 #include "loop/virt_uv.h"
 #include "owner.h"
+#include "sources/httpq.h"
 #include "sources/spool.h"
 #include "store.h"
 
@@ -30,8 +31,12 @@ struct daemon {
     struct store *store;
     struct engine *engine;
     char *owner_id;
-    struct spool *spools[MAX_SOURCES];
-    size_t n_spools;
+    /* running sources and how to stop each */
+    struct {
+        void *handle;
+        void (*stop)(void *handle, void (*done)(void *data), void *data);
+    } sources[MAX_SOURCES];
+    size_t n_sources;
     int stopping_parts;
     bool stopping;
 };
@@ -80,9 +85,9 @@ static void daemon_stop(struct daemon *d)
     d->stopping = true;
     log_info(NULL, "shutting down");
     d->stopping_parts = 1;
-    for (size_t i = 0; i < d->n_spools; i++) {
+    for (size_t i = 0; i < d->n_sources; i++) {
         d->stopping_parts++;
-        spool_stop(d->spools[i], on_source_stopped, d);
+        d->sources[i].stop(d->sources[i].handle, on_source_stopped, d);
     }
     on_source_stopped(d);
 }
@@ -104,6 +109,16 @@ static int prepare_dirs(const struct config *cfg, struct al_error **err)
     return al_mkdir_p(cfg->agent.run_dir, 0711, err);
 }
 
+static void stop_spool(void *h, void (*done)(void *), void *data)
+{
+    spool_stop(h, done, data);
+}
+
+static void stop_httpq(void *h, void (*done)(void *), void *data)
+{
+    httpq_stop(h, done, data);
+}
+
 static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 {
     struct daemon *d = data;
@@ -111,17 +126,32 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
     if (d->stopping)
         return;
     /* sources start once the engine knows what it has */
-    for (size_t i = 0; i < d->cfg->n_sources && d->n_spools < MAX_SOURCES; i++) {
+    for (size_t i = 0; i < d->cfg->n_sources && d->n_sources < MAX_SOURCES; i++) {
         const struct config_source *src = &d->cfg->sources[i];
         struct al_error *err = NULL;
+        void *h = NULL;
+        void (*stop)(void *, void (*)(void *), void *) = NULL;
+        int sr = -ENOTSUP;
         if (src->type == SOURCE_SPOOL) {
-            if (spool_start(&d->loop, d->engine, src, &d->spools[d->n_spools], &err) == 0)
-                d->n_spools++;
-            else
-                log_error(NULL, "source %s: %s", src->name, al_error_message(err));
+            struct spool *sp = NULL;
+            sr = spool_start(&d->loop, d->engine, src, &sp, &err);
+            h = sp;
+            stop = stop_spool;
+        } else if (src->type == SOURCE_HTTP) {
+            struct httpq *hq = NULL;
+            sr = httpq_start(&d->loop, d->curl, d->engine, src, &hq, &err);
+            h = hq;
+            stop = stop_httpq;
         } else {
-            log_warn(NULL, "source %s: type %s is not supported by this build yet", src->name,
-                     source_type_to_string(src->type));
+            al_error_set(&err, ENOTSUP, "type %s is not supported by this build",
+                         source_type_to_string(src->type));
+        }
+        if (sr == 0) {
+            d->sources[d->n_sources].handle = h;
+            d->sources[d->n_sources].stop = stop;
+            d->n_sources++;
+        } else {
+            log_error(NULL, "source %s: %s", src->name, al_error_message(err));
         }
         al_error_free(err);
     }
