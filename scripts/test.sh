@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs every agentlab test: installs what is missing (scripts/setup.sh),
 # builds in build/, runs the whole suite with ctest, then builds with
-# AddressSanitizer + UBSan in build-asan/ and runs the unit suite there.
+# AddressSanitizer + UBSan in build-asan/ and runs the unit suite there, then
+# runs every libFuzzer target for AL_FUZZ_SECONDS (default 30) in build-fuzz/.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -L unit    only tests with this ctest label (no sanitizer pass)
@@ -23,4 +24,11 @@ fi
 cmake -S . -B build-asan -DAL_WERROR=ON -DAL_SANITIZE=address,undefined >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ctest --output-on-failure -j"$jobs" -L unit)
+
+# libFuzzer targets (clang, ASan+UBSan), each for a bounded time
+CC=clang cmake -S . -B build-fuzz -DAL_WERROR=ON -DAL_FUZZ=ON -DAL_SANITIZE=address,undefined \
+    -DAL_FUZZ_SECONDS="${AL_FUZZ_SECONDS:-30}" >/dev/null
+cmake --build build-fuzz -j"$jobs" --target $(cd build-fuzz && ctest -N -L fuzz |
+    sed -n 's/^ *Test *#[0-9]*: //p')
+(cd build-fuzz && ctest --output-on-failure -L fuzz)
 echo "test.sh: all tests passed"

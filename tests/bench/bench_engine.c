@@ -1,0 +1,131 @@
+/* Jobs per second through the whole engine with a no-op backend:
+ * validation, submission (insert + event), admission, every persisted
+ * transition (PROVISIONING, BOOTING, RUNNING, SUCCEEDED), the VM records,
+ * log files and teardown; then the daemon-style peak RSS with N jobs in the
+ * history. Usage: bench_engine [N] (default 10000). Prints one summary. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <uv.h>
+
+#include "base/log.h"
+#include "base/util.h"
+#include "engine.h"
+#include "fake_backend.h"
+#include "images/catalog.h"
+
+struct ctx {
+    unsigned finished, succeeded;
+};
+
+static void on_finished(const char *job, enum job_state st, const struct attempt_result *r,
+                        void *data)
+{
+    (void)job;
+    (void)r;
+    struct ctx *c = data;
+    c->finished++;
+    c->succeeded += st == JOB_STATE_SUCCEEDED;
+}
+
+static int write_image(const char *state)
+{
+    struct al_error *err = NULL;
+    char *dir = NULL;
+    if (asprintf(&dir, "%s/images/micro", state) < 0 || al_mkdir_p(dir, 0755, &err) < 0)
+        return -1;
+    struct image_info info = {.name = "micro", .dir = dir, .format = "qcow2", .cmdline = "",
+                              .recipe = "bench", .recipe_hash = "", .sha256 = ""};
+    info.disk = al_path_join(dir, IMAGE_DISK_FILE);
+    info.kernel = al_path_join(dir, IMAGE_KERNEL_FILE);
+    info.initrd = al_path_join(dir, IMAGE_INITRD_FILE);
+    const char *files[] = {info.disk, info.kernel, info.initrd};
+    for (size_t i = 0; i < 3; i++)
+        if (al_write_file_atomic(files[i], "x", 1, 0644, &err) < 0)
+            return -1;
+    int r = image_manifest_write(dir, &info, &err);
+    free(info.disk);
+    free(info.kernel);
+    free(info.initrd);
+    free(dir);
+    al_error_free(err);
+    return r;
+}
+
+int main(int argc, char **argv)
+{
+    unsigned n = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 10000;
+    char tmpl[] = "/tmp/agentlab-bench-engine-XXXXXX";
+    if (!mkdtemp(tmpl))
+        return 1;
+    char conf[1024];
+    snprintf(conf, sizeof(conf),
+             "[agent]\nstate_dir = %s\nrun_dir = %s/run\nimage = micro\nlog_level = error\n"
+             "[backend \"local\"]\nmax_vms = 64\n",
+             tmpl, tmpl);
+    struct al_error *err = NULL;
+    struct config *cfg = NULL;
+    if (config_load_string(conf, strlen(conf), "bench", &cfg, &err) < 0 || write_image(tmpl) < 0) {
+        fprintf(stderr, "setup: %s\n", al_error_message(err));
+        return 1;
+    }
+    al_log_set_level(AL_LOG_ERROR);
+    backend_register(BACKEND_LIBVIRT, &fake_backend_ops);
+    fake_backend_delay_ms = 0;
+    char *db = al_path_join(tmpl, "agentlab.db");
+    struct store *store = NULL;
+    if (store_open(db, NULL, &store, &err) < 0) {
+        fprintf(stderr, "%s\n", al_error_message(err));
+        return 1;
+    }
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct engine *e = NULL;
+    struct engine_params ep = {.loop = &loop, .cfg = cfg, .store = store,
+                               .owner_id = "daemon:00000000000000000000000000000000"};
+    if (engine_new(&ep, &e, &err) < 0) {
+        fprintf(stderr, "%s\n", al_error_message(err));
+        return 1;
+    }
+    struct ctx c = {0};
+    static const struct engine_observer obs = {.finished = on_finished};
+    engine_observe(e, &obs, &c);
+    engine_start(e, NULL, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+
+    const char spec_json[] = "{\"command\":[\"true\"]}";
+    uint64_t t0 = al_now_mono_us();
+    for (unsigned i = 0; i < n; i++) {
+        struct job_spec *spec = NULL;
+        char id[STORE_JOB_ID_SIZE];
+        if (job_spec_parse(spec_json, sizeof(spec_json) - 1, 0, &spec, &err) < 0 ||
+            engine_submit(e, spec, NULL, id, &err) < 0) {
+            fprintf(stderr, "submit: %s\n", al_error_message(err));
+            return 1;
+        }
+        /* keep the queue moving while submitting, like a daemon would */
+        if (i % 64 == 63)
+            uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    while (c.finished < n)
+        uv_run(&loop, UV_RUN_ONCE);
+    uint64_t t1 = al_now_mono_us();
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double secs = (double)(t1 - t0) / 1e6;
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    printf("engine: %u jobs (%u succeeded) in %.2f s = %.0f jobs/s wall, %.0f jobs per CPU-s; "
+           "peak RSS %.1f MB with %u jobs in the history\n",
+           n, c.succeeded, secs, n / secs, n / cpu, (double)ru.ru_maxrss / 1024.0, n);
+    engine_stop(e, NULL, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    store_close(store);
+    config_free(cfg);
+    al_rm_rf(tmpl, &err);
+    free(db);
+    return c.succeeded == n ? 0 : 1;
+}

@@ -1,0 +1,219 @@
+#include "fake_backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/util.h"
+#include "loop/work.h"
+
+struct fake_vm {
+    struct vm base;
+    uv_timer_t timer;
+    int step;
+    const char *mode;
+    bool destroyed;
+    backend_done_cb done;
+    void *done_data;
+    struct fake_backend *fb;
+    struct fake_vm *next;
+};
+
+struct fake_backend {
+    struct backend *b;
+    struct fake_vm *vms;
+    int launched;
+};
+
+/* VMs the fake "finds" at reconcile, and what destroy_owned removed. */
+struct owned_vm planted[4];
+size_t n_planted;
+int destroyed_owned;
+unsigned fake_backend_delay_ms = 5;
+
+static const char *mode_of(const struct vm_request *req)
+{
+    for (size_t i = 0; i < req->n_env; i++) {
+        if (streq(req->env[i].name, "FAKE"))
+            return req->env[i].value;
+    }
+    return "ok";
+}
+
+static void fake_step(uv_timer_t *t)
+{
+    struct fake_vm *v = t->data;
+    const struct vm_events *ev = v->base.ev;
+    struct vm_result r = {0};
+    switch (v->step++) {
+    case 0:
+        if (streq(v->mode, "error")) {
+            r.outcome = VM_INFRA_ERROR;
+            snprintf(r.reason, sizeof(r.reason), "simulated infrastructure failure");
+            ev->finished(&v->base, &r, v->base.ev_data);
+            return;
+        }
+        ev->phase(&v->base, VM_PHASE_PROVISIONED, v->base.ev_data);
+        ev->phase(&v->base, VM_PHASE_BOOTING, v->base.ev_data);
+        break;
+    case 1:
+        ev->phase(&v->base, VM_PHASE_CONNECTED, v->base.ev_data);
+        ev->phase(&v->base, VM_PHASE_RUNNING, v->base.ev_data);
+        ev->output(&v->base, VM_STDOUT, (const uint8_t *)"hello\n", 6, v->base.ev_data);
+        if (streq(v->mode, "hang"))
+            return; /* until cancelled */
+        break;
+    default:
+        if (strncmp(v->mode, "fail:", 5) == 0) {
+            r.outcome = VM_EXITED;
+            r.exit_code = atoi(v->mode + 5);
+        } else if (streq(v->mode, "timeout")) {
+            r.outcome = VM_GUEST_TIMEOUT;
+            r.exit_code = 124;
+        } else {
+            r.outcome = VM_EXITED;
+        }
+        ev->finished(&v->base, &r, v->base.ev_data);
+        return;
+    }
+    uv_timer_start(&v->timer, fake_step, fake_backend_delay_ms, 0);
+}
+
+static int fake_open(struct backend *b, struct al_error **err)
+{
+    (void)err;
+    struct fake_backend *fb = calloc(1, sizeof(*fb));
+    fb->b = b;
+    b->priv = fb;
+    return 0;
+}
+
+static void fake_close(struct backend *b, void (*done)(void *), void *data)
+{
+    free(b->priv);
+    if (done)
+        done(data);
+}
+
+static int fake_vm_name(struct backend *b, const char *job, int attempt, char *buf, size_t size)
+{
+    snprintf(buf, size, "fake-%s-%s-%d", b->name, job, attempt);
+    return 0;
+}
+
+static void fake_capacity(struct backend *b, struct backend_capacity *ret)
+{
+    struct fake_backend *fb = b->priv;
+    struct backend_capacity c = {.max_vms = b->cfg->max_vms, .vcpus = 64, .memory = 64ull << 30,
+                                 .healthy = true};
+    for (struct fake_vm *v = fb->vms; v; v = v->next) {
+        c.used_vms++;
+        c.used_vcpus += 1;
+    }
+    *ret = c;
+}
+
+static int fake_launch(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
+                       void *ev_data, struct vm **ret, struct al_error **err)
+{
+    (void)err;
+    struct fake_backend *fb = b->priv;
+    struct fake_vm *v = calloc(1, sizeof(*v));
+    char name[160];
+    fake_vm_name(b, req->job_id, req->attempt, name, sizeof(name));
+    v->base = (struct vm){.backend = b, .name = strdup(name), .ev = ev, .ev_data = ev_data};
+    v->mode = mode_of(req);
+    v->fb = fb;
+    uv_timer_init(b->env.loop, &v->timer);
+    v->timer.data = v;
+    uv_timer_start(&v->timer, fake_step, fake_backend_delay_ms, 0);
+    v->next = fb->vms;
+    fb->vms = v;
+    fb->launched++;
+    *ret = &v->base;
+    return 0;
+}
+
+static int fake_cancel(struct vm *vm)
+{
+    struct fake_vm *v = container_of(vm, struct fake_vm, base);
+    uv_timer_stop(&v->timer);
+    struct vm_result r = {.outcome = VM_CANCELED, .exit_code = 130};
+    v->base.ev->finished(&v->base, &r, v->base.ev_data);
+    return 0;
+}
+
+static void fake_freed(uv_handle_t *h)
+{
+    struct fake_vm *v = h->data;
+    v->done(0, NULL, v->done_data);
+    free(v->base.name);
+    free(v);
+}
+
+static void fake_destroy(struct vm *vm, backend_done_cb done, void *data)
+{
+    struct fake_vm *v = container_of(vm, struct fake_vm, base);
+    for (struct fake_vm **pp = &v->fb->vms; *pp; pp = &(*pp)->next) {
+        if (*pp == v) {
+            *pp = v->next;
+            break;
+        }
+    }
+    v->done = done;
+    v->done_data = data;
+    uv_close((uv_handle_t *)&v->timer, fake_freed);
+}
+
+static int fake_list_owned(struct backend *b, backend_list_cb cb, void *data)
+{
+    (void)b;
+    struct owned_vm *v = calloc(n_planted + 1, sizeof(*v));
+    for (size_t i = 0; i < n_planted; i++) {
+        v[i].name = strdup(planted[i].name);
+        v[i].owner = strdup(planted[i].owner);
+        v[i].job_id = planted[i].job_id ? strdup(planted[i].job_id) : NULL;
+    }
+    cb(0, v, n_planted, NULL, data);
+    return 0;
+}
+
+static void fake_destroy_owned_done(void *data, int result, struct al_error *err)
+{
+    (void)err;
+    void **pair = data;
+    backend_done_cb done = (backend_done_cb)(uintptr_t)pair[0];
+    done(result, NULL, pair[1]);
+    free(pair);
+}
+
+static int noop_work(void *data, struct al_error **err)
+{
+    (void)data;
+    (void)err;
+    return 0;
+}
+
+static int fake_destroy_owned(struct backend *b, const char *name, backend_done_cb done, void *data)
+{
+    destroyed_owned++;
+    void **pair = calloc(2, sizeof(void *));
+    pair[0] = (void *)(uintptr_t)done;
+    pair[1] = data;
+    (void)name;
+    return al_work_queue(b->env.loop, noop_work, fake_destroy_owned_done, pair, NULL);
+}
+
+const struct backend_ops fake_backend_ops = {
+        .type = "fake",
+        .open = fake_open,
+        .close = fake_close,
+        .vm_name = fake_vm_name,
+        .capacity = fake_capacity,
+        .launch = fake_launch,
+        .cancel = fake_cancel,
+        .destroy = fake_destroy,
+        .list_owned = fake_list_owned,
+        .destroy_owned = fake_destroy_owned,
+};
+
