@@ -63,6 +63,10 @@ struct vm_request {
     uint64_t max_artifact_bytes;  /* 0 = unlimited */
     const char *workdir_tar;      /* host path of a tar to unpack as the work dir, or NULL */
     bool keep_running;            /* debugging: the guest does not power off */
+    /* A warm VM: boots with no job and waits, reporting VM_PHASE_CONNECTED
+     * when its helper is ready; assign() gives it a job later. job_id is
+     * the VM's own id then; argv/script are ignored. */
+    bool warm;
 };
 
 enum vm_phase {
@@ -140,6 +144,13 @@ struct backend_ops {
      * follow; finished reports any later failure. On error nothing exists. */
     int (*launch)(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
                   void *ev_data, struct vm **ret_vm, struct al_error **err);
+    /* Gives a warm VM that reached VM_PHASE_CONNECTED its job: from now on
+     * the VM's events go to ev/ev_data, starting with the phases up to
+     * CONNECTED again (timings measured from this call), and it is destroyed
+     * after this job like any other. -EBUSY when the VM is not ready. The
+     * request follows launch()'s ownership rules. Optional. */
+    int (*assign)(struct vm *vm, const struct vm_request *req, const struct vm_events *ev,
+                  void *ev_data, struct al_error **err);
     /* Asks the guest to stop the workload; finished follows with
      * VM_CANCELED (or an error). Optional. */
     int (*cancel)(struct vm *vm);

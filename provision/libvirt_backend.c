@@ -82,7 +82,9 @@ struct lv_vm {
     uint64_t t0;
     uint64_t last_frame_ms;
     struct vm_result result;
+    char *cmdline;
     bool hello;
+    bool assigned; /* a warm VM got its job */
     bool finished;
     bool worker_busy;
     bool destroying;
@@ -238,6 +240,8 @@ static int send_tlv(struct lv_vm *v, uint8_t type, const struct al_tlv_buf *b)
     return channel_send(v->ch, type, b->data, b->len);
 }
 
+static void deliver(struct lv_vm *v, bool has_job);
+
 static void handle_hello(struct lv_vm *v, const struct al_frame *f)
 {
     if (v->hello)
@@ -270,9 +274,19 @@ static void handle_hello(struct lv_vm *v, const struct al_frame *f)
     }
     v->hello = true;
     phase(v, VM_PHASE_CONNECTED);
+    /* a warm VM waits here, idle, until assign() brings a job */
+    if (v->req.warm && !v->assigned)
+        return;
+    deliver(v, has_job);
+}
 
+/* Sends the job (unless the guest has it from cloud-init), the secrets, the
+ * work dir and START. */
+static void deliver(struct lv_vm *v, bool has_job)
+{
     struct al_error *err = NULL;
     struct al_tlv_buf secrets = {0};
+    int r;
     if (!has_job && send_tlv(v, AL_FRAME_JOB, &v->job) < 0)
         goto fail;
     if (v->req.n_secret_env) {
@@ -540,7 +554,7 @@ static int provision_work(void *data, struct al_error **err)
             .memory = v->req.memory,
             .kernel = v->image->kernel,
             .initrd = v->image->initrd,
-            .cmdline = v->image->cmdline,
+            .cmdline = v->cmdline,
             .disk_path = v->vol_path,
             .disk_format = "qcow2",
             .seed_path = v->inject == INJECT_GUESTFS ? NULL : v->seed_path,
@@ -725,6 +739,7 @@ static void vm_free(struct lv_vm *v)
     free(v->meta_data);
     free(v->user_data);
     free(v->domain_xml);
+    free(v->cmdline);
     al_tlv_buf_free(&v->job);
     free(v);
 }
@@ -823,6 +838,34 @@ static void lv_destroy(struct vm *vm, backend_done_cb done, void *data)
     destroy_continue(v);
 }
 
+static int lv_assign(struct vm *vm, const struct vm_request *req, const struct vm_events *ev,
+                     void *ev_data, struct al_error **err)
+{
+    struct lv_vm *v = container_of(vm, struct lv_vm, base);
+    if (!v->req.warm || v->assigned || !v->hello || v->finished || v->destroying || !v->ch)
+        return al_error_set(err, EBUSY, "VM %s is not a ready warm VM", v->base.name);
+    struct al_tlv_buf job = {0};
+    int r = guest_job_encode(req, &job, err);
+    if (r < 0)
+        return r;
+    al_tlv_buf_free(&v->job);
+    v->job = job;
+    v->req = *req;
+    v->req.warm = true; /* still the VM's kind: it boots no job from cloud-init */
+    v->assigned = true;
+    v->base.ev = ev;
+    v->base.ev_data = ev_data;
+    v->t0 = al_now_mono_ms();
+    v->result = (struct vm_result){0};
+    /* the new owner sees the phases it missed, in order, at once */
+    phase(v, VM_PHASE_PROVISIONED);
+    phase(v, VM_PHASE_BOOTING);
+    phase(v, VM_PHASE_CONNECTED);
+    if (!v->finished && !v->destroying)
+        deliver(v, false);
+    return 0;
+}
+
 static int lv_cancel(struct vm *vm)
 {
     struct lv_vm *v = container_of(vm, struct lv_vm, base);
@@ -901,15 +944,25 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     if (r < 0)
         goto fail;
 
-    r = guest_job_encode(req, &v->job, err);
-    if (r < 0)
+    if (!req->warm) {
+        r = guest_job_encode(req, &v->job, err);
+        if (r < 0)
+            goto fail;
+    }
+    /* a warm VM's helper is started by agentlab-guest.service, which runs
+     * only with agentlab.warm=1 on the kernel command line */
+    if (asprintf(&v->cmdline, "%s%s", v->image->cmdline ? v->image->cmdline : "",
+                 req->warm ? " agentlab.warm=1" : "") < 0) {
+        v->cmdline = NULL;
+        r = al_error_set(err, ENOMEM, "kernel command line");
         goto fail;
+    }
     hostname = make_hostname(req->job_id);
     struct cloudinit_job cj = {
             .instance_id = req->job_id,
             .hostname = hostname,
-            .job_blob = v->job.data,
-            .job_blob_len = v->job.len,
+            .job_blob = req->warm ? NULL : v->job.data,
+            .job_blob_len = req->warm ? 0 : v->job.len,
     };
     r = cloudinit_render(&cj, &v->meta_data, &v->user_data, err);
     if (r < 0)
@@ -1373,6 +1426,7 @@ const struct backend_ops libvirt_backend_ops = {
         .vm_name = lv_vm_name,
         .capacity = lv_capacity,
         .launch = lv_launch,
+        .assign = lv_assign,
         .cancel = lv_cancel,
         .destroy = lv_destroy,
         .list_owned = lv_list_owned,

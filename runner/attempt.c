@@ -41,7 +41,9 @@ struct attempt {
     struct attempt_result res;
     struct vm_result vmres;
     bool vm_finished;
-    bool running; /* the workload started */
+    uint64_t t_phase[4]; /* ms after t0 at which each vm_phase was reached */
+    bool starting; /* inside attempt_start: an early end waits a loop turn */
+    bool running;  /* the workload started */
     bool cancel_requested;
     enum host_verdict verdict;
     bool ended;
@@ -286,13 +288,13 @@ static void decide(struct attempt *a)
         r->exit_code = 125;
         set_reason(a, "%s", a->vm_finished ? v->reason : "the VM ended without a result");
     }
-    if (a->vm_finished) {
-        uint64_t tp = v->t_provisioned, tb = v->t_booting, tr = v->t_running, te = v->t_exited;
-        r->ms_provision = tp;
-        r->ms_start = tb > tp ? tb - tp : 0;
-        r->ms_boot = tr > tb ? tr - tb : 0;
-        r->ms_run = te > tr && tr ? te - tr : 0;
-    }
+    /* phase times as this attempt saw them (also when the host ended it) */
+    uint64_t tp = a->t_phase[VM_PHASE_PROVISIONED], tb = a->t_phase[VM_PHASE_BOOTING];
+    uint64_t tr = a->t_phase[VM_PHASE_RUNNING], te = a->t_end - a->t0;
+    r->ms_provision = tp;
+    r->ms_start = tb > tp ? tb - tp : 0;
+    r->ms_boot = tr > tb ? tr - tb : (tb && !tr ? te - tb : 0);
+    r->ms_run = tr && te > tr ? te - tr : 0;
 }
 
 /* Ends the attempt once: decides the result, then tears everything down. */
@@ -333,13 +335,21 @@ static void end(struct attempt *a)
     maybe_done(a);
 }
 
+static void on_early_end(uv_timer_t *t)
+{
+    end(t->data);
+}
+
 static void on_vm_finished(struct vm *vm, const struct vm_result *r, void *data)
 {
     (void)vm;
     struct attempt *a = data;
     a->vm_finished = true;
     a->vmres = *r;
-    end(a);
+    if (a->starting)
+        uv_timer_start(&a->timer, on_early_end, 0, 0);
+    else
+        end(a);
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -362,6 +372,10 @@ static void on_vm_phase(struct vm *vm, enum vm_phase phase, void *data)
 {
     (void)vm;
     struct attempt *a = data;
+    if ((size_t)phase < ARRAY_SIZE(a->t_phase) && !a->t_phase[phase]) {
+        uint64_t t = al_now_mono_ms() - a->t0;
+        a->t_phase[phase] = t ? t : 1;
+    }
     if (phase == VM_PHASE_RUNNING && !a->cancel_requested) {
         /* from now on the run deadline applies: the guest enforces the job's
          * timeout itself; this is the backstop if it cannot */
@@ -420,14 +434,26 @@ int attempt_start(uv_loop_t *loop, const struct attempt_params *p,
         attempt_free(a);
         return r;
     }
-    int r = p->backend->ops->launch(p->backend, p->req, &vm_events, a, &a->vm, err);
-    if (r < 0) {
-        attempt_free(a);
-        return r;
-    }
     uv_timer_init(loop, &a->timer);
     a->timer.data = a;
-    uv_timer_start(&a->timer, on_deadline, (uint64_t)p->boot_timeout_s * 1000u, 0);
+    a->starting = true;
+    int r;
+    if (p->warm_vm) {
+        a->vm = p->warm_vm;
+        r = p->backend->ops->assign ? p->backend->ops->assign(a->vm, p->req, &vm_events, a, err)
+                                    : al_error_set(err, ENOTSUP, "the backend has no warm VMs");
+        if (r < 0)
+            a->vm = NULL;
+    } else {
+        r = p->backend->ops->launch(p->backend, p->req, &vm_events, a, &a->vm, err);
+    }
+    a->starting = false;
+    if (r < 0) {
+        uv_close((uv_handle_t *)&a->timer, on_timer_closed);
+        return r;
+    }
+    if (!a->vm_finished)
+        uv_timer_start(&a->timer, on_deadline, (uint64_t)p->boot_timeout_s * 1000u, 0);
     *ret = a;
     return 0;
 }

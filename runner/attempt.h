@@ -29,6 +29,9 @@ const char *attempt_outcome_to_string(enum attempt_outcome o);
 
 struct attempt_params {
     struct backend *backend;
+    /* A ready warm VM of backend to run on (backend_ops.assign) instead of
+     * launching a new one; the attempt owns and destroys it either way. */
+    struct vm *warm_vm;
     const struct vm_request *req; /* caller-owned; valid until done runs */
     const char *job_dir;          /* exists; gets output.log and artifacts.tar */
     const char *artifacts_dir;    /* unpack artifacts here; NULL = <job_dir>/artifacts */

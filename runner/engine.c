@@ -45,6 +45,18 @@ struct ejob {
     bool retry_blocked; /* secrets lost in a restart: never retried */
 };
 
+struct warm_vm {
+    struct warm_vm *next;
+    struct engine *e;
+    const struct config_pool *pool;
+    struct backend_slot *slot;
+    struct vm *vm;
+    char id[STORE_JOB_ID_SIZE];
+    struct vm_request req;
+    bool ready;
+    uint64_t ready_at;
+};
+
 struct engine_watch {
     struct engine_observer o;
     void *data;
@@ -84,6 +96,11 @@ struct engine {
     bool reconcile_only;
     struct store_vm *recorded; /* VM records found at reconcile */
     size_t n_recorded;
+    /* warm pools */
+    struct warm_vm *warm;
+    int warm_dying;        /* warm VMs being destroyed */
+    unsigned warm_failures; /* consecutive warm VMs that died before use */
+    uint64_t warm_next_try;
     int pending_closes;
     /* reconcile */
     struct engine_reconcile_report report;
@@ -103,6 +120,11 @@ static void schedule(struct engine *e);
 static void maybe_finish_stop(struct engine *e);
 static void on_kick(uv_timer_t *t);
 static void sweep_owned(struct engine *e);
+static void warm_orphan_destroyed(int result, const struct al_error *err, void *data);
+static struct warm_vm *warm_take(struct engine *e, struct ejob *j);
+static void warm_fill(struct engine *e);
+static bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why,
+                          size_t size);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -503,34 +525,46 @@ static void rotate_log(struct ejob *j)
         rename(cur, old);
 }
 
-static void start_attempt(struct ejob *j, struct backend_slot *slot)
+/* Starts the job's next attempt on slot's backend, on the warm VM vm when
+ * one is given (the attempt then owns it). */
+static void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
 {
     struct engine *e = j->e;
     struct backend *b = slot->b;
     struct al_error *err = NULL;
-    char detail[200];
-    snprintf(detail, sizeof(detail), "attempt %d on backend %s", j->attempts + 1, b->name);
+    char detail[240];
+    if (warm)
+        snprintf(detail, sizeof(detail), "attempt %d on backend %s, warm VM %.120s",
+                 j->attempts + 1, b->name, warm->name);
+    else
+        snprintf(detail, sizeof(detail), "attempt %d on backend %s", j->attempts + 1, b->name);
     if (transition(j, JOB_STATE_PROVISIONING, detail, false, 0) < 0) {
         /* the store refused: the job cannot make progress; end it */
         transition(j, JOB_STATE_ERROR, "recording the job's progress failed", false, 0);
         job_finished(j, NULL);
+        if (warm)
+            b->ops->destroy(warm, warm_orphan_destroyed, e);
         return;
     }
     j->attempts++;
     j->backend = b;
     slot->jobs_started++;
     j->req.attempt = j->attempts;
-    if (b->ops->vm_name(b, j->id, j->attempts, j->vm_name, sizeof(j->vm_name)) < 0 ||
-        store_vm_add(e->store, b->name, j->vm_name, j->id, &err) < 0) {
+    int nr = warm ? (snprintf(j->vm_name, sizeof(j->vm_name), "%s", warm->name), 0)
+                  : b->ops->vm_name(b, j->id, j->attempts, j->vm_name, sizeof(j->vm_name));
+    if (nr < 0 || store_vm_add(e->store, b->name, j->vm_name, j->id, &err) < 0) {
         transition(j, JOB_STATE_ERROR, err ? al_error_message(err) : "naming the VM failed",
                    false, 0);
         al_error_free(err);
         job_finished(j, NULL);
+        if (warm)
+            b->ops->destroy(warm, warm_orphan_destroyed, e);
         return;
     }
     rotate_log(j);
     struct attempt_params ap = {
             .backend = b,
+            .warm_vm = warm,
             .req = &j->req,
             .job_dir = j->job_dir,
             .artifacts_dir = j->artifacts_dir,
@@ -544,6 +578,8 @@ static void start_attempt(struct ejob *j, struct backend_slot *slot)
     e->running = j;
     if (attempt_start(e->loop, &ap, &attempt_cbs, j, &j->attempt, &err) < 0) {
         running_remove(e, j);
+        if (warm)
+            b->ops->destroy(warm, warm_orphan_destroyed, e);
         struct al_error *rerr = NULL;
         store_vm_remove(e->store, b->name, j->vm_name, &rerr);
         al_error_free(rerr);
@@ -556,9 +592,190 @@ static void start_attempt(struct ejob *j, struct backend_slot *slot)
     }
 }
 
+/* ------------------------------------------------------------ warm pools */
+
+/* Each pool with warm = N keeps N VMs booted from fresh overlays, their
+ * helper waiting on the channel. A job of the pool that fits (default image,
+ * no more vCPUs or memory than the warm VM has) takes one instead of a cold
+ * VM; it is destroyed after that job like any other, never reused, and a
+ * replacement boots at once. Warm VMs count against capacity, are recycled
+ * after warm_max_idle, and are reconciled after a crash like any owned VM. */
+
+static void warm_destroyed(int result, const struct al_error *err, void *data)
+{
+    (void)result;
+    (void)err;
+    struct engine *e = data;
+    e->warm_dying--;
+    kick(e);
+    maybe_finish_stop(e);
+}
+
+static void warm_orphan_destroyed(int result, const struct al_error *err, void *data)
+{
+    warm_destroyed(result, err, data);
+}
+
+static void warm_unlink(struct warm_vm *w)
+{
+    for (struct warm_vm **pp = &w->e->warm; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            return;
+        }
+    }
+}
+
+/* Destroys a warm VM that will not be used. */
+static void warm_destroy(struct warm_vm *w)
+{
+    struct engine *e = w->e;
+    warm_unlink(w);
+    e->warm_dying++;
+    struct vm *vm = w->vm;
+    free(w);
+    vm->backend->ops->destroy(vm, warm_destroyed, e);
+}
+
+static void warm_phase(struct vm *vm, enum vm_phase phase, void *data)
+{
+    (void)vm;
+    struct warm_vm *w = data;
+    if (phase != VM_PHASE_CONNECTED)
+        return;
+    w->ready = true;
+    w->ready_at = uv_now(w->e->loop);
+    w->e->warm_failures = 0;
+    log_info(NULL, "warm VM %s ready for pool %s", w->vm->name, w->pool->name);
+    kick(w->e);
+}
+
+static void warm_finished(struct vm *vm, const struct vm_result *r, void *data)
+{
+    (void)vm;
+    struct warm_vm *w = data;
+    struct engine *e = w->e;
+    log_warn(NULL, "warm VM %s ended before it got a job: %s", w->vm->name, r->reason);
+    /* back off while warm VMs keep dying: 2 s, 4 s, ... up to 5 min */
+    e->warm_failures++;
+    unsigned shift = e->warm_failures < 8 ? e->warm_failures : 8;
+    e->warm_next_try = uv_now(e->loop) + (1000u << shift);
+    warm_destroy(w);
+}
+
+static const struct vm_events warm_events = {
+        .phase = warm_phase,
+        .finished = warm_finished,
+};
+
+/* Takes a ready warm VM for job j out of the pool, or returns NULL. */
+static struct warm_vm *warm_take(struct engine *e, struct ejob *j)
+{
+    const struct config_pool *pool = pool_of(e, j->spec);
+    const struct job_spec *s = j->spec;
+    for (struct warm_vm *w = e->warm; w; w = w->next) {
+        if (!w->ready || w->pool != pool || !w->slot->b || !w->vm->backend->ops->assign)
+            continue;
+        if (!streq(s->image ? s->image : e->cfg->agent.image, w->req.image) ||
+            s->resources.cpus > w->req.cpus ||
+            ((uint64_t)s->resources.memory_mb << 20) > w->req.memory)
+            continue;
+        warm_unlink(w);
+        return w;
+    }
+    return NULL;
+}
+
+static void warm_launch(struct engine *e, const struct config_pool *pool, struct backend_slot *slot)
+{
+    struct warm_vm *w = calloc(1, sizeof(*w));
+    _cleanup_free_ char *rnd = al_random_hex(4);
+    if (!w || !rnd) {
+        free(w);
+        return;
+    }
+    snprintf(w->id, sizeof(w->id), "w%012llx%s", (unsigned long long)al_now_wall_ms(), rnd);
+    w->e = e;
+    w->pool = pool;
+    w->slot = slot;
+    w->req = (struct vm_request){
+            .job_id = w->id,
+            .image = e->cfg->agent.image,
+            .cpus = e->cfg->agent.job_cpus,
+            .memory = e->cfg->agent.job_memory,
+            .inject = -1,
+            .warm = true,
+    };
+    struct al_error *err = NULL;
+    if (slot->b->ops->launch(slot->b, &w->req, &warm_events, w, &w->vm, &err) < 0) {
+        log_warn(NULL, "pool %s: starting a warm VM on %s: %s", pool->name, slot->cfg->name,
+                 al_error_message(err));
+        al_error_free(err);
+        free(w);
+        e->warm_failures++;
+        e->warm_next_try = uv_now(e->loop) + 5000;
+        return;
+    }
+    w->next = e->warm;
+    e->warm = w;
+    log_info(NULL, "pool %s: booting warm VM %s on %s", pool->name, w->vm->name, slot->cfg->name);
+}
+
+/* Tops every pool up to its warm count where a backend has room. */
+static void warm_fill(struct engine *e)
+{
+    if (!e->started || e->stopping || e->reconcile_only || uv_now(e->loop) < e->warm_next_try)
+        return;
+    for (size_t p = 0; p < e->cfg->n_pools; p++) {
+        const struct config_pool *pool = &e->cfg->pools[p];
+        int have = 0;
+        for (struct warm_vm *w = e->warm; w; w = w->next)
+            have += w->pool == pool;
+        struct backend_slot *slots[32];
+        size_t n = pool_slots(e, pool, slots, ARRAY_SIZE(slots));
+        while (have < pool->warm) {
+            struct backend_slot *slot = NULL;
+            for (size_t i = 0; i < n && !slot; i++) {
+                char why[256];
+                if (slots[i]->b && slots[i]->b->ops->assign &&
+                    slot_has_room(slots[i], e->cfg->agent.job_cpus, e->cfg->agent.job_memory, why,
+                                  sizeof(why)))
+                    slot = slots[i];
+            }
+            if (!slot)
+                break;
+            warm_launch(e, pool, slot);
+            have++;
+            if (uv_now(e->loop) < e->warm_next_try)
+                return; /* the launch failed */
+        }
+    }
+}
+
+/* Recycles warm VMs idle longer than their pool's warm_max_idle. */
+static void warm_recycle(struct engine *e)
+{
+    uint64_t now = uv_now(e->loop);
+    for (struct warm_vm *w = e->warm, *next; w; w = next) {
+        next = w->next;
+        if (w->ready && now - w->ready_at > (uint64_t)w->pool->warm_max_idle_s * 1000u) {
+            log_info(NULL, "recycling warm VM %s after %" PRId64 " s idle", w->vm->name,
+                     w->pool->warm_max_idle_s);
+            warm_destroy(w);
+        }
+    }
+}
+
 /* ------------------------------------------------------------ scheduling */
 
 static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size)
+{
+    return slot_has_room(slot, j->spec->resources.cpus,
+                         (uint64_t)j->spec->resources.memory_mb << 20, why, size);
+}
+
+static bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why,
+                          size_t size)
 {
     if (!slot->b) {
         snprintf(why, size, "backend %.63s is not available: %.80s", slot->cfg->name,
@@ -571,9 +788,7 @@ static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why
         snprintf(why, size, "backend %.63s is unhealthy: %.80s", slot->cfg->name, c.reason);
         return false;
     }
-    uint64_t mem = (uint64_t)j->spec->resources.memory_mb << 20;
-    if (c.used_vms >= c.max_vms || c.used_vcpus + j->spec->resources.cpus > c.vcpus ||
-        c.used_memory + mem > c.memory) {
+    if (c.used_vms >= c.max_vms || c.used_vcpus + cpus > c.vcpus || c.used_memory + mem > c.memory) {
         snprintf(why, size, "backend %.63s is full (%d/%d VMs, %d/%d vCPUs)", slot->cfg->name,
                  c.used_vms, c.max_vms, c.used_vcpus, c.vcpus);
         return false;
@@ -587,6 +802,15 @@ static void schedule(struct engine *e)
         return;
     for (struct ejob *j = e->queue, *next; j; j = next) {
         next = j->next;
+        struct warm_vm *w = warm_take(e, j);
+        if (w) {
+            queue_remove(e, j);
+            struct backend_slot *slot = w->slot;
+            struct vm *vm = w->vm;
+            free(w);
+            start_attempt(j, slot, vm);
+            continue;
+        }
         struct backend_slot *slots[32];
         size_t n = pool_slots(e, pool_of(e, j->spec), slots, ARRAY_SIZE(slots));
         char why[256] = "";
@@ -602,7 +826,7 @@ static void schedule(struct engine *e)
                 log_info(j->id, "falling back to backend %s: %s", slots[i]->cfg->name, why);
             }
             queue_remove(e, j);
-            start_attempt(j, slots[i]);
+            start_attempt(j, slots[i], NULL);
             break;
         }
     }
@@ -611,6 +835,7 @@ static void schedule(struct engine *e)
 static void on_kick(uv_timer_t *t)
 {
     schedule(t->data);
+    warm_fill(t->data);
 }
 
 /* ------------------------------------------------------------ submit */
@@ -882,6 +1107,8 @@ static void on_housekeeping(uv_timer_t *t)
         e->last_reopen = now;
         reopen_backends(e);
     }
+    warm_recycle(e);
+    warm_fill(e);
     if (e->started && !e->sweep_pending && now - e->last_sweep >= SWEEP_INTERVAL_MS) {
         e->last_sweep = now;
         e->report = (struct engine_reconcile_report){0};
@@ -963,6 +1190,10 @@ static bool vm_is_live(struct engine *e, struct backend *b, const char *name)
 {
     for (struct ejob *j = e->running; j; j = j->next) {
         if (j->backend == b && streq(j->vm_name, name))
+            return true;
+    }
+    for (struct warm_vm *w = e->warm; w; w = w->next) {
+        if (w->slot->b == b && streq(w->vm->name, name))
             return true;
     }
     return false;
@@ -1192,6 +1423,24 @@ size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size
     return e->n_slots;
 }
 
+void engine_warm_counts(struct engine *e, const char *pool, unsigned *ret_ready,
+                        unsigned *ret_booting)
+{
+    unsigned ready = 0, booting = 0;
+    for (struct warm_vm *w = e->warm; w; w = w->next) {
+        if (pool && !streq(w->pool->name, pool))
+            continue;
+        if (w->ready)
+            ready++;
+        else
+            booting++;
+    }
+    if (ret_ready)
+        *ret_ready = ready;
+    if (ret_booting)
+        *ret_booting = booting;
+}
+
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running)
 {
     unsigned q = 0, r = 0;
@@ -1290,7 +1539,7 @@ static void on_backend_closed(void *data)
 static void maybe_finish_stop(struct engine *e)
 {
     if (!e->stopping || e->running || e->backends_closing || e->pending_closes ||
-        e->sweep_pending || e->workers)
+        e->sweep_pending || e->workers || e->warm || e->warm_dying)
         return;
     /* queued jobs stay QUEUED in the store: a restart resumes them */
     while (e->queue) {
@@ -1321,5 +1570,7 @@ void engine_stop(struct engine *e, void (*done)(void *data), void *data)
     uv_timer_stop(&e->housekeeping);
     for (struct ejob *j = e->running; j; j = j->next)
         attempt_cancel(j->attempt);
+    while (e->warm)
+        warm_destroy(e->warm);
     maybe_finish_stop(e);
 }

@@ -121,6 +121,10 @@ struct engine_backend_status {
 /* Fills up to max entries; returns the number of backends. */
 size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size_t max);
 
+/* Warm VMs of a pool (NULL = all pools): booted and waiting, and booting. */
+void engine_warm_counts(struct engine *e, const char *pool, unsigned *ret_ready,
+                        unsigned *ret_booting);
+
 /* Counts of live jobs. */
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running);
 

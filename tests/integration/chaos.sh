@@ -20,7 +20,7 @@ cat >"$AGENTLAB_CONFIG" <<CONF
 [agent]
 log_level = info
 image = micro
-boot_timeout = 2m
+boot_timeout = 20m
 [backend "local"]
 max_vms = 2
 [source "drop"]

@@ -34,6 +34,7 @@ cat >"$AGENTLAB_CONFIG" <<CONF
 [agent]
 log_level = debug
 image = micro
+boot_timeout = 20m
 [backend "local"]
 max_vms = 2
 [source "q"]

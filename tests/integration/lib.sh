@@ -15,7 +15,8 @@ al_test_env() {
     chmod 0711 "$AGENTLAB_RUN_DIR"
     export AGENTLAB_RUN_DIR
     export AGENTLAB_CONFIG="$AGENTLAB_RUN_DIR/agentlab.conf"
-    : > "$AGENTLAB_CONFIG"
+    # VM tests are not timing tests: a loaded machine may boot slowly
+    printf '[agent]\nboot_timeout = 20m\n' >"$AGENTLAB_CONFIG"
     TEST_TMP=$(mktemp -d /tmp/al-it-tmp.XXXXXX)
     trap al_test_cleanup EXIT
 }
