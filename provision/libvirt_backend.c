@@ -136,7 +136,8 @@ static struct lv_vm *find_vm(struct lv_backend *lb, const char *name)
     return NULL;
 }
 
-/* Last lines of the serial console, for errors about guests that died. */
+/* The decisive part of the serial console for errors about guests that
+ * died: the kernel's panic line when there is one, then the last line. */
 static char *console_tail(const struct lv_vm *v)
 {
     if (!v->console_log)
@@ -144,30 +145,35 @@ static char *console_tail(const struct lv_vm *v)
     FILE *f = fopen(v->console_log, "re");
     if (!f)
         return NULL;
-    char buf[CONSOLE_TAIL_BYTES + 1];
+    char buf[8 * CONSOLE_TAIL_BYTES + 1];
     fseek(f, 0, SEEK_END);
     long size = ftell(f);
-    long from = size > CONSOLE_TAIL_BYTES ? size - CONSOLE_TAIL_BYTES : 0;
+    long from = size > (long)sizeof(buf) - 1 ? size - ((long)sizeof(buf) - 1) : 0;
     fseek(f, from, SEEK_SET);
-    size_t n = fread(buf, 1, CONSOLE_TAIL_BYTES, f);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
-    /* keep the last three non-empty lines */
-    int lines = 0;
-    char *start = buf;
-    for (char *p = buf + n; p > buf; p--) {
-        if (p[-1] == '\n' && p < buf + n && *p != '\n' && ++lines == 4) {
-            start = p;
-            break;
-        }
-    }
-    for (char *p = start; *p; p++) {
-        if (*p == '\n' || *p == '\r')
+    for (char *p = buf; *p; p++) {
+        if (*p == '\r' || ((unsigned char)*p < 0x20 && *p != '\n'))
             *p = ' ';
-        else if ((unsigned char)*p < 0x20)
-            *p = '?';
     }
-    return strdup(start);
+    /* the last non-empty line */
+    char *end = buf + n;
+    while (end > buf && (end[-1] == '\n' || end[-1] == ' '))
+        *--end = '\0';
+    char *last = strrchr(buf, '\n');
+    last = last ? last + 1 : buf;
+    char *panic = strstr(buf, "Kernel panic");
+    char *out = NULL;
+    if (panic && panic < last) {
+        char *eol = strchr(panic, '\n');
+        int plen = eol ? (int)(eol - panic) : (int)strlen(panic);
+        if (asprintf(&out, "%.*s ... %.300s", plen > 300 ? 300 : plen, panic, last) < 0)
+            out = NULL;
+    } else if (*last) {
+        out = strndup(last, 400);
+    }
+    return out;
 }
 
 static void finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
@@ -431,12 +437,12 @@ static void on_channel_closed(struct channel *ch, int result, const char *messag
         finish(v, VM_INFRA_ERROR, 0, "protocol violation: %s", message);
     else if (!v->hello)
         finish(v, VM_INFRA_ERROR, 0,
-               "the VM's channel closed before the guest helper started (%s)%s%s", message,
+               "the VM went away before reporting a result: its channel closed before the guest "
+               "helper started%s%s",
                tail ? "; console: " : "", tail ? tail : "");
     else
-        finish(v, VM_INFRA_ERROR, 0, "the guest went away before reporting a result (%s)%s%s",
-               message, tail ? "; console: " : "", tail ? tail : "");
-}
+        finish(v, VM_INFRA_ERROR, 0, "the VM went away before reporting a result (%s)%s%s",
+               message, tail ? "; console: " : "", tail ? tail : "");}
 
 static const struct channel_ops channel_ops = {
         .frame = on_frame,

@@ -1,7 +1,9 @@
 #!/bin/sh
 # `agentlab run` end to end on a real libvirtd + QEMU (TCG here): live output,
 # exit codes, artifacts, the work dir, both injection modes, and the cleanup
-# guarantee. Usage: run_cli.sh AGENTLAB MODE   (MODE: seed | guestfs | limits)
+# guarantee. Usage: run_cli.sh AGENTLAB MODE
+#   seed | guestfs | limits | badinput: the debian-12 image
+#   badguest: a guest that never boots (from the micro image)
 set -eu
 AGENTLAB=$1
 MODE=$2
@@ -70,6 +72,25 @@ limits)
     wait $pid || rc=$?
     cat "$TEST_TMP/err"
     [ "$rc" -eq 130 ] || fail "SIGINT: exit $rc, want 130"
+    assert_no_leftovers "$(job_id_from "$TEST_TMP/err")"
+    ;;
+
+badguest)
+    # A guest that never boots: its kernel cannot find init, panics and
+    # stops. The job ends ERROR (125) with the console's last lines in the
+    # reason, after one retry on a fresh VM, and nothing is left.
+    micro=$AGENTLAB_STATE_DIR/images/micro
+    [ -r "$micro/manifest.json" ] || fail "the micro image is missing"
+    "$AGENTLAB" image import broken --force --kernel "$micro/vmlinuz" --initrd "$micro/initrd.img" \
+        --cmdline "console=ttyS0 panic=-1 rdinit=/no-such-init" >/dev/null
+    rc=0
+    "$AGENTLAB" run --image broken -- true 2>"$TEST_TMP/err" || rc=$?
+    cat "$TEST_TMP/err"
+    "$AGENTLAB" image rm broken >/dev/null
+    [ "$rc" -eq 125 ] || fail "a guest that never boots: exit $rc, want 125"
+    grep -q 'error: the VM .* before reporting a result' "$TEST_TMP/err" || fail "no clear reason"
+    grep -q 'console: Kernel panic' "$TEST_TMP/err" || fail "the console's panic line is missing"
+    grep -q 'retrying on a fresh VM' "$TEST_TMP/err" || fail "the infrastructure error was not retried"
     assert_no_leftovers "$(job_id_from "$TEST_TMP/err")"
     ;;
 
