@@ -548,6 +548,8 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
         c->exit_code = exit_code_for(c);
         if (c->final == JOB_STATE_ERROR)
             fprintf(stderr, "agentlab: error: %s\n", c->reason);
+        else if (c->final == JOB_STATE_TIMED_OUT)
+            fprintf(stderr, "agentlab: timed out: %s\n", c->reason);
         say(c, "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
                "cleanup %.2fs",
             job_state_to_string(c->final), c->exit_code, (double)r->ms_total / 1000.0,

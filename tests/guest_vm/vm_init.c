@@ -2,7 +2,8 @@
  * basics, loads the virtio modules, names the job port like udev would
  * (/dev/virtio-ports/org.agentlab.job) and starts agentlab-guest in warm
  * mode. The helper powers the VM off itself; this is only the fallback.
- * Built static so the initramfs needs no loader for it. */
+ * With agentlab.hostile=MODE on the kernel command line it plays a hostile
+ * guest instead (hostile.c). Built static so the initramfs needs no loader. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +16,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "hostile.h"
 
 static void load(const char *name)
 {
@@ -77,6 +80,21 @@ int main(void)
     mkdir("/dev/virtio-ports", 0755);
     if (symlink(dev, "/dev/virtio-ports/org.agentlab.job") < 0)
         fprintf(stderr, "init: no job port found\n");
+    char cmdline[1024] = "";
+    int cfd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+    if (cfd >= 0) {
+        ssize_t n = read(cfd, cmdline, sizeof(cmdline) - 1);
+        cmdline[n > 0 ? n : 0] = '\0';
+        close(cfd);
+    }
+    char *hostile = strstr(cmdline, "agentlab.hostile=");
+    if (hostile) {
+        char mode[32];
+        if (sscanf(hostile + 17, "%31[a-z]", mode) == 1)
+            hostile_run(mode, "/dev/virtio-ports/org.agentlab.job");
+        sync();
+        reboot(RB_POWER_OFF);
+    }
     pid_t pid = fork();
     if (pid == 0) {
         char *const argv[] = {"agentlab-guest", NULL};
