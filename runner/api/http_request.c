@@ -66,11 +66,27 @@ static int on_url(http_parser *hp, const char *at, size_t len)
     return 0;
 }
 
+/* RFC 7230 tchar: what a header field name may consist of. */
+static bool is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
 /* Moves the header assembled in field/value into the request. */
 static int finish_header(struct http_req_parser *p)
 {
     if (!p->field.len)
         return 0;
+    for (size_t i = 0; i < p->field.len; i++) {
+        if (!is_tchar((unsigned char)p->field.data[i]))
+            return fail(p, 400, "malformed header field name");
+    }
+    for (size_t i = 0; i < p->value.len; i++) {
+        unsigned char c = (unsigned char)p->value.data[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return fail(p, 400, "control character in a header value");
+    }
     if (p->req.n_headers >= p->lim.max_headers) {
         return fail(p, 431, "more than %zu header fields", p->lim.max_headers);
     }
@@ -348,6 +364,11 @@ enum http_req_status http_req_parser_feed(struct http_req_parser *p, const char 
     enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
     if (p->error_status)
         return HTTP_REQ_ERROR;
+    if (p->hp.upgrade) {
+        p->error_status = 400;
+        snprintf(p->error_message, sizeof(p->error_message), "protocol upgrades are not supported");
+        return HTTP_REQ_ERROR;
+    }
     if (e == HPE_PAUSED && p->done) {
         *consumed = n;
         return HTTP_REQ_DONE;
@@ -356,11 +377,6 @@ enum http_req_status http_req_parser_feed(struct http_req_parser *p, const char 
         p->error_status = status_for_errno(e);
         snprintf(p->error_message, sizeof(p->error_message), "malformed request: %s",
                  http_errno_description(e));
-        return HTTP_REQ_ERROR;
-    }
-    if (p->hp.upgrade) {
-        p->error_status = 400;
-        snprintf(p->error_message, sizeof(p->error_message), "protocol upgrades are not supported");
         return HTTP_REQ_ERROR;
     }
     *consumed = n;

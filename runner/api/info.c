@@ -337,13 +337,14 @@ void api_gc(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
     p->ctx = ctx;
     p->req = r;
     api_req_on_abort(r, on_gc_abort, p);
+    /* set first: a sweep with nothing to do may finish inside engine_sweep() */
+    ctx->gc_pending = p;
     if (engine_sweep(ctx->engine, on_swept, p) < 0) {
+        ctx->gc_pending = NULL;
         api_req_on_abort(r, NULL, NULL);
         free(p);
         api_reply_error(r, 409, "busy", "a sweep is already running; try again in a moment");
-        return;
     }
-    ctx->gc_pending = p;
 }
 
 void api_gc_forget(struct api_ctx *ctx)

@@ -195,6 +195,11 @@ static int gen_tree(yajl_gen g, yajl_val v, int depth)
     return -EINVAL;
 }
 
+int json_tree_value(yajl_gen g, yajl_val v)
+{
+    return gen_tree(g, v, 0);
+}
+
 int json_raw_value(yajl_gen g, const char *json)
 {
     char errbuf[128];

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <yajl/yajl_gen.h>
+#include <yajl/yajl_tree.h>
 
 #include "../base/macro.h"
 #include "../store.h"
@@ -43,6 +44,9 @@ int json_open_map(yajl_gen g);
 int json_close_map(yajl_gen g);
 int json_open_array(yajl_gen g);
 int json_close_array(yajl_gen g);
+
+/* Emits a parsed tree as a value (at most 16 levels deep). */
+int json_tree_value(yajl_gen g, yajl_val v);
 
 /* Re-emits a JSON document (our own, e.g. a stored job spec) as a value.
  * Returns -EINVAL when it does not parse. */
