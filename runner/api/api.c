@@ -261,7 +261,7 @@ static int parse_listen(const char *s, char *host, size_t host_size, int *ret_po
         return al_error_set(err, EINVAL, "api_listen \"%s\": bad host", s);
     memcpy(host, h, hlen);
     host[hlen] = '\0';
-    if (al_parse_int(colon + 1, 1, 65535, ret_port) < 0)
+    if (al_parse_int(colon + 1, 0, 65535, ret_port) < 0)
         return al_error_set(err, EINVAL, "api_listen \"%s\": bad port", s);
     return 0;
 }

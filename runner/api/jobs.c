@@ -273,6 +273,17 @@ void api_job_show(struct api_ctx *ctx, struct api_req *r, const struct route_mat
 void api_job_cancel(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
 {
     _cleanup_error_ struct al_error *err = NULL;
+    {
+        /* decided already (its VM may still be going away): nothing to cancel */
+        _cleanup_(store_job_freep) struct store_job *before = NULL;
+        if (api_get_job(ctx, r, m->job_id, &before) < 0)
+            return;
+        if (job_state_is_terminal(before->state)) {
+            api_reply_error(r, 409, "already_finished", "job %s has already ended (%s)",
+                            m->job_id, job_state_to_string(before->state));
+            return;
+        }
+    }
     int rc = engine_cancel(ctx->engine, m->job_id, &err);
     if (rc == -ENOENT) {
         api_reply_error(r, 404, "not_found", "no job %s", m->job_id);
