@@ -393,6 +393,15 @@ bool http_req_parser_headers_done(const struct http_req_parser *p)
     return p->headers_done;
 }
 
+/* Bodies carry secret values (secret_env of a job spec) and headers the
+ * bearer token: wiped before they go back to the allocator. */
+static void wipe_buf(struct al_buf *b)
+{
+    if (b->data)
+        explicit_bzero(b->data, b->cap);
+    al_buf_free(b);
+}
+
 static void request_clear(struct http_request *r)
 {
     free(r->target);
@@ -403,10 +412,11 @@ static void request_clear(struct http_request *r)
     }
     for (size_t i = 0; i < r->n_headers; i++) {
         free(r->headers[i].name);
+        explicit_bzero(r->headers[i].value, strlen(r->headers[i].value));
         free(r->headers[i].value);
     }
     free(r->headers);
-    al_buf_free(&r->body);
+    wipe_buf(&r->body);
     memset(r, 0, sizeof(*r));
 }
 
@@ -415,6 +425,8 @@ void http_req_parser_next(struct http_req_parser *p)
     request_clear(&p->req);
     p->cap_headers = 0;
     p->header_bytes = 0;
+    if (p->value.data)
+        explicit_bzero(p->value.data, p->value.cap);
     al_buf_reset(&p->field);
     al_buf_reset(&p->value);
     p->in_value = false;
@@ -431,7 +443,7 @@ void http_req_parser_free(struct http_req_parser *p)
 {
     request_clear(&p->req);
     al_buf_free(&p->field);
-    al_buf_free(&p->value);
+    wipe_buf(&p->value);
     p->cap_headers = 0;
 }
 

@@ -279,8 +279,8 @@ void api_job_cancel(struct api_ctx *ctx, struct api_req *r, const struct route_m
         if (api_get_job(ctx, r, m->job_id, &before) < 0)
             return;
         if (job_state_is_terminal(before->state)) {
-            api_reply_error(r, 409, "already_finished", "job %s has already ended (%s)",
-                            m->job_id, job_state_to_string(before->state));
+            api_reply_error(r, 409, "already_finished", "job %s has already ended (%s)", m->job_id,
+                            job_state_to_string(before->state));
             return;
         }
     }

@@ -514,12 +514,24 @@ static void conn_feed(struct api_conn *c, const char *data, size_t len)
     }
 }
 
+static void on_read_bytes(struct api_conn *c, ssize_t nread, const uv_buf_t *buf);
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct api_conn *c = stream->data;
     struct api_server *s = c->srv;
-    if (buf->base == s->read_buf)
+    on_read_bytes(c, nread, buf);
+    if (buf->base == s->read_buf) {
+        /* requests carry tokens and secret values: leave nothing behind */
+        if (nread > 0)
+            explicit_bzero(s->read_buf, (size_t)nread);
         s->read_buf_busy = false;
+    }
+}
+
+static void on_read_bytes(struct api_conn *c, ssize_t nread, const uv_buf_t *buf)
+{
+    uv_stream_t *stream = &c->h.stream;
     if (nread == 0)
         return;
     if (nread < 0) {
@@ -573,6 +585,7 @@ static void finish_request(struct api_conn *c)
     c->pending_len = 0;
     if (pending) {
         conn_feed(c, pending, plen);
+        explicit_bzero(pending, plen);
         free(pending);
     }
     if (c->state == CONN_IDLE || c->state == CONN_READING) {
@@ -601,6 +614,8 @@ static void on_conn_handle_closed(uv_handle_t *h)
         s->n_conns--;
     req_data_free(&c->req);
     http_req_parser_free(&c->parser);
+    if (c->pending)
+        explicit_bzero(c->pending, c->pending_len);
     free(c->pending);
     free(c);
     maybe_finish_stop(s);

@@ -171,9 +171,12 @@ static int cmp_u32(const void *a, const void *b)
 static int run(int argc, char **argv)
 {
     static const struct option opts[] = {
-            {"socket", required_argument, NULL, 's'}, {"port", required_argument, NULL, 'p'},
-            {"token-file", required_argument, NULL, 't'}, {"conns", required_argument, NULL, 'c'},
-            {"seconds", required_argument, NULL, 'd'}, {"path", required_argument, NULL, 'P'},
+            {"socket", required_argument, NULL, 's'},
+            {"port", required_argument, NULL, 'p'},
+            {"token-file", required_argument, NULL, 't'},
+            {"conns", required_argument, NULL, 'c'},
+            {"seconds", required_argument, NULL, 'd'},
+            {"path", required_argument, NULL, 'P'},
             {NULL, 0, NULL, 0},
     };
     const char *socket_path = NULL, *token_file = NULL, *path = "/v1/jobs?limit=50";
@@ -222,8 +225,11 @@ static int run(int argc, char **argv)
     uint64_t end = al_now_mono_us() + (uint64_t)seconds * 1000000;
     uint64_t t0 = al_now_mono_us();
     for (int i = 0; i < conns; i++) {
-        w[i] = (struct worker){.socket = socket_path, .port = port, .request = request,
-                               .request_len = (size_t)rl, .end_us = end,
+        w[i] = (struct worker){.socket = socket_path,
+                               .port = port,
+                               .request = request,
+                               .request_len = (size_t)rl,
+                               .end_us = end,
                                .cap_lat = MAX_SAMPLES / (size_t)conns};
         w[i].lat_us = malloc(w[i].cap_lat * sizeof(uint32_t));
         pthread_create(&w[i].th, NULL, work, &w[i]);
