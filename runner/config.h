@@ -59,6 +59,11 @@ struct config_agent {
     char *api_socket_group;
     char *api_listen; /* "" = TCP listener off, else "HOST:PORT" */
     char *api_token_file;
+    int api_max_connections;
+    uint64_t api_max_header_bytes;
+    uint64_t api_max_upload;
+    int64_t api_header_timeout_s;
+    int64_t api_idle_timeout_s;
     int64_t boot_timeout_s;
     int64_t job_timeout_s;
     int64_t heartbeat_timeout_s;

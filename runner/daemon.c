@@ -10,12 +10,14 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "api/api.h"
 #include "base/log.h"
 #include "base/util.h"
 #include "engine.h"
 #include "loop/curl_uv.h"
 #include "loop/virt_uv.h"
 #include "owner.h"
+#include "sd_notify.h"
 #include "sources/httpq.h"
 #include "sources/spool.h"
 #include "store.h"
@@ -30,6 +32,7 @@ struct daemon {
     struct al_curl *curl;
     struct store *store;
     struct engine *engine;
+    struct api *api;
     char *owner_id;
     /* running sources and how to stop each */
     struct {
@@ -39,6 +42,7 @@ struct daemon {
     size_t n_sources;
     int stopping_parts;
     bool stopping;
+    bool failed; /* stopped because of an error, not a signal */
 };
 
 static void on_signal_closed(uv_handle_t *h)
@@ -78,13 +82,26 @@ static void on_source_stopped(void *data)
         stop_loop_handles(d);
 }
 
+static void on_api_stopped(void *data)
+{
+    struct daemon *d = data;
+    d->api = NULL;
+    on_source_stopped(d);
+}
+
 static void daemon_stop(struct daemon *d)
 {
     if (d->stopping)
         return;
     d->stopping = true;
     log_info(NULL, "shutting down");
+    al_sd_notify("STOPPING=1");
     d->stopping_parts = 1;
+    /* the API goes first (with the sources): no new jobs, streams cut */
+    if (d->api) {
+        d->stopping_parts++;
+        api_stop(d->api, on_api_stopped, d);
+    }
     for (size_t i = 0; i < d->n_sources; i++) {
         d->stopping_parts++;
         d->sources[i].stop(d->sources[i].handle, on_source_stopped, d);
@@ -122,7 +139,6 @@ static void stop_httpq(void *h, void (*done)(void *), void *data)
 static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 {
     struct daemon *d = data;
-    (void)r;
     if (d->stopping)
         return;
     /* sources start once the engine knows what it has */
@@ -155,8 +171,17 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
         }
         al_error_free(err);
     }
+    struct al_error *err = NULL;
+    if (d->api && api_start(d->api, r, &err) < 0) {
+        log_error(NULL, "%s", al_error_message(err));
+        al_error_free(err);
+        d->failed = true;
+        daemon_stop(d);
+        return;
+    }
     log_info(NULL, "agentlabd %s ready (state %s, run %s, owner %s)", AL_VERSION,
              d->cfg->agent.state_dir, d->cfg->agent.run_dir, d->owner_id);
+    al_sd_notify("READY=1\nSTATUS=ready");
 }
 
 int daemon_run(const struct config *cfg, struct al_error **err)
@@ -214,9 +239,15 @@ int daemon_run(const struct config *cfg, struct al_error **err)
     r = engine_new(&ep, &d.engine, err);
     if (r < 0)
         goto out;
+    /* bound now, so a bad API setting fails the start; serving starts
+     * once the reconcile is over */
+    struct api_params ap = {.loop = &d.loop, .cfg = cfg, .engine = d.engine};
+    r = api_new(&ap, &d.api, err);
+    if (r < 0)
+        goto out;
     engine_start(d.engine, on_reconciled, &d);
     uv_run(&d.loop, UV_RUN_DEFAULT);
-    r = 0;
+    r = d.failed ? al_error_set(err, EIO, "the control API could not start") : 0;
 
 out:
     daemon_stop(&d);

@@ -110,6 +110,9 @@ struct engine {
     uint64_t last_reopen;
     void (*reconciled)(const struct engine_reconcile_report *r, void *data);
     void *reconciled_data;
+    /* a sweep asked for through engine_sweep() */
+    void (*swept)(const struct engine_reconcile_report *r, void *data);
+    void *swept_data;
     /* stop */
     void (*stopped)(void *data);
     void *stopped_data;
@@ -1125,6 +1128,11 @@ static void sweep_step_done(struct engine *e)
     if (!e->reconciling) {
         if (e->report.vms_destroyed)
             log_info(NULL, "sweep: destroyed %u VMs no job was using", e->report.vms_destroyed);
+        if (e->swept) {
+            void (*cb)(const struct engine_reconcile_report *, void *) = e->swept;
+            e->swept = NULL;
+            cb(&e->report, e->swept_data);
+        }
         maybe_finish_stop(e);
         return;
     }
@@ -1369,6 +1377,19 @@ static void sweep_owned(struct engine *e)
         }
     }
     sweep_step_done(e);
+}
+
+int engine_sweep(struct engine *e,
+                 void (*done)(const struct engine_reconcile_report *r, void *data), void *data)
+{
+    if (!e->started || e->stopping || e->sweep_pending)
+        return -EBUSY;
+    e->report = (struct engine_reconcile_report){0};
+    e->last_sweep = uv_now(e->loop);
+    e->swept = done;
+    e->swept_data = data;
+    sweep_owned(e);
+    return 0;
 }
 
 /* ------------------------------------------------------------ observers */

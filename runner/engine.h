@@ -59,6 +59,14 @@ struct engine_reconcile_report {
 void engine_start(struct engine *e,
                   void (*done)(const struct engine_reconcile_report *r, void *data), void *data);
 
+/* Sweeps now what the periodic sweep would (`agentlab gc` while the daemon
+ * runs): every VM this engine owns that no running attempt uses is
+ * destroyed, with its disks and run dir. done runs once with what it did.
+ * -EBUSY (done will not run) before the start-up reconcile is over, while
+ * another sweep is in flight, or once stopping. */
+int engine_sweep(struct engine *e,
+                 void (*done)(const struct engine_reconcile_report *r, void *data), void *data);
+
 /* Stops: no new admissions; running jobs are cancelled with reason
  * "agentlabd is shutting down" (ERROR, requeued when attempts remain, so a
  * restarted daemon runs them again); every VM is destroyed; the backends are

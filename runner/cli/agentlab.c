@@ -1,8 +1,9 @@
 /* agentlab: the command-line interface.
  *
  * Commands are a table; each has its own --help. Exit codes: 0 success,
- * 1 failure, 2 usage error (for `run`: the workload's status, 124 timeout,
- * 125 agentlab error, 130 cancelled).
+ * 1 failure, 2 usage error, 3 agentlabd not reachable, 4 no such job or
+ * artifact (for `run`: the workload's status, 124 timeout, 125 agentlab
+ * error, 130 cancelled). README "CLI" has the list.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,9 @@ static const struct cli_command commands[] = {
         {"run", "run one command in a throwaway VM", cmd_run},
         {"gc", "destroy leftover VMs and disks; recover after a crash", cmd_gc},
         {"config", "show the effective configuration", cmd_config},
-        {"job", "job specs: validate", cmd_job},
+        {"job", "submit, list, show, follow, cancel jobs; artifacts; validate specs", cmd_job},
+        {"pool", "backends and pools of the running daemon: capacity, health", cmd_pool},
+        {"vm", "VMs the running daemon owns", cmd_vm},
         {"image", "build, list, inspect and remove golden images", cmd_image},
 };
 

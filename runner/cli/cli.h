@@ -13,5 +13,8 @@ int cmd_run(int argc, char **argv);
 int cmd_gc(int argc, char **argv);
 /* agentlab image ... (cmd_image.c) */
 int cmd_image(int argc, char **argv);
+/* agentlab pool status, agentlab vm ls (cmd_pool.c) */
+int cmd_pool(int argc, char **argv);
+int cmd_vm(int argc, char **argv);
 
 #endif

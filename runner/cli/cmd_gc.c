@@ -4,7 +4,7 @@
  * attempts remain), and destroys every VM, overlay, seed and run dir this
  * installation owns that no job is using, plus those of `agentlab run`
  * processes that are gone. It needs the state dir to itself: while agentlabd
- * runs, the daemon does this on its own at start. */
+ * runs, gc asks the daemon to sweep instead (POST /v1/gc). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +18,7 @@
 #include "../loop/virt_uv.h"
 #include "../owner.h"
 #include "../store.h"
+#include "api_client.h"
 #include "cli.h"
 
 struct gc_ctx {
@@ -41,22 +42,52 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
     engine_stop(c->engine, on_stopped, c);
 }
 
+/* While agentlabd runs it owns the state dir: it sweeps on request. */
+static int gc_through_daemon(struct cli_api *a)
+{
+    struct cli_resp r = {0};
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = cli_api_request(a, "POST", "/v1/gc", NULL, NULL, 0, &r, &err);
+    if (rc < 0 || r.status != 200) {
+        int code = cli_api_fail(a, rc, &r, err, "gc");
+        cli_resp_clear(&r);
+        return code;
+    }
+    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
+    cli_resp_clear(&r);
+    long long errors = (long long)cli_json_int(v, JPATH("errors"), 0);
+    printf("gc (agentlabd): %lld VMs destroyed, %lld errors\n",
+           (long long)cli_json_int(v, JPATH("vms_destroyed"), 0), errors);
+    return errors ? 1 : 0;
+}
+
 int cmd_gc(int argc, char **argv)
 {
+    const char *socket = NULL;
     for (int i = 1; i < argc; i++) {
         if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
-            printf("Usage: agentlab gc\n\n"
+            printf("Usage: agentlab gc [--socket PATH]\n\n"
                    "Destroys the VMs, overlays, seeds and run dirs this installation owns that\n"
                    "no job uses (also those of `agentlab run` processes that died), and ends\n"
                    "jobs a crashed agentlabd left running (ERROR, requeued when attempts\n"
-                   "remain). Prints what it removed. While agentlabd runs it does this itself\n"
-                   "at start; gc refuses then.\n");
+                   "remain). Prints what it removed. While agentlabd runs, gc asks it to\n"
+                   "sweep (it reconciles jobs itself at start).\n");
             return 0;
+        }
+        if (streq(argv[i], "--socket") && i + 1 < argc) {
+            socket = argv[++i];
+            continue;
         }
         fprintf(stderr, "agentlab gc: unexpected argument \"%s\"\n", argv[i]);
         return 2;
     }
     _cleanup_error_ struct al_error *err = NULL;
+    {
+        _cleanup_cli_api_ struct cli_api *api = NULL;
+        if (cli_api_open(socket, &api, &err) == 0 && cli_api_daemon_running(api))
+            return gc_through_daemon(api);
+        err = al_error_free(err);
+    }
     _cleanup_config_ struct config *cfg = NULL;
     if (config_load(NULL, &cfg, &err) < 0) {
         fprintf(stderr, "agentlab: %s\n", al_error_message(err));

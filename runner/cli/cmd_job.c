@@ -6,8 +6,24 @@
 
 #include "../base/util.h"
 #include "../job/spec.h"
+#include "job_remote.h"
 
 static void usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab job COMMAND [ARGS...]\n"
+                 "\n"
+                 "  submit FILE|-       submit a job spec to agentlabd; prints the job id\n"
+                 "  ls                  list jobs (filters: --state, --label, --source)\n"
+                 "  show ID             one job: state, exit code, reason, attempts\n"
+                 "  logs [-f] ID        the job's output; -f follows it live\n"
+                 "  cancel ID           cancel a queued or running job\n"
+                 "  artifacts ID        list the job's artifacts, or --out DIR to download\n"
+                 "  validate FILE|-     check a job spec without submitting it\n"
+                 "\n"
+                 "Run 'agentlab job COMMAND --help' for a command's options.\n");
+}
+
+static void validate_usage(FILE *out)
 {
     fprintf(out, "Usage: agentlab job validate [--print] FILE|-\n"
                  "\n"
@@ -19,7 +35,7 @@ static void usage(FILE *out)
 
 /* Reads at most JOB_SPEC_MAX_BYTES + 1 bytes, so that job_spec_parse()
  * reports an oversized document without us buffering all of it. */
-static int read_spec(const char *path, char **ret_data, size_t *ret_len, struct al_error **err)
+int cli_read_spec(const char *path, char **ret_data, size_t *ret_len, struct al_error **err)
 {
     if (!streq(path, "-")) {
         int r = al_read_file(path, JOB_SPEC_MAX_BYTES + 1, ret_data, ret_len, err);
@@ -60,7 +76,7 @@ static int job_validate(int argc, char **argv)
     const char *path = NULL;
     for (int i = 1; i < argc; i++) {
         if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
-            usage(stdout);
+            validate_usage(stdout);
             return 0;
         } else if (streq(argv[i], "--print")) {
             print = true;
@@ -72,7 +88,7 @@ static int job_validate(int argc, char **argv)
         }
     }
     if (!path) {
-        usage(stderr);
+        validate_usage(stderr);
         return 2;
     }
     _cleanup_error_ struct al_error *err = NULL;
@@ -80,7 +96,8 @@ static int job_validate(int argc, char **argv)
     size_t len = 0;
     _cleanup_job_spec_ struct job_spec *spec = NULL;
     _cleanup_free_ char *json = NULL;
-    if (read_spec(path, &data, &len, &err) < 0 || job_spec_parse(data, len, 0, &spec, &err) < 0 ||
+    if (cli_read_spec(path, &data, &len, &err) < 0 ||
+        job_spec_parse(data, len, 0, &spec, &err) < 0 ||
         (print && job_spec_to_json(spec, &json, NULL, &err) < 0)) {
         printf("%s\n", al_error_message(err));
         return 1;
@@ -101,8 +118,18 @@ int cmd_job(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (streq(argv[1], "validate"))
-        return job_validate(argc - 1, argv + 1);
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } subs[] = {
+            {"validate", job_validate}, {"submit", job_submit},       {"ls", job_ls},
+            {"list", job_ls},           {"show", job_show},           {"logs", job_logs},
+            {"cancel", job_cancel},     {"artifacts", job_artifacts},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
+        if (streq(argv[1], subs[i].name))
+            return subs[i].run(argc - 1, argv + 1);
+    }
     fprintf(stderr, "agentlab job: unknown subcommand \"%s\"\n", argv[1]);
     usage(stderr);
     return 2;

@@ -25,28 +25,8 @@
 #include "../store.h"
 #include "cli.h"
 #include "provision/workdir.h"
-
-#define MAX_ITEMS 256
-
-struct run_opts {
-    const char *image;
-    const char *backend;
-    int cpus;
-    uint64_t memory;
-    int64_t timeout_s;
-    struct env_pair env[MAX_ITEMS];
-    size_t n_env;
-    struct env_pair secrets[MAX_ITEMS];
-    size_t n_secrets;
-    const char *artifacts[MAX_ITEMS + 1];
-    size_t n_artifacts;
-    const char *artifacts_dir;
-    const char *workdir;
-    int inject;
-    bool json;
-    bool quiet;
-    char **argv;
-};
+#include "run_opts.h"
+#include "run_remote.h"
 
 struct run_ctx {
     uv_loop_t loop;
@@ -91,11 +71,18 @@ static void usage(FILE *out)
                  "  --workdir DIR         copy DIR into the VM as the job's work directory\n"
                  "  --inject seed|guestfs how cloud-init data reaches the VM (default: the\n"
                  "                        backend's inject setting)\n"
-                 "  --backend NAME        backend to use (default: the default pool's first)\n"
+                 "  --backend NAME        backend to use (default: the default pool's first);\n"
+                 "                        runs in-process\n"
+                 "  --pool NAME           pool to run in (default: the configured pool)\n"
+                 "  --local               run in this process even when agentlabd runs\n"
+                 "  --socket PATH         agentlabd's socket (default: api_socket)\n"
                  "  --json                print the result as JSON on stdout; the job's output\n"
                  "                        then goes to stderr\n"
                  "  -q, --quiet           no phase lines on stderr\n"
                  "  -h, --help            show this help\n"
+                 "\n"
+                 "When agentlabd runs (its socket answers), the job is submitted to it and\n"
+                 "followed; otherwise it runs in this process with the same engine.\n"
                  "\n"
                  "Exit status: the workload's own; 124 when it timed out; 130 when cancelled;\n"
                  "125 when agentlab or the VM failed (with a one-line reason on stderr).\n");
@@ -136,6 +123,9 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         OPT_INJECT,
         OPT_BACKEND,
         OPT_JSON,
+        OPT_POOL,
+        OPT_LOCAL,
+        OPT_SOCKET,
     };
     static const struct option opts[] = {
             {"image", required_argument, NULL, OPT_IMAGE},
@@ -149,6 +139,9 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             {"workdir", required_argument, NULL, OPT_WORKDIR},
             {"inject", required_argument, NULL, OPT_INJECT},
             {"backend", required_argument, NULL, OPT_BACKEND},
+            {"pool", required_argument, NULL, OPT_POOL},
+            {"local", no_argument, NULL, OPT_LOCAL},
+            {"socket", required_argument, NULL, OPT_SOCKET},
             {"json", no_argument, NULL, OPT_JSON},
             {"quiet", no_argument, NULL, 'q'},
             {"help", no_argument, NULL, 'h'},
@@ -237,6 +230,15 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         case OPT_JSON:
             o->json = true;
             break;
+        case OPT_POOL:
+            o->pool = optarg;
+            break;
+        case OPT_LOCAL:
+            o->local = true;
+            break;
+        case OPT_SOCKET:
+            o->socket = optarg;
+            break;
         case 'q':
             o->quiet = true;
             break;
@@ -314,8 +316,7 @@ static void on_event(const struct store_event *ev, void *data)
     }
 }
 
-static void on_output(const char *job_id, enum vm_stream s, const char *buf, size_t len,
-                      void *data)
+static void on_output(const char *job_id, enum vm_stream s, const char *buf, size_t len, void *data)
 {
     struct run_ctx *c = data;
     if (streq(job_id, c->job_id))
@@ -436,7 +437,7 @@ static struct job_spec *spec_from_opts(const struct run_opts *o)
     s->resources.cpus = o->cpus;
     s->resources.memory_mb = (int)(o->memory >> 20);
     s->source.type = JOB_SOURCE_CLI;
-    if ((o->image && !(s->image = strdup(o->image))) ||
+    if ((o->pool && !(s->pool = strdup(o->pool))) || (o->image && !(s->image = strdup(o->image))) ||
         !(s->command = strv_dup(o->argv, &s->n_command)))
         return job_spec_free(s);
     if (o->n_env && !(s->env = env_dup(o->env, o->n_env)))
@@ -557,9 +558,9 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
             (double)r->ms_boot / 1000.0, (double)r->ms_run / 1000.0,
             (double)r->ms_cleanup / 1000.0);
         if (r->have_artifacts)
-            say(c, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes in %s%s%s",
-                r->artifacts.files, r->artifacts.bytes, sub.artifacts_dir,
-                r->artifacts.note[0] ? "; " : "", r->artifacts.note);
+            say(c, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes in %s%s%s", r->artifacts.files,
+                r->artifacts.bytes, sub.artifacts_dir, r->artifacts.note[0] ? "; " : "",
+                r->artifacts.note);
         else if (o->n_artifacts && r->artifacts.note[0])
             say(c, "artifacts: %s", r->artifacts.note);
         if (r->log_truncated)
@@ -596,6 +597,25 @@ int cmd_run(int argc, char **argv)
 
     struct run_ctx c = {.o = &o, .t0 = al_now_mono_ms(), .final = JOB_STATE_NONE};
     _cleanup_error_ struct al_error *err = NULL;
+    /* a running daemon takes the job, unless told otherwise */
+    if (!o.local && !o.backend) {
+        struct cli_api *api = NULL;
+        if (cli_api_open(o.socket, &api, &err) == 0 && cli_api_daemon_running(api)) {
+            int rc = run_remote(&o, api);
+            cli_api_close(api);
+            for (size_t i = 0; i < o.n_env; i++)
+                free((char *)o.env[i].name);
+            for (size_t i = 0; i < o.n_secrets; i++)
+                free((char *)o.secrets[i].name);
+            return rc;
+        }
+        cli_api_close(api);
+        err = al_error_free(err);
+        if (o.socket) {
+            fprintf(stderr, "agentlab: nothing answers on %s\n", o.socket);
+            return 125;
+        }
+    }
     if (config_load(NULL, &c.cfg, &err) < 0) {
         fprintf(stderr, "agentlab: %s\n", al_error_message(err));
         return 125;

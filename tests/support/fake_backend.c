@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/util.h"
+#include "images/catalog.h"
 #include "loop/work.h"
 
 struct fake_vm {
@@ -12,6 +13,8 @@ struct fake_vm {
     uv_timer_t timer;
     int step;
     const char *mode;
+    int lines;   /* stream:N */
+    unsigned ms; /* between stream lines */
     bool destroyed;
     backend_done_cb done;
     void *done_data;
@@ -31,13 +34,21 @@ size_t n_planted;
 int destroyed_owned;
 unsigned fake_backend_delay_ms = 5;
 
-static const char *mode_of(const struct vm_request *req)
+static int launched;
+
+static const char *env_of(const struct vm_request *req, const char *name)
 {
     for (size_t i = 0; i < req->n_env; i++) {
-        if (streq(req->env[i].name, "FAKE"))
+        if (streq(req->env[i].name, name))
             return req->env[i].value;
     }
-    return "ok";
+    return NULL;
+}
+
+static const char *mode_of(const struct vm_request *req)
+{
+    const char *m = env_of(req, "FAKE");
+    return m ? m : "ok";
 }
 
 static void fake_step(uv_timer_t *t)
@@ -59,11 +70,22 @@ static void fake_step(uv_timer_t *t)
     case 1:
         ev->phase(&v->base, VM_PHASE_CONNECTED, v->base.ev_data);
         ev->phase(&v->base, VM_PHASE_RUNNING, v->base.ev_data);
+        if (strncmp(v->mode, "stream:", 7) == 0) {
+            uv_timer_start(&v->timer, fake_step, v->ms, 0);
+            return;
+        }
         ev->output(&v->base, VM_STDOUT, (const uint8_t *)"hello\n", 6, v->base.ev_data);
         if (streq(v->mode, "hang"))
             return; /* until cancelled */
         break;
     default:
+        if (strncmp(v->mode, "stream:", 7) == 0 && v->step - 3 < v->lines) {
+            char line[32];
+            int n = snprintf(line, sizeof(line), "line %d\n", v->step - 2);
+            ev->output(&v->base, VM_STDOUT, (const uint8_t *)line, (size_t)n, v->base.ev_data);
+            uv_timer_start(&v->timer, fake_step, v->ms, 0);
+            return;
+        }
         if (strncmp(v->mode, "fail:", 5) == 0) {
             r.outcome = VM_EXITED;
             r.exit_code = atoi(v->mode + 5);
@@ -123,6 +145,13 @@ static int fake_launch(struct backend *b, const struct vm_request *req, const st
     fake_vm_name(b, req->job_id, req->attempt, name, sizeof(name));
     v->base = (struct vm){.backend = b, .name = strdup(name), .ev = ev, .ev_data = ev_data};
     v->mode = mode_of(req);
+    v->ms = 20;
+    int x = 0;
+    const char *ms = env_of(req, "FAKE_MS");
+    if (ms && al_parse_int(ms, 1, 60000, &x) == 0)
+        v->ms = (unsigned)x;
+    if (strncmp(v->mode, "stream:", 7) == 0 && al_parse_int(v->mode + 7, 0, 100000, &x) == 0)
+        v->lines = x;
     v->fb = fb;
     uv_timer_init(b->env.loop, &v->timer);
     v->timer.data = v;
@@ -130,6 +159,7 @@ static int fake_launch(struct backend *b, const struct vm_request *req, const st
     v->next = fb->vms;
     fb->vms = v;
     fb->launched++;
+    launched++;
     *ret = &v->base;
     return 0;
 }
@@ -217,3 +247,39 @@ const struct backend_ops fake_backend_ops = {
         .destroy_owned = fake_destroy_owned,
 };
 
+
+void fake_backend_register(void)
+{
+    backend_register(BACKEND_LIBVIRT, &fake_backend_ops);
+    launched = 0;
+}
+
+int fake_backend_launched(void)
+{
+    return launched;
+}
+
+void fake_backend_write_image(const char *state_dir, const char *name)
+{
+    struct al_error *err = NULL;
+    char *dir = NULL;
+    if (asprintf(&dir, "%s/images/%s", state_dir, name) < 0 || al_mkdir_p(dir, 0755, &err) < 0)
+        abort();
+    struct image_info info = {.name = (char *)name, .dir = dir, .format = "qcow2",
+                              .cmdline = "console=ttyS0", .recipe = "fake", .recipe_hash = "0",
+                              .sha256 = "0"};
+    info.disk = al_path_join(dir, IMAGE_DISK_FILE);
+    info.kernel = al_path_join(dir, IMAGE_KERNEL_FILE);
+    info.initrd = al_path_join(dir, IMAGE_INITRD_FILE);
+    const char *files[] = {info.disk, info.kernel, info.initrd};
+    for (size_t i = 0; i < 3; i++) {
+        if (al_write_file_atomic(files[i], "x", 1, 0644, &err) < 0)
+            abort();
+    }
+    if (image_manifest_write(dir, &info, &err) < 0)
+        abort();
+    free(info.disk);
+    free(info.kernel);
+    free(info.initrd);
+    free(dir);
+}

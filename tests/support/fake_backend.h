@@ -1,14 +1,33 @@
 /* A simulated hypervisor behind the backend ops table, for tests and
- * benchmarks of the engine: VMs "boot" in a few milliseconds and end the way
- * their job's environment variable FAKE says:
- *   ok (default) | fail:<code> | error | hang | timeout
- * Register it with backend_register(BACKEND_LIBVIRT, &fake_backend_ops). */
+ * benchmarks that run the real engine: registered over the libvirt backend
+ * type, its VMs "boot" in milliseconds and play the workload the job's
+ * environment asks for:
+ *
+ *   FAKE=ok (default)  one line of output ("hello"), exit 0
+ *   FAKE=fail:N        exit N
+ *   FAKE=hang          output, then nothing until cancelled
+ *   FAKE=timeout       the in-guest timeout fires
+ *   FAKE=stream:N      N lines "line K" every FAKE_MS (default 20) ms, exit 0
+ *   FAKE=error         the VM fails before booting (infrastructure error)
+ */
 #ifndef AL_TEST_FAKE_BACKEND_H
 #define AL_TEST_FAKE_BACKEND_H
+
+#include <stddef.h>
 
 #include "provision/backend.h"
 
 extern const struct backend_ops fake_backend_ops;
+
+/* Registers the fake as the libvirt backend type and resets the counters. */
+void fake_backend_register(void);
+
+/* VMs launched since registration. */
+int fake_backend_launched(void);
+
+/* Writes a minimal image manifest for name under state_dir, so the engine
+ * accepts jobs for it. */
+void fake_backend_write_image(const char *state_dir, const char *name);
 
 /* VMs list_owned reports (for reconcile tests) and destroy_owned's count. */
 extern struct owned_vm planted[4];

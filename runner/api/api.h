@@ -1,0 +1,57 @@
+/* The control API of agentlabd: HTTP/1.1 + JSON on a unix socket
+ * (api_socket, mode 0660, group api_socket_group) and, when api_listen is
+ * set, on a TCP address that requires "Authorization: Bearer <token>" with
+ * the token from api_token_file (compared in constant time). Endpoints,
+ * error format and limits are documented in README.md ("Control API").
+ *
+ * Lifecycle: api_new() binds the listeners and starts observing the engine
+ * (create it before engine_start() so the metrics see the reconcile);
+ * api_start() accepts connections (after the reconcile); api_stop() closes
+ * everything before the engine stops. Loop thread only.
+ */
+#ifndef AL_API_H
+#define AL_API_H
+
+#include <uv.h>
+
+#include "../config.h"
+#include "../engine.h"
+#include "server.h"
+
+struct api;
+
+struct api_params {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    struct engine *engine;
+    /* Tests: listen here instead of cfg's api_socket / api_listen. The
+     * token is then given directly. NULL = from the configuration. */
+    const char *unix_path;
+    const char *tcp_host;
+    int tcp_port;
+    const char *token;
+    /* Tests: limits instead of the configured ones (0 fields = default). */
+    const struct api_server_limits *limits;
+};
+
+/* Binds the listeners, reads the token, starts observing the engine.
+ * Errors say which setting is wrong (a world-readable token file, a
+ * missing group, an address that is not an IP literal, a live daemon on
+ * the socket). */
+int api_new(const struct api_params *p, struct api **ret, struct al_error **err);
+
+/* Starts accepting connections; r is the start-up reconcile's report
+ * (may be NULL). */
+int api_start(struct api *a, const struct engine_reconcile_report *r, struct al_error **err);
+
+/* The bound TCP port (0 when there is no TCP listener). */
+int api_tcp_port(const struct api *a);
+
+/* The server, for its counters (tests). */
+struct api_server *api_get_server(struct api *a);
+
+/* Closes listeners and connections (streams in progress are cut), stops
+ * observing the engine, frees everything, then calls done. */
+void api_stop(struct api *a, void (*done)(void *data), void *data);
+
+#endif

@@ -1,0 +1,356 @@
+#include "info.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/log.h"
+#include "../base/util.h"
+#include "images/catalog.h"
+#include "json.h"
+#include "metrics.h"
+#include "status_page.h"
+
+#define MAX_BACKENDS  64
+#define STATUS_RECENT 20
+#define STATUS_ACTIVE 200
+
+static int gen_backends(yajl_gen g, struct engine *e)
+{
+    struct engine_backend_status bs[MAX_BACKENDS];
+    size_t n = engine_backends(e, bs, MAX_BACKENDS);
+    if (n > MAX_BACKENDS)
+        n = MAX_BACKENDS;
+    int r = json_open_array(g);
+    for (size_t i = 0; i < n; i++) {
+        const struct backend_capacity *c = &bs[i].cap;
+        r |= json_open_map(g);
+        r |= json_kv_str(g, "name", bs[i].name);
+        r |= json_kv_str(g, "type", bs[i].type);
+        r |= json_kv_bool(g, "healthy", c->healthy);
+        r |= json_kv_str(g, "reason", c->healthy || !c->reason[0] ? NULL : c->reason);
+        r |= json_kv_int(g, "max_vms", c->max_vms);
+        r |= json_kv_int(g, "used_vms", c->used_vms);
+        r |= json_kv_int(g, "vcpus", c->vcpus);
+        r |= json_kv_int(g, "used_vcpus", c->used_vcpus);
+        r |= json_kv_uint(g, "memory", c->memory);
+        r |= json_kv_uint(g, "used_memory", c->used_memory);
+        r |= json_kv_uint(g, "jobs_started", bs[i].jobs_started);
+        r |= json_kv_str(g, "last_fallback", bs[i].last_fallback[0] ? bs[i].last_fallback : NULL);
+        r |= json_close_map(g);
+    }
+    return r | json_close_array(g);
+}
+
+static void reply_gen(struct api_req *r, int status, yajl_gen g, int rc)
+{
+    if (rc || !g)
+        api_reply_error(r, 500, "internal", "generating the response failed");
+    else
+        json_reply(r, status, g);
+}
+
+void api_healthz(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    unsigned queued = 0, running = 0;
+    engine_counts(ctx->engine, &queued, &running);
+    struct engine_backend_status bs[MAX_BACKENDS];
+    size_t n = engine_backends(ctx->engine, bs, MAX_BACKENDS);
+    unsigned healthy = 0;
+    for (size_t i = 0; i < n && i < MAX_BACKENDS; i++)
+        healthy += bs[i].cap.healthy;
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_kv_str(g, "status", ctx->stopping ? "stopping" : "ok");
+        rc |= json_kv_str(g, "version", AL_VERSION);
+        rc |= json_kv_int(g, "uptime_s", (al_now_wall_ms() - ctx->started_ms) / 1000);
+        rc |= json_kv_int(g, "queued", queued);
+        rc |= json_kv_int(g, "running", running);
+        rc |= json_kv_int(g, "backends", (int64_t)n);
+        rc |= json_kv_int(g, "backends_healthy", healthy);
+        rc |= json_close_map(g);
+    }
+    reply_gen(r, ctx->stopping ? 503 : 200, g, rc);
+}
+
+void api_metrics(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    _cleanup_buf_ struct al_buf out = AL_BUF_INIT;
+    if (api_metrics_render(ctx->metrics, ctx->engine, ctx->server, &out) < 0) {
+        api_reply_error(r, 500, "internal", "rendering metrics failed");
+        return;
+    }
+    api_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, out.data, out.len);
+}
+
+void api_pools(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    const struct config *cfg = ctx->cfg;
+    unsigned queued = 0, running = 0;
+    engine_counts(ctx->engine, &queued, &running);
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_key(g, "backends");
+        rc |= gen_backends(g, ctx->engine);
+        rc |= json_key(g, "pools");
+        rc |= json_open_array(g);
+        for (size_t i = 0; i < cfg->n_pools; i++) {
+            const struct config_pool *p = &cfg->pools[i];
+            rc |= json_open_map(g);
+            rc |= json_kv_str(g, "name", p->name);
+            rc |= json_kv_bool(g, "default", streq(p->name, cfg->agent.pool));
+            rc |= json_key(g, "backends");
+            rc |= json_open_array(g);
+            if (p->backends && p->backends[0]) {
+                for (char **b = p->backends; *b; b++)
+                    rc |= json_str(g, *b);
+            } else {
+                for (size_t k = 0; k < cfg->n_backends; k++)
+                    rc |= json_str(g, cfg->backends[k].name);
+            }
+            rc |= json_close_array(g);
+            rc |= json_key(g, "labels");
+            rc |= json_open_array(g);
+            for (char **l = p->labels; l && *l; l++)
+                rc |= json_str(g, *l);
+            rc |= json_close_array(g);
+            rc |= json_close_map(g);
+        }
+        rc |= json_close_array(g);
+        rc |= json_kv_int(g, "queued", queued);
+        rc |= json_kv_int(g, "running", running);
+        rc |= json_close_map(g);
+    }
+    reply_gen(r, 200, g, rc);
+}
+
+void api_images(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    struct image_info **v = NULL;
+    size_t n = 0;
+    _cleanup_error_ struct al_error *err = NULL;
+    _cleanup_free_ char *json = NULL;
+    if (image_list(ctx->cfg->agent.state_dir, &v, &n, &err) < 0 ||
+        image_info_to_json(v, n, true, &json, &err) < 0) {
+        image_info_list_free(v, n);
+        api_reply_error(r, 500, "internal", "listing images: %s", al_error_message(err));
+        return;
+    }
+    image_info_list_free(v, n);
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_key(g, "images");
+        rc |= json_raw_value(g, json);
+        rc |= json_close_map(g);
+    }
+    reply_gen(r, 200, g, rc);
+}
+
+void api_vms(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    struct store_vm *vms = NULL;
+    size_t n = 0;
+    _cleanup_error_ struct al_error *err = NULL;
+    if (store_vm_list(ctx->store, NULL, &vms, &n, &err) < 0) {
+        api_reply_error(r, 500, "internal", "listing VMs: %s", al_error_message(err));
+        return;
+    }
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_key(g, "vms");
+        rc |= json_open_array(g);
+        for (size_t i = 0; i < n; i++) {
+            struct store_job *job = NULL;
+            struct al_error *jerr = NULL;
+            if (store_job_get(ctx->store, vms[i].job_id, &job, &jerr) < 0)
+                jerr = al_error_free(jerr);
+            rc |= json_open_map(g);
+            rc |= json_kv_str(g, "backend", vms[i].backend);
+            rc |= json_kv_str(g, "name", vms[i].vm_name);
+            rc |= json_kv_str(g, "job", vms[i].job_id);
+            rc |= json_kv_int(g, "attempt", vms[i].attempt);
+            rc |= json_kv_str(g, "job_state", job ? job_state_to_string(job->state) : NULL);
+            rc |= json_kv_time(g, "created", vms[i].created_ms);
+            rc |= json_close_map(g);
+            store_job_free(job);
+        }
+        rc |= json_close_array(g);
+        rc |= json_close_map(g);
+    }
+    store_vms_free(vms, n);
+    reply_gen(r, 200, g, rc);
+}
+
+/* The active jobs of one state, with when their current attempt started. */
+static int gen_active(struct api_ctx *ctx, yajl_gen g, enum job_state state, size_t *budget)
+{
+    struct store_job_filter f = {.state = state,
+                                 .source = JOB_SOURCE_NONE,
+                                 .limit = (unsigned)*budget,
+                                 .oldest_first = true};
+    struct store_job_page page = {0};
+    struct al_error *err = NULL;
+    if (!*budget)
+        return 0;
+    if (store_job_list(ctx->store, &f, &page, &err) < 0) {
+        al_error_free(err);
+        return -EIO;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < page.n; i++) {
+        struct store_attempt *att = NULL;
+        size_t n_att = 0;
+        if (store_attempts_list(ctx->store, page.jobs[i]->id, &att, &n_att, &err) < 0)
+            err = al_error_free(err);
+        rc |= json_open_map(g);
+        rc |= json_key(g, "job");
+        rc |= json_job(g, page.jobs[i], false);
+        rc |= json_kv_str(g, "backend", n_att ? att[n_att - 1].backend : NULL);
+        rc |= json_kv_str(g, "vm", n_att ? att[n_att - 1].vm_name : NULL);
+        rc |= json_kv_time(g, "attempt_started", n_att ? att[n_att - 1].started_ms : 0);
+        rc |= json_close_map(g);
+        store_attempts_free(att, n_att);
+    }
+    *budget -= page.n;
+    store_job_page_clear(&page);
+    return rc;
+}
+
+void api_status(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    unsigned queued = 0, running = 0;
+    engine_counts(ctx->engine, &queued, &running);
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (!g) {
+        reply_gen(r, 500, g, rc);
+        return;
+    }
+    rc |= json_open_map(g);
+    rc |= json_kv_str(g, "version", AL_VERSION);
+    rc |= json_kv_time(g, "now", al_now_wall_ms());
+    rc |= json_kv_int(g, "queued", queued);
+    rc |= json_kv_int(g, "running", running);
+    rc |= json_key(g, "backends");
+    rc |= gen_backends(g, ctx->engine);
+    rc |= json_key(g, "active");
+    rc |= json_open_array(g);
+    size_t budget = STATUS_ACTIVE;
+    static const enum job_state active[] = {JOB_STATE_RUNNING, JOB_STATE_BOOTING,
+                                            JOB_STATE_PROVISIONING};
+    for (size_t i = 0; i < ARRAY_SIZE(active); i++)
+        rc |= gen_active(ctx, g, active[i], &budget);
+    rc |= json_close_array(g);
+    rc |= json_key(g, "recent");
+    rc |= json_open_array(g);
+    struct store_job_filter f = {
+            .state = JOB_STATE_NONE, .source = JOB_SOURCE_NONE, .limit = STATUS_RECENT};
+    struct store_job_page page = {0};
+    struct al_error *err = NULL;
+    if (store_job_list(ctx->store, &f, &page, &err) == 0) {
+        for (size_t i = 0; i < page.n; i++)
+            rc |= json_job(g, page.jobs[i], false);
+        store_job_page_clear(&page);
+    } else {
+        al_error_free(err);
+        rc |= -EIO;
+    }
+    rc |= json_close_array(g);
+    rc |= json_close_map(g);
+    reply_gen(r, 200, g, rc);
+}
+
+void api_status_page(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)ctx;
+    (void)m;
+    size_t len = 0;
+    const char *html = status_page_html(&len);
+    api_reply(r, 200, "text/html; charset=utf-8",
+              "Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; "
+              "style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'\r\n"
+              "Referrer-Policy: no-referrer\r\n",
+              html, len);
+}
+
+/* ------------------------------------------------------------ gc */
+
+struct pending_gc {
+    struct api_ctx *ctx;
+    struct api_req *req;
+};
+
+static void on_gc_abort(struct api_req *r, void *data)
+{
+    (void)r;
+    struct pending_gc *p = data;
+    p->req = NULL;
+}
+
+static void on_swept(const struct engine_reconcile_report *rep, void *data)
+{
+    struct pending_gc *p = data;
+    log_info(NULL, "gc through the API: %u VMs destroyed, %u errors", rep->vms_destroyed,
+             rep->errors);
+    if (p->ctx) {
+        p->ctx->gc_pending = NULL;
+        api_metrics_add_reconcile(p->ctx->metrics, rep);
+    }
+    if (p->req) {
+        api_req_on_abort(p->req, NULL, NULL);
+        _cleanup_json_gen_ yajl_gen g = json_gen_new();
+        int rc = g ? 0 : -ENOMEM;
+        if (g) {
+            rc |= json_open_map(g);
+            rc |= json_kv_int(g, "vms_destroyed", rep->vms_destroyed);
+            rc |= json_kv_int(g, "dirs_removed", rep->dirs_removed);
+            rc |= json_kv_int(g, "errors", rep->errors);
+            rc |= json_close_map(g);
+        }
+        reply_gen(p->req, 200, g, rc);
+    }
+    free(p);
+}
+
+void api_gc(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    struct pending_gc *p = calloc(1, sizeof(*p));
+    if (!p) {
+        api_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    p->ctx = ctx;
+    p->req = r;
+    api_req_on_abort(r, on_gc_abort, p);
+    /* set first: a sweep with nothing to do may finish inside engine_sweep() */
+    ctx->gc_pending = p;
+    if (engine_sweep(ctx->engine, on_swept, p) < 0) {
+        ctx->gc_pending = NULL;
+        api_req_on_abort(r, NULL, NULL);
+        free(p);
+        api_reply_error(r, 409, "busy", "a sweep is already running; try again in a moment");
+    }
+}
+
+void api_gc_forget(struct api_ctx *ctx)
+{
+    if (ctx->gc_pending) {
+        ctx->gc_pending->ctx = NULL;
+        ctx->gc_pending = NULL;
+    }
+}

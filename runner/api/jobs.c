@@ -1,0 +1,600 @@
+#include "jobs.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../base/log.h"
+#include "../base/util.h"
+#include "json.h"
+#include "streams.h"
+
+#define MAX_ARTIFACT_ENTRIES 10000
+#define MAX_PENDING_UPLOADS  16
+#define MAX_LABEL_QUERY      128
+
+/* ------------------------------------------------------------ submit */
+
+struct pending_submit {
+    struct api_ctx *ctx;
+    struct api_req *req; /* NULL once the client went away */
+    char id[STORE_JOB_ID_SIZE];
+};
+
+static void on_submit_abort(struct api_req *r, void *data)
+{
+    (void)r;
+    struct pending_submit *p = data;
+    p->req = NULL;
+}
+
+static void on_submit_synced(int result, void *data)
+{
+    struct pending_submit *p = data;
+    struct api_req *r = p->req;
+    if (!r) {
+        free(p);
+        return;
+    }
+    api_req_on_abort(r, NULL, NULL);
+    if (result < 0)
+        log_warn(p->id, "API: syncing the store before answering failed; the job is committed");
+    struct store_job *job = NULL;
+    struct al_error *err = NULL;
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    if (!g || store_job_get(p->ctx->store, p->id, &job, &err) < 0 || json_job(g, job, false) < 0) {
+        /* accepted all the same: say so with what we know */
+        char body[128];
+        int n = snprintf(body, sizeof(body), "{\"id\":\"%s\",\"state\":\"QUEUED\"}\n", p->id);
+        api_reply(r, 201, "application/json", NULL, body, (size_t)n);
+    } else {
+        char loc[96];
+        snprintf(loc, sizeof(loc), "Location: /v1/jobs/%s\r\n", p->id);
+        const unsigned char *buf;
+        size_t len;
+        yajl_gen_get_buf(g, &buf, &len);
+        _cleanup_buf_ struct al_buf b = AL_BUF_INIT;
+        if (al_buf_append(&b, buf, len) == 0 && al_buf_puts(&b, "\n") == 0)
+            api_reply(r, 201, "application/json", loc, b.data, b.len);
+        else
+            api_reply_error(r, 500, "internal", "out of memory");
+    }
+    store_job_free(job);
+    al_error_free(err);
+    free(p);
+}
+
+static bool upload_id_is_valid(const char *s)
+{
+    if (strlen(s) != API_UPLOAD_ID_LEN || s[0] != 'u')
+        return false;
+    for (const char *p = s + 1; *p; p++) {
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    const struct http_request *hr = api_req_http(r);
+    const char *ctype = http_request_header(hr, "content-type");
+    if (ctype && strncasecmp(ctype, "application/json", 16) != 0) {
+        api_reply_error(r, 415, "unsupported_media_type", "a job spec is sent as application/json");
+        return;
+    }
+    if (ctx->stopping) {
+        api_reply_error(r, 503, "unavailable", "agentlabd is shutting down");
+        return;
+    }
+    _cleanup_free_ char *workdir = NULL;
+    const char *upload = http_request_query(hr, "workdir");
+    if (upload) {
+        if (!upload_id_is_valid(upload)) {
+            api_reply_error(r, 400, "bad_request",
+                            "workdir: expected an upload id from PUT /v1/uploads");
+            return;
+        }
+        char name[64];
+        snprintf(name, sizeof(name), "%s.tar", upload);
+        workdir = al_path_join(ctx->uploads_dir, name);
+        if (!workdir) {
+            api_reply_error(r, 500, "internal", "out of memory");
+            return;
+        }
+        if (access(workdir, R_OK) < 0) {
+            api_reply_error(r, 404, "not_found", "no upload %s (uploads expire after an hour)",
+                            upload);
+            return;
+        }
+    }
+    struct job_spec *spec = NULL;
+    _cleanup_error_ struct al_error *err = NULL;
+    const char *body = hr->body.data ? hr->body.data : "";
+    int rc = job_spec_parse(body, hr->body.len, 0, &spec, &err);
+    if (rc < 0) {
+        if (rc == -E2BIG)
+            api_reply_error(r, 413, "payload_too_large", "%s", al_error_message(err));
+        else if (rc == -ENOMEM)
+            api_reply_error(r, 500, "internal", "out of memory");
+        else
+            api_reply_error(r, 400, "invalid_job", "%s", al_error_message(err));
+        return;
+    }
+    if (spec->source.type == JOB_SOURCE_NONE) {
+        spec->source.type = JOB_SOURCE_API;
+    } else if (spec->source.type != JOB_SOURCE_API && spec->source.type != JOB_SOURCE_CLI) {
+        api_reply_error(r, 400, "invalid_job",
+                        "source.type: only \"api\" or \"cli\" jobs may be submitted here, got "
+                        "\"%s\"",
+                        job_source_type_to_string(spec->source.type));
+        job_spec_free(spec);
+        return;
+    }
+    struct pending_submit *p = calloc(1, sizeof(*p));
+    if (!p) {
+        job_spec_free(spec);
+        api_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    struct engine_submit opts = {.workdir_tar = workdir};
+    rc = engine_submit(ctx->engine, spec, &opts, p->id, &err);
+    if (rc < 0) {
+        free(p);
+        if (rc == -ESHUTDOWN)
+            api_reply_error(r, 503, "unavailable", "%s", al_error_message(err));
+        else if (rc == -EINVAL)
+            api_reply_error(r, 400, "invalid_job", "%s", al_error_message(err));
+        else if (rc == -ENOENT)
+            api_reply_error(r, 400, "invalid_job", "%s", al_error_message(err));
+        else
+            api_reply_error(r, 500, "internal", "%s", al_error_message(err));
+        return;
+    }
+    p->ctx = ctx;
+    p->req = r;
+    api_req_on_abort(r, on_submit_abort, p);
+    engine_sync(ctx->engine, on_submit_synced, p);
+}
+
+/* ------------------------------------------------------------ list, show */
+
+void api_job_list(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    const struct http_request *hr = api_req_http(r);
+    struct store_job_filter f = {.state = JOB_STATE_NONE, .source = JOB_SOURCE_NONE};
+    const char *v;
+    if ((v = http_request_query(hr, "state")) && *v && job_state_from_string(v, &f.state) < 0) {
+        api_reply_error(r, 400, "bad_request", "state: unknown job state \"%.40s\"", v);
+        return;
+    }
+    if ((v = http_request_query(hr, "source")) && *v &&
+        job_source_type_from_string(v, &f.source) < 0) {
+        api_reply_error(r, 400, "bad_request",
+                        "source: expected spool, api, http, gitlab, github or cli");
+        return;
+    }
+    if ((v = http_request_query(hr, "label")) && *v) {
+        if (strlen(v) > MAX_LABEL_QUERY) {
+            api_reply_error(r, 400, "bad_request", "label: longer than %d bytes", MAX_LABEL_QUERY);
+            return;
+        }
+        f.label = v;
+    }
+    if ((v = http_request_query(hr, "cursor")) && *v) {
+        if (!route_job_id_is_valid(v, strlen(v))) {
+            api_reply_error(r, 400, "bad_request", "cursor: expected a next_cursor value");
+            return;
+        }
+        f.cursor = v;
+    }
+    if ((v = http_request_query(hr, "order")) && *v) {
+        if (streq(v, "oldest")) {
+            f.oldest_first = true;
+        } else if (!streq(v, "newest")) {
+            api_reply_error(r, 400, "bad_request", "order: expected newest or oldest");
+            return;
+        }
+    }
+    uint64_t limit = 0;
+    if (api_query_uint(r, "limit", STORE_LIST_MAX, STORE_LIST_DEFAULT, &limit) < 0)
+        return;
+    if (limit == 0) {
+        api_reply_error(r, 400, "bad_request", "limit: expected 1 to %d", STORE_LIST_MAX);
+        return;
+    }
+    f.limit = (unsigned)limit;
+    struct store_job_page page = {0};
+    _cleanup_error_ struct al_error *err = NULL;
+    if (store_job_list(ctx->store, &f, &page, &err) < 0) {
+        api_reply_error(r, 500, "internal", "listing jobs: %s", al_error_message(err));
+        return;
+    }
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_key(g, "jobs");
+        rc |= json_open_array(g);
+        for (size_t i = 0; i < page.n && !rc; i++)
+            rc |= json_job(g, page.jobs[i], false);
+        rc |= json_close_array(g);
+        rc |= json_kv_str(g, "next_cursor", page.next_cursor[0] ? page.next_cursor : NULL);
+        rc |= json_close_map(g);
+    }
+    store_job_page_clear(&page);
+    if (rc) {
+        api_reply_error(r, 500, "internal", "generating the response failed");
+        return;
+    }
+    json_reply(r, 200, g);
+}
+
+void api_job_show(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    _cleanup_(store_job_freep) struct store_job *job = NULL;
+    if (api_get_job(ctx, r, m->job_id, &job) < 0)
+        return;
+    struct store_attempt *att = NULL;
+    size_t n_att = 0;
+    _cleanup_error_ struct al_error *err = NULL;
+    if (store_attempts_list(ctx->store, m->job_id, &att, &n_att, &err) < 0) {
+        api_reply_error(r, 500, "internal", "reading attempts: %s", al_error_message(err));
+        return;
+    }
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_key(g, "job");
+        rc |= json_job(g, job, true);
+        rc |= json_key(g, "attempts");
+        rc |= json_open_array(g);
+        for (size_t i = 0; i < n_att; i++)
+            rc |= json_attempt(g, &att[i]);
+        rc |= json_close_array(g);
+        rc |= json_close_map(g);
+    }
+    store_attempts_free(att, n_att);
+    if (rc) {
+        api_reply_error(r, 500, "internal", "generating the response failed");
+        return;
+    }
+    json_reply(r, 200, g);
+}
+
+void api_job_cancel(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    _cleanup_error_ struct al_error *err = NULL;
+    {
+        /* decided already (its VM may still be going away): nothing to cancel */
+        _cleanup_(store_job_freep) struct store_job *before = NULL;
+        if (api_get_job(ctx, r, m->job_id, &before) < 0)
+            return;
+        if (job_state_is_terminal(before->state)) {
+            api_reply_error(r, 409, "already_finished", "job %s has already ended (%s)", m->job_id,
+                            job_state_to_string(before->state));
+            return;
+        }
+    }
+    int rc = engine_cancel(ctx->engine, m->job_id, &err);
+    if (rc == -ENOENT) {
+        api_reply_error(r, 404, "not_found", "no job %s", m->job_id);
+        return;
+    }
+    if (rc == -EALREADY) {
+        api_reply_error(r, 409, "already_finished", "%s", al_error_message(err));
+        return;
+    }
+    if (rc < 0) {
+        api_reply_error(r, 409, "conflict", "%s", al_error_message(err));
+        return;
+    }
+    log_info(m->job_id, "cancel requested through the API");
+    _cleanup_(store_job_freep) struct store_job *job = NULL;
+    struct al_error *gerr = NULL;
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    if (!g || store_job_get(ctx->store, m->job_id, &job, &gerr) < 0) {
+        al_error_free(gerr);
+        api_reply_error(r, 500, "internal", "reading the job after cancelling it");
+        return;
+    }
+    int j = json_open_map(g);
+    j |= json_kv_str(g, "id", job->id);
+    j |= json_kv_bool(g, "cancel_requested", true);
+    j |= json_kv_str(g, "state", job_state_to_string(job->state));
+    j |= json_close_map(g);
+    if (j) {
+        api_reply_error(r, 500, "internal", "generating the response failed");
+        return;
+    }
+    json_reply(r, 202, g);
+}
+
+/* ------------------------------------------------------------ artifacts */
+
+/* Opens <job dir>/artifacts without following symlinks; -1 when absent. */
+static int open_artifacts_dir(struct api_ctx *ctx, const char *job_id)
+{
+    _cleanup_free_ char *dir = engine_job_dir(ctx->engine, job_id);
+    if (!dir)
+        return -1;
+    _cleanup_close_ int jfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (jfd < 0)
+        return -1;
+    return openat(jfd, "artifacts", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+}
+
+struct walk {
+    yajl_gen g;
+    size_t n;
+    bool truncated;
+    int rc;
+};
+
+static void walk_dir(struct walk *w, int dfd, const char *prefix, int depth)
+{
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) && !w->rc) {
+        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+            continue;
+        if (w->n >= MAX_ARTIFACT_ENTRIES) {
+            w->truncated = true;
+            break;
+        }
+        char path[ROUTE_MAX_ARTIFACT_PATH + 1];
+        int n = snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "/" : "", de->d_name);
+        if (n < 0 || (size_t)n >= sizeof(path))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            if (depth + 1 >= ROUTE_MAX_ARTIFACT_DEPTH)
+                continue;
+            int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub >= 0)
+                walk_dir(w, sub, path, depth + 1);
+            continue;
+        }
+        if (!S_ISREG(st.st_mode))
+            continue;
+        w->n++;
+        w->rc |= json_open_map(w->g);
+        w->rc |= json_kv_str(w->g, "path", path);
+        w->rc |= json_kv_uint(w->g, "size", (uint64_t)st.st_size);
+        w->rc |= json_kv_time(w->g, "modified",
+                              (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000);
+        w->rc |= json_close_map(w->g);
+    }
+    closedir(d);
+}
+
+void api_job_artifacts(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    _cleanup_(store_job_freep) struct store_job *job = NULL;
+    if (api_get_job(ctx, r, m->job_id, &job) < 0)
+        return;
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    if (!g) {
+        api_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    struct walk w = {.g = g};
+    w.rc |= json_open_map(g);
+    w.rc |= json_key(g, "artifacts");
+    w.rc |= json_open_array(g);
+    int dfd = open_artifacts_dir(ctx, m->job_id);
+    if (dfd >= 0)
+        walk_dir(&w, dfd, "", 0);
+    w.rc |= json_close_array(g);
+    w.rc |= json_kv_bool(g, "truncated", w.truncated);
+    w.rc |= json_close_map(g);
+    if (w.rc) {
+        api_reply_error(r, 500, "internal", "generating the response failed");
+        return;
+    }
+    json_reply(r, 200, g);
+}
+
+/* Opens rel (checked by the router) under dfd, one segment at a time,
+ * never following a symlink. Returns an fd of a regular file or -errno. */
+static int open_beneath(int dfd, const char *rel)
+{
+    _cleanup_free_ char *copy = strdup(rel);
+    if (!copy)
+        return -ENOMEM;
+    _cleanup_close_ int cur = dup(dfd);
+    if (cur < 0)
+        return -errno;
+    char *save = NULL;
+    char *seg = strtok_r(copy, "/", &save);
+    while (seg) {
+        char *next = strtok_r(NULL, "/", &save);
+        int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (next ? O_DIRECTORY : O_NONBLOCK);
+        int fd = openat(cur, seg, flags);
+        if (fd < 0)
+            return -errno;
+        close(cur);
+        cur = fd;
+        seg = next;
+    }
+    struct stat st;
+    if (fstat(cur, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode))
+        return -EISDIR;
+    /* reads must block normally (a regular file ignores O_NONBLOCK anyway) */
+    int fl = fcntl(cur, F_GETFL);
+    if (fl >= 0)
+        fcntl(cur, F_SETFL, fl & ~O_NONBLOCK);
+    return TAKE_FD(cur);
+}
+
+void api_job_artifact(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    _cleanup_(store_job_freep) struct store_job *job = NULL;
+    if (api_get_job(ctx, r, m->job_id, &job) < 0)
+        return;
+    _cleanup_close_ int dfd = open_artifacts_dir(ctx, m->job_id);
+    int fd = dfd >= 0 ? open_beneath(dfd, m->artifact) : -ENOENT;
+    if (fd < 0) {
+        api_reply_error(r, 404, "not_found", "job %s has no artifact \"%s\"", m->job_id,
+                        m->artifact);
+        return;
+    }
+    api_send_file(ctx, r, fd, "application/octet-stream");
+}
+
+/* ------------------------------------------------------------ uploads */
+
+struct upload {
+    int fd;
+    char *tmp_path;
+    char id[API_UPLOAD_ID_LEN + 1];
+    bool kept;
+};
+
+static void upload_free(void *data)
+{
+    struct upload *u = data;
+    if (u->fd >= 0)
+        close(u->fd);
+    if (!u->kept && u->tmp_path)
+        unlink(u->tmp_path);
+    free(u->tmp_path);
+    free(u);
+}
+
+static int upload_sink(void *data, const char *buf, size_t len)
+{
+    struct upload *u = data;
+    while (len) {
+        ssize_t n = write(u->fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return errno == ENOSPC ? 507 : 500;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static size_t count_uploads(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    size_t n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        n += de->d_name[0] != '.' || strncmp(de->d_name, ".tmp-", 5) == 0;
+    closedir(d);
+    return n;
+}
+
+int api_upload_begin(struct api_ctx *ctx, struct api_req *r, char *msg, size_t msg_size)
+{
+    struct al_error *err = NULL;
+    if (al_mkdir_p(ctx->uploads_dir, 0700, &err) < 0) {
+        snprintf(msg, msg_size, "%s", al_error_message(err));
+        al_error_free(err);
+        return 500;
+    }
+    api_uploads_sweep(ctx, 3600);
+    if (count_uploads(ctx->uploads_dir) >= MAX_PENDING_UPLOADS) {
+        snprintf(msg, msg_size, "too many uploads waiting for a job (at most %d)",
+                 MAX_PENDING_UPLOADS);
+        return 429;
+    }
+    struct upload *u = calloc(1, sizeof(*u));
+    _cleanup_free_ char *hex = al_random_hex(16);
+    if (!u || !hex) {
+        free(u);
+        snprintf(msg, msg_size, "out of memory");
+        return 500;
+    }
+    snprintf(u->id, sizeof(u->id), "u%s", hex);
+    if (asprintf(&u->tmp_path, "%s/.tmp-%s", ctx->uploads_dir, u->id) < 0) {
+        u->tmp_path = NULL;
+        upload_free(u);
+        snprintf(msg, msg_size, "out of memory");
+        return 500;
+    }
+    u->fd = open(u->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (u->fd < 0) {
+        snprintf(msg, msg_size, "creating the upload: %s", strerror(errno));
+        free(u->tmp_path);
+        u->tmp_path = NULL;
+        upload_free(u);
+        return 500;
+    }
+    api_req_set_data(r, u, upload_free);
+    api_req_set_body(r, ctx->max_upload, upload_sink, u);
+    return 0;
+}
+
+void api_upload_finish(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    struct upload *u = api_req_data(r);
+    if (!u) {
+        api_reply_error(r, 500, "internal", "upload state lost");
+        return;
+    }
+    char name[64];
+    snprintf(name, sizeof(name), "%s.tar", u->id);
+    _cleanup_free_ char *final = al_path_join(ctx->uploads_dir, name);
+    if (!final || close(u->fd) < 0 || rename(u->tmp_path, final) < 0) {
+        u->fd = -1;
+        api_reply_error(r, 500, "internal", "storing the upload failed");
+        return;
+    }
+    u->fd = -1;
+    u->kept = true;
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_kv_str(g, "upload", u->id);
+        rc |= json_kv_uint(g, "bytes", api_req_http(r)->body_bytes);
+        rc |= json_close_map(g);
+    }
+    if (rc) {
+        api_reply_error(r, 500, "internal", "generating the response failed");
+        return;
+    }
+    json_reply(r, 201, g);
+}
+
+void api_uploads_sweep(struct api_ctx *ctx, int64_t max_age_s)
+{
+    DIR *d = opendir(ctx->uploads_dir);
+    if (!d)
+        return;
+    int64_t now = al_now_wall_ms() / 1000;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        if (now - (int64_t)st.st_mtim.tv_sec >= max_age_s)
+            unlinkat(dirfd(d), de->d_name, 0);
+    }
+    closedir(d);
+}

@@ -1,0 +1,229 @@
+/* `agentlab pool status` and `agentlab vm ls`: what the running daemon's
+ * backends hold, through the control API. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../base/macro.h"
+#include "api_client.h"
+#include "cli.h"
+#include "table.h"
+
+struct list_opts {
+    const char *socket;
+    bool json;
+};
+
+/* Parses [--json] [--socket PATH]; -1 to go on, else an exit code. */
+static int parse_list_opts(int argc, char **argv, void (*usage)(FILE *), struct list_opts *o)
+{
+    enum { OPT_JSON = 256, OPT_SOCKET };
+    static const struct option opts[] = {
+            {"json", no_argument, NULL, OPT_JSON},
+            {"socket", required_argument, NULL, OPT_SOCKET},
+            {"help", no_argument, NULL, 'h'},
+            {NULL, 0, NULL, 0},
+    };
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_JSON:
+            o->json = true;
+            break;
+        case OPT_SOCKET:
+            o->socket = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    return -1;
+}
+
+/* GETs path; prints it raw with --json, else hands the tree to show. */
+static int fetch(const struct list_opts *o, const char *path, const char *what,
+                 void (*show)(yajl_val v))
+{
+    _cleanup_error_ struct al_error *err = NULL;
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    if (cli_api_open(o->socket, &a, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        return CLI_EXIT_FAILED;
+    }
+    struct cli_resp r = {0};
+    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
+    int code = 0;
+    if (rc < 0 || r.status != 200) {
+        code = cli_api_fail(a, rc, &r, err, what);
+    } else if (o->json) {
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    } else {
+        _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
+        if (v)
+            show(v);
+        else
+            code = CLI_EXIT_FAILED;
+    }
+    cli_resp_clear(&r);
+    return code;
+}
+
+static void pool_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab pool status [--json] [--socket PATH]\n"
+                 "\n"
+                 "Shows each backend of the running agentlabd (health, VMs, vCPUs and memory\n"
+                 "in use of its capacity, attempts started, why a job last fell back past\n"
+                 "it) and each pool with its backends and labels.\n");
+}
+
+static void show_pools(yajl_val v)
+{
+    static const char *const bh[] = {"BACKEND", "TYPE",   "HEALTH",       "VMS",
+                                     "VCPUS",   "MEMORY", "JOBS STARTED", "LAST FALLBACK"};
+    struct table *t = table_new(8, bh);
+    yajl_val arr = cli_json_array(v, JPATH("backends"));
+    for (size_t i = 0; t && arr && i < arr->u.array.len; i++) {
+        yajl_val b = arr->u.array.values[i];
+        char vms[32], cpus[32], mem[80], used[32], cap[32], started[24], health[200];
+        snprintf(vms, sizeof(vms), "%lld/%lld", (long long)cli_json_int(b, JPATH("used_vms"), 0),
+                 (long long)cli_json_int(b, JPATH("max_vms"), 0));
+        snprintf(cpus, sizeof(cpus), "%lld/%lld",
+                 (long long)cli_json_int(b, JPATH("used_vcpus"), 0),
+                 (long long)cli_json_int(b, JPATH("vcpus"), 0));
+        table_size((uint64_t)cli_json_int(b, JPATH("used_memory"), 0), used, sizeof(used));
+        table_size((uint64_t)cli_json_int(b, JPATH("memory"), 0), cap, sizeof(cap));
+        snprintf(mem, sizeof(mem), "%s/%s", used, cap);
+        snprintf(started, sizeof(started), "%lld",
+                 (long long)cli_json_int(b, JPATH("jobs_started"), 0));
+        const char *reason = cli_json_str(b, JPATH("reason"));
+        if (cli_json_bool(b, JPATH("healthy")))
+            snprintf(health, sizeof(health), "healthy");
+        else
+            snprintf(health, sizeof(health), "unhealthy: %s", reason ? reason : "?");
+        const char *fb = cli_json_str(b, JPATH("last_fallback"));
+        const char *cells[] = {cli_json_str(b, JPATH("name")),
+                               cli_json_str(b, JPATH("type")),
+                               health,
+                               vms,
+                               cpus,
+                               mem,
+                               started,
+                               fb ? fb : "-"};
+        table_add(t, cells);
+    }
+    if (t)
+        table_print(t, stdout);
+    table_free(t);
+
+    static const char *const ph[] = {"POOL", "DEFAULT", "BACKENDS", "LABELS"};
+    t = table_new(4, ph);
+    arr = cli_json_array(v, JPATH("pools"));
+    for (size_t i = 0; t && arr && i < arr->u.array.len; i++) {
+        yajl_val p = arr->u.array.values[i];
+        char backends[256] = "", labels[256] = "";
+        const char *keys[] = {"backends", "labels"};
+        char *outs[] = {backends, labels};
+        for (size_t k = 0; k < 2; k++) {
+            yajl_val l = cli_json_array(p, (const char *const[]){keys[k], NULL});
+            size_t used = 0;
+            for (size_t j = 0; l && j < l->u.array.len; j++) {
+                if (!YAJL_IS_STRING(l->u.array.values[j]))
+                    continue;
+                int n = snprintf(outs[k] + used, 256 - used, "%s%s", used ? "," : "",
+                                 YAJL_GET_STRING(l->u.array.values[j]));
+                if (n < 0 || (size_t)n >= 256 - used)
+                    break;
+                used += (size_t)n;
+            }
+        }
+        const char *cells[] = {cli_json_str(p, JPATH("name")),
+                               cli_json_bool(p, JPATH("default")) ? "yes" : "",
+                               backends[0] ? backends : "-", labels[0] ? labels : "-"};
+        table_add(t, cells);
+    }
+    if (t) {
+        printf("\n");
+        table_print(t, stdout);
+    }
+    table_free(t);
+    printf("\nqueued %lld, running %lld\n", (long long)cli_json_int(v, JPATH("queued"), 0),
+           (long long)cli_json_int(v, JPATH("running"), 0));
+}
+
+int cmd_pool(int argc, char **argv)
+{
+    if (argc < 2 ||
+        (!streq(argv[1], "status") && !streq(argv[1], "--help") && !streq(argv[1], "-h"))) {
+        if (argc >= 2)
+            fprintf(stderr, "agentlab pool: unknown subcommand \"%s\"\n", argv[1]);
+        pool_usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (!streq(argv[1], "status")) {
+        pool_usage(stdout);
+        return 0;
+    }
+    struct list_opts o = {0};
+    int code = parse_list_opts(argc - 1, argv + 1, pool_usage, &o);
+    if (code >= 0)
+        return code;
+    return fetch(&o, "/v1/pools", "reading the pools", show_pools);
+}
+
+static void vm_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab vm ls [--json] [--socket PATH]\n"
+                 "\n"
+                 "Lists the VMs the running agentlabd owns, per backend, with the job and\n"
+                 "attempt each belongs to (as recorded before each VM was created).\n");
+}
+
+static void show_vms(yajl_val v)
+{
+    static const char *const h[] = {"BACKEND", "VM", "JOB", "ATTEMPT", "JOB STATE", "AGE"};
+    struct table *t = table_new(6, h);
+    yajl_val arr = cli_json_array(v, JPATH("vms"));
+    for (size_t i = 0; t && arr && i < arr->u.array.len; i++) {
+        yajl_val x = arr->u.array.values[i];
+        char att[24], age[32];
+        snprintf(att, sizeof(att), "%lld", (long long)cli_json_int(x, JPATH("attempt"), 0));
+        table_age(cli_json_int(x, JPATH("created_ms"), 0), age, sizeof(age));
+        const char *cells[] = {cli_json_str(x, JPATH("backend")),   cli_json_str(x, JPATH("name")),
+                               cli_json_str(x, JPATH("job")),       att,
+                               cli_json_str(x, JPATH("job_state")), age};
+        table_add(t, cells);
+    }
+    if (t)
+        table_print(t, stdout);
+    table_free(t);
+}
+
+int cmd_vm(int argc, char **argv)
+{
+    if (argc < 2 || (!streq(argv[1], "ls") && !streq(argv[1], "--help") && !streq(argv[1], "-h"))) {
+        if (argc >= 2)
+            fprintf(stderr, "agentlab vm: unknown subcommand \"%s\"\n", argv[1]);
+        vm_usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (!streq(argv[1], "ls")) {
+        vm_usage(stdout);
+        return 0;
+    }
+    struct list_opts o = {0};
+    int code = parse_list_opts(argc - 1, argv + 1, vm_usage, &o);
+    if (code >= 0)
+        return code;
+    return fetch(&o, "/v1/vms", "listing VMs", show_vms);
+}

@@ -1,0 +1,858 @@
+#include "job_remote.h"
+
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../api/json.h"
+#include "../api/router.h"
+#include "../base/util.h"
+#include "../job/spec.h"
+#include "cmd_job.h"
+#include "provision/workdir.h"
+#include "table.h"
+
+/* ------------------------------------------------------------ shared */
+
+static volatile sig_atomic_t interrupt_count;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupt_count++;
+}
+
+void cli_install_interrupt(void)
+{
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+bool cli_interrupted(void)
+{
+    return interrupt_count > 0;
+}
+
+/* Appends name=value (value percent-encoded) to a query string. */
+static int query_add(struct al_buf *q, const char *name, const char *value)
+{
+    if (!value)
+        return 0;
+    int r = al_buf_printf(q, "%c%s=", q->len ? '&' : '?', name);
+    for (const unsigned char *p = (const unsigned char *)value; *p && r == 0; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~", *p))
+            r = al_buf_append(q, p, 1);
+        else
+            r = al_buf_printf(q, "%%%02X", *p);
+    }
+    return r;
+}
+
+static bool check_id(const char *cmd, const char *id)
+{
+    if (id && route_job_id_is_valid(id, strlen(id)))
+        return true;
+    fprintf(stderr, "agentlab %s: \"%s\" is not a job id (\"j\" and 20 hex digits)\n", cmd,
+            id ? id : "");
+    return false;
+}
+
+static int open_api(const char *socket, struct cli_api **ret)
+{
+    _cleanup_error_ struct al_error *err = NULL;
+    if (cli_api_open(socket, ret, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        return CLI_EXIT_FAILED;
+    }
+    return 0;
+}
+
+/* GETs path and parses the JSON answer; an exit code on failure. */
+static int get_json(struct cli_api *a, const char *path, const char *what, yajl_val *ret)
+{
+    struct cli_resp r = {0};
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
+    if (rc < 0 || r.status != 200) {
+        int code = cli_api_fail(a, rc, &r, err, what);
+        cli_resp_clear(&r);
+        return code;
+    }
+    *ret = cli_resp_json(&r);
+    cli_resp_clear(&r);
+    return *ret ? 0 : CLI_EXIT_FAILED;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -errno;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int fd_sink(const char *buf, size_t len, void *data)
+{
+    return write_all(*(int *)data, buf, len);
+}
+
+int cli_job_result(struct cli_api *a, const char *id, struct cli_job_result *ret)
+{
+    char path[96];
+    snprintf(path, sizeof(path), "/v1/jobs/%s", id);
+    _cleanup_yajl_ yajl_val v = NULL;
+    int rc = get_json(a, path, "reading the job", &v);
+    if (rc)
+        return rc;
+    struct cli_job_result r = {.state = JOB_STATE_NONE};
+    const char *st = cli_json_str(v, JPATH("job", "state"));
+    if (!st || job_state_from_string(st, &r.state) < 0) {
+        fprintf(stderr, "agentlab: the daemon's answer has no job state\n");
+        return CLI_EXIT_FAILED;
+    }
+    int64_t code = cli_json_int(v, JPATH("job", "exit_code"), -1);
+    r.has_exit_code = code >= 0;
+    r.exit_code = (int)code;
+    const char *reason = cli_json_str(v, JPATH("job", "reason"));
+    snprintf(r.reason, sizeof(r.reason), "%s", reason ? reason : "");
+    r.created_ms = cli_json_int(v, JPATH("job", "created_ms"), 0);
+    r.updated_ms = cli_json_int(v, JPATH("job", "updated_ms"), 0);
+    *ret = r;
+    return 0;
+}
+
+int cli_run_exit_code(const struct cli_job_result *r)
+{
+    switch (r->state) {
+    case JOB_STATE_SUCCEEDED:
+    case JOB_STATE_FAILED:
+        return r->has_exit_code ? r->exit_code : 125;
+    case JOB_STATE_TIMED_OUT:
+        return 124;
+    case JOB_STATE_CANCELED:
+        return 130;
+    default:
+        return 125;
+    }
+}
+
+struct follow {
+    struct cli_api *a;
+    const char *id;
+    int fd;
+    bool interruptible;
+};
+
+static bool follow_interrupted(void *data)
+{
+    struct follow *f = data;
+    return f->interruptible && cli_interrupted();
+}
+
+static void follow_cancel(void *data)
+{
+    struct follow *f = data;
+    fprintf(stderr, "agentlab: cancelling job %s; the VM is being cleaned up\n", f->id);
+    char path[96];
+    snprintf(path, sizeof(path), "/v1/jobs/%s/cancel", f->id);
+    struct cli_resp r = {0};
+    struct al_error *err = NULL;
+    if (cli_api_request(f->a, "POST", path, NULL, NULL, 0, &r, &err) < 0 ||
+        (r.status != 202 && r.status != 409))
+        cli_api_fail(f->a, err ? -EIO : 0, &r, err, "cancelling the job");
+    al_error_free(err);
+    cli_resp_clear(&r);
+}
+
+int cli_follow_logs(struct cli_api *a, const char *id, int fd, bool interruptible)
+{
+    struct follow f = {.a = a, .id = id, .fd = fd, .interruptible = interruptible};
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/jobs/%s/logs?follow=1", id);
+    struct cli_resp r = {0};
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = cli_api_stream(a, path, fd_sink, &fd, interruptible ? follow_interrupted : NULL,
+                            follow_cancel, &r, &err);
+    (void)f;
+    int code = 0;
+    if (rc < 0 || r.status != 200)
+        code = cli_api_fail(a, rc, &r, err, "following the log");
+    cli_resp_clear(&r);
+    return code;
+}
+
+int cli_upload_workdir(struct cli_api *a, const char *dir, char *ret_id, size_t size)
+{
+    _cleanup_error_ struct al_error *err = NULL;
+    char tmp[] = "/tmp/agentlab-workdir-XXXXXX";
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        fprintf(stderr, "agentlab: creating a temporary file: %s\n", strerror(errno));
+        return CLI_EXIT_FAILED;
+    }
+    close(fd);
+    int code = 0;
+    struct cli_resp r = {0};
+    if (workdir_pack(dir, tmp, 0, NULL, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        code = CLI_EXIT_FAILED;
+    } else {
+        int rc = cli_api_upload(a, "/v1/uploads", tmp, &r, &err);
+        if (rc < 0 || r.status != 201) {
+            code = cli_api_fail(a, rc, &r, err, "uploading the work dir");
+        } else {
+            _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
+            const char *id = cli_json_str(v, JPATH("upload"));
+            if (!id) {
+                code = CLI_EXIT_FAILED;
+            } else {
+                snprintf(ret_id, size, "%s", id);
+            }
+        }
+    }
+    cli_resp_clear(&r);
+    unlink(tmp);
+    return code;
+}
+
+/* Writes one artifact below dir, creating its directories. */
+static int download_one(struct cli_api *a, const char *id, const char *dir, const char *rel)
+{
+    if (!route_artifact_path_is_valid(rel, strlen(rel))) {
+        fprintf(stderr, "agentlab: skipping artifact with a bad path \"%s\"\n", rel);
+        return CLI_EXIT_FAILED;
+    }
+    _cleanup_free_ char *dest = al_path_join(dir, rel);
+    _cleanup_error_ struct al_error *err = NULL;
+    if (!dest)
+        return CLI_EXIT_FAILED;
+    char *slash = strrchr(dest, '/');
+    if (slash) {
+        *slash = '\0';
+        int r = al_mkdir_p(dest, 0755, &err);
+        *slash = '/';
+        if (r < 0) {
+            fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+            return CLI_EXIT_FAILED;
+        }
+    }
+    int fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "agentlab: %s: %s\n", dest, strerror(errno));
+        return CLI_EXIT_FAILED;
+    }
+    _cleanup_buf_ struct al_buf path = AL_BUF_INIT;
+    al_buf_printf(&path, "/v1/jobs/%s/artifacts/", id);
+    /* keep the slashes, escape the rest */
+    for (const unsigned char *p = (const unsigned char *)rel; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~/", *p))
+            al_buf_append(&path, p, 1);
+        else
+            al_buf_printf(&path, "%%%02X", *p);
+    }
+    struct cli_resp r = {0};
+    int rc = cli_api_stream(a, path.data, fd_sink, &fd, NULL, NULL, &r, &err);
+    int code = 0;
+    if (rc < 0 || r.status != 200)
+        code = cli_api_fail(a, rc, &r, err, rel);
+    if (close(fd) < 0 && !code) {
+        fprintf(stderr, "agentlab: %s: %s\n", dest, strerror(errno));
+        code = CLI_EXIT_FAILED;
+    }
+    cli_resp_clear(&r);
+    return code;
+}
+
+int cli_download_artifacts(struct cli_api *a, const char *id, const char *dir, unsigned *ret_files)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/jobs/%s/artifacts", id);
+    _cleanup_yajl_ yajl_val v = NULL;
+    int code = get_json(a, path, "listing artifacts", &v);
+    if (code)
+        return code;
+    yajl_val arr = cli_json_array(v, JPATH("artifacts"));
+    _cleanup_error_ struct al_error *err = NULL;
+    if (al_mkdir_p(dir, 0755, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        return CLI_EXIT_FAILED;
+    }
+    unsigned n = 0;
+    for (size_t i = 0; arr && i < arr->u.array.len; i++) {
+        const char *rel = cli_json_str(arr->u.array.values[i], JPATH("path"));
+        if (!rel)
+            continue;
+        int c = download_one(a, id, dir, rel);
+        if (c)
+            code = c;
+        else
+            n++;
+    }
+    if (ret_files)
+        *ret_files = n;
+    return code;
+}
+
+/* ------------------------------------------------------------ submit */
+
+static void submit_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab job submit [OPTIONS] FILE|-\n"
+                 "\n"
+                 "Submits a job spec (JSON, see README \"Job spec\") to the running agentlabd\n"
+                 "and prints the job's id. \"-\" reads standard input.\n"
+                 "\n"
+                 "  --workdir DIR   upload DIR as the job's work directory\n"
+                 "  -f, --follow    stream the job's output until it ends; exit like\n"
+                 "                  `agentlab run` (the workload's status, 124, 130, 125)\n"
+                 "  --json          print the accepted job as JSON\n"
+                 "  --socket PATH   the daemon's socket (default: api_socket)\n"
+                 "  -h, --help      show this help\n");
+}
+
+int job_submit(int argc, char **argv)
+{
+    enum { OPT_WORKDIR = 256, OPT_JSON, OPT_SOCKET };
+    static const struct option opts[] = {
+            {"workdir", required_argument, NULL, OPT_WORKDIR},
+            {"follow", no_argument, NULL, 'f'},
+            {"json", no_argument, NULL, OPT_JSON},
+            {"socket", required_argument, NULL, OPT_SOCKET},
+            {"help", no_argument, NULL, 'h'},
+            {NULL, 0, NULL, 0},
+    };
+    const char *workdir = NULL, *socket = NULL;
+    bool follow = false, json = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_WORKDIR:
+            workdir = optarg;
+            break;
+        case 'f':
+            follow = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        case OPT_SOCKET:
+            socket = optarg;
+            break;
+        case 'h':
+            submit_usage(stdout);
+            return 0;
+        default:
+            submit_usage(stderr);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind + 1 != argc) {
+        submit_usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    _cleanup_error_ struct al_error *err = NULL;
+    _cleanup_free_ char *spec = NULL;
+    size_t len = 0;
+    if (cli_read_spec(argv[optind], &spec, &len, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        return CLI_EXIT_FAILED;
+    }
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = open_api(socket, &a);
+    if (code)
+        return code;
+    char upload[64] = "";
+    if (workdir && (code = cli_upload_workdir(a, workdir, upload, sizeof(upload))))
+        return code;
+    char path[128] = "/v1/jobs";
+    if (upload[0])
+        snprintf(path, sizeof(path), "/v1/jobs?workdir=%s", upload);
+    struct cli_resp r = {0};
+    int rc = cli_api_request(a, "POST", path, "application/json", spec, len, &r, &err);
+    if (rc < 0 || r.status != 201) {
+        code = cli_api_fail(a, rc, &r, err, "submitting the job");
+        cli_resp_clear(&r);
+        return code;
+    }
+    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
+    const char *id = cli_json_str(v, JPATH("id"));
+    if (!id) {
+        cli_resp_clear(&r);
+        return CLI_EXIT_FAILED;
+    }
+    if (json)
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    else if (!follow)
+        printf("%s\n", id);
+    cli_resp_clear(&r);
+    if (!follow)
+        return 0;
+    fflush(stdout);
+    fprintf(stderr, "agentlab: job %s: queued\n", id);
+    cli_install_interrupt();
+    code = cli_follow_logs(a, id, json ? STDERR_FILENO : STDOUT_FILENO, true);
+    if (code)
+        return code;
+    struct cli_job_result res;
+    if ((code = cli_job_result(a, id, &res)))
+        return code;
+    fprintf(stderr, "agentlab: job %s: %s%s%s\n", id, job_state_to_string(res.state),
+            res.reason[0] ? ": " : "", res.reason);
+    return cli_run_exit_code(&res);
+}
+
+/* ------------------------------------------------------------ ls */
+
+static void ls_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab job ls [OPTIONS]\n"
+                 "\n"
+                 "Lists jobs, newest first.\n"
+                 "\n"
+                 "  --state STATE   only jobs in STATE (queued, running, succeeded, ...)\n"
+                 "  --label LABEL   only jobs with LABEL\n"
+                 "  --source TYPE   only jobs from api, cli, spool, http, gitlab or github\n"
+                 "  --limit N       at most N jobs (default 50, at most 1000 a page)\n"
+                 "  --all           every matching job (follows the pages)\n"
+                 "  --json          JSON instead of a table\n"
+                 "  --socket PATH   the daemon's socket (default: api_socket)\n"
+                 "  -h, --help      show this help\n");
+}
+
+static void job_row(struct table *t, yajl_val j)
+{
+    char age[32], code[24];
+    table_age(cli_json_int(j, JPATH("created_ms"), 0), age, sizeof(age));
+    int64_t ec = cli_json_int(j, JPATH("exit_code"), -1);
+    if (ec >= 0)
+        snprintf(code, sizeof(code), "%lld", (long long)ec);
+    else
+        snprintf(code, sizeof(code), "-");
+    const char *cells[] = {cli_json_str(j, JPATH("id")),
+                           cli_json_str(j, JPATH("state")),
+                           code,
+                           age,
+                           cli_json_str(j, JPATH("source", "type")),
+                           cli_json_str(j, JPATH("name")),
+                           cli_json_str(j, JPATH("reason"))};
+    table_add(t, cells);
+}
+
+int job_ls(int argc, char **argv)
+{
+    enum { OPT_STATE = 256, OPT_LABEL, OPT_SOURCE, OPT_LIMIT, OPT_ALL, OPT_JSON, OPT_SOCKET };
+    static const struct option opts[] = {
+            {"state", required_argument, NULL, OPT_STATE},
+            {"label", required_argument, NULL, OPT_LABEL},
+            {"source", required_argument, NULL, OPT_SOURCE},
+            {"limit", required_argument, NULL, OPT_LIMIT},
+            {"all", no_argument, NULL, OPT_ALL},
+            {"json", no_argument, NULL, OPT_JSON},
+            {"socket", required_argument, NULL, OPT_SOCKET},
+            {"help", no_argument, NULL, 'h'},
+            {NULL, 0, NULL, 0},
+    };
+    const char *state = NULL, *label = NULL, *source = NULL, *socket = NULL;
+    int limit = 0;
+    bool all = false, json = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_STATE:
+            state = optarg;
+            break;
+        case OPT_LABEL:
+            label = optarg;
+            break;
+        case OPT_SOURCE:
+            source = optarg;
+            break;
+        case OPT_LIMIT:
+            if (al_parse_int(optarg, 1, STORE_LIST_MAX, &limit) < 0) {
+                fprintf(stderr, "agentlab job ls: --limit expects 1 to %d\n", STORE_LIST_MAX);
+                return CLI_EXIT_USAGE;
+            }
+            break;
+        case OPT_ALL:
+            all = true;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        case OPT_SOCKET:
+            socket = optarg;
+            break;
+        case 'h':
+            ls_usage(stdout);
+            return 0;
+        default:
+            ls_usage(stderr);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (optind != argc) {
+        ls_usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = open_api(socket, &a);
+    if (code)
+        return code;
+    static const char *const heads[] = {"ID", "STATE", "EXIT", "AGE", "SOURCE", "NAME", "REASON"};
+    struct table *t = table_new(7, heads);
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    if (!t || !g) {
+        table_free(t);
+        return CLI_EXIT_FAILED;
+    }
+    int jr = json_open_map(g) | json_key(g, "jobs") | json_open_array(g);
+    char cursor[64] = "";
+    do {
+        _cleanup_buf_ struct al_buf q = AL_BUF_INIT;
+        char lim[16];
+        snprintf(lim, sizeof(lim), "%d", limit ? limit : (all ? STORE_LIST_MAX : 50));
+        query_add(&q, "limit", lim);
+        query_add(&q, "state", state);
+        query_add(&q, "label", label);
+        query_add(&q, "source", source);
+        query_add(&q, "cursor", cursor[0] ? cursor : NULL);
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "/v1/jobs%s", q.data ? q.data : "") < 0)
+            break;
+        _cleanup_yajl_ yajl_val v = NULL;
+        if ((code = get_json(a, path, "listing jobs", &v))) {
+            table_free(t);
+            return code;
+        }
+        yajl_val arr = cli_json_array(v, JPATH("jobs"));
+        for (size_t i = 0; arr && i < arr->u.array.len; i++) {
+            if (json)
+                jr |= json_tree_value(g, arr->u.array.values[i]);
+            else
+                job_row(t, arr->u.array.values[i]);
+        }
+        const char *next = cli_json_str(v, JPATH("next_cursor"));
+        snprintf(cursor, sizeof(cursor), "%s", next && all ? next : "");
+    } while (cursor[0]);
+    jr |= json_close_array(g) | json_close_map(g);
+    if (json) {
+        const unsigned char *buf;
+        size_t len;
+        if (jr || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok) {
+            table_free(t);
+            return CLI_EXIT_FAILED;
+        }
+        printf("%.*s\n", (int)len, (const char *)buf);
+    } else {
+        table_print(t, stdout);
+    }
+    table_free(t);
+    return 0;
+}
+
+/* ------------------------------------------------------------ show, logs, cancel */
+
+/* Parses "[options] ID" for the commands that take one job id. */
+struct id_opts {
+    const char *id;
+    const char *socket;
+    bool json;
+    bool follow;
+    uint64_t offset;
+    const char *out;
+};
+
+static int parse_id_opts(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
+                         bool allow_follow, bool allow_out, struct id_opts *o)
+{
+    enum { OPT_JSON = 256, OPT_SOCKET, OPT_OFFSET, OPT_OUT };
+    static const struct option opts[] = {
+            {"json", no_argument, NULL, OPT_JSON},
+            {"socket", required_argument, NULL, OPT_SOCKET},
+            {"follow", no_argument, NULL, 'f'},
+            {"offset", required_argument, NULL, OPT_OFFSET},
+            {"out", required_argument, NULL, OPT_OUT},
+            {"help", no_argument, NULL, 'h'},
+            {NULL, 0, NULL, 0},
+    };
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_JSON:
+            o->json = true;
+            break;
+        case OPT_SOCKET:
+            o->socket = optarg;
+            break;
+        case 'f':
+            if (!allow_follow)
+                goto bad;
+            o->follow = true;
+            break;
+        case OPT_OFFSET:
+            if (!allow_follow || al_parse_uint64(optarg, INT64_MAX / 2, &o->offset) < 0)
+                goto bad;
+            break;
+        case OPT_OUT:
+            if (!allow_out)
+                goto bad;
+            o->out = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            goto bad;
+        }
+    }
+    if (optind + 1 != argc)
+        goto bad;
+    o->id = argv[optind];
+    if (!check_id(cmd, o->id))
+        return CLI_EXIT_USAGE;
+    return -1;
+bad:
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+}
+
+static void show_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab job show [--json] [--socket PATH] ID\n"
+                 "\n"
+                 "Shows one job: state, exit code, reason, source, times, attempts, and\n"
+                 "its spec (without secret values) with --json.\n");
+}
+
+int job_show(int argc, char **argv)
+{
+    struct id_opts o = {0};
+    int code = parse_id_opts(argc, argv, "job show", show_usage, false, false, &o);
+    if (code >= 0)
+        return code;
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    if ((code = open_api(o.socket, &a)))
+        return code;
+    char path[96];
+    snprintf(path, sizeof(path), "/v1/jobs/%s", o.id);
+    struct cli_resp r = {0};
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
+    if (rc < 0 || r.status != 200) {
+        code = cli_api_fail(a, rc, &r, err, "reading the job");
+        cli_resp_clear(&r);
+        return code;
+    }
+    if (o.json) {
+        fwrite(r.body.data, 1, r.body.len, stdout);
+        cli_resp_clear(&r);
+        return 0;
+    }
+    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
+    cli_resp_clear(&r);
+    if (!v)
+        return CLI_EXIT_FAILED;
+    yajl_val j = yajl_tree_get(v, (const char *[]){"job", NULL}, yajl_t_object);
+    int64_t ec = cli_json_int(j, JPATH("exit_code"), -1);
+    const char *s;
+    printf("id:        %s\n", cli_json_str(j, JPATH("id")));
+    if ((s = cli_json_str(j, JPATH("name"))))
+        printf("name:      %s\n", s);
+    printf("state:     %s", cli_json_str(j, JPATH("state")));
+    if (ec >= 0)
+        printf(" (exit %lld)", (long long)ec);
+    printf("\n");
+    if ((s = cli_json_str(j, JPATH("reason"))))
+        printf("reason:    %s\n", s);
+    printf("source:    %s", (s = cli_json_str(j, JPATH("source", "type"))) ? s : "-");
+    if ((s = cli_json_str(j, JPATH("source", "ref"))))
+        printf(" (%s)", s);
+    printf("\npool:      %s\n", (s = cli_json_str(j, JPATH("pool"))) ? s : "-");
+    yajl_val labels = cli_json_array(j, JPATH("labels"));
+    if (labels && labels->u.array.len) {
+        printf("labels:   ");
+        for (size_t i = 0; i < labels->u.array.len; i++)
+            printf(" %s", YAJL_IS_STRING(labels->u.array.values[i])
+                                  ? YAJL_GET_STRING(labels->u.array.values[i])
+                                  : "?");
+        printf("\n");
+    }
+    printf("created:   %s\n", (s = cli_json_str(j, JPATH("created"))) ? s : "-");
+    printf("updated:   %s\n", (s = cli_json_str(j, JPATH("updated"))) ? s : "-");
+    printf("attempts:  %lld of %lld\n", (long long)cli_json_int(j, JPATH("attempts"), 0),
+           (long long)cli_json_int(j, JPATH("max_attempts"), 0));
+    char size[32];
+    table_size((uint64_t)cli_json_int(j, JPATH("log_bytes"), 0), size, sizeof(size));
+    printf("log:       %s\n", size);
+    yajl_val att = cli_json_array(v, JPATH("attempts"));
+    if (att && att->u.array.len) {
+        static const char *const heads[] = {"ATTEMPT", "BACKEND", "VM",
+                                            "STARTED", "ENDED",   "RESULT"};
+        struct table *t = table_new(6, heads);
+        for (size_t i = 0; t && i < att->u.array.len; i++) {
+            yajl_val x = att->u.array.values[i];
+            char n[24];
+            snprintf(n, sizeof(n), "%lld", (long long)cli_json_int(x, JPATH("n"), 0));
+            const char *cells[] = {n,
+                                   cli_json_str(x, JPATH("backend")),
+                                   cli_json_str(x, JPATH("vm")),
+                                   cli_json_str(x, JPATH("started")),
+                                   cli_json_str(x, JPATH("ended")),
+                                   cli_json_str(x, JPATH("result"))};
+            table_add(t, cells);
+        }
+        if (t) {
+            printf("\n");
+            table_print(t, stdout);
+        }
+        table_free(t);
+    }
+    return 0;
+}
+
+static void logs_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab job logs [-f] [--offset N] [--socket PATH] ID\n"
+                 "\n"
+                 "Prints the job's output (stdout and stderr as the guest wrote them, secrets\n"
+                 "masked). -f follows it live until the job ends; --offset starts at a byte.\n");
+}
+
+int job_logs(int argc, char **argv)
+{
+    struct id_opts o = {0};
+    int code = parse_id_opts(argc, argv, "job logs", logs_usage, true, false, &o);
+    if (code >= 0)
+        return code;
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    if ((code = open_api(o.socket, &a)))
+        return code;
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/jobs/%s/logs?offset=%" PRIu64 "%s", o.id, o.offset,
+             o.follow ? "&follow=1" : "");
+    int fd = STDOUT_FILENO;
+    struct cli_resp r = {0};
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = cli_api_stream(a, path, fd_sink, &fd, NULL, NULL, &r, &err);
+    if (rc < 0 || r.status != 200)
+        code = cli_api_fail(a, rc, &r, err, "reading the log");
+    cli_resp_clear(&r);
+    return code;
+}
+
+static void cancel_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab job cancel [--json] [--socket PATH] ID\n"
+                 "\n"
+                 "Cancels a job in any phase: a queued job ends at once, a running one once\n"
+                 "its VM is stopped and destroyed (state CANCELED). Exits 1 when the job had\n"
+                 "already ended, 4 when there is no such job.\n");
+}
+
+int job_cancel(int argc, char **argv)
+{
+    struct id_opts o = {0};
+    int code = parse_id_opts(argc, argv, "job cancel", cancel_usage, false, false, &o);
+    if (code >= 0)
+        return code;
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    if ((code = open_api(o.socket, &a)))
+        return code;
+    char path[96];
+    snprintf(path, sizeof(path), "/v1/jobs/%s/cancel", o.id);
+    struct cli_resp r = {0};
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = cli_api_request(a, "POST", path, NULL, NULL, 0, &r, &err);
+    if (rc < 0 || r.status != 202) {
+        code = cli_api_fail(a, rc, &r, err, "cancelling the job");
+        cli_resp_clear(&r);
+        return code;
+    }
+    if (o.json) {
+        fwrite(r.body.data, 1, r.body.len, stdout);
+    } else {
+        _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
+        const char *st = cli_json_str(v, JPATH("state"));
+        printf("job %s: cancel requested (%s)\n", o.id, st ? st : "?");
+    }
+    cli_resp_clear(&r);
+    return 0;
+}
+
+/* ------------------------------------------------------------ artifacts */
+
+static void artifacts_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab job artifacts [--out DIR] [--json] [--socket PATH] ID\n"
+                 "\n"
+                 "Lists the files the job brought back, or with --out downloads them all\n"
+                 "into DIR (paths kept).\n");
+}
+
+int job_artifacts(int argc, char **argv)
+{
+    struct id_opts o = {0};
+    int code = parse_id_opts(argc, argv, "job artifacts", artifacts_usage, false, true, &o);
+    if (code >= 0)
+        return code;
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    if ((code = open_api(o.socket, &a)))
+        return code;
+    if (o.out) {
+        unsigned n = 0;
+        code = cli_download_artifacts(a, o.id, o.out, &n);
+        fprintf(stderr, "agentlab: %u artifact%s written to %s\n", n, n == 1 ? "" : "s", o.out);
+        return code;
+    }
+    char path[96];
+    snprintf(path, sizeof(path), "/v1/jobs/%s/artifacts", o.id);
+    struct cli_resp r = {0};
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
+    if (rc < 0 || r.status != 200) {
+        code = cli_api_fail(a, rc, &r, err, "listing artifacts");
+        cli_resp_clear(&r);
+        return code;
+    }
+    if (o.json) {
+        fwrite(r.body.data, 1, r.body.len, stdout);
+        cli_resp_clear(&r);
+        return 0;
+    }
+    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
+    cli_resp_clear(&r);
+    yajl_val arr = cli_json_array(v, JPATH("artifacts"));
+    static const char *const heads[] = {"PATH", "SIZE"};
+    struct table *t = table_new(2, heads);
+    for (size_t i = 0; t && arr && i < arr->u.array.len; i++) {
+        char size[32];
+        table_size((uint64_t)cli_json_int(arr->u.array.values[i], JPATH("size"), 0), size,
+                   sizeof(size));
+        const char *cells[] = {cli_json_str(arr->u.array.values[i], JPATH("path")), size};
+        table_add(t, cells);
+    }
+    if (t)
+        table_print(t, stdout);
+    table_free(t);
+    return 0;
+}
