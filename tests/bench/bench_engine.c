@@ -14,7 +14,6 @@
 #include "base/util.h"
 #include "engine.h"
 #include "fake_backend.h"
-#include "images/catalog.h"
 
 struct ctx {
     unsigned finished, succeeded;
@@ -30,30 +29,6 @@ static void on_finished(const char *job, enum job_state st, const struct attempt
     c->succeeded += st == JOB_STATE_SUCCEEDED;
 }
 
-static int write_image(const char *state)
-{
-    struct al_error *err = NULL;
-    char *dir = NULL;
-    if (asprintf(&dir, "%s/images/micro", state) < 0 || al_mkdir_p(dir, 0755, &err) < 0)
-        return -1;
-    struct image_info info = {.name = "micro", .dir = dir, .format = "qcow2", .cmdline = "",
-                              .recipe = "bench", .recipe_hash = "", .sha256 = ""};
-    info.disk = al_path_join(dir, IMAGE_DISK_FILE);
-    info.kernel = al_path_join(dir, IMAGE_KERNEL_FILE);
-    info.initrd = al_path_join(dir, IMAGE_INITRD_FILE);
-    const char *files[] = {info.disk, info.kernel, info.initrd};
-    for (size_t i = 0; i < 3; i++)
-        if (al_write_file_atomic(files[i], "x", 1, 0644, &err) < 0)
-            return -1;
-    int r = image_manifest_write(dir, &info, &err);
-    free(info.disk);
-    free(info.kernel);
-    free(info.initrd);
-    free(dir);
-    al_error_free(err);
-    return r;
-}
-
 int main(int argc, char **argv)
 {
     unsigned n = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 10000;
@@ -67,12 +42,13 @@ int main(int argc, char **argv)
              tmpl, tmpl);
     struct al_error *err = NULL;
     struct config *cfg = NULL;
-    if (config_load_string(conf, strlen(conf), "bench", &cfg, &err) < 0 || write_image(tmpl) < 0) {
+    fake_backend_write_image(tmpl, "micro");
+    if (config_load_string(conf, strlen(conf), "bench", &cfg, &err) < 0) {
         fprintf(stderr, "setup: %s\n", al_error_message(err));
         return 1;
     }
     al_log_set_level(AL_LOG_ERROR);
-    backend_register(BACKEND_LIBVIRT, &fake_backend_ops);
+    fake_backend_register();
     fake_backend_delay_ms = 0;
     char *db = al_path_join(tmpl, "agentlab.db");
     struct store *store = NULL;

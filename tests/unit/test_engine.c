@@ -117,29 +117,6 @@ static void engine_down(struct ctx *c)
     c->engine = NULL;
 }
 
-static void write_image(const char *state)
-{
-    /* the engine checks the image exists; a manifest is enough for the fake */
-    struct al_error *err = NULL;
-    char *dir = NULL;
-    assert_true(asprintf(&dir, "%s/images/debian-12", state) > 0);
-    assert_int_equal(al_mkdir_p(dir, 0755, &err), 0);
-    struct image_info info = {.name = "debian-12", .dir = dir, .format = "qcow2",
-                              .cmdline = "console=ttyS0", .recipe = "debian-12",
-                              .recipe_hash = "0", .sha256 = "0"};
-    info.disk = al_path_join(dir, IMAGE_DISK_FILE);
-    info.kernel = al_path_join(dir, IMAGE_KERNEL_FILE);
-    info.initrd = al_path_join(dir, IMAGE_INITRD_FILE);
-    const char *files[] = {info.disk, info.kernel, info.initrd};
-    for (size_t i = 0; i < 3; i++)
-        assert_int_equal(al_write_file_atomic(files[i], "x", 1, 0644, &err), 0);
-    assert_int_equal(image_manifest_write(dir, &info, &err), 0);
-    free(info.disk);
-    free(info.kernel);
-    free(info.initrd);
-    free(dir);
-}
-
 static int setup(void **state)
 {
     struct ctx *c = calloc(1, sizeof(*c));
@@ -151,11 +128,11 @@ static int setup(void **state)
     snprintf(conf, sizeof(conf), conf_fmt, c->dir, c->dir);
     struct al_error *err = NULL;
     assert_int_equal(config_load_string(conf, strlen(conf), "test.conf", &c->cfg, &err), 0);
-    write_image(c->dir);
+    fake_backend_write_image(c->dir, "debian-12");
     char *db = al_path_join(c->dir, "agentlab.db");
     assert_int_equal(store_open(db, NULL, &c->store, &err), 0);
     free(db);
-    backend_register(BACKEND_LIBVIRT, &fake_backend_ops);
+    fake_backend_register();
     n_planted = 0;
     destroyed_owned = 0;
     al_log_set_level(AL_LOG_ERROR);
