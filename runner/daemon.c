@@ -16,6 +16,7 @@
 #include "loop/curl_uv.h"
 #include "loop/virt_uv.h"
 #include "owner.h"
+#include "sources/gitlab.h"
 #include "sources/spool.h"
 #include "store.h"
 
@@ -32,6 +33,8 @@ struct daemon {
     char *owner_id;
     struct spool *spools[MAX_SOURCES];
     size_t n_spools;
+    struct gitlab *gitlabs[MAX_SOURCES];
+    size_t n_gitlabs;
     int stopping_parts;
     bool stopping;
 };
@@ -84,6 +87,10 @@ static void daemon_stop(struct daemon *d)
         d->stopping_parts++;
         spool_stop(d->spools[i], on_source_stopped, d);
     }
+    for (size_t i = 0; i < d->n_gitlabs; i++) {
+        d->stopping_parts++;
+        gitlab_stop(d->gitlabs[i], on_source_stopped, d);
+    }
     on_source_stopped(d);
 }
 
@@ -117,6 +124,12 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
         if (src->type == SOURCE_SPOOL) {
             if (spool_start(&d->loop, d->engine, src, &d->spools[d->n_spools], &err) == 0)
                 d->n_spools++;
+            else
+                log_error(NULL, "source %s: %s", src->name, al_error_message(err));
+        } else if (src->type == SOURCE_GITLAB) {
+            if (gitlab_start(&d->loop, d->engine, d->curl, d->cfg, src, &d->gitlabs[d->n_gitlabs],
+                             &err) == 0)
+                d->n_gitlabs++;
             else
                 log_error(NULL, "source %s: %s", src->name, al_error_message(err));
         } else {

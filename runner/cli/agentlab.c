@@ -54,6 +54,7 @@ static const struct cli_command commands[] = {
         {"config", "show the effective configuration", cmd_config},
         {"job", "job specs: validate", cmd_job},
         {"image", "build, list, inspect and remove golden images", cmd_image},
+        {"gitlab", "register agentlabd as a GitLab runner", cmd_gitlab},
 };
 
 static void usage(FILE *out)

@@ -13,5 +13,7 @@ int cmd_run(int argc, char **argv);
 int cmd_gc(int argc, char **argv);
 /* agentlab image ... (cmd_image.c) */
 int cmd_image(int argc, char **argv);
+/* agentlab gitlab register (cmd_gitlab.c) */
+int cmd_gitlab(int argc, char **argv);
 
 #endif
