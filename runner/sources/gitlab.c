@@ -542,13 +542,12 @@ static void on_trace_done(int result, const struct al_http_response *resp,
                 j->sent = (size_t)have;
         } else if (resp->status == 416) {
             /* the server holds a different amount: continue from there */
+            j->tries++;
             if (parse_range(resp, &have) && have <= j->trace.len) {
                 log_info(j->submitted ? j->engine_id : NULL,
                          "gitlab %s: job %" PRId64 ": trace resent from byte %" PRIu64,
                          j->g->src->name, j->id, have);
                 j->sent = (size_t)have;
-            } else {
-                j->tries++;
             }
         } else if (resp->status == 403 || resp->status == 404) {
             j->gone = true;
@@ -1025,7 +1024,7 @@ static void continue_finish(struct gljob *j)
             }
             j->freed = true;
             job_free(j);
-            if (!g->stopping)
+            if (!g->stopping && !g->backoff_ms)
                 poll_schedule(g, 0);
             return;
         }
@@ -1353,6 +1352,11 @@ static void on_poll_done(int result, const struct al_http_response *resp,
     case 201:
         g->backoff_ms = 0;
         g->rejected_logged = false;
+        /* ask again at once and without last_update: another job may be
+         * waiting under the same queue version, which a long poll would
+         * sit on */
+        free(g->last_update);
+        g->last_update = NULL;
         start_job(g, resp->body.data ? resp->body.data : "", resp->body.len);
         poll_schedule(g, 0);
         return;

@@ -209,6 +209,9 @@ poll_interval = 1s
     broken = make_job(106, srv, sha, name="broken-job", script=["true"])
     broken["steps"][0]["script"] = "echo not an array"
     jobs["broken"] = fake.add_job(broken)
+    # last: agentlabd is stopped while it runs
+    stopped = fake.add_job(make_job(107, srv, sha, name="stopped-job",
+                                    script=["echo RUNNING-NOW", "sleep 120"]))
 
     def dump():
         for k, j in jobs.items():
@@ -226,6 +229,9 @@ poll_interval = 1s
         ok = fake.wait(lambda: all(j.final is not None or j.status in ("canceled",)
                                    for j in jobs.values()), 420)
         elapsed = time.time() - t0
+        if ok:
+            ok = fake.wait(lambda: b"RUNNING-NOW\n" in stopped.trace, 240)
+        t_stop = time.time()
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -240,6 +246,15 @@ poll_interval = 1s
         fail("not every job was reported: " + ", ".join(
             f"{k}={j.status}/{j.final}" for k, j in jobs.items()))
     check(rc == 0, f"agentlabd exited {rc} on SIGTERM\n{log[-3000:]}")
+    stop_s = time.time() - t_stop
+    f = stopped.final
+    check(f is not None and f["state"] == "failed" and
+          f["failure_reason"] == "runner_system_failure",
+          f"a job running at shutdown was reported as {f}")
+    check(stopped.trace.endswith(b"ERROR: Job failed (system failure): agentlabd stopped\n"),
+          f"stopped: trace {stopped.trace!r}")
+    print(f"SIGTERM with a job running: reported and stopped in {stop_s:.1f}s")
+    jobs["stopped"] = stopped
     print(f"all jobs reported in {elapsed:.1f}s")
     for k, j in jobs.items():
         print(f"  {k:8} handed out at +{j.handed_at - t0:5.1f}s, reported after "
