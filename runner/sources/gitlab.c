@@ -406,18 +406,6 @@ static void job_free(struct gljob *j)
     uv_close((uv_handle_t *)&j->timer, on_job_closed);
 }
 
-static int rm_work(void *data, struct al_error **err)
-{
-    return al_rm_rf(data, err);
-}
-
-static void rm_done(void *data, int result, struct al_error *err)
-{
-    (void)result;
-    al_error_free(err);
-    free(data);
-}
-
 struct rm_req {
     struct gitlab *g;
     char *path;
@@ -426,7 +414,7 @@ struct rm_req {
 static int rm_req_work(void *data, struct al_error **err)
 {
     struct rm_req *q = data;
-    return rm_work(q->path, err);
+    return al_rm_rf(q->path, err);
 }
 
 static void rm_req_done(void *data, int result, struct al_error *err)
@@ -435,8 +423,8 @@ static void rm_req_done(void *data, int result, struct al_error *err)
     struct gitlab *g = q->g;
     if (result < 0)
         log_warn(NULL, "gitlab %s: removing %s: %s", g->src->name, q->path, al_error_message(err));
-    rm_done(q->path, result, NULL);
     al_error_free(err);
+    free(q->path);
     free(q);
     g->workers--;
     maybe_stopped(g);
@@ -566,8 +554,11 @@ static void on_trace_done(int result, const struct al_http_response *resp,
         if (j->tries > 0 && !j->shutdown)
             j->delay_ms = jitter(BACKOFF_MIN_MS << (j->tries > 6 ? 6 : j->tries - 1));
         continue_finish(j);
-    } else
+    } else if (j->trace.len - j->sent >= TRACE_CHUNK && j->tries == 0) {
+        trace_tick_arm(j, 0); /* a backlog: do not wait for the interval */
+    } else {
         trace_tick_arm(j, (uint64_t)j->interval_s * 1000u);
+    }
 }
 
 static int send_trace(struct gljob *j)
@@ -736,7 +727,7 @@ static void on_update_done(int result, const struct al_http_response *resp,
     } else if (result == 0 && resp->status == 202) {
         /* accepted, not yet complete (the trace is being verified): again */
         update_interval(j, resp);
-        if (++j->tries > ACCEPTED_TRIES) {
+        if (++j->tries > (j->shutdown ? 1 : ACCEPTED_TRIES)) {
             log_warn(id, "gitlab %s: job %" PRId64 ": the final update stayed 202 Accepted",
                      j->g->src->name, j->id);
             j->fstep = FS_DONE;
@@ -750,11 +741,16 @@ static void on_update_done(int result, const struct al_http_response *resp,
                  j->g->src->name, j->id, resp->status, ex);
         j->fstep = FS_DONE;
     } else {
-        char ex[256] = "";
-        if (result == 0)
+        char what[320];
+        if (result == 0) {
+            char ex[256];
             body_excerpt(resp, ex, sizeof(ex));
-        log_warn(id, "gitlab %s: job %" PRId64 ": final update failed: %s%s%s", j->g->src->name,
-                 j->id, result == 0 ? "HTTP " : al_error_message(err), result == 0 ? "" : "", ex);
+            snprintf(what, sizeof(what), "HTTP %ld %s", resp->status, ex);
+        } else {
+            snprintf(what, sizeof(what), "%s", al_error_message(err));
+        }
+        log_warn(id, "gitlab %s: job %" PRId64 ": final update failed: %s", j->g->src->name, j->id,
+                 what);
         if (++j->tries >= (j->shutdown ? 1 : FINISH_TRIES))
             j->fstep = FS_DONE;
         else
@@ -1614,6 +1610,8 @@ void gitlab_stop(struct gitlab *g, void (*done)(void *data), void *data)
         j->shutdown = true;
         if (j->phase != PHASE_FINISHING)
             request_cancel(j, "agentlabd is stopping");
+        else if (j->timer_armed)
+            uv_timer_start(&j->timer, on_tick, 0, 0); /* no more waiting between tries */
         j->cancel_requested = true;
     }
     maybe_stopped(g);

@@ -231,6 +231,9 @@ poll_interval = 1s
         elapsed = time.time() - t0
         if ok:
             ok = fake.wait(lambda: b"RUNNING-NOW\n" in stopped.trace, 240)
+        if ok:
+            # a silent job keeps itself alive with PUT state=running
+            ok = fake.wait(lambda: any(u["state"] == "running" for u in stopped.updates), 60)
         t_stop = time.time()
     finally:
         daemon.send_signal(signal.SIGTERM)
