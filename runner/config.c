@@ -37,6 +37,8 @@ static const char *const backend_types[] = {"libvirt", "proxmox", NULL};
 static const char *const inject_modes[] = {"seed", "guestfs", NULL};
 static const char *const accel_modes[] = {"auto", "kvm", "tcg", NULL};
 static const char *const source_types[] = {"spool", "http", "gitlab", "github", NULL};
+/* order of enum gitlab_clone */
+static const char *const clone_modes[] = {"host", "guest", "none", NULL};
 
 #define T(x)      (1u << (x))
 #define ALL_TYPES 0u
@@ -170,6 +172,13 @@ static const struct config_key keys[] = {
          "an integer from 1 to 10000"},
         {SEC_SOURCE, 0, "poll_interval", KEY_DURATION, S(poll_interval_s), "5s", 1, 3600, NULL,
          "a duration such as 5s"},
+        {SEC_SOURCE, T(SOURCE_GITLAB), "clone", KEY_ENUM, S(clone), "host", 0, 0, clone_modes,
+         "where the commit is checked out: host (agentlabd; the job token stays out of the VM), "
+         "guest (the VM needs a network) or none"},
+        {SEC_SOURCE, T(SOURCE_GITLAB), "output_limit", KEY_SIZE, S(output_limit), "4M", 4096,
+         INT64_MAX, NULL, "bytes of a job's log sent to GitLab, such as 4M"},
+        {SEC_SOURCE, T(SOURCE_GITLAB), "max_checkout_size", KEY_SIZE, S(max_checkout_bytes), "2G",
+         1 << 20, INT64_MAX, NULL, "size cap of a host-side checkout, such as 2G"},
 
         /* [pool "NAME"] */
         {SEC_POOL, 0, "backends", KEY_LIST, P(backends), "", 0, 0, NULL,

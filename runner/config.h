@@ -112,6 +112,9 @@ struct config_source {
     char **labels;    /* gitlab tags, github labels */
     int concurrent;
     int64_t poll_interval_s;
+    int clone;                   /* gitlab: enum gitlab_clone (sources/gitlab_job.h) */
+    uint64_t output_limit;       /* gitlab: bytes of job log sent to the server */
+    uint64_t max_checkout_bytes; /* gitlab: size cap of a host-side checkout */
 };
 
 struct config_pool {

@@ -18,6 +18,7 @@
 #include "loop/virt_uv.h"
 #include "owner.h"
 #include "sd_notify.h"
+#include "sources/gitlab.h"
 #include "sources/httpq.h"
 #include "sources/spool.h"
 #include "store.h"
@@ -136,6 +137,11 @@ static void stop_httpq(void *h, void (*done)(void *), void *data)
     httpq_stop(h, done, data);
 }
 
+static void stop_gitlab(void *h, void (*done)(void *), void *data)
+{
+    gitlab_stop(h, done, data);
+}
+
 static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 {
     struct daemon *d = data;
@@ -158,6 +164,11 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
             sr = httpq_start(&d->loop, d->curl, d->engine, src, &hq, &err);
             h = hq;
             stop = stop_httpq;
+        } else if (src->type == SOURCE_GITLAB) {
+            struct gitlab *gl = NULL;
+            sr = gitlab_start(&d->loop, d->engine, d->curl, d->cfg, src, &gl, &err);
+            h = gl;
+            stop = stop_gitlab;
         } else {
             al_error_set(&err, ENOTSUP, "type %s is not supported by this build",
                          source_type_to_string(src->type));

@@ -57,6 +57,7 @@ static const struct cli_command commands[] = {
         {"pool", "backends and pools of the running daemon: capacity, health", cmd_pool},
         {"vm", "VMs the running daemon owns", cmd_vm},
         {"image", "build, list, inspect and remove golden images", cmd_image},
+        {"gitlab", "register agentlabd as a GitLab runner", cmd_gitlab},
 };
 
 static void usage(FILE *out)

@@ -1,0 +1,29 @@
+/* The zip GitLab stores as a job's `archive` artifact.
+ *
+ * GitLab accepts artifact_type=archive only with artifact_format=zip, so the
+ * files the engine already extracted from the guest (checked, without
+ * links or devices: provision/artifacts.h) are packed again as a zip, keeping
+ * only the paths the job's patterns ask for (the guest hands back whole
+ * directories for glob patterns; see gitlab_artifact_roots()).
+ */
+#ifndef AL_GITLAB_ARTIFACTS_H
+#define AL_GITLAB_ARTIFACTS_H
+
+#include <stdint.h>
+
+#include "../base/error.h"
+#include "gitlab_job.h"
+
+struct gitlab_zip_result {
+    uint64_t files; /* 0: nothing matched, no zip was written */
+    uint64_t bytes; /* size of the zip */
+};
+
+/* Writes zip_path from the regular files under dir that a wants (symlinks
+ * and special files are skipped, never followed). Fails with -EFBIG when
+ * the zip would exceed max_bytes (0 = unlimited). Blocking: call it from a
+ * worker thread. */
+int gitlab_artifacts_zip(const char *dir, const struct gitlab_artifact *a, const char *zip_path,
+                         uint64_t max_bytes, struct gitlab_zip_result *ret, struct al_error **err);
+
+#endif

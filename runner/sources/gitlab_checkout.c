@@ -1,0 +1,537 @@
+#include "gitlab_checkout.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../base/buf.h"
+#include "../base/log.h"
+#include "../base/macro.h"
+#include "../base/util.h"
+#include "../loop/work.h"
+#include "gitlab_job.h"
+#include "provision/workdir.h"
+
+#define DEFAULT_TIMEOUT_S 600
+#define STDERR_KEEP       2048
+#define MAX_ARGS          (GITLAB_JOB_MAX_REFSPECS + 16)
+
+enum step {
+    STEP_INIT = 0,
+    STEP_REMOTE,
+    STEP_FETCH,
+    STEP_CHECKOUT,
+    STEP_PACK,
+    STEP_DONE,
+};
+
+static const char *const step_names[] = {"git init",     "git remote add",       "git fetch",
+                                         "git checkout", "packing the work dir", ""};
+
+struct git_run;
+
+struct gitlab_checkout {
+    uv_loop_t *loop;
+    char *dir;
+    char *src;
+    char *tar;
+    char *url;         /* without credentials */
+    char *auth_header; /* "Authorization: Basic ..." (wiped) */
+    char *auth_b64;    /* registered with the redactor */
+    char *sha;
+    char **refspecs;
+    int depth;
+    uint64_t max_bytes;
+    enum step step;
+    struct git_run *run; /* the git process of the current step */
+    uv_timer_t timer;
+    bool timer_closed;
+    bool canceled;
+    bool timed_out;
+    int result;
+    char message[1024];
+    gitlab_checkout_cb cb;
+    void *data;
+};
+
+/* One git process: embedded handles, freed when both are closed. */
+struct git_run {
+    struct gitlab_checkout *c;
+    uv_process_t proc;
+    uv_pipe_t err;
+    int pending; /* exit and stderr EOF */
+    int closing;
+    int64_t status;
+    int term_signal;
+    char tail[STDERR_KEEP];
+    size_t tail_len;
+};
+
+static int step_start(struct gitlab_checkout *c);
+
+char *gitlab_base64(const void *data, size_t len)
+{
+    static const char alphabet[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *in = data;
+    size_t out_len = 4 * ((len + 2) / 3);
+    char *out = malloc(out_len + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < len)
+            v |= in[i + 2];
+        out[o++] = alphabet[(v >> 18) & 63];
+        out[o++] = alphabet[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? alphabet[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? alphabet[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static void wipe_free(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+static void checkout_free(struct gitlab_checkout *c)
+{
+    if (c->auth_b64) {
+        al_redact_remove(c->auth_b64);
+        wipe_free(c->auth_b64);
+    }
+    wipe_free(c->auth_header);
+    free(c->dir);
+    free(c->src);
+    free(c->tar);
+    free(c->url);
+    free(c->sha);
+    strv_free(c->refspecs);
+    free(c);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct gitlab_checkout *c = h->data;
+    checkout_free(c);
+}
+
+_printf_(3, 4) static void set_failure(struct gitlab_checkout *c, int code, const char *fmt, ...)
+{
+    if (c->result < 0)
+        return;
+    c->result = code;
+    char raw[sizeof(c->message)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(raw, sizeof(raw), fmt, ap);
+    va_end(ap);
+    size_t len = 0;
+    _cleanup_free_ char *red = al_redact(raw, strlen(raw), &len);
+    snprintf(c->message, sizeof(c->message), "%s", red ? red : "checkout failed");
+}
+
+/* Reports the result once and frees the checkout. */
+static void finish(struct gitlab_checkout *c)
+{
+    c->step = STEP_DONE;
+    uv_timer_stop(&c->timer);
+    if (c->canceled)
+        set_failure(c, -ECANCELED, "checkout canceled");
+    if (c->result < 0 && c->tar)
+        unlink(c->tar);
+    c->cb(c->result, c->result == 0 ? c->tar : NULL, c->message, c->data);
+    uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+}
+
+/* ---- git processes ------------------------------------------------------- */
+
+static void on_run_closed(uv_handle_t *h)
+{
+    struct git_run *g = h->data;
+    if (--g->closing == 0)
+        free(g);
+}
+
+static void kill_run(struct git_run *g)
+{
+    if (g && g->proc.pid > 0 && g->pending > 0)
+        kill(-g->proc.pid, SIGKILL);
+}
+
+/* Last lines of git's stderr, one line, for the message. */
+static void tail_text(const struct git_run *g, char *buf, size_t size)
+{
+    size_t n = g->tail_len;
+    const char *s = g->tail;
+    while (n && (s[n - 1] == '\n' || s[n - 1] == '\r'))
+        n--;
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < size; i++)
+        buf[o++] = s[i] == '\n' || s[i] == '\r' ? ' ' : (s[i] < 0x20 ? '?' : s[i]);
+    buf[o] = '\0';
+}
+
+static void run_done(struct git_run *g)
+{
+    struct gitlab_checkout *c = g->c;
+    c->run = NULL;
+    g->closing = 2;
+    uv_close((uv_handle_t *)&g->proc, on_run_closed);
+    uv_close((uv_handle_t *)&g->err, on_run_closed);
+    if (c->canceled) {
+        set_failure(c, -ECANCELED, "checkout canceled");
+    } else if (c->timed_out) {
+        set_failure(c, -ETIMEDOUT, "%s timed out", step_names[c->step]);
+    } else if (g->term_signal || g->status != 0) {
+        char tail[STDERR_KEEP];
+        tail_text(g, tail, sizeof(tail));
+        if (g->term_signal)
+            set_failure(c, -EIO, "%s was killed by signal %d: %s", step_names[c->step],
+                        g->term_signal, tail);
+        else
+            set_failure(c, -EIO, "%s failed (exit %lld): %s", step_names[c->step],
+                        (long long)g->status, tail);
+    }
+    if (c->result < 0) {
+        finish(c);
+        return;
+    }
+    c->step++;
+    if (step_start(c) < 0)
+        finish(c);
+}
+
+static void on_exit_cb(uv_process_t *p, int64_t status, int term_signal)
+{
+    struct git_run *g = p->data;
+    g->status = status;
+    g->term_signal = term_signal;
+    if (--g->pending == 0)
+        run_done(g);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    static char scratch[4096];
+    (void)h;
+    /* loop thread only: one read at a time */
+    *buf = uv_buf_init(scratch, sizeof(scratch));
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct git_run *g = s->data;
+    if (n > 0) {
+        size_t len = (size_t)n;
+        if (len >= sizeof(g->tail)) {
+            memcpy(g->tail, buf->base + len - sizeof(g->tail), sizeof(g->tail));
+            g->tail_len = sizeof(g->tail);
+        } else {
+            size_t keep = g->tail_len + len > sizeof(g->tail) ? sizeof(g->tail) - len : g->tail_len;
+            memmove(g->tail, g->tail + g->tail_len - keep, keep);
+            memcpy(g->tail + keep, buf->base, len);
+            g->tail_len = keep + len;
+        }
+        return;
+    }
+    if (n == 0)
+        return;
+    uv_read_stop(s);
+    if (--g->pending == 0)
+        run_done(g);
+}
+
+/* Environment of git: nothing from the daemon's but PATH and proxies. */
+static int git_env(struct gitlab_checkout *c, char ***ret)
+{
+    static const char *const pass[] = {"PATH",       "http_proxy",  "https_proxy", "no_proxy",
+                                       "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"};
+    _cleanup_strv_ char **env = calloc(32, sizeof(char *));
+    if (!env)
+        return -ENOMEM;
+    size_t n = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(pass); i++) {
+        const char *v = getenv(pass[i]);
+        if (v && asprintf(&env[n++], "%s=%s", pass[i], v) < 0)
+            return -ENOMEM;
+    }
+    if (!getenv("PATH") && !(env[n++] = strdup("PATH=/usr/local/bin:/usr/bin:/bin")))
+        return -ENOMEM;
+    const char *fixed[] = {
+            "LC_ALL=C",
+            "GIT_TERMINAL_PROMPT=0",
+            "GIT_ASKPASS=/bin/false",
+            "GIT_CONFIG_NOSYSTEM=1",
+            "GIT_CONFIG_GLOBAL=/dev/null",
+            "GIT_ALLOW_PROTOCOL=http:https",
+            "GIT_CONFIG_COUNT=2",
+            "GIT_CONFIG_KEY_0=http.extraHeader",
+            "GIT_CONFIG_KEY_1=credential.helper",
+            "GIT_CONFIG_VALUE_1=",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(fixed); i++) {
+        if (!(env[n++] = strdup(fixed[i])))
+            return -ENOMEM;
+    }
+    if (asprintf(&env[n++], "HOME=%s", c->dir) < 0 ||
+        asprintf(&env[n++], "GIT_CONFIG_VALUE_0=%s", c->auth_header) < 0)
+        return -ENOMEM;
+    *ret = TAKE_PTR(env);
+    return 0;
+}
+
+static void env_wipe_free(char **env)
+{
+    for (char **e = env; e && *e; e++)
+        explicit_bzero(*e, strlen(*e));
+    strv_free(env);
+}
+
+static int spawn_git(struct gitlab_checkout *c, const char *const *argv)
+{
+    struct git_run *g = calloc(1, sizeof(*g));
+    if (!g)
+        return -ENOMEM;
+    char **env = NULL;
+    int r = git_env(c, &env);
+    if (r < 0) {
+        free(g);
+        return r;
+    }
+    g->c = c;
+    uv_pipe_init(c->loop, &g->err, 0);
+    g->err.data = g;
+    g->proc.data = g;
+    uv_stdio_container_t stdio[3] = {
+            {.flags = UV_IGNORE},
+            {.flags = UV_IGNORE},
+            {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&g->err},
+    };
+    uv_process_options_t o = {
+            .exit_cb = on_exit_cb,
+            .file = "git",
+            .args = (char **)argv,
+            .env = env,
+            .flags = UV_PROCESS_DETACHED, /* own process group: killed as a whole */
+            .stdio_count = 3,
+            .stdio = stdio,
+    };
+    r = uv_spawn(c->loop, &g->proc, &o);
+    env_wipe_free(env);
+    if (r < 0) {
+        /* a failed spawn has initialised the process handle too */
+        g->closing = 2;
+        uv_close((uv_handle_t *)&g->err, on_run_closed);
+        uv_close((uv_handle_t *)&g->proc, on_run_closed);
+        return r;
+    }
+    g->pending = 2;
+    uv_read_start((uv_stream_t *)&g->err, on_alloc, on_read);
+    c->run = g;
+    return 0;
+}
+
+/* ---- packing ------------------------------------------------------------- */
+
+static int pack_work(void *data, struct al_error **err)
+{
+    struct gitlab_checkout *c = data;
+    int r = workdir_pack(c->src, c->tar, c->max_bytes, NULL, err);
+    struct al_error *rm_err = NULL;
+    if (al_rm_rf(c->src, &rm_err) < 0 && r == 0)
+        r = al_error_move(err, &rm_err);
+    al_error_free(rm_err);
+    return r;
+}
+
+static void pack_done(void *data, int result, struct al_error *err)
+{
+    struct gitlab_checkout *c = data;
+    if (result < 0)
+        set_failure(c, result, "packing the work dir: %s", al_error_message(err));
+    al_error_free(err);
+    finish(c);
+}
+
+/* ---- steps --------------------------------------------------------------- */
+
+/* Starts the current step. On failure the result is set and the caller
+ * finishes. */
+static int step_start(struct gitlab_checkout *c)
+{
+    if (c->canceled) {
+        set_failure(c, -ECANCELED, "checkout canceled");
+        return c->result;
+    }
+    const char *argv[MAX_ARGS];
+    size_t n = 0;
+    char depth[32];
+    argv[n++] = "git";
+    switch (c->step) {
+    case STEP_INIT:
+        argv[n++] = "-c";
+        argv[n++] = "init.defaultBranch=agentlab";
+        argv[n++] = "init";
+        argv[n++] = "-q";
+        if (strlen(c->sha) == 64)
+            argv[n++] = "--object-format=sha256";
+        argv[n++] = c->src;
+        break;
+    case STEP_REMOTE:
+        argv[n++] = "-C";
+        argv[n++] = c->src;
+        argv[n++] = "remote";
+        argv[n++] = "add";
+        argv[n++] = "origin";
+        argv[n++] = c->url;
+        break;
+    case STEP_FETCH:
+        argv[n++] = "-C";
+        argv[n++] = c->src;
+        argv[n++] = "fetch";
+        argv[n++] = "-q";
+        argv[n++] = "--no-tags";
+        argv[n++] = "--no-recurse-submodules";
+        if (c->depth > 0) {
+            snprintf(depth, sizeof(depth), "--depth=%d", c->depth);
+            argv[n++] = depth;
+        }
+        argv[n++] = "origin";
+        if (!c->refspecs || !c->refspecs[0])
+            argv[n++] = c->sha;
+        for (char **s = c->refspecs; s && *s && n < MAX_ARGS - 1; s++)
+            argv[n++] = *s;
+        break;
+    case STEP_CHECKOUT:
+        argv[n++] = "-C";
+        argv[n++] = c->src;
+        argv[n++] = "-c";
+        argv[n++] = "advice.detachedHead=false";
+        argv[n++] = "checkout";
+        argv[n++] = "-q";
+        argv[n++] = "-f";
+        argv[n++] = c->sha;
+        argv[n++] = "--";
+        break;
+    case STEP_PACK: {
+        int r = al_work_queue(c->loop, pack_work, pack_done, c, NULL);
+        if (r < 0)
+            set_failure(c, r, "packing the work dir: %s", strerror(-r));
+        return r;
+    }
+    case STEP_DONE:
+        return 0;
+    }
+    argv[n] = NULL;
+    int r = spawn_git(c, argv);
+    if (r < 0)
+        set_failure(c, r == UV_ENOENT ? -ENOENT : -EIO, "%s: cannot run git: %s",
+                    step_names[c->step], uv_strerror(r));
+    return r < 0 ? c->result : 0;
+}
+
+static void on_start_failed_closed(uv_handle_t *h)
+{
+    checkout_free(h->data);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct gitlab_checkout *c = t->data;
+    c->timed_out = true;
+    kill_run(c->run);
+}
+
+int gitlab_checkout_start(uv_loop_t *loop, const struct gitlab_checkout_params *p,
+                          gitlab_checkout_cb cb, void *data, struct gitlab_checkout **ret,
+                          struct al_error **err)
+{
+    struct gitlab_checkout *c = calloc(1, sizeof(*c));
+    if (!c)
+        return al_error_set(err, ENOMEM, "out of memory");
+    c->loop = loop;
+    c->cb = cb;
+    c->data = data;
+    c->depth = p->depth;
+    c->max_bytes = p->max_bytes;
+    int r = gitlab_url_strip_credentials(p->repo_url, &c->url, err);
+    if (r < 0) {
+        checkout_free(c);
+        return al_error_wrap(err, "repository URL");
+    }
+    size_t n = 0;
+    for (const char *const *s = p->refspecs; s && *s; s++)
+        n++;
+    c->refspecs = calloc(n + 1, sizeof(char *));
+    _cleanup_free_ char *userpass = NULL;
+    if (c->refspecs) {
+        for (size_t i = 0; i < n; i++) {
+            if (!(c->refspecs[i] = strdup(p->refspecs[i])))
+                r = -ENOMEM;
+        }
+    }
+    c->dir = strdup(p->dir);
+    c->src = al_path_join(p->dir, "src");
+    c->tar = al_path_join(p->dir, "workdir.tar");
+    c->sha = strdup(p->sha);
+    if (asprintf(&userpass, "gitlab-ci-token:%s", p->token) < 0)
+        userpass = NULL;
+    if (userpass) {
+        c->auth_b64 = gitlab_base64(userpass, strlen(userpass));
+        explicit_bzero(userpass, strlen(userpass));
+    }
+    if (c->auth_b64 && asprintf(&c->auth_header, "Authorization: Basic %s", c->auth_b64) < 0)
+        c->auth_header = NULL;
+    if (r < 0 || !c->refspecs || !c->dir || !c->src || !c->tar || !c->sha || !c->auth_header) {
+        checkout_free(c);
+        return al_error_set(err, ENOMEM, "out of memory");
+    }
+    if (al_redact_add(c->auth_b64) < 0) {
+        wipe_free(c->auth_b64);
+        c->auth_b64 = NULL;
+        checkout_free(c);
+        return al_error_set(err, ENOMEM, "registering the checkout credentials");
+    }
+    r = al_rm_rf(c->dir, err);
+    if (r == 0)
+        r = al_mkdir_p(c->dir, 0700, err);
+    if (r < 0) {
+        checkout_free(c);
+        return r;
+    }
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    int64_t t = p->timeout_s > 0 ? p->timeout_s : DEFAULT_TIMEOUT_S;
+    uv_timer_start(&c->timer, on_timeout, (uint64_t)t * 1000u, 0);
+    c->step = STEP_INIT;
+    if (step_start(c) < 0) {
+        r = al_error_set(err, -c->result, "%s", c->message);
+        al_rm_rf(c->dir, NULL);
+        uv_close((uv_handle_t *)&c->timer, on_start_failed_closed);
+        return r;
+    }
+    *ret = c;
+    return 0;
+}
+
+void gitlab_checkout_cancel(struct gitlab_checkout *c)
+{
+    if (!c || c->step == STEP_DONE)
+        return;
+    c->canceled = true;
+    kill_run(c->run);
+}

@@ -1,0 +1,1160 @@
+#include "gitlab_job.h"
+
+#include <ctype.h>
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_tree.h>
+
+#include "../base/buf.h"
+#include "../base/log.h"
+
+DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
+
+/* ---- pre-scan ------------------------------------------------------------ */
+
+/* Bounds nesting and the number of values before yajl builds a tree whose
+ * size is proportional to both. Strings are skipped with their escapes;
+ * anything malformed is left for yajl to reject. */
+static int prescan(const char *data, size_t len, struct al_error **err)
+{
+    unsigned depth = 0;
+    size_t values = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = data[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_string = true;
+            values++;
+            break;
+        case '[':
+        case '{':
+            if (++depth > GITLAB_JOB_MAX_DEPTH)
+                return al_error_set(err, EINVAL, "job payload nests deeper than %d levels",
+                                    GITLAB_JOB_MAX_DEPTH);
+            values++;
+            break;
+        case ']':
+        case '}':
+            if (depth)
+                depth--;
+            break;
+        case ',':
+            values++;
+            break;
+        default:
+            break;
+        }
+        if (values > GITLAB_JOB_MAX_VALUES)
+            return al_error_set(err, EINVAL, "job payload has more than %d values",
+                                GITLAB_JOB_MAX_VALUES);
+    }
+    return 0;
+}
+
+/* ---- tree access --------------------------------------------------------- */
+
+static const char *type_name(yajl_val v)
+{
+    if (!v)
+        return "nothing";
+    if (YAJL_IS_STRING(v))
+        return "a string";
+    if (YAJL_IS_INTEGER(v))
+        return "an integer";
+    if (YAJL_IS_NUMBER(v))
+        return "a number";
+    if (YAJL_IS_OBJECT(v))
+        return "an object";
+    if (YAJL_IS_ARRAY(v))
+        return "an array";
+    if (YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v))
+        return "a boolean";
+    return "null";
+}
+
+_printf_(3, 4) static int fail(struct al_error **err, const char *path, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return al_error_set(err, EINVAL, "%s%s%s", path, *path ? ": " : "", msg);
+}
+
+/* path + "." + key (or "[i]") into buf. */
+static const char *sub(char *buf, size_t size, const char *path, const char *key, long idx)
+{
+    int n;
+    if (key)
+        n = snprintf(buf, size, "%s%s%s", path, *path ? "." : "", key);
+    else
+        n = snprintf(buf, size, "%s[%ld]", path, idx);
+    if (n < 0 || (size_t)n >= size)
+        snprintf(buf, size, "%s", "(deep path)");
+    return buf;
+}
+
+/* The member `key` of obj, or NULL when absent or null. A key given twice
+ * is an error: two readers of the document could disagree about it. */
+static int member(yajl_val obj, const char *key, const char *path, yajl_val *ret,
+                  struct al_error **err)
+{
+    yajl_val found = NULL;
+    bool seen = false;
+    for (size_t i = 0; i < obj->u.object.len; i++) {
+        if (!streq(obj->u.object.keys[i], key))
+            continue;
+        if (seen) {
+            char p[256];
+            return fail(err, sub(p, sizeof(p), path, key, 0), "given more than once");
+        }
+        seen = true;
+        found = obj->u.object.values[i];
+    }
+    *ret = found && !YAJL_IS_NULL(found) ? found : NULL;
+    return 0;
+}
+
+static bool text_is_printable(const char *s, bool allow_space)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f || (!allow_space && *p == ' '))
+            return false;
+    }
+    return true;
+}
+
+enum str_kind {
+    STR_ANY,  /* any text, newlines included */
+    STR_LINE, /* printable, spaces allowed */
+    STR_WORD, /* printable, no spaces */
+};
+
+/* Copies the string member key (optional unless required). */
+static int get_string(yajl_val obj, const char *key, const char *path, size_t max,
+                      enum str_kind kind, bool required, char **ret, struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, &v, err);
+    if (r < 0)
+        return r;
+    sub(p, sizeof(p), path, key, 0);
+    if (!v) {
+        if (required)
+            return fail(err, p, "missing");
+        return 0;
+    }
+    if (!YAJL_IS_STRING(v))
+        return fail(err, p, "expected a string, got %s", type_name(v));
+    size_t n = strlen(v->u.string);
+    if (n > max)
+        return fail(err, p, "longer than %zu bytes", max);
+    if (kind != STR_ANY && !text_is_printable(v->u.string, kind == STR_LINE))
+        return fail(err, p, "contains %s",
+                    kind == STR_LINE ? "control characters" : "spaces or control characters");
+    if (required && n == 0)
+        return fail(err, p, "must not be empty");
+    char *copy = strdup(v->u.string);
+    if (!copy)
+        return al_error_set(err, ENOMEM, "out of memory");
+    free(*ret);
+    *ret = copy;
+    return 0;
+}
+
+static int get_int(yajl_val obj, const char *key, const char *path, int64_t min, int64_t max,
+                   bool required, int64_t *ret, struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, &v, err);
+    if (r < 0)
+        return r;
+    sub(p, sizeof(p), path, key, 0);
+    if (!v)
+        return required ? fail(err, p, "missing") : 0;
+    if (!YAJL_IS_INTEGER(v))
+        return fail(err, p, "expected an integer, got %s", type_name(v));
+    if (v->u.number.i < min || v->u.number.i > max)
+        return fail(err, p, "expected an integer from %" PRId64 " to %" PRId64 ", got %lld", min,
+                    max, v->u.number.i);
+    *ret = v->u.number.i;
+    return 0;
+}
+
+static int get_bool(yajl_val obj, const char *key, const char *path, bool *ret,
+                    struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, &v, err);
+    if (r < 0)
+        return r;
+    if (!v)
+        return 0;
+    if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
+        return fail(err, sub(p, sizeof(p), path, key, 0), "expected true or false, got %s",
+                    type_name(v));
+    *ret = YAJL_IS_TRUE(v);
+    return 0;
+}
+
+static int get_object(yajl_val obj, const char *key, const char *path, bool required, yajl_val *ret,
+                      struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, &v, err);
+    if (r < 0)
+        return r;
+    sub(p, sizeof(p), path, key, 0);
+    if (!v)
+        return required ? fail(err, p, "missing") : (*ret = NULL, 0);
+    if (!YAJL_IS_OBJECT(v))
+        return fail(err, p, "expected an object, got %s", type_name(v));
+    *ret = v;
+    return 0;
+}
+
+static int get_array(yajl_val obj, const char *key, const char *path, size_t max, bool required,
+                     yajl_val *ret, struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, &v, err);
+    if (r < 0)
+        return r;
+    sub(p, sizeof(p), path, key, 0);
+    if (!v)
+        return required ? fail(err, p, "missing") : (*ret = NULL, 0);
+    if (!YAJL_IS_ARRAY(v))
+        return fail(err, p, "expected an array, got %s", type_name(v));
+    if (v->u.array.len > max)
+        return fail(err, p, "more than %zu entries", max);
+    *ret = v;
+    return 0;
+}
+
+/* A NULL-terminated copy of an array of strings (never NULL on success). */
+static int get_strv(yajl_val obj, const char *key, const char *path, size_t max_n, size_t max_len,
+                    enum str_kind kind, char ***ret, size_t *ret_n, struct al_error **err)
+{
+    yajl_val arr;
+    int r = get_array(obj, key, path, max_n, false, &arr, err);
+    if (r < 0)
+        return r;
+    size_t n = arr ? arr->u.array.len : 0;
+    _cleanup_strv_ char **v = calloc(n + 1, sizeof(char *));
+    if (!v)
+        return al_error_set(err, ENOMEM, "out of memory");
+    char base[256], p[256];
+    sub(base, sizeof(base), path, key, 0);
+    for (size_t i = 0; i < n; i++) {
+        yajl_val s = arr->u.array.values[i];
+        sub(p, sizeof(p), base, NULL, (long)i);
+        if (!YAJL_IS_STRING(s))
+            return fail(err, p, "expected a string, got %s", type_name(s));
+        if (strlen(s->u.string) > max_len)
+            return fail(err, p, "longer than %zu bytes", max_len);
+        if (kind != STR_ANY && !text_is_printable(s->u.string, kind == STR_LINE))
+            return fail(err, p, "contains control characters");
+        if (!(v[i] = strdup(s->u.string)))
+            return al_error_set(err, ENOMEM, "out of memory");
+    }
+    strv_free(*ret);
+    *ret = TAKE_PTR(v);
+    *ret_n = n;
+    return 0;
+}
+
+static int parse_when(yajl_val obj, const char *path, enum gitlab_when *ret, struct al_error **err)
+{
+    _cleanup_free_ char *s = NULL;
+    int r = get_string(obj, "when", path, 32, STR_WORD, false, &s, err);
+    if (r < 0 || !s)
+        return r;
+    if (streq(s, "on_success"))
+        *ret = GITLAB_WHEN_ON_SUCCESS;
+    else if (streq(s, "on_failure"))
+        *ret = GITLAB_WHEN_ON_FAILURE;
+    else if (streq(s, "always"))
+        *ret = GITLAB_WHEN_ALWAYS;
+    else {
+        char p[256];
+        return fail(err, sub(p, sizeof(p), path, "when", 0),
+                    "expected on_success, on_failure or always");
+    }
+    return 0;
+}
+
+/* ---- the document -------------------------------------------------------- */
+
+static bool is_hex(const char *s)
+{
+    for (; *s; s++) {
+        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+/* Strings that end up in git's argv: no option injection, no spaces. */
+static bool refspec_is_valid(const char *s)
+{
+    const char *p = s[0] == '+' ? s + 1 : s;
+    if (!*p || *p == '-')
+        return false;
+    for (; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= ' ' || c == 0x7f || c == '\\' || c == '~' || c == '^' || c == '?' || c == '[')
+            return false;
+    }
+    return true;
+}
+
+static int parse_git(yajl_val root, struct gitlab_job *j, struct al_error **err)
+{
+    yajl_val g;
+    int r = get_object(root, "git_info", "", true, &g, err);
+    if (r < 0)
+        return r;
+    const char *path = "git_info";
+    if ((r = get_string(g, "repo_url", path, GITLAB_JOB_MAX_URL, STR_WORD, true, &j->repo_url,
+                        err)) < 0 ||
+        (r = get_string(g, "ref", path, GITLAB_JOB_MAX_REF, STR_WORD, false, &j->ref, err)) < 0 ||
+        (r = get_string(g, "sha", path, 64, STR_WORD, true, &j->sha, err)) < 0 ||
+        (r = get_strv(g, "refspecs", path, GITLAB_JOB_MAX_REFSPECS, GITLAB_JOB_MAX_REF, STR_WORD,
+                      &j->refspecs, &j->n_refspecs, err)) < 0)
+        return r;
+    size_t n = strlen(j->sha);
+    if ((n != 40 && n != 64) || !is_hex(j->sha))
+        return fail(err, "git_info.sha", "expected 40 or 64 lower-case hex digits");
+    for (size_t i = 0; i < j->n_refspecs; i++) {
+        if (!refspec_is_valid(j->refspecs[i])) {
+            char p[64];
+            return fail(err, sub(p, sizeof(p), "git_info.refspecs", NULL, (long)i),
+                        "not a refspec");
+        }
+    }
+    int64_t depth = 0;
+    if ((r = get_int(g, "depth", path, 0, GITLAB_JOB_MAX_DEPTH_GIT, false, &depth, err)) < 0)
+        return r;
+    j->depth = (int)depth;
+    char *stripped = NULL;
+    r = gitlab_url_strip_credentials(j->repo_url, &stripped, NULL);
+    free(stripped);
+    if (r < 0)
+        return fail(err, "git_info.repo_url", "expected an http or https URL");
+    return 0;
+}
+
+static int parse_variables(yajl_val root, struct gitlab_job *j, struct al_error **err)
+{
+    yajl_val arr;
+    int r = get_array(root, "variables", "", GITLAB_JOB_MAX_VARIABLES, false, &arr, err);
+    if (r < 0 || !arr)
+        return r;
+    j->variables = calloc(arr->u.array.len + 1, sizeof(*j->variables));
+    if (!j->variables)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < arr->u.array.len; i++) {
+        yajl_val v = arr->u.array.values[i];
+        char p[64];
+        sub(p, sizeof(p), "variables", NULL, (long)i);
+        if (!YAJL_IS_OBJECT(v))
+            return fail(err, p, "expected an object, got %s", type_name(v));
+        struct gitlab_variable *var = &j->variables[j->n_variables++];
+        if ((r = get_string(v, "key", p, GITLAB_JOB_MAX_KEY, STR_WORD, true, &var->key, err)) < 0 ||
+            (r = get_string(v, "value", p, GITLAB_JOB_MAX_STRING, STR_ANY, false, &var->value,
+                            err)) < 0 ||
+            (r = get_bool(v, "masked", p, &var->masked, err)) < 0 ||
+            (r = get_bool(v, "file", p, &var->file, err)) < 0)
+            return r;
+        if (!var->value && !(var->value = strdup("")))
+            return al_error_set(err, ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static bool step_name_is_valid(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
+            return false;
+    }
+    return true;
+}
+
+static int parse_steps(yajl_val root, struct gitlab_job *j, struct al_error **err)
+{
+    yajl_val arr;
+    int r = get_array(root, "steps", "", GITLAB_JOB_MAX_STEPS, true, &arr, err);
+    if (r < 0)
+        return r;
+    if (arr->u.array.len == 0)
+        return fail(err, "steps", "no steps");
+    j->steps = calloc(arr->u.array.len, sizeof(*j->steps));
+    if (!j->steps)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < arr->u.array.len; i++) {
+        yajl_val v = arr->u.array.values[i];
+        char p[64];
+        sub(p, sizeof(p), "steps", NULL, (long)i);
+        if (!YAJL_IS_OBJECT(v))
+            return fail(err, p, "expected an object, got %s", type_name(v));
+        struct gitlab_step *s = &j->steps[j->n_steps++];
+        if ((r = get_string(v, "name", p, 64, STR_WORD, true, &s->name, err)) < 0)
+            return r;
+        if (!step_name_is_valid(s->name))
+            return fail(err, p, "name: expected [a-z0-9_]+");
+        if ((r = get_strv(v, "script", p, GITLAB_JOB_MAX_LINES, GITLAB_JOB_MAX_STRING, STR_ANY,
+                          &s->script, &s->n_script, err)) < 0 ||
+            (r = get_int(v, "timeout", p, 0, JOB_SPEC_MAX_TIMEOUT_S, false, &s->timeout_s, err)) <
+                    0 ||
+            (r = parse_when(v, p, &s->when, err)) < 0 ||
+            (r = get_bool(v, "allow_failure", p, &s->allow_failure, err)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+static int parse_artifacts(yajl_val root, struct gitlab_job *j, struct al_error **err)
+{
+    yajl_val arr;
+    int r = get_array(root, "artifacts", "", GITLAB_JOB_MAX_ARTIFACTS, false, &arr, err);
+    if (r < 0 || !arr)
+        return r;
+    j->artifacts = calloc(arr->u.array.len + 1, sizeof(*j->artifacts));
+    if (!j->artifacts)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < arr->u.array.len; i++) {
+        yajl_val v = arr->u.array.values[i];
+        char p[64];
+        sub(p, sizeof(p), "artifacts", NULL, (long)i);
+        if (!YAJL_IS_OBJECT(v))
+            return fail(err, p, "expected an object, got %s", type_name(v));
+        struct gitlab_artifact *a = &j->artifacts[j->n_artifacts++];
+        if ((r = get_string(v, "name", p, GITLAB_JOB_MAX_NAME, STR_LINE, false, &a->name, err)) <
+                    0 ||
+            (r = get_strv(v, "paths", p, GITLAB_JOB_MAX_PATHS, JOB_SPEC_MAX_PATH, STR_LINE,
+                          &a->paths, &a->n_paths, err)) < 0 ||
+            (r = get_strv(v, "exclude", p, GITLAB_JOB_MAX_PATHS, JOB_SPEC_MAX_PATH, STR_LINE,
+                          &a->exclude, &a->n_exclude, err)) < 0 ||
+            (r = get_bool(v, "untracked", p, &a->untracked, err)) < 0 ||
+            (r = parse_when(v, p, &a->when, err)) < 0 ||
+            (r = get_string(v, "artifact_type", p, 64, STR_WORD, false, &a->type, err)) < 0 ||
+            (r = get_string(v, "artifact_format", p, 16, STR_WORD, false, &a->format, err)) < 0 ||
+            (r = get_string(v, "expire_in", p, 64, STR_LINE, false, &a->expire_in, err)) < 0)
+            return r;
+        if (!a->type && !(a->type = strdup("archive")))
+            return al_error_set(err, ENOMEM, "out of memory");
+        if (!a->format && !(a->format = strdup("zip")))
+            return al_error_set(err, ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static int token_check(const char *token)
+{
+    size_t n = strlen(token);
+    return n >= 8 && n <= GITLAB_JOB_MAX_TOKEN && text_is_printable(token, false) ? 0 : -EINVAL;
+}
+
+static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err)
+{
+    if (!YAJL_IS_OBJECT(root))
+        return fail(err, "", "job payload: expected an object, got %s", type_name(root));
+    int r = get_int(root, "id", "", 1, INT64_MAX, true, &j->id, err);
+    if (r < 0)
+        return r;
+    if ((r = get_string(root, "token", "", GITLAB_JOB_MAX_TOKEN, STR_WORD, true, &j->token, err)) <
+        0)
+        return r;
+    if (token_check(j->token) < 0)
+        return fail(err, "token", "expected 8 to %d printable characters", GITLAB_JOB_MAX_TOKEN);
+
+    yajl_val o;
+    if ((r = get_object(root, "job_info", "", false, &o, err)) < 0)
+        return r;
+    if (o && ((r = get_string(o, "name", "job_info", GITLAB_JOB_MAX_NAME, STR_LINE, false,
+                              &j->job_name, err)) < 0 ||
+              (r = get_string(o, "project_name", "job_info", GITLAB_JOB_MAX_NAME, STR_LINE, false,
+                              &j->project_name, err)) < 0))
+        return r;
+    if ((r = get_object(root, "runner_info", "", false, &o, err)) < 0)
+        return r;
+    if (o && (r = get_int(o, "timeout", "runner_info", 0, JOB_SPEC_MAX_TIMEOUT_S, false,
+                          &j->timeout_s, err)) < 0)
+        return r;
+    if ((r = get_object(root, "image", "", false, &o, err)) < 0)
+        return r;
+    if (o && (r = get_string(o, "name", "image", GITLAB_JOB_MAX_NAME, STR_WORD, false, &j->image,
+                             err)) < 0)
+        return r;
+    if ((r = get_object(root, "features", "", false, &o, err)) < 0)
+        return r;
+    if (o) {
+        yajl_val fr;
+        if ((r = member(o, "failure_reasons", "features", &fr, err)) < 0)
+            return r;
+        if (fr && (r = get_strv(o, "failure_reasons", "features", 64, 64, STR_WORD,
+                                &j->failure_reasons, &j->n_failure_reasons, err)) < 0)
+            return r;
+    }
+    if ((r = parse_git(root, j, err)) < 0 || (r = parse_variables(root, j, err)) < 0 ||
+        (r = parse_steps(root, j, err)) < 0 || (r = parse_artifacts(root, j, err)) < 0)
+        return r;
+    return 0;
+}
+
+static int parse_tree(const char *data, size_t len, yajl_val *ret, struct al_error **err)
+{
+    if (len > GITLAB_JOB_MAX_BYTES)
+        return al_error_set(err, E2BIG, "job payload is larger than %u bytes",
+                            GITLAB_JOB_MAX_BYTES);
+    int r = prescan(data, len, err);
+    if (r < 0)
+        return r;
+    if (memchr(data, '\0', len))
+        return al_error_set(err, EINVAL, "job payload contains a NUL byte");
+    _cleanup_free_ char *text = strndup(data, len);
+    if (!text)
+        return al_error_set(err, ENOMEM, "out of memory");
+    char ebuf[256] = "";
+    yajl_val root = yajl_tree_parse(text, ebuf, sizeof(ebuf));
+    if (!root) {
+        /* yajl's message quotes the input around the error: keep only its
+         * first line, which names the problem without the bytes */
+        ebuf[strcspn(ebuf, "\n")] = '\0';
+        return al_error_set(err, EINVAL, "job payload is not valid JSON: %s",
+                            ebuf[0] ? ebuf : "parse error");
+    }
+    *ret = root;
+    return 0;
+}
+
+int gitlab_job_parse(const char *data, size_t len, struct gitlab_job **ret_job,
+                     struct al_error **err)
+{
+    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
+    int r = parse_tree(data, len, &root, err);
+    if (r < 0)
+        return r;
+    _cleanup_gitlab_job_ struct gitlab_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return al_error_set(err, ENOMEM, "out of memory");
+    r = parse_root(root, j, err);
+    if (r < 0)
+        return r;
+    *ret_job = TAKE_PTR(j);
+    return 0;
+}
+
+int gitlab_job_parse_ident(const char *data, size_t len, int64_t *ret_id, char **ret_token)
+{
+    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
+    if (parse_tree(data, len, &root, NULL) < 0 || !YAJL_IS_OBJECT(root))
+        return -EINVAL;
+    int64_t id = 0;
+    char *token = NULL;
+    if (get_int(root, "id", "", 1, INT64_MAX, true, &id, NULL) < 0 ||
+        get_string(root, "token", "", GITLAB_JOB_MAX_TOKEN, STR_WORD, true, &token, NULL) < 0)
+        return -EINVAL;
+    if (token_check(token) < 0) {
+        explicit_bzero(token, strlen(token));
+        free(token);
+        return -EINVAL;
+    }
+    *ret_id = id;
+    *ret_token = token;
+    return 0;
+}
+
+static void wipe_free(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+struct gitlab_job *gitlab_job_free(struct gitlab_job *j)
+{
+    if (!j)
+        return NULL;
+    wipe_free(j->token);
+    wipe_free(j->repo_url);
+    free(j->job_name);
+    free(j->project_name);
+    free(j->ref);
+    free(j->sha);
+    strv_free(j->refspecs);
+    for (size_t i = 0; i < j->n_variables; i++) {
+        free(j->variables[i].key);
+        wipe_free(j->variables[i].value);
+    }
+    free(j->variables);
+    for (size_t i = 0; i < j->n_steps; i++) {
+        free(j->steps[i].name);
+        strv_free(j->steps[i].script);
+    }
+    free(j->steps);
+    for (size_t i = 0; i < j->n_artifacts; i++) {
+        struct gitlab_artifact *a = &j->artifacts[i];
+        free(a->name);
+        strv_free(a->paths);
+        strv_free(a->exclude);
+        free(a->type);
+        free(a->format);
+        free(a->expire_in);
+    }
+    free(j->artifacts);
+    free(j->image);
+    strv_free(j->failure_reasons);
+    free(j);
+    return NULL;
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+const char *gitlab_job_variable(const struct gitlab_job *job, const char *key)
+{
+    const char *v = NULL;
+    for (size_t i = 0; i < job->n_variables; i++) {
+        if (streq(job->variables[i].key, key))
+            v = job->variables[i].value;
+    }
+    return v;
+}
+
+enum gitlab_clone gitlab_job_clone_mode(const struct gitlab_job *job, enum gitlab_clone configured)
+{
+    const char *s = gitlab_job_variable(job, "GIT_STRATEGY");
+    if (s && streq(s, "none"))
+        return GITLAB_CLONE_NONE;
+    return configured;
+}
+
+bool gitlab_when_applies(enum gitlab_when when, bool succeeded)
+{
+    switch (when) {
+    case GITLAB_WHEN_ON_SUCCESS:
+        return succeeded;
+    case GITLAB_WHEN_ON_FAILURE:
+        return !succeeded;
+    case GITLAB_WHEN_ALWAYS:
+        return true;
+    }
+    return false;
+}
+
+int gitlab_url_strip_credentials(const char *url, char **ret_url, struct al_error **err)
+{
+    size_t scheme;
+    if (strncmp(url, "https://", 8) == 0)
+        scheme = 8;
+    else if (strncmp(url, "http://", 7) == 0)
+        scheme = 7;
+    else
+        return al_error_set(err, EINVAL, "not an http or https URL");
+    const char *rest = url + scheme;
+    size_t auth_end = strcspn(rest, "/?#");
+    const char *at = memrchr(rest, '@', auth_end);
+    const char *host = at ? at + 1 : rest;
+    if (!*host || *host == '/' || *host == ':' || *host == '?' || *host == '#')
+        return al_error_set(err, EINVAL, "URL without a host");
+    if (!text_is_printable(url, false))
+        return al_error_set(err, EINVAL, "URL with spaces or control characters");
+    char *out = NULL;
+    if (asprintf(&out, "%.*s%s", (int)scheme, url, host) < 0)
+        return al_error_set(err, ENOMEM, "out of memory");
+    *ret_url = out;
+    return 0;
+}
+
+const struct gitlab_artifact *gitlab_job_archive(const struct gitlab_job *job)
+{
+    for (size_t i = 0; i < job->n_artifacts; i++) {
+        if (streq(job->artifacts[i].type, "archive"))
+            return &job->artifacts[i];
+    }
+    return NULL;
+}
+
+/* ---- artifact patterns --------------------------------------------------- */
+
+/* Copies a pattern without leading "./" and trailing "/"; NULL when it is
+ * absolute or has a ".." component (GitLab refuses those too). */
+static char *pattern_normalize(const char *pat)
+{
+    while (pat[0] == '.' && pat[1] == '/')
+        pat += 2;
+    if (pat[0] == '/')
+        return NULL;
+    size_t n = strlen(pat);
+    while (n > 1 && pat[n - 1] == '/')
+        n--;
+    for (size_t i = 0; i < n;) {
+        size_t c = strcspn(pat + i, "/");
+        if (c > n - i)
+            c = n - i;
+        if (c == 2 && pat[i] == '.' && pat[i + 1] == '.')
+            return NULL;
+        i += c + 1;
+    }
+    return n ? strndup(pat, n) : strdup(".");
+}
+
+static bool has_glob(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '*' || s[i] == '?' || s[i] == '[')
+            return true;
+    }
+    return false;
+}
+
+int gitlab_artifact_roots(const struct gitlab_artifact *a, char ***ret_roots, struct al_error **err)
+{
+    if (a->n_paths > GITLAB_JOB_MAX_PATHS)
+        return al_error_set(err, EINVAL, "artifacts: more than %d paths", GITLAB_JOB_MAX_PATHS);
+    _cleanup_strv_ char **roots = calloc(a->n_paths + 1, sizeof(char *));
+    if (!roots)
+        return al_error_set(err, ENOMEM, "out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_paths; i++) {
+        _cleanup_free_ char *p = pattern_normalize(a->paths[i]);
+        if (!p)
+            continue;
+        size_t keep = 0; /* bytes of the literal leading components */
+        for (size_t at = 0; p[at];) {
+            size_t c = strcspn(p + at, "/");
+            if (has_glob(p + at, c))
+                break;
+            keep = at + c;
+            at += c + (p[at + c] == '/');
+        }
+        char *root = keep ? strndup(p, keep) : strdup(".");
+        if (!root)
+            return al_error_set(err, ENOMEM, "out of memory");
+        bool dup = false;
+        for (size_t k = 0; k < n && !dup; k++)
+            dup = streq(roots[k], root);
+        if (dup) {
+            free(root);
+            continue;
+        }
+        roots[n++] = root;
+    }
+    /* a root inside another one adds nothing; "." covers everything */
+    bool inside[GITLAB_JOB_MAX_PATHS] = {false};
+    for (size_t k = 0; k < n; k++) {
+        for (size_t m = 0; m < n && !inside[k]; m++) {
+            size_t len = strlen(roots[m]);
+            inside[k] = m != k && (streq(roots[m], ".") ||
+                                   (strncmp(roots[k], roots[m], len) == 0 && roots[k][len] == '/'));
+        }
+    }
+    size_t kept = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (inside[k])
+            free(roots[k]);
+        else
+            roots[kept++] = roots[k];
+    }
+    for (size_t k = kept; k < n; k++)
+        roots[k] = NULL;
+    n = kept;
+    if (n > JOB_SPEC_MAX_ARTIFACTS)
+        return al_error_set(err, EINVAL, "artifacts: more than %d distinct paths",
+                            JOB_SPEC_MAX_ARTIFACTS);
+    *ret_roots = n ? TAKE_PTR(roots) : NULL;
+    return 0;
+}
+
+static bool pattern_matches(const char *pat, const char *path)
+{
+    _cleanup_free_ char *p = pattern_normalize(pat);
+    if (!p)
+        return false;
+    if (streq(p, "."))
+        return true;
+    int flags = strstr(p, "**") ? 0 : FNM_PATHNAME;
+    /* the path itself, or a directory above it */
+    _cleanup_free_ char *prefix = strdup(path);
+    if (!prefix)
+        return false;
+    for (;;) {
+        if (fnmatch(p, prefix, flags) == 0)
+            return true;
+        char *slash = strrchr(prefix, '/');
+        if (!slash)
+            return false;
+        *slash = '\0';
+    }
+}
+
+bool gitlab_artifact_wants(const struct gitlab_artifact *a, const char *path)
+{
+    bool in = false;
+    for (size_t i = 0; i < a->n_paths && !in; i++)
+        in = pattern_matches(a->paths[i], path);
+    for (size_t i = 0; i < a->n_exclude && in; i++)
+        in = !pattern_matches(a->exclude[i], path);
+    return in;
+}
+
+/* ---- the script ---------------------------------------------------------- */
+
+/* Appends s as one single-quoted shell word. */
+static int sh_quote(struct al_buf *b, const char *s)
+{
+    int r = al_buf_puts(b, "'");
+    for (const char *p = s; r == 0 && *p; p++) {
+        if (*p == '\'')
+            r = al_buf_puts(b, "'\\''");
+        else
+            r = al_buf_append(b, p, 1);
+    }
+    return r ? r : al_buf_puts(b, "'");
+}
+
+static bool variable_is_exported(const struct gitlab_variable *v)
+{
+    return job_env_name_is_valid(v->key);
+}
+
+/* The last definition of each exported variable, in first-seen order. */
+static bool variable_is_last(const struct gitlab_job *j, size_t i)
+{
+    for (size_t k = i + 1; k < j->n_variables; k++) {
+        if (streq(j->variables[k].key, j->variables[i].key))
+            return false;
+    }
+    return true;
+}
+
+static int script_file_variables(const struct gitlab_job *j, struct al_buf *b)
+{
+    bool any = false;
+    for (size_t i = 0; i < j->n_variables; i++) {
+        const struct gitlab_variable *v = &j->variables[i];
+        any |= v->file && variable_is_exported(v) && variable_is_last(j, i);
+    }
+    if (!any)
+        return 0;
+    /* tmpfs first: file variables are often credentials */
+    int r = al_buf_puts(b, "__al_tmp=\n"
+                           "for __al_d in /dev/shm \"${TMPDIR:-/tmp}\" /tmp; do\n"
+                           "    if [ -d \"$__al_d\" ] && [ -w \"$__al_d\" ]; then\n"
+                           "        __al_tmp=$__al_d/agentlab-vars.$$\n"
+                           "        break\n"
+                           "    fi\n"
+                           "done\n"
+                           "(umask 077 && mkdir \"$__al_tmp\") || {\n"
+                           "    echo 'ERROR: no directory for file variables' >&2\n"
+                           "    exit 1\n"
+                           "}\n"
+                           "trap 'rm -rf \"$__al_tmp\"' EXIT\n");
+    for (size_t i = 0; r == 0 && i < j->n_variables; i++) {
+        const struct gitlab_variable *v = &j->variables[i];
+        if (!v->file || !variable_is_exported(v) || !variable_is_last(j, i))
+            continue;
+        r = al_buf_printf(b,
+                          "(umask 077 && printf '%%s' \"$%s\" >\"$__al_tmp/%s\")\n"
+                          "%s=$__al_tmp/%s\n"
+                          "export %s\n",
+                          v->key, v->key, v->key, v->key, v->key);
+    }
+    return r;
+}
+
+static int script_guest_checkout(const struct gitlab_job *j, struct al_buf *b)
+{
+    _cleanup_free_ char *clean = NULL;
+    int r = gitlab_url_strip_credentials(j->repo_url, &clean, NULL);
+    if (r < 0)
+        return r;
+    size_t scheme = strncmp(clean, "https://", 8) == 0 ? 8 : 7;
+    r = al_buf_puts(b, "printf 'Fetching %s at %s\\n' ");
+    if (r == 0)
+        r = sh_quote(b, clean);
+    if (r == 0)
+        r = al_buf_printf(b, " '%s'\n", j->sha);
+    /* the token comes from the environment, never from the script text */
+    if (r == 0)
+        r = al_buf_printf(b, "__al_url=\"%.*sgitlab-ci-token:${CI_JOB_TOKEN}@\"", (int)scheme,
+                          clean);
+    if (r == 0)
+        r = sh_quote(b, clean + scheme);
+    if (r == 0)
+        r = al_buf_puts(b, "\n{ git -c init.defaultBranch=agentlab init -q . &&\n"
+                           "  git remote add origin ");
+    if (r == 0)
+        r = sh_quote(b, clean);
+    if (r == 0)
+        r = al_buf_puts(b, " &&\n  git fetch -q --no-tags");
+    if (r == 0 && j->depth > 0)
+        r = al_buf_printf(b, " --depth %d", j->depth);
+    if (r == 0)
+        r = al_buf_puts(b, " \"$__al_url\"");
+    for (size_t i = 0; r == 0 && i < j->n_refspecs; i++) {
+        r = al_buf_puts(b, " ");
+        if (r == 0)
+            r = sh_quote(b, j->refspecs[i]);
+    }
+    if (r == 0 && j->n_refspecs == 0)
+        r = al_buf_printf(b, " %s", j->sha);
+    if (r == 0)
+        r = al_buf_printf(b,
+                          " &&\n  git -c advice.detachedHead=false checkout -q -f %s; } || {\n"
+                          "    echo 'ERROR: fetching the sources failed' >&2\n"
+                          "    exit 1\n"
+                          "}\n"
+                          "unset __al_url\n",
+                          j->sha);
+    return r;
+}
+
+static int script_step(const struct gitlab_step *s, struct al_buf *b)
+{
+    struct al_buf body = AL_BUF_INIT;
+    body.limit = JOB_SPEC_MAX_SCRIPT;
+    int r = 0;
+    for (size_t i = 0; r == 0 && i < s->n_script; i++) {
+        r = al_buf_puts(&body, "printf '\\033[32;1m$ %s\\033[0;m\\n' ");
+        if (r == 0)
+            r = sh_quote(&body, s->script[i]);
+        if (r == 0)
+            r = al_buf_printf(&body, "\n%s\n", s->script[i]);
+    }
+    const char *cond = s->when == GITLAB_WHEN_ALWAYS       ? "true"
+                       : s->when == GITLAB_WHEN_ON_FAILURE ? "[ \"$__al_failed\" != 0 ]"
+                                                           : "[ \"$__al_failed\" = 0 ]";
+    bool main_step = streq(s->name, "script");
+    int64_t limit = 0;
+    if (!main_step) {
+        limit = GITLAB_AFTER_SCRIPT_TIMEOUT_S;
+        if (s->timeout_s > 0 && s->timeout_s < limit)
+            limit = s->timeout_s;
+    }
+    if (r == 0)
+        r = al_buf_printf(b, "# step %s\nif %s; then\n", s->name, cond);
+    if (r == 0 && !main_step)
+        r = al_buf_printf(b, "    printf '\\n\\033[36;1mRunning %s\\033[0;m\\n'\n", s->name);
+    if (r == 0)
+        r = al_buf_printf(b, "    __al_step %" PRId64 " sh -e -c ", limit);
+    if (r == 0)
+        r = sh_quote(b, body.data ? body.data : "");
+    if (r == 0)
+        r = al_buf_puts(b, "\n    __al_rc=$?\n    if [ \"$__al_rc\" != 0 ]; then\n");
+    if (r == 0 && s->allow_failure)
+        r = al_buf_printf(b,
+                          "        printf 'WARNING: %s failed, but the job continues: exit code "
+                          "%%s\\n' \"$__al_rc\"\n",
+                          s->name);
+    else if (r == 0)
+        r = al_buf_puts(b, "        __al_failed=1\n"
+                           "        __al_code=$__al_rc\n");
+    if (r == 0)
+        r = al_buf_puts(b, "    fi\nfi\n");
+    al_buf_free(&body);
+    return r;
+}
+
+int gitlab_job_script(const struct gitlab_job *j, enum gitlab_clone clone, char **ret_script,
+                      struct al_error **err)
+{
+    struct al_buf b = AL_BUF_INIT;
+    b.limit = JOB_SPEC_MAX_SCRIPT;
+    int r = al_buf_printf(&b,
+                          "# GitLab job %" PRId64 ", generated by agentlab\n"
+                          "set +e\n"
+                          "__al_failed=0\n"
+                          "__al_code=0\n"
+                          "__al_timeout=\n"
+                          "command -v timeout >/dev/null 2>&1 && __al_timeout=1\n"
+                          "__al_step() {\n"
+                          "    if [ \"$1\" -gt 0 ] && [ -n \"$__al_timeout\" ]; then\n"
+                          "        __al_t=$1\n"
+                          "        shift\n"
+                          "        timeout -k 5 \"$__al_t\" \"$@\"\n"
+                          "    else\n"
+                          "        shift\n"
+                          "        \"$@\"\n"
+                          "    fi\n"
+                          "}\n"
+                          "CI_PROJECT_DIR=$PWD\n"
+                          "export CI_PROJECT_DIR\n",
+                          j->id);
+    if (r == 0)
+        r = script_file_variables(j, &b);
+    if (r == 0 && clone == GITLAB_CLONE_GUEST)
+        r = script_guest_checkout(j, &b);
+    for (size_t i = 0; r == 0 && i < j->n_steps; i++)
+        r = script_step(&j->steps[i], &b);
+    if (r == 0)
+        r = al_buf_puts(&b, "exit \"$__al_code\"\n");
+    if (r < 0) {
+        al_buf_free(&b);
+        if (r == -E2BIG)
+            return al_error_set(err, E2BIG, "the job's script is longer than %u bytes",
+                                JOB_SPEC_MAX_SCRIPT);
+        return al_error_set(err, -r, "building the job's script failed");
+    }
+    *ret_script = al_buf_steal(&b);
+    return 0;
+}
+
+/* ---- the spec ------------------------------------------------------------ */
+
+static int env_set(struct job_env_var **vars, size_t *n, const char *key, const char *value)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (streq((*vars)[i].name, key)) {
+            char *copy = strdup(value);
+            if (!copy)
+                return -ENOMEM;
+            wipe_free((*vars)[i].value);
+            (*vars)[i].value = copy;
+            return 0;
+        }
+    }
+    struct job_env_var *grown = realloc(*vars, (*n + 1) * sizeof(**vars));
+    if (!grown)
+        return -ENOMEM;
+    *vars = grown;
+    char *name = strdup(key), *copy = strdup(value);
+    if (!name || !copy) {
+        free(name);
+        free(copy);
+        return -ENOMEM;
+    }
+    (*vars)[(*n)++] = (struct job_env_var){.name = name, .value = copy};
+    return 0;
+}
+
+static void env_remove(struct job_env_var *vars, size_t *n, const char *key)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (streq(vars[i].name, key)) {
+            free(vars[i].name);
+            wipe_free(vars[i].value);
+            memmove(&vars[i], &vars[i + 1], (*n - i - 1) * sizeof(*vars));
+            (*n)--;
+            return;
+        }
+    }
+}
+
+/* "gitlab-<id>-<job name>", reduced to a valid spec name. */
+static char *spec_name(const struct gitlab_job *j)
+{
+    char buf[AL_NAME_MAX + 1];
+    int n = snprintf(buf, sizeof(buf), "gitlab-%" PRId64 "%s%s", j->id, j->job_name ? "-" : "",
+                     j->job_name ? j->job_name : "");
+    if (n < 0)
+        return NULL;
+    size_t len = strlen(buf);
+    for (size_t i = 0; i < len; i++) {
+        char c = buf[i];
+        if (!isalnum((unsigned char)c) && c != '.' && c != '_' && c != '-')
+            buf[i] = '-';
+    }
+    while (len > 1 && buf[len - 1] == '-')
+        buf[--len] = '\0';
+    return strdup(buf);
+}
+
+int gitlab_job_to_spec(const struct gitlab_job *j, const struct gitlab_spec_opts *o,
+                       struct job_spec **ret_spec, struct al_error **err)
+{
+    _cleanup_job_spec_ struct job_spec *spec = calloc(1, sizeof(*spec));
+    if (!spec)
+        return al_error_set(err, ENOMEM, "out of memory");
+    spec->inject = -1;
+    enum gitlab_clone clone = gitlab_job_clone_mode(j, o->clone);
+    int r;
+    for (size_t i = 0; i < j->n_variables; i++) {
+        const struct gitlab_variable *v = &j->variables[i];
+        if (!variable_is_exported(v))
+            continue;
+        bool has_token = strstr(v->value, j->token) != NULL;
+        if (has_token && clone != GITLAB_CLONE_GUEST) {
+            /* the job token stays on the host */
+            env_remove(spec->env, &spec->n_env, v->key);
+            env_remove(spec->secret_env, &spec->n_secret_env, v->key);
+            continue;
+        }
+        bool secret = v->masked || has_token;
+        if (secret && strlen(v->value) < AL_REDACT_MIN_LEN)
+            return al_error_set(err, EINVAL,
+                                "variable %s is masked but shorter than %d characters, so it "
+                                "cannot be masked in the job log",
+                                v->key, AL_REDACT_MIN_LEN);
+        env_remove(secret ? spec->env : spec->secret_env,
+                   secret ? &spec->n_env : &spec->n_secret_env, v->key);
+        r = secret ? env_set(&spec->secret_env, &spec->n_secret_env, v->key, v->value)
+                   : env_set(&spec->env, &spec->n_env, v->key, v->value);
+        if (r < 0)
+            return al_error_set(err, ENOMEM, "out of memory");
+    }
+    if (clone == GITLAB_CLONE_GUEST) {
+        bool have = false;
+        for (size_t i = 0; i < spec->n_secret_env && !have; i++)
+            have = streq(spec->secret_env[i].name, "CI_JOB_TOKEN");
+        if (!have) {
+            env_remove(spec->env, &spec->n_env, "CI_JOB_TOKEN");
+            if (env_set(&spec->secret_env, &spec->n_secret_env, "CI_JOB_TOKEN", j->token) < 0)
+                return al_error_set(err, ENOMEM, "out of memory");
+        }
+    }
+    if (spec->n_env + spec->n_secret_env > JOB_SPEC_MAX_ENV)
+        return al_error_set(err, EINVAL, "the job has %zu variables; at most %d can be passed",
+                            spec->n_env + spec->n_secret_env, JOB_SPEC_MAX_ENV);
+    if ((r = gitlab_job_script(j, clone, &spec->script, err)) < 0)
+        return r;
+    const struct gitlab_artifact *a = gitlab_job_archive(j);
+    if (a) {
+        if ((r = gitlab_artifact_roots(a, &spec->artifacts, err)) < 0)
+            return r;
+        for (char **p = spec->artifacts; p && *p; p++)
+            spec->n_artifacts++;
+    }
+    if (j->timeout_s > 0)
+        spec->timeout_s = j->timeout_s;
+    spec->max_attempts = 1; /* GitLab retries jobs itself (`retry:`) */
+    spec->source.type = JOB_SOURCE_GITLAB;
+    if (asprintf(&spec->source.id, "%" PRId64, j->id) < 0) {
+        spec->source.id = NULL;
+        return al_error_set(err, ENOMEM, "out of memory");
+    }
+    const char *url = gitlab_job_variable(j, "CI_JOB_URL");
+    if (url && strlen(url) <= JOB_SPEC_MAX_URL && text_is_printable(url, false) &&
+        !strstr(url, j->token) && !(spec->source.url = strdup(url)))
+        return al_error_set(err, ENOMEM, "out of memory");
+    if (!(spec->name = spec_name(j)))
+        return al_error_set(err, ENOMEM, "out of memory");
+    if (o->pool && *o->pool && !(spec->pool = strdup(o->pool)))
+        return al_error_set(err, ENOMEM, "out of memory");
+    if (o->image && *o->image && !(spec->image = strdup(o->image)))
+        return al_error_set(err, ENOMEM, "out of memory");
+    *ret_spec = TAKE_PTR(spec);
+    return 0;
+}

@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""agentlabd as a GitLab runner, end to end against the fake GitLab.
+
+  gitlab_test.py register AGENTLAB
+      `agentlab gitlab register` against the fake (no VM).
+  gitlab_test.py jobs AGENTLABD
+      the real daemon with the micro image (AGENTLAB_TEST_STATE): one daemon
+      takes a passing job (checkout on the host, masked and file variables,
+      after_script, artifacts, a simulated trace loss), a failing one, one
+      that times out, one GitLab cancels, one whose commit cannot be fetched
+      and one with a malformed payload. Then: states, failure reasons, exit
+      codes, the exact trace, masked values nowhere (trace, daemon log, the
+      SQLite files, job files), no VM, overlay or run dir left, and no
+      protocol error seen by the fake.
+"""
+import base64
+import os
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
+from gitlab_fake import FakeGitLab, make_job  # noqa: E402
+
+RUNNER_TOKEN = "glrt-t3_AgentlabFakeRunnerToken01"
+MASKED = "Sup3r-S3cret-Masked-Value-42"
+FILE_SECRET = "file-variable-secret-contents-77"
+
+
+DUMP = []  # called on failure to show what the fake saw
+
+
+def fail(msg):
+    for d in DUMP:
+        d()
+    print("FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def test_register(agentlab):
+    tmp = tempfile.mkdtemp(prefix="al-glreg.")
+    try:
+        fake = FakeGitLab(RUNNER_TOKEN).start()
+        ut = os.path.join(tmp, "user.token")
+        with open(ut, "w") as f:
+            f.write(fake.user_token + "\n")
+        out = os.path.join(tmp, "etc", "runner.token")
+        args = [agentlab, "gitlab", "register", "--url", fake.url + "/", "--user-token-file", ut,
+                "--tags", "agentlab,vm", "--token-file", out, "--runner-type", "group_type",
+                "--group-id", "42", "--description", "test runner"]
+        p = subprocess.run(args, capture_output=True, text=True)
+        check(p.returncode == 0, f"register failed: {p.stderr}")
+        check(stat.S_IMODE(os.stat(out).st_mode) == 0o600, "token file is not mode 0600")
+        token = open(out).read().strip()
+        check(token == fake.runners[0]["token"], "token file does not hold the runner token")
+        check(token not in p.stdout + p.stderr, "the runner token was printed")
+        check(fake.user_token not in p.stdout + p.stderr, "the user token was printed")
+        req = fake.runners[0]["request"]
+        check(req["runner_type"] == "group_type" and req["group_id"] == 42, f"request {req}")
+        check(req["tag_list"] == ["agentlab", "vm"], f"tags {req['tag_list']}")
+        check("type = gitlab" in p.stdout and f"token_file = {out}" in p.stdout,
+              f"config snippet: {p.stdout}")
+        p = subprocess.run(args, capture_output=True, text=True)
+        check(p.returncode == 1 and "exists" in p.stderr, "an existing token file was replaced")
+        with open(ut, "w") as f:
+            f.write("glpat-wrong-token\n")
+        p = subprocess.run(args + ["--force"], capture_output=True, text=True)
+        check(p.returncode == 1 and "401" in p.stderr, f"bad user token: {p.stderr}")
+        check(open(out).read().strip() == token, "a failed register touched the token file")
+        check(not fake.errors, f"fake saw protocol errors: {fake.errors}")
+        fake.stop()
+        print("gitlab register: ok")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def git(*args, cwd=None):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.test",
+                            GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.test",
+                            GIT_CONFIG_NOSYSTEM="1", HOME=cwd or "/tmp"))
+
+
+def make_repo(root):
+    """A bare repo at root/demo.git with one commit; returns its sha."""
+    work = os.path.join(root, "work")
+    os.makedirs(work)
+    git("init", "-q", "-b", "main", ".", cwd=work)
+    with open(os.path.join(work, "README.txt"), "w") as f:
+        f.write("readme from the repository\n")
+    os.makedirs(os.path.join(work, "src"))
+    with open(os.path.join(work, "src", "main.c"), "w") as f:
+        f.write("int main(void) { return 0; }\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "first", cwd=work)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    bare = os.path.join(root, "demo.git")
+    git("clone", "-q", "--bare", work, bare, cwd=root)
+    git("update-ref", "refs/pipelines/7", sha, cwd=bare)
+    return sha
+
+
+def grep_files(paths, needles):
+    hits = []
+    for p in paths:
+        try:
+            data = open(p, "rb").read()
+        except OSError:
+            continue
+        for n in needles:
+            if n.encode() in data:
+                hits.append((p, n))
+    return hits
+
+
+def all_files(top):
+    for dirpath, _, names in os.walk(top):
+        for n in names:
+            yield os.path.join(dirpath, n)
+
+
+def test_jobs(agentlabd):
+    test_state = os.environ.get("AGENTLAB_TEST_STATE")
+    micro = os.path.join(test_state or "", "images", "micro")
+    if not test_state or not os.path.isdir(micro):
+        print("gitlab jobs: no micro image (run the micro fixture)", file=sys.stderr)
+        sys.exit(77)
+    tmp = tempfile.mkdtemp(prefix="al-gl.")
+    run = tempfile.mkdtemp(prefix="al-glr.")  # short: socket paths
+    os.chmod(tmp, 0o711)
+    os.chmod(run, 0o711)
+    state = os.path.join(tmp, "state")
+    os.makedirs(os.path.join(state, "images"))
+    os.chmod(state, 0o711)
+    shutil.copytree(micro, os.path.join(state, "images", "micro"), symlinks=True)
+    gitroot = os.path.join(tmp, "git")
+    os.makedirs(gitroot)
+    sha = make_repo(gitroot)
+
+    fake = FakeGitLab(RUNNER_TOKEN, git_root=gitroot, long_poll_s=2.0).start()
+    srv = fake.url
+    token_file = os.path.join(tmp, "runner.token")
+    with open(token_file, "w") as f:
+        f.write(RUNNER_TOKEN + "\n")
+    os.chmod(token_file, 0o600)
+    conf = os.path.join(tmp, "agentlab.conf")
+    with open(conf, "w") as f:
+        f.write(f"""[agent]
+log_level = info
+image = micro
+boot_timeout = 2m
+[backend "local"]
+max_vms = 2
+[source "gl"]
+type = gitlab
+url = {srv}
+token_file = {token_file}
+labels = agentlab
+concurrent = 2
+poll_interval = 1s
+""")
+
+    masked_var = {"key": "DEPLOY_KEY", "value": MASKED, "public": False, "masked": True,
+                  "file": False, "raw": False}
+    file_var = {"key": "CONFIG_FILE", "value": FILE_SECRET, "public": False, "masked": True,
+                "file": True, "raw": False}
+    notes_var = {"key": "NOTES_FILE", "value": "notes line 1\nnotes line 2\n", "public": True,
+                 "masked": False, "file": True, "raw": False}
+    plain_var = {"key": "GREETING", "value": "hello 'quoted' \"world\"", "public": True,
+                 "masked": False, "file": False, "raw": False}
+    arts = [{"name": "results", "untracked": False, "paths": ["out/*.txt", "logs/"],
+             "exclude": ["out/skip.txt"], "when": "on_success", "artifact_type": "archive",
+             "artifact_format": "zip", "expire_in": "1 week"}]
+    jobs = {}
+    jobs["pass"] = fake.add_job(make_job(101, srv, sha, name="pass-job", variables=[
+        masked_var, file_var, notes_var, plain_var], script=[
+        "echo \"greeting: $GREETING\"",
+        "cat README.txt",
+        "echo \"the key is $DEPLOY_KEY\"",
+        "cat \"$CONFIG_FILE\"; echo",
+        "test \"$(wc -c < \"$CONFIG_FILE\")\" -eq %d" % len(FILE_SECRET),
+        "cat \"$NOTES_FILE\"",
+        "sleep 3",
+        "echo \"token: ${CI_JOB_TOKEN:-absent}\"",
+        "mkdir -p out logs && echo artifact-data > out/result.txt && echo skip > out/skip.txt",
+        "echo log > logs/run.log && echo not-wanted > out/other.bin",
+    ], after_script=["echo after script ran", "exit 4"], artifacts=arts), lose_trace=True)
+    jobs["fail"] = fake.add_job(make_job(102, srv, sha, name="fail-job",
+                                         script=["echo failing now", "exit 3", "echo never"],
+                                         after_script=["echo after the failure"]))
+    jobs["timeout"] = fake.add_job(make_job(103, srv, sha, name="timeout-job", timeout=6,
+                                            script=["echo sleeping", "sleep 120"]))
+    jobs["cancel"] = fake.add_job(make_job(104, srv, sha, name="cancel-job",
+                                           script=["echo CANCEL-ME", "sleep 120"]),
+                                  cancel_on="CANCEL-ME")
+    jobs["badsha"] = fake.add_job(make_job(105, srv, "1" * 40, name="badsha-job",
+                                           script=["echo never runs"]))
+    broken = make_job(106, srv, sha, name="broken-job", script=["true"])
+    broken["steps"][0]["script"] = "echo not an array"
+    jobs["broken"] = fake.add_job(broken)
+    # last: agentlabd is stopped while it runs
+    stopped = fake.add_job(make_job(107, srv, sha, name="stopped-job",
+                                    script=["echo RUNNING-NOW", "sleep 120"]))
+
+    def dump():
+        for k, j in jobs.items():
+            print(f"--- {k} ({j.id}) status {j.status} final {j.final}\n"
+                  f"{j.trace.decode(errors='replace')}", file=sys.stderr)
+        print(f"--- fake errors: {fake.errors}", file=sys.stderr)
+    DUMP.append(dump)
+    env = dict(os.environ, AGENTLAB_CONFIG=conf, AGENTLAB_STATE_DIR=state, AGENTLAB_RUN_DIR=run)
+    log_path = os.path.join(tmp, "daemon.log")
+    logf = open(log_path, "wb")
+    t0 = time.time()
+    daemon = subprocess.Popen([agentlabd], env=env, stderr=logf, stdout=logf)
+    ok = False
+    try:
+        ok = fake.wait(lambda: all(j.final is not None or j.status in ("canceled",)
+                                   for j in jobs.values()), 420)
+        elapsed = time.time() - t0
+        if ok:
+            ok = fake.wait(lambda: b"RUNNING-NOW\n" in stopped.trace, 240)
+        if ok:
+            # a silent job keeps itself alive with PUT state=running
+            ok = fake.wait(lambda: any(u["state"] == "running" for u in stopped.updates), 60)
+        t_stop = time.time()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            rc = daemon.wait(120)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            rc = "killed"
+        logf.close()
+    log = open(log_path, "rb").read().decode(errors="replace")
+    if not ok:
+        print(log[-6000:], file=sys.stderr)
+        fail("not every job was reported: " + ", ".join(
+            f"{k}={j.status}/{j.final}" for k, j in jobs.items()))
+    check(rc == 0, f"agentlabd exited {rc} on SIGTERM\n{log[-3000:]}")
+    stop_s = time.time() - t_stop
+    f = stopped.final
+    check(f is not None and f["state"] == "failed" and
+          f["failure_reason"] == "runner_system_failure",
+          f"a job running at shutdown was reported as {f}")
+    check(stopped.trace.endswith(b"ERROR: Job failed (system failure): agentlabd stopped\n"),
+          f"stopped: trace {stopped.trace!r}")
+    print(f"SIGTERM with a job running: reported and stopped in {stop_s:.1f}s")
+    jobs["stopped"] = stopped
+    print(f"all jobs reported in {elapsed:.1f}s")
+    for k, j in jobs.items():
+        print(f"  {k:8} handed out at +{j.handed_at - t0:5.1f}s, reported after "
+              f"{j.finished_at - j.handed_at:5.1f}s")
+    if os.environ.get("GITLAB_TEST_LOG"):
+        shutil.copy(log_path, os.environ["GITLAB_TEST_LOG"])
+
+    def final(name):
+        return jobs[name].final
+
+    # states, reasons, exit codes
+    f = final("pass")
+    check(f["state"] == "success" and f.get("exit_code") == 0, f"pass: {f}")
+    f = final("fail")
+    check(f["state"] == "failed" and f["failure_reason"] == "script_failure" and
+          f.get("exit_code") == 3, f"fail: {f}")
+    f = final("timeout")
+    check(f["state"] == "failed" and f["failure_reason"] == "job_execution_timeout",
+          f"timeout: {f}")
+    f = final("cancel")
+    check(f["state"] == "failed" and f["failure_reason"] == "job_canceled", f"cancel: {f}")
+    check(jobs["cancel"].finished_at - jobs["cancel"].canceled_at < 60,
+          "cancel took over a minute")
+    f = final("badsha")
+    check(f["state"] == "failed" and f["failure_reason"] == "runner_system_failure",
+          f"badsha: {f}")
+    check(b"fetching the sources failed" in jobs["badsha"].trace, "badsha: trace says why")
+    f = final("broken")
+    check(f["state"] == "failed" and f["failure_reason"] == "runner_system_failure",
+          f"broken: {f}")
+    check(b"steps[0].script: expected an array" in jobs["broken"].trace,
+          f"broken: trace {jobs['broken'].trace!r}")
+
+    # the exact trace: what the VM printed (the engine's output.log, redacted)
+    db = os.path.join(state, "agentlab.db")
+    con = sqlite3.connect(db)
+    ids = dict(con.execute("select source_ref, id from jobs where source_type = 'gitlab'"))
+    con.close()
+    for name in ("pass", "fail"):
+        gid = str(jobs[name].id)
+        check(gid in ids, f"{name}: no agentlab job for GitLab job {gid}")
+        printed = open(os.path.join(state, "jobs", ids[gid], "output.log"), "rb").read()
+        trace = jobs[name].trace
+        if name == "pass":
+            check(trace == printed, f"pass: trace differs from what the VM printed:\n"
+                                    f"{trace!r}\n--- printed:\n{printed!r}")
+        else:
+            check(trace.startswith(printed) and
+                  trace[len(printed):].endswith(b"ERROR: Job failed: exit code 3\n"),
+                  f"fail: trace {trace!r}")
+    t = jobs["pass"].trace.decode()
+    for want in ("greeting: hello 'quoted' \"world\"", "readme from the repository",
+                 "the key is ***", "\n***\n", "notes line 2",
+                 "token: absent", "after script ran", "$ cat README.txt",
+                 "WARNING: after_script failed"):
+        check(want in t, f"pass: {want!r} missing from the trace:\n{t}")
+    check("after the failure" in jobs["fail"].trace.decode(), "fail: after_script did not run")
+    check("never" not in jobs["fail"].trace.decode().replace("echo never", ""),
+          "fail: the script went on after exit 3")
+    check(jobs["pass"].sent_416 >= 1, "the simulated trace loss was not exercised")
+
+    # artifacts: only what the patterns ask for
+    a = jobs["pass"].artifacts
+    check(a is not None, "pass: no artifacts uploaded")
+    check(sorted(a) == ["logs/run.log", "out/result.txt"], f"artifacts: {sorted(a)}")
+    check(a["out/result.txt"] == b"artifact-data\n", "artifact content")
+    check(jobs["pass"].artifact_query.get("expire_in") == ["1 week"], "expire_in")
+    check(jobs["fail"].artifacts is None, "a failed job uploaded on_success artifacts")
+
+    # long polling
+    check(fake.echoed > 0, "last_update was never echoed")
+    check(fake.long_polls > 0, "no request was long-polled")
+
+    # secrets: nowhere
+    secrets = [MASKED, FILE_SECRET, RUNNER_TOKEN] + [j.token for j in jobs.values()]
+    secrets += [base64.b64encode(("gitlab-ci-token:" + j.token).encode()).decode()
+                for j in jobs.values()]
+    for name, j in jobs.items():
+        for s in secrets:
+            check(s.encode() not in j.trace, f"{name}: a secret is in the trace")
+    hits = grep_files([log_path] + list(all_files(state)), secrets)
+    hits = [h for h in hits if not h[0].startswith(os.path.join(state, "images"))]
+    check(not hits, f"secrets found in files: {hits}")
+
+    # nothing left behind
+    names = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                           capture_output=True, text=True).stdout
+    for eid in ids.values():
+        check(eid not in names, f"a domain of {eid} is left")
+    check(not os.listdir(os.path.join(state, "pools", "local")) if
+          os.path.isdir(os.path.join(state, "pools", "local")) else True, "overlays left")
+    check(not os.listdir(os.path.join(run, "vms")) if os.path.isdir(os.path.join(run, "vms"))
+          else True, "VM run dirs left")
+    co = os.path.join(state, "gitlab")
+    left = [p for p in all_files(co)] if os.path.isdir(co) else []
+    check(not left, f"checkout files left: {left}")
+    for eid in ids.values():
+        check(not os.path.exists(os.path.join(state, "jobs", eid, "workdir.tar")),
+              "a work dir archive was kept")
+    check(not fake.errors, "the fake saw protocol errors:\n  " + "\n  ".join(fake.errors))
+    fake.stop()
+    # the storage pool this daemon made for its private state dir
+    pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-list", "--name"],
+                           capture_output=True, text=True).stdout.split()
+    for p in pools:
+        if p.startswith("agentlab-local-"):
+            xml = subprocess.run(["virsh", "-c", "qemu:///system", "pool-dumpxml", p],
+                                 capture_output=True, text=True).stdout
+            if state in xml:
+                subprocess.run(["virsh", "-c", "qemu:///system", "pool-destroy", p],
+                               capture_output=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
+    print("gitlab jobs: ok")
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[1] not in ("register", "jobs"):
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    if sys.argv[1] == "register":
+        test_register(sys.argv[2])
+    else:
+        test_jobs(sys.argv[2])
+
+
+if __name__ == "__main__":
+    main()

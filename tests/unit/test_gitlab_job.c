@@ -1,0 +1,553 @@
+/* GitLab job payloads: parsing at the edge, the job spec and the script made
+ * from them (run here with the host's /bin/sh), artifact patterns, CRC-32. */
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "base/buf.h"
+#include "base/crc32.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "sources/gitlab_checkout.h"
+#include "sources/gitlab_job.h"
+
+#define TOKEN  "glcbt-64_Zz9TestJobTokenXyz"
+#define SECRET "masked-value-0123456789"
+#define SHA    "0123456789abcdef0123456789abcdef01234567"
+
+/* A payload shaped like GitLab's, with the parts under test filled in. */
+static char *payload(const char *variables, const char *steps, const char *artifacts)
+{
+    char *s = NULL;
+    int n = asprintf(
+            &s,
+            "{\"id\": 4711, \"token\": \"" TOKEN "\", \"allow_git_fetch\": true,"
+            " \"job_info\": {\"id\": 4711, \"name\": \"unit test/job\", \"stage\": \"test\","
+            "   \"project_id\": 3, \"project_name\": \"demo\"},"
+            " \"git_info\": {\"repo_url\": \"https://gitlab-ci-token:" TOKEN
+            "@gitlab.example.test/group/demo.git\", \"ref\": \"main\", \"sha\": \"" SHA "\","
+            "   \"before_sha\": \"0000000000000000000000000000000000000000\","
+            "   \"ref_type\": \"branch\", \"refspecs\": "
+            "[\"+refs/heads/main:refs/remotes/origin/main\"],"
+            "   \"depth\": 20, \"repo_object_format\": \"sha1\"},"
+            " \"runner_info\": {\"timeout\": 1800, \"runner_session_url\": null},"
+            " \"variables\": [%s],"
+            " \"steps\": [%s],"
+            " \"image\": {\"name\": \"alpine:3.19\", \"entrypoint\": null, \"ports\": []},"
+            " \"services\": [], \"artifacts\": [%s], \"cache\": [], \"credentials\": [],"
+            " \"dependencies\": [], \"features\": {\"trace_sections\": true,"
+            "   \"failure_reasons\": [\"script_failure\", \"runner_system_failure\"]}}",
+            variables, steps, artifacts);
+    assert_true(n > 0);
+    return s;
+}
+
+#define STEP_SCRIPT(lines)                                                                         \
+    "{\"name\": \"script\", \"script\": [" lines "], \"timeout\": 1800, \"when\": \"on_success\"," \
+    " \"allow_failure\": false}"
+#define STEP_AFTER(lines)                                                                 \
+    "{\"name\": \"after_script\", \"script\": [" lines "], \"timeout\": 1800, \"when\": " \
+    "\"always\", \"allow_failure\": true}"
+
+static struct gitlab_job *parse_ok(const char *doc)
+{
+    struct gitlab_job *j = NULL;
+    struct al_error *err = NULL;
+    if (gitlab_job_parse(doc, strlen(doc), &j, &err) < 0)
+        fail_msg("payload rejected: %s\n%s", al_error_message(err), doc);
+    assert_null(err);
+    return j;
+}
+
+static char *parse_err(const char *doc, size_t len, int want)
+{
+    struct gitlab_job *j = NULL;
+    struct al_error *err = NULL;
+    int r = gitlab_job_parse(doc, len, &j, &err);
+    if (r != want)
+        fail_msg("want %d, got %d (%s) for\n%.300s", want, r, al_error_message(err), doc);
+    assert_null(j);
+    char *msg = strdup(al_error_message(err));
+    al_error_free(err);
+    return msg;
+}
+
+static void test_parse_realistic(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc = payload(
+            "{\"key\": \"CI_JOB_ID\", \"value\": \"4711\", \"public\": true, \"masked\": false},"
+            "{\"key\": \"CI_JOB_TOKEN\", \"value\": \"" TOKEN "\", \"public\": false, "
+            "\"masked\": true},"
+            "{\"key\": \"KEY\", \"value\": \"" SECRET "\", \"masked\": true, \"file\": false,"
+            " \"raw\": true},"
+            "{\"key\": \"CERT\", \"value\": \"line1\\nline2\\n\", \"file\": true}",
+            STEP_SCRIPT("\"echo hi\", \"make\"") "," STEP_AFTER("\"echo bye\""),
+            "{\"name\": \"bin\", \"untracked\": false, \"paths\": [\"out/\", \"*.log\"],"
+            " \"exclude\": [\"out/tmp/**\"], \"when\": \"always\", \"artifact_type\": "
+            "\"archive\", \"artifact_format\": \"zip\", \"expire_in\": \"1 week\"}");
+    struct gitlab_job *j = parse_ok(doc);
+    assert_int_equal(j->id, 4711);
+    assert_string_equal(j->token, TOKEN);
+    assert_string_equal(j->sha, SHA);
+    assert_string_equal(j->ref, "main");
+    assert_int_equal(j->depth, 20);
+    assert_int_equal(j->n_refspecs, 1);
+    assert_int_equal(j->timeout_s, 1800);
+    assert_string_equal(j->job_name, "unit test/job");
+    assert_string_equal(j->image, "alpine:3.19");
+    assert_int_equal(j->n_variables, 4);
+    assert_true(j->variables[2].masked);
+    assert_true(j->variables[3].file);
+    assert_int_equal(j->n_steps, 2);
+    assert_int_equal(j->steps[1].when, GITLAB_WHEN_ALWAYS);
+    assert_true(j->steps[1].allow_failure);
+    assert_int_equal(j->n_artifacts, 1);
+    assert_int_equal(j->artifacts[0].n_paths, 2);
+    assert_string_equal(j->artifacts[0].expire_in, "1 week");
+    assert_int_equal(j->n_failure_reasons, 2);
+    assert_string_equal(gitlab_job_variable(j, "CI_JOB_ID"), "4711");
+    gitlab_job_free(j);
+}
+
+static void test_parse_rejects(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *variables, *steps, *artifacts;
+        const char *want; /* part of the message */
+    } cases[] = {
+            {"", "", "", "steps: no steps"},
+            {"", "{\"name\": \"script\", \"script\": \"echo\"}", "",
+             "steps[0].script: expected an array, got a string"},
+            {"", STEP_SCRIPT("\"ok\", 42"), "", "steps[0].script[1]: expected a string"},
+            {"", "{\"name\": \"Script!\", \"script\": []}", "", "steps[0]: name"},
+            {"", "{\"name\": \"script\", \"script\": [], \"when\": \"sometimes\"}", "",
+             "steps[0].when: expected on_success, on_failure or always"},
+            {"", "{\"name\": \"script\", \"script\": [], \"timeout\": -1}", "",
+             "steps[0].timeout: expected an integer from 0"},
+            {"{\"value\": \"x\"}", STEP_SCRIPT("\"true\""), "", "variables[0].key: missing"},
+            {"{\"key\": \"A\", \"value\": 3}", STEP_SCRIPT("\"true\""), "",
+             "variables[0].value: expected a string, got an integer"},
+            {"{\"key\": \"A\", \"value\": \"x\", \"masked\": \"yes\"}", STEP_SCRIPT("\"true\""), "",
+             "variables[0].masked: expected true or false"},
+            {"{\"key\": \"A\", \"key\": \"B\", \"value\": \"x\"}", STEP_SCRIPT("\"true\""), "",
+             "variables[0].key: given more than once"},
+            {"", STEP_SCRIPT("\"true\""), "{\"paths\": \"out\"}",
+             "artifacts[0].paths: expected an array"},
+            {"", STEP_SCRIPT("\"true\""), "{\"paths\": [], \"when\": 1}",
+             "artifacts[0].when: expected a string"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        _cleanup_free_ char *doc = payload(cases[i].variables, cases[i].steps, cases[i].artifacts);
+        _cleanup_free_ char *msg = parse_err(doc, strlen(doc), -EINVAL);
+        if (!strstr(msg, cases[i].want))
+            fail_msg("case %zu: message \"%s\" lacks \"%s\"", i, msg, cases[i].want);
+    }
+}
+
+static void test_parse_rejects_document(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *m1 = parse_err("[]", 2, -EINVAL);
+    assert_non_null(strstr(m1, "expected an object"));
+    _cleanup_free_ char *m2 = parse_err("{\"id\": 1", 8, -EINVAL);
+    assert_non_null(strstr(m2, "not valid JSON"));
+    const char *no_id = "{\"token\": \"" TOKEN "\"}";
+    _cleanup_free_ char *m3 = parse_err(no_id, strlen(no_id), -EINVAL);
+    assert_non_null(strstr(m3, "id: missing"));
+    const char *no_git = "{\"id\": 5, \"token\": \"" TOKEN "\", \"steps\": []}";
+    _cleanup_free_ char *m4 = parse_err(no_git, strlen(no_git), -EINVAL);
+    assert_non_null(strstr(m4, "git_info: missing"));
+    const char *short_token = "{\"id\": 5, \"token\": \"abc\"}";
+    _cleanup_free_ char *m5 = parse_err(short_token, strlen(short_token), -EINVAL);
+    assert_non_null(strstr(m5, "token: expected 8"));
+    assert_null(strstr(m5, "abc"));
+
+    /* nesting bombs cost nothing: refused before yajl sees them */
+    size_t depth = 100000;
+    char *deep = malloc(depth + 1);
+    memset(deep, '[', depth);
+    deep[depth] = '\0';
+    _cleanup_free_ char *m6 = parse_err(deep, depth, -EINVAL);
+    assert_non_null(strstr(m6, "nests deeper"));
+    free(deep);
+
+    size_t big = GITLAB_JOB_MAX_BYTES + 1;
+    char *huge = calloc(1, big + 1);
+    memset(huge, ' ', big);
+    _cleanup_free_ char *m7 = parse_err(huge, big, -E2BIG);
+    free(huge);
+
+    /* many values */
+    size_t count = GITLAB_JOB_MAX_VALUES + 10;
+    char *many = malloc(count * 2 + 3);
+    size_t o = 0;
+    many[o++] = '[';
+    for (size_t i = 0; i < count; i++) {
+        many[o++] = '0';
+        many[o++] = i + 1 < count ? ',' : ']';
+    }
+    _cleanup_free_ char *m8 = parse_err(many, o, -EINVAL);
+    assert_non_null(strstr(m8, "more than"));
+    free(many);
+
+    const char *nul = "{\"id\": 1,\0 \"token\": \"x\"}";
+    _cleanup_free_ char *m9 = parse_err(nul, 25, -EINVAL);
+    assert_non_null(strstr(m9, "NUL"));
+}
+
+static void test_parse_git_info(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+            /* sha */ "\"sha\": \"zz\"",
+            /* option injection through a refspec */
+            "\"sha\": \"" SHA "\", \"refspecs\": [\"--upload-pack=evil\"]",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        char *doc = NULL;
+        assert_true(asprintf(&doc,
+                             "{\"id\": 1, \"token\": \"" TOKEN "\", \"git_info\": "
+                             "{\"repo_url\": \"https://h/x.git\", %s}, \"steps\": [" STEP_SCRIPT(
+                                     "\"true\"") "]}",
+                             bad[i]) > 0);
+        _cleanup_free_ char *msg = parse_err(doc, strlen(doc), -EINVAL);
+        assert_non_null(strstr(msg, "git_info."));
+        free(doc);
+    }
+    /* a repository on the host's disk must never be fetched */
+    const char *file_url =
+            "{\"id\": 1, \"token\": \"" TOKEN "\", \"git_info\": {\"repo_url\": "
+            "\"file:///etc\", \"sha\": \"" SHA "\"}, \"steps\": [" STEP_SCRIPT("\"true\"") "]}";
+    _cleanup_free_ char *msg = parse_err(file_url, strlen(file_url), -EINVAL);
+    assert_non_null(strstr(msg, "git_info.repo_url"));
+}
+
+static void test_ident_of_broken_payload(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc = payload("", "{\"name\": 7}", "");
+    _cleanup_free_ char *msg = parse_err(doc, strlen(doc), -EINVAL);
+    int64_t id = 0;
+    char *token = NULL;
+    assert_int_equal(gitlab_job_parse_ident(doc, strlen(doc), &id, &token), 0);
+    assert_int_equal(id, 4711);
+    assert_string_equal(token, TOKEN);
+    free(token);
+    assert_int_equal(gitlab_job_parse_ident("{\"id\": 4711}", 12, &id, &token), -EINVAL);
+}
+
+static void test_secret_never_in_errors(void **state)
+{
+    (void)state;
+    /* an over-long masked value: the message names the field, not the value */
+    size_t n = GITLAB_JOB_MAX_STRING + 10;
+    char *val = malloc(n + 1);
+    memset(val, 'S', n);
+    val[n] = '\0';
+    char *vars = NULL;
+    assert_true(asprintf(&vars, "{\"key\": \"K\", \"value\": \"%s\", \"masked\": true}", val) > 0);
+    _cleanup_free_ char *doc = payload(vars, STEP_SCRIPT("\"true\""), "");
+    _cleanup_free_ char *msg = parse_err(doc, strlen(doc), -EINVAL);
+    assert_non_null(strstr(msg, "variables[0].value: longer than"));
+    assert_null(strstr(msg, "SSSS"));
+    free(vars);
+    free(val);
+}
+
+static struct job_spec *spec_of(const char *doc, enum gitlab_clone clone)
+{
+    struct gitlab_job *j = parse_ok(doc);
+    struct job_spec *spec = NULL;
+    struct al_error *err = NULL;
+    struct gitlab_spec_opts o = {.clone = clone, .pool = "gitlab"};
+    if (gitlab_job_to_spec(j, &o, &spec, &err) < 0)
+        fail_msg("to_spec: %s", al_error_message(err));
+    gitlab_job_free(j);
+    return spec;
+}
+
+static const char *env_get(const struct job_env_var *v, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (streq(v[i].name, name))
+            return v[i].value;
+    }
+    return NULL;
+}
+
+static void test_spec(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc = payload(
+            "{\"key\": \"CI_JOB_TOKEN\", \"value\": \"" TOKEN "\", \"masked\": true},"
+            "{\"key\": \"CI_REPOSITORY_URL\", \"value\": \"https://gitlab-ci-token:" TOKEN
+            "@h/x.git\"},"
+            "{\"key\": \"CI_JOB_URL\", \"value\": \"https://gitlab.example.test/g/d/-/jobs/4711\"},"
+            "{\"key\": \"PLAIN\", \"value\": \"one\"},"
+            "{\"key\": \"PLAIN\", \"value\": \"two\"},"
+            "{\"key\": \"KEY\", \"value\": \"" SECRET "\", \"masked\": true},"
+            "{\"key\": \"9BAD\", \"value\": \"x\"},"
+            "{\"key\": \"CERT\", \"value\": \"pem\", \"file\": true}",
+            STEP_SCRIPT("\"echo $KEY\""),
+            "{\"paths\": [\"build/*.bin\", \"build/sub/x\", \"dist/\", \"../up\", \"/abs\"]}");
+    struct job_spec *spec = spec_of(doc, GITLAB_CLONE_HOST);
+    assert_string_equal(spec->name, "gitlab-4711-unit-test-job");
+    assert_string_equal(spec->pool, "gitlab");
+    assert_int_equal(spec->timeout_s, 1800);
+    assert_int_equal(spec->max_attempts, 1);
+    assert_int_equal(spec->source.type, JOB_SOURCE_GITLAB);
+    assert_string_equal(spec->source.id, "4711");
+    assert_string_equal(spec->source.url, "https://gitlab.example.test/g/d/-/jobs/4711");
+    assert_string_equal(env_get(spec->env, spec->n_env, "PLAIN"), "two");
+    assert_string_equal(env_get(spec->secret_env, spec->n_secret_env, "KEY"), SECRET);
+    assert_null(env_get(spec->env, spec->n_env, "KEY"));
+    assert_null(env_get(spec->env, spec->n_env, "9BAD"));
+    assert_string_equal(env_get(spec->env, spec->n_env, "CERT"), "pem");
+    /* the job token stays on the host */
+    assert_null(env_get(spec->env, spec->n_env, "CI_JOB_TOKEN"));
+    assert_null(env_get(spec->secret_env, spec->n_secret_env, "CI_JOB_TOKEN"));
+    assert_null(env_get(spec->env, spec->n_env, "CI_REPOSITORY_URL"));
+    assert_null(strstr(spec->script, TOKEN));
+    assert_null(strstr(spec->script, SECRET));
+    /* glob patterns hand back their literal directory; ".." and absolute are left out */
+    assert_int_equal(spec->n_artifacts, 2);
+    assert_string_equal(spec->artifacts[0], "build");
+    assert_string_equal(spec->artifacts[1], "dist");
+    /* the spec is storable and its secrets registrable */
+    char *json = NULL;
+    assert_int_equal(job_spec_to_json(spec, &json, NULL, NULL), 0);
+    assert_null(strstr(json, SECRET));
+    assert_null(strstr(json, TOKEN));
+    free(json);
+    job_spec_free(spec);
+
+    /* guest checkout: the token goes in, as a secret */
+    spec = spec_of(doc, GITLAB_CLONE_GUEST);
+    assert_string_equal(env_get(spec->secret_env, spec->n_secret_env, "CI_JOB_TOKEN"), TOKEN);
+    assert_non_null(env_get(spec->secret_env, spec->n_secret_env, "CI_REPOSITORY_URL"));
+    assert_null(strstr(spec->script, TOKEN));
+    assert_non_null(strstr(spec->script, "git fetch"));
+    assert_non_null(strstr(spec->script, "${CI_JOB_TOKEN}"));
+    job_spec_free(spec);
+}
+
+static void test_spec_refusals(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc = payload("{\"key\": \"K\", \"value\": \"ab\", \"masked\": true}",
+                                       STEP_SCRIPT("\"true\""), "");
+    struct gitlab_job *j = parse_ok(doc);
+    struct job_spec *spec = NULL;
+    struct al_error *err = NULL;
+    struct gitlab_spec_opts o = {.clone = GITLAB_CLONE_HOST};
+    assert_int_equal(gitlab_job_to_spec(j, &o, &spec, &err), -EINVAL);
+    assert_non_null(strstr(al_error_message(err), "variable K is masked but shorter"));
+    assert_null(strstr(al_error_message(err), "\"ab\""));
+    al_error_free(err);
+    gitlab_job_free(j);
+
+    /* more variables than a spec takes */
+    struct al_buf vars = AL_BUF_INIT;
+    for (int i = 0; i < JOB_SPEC_MAX_ENV + 5; i++)
+        assert_int_equal(
+                al_buf_printf(&vars, "%s{\"key\": \"V%d\", \"value\": \"x\"}", i ? "," : "", i), 0);
+    _cleanup_free_ char *doc2 = payload(vars.data, STEP_SCRIPT("\"true\""), "");
+    al_buf_free(&vars);
+    j = parse_ok(doc2);
+    err = NULL;
+    assert_int_equal(gitlab_job_to_spec(j, &o, &spec, &err), -EINVAL);
+    assert_non_null(strstr(al_error_message(err), "at most"));
+    al_error_free(err);
+    gitlab_job_free(j);
+
+    /* GIT_STRATEGY=none: no checkout whatever the source says */
+    _cleanup_free_ char *doc3 = payload("{\"key\": \"GIT_STRATEGY\", \"value\": \"none\"}",
+                                        STEP_SCRIPT("\"true\""), "");
+    j = parse_ok(doc3);
+    assert_int_equal(gitlab_job_clone_mode(j, GITLAB_CLONE_GUEST), GITLAB_CLONE_NONE);
+    gitlab_job_free(j);
+}
+
+/* Runs the job's script as the guest helper does (/bin/sh -e -c) in a fresh
+ * dir with env; returns the exit status and the output (stdout and stderr
+ * together). */
+static int run_script(const struct job_spec *spec, char **ret_out)
+{
+    char *dir = test_tmpdir("gljob");
+    _cleanup_free_ char *script = al_path_join(dir, "job.sh");
+    _cleanup_free_ char *out = al_path_join(dir, "out");
+    assert_int_equal(al_write_file_atomic(script, spec->script, strlen(spec->script), 0600, NULL),
+                     0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (chdir(dir) < 0 || !freopen(out, "w", stdout) || dup2(1, 2) < 0)
+            _exit(126);
+        clearenv();
+        setenv("PATH", "/usr/bin:/bin", 1);
+        setenv("TMPDIR", dir, 1);
+        for (size_t i = 0; i < spec->n_env; i++)
+            setenv(spec->env[i].name, spec->env[i].value, 1);
+        for (size_t i = 0; i < spec->n_secret_env; i++)
+            setenv(spec->secret_env[i].name, spec->secret_env[i].value, 1);
+        execl("/bin/sh", "/bin/sh", "-e", "-c", spec->script, "agentlab-job", (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    size_t len = 0;
+    assert_int_equal(al_read_file(out, 1 << 20, ret_out, &len, NULL), 0);
+    test_tmpdir_remove(dir);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+static void test_script_semantics(void **state)
+{
+    (void)state;
+    /* success: every line runs and is echoed; after_script runs in its own shell */
+    _cleanup_free_ char *ok = payload(
+            "{\"key\": \"CERT\", \"value\": \"pem-data\\n\", \"file\": true},"
+            "{\"key\": \"SPACEY\", \"value\": \"a 'b' \\\"c\\\" $d\"}",
+            STEP_SCRIPT("\"echo one\", \"X=kept; echo \\\"$SPACEY\\\"\", \"cat \\\"$CERT\\\"\","
+                        "\"case $CERT in /*) echo abs;; esac\"") "," STEP_AFTER("\"echo "
+                                                                                "after:${X:-unset}"
+                                                                                "\", \"exit 4\""),
+            "");
+    struct job_spec *spec = spec_of(ok, GITLAB_CLONE_HOST);
+    char *out = NULL;
+    assert_int_equal(run_script(spec, &out), 0);
+    assert_non_null(strstr(out, "$ echo one\033[0;m\none\n"));
+    assert_non_null(strstr(out, "a 'b' \"c\" $d\n"));
+    assert_non_null(strstr(out, "pem-data\n"));
+    assert_non_null(strstr(out, "abs\n"));
+    assert_non_null(strstr(out, "after:unset\n"));
+    assert_non_null(
+            strstr(out, "WARNING: after_script failed, but the job continues: exit code 4"));
+    free(out);
+    job_spec_free(spec);
+
+    /* failure: the first failing line ends the script with its status;
+     * after_script (when: always) still runs */
+    _cleanup_free_ char *bad = payload(
+            "",
+            STEP_SCRIPT("\"echo before\", \"sh -c 'exit 3'\", \"echo never\"") "," STEP_AFTER(
+                    "\"echo cleanup\""),
+            "");
+    spec = spec_of(bad, GITLAB_CLONE_HOST);
+    assert_int_equal(run_script(spec, &out), 3);
+    assert_non_null(strstr(out, "before\n"));
+    assert_null(strstr(out, "\nnever\n"));
+    assert_non_null(strstr(out, "cleanup\n"));
+    free(out);
+    job_spec_free(spec);
+
+    /* on_failure steps run only after a failure, on_success ones only without */
+    _cleanup_free_ char *cond = payload(
+            "",
+            STEP_SCRIPT("\"false\"") ",{\"name\": \"notify\", \"script\": [\"echo failed-hook\"],"
+                                     " \"when\": \"on_failure\", \"allow_failure\": true},"
+                                     "{\"name\": \"release\", \"script\": [\"echo released\"],"
+                                     " \"when\": \"on_success\"}",
+            "");
+    spec = spec_of(cond, GITLAB_CLONE_HOST);
+    assert_int_equal(run_script(spec, &out), 1);
+    assert_non_null(strstr(out, "failed-hook\n"));
+    assert_null(strstr(out, "released\n"));
+    free(out);
+    job_spec_free(spec);
+}
+
+static void test_artifact_patterns(void **state)
+{
+    (void)state;
+    char *paths[] = {"out/*.txt", "logs/", "./docs/**/*.md", "bin", NULL};
+    char *exclude[] = {"out/skip.txt", "bin/*.tmp", NULL};
+    struct gitlab_artifact a = {.paths = paths,
+                                .n_paths = 4,
+                                .exclude = exclude,
+                                .n_exclude = 2,
+                                .when = GITLAB_WHEN_ON_SUCCESS};
+    assert_true(gitlab_artifact_wants(&a, "out/result.txt"));
+    assert_false(gitlab_artifact_wants(&a, "out/skip.txt"));
+    assert_false(gitlab_artifact_wants(&a, "out/x.bin"));
+    assert_false(gitlab_artifact_wants(&a, "out/sub/deep.txt"));
+    assert_true(gitlab_artifact_wants(&a, "logs/a/b.log"));
+    assert_true(gitlab_artifact_wants(&a, "docs/a/b/c.md"));
+    assert_false(gitlab_artifact_wants(&a, "docs/a/b/c.txt"));
+    assert_true(gitlab_artifact_wants(&a, "bin/tool"));
+    assert_false(gitlab_artifact_wants(&a, "bin/x.tmp"));
+    assert_false(gitlab_artifact_wants(&a, "README"));
+    char **roots = NULL;
+    assert_int_equal(gitlab_artifact_roots(&a, &roots, NULL), 0);
+    assert_string_equal(roots[0], "out");
+    assert_string_equal(roots[1], "logs");
+    assert_string_equal(roots[2], "docs");
+    assert_string_equal(roots[3], "bin");
+    assert_null(roots[4]);
+    strv_free(roots);
+
+    char *top[] = {"*.log", "out", NULL};
+    struct gitlab_artifact b = {.paths = top, .n_paths = 2};
+    assert_int_equal(gitlab_artifact_roots(&b, &roots, NULL), 0);
+    assert_string_equal(roots[0], ".");
+    assert_null(roots[1]);
+    strv_free(roots);
+    assert_true(gitlab_artifact_wants(&b, "x.log"));
+    assert_false(gitlab_artifact_wants(&b, "sub/x.log"));
+    assert_true(gitlab_when_applies(GITLAB_WHEN_ON_FAILURE, false));
+    assert_false(gitlab_when_applies(GITLAB_WHEN_ON_FAILURE, true));
+    assert_true(gitlab_when_applies(GITLAB_WHEN_ALWAYS, true));
+}
+
+static void test_url_and_helpers(void **state)
+{
+    (void)state;
+    char *u = NULL;
+    assert_int_equal(
+            gitlab_url_strip_credentials("https://gitlab-ci-token:abc@h.example/x.git", &u, NULL),
+            0);
+    assert_string_equal(u, "https://h.example/x.git");
+    free(u);
+    assert_int_equal(gitlab_url_strip_credentials("http://h:8080/a?b=c@d", &u, NULL), 0);
+    assert_string_equal(u, "http://h:8080/a?b=c@d");
+    free(u);
+    assert_int_equal(gitlab_url_strip_credentials("ssh://git@h/x", &u, NULL), -EINVAL);
+    assert_int_equal(gitlab_url_strip_credentials("https://u@/x", &u, NULL), -EINVAL);
+    assert_int_equal(gitlab_url_strip_credentials("https://h/a b", &u, NULL), -EINVAL);
+
+    assert_int_equal(al_crc32(0, "123456789", 9), 0xcbf43926u);
+    assert_int_equal(al_crc32(al_crc32(0, "1234", 4), "56789", 5), 0xcbf43926u);
+    assert_int_equal(al_crc32(0, "", 0), 0);
+
+    char *b = gitlab_base64("gitlab-ci-token:x", 17);
+    assert_string_equal(b, "Z2l0bGFiLWNpLXRva2VuOng=");
+    free(b);
+    b = gitlab_base64("ab", 2);
+    assert_string_equal(b, "YWI=");
+    free(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_parse_realistic),
+            cmocka_unit_test(test_parse_rejects),
+            cmocka_unit_test(test_parse_rejects_document),
+            cmocka_unit_test(test_parse_git_info),
+            cmocka_unit_test(test_ident_of_broken_payload),
+            cmocka_unit_test(test_secret_never_in_errors),
+            cmocka_unit_test(test_spec),
+            cmocka_unit_test(test_spec_refusals),
+            cmocka_unit_test(test_script_semantics),
+            cmocka_unit_test(test_artifact_patterns),
+            cmocka_unit_test(test_url_and_helpers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
