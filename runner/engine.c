@@ -558,8 +558,10 @@ static void start_attempt(struct ejob *j, struct backend_slot *slot)
 
 /* ------------------------------------------------------------ scheduling */
 
-static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size)
+static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size,
+                      bool *ret_broken)
 {
+    *ret_broken = false;
     if (!slot->b) {
         snprintf(why, size, "backend %.63s is not available: %.80s", slot->cfg->name,
                  slot->open_error);
@@ -568,7 +570,8 @@ static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why
     struct backend_capacity c;
     slot->b->ops->capacity(slot->b, &c);
     if (!c.healthy) {
-        snprintf(why, size, "backend %.63s is unhealthy: %.80s", slot->cfg->name, c.reason);
+        snprintf(why, size, "backend %.63s is unhealthy: %.150s", slot->cfg->name, c.reason);
+        *ret_broken = c.broken;
         return false;
     }
     uint64_t mem = (uint64_t)j->spec->resources.memory_mb << 20;
@@ -590,11 +593,14 @@ static void schedule(struct engine *e)
         struct backend_slot *slots[32];
         size_t n = pool_slots(e, pool_of(e, j->spec), slots, ARRAY_SIZE(slots));
         char why[256] = "";
+        bool all_broken = n > 0, started = false;
         for (size_t i = 0; i < n; i++) {
             char reason[256];
-            if (!slot_fits(slots[i], j, reason, sizeof(reason))) {
+            bool broken;
+            if (!slot_fits(slots[i], j, reason, sizeof(reason), &broken)) {
                 if (!why[0])
                     snprintf(why, sizeof(why), "%s", reason);
+                all_broken &= broken;
                 continue;
             }
             if (i > 0) {
@@ -603,7 +609,18 @@ static void schedule(struct engine *e)
             }
             queue_remove(e, j);
             start_attempt(j, slots[i]);
+            started = true;
             break;
+        }
+        if (!started && all_broken) {
+            /* waiting would be forever: only an operator can fix this */
+            char msg[400];
+            snprintf(msg, sizeof(msg), "no backend of the pool can run jobs until its "
+                                       "configuration is fixed: %s",
+                     why);
+            queue_remove(e, j);
+            transition(j, JOB_STATE_ERROR, msg, false, 0);
+            job_finished(j, NULL);
         }
     }
 }
@@ -878,6 +895,9 @@ static void on_housekeeping(uv_timer_t *t)
         e->last_prune = now;
         engine_prune(e);
     }
+    /* a backend may have become healthy again; schedule() is cheap */
+    if (e->queue)
+        kick(e);
     if (now - e->last_reopen >= REOPEN_INTERVAL_MS) {
         e->last_reopen = now;
         reopen_backends(e);
