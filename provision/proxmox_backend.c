@@ -84,13 +84,6 @@ struct px_teardown {
     char defer_msg[400];
 };
 
-struct px_node {
-    char name[64];
-    bool online;
-    uint64_t maxmem, mem;
-    int64_t maxcpu;
-};
-
 struct px_backend {
     struct backend *b;
     struct pve_api *api;

@@ -496,6 +496,13 @@ bool pve_json_bool(yajl_val obj, const char *key, bool *ret)
     return false;
 }
 
+/* Appends s as it is (separators). */
+static void msg_sep(char *out, size_t size, const char *s)
+{
+    size_t o = strlen(out);
+    snprintf(out + o, size - o, "%s", s);
+}
+
 /* Appends printable text (control characters become spaces), trimmed. */
 static void msg_append(char *out, size_t size, const char *s)
 {
@@ -540,22 +547,22 @@ int pve_reply_parse(long status, const char *reason_phrase, const char *body, si
         msg_append(trimmed, sizeof(trimmed), m);
         if (trimmed[0] && !strstr(ret_message, trimmed)) {
             if (ret_message[0])
-                msg_append(ret_message, msg_size, ": ");
+                msg_sep(ret_message, msg_size, ": ");
             msg_append(ret_message, msg_size, trimmed);
         }
     }
     yajl_val errors = tree ? pve_json_get(tree, "errors") : NULL;
     if (errors && YAJL_IS_OBJECT(errors) && errors->u.object.len) {
-        msg_append(ret_message, msg_size, ret_message[0] ? " (" : "(");
+        msg_sep(ret_message, msg_size, ret_message[0] ? " (" : "(");
         for (size_t i = 0; i < errors->u.object.len; i++) {
             yajl_val v = errors->u.object.values[i];
             if (i)
-                msg_append(ret_message, msg_size, "; ");
+                msg_sep(ret_message, msg_size, "; ");
             msg_append(ret_message, msg_size, errors->u.object.keys[i]);
-            msg_append(ret_message, msg_size, ": ");
+            msg_sep(ret_message, msg_size, ": ");
             msg_append(ret_message, msg_size, YAJL_IS_STRING(v) ? v->u.string : "invalid");
         }
-        msg_append(ret_message, msg_size, ")");
+        msg_sep(ret_message, msg_size, ")");
     }
     if (!ret_message[0])
         snprintf(ret_message, msg_size, "no reason given");

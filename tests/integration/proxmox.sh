@@ -17,6 +17,8 @@
 #             finds it by its tags and removes it
 set -eu
 AGENTLAB=$1
+# AL_WRAP (e.g. "valgrind --error-exitcode=99 --leak-check=full") runs agentlab under a tool
+WRAP=${AL_WRAP:-}
 MODE=$2
 AL_SOURCE_DIR=${AL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 . "$(dirname "$0")/pve_lib.sh"
@@ -29,7 +31,7 @@ run_job() {
     name=$1
     shift
     rc=0
-    "$AGENTLAB" run --backend cluster "$@" >"$TEST_TMP/$name.out" 2>"$TEST_TMP/$name.err" || rc=$?
+    $WRAP "$AGENTLAB" run --backend cluster "$@" >"$TEST_TMP/$name.out" 2>"$TEST_TMP/$name.err" || rc=$?
     echo "$rc" >"$TEST_TMP/$name.rc"
 }
 
@@ -72,7 +74,7 @@ head -c 200000 /dev/urandom > art.bin; sha256sum art.bin
 mkdir -p out/deep; echo nested > out/deep/f.txt; echo done'
     {
         rc=0
-        "$AGENTLAB" run --backend cluster --workdir "$TEST_TMP/wd" --artifact art.bin \
+        $WRAP "$AGENTLAB" run --backend cluster --workdir "$TEST_TMP/wd" --artifact art.bin \
             --artifact out --artifact no-such-file --artifacts-dir "$TEST_TMP/art" \
             -- sh -c "$script" 2>"$TEST_TMP/live.err" || rc=$?
         echo "$rc" >"$TEST_TMP/live.rc"
@@ -103,7 +105,7 @@ mkdir -p out/deep; echo nested > out/deep/f.txt; echo done'
     grep -q '^started$' "$TEST_TMP/timeout.out" || fail "output before the timeout lost"
 
     # Ctrl-C cancels: the VM is stopped and purged
-    "$AGENTLAB" run --backend cluster -- sleep 300 2>"$TEST_TMP/cancel.err" &
+    $WRAP "$AGENTLAB" run --backend cluster -- sleep 300 2>"$TEST_TMP/cancel.err" &
     pid=$!
     i=0
     until grep -q '] running$' "$TEST_TMP/cancel.err"; do
@@ -227,7 +229,7 @@ badinput)
 gc)
     pve_sim_start
     pve_conf
-    "$AGENTLAB" run --backend cluster -- sleep 300 2>"$TEST_TMP/killed.err" &
+    $WRAP "$AGENTLAB" run --backend cluster -- sleep 300 2>"$TEST_TMP/killed.err" &
     pid=$!
     i=0
     until grep -q '] running$' "$TEST_TMP/killed.err"; do
@@ -239,7 +241,7 @@ gc)
     wait $pid 2>/dev/null || true
     pve_check 'len(vms) == 1' 'vms[0]["status"] == "running"' \
         '"agentlab-owner.run." in vms[0]["tags"]' '"agentlab-backend.cluster" in vms[0]["tags"]'
-    "$AGENTLAB" gc >"$TEST_TMP/gc.out" 2>&1 || { cat "$TEST_TMP/gc.out"; fail "gc failed"; }
+    $WRAP "$AGENTLAB" gc >"$TEST_TMP/gc.out" 2>&1 || { cat "$TEST_TMP/gc.out"; fail "gc failed"; }
     grep -q 'gc: 1 VMs destroyed' "$TEST_TMP/gc.out" || { cat "$TEST_TMP/gc.out"; fail "gc did not destroy the VM"; }
     pve_assert_clean
     ;;
