@@ -148,8 +148,8 @@ static const struct config_key keys[] = {
          "yes or no"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "ciuser", KEY_STRING, B(ciuser), "", 0, 0, NULL,
          "cloud-init user set on each clone (empty: the template's)"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "sshkeys_file", KEY_PATH, B(sshkeys_file), "", 0, 0,
-         NULL, "OpenSSH public keys set on each clone through cloud-init"},
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "sshkeys_file", KEY_PATH, B(sshkeys_file), "", 0, 0, NULL,
+         "OpenSSH public keys set on each clone through cloud-init"},
 
         /* [source "NAME"] */
         {SEC_SOURCE, 0, "type", KEY_ENUM, S(type), "spool", 0, 0, source_types,
@@ -700,8 +700,7 @@ static int finish(struct config *c, const char *file, struct al_error **err)
     for (size_t i = 0; i < c->n_backends; i++) {
         struct config_backend *b = &c->backends[i];
         if (b->type == BACKEND_PROXMOX &&
-            (!*b->url || !*b->template_vm ||
-             (!*b->token_file && !(*b->user && *b->password_file))))
+            (!*b->url || !*b->template_vm || (!*b->token_file && !(*b->user && *b->password_file))))
             return al_error_set(err, EINVAL,
                                 "%s: backend \"%s\" of type proxmox needs url, template and "
                                 "token_file (or user and password_file)",

@@ -615,8 +615,9 @@ static void schedule(struct engine *e)
         if (!started && all_broken) {
             /* waiting would be forever: only an operator can fix this */
             char msg[400];
-            snprintf(msg, sizeof(msg), "no backend of the pool can run jobs until its "
-                                       "configuration is fixed: %s",
+            snprintf(msg, sizeof(msg),
+                     "no backend of the pool can run jobs until its "
+                     "configuration is fixed: %s",
                      why);
             queue_remove(e, j);
             transition(j, JOB_STATE_ERROR, msg, false, 0);

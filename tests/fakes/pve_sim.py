@@ -371,6 +371,7 @@ class Sim:
         self.vms_created = 0
         self.vms_destroyed = 0
         self.clones_by_node = {}
+        self.destroyed = []  # name and last config of every VM destroyed
 
     # -- helpers
 
@@ -511,6 +512,7 @@ class Sim:
                     "procs_running": procs, "max_concurrent": self.max_concurrent,
                     "vms_created": self.vms_created, "vms_destroyed": self.vms_destroyed,
                     "clones_by_node": self.clones_by_node,
+                    "destroyed": self.destroyed,
                     "faults": [{"match": r["match"], "action": r["action"], "fired": r["fired"]}
                                for r in self.faults]}
 
@@ -721,6 +723,8 @@ def ep_destroy(sim, p, fault, user):
 
     def done():
         if sim.vms.get(vmid) is v:
+            sim.destroyed.append({"vmid": vmid, "node": v["node"],
+                                  "config": {k: str(x) for k, x in v["config"].items()}})
             sim.remove_vm(vmid)
             sim.vms_destroyed += 1
     v["lock"] = "destroyed"

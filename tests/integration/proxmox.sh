@@ -118,14 +118,27 @@ mkdir -p out/deep; echo nested > out/deep/f.txt; echo done'
     wait $pid || rc=$?
     [ "$rc" -eq 130 ] || { cat "$TEST_TMP/cancel.err"; fail "SIGINT: exit $rc, want 130"; }
 
-    # ticket auth instead of a token, and a template named rather than numbered
+    # ticket auth instead of a token, a template named rather than numbered,
+    # a NIC and cloud-init keys (sshkeys travel percent-encoded twice)
     printf 'sim-password\n' >"$TEST_TMP/password"
+    printf 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB+x/y= ci@host\nssh-rsa AAAAB3Nza+1= other key\n' \
+        >"$TEST_TMP/keys.pub"
     pve_conf 'user = agentlab@pve
-password_file = '"$TEST_TMP/password"
+password_file = '"$TEST_TMP/password"'
+bridge = vmbr0
+ciuser = ci
+sshkeys_file = '"$TEST_TMP/keys.pub"
     sed -i -e '/^token_file/d' -e 's/^template = 9000/template = debian-tmpl/' "$AGENTLAB_CONFIG"
-    run_job ticket -- sh -c 'echo via ticket'
+    run_job ticket --cpus 2 --memory 768 -- sh -c 'echo via ticket'
     expect_rc ticket 0
     grep -q '^via ticket$' "$TEST_TMP/ticket.out" || fail "ticket auth job output missing"
+    job=$(job_id_from "$TEST_TMP/ticket.err")
+    pve_check "[d['config'] for d in s['destroyed'] if d['config']['name'] == 'agentlab-$job-1']" \
+        "(lambda c: c['cores'] == '2' and c['memory'] == '768' and c['agent'] == '1'
+            and c['net0'] == 'virtio,bridge=vmbr0' and c['ciuser'] == 'ci'
+            and __import__('urllib.parse').parse.unquote(c['sshkeys']) == open('$TEST_TMP/keys.pub').read()
+            and set(c['tags'].split(';')) >= {'agentlab', 'agentlab-backend.cluster', 'agentlab-job.$job'}
+         )([d['config'] for d in s['destroyed'] if d['config']['name'] == 'agentlab-$job-1'][0])"
     pve_assert_clean
     ;;
 
