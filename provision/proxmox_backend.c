@@ -341,6 +341,11 @@ static void on_defer(uv_timer_t *h)
 static void td_defer_end(struct px_teardown *t, int result, const char *msg)
 {
     struct px_backend *pb = t->pb;
+    if (pb->closing) {
+        /* the timer is closing too; close runs its own callbacks anyway */
+        td_end(t, result, msg);
+        return;
+    }
     t->defer_result = result;
     snprintf(t->defer_msg, sizeof(t->defer_msg), "%s", msg ? msg : "");
     t->defer_next = pb->deferred;

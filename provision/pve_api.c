@@ -393,6 +393,9 @@ static int tls_setup(CURL *e, void *data)
      * not idempotent (a second clone, a second exec) */
     if (!(c->flags & PVE_IDEMPOTENT))
         curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    /* the read timeout: a reply that stalls for this long is given up */
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)(PVE_READ_TIMEOUT_MS / 1000));
     if (api->ca_file) {
         if (curl_easy_setopt(e, CURLOPT_CAINFO, api->ca_file) != CURLE_OK)
             return -1;
@@ -1068,6 +1071,9 @@ int pve_api_new(uv_loop_t *loop, struct al_curl *curl, const struct pve_api_conf
     size_t ulen = strlen(cfg->url);
     while (ulen > 8 && cfg->url[ulen - 1] == '/')
         ulen--;
+    /* tolerate the API path in the url */
+    if (ulen > 18 && strncmp(cfg->url + ulen - 10, "/api2/json", 10) == 0)
+        ulen -= 10;
     int r = 0;
     if (asprintf(&api->base, "%.*s/api2/json", (int)ulen, cfg->url) < 0) {
         api->base = NULL;

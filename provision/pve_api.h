@@ -39,6 +39,7 @@ struct pve_call;
 #define PVE_MAX_JSON_DEPTH    32
 #define PVE_DEFAULT_MAX_REPLY (4u << 20)
 #define PVE_MESSAGE_MAX       400
+#define PVE_READ_TIMEOUT_MS   30000 /* no byte for this long: the request failed */
 
 struct pve_api_config {
     const char *url;           /* https://HOST:8006, without /api2/json */
@@ -48,7 +49,8 @@ struct pve_api_config {
     const char *ca_file;       /* PEM bundle; NULL = the system store (or the pin alone) */
     const char *fingerprint;   /* SHA-256 of the certificate, "AA:BB:..."; may be NULL */
     long connect_timeout_ms;   /* 0 = 10 s */
-    long timeout_ms;           /* one request, 0 = 60 s */
+    long timeout_ms;           /* one whole request, 0 = 60 s (and PVE_READ_TIMEOUT_MS
+                                * without a byte) */
 };
 
 /* Form parameters of one call, percent-encoded as they are added. Errors

@@ -15,6 +15,7 @@
 #             a clear message with Proxmox's reason, exit 125, no VM left
 #   gc        an `agentlab run` killed mid-job leaves a tagged VM; `agentlab gc`
 #             finds it by its tags and removes it
+#   simcheck  the simulator's validator catches each kind of violation
 set -eu
 AGENTLAB=$1
 # AL_WRAP (e.g. "valgrind --error-exitcode=99 --leak-check=full") runs agentlab under a tool
@@ -257,6 +258,52 @@ gc)
     $WRAP "$AGENTLAB" gc >"$TEST_TMP/gc.out" 2>&1 || { cat "$TEST_TMP/gc.out"; fail "gc failed"; }
     grep -q 'gc: 1 VMs destroyed' "$TEST_TMP/gc.out" || { cat "$TEST_TMP/gc.out"; fail "gc did not destroy the VM"; }
     pve_assert_clean
+    ;;
+
+simcheck)
+    # the simulator's validator itself: each of these requests breaks one
+    # rule and must be recorded as a violation (and refused)
+    pve_sim_start
+    auth="Authorization: PVEAPIToken=$PVE_TOKEN"
+    api="$PVE_URL/api2/json"
+    form='Content-Type: application/x-www-form-urlencoded'
+    bad() { # bad EXPECTED_STATUS CURL_ARGS...
+        want=$1
+        shift
+        got=$(curl -sk -o /dev/null -w '%{http_code}' -H "$auth" "$@")
+        [ "$got" = "$want" ] || fail "simcheck: $*: HTTP $got, want $want"
+    }
+    n=0
+    bad 501 -X GET --data-raw 'x=1' -H "$form" "$api/nodes"; n=$((n + 1))        # body on GET
+    bad 400 "$api/cluster/nextid?vmid=abc"; n=$((n + 1))                           # type
+    bad 400 "$api/cluster/nextid?vmid=5"; n=$((n + 1))                             # minimum
+    bad 400 "$api/cluster/nextid?bogus=1"; n=$((n + 1))                            # additionalProperties
+    bad 400 "$api/cluster/resources?type=vms"; n=$((n + 1))                        # enum
+    bad 400 -X POST -H "$form" --data-raw 'newid=200&full=true' \
+        "$api/nodes/pve1/qemu/9000/clone"; n=$((n + 1))                            # boolean as true
+    bad 400 -X POST -H "$form" --data-raw 'full=1' "$api/nodes/pve1/qemu/9000/clone"; n=$((n + 1)) # required newid
+    bad 400 -X POST -H "$form" --data-raw 'newid=200&name=a+b' \
+        "$api/nodes/pve1/qemu/9000/clone"; n=$((n + 1))                            # '+' for a space
+    bad 400 -X POST -H "$form" --data-raw 'newid=200&description=a=b' \
+        "$api/nodes/pve1/qemu/9000/clone"; n=$((n + 1))                            # raw '='
+    bad 400 -X POST -H "$form" --data-raw 'newid=200&newid=201' \
+        "$api/nodes/pve1/qemu/9000/clone"; n=$((n + 1))                            # repeated scalar
+    bad 415 -X POST -H 'Content-Type: text/plain' --data-raw 'newid=200' \
+        "$api/nodes/pve1/qemu/9000/clone"; n=$((n + 1))                            # not a form
+    bad 400 -X POST -H "$form" --data-raw 'newid=200' \
+        "$api/nodes/pve1/qemu/9000/clone?full=1"; n=$((n + 1))                     # query on POST
+    bad 400 -X PUT -H "$form" --data-raw 'sshkeys=ssh-ed25519%20AAAA%20me' \
+        "$api/nodes/pve1/qemu/9000/config"; n=$((n + 1))                           # sshkeys encoded once
+    bad 400 -X PUT -H "$form" --data-raw 'tags=a%20b%3Bc%21' \
+        "$api/nodes/pve1/qemu/9000/config"; n=$((n + 1))                           # tag format
+    bad 501 "$api/nodes/pve1/qemu/9000/no-such-thing"; n=$((n + 1))               # unknown path
+    bad 501 -X DELETE "$api/cluster/nextid"; n=$((n + 1))                          # unknown method
+    # and correct requests pass
+    curl -skf -H "$auth" "$api/cluster/nextid?vmid=200" >/dev/null || fail "a valid request was refused"
+    curl -skf -X PUT -H "$auth" -H "$form" \
+        --data-raw 'sshkeys=ssh-ed25519%2520AAAA%2520me&tags=agentlab%3Bagentlab-job.j1&cores=2' \
+        "$api/nodes/pve1/qemu/9000/config" >/dev/null || fail "a valid config was refused"
+    pve_check "len(s['violations']) == $n"
     ;;
 
 *)
