@@ -5,7 +5,7 @@
 
 static const struct backend_ops *all_ops[] = {
         [BACKEND_LIBVIRT] = &libvirt_backend_ops,
-        [BACKEND_PROXMOX] = NULL,
+        [BACKEND_PROXMOX] = &proxmox_backend_ops,
 };
 
 int backend_register(int type, const struct backend_ops *ops)

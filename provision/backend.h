@@ -32,6 +32,10 @@ struct backend_capacity {
     int used_vcpus;
     uint64_t used_memory;
     bool healthy;
+    /* not healthy until an operator fixes the configuration (credentials
+     * refused, certificate mismatch); the engine fails jobs whose every
+     * backend is broken instead of queueing them forever */
+    bool broken;
     char reason[160]; /* why not healthy */
 };
 
@@ -203,5 +207,6 @@ int backend_register(int type, const struct backend_ops *ops);
 
 /* The ops table of each backend type. */
 extern const struct backend_ops libvirt_backend_ops;
+extern const struct backend_ops proxmox_backend_ops;
 
 #endif

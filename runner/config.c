@@ -138,12 +138,16 @@ static const struct config_key keys[] = {
          "https://HOST:8006"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "token_file", KEY_PATH, B(token_file), "", 0, 0, NULL,
          "file holding USER@REALM!TOKENID=SECRET"},
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "user", KEY_STRING, B(user), "", 0, 0, NULL,
+         "USER@REALM for ticket auth (instead of token_file)"},
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "password_file", KEY_PATH, B(password_file), "", 0, 0,
+         NULL, "file holding the password for ticket auth"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "ca_file", KEY_PATH, B(ca_file), "", 0, 0, NULL,
          "PEM CA bundle for the API certificate"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "fingerprint", KEY_STRING, B(fingerprint), "", 0, 0, NULL,
          "SHA-256 certificate fingerprint, AA:BB:..."},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "node", KEY_STRING, B(node), "", 0, 0, NULL,
-         "node name (empty: choose among online nodes)"},
+         "comma-separated nodes to place VMs on (empty: any online node)"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "pool", KEY_STRING, B(pve_pool), "", 0, 0, NULL,
          "Proxmox resource pool"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "template", KEY_STRING, B(template_vm), "", 0, 0, NULL,
@@ -154,6 +158,10 @@ static const struct config_key keys[] = {
          "bridge for the VM's NIC (empty: none)"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "full_clone", KEY_BOOL, B(full_clone), "no", 0, 0, NULL,
          "yes or no"},
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "ciuser", KEY_STRING, B(ciuser), "", 0, 0, NULL,
+         "cloud-init user set on each clone (empty: the template's)"},
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "sshkeys_file", KEY_PATH, B(sshkeys_file), "", 0, 0, NULL,
+         "OpenSSH public keys set on each clone through cloud-init"},
 
         /* [source "NAME"] */
         {SEC_SOURCE, 0, "type", KEY_ENUM, S(type), "spool", 0, 0, source_types,
@@ -710,10 +718,11 @@ static int finish(struct config *c, const char *file, struct al_error **err)
 
     for (size_t i = 0; i < c->n_backends; i++) {
         struct config_backend *b = &c->backends[i];
-        if (b->type == BACKEND_PROXMOX && (!*b->url || !*b->token_file || !*b->template_vm))
+        if (b->type == BACKEND_PROXMOX &&
+            (!*b->url || !*b->template_vm || (!*b->token_file && !(*b->user && *b->password_file))))
             return al_error_set(err, EINVAL,
-                                "%s: backend \"%s\" of type proxmox needs url, token_file and "
-                                "template",
+                                "%s: backend \"%s\" of type proxmox needs url, template and "
+                                "token_file (or user and password_file)",
                                 file, b->name);
     }
     for (size_t i = 0; i < c->n_pools; i++) {

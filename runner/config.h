@@ -92,6 +92,8 @@ struct config_backend {
     /* proxmox */
     char *url;
     char *token_file;
+    char *user;          /* ticket auth instead of a token */
+    char *password_file; /* ticket auth */
     char *ca_file;
     char *fingerprint;
     char *node;
@@ -100,6 +102,8 @@ struct config_backend {
     char *storage;
     char *bridge;
     bool full_clone;
+    char *ciuser;       /* cloud-init user of the clones */
+    char *sshkeys_file; /* cloud-init public keys of the clones */
 };
 
 struct config_source {

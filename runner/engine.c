@@ -16,9 +16,9 @@
 #include "loop/work.h"
 #include "owner.h"
 
-#define PRUNE_INTERVAL_MS (10u * 60u * 1000u)
-#define SYNC_INTERVAL_MS  1000u
-#define RUN_GRACE_S       30
+#define PRUNE_INTERVAL_MS  (10u * 60u * 1000u)
+#define SYNC_INTERVAL_MS   1000u
+#define RUN_GRACE_S        30
 #define REOPEN_INTERVAL_MS 10000u
 #define SWEEP_INTERVAL_MS  (5u * 60u * 1000u)
 
@@ -65,7 +65,7 @@ struct engine_watch {
 };
 
 struct backend_slot {
-    struct backend *b;           /* NULL when it failed to open */
+    struct backend *b; /* NULL when it failed to open */
     const struct config_backend *cfg;
     char open_error[200];
     unsigned jobs_started;
@@ -98,7 +98,7 @@ struct engine {
     size_t n_recorded;
     /* warm pools */
     struct warm_vm *warm;
-    int warm_dying;        /* warm VMs being destroyed */
+    int warm_dying;         /* warm VMs being destroyed */
     unsigned warm_failures; /* consecutive warm VMs that died before use */
     uint64_t warm_next_try;
     int pending_closes;
@@ -126,8 +126,8 @@ static void sweep_owned(struct engine *e);
 static void warm_orphan_destroyed(int result, const struct al_error *err, void *data);
 static struct warm_vm *warm_take(struct engine *e, struct ejob *j);
 static void warm_fill(struct engine *e);
-static bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why,
-                          size_t size);
+static bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
+                          bool *ret_broken);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -165,13 +165,14 @@ static void notify_event(struct engine *e, const struct store_event *ev)
 }
 
 /* Commits a transition and tells the observers. */
-static int transition(struct ejob *j, enum job_state to, const char *detail, bool has_code, int code)
+static int transition(struct ejob *j, enum job_state to, const char *detail, bool has_code,
+                      int code)
 {
     struct engine *e = j->e;
     struct store_event ev = {0};
     struct al_error *err = NULL;
-    struct store_transition t = {.to = to, .detail = detail, .has_exit_code = has_code,
-                                 .exit_code = code};
+    struct store_transition t = {
+            .to = to, .detail = detail, .has_exit_code = has_code, .exit_code = code};
     int r = store_job_transition(e->store, j->id, &t, &ev, &err);
     if (r < 0) {
         log_error(j->id, "recording %s -> %s failed: %s", job_state_to_string(j->state),
@@ -481,8 +482,9 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
             w->o.attempt_done(j->id, j->attempts, r, w->data);
     }
     notify_end(e);
-    log_info(j->id, "attempt %d on %s done in %.1fs (provision %.2fs, start %.2fs, boot %.1fs, "
-                    "run %.1fs, cleanup %.2fs)",
+    log_info(j->id,
+             "attempt %d on %s done in %.1fs (provision %.2fs, start %.2fs, boot %.1fs, "
+             "run %.1fs, cleanup %.2fs)",
              j->attempts, j->backend->name, (double)r->ms_total / 1000.0,
              (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0,
              (double)r->ms_boot / 1000.0, (double)r->ms_run / 1000.0,
@@ -556,8 +558,8 @@ static void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *
     int nr = warm ? (snprintf(j->vm_name, sizeof(j->vm_name), "%s", warm->name), 0)
                   : b->ops->vm_name(b, j->id, j->attempts, j->vm_name, sizeof(j->vm_name));
     if (nr < 0 || store_vm_add(e->store, b->name, j->vm_name, j->id, &err) < 0) {
-        transition(j, JOB_STATE_ERROR, err ? al_error_message(err) : "naming the VM failed",
-                   false, 0);
+        transition(j, JOB_STATE_ERROR, err ? al_error_message(err) : "naming the VM failed", false,
+                   0);
         al_error_free(err);
         job_finished(j, NULL);
         if (warm)
@@ -742,7 +744,7 @@ static void warm_fill(struct engine *e)
                 char why[256];
                 if (slots[i]->b && slots[i]->b->ops->assign &&
                     slot_has_room(slots[i], e->cfg->agent.job_cpus, e->cfg->agent.job_memory, why,
-                                  sizeof(why)))
+                                  sizeof(why), NULL))
                     slot = slots[i];
             }
             if (!slot)
@@ -771,15 +773,21 @@ static void warm_recycle(struct engine *e)
 
 /* ------------------------------------------------------------ scheduling */
 
-static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size)
+static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size,
+                      bool *ret_broken)
 {
     return slot_has_room(slot, j->spec->resources.cpus,
-                         (uint64_t)j->spec->resources.memory_mb << 20, why, size);
+                         (uint64_t)j->spec->resources.memory_mb << 20, why, size, ret_broken);
 }
 
-static bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why,
-                          size_t size)
+/* Whether the backend can take a VM of that size now. ret_broken (may be
+ * NULL) says the backend cannot work until an operator fixes it (bad
+ * credentials, a certificate mismatch). */
+static bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
+                          bool *ret_broken)
 {
+    if (ret_broken)
+        *ret_broken = false;
     if (!slot->b) {
         snprintf(why, size, "backend %.63s is not available: %.80s", slot->cfg->name,
                  slot->open_error);
@@ -788,10 +796,13 @@ static bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, cha
     struct backend_capacity c;
     slot->b->ops->capacity(slot->b, &c);
     if (!c.healthy) {
-        snprintf(why, size, "backend %.63s is unhealthy: %.80s", slot->cfg->name, c.reason);
+        snprintf(why, size, "backend %.63s is unhealthy: %.150s", slot->cfg->name, c.reason);
+        if (ret_broken)
+            *ret_broken = c.broken;
         return false;
     }
-    if (c.used_vms >= c.max_vms || c.used_vcpus + cpus > c.vcpus || c.used_memory + mem > c.memory) {
+    if (c.used_vms >= c.max_vms || c.used_vcpus + cpus > c.vcpus ||
+        c.used_memory + mem > c.memory) {
         snprintf(why, size, "backend %.63s is full (%d/%d VMs, %d/%d vCPUs)", slot->cfg->name,
                  c.used_vms, c.max_vms, c.used_vcpus, c.vcpus);
         return false;
@@ -817,11 +828,14 @@ static void schedule(struct engine *e)
         struct backend_slot *slots[32];
         size_t n = pool_slots(e, pool_of(e, j->spec), slots, ARRAY_SIZE(slots));
         char why[256] = "";
+        bool all_broken = n > 0, started = false;
         for (size_t i = 0; i < n; i++) {
             char reason[256];
-            if (!slot_fits(slots[i], j, reason, sizeof(reason))) {
+            bool broken;
+            if (!slot_fits(slots[i], j, reason, sizeof(reason), &broken)) {
                 if (!why[0])
                     snprintf(why, sizeof(why), "%s", reason);
+                all_broken &= broken;
                 continue;
             }
             if (i > 0) {
@@ -830,7 +844,19 @@ static void schedule(struct engine *e)
             }
             queue_remove(e, j);
             start_attempt(j, slots[i], NULL);
+            started = true;
             break;
+        }
+        if (!started && all_broken) {
+            /* waiting would be forever: only an operator can fix this */
+            char msg[400];
+            snprintf(msg, sizeof(msg),
+                     "no backend of the pool can run jobs until its "
+                     "configuration is fixed: %s",
+                     why);
+            queue_remove(e, j);
+            transition(j, JOB_STATE_ERROR, msg, false, 0);
+            job_finished(j, NULL);
         }
     }
 }
@@ -980,8 +1006,7 @@ int engine_cancel(struct engine *e, const char *job_id, struct al_error **err)
         bool terminal = job_state_is_terminal(sj->state);
         store_job_free(sj);
         return terminal ? al_error_set(err, EALREADY, "job %s has already ended", job_id)
-                        : al_error_set(err, EBUSY, "job %s is not handled by this daemon",
-                                       job_id);
+                        : al_error_set(err, EBUSY, "job %s is not handled by this daemon", job_id);
     }
     if (j->cancel_requested)
         return 0;
@@ -1067,16 +1092,15 @@ void engine_prune(struct engine *e)
             err = al_error_free(err);
     }
     if (res.n)
-        log_info(NULL, "retention: pruned %zu finished jobs (%" PRIu64 " bytes)", res.n,
-                 res.bytes);
+        log_info(NULL, "retention: pruned %zu finished jobs (%" PRIu64 " bytes)", res.n, res.bytes);
     store_prune_result_clear(&res);
 }
 
 /* Backends that failed to open (libvirtd down at start) are tried again. */
 static void reopen_backends(struct engine *e)
 {
-    struct backend_env env = {.loop = e->loop, .curl = e->curl, .cfg = e->cfg,
-                              .owner_id = e->owner_id};
+    struct backend_env env = {
+            .loop = e->loop, .curl = e->curl, .cfg = e->cfg, .owner_id = e->owner_id};
     for (size_t i = 0; i < e->n_slots; i++) {
         struct backend_slot *s = &e->slots[i];
         if (s->b)
@@ -1106,6 +1130,9 @@ static void on_housekeeping(uv_timer_t *t)
         e->last_prune = now;
         engine_prune(e);
     }
+    /* a backend may have become healthy again; schedule() is cheap */
+    if (e->queue)
+        kick(e);
     if (now - e->last_reopen >= REOPEN_INTERVAL_MS) {
         e->last_reopen = now;
         reopen_backends(e);
@@ -1221,8 +1248,7 @@ static void on_listed(int result, struct owned_vm *vms, size_t n, const struct a
     free(lc);
     if (result < 0) {
         e->report.errors++;
-        log_error(NULL, "reconcile: listing VMs on %s failed: %s", b->name,
-                  al_error_message(err));
+        log_error(NULL, "reconcile: listing VMs on %s failed: %s", b->name, al_error_message(err));
         sweep_step_done(e);
         return;
     }
@@ -1254,8 +1280,8 @@ static void reconcile_jobs(struct engine *e)
     static const enum job_state states[] = {JOB_STATE_QUEUED, JOB_STATE_PROVISIONING,
                                             JOB_STATE_BOOTING, JOB_STATE_RUNNING};
     for (size_t si = 0; si < ARRAY_SIZE(states); si++) {
-        struct store_job_filter f = {.state = states[si], .oldest_first = true,
-                                     .limit = STORE_LIST_MAX};
+        struct store_job_filter f = {
+                .state = states[si], .oldest_first = true, .limit = STORE_LIST_MAX};
         char cursor[STORE_JOB_ID_SIZE] = "";
         do {
             struct store_job_page page = {0};
@@ -1277,8 +1303,8 @@ static void reconcile_jobs(struct engine *e)
                 j->state = sj->state;
                 j->attempts = sj->attempts;
                 j->max_attempts = sj->max_attempts;
-                int r = job_spec_parse(sj->spec_json, strlen(sj->spec_json),
-                                       JOB_SPEC_PARSE_STORED, &j->spec, &err);
+                int r = job_spec_parse(sj->spec_json, strlen(sj->spec_json), JOB_SPEC_PARSE_STORED,
+                                       &j->spec, &err);
                 bool secrets_lost = false;
                 for (size_t k = 0; r == 0 && k < j->spec->n_secret_env; k++)
                     secrets_lost |= j->spec->secret_env[k].value == NULL;
@@ -1321,8 +1347,8 @@ static void reconcile_jobs(struct engine *e)
                     e->report.jobs_resumed++;
                 }
                 j->job_dir = engine_job_dir(e, j->id);
-                _cleanup_free_ char *wd = j->job_dir ? al_path_join(j->job_dir, "workdir.tar")
-                                                     : NULL;
+                _cleanup_free_ char *wd =
+                        j->job_dir ? al_path_join(j->job_dir, "workdir.tar") : NULL;
                 if (wd && access(wd, R_OK) == 0)
                     j->workdir_tar = TAKE_PTR(wd);
                 if (!j->job_dir || build_request(j, &err) < 0) {
@@ -1505,8 +1531,8 @@ int engine_new(const struct engine_params *p, struct engine **ret, struct al_err
         free(e);
         return r;
     }
-    struct backend_env env = {.loop = p->loop, .curl = p->curl, .cfg = p->cfg,
-                              .owner_id = e->owner_id};
+    struct backend_env env = {
+            .loop = p->loop, .curl = p->curl, .cfg = p->cfg, .owner_id = e->owner_id};
     e->n_slots = p->cfg->n_backends;
     for (size_t i = 0; i < e->n_slots; i++) {
         struct backend_slot *s = &e->slots[i];

@@ -9,7 +9,7 @@ libcmocka-dev libsqlite3-dev sqlite3 libarchive-dev libinih-dev libhttp-parser-d
 libssl-dev zlib1g-dev
 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 libguestfs-tools linux-image-amd64 mmdebstrap genisoimage
-python3 curl clang libclang-rt-14-dev valgrind chromium
+python3 openssl curl clang libclang-rt-14-dev valgrind chromium
 cloud-init"
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -15,6 +15,7 @@
 #include "../base/util.h"
 #include "../config.h"
 #include "../engine.h"
+#include "../loop/curl_uv.h"
 #include "../loop/virt_uv.h"
 #include "../owner.h"
 #include "../store.h"
@@ -23,6 +24,7 @@
 
 struct gc_ctx {
     struct engine *engine;
+    struct al_curl *curl; /* for HTTP backends (Proxmox) */
     struct engine_reconcile_report report;
     bool done;
 };
@@ -31,6 +33,9 @@ static void on_stopped(void *data)
 {
     struct gc_ctx *c = data;
     c->engine = NULL;
+    if (c->curl)
+        al_curl_close(c->curl, NULL, NULL);
+    c->curl = NULL;
     al_virt_event_shutdown();
 }
 
@@ -111,22 +116,31 @@ int cmd_gc(int argc, char **argv)
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct gc_ctx c = {0};
+    int rc = 0;
+    if (al_curl_global_init() < 0 || al_curl_new(&loop, &c.curl, &err) < 0) {
+        fprintf(stderr, "agentlab gc: %s\n", err ? al_error_message(err) : "curl init failed");
+        uv_loop_close(&loop);
+        store_close(store);
+        al_curl_global_cleanup();
+        return 1;
+    }
     struct engine_params ep = {
             .loop = &loop,
             .cfg = cfg,
             .store = store,
+            .curl = c.curl,
             .owner_id = owner,
             .reconcile_only = true,
     };
-    int rc = 0;
     if (al_virt_event_register(&loop, &err) < 0 || engine_new(&ep, &c.engine, &err) < 0) {
         fprintf(stderr, "agentlab gc: %s\n", al_error_message(err));
-        al_virt_event_shutdown();
+        on_stopped(&c);
         rc = 1;
     } else {
         engine_start(c.engine, on_reconciled, &c);
     }
     uv_run(&loop, UV_RUN_DEFAULT);
+    al_curl_global_cleanup();
     if (uv_loop_close(&loop) != 0)
         fprintf(stderr, "agentlab gc: warning: event loop did not close cleanly\n");
     store_close(store);

@@ -20,6 +20,7 @@
 #include "../base/util.h"
 #include "../config.h"
 #include "../engine.h"
+#include "../loop/curl_uv.h"
 #include "../loop/virt_uv.h"
 #include "../owner.h"
 #include "../store.h"
@@ -35,6 +36,7 @@ struct run_ctx {
     struct store *store;
     struct engine *engine;
     struct engine_watch *watch;
+    struct al_curl *curl; /* for HTTP backends (Proxmox) */
     struct run_opts *o;
     char *owner;
     char *tmp_dir; /* <run_dir>/cli-<pid>: this run's database and job dir */
@@ -327,6 +329,9 @@ static void on_engine_stopped(void *data)
 {
     struct run_ctx *c = data;
     c->engine = NULL;
+    if (c->curl)
+        al_curl_close(c->curl, NULL, NULL);
+    c->curl = NULL;
     uv_close((uv_handle_t *)&c->sigint, NULL);
     uv_close((uv_handle_t *)&c->sigterm, NULL);
     uv_close((uv_handle_t *)&c->sighup, NULL);
@@ -511,14 +516,20 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
     uv_signal_start(&c->sigterm, on_signal, SIGTERM);
     uv_signal_start(&c->sighup, on_signal, SIGHUP);
 
+    if (al_curl_global_init() < 0)
+        al_error_set(&err, EIO, "curl_global_init failed");
+    else
+        al_curl_new(&c->loop, &c->curl, &err);
     struct engine_params ep = {
             .loop = &c->loop,
             .cfg = cfg,
             .store = c->store,
+            .curl = c->curl,
             .owner_id = c->owner,
             .jobs_dir = jobs,
     };
-    if (al_virt_event_register(&c->loop, &err) < 0 || engine_new(&ep, &c->engine, &err) < 0) {
+    if (err || al_virt_event_register(&c->loop, &err) < 0 ||
+        engine_new(&ep, &c->engine, &err) < 0) {
         fprintf(stderr, "agentlab: %s\n", al_error_message(err));
         if (c->engine)
             engine_stop(c->engine, on_engine_stopped, c);
@@ -577,6 +588,7 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
     engine_stop(c->engine, on_engine_stopped, c);
     uv_run(&c->loop, UV_RUN_DEFAULT);
 out_loop:
+    al_curl_global_cleanup();
     if (uv_loop_close(&c->loop) != 0)
         fprintf(stderr, "agentlab: warning: event loop did not close cleanly\n");
 out_store:

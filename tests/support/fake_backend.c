@@ -123,11 +123,19 @@ static int fake_vm_name(struct backend *b, const char *job, int attempt, char *b
     return 0;
 }
 
+int fake_a_health;
+
 static void fake_capacity(struct backend *b, struct backend_capacity *ret)
 {
     struct fake_backend *fb = b->priv;
     struct backend_capacity c = {.max_vms = b->cfg->max_vms, .vcpus = 64, .memory = 64ull << 30,
                                  .healthy = true};
+    if (streq(b->name, "a") && fake_a_health) {
+        c.healthy = false;
+        c.broken = fake_a_health == 2;
+        snprintf(c.reason, sizeof(c.reason), "%s",
+                 c.broken ? "HTTP 401 authentication failure" : "connection refused");
+    }
     for (struct fake_vm *v = fb->vms; v; v = v->next) {
         c.used_vms++;
         c.used_vcpus += 1;
@@ -252,6 +260,7 @@ void fake_backend_register(void)
 {
     backend_register(BACKEND_LIBVIRT, &fake_backend_ops);
     launched = 0;
+    fake_a_health = 0;
 }
 
 int fake_backend_launched(void)

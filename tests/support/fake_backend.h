@@ -34,6 +34,10 @@ extern struct owned_vm planted[4];
 extern size_t n_planted;
 extern int destroyed_owned;
 
+/* Health of the backend named "a": 0 healthy, 1 unhealthy for now, 2 broken
+ * (needs an operator: bad credentials). */
+extern int fake_a_health;
+
 /* Milliseconds between a fake VM's phases (default 5; 0 = next loop turn). */
 extern unsigned fake_backend_delay_ms;
 

@@ -150,7 +150,7 @@ static void test_errors_name_file_line_key(void **state)
             {"[frobnicate]\nx = 1\n", "unknown section [frobnicate]"},
             {"key = value\n", "outside of any section"},
             {"[agent\n", "test.conf:1: syntax error"},
-            {"[backend \"pve\"]\ntype = proxmox\n", "needs url, token_file and template"},
+            {"[backend \"pve\"]\ntype = proxmox\n", "needs url, template and token_file"},
             {"[agent]\nstate_dir = relative\n", "bad value \"relative\" for key \"state_dir\""},
             {"[agent]\npool = nope\n[pool \"ci\"]\n", "the default pool \"nope\" is not defined"},
             {"[source \"q\"]\ntype = http\n", "source \"q\" of type http needs a url"},

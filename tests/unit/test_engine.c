@@ -264,6 +264,44 @@ static void test_fallback_to_second_backend(void **state)
     assert_string_equal(c->last_backend, "a");
 }
 
+static void run_for(struct ctx *c, unsigned ms)
+{
+    uint64_t end = al_now_mono_ms() + ms;
+    while (al_now_mono_ms() < end)
+        uv_run(&c->loop, UV_RUN_ONCE);
+}
+
+static void test_unhealthy_and_broken_backends(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    /* unhealthy for now: the job waits, and runs once the backend is back */
+    fake_a_health = 1;
+    char id[STORE_JOB_ID_SIZE];
+    assert_null(submit(c, "{\"command\":[\"true\"],\"pool\":\"only-a\"}", id));
+    run_for(c, 1500);
+    assert_int_equal(state_of(c, id, NULL, NULL), JOB_STATE_QUEUED);
+    fake_a_health = 0; /* nothing else happens: the engine must notice alone */
+    wait_finished(c, 1);
+    assert_int_equal(state_of(c, id, NULL, NULL), JOB_STATE_SUCCEEDED);
+    /* broken: a pool with nothing else ends the job instead of queueing it forever */
+    fake_a_health = 2;
+    assert_null(submit(c, "{\"command\":[\"true\"],\"pool\":\"only-a\"}", id));
+    wait_finished(c, 2);
+    assert_int_equal(state_of(c, id, NULL, NULL), JOB_STATE_ERROR);
+    struct store_job *j = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(store_job_get(c->store, id, &j, &err), 0);
+    assert_non_null(strstr(j->reason, "until its configuration is fixed: backend a is unhealthy: "
+                                      "HTTP 401 authentication failure"));
+    store_job_free(j);
+    /* a pool with another backend falls back to it */
+    assert_null(submit(c, "{\"command\":[\"true\"]}", id));
+    wait_finished(c, 3);
+    assert_int_equal(state_of(c, id, NULL, NULL), JOB_STATE_SUCCEEDED);
+    assert_string_equal(c->last_backend, "b");
+}
+
 static void test_retry_infra_errors_only(void **state)
 {
     struct ctx *c = *state;
@@ -368,6 +406,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_runs_and_persists, setup, teardown),
             cmocka_unit_test_setup_teardown(test_fallback_to_second_backend, setup, teardown),
             cmocka_unit_test_setup_teardown(test_retry_infra_errors_only, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_unhealthy_and_broken_backends, setup, teardown),
             cmocka_unit_test_setup_teardown(test_rejects_bad_jobs, setup, teardown),
             cmocka_unit_test_setup_teardown(test_stop_requeues_and_restart_reconciles, setup,
                                             teardown),
