@@ -195,7 +195,13 @@ static const struct config_key keys[] = {
         {SEC_POOL, 0, "warm", KEY_INT, P(warm), "0", 0, 1000, NULL,
          "number of booted VMs kept waiting, 0 to 1000"},
         {SEC_POOL, 0, "warm_max_idle", KEY_DURATION, P(warm_max_idle_s), "1h", 10, 7 * 86400, NULL,
-         "a duration such as 1h"},
+         "a duration such as 1h"},        {SEC_POOL, 0, "warm_peak", KEY_INT, P(warm_peak), "0", 0, 1000, NULL,
+         "warm VMs during peak hours (Monday to Friday), 0 to 1000; 0 = no peak"},
+        {SEC_POOL, 0, "warm_peak_start", KEY_INT, P(warm_peak_start), "8", 0, 23, NULL,
+         "first hour of the peak, 0 to 23 (local time)"},
+        {SEC_POOL, 0, "warm_peak_end", KEY_INT, P(warm_peak_end), "18", 1, 24, NULL,
+         "hour the peak ends, 1 to 24 (local time)"},
+
 };
 
 bool config_name_is_valid(const char *s)

@@ -127,6 +127,9 @@ struct config_pool {
     char **labels;
     int warm;
     int64_t warm_max_idle_s;
+    int warm_peak;       /* warm VMs during peak hours; 0 = no peak */
+    int warm_peak_start; /* peak hours: [start, end) local time, Monday to Friday */
+    int warm_peak_end;
 };
 
 struct config {

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "attempt.h"
@@ -55,6 +56,7 @@ struct warm_vm {
     struct vm_request req;
     bool ready;
     uint64_t ready_at;
+    uint64_t launched_at;
 };
 
 struct engine_watch {
@@ -721,6 +723,7 @@ static void warm_launch(struct engine *e, const struct config_pool *pool, struct
         e->warm_next_try = uv_now(e->loop) + 5000;
         return;
     }
+    w->launched_at = uv_now(e->loop);
     w->next = e->warm;
     e->warm = w;
     log_info(NULL, "pool %s: booting warm VM %s on %s", pool->name, w->vm->name, slot->cfg->name);
@@ -734,11 +737,12 @@ static void warm_fill(struct engine *e)
     for (size_t p = 0; p < e->cfg->n_pools; p++) {
         const struct config_pool *pool = &e->cfg->pools[p];
         int have = 0;
+        int want = engine_warm_target(pool, al_now_wall_ms());
         for (struct warm_vm *w = e->warm; w; w = w->next)
             have += w->pool == pool;
         struct backend_slot *slots[32];
         size_t n = pool_slots(e, pool, slots, ARRAY_SIZE(slots));
-        while (have < pool->warm) {
+        while (have < want) {
             struct backend_slot *slot = NULL;
             for (size_t i = 0; i < n && !slot; i++) {
                 char why[256];
@@ -757,10 +761,54 @@ static void warm_fill(struct engine *e)
     }
 }
 
-/* Recycles warm VMs idle longer than their pool's warm_max_idle. */
+size_t engine_warm_list(struct engine *e, struct engine_warm_info *ret, size_t max)
+{
+    size_t n = 0;
+    for (struct warm_vm *w = e->warm; w; w = w->next, n++) {
+        if (n >= max)
+            continue;
+        struct engine_warm_info *i = &ret[n];
+        snprintf(i->name, sizeof(i->name), "%s", w->vm->name);
+        i->backend = w->slot->cfg->name;
+        i->pool = w->pool->name;
+        i->ready = w->ready;
+        i->age_ms = uv_now(e->loop) - w->launched_at;
+    }
+    return n;
+}
+
+int engine_warm_target(const struct config_pool *pool, int64_t now_wall_ms)
+{
+    if (pool->warm_peak <= 0 || pool->warm_peak_end <= pool->warm_peak_start)
+        return pool->warm;
+    time_t t = (time_t)(now_wall_ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    bool weekday = tm.tm_wday >= 1 && tm.tm_wday <= 5;
+    bool in_hours = tm.tm_hour >= pool->warm_peak_start && tm.tm_hour < pool->warm_peak_end;
+    return weekday && in_hours ? pool->warm_peak : pool->warm;
+}
+
+/* Recycles warm VMs idle longer than their pool's warm_max_idle, and those a
+ * pool no longer wants (its peak hours ended). */
 static void warm_recycle(struct engine *e)
 {
     uint64_t now = uv_now(e->loop);
+    for (size_t p = 0; p < e->cfg->n_pools; p++) {
+        const struct config_pool *pool = &e->cfg->pools[p];
+        int surplus = -engine_warm_target(pool, al_now_wall_ms());
+        for (struct warm_vm *w = e->warm; w; w = w->next)
+            surplus += w->pool == pool;
+        for (struct warm_vm *w = e->warm, *next; w && surplus > 0; w = next) {
+            next = w->next;
+            if (w->pool == pool && w->ready) {
+                log_info(NULL, "pool %s: fewer warm VMs wanted now; destroying %s", pool->name,
+                         w->vm->name);
+                warm_destroy(w);
+                surplus--;
+            }
+        }
+    }
     for (struct warm_vm *w = e->warm, *next; w; w = next) {
         next = w->next;
         if (w->ready && now - w->ready_at > (uint64_t)w->pool->warm_max_idle_s * 1000u) {
@@ -1458,6 +1506,14 @@ size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size
                 .type = backend_type_to_string(s->cfg->type),
                 .jobs_started = s->jobs_started,
         };
+        for (struct warm_vm *w = e->warm; w; w = w->next) {
+            if (w->slot == s) {
+                if (w->ready)
+                    st.warm_ready++;
+                else
+                    st.warm_booting++;
+            }
+        }
         if (s->b) {
             s->b->ops->capacity(s->b, &st.cap);
         } else {

@@ -123,6 +123,8 @@ struct engine_backend_status {
     const char *type;
     struct backend_capacity cap;
     unsigned jobs_started; /* attempts started on it since the engine started */
+    unsigned warm_ready;   /* warm VMs booted and waiting on it */
+    unsigned warm_booting; /* warm VMs still booting on it */
     char last_fallback[160]; /* why a job last skipped it, or "" */
 };
 
@@ -132,6 +134,21 @@ size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size
 /* Warm VMs of a pool (NULL = all pools): booted and waiting, and booting. */
 void engine_warm_counts(struct engine *e, const char *pool, unsigned *ret_ready,
                         unsigned *ret_booting);
+
+struct engine_warm_info {
+    char name[160];
+    const char *backend;
+    const char *pool;
+    bool ready;
+    uint64_t age_ms; /* since it was launched */
+};
+
+/* Lists up to max warm VMs; returns how many there are. */
+size_t engine_warm_list(struct engine *e, struct engine_warm_info *ret, size_t max);
+
+/* How many warm VMs a pool should have now: warm, or warm_peak during its
+ * peak hours (Monday to Friday, local time). */
+int engine_warm_target(const struct config_pool *pool, int64_t now_wall_ms);
 
 /* Counts of live jobs. */
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running);

@@ -36,6 +36,8 @@ static int gen_backends(yajl_gen g, struct engine *e)
         r |= json_kv_uint(g, "memory", c->memory);
         r |= json_kv_uint(g, "used_memory", c->used_memory);
         r |= json_kv_uint(g, "jobs_started", bs[i].jobs_started);
+        r |= json_kv_uint(g, "warm_ready", bs[i].warm_ready);
+        r |= json_kv_uint(g, "warm_booting", bs[i].warm_booting);
         r |= json_kv_str(g, "last_fallback", bs[i].last_fallback[0] ? bs[i].last_fallback : NULL);
         r |= json_close_map(g);
     }
@@ -121,6 +123,11 @@ void api_pools(struct api_ctx *ctx, struct api_req *r, const struct route_match 
             for (char **l = p->labels; l && *l; l++)
                 rc |= json_str(g, *l);
             rc |= json_close_array(g);
+            unsigned ready = 0, booting = 0;
+            engine_warm_counts(ctx->engine, p->name, &ready, &booting);
+            rc |= json_kv_int(g, "warm", engine_warm_target(p, al_now_wall_ms()));
+            rc |= json_kv_uint(g, "warm_ready", ready);
+            rc |= json_kv_uint(g, "warm_booting", booting);
             rc |= json_close_map(g);
         }
         rc |= json_close_array(g);
@@ -186,6 +193,19 @@ void api_vms(struct api_ctx *ctx, struct api_req *r, const struct route_match *m
             rc |= json_kv_time(g, "created", vms[i].created_ms);
             rc |= json_close_map(g);
             store_job_free(job);
+        }
+        /* warm VMs: no job yet; they belong to a pool */
+        struct engine_warm_info warm[64];
+        size_t nw = engine_warm_list(ctx->engine, warm, ARRAY_SIZE(warm));
+        for (size_t i = 0; i < nw && i < ARRAY_SIZE(warm); i++) {
+            rc |= json_open_map(g);
+            rc |= json_kv_str(g, "backend", warm[i].backend);
+            rc |= json_kv_str(g, "name", warm[i].name);
+            rc |= json_kv_str(g, "job", NULL);
+            rc |= json_kv_str(g, "warm_pool", warm[i].pool);
+            rc |= json_kv_str(g, "warm_state", warm[i].ready ? "ready" : "booting");
+            rc |= json_kv_int(g, "age_s", (int64_t)(warm[i].age_ms / 1000));
+            rc |= json_close_map(g);
         }
         rc |= json_close_array(g);
         rc |= json_close_map(g);

@@ -336,6 +336,8 @@ int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api
             {"agentlab_backend_vcpus_used", "vCPUs in use on the backend."},
             {"agentlab_backend_memory_bytes", "Memory capacity of the backend."},
             {"agentlab_backend_memory_used_bytes", "Memory in use on the backend."},
+            {"agentlab_backend_warm_ready_vms", "Warm VMs booted and waiting on the backend."},
+            {"agentlab_backend_warm_booting_vms", "Warm VMs still booting on the backend."},
             {"agentlab_backend_jobs_started_total", "Attempts started on the backend."},
     };
     for (size_t k = 0; k < ARRAY_SIZE(bmetrics); k++) {
@@ -365,6 +367,12 @@ int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api
                 break;
             case 6:
                 v = c->used_memory;
+                break;
+            case 7:
+                v = bs[i].warm_ready;
+                break;
+            case 8:
+                v = bs[i].warm_booting;
                 break;
             default:
                 v = bs[i].jobs_started;

@@ -89,9 +89,9 @@ static void pool_usage(FILE *out)
 
 static void show_pools(yajl_val v)
 {
-    static const char *const bh[] = {"BACKEND", "TYPE",   "HEALTH",       "VMS",
-                                     "VCPUS",   "MEMORY", "JOBS STARTED", "LAST FALLBACK"};
-    struct table *t = table_new(8, bh);
+    static const char *const bh[] = {"BACKEND", "TYPE",   "HEALTH",       "VMS",          "VCPUS",
+                                     "MEMORY",  "WARM",   "JOBS STARTED", "LAST FALLBACK"};
+    struct table *t = table_new(9, bh);
     yajl_val arr = cli_json_array(v, JPATH("backends"));
     for (size_t i = 0; t && arr && i < arr->u.array.len; i++) {
         yajl_val b = arr->u.array.values[i];
@@ -106,6 +106,10 @@ static void show_pools(yajl_val v)
         snprintf(mem, sizeof(mem), "%s/%s", used, cap);
         snprintf(started, sizeof(started), "%lld",
                  (long long)cli_json_int(b, JPATH("jobs_started"), 0));
+        char warm[48];
+        snprintf(warm, sizeof(warm), "%lld ready, %lld booting",
+                 (long long)cli_json_int(b, JPATH("warm_ready"), 0),
+                 (long long)cli_json_int(b, JPATH("warm_booting"), 0));
         const char *reason = cli_json_str(b, JPATH("reason"));
         if (cli_json_bool(b, JPATH("healthy")))
             snprintf(health, sizeof(health), "healthy");
@@ -118,6 +122,7 @@ static void show_pools(yajl_val v)
                                vms,
                                cpus,
                                mem,
+                               warm,
                                started,
                                fb ? fb : "-"};
         table_add(t, cells);
@@ -186,7 +191,8 @@ static void vm_usage(FILE *out)
     fprintf(out, "Usage: agentlab vm ls [--json] [--socket PATH]\n"
                  "\n"
                  "Lists the VMs the running agentlabd owns, per backend, with the job and\n"
-                 "attempt each belongs to (as recorded before each VM was created).\n");
+                 "attempt each belongs to (as recorded before each VM was created), and the\n"
+                 "warm VMs waiting for a job.\n");
 }
 
 static void show_vms(yajl_val v)
@@ -196,12 +202,25 @@ static void show_vms(yajl_val v)
     yajl_val arr = cli_json_array(v, JPATH("vms"));
     for (size_t i = 0; t && arr && i < arr->u.array.len; i++) {
         yajl_val x = arr->u.array.values[i];
-        char att[24], age[32];
-        snprintf(att, sizeof(att), "%lld", (long long)cli_json_int(x, JPATH("attempt"), 0));
-        table_age(cli_json_int(x, JPATH("created_ms"), 0), age, sizeof(age));
-        const char *cells[] = {cli_json_str(x, JPATH("backend")),   cli_json_str(x, JPATH("name")),
-                               cli_json_str(x, JPATH("job")),       att,
-                               cli_json_str(x, JPATH("job_state")), age};
+        char att[24], age[32], job[128], state[64];
+        const char *pool = cli_json_str(x, JPATH("warm_pool"));
+        if (pool) {
+            /* a warm VM: no job yet */
+            snprintf(job, sizeof(job), "(warm, pool %s)", pool);
+            snprintf(att, sizeof(att), "-");
+            const char *ws = cli_json_str(x, JPATH("warm_state"));
+            snprintf(state, sizeof(state), "%s", ws ? ws : "?");
+            snprintf(age, sizeof(age), "%llds", (long long)cli_json_int(x, JPATH("age_s"), 0));
+        } else {
+            const char *j = cli_json_str(x, JPATH("job"));
+            const char *js = cli_json_str(x, JPATH("job_state"));
+            snprintf(job, sizeof(job), "%s", j ? j : "-");
+            snprintf(state, sizeof(state), "%s", js ? js : "-");
+            snprintf(att, sizeof(att), "%lld", (long long)cli_json_int(x, JPATH("attempt"), 0));
+            table_age(cli_json_int(x, JPATH("created_ms"), 0), age, sizeof(age));
+        }
+        const char *cells[] = {cli_json_str(x, JPATH("backend")), cli_json_str(x, JPATH("name")),
+                               job, att, state, age};
         table_add(t, cells);
     }
     if (t)
