@@ -1,0 +1,196 @@
+#!/bin/sh
+# Start-up speed, side by side in one run (issue "warm pools and speed"):
+#
+#  1. queued -> the workload's first output line: cold (agentlab run), warm
+#     (a daemon with warm = 1), and the shell-recipe baseline (qemu-img
+#     create -b + genisoimage + virsh create + waiting for a runcmd line on
+#     the serial console)
+#  2. host-side provisioning of a cold job (accepted -> domain started), split
+#     into libvirt's own domain-create call and everything agentlab does
+#  3. total job time against a bare `virsh create` of the same image running
+#     the same command: agentlab's overhead in percent
+#  4. 8 jobs submitted at once to a daemon: throughput, p50/p95 latency
+#  5. the daemon's RSS and CPU use while idle with a warm pool of 2
+#
+# Medians over N runs (default 5). Needs root, a built image (IMAGE, default
+# debian-12) and a free machine: the numbers are only comparable with each
+# other. Usage: scripts/bench-speed.sh [N]
+set -eu
+cd "$(dirname "$0")/.."
+n=${1:-5}
+image=${IMAGE:-debian-12}
+build=$PWD/build
+agentlab=$build/agentlab
+daemon=$build/agentlabd
+state=${AGENTLAB_STATE_DIR:-/var/lib/agentlab}
+img=$state/images/$image
+[ -r "$img/manifest.json" ] || { echo "no image $image in $state: run agentlab image build"; exit 1; }
+
+work=$(mktemp -d /tmp/agentlab-bench-speed.XXXXXX)
+chmod 0711 "$work"
+dpid=""
+cleanup() {
+    [ -n "$dpid" ] && kill -TERM "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+now_ms() { date +%s%3N; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR-1)*p/100)+1; print a[i]}'; }
+jsonv() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+
+# Runs "agentlab run ... -- sh -c 'echo first; ...'" and prints the ms from
+# the start to its first output line, then the ms to the end.
+first_line_ms() {
+    t0=$(now_ms)
+    first=""
+    "$@" 2>>"$work/run.err" | while IFS= read -r line; do
+        [ -z "$first" ] && { first=1; echo $(( $(now_ms) - t0 )) >"$work/first"; }
+    done
+    echo "$(cat "$work/first") $(( $(now_ms) - t0 ))"
+}
+
+# --- a private state with the image, a config per scenario ---
+export AGENTLAB_STATE_DIR=$work/state AGENTLAB_RUN_DIR=$work/run
+mkdir -p "$AGENTLAB_STATE_DIR/images"
+cp -a "$img" "$AGENTLAB_STATE_DIR/images/"
+conf() { printf '[agent]\nimage = %s\nlog_level = warn\nmax_attempts = 1\n[backend "local"]\nmax_vms = %s\n[pool "default"]\nwarm = %s\n' "$image" "$1" "$2" >"$work/$3.conf"; }
+conf 2 0 cold
+conf 2 1 warm1
+conf 2 0 burst
+conf 2 2 warm2
+
+echo "== 1, 2, 3: cold jobs (agentlab run in-process) and the shell baseline, $n each"
+i=0
+while [ $i -lt "$n" ]; do
+    AGENTLAB_CONFIG=$work/cold.conf "$agentlab" run -q --json -- sh -c 'echo first' \
+        >"$work/cold.json" 2>/dev/null
+    prov=$(jsonv provision <"$work/cold.json")
+    start=$(jsonv start <"$work/cold.json")
+    boot=$(jsonv boot <"$work/cold.json")
+    total=$(jsonv total <"$work/cold.json")
+    echo "$prov $start $boot $total" >>"$work/cold"
+    # queued -> first output line, measured from outside
+    r=$(first_line_ms env AGENTLAB_CONFIG="$work/cold.conf" "$agentlab" run -q -- sh -c 'echo first')
+    echo "$r" >>"$work/cold_first"
+    i=$((i + 1))
+done
+
+echo "== baseline: the shell recipe, $n runs"
+cmdline=$(sed -n 's/.*"cmdline": *"\([^"]*\)".*/\1/p' "$img/manifest.json")
+i=0
+while [ $i -lt "$n" ]; do
+    d=$work/b$i
+    mkdir -p "$d/seed"
+    chmod 0711 "$d"
+    t0=$(now_ms)
+    qemu-img create -q -f qcow2 -b "$img/disk.qcow2" -F qcow2 "$d/overlay.qcow2"
+    printf 'instance-id: bench-%s\nlocal-hostname: bench\n' "$i" >"$d/seed/meta-data"
+    printf '#cloud-config\nruncmd:\n  - [sh, -c, "echo first > /dev/ttyS0"]\n' >"$d/seed/user-data"
+    genisoimage -quiet -output "$d/seed.iso" -volid cidata -joliet -rock "$d/seed/meta-data" \
+        "$d/seed/user-data"
+    cat >"$d/dom.xml" <<XML
+<domain type='qemu'><name>agentlab-bench-baseline</name><memory unit='MiB'>1024</memory><vcpu>1</vcpu>
+<os><type arch='x86_64'>hvm</type><kernel>$img/vmlinuz</kernel><initrd>$img/initrd.img</initrd><cmdline>$cmdline</cmdline></os>
+<features><acpi/></features><on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>
+<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$d/overlay.qcow2'/><target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='$d/seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+<serial type='file'><source path='$d/console.log'/><target port='0'/></serial><memballoon model='none'/></devices></domain>
+XML
+    virsh -q create "$d/dom.xml" >/dev/null
+    t1=$(now_ms)
+    until grep -q '^first' "$d/console.log" 2>/dev/null; do sleep 0.05; done
+    t2=$(now_ms)
+    virsh -q destroy agentlab-bench-baseline >/dev/null
+    rm -rf "$d"
+    t3=$(now_ms)
+    echo "$((t1 - t0)) $((t2 - t0)) $((t3 - t0))" >>"$work/baseline"
+    i=$((i + 1))
+done
+
+wait_ready() {
+    i=0
+    until AGENTLAB_CONFIG=$1 "$agentlab" pool status --json 2>/dev/null |
+        grep -q "\"warm_ready\":$2"; do
+        i=$((i + 1))
+        [ $i -lt 1200 ] || { echo "warm VMs never became ready"; exit 1; }
+        sleep 0.5
+    done
+}
+
+echo "== warm: a daemon with warm = 1, $n jobs"
+AGENTLAB_CONFIG=$work/warm1.conf "$daemon" 2>"$work/daemon-warm1.log" &
+dpid=$!
+i=0
+while [ $i -lt "$n" ]; do
+    wait_ready "$work/warm1.conf" 1
+    r=$(first_line_ms env AGENTLAB_CONFIG="$work/warm1.conf" "$agentlab" run -q -- sh -c 'echo first')
+    echo "$r" >>"$work/warm_first"
+    i=$((i + 1))
+done
+kill -TERM $dpid
+wait $dpid || true
+dpid=""
+
+echo "== 4: 8 jobs at once to a daemon (max_vms = 2)"
+AGENTLAB_CONFIG=$work/burst.conf "$daemon" 2>"$work/daemon-burst.log" &
+dpid=$!
+sleep 2
+t0=$(now_ms)
+i=0
+while [ $i -lt 8 ]; do
+    ( s=$(now_ms)
+      AGENTLAB_CONFIG=$work/burst.conf "$agentlab" run -q -- sh -c 'echo job' >/dev/null 2>&1
+      echo $(( $(now_ms) - s )) >>"$work/burst" ) &
+    i=$((i + 1))
+done
+wait_jobs=0
+while [ "$(wc -l <"$work/burst" 2>/dev/null || echo 0)" -lt 8 ]; do
+    wait_jobs=$((wait_jobs + 1))
+    [ $wait_jobs -lt 7200 ] || { echo "burst did not finish"; exit 1; }
+    sleep 0.5
+done
+burst_total=$(( $(now_ms) - t0 ))
+kill -TERM $dpid
+wait $dpid || true
+dpid=""
+
+echo "== 5: idle daemon with warm = 2 (60 s)"
+AGENTLAB_CONFIG=$work/warm2.conf "$daemon" 2>"$work/daemon-warm2.log" &
+dpid=$!
+wait_ready "$work/warm2.conf" 2
+ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
+c0=$(ticks)
+sleep 60
+c1=$(ticks)
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$dpid/status")
+hz=$(getconf CLK_TCK)
+kill -TERM $dpid
+wait $dpid || true
+dpid=""
+
+col() { cut -d' ' -f"$1" "$2" | median; }
+echo
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r), accel: $(cat "$work/run/accel-probe" 2>/dev/null | head -c 60 || echo ?)"
+echo "image: $image; medians over $n runs, milliseconds"
+printf '%-58s %10s\n' "queued -> first output line, cold (agentlab run)" "$(col 1 "$work/cold_first")"
+printf '%-58s %10s\n' "queued -> first output line, warm (daemon, warm = 1)" "$(col 1 "$work/warm_first")"
+printf '%-58s %10s\n' "first output line, baseline shell recipe" "$(col 2 "$work/baseline")"
+printf '%-58s %10s\n' "cold host provisioning: agentlab's own work" "$(col 1 "$work/cold")"
+printf '%-58s %10s\n' "cold host provisioning: libvirt domain create" "$(col 2 "$work/cold")"
+printf '%-58s %10s\n' "baseline host provisioning (qemu-img + genisoimage + virsh)" "$(col 1 "$work/baseline")"
+at=$(col 4 "$work/cold")
+bt=$(col 3 "$work/baseline")
+printf '%-58s %10s\n' "total job time, agentlab (cold)" "$at"
+printf '%-58s %10s\n' "total job time, bare virsh create (baseline)" "$bt"
+printf '%-58s %9s%%\n' "agentlab overhead over the baseline" \
+    "$(awk -v a="$at" -v b="$bt" 'BEGIN{printf "%.1f", (a-b)*100/b}')"
+printf '%-58s %10s\n' "8 jobs at once: wall time" "$burst_total"
+printf '%-58s %10s\n' "8 jobs at once: p50 latency" "$(pct 50 <"$work/burst")"
+printf '%-58s %10s\n' "8 jobs at once: p95 latency" "$(pct 95 <"$work/burst")"
+printf '%-58s %10s\n' "8 jobs at once: throughput (jobs/min)" \
+    "$(awk -v t="$burst_total" 'BEGIN{printf "%.1f", 8*60000/t}')"
+printf '%-58s %7s KiB\n' "idle daemon with warm = 2: RSS" "$rss"
+printf '%-58s %9s%%\n' "idle daemon with warm = 2: CPU over 60 s" \
+    "$(awk -v c="$((c1 - c0))" -v hz="$hz" 'BEGIN{printf "%.2f", c*100/hz/60}')"
