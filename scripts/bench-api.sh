@@ -14,7 +14,7 @@ cmake --build build-bench -j"$(nproc 2>/dev/null || echo 2)" --target bench_api 
 dir=$(mktemp -d "${TMPDIR:-/var/tmp}/agentlab-bench-api.XXXXXX")
 chmod 0711 "$dir"
 dpid=
-trap '[ -z "$dpid" ] || kill -TERM $dpid 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
+trap '[ -z "$dpid" ] || kill -TERM $dpid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT INT TERM
 export AGENTLAB_STATE_DIR=$dir/state AGENTLAB_RUN_DIR=$dir/run AGENTLAB_CONFIG=$dir/agentlab.conf
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/token"
 chmod 0600 "$dir/token"

@@ -32,7 +32,7 @@ q() { sqlite3 -cmd '.timeout 5000' "$db" "$1" 2>/dev/null || true; }
 
 "$build/agentlabd" 2>"$TEST_TMP/daemon.log" &
 dpid=$!
-trap 'kill -TERM $dpid 2>/dev/null; wait $dpid 2>/dev/null; pve_test_cleanup' EXIT
+trap 'kill -TERM $dpid 2>/dev/null || true; wait $dpid 2>/dev/null || true; pve_test_cleanup' EXIT
 
 # submit COUNT jobs at once; wait until all are terminal
 round=0

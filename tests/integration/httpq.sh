@@ -27,7 +27,8 @@ JOBS
 python3 "$here/../fakes/queue_fake.py" --jobs "$TEST_TMP/jobs.json" --token "$token" \
     --out "$TEST_TMP/reports" --port-file "$TEST_TMP/port" --cancel gone-1 &
 fake=$!
-trap 'kill $fake 2>/dev/null; kill $dpid 2>/dev/null; al_test_cleanup' EXIT
+dpid=
+trap 'kill $fake 2>/dev/null || true; [ -z "$dpid" ] || kill $dpid 2>/dev/null || true; al_test_cleanup' EXIT
 i=0
 while [ ! -s "$TEST_TMP/port" ]; do i=$((i + 1)); [ $i -lt 100 ] || fail "fake queue did not start"; sleep 0.1; done
 cat >"$AGENTLAB_CONFIG" <<CONF
