@@ -102,6 +102,10 @@ struct vm_result {
     char artifact_error[256];
     /* milliseconds since launch at which each phase was reached (0 = not) */
     uint64_t t_provisioned, t_booting, t_connected, t_running, t_exited;
+    /* microseconds of provisioning spent waiting on the virtualisation API
+     * (libvirt: storage pool and overlay volume calls, which run qemu-img in
+     * libvirtd); the rest of t_provisioned is agentlab's own work */
+    uint64_t us_provision_api;
 };
 
 /* Events of one VM, delivered on the loop thread. finished runs exactly once

@@ -513,6 +513,7 @@ static int provision_work(void *data, struct al_error **err)
     if (r < 0)
         return r;
 
+    uint64_t t_api = al_now_mono_us();
     r = ensure_pool(lb, err);
     if (r < 0)
         return r;
@@ -536,6 +537,8 @@ static int provision_work(void *data, struct al_error **err)
     virStorageVolFree(vol);
     if (!v->vol_path)
         return al_error_set(err, EIO, "overlay path: %s", libvirt_msg());
+    /* read on the loop thread only after this work item completed */
+    v->result.us_provision_api = al_now_mono_us() - t_api;
 
     if (v->inject == INJECT_GUESTFS) {
         struct guestfs_inject_item item = {

@@ -295,6 +295,7 @@ static void decide(struct attempt *a)
     r->ms_start = tb > tp ? tb - tp : 0;
     r->ms_boot = tr > tb ? tr - tb : (tb && !tr ? te - tb : 0);
     r->ms_run = tr && te > tr ? te - tr : 0;
+    r->us_provision_api = a->vm_finished ? v->us_provision_api : 0;
 }
 
 /* Ends the attempt once: decides the result, then tears everything down. */

@@ -53,6 +53,9 @@ struct attempt_result {
     /* phase durations in ms: launch -> disk and seed ready, -> VM started,
      * -> workload started (boot), workload run, teardown; and the total */
     uint64_t ms_provision, ms_start, ms_boot, ms_run, ms_cleanup, ms_total;
+    /* of ms_provision, microseconds spent in the backend's API (struct
+     * vm_result.us_provision_api) */
+    uint64_t us_provision_api;
     bool cleanup_failed;
     char cleanup_error[256];
 };

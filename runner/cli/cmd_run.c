@@ -389,6 +389,9 @@ static void print_json(const struct run_ctx *c)
     printf("\"ms\":{\"provision\":%" PRIu64 ",\"start\":%" PRIu64 ",\"boot\":%" PRIu64
            ",\"run\":%" PRIu64 ",\"cleanup\":%" PRIu64 ",\"total\":%" PRIu64 "},",
            r->ms_provision, r->ms_start, r->ms_boot, r->ms_run, r->ms_cleanup, r->ms_total);
+    /* of "provision", the time spent in the backend's API (libvirt's
+     * volume calls): the rest is agentlab's own */
+    printf("\"us\":{\"provision_api\":%" PRIu64 "},", r->us_provision_api);
     printf("\"cleanup_ok\":%s}\n", r->cleanup_failed ? "false" : "true");
 }
 
