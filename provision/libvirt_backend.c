@@ -441,8 +441,9 @@ static void on_channel_closed(struct channel *ch, int result, const char *messag
                "helper started%s%s",
                tail ? "; console: " : "", tail ? tail : "");
     else
-        finish(v, VM_INFRA_ERROR, 0, "the VM went away before reporting a result (%s)%s%s",
-               message, tail ? "; console: " : "", tail ? tail : "");}
+        finish(v, VM_INFRA_ERROR, 0, "the VM went away before reporting a result (%s)%s%s", message,
+               tail ? "; console: " : "", tail ? tail : "");
+}
 
 static const struct channel_ops channel_ops = {
         .frame = on_frame,
@@ -1078,10 +1079,9 @@ static int lv_connect(struct lv_backend *lb, struct al_error **err)
     /* keepalives need the event loop, which runs on our uv loop */
     virConnectSetKeepAlive(lb->conn, 5, 3);
     virConnectRegisterCloseCallback(lb->conn, on_conn_closed, lb, NULL);
-    lb->lifecycle_id = virConnectDomainEventRegisterAny(lb->conn, NULL,
-                                                        VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                        VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb),
-                                                        lb, NULL);
+    lb->lifecycle_id =
+            virConnectDomainEventRegisterAny(lb->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                             VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb), lb, NULL);
     int r = 0;
     if (lb->lifecycle_id < 0)
         r = al_error_set(err, EIO, "subscribing to domain events on %s: %s", uri, libvirt_msg());
@@ -1134,8 +1134,7 @@ static int prepare_network(struct lv_backend *lb, struct al_error **err)
                             name);
     virNWFilterPtr f = virNWFilterDefineXML(lb->conn, nwfilter_xml());
     if (!f)
-        return al_error_set(err, EIO, "defining nwfilter " AL_NWFILTER_NAME ": %s",
-                            libvirt_msg());
+        return al_error_set(err, EIO, "defining nwfilter " AL_NWFILTER_NAME ": %s", libvirt_msg());
     virNWFilterFree(f);
     return 0;
 }
