@@ -1078,6 +1078,11 @@ static void on_runner_deleted(struct github *g, int result, const struct al_http
         if (r->state == R_IDLE) {
             log_info(eid, "github %s: runner %s is busy with a job; kept", g->name, r->name);
             r->state = R_BUSY;
+        } else if (r->delete_tries == 0) {
+            log_info(eid,
+                     "github %s: runner %s is busy with a job (HTTP 422); kept, deleting it "
+                     "again later",
+                     g->name, r->name);
         }
         r->retire_reason = NULL;
         if (r->vm_gone && ++r->delete_tries >= DELETE_TRIES) {
