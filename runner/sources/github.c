@@ -172,6 +172,8 @@ struct github {
     uint64_t next_poll_ms;
     unsigned poll_calls;
     bool poll_low_logged;
+    bool poll_round_failed;   /* a call of the current poll round failed */
+    uint64_t poll_backoff_ms; /* after failed rounds; 0 while polling works */
     struct ghpoll_repo *poll_repos;
     size_t n_poll_repos;
     struct ghrun_seen *runs;
@@ -1355,12 +1357,49 @@ static bool run_changed(struct github *g, const struct github_run *run)
     return true;
 }
 
+/* A failed poll call: warned about once per streak of failed rounds (the
+ * rest at debug level), so an unreachable GitHub does not flood the log. */
+static void poll_failed(struct github *g, const char *fmt, ...) _printf_(2, 3);
+static void poll_failed(struct github *g, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (g->poll_backoff_ms)
+        log_debug(NULL, "github %s: %s", g->name, msg);
+    else
+        log_warn(NULL, "github %s: %s", g->name, msg);
+    g->poll_round_failed = true;
+}
+
+/* The end of one call of a poll round; the round's last one schedules the
+ * next round, later after failed rounds (5 s doubling to 5 min). */
 static void poll_call_done(struct github *g)
 {
     if (g->poll_calls)
         g->poll_calls--;
-    if (!g->poll_calls)
-        g->next_poll_ms = now_ms() + g->poll_every_ms;
+    if (g->poll_calls)
+        return;
+    uint64_t wait = g->poll_every_ms;
+    if (g->poll_round_failed) {
+        bool first = !g->poll_backoff_ms;
+        backoff_grow(&g->poll_backoff_ms);
+        uint64_t b = jitter(g->poll_backoff_ms);
+        if (b > wait)
+            wait = b;
+        if (first)
+            log_warn(NULL,
+                     "github %s: polling again in %" PRIu64 " s, then less often while it "
+                     "fails",
+                     g->name, (wait + 999) / 1000);
+    } else if (g->poll_backoff_ms) {
+        log_info(NULL, "github %s: polling works again", g->name);
+        g->poll_backoff_ms = 0;
+    }
+    g->poll_round_failed = false;
+    g->next_poll_ms = now_ms() + wait;
 }
 
 static void on_jobs_listed(struct github *g, int result, const struct al_http_response *resp,
@@ -1377,7 +1416,7 @@ static void on_jobs_listed(struct github *g, int result, const struct al_http_re
     if (result < 0 || resp->status != 200) {
         char what[300];
         describe_result(result, resp, err, what, sizeof(what));
-        log_warn(NULL, "github %s: jobs of run %" PRId64 ": %s", g->name, run_id, what);
+        poll_failed(g, "jobs of run %" PRId64 ": %s", run_id, what);
         struct ghrun_seen *s = run_seen(g, run_id);
         if (s)
             s->updated_at[0] = '\0'; /* look again next time */
@@ -1387,8 +1426,7 @@ static void on_jobs_listed(struct github *g, int result, const struct al_http_re
     struct github_job_list l = {0};
     struct al_error *perr = NULL;
     if (github_parse_jobs(resp->body.data, resp->body.len, &l, &perr) < 0) {
-        log_warn(NULL, "github %s: jobs of run %" PRId64 ": %s", g->name, run_id,
-                 al_error_message(perr));
+        poll_failed(g, "jobs of run %" PRId64 ": %s", run_id, al_error_message(perr));
         al_error_free(perr);
         poll_call_done(g);
         return;
@@ -1417,15 +1455,14 @@ static void on_runs_listed(struct github *g, int result, const struct al_http_re
     if (result < 0 || resp->status != 200) {
         char what[300];
         describe_result(result, resp, err, what, sizeof(what));
-        log_warn(NULL, "github %s: listing workflow runs of %s: %s", g->name, pr->repo, what);
+        poll_failed(g, "listing workflow runs of %s: %s", pr->repo, what);
         poll_call_done(g);
         return;
     }
     struct github_run_list l = {0};
     struct al_error *perr = NULL;
     if (github_parse_runs(resp->body.data, resp->body.len, &l, &perr) < 0) {
-        log_warn(NULL, "github %s: workflow runs of %s: %s", g->name, pr->repo,
-                 al_error_message(perr));
+        poll_failed(g, "workflow runs of %s: %s", pr->repo, al_error_message(perr));
         al_error_free(perr);
         poll_call_done(g);
         return;

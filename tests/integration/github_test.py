@@ -318,7 +318,7 @@ runner_idle_timeout = {IDLE_S}s
         check(wait_for(lambda: job_state(eid) in ("succeeded", "SUCCEEDED"), 120),
               f"the runner's VM job ended {job_state(eid)}")
         check(len(fake.jits) == 1, f"{len(fake.jits)} JIT runners for one job")
-        calls_job1 = len(fake.requests)
+        t_end1 = time.time()
 
         # -- found by polling, never taken: removed after runner_idle_timeout
         fake.jit_mode = "hold"
@@ -380,12 +380,15 @@ runner_idle_timeout = {IDLE_S}s
     fake.stop()
 
     reqs = fake.requests
-    print(f"github: webhook -> generate-jitconfig {t_jit - t_hook:.2f}s, "
+    print(f"github: webhook -> generate-jitconfig {1000 * (t_jit - t_hook):.0f} ms, "
           f"-> runner started in the VM {t_vm - t_hook:.1f}s")
-    print(f"github: API calls up to the first job's end: {calls_job1} "
-          f"(of which generate-jitconfig 1, runner deletes "
-          f"{sum(1 for r in reqs[:calls_job1] if r[1] == 'DELETE')}); in all {len(reqs)} "
-          f"({fake.not_modified} answered 304)")
+    per_job = {}
+    for r in reqs:
+        if t_hook <= r[0] <= t_end1:
+            kind = re.sub(r"\d+", "N", r[1] + " " + r[2].split("?")[0])
+            per_job[kind] = per_job.get(kind, 0) + 1
+    print(f"github: API calls from the webhook to the job's end: {per_job}")
+    print(f"github: API calls in all: {len(reqs)} ({fake.not_modified} answered 304)")
     print(f"github: idle runner removed {t_del - t_jit2:.0f}s after it was made; "
           f"SIGTERM handled in {time.time() - t_stop:.1f}s; whole test {time.time() - t0:.0f}s")
     pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-list", "--name"],
