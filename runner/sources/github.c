@@ -28,6 +28,7 @@
 #define DONE_GRACE_MS        120000u /* VM still up after its runner's job completed */
 #define DEMAND_KEEP_MS       (60u * 60 * 1000)
 #define MAX_DEMAND           4096
+#define MAX_RUNNERS_PER_JOB  3 /* runners made for one job that none of them took */
 #define MAX_RUNS_SEEN        1024
 #define RUNS_PER_PAGE        50
 #define RUNNER_PAGES         10
@@ -87,10 +88,11 @@ struct ghdemand {
     char *html_url;
     enum dstate state;
     struct ghrunner *runner;
-    uint64_t since_ms;   /* waiting since */
-    uint64_t touched_ms; /* last change */
-    bool verify;         /* check it is still queued before serving */
-    bool checking;       /* a GET of the job is in flight */
+    uint64_t since_ms;     /* waiting since */
+    uint64_t touched_ms;   /* last change */
+    bool verify;           /* check it is still queued before serving */
+    bool checking;         /* a GET of the job is in flight */
+    unsigned runners_made; /* runners with a VM made for it so far */
 };
 
 struct ghrun_seen {
@@ -840,11 +842,21 @@ static void runner_release_demand(struct ghrunner *r)
     r->demand = NULL;
     if (d->runner == r)
         d->runner = NULL;
-    if (d->state == D_SERVED) {
-        /* it never ran the job: serve it again if GitHub still has it queued */
-        demand_set(d, D_WAITING);
-        d->verify = true;
+    if (d->state != D_SERVED)
+        return;
+    if (d->runners_made >= MAX_RUNNERS_PER_JOB) {
+        /* something keeps GitHub from handing it to our runners: stop
+         * booting VMs for it */
+        log_warn(NULL,
+                 "github %s: job %" PRId64 ": %u runners made for it took no job; not served "
+                 "again (check the runner group's repository access and the job's labels)",
+                 r->g->name, d->job_id, d->runners_made);
+        demand_set(d, D_DONE);
+        return;
     }
+    /* it never ran the job: serve it again if GitHub still has it queued */
+    demand_set(d, D_WAITING);
+    d->verify = true;
 }
 
 static void runner_set_dead(struct ghrunner *r)
@@ -1033,6 +1045,8 @@ static void on_runner_created(struct github *g, int result, const struct al_http
         return;
     }
     g->serve_backoff_ms = 0;
+    if (r->demand)
+        r->demand->runners_made++;
     memcpy(r->engine_id, eid, sizeof(eid));
     r->submitted = true;
     r->vm_gone = false;

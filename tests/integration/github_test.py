@@ -25,8 +25,10 @@ Asserted:
     a redelivery (same X-GitHub-Delivery) and a second delivery for the same
     job create nothing more
   - in_progress/completed deliveries end the runner; the VM ends with it
-  - a job found by polling whose runner never takes it is removed after
-    runner_idle_timeout, with its VM
+  - agentlabd SIGKILLed while a runner's VM runs: restarted, it destroys the
+    VM and deletes the runner; the still queued job gets a new runner
+  - a runner that never takes its job is removed after runner_idle_timeout,
+    with its VM
   - no JIT config (encoded, decoded, or a part of it), installation token or
     webhook secret in the daemon log, the state dir (SQLite files, job logs)
     or the API's answers; no protocol error seen by the fake; no VM left
@@ -84,6 +86,18 @@ def all_files(top):
     for dirpath, _, names in os.walk(top):
         for n in names:
             yield os.path.join(dirpath, n)
+
+
+def read(path):
+    try:
+        return open(path, "rb").read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def domains():
+    return subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                          capture_output=True, text=True).stdout
 
 
 def api_get(sock, path):
@@ -320,28 +334,52 @@ runner_idle_timeout = {IDLE_S}s
         check(len(fake.jits) == 1, f"{len(fake.jits)} JIT runners for one job")
         t_end1 = time.time()
 
-        # -- found by polling, never taken: removed after runner_idle_timeout
+        # -- found by polling; agentlabd crashes while the runner's VM runs: the
+        #    restarted daemon destroys the VM and deletes the runner
         fake.jit_mode = "hold"
         fake.add_run(run_id + 1, [{"id": job_id + 1, "name": "poll-job",
                                    "labels": ["self-hosted", "k8s"], "status": "queued"}])
         check(fake.wait(lambda: len(fake.jits) >= 2, 60), "polling did not find the job")
         jit2 = fake.jits[1]
-        t_jit2 = time.time()
         eid2 = wait_for(lambda: engine_id(jit2["runner"]), 30)
         check(eid2, "no agentlab job for the polled runner")
-        check(fake.wait(lambda: fake.runner_named(jit2["runner"]) is None, IDLE_S + 90),
+        check(wait_for(lambda: f"agentName={jit2['runner']} mode=hold" in
+                       read(os.path.join(state, "jobs", eid2, "output.log")), 600),
+              "the polled job's runner never started")
+        daemon.kill()
+        daemon.wait(30)
+        logf.close()
+        logf = open(log_path, "ab")
+        t_restart = time.time()
+        daemon = subprocess.Popen([agentlabd], env=env, stderr=logf, stdout=logf)
+        check(fake.wait(lambda: fake.runner_named(jit2["runner"]) is None, 60),
+              "the crashed daemon's runner was not deleted after the restart")
+        t_swept = time.time()
+        check(wait_for(lambda: job_state(eid2) in ("error", "ERROR"), 60),
+              f"the crashed daemon's runner job ended {job_state(eid2)}")
+        check(wait_for(lambda: eid2 not in domains(), 60), "the crashed daemon's VM was kept")
+
+        # -- the job is still queued: a new runner, which never takes it and
+        #    is removed after runner_idle_timeout, with its VM
+        check(fake.wait(lambda: len(fake.jits) >= 3, 60), "the still queued job got no runner")
+        jit3 = fake.jits[2]
+        t_jit3 = time.time()
+        eid3 = wait_for(lambda: engine_id(jit3["runner"]), 30)
+        check(eid3, "no agentlab job for the new runner")
+        check(fake.wait(lambda: fake.runner_named(jit3["runner"]) is None, IDLE_S + 90),
               "the idle runner was not deleted")
         t_del = time.time()
         fake.set_job(run_id + 1, job_id + 1, status="completed", conclusion="cancelled")
-        check(wait_for(lambda: job_state(eid2) in ("canceled", "CANCELED"), 120),
-              f"the idle runner's VM job ended {job_state(eid2)}")
-        check(t_del - t_jit2 >= IDLE_S - 5, f"the idle runner went after {t_del - t_jit2:.0f}s")
+        check(wait_for(lambda: job_state(eid3) in ("canceled", "CANCELED"), 120),
+              f"the idle runner's VM job ended {job_state(eid3)}")
+        check(t_del - t_jit3 >= IDLE_S - 5, f"the idle runner went after {t_del - t_jit3:.0f}s")
 
         # nothing leaked through the API
         sock = os.path.join(run, "agentlabd.sock")
         api_out = b""
         for path in ("/v1/jobs", f"/v1/jobs/{eid}", f"/v1/jobs/{eid}/events",
-                     f"/v1/jobs/{eid}/logs", f"/v1/jobs/{eid2}", "/v1/status"):
+                     f"/v1/jobs/{eid}/logs", f"/v1/jobs/{eid2}", f"/v1/jobs/{eid3}",
+                     "/v1/status"):
             api_out += api_get(sock, path)
         t_stop = time.time()
     finally:
@@ -354,8 +392,8 @@ runner_idle_timeout = {IDLE_S}s
         logf.close()
     check(rc == 0, f"agentlabd exited {rc} on SIGTERM")
     text = log()
-    check(len(fake.jits) == 2, f"{len(fake.jits)} JIT runners in all (want 2)")
-    check(fake.count("POST", "generate-jitconfig") == 2, "more generate-jitconfig calls than jobs")
+    check(len(fake.jits) == 3, f"{len(fake.jits)} JIT runners in all (want 3)")
+    check(fake.count("POST", "generate-jitconfig") == 3, "more generate-jitconfig calls than runners")
     check("900002" in text and "not all among" in text, "the non-matching job was not explained")
 
     # secrets: nowhere
@@ -373,9 +411,8 @@ runner_idle_timeout = {IDLE_S}s
         hits += [(p, s[:12]) for s in secrets if s.encode() in data]
     check(not hits, f"secrets found in files: {hits}")
 
-    names = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-                           capture_output=True, text=True).stdout
-    check(eid not in names and eid2 not in names, "a runner's domain is left")
+    names = domains()
+    check(all(e not in names for e in (eid, eid2, eid3)), "a runner's domain is left")
     check(not fake.errors, "the fake saw protocol errors:\n  " + "\n  ".join(fake.errors))
     fake.stop()
 
@@ -389,7 +426,9 @@ runner_idle_timeout = {IDLE_S}s
             per_job[kind] = per_job.get(kind, 0) + 1
     print(f"github: API calls from the webhook to the job's end: {per_job}")
     print(f"github: API calls in all: {len(reqs)} ({fake.not_modified} answered 304)")
-    print(f"github: idle runner removed {t_del - t_jit2:.0f}s after it was made; "
+    print(f"github: after a SIGKILL, the restarted daemon deleted the runner in "
+          f"{t_swept - t_restart:.1f}s")
+    print(f"github: idle runner removed {t_del - t_jit3:.0f}s after it was made; "
           f"SIGTERM handled in {time.time() - t_stop:.1f}s; whole test {time.time() - t0:.0f}s")
     pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-list", "--name"],
                            capture_output=True, text=True).stdout.split()
