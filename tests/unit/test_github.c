@@ -5,12 +5,16 @@
  * addresses. */
 #include "test_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -573,6 +577,201 @@ static void test_secret_files(void **state)
     test_tmpdir_remove(dir);
 }
 
+/* ---- the webhook listener, over real TCP ---- */
+
+#define HOOK_SECRET "hook-secret-for-tests-0001"
+
+struct hook_case {
+    const char *method;
+    const char *content_type; /* NULL = none */
+    const char *event;
+    const char *delivery; /* NULL = none */
+    const char *body;
+    size_t body_len;       /* 0 = strlen(body) */
+    const char *signature; /* NULL = the right one, "" = none */
+    int want;
+    int status; /* filled by the client */
+};
+
+struct hook_run {
+    int port;
+    struct hook_case *cases;
+    size_t n;
+    uv_async_t async;
+    bool done;
+    unsigned jobs;
+    int64_t last_job;
+};
+
+static int send_case(int port, struct hook_case *c)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        close(fd);
+        return -1;
+    }
+    size_t blen = c->body_len ? c->body_len : strlen(c->body);
+    char sig[80] = "";
+    if (!c->signature) {
+        uint8_t mac[AL_SHA256_DIGEST_SIZE];
+        al_hmac_sha256(HOOK_SECRET, strlen(HOOK_SECRET), c->body, blen, mac);
+        memcpy(sig, "sha256=", 7);
+        hex(mac, sizeof(mac), sig + 7);
+    } else {
+        snprintf(sig, sizeof(sig), "%s", c->signature);
+    }
+    char head[1024];
+    int n = snprintf(head, sizeof(head),
+                     "%s / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: GitHub-Hookshot/test\r\n"
+                     "Connection: close\r\nContent-Length: %zu\r\n%s%s%s"
+                     "X-GitHub-Event: %s\r\n%s%s%s%s%s%s\r\n",
+                     c->method, blen, c->content_type ? "Content-Type: " : "",
+                     c->content_type ? c->content_type : "", c->content_type ? "\r\n" : "",
+                     c->event, c->delivery ? "X-GitHub-Delivery: " : "",
+                     c->delivery ? c->delivery : "", c->delivery ? "\r\n" : "",
+                     *sig ? "X-Hub-Signature-256: " : "", sig, *sig ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(head) || write(fd, head, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    /* the server may answer (413, 415) before the body is in: ignore EPIPE */
+    size_t off = 0;
+    while (off < blen) {
+        ssize_t w = send(fd, c->body + off, blen - off, MSG_NOSIGNAL);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    char resp[256] = "";
+    ssize_t got = read(fd, resp, sizeof(resp) - 1);
+    close(fd);
+    if (got < 12)
+        return -1;
+    resp[got] = '\0';
+    int status = -1;
+    char code[4] = {resp[9], resp[10], resp[11], '\0'};
+    if (strncmp(resp, "HTTP/1.1 ", 9) != 0 || al_parse_int(code, 100, 599, &status) < 0)
+        return -1;
+    return status;
+}
+
+static void *hook_client(void *arg)
+{
+    struct hook_run *run = arg;
+    for (size_t i = 0; i < run->n; i++)
+        run->cases[i].status = send_case(run->port, &run->cases[i]);
+    uv_async_send(&run->async);
+    return NULL;
+}
+
+static void on_client_done(uv_async_t *a)
+{
+    struct hook_run *run = a->data;
+    run->done = true;
+}
+
+static void on_hook_job(const struct github_job *job, const char *delivery, void *data)
+{
+    struct hook_run *run = data;
+    (void)delivery;
+    run->jobs++;
+    run->last_job = job->id;
+}
+
+static void on_hook_stopped(void *data)
+{
+    *(bool *)data = true;
+}
+
+static void test_hook(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("github-hook");
+    char path[512];
+    snprintf(path, sizeof(path), "%s/secret", dir);
+    write_file(path, HOOK_SECRET "\n", 0600);
+
+    static const char job[] = HOOK("queued", "{\"id\":42,\"run_id\":6,\"status\":\"queued\","
+                                             "\"labels\":[\"self-hosted\"]}");
+    static const char broken[] = HOOK("queued", "{\"id\":42}");
+    static char big[4096];
+    memset(big, ' ', sizeof(big) - 1);
+    big[0] = '{';
+    big[sizeof(big) - 2] = '}';
+    static const char *const json = "application/json";
+    struct hook_case cases[] = {
+            {"GET", NULL, "workflow_job", "d-1", "", 0, NULL, 405, 0},
+            {"POST", "text/plain", "workflow_job", "d-2", job, 0, NULL, 415, 0},
+            {"POST", json, "workflow_job", "d-3", big, 0, NULL, 413, 0},
+            {"POST", json, "workflow_job", "d-4", job, 0, "", 401, 0},
+            {"POST", json, "workflow_job", "d-5", job, 0,
+             "sha256=0000000000000000000000000000000000000000000000000000000000000000", 401, 0},
+            {"POST", json, "workflow_job", NULL, job, 0, NULL, 400, 0},
+            {"POST", json, "ping", "d-6", "{\"zen\":\"Design for failure.\"}", 0, NULL, 200, 0},
+            {"POST", json, "push", "d-7", "{}", 0, NULL, 200, 0},
+            {"POST", json, "workflow_job", "d-8", broken, 0, NULL, 400, 0},
+            {"POST", json, "workflow_job", "d-9", job, 0, NULL, 202, 0},
+            /* a redelivery keeps its id */
+            {"POST", json, "workflow_job", "d-9", job, 0, NULL, 200, 0},
+            {"POST", "application/json; charset=utf-8", "workflow_job", "d-10", job, 0, NULL, 202,
+             0},
+    };
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct hook_run run = {.cases = cases, .n = ARRAY_SIZE(cases)};
+    struct github_hook_params p = {
+            .loop = &loop,
+            .name = "test",
+            .listen = "127.0.0.1:0",
+            .secret_file = path,
+            .max_body = 2048,
+            .on_job = on_hook_job,
+            .data = &run,
+    };
+    struct github_hook *h = NULL;
+    struct al_error *err = NULL;
+    if (github_hook_new(&p, &h, &err) < 0)
+        fail_msg("%s", al_error_message(err));
+    run.port = github_hook_port(h);
+    assert_true(run.port > 0);
+    uv_async_init(&loop, &run.async, on_client_done);
+    run.async.data = &run;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, hook_client, &run), 0);
+    bool finished = test_run_until(&loop, &run.done, 20000);
+    pthread_join(t, NULL);
+    assert_true(finished);
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        if (cases[i].status != cases[i].want)
+            fail_msg("case %zu (%s %s, delivery %s): got %d, want %d", i, cases[i].method,
+                     cases[i].event, cases[i].delivery ? cases[i].delivery : "none",
+                     cases[i].status, cases[i].want);
+    }
+    assert_int_equal(run.jobs, 2);
+    assert_int_equal(run.last_job, 42);
+    struct github_hook_stats st;
+    github_hook_stats(h, &st);
+    assert_int_equal(st.bad_signature, 2);
+    assert_int_equal(st.duplicates, 1);
+    assert_int_equal(st.accepted, 2);
+
+    bool stopped = false;
+    github_hook_stop(h, on_hook_stopped, &stopped);
+    uv_close((uv_handle_t *)&run.async, NULL);
+    assert_true(test_run_until(&loop, &stopped, 5000));
+    test_loop_close(&loop);
+
+    /* a world-readable secret file is refused before anything listens */
+    write_file(path, HOOK_SECRET "\n", 0644);
+    assert_int_equal(github_hook_new(&p, &h, &err), -EPERM);
+    al_error_free(err);
+    test_tmpdir_remove(dir);
+}
+
 static void test_listen(void **state)
 {
     (void)state;
@@ -602,7 +801,7 @@ int main(void)
             cmocka_unit_test(test_labels),        cmocka_unit_test(test_webhook_examples),
             cmocka_unit_test(test_webhook_parse), cmocka_unit_test(test_rest_answers),
             cmocka_unit_test(test_app_jwt),       cmocka_unit_test(test_secret_files),
-            cmocka_unit_test(test_listen),
+            cmocka_unit_test(test_listen),        cmocka_unit_test(test_hook),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
