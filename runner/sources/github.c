@@ -384,6 +384,14 @@ static uint64_t rate_limit_wait(struct github *g, const struct al_http_response 
         *ret_why = "no Retry-After; waiting a minute";
         return RATE_LIMIT_DEFAULT_S * 1000u;
     }
+    /* secondary rate limits can come as a bare 403 that says so: GitHub
+     * asks to wait at least a minute then */
+    char m[200];
+    github_error_message(resp->body.data, resp->body.len, m, sizeof(m));
+    if (strcasestr(m, "rate limit")) {
+        *ret_why = "a secondary rate limit without Retry-After; waiting a minute";
+        return RATE_LIMIT_DEFAULT_S * 1000u;
+    }
     return 0;
 }
 
