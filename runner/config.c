@@ -39,6 +39,8 @@ static const char *const accel_modes[] = {"auto", "kvm", "tcg", NULL};
 static const char *const source_types[] = {"spool", "http", "gitlab", "github", NULL};
 /* order of enum gitlab_clone */
 static const char *const clone_modes[] = {"host", "guest", "none", NULL};
+/* order of enum github_poll */
+static const char *const github_poll_modes[] = {"auto", "always", "never", NULL};
 
 #define T(x)      (1u << (x))
 #define ALL_TYPES 0u
@@ -81,14 +83,14 @@ static const struct config_key keys[] = {
          "HOST:PORT of the optional TCP listener (empty: off)"},
         {SEC_AGENT, 0, "api_token_file", KEY_PATH, A(api_token_file), "", 0, 0, NULL,
          "file holding the bearer token the TCP listener requires"},
-        {SEC_AGENT, 0, "api_max_connections", KEY_INT, A(api_max_connections), "64", 1, 10000,
-         NULL, "open API connections at most, 1 to 10000"},
+        {SEC_AGENT, 0, "api_max_connections", KEY_INT, A(api_max_connections), "64", 1, 10000, NULL,
+         "open API connections at most, 1 to 10000"},
         {SEC_AGENT, 0, "api_max_header_size", KEY_SIZE, A(api_max_header_bytes), "16K", 1024,
          1 << 20, NULL, "bytes of an API request line and headers, 1K to 1M"},
         {SEC_AGENT, 0, "api_max_upload", KEY_SIZE, A(api_max_upload), "1G", 0, INT64_MAX, NULL,
          "bytes of a work-dir upload (PUT /v1/uploads)"},
-        {SEC_AGENT, 0, "api_header_timeout", KEY_DURATION, A(api_header_timeout_s), "10s", 1,
-         3600, NULL, "time a client has to send a request's headers"},
+        {SEC_AGENT, 0, "api_header_timeout", KEY_DURATION, A(api_header_timeout_s), "10s", 1, 3600,
+         NULL, "time a client has to send a request's headers"},
         {SEC_AGENT, 0, "api_idle_timeout", KEY_DURATION, A(api_idle_timeout_s), "60s", 1, 86400,
          NULL, "idle time before an API connection is closed"},
         {SEC_AGENT, 0, "boot_timeout", KEY_DURATION, A(boot_timeout_s), "5m", 1, 86400, NULL,
@@ -187,6 +189,36 @@ static const struct config_key keys[] = {
          INT64_MAX, NULL, "bytes of a job's log sent to GitLab, such as 4M"},
         {SEC_SOURCE, T(SOURCE_GITLAB), "max_checkout_size", KEY_SIZE, S(max_checkout_bytes), "2G",
          1 << 20, INT64_MAX, NULL, "size cap of a host-side checkout, such as 2G"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "repo", KEY_STRING, S(repo), "", 0, 0, NULL,
+         "OWNER/NAME of the repository the runners serve (or org)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "org", KEY_STRING, S(org), "", 0, 0, NULL,
+         "organisation the runners serve (or repo)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "repos", KEY_LIST, S(repos), "", 0, 0, NULL,
+         "org: comma-separated repository names the polling fallback looks at"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "app_id", KEY_STRING, S(app_id), "", 0, 0, NULL,
+         "GitHub App id or client id (empty: token_file holds a fine-grained token)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "app_key_file", KEY_PATH, S(app_key_file), "", 0, 0, NULL,
+         "the GitHub App's private key (PEM)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "installation_id", KEY_STRING, S(installation_id), "", 0, 0,
+         NULL, "the App's installation id (empty: looked up for repo or org)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "runner_group_id", KEY_INT, S(runner_group_id), "1", 1,
+         INT32_MAX, NULL, "runner group of the runners (1: Default)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "max_runners", KEY_INT, S(max_runners), "4", 1, 10000, NULL,
+         "runners (one VM each) of this source at once, 1 to 10000"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "webhook_listen", KEY_STRING, S(webhook_listen), "", 0, 0,
+         NULL, "HOST:PORT of the workflow_job webhook listener (empty: off)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "webhook_secret_file", KEY_PATH, S(webhook_secret_file), "",
+         0, 0, NULL, "file holding the webhook secret"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "webhook_max_body", KEY_SIZE, S(webhook_max_body), "1M",
+         1024, 25 << 20, NULL, "bytes of one webhook delivery, 1K to 25M"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "poll", KEY_ENUM, S(poll), "auto", 0, 0, github_poll_modes,
+         "auto (every poll_interval without a webhook listener, every minute with one), "
+         "always or never"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "runner_dir", KEY_STRING, S(runner_dir),
+         "/opt/actions-runner", 0, 0, NULL, "the actions runner's directory in the image"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "runner_idle_timeout", KEY_DURATION,
+         S(runner_idle_timeout_s), "5m", 10, 86400, NULL,
+         "a runner that took no job by then is removed with its VM, such as 5m"},
 
         /* [pool "NAME"] */
         {SEC_POOL, 0, "backends", KEY_LIST, P(backends), "", 0, 0, NULL,
@@ -195,7 +227,8 @@ static const struct config_key keys[] = {
         {SEC_POOL, 0, "warm", KEY_INT, P(warm), "0", 0, 1000, NULL,
          "number of booted VMs kept waiting, 0 to 1000"},
         {SEC_POOL, 0, "warm_max_idle", KEY_DURATION, P(warm_max_idle_s), "1h", 10, 7 * 86400, NULL,
-         "a duration such as 1h"},        {SEC_POOL, 0, "warm_peak", KEY_INT, P(warm_peak), "0", 0, 1000, NULL,
+         "a duration such as 1h"},
+        {SEC_POOL, 0, "warm_peak", KEY_INT, P(warm_peak), "0", 0, 1000, NULL,
          "warm VMs during peak hours (Monday to Friday), 0 to 1000; 0 = no peak"},
         {SEC_POOL, 0, "warm_peak_start", KEY_INT, P(warm_peak_start), "8", 0, 23, NULL,
          "first hour of the peak, 0 to 23 (local time)"},
@@ -747,7 +780,8 @@ static int finish(struct config *c, const char *file, struct al_error **err)
         if (*s->pool && !config_find_pool(c, s->pool))
             return al_error_set(err, EINVAL, "%s: source \"%s\" names unknown pool \"%s\"", file,
                                 s->name, s->pool);
-        if (s->type != SOURCE_SPOOL && !*s->url)
+        /* github: empty means https://api.github.com */
+        if (s->type != SOURCE_SPOOL && s->type != SOURCE_GITHUB && !*s->url)
             return al_error_set(err, EINVAL, "%s: source \"%s\" of type %s needs a url", file,
                                 s->name, source_type_to_string(s->type));
     }

@@ -119,6 +119,21 @@ struct config_source {
     int clone;                   /* gitlab: enum gitlab_clone (sources/gitlab_job.h) */
     uint64_t output_limit;       /* gitlab: bytes of job log sent to the server */
     uint64_t max_checkout_bytes; /* gitlab: size cap of a host-side checkout */
+    /* github (sources/github.h) */
+    char *repo;                    /* "owner/name", or "" when org is set */
+    char *org;                     /* organisation, or "" when repo is set */
+    char **repos;                  /* org: repositories the polling fallback looks at */
+    char *app_id;                  /* GitHub App id (or client id); "" = token_file auth */
+    char *app_key_file;            /* the App's private key (PEM) */
+    char *installation_id;         /* "" = looked up through the API */
+    int runner_group_id;           /* runner group of the JIT runners */
+    int max_runners;               /* live runners (VMs) of this source at most */
+    char *webhook_listen;          /* "HOST:PORT" of the webhook listener, "" = off */
+    char *webhook_secret_file;     /* the webhook's HMAC secret */
+    uint64_t webhook_max_body;     /* bytes of one delivery */
+    int poll;                      /* enum github_poll (sources/github.h) */
+    char *runner_dir;              /* where the image has the actions runner */
+    int64_t runner_idle_timeout_s; /* a runner that took no job by then is removed */
 };
 
 struct config_pool {

@@ -18,6 +18,7 @@
 #include "loop/virt_uv.h"
 #include "owner.h"
 #include "sd_notify.h"
+#include "sources/github.h"
 #include "sources/gitlab.h"
 #include "sources/httpq.h"
 #include "sources/spool.h"
@@ -142,6 +143,11 @@ static void stop_gitlab(void *h, void (*done)(void *), void *data)
     gitlab_stop(h, done, data);
 }
 
+static void stop_github(void *h, void (*done)(void *), void *data)
+{
+    github_stop(h, done, data);
+}
+
 static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 {
     struct daemon *d = data;
@@ -169,6 +175,11 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
             sr = gitlab_start(&d->loop, d->engine, d->curl, d->cfg, src, &gl, &err);
             h = gl;
             stop = stop_gitlab;
+        } else if (src->type == SOURCE_GITHUB) {
+            struct github *gh = NULL;
+            sr = github_start(&d->loop, d->engine, d->curl, d->cfg, src, &gh, &err);
+            h = gh;
+            stop = stop_github;
         } else {
             al_error_set(&err, ENOTSUP, "type %s is not supported by this build",
                          source_type_to_string(src->type));

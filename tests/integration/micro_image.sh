@@ -6,6 +6,9 @@
 # teardown) without cloud-init; the job reaches it over the channel, as in a
 # warm VM. Usage: micro_image.sh AGENTLAB AGENTLAB_GUEST VM_INIT
 # (AGENTLAB_STATE_DIR says where the image goes).
+# A test that needs a variant builds it the same way: MICRO_NAME names the
+# image, MICRO_BINS adds host programs and MICRO_EXTRA is a directory copied
+# over the root (e.g. the stand-in actions runner of github_test.py).
 set -eu
 agentlab=$1 helper=$2 init=$3
 kver=$(ls /lib/modules | grep -m1 -- '-amd64$' || true)
@@ -21,7 +24,7 @@ cp "$init" "$root/init"
 cp "$helper" "$root/usr/local/bin/agentlab-guest"
 # what test jobs use
 for b in sh tar uname id cat cut sleep head dd sha256sum echo ls rm mkdir env yes true false \
-    hostname wc seq printf touch ln; do
+    hostname wc seq printf touch ln ${MICRO_BINS:-}; do
     p=""
     for d in /usr/bin /bin; do [ -x "$d/$b" ] && { p=$d/$b; break; }; done
     [ -n "$p" ] || continue
@@ -39,8 +42,11 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
     *) cp "$f" "$root/modules/$m.ko" ;;
     esac
 done
+if [ -n "${MICRO_EXTRA:-}" ]; then
+    cp -R "$MICRO_EXTRA/." "$root/"
+fi
 printf 'root:x:0:0:root:/root:/bin/sh\nagentlab:x:1000:1000::/home/agentlab:/bin/sh\n' >"$root/etc/passwd"
 printf 'root:x:0:\nagentlab:x:1000:\n' >"$root/etc/group"
 (cd "$root" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$work/initrd.gz"
-"$agentlab" image import micro --force --kernel "$kernel" --initrd "$work/initrd.gz" \
+"$agentlab" image import "${MICRO_NAME:-micro}" --force --kernel "$kernel" --initrd "$work/initrd.gz" \
     --cmdline "console=ttyS0 quiet panic=-1"

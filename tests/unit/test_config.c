@@ -212,6 +212,52 @@ static void test_print_roundtrip(void **state)
     config_free(c);
 }
 
+/* The GitHub source's keys: the shipped example parses, defaults fill the
+ * rest, and keys of other source types are refused. */
+static void test_github_source(void **state)
+{
+    (void)state;
+    const char *src = getenv("AL_SOURCE_DIR");
+    if (!src)
+        skip();
+    char *path = NULL;
+    assert_true(asprintf(&path, "%s/ci/github/agentlab.conf.example", src) > 0);
+    struct config *c = NULL;
+    struct al_error *err = NULL;
+    if (config_load(path, &c, &err) < 0)
+        fail_msg("%s", al_error_message(err));
+    free(path);
+    const struct config_source *g = NULL;
+    for (size_t i = 0; i < c->n_sources; i++) {
+        if (c->sources[i].type == SOURCE_GITHUB)
+            g = &c->sources[i];
+    }
+    assert_non_null(g);
+    assert_string_equal(g->repo, "octo-org/example");
+    assert_string_equal(g->org, "");
+    assert_string_equal(g->app_id, "123456");
+    assert_string_equal(g->labels[0], "agentlab");
+    assert_int_equal(g->max_runners, 4);
+    assert_int_equal(g->runner_group_id, 1);
+    assert_int_equal(g->runner_idle_timeout_s, 300);
+    assert_int_equal(g->poll_interval_s, 15);
+    assert_int_equal(g->webhook_max_body, 1 << 20);
+    assert_string_equal(g->webhook_listen, "127.0.0.1:8088");
+    assert_string_equal(g->runner_dir, "/opt/actions-runner");
+    assert_string_equal(g->url, ""); /* api.github.com */
+    config_free(c);
+
+    char *msg = load_err("[source \"g\"]\ntype = github\nclone = host\n");
+    assert_non_null(strstr(msg, "test.conf:3: key \"clone\" does not apply to source type github"));
+    free(msg);
+    msg = load_err("[source \"g\"]\ntype = github\nrunner_idle_timeout = 1s\n");
+    assert_non_null(strstr(msg, "bad value \"1s\" for key \"runner_idle_timeout\""));
+    free(msg);
+    msg = load_err("[source \"g\"]\ntype = gitlab\nurl = https://x\nrepo = a/b\n");
+    assert_non_null(strstr(msg, "key \"repo\" does not apply to source type gitlab"));
+    free(msg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -221,6 +267,7 @@ int main(void)
             cmocka_unit_test(test_errors_name_file_line_key),
             cmocka_unit_test(test_long_line_and_nul),
             cmocka_unit_test(test_print_roundtrip),
+            cmocka_unit_test(test_github_source),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -178,23 +178,34 @@ static void test_hash(void **state)
     free(dir);
 }
 
-/* The shipped recipe parses. */
+/* The shipped recipes parse. */
 static void test_shipped_recipe(void **state)
 {
     (void)state;
     const char *src = getenv("AL_SOURCE_DIR");
     if (!src)
         skip();
-    char *dir = NULL;
-    assert_true(asprintf(&dir, "%s/images/recipes/debian-12", src) > 0);
-    struct recipe *r = NULL;
-    struct al_error *err = NULL;
-    if (recipe_load(dir, &r, &err) < 0)
-        fail_msg("%s", al_error_message(err));
-    assert_string_equal(r->suite, "bookworm");
-    assert_null(r->mirrors); /* the host's sources, never a hard-coded mirror */
-    recipe_free(r);
-    free(dir);
+    static const char *const names[] = {"debian-12", "debian-12-actions"};
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        char *dir = NULL;
+        assert_true(asprintf(&dir, "%s/images/recipes/%s", src, names[i]) > 0);
+        struct recipe *r = NULL;
+        struct al_error *err = NULL;
+        if (recipe_load(dir, &r, &err) < 0)
+            fail_msg("%s: %s", names[i], al_error_message(err));
+        assert_string_equal(r->suite, "bookworm");
+        assert_null(r->mirrors); /* the host's sources, never a hard-coded mirror */
+        /* the actions recipe brings the runner's hook along */
+        assert_non_null(r->hooks_dir);
+        if (i == 1) {
+            char *hook = NULL;
+            assert_true(asprintf(&hook, "%s/customize60-actions-runner", r->hooks_dir) > 0);
+            assert_int_equal(access(hook, X_OK), 0);
+            free(hook);
+        }
+        recipe_free(r);
+        free(dir);
+    }
 }
 
 int main(void)
