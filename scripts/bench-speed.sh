@@ -30,13 +30,13 @@ work=$(mktemp -d /tmp/agentlab-bench-speed.XXXXXX)
 chmod 0711 "$work"
 dpid=""
 cleanup() {
-    [ -n "$dpid" ] && kill -TERM "$dpid" 2>/dev/null && wait "$dpid" 2>/dev/null
+    if [ -n "$dpid" ]; then kill -TERM "$dpid" 2>/dev/null || true; wait "$dpid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 now_ms() { date +%s%3N; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR-1)*p/100)+1; print a[i]}'; }
 jsonv() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 
@@ -70,7 +70,10 @@ while [ $i -lt "$n" ]; do
     start=$(jsonv start <"$work/cold.json")
     boot=$(jsonv boot <"$work/cold.json")
     total=$(jsonv total <"$work/cold.json")
-    echo "$prov $start $boot $total" >>"$work/cold"
+    api=$(jsonv provision_api <"$work/cold.json")
+    # agentlab's own share of provisioning: all of it but libvirt's calls
+    own=$(awk -v p="$prov" -v a="$api" 'BEGIN{printf "%.1f", p - a / 1000}')
+    echo "$own $start $boot $total $(awk -v a="$api" 'BEGIN{printf "%.1f", a / 1000}')" >>"$work/cold"
     # queued -> first output line, measured from outside
     r=$(first_line_ms env AGENTLAB_CONFIG="$work/cold.conf" "$agentlab" run -q -- sh -c 'echo first')
     echo "$r" >>"$work/cold_first"
@@ -109,12 +112,13 @@ XML
     i=$((i + 1))
 done
 
+# (its own counter: shell functions share the caller's variables)
 wait_ready() {
-    i=0
+    w=0
     until AGENTLAB_CONFIG=$1 "$agentlab" pool status --json 2>/dev/null |
         grep -q "\"warm_ready\":$2"; do
-        i=$((i + 1))
-        [ $i -lt 1200 ] || { echo "warm VMs never became ready"; exit 1; }
+        w=$((w + 1))
+        [ $w -lt 1200 ] || { echo "warm VMs never became ready"; exit 1; }
         sleep 0.5
     done
 }
@@ -137,6 +141,7 @@ echo "== 4: 8 jobs at once to a daemon (max_vms = 2)"
 AGENTLAB_CONFIG=$work/burst.conf "$daemon" 2>"$work/daemon-burst.log" &
 dpid=$!
 sleep 2
+: >"$work/burst"
 t0=$(now_ms)
 i=0
 while [ $i -lt 8 ]; do
@@ -146,7 +151,7 @@ while [ $i -lt 8 ]; do
     i=$((i + 1))
 done
 wait_jobs=0
-while [ "$(wc -l <"$work/burst" 2>/dev/null || echo 0)" -lt 8 ]; do
+while [ "$(wc -l <"$work/burst")" -lt 8 ]; do
     wait_jobs=$((wait_jobs + 1))
     [ $wait_jobs -lt 7200 ] || { echo "burst did not finish"; exit 1; }
     sleep 0.5
@@ -178,6 +183,7 @@ printf '%-58s %10s\n' "queued -> first output line, cold (agentlab run)" "$(col 
 printf '%-58s %10s\n' "queued -> first output line, warm (daemon, warm = 1)" "$(col 1 "$work/warm_first")"
 printf '%-58s %10s\n' "first output line, baseline shell recipe" "$(col 2 "$work/baseline")"
 printf '%-58s %10s\n' "cold host provisioning: agentlab's own work" "$(col 1 "$work/cold")"
+printf '%-58s %10s\n' "cold host provisioning: libvirt overlay volume create" "$(col 5 "$work/cold")"
 printf '%-58s %10s\n' "cold host provisioning: libvirt domain create" "$(col 2 "$work/cold")"
 printf '%-58s %10s\n' "baseline host provisioning (qemu-img + genisoimage + virsh)" "$(col 1 "$work/baseline")"
 at=$(col 4 "$work/cold")
