@@ -244,13 +244,13 @@ int guest_make_workdir(const char *dir, const struct guest_user *u, struct al_er
         if (*p != '/')
             continue;
         *p = '\0';
-        bool created;
+        bool created = false;
         int r = ensure_dir(path, 0755, &created, err);
         *p = '/';
         if (r < 0)
             return r;
     }
-    bool created;
+    bool created = false;
     int r = ensure_dir(path, 0750, &created, err);
     if (r < 0)
         return r;

@@ -148,7 +148,7 @@ static int get_string(yajl_val obj, const char *key, const char *path, size_t ma
                       enum str_kind kind, bool required, char **ret, struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, &v, err);
     if (r < 0)
         return r;
@@ -180,7 +180,7 @@ static int get_int(yajl_val obj, const char *key, const char *path, int64_t min,
                    bool required, int64_t *ret, struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, &v, err);
     if (r < 0)
         return r;
@@ -200,7 +200,7 @@ static int get_bool(yajl_val obj, const char *key, const char *path, bool *ret,
                     struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, &v, err);
     if (r < 0)
         return r;
@@ -217,7 +217,7 @@ static int get_object(yajl_val obj, const char *key, const char *path, bool requ
                       struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, &v, err);
     if (r < 0)
         return r;
@@ -234,7 +234,7 @@ static int get_array(yajl_val obj, const char *key, const char *path, size_t max
                      yajl_val *ret, struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, &v, err);
     if (r < 0)
         return r;
