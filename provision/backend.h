@@ -100,6 +100,10 @@ struct vm_result {
     uint64_t artifact_bytes;
     uint64_t artifact_files;
     char artifact_error[256];
+    /* limits the guest ran into (bits of enum al_limit, runner/limits.h)
+     * and how long the channel's rate limit held it back */
+    unsigned limits;
+    uint64_t throttled_ms;
     /* milliseconds since launch at which each phase was reached (0 = not) */
     uint64_t t_provisioned, t_booting, t_connected, t_running, t_exited;
 };

@@ -31,6 +31,7 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/base/xml.h"
+#include "runner/limits.h"
 #include "runner/loop/work.h"
 #include "seed_iso.h"
 
@@ -176,6 +177,28 @@ static char *console_tail(const struct lv_vm *v)
     return out;
 }
 
+/* Records that the guest ran into limit l (once per VM). */
+static void note_limit(struct lv_vm *v, enum al_limit l)
+{
+    if (v->result.limits & (1u << l))
+        return;
+    v->result.limits |= 1u << l;
+    limits_hit(l);
+}
+
+/* The channel's rate limit slowed the guest down: say so once, and keep the
+ * time it was held back for the result. */
+static void note_throttling(struct lv_vm *v)
+{
+    uint64_t ms = 0;
+    channel_throttle_stats(v->ch, &ms, NULL);
+    v->result.throttled_ms = ms;
+    if (!ms || (v->result.limits & (1u << AL_LIMIT_CHANNEL_RATE)))
+        return;
+    note_limit(v, AL_LIMIT_CHANNEL_RATE);
+    log_warn(v->req.job_id, "the guest sends faster than the channel allows; slowing it down");
+}
+
 static void finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
 {
     if (v->finished)
@@ -194,6 +217,7 @@ static void finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, cons
     if (v->hb_timer_open)
         uv_timer_stop(&v->hb_timer);
     if (v->ch) {
+        note_throttling(v);
         channel_close(v->ch);
         v->ch = NULL;
     }
@@ -433,7 +457,9 @@ static void on_channel_closed(struct channel *ch, int result, const char *messag
     (void)ch;
     struct lv_vm *v = data;
     _cleanup_free_ char *tail = console_tail(v);
-    if (result == -EPROTO)
+    if (result == -EMSGSIZE)
+        note_limit(v, AL_LIMIT_FRAME_SIZE);
+    if (result == -EPROTO || result == -EMSGSIZE)
         finish(v, VM_INFRA_ERROR, 0, "protocol violation: %s", message);
     else if (!v->hello)
         finish(v, VM_INFRA_ERROR, 0,
@@ -441,8 +467,9 @@ static void on_channel_closed(struct channel *ch, int result, const char *messag
                "helper started%s%s",
                tail ? "; console: " : "", tail ? tail : "");
     else
-        finish(v, VM_INFRA_ERROR, 0, "the VM went away before reporting a result (%s)%s%s",
-               message, tail ? "; console: " : "", tail ? tail : "");}
+        finish(v, VM_INFRA_ERROR, 0, "the VM went away before reporting a result (%s)%s%s", message,
+               tail ? "; console: " : "", tail ? tail : "");
+}
 
 static const struct channel_ops channel_ops = {
         .frame = on_frame,
@@ -452,6 +479,8 @@ static const struct channel_ops channel_ops = {
 static void on_heartbeat_check(uv_timer_t *t)
 {
     struct lv_vm *v = t->data;
+    if (v->ch && !v->finished)
+        note_throttling(v);
     if (!v->hello || v->finished)
         return;
     uint64_t limit = (uint64_t)v->lb->b->env.cfg->agent.heartbeat_timeout_s * 1000u;
@@ -602,13 +631,16 @@ static void on_started(void *data, int result, struct al_error *err)
     }
     phase(v, VM_PHASE_BOOTING);
     struct al_error *cerr = NULL;
-    int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS, 0, &channel_ops,
-                         v, &v->ch, &cerr);
+    const struct config_agent *ac = &v->lb->b->env.cfg->agent;
+    int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS,
+                         (uint32_t)ac->channel_max_frame_bytes, &channel_ops, v, &v->ch, &cerr);
     if (r < 0) {
         finish(v, VM_INFRA_ERROR, 0, "opening the channel: %s", al_error_message(cerr));
         al_error_free(cerr);
         return;
     }
+    channel_set_rate_limit(v->ch, ac->channel_max_bytes_per_s,
+                           (uint64_t)ac->channel_max_frames_per_s);
     v->last_frame_ms = al_now_mono_ms();
     uv_timer_start(&v->hb_timer, on_heartbeat_check, 1000, 1000);
 }
@@ -1075,10 +1107,9 @@ static int lv_connect(struct lv_backend *lb, struct al_error **err)
     /* keepalives need the event loop, which runs on our uv loop */
     virConnectSetKeepAlive(lb->conn, 5, 3);
     virConnectRegisterCloseCallback(lb->conn, on_conn_closed, lb, NULL);
-    lb->lifecycle_id = virConnectDomainEventRegisterAny(lb->conn, NULL,
-                                                        VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                                        VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb),
-                                                        lb, NULL);
+    lb->lifecycle_id =
+            virConnectDomainEventRegisterAny(lb->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                             VIR_DOMAIN_EVENT_CALLBACK(lifecycle_cb), lb, NULL);
     int r = 0;
     if (lb->lifecycle_id < 0)
         r = al_error_set(err, EIO, "subscribing to domain events on %s: %s", uri, libvirt_msg());
@@ -1131,8 +1162,7 @@ static int prepare_network(struct lv_backend *lb, struct al_error **err)
                             name);
     virNWFilterPtr f = virNWFilterDefineXML(lb->conn, nwfilter_xml());
     if (!f)
-        return al_error_set(err, EIO, "defining nwfilter " AL_NWFILTER_NAME ": %s",
-                            libvirt_msg());
+        return al_error_set(err, EIO, "defining nwfilter " AL_NWFILTER_NAME ": %s", libvirt_msg());
     virNWFilterFree(f);
     return 0;
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../base/buf.h"
+#include "../limits.h"
 
 #define READ_BUF_SIZE      (64u << 10)
 #define DEFAULT_MAX_CONNS  64
@@ -113,6 +114,7 @@ static void on_timeout(uv_timer_t *t)
 {
     struct api_conn *c = t->data;
     c->srv->stats.timeouts++;
+    limits_hit(AL_LIMIT_API_TIMEOUT);
     if (c->state == CONN_READING && !c->writes_in_flight && !c->req.answered) {
         /* tell the slow client why, then close */
         uv_read_stop(&c->h.stream);
@@ -421,6 +423,10 @@ static void parser_failed(struct api_conn *c)
     c->state = CONN_HANDLING;
     c->req.close_after = true;
     int st = p->error_status ? p->error_status : 400;
+    if (st == 413)
+        limits_hit(AL_LIMIT_API_BODY);
+    else if (st == 414 || st == 431)
+        limits_hit(AL_LIMIT_API_HEADERS);
     const char *code = "bad_request";
     switch (st) {
     case 401:
@@ -691,6 +697,7 @@ static void on_connection(uv_stream_t *listener, int status)
         c->rejecting = true;
         s->n_rejecting++;
         s->stats.connections_rejected++;
+        limits_hit(AL_LIMIT_API_CONNECTIONS);
     } else {
         s->n_conns++;
         s->stats.connections_total++;
