@@ -31,7 +31,7 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/base/xml.h"
-#include "runner/limits.h"
+#include "runner/hardlimits.h"
 #include "runner/loop/work.h"
 #include "seed_iso.h"
 

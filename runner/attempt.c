@@ -12,7 +12,7 @@
 #include "base/buf.h"
 #include "base/log.h"
 #include "base/util.h"
-#include "limits.h"
+#include "hardlimits.h"
 #include "loop/work.h"
 
 #define CANCEL_GRACE_MS 15000

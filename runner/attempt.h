@@ -55,7 +55,7 @@ struct attempt_result {
     uint64_t ms_provision, ms_start, ms_boot, ms_run, ms_cleanup, ms_total;
     bool cleanup_failed;
     char cleanup_error[256];
-    /* hard limits this attempt ran into (bits of enum al_limit, limits.h);
+    /* hard limits this attempt ran into (bits of enum al_limit, hardlimits.h);
      * the artifact ones are known only in done, not yet in decided */
     unsigned limits;
     uint64_t throttled_ms; /* the guest channel's rate limit held it back this long */

@@ -434,7 +434,10 @@ struct parse_state {
     int line;
     struct raw_section *sections;
     size_t n_sections;
-    char *current; /* last section header seen by the handler */
+    /* 1 + index of the section the reader last saw a header of, 0 before
+     * any: inih hands the handler section names cut at 50 bytes, too short
+     * for [source "<63-byte name>"], so keys are filed by this instead */
+    size_t cur_section;
     char *error;
     int error_line;
 };
@@ -476,10 +479,12 @@ static char *reader(char *str, int num, void *stream)
     const char *close = *p == '[' ? strchr(p, ']') : NULL;
     if (close) {
         _cleanup_free_ char *header = strndup(p + 1, (size_t)(close - p - 1));
-        if (!header || !section_get(st, header)) {
+        struct raw_section *sec = header ? section_get(st, header) : NULL;
+        if (!sec) {
             parse_error(st, "bad section [%s]", header ? header : "");
             return NULL;
         }
+        st->cur_section = (size_t)(sec - st->sections) + 1;
     }
     return str;
 }
@@ -572,11 +577,9 @@ static int handler(void *user, const char *section, const char *name, const char
     struct parse_state *st = user;
     if (!name) /* a bare section header (inih with INI_CALL_HANDLER_ON_NEW_SECTION) */
         return 1;
-    if (!section || !*section)
+    if (!section || !*section || !st->cur_section)
         return parse_error(st, "key \"%s\" outside of any section", name);
-    struct raw_section *s = section_get(st, section);
-    if (!s)
-        return parse_error(st, "bad section [%s]", section);
+    struct raw_section *s = &st->sections[st->cur_section - 1];
     struct raw_entry *g = realloc(s->entries, (s->n_entries + 1) * sizeof(*g));
     if (!g)
         return parse_error(st, "out of memory");
@@ -607,7 +610,6 @@ static void parse_state_free(struct parse_state *st)
     }
     free(st->sections);
     free(st->error);
-    free(st->current);
 }
 
 /* Applies a raw section's entries onto base. The "type" key is applied first
@@ -717,6 +719,18 @@ static int finish(struct config *c, const char *file, struct al_error **err)
     if (sd[0] != '/' || rd[0] != '/')
         return al_error_set(err, EINVAL, "%s: state_dir and run_dir must be absolute paths", file);
 
+    /* both name things other sections and job specs refer to (the default
+     * pool is even created under this name when none is defined) */
+    if (!config_name_is_valid(c->agent.pool))
+        return al_error_set(err, EINVAL,
+                            "%s: bad value \"%s\" for key \"pool\": expected a name of "
+                            "letters, digits, '.', '_', '-'",
+                            file, c->agent.pool);
+    if (!config_name_is_valid(c->agent.image))
+        return al_error_set(err, EINVAL,
+                            "%s: bad value \"%s\" for key \"image\": expected a name of "
+                            "letters, digits, '.', '_', '-'",
+                            file, c->agent.image);
     if (expand_dir(&c->agent.api_socket, sd, rd) < 0)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < c->n_sources; i++) {

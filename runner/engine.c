@@ -14,7 +14,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "images/catalog.h"
-#include "limits.h"
+#include "hardlimits.h"
 #include "loop/work.h"
 #include "owner.h"
 

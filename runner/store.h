@@ -157,7 +157,8 @@ struct store_job {
     int max_attempts;
     uint64_t log_bytes;
     uint64_t bytes;  /* log + artifacts, for retention */
-    unsigned limits; /* hard limits its attempts ran into: bits of enum al_limit (limits.h) */
+    unsigned limits; /* hard limits its attempts ran into: bits of enum al_limit (hardlimits.h)
+                      */
 };
 
 struct store_job *store_job_free(struct store_job *job);

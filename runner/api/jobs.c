@@ -11,7 +11,7 @@
 
 #include "../base/log.h"
 #include "../base/util.h"
-#include "../limits.h"
+#include "../hardlimits.h"
 #include "json.h"
 #include "streams.h"
 

@@ -9,7 +9,7 @@
 #include "../base/util.h"
 #include "../job/spec.h"
 #include "../job/state.h"
-#include "../limits.h"
+#include "../hardlimits.h"
 #include "server.h"
 
 #define MAX_TREE_DEPTH 16

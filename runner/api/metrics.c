@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "../base/log.h"
-#include "../limits.h"
+#include "../hardlimits.h"
 
 #define N_SOURCES    (JOB_SOURCE_CLI + 1) /* JOB_SOURCE_NONE .. JOB_SOURCE_CLI */
 #define N_BUCKETS    18

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "../base/buf.h"
-#include "../limits.h"
+#include "../hardlimits.h"
 
 #define READ_BUF_SIZE      (64u << 10)
 #define DEFAULT_MAX_CONNS  64

@@ -9,7 +9,7 @@
 
 #include "../base/log.h"
 #include "../base/util.h"
-#include "../limits.h"
+#include "../hardlimits.h"
 
 #define MAX_BATCH 64
 

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "base/ratelimit.h"
-#include "limits.h"
+#include "hardlimits.h"
 
 static void test_names_and_masks(void **state)
 {

@@ -13,8 +13,8 @@
  *
  * Thread-safe (atomic counters).
  */
-#ifndef AL_LIMITS_H
-#define AL_LIMITS_H
+#ifndef AL_HARDLIMITS_H
+#define AL_HARDLIMITS_H
 
 #include <stddef.h>
 #include <stdint.h>

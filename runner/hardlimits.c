@@ -1,4 +1,4 @@
-#include "limits.h"
+#include "hardlimits.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -21,7 +21,7 @@ static const char *const names[AL_LIMIT_COUNT] = {
 };
 
 /* Process-wide on purpose: every edge counts here without a path to the
- * metrics module (see limits.h). */
+ * metrics module (see hardlimits.h). */
 static _Atomic uint64_t hits[AL_LIMIT_COUNT];
 
 const char *al_limit_name(enum al_limit l)
