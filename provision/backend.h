@@ -196,6 +196,10 @@ struct vm {
     char *name;
     const struct vm_events *ev;
     void *ev_data;
+    /* limits the guest ran into so far (bits of enum al_limit), kept up to
+     * date by the backend: the attempt reads them also when it ends the VM
+     * itself (a timeout) and no vm_result comes */
+    unsigned limits;
 };
 
 /* Creates and opens the backend named in cfg. Returns 0 or negative errno. */

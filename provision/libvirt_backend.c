@@ -183,6 +183,7 @@ static void note_limit(struct lv_vm *v, enum al_limit l)
     if (v->result.limits & (1u << l))
         return;
     v->result.limits |= 1u << l;
+    v->base.limits = v->result.limits;
     limits_hit(l);
 }
 

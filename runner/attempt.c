@@ -270,8 +270,9 @@ static void decide(struct attempt *a)
 {
     struct attempt_result *r = &a->res;
     const struct vm_result *v = &a->vmres;
-    /* the backend counted its own limits already */
-    r->limits |= v->limits;
+    /* the backend counted its own limits already; without a vm_result (the
+     * host ended the VM) they are still on the VM */
+    r->limits |= a->vm_finished ? v->limits : a->vm ? a->vm->limits : 0;
     r->throttled_ms = v->throttled_ms;
     if (a->vm_finished && strstr(v->artifact_error, "limit"))
         note_limit(a, AL_LIMIT_ARTIFACT_SIZE);
