@@ -3,10 +3,12 @@
  *
  * Beyond "no crash, no sanitizer report" it checks the contract: a config
  * or an error with a message, never both; and what config_print writes for
- * an accepted config (the `agentlabd --print-config` output an operator
- * copies back) loads again into the same printed text.
+ * an accepted config (`agentlab config show`, which an operator may copy
+ * back) loads again into the same printed text, unless a printed line is
+ * over libinih's line length (then it is refused for that reason).
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,8 +56,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *p1 = print(c, &len1);
     config_free(c);
 
+    /* libinih reads lines of at most 198 characters: a value that fitted
+     * as "key=value" may not as "key = value", nor a path once "@state" is
+     * expanded. Such a print is refused with that reason, nothing else. */
+    bool long_line = false;
+    for (const char *l = p1; l < p1 + len1;) {
+        const char *nl = memchr(l, '\n', (size_t)(p1 + len1 - l));
+        size_t n = nl ? (size_t)(nl - l) : (size_t)(p1 + len1 - l);
+        long_line |= n > 198;
+        l += n + 1;
+    }
     struct config *c2 = NULL;
     r = config_load_string(p1, len1, "printed.conf", &c2, &err);
+    if (r < 0 && long_line && strstr(err->message, "line longer than")) {
+        al_error_free(err);
+        free(p1);
+        return 0;
+    }
     if (r < 0) {
         fprintf(stderr, "the printed config does not load: %s\n%s\n", al_error_message(err), p1);
         abort();
