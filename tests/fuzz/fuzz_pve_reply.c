@@ -27,9 +27,9 @@ static void check(int cond)
 
 /* The members the backend reads from task, status, node and exec replies. */
 static const char *const keys[] = {
-        "content", "err-data", "exitcode", "exited", "exitstatus", "maxcpu",  "maxmem",
-        "mem",     "name",     "node",     "out-data", "pid",      "status", "tags",
-        "template", "truncated", "type",   "vmid",     "upid",
+        "content",  "err-data",  "exitcode", "exited",   "exitstatus", "maxcpu", "maxmem",
+        "mem",      "name",      "node",     "out-data", "pid",        "status", "tags",
+        "template", "truncated", "type",     "vmid",     "upid",
 };
 
 static void read_strings(const char *s)
