@@ -3,11 +3,13 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "runner/base/util.h"
 
@@ -132,21 +134,29 @@ int artifacts_extract(const char *tar_path, const char *dest_dir, const struct a
         size_t plen = strlen(path);
         while (plen > 1 && path[plen - 1] == '/')
             plen--;
+        /* directories count too: a million empty ones cost inodes */
+        if (lim->max_files && s.files + s.dirs + 1 > lim->max_files) {
+            s.truncated = s.over_files = true;
+            note(&s, "artifact limit of %" PRIu64 " files reached at \"%.100s\"", lim->max_files,
+                 path);
+            break;
+        }
         if (type == AE_IFDIR) {
             int fd = open_dirs(dfd, path, plen);
             if (fd < 0) {
                 s.skipped++;
                 note(&s, "skipped \"%.100s\": %s", path, strerror(-fd));
             } else {
+                s.dirs++;
                 close(fd);
             }
             continue;
         }
         int64_t size = archive_entry_size(e);
-        if ((lim->max_files && s.files + 1 > lim->max_files) ||
-            (lim->max_bytes && (size < 0 || (uint64_t)size > lim->max_bytes - s.bytes))) {
-            s.truncated = true;
-            note(&s, "artifact limit reached at \"%.100s\"", path);
+        if (lim->max_bytes && (size < 0 || (uint64_t)size > lim->max_bytes - s.bytes)) {
+            s.truncated = s.over_bytes = true;
+            note(&s, "artifact limit of %" PRIu64 " bytes reached at \"%.100s\"", lim->max_bytes,
+                 path);
             break;
         }
         const char *slash = memrchr(path, '/', plen);
@@ -169,9 +179,16 @@ int artifacts_extract(const char *tar_path, const char *dest_dir, const struct a
         memcpy(name, base, blen);
         name[blen] = '\0';
         mode_t mode = (archive_entry_perm(e) & 0111) ? 0755 : 0644;
-        /* O_NOFOLLOW: an existing symlink at the name is never written through */
-        int fd = openat(pfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
-        int oerr = errno;
+        /* Whatever is at the name (a file from an earlier run, a symlink, a
+         * hard link to a file elsewhere) is replaced, never written through:
+         * unlink, then create exclusively. A directory there stays. */
+        int fd = -1, oerr = 0;
+        if (unlinkat(pfd, name, 0) < 0 && errno != ENOENT) {
+            oerr = errno;
+        } else {
+            fd = openat(pfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+            oerr = errno;
+        }
         close(pfd);
         if (fd < 0) {
             s.skipped++;

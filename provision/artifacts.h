@@ -5,7 +5,8 @@
  * directories are written; absolute paths, ".." components, symlinks,
  * hard links and device files are skipped (and reported); permission bits
  * are reduced to 0755/0644 (never setuid, setgid or sticky); nothing is
- * written through a symlink; byte and file counts are capped. */
+ * written through a symlink or an existing hard link (a file already at a
+ * name is replaced, never opened); byte and entry counts are capped. */
 #ifndef AL_ARTIFACTS_H
 #define AL_ARTIFACTS_H
 
@@ -16,15 +17,18 @@
 
 struct artifact_limits {
     uint64_t max_bytes; /* 0 = unlimited */
-    uint64_t max_files; /* 0 = unlimited */
+    uint64_t max_files; /* files and directories created; 0 = unlimited */
 };
 
 struct artifact_summary {
-    uint64_t files;
+    uint64_t files; /* regular files written */
+    uint64_t dirs;  /* directories created or entered */
     uint64_t bytes;
     uint64_t skipped;
-    bool truncated; /* a limit stopped the extraction */
-    char note[256]; /* first reason something was skipped or cut */
+    bool truncated;  /* a limit or a damaged archive stopped the extraction */
+    bool over_bytes; /* ... namely max_bytes */
+    bool over_files; /* ... namely max_files */
+    char note[256];  /* first reason something was skipped or cut */
 };
 
 /* Extracts tar_path into dest_dir (created with mode 0755 when missing).

@@ -100,6 +100,10 @@ struct vm_result {
     uint64_t artifact_bytes;
     uint64_t artifact_files;
     char artifact_error[256];
+    /* limits the guest ran into (bits of enum al_limit, runner/hardlimits.h)
+     * and how long the channel's rate limit held it back */
+    unsigned limits;
+    uint64_t throttled_ms;
     /* milliseconds since launch at which each phase was reached (0 = not) */
     uint64_t t_provisioned, t_booting, t_connected, t_running, t_exited;
     /* microseconds of provisioning spent waiting on the virtualisation API
@@ -196,6 +200,10 @@ struct vm {
     char *name;
     const struct vm_events *ev;
     void *ev_data;
+    /* limits the guest ran into so far (bits of enum al_limit), kept up to
+     * date by the backend: the attempt reads them also when it ends the VM
+     * itself (a timeout) and no vm_result comes */
+    unsigned limits;
 };
 
 /* Creates and opens the backend named in cfg. Returns 0 or negative errno. */

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "runner/base/macro.h"
+#include "runner/base/ratelimit.h"
+#include "runner/base/util.h"
 
 #define READ_CHUNK     (64u * 1024u)
 #define FILE_CHUNK     (256u * 1024u)
@@ -29,6 +31,7 @@ struct channel {
     uv_loop_t *loop;
     uv_pipe_t pipe;
     uv_timer_t retry;
+    uv_timer_t throttle; /* reading paused until it fires */
     uv_write_t wreq;
     uv_fs_t fsreq;
     char *path;
@@ -38,6 +41,10 @@ struct channel {
     uint8_t rbuf[READ_CHUNK];
     uint64_t received;
     uint64_t deadline_ms;
+    struct al_rate_limit byte_rate, frame_rate;
+    uint64_t throttled_ms;
+    uint64_t throttles;
+    bool throttled;
 
     struct item *head, *tail;
     bool writing;
@@ -110,6 +117,40 @@ static void end(struct channel *ch, int result, const char *message)
         ch->ops->closed(ch, result, message, ch->data);
 }
 
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+static void on_throttle_timer(uv_timer_t *t)
+{
+    struct channel *ch = t->data;
+    ch->throttled = false;
+    if (ch->ended || ch->closing)
+        return;
+    int r = uv_read_start((uv_stream_t *)&ch->pipe, on_alloc, on_read);
+    if (r < 0)
+        end(ch, r, uv_strerror(r));
+}
+
+/* Accounts what one read brought; over the rate, stops reading for as long
+ * as the buckets need to refill. The guest's writes then block in its
+ * virtio-serial port: it is slowed down, not ended, and nothing queues up
+ * on the host. */
+static void throttle(struct channel *ch, uint64_t bytes, uint64_t frames)
+{
+    uint64_t now = al_now_mono_us();
+    uint64_t wait = al_rate_limit_take(&ch->byte_rate, bytes, now);
+    uint64_t wf = al_rate_limit_take(&ch->frame_rate, frames, now);
+    if (wf > wait)
+        wait = wf;
+    if (!wait)
+        return;
+    uv_read_stop((uv_stream_t *)&ch->pipe);
+    ch->throttled = true;
+    ch->throttled_ms += wait;
+    ch->throttles++;
+    uv_timer_start(&ch->throttle, on_throttle_timer, wait, 0);
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
@@ -131,22 +172,27 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     ch->received += (uint64_t)n;
+    uint64_t frames = 0;
     size_t off = 0;
     while (off < (size_t)n && !ch->ended && !ch->closing) {
         size_t used = 0;
         struct al_frame f;
         int r = al_frame_decoder_feed(&ch->dec, ch->rbuf + off, (size_t)n - off, &used, &f);
         if (r < 0) {
-            end(ch, -EPROTO,
-                r == -EMSGSIZE ? "the guest sent an oversized frame"
-                               : "the guest sent a malformed frame");
+            if (r == -EMSGSIZE)
+                end(ch, -EMSGSIZE, "the guest sent an oversized frame");
+            else
+                end(ch, -EPROTO, "the guest sent a malformed frame");
             return;
         }
         off += used;
         if (r == 0)
             break;
+        frames++;
         ch->ops->frame(ch, &f, ch->data);
     }
+    if (!ch->ended && !ch->closing)
+        throttle(ch, (uint64_t)n, frames);
 }
 
 static void start_reading(struct channel *ch)
@@ -237,6 +283,8 @@ int channel_open(uv_loop_t *loop, const char *path, unsigned connect_timeout_ms,
     ch->deadline_ms = uv_now(loop) + connect_timeout_ms;
     uv_timer_init(loop, &ch->retry);
     ch->retry.data = ch;
+    uv_timer_init(loop, &ch->throttle);
+    ch->throttle.data = ch;
     try_connect(ch);
     *ret = ch;
     return 0;
@@ -430,6 +478,23 @@ uint64_t channel_bytes_received(const struct channel *ch)
     return ch->received;
 }
 
+void channel_set_rate_limit(struct channel *ch, uint64_t bytes_per_s, uint64_t frames_per_s)
+{
+    uint64_t now = al_now_mono_us();
+    /* a burst holds at least one full read, so a read never waits alone */
+    uint64_t burst = bytes_per_s > READ_CHUNK ? bytes_per_s : READ_CHUNK;
+    al_rate_limit_init(&ch->byte_rate, bytes_per_s, burst, now);
+    al_rate_limit_init(&ch->frame_rate, frames_per_s, 0, now);
+}
+
+void channel_throttle_stats(const struct channel *ch, uint64_t *ret_ms, uint64_t *ret_count)
+{
+    if (ret_ms)
+        *ret_ms = ch->throttled_ms;
+    if (ret_count)
+        *ret_count = ch->throttles;
+}
+
 void channel_close(struct channel *ch)
 {
     if (!ch || ch->closing)
@@ -437,8 +502,10 @@ void channel_close(struct channel *ch)
     ch->closing = true;
     ch->ended = true;
     uv_timer_stop(&ch->retry);
-    ch->pending_closes++;
+    uv_timer_stop(&ch->throttle);
+    ch->pending_closes += 2;
     uv_close((uv_handle_t *)&ch->retry, on_handle_closed);
+    uv_close((uv_handle_t *)&ch->throttle, on_handle_closed);
     if (ch->pipe_open && !uv_is_closing((uv_handle_t *)&ch->pipe)) {
         ch->pending_closes++;
         uv_close((uv_handle_t *)&ch->pipe, on_handle_closed);

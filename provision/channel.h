@@ -21,7 +21,8 @@ struct channel_ops {
     /* A complete, header-valid frame. The payload is valid during the call. */
     void (*frame)(struct channel *ch, const struct al_frame *f, void *data);
     /* The connection ended: result 0 for EOF, negative errno for an error
-     * (-EPROTO for a bad frame, -ETIMEDOUT when connecting failed). message
+     * (-EPROTO for a malformed frame, -EMSGSIZE for one over the size
+     * limit, -ETIMEDOUT when connecting failed). message
      * says what happened. Not called after channel_close(). */
     void (*closed)(struct channel *ch, int result, const char *message, void *data);
 };
@@ -47,6 +48,15 @@ bool channel_is_connected(const struct channel *ch);
 
 /* Bytes received so far (for rate accounting). */
 uint64_t channel_bytes_received(const struct channel *ch);
+
+/* Limits what the peer may send: bytes and frames per second on average
+ * (0 = unlimited), each with a burst of one second's worth. Over it the
+ * channel stops reading until the average holds again, so the sender is
+ * slowed down (its writes block), never dropped. Off by default. */
+void channel_set_rate_limit(struct channel *ch, uint64_t bytes_per_s, uint64_t frames_per_s);
+
+/* How long and how often reading was paused by the rate limit. */
+void channel_throttle_stats(const struct channel *ch, uint64_t *ret_ms, uint64_t *ret_count);
 
 /* Stops all callbacks and frees the channel (from its close callback). */
 void channel_close(struct channel *ch);

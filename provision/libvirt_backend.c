@@ -31,6 +31,7 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/base/xml.h"
+#include "runner/hardlimits.h"
 #include "runner/loop/work.h"
 #include "seed_iso.h"
 
@@ -176,6 +177,29 @@ static char *console_tail(const struct lv_vm *v)
     return out;
 }
 
+/* Records that the guest ran into limit l (once per VM). */
+static void note_limit(struct lv_vm *v, enum al_limit l)
+{
+    if (v->result.limits & (1u << l))
+        return;
+    v->result.limits |= 1u << l;
+    v->base.limits = v->result.limits;
+    limits_hit(l);
+}
+
+/* The channel's rate limit slowed the guest down: say so once, and keep the
+ * time it was held back for the result. */
+static void note_throttling(struct lv_vm *v)
+{
+    uint64_t ms = 0;
+    channel_throttle_stats(v->ch, &ms, NULL);
+    v->result.throttled_ms = ms;
+    if (!ms || (v->result.limits & (1u << AL_LIMIT_CHANNEL_RATE)))
+        return;
+    note_limit(v, AL_LIMIT_CHANNEL_RATE);
+    log_warn(v->req.job_id, "the guest sends faster than the channel allows; slowing it down");
+}
+
 static void finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
 {
     if (v->finished)
@@ -194,6 +218,7 @@ static void finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, cons
     if (v->hb_timer_open)
         uv_timer_stop(&v->hb_timer);
     if (v->ch) {
+        note_throttling(v);
         channel_close(v->ch);
         v->ch = NULL;
     }
@@ -433,7 +458,9 @@ static void on_channel_closed(struct channel *ch, int result, const char *messag
     (void)ch;
     struct lv_vm *v = data;
     _cleanup_free_ char *tail = console_tail(v);
-    if (result == -EPROTO)
+    if (result == -EMSGSIZE)
+        note_limit(v, AL_LIMIT_FRAME_SIZE);
+    if (result == -EPROTO || result == -EMSGSIZE)
         finish(v, VM_INFRA_ERROR, 0, "protocol violation: %s", message);
     else if (!v->hello)
         finish(v, VM_INFRA_ERROR, 0,
@@ -453,6 +480,8 @@ static const struct channel_ops channel_ops = {
 static void on_heartbeat_check(uv_timer_t *t)
 {
     struct lv_vm *v = t->data;
+    if (v->ch && !v->finished)
+        note_throttling(v);
     if (!v->hello || v->finished)
         return;
     uint64_t limit = (uint64_t)v->lb->b->env.cfg->agent.heartbeat_timeout_s * 1000u;
@@ -606,13 +635,16 @@ static void on_started(void *data, int result, struct al_error *err)
     }
     phase(v, VM_PHASE_BOOTING);
     struct al_error *cerr = NULL;
-    int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS, 0, &channel_ops,
-                         v, &v->ch, &cerr);
+    const struct config_agent *ac = &v->lb->b->env.cfg->agent;
+    int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS,
+                         (uint32_t)ac->channel_max_frame_bytes, &channel_ops, v, &v->ch, &cerr);
     if (r < 0) {
         finish(v, VM_INFRA_ERROR, 0, "opening the channel: %s", al_error_message(cerr));
         al_error_free(cerr);
         return;
     }
+    channel_set_rate_limit(v->ch, ac->channel_max_bytes_per_s,
+                           (uint64_t)ac->channel_max_frames_per_s);
     v->last_frame_ms = al_now_mono_ms();
     uv_timer_start(&v->hb_timer, on_heartbeat_check, 1000, 1000);
 }

@@ -12,6 +12,7 @@
 #include "base/buf.h"
 #include "base/log.h"
 #include "base/util.h"
+#include "hardlimits.h"
 #include "loop/work.h"
 
 #define CANCEL_GRACE_MS 15000
@@ -42,8 +43,8 @@ struct attempt {
     struct vm_result vmres;
     bool vm_finished;
     uint64_t t_phase[4]; /* ms after t0 at which each vm_phase was reached */
-    bool starting; /* inside attempt_start: an early end waits a loop turn */
-    bool running;  /* the workload started */
+    bool starting;       /* inside attempt_start: an early end waits a loop turn */
+    bool running;        /* the workload started */
     bool cancel_requested;
     enum host_verdict verdict;
     bool ended;
@@ -98,6 +99,15 @@ static void maybe_done(struct attempt *a)
 
 /* ------------------------------------------------------------ output */
 
+/* Records that this attempt ran into limit l (counted once per attempt). */
+static void note_limit(struct attempt *a, enum al_limit l)
+{
+    if (a->res.limits & (1u << l))
+        return;
+    a->res.limits |= 1u << l;
+    limits_hit(l);
+}
+
 static void emit(struct attempt *a, enum vm_stream s, const char *buf, size_t len)
 {
     if (!len)
@@ -107,6 +117,7 @@ static void emit(struct attempt *a, enum vm_stream s, const char *buf, size_t le
             return;
         len = (size_t)(a->p.max_log_bytes - a->res.log_bytes);
         a->res.log_truncated = true;
+        note_limit(a, AL_LIMIT_LOG_SIZE);
     }
     if (len) {
         if (a->log_fd >= 0 && write(a->log_fd, buf, len) != (ssize_t)len) {
@@ -165,6 +176,7 @@ static void on_vm_artifact(struct vm *vm, const uint8_t *buf, size_t len, void *
     uint64_t cap = a->p.artifact_limits.max_bytes;
     if (cap && a->tar_bytes + len > cap + cap / 10 + 1024 * 1024) {
         a->tar_truncated = true;
+        note_limit(a, AL_LIMIT_ARTIFACT_SIZE);
         return;
     }
     if (a->tar_fd < 0) {
@@ -212,6 +224,10 @@ static void extract_done(void *data, int result, struct al_error *err)
     if (result == 0) {
         a->res.have_artifacts = true;
         a->res.artifacts = x->sum;
+        if (x->sum.over_bytes)
+            note_limit(a, AL_LIMIT_ARTIFACT_SIZE);
+        if (x->sum.over_files)
+            note_limit(a, AL_LIMIT_ARTIFACT_FILES);
         if (a->tar_truncated) {
             a->res.artifacts.truncated = true;
             if (!a->res.artifacts.note[0])
@@ -254,6 +270,12 @@ static void decide(struct attempt *a)
 {
     struct attempt_result *r = &a->res;
     const struct vm_result *v = &a->vmres;
+    /* the backend counted its own limits already; without a vm_result (the
+     * host ended the VM) they are still on the VM */
+    r->limits |= a->vm_finished ? v->limits : a->vm ? a->vm->limits : 0;
+    r->throttled_ms = v->throttled_ms;
+    if (a->vm_finished && strstr(v->artifact_error, "limit"))
+        note_limit(a, AL_LIMIT_ARTIFACT_SIZE);
     if (a->vm_finished && (v->outcome == VM_EXITED || v->outcome == VM_GUEST_TIMEOUT)) {
         /* the workload's own result wins over a cancel that came too late */
         if (v->outcome == VM_GUEST_TIMEOUT) {

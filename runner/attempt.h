@@ -58,6 +58,10 @@ struct attempt_result {
     uint64_t us_provision_api;
     bool cleanup_failed;
     char cleanup_error[256];
+    /* hard limits this attempt ran into (bits of enum al_limit, hardlimits.h);
+     * the artifact ones are known only in done, not yet in decided */
+    unsigned limits;
+    uint64_t throttled_ms; /* the guest channel's rate limit held it back this long */
 };
 
 struct attempt;

@@ -115,6 +115,21 @@ static const struct config_key keys[] = {
          "default vCPUs of a job, 1 to 256"},
         {SEC_AGENT, 0, "job_memory", KEY_SIZE, A(job_memory), "1G", 128 << 20, INT64_MAX, NULL,
          "default memory of a job, at least 128M"},
+        {SEC_AGENT, 0, "channel_max_frame_size", KEY_SIZE, A(channel_max_frame_bytes), "1M",
+         64 << 10, 1 << 20, NULL, "payload bytes of one frame from a guest, 64K to 1M"},
+        {SEC_AGENT, 0, "channel_max_bytes_per_s", KEY_SIZE, A(channel_max_bytes_per_s), "32M", 0,
+         INT64_MAX, NULL,
+         "bytes per second a guest may send on average (then it is slowed down), such as 32M; "
+         "0 = unlimited"},
+        {SEC_AGENT, 0, "channel_max_frames_per_s", KEY_INT, A(channel_max_frames_per_s), "20000", 0,
+         10000000, NULL,
+         "frames per second a guest may send on average (then it is slowed down); 0 = unlimited"},
+        {SEC_AGENT, 0, "max_disk_size", KEY_SIZE, A(max_disk_bytes), "64G", 1 << 30, INT64_MAX,
+         NULL,
+         "largest virtual size of a job's disk (resources.disk_gb or the image's), such as "
+         "64G"},
+        {SEC_AGENT, 0, "api_max_jobs", KEY_INT, A(api_max_jobs), "1000", 1, 1000000, NULL,
+         "jobs submitted through the API or CLI that may be queued or running at once"},
 
         /* [backend "NAME"] */
         {SEC_BACKEND, 0, "type", KEY_ENUM, B(type), "libvirt", 0, 0, backend_types,
@@ -179,7 +194,7 @@ static const struct config_key keys[] = {
         {SEC_SOURCE, T(SOURCE_GITLAB) | T(SOURCE_GITHUB), "labels", KEY_LIST, S(labels), "", 0, 0,
          NULL, "comma-separated labels"},
         {SEC_SOURCE, 0, "concurrent", KEY_INT, S(concurrent), "4", 1, 10000, NULL,
-         "an integer from 1 to 10000"},
+         "jobs of this source queued or running at once, 1 to 10000; more wait at the source"},
         {SEC_SOURCE, 0, "poll_interval", KEY_DURATION, S(poll_interval_s), "5s", 1, 3600, NULL,
          "a duration such as 5s"},
         {SEC_SOURCE, T(SOURCE_GITLAB), "clone", KEY_ENUM, S(clone), "host", 0, 0, clone_modes,
@@ -451,7 +466,10 @@ struct parse_state {
     int line;
     struct raw_section *sections;
     size_t n_sections;
-    char *current; /* last section header seen by the handler */
+    /* 1 + index of the section the reader last saw a header of, 0 before
+     * any: inih hands the handler section names cut at 50 bytes, too short
+     * for [source "<63-byte name>"], so keys are filed by this instead */
+    size_t cur_section;
     char *error;
     int error_line;
 };
@@ -493,10 +511,12 @@ static char *reader(char *str, int num, void *stream)
     const char *close = *p == '[' ? strchr(p, ']') : NULL;
     if (close) {
         _cleanup_free_ char *header = strndup(p + 1, (size_t)(close - p - 1));
-        if (!header || !section_get(st, header)) {
+        struct raw_section *sec = header ? section_get(st, header) : NULL;
+        if (!sec) {
             parse_error(st, "bad section [%s]", header ? header : "");
             return NULL;
         }
+        st->cur_section = (size_t)(sec - st->sections) + 1;
     }
     return str;
 }
@@ -589,11 +609,9 @@ static int handler(void *user, const char *section, const char *name, const char
     struct parse_state *st = user;
     if (!name) /* a bare section header (inih with INI_CALL_HANDLER_ON_NEW_SECTION) */
         return 1;
-    if (!section || !*section)
+    if (!section || !*section || !st->cur_section)
         return parse_error(st, "key \"%s\" outside of any section", name);
-    struct raw_section *s = section_get(st, section);
-    if (!s)
-        return parse_error(st, "bad section [%s]", section);
+    struct raw_section *s = &st->sections[st->cur_section - 1];
     struct raw_entry *g = realloc(s->entries, (s->n_entries + 1) * sizeof(*g));
     if (!g)
         return parse_error(st, "out of memory");
@@ -624,7 +642,6 @@ static void parse_state_free(struct parse_state *st)
     }
     free(st->sections);
     free(st->error);
-    free(st->current);
 }
 
 /* Applies a raw section's entries onto base. The "type" key is applied first
@@ -734,6 +751,18 @@ static int finish(struct config *c, const char *file, struct al_error **err)
     if (sd[0] != '/' || rd[0] != '/')
         return al_error_set(err, EINVAL, "%s: state_dir and run_dir must be absolute paths", file);
 
+    /* both name things other sections and job specs refer to (the default
+     * pool is even created under this name when none is defined) */
+    if (!config_name_is_valid(c->agent.pool))
+        return al_error_set(err, EINVAL,
+                            "%s: bad value \"%s\" for key \"pool\": expected a name of "
+                            "letters, digits, '.', '_', '-'",
+                            file, c->agent.pool);
+    if (!config_name_is_valid(c->agent.image))
+        return al_error_set(err, EINVAL,
+                            "%s: bad value \"%s\" for key \"image\": expected a name of "
+                            "letters, digits, '.', '_', '-'",
+                            file, c->agent.image);
     if (expand_dir(&c->agent.api_socket, sd, rd) < 0)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < c->n_sources; i++) {

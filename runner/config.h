@@ -75,6 +75,12 @@ struct config_agent {
     int max_artifact_files;
     int job_cpus;        /* default vCPUs of a job */
     uint64_t job_memory; /* default memory of a job, bytes */
+    /* hard limits on what a guest, a job spec or a client may send */
+    uint64_t channel_max_frame_bytes; /* payload of one guest frame */
+    uint64_t channel_max_bytes_per_s; /* guest -> host, average; 0 = unlimited */
+    int channel_max_frames_per_s;     /* guest -> host, average; 0 = unlimited */
+    uint64_t max_disk_bytes;          /* virtual size of a job's disk (its overlay) */
+    int api_max_jobs;                 /* live jobs submitted through the API and CLI */
 };
 
 struct config_backend {

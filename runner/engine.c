@@ -14,6 +14,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "images/catalog.h"
+#include "hardlimits.h"
 #include "loop/work.h"
 #include "owner.h"
 
@@ -475,6 +476,14 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
         err = al_error_free(err);
     store_job_set_log_bytes(e->store, j->id, r->log_bytes, &err);
     err = al_error_free(err);
+    if (r->limits) {
+        char names[256];
+        al_limit_mask_format(r->limits, ", ", names, sizeof(names));
+        log_warn(j->id, "attempt %d ran into limits: %s%s", j->attempts, names,
+                 r->throttled_ms ? " (the guest channel was throttled)" : "");
+        store_job_add_limits(e->store, j->id, r->limits, &err);
+        err = al_error_free(err);
+    }
     index_artifacts(j, r);
     bool retry = j->state == JOB_STATE_ERROR && !j->cancel_requested && !j->retry_blocked &&
                  j->attempts < j->max_attempts;
@@ -970,12 +979,30 @@ static int validate(struct engine *e, struct job_spec *spec, struct al_error **e
         return al_error_set(err, EINVAL,
                             "resources: %d vCPUs and %d MiB fit no backend of pool \"%s\"",
                             spec->resources.cpus, spec->resources.memory_mb, pool->name);
+    /* the overlay may grow to the disk's virtual size on the host */
+    uint64_t max_disk = e->cfg->agent.max_disk_bytes;
+    uint64_t disk = (uint64_t)spec->resources.disk_gb << 30;
+    if (max_disk && disk > max_disk) {
+        limits_hit(AL_LIMIT_DISK_SIZE);
+        return al_error_set(err, EINVAL,
+                            "resources.disk_gb: %d GiB is more than max_disk_size (%" PRIu64
+                            " GiB)",
+                            spec->resources.disk_gb, max_disk >> 30);
+    }
     if (needs_image) {
         struct image_info *img = NULL;
         int r = image_find(e->cfg->agent.state_dir, spec->image, &img, err);
+        uint64_t vsize = img ? img->virtual_size : 0;
         image_info_free(img);
         if (r < 0)
             return al_error_wrap(err, "image");
+        if (max_disk && vsize > max_disk) {
+            limits_hit(AL_LIMIT_DISK_SIZE);
+            return al_error_set(err, EINVAL,
+                                "image: the disk of %s is %" PRIu64
+                                " MiB, more than max_disk_size (%" PRIu64 " MiB)",
+                                spec->image, vsize >> 20, max_disk >> 20);
+        }
     }
     return 0;
 }
@@ -1542,6 +1569,16 @@ void engine_warm_counts(struct engine *e, const char *pool, unsigned *ret_ready,
         *ret_ready = ready;
     if (ret_booting)
         *ret_booting = booting;
+}
+
+unsigned engine_live_jobs(struct engine *e, enum job_source_type source)
+{
+    unsigned n = 0;
+    for (struct ejob *j = e->queue; j; j = j->next)
+        n += j->spec->source.type == source;
+    for (struct ejob *j = e->running; j; j = j->next)
+        n += j->spec->source.type == source;
+    return n;
 }
 
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running)

@@ -122,9 +122,9 @@ struct engine_backend_status {
     const char *name;
     const char *type;
     struct backend_capacity cap;
-    unsigned jobs_started; /* attempts started on it since the engine started */
-    unsigned warm_ready;   /* warm VMs booted and waiting on it */
-    unsigned warm_booting; /* warm VMs still booting on it */
+    unsigned jobs_started;   /* attempts started on it since the engine started */
+    unsigned warm_ready;     /* warm VMs booted and waiting on it */
+    unsigned warm_booting;   /* warm VMs still booting on it */
     char last_fallback[160]; /* why a job last skipped it, or "" */
 };
 
@@ -152,6 +152,10 @@ int engine_warm_target(const struct config_pool *pool, int64_t now_wall_ms);
 
 /* Counts of live jobs. */
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running);
+
+/* Live (queued or running) jobs whose spec names this source type, also
+ * those taken back after a restart: what a source's cap counts. */
+unsigned engine_live_jobs(struct engine *e, enum job_source_type source);
 
 /* <state_dir>/jobs/<id>: the job's log (output.log) and artifacts/. */
 char *engine_job_dir(struct engine *e, const char *job_id);

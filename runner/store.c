@@ -99,11 +99,14 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
         "  sha256 TEXT NOT NULL,"
         "  PRIMARY KEY (job_id, path)"
         ") WITHOUT ROWID;",
+
+        /* 2 -> 3: the hard limits a job ran into (bits of enum al_limit) */
+        "ALTER TABLE jobs ADD COLUMN limits INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define JOB_COLUMNS                                                                          \
     "id, name, spec, state, source_type, source_ref, pool, labels, created_ms, updated_ms, " \
-    "exit_code, reason, attempts, max_attempts, log_bytes, bytes"
+    "exit_code, reason, attempts, max_attempts, log_bytes, bytes, limits"
 #define EVENT_COLUMNS "seq, job_id, from_state, to_state, at_ms, detail"
 
 enum stmt_id {
@@ -134,6 +137,7 @@ enum stmt_id {
     ST_ARTIFACT_LIST,
     ST_JOB_ADD_BYTES,
     ST_JOB_SET_LOG_BYTES,
+    ST_JOB_ADD_LIMITS,
     ST_PRUNE_BY_AGE,
     ST_PRUNE_OLDEST,
     ST_TOTAL_BYTES,
@@ -189,6 +193,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         [ST_ARTIFACT_LIST] = "SELECT path, size, sha256 FROM artifacts WHERE job_id = ?1 "
                              "ORDER BY path",
         [ST_JOB_ADD_BYTES] = "UPDATE jobs SET bytes = bytes + ?2 WHERE id = ?1",
+        [ST_JOB_ADD_LIMITS] = "UPDATE jobs SET limits = limits | ?2 WHERE id = ?1",
         [ST_JOB_SET_LOG_BYTES] = "UPDATE jobs SET bytes = bytes - log_bytes + ?2, log_bytes = ?2 "
                                  "WHERE id = ?1",
         [ST_PRUNE_BY_AGE] = "SELECT id, bytes FROM jobs WHERE updated_ms < ?1 "
@@ -1138,6 +1143,7 @@ static int read_job_row(sqlite3_stmt *st, struct store_job **ret)
     job->max_attempts = sqlite3_column_int(st, 13);
     job->log_bytes = (uint64_t)sqlite3_column_int64(st, 14);
     job->bytes = (uint64_t)sqlite3_column_int64(st, 15);
+    job->limits = (unsigned)sqlite3_column_int64(st, 16);
     *ret = TAKE_PTR(job);
     return 0;
 }
@@ -1628,6 +1634,14 @@ int store_job_set_log_bytes(struct store *s, const char *job_id, uint64_t bytes,
                             struct al_error **err)
 {
     return add_job_bytes(s, ST_JOB_SET_LOG_BYTES, job_id, bytes, err);
+}
+
+int store_job_add_limits(struct store *s, const char *job_id, unsigned limits,
+                         struct al_error **err)
+{
+    if (!limits)
+        return 0;
+    return add_job_bytes(s, ST_JOB_ADD_LIMITS, job_id, limits, err);
 }
 
 void store_prune_result_clear(struct store_prune_result *r)

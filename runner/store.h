@@ -59,7 +59,7 @@
 #define STORE_LIST_DEFAULT 50
 #define STORE_LIST_MAX     1000
 /* Version of the schema this build creates and migrates to. */
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 struct store;
 
@@ -156,7 +156,9 @@ struct store_job {
     int attempts;
     int max_attempts;
     uint64_t log_bytes;
-    uint64_t bytes; /* log + artifacts, for retention */
+    uint64_t bytes;  /* log + artifacts, for retention */
+    unsigned limits; /* hard limits its attempts ran into: bits of enum al_limit (hardlimits.h)
+                      */
 };
 
 struct store_job *store_job_free(struct store_job *job);
@@ -249,6 +251,10 @@ int store_artifact_add(struct store *s, const char *job_id, const char *path, ui
 int store_artifact_list(struct store *s, const char *job_id, struct store_artifact **ret_artifacts,
                         size_t *ret_n, struct al_error **err);
 void store_artifacts_free(struct store_artifact *a, size_t n);
+
+/* Adds limits (bits of enum al_limit) to those the job ran into. */
+int store_job_add_limits(struct store *s, const char *job_id, unsigned limits,
+                         struct al_error **err);
 
 /* Records the size of the job's log file (replaces the previous value). */
 int store_job_set_log_bytes(struct store *s, const char *job_id, uint64_t bytes,

@@ -11,6 +11,7 @@
 
 #include "../base/log.h"
 #include "../base/util.h"
+#include "../hardlimits.h"
 #include "json.h"
 #include "streams.h"
 
@@ -120,6 +121,8 @@ void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_m
     int rc = job_spec_parse(body, hr->body.len, 0, &spec, &err);
     if (rc < 0) {
         if (rc == -E2BIG)
+            limits_hit(AL_LIMIT_API_BODY);
+        if (rc == -E2BIG)
             api_reply_error(r, 413, "payload_too_large", "%s", al_error_message(err));
         else if (rc == -ENOMEM)
             api_reply_error(r, 500, "internal", "out of memory");
@@ -134,6 +137,18 @@ void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_m
                         "source.type: only \"api\" or \"cli\" jobs may be submitted here, got "
                         "\"%s\"",
                         job_source_type_to_string(spec->source.type));
+        job_spec_free(spec);
+        return;
+    }
+    /* a runaway client script fills the queue and the database otherwise */
+    unsigned live = engine_live_jobs(ctx->engine, JOB_SOURCE_API) +
+                    engine_live_jobs(ctx->engine, JOB_SOURCE_CLI);
+    if (live >= (unsigned)ctx->cfg->agent.api_max_jobs) {
+        limits_hit(AL_LIMIT_API_JOBS);
+        api_reply_error(r, 429, "too_many_jobs",
+                        "%u jobs from the API are queued or running, the most api_max_jobs "
+                        "allows; submit again when some have ended",
+                        live);
         job_spec_free(spec);
         return;
     }

@@ -9,6 +9,7 @@
 #include "../base/util.h"
 #include "../job/spec.h"
 #include "../job/state.h"
+#include "../hardlimits.h"
 #include "server.h"
 
 #define MAX_TREE_DEPTH 16
@@ -241,6 +242,13 @@ int json_job(yajl_gen g, const struct store_job *j, bool with_spec)
     r |= json_kv_int(g, "max_attempts", j->max_attempts);
     r |= json_kv_uint(g, "log_bytes", j->log_bytes);
     r |= json_kv_uint(g, "bytes", j->bytes);
+    r |= json_key(g, "limits_hit");
+    r |= json_open_array(g);
+    for (unsigned i = 0; i < AL_LIMIT_COUNT; i++) {
+        if (j->limits & (1u << i))
+            r |= json_str(g, al_limit_name((enum al_limit)i));
+    }
+    r |= json_close_array(g);
     if (with_spec && j->spec_json) {
         r |= json_key(g, "spec");
         r |= json_raw_value(g, j->spec_json);

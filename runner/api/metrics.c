@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../base/log.h"
+#include "../hardlimits.h"
 
 #define N_SOURCES    (JOB_SOURCE_CLI + 1) /* JOB_SOURCE_NONE .. JOB_SOURCE_CLI */
 #define N_BUCKETS    18
@@ -55,6 +56,7 @@ struct api_metrics {
     struct histogram phases[PH_COUNT];
     struct histogram queue_wait;
     uint64_t errors[ERR_KIND_COUNT];
+    uint64_t throttled_ms; /* guests held back by the channel's rate limit */
     struct engine_reconcile_report reconcile;
 };
 
@@ -220,6 +222,7 @@ void api_metrics_on_attempt_done(struct api_metrics *m, const struct attempt_res
         m->errors[ERR_LOG_TRUNCATED]++;
     if (r->artifacts.skipped || r->artifacts.truncated)
         m->errors[ERR_ARTIFACTS]++;
+    m->throttled_ms += r->throttled_ms;
 }
 
 void api_metrics_on_finished(struct api_metrics *m, const char *job_id, enum job_state state)
@@ -408,6 +411,16 @@ int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api
                            m->errors[i]);
     r |= al_buf_printf(o, "agentlab_errors_total{kind=\"api_5xx\"} %" PRIu64 "\n",
                        st.responses_by_class[5]);
+
+    r |= header(o, "agentlab_limit_hits_total", "counter",
+                "Times a hard limit was hit, by limit (once per job for the job limits).");
+    for (unsigned i = 0; i < AL_LIMIT_COUNT; i++)
+        r |= al_buf_printf(o, "agentlab_limit_hits_total{limit=\"%s\"} %" PRIu64 "\n",
+                           al_limit_name((enum al_limit)i), limits_hits((enum al_limit)i));
+    r |= header(o, "agentlab_channel_throttled_seconds_total", "counter",
+                "Time guests were held back by the channel's rate limit (finished attempts).");
+    r |= al_buf_printf(o, "agentlab_channel_throttled_seconds_total %.3f\n",
+                       (double)m->throttled_ms / 1000.0);
 
     r |= header(o, "agentlab_api_connections", "gauge", "Open API connections.");
     r |= al_buf_printf(o, "agentlab_api_connections %u\n", st.connections);

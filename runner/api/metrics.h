@@ -17,6 +17,8 @@
  *                                                 cleanup_failed, log_truncated,
  *                                                 artifacts_skipped, reconcile,
  *                                                 api_5xx
+ *   agentlab_limit_hits_total{limit}              hard limits hit (runner/hardlimits.h)
+ *   agentlab_channel_throttled_seconds_total      guests slowed by the channel rate limit
  *   agentlab_api_*                                connections, requests by class
  *
  * Loop thread only.

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "../base/buf.h"
+#include "../hardlimits.h"
 
 #define READ_BUF_SIZE      (64u << 10)
 #define DEFAULT_MAX_CONNS  64
@@ -76,6 +77,7 @@ struct api_server {
     struct api_server_limits lim;
     const struct api_server_handler *handler;
     void *handler_data;
+    int body_limit; /* enum al_limit, 0 = AL_LIMIT_API_BODY */
     uv_pipe_t unix_listener;
     bool have_unix;
     uv_tcp_t tcp_listener;
@@ -113,6 +115,7 @@ static void on_timeout(uv_timer_t *t)
 {
     struct api_conn *c = t->data;
     c->srv->stats.timeouts++;
+    limits_hit(AL_LIMIT_API_TIMEOUT);
     if (c->state == CONN_READING && !c->writes_in_flight && !c->req.answered) {
         /* tell the slow client why, then close */
         uv_read_stop(&c->h.stream);
@@ -421,6 +424,10 @@ static void parser_failed(struct api_conn *c)
     c->state = CONN_HANDLING;
     c->req.close_after = true;
     int st = p->error_status ? p->error_status : 400;
+    if (st == 413)
+        limits_hit(c->srv->body_limit ? (enum al_limit)c->srv->body_limit : AL_LIMIT_API_BODY);
+    else if (st == 414 || st == 431)
+        limits_hit(AL_LIMIT_API_HEADERS);
     const char *code = "bad_request";
     switch (st) {
     case 401:
@@ -691,6 +698,7 @@ static void on_connection(uv_stream_t *listener, int status)
         c->rejecting = true;
         s->n_rejecting++;
         s->stats.connections_rejected++;
+        limits_hit(AL_LIMIT_API_CONNECTIONS);
     } else {
         s->n_conns++;
         s->stats.connections_total++;
@@ -855,6 +863,7 @@ int api_server_new(const struct api_server_params *p, struct api_server **ret,
     s->loop = p->loop;
     s->handler = p->handler;
     s->handler_data = p->handler_data;
+    s->body_limit = p->body_limit;
     s->lim = p->limits;
     if (!s->lim.max_connections)
         s->lim.max_connections = DEFAULT_MAX_CONNS;

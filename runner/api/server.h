@@ -65,6 +65,9 @@ struct api_server_params {
     struct api_server_limits limits;
     const struct api_server_handler *handler;
     void *handler_data;
+    /* the limit a body over its size counts as (runner/hardlimits.h);
+     * 0 = AL_LIMIT_API_BODY, the webhook listener says AL_LIMIT_WEBHOOK_BODY */
+    int body_limit;
 };
 
 struct api_server;

@@ -14,13 +14,13 @@
 #include <unistd.h>
 #include <uv.h>
 #include <yajl/yajl_gen.h>
-#include <yajl/yajl_tree.h>
 
 #include "../base/log.h"
 #include "../base/util.h"
 #include "../loop/curl_uv.h"
 #include "../loop/http_client.h"
 #include "../sources/gitlab.h"
+#include "../sources/gitlab_register.h"
 #include "cli.h"
 
 #define MAX_TAGS           64
@@ -154,43 +154,6 @@ static void on_curl_closed(void *data)
     (void)data;
 }
 
-/* The runner token from a 201 answer, checked before anything is written. */
-static int parse_answer(const char *body, char **ret_token, int64_t *ret_id, char *msg,
-                        size_t msg_size)
-{
-    char ebuf[128];
-    yajl_val root = yajl_tree_parse(body, ebuf, sizeof(ebuf));
-    if (!root || !YAJL_IS_OBJECT(root)) {
-        snprintf(msg, msg_size, "GitLab's answer is not a JSON object");
-        yajl_tree_free(root);
-        return -EINVAL;
-    }
-    const char *tp[] = {"token", NULL}, *ip[] = {"id", NULL};
-    yajl_val tok = yajl_tree_get(root, tp, yajl_t_string);
-    yajl_val id = yajl_tree_get(root, ip, yajl_t_number);
-    int r = 0;
-    if (!tok || !id || !YAJL_IS_INTEGER(id)) {
-        snprintf(msg, msg_size, "GitLab's answer has no runner id and token");
-        r = -EINVAL;
-    } else {
-        const char *t = YAJL_GET_STRING(tok);
-        size_t n = strlen(t);
-        bool ok = n >= 8 && n <= 1024;
-        for (size_t i = 0; i < n && ok; i++)
-            ok = (unsigned char)t[i] > ' ' && t[i] != 0x7f;
-        if (!ok) {
-            snprintf(msg, msg_size, "GitLab's answer has a malformed runner token");
-            r = -EINVAL;
-        } else if (!(*ret_token = strdup(t))) {
-            r = -ENOMEM;
-        } else {
-            *ret_id = YAJL_GET_INTEGER(id);
-        }
-    }
-    yajl_tree_free(root);
-    return r;
-}
-
 static int do_register(const struct register_opts *o)
 {
     _cleanup_error_ struct al_error *err = NULL;
@@ -271,7 +234,8 @@ static int do_register(const struct register_opts *o)
     _cleanup_free_ char *token = NULL;
     int64_t id = 0;
     char msg[200];
-    if (parse_answer(answer, &token, &id, msg, sizeof(msg)) < 0) {
+    if (gitlab_register_answer_parse(answer, answer ? strlen(answer) : 0, &token, &id, msg,
+                                     sizeof(msg)) < 0) {
         fprintf(stderr, "agentlab gitlab register: %s\n", msg);
         return 1;
     }

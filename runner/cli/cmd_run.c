@@ -20,6 +20,7 @@
 #include "../base/util.h"
 #include "../config.h"
 #include "../engine.h"
+#include "../hardlimits.h"
 #include "../loop/curl_uv.h"
 #include "../loop/virt_uv.h"
 #include "../owner.h"
@@ -565,8 +566,9 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
             fprintf(stderr, "agentlab: error: %s\n", c->reason);
         else if (c->final == JOB_STATE_TIMED_OUT)
             fprintf(stderr, "agentlab: timed out: %s\n", c->reason);
-        say(c, "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
-               "cleanup %.2fs",
+        say(c,
+            "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
+            "cleanup %.2fs",
             job_state_to_string(c->final), c->exit_code, (double)r->ms_total / 1000.0,
             (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0,
             (double)r->ms_boot / 1000.0, (double)r->ms_run / 1000.0,
@@ -579,6 +581,11 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
             say(c, "artifacts: %s", r->artifacts.note);
         if (r->log_truncated)
             say(c, "output was truncated at max_log_size");
+        if (r->limits) {
+            char names[256];
+            al_limit_mask_format(r->limits, ", ", names, sizeof(names));
+            say(c, "limits hit: %s", names);
+        }
         if (r->cleanup_failed)
             fprintf(stderr, "agentlab: warning: cleanup incomplete: %s\n", r->cleanup_error);
         if (o->json)

@@ -704,6 +704,16 @@ int job_show(int argc, char **argv)
     char size[32];
     table_size((uint64_t)cli_json_int(j, JPATH("log_bytes"), 0), size, sizeof(size));
     printf("log:       %s\n", size);
+    /* hard limits the job ran into (SECURITY.md), names from the daemon */
+    yajl_val lim = cli_json_array(j, JPATH("limits_hit"));
+    if (lim && lim->u.array.len) {
+        printf("limits:   ");
+        for (size_t i = 0; i < lim->u.array.len; i++)
+            printf(" %s", YAJL_IS_STRING(lim->u.array.values[i])
+                                  ? YAJL_GET_STRING(lim->u.array.values[i])
+                                  : "?");
+        printf("\n");
+    }
     yajl_val att = cli_json_array(v, JPATH("attempts"));
     if (att && att->u.array.len) {
         static const char *const heads[] = {"ATTEMPT", "BACKEND", "VM",

@@ -8,6 +8,7 @@
 #include "../api/server.h"
 #include "../base/log.h"
 #include "../base/util.h"
+#include "../hardlimits.h"
 #include "github_auth.h"
 
 #define HOOK_MAX_CONNECTIONS 32
@@ -240,6 +241,7 @@ int github_hook_new(const struct github_hook_params *p, struct github_hook **ret
                     },
             .handler = &handler,
             .handler_data = h,
+            .body_limit = AL_LIMIT_WEBHOOK_BODY,
     };
     r = api_server_new(&sp, &h->srv, err);
     if (r == 0 && (r = api_server_start(h->srv, err)) < 0) {

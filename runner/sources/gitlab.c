@@ -16,6 +16,7 @@
 #include "../base/log.h"
 #include "../base/sha256.h"
 #include "../base/util.h"
+#include "../hardlimits.h"
 #include "../loop/http_client.h"
 #include "../loop/work.h"
 #include "gitlab_artifacts.h"
@@ -114,6 +115,7 @@ struct gitlab {
     struct al_http_call *poll_call;
     uint64_t backoff_ms;
     bool waiting_room; /* the poll timer waits for capacity */
+    bool at_cap;       /* `concurrent` jobs are active (counted once) */
     bool rejected_logged;
     struct gljob *jobs;
     int workers; /* directory removals in flight */
@@ -348,8 +350,13 @@ static bool pool_uses(const struct config_pool *pool, const char *backend)
 static bool has_room(struct gitlab *g)
 {
     unsigned checkouts = 0;
-    if (jobs_active(g, &checkouts) >= (unsigned)g->src->concurrent)
+    if (jobs_active(g, &checkouts) >= (unsigned)g->src->concurrent) {
+        if (!g->at_cap)
+            limits_hit(AL_LIMIT_SOURCE_JOBS);
+        g->at_cap = true;
         return false;
+    }
+    g->at_cap = false;
     const char *pool_name = *g->src->pool ? g->src->pool : g->cfg->agent.pool;
     const struct config_pool *pool = config_find_pool(g->cfg, pool_name);
     struct engine_backend_status st[MAX_BACKENDS];

@@ -12,6 +12,7 @@
 #include "../attempt.h"
 #include "../base/log.h"
 #include "../base/util.h"
+#include "../hardlimits.h"
 #include "../loop/http_client.h"
 
 #define LONG_POLL_S      30
@@ -47,6 +48,7 @@ struct httpq {
     struct engine_watch *watch;
     struct qjob *jobs;
     unsigned live;
+    bool at_cap; /* `concurrent` jobs are live: not polling (counted once) */
     /* polling */
     uv_timer_t poll_timer;
     struct al_http_call *poll_call;
@@ -431,7 +433,9 @@ static void on_poll_done(int result, const struct al_http_response *resp,
     }
     q->poll_backoff = backoff_next(q->poll_backoff);
     log_warn(NULL, "queue %s: polling failed (%s); retrying in %u s", q->src->name,
-             result < 0 ? al_error_message(err) : resp->reason[0] ? resp->reason : "bad status",
+             result < 0        ? al_error_message(err)
+             : resp->reason[0] ? resp->reason
+                               : "bad status",
              q->poll_backoff / 1000);
     poll_soon(q, q->poll_backoff);
 }
@@ -439,8 +443,15 @@ static void on_poll_done(int result, const struct al_http_response *resp,
 static void on_poll_timer(uv_timer_t *t)
 {
     struct httpq *q = t->data;
-    if (q->stopping || q->poll_call || q->live >= (unsigned)q->src->concurrent)
+    if (q->stopping || q->poll_call)
         return;
+    if (q->live >= (unsigned)q->src->concurrent) {
+        if (!q->at_cap)
+            limits_hit(AL_LIMIT_SOURCE_JOBS);
+        q->at_cap = true;
+        return;
+    }
+    q->at_cap = false;
     char path[64];
     snprintf(path, sizeof(path), "/jobs/next?wait=%d", LONG_POLL_S);
     _cleanup_free_ char *url = url_for(q, path);
@@ -489,12 +500,13 @@ int httpq_start(uv_loop_t *loop, struct al_curl *curl, struct engine *e,
     }
     while (len && isspace((unsigned char)q->token[len - 1]))
         q->token[--len] = '\0';
-    if (len < AL_REDACT_MIN_LEN || strpbrk(q->token, "\r\n") ||
-        al_redact_add(q->token) < 0 || asprintf(&q->auth, "Authorization: Bearer %s", q->token) < 0) {
+    if (len < AL_REDACT_MIN_LEN || strpbrk(q->token, "\r\n") || al_redact_add(q->token) < 0 ||
+        asprintf(&q->auth, "Authorization: Bearer %s", q->token) < 0) {
         explicit_bzero(q->token, len);
         free(q->token);
         free(q);
-        return al_error_set(err, EINVAL, "queue %s: the token in %s is empty, too short or not one line",
+        return al_error_set(err, EINVAL,
+                            "queue %s: the token in %s is empty, too short or not one line",
                             src->name, src->token_file);
     }
     static const struct engine_observer obs = {.event = on_event, .finished = on_finished};

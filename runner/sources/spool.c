@@ -9,6 +9,7 @@
 
 #include "../base/log.h"
 #include "../base/util.h"
+#include "../hardlimits.h"
 
 #define MAX_BATCH 64
 
@@ -27,6 +28,8 @@ struct spool {
     uv_fs_event_t watch;
     bool watching;
     uv_timer_t timer;
+    struct engine_watch *watch_jobs;
+    bool capped;   /* at the cap of live jobs: files wait in the dir */
     bool scanning; /* a batch awaits its sync */
     bool rescan;
     struct pending batch[MAX_BATCH];
@@ -153,11 +156,25 @@ static void scan(struct spool *s)
         return;
     }
     struct dirent *de = NULL;
+    bool capped = false;
     while (s->n_batch < MAX_BATCH && (de = readdir(d))) {
-        if (is_candidate(de->d_name))
-            submit_one(s, de->d_name);
+        if (!is_candidate(de->d_name))
+            continue;
+        /* the cap counts every live spool job, also those a restart took
+         * back; the rest wait as files until jobs end */
+        if (engine_live_jobs(s->e, JOB_SOURCE_SPOOL) >= (unsigned)s->src->concurrent) {
+            capped = true;
+            break;
+        }
+        submit_one(s, de->d_name);
     }
-    bool more = de != NULL;
+    if (capped && !s->capped) {
+        limits_hit(AL_LIMIT_SOURCE_JOBS);
+        log_info(NULL, "spool %s: %d jobs queued or running (concurrent); the rest wait",
+                 s->src->name, s->src->concurrent);
+    }
+    s->capped = capped;
+    bool more = de != NULL && !capped;
     closedir(d);
     if (s->n_batch) {
         s->scanning = true;
@@ -177,6 +194,18 @@ static void on_event(uv_fs_event_t *h, const char *filename, int events, int sta
 static void on_timer(uv_timer_t *t)
 {
     scan(t->data);
+}
+
+/* A job ended: when files wait for room, look again right away. */
+static void on_job_finished(const char *job_id, enum job_state state,
+                            const struct attempt_result *last, void *data)
+{
+    (void)job_id;
+    (void)state;
+    (void)last;
+    struct spool *s = data;
+    if (s->capped && !s->stopping)
+        uv_timer_start(&s->timer, on_timer, 0, (uint64_t)s->src->poll_interval_s * 1000u);
 }
 
 int spool_start(uv_loop_t *loop, struct engine *e, const struct config_source *src,
@@ -207,6 +236,8 @@ int spool_start(uv_loop_t *loop, struct engine *e, const struct config_source *s
     s->timer.data = s;
     uint64_t ms = (uint64_t)src->poll_interval_s * 1000u;
     uv_timer_start(&s->timer, on_timer, 0, ms);
+    static const struct engine_observer obs = {.finished = on_job_finished};
+    s->watch_jobs = engine_observe(e, &obs, s);
     log_info(NULL, "spool %s: watching %s", src->name, s->dir);
     *ret = s;
     return 0;
@@ -245,6 +276,10 @@ void spool_stop(struct spool *s, void (*done)(void *data), void *data)
     s->stopping = true;
     s->done = done;
     s->done_data = data;
+    if (s->watch_jobs) {
+        engine_unobserve(s->e, s->watch_jobs);
+        s->watch_jobs = NULL;
+    }
     uv_timer_stop(&s->timer);
     if (s->watching)
         uv_fs_event_stop(&s->watch);

@@ -9,7 +9,9 @@
  *   <dir>/rejected/NAME.error the reason, one line
  *
  * The directory is watched (inotify through libuv) and also rescanned every
- * poll_interval, so nothing is missed when events are.
+ * poll_interval, so nothing is missed when events are. At most `concurrent`
+ * spool jobs are queued or running at once (counting every spool source's);
+ * further files wait in the directory until one ends.
  */
 #ifndef AL_SPOOL_H
 #define AL_SPOOL_H

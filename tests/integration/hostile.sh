@@ -54,6 +54,7 @@ expect() {
 
 expect garbage 125 'malformed frame'
 expect oversized 125 'oversized frame'
+grep -q 'limits hit: .*frame_size' "$TEST_TMP/err" || fail "oversized: frame_size not reported"
 expect lies 125 'host-only frame'
 expect silent 125 'boot timeout'
 expect noexit 124 'did not stop it' --timeout 5
@@ -93,6 +94,7 @@ size=$(wc -c <"$TEST_TMP/flood.out")
 [ "$size" -le $((1024 * 1024)) ] || fail "flood: $size bytes of output passed the 1M limit"
 grep -q 'output truncated at 1048576 bytes' "$TEST_TMP/flood.err" "$TEST_TMP/flood.out" ||
     fail "flood: no truncation marker"
+grep -q 'limits hit: .*log_size' "$TEST_TMP/flood.err" || fail "flood: log_size not reported"
 assert_no_leftovers "$(job_id_from "$TEST_TMP/flood.err")"
 echo "--- hostile flood: ok ($size bytes kept)"
 

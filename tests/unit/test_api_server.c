@@ -8,6 +8,7 @@
 #include "test_util.h"
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "engine.h"
+#include "hardlimits.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -573,6 +575,35 @@ static void test_limits(void **state)
     tc_resp_clear(&r);
 }
 
+/* api_max_jobs: a submission over it gets 429; the hit is counted and shown
+ * in /metrics; room again once a job ends. */
+static void test_api_max_jobs(void **state)
+{
+    struct api_fixture *c = *state;
+    c->cfg->agent.api_max_jobs = 1;
+    uint64_t before = limits_hits(AL_LIMIT_API_JOBS);
+    char id[STORE_JOB_ID_SIZE];
+    submit(c, "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"hang\"}}", id);
+    wait_state(c, id, JOB_STATE_RUNNING);
+    struct tc_resp r = {0};
+    assert_int_equal(req(c, "POST", "/v1/jobs", "{\"command\":[\"x\"]}", &r), 429);
+    error_code_is(&r, "too_many_jobs");
+    assert_int_equal(limits_hits(AL_LIMIT_API_JOBS), before + 1);
+    assert_int_equal(req(c, "GET", "/metrics", NULL, &r), 200);
+    char line[96];
+    snprintf(line, sizeof(line), "agentlab_limit_hits_total{limit=\"api_jobs\"} %" PRIu64 "\n",
+             before + 1);
+    assert_non_null(strstr(r.body.data, line));
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/jobs/%s/cancel", id);
+    assert_int_equal(req(c, "POST", path, NULL, &r), 202);
+    wait_state(c, id, JOB_STATE_CANCELED);
+    char id2[STORE_JOB_ID_SIZE];
+    submit(c, "{\"command\":[\"x\"]}", id2);
+    wait_state(c, id2, JOB_STATE_SUCCEEDED);
+    tc_resp_clear(&r);
+}
+
 static void test_metrics(void **state)
 {
     struct api_fixture *c = *state;
@@ -706,6 +737,8 @@ int main(void)
                                             api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_limits, api_fixture_setup, api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_metrics, api_fixture_setup, api_fixture_teardown),
+            cmocka_unit_test_setup_teardown(test_api_max_jobs, api_fixture_setup,
+                                            api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_upload, api_fixture_setup, api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_stop_with_streams, api_fixture_setup,
                                             api_fixture_teardown),

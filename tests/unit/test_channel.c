@@ -202,9 +202,41 @@ static void test_bad_frames_close(void **state)
     g_send_raw(c, hdr, sizeof(hdr));
     while (!c->closed)
         uv_run(&c->loop, UV_RUN_ONCE);
-    assert_int_equal(c->close_result, -EPROTO);
+    assert_int_equal(c->close_result, -EMSGSIZE);
     assert_non_null(strstr(c->close_msg, "oversized"));
     assert_int_equal(c->frames, 0);
+}
+
+/* Over its frame rate the channel stops reading for a while: every frame
+ * still arrives, only later, and the pause is accounted. */
+static void test_rate_limit_throttles(void **state)
+{
+    struct ctx *c = *state;
+    struct al_error *err = NULL;
+    g_listen(c);
+    assert_int_equal(channel_open(&c->loop, c->path, 5000, 0, &ops, c, &c->ch, &err), 0);
+    channel_set_rate_limit(c->ch, 0, 100);
+    while (!c->g.accepted || !channel_is_connected(c->ch))
+        uv_run(&c->loop, UV_RUN_ONCE);
+    uint64_t t0 = al_now_mono_ms();
+    /* a burst of 100 frames is free; 150 more at 100/s take about 1.5 s */
+    for (int i = 0; i < 250; i++)
+        g_send(c, AL_FRAME_STDOUT, "x", 1);
+    while (c->frames < 250 && !c->closed)
+        uv_run(&c->loop, UV_RUN_ONCE);
+    /* what one read brought is delivered at once (the bucket goes into
+     * debt); the next frame waits until the debt is paid */
+    g_send(c, AL_FRAME_STDOUT, "y", 1);
+    while (c->frames < 251 && !c->closed)
+        uv_run(&c->loop, UV_RUN_ONCE);
+    uint64_t took = al_now_mono_ms() - t0;
+    assert_false(c->closed);
+    assert_int_equal(c->out.len, 251);
+    uint64_t ms = 0, count = 0;
+    channel_throttle_stats(c->ch, &ms, &count);
+    assert_true(count >= 1);
+    assert_true(ms >= 1000);
+    assert_true(took >= 1000);
 }
 
 static void test_garbage_closes(void **state)
@@ -246,9 +278,9 @@ static void test_send_file_then_frame(void **state)
     assert_int_equal(channel_open(&c->loop, c->path, 5000, 0, &ops, c, &c->ch, &err), 0);
     /* queued before the connection exists: goes out once connected, in order */
     assert_int_equal(channel_send(c->ch, AL_FRAME_JOB, "job", 3), 0);
-    assert_int_equal(channel_send_file(c->ch, AL_FRAME_WORKDIR, AL_FRAME_WORKDIR_END, file,
-                                       on_file_sent, c),
-                     0);
+    assert_int_equal(
+            channel_send_file(c->ch, AL_FRAME_WORKDIR, AL_FRAME_WORKDIR_END, file, on_file_sent, c),
+            0);
     assert_int_equal(channel_send(c->ch, AL_FRAME_START, NULL, 0), 0);
     /* the guest reads everything; parse what it got */
     size_t expect = (8 + 3) + 3 * 8 + size + 8 + 8;
@@ -265,8 +297,8 @@ static void test_send_file_then_frame(void **state)
     while (off < c->g.rx.len) {
         size_t used;
         struct al_frame f;
-        int r = al_frame_decoder_feed(&dec, (uint8_t *)c->g.rx.data + off, c->g.rx.len - off,
-                                      &used, &f);
+        int r = al_frame_decoder_feed(&dec, (uint8_t *)c->g.rx.data + off, c->g.rx.len - off, &used,
+                                      &f);
         assert_true(r >= 0);
         off += used;
         if (r == 1) {
@@ -307,6 +339,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_garbage_closes, setup, teardown),
             cmocka_unit_test_setup_teardown(test_send_file_then_frame, setup, teardown),
             cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_rate_limit_throttles, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -154,6 +154,10 @@ static void test_errors_name_file_line_key(void **state)
             {"[agent]\nstate_dir = relative\n", "bad value \"relative\" for key \"state_dir\""},
             {"[agent]\npool = nope\n[pool \"ci\"]\n", "the default pool \"nope\" is not defined"},
             {"[source \"q\"]\ntype = http\n", "source \"q\" of type http needs a url"},
+            /* found by fuzz_config: the implicit default pool took this name
+             * and the printed config did not load again */
+            {"[agent]\npool = a = [b\n", "bad value \"a = [b\" for key \"pool\""},
+            {"[agent]\nimage = ../x\n", "bad value \"../x\" for key \"image\""},
     };
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         char *msg = load_err(cases[i].text);
@@ -258,6 +262,27 @@ static void test_github_source(void **state)
     free(msg);
 }
 
+/* Found by fuzz_config: libinih hands over section names cut at 50 bytes,
+ * so keys under [source "<a 63-byte name>"] used to land in a section with
+ * a cut name ("needs a quoted name"). */
+static void test_long_section_names(void **state)
+{
+    (void)state;
+    const char *n63 = "b23456789012345678901234567890123456789012345678901234567890123";
+    char text[512];
+    snprintf(text, sizeof(text),
+             "[backend \"%s\"]\nmax_vms = 3\n[pool \"default\"]\nbackends = %s\n"
+             "[source \"%s\"]\nconcurrent = 7\n",
+             n63, n63, n63);
+    struct config *c = load_ok(text);
+    assert_int_equal(c->n_backends, 1);
+    assert_string_equal(c->backends[0].name, n63);
+    assert_int_equal(c->backends[0].max_vms, 3);
+    assert_int_equal(c->n_sources, 1);
+    assert_int_equal(c->sources[0].concurrent, 7);
+    config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -268,6 +293,7 @@ int main(void)
             cmocka_unit_test(test_long_line_and_nul),
             cmocka_unit_test(test_print_roundtrip),
             cmocka_unit_test(test_github_source),
+            cmocka_unit_test(test_long_section_names),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -76,6 +76,9 @@ static void test_domain_validates(void **state)
     assert_int_equal(validate(xml, "domain"), 0);
     /* no NIC unless asked for one */
     assert_null(strstr(xml, "<interface"));
+    /* QEMU stays under libvirt's default confinement (sVirt): never a
+     * seclabel of our own, least of all type='none' */
+    assert_null(strstr(xml, "seclabel"));
     assert_non_null(strstr(xml, "name='org.agentlab.job'"));
     assert_non_null(strstr(xml, "<on_reboot>destroy</on_reboot>"));
     free(xml);
@@ -88,6 +91,13 @@ static void test_domain_validates(void **state)
     assert_int_equal(domain_xml_build(&p, &xml, &err), 0);
     assert_int_equal(validate(xml, "domain"), 0);
     assert_non_null(strstr(xml, "<filterref filter='" AL_NWFILTER_NAME "'>"));
+    assert_non_null(strstr(xml, "<parameter name='GATEWAY' value='203.0.113.1'/>"));
+    /* one NIC, and it is the filtered one */
+    const char *nic = strstr(xml, "<interface");
+    assert_non_null(nic);
+    assert_null(strstr(nic + 1, "<interface"));
+    assert_true(strstr(xml, "<filterref") > nic);
+    assert_null(strstr(xml, "seclabel"));
     assert_non_null(strstr(xml, "host-passthrough"));
     assert_null(strstr(xml, "vdb"));
     free(xml);
@@ -125,6 +135,23 @@ static void test_volume_pool_filter_validate(void **state)
     assert_int_equal(validate(xml, "storagepool"), 0);
     free(xml);
     assert_int_equal(validate(nwfilter_xml(), "nwfilter"), 0);
+    /* the egress filter drops private, shared, link-local and loopback
+     * space and spoofing */
+    static const char *const dropped[] = {
+            "dstipaddr='10.0.0.0' dstipmask='8'",
+            "dstipaddr='172.16.0.0' dstipmask='12'",
+            "dstipaddr='192.168.0.0' dstipmask='16'",
+            "dstipaddr='100.64.0.0' dstipmask='10'",
+            "dstipaddr='169.254.0.0' dstipmask='16'",
+            "dstipaddr='127.0.0.0' dstipmask='8'",
+            "dstipaddr='fc00::' dstipmask='7'",
+            "dstipaddr='fe80::' dstipmask='10'",
+            "filter='no-mac-spoofing'",
+            "filter='no-ip-spoofing'",
+    };
+    for (size_t i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++)
+        assert_non_null(strstr(nwfilter_xml(), dropped[i]));
+    assert_null(strstr(nwfilter_xml(), "action='accept' direction='out' priority='1'>"));
 }
 
 static void quiet(void *d, virErrorPtr e)

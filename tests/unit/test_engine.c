@@ -15,6 +15,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "engine.h"
+#include "hardlimits.h"
 #include "images/catalog.h"
 #include "fake_backend.h"
 #include "loop/work.h"
@@ -94,7 +95,9 @@ static void engine_up(struct ctx *c)
     static const struct engine_observer obs = {
             .event = on_event, .output = on_output, .finished = on_finished};
     struct al_error *err = NULL;
-    struct engine_params ep = {.loop = &c->loop, .cfg = c->cfg, .store = c->store,
+    struct engine_params ep = {.loop = &c->loop,
+                               .cfg = c->cfg,
+                               .store = c->store,
                                .owner_id = "daemon:00000000000000000000000000000001"};
     assert_int_equal(engine_new(&ep, &c->engine, &err), 0);
     c->watch = engine_observe(c->engine, &obs, c);
@@ -330,8 +333,7 @@ static void test_rejects_bad_jobs(void **state)
     assert_non_null(msg);
     assert_non_null(strstr(msg, "pool: no pool named \"nope\""));
     free(msg);
-    msg = submit(c, "{\"command\":[\"x\"],\"resources\":{\"cpus\":64,\"memory_mb\":500000}}",
-                 id);
+    msg = submit(c, "{\"command\":[\"x\"],\"resources\":{\"cpus\":64,\"memory_mb\":500000}}", id);
     assert_non_null(msg);
     assert_non_null(strstr(msg, "fit no backend"));
     free(msg);
@@ -339,6 +341,13 @@ static void test_rejects_bad_jobs(void **state)
     assert_non_null(msg);
     assert_non_null(strstr(msg, "ghost"));
     free(msg);
+    /* a disk over max_disk_size (default 64G) is refused and counted */
+    uint64_t hits = limits_hits(AL_LIMIT_DISK_SIZE);
+    msg = submit(c, "{\"command\":[\"x\"],\"resources\":{\"disk_gb\":65}}", id);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "resources.disk_gb: 65 GiB is more than max_disk_size (64 GiB)"));
+    free(msg);
+    assert_int_equal(limits_hits(AL_LIMIT_DISK_SIZE), hits + 1);
     /* nothing was stored */
     struct store_job_page page = {0};
     struct store_job_filter f = {.state = JOB_STATE_NONE, .source = JOB_SOURCE_NONE};
@@ -374,11 +383,11 @@ static void test_stop_requeues_and_restart_reconciles(void **state)
     assert_int_equal(store_job_transition(c->store, running, &t, NULL, &err), 0);
     t.to = JOB_STATE_BOOTING;
     assert_int_equal(store_job_transition(c->store, running, &t, NULL, &err), 0);
-    planted[0] = (struct owned_vm){.name = "fake-a-x-2", .owner =
-                                           "daemon:00000000000000000000000000000001",
+    planted[0] = (struct owned_vm){.name = "fake-a-x-2",
+                                   .owner = "daemon:00000000000000000000000000000001",
                                    .job_id = running};
-    planted[1] = (struct owned_vm){.name = "someone-else", .owner =
-                                           "daemon:ffffffffffffffffffffffffffffffff"};
+    planted[1] = (struct owned_vm){.name = "someone-else",
+                                   .owner = "daemon:ffffffffffffffffffffffffffffffff"};
     planted[2] = (struct owned_vm){.name = "dead-run", .owner = "run:not-this-boot:1:1"};
     n_planted = 3;
     engine_up(c);

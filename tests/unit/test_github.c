@@ -22,6 +22,7 @@
 #include "base/buf.h"
 #include "base/hmac.h"
 #include "base/util.h"
+#include "hardlimits.h"
 #include "sources/github_auth.h"
 #include "sources/github_hook.h"
 #include "sources/github_payload.h"
@@ -720,6 +721,8 @@ static void test_hook(void **state)
             {"POST", "application/json; charset=utf-8", "workflow_job", "d-10", job, 0, NULL, 202,
              0},
     };
+    uint64_t webhook_hits = limits_hits(AL_LIMIT_WEBHOOK_BODY);
+    uint64_t api_hits = limits_hits(AL_LIMIT_API_BODY);
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct hook_run run = {.cases = cases, .n = ARRAY_SIZE(cases)};
@@ -753,6 +756,9 @@ static void test_hook(void **state)
     }
     assert_int_equal(run.jobs, 2);
     assert_int_equal(run.last_job, 42);
+    /* the oversized delivery counts as the webhook limit, not the API's */
+    assert_int_equal(limits_hits(AL_LIMIT_WEBHOOK_BODY), webhook_hits + 1);
+    assert_int_equal(limits_hits(AL_LIMIT_API_BODY), api_hits);
     struct github_hook_stats st;
     github_hook_stats(h, &st);
     assert_int_equal(st.bad_signature, 2);

@@ -14,6 +14,7 @@
 #include "base/util.h"
 #include "sources/gitlab_checkout.h"
 #include "sources/gitlab_job.h"
+#include "sources/gitlab_register.h"
 
 #define TOKEN  "glcbt-64_Zz9TestJobTokenXyz"
 #define SECRET "masked-value-0123456789"
@@ -534,10 +535,51 @@ static void test_url_and_helpers(void **state)
     free(b);
 }
 
+/* GitLab's answer to runner creation: the token is checked before the
+ * CLI writes it to the token file */
+static void test_register_answer(void **state)
+{
+    (void)state;
+    char *token = NULL;
+    int64_t id = 0;
+    char msg[200];
+    const char *ok = "{\"id\":42,\"token\":\"glrt-t3_AbCdEfGh\",\"token_expires_at\":null}";
+    assert_int_equal(gitlab_register_answer_parse(ok, strlen(ok), &token, &id, msg, sizeof(msg)),
+                     0);
+    assert_string_equal(token, "glrt-t3_AbCdEfGh");
+    assert_int_equal(id, 42);
+    free(token);
+    static const char *const bad[] = {
+            "",
+            "[]",
+            "{\"id\":42}",
+            "{\"id\":\"42\",\"token\":\"glrt-t3_AbCdEfGh\"}",
+            "{\"id\":4.2,\"token\":\"glrt-t3_AbCdEfGh\"}",
+            "{\"id\":42,\"token\":\"short\"}",
+            "{\"id\":42,\"token\":\"glrt-with space\"}",
+            "{\"id\":42,\"token\":\"glrt-line\\nbreak\"}",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        token = NULL;
+        msg[0] = '\0';
+        assert_int_equal(
+                gitlab_register_answer_parse(bad[i], strlen(bad[i]), &token, &id, msg, sizeof(msg)),
+                -EINVAL);
+        assert_null(token);
+        assert_true(msg[0] != '\0');
+    }
+    /* a NUL inside the body is refused, not read up to */
+    static const char nul[] = "{\"id\":42,\"token\":\"glrt-t3_AbCdEfGh\"}\0junk";
+    assert_int_equal(
+            gitlab_register_answer_parse(nul, sizeof(nul) - 1, &token, &id, msg, sizeof(msg)),
+            -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_parse_realistic),
+            cmocka_unit_test(test_register_answer),
             cmocka_unit_test(test_parse_rejects),
             cmocka_unit_test(test_parse_rejects_document),
             cmocka_unit_test(test_parse_git_info),

@@ -773,12 +773,19 @@ static void test_migration_from_v1(void **state)
     struct al_error *err = NULL;
     if (store_open(path, NULL, &s, &err) < 0)
         fail_msg("open v1: %s", al_error_message(err));
-    assert_int_equal(store_schema_version(s), 2);
+    assert_int_equal(store_schema_version(s), STORE_SCHEMA_VERSION);
     struct store_job *job = NULL;
     assert_int_equal(store_job_get(s, "j0000000000010000000a", &job, NULL), 0);
     assert_int_equal(job->state, JOB_STATE_RUNNING);
     assert_int_equal(job->bytes, 0);
     assert_string_equal(job->labels[0], "old");
+    assert_int_equal(job->limits, 0);
+    store_job_free(job);
+    /* limits a job ran into accumulate */
+    assert_int_equal(store_job_add_limits(s, "j0000000000010000000a", 1u << 0, NULL), 0);
+    assert_int_equal(store_job_add_limits(s, "j0000000000010000000a", 1u << 4, NULL), 0);
+    assert_int_equal(store_job_get(s, "j0000000000010000000a", &job, NULL), 0);
+    assert_int_equal(job->limits, (1u << 0) | (1u << 4));
     store_job_free(job);
     /* the new parts work on the migrated data */
     const char *h = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -790,7 +797,7 @@ static void test_migration_from_v1(void **state)
 
     /* a second open has nothing to migrate */
     assert_int_equal(store_open(path, NULL, &s, NULL), 0);
-    assert_int_equal(store_schema_version(s), 2);
+    assert_int_equal(store_schema_version(s), STORE_SCHEMA_VERSION);
     store_close(s);
     free(path);
 }
