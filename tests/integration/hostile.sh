@@ -16,7 +16,8 @@ micro=$AGENTLAB_STATE_DIR/images/micro
 cat >"$AGENTLAB_CONFIG" <<CONF
 [agent]
 image = micro
-boot_timeout = 60s
+# the micro image boots in 7-25 s even on a loaded host; "silent" waits all of it
+boot_timeout = 90s
 max_attempts = 1
 max_log_size = 1M
 max_artifact_size = 10M
