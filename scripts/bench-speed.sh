@@ -177,7 +177,7 @@ dpid=""
 
 col() { cut -d' ' -f"$1" "$2" | median; }
 echo
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r), accel: $(cat "$work/run/accel-probe" 2>/dev/null | head -c 60 || echo ?)"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r), accel: $(sed -n 's/^kind=//p' "$work/run/accel-probe" 2>/dev/null || echo ?)"
 echo "image: $image; medians over $n runs, milliseconds"
 printf '%-58s %10s\n' "queued -> first output line, cold (agentlab run)" "$(col 1 "$work/cold_first")"
 printf '%-58s %10s\n' "queued -> first output line, warm (daemon, warm = 1)" "$(col 1 "$work/warm_first")"
