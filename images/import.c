@@ -96,10 +96,13 @@ int image_import(const char *state_dir, const struct image_import *imp, struct a
         return al_error_set_errno(err, errno, "creating a directory in %s", root);
     chmod(tmpl, 0755);
 
-    struct image_info info = {.name = (char *)imp->name, .dir = tmpl, .format = "qcow2",
+    struct image_info info = {.name = (char *)imp->name,
+                              .dir = tmpl,
+                              .format = "qcow2",
                               .cmdline = (char *)(imp->cmdline ? imp->cmdline : ""),
-                              .recipe = "import", .recipe_hash = "", .builder_version =
-                                      "agentlab " AL_VERSION " (import)"};
+                              .recipe = "import",
+                              .recipe_hash = "",
+                              .builder_version = "agentlab " AL_VERSION " (import)"};
     char sha[AL_SHA256_HEX_SIZE];
     _cleanup_free_ char *disk = al_path_join(tmpl, IMAGE_DISK_FILE);
     _cleanup_free_ char *kernel = al_path_join(tmpl, IMAGE_KERNEL_FILE);

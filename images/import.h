@@ -14,10 +14,10 @@ struct image_import {
     const char *name;
     const char *kernel;
     const char *initrd;
-    const char *disk;     /* a qcow2 file, or NULL for an empty one */
-    uint64_t empty_size;  /* virtual size of the empty disk; 0 = 64 MiB */
-    const char *cmdline;  /* kernel command line */
-    bool replace;         /* replace an existing image of that name */
+    const char *disk;    /* a qcow2 file, or NULL for an empty one */
+    uint64_t empty_size; /* virtual size of the empty disk; 0 = 64 MiB */
+    const char *cmdline; /* kernel command line */
+    bool replace;        /* replace an existing image of that name */
 };
 
 /* Blocking. Refuses an existing name unless replace, and a disk that is not

@@ -142,7 +142,8 @@ int owner_lock_state_dir(const char *state_dir, int *ret_fd, struct al_error **e
         int e = errno;
         close(fd);
         if (e == EWOULDBLOCK)
-            return al_error_set(err, EBUSY, "another agentlabd (or agentlab gc) is using state dir %s",
+            return al_error_set(err, EBUSY,
+                                "another agentlabd (or agentlab gc) is using state dir %s",
                                 state_dir);
         return al_error_set_errno(err, e, "locking %s", path);
     }

@@ -89,8 +89,8 @@ static void pool_usage(FILE *out)
 
 static void show_pools(yajl_val v)
 {
-    static const char *const bh[] = {"BACKEND", "TYPE",   "HEALTH",       "VMS",          "VCPUS",
-                                     "MEMORY",  "WARM",   "JOBS STARTED", "LAST FALLBACK"};
+    static const char *const bh[] = {"BACKEND", "TYPE", "HEALTH",       "VMS",          "VCPUS",
+                                     "MEMORY",  "WARM", "JOBS STARTED", "LAST FALLBACK"};
     struct table *t = table_new(9, bh);
     yajl_val arr = cli_json_array(v, JPATH("backends"));
     for (size_t i = 0; t && arr && i < arr->u.array.len; i++) {
@@ -219,8 +219,12 @@ static void show_vms(yajl_val v)
             snprintf(att, sizeof(att), "%lld", (long long)cli_json_int(x, JPATH("attempt"), 0));
             table_age(cli_json_int(x, JPATH("created_ms"), 0), age, sizeof(age));
         }
-        const char *cells[] = {cli_json_str(x, JPATH("backend")), cli_json_str(x, JPATH("name")),
-                               job, att, state, age};
+        const char *cells[] = {cli_json_str(x, JPATH("backend")),
+                               cli_json_str(x, JPATH("name")),
+                               job,
+                               att,
+                               state,
+                               age};
         table_add(t, cells);
     }
     if (t)

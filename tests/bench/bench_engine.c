@@ -60,7 +60,9 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct engine *e = NULL;
-    struct engine_params ep = {.loop = &loop, .cfg = cfg, .store = store,
+    struct engine_params ep = {.loop = &loop,
+                               .cfg = cfg,
+                               .store = store,
                                .owner_id = "daemon:00000000000000000000000000000000"};
     if (engine_new(&ep, &e, &err) < 0) {
         fprintf(stderr, "%s\n", al_error_message(err));

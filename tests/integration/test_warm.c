@@ -106,7 +106,9 @@ static void test_warm_pool(void **state)
     struct ctx c = {0};
     uv_loop_init(&c.loop);
     assert_int_equal(al_virt_event_register(&c.loop, &err), 0);
-    struct engine_params ep = {.loop = &c.loop, .cfg = cfg, .store = store,
+    struct engine_params ep = {.loop = &c.loop,
+                               .cfg = cfg,
+                               .store = store,
                                .owner_id = "daemon:0000000000000000000000000000aaaa"};
     if (engine_new(&ep, &c.engine, &err) < 0)
         fail_msg("engine: %s", al_error_message(err));
@@ -124,10 +126,9 @@ static void test_warm_pool(void **state)
         assert_true(warm_ready(&c));
         /* the job proves its VM is fresh: the marker of a previous job must
          * not be there */
-        const char spec_json[] =
-                "{\"command\":[\"sh\",\"-c\",\"echo first line; "
-                "if [ -e /home/agentlab/marker ]; then echo REUSED; fi; "
-                "echo job > /home/agentlab/marker\"]}";
+        const char spec_json[] = "{\"command\":[\"sh\",\"-c\",\"echo first line; "
+                                 "if [ -e /home/agentlab/marker ]; then echo REUSED; fi; "
+                                 "echo job > /home/agentlab/marker\"]}";
         struct job_spec *spec = NULL;
         assert_int_equal(job_spec_parse(spec_json, sizeof(spec_json) - 1, 0, &spec, &err), 0);
         c.first_output_us = 0;

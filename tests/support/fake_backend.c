@@ -128,8 +128,8 @@ int fake_a_health;
 static void fake_capacity(struct backend *b, struct backend_capacity *ret)
 {
     struct fake_backend *fb = b->priv;
-    struct backend_capacity c = {.max_vms = b->cfg->max_vms, .vcpus = 64, .memory = 64ull << 30,
-                                 .healthy = true};
+    struct backend_capacity c = {
+            .max_vms = b->cfg->max_vms, .vcpus = 64, .memory = 64ull << 30, .healthy = true};
     if (streq(b->name, "a") && fake_a_health) {
         c.healthy = false;
         c.broken = fake_a_health == 2;
@@ -255,7 +255,6 @@ const struct backend_ops fake_backend_ops = {
         .destroy_owned = fake_destroy_owned,
 };
 
-
 void fake_backend_register(void)
 {
     backend_register(BACKEND_LIBVIRT, &fake_backend_ops);
@@ -274,8 +273,12 @@ void fake_backend_write_image(const char *state_dir, const char *name)
     char *dir = NULL;
     if (asprintf(&dir, "%s/images/%s", state_dir, name) < 0 || al_mkdir_p(dir, 0755, &err) < 0)
         abort();
-    struct image_info info = {.name = (char *)name, .dir = dir, .format = "qcow2",
-                              .cmdline = "console=ttyS0", .recipe = "fake", .recipe_hash = "0",
+    struct image_info info = {.name = (char *)name,
+                              .dir = dir,
+                              .format = "qcow2",
+                              .cmdline = "console=ttyS0",
+                              .recipe = "fake",
+                              .recipe_hash = "0",
                               .sha256 = "0"};
     info.disk = al_path_join(dir, IMAGE_DISK_FILE);
     info.kernel = al_path_join(dir, IMAGE_KERNEL_FILE);
