@@ -10,6 +10,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "../base/hmac.h"
+#include "../base/json_tree.h"
 #include "../base/util.h"
 
 DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
@@ -99,69 +100,6 @@ static int parse_root(const char *data, size_t len, size_t max, yajl_val *ret,
 
 /* ---- tree access --------------------------------------------------------- */
 
-static const char *type_name(yajl_val v)
-{
-    if (!v)
-        return "nothing";
-    if (YAJL_IS_STRING(v))
-        return "a string";
-    if (YAJL_IS_INTEGER(v))
-        return "an integer";
-    if (YAJL_IS_NUMBER(v))
-        return "a number";
-    if (YAJL_IS_OBJECT(v))
-        return "an object";
-    if (YAJL_IS_ARRAY(v))
-        return "an array";
-    if (YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v))
-        return "a boolean";
-    return "null";
-}
-
-_printf_(3, 4) static int fail(struct al_error **err, const char *path, const char *fmt, ...)
-{
-    char msg[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return al_error_set(err, EINVAL, "%s%s%s", path, *path ? ": " : "", msg);
-}
-
-/* path + "." + key, or path + "[idx]" when key is NULL. */
-static const char *sub(char *buf, size_t size, const char *path, const char *key, size_t idx)
-{
-    int n;
-    if (key)
-        n = snprintf(buf, size, "%s%s%s", path, *path ? "." : "", key);
-    else
-        n = snprintf(buf, size, "%s[%zu]", path, idx);
-    if (n < 0 || (size_t)n >= size)
-        snprintf(buf, size, "%s", "(deep path)");
-    return buf;
-}
-
-/* The member key of obj (NULL when absent or null). A key given twice is an
- * error: two readers of the document could disagree about it. */
-static int member(yajl_val obj, const char *key, const char *path, yajl_val *ret,
-                  struct al_error **err)
-{
-    yajl_val found = NULL;
-    bool seen = false;
-    for (size_t i = 0; i < obj->u.object.len; i++) {
-        if (!streq(obj->u.object.keys[i], key))
-            continue;
-        if (seen) {
-            char p[256];
-            return fail(err, sub(p, sizeof(p), path, key, 0), "given more than once");
-        }
-        seen = true;
-        found = obj->u.object.values[i];
-    }
-    *ret = found && !YAJL_IS_NULL(found) ? found : NULL;
-    return 0;
-}
-
 enum str_kind {
     STR_TEXT,  /* printable, spaces allowed */
     STR_WORD,  /* printable, no spaces */
@@ -216,26 +154,26 @@ static int get_str(yajl_val obj, const char *key, const char *path, size_t max, 
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v) {
         if (required)
-            return fail(err, p, "missing");
+            return al_json_fail(err, p, "missing");
         *ret = NULL;
         return 0;
     }
     if (!YAJL_IS_STRING(v))
-        return fail(err, p, "expected a string, got %s", type_name(v));
+        return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(v));
     const char *s = YAJL_GET_STRING(v);
     size_t n = strlen(s);
     if (n > max)
-        return fail(err, p, "longer than %zu bytes", max);
+        return al_json_fail(err, p, "longer than %zu bytes", max);
     if (required && n == 0)
-        return fail(err, p, "empty");
+        return al_json_fail(err, p, "empty");
     if (!str_ok(s, kind))
-        return fail(err, p, "expected %s", kind_text(kind));
+        return al_json_fail(err, p, "expected %s", kind_text(kind));
     char *copy = strdup(s);
     if (!copy)
         return al_error_set(err, ENOMEM, "out of memory");
@@ -249,22 +187,22 @@ static int get_int(yajl_val obj, const char *key, const char *path, int64_t min,
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v) {
         if (required)
-            return fail(err, p, "missing");
+            return al_json_fail(err, p, "missing");
         *ret = 0;
         return 0;
     }
     if (!YAJL_IS_INTEGER(v))
-        return fail(err, p, "expected an integer, got %s", type_name(v));
+        return al_json_fail(err, p, "expected an integer, got %s", al_json_type_name(v));
     long long x = YAJL_GET_INTEGER(v);
     if (x < min || x > max)
-        return fail(err, p, "expected an integer from %lld to %lld", (long long)min,
-                    (long long)max);
+        return al_json_fail(err, p, "expected an integer from %lld to %lld", (long long)min,
+                            (long long)max);
     *ret = x;
     return 0;
 }
@@ -274,18 +212,18 @@ static int get_bool(yajl_val obj, const char *key, const char *path, bool requir
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v) {
         if (required)
-            return fail(err, p, "missing");
+            return al_json_fail(err, p, "missing");
         *ret = false;
         return 0;
     }
     if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
-        return fail(err, p, "expected a boolean, got %s", type_name(v));
+        return al_json_fail(err, p, "expected a boolean, got %s", al_json_type_name(v));
     *ret = YAJL_IS_TRUE(v);
     return 0;
 }
@@ -295,18 +233,18 @@ static int get_obj(yajl_val obj, const char *key, const char *path, bool require
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v) {
         if (required)
-            return fail(err, p, "missing");
+            return al_json_fail(err, p, "missing");
         *ret = NULL;
         return 0;
     }
     if (!YAJL_IS_OBJECT(v))
-        return fail(err, p, "expected an object, got %s", type_name(v));
+        return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
     *ret = v;
     return 0;
 }
@@ -316,16 +254,16 @@ static int get_array(yajl_val obj, const char *key, const char *path, size_t max
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v)
-        return fail(err, p, "missing");
+        return al_json_fail(err, p, "missing");
     if (!YAJL_IS_ARRAY(v))
-        return fail(err, p, "expected an array, got %s", type_name(v));
+        return al_json_fail(err, p, "expected an array, got %s", al_json_type_name(v));
     if (v->u.array.len > max)
-        return fail(err, p, "more than %zu entries", max);
+        return al_json_fail(err, p, "more than %zu entries", max);
     *ret = v;
     return 0;
 }
@@ -354,22 +292,22 @@ static int parse_labels(yajl_val job, const char *path, struct github_job *j, st
     int r = get_array(job, "labels", path, GITHUB_MAX_LABELS, &arr, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, "labels", 0);
+    al_json_path(p, sizeof(p), path, "labels", 0);
     size_t n = arr->u.array.len;
     j->labels = calloc(n + 1, sizeof(char *));
     if (!j->labels)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
         yajl_val v = arr->u.array.values[i];
-        sub(q, sizeof(q), p, NULL, i);
+        al_json_path(q, sizeof(q), p, NULL, i);
         if (!YAJL_IS_STRING(v))
-            return fail(err, q, "expected a string, got %s", type_name(v));
+            return al_json_fail(err, q, "expected a string, got %s", al_json_type_name(v));
         const char *s = YAJL_GET_STRING(v);
         size_t len = strlen(s);
         if (len == 0 || len > GITHUB_MAX_LABEL)
-            return fail(err, q, "expected 1 to %d bytes", GITHUB_MAX_LABEL);
+            return al_json_fail(err, q, "expected 1 to %d bytes", GITHUB_MAX_LABEL);
         if (!str_ok(s, STR_TEXT))
-            return fail(err, q, "expected %s", kind_text(STR_TEXT));
+            return al_json_fail(err, q, "expected %s", kind_text(STR_TEXT));
         if (!(j->labels[i] = strdup(s)))
             return al_error_set(err, ENOMEM, "out of memory");
         j->n_labels = i + 1;
@@ -447,7 +385,7 @@ int github_webhook_parse(const char *data, size_t len, struct github_job **ret,
         (r = get_obj(root, "installation", "", false, &inst, err)) < 0)
         return r;
     if (!github_repo_is_valid(j->repo))
-        return fail(err, "repository.full_name", "expected OWNER/NAME");
+        return al_json_fail(err, "repository.full_name", "expected OWNER/NAME");
     if (inst &&
         (r = get_int(inst, "id", "installation", 1, INT64_MAX, true, &j->installation_id, err)) < 0)
         return r;
@@ -567,11 +505,11 @@ int github_parse_jitconfig(const char *data, size_t len, int64_t *ret_runner_id,
     if (strlen(config) < 8) {
         explicit_bzero(config, strlen(config));
         free(config);
-        return fail(err, "encoded_jit_config", "shorter than 8 bytes");
+        return al_json_fail(err, "encoded_jit_config", "shorter than 8 bytes");
     }
     /* yajl's copy of the value goes with the tree: wipe it first */
     yajl_val v = NULL;
-    if (member(root, "encoded_jit_config", "", &v, NULL) == 0 && v && YAJL_IS_STRING(v))
+    if (al_json_member(root, "encoded_jit_config", "", &v, NULL) == 0 && v && YAJL_IS_STRING(v))
         explicit_bzero(v->u.string, strlen(v->u.string));
     *ret_runner_id = id;
     *ret_config = config;
@@ -605,10 +543,10 @@ int github_parse_runners(const char *data, size_t len, struct github_runner_list
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < arr->u.array.len && r == 0; i++) {
         char p[64];
-        sub(p, sizeof(p), "runners", NULL, i);
+        al_json_path(p, sizeof(p), "runners", NULL, i);
         yajl_val o = arr->u.array.values[i];
         if (!YAJL_IS_OBJECT(o)) {
-            r = fail(err, p, "expected an object, got %s", type_name(o));
+            r = al_json_fail(err, p, "expected an object, got %s", al_json_type_name(o));
             break;
         }
         struct github_runner *x = &l.v[i];
@@ -656,10 +594,10 @@ int github_parse_runs(const char *data, size_t len, struct github_run_list *ret,
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < arr->u.array.len && r == 0; i++) {
         char p[64];
-        sub(p, sizeof(p), "workflow_runs", NULL, i);
+        al_json_path(p, sizeof(p), "workflow_runs", NULL, i);
         yajl_val o = arr->u.array.values[i];
         if (!YAJL_IS_OBJECT(o)) {
-            r = fail(err, p, "expected an object, got %s", type_name(o));
+            r = al_json_fail(err, p, "expected an object, got %s", al_json_type_name(o));
             break;
         }
         struct github_run *x = &l.v[i];
@@ -703,10 +641,10 @@ int github_parse_jobs(const char *data, size_t len, struct github_job_list *ret,
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < arr->u.array.len && r == 0; i++) {
         char p[64];
-        sub(p, sizeof(p), "jobs", NULL, i);
+        al_json_path(p, sizeof(p), "jobs", NULL, i);
         yajl_val o = arr->u.array.values[i];
         if (!YAJL_IS_OBJECT(o)) {
-            r = fail(err, p, "expected an object, got %s", type_name(o));
+            r = al_json_fail(err, p, "expected an object, got %s", al_json_type_name(o));
             break;
         }
         if (!(l.v[i] = calloc(1, sizeof(struct github_job)))) {
@@ -788,16 +726,16 @@ int github_parse_token(const char *data, size_t len, char **ret_token, int64_t *
         return r;
     int64_t t = 0;
     if (github_parse_time(expires, &t) < 0)
-        return fail(err, "expires_at", "expected YYYY-MM-DDTHH:MM:SSZ");
+        return al_json_fail(err, "expires_at", "expected YYYY-MM-DDTHH:MM:SSZ");
     if ((r = get_str(root, "token", "", GITHUB_MAX_TOKEN, true, STR_WORD, &token, err)) < 0)
         return r;
     yajl_val v = NULL;
-    if (member(root, "token", "", &v, NULL) == 0 && v && YAJL_IS_STRING(v))
+    if (al_json_member(root, "token", "", &v, NULL) == 0 && v && YAJL_IS_STRING(v))
         explicit_bzero(v->u.string, strlen(v->u.string));
     if (strlen(token) < 8) {
         explicit_bzero(token, strlen(token));
         free(token);
-        return fail(err, "token", "shorter than 8 bytes");
+        return al_json_fail(err, "token", "shorter than 8 bytes");
     }
     *ret_token = token;
     *ret_expires = t;
@@ -824,7 +762,7 @@ void github_error_message(const char *data, size_t len, char *buf, size_t size)
     if (parse_root(data, len, 64u << 10, &root, NULL) < 0)
         return;
     yajl_val v = NULL;
-    if (member(root, "message", "", &v, NULL) < 0 || !v || !YAJL_IS_STRING(v))
+    if (al_json_member(root, "message", "", &v, NULL) < 0 || !v || !YAJL_IS_STRING(v))
         return;
     size_t o = 0;
     for (const unsigned char *p = (const unsigned char *)YAJL_GET_STRING(v); *p && o + 1 < size;

@@ -10,6 +10,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "../base/buf.h"
+#include "../base/json_tree.h"
 #include "../base/log.h"
 
 DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
@@ -65,69 +66,6 @@ static int prescan(const char *data, size_t len, struct al_error **err)
 
 /* ---- tree access --------------------------------------------------------- */
 
-static const char *type_name(yajl_val v)
-{
-    if (!v)
-        return "nothing";
-    if (YAJL_IS_STRING(v))
-        return "a string";
-    if (YAJL_IS_INTEGER(v))
-        return "an integer";
-    if (YAJL_IS_NUMBER(v))
-        return "a number";
-    if (YAJL_IS_OBJECT(v))
-        return "an object";
-    if (YAJL_IS_ARRAY(v))
-        return "an array";
-    if (YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v))
-        return "a boolean";
-    return "null";
-}
-
-_printf_(3, 4) static int fail(struct al_error **err, const char *path, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    return al_error_set(err, EINVAL, "%s%s%s", path, *path ? ": " : "", msg);
-}
-
-/* path + "." + key (or "[i]") into buf. */
-static const char *sub(char *buf, size_t size, const char *path, const char *key, long idx)
-{
-    int n;
-    if (key)
-        n = snprintf(buf, size, "%s%s%s", path, *path ? "." : "", key);
-    else
-        n = snprintf(buf, size, "%s[%ld]", path, idx);
-    if (n < 0 || (size_t)n >= size)
-        snprintf(buf, size, "%s", "(deep path)");
-    return buf;
-}
-
-/* The member `key` of obj, or NULL when absent or null. A key given twice
- * is an error: two readers of the document could disagree about it. */
-static int member(yajl_val obj, const char *key, const char *path, yajl_val *ret,
-                  struct al_error **err)
-{
-    yajl_val found = NULL;
-    bool seen = false;
-    for (size_t i = 0; i < obj->u.object.len; i++) {
-        if (!streq(obj->u.object.keys[i], key))
-            continue;
-        if (seen) {
-            char p[256];
-            return fail(err, sub(p, sizeof(p), path, key, 0), "given more than once");
-        }
-        seen = true;
-        found = obj->u.object.values[i];
-    }
-    *ret = found && !YAJL_IS_NULL(found) ? found : NULL;
-    return 0;
-}
-
 static bool text_is_printable(const char *s, bool allow_space)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -149,25 +87,26 @@ static int get_string(yajl_val obj, const char *key, const char *path, size_t ma
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v) {
         if (required)
-            return fail(err, p, "missing");
+            return al_json_fail(err, p, "missing");
         return 0;
     }
     if (!YAJL_IS_STRING(v))
-        return fail(err, p, "expected a string, got %s", type_name(v));
+        return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(v));
     size_t n = strlen(v->u.string);
     if (n > max)
-        return fail(err, p, "longer than %zu bytes", max);
+        return al_json_fail(err, p, "longer than %zu bytes", max);
     if (kind != STR_ANY && !text_is_printable(v->u.string, kind == STR_LINE))
-        return fail(err, p, "contains %s",
-                    kind == STR_LINE ? "control characters" : "spaces or control characters");
+        return al_json_fail(err, p, "contains %s",
+                            kind == STR_LINE ? "control characters"
+                                             : "spaces or control characters");
     if (required && n == 0)
-        return fail(err, p, "must not be empty");
+        return al_json_fail(err, p, "must not be empty");
     char *copy = strdup(v->u.string);
     if (!copy)
         return al_error_set(err, ENOMEM, "out of memory");
@@ -181,17 +120,17 @@ static int get_int(yajl_val obj, const char *key, const char *path, int64_t min,
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v)
-        return required ? fail(err, p, "missing") : 0;
+        return required ? al_json_fail(err, p, "missing") : 0;
     if (!YAJL_IS_INTEGER(v))
-        return fail(err, p, "expected an integer, got %s", type_name(v));
+        return al_json_fail(err, p, "expected an integer, got %s", al_json_type_name(v));
     if (v->u.number.i < min || v->u.number.i > max)
-        return fail(err, p, "expected an integer from %" PRId64 " to %" PRId64 ", got %lld", min,
-                    max, v->u.number.i);
+        return al_json_fail(err, p, "expected an integer from %" PRId64 " to %" PRId64 ", got %lld",
+                            min, max, v->u.number.i);
     *ret = v->u.number.i;
     return 0;
 }
@@ -201,14 +140,14 @@ static int get_bool(yajl_val obj, const char *key, const char *path, bool *ret,
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
     if (!v)
         return 0;
     if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
-        return fail(err, sub(p, sizeof(p), path, key, 0), "expected true or false, got %s",
-                    type_name(v));
+        return al_json_fail(err, al_json_path(p, sizeof(p), path, key, 0),
+                            "expected true or false, got %s", al_json_type_name(v));
     *ret = YAJL_IS_TRUE(v);
     return 0;
 }
@@ -218,14 +157,14 @@ static int get_object(yajl_val obj, const char *key, const char *path, bool requ
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v)
-        return required ? fail(err, p, "missing") : (*ret = NULL, 0);
+        return required ? al_json_fail(err, p, "missing") : (*ret = NULL, 0);
     if (!YAJL_IS_OBJECT(v))
-        return fail(err, p, "expected an object, got %s", type_name(v));
+        return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
     *ret = v;
     return 0;
 }
@@ -235,16 +174,16 @@ static int get_array(yajl_val obj, const char *key, const char *path, size_t max
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
+    int r = al_json_member(obj, key, path, &v, err);
     if (r < 0)
         return r;
-    sub(p, sizeof(p), path, key, 0);
+    al_json_path(p, sizeof(p), path, key, 0);
     if (!v)
-        return required ? fail(err, p, "missing") : (*ret = NULL, 0);
+        return required ? al_json_fail(err, p, "missing") : (*ret = NULL, 0);
     if (!YAJL_IS_ARRAY(v))
-        return fail(err, p, "expected an array, got %s", type_name(v));
+        return al_json_fail(err, p, "expected an array, got %s", al_json_type_name(v));
     if (v->u.array.len > max)
-        return fail(err, p, "more than %zu entries", max);
+        return al_json_fail(err, p, "more than %zu entries", max);
     *ret = v;
     return 0;
 }
@@ -262,16 +201,16 @@ static int get_strv(yajl_val obj, const char *key, const char *path, size_t max_
     if (!v)
         return al_error_set(err, ENOMEM, "out of memory");
     char base[256], p[256];
-    sub(base, sizeof(base), path, key, 0);
+    al_json_path(base, sizeof(base), path, key, 0);
     for (size_t i = 0; i < n; i++) {
         yajl_val s = arr->u.array.values[i];
-        sub(p, sizeof(p), base, NULL, (long)i);
+        al_json_path(p, sizeof(p), base, NULL, i);
         if (!YAJL_IS_STRING(s))
-            return fail(err, p, "expected a string, got %s", type_name(s));
+            return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(s));
         if (strlen(s->u.string) > max_len)
-            return fail(err, p, "longer than %zu bytes", max_len);
+            return al_json_fail(err, p, "longer than %zu bytes", max_len);
         if (kind != STR_ANY && !text_is_printable(s->u.string, kind == STR_LINE))
-            return fail(err, p, "contains control characters");
+            return al_json_fail(err, p, "contains control characters");
         if (!(v[i] = strdup(s->u.string)))
             return al_error_set(err, ENOMEM, "out of memory");
     }
@@ -295,8 +234,8 @@ static int parse_when(yajl_val obj, const char *path, enum gitlab_when *ret, str
         *ret = GITLAB_WHEN_ALWAYS;
     else {
         char p[256];
-        return fail(err, sub(p, sizeof(p), path, "when", 0),
-                    "expected on_success, on_failure or always");
+        return al_json_fail(err, al_json_path(p, sizeof(p), path, "when", 0),
+                            "expected on_success, on_failure or always");
     }
     return 0;
 }
@@ -342,12 +281,12 @@ static int parse_git(yajl_val root, struct gitlab_job *j, struct al_error **err)
         return r;
     size_t n = strlen(j->sha);
     if ((n != 40 && n != 64) || !is_hex(j->sha))
-        return fail(err, "git_info.sha", "expected 40 or 64 lower-case hex digits");
+        return al_json_fail(err, "git_info.sha", "expected 40 or 64 lower-case hex digits");
     for (size_t i = 0; i < j->n_refspecs; i++) {
         if (!refspec_is_valid(j->refspecs[i])) {
             char p[64];
-            return fail(err, sub(p, sizeof(p), "git_info.refspecs", NULL, (long)i),
-                        "not a refspec");
+            return al_json_fail(err, al_json_path(p, sizeof(p), "git_info.refspecs", NULL, i),
+                                "not a refspec");
         }
     }
     int64_t depth = 0;
@@ -358,7 +297,7 @@ static int parse_git(yajl_val root, struct gitlab_job *j, struct al_error **err)
     r = gitlab_url_strip_credentials(j->repo_url, &stripped, NULL);
     free(stripped);
     if (r < 0)
-        return fail(err, "git_info.repo_url", "expected an http or https URL");
+        return al_json_fail(err, "git_info.repo_url", "expected an http or https URL");
     return 0;
 }
 
@@ -374,9 +313,9 @@ static int parse_variables(yajl_val root, struct gitlab_job *j, struct al_error 
     for (size_t i = 0; i < arr->u.array.len; i++) {
         yajl_val v = arr->u.array.values[i];
         char p[64];
-        sub(p, sizeof(p), "variables", NULL, (long)i);
+        al_json_path(p, sizeof(p), "variables", NULL, i);
         if (!YAJL_IS_OBJECT(v))
-            return fail(err, p, "expected an object, got %s", type_name(v));
+            return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
         struct gitlab_variable *var = &j->variables[j->n_variables++];
         if ((r = get_string(v, "key", p, GITLAB_JOB_MAX_KEY, STR_WORD, true, &var->key, err)) < 0 ||
             (r = get_string(v, "value", p, GITLAB_JOB_MAX_STRING, STR_ANY, false, &var->value,
@@ -408,21 +347,21 @@ static int parse_steps(yajl_val root, struct gitlab_job *j, struct al_error **er
     if (r < 0)
         return r;
     if (arr->u.array.len == 0)
-        return fail(err, "steps", "no steps");
+        return al_json_fail(err, "steps", "no steps");
     j->steps = calloc(arr->u.array.len, sizeof(*j->steps));
     if (!j->steps)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < arr->u.array.len; i++) {
         yajl_val v = arr->u.array.values[i];
         char p[64];
-        sub(p, sizeof(p), "steps", NULL, (long)i);
+        al_json_path(p, sizeof(p), "steps", NULL, i);
         if (!YAJL_IS_OBJECT(v))
-            return fail(err, p, "expected an object, got %s", type_name(v));
+            return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
         struct gitlab_step *s = &j->steps[j->n_steps++];
         if ((r = get_string(v, "name", p, 64, STR_WORD, true, &s->name, err)) < 0)
             return r;
         if (!step_name_is_valid(s->name))
-            return fail(err, p, "name: expected [a-z0-9_]+");
+            return al_json_fail(err, p, "name: expected [a-z0-9_]+");
         if ((r = get_strv(v, "script", p, GITLAB_JOB_MAX_LINES, GITLAB_JOB_MAX_STRING, STR_ANY,
                           &s->script, &s->n_script, err)) < 0 ||
             (r = get_int(v, "timeout", p, 0, JOB_SPEC_MAX_TIMEOUT_S, false, &s->timeout_s, err)) <
@@ -446,9 +385,9 @@ static int parse_artifacts(yajl_val root, struct gitlab_job *j, struct al_error 
     for (size_t i = 0; i < arr->u.array.len; i++) {
         yajl_val v = arr->u.array.values[i];
         char p[64];
-        sub(p, sizeof(p), "artifacts", NULL, (long)i);
+        al_json_path(p, sizeof(p), "artifacts", NULL, i);
         if (!YAJL_IS_OBJECT(v))
-            return fail(err, p, "expected an object, got %s", type_name(v));
+            return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
         struct gitlab_artifact *a = &j->artifacts[j->n_artifacts++];
         if ((r = get_string(v, "name", p, GITLAB_JOB_MAX_NAME, STR_LINE, false, &a->name, err)) <
                     0 ||
@@ -479,7 +418,8 @@ static int token_check(const char *token)
 static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
     if (!YAJL_IS_OBJECT(root))
-        return fail(err, "", "job payload: expected an object, got %s", type_name(root));
+        return al_json_fail(err, "", "job payload: expected an object, got %s",
+                            al_json_type_name(root));
     int r = get_int(root, "id", "", 1, INT64_MAX, true, &j->id, err);
     if (r < 0)
         return r;
@@ -487,7 +427,8 @@ static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err
         0)
         return r;
     if (token_check(j->token) < 0)
-        return fail(err, "token", "expected 8 to %d printable characters", GITLAB_JOB_MAX_TOKEN);
+        return al_json_fail(err, "token", "expected 8 to %d printable characters",
+                            GITLAB_JOB_MAX_TOKEN);
 
     yajl_val o;
     if ((r = get_object(root, "job_info", "", false, &o, err)) < 0)
@@ -511,7 +452,7 @@ static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err
         return r;
     if (o) {
         yajl_val fr;
-        if ((r = member(o, "failure_reasons", "features", &fr, err)) < 0)
+        if ((r = al_json_member(o, "failure_reasons", "features", &fr, err)) < 0)
             return r;
         if (fr && (r = get_strv(o, "failure_reasons", "features", 64, 64, STR_WORD,
                                 &j->failure_reasons, &j->n_failure_reasons, err)) < 0)

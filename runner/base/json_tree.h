@@ -1,0 +1,31 @@
+/* Reading yajl trees of outside documents with errors that name the path
+ * ("steps[2].script: expected an array, got a string"), shared by the
+ * parsers of forge payloads (GitLab jobs, GitHub webhooks and answers).
+ * Messages name paths and types, never values: a value may be a secret. */
+#ifndef AL_BASE_JSON_TREE_H
+#define AL_BASE_JSON_TREE_H
+
+#include <stddef.h>
+#include <yajl/yajl_tree.h>
+
+#include "error.h"
+#include "macro.h"
+
+/* "a string", "an integer", ... for messages; "nothing" for NULL. */
+const char *al_json_type_name(yajl_val v);
+
+/* Sets err to EINVAL "PATH: MESSAGE" (or MESSAGE when path is empty) and
+ * returns -EINVAL. */
+_printf_(3, 4) int al_json_fail(struct al_error **err, const char *path, const char *fmt, ...);
+
+/* path + "." + key, or path + "[idx]" when key is NULL, into buf; a path
+ * that does not fit reads "(deep path)". Returns buf. */
+const char *al_json_path(char *buf, size_t size, const char *path, const char *key, size_t idx);
+
+/* The member key of the object obj into *ret, NULL when absent or null. A
+ * key given twice is an error: two readers of the document could disagree
+ * about it. */
+int al_json_member(yajl_val obj, const char *key, const char *path, yajl_val *ret,
+                   struct al_error **err);
+
+#endif
