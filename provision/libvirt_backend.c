@@ -37,6 +37,10 @@
 
 #define CONNECT_TIMEOUT_MS 15000
 #define CONSOLE_TAIL_BYTES 1500
+/* inject = guestfs: overlays ready within this window share one libguestfs
+ * appliance (its launch is seconds, the window a rounding error) */
+#define INJECT_WINDOW_MS 200
+#define INJECT_BATCH_MAX 16
 
 struct lv_vm;
 
@@ -57,6 +61,10 @@ struct lv_backend {
     uint64_t last_retry; /* ms, of the last reconnect attempt */
     char conn_error[160];
     char health[160];
+    /* inject = guestfs: overlays waiting for the next shared appliance */
+    struct lv_vm *inject_head, **inject_tail;
+    uv_timer_t *inject_timer; /* the coalescing window; heap: closes after lb */
+    bool inject_running;      /* one batch at a time */
 };
 
 struct lv_vm {
@@ -88,6 +96,8 @@ struct lv_vm {
     bool assigned; /* a warm VM got its job */
     bool finished;
     bool worker_busy;
+    bool injected;             /* inject = guestfs: the seed is in the overlay */
+    struct lv_vm *inject_next; /* in lb's inject queue */
     bool destroying;
     backend_done_cb destroy_done;
     void *destroy_data;
@@ -570,17 +580,8 @@ static int provision_work(void *data, struct al_error **err)
     /* read on the loop thread only after this work item completed */
     v->result.us_provision_api = al_now_mono_us() - t_api;
 
-    if (v->inject == INJECT_GUESTFS) {
-        struct guestfs_inject_item item = {
-                .disk = v->vol_path,
-                .format = "qcow2",
-                .meta_data = v->meta_data,
-                .user_data = v->user_data,
-        };
-        r = guestfs_inject_seed(&item, 1, lb->accel.kind == ACCEL_KIND_TCG, err);
-        if (r < 0)
-            return al_error_wrap(err, "injecting cloud-init data with libguestfs");
-    } else {
+    /* guestfs injection comes after, batched on the loop (inject_queue) */
+    if (v->inject != INJECT_GUESTFS) {
         r = seed_iso_write(v->seed_path, 0644, v->meta_data, v->user_data, NULL, err);
         if (r < 0)
             return al_error_wrap(err, "writing the seed ISO");
@@ -649,6 +650,151 @@ static void on_started(void *data, int result, struct al_error *err)
     uv_timer_start(&v->hb_timer, on_heartbeat_check, 1000, 1000);
 }
 
+/* ------------------------------------------- batched guestfs injection */
+
+struct inject_batch {
+    struct lv_backend *lb;
+    bool force_tcg;
+    size_t n;
+    struct lv_vm *vms[INJECT_BATCH_MAX];
+    struct guestfs_inject_item items[INJECT_BATCH_MAX];
+    int results[INJECT_BATCH_MAX];
+    struct al_error *errs[INJECT_BATCH_MAX];
+};
+
+static void provisioned_continue(struct lv_vm *v);
+static void inject_start(struct lv_backend *lb);
+static void on_inject_window(uv_timer_t *t);
+
+/* Worker thread: one appliance for the whole batch. When that fails, each
+ * overlay is tried on its own, so one bad disk does not fail its neighbours. */
+static int inject_batch_work(void *data, struct al_error **err)
+{
+    (void)err;
+    struct inject_batch *ib = data;
+    struct al_error *e = NULL;
+    if (guestfs_inject_seed(ib->items, ib->n, ib->force_tcg, &e) == 0)
+        return 0;
+    if (ib->n == 1) {
+        ib->results[0] = -EIO;
+        ib->errs[0] = e;
+        return 0;
+    }
+    al_error_free(e);
+    for (size_t i = 0; i < ib->n; i++)
+        ib->results[i] = guestfs_inject_seed(&ib->items[i], 1, ib->force_tcg, &ib->errs[i]);
+    return 0;
+}
+
+static void inject_batch_done(void *data, int result, struct al_error *err)
+{
+    struct inject_batch *ib = data;
+    struct lv_backend *lb = ib->lb;
+    lb->inject_running = false;
+    for (size_t i = 0; i < ib->n; i++) {
+        struct lv_vm *v = ib->vms[i];
+        v->worker_busy = false;
+        v->injected = true;
+        if (v->destroying) {
+            destroy_continue(v);
+        } else if (result < 0 || ib->results[i] < 0) {
+            const struct al_error *e = result < 0 ? err : ib->errs[i];
+            finish(v, VM_INFRA_ERROR, 0, "injecting cloud-init data with libguestfs: %s",
+                   e ? al_error_message(e) : "failed");
+        } else {
+            provisioned_continue(v);
+        }
+        al_error_free(ib->errs[i]);
+    }
+    al_error_free(err);
+    free(ib);
+    inject_start(lb);
+}
+
+/* Takes up to INJECT_BATCH_MAX waiting overlays into one batch. */
+static void inject_start(struct lv_backend *lb)
+{
+    if (lb->inject_running || !lb->inject_head)
+        return;
+    struct inject_batch *ib = calloc(1, sizeof(*ib));
+    if (!ib) {
+        /* try again after the window */
+        if (lb->inject_timer)
+            uv_timer_start(lb->inject_timer, on_inject_window, INJECT_WINDOW_MS, 0);
+        return;
+    }
+    ib->lb = lb;
+    ib->force_tcg = lb->accel.kind == ACCEL_KIND_TCG;
+    while (lb->inject_head && ib->n < INJECT_BATCH_MAX) {
+        struct lv_vm *v = lb->inject_head;
+        lb->inject_head = v->inject_next;
+        v->inject_next = NULL;
+        if (v->destroying) {
+            v->worker_busy = false;
+            destroy_continue(v);
+            continue;
+        }
+        ib->vms[ib->n] = v;
+        ib->items[ib->n] = (struct guestfs_inject_item){
+                .disk = v->vol_path,
+                .format = "qcow2",
+                .meta_data = v->meta_data,
+                .user_data = v->user_data,
+        };
+        ib->n++;
+    }
+    if (!lb->inject_head)
+        lb->inject_tail = &lb->inject_head;
+    if (!ib->n) {
+        free(ib);
+        return;
+    }
+    log_debug(NULL, "backend %s: one libguestfs appliance for %zu overlay%s", lb->b->name, ib->n,
+              ib->n == 1 ? "" : "s");
+    lb->inject_running = true;
+    if (al_work_queue(lb->b->env.loop, inject_batch_work, inject_batch_done, ib, NULL) < 0) {
+        struct al_error *e = NULL;
+        al_error_set(&e, ENOMEM, "queueing the injection failed");
+        inject_batch_done(ib, -ENOMEM, e);
+    }
+}
+
+static void on_inject_window(uv_timer_t *t)
+{
+    inject_start(t->data);
+}
+
+static void on_inject_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Queues v for the next shared appliance; v stays worker_busy until its
+ * batch completes, so a destroy meanwhile waits for it. */
+static void inject_queue(struct lv_vm *v)
+{
+    struct lv_backend *lb = v->lb;
+    if (!lb->inject_tail)
+        lb->inject_tail = &lb->inject_head;
+    v->worker_busy = true;
+    v->inject_next = NULL;
+    *lb->inject_tail = v;
+    lb->inject_tail = &v->inject_next;
+    if (lb->inject_running)
+        return; /* the running batch's completion starts the next */
+    if (!lb->inject_timer) {
+        lb->inject_timer = malloc(sizeof(*lb->inject_timer));
+        if (!lb->inject_timer) {
+            inject_start(lb);
+            return;
+        }
+        uv_timer_init(lb->b->env.loop, lb->inject_timer);
+        lb->inject_timer->data = lb;
+    }
+    if (!uv_is_active((uv_handle_t *)lb->inject_timer))
+        uv_timer_start(lb->inject_timer, on_inject_window, INJECT_WINDOW_MS, 0);
+}
+
 static void on_provisioned(void *data, int result, struct al_error *err)
 {
     struct lv_vm *v = data;
@@ -663,6 +809,15 @@ static void on_provisioned(void *data, int result, struct al_error *err)
         al_error_free(err);
         return;
     }
+    if (v->inject == INJECT_GUESTFS && !v->injected) {
+        inject_queue(v);
+        return;
+    }
+    provisioned_continue(v);
+}
+
+static void provisioned_continue(struct lv_vm *v)
+{
     phase(v, VM_PHASE_PROVISIONED);
     if (v->destroying || v->finished)
         return;
@@ -1239,6 +1394,8 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
     if (lb) {
         if (lb->vms)
             log_warn(NULL, "backend %s closed with VMs still alive", b->name);
+        if (lb->inject_timer)
+            uv_close((uv_handle_t *)lb->inject_timer, on_inject_timer_closed);
         lv_disconnect(lb);
         free(lb->pool_name);
         free(lb->pool_dir);
