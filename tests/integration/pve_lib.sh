@@ -7,7 +7,7 @@ fail() {
     exit 1
 }
 
-PVE_SCHEMA=${PVE_SCHEMA:-/work/shared/proxmox/pve-api-schema.json}
+PVE_SCHEMA=${PVE_SCHEMA:-$AL_SOURCE_DIR/../shared/proxmox/pve-api-schema.json}
 # the system interpreter: version-manager shims cost a second per start
 if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi
 PVE_SIM="$AL_SOURCE_DIR/tests/fakes/pve_sim.py"
