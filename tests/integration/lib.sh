@@ -22,7 +22,21 @@ al_test_env() {
 }
 
 al_test_cleanup() {
+    al_destroy_test_pools
     rm -rf "$TEST_TMP" "$AGENTLAB_RUN_DIR"
+}
+
+# The transient storage pool the libvirt backend made for a test's private
+# state dir outlives the test in libvirtd: destroy the pools below TEST_TMP.
+al_destroy_test_pools() {
+    [ -n "${TEST_TMP:-}" ] || return 0
+    for pool in $(virsh -c qemu:///system pool-list --name 2>/dev/null | grep '^agentlab-'); do
+        case "$(virsh -c qemu:///system pool-dumpxml "$pool" 2>/dev/null |
+            sed -n 's|.*<path>\(.*\)</path>.*|\1|p' | head -n 1)" in
+        "$TEST_TMP"/*) virsh -c qemu:///system pool-destroy "$pool" >/dev/null 2>&1 || true ;;
+        esac
+    done
+    return 0
 }
 
 # Asserts nothing of job $1 is left: no domain, no overlay volume, no run dir.
