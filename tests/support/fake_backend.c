@@ -88,7 +88,7 @@ static void fake_step(uv_timer_t *t)
         }
         if (strncmp(v->mode, "fail:", 5) == 0) {
             r.outcome = VM_EXITED;
-            r.exit_code = atoi(v->mode + 5);
+            r.exit_code = (int)strtol(v->mode + 5, NULL, 10);
         } else if (streq(v->mode, "timeout")) {
             r.outcome = VM_GUEST_TIMEOUT;
             r.exit_code = 124;
