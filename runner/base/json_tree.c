@@ -7,6 +7,49 @@
 
 #include <string.h>
 
+int al_json_prescan(const char *data, size_t len, unsigned max_depth, size_t max_values,
+                    const char *what, struct al_error **err)
+{
+    unsigned depth = 0;
+    size_t values = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = data[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_string = true;
+            values++;
+            break;
+        case '[':
+        case '{':
+            if (++depth > max_depth)
+                return al_error_set(err, EINVAL, "%s nests deeper than %u levels", what, max_depth);
+            values++;
+            break;
+        case ']':
+        case '}':
+            if (depth)
+                depth--;
+            break;
+        case ',':
+            values++;
+            break;
+        default:
+            break;
+        }
+        if (values > max_values)
+            return al_error_set(err, EINVAL, "%s has more than %zu values", what, max_values);
+    }
+    return 0;
+}
+
 const char *al_json_type_name(yajl_val v)
 {
     if (!v)

@@ -11,6 +11,13 @@
 #include "error.h"
 #include "macro.h"
 
+/* Bounds nesting and the number of values of a JSON text before yajl builds
+ * a tree (whose size, and yajl_tree_free()'s recursion, follow both).
+ * Strings are skipped with their escapes; anything malformed is left for
+ * yajl to reject. what names the document in messages ("job payload"). */
+int al_json_prescan(const char *data, size_t len, unsigned max_depth, size_t max_values,
+                    const char *what, struct al_error **err);
+
 /* "a string", "an integer", ... for messages; "nothing" for NULL. */
 const char *al_json_type_name(yajl_val v);
 

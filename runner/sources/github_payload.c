@@ -15,54 +15,7 @@
 
 DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
 
-/* ---- pre-scan and parse -------------------------------------------------- */
-
-/* Bounds nesting and the number of values before yajl builds a tree (and
- * before yajl_tree_free() recurses over it). Strings are skipped with
- * their escapes; anything malformed is left for yajl to reject. */
-static int prescan(const char *data, size_t len, struct al_error **err)
-{
-    unsigned depth = 0;
-    size_t values = 0;
-    bool in_string = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = data[i];
-        if (in_string) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_string = false;
-            continue;
-        }
-        switch (c) {
-        case '"':
-            in_string = true;
-            values++;
-            break;
-        case '[':
-        case '{':
-            if (++depth > GITHUB_MAX_DEPTH)
-                return al_error_set(err, EINVAL, "the document nests deeper than %d levels",
-                                    GITHUB_MAX_DEPTH);
-            values++;
-            break;
-        case ']':
-        case '}':
-            if (depth)
-                depth--;
-            break;
-        case ',':
-            values++;
-            break;
-        default:
-            break;
-        }
-        if (values > GITHUB_MAX_VALUES)
-            return al_error_set(err, EINVAL, "the document has more than %d values",
-                                GITHUB_MAX_VALUES);
-    }
-    return 0;
-}
+/* ---- parse ---------------------------------------------------------------- */
 
 /* Parses data into a tree whose root is an object. */
 static int parse_root(const char *data, size_t len, size_t max, yajl_val *ret,
@@ -72,7 +25,7 @@ static int parse_root(const char *data, size_t len, size_t max, yajl_val *ret,
         return al_error_set(err, E2BIG, "the document is larger than %zu bytes", max);
     if (memchr(data, '\0', len))
         return al_error_set(err, EINVAL, "the document contains a NUL byte");
-    int r = prescan(data, len, err);
+    int r = al_json_prescan(data, len, GITHUB_MAX_DEPTH, GITHUB_MAX_VALUES, "the document", err);
     if (r < 0)
         return r;
     char *text = strndup(data, len);

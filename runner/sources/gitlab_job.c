@@ -15,55 +15,6 @@
 
 DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
 
-/* ---- pre-scan ------------------------------------------------------------ */
-
-/* Bounds nesting and the number of values before yajl builds a tree whose
- * size is proportional to both. Strings are skipped with their escapes;
- * anything malformed is left for yajl to reject. */
-static int prescan(const char *data, size_t len, struct al_error **err)
-{
-    unsigned depth = 0;
-    size_t values = 0;
-    bool in_string = false;
-    for (size_t i = 0; i < len; i++) {
-        char c = data[i];
-        if (in_string) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_string = false;
-            continue;
-        }
-        switch (c) {
-        case '"':
-            in_string = true;
-            values++;
-            break;
-        case '[':
-        case '{':
-            if (++depth > GITLAB_JOB_MAX_DEPTH)
-                return al_error_set(err, EINVAL, "job payload nests deeper than %d levels",
-                                    GITLAB_JOB_MAX_DEPTH);
-            values++;
-            break;
-        case ']':
-        case '}':
-            if (depth)
-                depth--;
-            break;
-        case ',':
-            values++;
-            break;
-        default:
-            break;
-        }
-        if (values > GITLAB_JOB_MAX_VALUES)
-            return al_error_set(err, EINVAL, "job payload has more than %d values",
-                                GITLAB_JOB_MAX_VALUES);
-    }
-    return 0;
-}
-
 /* ---- tree access --------------------------------------------------------- */
 
 static bool text_is_printable(const char *s, bool allow_space)
@@ -469,7 +420,8 @@ static int parse_tree(const char *data, size_t len, yajl_val *ret, struct al_err
     if (len > GITLAB_JOB_MAX_BYTES)
         return al_error_set(err, E2BIG, "job payload is larger than %u bytes",
                             GITLAB_JOB_MAX_BYTES);
-    int r = prescan(data, len, err);
+    int r = al_json_prescan(data, len, GITLAB_JOB_MAX_DEPTH, GITLAB_JOB_MAX_VALUES, "job payload",
+                            err);
     if (r < 0)
         return r;
     if (memchr(data, '\0', len))
