@@ -16,6 +16,26 @@ int backend_register(int type, const struct backend_ops *ops)
     return 0;
 }
 
+void vm_phase_reached(struct vm *vm, struct vm_result *r, enum vm_phase p, uint64_t t_ms)
+{
+    switch (p) {
+    case VM_PHASE_PROVISIONED:
+        r->t_provisioned = t_ms;
+        break;
+    case VM_PHASE_BOOTING:
+        r->t_booting = t_ms;
+        break;
+    case VM_PHASE_CONNECTED:
+        r->t_connected = t_ms;
+        break;
+    case VM_PHASE_RUNNING:
+        r->t_running = t_ms;
+        break;
+    }
+    if (vm->ev->phase)
+        vm->ev->phase(vm, p, vm->ev_data);
+}
+
 void owned_vm_array_free(struct owned_vm *v, size_t n)
 {
     if (!v)

@@ -136,6 +136,10 @@ struct owned_vm {
 
 void owned_vm_array_free(struct owned_vm *v, size_t n);
 
+/* For backends: records in r that vm reached phase p t_ms after launch, then
+ * tells the VM's owner (ev->phase). */
+void vm_phase_reached(struct vm *vm, struct vm_result *r, enum vm_phase p, uint64_t t_ms);
+
 typedef void (*backend_done_cb)(int result, const struct al_error *err, void *data);
 typedef void (*backend_list_cb)(int result, struct owned_vm *vms, size_t n,
                                 const struct al_error *err, void *data);

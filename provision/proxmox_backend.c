@@ -226,23 +226,7 @@ static void note_failure(struct px_backend *pb, int result, const struct al_erro
 
 static void phase(struct px_vm *v, enum vm_phase p)
 {
-    uint64_t t = since_ms(v);
-    switch (p) {
-    case VM_PHASE_PROVISIONED:
-        v->result.t_provisioned = t;
-        break;
-    case VM_PHASE_BOOTING:
-        v->result.t_booting = t;
-        break;
-    case VM_PHASE_CONNECTED:
-        v->result.t_connected = t;
-        break;
-    case VM_PHASE_RUNNING:
-        v->result.t_running = t;
-        break;
-    }
-    if (v->base.ev->phase)
-        v->base.ev->phase(&v->base, p, v->base.ev_data);
+    vm_phase_reached(&v->base, &v->result, p, since_ms(v));
 }
 
 static void finish(struct px_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
