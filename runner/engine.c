@@ -1581,6 +1581,30 @@ unsigned engine_live_jobs(struct engine *e, enum job_source_type source)
     return n;
 }
 
+long engine_pool_room(struct engine *e, const char *pool)
+{
+    const struct config_pool *p =
+            config_find_pool(e->cfg, pool && *pool ? pool : e->cfg->agent.pool);
+    struct backend_slot *slots[32];
+    size_t n = pool_slots(e, p, slots, ARRAY_SIZE(slots));
+    int cpus = e->cfg->agent.job_cpus > 0 ? e->cfg->agent.job_cpus : 1;
+    long room = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!slots[i]->b)
+            continue;
+        struct backend_capacity c = {0};
+        slots[i]->b->ops->capacity(slots[i]->b, &c);
+        if (!c.healthy)
+            continue;
+        long by_vms = (long)c.max_vms - c.used_vms;
+        long by_cpus = ((long)c.vcpus - c.used_vcpus) / cpus;
+        long f = by_vms < by_cpus ? by_vms : by_cpus;
+        if (f > 0)
+            room += f;
+    }
+    return room;
+}
+
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running)
 {
     unsigned q = 0, r = 0;

@@ -150,6 +150,11 @@ size_t engine_warm_list(struct engine *e, struct engine_warm_info *ret, size_t m
  * peak hours (Monday to Friday, local time). */
 int engine_warm_target(const struct config_pool *pool, int64_t now_wall_ms);
 
+/* How many more jobs of the default size (job_cpus) the healthy backends of
+ * a pool (NULL or "" = the default pool) have room for now, by VM count and
+ * by vCPUs; queued jobs are not subtracted. */
+long engine_pool_room(struct engine *e, const char *pool);
+
 /* Counts of live jobs. */
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running);
 

@@ -38,7 +38,6 @@
 #define BACKOFF_MAX_MS       (5u * 60 * 1000)
 #define POLL_LOW_REMAINING   100
 #define RATE_LIMIT_DEFAULT_S 60
-#define MAX_BACKENDS         32
 
 enum rstate {
     R_CREATING, /* generate-jitconfig in flight */
@@ -767,17 +766,6 @@ static void on_webhook_job(const struct github_job *job, const char *delivery, v
 
 /* ------------------------------------------------------------ capacity */
 
-static bool pool_uses(const struct config_pool *pool, const char *backend)
-{
-    if (!pool || !pool->backends || !pool->backends[0])
-        return true;
-    for (char **b = pool->backends; *b; b++) {
-        if (streq(*b, backend))
-            return true;
-    }
-    return false;
-}
-
 static unsigned runners_live(const struct github *g, unsigned *ret_creating)
 {
     unsigned n = 0, c = 0;
@@ -796,24 +784,7 @@ static unsigned runners_live(const struct github *g, unsigned *ret_creating)
 /* True when the pool has a free VM slot beyond the jobs already waiting. */
 static bool engine_room(struct github *g)
 {
-    const char *pool_name = *g->src->pool ? g->src->pool : g->cfg->agent.pool;
-    const struct config_pool *pool = config_find_pool(g->cfg, pool_name);
-    struct engine_backend_status st[MAX_BACKENDS];
-    size_t n = engine_backends(g->e, st, MAX_BACKENDS);
-    if (n > MAX_BACKENDS)
-        n = MAX_BACKENDS;
-    int cpus = g->cfg->agent.job_cpus > 0 ? g->cfg->agent.job_cpus : 1;
-    long free_vms = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct backend_capacity *c = &st[i].cap;
-        if (!c->healthy || !pool_uses(pool, st[i].name))
-            continue;
-        long by_vms = (long)c->max_vms - c->used_vms;
-        long by_cpus = ((long)c->vcpus - c->used_vcpus) / cpus;
-        long f = by_vms < by_cpus ? by_vms : by_cpus;
-        if (f > 0)
-            free_vms += f;
-    }
+    long free_vms = engine_pool_room(g->e, g->src->pool);
     unsigned queued = 0, running = 0, creating = 0;
     engine_counts(g->e, &queued, &running);
     runners_live(g, &creating);

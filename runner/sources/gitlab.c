@@ -38,7 +38,6 @@
 #define SMALL_RESPONSE       (64u << 10)
 #define FINISH_TRIES         10
 #define ACCEPTED_TRIES       60 /* 202 answers to the final update */
-#define MAX_BACKENDS         32
 #define CHECKOUT_TIMEOUT_S   1800
 
 enum phase {
@@ -335,17 +334,6 @@ static unsigned jobs_active(struct gitlab *g, unsigned *ret_checkouts)
     return n;
 }
 
-static bool pool_uses(const struct config_pool *pool, const char *backend)
-{
-    if (!pool || !pool->backends || !pool->backends[0])
-        return true;
-    for (char **b = pool->backends; *b; b++) {
-        if (streq(*b, backend))
-            return true;
-    }
-    return false;
-}
-
 /* True when this source may take another job now. */
 static bool has_room(struct gitlab *g)
 {
@@ -357,24 +345,7 @@ static bool has_room(struct gitlab *g)
         return false;
     }
     g->at_cap = false;
-    const char *pool_name = *g->src->pool ? g->src->pool : g->cfg->agent.pool;
-    const struct config_pool *pool = config_find_pool(g->cfg, pool_name);
-    struct engine_backend_status st[MAX_BACKENDS];
-    size_t n = engine_backends(g->e, st, MAX_BACKENDS);
-    if (n > MAX_BACKENDS)
-        n = MAX_BACKENDS;
-    int cpus = g->cfg->agent.job_cpus > 0 ? g->cfg->agent.job_cpus : 1;
-    long free_vms = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct backend_capacity *c = &st[i].cap;
-        if (!c->healthy || !pool_uses(pool, st[i].name))
-            continue;
-        long by_vms = (long)c->max_vms - c->used_vms;
-        long by_cpus = ((long)c->vcpus - c->used_vcpus) / cpus;
-        long f = by_vms < by_cpus ? by_vms : by_cpus;
-        if (f > 0)
-            free_vms += f;
-    }
+    long free_vms = engine_pool_room(g->e, g->src->pool);
     unsigned queued = 0, running = 0;
     engine_counts(g->e, &queued, &running);
     return free_vms > (long)queued + (long)checkouts;
