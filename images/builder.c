@@ -972,11 +972,13 @@ int image_build(const struct image_build_opts *o, struct image_build_result *ret
     }
 
     struct accel_result accel;
-    r = accel_probe(o->accel_mode, o->accel_cache_dir, &accel, err);
+    struct accel_probe_opts ao = {.mode = o->accel_mode, .cache_dir = o->accel_cache_dir};
+    r = accel_probe(&ao, &accel, err);
     if (r < 0)
         goto out;
     force_tcg = accel.kind != ACCEL_KIND_KVM;
-    if (force_tcg && o->accel_mode == ACCEL_AUTO) {
+    /* said once per boot: whoever probed first says it */
+    if (force_tcg && o->accel_mode == ACCEL_AUTO && !accel.from_cache) {
         _cleanup_free_ char *msg = NULL;
         if (asprintf(&msg,
                      "KVM is not usable (%s): the libguestfs appliance runs under TCG, "

@@ -42,7 +42,7 @@ struct image_build_opts {
     const char *recipes_dir;     /* searched first; may be NULL (see recipe.h) */
     const char *guest_helper;    /* may be NULL: see image_guest_helper_find() */
     bool force;                  /* rebuild even when up to date */
-    int accel_mode;              /* enum accel_mode (config.h) for the appliance */
+    int accel_mode;              /* enum accel_mode (provision/accel.h) for the appliance */
     const char *accel_cache_dir; /* for the accelerator probe; may be NULL */
     const char *libvirt_uri;     /* checked before replacing an image; may be NULL */
     image_build_progress_fn progress;

@@ -37,6 +37,10 @@ struct backend_capacity {
      * backend is broken instead of queueing them forever */
     bool broken;
     char reason[160]; /* why not healthy */
+    /* the accelerator VMs start under ("kvm", "tcg"; "" = not applicable)
+     * and, for tcg, why KVM is not used */
+    char accel[8];
+    char accel_reason[256];
 };
 
 struct env_pair {
@@ -110,6 +114,12 @@ struct vm_result {
      * (libvirt: storage pool and overlay volume calls, which run qemu-img in
      * libvirtd); the rest of t_provisioned is agentlab's own work */
     uint64_t us_provision_api;
+    /* the accelerator the VM ran under ("kvm", "tcg"; "" when the backend
+     * has no such notion), and whether it ended because the guest showed no
+     * sign of life after it started (VM_INFRA_ERROR): the owner retries such
+     * a VM once on a fresh one, which the backend starts under TCG */
+    char accel[8];
+    bool silent_boot;
 };
 
 /* Events of one VM, delivered on the loop thread. finished runs exactly once

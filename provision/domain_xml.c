@@ -84,6 +84,11 @@ int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_er
              "  <on_reboot>destroy</on_reboot>\n"
              "  <on_crash>destroy</on_crash>\n"
              "  <devices>\n");
+    if (p->emulator) {
+        EMIT(&b, "    <emulator>");
+        EMITV(&b, p->emulator);
+        EMIT(&b, "</emulator>\n");
+    }
     /* cache=unsafe: the overlay is deleted after the job, so flushes buy
      * nothing but latency. */
     EMIT(&b, "    <disk type='file' device='disk'>\n      <driver name='qemu' type='");

@@ -17,6 +17,7 @@
 struct domain_params {
     const char *name;
     const char *domain_type; /* "kvm" or "qemu" */
+    const char *emulator;    /* the QEMU binary, or NULL for libvirt's default */
     int vcpus;
     uint64_t memory; /* bytes */
     const char *kernel;

@@ -9,6 +9,7 @@
  * else, including the channel and the events, runs on the loop thread.
  */
 #include <dirent.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <libvirt/libvirt.h>
 #include <stdarg.h>
@@ -92,6 +93,9 @@ struct lv_vm {
     uint64_t last_frame_ms;
     struct vm_result result;
     char *cmdline;
+    enum accel_kind accel; /* what the domain is started under */
+    uint64_t t_started;    /* ms (monotonic) the domain started, 0 before */
+    bool alive;            /* the kernel wrote to the console */
     bool hello;
     bool assigned; /* a warm VM got its job */
     bool finished;
@@ -471,11 +475,90 @@ static const struct channel_ops channel_ops = {
         .closed = on_channel_closed,
 };
 
+/* What the verdict is now: a watchdog may have turned KVM down since. */
+static enum accel_kind lv_accel_now(struct lv_backend *lb)
+{
+    if (lb->b->cfg->accel == ACCEL_AUTO) {
+        struct accel_probe_opts o = {.mode = ACCEL_AUTO,
+                                     .cache_dir = lb->b->env.cfg->agent.run_dir};
+        struct accel_result r;
+        if (accel_probe(&o, &r, NULL) == 0)
+            lb->accel = r;
+    }
+    return lb->accel.kind;
+}
+
+/* A Linux kernel on the console: its banner, or a line with a printk time
+ * stamp ("[    1.234567] ..."; a kernel booted with quiet prints few). */
+static bool console_shows_life(const char *path)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return false;
+    char buf[64 * 1024];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n <= 0)
+        return false;
+    if (memmem(buf, (size_t)n, "Linux version ", 14))
+        return true;
+    for (ssize_t i = 0; i + 1 < n; i++) {
+        if (buf[i] != '[' || (i > 0 && buf[i - 1] != '\n'))
+            continue;
+        ssize_t k = i + 1;
+        while (k < n && buf[k] == ' ')
+            k++;
+        ssize_t d = k;
+        while (k < n && buf[k] >= '0' && buf[k] <= '9')
+            k++;
+        if (k > d && k < n && buf[k] == '.')
+            return true;
+    }
+    return false;
+}
+
+/* The boot watchdog: a guest that shows no sign of life within the bound
+ * of its accelerator is ended. Under KVM (chosen by the probe, not forced)
+ * that also turns KVM down for this boot of the host: the probe passed, yet
+ * guests hang, so every later VM starts under TCG. Returns true when it
+ * ended the VM. */
+static bool boot_watchdog(struct lv_vm *v)
+{
+    const struct config_backend *bc = v->lb->b->cfg;
+    int64_t bound_s = v->accel == ACCEL_KIND_KVM ? bc->boot_watchdog_s : bc->boot_watchdog_tcg_s;
+    if (bound_s <= 0 || !v->t_started || !v->console_log)
+        return false;
+    if (console_shows_life(v->console_log)) {
+        v->alive = true;
+        return false;
+    }
+    if (al_now_mono_ms() - v->t_started < (uint64_t)bound_s * 1000u)
+        return false;
+    char reason[256];
+    snprintf(reason, sizeof(reason),
+             "a guest showed no sign of life %" PRId64 " s after it started under %s (no kernel "
+             "output on its console, no hello from its helper)",
+             bound_s, v->accel == ACCEL_KIND_KVM ? "KVM" : "TCG");
+    bool forced_kvm = bc->accel == ACCEL_KVM;
+    if (v->accel == ACCEL_KIND_KVM && !forced_kvm) {
+        if (accel_mark_kvm_unusable(v->lb->b->env.cfg->agent.run_dir, reason))
+            log_warn(v->req.job_id,
+                     "backend %s: KVM is not usable (%s); VMs run under TCG software emulation "
+                     "from now on",
+                     v->lb->b->name, reason);
+        (void)lv_accel_now(v->lb);
+    }
+    v->result.silent_boot = !forced_kvm;
+    finish(v, VM_INFRA_ERROR, 0, "%s", reason);
+    return true;
+}
+
 static void on_heartbeat_check(uv_timer_t *t)
 {
     struct lv_vm *v = t->data;
     if (v->ch && !v->finished)
         note_throttling(v);
+    if (!v->hello && !v->alive && !v->finished && boot_watchdog(v))
+        return;
     if (!v->hello || v->finished)
         return;
     uint64_t limit = (uint64_t)v->lb->b->env.cfg->agent.heartbeat_timeout_s * 1000u;
@@ -573,7 +656,8 @@ static int provision_work(void *data, struct al_error **err)
 
     struct domain_params dp = {
             .name = v->base.name,
-            .domain_type = accel_domain_type(&lb->accel),
+            .domain_type = v->accel == ACCEL_KIND_KVM ? "kvm" : "qemu",
+            .emulator = *lb->b->cfg->emulator ? lb->b->cfg->emulator : NULL,
             .vcpus = v->req.cpus,
             .memory = v->req.memory,
             .kernel = v->image->kernel,
@@ -618,6 +702,7 @@ static void on_started(void *data, int result, struct al_error *err)
         al_error_free(err);
         return;
     }
+    v->t_started = al_now_mono_ms();
     phase(v, VM_PHASE_BOOTING);
     struct al_error *cerr = NULL;
     const struct config_agent *ac = &v->lb->b->env.cfg->agent;
@@ -708,7 +793,7 @@ static void inject_start(struct lv_backend *lb)
         return;
     }
     ib->lb = lb;
-    ib->force_tcg = lb->accel.kind == ACCEL_KIND_TCG;
+    ib->force_tcg = lv_accel_now(lb) == ACCEL_KIND_TCG;
     while (lb->inject_head && ib->n < INJECT_BATCH_MAX) {
         struct lv_vm *v = lb->inject_head;
         lb->inject_head = v->inject_next;
@@ -1098,6 +1183,8 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     v->req = *req;
     v->inject = req->inject >= 0 ? req->inject : b->cfg->inject;
     v->t0 = al_now_mono_ms();
+    v->accel = lv_accel_now(lb);
+    snprintf(v->result.accel, sizeof(v->result.accel), "%s", accel_kind_name(v->accel));
     uv_timer_init(b->env.loop, &v->hb_timer);
     v->hb_timer.data = v;
     v->hb_timer_open = true;
@@ -1175,6 +1262,10 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
             .memory = lb->memory,
             .healthy = lv_ensure_conn(lb),
     };
+    enum accel_kind k = lv_accel_now(lb);
+    snprintf(c.accel, sizeof(c.accel), "%s", accel_kind_name(k));
+    if (k != ACCEL_KIND_KVM)
+        snprintf(c.accel_reason, sizeof(c.accel_reason), "%s", lb->accel.reason);
     for (struct lv_vm *v = lb->vms; v; v = v->next) {
         c.used_vms++;
         c.used_vcpus += v->req.cpus;
@@ -1339,9 +1430,11 @@ static int lv_open(struct backend *b, struct al_error **err)
     if (r < 0)
         goto fail;
 
-    r = accel_probe(b->cfg->accel, cfg->agent.run_dir, &lb->accel, err);
+    struct accel_probe_opts ao = {.mode = b->cfg->accel, .cache_dir = cfg->agent.run_dir};
+    r = accel_probe(&ao, &lb->accel, err);
     if (r < 0)
         goto fail;
+    /* said once per boot of the host: whoever probed first says it */
     if (lb->accel.kind == ACCEL_KIND_TCG && b->cfg->accel == ACCEL_AUTO && !lb->accel.from_cache)
         log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
                  b->name, lb->accel.reason);

@@ -309,7 +309,10 @@ static void decide(struct attempt *a)
         r->outcome = ATTEMPT_ERROR;
         r->exit_code = 125;
         set_reason(a, "%s", a->vm_finished ? v->reason : "the VM ended without a result");
+        r->silent_boot = a->vm_finished && v->silent_boot;
     }
+    if (a->vm_finished)
+        snprintf(r->accel, sizeof(r->accel), "%s", v->accel);
     /* phase times as this attempt saw them (also when the host ended it) */
     uint64_t tp = a->t_phase[VM_PHASE_PROVISIONED], tb = a->t_phase[VM_PHASE_BOOTING];
     uint64_t tr = a->t_phase[VM_PHASE_RUNNING], te = a->t_end - a->t0;

@@ -62,6 +62,11 @@ struct attempt_result {
      * the artifact ones are known only in done, not yet in decided */
     unsigned limits;
     uint64_t throttled_ms; /* the guest channel's rate limit held it back this long */
+    /* the accelerator the VM ran under ("kvm", "tcg" or ""), and whether the
+     * ERROR was the backend's boot watchdog (no sign of life from the guest):
+     * the engine retries that once, under TCG, without using up an attempt */
+    char accel[8];
+    bool silent_boot;
 };
 
 struct attempt;

@@ -20,6 +20,7 @@
 
 #include "base/error.h"
 #include "base/log.h"
+#include "provision/accel.h" /* enum accel_mode */
 
 #define AL_CONFIG_DEFAULT_PATH "/etc/agentlab/agentlab.conf"
 #define AL_CONFIG_MAX_BYTES    (1u << 20)
@@ -34,12 +35,6 @@ enum backend_type {
 enum inject_mode {
     INJECT_SEED = 0,
     INJECT_GUESTFS,
-};
-
-enum accel_mode {
-    ACCEL_AUTO = 0,
-    ACCEL_KVM,
-    ACCEL_TCG,
 };
 
 enum source_type {
@@ -93,6 +88,12 @@ struct config_backend {
     char *uri;
     int inject; /* enum inject_mode */
     int accel;  /* enum accel_mode */
+    /* a guest with no sign of life (kernel output on the console, the
+     * helper's hello) this long after it started is ended and retried once
+     * on a fresh VM under TCG; 0 = off */
+    int64_t boot_watchdog_s;
+    int64_t boot_watchdog_tcg_s;
+    char *emulator; /* the QEMU binary of the domains; "" = libvirt's default */
     char *network;
     char *storage_pool;
     /* proxmox */

@@ -44,7 +44,8 @@ struct ejob {
     struct attempt *attempt;
     char vm_name[160];
     bool cancel_requested;
-    bool retry_blocked; /* secrets lost in a restart: never retried */
+    bool retry_blocked;  /* secrets lost in a restart: never retried */
+    bool silent_retried; /* the boot watchdog's one free retry is used */
 };
 
 struct warm_vm {
@@ -432,6 +433,14 @@ static void on_attempt_diag(struct attempt *a, const char *msg, void *data)
     log_info(j->id, "guest: %s", msg);
 }
 
+/* A guest the boot watchdog ended never showed a sign of life: the
+ * accelerator could not run it, not the job. Its job gets one more attempt
+ * (under TCG, which the backend has switched to) that does not count. */
+static bool free_retry(const struct ejob *j, const struct attempt_result *r)
+{
+    return r->silent_boot && !j->silent_retried;
+}
+
 static void on_attempt_decided(struct attempt *a, const struct attempt_result *r, void *data)
 {
     (void)a;
@@ -443,6 +452,9 @@ static void on_attempt_decided(struct attempt *a, const struct attempt_result *r
     if (e->stopping && !j->cancel_requested && to == JOB_STATE_CANCELED) {
         to = JOB_STATE_ERROR;
         detail = "agentlabd is shutting down";
+    } else if (to == JOB_STATE_ERROR && free_retry(j, r) && !j->cancel_requested && !e->stopping) {
+        snprintf(buf, sizeof(buf), "%.600s (retrying once on a fresh VM under TCG)", r->reason);
+        detail = buf;
     } else if (to == JOB_STATE_ERROR && j->attempts < j->max_attempts && !j->cancel_requested &&
                !e->stopping) {
         snprintf(buf, sizeof(buf), "%.600s (attempt %d of %d; retrying on a fresh VM)", r->reason,
@@ -485,6 +497,10 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
         err = al_error_free(err);
     }
     index_artifacts(j, r);
+    if (j->state == JOB_STATE_ERROR && free_retry(j, r)) {
+        j->silent_retried = true;
+        j->max_attempts++; /* this attempt does not count */
+    }
     bool retry = j->state == JOB_STATE_ERROR && !j->cancel_requested && !j->retry_blocked &&
                  j->attempts < j->max_attempts;
     e->notifying++;

@@ -29,6 +29,8 @@ static int gen_backends(yajl_gen g, struct engine *e)
         r |= json_kv_str(g, "type", bs[i].type);
         r |= json_kv_bool(g, "healthy", c->healthy);
         r |= json_kv_str(g, "reason", c->healthy || !c->reason[0] ? NULL : c->reason);
+        r |= json_kv_str(g, "accel", c->accel[0] ? c->accel : NULL);
+        r |= json_kv_str(g, "accel_reason", c->accel_reason[0] ? c->accel_reason : NULL);
         r |= json_kv_int(g, "max_vms", c->max_vms);
         r |= json_kv_int(g, "used_vms", c->used_vms);
         r |= json_kv_int(g, "vcpus", c->vcpus);

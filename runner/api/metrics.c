@@ -56,7 +56,8 @@ struct api_metrics {
     struct histogram phases[PH_COUNT];
     struct histogram queue_wait;
     uint64_t errors[ERR_KIND_COUNT];
-    uint64_t throttled_ms; /* guests held back by the channel's rate limit */
+    uint64_t throttled_ms;     /* guests held back by the channel's rate limit */
+    uint64_t boot_watchdog[2]; /* guests ended for no sign of life: under kvm, tcg */
     struct engine_reconcile_report reconcile;
 };
 
@@ -223,6 +224,8 @@ void api_metrics_on_attempt_done(struct api_metrics *m, const struct attempt_res
     if (r->artifacts.skipped || r->artifacts.truncated)
         m->errors[ERR_ARTIFACTS]++;
     m->throttled_ms += r->throttled_ms;
+    if (r->silent_boot)
+        m->boot_watchdog[streq(r->accel, "kvm") ? 0 : 1]++;
 }
 
 void api_metrics_on_finished(struct api_metrics *m, const char *job_id, enum job_state state)
@@ -411,6 +414,14 @@ int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api
                            m->errors[i]);
     r |= al_buf_printf(o, "agentlab_errors_total{kind=\"api_5xx\"} %" PRIu64 "\n",
                        st.responses_by_class[5]);
+
+    r |= header(o, "agentlab_boot_watchdog_total", "counter",
+                "Guests ended for showing no sign of life after they started, by accelerator; "
+                "each job is retried once under TCG.");
+    r |= al_buf_printf(o, "agentlab_boot_watchdog_total{accel=\"kvm\"} %" PRIu64 "\n",
+                       m->boot_watchdog[0]);
+    r |= al_buf_printf(o, "agentlab_boot_watchdog_total{accel=\"tcg\"} %" PRIu64 "\n",
+                       m->boot_watchdog[1]);
 
     r |= header(o, "agentlab_limit_hits_total", "counter",
                 "Times a hard limit was hit, by limit (once per job for the job limits).");

@@ -130,6 +130,15 @@ static void show_pools(yajl_val v)
     if (t)
         table_print(t, stdout);
     table_free(t);
+    /* the accelerator: one line per backend that cannot use KVM, and why */
+    for (size_t i = 0; arr && i < arr->u.array.len; i++) {
+        yajl_val b = arr->u.array.values[i];
+        const char *accel = cli_json_str(b, JPATH("accel"));
+        const char *why = cli_json_str(b, JPATH("accel_reason"));
+        if (accel && streq(accel, "tcg"))
+            printf("backend %s: VMs run under TCG (no KVM): %s\n", cli_json_str(b, JPATH("name")),
+                   why ? why : "?");
+    }
 
     static const char *const ph[] = {"POOL", "DEFAULT", "BACKENDS", "LABELS"};
     t = table_new(4, ph);

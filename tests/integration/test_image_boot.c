@@ -268,7 +268,7 @@ static void test_build_and_boot(void **state)
 
     /* 3. domain: TCG unless KVM really works, direct kernel boot, no NIC */
     struct accel_result accel;
-    assert_int_equal(accel_probe(ACCEL_AUTO, NULL, &accel, NULL), 0);
+    assert_int_equal(accel_probe(&(struct accel_probe_opts){.mode = ACCEL_AUTO}, &accel, NULL), 0);
     if (accel.kind != ACCEL_KIND_KVM)
         fprintf(stderr, "# KVM not usable (%s): booting under TCG\n", accel.reason);
     char *console = al_path_join(f->work, "console.log");
