@@ -497,7 +497,8 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
         err = al_error_free(err);
     }
     index_artifacts(j, r);
-    if (j->state == JOB_STATE_ERROR && free_retry(j, r)) {
+    bool free_attempt = j->state == JOB_STATE_ERROR && free_retry(j, r);
+    if (free_attempt) {
         j->silent_retried = true;
         j->max_attempts++; /* this attempt does not count */
     }
@@ -520,7 +521,10 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
 
     if (retry) {
         struct store_event ev = {0};
-        if (store_job_retry(e->store, j->id, "retrying on a fresh VM", &ev, &err) == 0) {
+        if (store_job_retry(e->store, j->id,
+                            free_attempt ? "retrying once on a fresh VM under TCG"
+                                         : "retrying on a fresh VM",
+                            free_attempt, &ev, &err) == 0) {
             j->state = JOB_STATE_QUEUED;
             notify_event(e, &ev);
             store_event_clear(&ev);
@@ -1417,7 +1421,8 @@ static void reconcile_jobs(struct engine *e)
                         continue;
                     }
                     struct store_event ev = {0};
-                    if (store_job_retry(e->store, j->id, "requeued after restart", &ev, &err) < 0) {
+                    if (store_job_retry(e->store, j->id, "requeued after restart", false, &ev,
+                                        &err) < 0) {
                         err = al_error_free(err);
                         job_finished(j, NULL);
                         continue;

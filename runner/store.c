@@ -122,6 +122,7 @@ enum stmt_id {
     ST_JOB_SET_TERMINAL,
     ST_JOB_START_ATTEMPT,
     ST_JOB_REQUEUE,
+    ST_JOB_GRANT_ATTEMPT,
     ST_ATTEMPT_INSERT,
     ST_ATTEMPT_END,
     ST_ATTEMPT_SET_VM,
@@ -169,6 +170,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                                  "attempts = attempts + 1 WHERE id = ?1",
         [ST_JOB_REQUEUE] = "UPDATE jobs SET state = 'QUEUED', updated_ms = ?2, exit_code = NULL, "
                            "reason = NULL WHERE id = ?1",
+        [ST_JOB_GRANT_ATTEMPT] = "UPDATE jobs SET max_attempts = max_attempts + 1 WHERE id = ?1",
         [ST_ATTEMPT_INSERT] = "INSERT INTO attempts (job_id, n, started_ms) VALUES (?1, ?2, ?3)",
         [ST_ATTEMPT_END] = "UPDATE attempts SET ended_ms = ?3, result = ?4 "
                            "WHERE job_id = ?1 AND n = ?2 AND ended_ms IS NULL",
@@ -1035,7 +1037,7 @@ int store_job_transition(struct store *s, const char *id, const struct store_tra
     return 0;
 }
 
-int store_job_retry(struct store *s, const char *id, const char *detail,
+int store_job_retry(struct store *s, const char *id, const char *detail, bool free_attempt,
                     struct store_event *ret_event, struct al_error **err)
 {
     _cleanup_tx_ struct tx tx = {0};
@@ -1046,6 +1048,18 @@ int store_job_retry(struct store *s, const char *id, const char *detail,
     r = read_job_state(s, id, &cur, err);
     if (r < 0)
         return r;
+    if (free_attempt) {
+        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_JOB_GRANT_ATTEMPT, err);
+        if (!st)
+            return -EIO;
+        int rc = bind_plain(st, 1, id);
+        if (rc != SQLITE_OK)
+            return db_fail(s, rc, err, "granting job %s an attempt", id);
+        r = run_write(s, st, "granting an attempt", err);
+        if (r < 0)
+            return r;
+        cur.max_attempts++;
+    }
     r = job_retry_check(cur.state, cur.attempts, cur.max_attempts, err);
     if (r < 0)
         return WRAP(r, err, "job %s", id);

@@ -135,8 +135,10 @@ int store_job_transition(struct store *s, const char *id, const struct store_tra
                          struct store_event *ret_event, struct al_error **err);
 
 /* The retry edge: ERROR -> QUEUED, allowed only while attempts remain
- * (job_retry_check). Otherwise like store_job_transition(). */
-int store_job_retry(struct store *s, const char *id, const char *detail,
+ * (job_retry_check). free_attempt first raises the job's max_attempts by
+ * one, in the same transaction: the attempt that just ended does not count.
+ * Otherwise like store_job_transition(). */
+int store_job_retry(struct store *s, const char *id, const char *detail, bool free_attempt,
                     struct store_event *ret_event, struct al_error **err);
 
 struct store_job {

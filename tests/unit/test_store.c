@@ -346,7 +346,7 @@ static void test_retry(void **state)
     assert_int_equal(move(f, id, JOB_STATE_QUEUED, NULL), -EINVAL);
 
     struct store_event ev = {0};
-    assert_int_equal(store_job_retry(f->store, id, "retry: backend lost", &ev, NULL), 0);
+    assert_int_equal(store_job_retry(f->store, id, "retry: backend lost", false, &ev, NULL), 0);
     assert_int_equal(ev.from, JOB_STATE_ERROR);
     assert_int_equal(ev.to, JOB_STATE_QUEUED);
     store_event_clear(&ev);
@@ -360,7 +360,7 @@ static void test_retry(void **state)
     move_ok(f, id, JOB_STATE_BOOTING);
     move_ok(f, id, JOB_STATE_ERROR);
     struct al_error *err = NULL;
-    assert_int_equal(store_job_retry(f->store, id, "again", NULL, &err), -EINVAL);
+    assert_int_equal(store_job_retry(f->store, id, "again", false, NULL, &err), -EINVAL);
     assert_non_null(strstr(al_error_message(err), "all 2 attempts used"));
     al_error_free(err);
     job = get(f, id);
@@ -368,20 +368,32 @@ static void test_retry(void **state)
     assert_int_equal(job->attempts, 2);
     store_job_free(job);
 
+    /* the boot watchdog's retry does not count: one more attempt, durably */
+    assert_int_equal(store_job_retry(f->store, id, "silent guest", true, NULL, NULL), 0);
+    job = get(f, id);
+    assert_int_equal(job->state, JOB_STATE_QUEUED);
+    assert_int_equal(job->max_attempts, 3);
+    store_job_free(job);
+    move_ok(f, id, JOB_STATE_PROVISIONING);
+    move_ok(f, id, JOB_STATE_BOOTING);
+    move_ok(f, id, JOB_STATE_ERROR);
+
     struct store_attempt *a = NULL;
     size_t n = 0;
     assert_int_equal(store_attempts_list(f->store, id, &a, &n, NULL), 0);
-    assert_int_equal(n, 2);
+    assert_int_equal(n, 3);
     assert_int_equal(a[1].n, 2);
+    assert_int_equal(a[2].n, 3);
     assert_string_equal(a[0].result, "ERROR");
     assert_string_equal(a[1].result, "ERROR");
+    assert_string_equal(a[2].result, "ERROR");
     store_attempts_free(a, n);
 
     /* workload failures are never retried */
     insert(f, "{\"command\":[\"true\"],\"max_attempts\":5}", id);
     walk_to(f, id, JOB_STATE_FAILED);
     err = NULL;
-    assert_int_equal(store_job_retry(f->store, id, NULL, NULL, &err), -EINVAL);
+    assert_int_equal(store_job_retry(f->store, id, NULL, false, NULL, &err), -EINVAL);
     assert_non_null(strstr(al_error_message(err), "only ERROR is retried"));
     al_error_free(err);
 }
