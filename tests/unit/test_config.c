@@ -38,6 +38,25 @@ static char *load_err(const char *text)
     return msg;
 }
 
+/* The accelerator keys of a libvirt backend. */
+static void test_accel_keys(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("[backend \"local\"]\naccel = tcg\nboot_watchdog = 0\n"
+                               "boot_watchdog_tcg = 90s\nemulator = /usr/local/bin/qemu-kvm\n");
+    assert_int_equal(c->backends[0].accel, ACCEL_TCG);
+    assert_int_equal(c->backends[0].boot_watchdog_s, 0);
+    assert_int_equal(c->backends[0].boot_watchdog_tcg_s, 90);
+    assert_string_equal(c->backends[0].emulator, "/usr/local/bin/qemu-kvm");
+    config_free(c);
+    char *msg = load_err("[backend \"local\"]\nemulator = qemu\n");
+    assert_non_null(strstr(msg, "test.conf:2: bad value \"qemu\" for key \"emulator\""));
+    free(msg);
+    msg = load_err("[backend \"c\"]\ntype = proxmox\nboot_watchdog = 1m\n");
+    assert_non_null(strstr(msg, "does not apply to backend type proxmox"));
+    free(msg);
+}
+
 static void test_defaults_without_file(void **state)
 {
     (void)state;
@@ -52,6 +71,10 @@ static void test_defaults_without_file(void **state)
     assert_string_equal(c->backends[0].uri, "qemu:///system");
     assert_string_equal(c->backends[0].storage_pool, ""); /* derived by the backend */
     assert_int_equal(c->backends[0].inject, INJECT_SEED);
+    assert_int_equal(c->backends[0].accel, ACCEL_AUTO);
+    assert_int_equal(c->backends[0].boot_watchdog_s, 30);
+    assert_int_equal(c->backends[0].boot_watchdog_tcg_s, 180);
+    assert_string_equal(c->backends[0].emulator, "");
     assert_int_equal(c->n_pools, 1);
     assert_string_equal(c->pools[0].name, "default");
     assert_null(c->pools[0].backends[0]);
@@ -287,6 +310,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_defaults_without_file),
+            cmocka_unit_test(test_accel_keys),
             cmocka_unit_test(test_full_file),
             cmocka_unit_test(test_env_override),
             cmocka_unit_test(test_errors_name_file_line_key),
