@@ -79,24 +79,6 @@ static void notify(const struct image_build_opts *o, enum image_build_event ev,
 
 /* ---- locating things ---- */
 
-static char *find_in_path(const char *name)
-{
-    const char *path = getenv("PATH");
-    if (!path || !path[0])
-        path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    _cleanup_free_ char *copy = strdup(path);
-    if (!copy)
-        return NULL;
-    char *save = NULL;
-    for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        char *p = al_path_join(d, name);
-        if (p && access(p, X_OK) == 0)
-            return p;
-        free(p);
-    }
-    return NULL;
-}
-
 static bool is_executable_file(const char *p)
 {
     struct stat st;
@@ -878,6 +860,7 @@ static int build_in(const struct image_build_opts *o, const struct inputs *in,
             .filesystem = in->recipe->filesystem,
             .label = in->recipe->label,
             .force_tcg = force_tcg,
+            .tcg_fallback = o->accel_mode == ACCEL_AUTO,
             .seal = {.mask = in->recipe->mask,
                      .user = in->recipe->user,
                      .user_sudo = in->recipe->user_sudo,
@@ -891,6 +874,12 @@ static int build_in(const struct image_build_opts *o, const struct inputs *in,
     };
     struct disk_build_result dr = {0};
     r = disk_build(&d, &dr, err);
+    if (dr.kvm_failure[0] && accel_mark_kvm_unusable(o->accel_cache_dir, dr.kvm_failure)) {
+        _cleanup_free_ char *msg = NULL;
+        if (asprintf(&msg, "KVM is not usable (%s): the libguestfs appliance runs under TCG",
+                     dr.kvm_failure) >= 0)
+            notify(o, IMAGE_BUILD_NOTICE, IMAGE_PHASE_DISK, 0, msg);
+    }
     if (r < 0)
         return al_error_wrap(err, "%s", clock.ms[IMAGE_PHASE_DISK] ? "seal" : "disk");
     _cleanup_free_ char *kernel_version = dr.kernel_version;
@@ -955,7 +944,7 @@ int image_build(const struct image_build_opts *o, struct image_build_result *ret
     static const char *const tools[][2] = {{"mmdebstrap", "mmdebstrap"},
                                            {"qemu-system-x86_64", "qemu-system-x86"}};
     for (size_t i = 0; i < ARRAY_SIZE(tools); i++) {
-        _cleanup_free_ char *found = find_in_path(tools[i][0]);
+        _cleanup_free_ char *found = al_find_in_path(tools[i][0]);
         if (!found) {
             r = al_error_set(err, ENOENT,
                              "%s not found in PATH (run scripts/setup.sh, or apt-get install %s)",

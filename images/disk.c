@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "provision/appliance_watchdog.h"
 #include "runner/base/buf.h"
 #include "runner/base/util.h"
 
@@ -335,8 +336,8 @@ static int populate(guestfs_h *g, const struct disk_build_opts *o, char **ret_ve
     return 0;
 }
 
-int disk_build(const struct disk_build_opts *o, struct disk_build_result *ret,
-               struct al_error **err)
+static int disk_build_once(const struct disk_build_opts *o, bool force_tcg,
+                           struct disk_build_result *ret, struct al_error **err)
 {
     _cleanup_(guestfs_closep) guestfs_h *g = guestfs_create();
     if (!g)
@@ -346,7 +347,7 @@ int disk_build(const struct disk_build_opts *o, struct disk_build_result *ret,
     const char *backend = getenv("LIBGUESTFS_BACKEND");
     if ((!backend || !backend[0]) && guestfs_set_backend(g, "direct") < 0)
         return gfail(g, o, err, "selecting the libguestfs backend");
-    if (o->force_tcg && guestfs_set_backend_setting(g, "force_tcg", "1") < 0)
+    if (force_tcg && guestfs_set_backend_setting(g, "force_tcg", "1") < 0)
         return gfail(g, o, err, "forcing TCG");
 
     if (guestfs_disk_create(g, o->disk, "qcow2", (int64_t)o->size,
@@ -359,7 +360,13 @@ int disk_build(const struct disk_build_opts *o, struct disk_build_result *ret,
         return gfail(g, o, err, "adding %s", o->disk);
     if (cancelled(o))
         return al_error_set(err, ECANCELED, "interrupted");
-    if (guestfs_launch(g) < 0)
+    /* under KVM, a launch that hangs is ended early (appliance_watchdog.h) */
+    int r = appliance_launch(g, force_tcg ? 0 : APPLIANCE_WATCHDOG_KVM_S);
+    if (r == -ETIMEDOUT)
+        return al_error_set(err, ETIMEDOUT,
+                            "the libguestfs appliance showed no sign of life in %d s under KVM",
+                            APPLIANCE_WATCHDOG_KVM_S);
+    if (r < 0)
         return gfail(g, o, err, "starting the libguestfs appliance");
     if (o->cancel) {
         int pid = guestfs_get_pid(g);
@@ -367,11 +374,26 @@ int disk_build(const struct disk_build_opts *o, struct disk_build_result *ret,
         o->cancel->pid = pid > 0 ? pid : 0;
     }
     char *version = NULL;
-    int r = populate(g, o, &version, err);
+    r = populate(g, o, &version, err);
     if (o->cancel)
         o->cancel->pid = 0;
     if (r < 0)
         return r;
     ret->kernel_version = version;
     return 0;
+}
+
+int disk_build(const struct disk_build_opts *o, struct disk_build_result *ret,
+               struct al_error **err)
+{
+    int r = disk_build_once(o, o->force_tcg, ret, err);
+    if (r != -ETIMEDOUT || o->force_tcg || !o->tcg_fallback)
+        return r;
+    /* KVM ran the accelerator probe's kernel but hangs the appliance */
+    snprintf(ret->kvm_failure, sizeof(ret->kvm_failure), "%s",
+             err && *err ? al_error_message(*err) : "the libguestfs appliance hung under KVM");
+    if (err && *err)
+        *err = al_error_free(*err);
+    (void)unlink(o->disk);
+    return disk_build_once(o, true, ret, err);
 }

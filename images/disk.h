@@ -39,6 +39,9 @@ struct disk_build_opts {
     const char *filesystem; /* "ext4", ... */
     const char *label;
     bool force_tcg;
+    /* an appliance that hangs under KVM is killed after a bound and the
+     * build starts over under TCG (accel = auto) */
+    bool tcg_fallback;
     struct disk_seal seal;
     const char *out_dir; /* receives vmlinuz, initrd.img and dpkg-status */
     /* called when the seal phase starts (the disk phase is the first) */
@@ -49,6 +52,9 @@ struct disk_build_opts {
 
 struct disk_build_result {
     char *kernel_version;
+    /* set when the appliance hung under KVM and the build went on under
+     * TCG (tcg_fallback): why */
+    char kvm_failure[256];
 };
 
 /* Runs the disk and seal phases. On success out_dir holds vmlinuz,

@@ -124,28 +124,6 @@ static void cache_write(const char *cache_dir, const char *boot_id, const char *
 
 /* ------------------------------------------------- what gets probed */
 
-static char *find_in_path(const char *name)
-{
-    const char *path = getenv("PATH");
-    if (!path || !*path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    for (const char *p = path; *p;) {
-        size_t n = strcspn(p, ":");
-        if (n > 0) {
-            char *cand = NULL;
-            if (asprintf(&cand, "%.*s/%s", (int)n, p, name) < 0)
-                return NULL;
-            if (access(cand, X_OK) == 0)
-                return cand;
-            free(cand);
-        }
-        p += n;
-        if (*p == ':')
-            p++;
-    }
-    return NULL;
-}
-
 /* The host's running kernel in /boot, else the newest readable one there. */
 static char *find_kernel(void)
 {
@@ -404,7 +382,7 @@ static bool probe_inputs(const struct accel_probe_opts *o, const char *dev, char
     close(fd);
 
     _cleanup_free_ char *kernel = o->kernel ? strdup(o->kernel) : find_kernel();
-    _cleanup_free_ char *qemu = find_in_path(PROBE_QEMU);
+    _cleanup_free_ char *qemu = al_find_in_path(PROBE_QEMU);
     char kid[480] = "", qid[480] = "";
     if (kernel)
         (void)file_id(kernel, kid, sizeof(kid));

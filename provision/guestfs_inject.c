@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "provision/appliance_watchdog.h"
 #include "runner/base/buf.h"
 
 /* Golden images carry their root filesystem directly on the disk (no
@@ -274,7 +275,14 @@ int guestfs_inject_seed(const struct guestfs_inject_item *items, size_t n, bool 
         if (guestfs_add_drive_opts(in.g, items[i].disk, GUESTFS_ADD_DRIVE_OPTS_FORMAT, fmt, -1) < 0)
             return gerr(&in, err, "adding the disk", items[i].disk);
     }
-    if (guestfs_launch(in.g) < 0)
+    /* under KVM, a launch that hangs is ended early (appliance_watchdog.h) */
+    r = appliance_launch(in.g, force_tcg ? 0 : APPLIANCE_WATCHDOG_KVM_S);
+    if (r == -ETIMEDOUT)
+        return al_error_set(err, ETIMEDOUT,
+                            "guestfs inject: the libguestfs appliance showed no sign of life in "
+                            "%d s under KVM",
+                            APPLIANCE_WATCHDOG_KVM_S);
+    if (r < 0)
         return gerr(&in, err, "launching the appliance", NULL);
 
     _cleanup_strv_ char **devices = guestfs_list_devices(in.g);

@@ -21,7 +21,8 @@ struct guestfs_inject_item {
 
 /* Injects every item with one appliance launch. force_tcg comes from the
  * accelerator probe (accel.h). On failure nothing is guaranteed about items
- * after the failing one; the error names the disk. */
+ * after the failing one; the error names the disk. -ETIMEDOUT: under KVM,
+ * the appliance hung (appliance_watchdog.h); try again with force_tcg. */
 int guestfs_inject_seed(const struct guestfs_inject_item *items, size_t n, bool force_tcg,
                         struct al_error **err);
 

@@ -724,6 +724,7 @@ static void on_started(void *data, int result, struct al_error *err)
 struct inject_batch {
     struct lv_backend *lb;
     bool force_tcg;
+    bool may_turn_down_kvm; /* accel = auto: a hung appliance means TCG */
     size_t n;
     struct lv_vm *vms[INJECT_BATCH_MAX];
     struct guestfs_inject_item items[INJECT_BATCH_MAX];
@@ -742,7 +743,18 @@ static int inject_batch_work(void *data, struct al_error **err)
     (void)err;
     struct inject_batch *ib = data;
     struct al_error *e = NULL;
-    if (guestfs_inject_seed(ib->items, ib->n, ib->force_tcg, &e) == 0)
+    int r = guestfs_inject_seed(ib->items, ib->n, ib->force_tcg, &e);
+    if (r == -ETIMEDOUT && !ib->force_tcg && ib->may_turn_down_kvm) {
+        /* KVM runs the probe's kernel but hangs the appliance: TCG from now
+         * on, for this batch too */
+        if (accel_mark_kvm_unusable(ib->lb->b->env.cfg->agent.run_dir, al_error_message(e)))
+            log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG from now on",
+                     ib->lb->b->name, al_error_message(e));
+        e = al_error_free(e);
+        ib->force_tcg = true;
+        r = guestfs_inject_seed(ib->items, ib->n, true, &e);
+    }
+    if (r == 0)
         return 0;
     if (ib->n == 1) {
         ib->results[0] = -EIO;
@@ -794,6 +806,7 @@ static void inject_start(struct lv_backend *lb)
     }
     ib->lb = lb;
     ib->force_tcg = lv_accel_now(lb) == ACCEL_KIND_TCG;
+    ib->may_turn_down_kvm = lb->b->cfg->accel == ACCEL_AUTO;
     while (lb->inject_head && ib->n < INJECT_BATCH_MAX) {
         struct lv_vm *v = lb->inject_head;
         lb->inject_head = v->inject_next;

@@ -427,3 +427,21 @@ int al_fd_set_nonblock(int fd, bool on)
         return -errno;
     return 0;
 }
+
+char *al_find_in_path(const char *name)
+{
+    const char *path = getenv("PATH");
+    if (!path || !path[0])
+        path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    _cleanup_free_ char *copy = strdup(path);
+    if (!copy)
+        return NULL;
+    char *save = NULL;
+    for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        char *p = al_path_join(d, name);
+        if (p && access(p, X_OK) == 0)
+            return p;
+        free(p);
+    }
+    return NULL;
+}

@@ -43,6 +43,10 @@ int al_rm_rf(const char *path, struct al_error **err);
 /* Joins two path parts with one '/'. Returns NULL on ENOMEM. */
 char *al_path_join(const char *a, const char *b);
 
+/* The first executable name in $PATH (or a default path when it is unset),
+ * or NULL. The caller frees it. */
+char *al_find_in_path(const char *name);
+
 /* Monotonic clock in milliseconds / microseconds; wall clock in ms since the epoch. */
 uint64_t al_now_mono_ms(void);
 uint64_t al_now_mono_us(void);
