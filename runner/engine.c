@@ -1034,6 +1034,11 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
         job_spec_free(spec);
         return al_error_set(err, ESHUTDOWN, "agentlabd is shutting down");
     }
+    if (e->notifying) {
+        /* an observer must defer its submissions to the loop (engine.h) */
+        job_spec_free(spec);
+        return al_error_set(err, EDEADLK, "engine_submit from inside an observer callback");
+    }
     int r = job_spec_apply_defaults(spec, e->cfg, err);
     if (r == 0)
         r = validate(e, spec, err);
@@ -1624,6 +1629,31 @@ long engine_pool_room(struct engine *e, const char *pool)
             room += f;
     }
     return room;
+}
+
+enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_admit *a, char *why,
+                                       size_t why_size)
+{
+    if (a->cap && a->live >= a->cap) {
+        if (why)
+            snprintf(why, why_size, "%u jobs of this source are live, its limit", a->live);
+        return ENGINE_ADMIT_SOURCE_FULL;
+    }
+    if (!a->start_now)
+        return ENGINE_ADMIT_YES;
+    const char *name = a->pool && *a->pool ? a->pool : e->cfg->agent.pool;
+    const struct config_pool *p = config_find_pool(e->cfg, name);
+    long queued = 0;
+    for (struct ejob *j = e->queue; j; j = j->next)
+        queued += pool_of(e, j->spec) == p;
+    long room = engine_pool_room(e, name);
+    if (room > queued + (long)a->held)
+        return ENGINE_ADMIT_YES;
+    if (why)
+        snprintf(why, why_size,
+                 "pool %s has room for %ld more jobs and %ld are queued for it, %u more held", name,
+                 room, queued, a->held);
+    return ENGINE_ADMIT_POOL_FULL;
 }
 
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running)

@@ -99,7 +99,10 @@ void engine_sync(struct engine *e, void (*done)(int result, void *data), void *d
 struct attempt_result;
 
 /* Observers see every transition, every chunk of (redacted) output, and
- * each attempt's full result (timings, artifacts) once its VM is gone. */
+ * each attempt's full result (timings, artifacts) once its VM is gone.
+ * They must not call back into the engine to submit (engine_submit fails
+ * with -EDEADLK then): whatever a callback wants done with the engine goes
+ * on the loop's next turn (a zero timer). */
 struct engine_observer {
     void (*event)(const struct store_event *ev, void *data);
     void (*output)(const char *job_id, enum vm_stream stream, const char *buf, size_t len,
@@ -154,6 +157,31 @@ int engine_warm_target(const struct config_pool *pool, int64_t now_wall_ms);
  * a pool (NULL or "" = the default pool) have room for now, by VM count and
  * by vCPUs; queued jobs are not subtracted. */
 long engine_pool_room(struct engine *e, const char *pool);
+
+/* The one admission rule, asked by every source and the API before they take
+ * a job. A source says how many of its jobs are live (as it counts them:
+ * queued or running, also those it holds outside the engine) and its cap. A
+ * source that claims work from a forge (GitLab, GitHub), where a job taken
+ * is a job promised, asks for start_now: then the job's pool must also have
+ * a free slot beyond the jobs already queued for that pool and the held
+ * ones. Other pools' queues do not count. */
+struct engine_admit {
+    const char *pool; /* NULL or "" = the default pool */
+    unsigned live;    /* the source's live jobs */
+    unsigned cap;     /* at most this many; 0 = no cap */
+    bool start_now;
+    unsigned held; /* start_now: jobs taken, not queued in the engine yet */
+};
+
+enum engine_admit_verdict {
+    ENGINE_ADMIT_YES = 0,
+    ENGINE_ADMIT_SOURCE_FULL, /* the source's cap */
+    ENGINE_ADMIT_POOL_FULL,   /* start_now, and no slot is free */
+};
+
+/* Answers for one more job; why (may be NULL) gets a sentence when not. */
+enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_admit *a, char *why,
+                                       size_t why_size);
 
 /* Counts of live jobs. */
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running);

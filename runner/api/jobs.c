@@ -143,7 +143,9 @@ void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_m
     /* a runaway client script fills the queue and the database otherwise */
     unsigned live = engine_live_jobs(ctx->engine, JOB_SOURCE_API) +
                     engine_live_jobs(ctx->engine, JOB_SOURCE_CLI);
-    if (live >= (unsigned)ctx->cfg->agent.api_max_jobs) {
+    struct engine_admit a = {
+            .pool = spec->pool, .live = live, .cap = (unsigned)ctx->cfg->agent.api_max_jobs};
+    if (engine_admit(ctx->engine, &a, NULL, 0) != ENGINE_ADMIT_YES) {
         limits_hit(AL_LIMIT_API_JOBS);
         api_reply_error(r, 429, "too_many_jobs",
                         "%u jobs from the API are queued or running, the most api_max_jobs "

@@ -155,6 +155,7 @@ struct github {
     uint64_t auth_backoff_ms;
     uv_timer_t pump_timer;
     uv_timer_t tick_timer;
+    uv_timer_t serve_timer; /* serve() on the next loop turn: observers never re-enter the engine */
 
     struct ghrunner *runners;
     struct ghdemand *demand, *demand_tail;
@@ -784,11 +785,10 @@ static unsigned runners_live(const struct github *g, unsigned *ret_creating)
 /* True when the pool has a free VM slot beyond the jobs already waiting. */
 static bool engine_room(struct github *g)
 {
-    long free_vms = engine_pool_room(g->e, g->src->pool);
-    unsigned queued = 0, running = 0, creating = 0;
-    engine_counts(g->e, &queued, &running);
+    unsigned creating = 0;
     runners_live(g, &creating);
-    return free_vms > (long)queued + (long)creating;
+    struct engine_admit a = {.pool = g->src->pool, .start_now = true, .held = creating};
+    return engine_admit(g->e, &a, NULL, 0) == ENGINE_ADMIT_YES;
 }
 
 /* ------------------------------------------------------------ runners */
@@ -1588,6 +1588,21 @@ static struct ghrunner *runner_by_engine_id(struct github *g, const char *id)
     return NULL;
 }
 
+static void on_serve_timer(uv_timer_t *t)
+{
+    struct github *g = t->data;
+    if (!g->stopping)
+        serve(g);
+}
+
+/* From observer callbacks: serving may submit to the engine, which must not
+ * be entered from inside its own notification. Coalesced per loop turn. */
+static void serve_soon(struct github *g)
+{
+    if (!g->stopping && !g->closed)
+        uv_timer_start(&g->serve_timer, on_serve_timer, 0, 0);
+}
+
 static void on_finished(const char *job_id, enum job_state state, const struct attempt_result *last,
                         void *data)
 {
@@ -1609,16 +1624,15 @@ static void on_finished(const char *job_id, enum job_state state, const struct a
         if (!g->stopping)
             runner_delete(r);
     }
-    if (!g->stopping)
-        serve(g);
+    serve_soon(g);
 }
 
 static void on_event(const struct store_event *ev, void *data)
 {
     struct github *g = data;
     /* a job ending anywhere may have made room */
-    if (job_state_is_terminal(ev->to) && !g->stopping)
-        serve(g);
+    if (job_state_is_terminal(ev->to))
+        serve_soon(g);
 }
 
 static const struct engine_observer observer = {
@@ -1874,8 +1888,9 @@ int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
     }
     uv_timer_init(loop, &g->pump_timer);
     uv_timer_init(loop, &g->tick_timer);
-    g->pump_timer.data = g->tick_timer.data = g;
-    g->handles_open = 2;
+    uv_timer_init(loop, &g->serve_timer);
+    g->pump_timer.data = g->tick_timer.data = g->serve_timer.data = g;
+    g->handles_open = 3;
     g->watch = engine_observe(e, &observer, g);
     cancel_orphans(g);
     uint64_t now = now_ms();
@@ -1926,8 +1941,10 @@ static void maybe_stopped(struct github *g)
     g->auth = NULL;
     uv_timer_stop(&g->pump_timer);
     uv_timer_stop(&g->tick_timer);
+    uv_timer_stop(&g->serve_timer);
     uv_close((uv_handle_t *)&g->pump_timer, on_handle_closed);
     uv_close((uv_handle_t *)&g->tick_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&g->serve_timer, on_handle_closed);
 }
 
 void github_stop(struct github *g, void (*done)(void *data), void *data)

@@ -338,17 +338,16 @@ static unsigned jobs_active(struct gitlab *g, unsigned *ret_checkouts)
 static bool has_room(struct gitlab *g)
 {
     unsigned checkouts = 0;
-    if (jobs_active(g, &checkouts) >= (unsigned)g->src->concurrent) {
-        if (!g->at_cap)
-            limits_hit(AL_LIMIT_SOURCE_JOBS);
-        g->at_cap = true;
-        return false;
-    }
-    g->at_cap = false;
-    long free_vms = engine_pool_room(g->e, g->src->pool);
-    unsigned queued = 0, running = 0;
-    engine_counts(g->e, &queued, &running);
-    return free_vms > (long)queued + (long)checkouts;
+    struct engine_admit a = {.pool = g->src->pool,
+                             .live = jobs_active(g, &checkouts),
+                             .cap = (unsigned)g->src->concurrent,
+                             .start_now = true};
+    a.held = checkouts;
+    enum engine_admit_verdict v = engine_admit(g->e, &a, NULL, 0);
+    if (v == ENGINE_ADMIT_SOURCE_FULL && !g->at_cap)
+        limits_hit(AL_LIMIT_SOURCE_JOBS);
+    g->at_cap = v == ENGINE_ADMIT_SOURCE_FULL;
+    return v == ENGINE_ADMIT_YES;
 }
 
 /* ------------------------------------------------------------ jobs */

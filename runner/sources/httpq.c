@@ -445,7 +445,10 @@ static void on_poll_timer(uv_timer_t *t)
     struct httpq *q = t->data;
     if (q->stopping || q->poll_call)
         return;
-    if (q->live >= (unsigned)q->src->concurrent) {
+    /* the queue holds what is not taken: no need for a free VM now */
+    struct engine_admit a = {
+            .pool = q->src->pool, .live = q->live, .cap = (unsigned)q->src->concurrent};
+    if (engine_admit(q->e, &a, NULL, 0) != ENGINE_ADMIT_YES) {
         if (!q->at_cap)
             limits_hit(AL_LIMIT_SOURCE_JOBS);
         q->at_cap = true;

@@ -162,7 +162,10 @@ static void scan(struct spool *s)
             continue;
         /* the cap counts every live spool job, also those a restart took
          * back; the rest wait as files until jobs end */
-        if (engine_live_jobs(s->e, JOB_SOURCE_SPOOL) >= (unsigned)s->src->concurrent) {
+        struct engine_admit a = {.pool = s->src->pool,
+                                 .live = engine_live_jobs(s->e, JOB_SOURCE_SPOOL),
+                                 .cap = (unsigned)s->src->concurrent};
+        if (engine_admit(s->e, &a, NULL, 0) != ENGINE_ADMIT_YES) {
             capped = true;
             break;
         }

@@ -7,6 +7,7 @@
  */
 #include "test_util.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,6 +207,87 @@ static void wait_finished(struct ctx *c, int n)
 }
 
 /* ------------------------------------------------------------ tests */
+
+/* The one admission rule: a pool's queue, not every pool's, decides
+ * whether a forge source may take a job for it; a source's cap is its own. */
+static void test_admission_per_pool(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    char id[STORE_JOB_ID_SIZE];
+    /* only-a (backend a, one VM): one job runs, nine wait */
+    for (int i = 0; i < 10; i++)
+        assert_null(submit(
+                c, "{\"command\":[\"x\"],\"pool\":\"only-a\",\"env\":{\"FAKE\":\"hang\"}}", id));
+    uint64_t end = al_now_mono_ms() + 5000;
+    unsigned queued = 0, running = 0;
+    while (al_now_mono_ms() < end) {
+        uv_run(&c->loop, UV_RUN_NOWAIT);
+        engine_counts(c->engine, &queued, &running);
+        if (running == 1 && queued == 9)
+            break;
+    }
+    assert_int_equal(running, 1);
+    assert_int_equal(queued, 9);
+    long room = engine_pool_room(c->engine, "default");
+    assert_true(room > 0 && room < 9); /* fewer free slots than jobs queued elsewhere */
+
+    char why[200] = "";
+    struct engine_admit a = {.pool = "default", .start_now = true};
+    assert_int_equal(engine_admit(c->engine, &a, why, sizeof(why)), ENGINE_ADMIT_YES);
+    a.held = (unsigned)room;
+    assert_int_equal(engine_admit(c->engine, &a, why, sizeof(why)), ENGINE_ADMIT_POOL_FULL);
+    assert_non_null(strstr(why, "pool default"));
+    a = (struct engine_admit){.pool = "only-a", .start_now = true};
+    assert_int_equal(engine_admit(c->engine, &a, why, sizeof(why)), ENGINE_ADMIT_POOL_FULL);
+    assert_non_null(strstr(why, "9 are queued"));
+    /* a source that queues (spool, HTTP queue, API) needs no free slot */
+    a.start_now = false;
+    assert_int_equal(engine_admit(c->engine, &a, NULL, 0), ENGINE_ADMIT_YES);
+    a = (struct engine_admit){.pool = "default", .live = 4, .cap = 4};
+    assert_int_equal(engine_admit(c->engine, &a, why, sizeof(why)), ENGINE_ADMIT_SOURCE_FULL);
+    assert_non_null(strstr(why, "4 jobs of this source are live"));
+    a.live = 3;
+    assert_int_equal(engine_admit(c->engine, &a, NULL, 0), ENGINE_ADMIT_YES);
+}
+
+/* Observers never re-enter the engine: a submission from inside a callback
+ * is refused, and deferred to the loop it goes through. */
+struct reentry {
+    struct engine *e;
+    int result;
+    bool tried;
+};
+
+static void on_event_submit(const struct store_event *ev, void *data)
+{
+    struct reentry *r = data;
+    if (r->tried || ev->to != JOB_STATE_QUEUED)
+        return;
+    r->tried = true;
+    struct job_spec *spec = NULL;
+    const char json[] = "{\"command\":[\"x\"]}";
+    assert_int_equal(job_spec_parse(json, strlen(json), 0, &spec, NULL), 0);
+    char id[STORE_JOB_ID_SIZE];
+    struct al_error *err = NULL;
+    r->result = engine_submit(r->e, spec, NULL, id, &err);
+    al_error_free(err);
+}
+
+static void test_observer_cannot_reenter(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    struct reentry r = {.e = c->engine};
+    static const struct engine_observer obs = {.event = on_event_submit};
+    struct engine_watch *w = engine_observe(c->engine, &obs, &r);
+    char id[STORE_JOB_ID_SIZE];
+    assert_null(submit(c, "{\"command\":[\"echo\",\"hi\"]}", id));
+    assert_true(r.tried);
+    assert_int_equal(r.result, -EDEADLK);
+    engine_unobserve(c->engine, w);
+    wait_finished(c, 1);
+}
 
 static void test_runs_and_persists(void **state)
 {
@@ -413,6 +495,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_runs_and_persists, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_admission_per_pool, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_observer_cannot_reenter, setup, teardown),
             cmocka_unit_test_setup_teardown(test_fallback_to_second_backend, setup, teardown),
             cmocka_unit_test_setup_teardown(test_retry_infra_errors_only, setup, teardown),
             cmocka_unit_test_setup_teardown(test_unhealthy_and_broken_backends, setup, teardown),
