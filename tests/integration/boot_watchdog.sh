@@ -53,22 +53,7 @@ boot_watchdog_tcg = 30s
 CONF
 sock=$AGENTLAB_RUN_DIR/agentlabd.sock
 
-"$daemon" 2>"$TEST_TMP/daemon.log" &
-dpid=$!
-stop_daemon() {
-    if kill -0 "$dpid" 2>/dev/null; then
-        kill -TERM "$dpid"
-        wait "$dpid" || true
-    fi
-}
-out=${AL_TEST_OUTDIR:-}
-trap 'stop_daemon; [ -z "$out" ] || { mkdir -p "$out"; cp "$TEST_TMP/daemon.log" "$out/"; }; al_test_cleanup' EXIT
-i=0
-until grep -q "ready" "$TEST_TMP/daemon.log"; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { cat "$TEST_TMP/daemon.log"; fail "agentlabd did not get ready"; }
-    sleep 0.1
-done
+al_daemon_start "$daemon"
 
 # the accelerator VMs start under, and why, where an operator looks
 "$cli" pool status >"$TEST_TMP/pool.txt"
@@ -118,6 +103,6 @@ silent=$(($(metric 'agentlab_boot_watchdog_total{accel="tcg"}') + $(metric 'agen
 [ "$silent" = 1 ] ||
     { curl -sf --unix-socket "$sock" http://agentlabd/metrics | grep watchdog; fail "the watchdog counted $silent guests, want 1"; }
 
-stop_daemon
+al_daemon_stop
 assert_no_leftovers "$job"
 echo "boot_watchdog: ok (silent first attempt ended by the watchdog, job retried once and succeeded)"

@@ -69,3 +69,26 @@ assert_no_leftovers() {
 job_id_from() {
     sed -n 's/.*job \(j[0-9a-f]*\): queued.*/\1/p' "$1" | head -n 1
 }
+
+# Starts agentlabd ($1) in the background with its log in
+# $TEST_TMP/daemon.log and waits until it says it is ready. From then on the
+# EXIT trap stops it and keeps its log in AL_TEST_OUTDIR (when set).
+al_daemon_start() {
+    "$1" 2>"$TEST_TMP/daemon.log" &
+    AL_DAEMON_PID=$!
+    trap 'al_daemon_stop; [ -z "${AL_TEST_OUTDIR:-}" ] || { mkdir -p "$AL_TEST_OUTDIR"; cp "$TEST_TMP/daemon.log" "$AL_TEST_OUTDIR/"; }; al_test_cleanup' EXIT
+    i=0
+    until grep -q "ready" "$TEST_TMP/daemon.log"; do
+        i=$((i + 1))
+        [ $i -lt 100 ] || { cat "$TEST_TMP/daemon.log"; fail "agentlabd did not get ready"; }
+        sleep 0.1
+    done
+}
+
+# Stops the daemon al_daemon_start started (SIGTERM, then waits).
+al_daemon_stop() {
+    if [ -n "${AL_DAEMON_PID:-}" ] && kill -0 "$AL_DAEMON_PID" 2>/dev/null; then
+        kill -TERM "$AL_DAEMON_PID"
+        wait "$AL_DAEMON_PID" || true
+    fi
+}
