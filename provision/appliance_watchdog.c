@@ -23,7 +23,9 @@ struct watch {
     bool killed;
 };
 
-/* A child of this process whose command line mentions sockdir, or 0. */
+/* The appliance: a child of this process whose command line boots a kernel
+ * (-kernel) and names sockdir; or 0. libguestfs's other children (QEMU
+ * asked about its features, the recovery process) are not it. */
 static pid_t find_appliance(const char *sockdir)
 {
     DIR *d = opendir("/proc");
@@ -50,7 +52,7 @@ static pid_t find_appliance(const char *sockdir)
         snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
         if (al_read_file(path, 64 * 1024, &cmdline, &len, NULL) < 0)
             continue;
-        if (memmem(cmdline, len, sockdir, strlen(sockdir)))
+        if (memmem(cmdline, len, sockdir, strlen(sockdir)) && memmem(cmdline, len, "-kernel", 7))
             found = (pid_t)pid;
     }
     closedir(d);
@@ -61,6 +63,7 @@ static void *watch_main(void *data)
 {
     struct watch *w = data;
     uint64_t seen_at = 0;
+    pid_t seen = 0;
     pthread_mutex_lock(&w->lock);
     while (!w->stop) {
         struct timespec ts;
@@ -77,10 +80,12 @@ static void *watch_main(void *data)
         pid_t pid = find_appliance(w->sockdir);
         uint64_t now = al_now_mono_ms();
         bool kill_it = false;
-        if (pid > 0 && !seen_at)
+        if (pid > 0 && pid != seen) {
+            seen = pid;
             seen_at = now;
-        else if (pid > 0 && now - seen_at >= (uint64_t)w->bound_s * 1000u)
+        } else if (pid > 0 && now - seen_at >= (uint64_t)w->bound_s * 1000u) {
             kill_it = true;
+        }
         pthread_mutex_lock(&w->lock);
         if (kill_it && !w->stop) {
             kill(pid, SIGKILL);
