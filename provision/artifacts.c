@@ -85,8 +85,9 @@ static int open_dirs(int dfd, const char *path, size_t n)
     return cur;
 }
 
-int artifacts_extract(const char *tar_path, const char *dest_dir, const struct artifact_limits *lim,
-                      struct artifact_summary *ret, struct al_error **err)
+static int extract(const char *tar_path, bool zip, const char *dest_dir,
+                   const struct artifact_limits *lim, struct artifact_summary *ret,
+                   struct al_error **err)
 {
     struct artifact_summary s = {0};
     int r = al_mkdir_p(dest_dir, 0755, err);
@@ -99,8 +100,12 @@ int artifacts_extract(const char *tar_path, const char *dest_dir, const struct a
     struct archive *in = archive_read_new();
     if (!in)
         return al_error_set(err, ENOMEM, "allocating the archive reader");
-    archive_read_support_format_tar(in);
-    archive_read_support_format_gnutar(in);
+    if (zip) {
+        archive_read_support_format_zip(in);
+    } else {
+        archive_read_support_format_tar(in);
+        archive_read_support_format_gnutar(in);
+    }
     archive_read_support_filter_none(in);
     if (archive_read_open_filename(in, tar_path, 64 * 1024) != ARCHIVE_OK) {
         r = al_error_set(err, EIO, "reading %s: %s", tar_path, archive_error_string(in));
@@ -224,4 +229,17 @@ out:
     if (r == 0)
         *ret = s;
     return r;
+}
+
+int artifacts_extract(const char *tar_path, const char *dest_dir, const struct artifact_limits *lim,
+                      struct artifact_summary *ret, struct al_error **err)
+{
+    return extract(tar_path, false, dest_dir, lim, ret, err);
+}
+
+int artifacts_extract_zip(const char *zip_path, const char *dest_dir,
+                          const struct artifact_limits *lim, struct artifact_summary *ret,
+                          struct al_error **err)
+{
+    return extract(zip_path, true, dest_dir, lim, ret, err);
 }

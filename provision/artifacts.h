@@ -37,4 +37,10 @@ struct artifact_summary {
 int artifacts_extract(const char *tar_path, const char *dest_dir, const struct artifact_limits *lim,
                       struct artifact_summary *ret, struct al_error **err);
 
+/* The same rules for a zip archive (a GitLab job's artifacts, which come
+ * from the forge). */
+int artifacts_extract_zip(const char *zip_path, const char *dest_dir,
+                          const struct artifact_limits *lim, struct artifact_summary *ret,
+                          struct al_error **err);
+
 #endif

@@ -1,6 +1,8 @@
 #include "gitlab.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -70,6 +72,15 @@ struct gljob {
     enum phase phase;
     struct gitlab_checkout *checkout;
     char *checkout_dir;
+    /* artifacts of earlier jobs (payload dependencies), downloaded before
+     * the checkout into deps_dir and unpacked over the tree by it */
+    char *deps_dir;
+    char **dep_zips; /* NULL-terminated */
+    size_t n_dep_zips;
+    size_t dep_next;
+    int dep_fd;
+    uint64_t dep_bytes;
+    bool dep_over;
 
     struct al_buf trace;
     bool trace_truncated;
@@ -360,6 +371,14 @@ static void on_job_closed(uv_handle_t *h)
         al_redact_remove(j->token);
         wipe_free(j->token);
     }
+    for (size_t i = 0; j->payload && i < j->payload->n_dependencies; i++) {
+        if (j->payload->dependencies[i].token)
+            al_redact_remove(j->payload->dependencies[i].token);
+    }
+    if (j->dep_fd >= 0)
+        close(j->dep_fd);
+    free(j->deps_dir);
+    strv_free(j->dep_zips);
     gitlab_job_free(j->payload);
     job_spec_free(j->spec);
     free(j->checkout_dir);
@@ -463,6 +482,8 @@ static void request_cancel(struct gljob *j, const char *why)
         log_info(NULL, "gitlab %s: job %" PRId64 ": %s; cancelling", j->g->src->name, j->id, why);
     if (j->phase == PHASE_CHECKOUT && j->checkout) {
         gitlab_checkout_cancel(j->checkout);
+    } else if (j->phase == PHASE_CHECKOUT && j->call) {
+        al_http_cancel(j->call); /* a dependency's artifacts: fails the job */
     } else if (j->phase == PHASE_ENGINE) {
         struct al_error *err = NULL;
         /* may finish the job at once (observers run inside) */
@@ -1118,6 +1139,8 @@ static void on_checkout_done(int result, const char *tar, const char *message, v
 {
     struct gljob *j = data;
     j->checkout = NULL;
+    if (j->n_dep_zips)
+        remove_async(j->g, j->deps_dir);
     if (result < 0) {
         if (j->checkout_dir)
             remove_async(j->g, j->checkout_dir);
@@ -1130,6 +1153,134 @@ static void on_checkout_done(int result, const char *tar, const char *message, v
     submit(j, tar);
 }
 
+/* ---- artifacts of earlier jobs ---- */
+
+static void checkout_begin(struct gljob *j);
+
+/* The response body goes to the zip file, within the checkout cap. */
+static size_t on_dep_body(char *ptr, size_t size, size_t nmemb, void *data)
+{
+    struct gljob *j = data;
+    size_t n = size * nmemb;
+    uint64_t cap = j->g->src->max_checkout_bytes;
+    if (cap && j->dep_bytes + n > cap) {
+        j->dep_over = true;
+        return 0;
+    }
+    for (size_t off = 0; off < n;) {
+        ssize_t w = write(j->dep_fd, ptr + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return 0;
+        off += (size_t)w;
+    }
+    j->dep_bytes += n;
+    return n;
+}
+
+static int dep_setup(CURL *easy, void *data)
+{
+    if (curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_dep_body) != CURLE_OK ||
+        curl_easy_setopt(easy, CURLOPT_WRITEDATA, data) != CURLE_OK)
+        return -1;
+    return 0;
+}
+
+static void deps_next(struct gljob *j);
+
+static void on_dep_done(int result, const struct al_http_response *resp, const struct al_error *err,
+                        void *data)
+{
+    struct gljob *j = data;
+    j->call = NULL;
+    if (j->dep_fd >= 0) {
+        close(j->dep_fd);
+        j->dep_fd = -1;
+    }
+    const struct gitlab_dependency *d = &j->payload->dependencies[j->dep_next];
+    const char *name = d->name ? d->name : "job";
+    char what[320];
+    snprintf(what, sizeof(what), "downloading the artifacts of %s (%" PRId64 ")", name, d->id);
+    if (result == 0)
+        j->last_contact_ms = al_now_mono_ms();
+    if (result < 0 || j->dep_over || resp->status != 200) {
+        remove_async(j->g, j->deps_dir);
+        if (result == -ECANCELED || j->cancel_requested)
+            fail_early(j, "%s", j->shutdown ? "agentlabd stopped" : "canceled");
+        else if (result < 0)
+            fail_early(j, "%s failed: %s", what, al_error_message(err));
+        else if (j->dep_over)
+            fail_early(j, "%s failed: larger than max_checkout_bytes (%" PRIu64 ")", what,
+                       j->g->src->max_checkout_bytes);
+        else
+            fail_early(j, "%s failed: HTTP %ld%s", what, resp->status,
+                       resp->status == 403   ? " (forbidden)"
+                       : resp->status == 404 ? " (not found: expired or never uploaded?)"
+                                             : "");
+        return;
+    }
+    char line[400];
+    int n = snprintf(line, sizeof(line), "Downloading artifacts for %s (%" PRId64 ")... ok\n", name,
+                     d->id);
+    trace_append(j, line, n > 0 && (size_t)n < sizeof(line) ? (size_t)n : 0);
+    j->n_dep_zips++;
+    j->dep_next++;
+    deps_next(j);
+}
+
+/* Downloads the next dependency's artifacts, then starts the checkout. */
+static void deps_next(struct gljob *j)
+{
+    struct gitlab *g = j->g;
+    const struct gitlab_job *p = j->payload;
+    while (j->dep_next < p->n_dependencies && !p->dependencies[j->dep_next].artifacts_file)
+        j->dep_next++;
+    if (j->dep_next == p->n_dependencies) {
+        checkout_begin(j);
+        return;
+    }
+    const struct gitlab_dependency *d = &p->dependencies[j->dep_next];
+    struct al_error *err = NULL;
+    if (!j->dep_zips) {
+        j->dep_zips = calloc(p->n_dependencies + 1, sizeof(char *));
+        if (!j->dep_zips || al_rm_rf(j->deps_dir, NULL) < 0 ||
+            al_mkdir_p(j->deps_dir, 0700, &err) < 0) {
+            fail_early(j, "preparing %s: %s", j->deps_dir, err ? al_error_message(err) : "failed");
+            al_error_free(err);
+            return;
+        }
+    }
+    char file[40];
+    snprintf(file, sizeof(file), "%" PRId64 ".zip", d->id);
+    char *zip = al_path_join(j->deps_dir, file);
+    if (!zip) {
+        fail_early(j, "out of memory");
+        return;
+    }
+    j->dep_zips[j->n_dep_zips] = zip;
+    j->dep_fd = open(zip, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (j->dep_fd < 0) {
+        fail_early(j, "creating %s: %s", zip, strerror(errno));
+        return;
+    }
+    j->dep_bytes = 0;
+    j->dep_over = false;
+    char path[64];
+    snprintf(path, sizeof(path), "/api/v4/jobs/%" PRId64 "/artifacts", d->id);
+    struct call_opts o = {.method = "GET",
+                          .path = path,
+                          .job_token = d->token ? d->token : j->token,
+                          .timeout_ms = UPLOAD_TIMEOUT_MS,
+                          .setup = dep_setup,
+                          .setup_data = j};
+    if (api_call(g, &o, on_dep_done, j, &j->call, &err) < 0) {
+        fail_early(j, "downloading the artifacts of job %" PRId64 ": %s", d->id,
+                   al_error_message(err));
+        al_error_free(err);
+    }
+}
+
 static struct gljob *job_new(struct gitlab *g, int64_t id, char *token)
 {
     struct gljob *j = calloc(1, sizeof(*j));
@@ -1139,6 +1290,7 @@ static struct gljob *job_new(struct gitlab *g, int64_t id, char *token)
     }
     j->g = g;
     j->id = id;
+    j->dep_fd = -1;
     if (al_redact_add(token) < 0) {
         wipe_free(token);
         free(j);
@@ -1182,6 +1334,13 @@ static void start_job(struct gitlab *g, const char *body, size_t len)
         return;
     }
     j->payload = payload;
+    for (size_t i = 0; i < payload->n_dependencies; i++) {
+        if (payload->dependencies[i].token && al_redact_add(payload->dependencies[i].token) < 0) {
+            /* not registered: on_job_closed must not drop a registration */
+            wipe_free(payload->dependencies[i].token);
+            payload->dependencies[i].token = NULL;
+        }
+    }
     j->phase = PHASE_CHECKOUT;
     log_info(NULL, "gitlab %s: job %" PRId64 " (%s, %s at %.12s)", g->src->name, j->id,
              payload->job_name ? payload->job_name : "unnamed",
@@ -1196,10 +1355,33 @@ static void start_job(struct gitlab *g, const char *body, size_t len)
         al_error_free(err);
         return;
     }
+    bool need_deps = false;
+    for (size_t i = 0; i < payload->n_dependencies; i++)
+        need_deps |= payload->dependencies[i].artifacts_file != NULL;
     if (clone != GITLAB_CLONE_HOST) {
+        if (need_deps) {
+            fail_early(j, "the artifacts of earlier jobs (dependencies, needs) are unpacked by "
+                          "agentlabd into the sources it checks out: they need clone = host");
+            return;
+        }
         submit(j, NULL);
         return;
     }
+    char name[40];
+    snprintf(name, sizeof(name), "%" PRId64 ".deps", j->id);
+    j->deps_dir = al_path_join(g->checkout_root, name);
+    if (!j->deps_dir) {
+        fail_early(j, "out of memory");
+        return;
+    }
+    deps_next(j);
+}
+
+static void checkout_begin(struct gljob *j)
+{
+    struct gitlab *g = j->g;
+    const struct gitlab_job *payload = j->payload;
+    struct al_error *err = NULL;
     char name[32];
     snprintf(name, sizeof(name), "%" PRId64, j->id);
     j->checkout_dir = al_path_join(g->checkout_root, name);
@@ -1212,9 +1394,12 @@ static void start_job(struct gitlab *g, const char *body, size_t len)
             .depth = payload->depth,
             .max_bytes = g->src->max_checkout_bytes,
             .timeout_s = CHECKOUT_TIMEOUT_S,
+            .unpack_zips = (const char *const *)j->dep_zips,
     };
     if (!j->checkout_dir ||
         gitlab_checkout_start(g->loop, &cp, on_checkout_done, j, &j->checkout, &err) < 0) {
+        if (j->n_dep_zips)
+            remove_async(g, j->deps_dir);
         fail_early(j, "fetching the sources failed: %s",
                    err ? al_error_message(err) : "out of memory");
         al_error_free(err);

@@ -14,6 +14,7 @@
 #include "../base/util.h"
 #include "../loop/work.h"
 #include "gitlab_job.h"
+#include "provision/artifacts.h"
 #include "provision/workdir.h"
 
 #define DEFAULT_TIMEOUT_S 600
@@ -44,6 +45,7 @@ struct gitlab_checkout {
     char *auth_b64;    /* registered with the redactor */
     char *sha;
     char **refspecs;
+    char **unpack_zips;
     int depth;
     uint64_t max_bytes;
     enum step step;
@@ -119,6 +121,7 @@ static void checkout_free(struct gitlab_checkout *c)
     free(c->url);
     free(c->sha);
     strv_free(c->refspecs);
+    strv_free(c->unpack_zips);
     free(c);
 }
 
@@ -350,7 +353,20 @@ static int spawn_git(struct gitlab_checkout *c, const char *const *argv)
 static int pack_work(void *data, struct al_error **err)
 {
     struct gitlab_checkout *c = data;
-    int r = workdir_pack(c->src, c->tar, c->max_bytes, NULL, err);
+    int r = 0;
+    /* earlier jobs' artifacts go over the tree, as gitlab-runner unpacks
+     * them into the build dir; the same rules as a guest's artifacts */
+    struct artifact_limits lim = {.max_bytes = c->max_bytes};
+    for (char **z = c->unpack_zips; r == 0 && z && *z; z++) {
+        struct artifact_summary s = {0};
+        r = artifacts_extract_zip(*z, c->src, &lim, &s, err);
+        if (r == 0 && s.truncated)
+            r = al_error_set(err, EFBIG, "unpacking the artifacts of an earlier job: %s", s.note);
+        else if (r < 0)
+            al_error_wrap(err, "unpacking the artifacts of an earlier job");
+    }
+    if (r == 0)
+        r = workdir_pack(c->src, c->tar, c->max_bytes, NULL, err);
     struct al_error *rm_err = NULL;
     if (al_rm_rf(c->src, &rm_err) < 0 && r == 0)
         r = al_error_move(err, &rm_err);
@@ -474,6 +490,14 @@ int gitlab_checkout_start(uv_loop_t *loop, const struct gitlab_checkout_params *
         return al_error_wrap(err, "repository URL");
     }
     size_t n = 0;
+    for (const char *const *s = p->unpack_zips; s && *s; s++)
+        n++;
+    c->unpack_zips = calloc(n + 1, sizeof(char *));
+    for (size_t i = 0; c->unpack_zips && i < n; i++) {
+        if (!(c->unpack_zips[i] = strdup(p->unpack_zips[i])))
+            r = -ENOMEM;
+    }
+    n = 0;
     for (const char *const *s = p->refspecs; s && *s; s++)
         n++;
     c->refspecs = calloc(n + 1, sizeof(char *));
@@ -496,7 +520,8 @@ int gitlab_checkout_start(uv_loop_t *loop, const struct gitlab_checkout_params *
     }
     if (c->auth_b64 && asprintf(&c->auth_header, "Authorization: Basic %s", c->auth_b64) < 0)
         c->auth_header = NULL;
-    if (r < 0 || !c->refspecs || !c->dir || !c->src || !c->tar || !c->sha || !c->auth_header) {
+    if (r < 0 || !c->refspecs || !c->unpack_zips || !c->dir || !c->src || !c->tar || !c->sha ||
+        !c->auth_header) {
         checkout_free(c);
         return al_error_set(err, ENOMEM, "out of memory");
     }

@@ -31,7 +31,10 @@ struct gitlab_checkout_params {
     const char *const *refspecs; /* NULL-terminated; none = fetch the sha itself */
     int depth;                   /* 0 = full history */
     uint64_t max_bytes;          /* cap of the tar; 0 = unlimited */
-    int64_t timeout_s;           /* the whole checkout; 0 = 10 minutes */
+    /* NULL-terminated zip files (artifacts of earlier jobs of the pipeline)
+     * unpacked over the checked-out tree before it is packed; may be NULL */
+    const char *const *unpack_zips;
+    int64_t timeout_s; /* the whole checkout; 0 = 10 minutes */
 };
 
 /* result 0: tar_path is the packed work dir (the caller owns the file).

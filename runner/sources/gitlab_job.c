@@ -366,6 +366,44 @@ static int token_check(const char *token)
     return n >= 8 && n <= GITLAB_JOB_MAX_TOKEN && text_is_printable(token, false) ? 0 : -EINVAL;
 }
 
+static int parse_dependencies(yajl_val root, struct gitlab_job *j, struct al_error **err)
+{
+    yajl_val arr;
+    int r = get_array(root, "dependencies", "", GITLAB_JOB_MAX_DEPENDENCIES, false, &arr, err);
+    if (r < 0 || !arr)
+        return r;
+    j->dependencies = calloc(arr->u.array.len + 1, sizeof(*j->dependencies));
+    if (!j->dependencies)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < arr->u.array.len; i++) {
+        yajl_val v = arr->u.array.values[i];
+        char p[64];
+        al_json_path(p, sizeof(p), "dependencies", NULL, i);
+        if (!YAJL_IS_OBJECT(v))
+            return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
+        struct gitlab_dependency *d = &j->dependencies[j->n_dependencies++];
+        if ((r = get_int(v, "id", p, 1, INT64_MAX, true, &d->id, err)) < 0 ||
+            (r = get_string(v, "name", p, GITLAB_JOB_MAX_NAME, STR_LINE, false, &d->name, err)) <
+                    0 ||
+            (r = get_string(v, "token", p, GITLAB_JOB_MAX_TOKEN, STR_WORD, false, &d->token, err)) <
+                    0)
+            return r;
+        if (d->token && token_check(d->token) < 0)
+            return al_json_fail(err, p, "token: expected 8 to %d printable characters",
+                                GITLAB_JOB_MAX_TOKEN);
+        yajl_val f;
+        if ((r = get_object(v, "artifacts_file", p, false, &f, err)) < 0)
+            return r;
+        char fp[96];
+        al_json_path(fp, sizeof(fp), p, "artifacts_file", 0);
+        if (f && ((r = get_string(f, "filename", fp, GITLAB_JOB_MAX_NAME, STR_LINE, false,
+                                  &d->artifacts_file, err)) < 0 ||
+                  (r = get_int(f, "size", fp, 0, INT64_MAX, false, &d->artifacts_size, err)) < 0))
+            return r;
+    }
+    return 0;
+}
+
 static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
     if (!YAJL_IS_OBJECT(root))
@@ -410,7 +448,8 @@ static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err
             return r;
     }
     if ((r = parse_git(root, j, err)) < 0 || (r = parse_variables(root, j, err)) < 0 ||
-        (r = parse_steps(root, j, err)) < 0 || (r = parse_artifacts(root, j, err)) < 0)
+        (r = parse_steps(root, j, err)) < 0 || (r = parse_artifacts(root, j, err)) < 0 ||
+        (r = parse_dependencies(root, j, err)) < 0)
         return r;
     return 0;
 }
@@ -518,6 +557,13 @@ struct gitlab_job *gitlab_job_free(struct gitlab_job *j)
         free(a->expire_in);
     }
     free(j->artifacts);
+    for (size_t i = 0; i < j->n_dependencies; i++) {
+        struct gitlab_dependency *d = &j->dependencies[i];
+        free(d->name);
+        wipe_free(d->token);
+        free(d->artifacts_file);
+    }
+    free(j->dependencies);
     free(j->image);
     strv_free(j->failure_reasons);
     free(j);

@@ -26,22 +26,23 @@
 #include "../job/spec.h"
 
 /* Limits of a job payload. */
-#define GITLAB_JOB_MAX_BYTES     (2u << 20) /* whole document */
-#define GITLAB_JOB_MAX_DEPTH     32         /* real payloads nest 5 levels */
-#define GITLAB_JOB_MAX_VALUES    200000     /* JSON values in the document */
-#define GITLAB_JOB_MAX_STRING    (64u << 10)
-#define GITLAB_JOB_MAX_TOKEN     1024
-#define GITLAB_JOB_MAX_URL       2048
-#define GITLAB_JOB_MAX_REF       1024
-#define GITLAB_JOB_MAX_REFSPECS  32
-#define GITLAB_JOB_MAX_VARIABLES 2000
-#define GITLAB_JOB_MAX_KEY       255
-#define GITLAB_JOB_MAX_STEPS     16
-#define GITLAB_JOB_MAX_LINES     10000 /* script lines per step */
-#define GITLAB_JOB_MAX_ARTIFACTS 16
-#define GITLAB_JOB_MAX_PATHS     100 /* paths (and excludes) per artifact entry */
-#define GITLAB_JOB_MAX_NAME      255
-#define GITLAB_JOB_MAX_DEPTH_GIT 1000000
+#define GITLAB_JOB_MAX_BYTES        (2u << 20) /* whole document */
+#define GITLAB_JOB_MAX_DEPTH        32         /* real payloads nest 5 levels */
+#define GITLAB_JOB_MAX_VALUES       200000     /* JSON values in the document */
+#define GITLAB_JOB_MAX_STRING       (64u << 10)
+#define GITLAB_JOB_MAX_TOKEN        1024
+#define GITLAB_JOB_MAX_URL          2048
+#define GITLAB_JOB_MAX_REF          1024
+#define GITLAB_JOB_MAX_REFSPECS     32
+#define GITLAB_JOB_MAX_VARIABLES    2000
+#define GITLAB_JOB_MAX_KEY          255
+#define GITLAB_JOB_MAX_STEPS        16
+#define GITLAB_JOB_MAX_LINES        10000 /* script lines per step */
+#define GITLAB_JOB_MAX_ARTIFACTS    16
+#define GITLAB_JOB_MAX_DEPENDENCIES 100 /* jobs whose artifacts a job needs */
+#define GITLAB_JOB_MAX_PATHS        100 /* paths (and excludes) per artifact entry */
+#define GITLAB_JOB_MAX_NAME         255
+#define GITLAB_JOB_MAX_DEPTH_GIT    1000000
 
 /* The longest after_script step, as gitlab-runner's default. */
 #define GITLAB_AFTER_SCRIPT_TIMEOUT_S 300
@@ -81,6 +82,17 @@ struct gitlab_artifact {
     char *expire_in; /* may be NULL */
 };
 
+/* An earlier job of the pipeline whose artifacts this one needs
+ * (`dependencies:`/`needs:`): GET /api/v4/jobs/ID/artifacts with the token,
+ * unpacked into the build dir before the script. */
+struct gitlab_dependency {
+    int64_t id;
+    char *name;           /* may be NULL */
+    char *token;          /* may be NULL (then the job's own); wiped when freed */
+    char *artifacts_file; /* artifacts_file.filename; NULL: it has no artifacts */
+    int64_t artifacts_size;
+};
+
 struct gitlab_job {
     int64_t id;
     char *token;        /* the job token: wiped when the job is freed */
@@ -100,6 +112,8 @@ struct gitlab_job {
     size_t n_steps;
     struct gitlab_artifact *artifacts;
     size_t n_artifacts;
+    struct gitlab_dependency *dependencies;
+    size_t n_dependencies;
     char *image; /* image.name, or NULL; informational (see README) */
     /* features.failure_reasons: what the server understands; NULL when the
      * server did not say (then every documented reason is assumed). */

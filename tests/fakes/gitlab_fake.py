@@ -83,7 +83,8 @@ def predefined_variables(job_id, job_name, project, token, server):
 
 
 def make_job(job_id, server, sha, script, *, name=None, token=None, project="demo",
-             after_script=None, variables=(), artifacts=None, timeout=3600, depth=20):
+             after_script=None, variables=(), artifacts=None, timeout=3600, depth=20,
+             dependencies=()):
     """A job payload shaped like GitLab's answer to POST /api/v4/jobs/request."""
     name = name or f"job-{job_id}"
     token = token or f"glcbt-64_fake{job_id:04d}tokenAbCdEfGhIj"
@@ -115,7 +116,8 @@ def make_job(job_id, server, sha, script, *, name=None, token=None, project="dem
         "cache": [],
         "credentials": [{"type": "registry", "url": "registry.example.test",
                          "username": "gitlab-ci-token", "password": token}],
-        "dependencies": [],
+        # GitLab sends the dependent job's own token for each dependency
+        "dependencies": [dict({"token": token}, **d) for d in dependencies],
         "features": {"trace_sections": True, "failure_reasons": sorted(FAILURE_REASONS)},
         "hooks": [],
     }
@@ -155,6 +157,7 @@ class FakeGitLab:
         self.jobs = {}
         self.errors = []
         self.requests = []          # (method, path) of every request
+        self.downloads = []         # (requesting job id, dependency id, status)
         self.version = 1            # the X-GitLab-Last-Update value
         self.issued_versions = set()
         self.long_polls = 0         # requests held because last_update matched
@@ -194,6 +197,15 @@ class FakeGitLab:
     def error(self, msg):
         with self.lock:
             self.errors.append(msg)
+
+    def ready(self):
+        """The first queued job whose dependencies have all finished (as GitLab
+        creates a later stage's jobs only then). Call with the lock held."""
+        for job in self.queue:
+            deps = [self.jobs.get(d["id"]) for d in job.payload.get("dependencies", [])]
+            if all(d is not None and d.final is not None for d in deps):
+                return job
+        return None
 
     def wait(self, cond, timeout):
         end = time.time() + timeout
@@ -278,16 +290,19 @@ class _Handler(BaseHTTPRequestHandler):
             ("PATCH", r"^/api/v4/jobs/(\d+)/trace$", self.trace),
             ("PUT", r"^/api/v4/jobs/(\d+)$", self.update),
             ("POST", r"^/api/v4/jobs/(\d+)/artifacts$", self.artifacts),
+            ("GET", r"^/api/v4/jobs/(\d+)/artifacts$", self.download_artifacts),
             ("POST", r"^/api/v4/user/runners$", self.create_runner),
         ]
+        path_known = False
         for method, pattern, fn in routes:
             m = re.match(pattern, url.path)
             if m:
-                if self.command != method:
-                    self.body()
-                    return self.bad(f"method {self.command} not allowed here")
-                return fn(url, *m.groups())
+                path_known = True
+                if self.command == method:
+                    return fn(url, *m.groups())
         self.body()
+        if path_known:
+            return self.bad(f"method {self.command} not allowed here")
         self.bad("unknown endpoint")
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = lambda self: self.route()
@@ -341,10 +356,10 @@ class _Handler(BaseHTTPRequestHandler):
                     fake.errors.append(f"last_update {lu!r} was never issued")
                 else:
                     fake.echoed += 1
-            if not fake.queue and lu == str(fake.version):
+            if not fake.ready() and lu == str(fake.version):
                 fake.long_polls += 1
                 end = time.time() + fake.long_poll_s
-                while not fake.queue and lu == str(fake.version) and time.time() < end:
+                while not fake.ready() and lu == str(fake.version) and time.time() < end:
                     fake.lock.wait(end - time.time())
                 # Workhorse answers "something changed" with 204, the runner asks again
                 version = str(fake.version)
@@ -352,9 +367,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self.reply(204, headers={"X-GitLab-Last-Update": version})
             version = str(fake.version)
             fake.issued_versions.add(version)
-            if not fake.queue:
+            job = fake.ready()
+            if not job:
                 return self.reply(204, headers={"X-GitLab-Last-Update": version})
-            job = fake.queue.pop(0)
+            fake.queue.remove(job)
             job.status = "running"
             job.handed_at = time.time()
         self.reply(201, job.payload, headers={"X-GitLab-Last-Update": version})
@@ -451,6 +467,9 @@ class _Handler(BaseHTTPRequestHandler):
             job.final = doc
             job.status = "canceled" if job.status == "canceling" else state
             job.finished_at = time.time()
+            if any(d["id"] == job.id for j in fake.queue
+                   for d in j.payload.get("dependencies", [])):
+                fake.version += 1  # a later stage's job is ready now
             fake.lock.notify_all()
             self.reply(200, headers={"Job-Status": job.status})
 
@@ -488,6 +507,34 @@ class _Handler(BaseHTTPRequestHandler):
             job.artifacts = files
             job.artifact_query = q
         self.reply(201, {"message": "201 Created"})
+
+    def download_artifacts(self, url, job_id):
+        """GET /api/v4/jobs/:id/artifacts with JOB-TOKEN: the token of a running
+        job that lists :id among its dependencies."""
+        fake = self.server_fake
+        if self.body():
+            return self.bad("GET with a body")
+        token = self.headers.get("JOB-TOKEN")
+        dep_id = int(job_id)
+        with fake.lock:
+            asker = next((j for j in fake.jobs.values() if j.token == token and
+                          j.status == "running" and
+                          any(d["id"] == dep_id and d.get("token") == token
+                              for d in j.payload.get("dependencies", []))), None)
+            dep = fake.jobs.get(dep_id)
+            files = dep.artifacts if dep else None
+        if asker is None:
+            fake.error(f"GET {self.path}: JOB-TOKEN is not that of a running job needing {dep_id}")
+            return self.reply(403, {"message": "403 Forbidden"})
+        with fake.lock:
+            fake.downloads.append((asker.id, dep_id, 200 if files is not None else 404))
+        if files is None:
+            return self.reply(404, {"message": "404 Not Found"})
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in sorted(files.items()):
+                z.writestr(name, data)
+        self.reply(200, buf.getvalue(), ctype="application/zip")
 
     def create_runner(self, url):
         fake = self.server_fake

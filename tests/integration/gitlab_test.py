@@ -209,9 +209,23 @@ poll_interval = 1s
     broken = make_job(106, srv, sha, name="broken-job", script=["true"])
     broken["steps"][0]["script"] = "echo not an array"
     jobs["broken"] = fake.add_job(broken)
+    # a later stage: the artifacts of pass-job unpacked into its sources
+    # (handed out once pass-job has finished); and one whose dependency has none
+    jobs["deps"] = fake.add_job(make_job(108, srv, sha, name="deps-job", dependencies=[
+        {"id": 101, "name": "pass-job",
+         "artifacts_file": {"filename": "artifacts.zip", "size": 1000}}], script=[
+        "cat out/result.txt", "cat logs/run.log", "test ! -e out/skip.txt", "cat README.txt"]))
+    jobs["nodeps"] = fake.add_job(make_job(109, srv, sha, name="nodeps-job", dependencies=[
+        {"id": 102, "name": "fail-job",
+         "artifacts_file": {"filename": "artifacts.zip", "size": 1000}}],
+        script=["echo NODEPS-RAN-$((6 * 7))"]))
     # last: agentlabd is stopped while it runs
+    # (handed out after the later stage: dependencies without artifacts_file
+    # download nothing)
     stopped = fake.add_job(make_job(107, srv, sha, name="stopped-job",
-                                    script=["echo RUNNING-NOW", "sleep 120"]))
+                                    script=["echo RUNNING-NOW", "sleep 120"],
+                                    dependencies=[{"id": 108, "name": "deps-job"},
+                                                  {"id": 109, "name": "nodeps-job"}]))
 
     def dump():
         for k, j in jobs.items():
@@ -326,6 +340,23 @@ poll_interval = 1s
     check(a["out/result.txt"] == b"artifact-data\n", "artifact content")
     check(jobs["pass"].artifact_query.get("expire_in") == ["1 week"], "expire_in")
     check(jobs["fail"].artifacts is None, "a failed job uploaded on_success artifacts")
+
+    # dependencies: downloaded with the dependent job's token, unpacked before the script
+    f = final("deps")
+    t = jobs["deps"].trace.decode()
+    check(f["state"] == "success", f"deps: {f}\n{t}")
+    for want in ("Downloading artifacts for pass-job (101)... ok\n", "\nartifact-data\n",
+                 "\nlog\n", "readme from the repository"):
+        check(want in t, f"deps: {want!r} missing from the trace:\n{t}")
+    f = final("nodeps")
+    t = jobs["nodeps"].trace.decode()
+    check(f["state"] == "failed" and f["failure_reason"] == "runner_system_failure",
+          f"nodeps: {f}")
+    check("downloading the artifacts of fail-job (102) failed: HTTP 404" in t,
+          f"nodeps: trace {t!r}")
+    check("NODEPS-RAN-42" not in t, "nodeps: the script ran")
+    check(sorted(fake.downloads) == [(108, 101, 200), (109, 102, 404)],
+          f"downloads: {fake.downloads}")
 
     # long polling
     check(fake.echoed > 0, "last_update was never echoed")

@@ -21,7 +21,8 @@
 #define SHA    "0123456789abcdef0123456789abcdef01234567"
 
 /* A payload shaped like GitLab's, with the parts under test filled in. */
-static char *payload(const char *variables, const char *steps, const char *artifacts)
+static char *payload_with(const char *variables, const char *steps, const char *artifacts,
+                          const char *dependencies)
 {
     char *s = NULL;
     int n = asprintf(
@@ -40,11 +41,16 @@ static char *payload(const char *variables, const char *steps, const char *artif
             " \"steps\": [%s],"
             " \"image\": {\"name\": \"alpine:3.19\", \"entrypoint\": null, \"ports\": []},"
             " \"services\": [], \"artifacts\": [%s], \"cache\": [], \"credentials\": [],"
-            " \"dependencies\": [], \"features\": {\"trace_sections\": true,"
+            " \"dependencies\": [%s], \"features\": {\"trace_sections\": true,"
             "   \"failure_reasons\": [\"script_failure\", \"runner_system_failure\"]}}",
-            variables, steps, artifacts);
+            variables, steps, artifacts, dependencies);
     assert_true(n > 0);
     return s;
+}
+
+static char *payload(const char *variables, const char *steps, const char *artifacts)
+{
+    return payload_with(variables, steps, artifacts, "");
 }
 
 #define STEP_SCRIPT(lines)                                                                         \
@@ -148,6 +154,49 @@ static void test_parse_rejects(void **state)
         _cleanup_free_ char *msg = parse_err(doc, strlen(doc), -EINVAL);
         if (!strstr(msg, cases[i].want))
             fail_msg("case %zu: message \"%s\" lacks \"%s\"", i, msg, cases[i].want);
+    }
+}
+
+/* The payload with these dependencies. */
+static char *with_dependencies(const char *deps)
+{
+    return payload_with("", STEP_SCRIPT("\"true\""), "", deps);
+}
+
+static void test_parse_dependencies(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc = with_dependencies(
+            "{\"id\": 4700, \"name\": \"build\", \"token\": \"" TOKEN "\","
+            " \"artifacts_file\": {\"filename\": \"artifacts.zip\", \"size\": 1234}},"
+            "{\"id\": 4701, \"name\": \"lint\", \"token\": \"" TOKEN "\"}");
+    struct gitlab_job *j = parse_ok(doc);
+    assert_int_equal(j->n_dependencies, 2);
+    assert_int_equal(j->dependencies[0].id, 4700);
+    assert_string_equal(j->dependencies[0].name, "build");
+    assert_string_equal(j->dependencies[0].token, TOKEN);
+    assert_string_equal(j->dependencies[0].artifacts_file, "artifacts.zip");
+    assert_int_equal(j->dependencies[0].artifacts_size, 1234);
+    assert_null(j->dependencies[1].artifacts_file); /* nothing to download */
+    gitlab_job_free(j);
+
+    static const struct {
+        const char *deps, *want;
+    } bad[] = {
+            {"{\"name\": \"build\"}", "dependencies[0].id: missing"},
+            {"{\"id\": 0}", "dependencies[0].id: expected an integer from 1"},
+            {"\"build\"", "dependencies[0]: expected an object, got a string"},
+            {"{\"id\": 1, \"token\": \"short\"}", "dependencies[0]: token: expected 8 to"},
+            {"{\"id\": 1, \"artifacts_file\": {\"size\": \"big\"}}",
+             "dependencies[0].artifacts_file.size: expected an integer"},
+            {"{\"id\": 1, \"artifacts_file\": []}",
+             "dependencies[0].artifacts_file: expected an object"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        _cleanup_free_ char *d = with_dependencies(bad[i].deps);
+        _cleanup_free_ char *msg = parse_err(d, strlen(d), -EINVAL);
+        if (!strstr(msg, bad[i].want))
+            fail_msg("case %zu: message \"%s\" lacks \"%s\"", i, msg, bad[i].want);
     }
 }
 
@@ -582,6 +631,7 @@ int main(void)
             cmocka_unit_test(test_register_answer),
             cmocka_unit_test(test_parse_rejects),
             cmocka_unit_test(test_parse_rejects_document),
+            cmocka_unit_test(test_parse_dependencies),
             cmocka_unit_test(test_parse_git_info),
             cmocka_unit_test(test_ident_of_broken_payload),
             cmocka_unit_test(test_secret_never_in_errors),
