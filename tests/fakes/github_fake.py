@@ -56,8 +56,7 @@ def find_contract():
         if not p or not os.path.isfile(p):
             raise ContractMissing(
                 "the GitHub contract files are not there (GITHUB_OPENAPI=%r, "
-                "GITHUB_WEBHOOK_EXAMPLES=%r): they live in ../shared/github beside the "
-                "repository" % (spec, ex))
+                "GITHUB_WEBHOOK_EXAMPLES=%r): they live in tests/contracts/" % (spec, ex))
     return spec, ex
 
 
