@@ -81,7 +81,7 @@ static void test_warm_pool(void **state)
     (void)state;
     const char *shared = getenv("AGENTLAB_TEST_STATE");
     if (!shared)
-        skip();
+        test_skip("AGENTLAB_TEST_STATE is not set: run through ctest (the micro fixture)");
     char *dir = test_tmpdir("warm");
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "mkdir -p %s/state/images && cp -a %s/images/micro %s/state/images/",
@@ -168,5 +168,5 @@ static void test_warm_pool(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_warm_pool)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }
