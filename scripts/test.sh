@@ -34,7 +34,7 @@ scripts/bench-proxmox.sh build-rel 2 0
 
 cmake -S . -B build-asan -DAL_WERROR=ON -DAL_SANITIZE=address,undefined >/dev/null
 cmake --build build-asan -j"$jobs"
-(cd build-asan && ctest --output-on-failure -j"$jobs" -L unit)
+(cd build-asan && ctest --output-on-failure -j"$jobs" -L 'unit|daemon')
 
 # libFuzzer targets (clang, ASan+UBSan), each for a bounded time
 CC=clang cmake -S . -B build-fuzz -DAL_WERROR=ON -DAL_FUZZ=ON -DAL_SANITIZE=address,undefined \
