@@ -1,15 +1,18 @@
 #!/bin/sh
 # Control-API benchmark: GET /v1/jobs?limit=50 against a real agentlabd whose
-# database holds 10,000 jobs, on the unix socket and on the TCP listener
-# (127.0.0.1, bearer token), with 1 and 4 keep-alive connections. Builds a
-# Release tree in build-bench/. Prints requests/s and latency percentiles.
-#   scripts/bench-api.sh [SECONDS]
+# database holds JOBS jobs (default 10,000), on the unix socket and on the TCP
+# listener (127.0.0.1, bearer token), with 1 and 4 keep-alive connections,
+# SECONDS (default 10) each. Builds a Release tree in build-bench/ (or
+# $AL_BENCH_BUILD). Prints requests/s and latency percentiles.
+#   scripts/bench-api.sh [SECONDS] [JOBS]
 set -eu
 cd "$(dirname "$0")/.."
 secs=${1:-10}
+njobs=${2:-10000}
+build=${AL_BENCH_BUILD:-build-bench}
 
-cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DAL_WERROR=ON >/dev/null
-cmake --build build-bench -j"$(nproc 2>/dev/null || echo 2)" --target bench_api agentlabd >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DAL_WERROR=ON >/dev/null
+cmake --build "$build" -j"$(nproc 2>/dev/null || echo 2)" --target bench_api agentlabd >/dev/null
 
 dir=$(mktemp -d "${TMPDIR:-/var/tmp}/agentlab-bench-api.XXXXXX")
 chmod 0711 "$dir"
@@ -25,8 +28,8 @@ api_listen = 127.0.0.1:0
 api_token_file = $dir/token
 api_max_connections = 64
 CONF
-build-bench/tests/bench_api populate "$AGENTLAB_STATE_DIR" 10000
-build-bench/agentlabd -l info 2>"$dir/daemon.log" &
+"$build"/tests/bench_api populate "$AGENTLAB_STATE_DIR" "$njobs"
+"$build"/agentlabd -l info 2>"$dir/daemon.log" &
 dpid=$!
 i=0
 until grep -q " ready " "$dir/daemon.log"; do
@@ -37,8 +40,8 @@ done
 port=$(sed -n 's/.*TCP port \([0-9]*\) .*/\1/p' "$dir/daemon.log" | tail -n 1)
 echo "agentlabd: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for conns in 1 4; do
-    build-bench/tests/bench_api run --socket "$AGENTLAB_RUN_DIR/agentlabd.sock" --conns $conns --seconds "$secs"
-    build-bench/tests/bench_api run --port "$port" --token-file "$dir/token" --conns $conns --seconds "$secs"
+    "$build"/tests/bench_api run --socket "$AGENTLAB_RUN_DIR/agentlabd.sock" --conns $conns --seconds "$secs"
+    "$build"/tests/bench_api run --port "$port" --token-file "$dir/token" --conns $conns --seconds "$secs"
 done
-build-bench/tests/bench_api run --socket "$AGENTLAB_RUN_DIR/agentlabd.sock" --conns 4 --seconds "$secs" --path /healthz
+"$build"/tests/bench_api run --socket "$AGENTLAB_RUN_DIR/agentlabd.sock" --conns 4 --seconds "$secs" --path /healthz
 ps -o rss=,cmd= -p $dpid | awk '{printf "agentlabd RSS after the runs: %.1f MB\n", $1 / 1024}'

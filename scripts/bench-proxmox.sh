@@ -93,4 +93,7 @@ print("  API calls per job:             %.1f  (%d total; most requests in flight
 for k, v in sorted(s["calls_by"].items(), key=lambda kv: -kv[1]):
     print("    %6.1f  %s" % (v / n, k))
 print("  schema violations: %d" % len(s["violations"]))
+for v in s["violations"][:10]:
+    print("    %s" % (v,))
+sys.exit(1 if s["violations"] else 0)
 PY

@@ -1,8 +1,10 @@
 #!/bin/sh
 # Runs every agentlab test: installs what is missing (scripts/setup.sh),
-# builds in build/, runs the whole suite with ctest, then builds with
-# AddressSanitizer + UBSan in build-asan/ and runs the unit suite there, then
-# runs every libFuzzer target for AL_FUZZ_SECONDS (default 30) in build-fuzz/.
+# builds in build/, runs the whole suite with ctest, then builds Release with
+# -Werror in build-rel/ and runs every benchmark that needs no VM once with a
+# tiny size (so none can rot unnoticed), then builds with AddressSanitizer +
+# UBSan in build-asan/ and runs the unit suite there, then runs every
+# libFuzzer target for AL_FUZZ_SECONDS (default 30) in build-fuzz/.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -L unit    only tests with this ctest label (no sanitizer pass)
@@ -21,9 +23,18 @@ fi
 
 (cd build && ctest --output-on-failure -j"$jobs")
 
+# Release with -Werror (what the benchmarks build), then each benchmark once,
+# tiny, on that one tree; the numbers mean nothing at this size
+cmake -S . -B build-rel -DCMAKE_BUILD_TYPE=Release -DAL_WERROR=ON >/dev/null
+cmake --build build-rel -j"$jobs"
+AL_BENCH_BUILD=build-rel scripts/bench-engine.sh 200
+AL_BENCH_BUILD=build-rel scripts/bench-store.sh --all 200
+AL_BENCH_BUILD=build-rel scripts/bench-api.sh 1 200
+scripts/bench-proxmox.sh build-rel 2 0
+
 cmake -S . -B build-asan -DAL_WERROR=ON -DAL_SANITIZE=address,undefined >/dev/null
 cmake --build build-asan -j"$jobs"
-(cd build-asan && ctest --output-on-failure -j"$jobs" -L unit)
+(cd build-asan && ctest --output-on-failure -j"$jobs" -L 'unit|daemon')
 
 # libFuzzer targets (clang, ASan+UBSan), each for a bounded time
 CC=clang cmake -S . -B build-fuzz -DAL_WERROR=ON -DAL_FUZZ=ON -DAL_SANITIZE=address,undefined \

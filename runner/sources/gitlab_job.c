@@ -218,7 +218,7 @@ static bool refspec_is_valid(const char *s)
 
 static int parse_git(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
-    yajl_val g;
+    yajl_val g = NULL;
     int r = get_object(root, "git_info", "", true, &g, err);
     if (r < 0)
         return r;

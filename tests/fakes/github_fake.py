@@ -48,16 +48,21 @@ class ContractMissing(Exception):
     pass
 
 
+CONTRACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "contracts")
+
+
 def find_contract():
-    """(openapi path, examples path) from GITHUB_OPENAPI / GITHUB_WEBHOOK_EXAMPLES."""
-    spec = os.environ.get("GITHUB_OPENAPI", "")
-    ex = os.environ.get("GITHUB_WEBHOOK_EXAMPLES", "")
+    """(openapi path, examples path) from GITHUB_OPENAPI / GITHUB_WEBHOOK_EXAMPLES,
+    by default the copies in tests/contracts/."""
+    spec = os.environ.get("GITHUB_OPENAPI") or os.path.join(CONTRACTS,
+                                                            "actions-runners-openapi.json")
+    ex = os.environ.get("GITHUB_WEBHOOK_EXAMPLES") or os.path.join(
+        CONTRACTS, "workflow_job-webhook-examples.json")
     for p in (spec, ex):
         if not p or not os.path.isfile(p):
             raise ContractMissing(
                 "the GitHub contract files are not there (GITHUB_OPENAPI=%r, "
-                "GITHUB_WEBHOOK_EXAMPLES=%r): they live in ../shared/github beside the "
-                "repository" % (spec, ex))
+                "GITHUB_WEBHOOK_EXAMPLES=%r): they live in tests/contracts/" % (spec, ex))
     return spec, ex
 
 

@@ -7,10 +7,11 @@
 set -eu
 helper=$1 init=$2
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../support/skip.sh"
 kver=$(ls /lib/modules | grep -m1 -- '-amd64$' || true)
 kernel=/boot/vmlinuz-$kver
 if [ -z "$kver" ] || [ ! -r "$kernel" ] || ! command -v qemu-system-x86_64 >/dev/null; then
-    echo "SKIP: no readable Debian kernel or qemu"; exit 77
+    al_skip "guest_vm: no readable Debian kernel or no qemu-system-x86_64"
 fi
 work=$(mktemp -d /tmp/agentlab-guest-vm.XXXXXX)
 trap 'kill $qpid 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -117,7 +117,11 @@ cat "$TEST_TMP/err"
 [ "$rc" -eq 0 ] || fail "sparse artifact: exit $rc"
 used=$(du -sk "$TEST_TMP/big" 2>/dev/null | cut -f1)
 [ "${used:-0}" -le 20480 ] || fail "sparse artifact: $used KiB written on the host"
-grep -Eq 'limit|artifacts:' "$TEST_TMP/err" || fail "the artifact limit is not reported"
+# the summary must name the limit, the file it stopped at and the limit hit
+grep -q '] artifacts: .*artifact limit of 10485760 bytes reached at "big"' "$TEST_TMP/err" ||
+    fail "sparse artifact: the artifact limit is not reported"
+grep -q '] limits hit: .*artifact_size' "$TEST_TMP/err" || fail "sparse artifact: artifact_size not reported"
+[ ! -e "$TEST_TMP/big/big" ] || fail "sparse artifact: the file over the limit was extracted"
 assert_no_leftovers "$(job_id_from "$TEST_TMP/err")"
 echo "--- sparse artifact: ok (${used:-0} KiB on the host)"
 echo "hostile: ok"

@@ -1,6 +1,9 @@
 # Shared helpers for the shell integration tests. Sourced, not run.
 # Needs: AGENTLAB (the CLI), AL_BUILD_DIR.
 
+# al_skip: a test that cannot run fails (unless AGENTLAB_ALLOW_SKIP=1, never in CI)
+. "$(dirname "$0")/../support/skip.sh"
+
 fail() {
     echo "FAIL: $*" >&2
     exit 1

@@ -9,7 +9,7 @@ set -eu
 daemon=$1
 AL_SOURCE_DIR=${AL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 . "$(dirname "$0")/pve_lib.sh"
-[ -d "${AGENTLAB_TEST_STATE:-}/images/micro" ] || { echo "no micro image"; exit 77; }
+[ -d "${AGENTLAB_TEST_STATE:-}/images/micro" ] || al_skip "proxmox_fallback: no micro image (run the micro fixture)"
 pve_test_env
 state=$AGENTLAB_STATE_DIR
 mkdir -p "$state/images"

@@ -1,13 +1,17 @@
 # Helpers for tests that run agentlab against the Proxmox simulator
 # (tests/fakes/pve_sim.py). Sourced, not run. Needs: AL_SOURCE_DIR,
-# PVE_SCHEMA (defaults to the shared schema), python3, openssl, curl.
+# PVE_SCHEMA (defaults to tests/contracts/pve-api-schema.json), python3,
+# openssl, curl.
+
+# al_skip: a test that cannot run fails (unless AGENTLAB_ALLOW_SKIP=1, never in CI)
+. "$AL_SOURCE_DIR/tests/support/skip.sh"
 
 fail() {
     echo "FAIL: $*" >&2
     exit 1
 }
 
-PVE_SCHEMA=${PVE_SCHEMA:-$AL_SOURCE_DIR/../shared/proxmox/pve-api-schema.json}
+PVE_SCHEMA=${PVE_SCHEMA:-$AL_SOURCE_DIR/tests/contracts/pve-api-schema.json}
 # the system interpreter: version-manager shims cost a second per start
 if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi
 PVE_SIM="$AL_SOURCE_DIR/tests/fakes/pve_sim.py"

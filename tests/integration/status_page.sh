@@ -10,7 +10,7 @@ set -eu
 daemon=$1 cli=$2
 . "$(dirname "$0")/lib.sh"
 AL_BUILD_DIR=${AL_BUILD_DIR:-.}
-command -v chromium >/dev/null || { echo "status_page: chromium is not installed"; exit 77; }
+command -v chromium >/dev/null || al_skip "status_page: chromium is not installed"
 al_test_env
 out=${AL_TEST_OUTDIR:-$TEST_TMP/out}
 mkdir -p "$out"

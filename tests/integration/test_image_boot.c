@@ -5,7 +5,7 @@
  *
  * The image lives in $AL_TEST_STATE_DIR (default <build>/test-state), shared
  * with every other test that needs an image: only the first run pays for
- * the build. Skipped (77) when the agentlab-guest helper is missing. */
+ * the build. Without the agentlab-guest helper it fails (test_skip()). */
 #include "test_util.h"
 
 #include <fcntl.h>
@@ -31,7 +31,6 @@
 
 #define IMAGE          "debian-12"
 #define BOOT_TIMEOUT_S 300
-#define SKIP_EXIT      77
 
 extern char **environ;
 
@@ -221,10 +220,8 @@ static void test_build_and_boot(void **state)
         char *h = al_path_join(dir, "agentlab-guest");
         al_error_free(err);
         err = NULL;
-        if (image_guest_helper_find(h, &helper, &unit, &err) < 0) {
-            fprintf(stderr, "# skipped: %s\n", al_error_message(err));
-            exit(SKIP_EXIT);
-        }
+        if (image_guest_helper_find(h, &helper, &unit, &err) < 0)
+            test_skip("no agentlab-guest helper: %s", al_error_message(err));
         setenv("AGENTLAB_GUEST_HELPER", helper, 1);
         free(h);
         free(dir);
@@ -378,5 +375,5 @@ int main(void)
     const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_build_and_boot, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -1,9 +1,11 @@
 /* Warm pools on real libvirt + QEMU (the micro image): with warm = 1 a job's
  * first output arrives in well under a second after submission, and every
- * job still gets a VM that has never run anything else. Prints the latency
- * of each job and the median. Needs AGENTLAB_TEST_STATE (with images/micro). */
+ * job still gets a VM that has never run anything else (a boot of its own).
+ * Prints the latency of each job and the median. Needs AGENTLAB_TEST_STATE
+ * (with images/micro). */
 #include "test_util.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +16,8 @@
 #include "engine.h"
 #include "loop/virt_uv.h"
 
-#define RUNS 10
+#define RUNS        10
+#define BOOT_ID_LEN 36
 
 struct ctx {
     uv_loop_t loop;
@@ -63,6 +66,23 @@ static bool warm_ready(struct ctx *c)
     return ready >= 1;
 }
 
+/* Copies the boot id the job printed ("boot_id=" and 36 characters of a
+ * UUID) into ret_id, or fails the test. */
+static void boot_id_from(const char *out, char ret_id[BOOT_ID_LEN + 1])
+{
+    const char *p = strstr(out, "boot_id=");
+    if (!p)
+        fail_msg("no boot id in the job's output: %s", out);
+    p += strlen("boot_id=");
+    for (size_t k = 0; k < BOOT_ID_LEN; k++) {
+        bool dash = k == 8 || k == 13 || k == 18 || k == 23;
+        if (dash ? p[k] != '-' : !isxdigit((unsigned char)p[k]))
+            fail_msg("not a boot id in the job's output: %s", out);
+    }
+    memcpy(ret_id, p, BOOT_ID_LEN);
+    ret_id[BOOT_ID_LEN] = '\0';
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -81,7 +101,7 @@ static void test_warm_pool(void **state)
     (void)state;
     const char *shared = getenv("AGENTLAB_TEST_STATE");
     if (!shared)
-        skip();
+        test_skip("AGENTLAB_TEST_STATE is not set: run through ctest (the micro fixture)");
     char *dir = test_tmpdir("warm");
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "mkdir -p %s/state/images && cp -a %s/images/micro %s/state/images/",
@@ -118,17 +138,20 @@ static void test_warm_pool(void **state)
 
     uint64_t lat[RUNS];
     char vms[RUNS][160];
+    char boots[RUNS][BOOT_ID_LEN + 1];
     for (int i = 0; i < RUNS; i++) {
         /* a warm VM is booted and waiting */
         uint64_t end = al_now_mono_ms() + 180000;
         while (!warm_ready(&c) && al_now_mono_ms() < end)
             uv_run(&c.loop, UV_RUN_ONCE);
         assert_true(warm_ready(&c));
-        /* the job proves its VM is fresh: the marker of a previous job must
-         * not be there */
+        /* The job proves its VM is fresh by the kernel's boot id: a VM that
+         * ran an earlier job still has that job's boot id, whatever files
+         * the job left or removed. A marker file in the home directory would
+         * prove less: the micro image has no disk, so nothing but the
+         * running kernel carries state from one job to the next. */
         const char spec_json[] = "{\"command\":[\"sh\",\"-c\",\"echo first line; "
-                                 "if [ -e /home/agentlab/marker ]; then echo REUSED; fi; "
-                                 "echo job > /home/agentlab/marker\"]}";
+                                 "echo boot_id=$(cat /proc/sys/kernel/random/boot_id)\"]}";
         struct job_spec *spec = NULL;
         assert_int_equal(job_spec_parse(spec_json, sizeof(spec_json) - 1, 0, &spec, &err), 0);
         c.first_output_us = 0;
@@ -141,11 +164,15 @@ static void test_warm_pool(void **state)
         if (c.state != JOB_STATE_SUCCEEDED)
             fail_msg("job %d ended %s: %s", i, job_state_to_string(c.state), c.out);
         assert_non_null(strstr(c.out, "first line"));
-        assert_null(strstr(c.out, "REUSED"));
+        boot_id_from(c.out, boots[i]);
         lat[i] = (c.first_output_us - c.submitted_us) / 1000;
         snprintf(vms[i], sizeof(vms[i]), "%s", c.vm);
-        for (int k = 0; k < i; k++)
+        for (int k = 0; k < i; k++) {
             assert_string_not_equal(vms[k], vms[i]); /* never the same VM twice */
+            if (streq(boots[k], boots[i]))
+                fail_msg("job %d ran in the boot of job %d (boot id %s): a reused VM", i, k,
+                         boots[i]);
+        }
         fprintf(stderr, "job %d on %s: first output %llu ms after submit\n", i, c.vm,
                 (unsigned long long)lat[i]);
     }
@@ -168,5 +195,5 @@ static void test_warm_pool(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_warm_pool)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

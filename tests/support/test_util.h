@@ -27,4 +27,22 @@ void test_loop_close(uv_loop_t *loop);
 /* Directory for the test's output files ($AL_TEST_OUTDIR or a tmp dir). */
 const char *test_outdir(void);
 
+/* The skip policy, shared with tests/support/skip.sh and skip.py: a test
+ * that cannot run what it is meant to test fails. It may skip only when a
+ * developer asked for it with AGENTLAB_ALLOW_SKIP=1, and never in CI (CI set
+ * to anything but "", "0" or "false"). */
+bool test_skip_allowed(void);
+
+/* Skips the current cmocka test with the printf-style reason when
+ * test_skip_allowed(), and fails it with the reason otherwise. Does not
+ * return. */
+#define test_skip(...) test_skip_at(__FILE__, __LINE__, __VA_ARGS__)
+_Noreturn void test_skip_at(const char *file, int line, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+/* The exit status of a test binary: failed (cmocka_run_group_tests()'s
+ * result) when non-zero, else 77 (ctest's SKIP_RETURN_CODE) when a test was
+ * skipped, else 0. */
+int test_exit_status(int failed);
+
 #endif

@@ -246,7 +246,7 @@ static void test_github_source(void **state)
     (void)state;
     const char *src = getenv("AL_SOURCE_DIR");
     if (!src)
-        skip();
+        test_skip("AL_SOURCE_DIR is not set: run through ctest");
     char *path = NULL;
     assert_true(asprintf(&path, "%s/ci/github/agentlab.conf.example", src) > 0);
     struct config *c = NULL;
@@ -319,5 +319,5 @@ int main(void)
             cmocka_unit_test(test_github_source),
             cmocka_unit_test(test_long_section_names),
     };
-    return cmocka_run_group_tests(tests, setup, NULL);
+    return test_exit_status(cmocka_run_group_tests(tests, setup, NULL));
 }
