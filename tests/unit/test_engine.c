@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "attempt.h"
 #include "base/log.h"
@@ -205,6 +207,33 @@ static void wait_finished(struct ctx *c, int n)
     (void)all_finished_flag;
 }
 
+/* Store failures on demand: linked with -Wl,--wrap for these two. */
+static bool store_fails;
+int __real_store_vm_remove(struct store *s, const char *backend, const char *vm_name,
+                           struct al_error **err);
+int __wrap_store_vm_remove(struct store *s, const char *backend, const char *vm_name,
+                           struct al_error **err);
+int __real_store_job_set_log_bytes(struct store *s, const char *id, uint64_t bytes,
+                                   struct al_error **err);
+int __wrap_store_job_set_log_bytes(struct store *s, const char *id, uint64_t bytes,
+                                   struct al_error **err);
+
+int __wrap_store_vm_remove(struct store *s, const char *backend, const char *vm_name,
+                           struct al_error **err)
+{
+    if (store_fails)
+        return al_error_set(err, EIO, "injected store failure");
+    return __real_store_vm_remove(s, backend, vm_name, err);
+}
+
+int __wrap_store_job_set_log_bytes(struct store *s, const char *id, uint64_t bytes,
+                                   struct al_error **err)
+{
+    if (store_fails)
+        return al_error_set(err, EIO, "injected store failure");
+    return __real_store_job_set_log_bytes(s, id, bytes, err);
+}
+
 /* ------------------------------------------------------------ tests */
 
 static void test_runs_and_persists(void **state)
@@ -234,6 +263,52 @@ static void test_runs_and_persists(void **state)
     struct store_vm *vms = NULL;
     assert_int_equal(store_vm_list(c->store, NULL, &vms, &n, &err), 0);
     assert_int_equal(n, 0);
+    store_vms_free(vms, n);
+}
+
+/* A store error after an attempt is logged once, with the job id, not
+ * dropped. */
+static void test_store_errors_are_logged(void **state)
+{
+    struct ctx *c = *state;
+    char *log_path = al_path_join(c->dir, "engine.log");
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    al_log_set_fd(fd);
+    engine_up(c);
+    char id[STORE_JOB_ID_SIZE];
+    assert_null(submit(c, "{\"command\":[\"echo\",\"hi\"]}", id));
+    wait_state(c, id, JOB_STATE_RUNNING);
+    store_fails = true;
+    wait_finished(c, 1);
+    store_fails = false;
+    al_log_set_fd(-1);
+    close(fd);
+    char *text = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(al_read_file(log_path, 1 << 20, &text, NULL, &err), 0);
+    char want[128];
+    snprintf(want, sizeof(want), "job=%s", id);
+    const char *errors[] = {"forgetting VM", "storing the output size"};
+    for (size_t i = 0; i < ARRAY_SIZE(errors); i++) {
+        const char *line = strstr(text, errors[i]);
+        if (!line)
+            fail_msg("no log line for \"%s\":\n%s", errors[i], text);
+        const char *start = line;
+        while (start > text && start[-1] != '\n')
+            start--;
+        const char *end = strchr(line, '\n');
+        if (!memmem(start, (size_t)(end - start), want, strlen(want)))
+            fail_msg("the line lacks %s: %.*s", want, (int)(end - start), start);
+        assert_null(strstr(end, errors[i]));
+    }
+    free(text);
+    free(log_path);
+    /* the VM record stayed behind: the next sweep's business */
+    struct store_vm *vms = NULL;
+    size_t n = 0;
+    assert_int_equal(store_vm_list(c->store, NULL, &vms, &n, &err), 0);
+    assert_int_equal(n, 1);
     store_vms_free(vms, n);
 }
 
@@ -413,6 +488,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_runs_and_persists, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_store_errors_are_logged, setup, teardown),
             cmocka_unit_test_setup_teardown(test_fallback_to_second_backend, setup, teardown),
             cmocka_unit_test_setup_teardown(test_retry_infra_errors_only, setup, teardown),
             cmocka_unit_test_setup_teardown(test_unhealthy_and_broken_backends, setup, teardown),
