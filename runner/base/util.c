@@ -427,3 +427,39 @@ int al_fd_set_nonblock(int fd, bool on)
         return -errno;
     return 0;
 }
+
+int al_open_dirs_nofollow(int dfd, const char *path, size_t n)
+{
+    int cur = dup(dfd);
+    if (cur < 0)
+        return -errno;
+    const char *c = path;
+    while (c < path + n) {
+        const char *slash = memchr(c, '/', (size_t)(path + n - c));
+        size_t len = slash ? (size_t)(slash - c) : (size_t)(path + n - c);
+        if (len && !(len == 1 && c[0] == '.')) {
+            char comp[256];
+            if (len >= sizeof(comp)) {
+                close(cur);
+                return -ENAMETOOLONG;
+            }
+            memcpy(comp, c, len);
+            comp[len] = '\0';
+            if (mkdirat(cur, comp, 0755) < 0 && errno != EEXIST) {
+                int e = errno;
+                close(cur);
+                return -e;
+            }
+            int next = openat(cur, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            int e = errno;
+            close(cur);
+            if (next < 0)
+                return -e;
+            cur = next;
+        }
+        c += len;
+        while (c < path + n && *c == '/')
+            c++;
+    }
+    return cur;
+}

@@ -24,6 +24,13 @@ int al_parse_duration(const char *s, int64_t *ret_seconds);
 /* Sizes: "512", "64K", "10M", "2G", "1T" (binary units) -> bytes. */
 int al_parse_size(const char *s, uint64_t *ret_bytes);
 
+/* Opens, creating each with mode 0755 when missing, the directories named
+ * by the first n bytes of the relative path below the directory dfd, one
+ * component at a time and without following symlinks (ELOOP or ENOTDIR for
+ * one). "." and empty components are skipped. Returns the last directory's
+ * fd (O_CLOEXEC; dfd duplicated when there is none) or -errno. */
+int al_open_dirs_nofollow(int dfd, const char *path, size_t n);
+
 /* Reads a whole file, at most max bytes (else -EFBIG). Adds a NUL. */
 int al_read_file(const char *path, size_t max, char **ret_data, size_t *ret_len,
                  struct al_error **err);
