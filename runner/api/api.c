@@ -208,15 +208,9 @@ static int read_token(const char *path, char **ret, size_t *ret_len, struct al_e
         return al_error_set(err, EINVAL,
                             "api_listen is set but api_token_file is not: the TCP listener "
                             "needs a bearer token");
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return al_error_set_errno(err, errno, "api_token_file %s", path);
-    if (st.st_mode & S_IROTH)
-        return al_error_set(err, EPERM,
-                            "api_token_file %s is readable by everyone; chmod o-r it first", path);
     char *data = NULL;
     size_t len = 0;
-    int r = al_read_file(path, TOKEN_MAX_LEN, &data, &len, err);
+    int r = al_read_secret_file(path, "api_token_file", TOKEN_MAX_LEN, &data, &len, err);
     if (r < 0)
         return r;
     while (len && (data[len - 1] == '\n' || data[len - 1] == '\r' || data[len - 1] == ' '))

@@ -35,6 +35,16 @@ int al_open_dirs_nofollow(int dfd, const char *path, size_t n);
 int al_read_file(const char *path, size_t max, char **ret_data, size_t *ret_len,
                  struct al_error **err);
 
+/* Reads a file that holds a secret (a token, a password, a key) like
+ * al_read_file(), wiping every buffer that held it, after refusing a file
+ * that everyone may read ("WHAT PATH is readable by everyone; chmod o-r it
+ * first", -EPERM; checked on the opened file). what names the setting in
+ * messages ("api_token_file"); they never contain the contents. Every
+ * reader of a secret file goes through here, so all are held to the same
+ * rule. */
+int al_read_secret_file(const char *path, const char *what, size_t max, char **ret_data,
+                        size_t *ret_len, struct al_error **err);
+
 /* Writes data to path atomically (temp file in the same dir, fsync, rename)
  * with the given mode. */
 int al_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode,
