@@ -103,13 +103,25 @@ int artifacts_extract(const char *tar_path, const char *dest_dir, const struct a
                  path);
             break;
         }
+        /* directories created on the way count as well: one entry
+         * "a/b/.../z/f" must not make more than the limit allows */
+        uint64_t room = lim->max_files ? lim->max_files - (s.files + s.dirs) : UINT64_MAX;
+        uint64_t budget = room - (type == AE_IFDIR ? 0 : 1);
         if (type == AE_IFDIR) {
-            int fd = al_open_dirs_nofollow(dfd, path, plen);
+            int fd = al_open_dirs_nofollow(dfd, path, plen, &budget);
+            if (fd == -EDQUOT) {
+                s.dirs += room - budget;
+                s.truncated = s.over_files = true;
+                note(&s, "artifact limit of %" PRIu64 " files reached at \"%.100s\"",
+                     lim->max_files, path);
+                break;
+            }
             if (fd < 0) {
                 s.skipped++;
                 note(&s, "skipped \"%.100s\": %s", path, strerror(-fd));
             } else {
-                s.dirs++;
+                /* one already there counts as entered */
+                s.dirs += room - budget ? room - budget : 1;
                 close(fd);
             }
             continue;
@@ -124,7 +136,14 @@ int artifacts_extract(const char *tar_path, const char *dest_dir, const struct a
         const char *slash = memrchr(path, '/', plen);
         size_t dirlen = slash ? (size_t)(slash - path) : 0;
         const char *base = slash ? slash + 1 : path;
-        int pfd = al_open_dirs_nofollow(dfd, path, dirlen);
+        int pfd = al_open_dirs_nofollow(dfd, path, dirlen, &budget);
+        s.dirs += room - 1 - budget;
+        if (pfd == -EDQUOT) {
+            s.truncated = s.over_files = true;
+            note(&s, "artifact limit of %" PRIu64 " files reached at \"%.100s\"", lim->max_files,
+                 path);
+            break;
+        }
         if (pfd < 0) {
             s.skipped++;
             note(&s, "skipped \"%.100s\": %s", path, strerror(-pfd));

@@ -475,7 +475,7 @@ int al_fd_set_nonblock(int fd, bool on)
     return 0;
 }
 
-int al_open_dirs_nofollow(int dfd, const char *path, size_t n)
+int al_open_dirs_nofollow(int dfd, const char *path, size_t n, uint64_t *budget)
 {
     int cur = dup(dfd);
     if (cur < 0)
@@ -492,7 +492,16 @@ int al_open_dirs_nofollow(int dfd, const char *path, size_t n)
             }
             memcpy(comp, c, len);
             comp[len] = '\0';
-            if (mkdirat(cur, comp, 0755) < 0 && errno != EEXIST) {
+            struct stat st;
+            bool exists = fstatat(cur, comp, &st, AT_SYMLINK_NOFOLLOW) == 0;
+            if (!exists && budget && *budget == 0) {
+                close(cur);
+                return -EDQUOT;
+            }
+            if (!exists && mkdirat(cur, comp, 0755) == 0) {
+                if (budget)
+                    (*budget)--;
+            } else if (!exists && errno != EEXIST) {
                 int e = errno;
                 close(cur);
                 return -e;

@@ -27,9 +27,11 @@ int al_parse_size(const char *s, uint64_t *ret_bytes);
 /* Opens, creating each with mode 0755 when missing, the directories named
  * by the first n bytes of the relative path below the directory dfd, one
  * component at a time and without following symlinks (ELOOP or ENOTDIR for
- * one). "." and empty components are skipped. Returns the last directory's
- * fd (O_CLOEXEC; dfd duplicated when there is none) or -errno. */
-int al_open_dirs_nofollow(int dfd, const char *path, size_t n);
+ * one). "." and empty components are skipped. budget (may be NULL: no
+ * limit) is how many directories it may create, decremented for each one
+ * created; -EDQUOT when one more would be needed. Returns the last
+ * directory's fd (O_CLOEXEC; dfd duplicated when there is none) or -errno. */
+int al_open_dirs_nofollow(int dfd, const char *path, size_t n, uint64_t *budget);
 
 /* Reads a whole file, at most max bytes (else -EFBIG). Adds a NUL. */
 int al_read_file(const char *path, size_t max, char **ret_data, size_t *ret_len,

@@ -248,7 +248,8 @@ static int download_one(struct cli_api *a, const char *id, int dfd, const char *
         return CLI_EXIT_FAILED;
     const char *slash = strrchr(rel, '/');
     const char *name = slash ? slash + 1 : rel;
-    _cleanup_close_ int pfd = al_open_dirs_nofollow(dfd, rel, slash ? (size_t)(slash - rel) : 0);
+    _cleanup_close_ int pfd =
+            al_open_dirs_nofollow(dfd, rel, slash ? (size_t)(slash - rel) : 0, NULL);
     if (pfd < 0) {
         fprintf(stderr, "agentlab: %s: %s%s\n", dest, strerror(-pfd),
                 pfd == -ELOOP || pfd == -ENOTDIR
