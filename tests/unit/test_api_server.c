@@ -135,6 +135,7 @@ static void test_healthz_degraded(void **state)
     assert_string_equal(jstr(arr->u.array.values[0], "reason", NULL),
                         "token_file /etc/q is readable by everyone; chmod o-r it first (***)");
     yajl_tree_free(v);
+    tc_resp_clear(&r);
 }
 
 static void test_routing(void **state)
