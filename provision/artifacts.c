@@ -47,44 +47,6 @@ static bool path_is_safe(const char *p)
     return true;
 }
 
-/* Opens (creating when missing) the directory chain of path's first n
- * components below dfd without following symlinks. Returns an fd or -errno. */
-static int open_dirs(int dfd, const char *path, size_t n)
-{
-    int cur = dup(dfd);
-    if (cur < 0)
-        return -errno;
-    const char *c = path;
-    while (c < path + n) {
-        const char *slash = memchr(c, '/', (size_t)(path + n - c));
-        size_t len = slash ? (size_t)(slash - c) : (size_t)(path + n - c);
-        if (len && !(len == 1 && c[0] == '.')) {
-            char comp[256];
-            if (len >= sizeof(comp)) {
-                close(cur);
-                return -ENAMETOOLONG;
-            }
-            memcpy(comp, c, len);
-            comp[len] = '\0';
-            if (mkdirat(cur, comp, 0755) < 0 && errno != EEXIST) {
-                int e = errno;
-                close(cur);
-                return -e;
-            }
-            int next = openat(cur, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            int e = errno;
-            close(cur);
-            if (next < 0)
-                return -e;
-            cur = next;
-        }
-        c += len;
-        while (c < path + n && *c == '/')
-            c++;
-    }
-    return cur;
-}
-
 static int extract(const char *tar_path, bool zip, const char *dest_dir,
                    const struct artifact_limits *lim, struct artifact_summary *ret,
                    struct al_error **err)
@@ -146,13 +108,25 @@ static int extract(const char *tar_path, bool zip, const char *dest_dir,
                  path);
             break;
         }
+        /* directories created on the way count as well: one entry
+         * "a/b/.../z/f" must not make more than the limit allows */
+        uint64_t room = lim->max_files ? lim->max_files - (s.files + s.dirs) : UINT64_MAX;
+        uint64_t budget = room - (type == AE_IFDIR ? 0 : 1);
         if (type == AE_IFDIR) {
-            int fd = open_dirs(dfd, path, plen);
+            int fd = al_open_dirs_nofollow(dfd, path, plen, &budget);
+            if (fd == -EDQUOT) {
+                s.dirs += room - budget;
+                s.truncated = s.over_files = true;
+                note(&s, "artifact limit of %" PRIu64 " files reached at \"%.100s\"",
+                     lim->max_files, path);
+                break;
+            }
             if (fd < 0) {
                 s.skipped++;
                 note(&s, "skipped \"%.100s\": %s", path, strerror(-fd));
             } else {
-                s.dirs++;
+                /* one already there counts as entered */
+                s.dirs += room - budget ? room - budget : 1;
                 close(fd);
             }
             continue;
@@ -167,7 +141,14 @@ static int extract(const char *tar_path, bool zip, const char *dest_dir,
         const char *slash = memrchr(path, '/', plen);
         size_t dirlen = slash ? (size_t)(slash - path) : 0;
         const char *base = slash ? slash + 1 : path;
-        int pfd = open_dirs(dfd, path, dirlen);
+        int pfd = al_open_dirs_nofollow(dfd, path, dirlen, &budget);
+        s.dirs += room - 1 - budget;
+        if (pfd == -EDQUOT) {
+            s.truncated = s.over_files = true;
+            note(&s, "artifact limit of %" PRIu64 " files reached at \"%.100s\"", lim->max_files,
+                 path);
+            break;
+        }
         if (pfd < 0) {
             s.skipped++;
             note(&s, "skipped \"%.100s\": %s", path, strerror(-pfd));

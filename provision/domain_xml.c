@@ -1,6 +1,8 @@
 #include "domain_xml.h"
 
+#include <arpa/inet.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,7 +121,19 @@ int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_er
              "'/>\n      <model type='virtio'/>\n      <filterref filter='" AL_NWFILTER_NAME "'>\n"
              "        <parameter name='GATEWAY' value='");
         EMITV(&b, p->gateway ? p->gateway : "0.0.0.0");
-        EMIT(&b, "'/>\n      </filterref>\n    </interface>\n");
+        EMIT(&b, "'/>\n");
+        /* The filter's rule needs the variable; without an IPv6 address on
+         * the network, ::1 (dropped anyway) stands in. */
+        bool any6 = false;
+        for (char *const *g6 = p->gateways6; g6 && *g6; g6++) {
+            EMIT(&b, "        <parameter name='GATEWAY6' value='");
+            EMITV(&b, *g6);
+            EMIT(&b, "'/>\n");
+            any6 = true;
+        }
+        if (!any6)
+            EMIT(&b, "        <parameter name='GATEWAY6' value='::1'/>\n");
+        EMIT(&b, "      </filterref>\n    </interface>\n");
     }
     EMIT(&b, "    <rng model='virtio'>\n      <backend model='random'>/dev/urandom</backend>\n"
              "    </rng>\n"
@@ -167,9 +181,10 @@ fail:
 
 const char *nwfilter_xml(void)
 {
-    /* Priorities: lower runs first. DHCP and DNS to the gateway pass, then
-     * everything to private, shared, link-local and loopback space and to
-     * the gateway itself is dropped; the internet stays reachable. */
+    /* Priorities: lower runs first. DHCP and DNS to the gateway (IPv4) pass,
+     * then everything to private, shared, link-local and loopback space and
+     * to the host's own addresses on the network, IPv4 and IPv6, is dropped;
+     * the internet stays reachable. */
     return "<filter name='" AL_NWFILTER_NAME "' chain='root'>\n"
            "  <filterref filter='no-mac-spoofing'/>\n"
            "  <filterref filter='no-ip-spoofing'/>\n"
@@ -184,6 +199,9 @@ const char *nwfilter_xml(void)
            "  </rule>\n"
            "  <rule action='drop' direction='out' priority='200'>\n"
            "    <ip dstipaddr='$GATEWAY'/>\n"
+           "  </rule>\n"
+           "  <rule action='drop' direction='out' priority='200'>\n"
+           "    <ipv6 dstipaddr='$GATEWAY6'/>\n"
            "  </rule>\n"
            "  <rule action='drop' direction='out' priority='210'>\n"
            "    <ip dstipaddr='10.0.0.0' dstipmask='8'/>\n"
@@ -213,6 +231,59 @@ const char *nwfilter_xml(void)
            "    <ipv6 dstipaddr='::1' dstipmask='128'/>\n"
            "  </rule>\n"
            "</filter>\n";
+}
+
+void network_gateways_clear(struct network_gateways *g)
+{
+    free(g->ipv4);
+    strv_free(g->ipv6);
+    *g = (struct network_gateways){0};
+}
+
+int network_gateways_parse(const char *net_xml, struct network_gateways *ret, struct al_error **err)
+{
+    struct network_gateways g = {0};
+    size_t n6 = 0;
+    if (!(g.ipv6 = calloc(1, sizeof(*g.ipv6))))
+        return al_error_set(err, ENOMEM, "out of memory");
+    int r = 0;
+    for (const char *ip = net_xml; ip && (ip = strstr(ip, "<ip ")) && r == 0; ip += 4) {
+        _cleanup_free_ char *family = al_xml_attr(ip, "family");
+        _cleanup_free_ char *address = al_xml_attr(ip, "address");
+        if (!address)
+            continue;
+        bool v6 = family && streq(family, "ipv6");
+        unsigned char bin[sizeof(struct in6_addr)];
+        if (family && !v6 && !streq(family, "ipv4")) {
+            r = al_error_set(err, EINVAL, "<ip address='%s'> has the unknown family '%s'", address,
+                             family);
+            break;
+        }
+        if (inet_pton(v6 ? AF_INET6 : AF_INET, address, bin) != 1) {
+            r = al_error_set(err, EINVAL, "<ip address='%s'> is not an %s address", address,
+                             v6 ? "IPv6" : "IPv4");
+            break;
+        }
+        if (!v6) {
+            if (!g.ipv4)
+                g.ipv4 = TAKE_PTR(address);
+            continue;
+        }
+        char **grown = reallocarray(g.ipv6, n6 + 2, sizeof(*grown));
+        if (!grown) {
+            r = al_error_set(err, ENOMEM, "out of memory");
+            break;
+        }
+        g.ipv6 = grown;
+        g.ipv6[n6++] = TAKE_PTR(address);
+        g.ipv6[n6] = NULL;
+    }
+    if (r < 0) {
+        network_gateways_clear(&g);
+        return r;
+    }
+    *ret = g;
+    return 0;
 }
 
 int domain_metadata_parse(const char *xml, struct domain_metadata *ret)

@@ -29,7 +29,9 @@ struct domain_params {
     const char *channel_path;
     const char *console_log; /* serial console log file, or NULL */
     const char *network;     /* libvirt network name, or NULL for no NIC */
-    const char *gateway;     /* with network: the address DHCP/DNS may reach */
+    const char *gateway;     /* with network: the IPv4 address DHCP/DNS may reach */
+    char *const *gateways6;  /* with network: the host's IPv6 addresses on it,
+                              * NULL-terminated; NULL or empty when it has none */
     /* ownership metadata */
     const char *job_id;
     int attempt;
@@ -51,8 +53,23 @@ int volume_xml_build(const char *name, const char *backing, uint64_t capacity, c
 int pool_xml_build(const char *name, const char *path, char **ret_xml, struct al_error **err);
 
 /* The nwfilter that drops guest traffic to private, link-local and loopback
- * ranges (IPv4 and IPv6) and to the host, except DHCP and DNS to $GATEWAY. */
+ * ranges (IPv4 and IPv6) and to the host ($GATEWAY, every $GATEWAY6),
+ * except DHCP and DNS to $GATEWAY over IPv4. */
 const char *nwfilter_xml(void);
+
+/* The host's addresses on a libvirt network, from its XML
+ * (virNetworkGetXMLDesc()): the first IPv4 <ip address> and every IPv6
+ * one, each <ip>'s family checked against its address. */
+struct network_gateways {
+    char *ipv4;  /* NULL when the network has none */
+    char **ipv6; /* NULL-terminated, never NULL after a successful parse */
+};
+
+/* Returns 0, or -EINVAL naming the <ip> whose address is not of its
+ * family (or of an unknown family). The caller clears *ret. */
+int network_gateways_parse(const char *net_xml, struct network_gateways *ret,
+                           struct al_error **err);
+void network_gateways_clear(struct network_gateways *g);
 
 /* Parses our metadata element as virDomainGetMetadata(..., AL_XML_NS)
  * returns it. Fields absent from the element are left NULL/0. Returns 0, or

@@ -56,7 +56,8 @@ struct lv_backend {
     int max_vms;
     int vcpus;
     uint64_t memory;
-    char *gateway; /* the network's host address, for the egress filter */
+    char *gateway;   /* the network's IPv4 host address, for the egress filter */
+    char **gateway6; /* its IPv6 host addresses (NULL-terminated), dropped */
     struct lv_vm *vms;
     bool conn_dead;      /* libvirtd closed the connection */
     uint64_t last_retry; /* ms, of the last reconnect attempt */
@@ -670,6 +671,7 @@ static int provision_work(void *data, struct al_error **err)
             .console_log = v->console_log,
             .network = *lb->b->cfg->network ? lb->b->cfg->network : NULL,
             .gateway = lb->gateway,
+            .gateways6 = lb->gateway6,
             .job_id = v->req.job_id,
             .attempt = v->req.attempt,
             .owner = lb->b->env.owner_id,
@@ -1397,11 +1399,17 @@ static int prepare_network(struct lv_backend *lb, struct al_error **err)
     virNetworkPtr net = virNetworkLookupByName(lb->conn, name);
     if (!net)
         return al_error_set(err, ENOENT, "libvirt network \"%s\": %s", name, libvirt_msg());
-    char *xml = virNetworkGetXMLDesc(net, 0);
+    _cleanup_free_ char *xml = virNetworkGetXMLDesc(net, 0);
     virNetworkFree(net);
-    const char *ip = xml ? strstr(xml, "<ip ") : NULL;
-    lb->gateway = ip ? al_xml_attr(ip, "address") : NULL;
-    free(xml);
+    if (!xml)
+        return al_error_set(err, EIO, "libvirt network \"%s\": %s", name, libvirt_msg());
+    struct network_gateways g = {0};
+    if (network_gateways_parse(xml, &g, err) < 0)
+        return al_error_wrap(err, "libvirt network \"%s\"", name);
+    free(lb->gateway);
+    strv_free(lb->gateway6);
+    lb->gateway = TAKE_PTR(g.ipv4);
+    lb->gateway6 = TAKE_PTR(g.ipv6);
     if (!lb->gateway)
         return al_error_set(err, EINVAL,
                             "libvirt network \"%s\" has no IPv4 address; the egress filter "
@@ -1473,6 +1481,7 @@ fail:
     free(lb->pool_dir);
     free(lb->vms_dir);
     free(lb->gateway);
+    strv_free(lb->gateway6);
     free(lb);
     b->priv = NULL;
     return r;
@@ -1491,6 +1500,7 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
         free(lb->pool_dir);
         free(lb->vms_dir);
         free(lb->gateway);
+        strv_free(lb->gateway6);
         free(lb);
         b->priv = NULL;
     }

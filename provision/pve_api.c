@@ -261,11 +261,11 @@ static void ticket_forget(struct pve_api *api)
     api->ticket_at = 0;
 }
 
-static int read_secret_file(const char *path, char **ret, struct al_error **err)
+static int read_secret_file(const char *path, const char *what, char **ret, struct al_error **err)
 {
     char *text = NULL;
     size_t len = 0;
-    int r = al_read_file(path, CREDENTIALS_MAX, &text, &len, err);
+    int r = al_read_secret_file(path, what, CREDENTIALS_MAX, &text, &len, err);
     if (r < 0)
         return r;
     if (memchr(text, '\0', len)) {
@@ -281,9 +281,9 @@ int pve_api_reload_credentials(struct pve_api *api, struct al_error **err)
 {
     if (api->token_file) {
         _cleanup_free_ char *text = NULL;
-        int r = read_secret_file(api->token_file, &text, err);
+        int r = read_secret_file(api->token_file, "token_file", &text, err);
         if (r < 0)
-            return al_error_wrap(err, "reading token_file");
+            return r;
         char *token = NULL;
         const char *secret = NULL;
         r = pve_token_parse(text, &token, &secret, err);
@@ -311,9 +311,9 @@ int pve_api_reload_credentials(struct pve_api *api, struct al_error **err)
         return 0;
     }
     _cleanup_free_ char *text = NULL;
-    int r = read_secret_file(api->password_file, &text, err);
+    int r = read_secret_file(api->password_file, "password_file", &text, err);
     if (r < 0)
-        return al_error_wrap(err, "reading password_file");
+        return r;
     char *pw = strdup(trim(text));
     explicit_bzero(text, strlen(text));
     if (!pw)

@@ -478,6 +478,10 @@ struct parse_state {
      * any: inih hands the handler section names cut at 50 bytes, too short
      * for [source "<63-byte name>"], so keys are filed by this instead */
     size_t cur_section;
+    /* the value of a line longer than libinih reads, for the handler of
+     * that line (long_value_line) */
+    char *long_value;
+    int long_value_line;
     char *error;
     int error_line;
 };
@@ -485,32 +489,93 @@ struct parse_state {
 static int parse_error(struct parse_state *st, const char *fmt, ...) _printf_(2, 3);
 static struct raw_section *section_get(struct parse_state *st, const char *header);
 
+/* Where libinih ends a key or a value: at one of chars, or at a ';' after
+ * whitespace (an inline comment, as this libinih is built), or at the end. */
+static const char *find_chars_or_comment(const char *s, const char *end, const char *chars)
+{
+    bool was_space = false;
+    while (s < end && !(chars && strchr(chars, *s)) && !(was_space && *s == ';')) {
+        was_space = isspace((unsigned char)*s);
+        s++;
+    }
+    return s;
+}
+
+/* A line too long for libinih's buffer, [line, line + len) without its
+ * newline: a comment becomes "#", "key = value" becomes "key = x" with the
+ * value (split and trimmed as libinih does) kept for the handler. Writes the
+ * short line to str (num bytes); returns false after parse_error(). */
+static bool shorten_long_line(struct parse_state *st, const char *line, size_t len, char *str,
+                              int num)
+{
+    const char *end = line + len;
+    while (end > line && isspace((unsigned char)end[-1]))
+        end--;
+    const char *start = line;
+    while (start < end && isspace((unsigned char)*start))
+        start++;
+    if (len > AL_CONFIG_MAX_LINE ||
+        (start > line && start < end && *start != '#' && *start != ';')) {
+        /* indented: a continuation line to libinih; config show writes none */
+        parse_error(st, "line longer than %d characters",
+                    len > AL_CONFIG_MAX_LINE ? AL_CONFIG_MAX_LINE : num - 2);
+        return false;
+    }
+    if (start < end && (*start == '#' || *start == ';')) {
+        snprintf(str, (size_t)num, "#\n");
+        return true;
+    }
+    const char *sep = find_chars_or_comment(start, end, "=:");
+    if (sep == end || (*sep != '=' && *sep != ':')) {
+        parse_error(st, "syntax error: expected [section] or key = value");
+        return false;
+    }
+    const char *key_end = sep;
+    while (key_end > start && isspace((unsigned char)key_end[-1]))
+        key_end--;
+    const char *v = sep + 1;
+    const char *v_end = find_chars_or_comment(v, end, NULL);
+    while (v < v_end && isspace((unsigned char)*v))
+        v++;
+    while (v_end > v && isspace((unsigned char)v_end[-1]))
+        v_end--;
+    int n = snprintf(str, (size_t)num, "%.*s = x\n", (int)(key_end - start), start);
+    if (n < 0 || n >= num) {
+        parse_error(st, "line longer than %d characters with a key of %zu", num - 2,
+                    (size_t)(key_end - start));
+        return false;
+    }
+    free(st->long_value);
+    st->long_value = strndup(v, (size_t)(v_end - v));
+    st->long_value_line = st->line;
+    if (!st->long_value) {
+        parse_error(st, "out of memory");
+        return false;
+    }
+    return true;
+}
+
 static char *reader(char *str, int num, void *stream)
 {
     struct parse_state *st = stream;
     if (st->pos >= st->len || num <= 1)
         return NULL;
-    size_t i = 0;
-    bool eol = false;
-    while (i < (size_t)num - 1 && st->pos < st->len) {
-        char c = st->text[st->pos++];
-        str[i++] = c;
-        if (c == '\n') {
-            eol = true;
-            break;
-        }
-    }
-    str[i] = '\0';
+    const char *line = st->text + st->pos;
+    const char *nl = memchr(line, '\n', st->len - st->pos);
+    size_t line_len = nl ? (size_t)(nl - line) : st->len - st->pos;
     st->line++;
-    if (!eol && st->pos < st->len) {
-        /* inih would read the rest as a line of its own */
-        parse_error(st, "line longer than %d characters", num - 2);
-        return NULL;
-    }
-    if (memchr(str, '\0', i)) {
+    if (memchr(line, '\0', line_len)) {
         parse_error(st, "NUL byte in line");
         return NULL;
     }
+    st->pos += line_len + (nl ? 1 : 0);
+    size_t i = line_len + (nl ? 1 : 0);
+    if (i > (size_t)num - 1) {
+        /* libinih would read the rest as a line of its own */
+        return shorten_long_line(st, line, line_len, str, num) ? str : NULL;
+    }
+    memcpy(str, line, i);
+    str[i] = '\0';
     /* This libinih reports sections only with their first key: register the
      * header here so an empty [backend "x"] still defines x. */
     const char *p = str;
@@ -625,6 +690,11 @@ static int handler(void *user, const char *section, const char *name, const char
         return parse_error(st, "out of memory");
     s->entries = g;
     struct raw_entry *e = &g[s->n_entries];
+    if (st->long_value && st->long_value_line == st->line)
+        value = st->long_value;
+    if (value && strlen(value) > AL_CONFIG_MAX_VALUE)
+        return parse_error(st, "the value of \"%s\" is longer than %d bytes", name,
+                           AL_CONFIG_MAX_VALUE);
     e->name = strdup(name);
     e->value = strdup(value ? value : "");
     e->line = st->line;
@@ -649,6 +719,7 @@ static void parse_state_free(struct parse_state *st)
         free(s->name);
     }
     free(st->sections);
+    free(st->long_value);
     free(st->error);
 }
 

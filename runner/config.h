@@ -25,7 +25,14 @@
 #define AL_CONFIG_DEFAULT_PATH "/etc/agentlab/agentlab.conf"
 #define AL_CONFIG_MAX_BYTES    (1u << 20)
 #define AL_CONFIG_MAX_SECTIONS 64
-#define AL_NAME_MAX            63
+/* A line of the file, and a value on it. libinih reads lines of 198
+ * characters; config.c passes it longer ones in a shorter form (see
+ * reader()). A value is at most a quarter of a line so that whatever
+ * `config show` prints (", " between list items, derived paths) reads
+ * back. */
+#define AL_CONFIG_MAX_LINE  (64 * 1024)
+#define AL_CONFIG_MAX_VALUE (16 * 1024)
+#define AL_NAME_MAX         63
 
 enum backend_type {
     BACKEND_LIBVIRT = 0,

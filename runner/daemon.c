@@ -153,7 +153,10 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
     struct daemon *d = data;
     if (d->stopping)
         return;
-    /* sources start once the engine knows what it has */
+    /* sources start once the engine knows what it has; one that cannot
+     * (a bad token file, a bad URL) is reported in /healthz while the
+     * others run: stopping would take every source of the farm down */
+    size_t failed = 0;
     for (size_t i = 0; i < d->cfg->n_sources && d->n_sources < MAX_SOURCES; i++) {
         const struct config_source *src = &d->cfg->sources[i];
         struct al_error *err = NULL;
@@ -189,7 +192,11 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
             d->sources[d->n_sources].stop = stop;
             d->n_sources++;
         } else {
-            log_error(NULL, "source %s: %s", src->name, al_error_message(err));
+            failed++;
+            log_error(NULL, "source %s did not start, agentlabd runs without it: %s", src->name,
+                      al_error_message(err));
+            if (d->api && api_source_failed(d->api, src->name, al_error_message(err)) < 0)
+                log_error(NULL, "source %s: out of memory", src->name);
         }
         al_error_free(err);
     }
@@ -201,9 +208,11 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
         daemon_stop(d);
         return;
     }
-    log_info(NULL, "agentlabd %s ready (state %s, run %s, owner %s)", AL_VERSION,
+    log_info(NULL, "agentlabd %s ready%s (state %s, run %s, owner %s)", AL_VERSION,
+             failed ? ", degraded: a source did not start (see /healthz)" : "",
              d->cfg->agent.state_dir, d->cfg->agent.run_dir, d->owner_id);
-    al_sd_notify("READY=1\nSTATUS=ready");
+    al_sd_notify(failed ? "READY=1\nSTATUS=degraded: a source did not start (see /healthz)"
+                        : "READY=1\nSTATUS=ready");
 }
 
 int daemon_run(const struct config *cfg, struct al_error **err)

@@ -485,15 +485,18 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
     if (r->cleanup_failed)
         log_error(j->id, "VM %s was not fully removed: %s", j->vm_name, r->cleanup_error);
     else if (store_vm_remove(e->store, j->backend->name, j->vm_name, &err) < 0)
-        err = al_error_free(err);
-    store_job_set_log_bytes(e->store, j->id, r->log_bytes, &err);
+        log_error(j->id, "forgetting VM %s in the database: %s", j->vm_name, al_error_message(err));
+    err = al_error_free(err);
+    if (store_job_set_log_bytes(e->store, j->id, r->log_bytes, &err) < 0)
+        log_error(j->id, "storing the output size: %s", al_error_message(err));
     err = al_error_free(err);
     if (r->limits) {
         char names[256];
         al_limit_mask_format(r->limits, ", ", names, sizeof(names));
         log_warn(j->id, "attempt %d ran into limits: %s%s", j->attempts, names,
                  r->throttled_ms ? " (the guest channel was throttled)" : "");
-        store_job_add_limits(e->store, j->id, r->limits, &err);
+        if (store_job_add_limits(e->store, j->id, r->limits, &err) < 0)
+            log_error(j->id, "storing the limits hit: %s", al_error_message(err));
         err = al_error_free(err);
     }
     index_artifacts(j, r);
@@ -617,7 +620,9 @@ static void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *
         if (warm)
             b->ops->destroy(warm, warm_orphan_destroyed, e);
         struct al_error *rerr = NULL;
-        store_vm_remove(e->store, b->name, j->vm_name, &rerr);
+        if (store_vm_remove(e->store, b->name, j->vm_name, &rerr) < 0)
+            log_error(j->id, "forgetting VM %s in the database: %s", j->vm_name,
+                      al_error_message(rerr));
         al_error_free(rerr);
         char msg[600];
         snprintf(msg, sizeof(msg), "%s", al_error_message(err));
@@ -1076,7 +1081,8 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
         snprintf(msg, sizeof(msg), "accepting the job: %s", err ? al_error_message(*err) : "");
         struct store_transition t = {.to = JOB_STATE_ERROR, .detail = msg};
         struct al_error *terr = NULL;
-        store_job_transition(e->store, j->id, &t, NULL, &terr);
+        if (store_job_transition(e->store, j->id, &t, NULL, &terr) < 0)
+            log_error(j->id, "storing the refusal (%s): %s", msg, al_error_message(terr));
         al_error_free(terr);
         store_event_clear(&ev);
         ejob_free(j);
@@ -1267,8 +1273,12 @@ static void sweep_step_done(struct engine *e)
     /* the VM records found at the start described what was just swept */
     struct al_error *err = NULL;
     for (size_t i = 0; i < e->n_recorded; i++) {
-        if (store_vm_remove(e->store, e->recorded[i].backend, e->recorded[i].vm_name, &err) < 0)
-            err = al_error_free(err);
+        const struct store_vm *vm = &e->recorded[i];
+        if (store_vm_remove(e->store, vm->backend, vm->vm_name, &err) < 0)
+            log_error(vm->job_id[0] ? vm->job_id : NULL,
+                      "forgetting swept VM %s in the database: %s", vm->vm_name,
+                      al_error_message(err));
+        err = al_error_free(err);
     }
     store_vms_free(e->recorded, e->n_recorded);
     e->recorded = NULL;

@@ -208,15 +208,9 @@ static int read_token(const char *path, char **ret, size_t *ret_len, struct al_e
         return al_error_set(err, EINVAL,
                             "api_listen is set but api_token_file is not: the TCP listener "
                             "needs a bearer token");
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return al_error_set_errno(err, errno, "api_token_file %s", path);
-    if (st.st_mode & S_IROTH)
-        return al_error_set(err, EPERM,
-                            "api_token_file %s is readable by everyone; chmod o-r it first", path);
     char *data = NULL;
     size_t len = 0;
-    int r = al_read_file(path, TOKEN_MAX_LEN, &data, &len, err);
+    int r = al_read_secret_file(path, "api_token_file", TOKEN_MAX_LEN, &data, &len, err);
     if (r < 0)
         return r;
     while (len && (data[len - 1] == '\n' || data[len - 1] == '\r' || data[len - 1] == ' '))
@@ -287,6 +281,11 @@ static struct api *api_free(struct api *a)
         return NULL;
     api_metrics_free(a->ctx.metrics);
     free(a->ctx.uploads_dir);
+    for (size_t i = 0; i < a->ctx.n_source_failures; i++) {
+        free(a->ctx.source_failures[i].name);
+        free(a->ctx.source_failures[i].reason);
+    }
+    free(a->ctx.source_failures);
     if (a->token) {
         explicit_bzero(a->token, a->token_len);
         free(a->token);
@@ -388,6 +387,23 @@ int api_start(struct api *a, const struct engine_reconcile_report *r, struct al_
                  a->ctx.cfg->agent.api_socket, api_server_tcp_port(a->ctx.server));
     else
         log_info(NULL, "control API on %s", a->ctx.cfg->agent.api_socket);
+    return 0;
+}
+
+int api_source_failed(struct api *a, const char *name, const char *reason)
+{
+    struct api_ctx *ctx = &a->ctx;
+    struct api_source_failure *f =
+            reallocarray(ctx->source_failures, ctx->n_source_failures + 1, sizeof(*f));
+    if (!f)
+        return -ENOMEM;
+    ctx->source_failures = f;
+    _cleanup_free_ char *n = strdup(name);
+    _cleanup_free_ char *why = al_redact(reason, strlen(reason), NULL);
+    if (!n || !why)
+        return -ENOMEM;
+    f[ctx->n_source_failures++] =
+            (struct api_source_failure){.name = TAKE_PTR(n), .reason = TAKE_PTR(why)};
     return 0;
 }
 

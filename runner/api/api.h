@@ -44,6 +44,12 @@ int api_new(const struct api_params *p, struct api **ret, struct al_error **err)
  * (may be NULL). */
 int api_start(struct api *a, const struct engine_reconcile_report *r, struct al_error **err);
 
+/* Records that the source name did not start, and why: /healthz then
+ * answers "degraded" with them while the daemon serves its other sources
+ * (a farm should not lose every source to one bad token file). Returns 0 or
+ * -ENOMEM. */
+int api_source_failed(struct api *a, const char *name, const char *reason);
+
 /* The bound TCP port (0 when there is no TCP listener). */
 int api_tcp_port(const struct api *a);
 

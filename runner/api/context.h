@@ -19,6 +19,12 @@ struct api_metrics;
 struct api_streams;
 struct pending_gc;
 
+/* A configured source that did not start: /healthz says "degraded". */
+struct api_source_failure {
+    char *name;
+    char *reason; /* redacted */
+};
+
 struct api_ctx {
     uv_loop_t *loop;
     const struct config *cfg;
@@ -33,6 +39,8 @@ struct api_ctx {
     bool stopping;
     /* the start-up reconcile, for /healthz and `agentlab gc` */
     struct engine_reconcile_report reconcile;
+    struct api_source_failure *source_failures;
+    size_t n_source_failures;
     /* the POST /v1/gc waiting for its sweep (one sweep runs at a time) */
     struct pending_gc *gc_pending;
 };

@@ -68,13 +68,25 @@ void api_healthz(struct api_ctx *ctx, struct api_req *r, const struct route_matc
     int rc = g ? 0 : -ENOMEM;
     if (g) {
         rc |= json_open_map(g);
-        rc |= json_kv_str(g, "status", ctx->stopping ? "stopping" : "ok");
+        rc |= json_kv_str(g, "status",
+                          ctx->stopping                ? "stopping"
+                          : ctx->n_source_failures > 0 ? "degraded"
+                                                       : "ok");
         rc |= json_kv_str(g, "version", AL_VERSION);
         rc |= json_kv_int(g, "uptime_s", (al_now_wall_ms() - ctx->started_ms) / 1000);
         rc |= json_kv_int(g, "queued", queued);
         rc |= json_kv_int(g, "running", running);
         rc |= json_kv_int(g, "backends", (int64_t)n);
         rc |= json_kv_int(g, "backends_healthy", healthy);
+        rc |= json_key(g, "sources_failed");
+        rc |= json_open_array(g);
+        for (size_t i = 0; i < ctx->n_source_failures; i++) {
+            rc |= json_open_map(g);
+            rc |= json_kv_str(g, "name", ctx->source_failures[i].name);
+            rc |= json_kv_str(g, "reason", ctx->source_failures[i].reason);
+            rc |= json_close_map(g);
+        }
+        rc |= json_close_array(g);
         rc |= json_close_map(g);
     }
     reply_gen(r, ctx->stopping ? 503 : 200, g, rc);

@@ -3,9 +3,148 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
-
 #include <string.h>
+
+/* How many open containers al_json_check_escapes() names in a path. */
+#define ESCAPE_PATH_DEPTH 32
+
+struct escape_frame {
+    bool object;
+    bool expect_key;       /* object: the next string is a key */
+    const char *key;       /* object: raw bytes of the current key */
+    size_t key_len, index; /* array: index of the current element */
+};
+
+static int hex4(const char *s, size_t avail, uint32_t *ret)
+{
+    uint32_t v = 0;
+    if (avail < 4)
+        return -EINVAL;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -EINVAL;
+        v = (v << 4) | (uint32_t)d;
+    }
+    *ret = v;
+    return 0;
+}
+
+/* Appends a key to a path: plain names as ".name", others as ["..."] with
+ * bytes outside printable ASCII shown as \xNN, at most 40 of them. */
+static void path_append_key(char *buf, size_t size, const char *key, size_t len)
+{
+    size_t o = strlen(buf);
+    bool plain = len > 0 && len <= 64;
+    for (size_t i = 0; i < len && plain; i++) {
+        char c = key[i];
+        plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                c == '_' || c == '-';
+    }
+    if (plain) {
+        snprintf(buf + o, size - o, "%s%.*s", o ? "." : "", (int)len, key);
+        return;
+    }
+    snprintf(buf + o, size - o, "[\"");
+    for (size_t i = 0; i < len && i < 40; i++) {
+        unsigned char c = (unsigned char)key[i];
+        o = strlen(buf);
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
+            snprintf(buf + o, size - o, "\\x%02x", c);
+        else
+            snprintf(buf + o, size - o, "%c", c);
+    }
+    o = strlen(buf);
+    snprintf(buf + o, size - o, "%s\"]", len > 40 ? "..." : "");
+}
+
+static int escape_fail(const struct escape_frame *stack, unsigned depth, bool in_key, uint32_t cp,
+                       const char *what, struct al_error **err)
+{
+    char path[512] = "";
+    if (depth > ESCAPE_PATH_DEPTH) {
+        snprintf(path, sizeof(path), "(deep path)");
+    } else {
+        for (unsigned i = 0; i < depth; i++) {
+            const struct escape_frame *f = &stack[i];
+            size_t o = strlen(path);
+            if (!f->object)
+                snprintf(path + o, sizeof(path) - o, "[%zu]", f->index);
+            else if (f->key && !(in_key && i == depth - 1))
+                path_append_key(path, sizeof(path), f->key, f->key_len);
+        }
+    }
+    return al_error_set(err, EINVAL,
+                        "%s: %s a lone UTF-16 surrogate escape \\u%04x, which is not text",
+                        path[0] ? path : what, in_key ? "a key has" : "has", (unsigned)cp);
+}
+
+int al_json_check_escapes(const char *data, size_t len, const char *what, struct al_error **err)
+{
+    struct escape_frame stack[ESCAPE_PATH_DEPTH] = {0};
+    unsigned depth = 0;
+    for (size_t i = 0; i < len; i++) {
+        struct escape_frame *top = depth && depth <= ESCAPE_PATH_DEPTH ? &stack[depth - 1] : NULL;
+        switch (data[i]) {
+        case '{':
+        case '[':
+            if (depth < ESCAPE_PATH_DEPTH)
+                stack[depth] = (struct escape_frame){.object = data[i] == '{',
+                                                     .expect_key = data[i] == '{'};
+            depth++;
+            break;
+        case '}':
+        case ']':
+            if (depth)
+                depth--;
+            break;
+        case ',':
+            if (top && top->object)
+                top->expect_key = true;
+            else if (top)
+                top->index++;
+            break;
+        case '"': {
+            size_t start = ++i;
+            bool in_key = top && top->object && top->expect_key;
+            for (; i < len && data[i] != '"'; i++) {
+                if (data[i] != '\\')
+                    continue;
+                if (++i >= len || data[i] != 'u')
+                    continue;
+                uint32_t cp, low;
+                if (hex4(data + i + 1, len - i - 1, &cp) < 0)
+                    continue;
+                i += 4;
+                if (cp < 0xD800 || cp > 0xDFFF)
+                    continue;
+                /* a high half must be followed right away by a low half */
+                if (cp <= 0xDBFF && len - i > 2 && data[i + 1] == '\\' && data[i + 2] == 'u' &&
+                    hex4(data + i + 3, len - i - 3, &low) == 0 && low >= 0xDC00 && low <= 0xDFFF) {
+                    i += 6;
+                    continue;
+                }
+                return escape_fail(stack, depth, in_key, cp, what, err);
+            }
+            if (in_key) {
+                top->key = data + start;
+                top->key_len = i - start;
+                top->expect_key = false;
+            }
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    return 0;
+}
 
 int al_json_prescan(const char *data, size_t len, unsigned max_depth, size_t max_values,
                     const char *what, struct al_error **err)
@@ -47,7 +186,7 @@ int al_json_prescan(const char *data, size_t len, unsigned max_depth, size_t max
         if (values > max_values)
             return al_error_set(err, EINVAL, "%s has more than %zu values", what, max_values);
     }
-    return 0;
+    return al_json_check_escapes(data, len, what, err);
 }
 
 const char *al_json_type_name(yajl_val v)

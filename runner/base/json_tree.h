@@ -18,6 +18,15 @@
 int al_json_prescan(const char *data, size_t len, unsigned max_depth, size_t max_values,
                     const char *what, struct al_error **err);
 
+/* Refuses a \u escape of a UTF-16 surrogate that is not the first half of
+ * a high+low pair followed by its second half ("\ud800", "\udc00",
+ * "\ud800\u0041"): yajl turns those into '?' or into bytes that are not
+ * UTF-8, so the text would change silently. The message names the path of
+ * the string ("env.HOME", "steps[2].script", or what at the top) and the
+ * escape, never the value. Anything else malformed is left to the parser.
+ * Returns 0 or -EINVAL. al_json_prescan() runs it too. */
+int al_json_check_escapes(const char *data, size_t len, const char *what, struct al_error **err);
+
 /* "a string", "an integer", ... for messages; "nothing" for NULL. */
 const char *al_json_type_name(yajl_val v);
 

@@ -163,6 +163,69 @@ int al_parse_size(const char *s, uint64_t *ret_bytes)
     return 0;
 }
 
+/* Reads fd (opened from path, stat'ed as st) to its end, at most max
+ * bytes. wipe: zero every buffer that held the contents before freeing it. */
+static int read_fd(int fd, const char *path, const struct stat *st, size_t max, bool wipe,
+                   char **ret_data, size_t *ret_len, struct al_error **err)
+{
+    if (S_ISDIR(st->st_mode))
+        return al_error_set(err, EISDIR, "%s is a directory", path);
+    if (S_ISREG(st->st_mode) && (uint64_t)st->st_size > max)
+        return al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
+
+    size_t cap = S_ISREG(st->st_mode) ? (size_t)st->st_size + 1 : 4096;
+    char *data = malloc(cap);
+    if (!data)
+        return al_error_set(err, ENOMEM, "reading %s", path);
+    size_t len = 0;
+    int r = 0;
+    for (;;) {
+        if (len + 1 >= cap) {
+            if (cap > max + 1) {
+                r = al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
+                break;
+            }
+            size_t ncap = cap * 2;
+            char *n = malloc(ncap);
+            if (!n) {
+                r = al_error_set(err, ENOMEM, "reading %s", path);
+                break;
+            }
+            memcpy(n, data, len);
+            if (wipe)
+                explicit_bzero(data, len);
+            free(data);
+            data = n;
+            cap = ncap;
+        }
+        ssize_t k = read(fd, data + len, cap - len - 1);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            r = al_error_set_errno(err, errno, "reading %s", path);
+            break;
+        }
+        if (k == 0)
+            break;
+        len += (size_t)k;
+        if (len > max) {
+            r = al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
+            break;
+        }
+    }
+    if (r < 0) {
+        if (wipe)
+            explicit_bzero(data, len);
+        free(data);
+        return r;
+    }
+    data[len] = '\0';
+    *ret_data = data;
+    if (ret_len)
+        *ret_len = len;
+    return 0;
+}
+
 int al_read_file(const char *path, size_t max, char **ret_data, size_t *ret_len,
                  struct al_error **err)
 {
@@ -172,43 +235,27 @@ int al_read_file(const char *path, size_t max, char **ret_data, size_t *ret_len,
     struct stat st;
     if (fstat(fd, &st) < 0)
         return al_error_set_errno(err, errno, "stat %s", path);
-    if (S_ISDIR(st.st_mode))
-        return al_error_set(err, EISDIR, "%s is a directory", path);
-    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > max)
-        return al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
+    return read_fd(fd, path, &st, max, false, ret_data, ret_len, err);
+}
 
-    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 4096;
-    _cleanup_free_ char *data = malloc(cap);
-    if (!data)
-        return al_error_set(err, ENOMEM, "reading %s", path);
-    size_t len = 0;
-    for (;;) {
-        if (len + 1 >= cap) {
-            if (cap > max + 1)
-                return al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
-            size_t ncap = cap * 2;
-            char *n = realloc(data, ncap);
-            if (!n)
-                return al_error_set(err, ENOMEM, "reading %s", path);
-            data = n;
-            cap = ncap;
-        }
-        ssize_t k = read(fd, data + len, cap - len - 1);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            return al_error_set_errno(err, errno, "reading %s", path);
-        }
-        if (k == 0)
-            break;
-        len += (size_t)k;
-        if (len > max)
-            return al_error_set(err, EFBIG, "%s is larger than %zu bytes", path, max);
-    }
-    data[len] = '\0';
-    *ret_data = TAKE_PTR(data);
-    if (ret_len)
-        *ret_len = len;
+int al_read_secret_file(const char *path, const char *what, size_t max, char **ret_data,
+                        size_t *ret_len, struct al_error **err)
+{
+    if (!path || !*path)
+        return al_error_set(err, EINVAL, "no %s configured", what);
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return al_error_set_errno(err, errno, "%s %s", what, path);
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return al_error_set_errno(err, errno, "%s %s", what, path);
+    /* checked on the file opened, not on the name: no race with a rename */
+    if (st.st_mode & S_IROTH)
+        return al_error_set(err, EPERM, "%s %s is readable by everyone; chmod o-r it first", what,
+                            path);
+    int r = read_fd(fd, path, &st, max, true, ret_data, ret_len, err);
+    if (r < 0)
+        return al_error_wrap(err, "%s", what);
     return 0;
 }
 
@@ -444,4 +491,49 @@ char *al_find_in_path(const char *name)
         free(p);
     }
     return NULL;
+}
+
+int al_open_dirs_nofollow(int dfd, const char *path, size_t n, uint64_t *budget)
+{
+    int cur = dup(dfd);
+    if (cur < 0)
+        return -errno;
+    const char *c = path;
+    while (c < path + n) {
+        const char *slash = memchr(c, '/', (size_t)(path + n - c));
+        size_t len = slash ? (size_t)(slash - c) : (size_t)(path + n - c);
+        if (len && !(len == 1 && c[0] == '.')) {
+            char comp[256];
+            if (len >= sizeof(comp)) {
+                close(cur);
+                return -ENAMETOOLONG;
+            }
+            memcpy(comp, c, len);
+            comp[len] = '\0';
+            struct stat st;
+            bool exists = fstatat(cur, comp, &st, AT_SYMLINK_NOFOLLOW) == 0;
+            if (!exists && budget && *budget == 0) {
+                close(cur);
+                return -EDQUOT;
+            }
+            if (!exists && mkdirat(cur, comp, 0755) == 0) {
+                if (budget)
+                    (*budget)--;
+            } else if (!exists && errno != EEXIST) {
+                int e = errno;
+                close(cur);
+                return -e;
+            }
+            int next = openat(cur, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            int e = errno;
+            close(cur);
+            if (next < 0)
+                return -e;
+            cur = next;
+        }
+        c += len;
+        while (c < path + n && *c == '/')
+            c++;
+    }
+    return cur;
 }

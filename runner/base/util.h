@@ -24,9 +24,28 @@ int al_parse_duration(const char *s, int64_t *ret_seconds);
 /* Sizes: "512", "64K", "10M", "2G", "1T" (binary units) -> bytes. */
 int al_parse_size(const char *s, uint64_t *ret_bytes);
 
+/* Opens, creating each with mode 0755 when missing, the directories named
+ * by the first n bytes of the relative path below the directory dfd, one
+ * component at a time and without following symlinks (ELOOP or ENOTDIR for
+ * one). "." and empty components are skipped. budget (may be NULL: no
+ * limit) is how many directories it may create, decremented for each one
+ * created; -EDQUOT when one more would be needed. Returns the last
+ * directory's fd (O_CLOEXEC; dfd duplicated when there is none) or -errno. */
+int al_open_dirs_nofollow(int dfd, const char *path, size_t n, uint64_t *budget);
+
 /* Reads a whole file, at most max bytes (else -EFBIG). Adds a NUL. */
 int al_read_file(const char *path, size_t max, char **ret_data, size_t *ret_len,
                  struct al_error **err);
+
+/* Reads a file that holds a secret (a token, a password, a key) like
+ * al_read_file(), wiping every buffer that held it, after refusing a file
+ * that everyone may read ("WHAT PATH is readable by everyone; chmod o-r it
+ * first", -EPERM; checked on the opened file). what names the setting in
+ * messages ("api_token_file"); they never contain the contents. Every
+ * reader of a secret file goes through here, so all are held to the same
+ * rule. */
+int al_read_secret_file(const char *path, const char *what, size_t max, char **ret_data,
+                        size_t *ret_len, struct al_error **err);
 
 /* Writes data to path atomically (temp file in the same dir, fsync, rename)
  * with the given mode. */

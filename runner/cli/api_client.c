@@ -29,7 +29,7 @@ static int read_token(const char *path, char **ret, struct al_error **err)
 {
     char *data = NULL;
     size_t len = 0;
-    int r = al_read_file(path, TOKEN_MAX, &data, &len, err);
+    int r = al_read_secret_file(path, "AGENTLAB_TOKEN_FILE", TOKEN_MAX, &data, &len, err);
     if (r < 0)
         return r;
     while (len && (data[len - 1] == '\n' || data[len - 1] == '\r' || data[len - 1] == ' '))

@@ -231,8 +231,12 @@ int cli_upload_workdir(struct cli_api *a, const char *dir, char *ret_id, size_t 
     return code;
 }
 
-/* Writes one artifact below dir, creating its directories. */
-static int download_one(struct cli_api *a, const char *id, const char *dir, const char *rel)
+/* Writes one artifact below the directory dfd (named dir in messages),
+ * creating its directories, the way provision/artifacts.c writes them: one
+ * component at a time without following symlinks, and never through or
+ * over an existing file. */
+static int download_one(struct cli_api *a, const char *id, int dfd, const char *dir,
+                        const char *rel)
 {
     if (!route_artifact_path_is_valid(rel, strlen(rel))) {
         fprintf(stderr, "agentlab: skipping artifact with a bad path \"%s\"\n", rel);
@@ -242,17 +246,25 @@ static int download_one(struct cli_api *a, const char *id, const char *dir, cons
     _cleanup_error_ struct al_error *err = NULL;
     if (!dest)
         return CLI_EXIT_FAILED;
-    char *slash = strrchr(dest, '/');
-    if (slash) {
-        *slash = '\0';
-        int r = al_mkdir_p(dest, 0755, &err);
-        *slash = '/';
-        if (r < 0) {
-            fprintf(stderr, "agentlab: %s\n", al_error_message(err));
-            return CLI_EXIT_FAILED;
-        }
+    const char *slash = strrchr(rel, '/');
+    const char *name = slash ? slash + 1 : rel;
+    _cleanup_close_ int pfd =
+            al_open_dirs_nofollow(dfd, rel, slash ? (size_t)(slash - rel) : 0, NULL);
+    if (pfd < 0) {
+        fprintf(stderr, "agentlab: %s: %s%s\n", dest, strerror(-pfd),
+                pfd == -ELOOP || pfd == -ENOTDIR
+                        ? " (a directory on the way is a symlink or a file)"
+                        : "");
+        return CLI_EXIT_FAILED;
     }
-    int fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    int fd = openat(pfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == EEXIST) {
+        fprintf(stderr,
+                "agentlab: %s already exists; not overwriting it (remove it or choose "
+                "another --artifacts-dir)\n",
+                dest);
+        return CLI_EXIT_FAILED;
+    }
     if (fd < 0) {
         fprintf(stderr, "agentlab: %s: %s\n", dest, strerror(errno));
         return CLI_EXIT_FAILED;
@@ -276,6 +288,9 @@ static int download_one(struct cli_api *a, const char *id, const char *dir, cons
         fprintf(stderr, "agentlab: %s: %s\n", dest, strerror(errno));
         code = CLI_EXIT_FAILED;
     }
+    /* a partial file would be taken for the artifact */
+    if (code)
+        unlinkat(pfd, name, 0);
     cli_resp_clear(&r);
     return code;
 }
@@ -294,12 +309,17 @@ int cli_download_artifacts(struct cli_api *a, const char *id, const char *dir, u
         fprintf(stderr, "agentlab: %s\n", al_error_message(err));
         return CLI_EXIT_FAILED;
     }
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        fprintf(stderr, "agentlab: %s: %s\n", dir, strerror(errno));
+        return CLI_EXIT_FAILED;
+    }
     unsigned n = 0;
     for (size_t i = 0; arr && i < arr->u.array.len; i++) {
         const char *rel = cli_json_str(arr->u.array.values[i], JPATH("path"));
         if (!rel)
             continue;
-        int c = download_one(a, id, dir, rel);
+        int c = download_one(a, id, dfd, dir, rel);
         if (c)
             code = c;
         else

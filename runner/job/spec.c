@@ -6,6 +6,7 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
+#include "../base/json_tree.h"
 #include "../base/log.h"
 #include "../base/util.h"
 
@@ -207,13 +208,61 @@ static bool artifact_path_is_valid(const char *s)
     return true;
 }
 
-/* Writes s as a quoted, escaped, possibly shortened string for messages. */
-static void quote(char *buf, size_t size, const char *s, size_t len)
+/* Secret values of the document being parsed, longest first. They are
+ * collected only once a document has failed (see job_spec_parse()): a
+ * message about one field must not repeat a secret given in another. */
+struct doc_secrets {
+    char **values;
+    size_t n;
+};
+
+/* Replaces every secret of doc, in place, by AL_REDACTED (shorter than any
+ * secret); returns the new length. */
+static size_t mask_doc_secrets(const struct doc_secrets *doc, char *buf, size_t len)
+{
+    const size_t rlen = strlen(AL_REDACTED);
+    for (size_t k = 0; doc && k < doc->n; k++) {
+        size_t slen = strlen(doc->values[k]);
+        char *at = buf;
+        while ((at = memmem(at, len - (size_t)(at - buf), doc->values[k], slen))) {
+            memcpy(at, AL_REDACTED, rlen);
+            memmove(at + rlen, at + slen, len - (size_t)(at - buf) - slen);
+            len -= slen - rlen;
+            at += rlen;
+        }
+    }
+    buf[len] = '\0';
+    return len;
+}
+
+/* A copy of s[0..len) with every registered secret and every secret of doc
+ * masked; NULL when out of memory. */
+static char *mask_secrets(const struct doc_secrets *doc, const char *s, size_t len, size_t *ret_len)
+{
+    size_t n = 0;
+    char *masked = al_redact(s, len, &n);
+    if (!masked)
+        return NULL;
+    *ret_len = mask_doc_secrets(doc, masked, n);
+    return masked;
+}
+
+/* Writes s as a quoted, escaped, possibly shortened string for messages,
+ * secrets masked before it is shortened or escaped (either would hide a
+ * secret from a later search). */
+static void quote(const struct doc_secrets *doc, char *buf, size_t size, const char *in,
+                  size_t in_len)
 {
     const size_t shown = 40;
     size_t o = 0;
     if (size < 8)
         return;
+    size_t len = 0;
+    _cleanup_free_ char *s = mask_secrets(doc, in, in_len, &len);
+    if (!s) {
+        snprintf(buf, size, "a string");
+        return;
+    }
     buf[o++] = '"';
     for (size_t i = 0; i < len && i < shown; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -276,6 +325,7 @@ struct parser {
     char *map_key; /* FR_MAP: name of the pending value */
     size_t map_key_len;
     size_t cap_command, cap_env, cap_secret_env, cap_artifacts, cap_labels;
+    const struct doc_secrets *doc_secrets;
     struct al_error *error;
 };
 
@@ -299,7 +349,7 @@ static void path_at(const struct parser *p, int levels, char *buf, size_t size)
             if (job_env_name_is_valid(p->map_key)) {
                 n = snprintf(buf + o, size - o, ".%s", p->map_key);
             } else {
-                quote(q, sizeof(q), p->map_key, p->map_key_len);
+                quote(p->doc_secrets, q, sizeof(q), p->map_key, p->map_key_len);
                 n = snprintf(buf + o, size - o, "[%s]", q);
             }
         } else {
@@ -367,7 +417,7 @@ static void describe(const struct parser *p, const struct jvalue *v, char *buf, 
         if (secret)
             snprintf(buf, size, "a string");
         else
-            quote(buf, size, v->s, v->len);
+            quote(p->doc_secrets, buf, size, v->s, v->len);
         break;
     case J_OBJECT:
         snprintf(buf, size, "an object");
@@ -445,7 +495,7 @@ static int on_string_field(struct parser *p, enum field f, const struct jvalue *
     case F_IMAGE:
     case F_POOL:
         if (!name_is_valid(v->s, v->len)) {
-            quote(got, sizeof(got), v->s, v->len);
+            quote(p->doc_secrets, got, sizeof(got), v->s, v->len);
             return fail(p, "expected a name matching [A-Za-z0-9][A-Za-z0-9._-]{0,62}, got %s", got);
         }
         return set_string_field(p, f == F_IMAGE ? &spec->image : &spec->pool, v->s, v->len);
@@ -461,7 +511,7 @@ static int on_string_field(struct parser *p, enum field f, const struct jvalue *
         if (!copy)
             return fail_nomem(p);
         if (strlen(copy) != v->len || inject_mode_from_string(copy, &mode) < 0) {
-            quote(got, sizeof(got), v->s, v->len);
+            quote(p->doc_secrets, got, sizeof(got), v->s, v->len);
             return fail(p, "expected \"seed\" or \"guestfs\", got %s", got);
         }
         spec->inject = mode;
@@ -473,7 +523,7 @@ static int on_string_field(struct parser *p, enum field f, const struct jvalue *
         if (!copy)
             return fail_nomem(p);
         if (strlen(copy) != v->len || job_source_type_from_string(copy, &t) < 0) {
-            quote(got, sizeof(got), v->s, v->len);
+            quote(p->doc_secrets, got, sizeof(got), v->s, v->len);
             return fail(p, "expected one of spool, api, http, gitlab, github, cli, got %s", got);
         }
         spec->source.type = t;
@@ -598,7 +648,7 @@ static int on_array_element(struct parser *p, struct frame *f, const struct jval
         r = strv_push(&spec->artifacts, &spec->n_artifacts, &p->cap_artifacts,
                       JOB_SPEC_MAX_ARTIFACTS, v->s, v->len);
         if (r == 0 && !artifact_path_is_valid(spec->artifacts[spec->n_artifacts - 1])) {
-            quote(got, sizeof(got), v->s, v->len);
+            quote(p->doc_secrets, got, sizeof(got), v->s, v->len);
             return fail(p,
                         "expected a relative path without \"..\" components or an absolute "
                         "path, got %s",
@@ -609,7 +659,7 @@ static int on_array_element(struct parser *p, struct frame *f, const struct jval
         if (f->index >= JOB_SPEC_MAX_LABELS)
             return fail_at(p, p->depth - 1, "more than %d labels", JOB_SPEC_MAX_LABELS);
         if (!name_is_valid(v->s, v->len)) {
-            quote(got, sizeof(got), v->s, v->len);
+            quote(p->doc_secrets, got, sizeof(got), v->s, v->len);
             return fail(p, "expected a name matching [A-Za-z0-9][A-Za-z0-9._-]{0,62}, got %s", got);
         }
         for (size_t i = 0; i < spec->n_labels; i++) {
@@ -627,7 +677,7 @@ static int on_array_element(struct parser *p, struct frame *f, const struct jval
         if (!name)
             return fail_nomem(p);
         if (strlen(name) != v->len || !job_env_name_is_valid(name)) {
-            quote(got, sizeof(got), v->s, v->len);
+            quote(p->doc_secrets, got, sizeof(got), v->s, v->len);
             return fail(p, "expected a variable name matching [A-Za-z_][A-Za-z0-9_]*, got %s", got);
         }
         if (env_has(spec->secret_env, spec->n_secret_env, name))
@@ -761,7 +811,7 @@ static int cb_map_key(void *ctx, const unsigned char *key, size_t len)
     struct frame *f = &p->stack[p->depth - 1];
     const char *k = (const char *)key;
     char shown[200];
-    quote(shown, sizeof(shown), k, len);
+    quote(p->doc_secrets, shown, sizeof(shown), k, len);
 
     if (f->type == FR_OBJECT) {
         for (int i = 0; i < F_COUNT; i++) {
@@ -868,21 +918,137 @@ static int check_whole(const struct job_spec *spec, struct al_error **err)
     return 0;
 }
 
-int job_spec_parse(const char *data, size_t len, unsigned flags, struct job_spec **ret_spec,
-                   struct al_error **err)
-{
-    if (len > JOB_SPEC_MAX_BYTES)
-        return al_error_set(err, E2BIG, "job spec: %zu bytes is more than the limit of %u bytes",
-                            len, JOB_SPEC_MAX_BYTES);
-    if (len == 0)
-        return al_error_set(err, EINVAL, "job spec: empty document");
+/* ---- collecting a failed document's secret values ---------------------- */
 
+struct secret_scan {
+    int depth;
+    bool key_is_secret_env; /* the last key at the top was "secret_env" */
+    bool in_secret_env;
+    char **values;
+    size_t n, cap;
+    bool nomem;
+};
+
+static int scan_start_map(void *ctx)
+{
+    struct secret_scan *sc = ctx;
+    sc->depth++;
+    if (sc->depth == 2 && sc->key_is_secret_env)
+        sc->in_secret_env = true;
+    return 1;
+}
+
+static int scan_end(void *ctx)
+{
+    struct secret_scan *sc = ctx;
+    if (sc->depth == 2)
+        sc->in_secret_env = false;
+    sc->depth--;
+    return 1;
+}
+
+static int scan_start_array(void *ctx)
+{
+    struct secret_scan *sc = ctx;
+    sc->depth++;
+    return 1;
+}
+
+static int scan_map_key(void *ctx, const unsigned char *key, size_t len)
+{
+    struct secret_scan *sc = ctx;
+    if (sc->depth == 1)
+        sc->key_is_secret_env = len == strlen("secret_env") && memcmp(key, "secret_env", len) == 0;
+    return 1;
+}
+
+static int scan_string(void *ctx, const unsigned char *s, size_t len)
+{
+    struct secret_scan *sc = ctx;
+    /* shorter values are refused anyway, and masking them would mangle text */
+    if (!sc->in_secret_env || sc->depth != 2 || len < AL_REDACT_MIN_LEN || memchr(s, '\0', len))
+        return 1;
+    if (sc->n + 1 >= sc->cap) {
+        size_t cap = sc->cap ? sc->cap * 2 : 8;
+        char **v = reallocarray(sc->values, cap, sizeof(*v));
+        if (!v) {
+            sc->nomem = true;
+            return 0;
+        }
+        sc->values = v;
+        sc->cap = cap;
+    }
+    if (!(sc->values[sc->n] = strndup((const char *)s, len))) {
+        sc->nomem = true;
+        return 0;
+    }
+    sc->values[++sc->n] = NULL;
+    return 1;
+}
+
+static const yajl_callbacks scan_callbacks = {
+        .yajl_string = scan_string,
+        .yajl_start_map = scan_start_map,
+        .yajl_map_key = scan_map_key,
+        .yajl_end_map = scan_end,
+        .yajl_start_array = scan_start_array,
+        .yajl_end_array = scan_end,
+};
+
+static int by_length_desc(const void *a, const void *b)
+{
+    size_t la = strlen(*(char *const *)a), lb = strlen(*(char *const *)b);
+    return la < lb ? 1 : la > lb ? -1 : 0;
+}
+
+static void doc_secrets_done(struct doc_secrets *doc)
+{
+    for (size_t i = 0; i < doc->n; i++)
+        explicit_bzero(doc->values[i], strlen(doc->values[i]));
+    strv_free(doc->values);
+    *doc = (struct doc_secrets){0};
+}
+
+/* Every string value of the top-level secret_env object that the document
+ * holds before its first syntax error, whatever else is wrong with it.
+ * Returns 0 or -ENOMEM. */
+static int doc_secrets_collect(const char *data, size_t len, struct doc_secrets *ret_doc)
+{
+    /* most failed documents have no secrets: spare them a second parse
+     * (a key may spell "secret_env" with \u escapes) */
+    if (!memmem(data, len, "secret_env", strlen("secret_env")) && !memmem(data, len, "\\u", 2))
+        return 0;
+    struct secret_scan sc = {0};
+    yajl_handle h = yajl_alloc(&scan_callbacks, NULL, &sc);
+    if (!h)
+        return -ENOMEM;
+    yajl_config(h, yajl_dont_validate_strings, 1);
+    if (yajl_parse(h, (const unsigned char *)data, len) == yajl_status_ok)
+        (void)yajl_complete_parse(h);
+    yajl_free(h);
+    struct doc_secrets doc = {.values = sc.values, .n = sc.n};
+    if (sc.nomem) {
+        doc_secrets_done(&doc);
+        return -ENOMEM;
+    }
+    if (doc.n > 1)
+        qsort(doc.values, doc.n, sizeof(*doc.values), by_length_desc);
+    *ret_doc = doc;
+    return 0;
+}
+
+/* ---- entry point -------------------------------------------------------- */
+
+static int parse_document(const char *data, size_t len, unsigned flags,
+                          const struct doc_secrets *doc, struct job_spec **ret_spec,
+                          struct al_error **err)
+{
     _cleanup_job_spec_ struct job_spec *spec = calloc(1, sizeof(*spec));
     if (!spec)
         return al_error_set(err, ENOMEM, "job spec: out of memory");
     spec->inject = -1;
 
-    _cleanup_(parser_done) struct parser p = {.spec = spec, .flags = flags};
+    _cleanup_(parser_done) struct parser p = {.spec = spec, .flags = flags, .doc_secrets = doc};
     _cleanup_(yajl_freep) yajl_handle h = yajl_alloc(&callbacks, NULL, &p);
     if (!h)
         return al_error_set(err, ENOMEM, "job spec: out of memory");
@@ -913,6 +1079,43 @@ int job_spec_parse(const char *data, size_t len, unsigned flags, struct job_spec
         return r;
     *ret_spec = TAKE_PTR(spec);
     return 0;
+}
+
+int job_spec_parse(const char *data, size_t len, unsigned flags, struct job_spec **ret_spec,
+                   struct al_error **err)
+{
+    if (len > JOB_SPEC_MAX_BYTES)
+        return al_error_set(err, E2BIG, "job spec: %zu bytes is more than the limit of %u bytes",
+                            len, JOB_SPEC_MAX_BYTES);
+    if (len == 0)
+        return al_error_set(err, EINVAL, "job spec: empty document");
+    int r = al_json_check_escapes(data, len, "job spec", err);
+    if (r < 0)
+        return r;
+
+    _cleanup_error_ struct al_error *e = NULL;
+    r = parse_document(data, len, flags, NULL, ret_spec, &e);
+    if (r >= 0)
+        return r;
+
+    /* The message may quote any field; parse again knowing every secret
+     * value of the document so that none of them is repeated, whichever
+     * field it also sits in. Parsing is deterministic: same error. */
+    _cleanup_(doc_secrets_done) struct doc_secrets doc = {0};
+    if (r != -ENOMEM && doc_secrets_collect(data, len, &doc) == 0 && doc.n) {
+        e = al_error_free(e);
+        r = parse_document(data, len, flags, &doc, ret_spec, &e);
+        if (r >= 0)
+            return r;
+    }
+    /* names and other text printed unquoted are masked here */
+    size_t n = 0;
+    char *masked = e ? mask_secrets(&doc, e->message, strlen(e->message), &n) : NULL;
+    if (!masked)
+        return al_error_set(err, -r, "job spec: invalid (the message could not be masked)");
+    free(e->message);
+    e->message = masked;
+    return al_error_move(err, &e);
 }
 
 /* ---- defaults, serialisation, secrets ----------------------------------- */

@@ -69,17 +69,13 @@ int github_read_secret(const char *path, const char *what, size_t min, char **re
 {
     if (!path || !*path)
         return al_error_set(err, EINVAL, "no %s file configured", what);
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return al_error_set_errno(err, errno, "%s file %s", what, path);
-    if (st.st_mode & S_IROTH)
-        return al_error_set(err, EPERM, "%s file %s is readable by everyone; chmod o-r it first",
-                            what, path);
     _cleanup_free_ char *data = NULL;
     size_t len = 0;
-    int r = al_read_file(path, 4096, &data, &len, err);
+    char setting[64];
+    snprintf(setting, sizeof(setting), "%s file", what);
+    int r = al_read_secret_file(path, setting, 4096, &data, &len, err);
     if (r < 0)
-        return al_error_wrap(err, "%s file", what);
+        return r;
     size_t s = 0, e = len;
     while (s < e && isspace((unsigned char)data[s]))
         s++;
@@ -216,17 +212,11 @@ static int read_key_file(const char *path, EVP_PKEY **ret, struct al_error **err
 {
     if (!path || !*path)
         return al_error_set(err, EINVAL, "app_id is set but app_key_file is not");
-    struct stat st;
-    if (stat(path, &st) < 0)
-        return al_error_set_errno(err, errno, "app_key_file %s", path);
-    if (st.st_mode & S_IROTH)
-        return al_error_set(err, EPERM,
-                            "app_key_file %s is readable by everyone; chmod o-r it first", path);
     _cleanup_free_ char *pem = NULL;
     size_t len = 0;
-    int r = al_read_file(path, KEY_MAX_BYTES, &pem, &len, err);
+    int r = al_read_secret_file(path, "app_key_file", KEY_MAX_BYTES, &pem, &len, err);
     if (r < 0)
-        return al_error_wrap(err, "app_key_file");
+        return r;
     r = load_key(pem, len, ret, err);
     explicit_bzero(pem, len);
     if (r < 0)

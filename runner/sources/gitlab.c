@@ -148,9 +148,9 @@ int gitlab_read_token(const char *path, char **ret_token, struct al_error **err)
         return al_error_set(err, EINVAL, "no token_file configured");
     _cleanup_free_ char *data = NULL;
     size_t len = 0;
-    int r = al_read_file(path, 4096, &data, &len, err);
+    int r = al_read_secret_file(path, "token_file", 4096, &data, &len, err);
     if (r < 0)
-        return al_error_wrap(err, "runner token");
+        return r;
     size_t s = 0;
     while (s < len && (data[s] == ' ' || data[s] == '\t' || data[s] == '\n' || data[s] == '\r'))
         s++;

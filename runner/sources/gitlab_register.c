@@ -7,12 +7,15 @@
 #include <string.h>
 #include <yajl/yajl_tree.h>
 
+#include "../base/json_tree.h"
+
 #define ANSWER_MAX (64u * 1024u)
 
 int gitlab_register_answer_parse(const char *body, size_t len, char **ret_token, int64_t *ret_id,
                                  char *msg, size_t msg_size)
 {
-    if (!body || len > ANSWER_MAX || memchr(body, '\0', len)) {
+    if (!body || len > ANSWER_MAX || memchr(body, '\0', len) ||
+        al_json_check_escapes(body, len, "answer", NULL) < 0) {
         snprintf(msg, msg_size, "GitLab's answer is not a JSON object");
         return -EINVAL;
     }

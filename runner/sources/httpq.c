@@ -496,10 +496,10 @@ int httpq_start(uv_loop_t *loop, struct al_curl *curl, struct engine *e,
     q->e = e;
     q->src = src;
     size_t len = 0;
-    int r = al_read_file(src->token_file, 4096, &q->token, &len, err);
+    int r = al_read_secret_file(src->token_file, "token_file", 4096, &q->token, &len, err);
     if (r < 0) {
         free(q);
-        return al_error_wrap(err, "queue %s: reading the token", src->name);
+        return al_error_wrap(err, "queue %s", src->name);
     }
     while (len && isspace((unsigned char)q->token[len - 1]))
         q->token[--len] = '\0';

@@ -56,6 +56,7 @@ def test_register(agentlab):
         ut = os.path.join(tmp, "user.token")
         with open(ut, "w") as f:
             f.write(fake.user_token + "\n")
+        os.chmod(ut, 0o600)
         out = os.path.join(tmp, "etc", "runner.token")
         args = [agentlab, "gitlab", "register", "--url", fake.url + "/", "--user-token-file", ut,
                 "--tags", "agentlab,vm", "--token-file", out, "--runner-type", "group_type",

@@ -16,6 +16,7 @@ cp -a "${AGENTLAB_TEST_STATE}/images/micro" "$state/images/"
 export AGENTLAB_STATE_DIR=$state
 token=queue-token-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf '%s\n' "$token" >"$TEST_TMP/token"
+chmod 0600 "$TEST_TMP/token"
 cat >"$TEST_TMP/jobs.json" <<JOBS
 [
  {"id": "ok-1", "body": "{\"command\":[\"sh\",\"-c\",\"echo hello from the queue\"],\"source\":{\"type\":\"http\",\"id\":\"ok-1\"}}"},

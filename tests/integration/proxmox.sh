@@ -122,6 +122,7 @@ mkdir -p out/deep; echo nested > out/deep/f.txt; echo done'
     # ticket auth instead of a token, a template named rather than numbered,
     # a NIC and cloud-init keys (sshkeys travel percent-encoded twice)
     printf 'sim-password\n' >"$TEST_TMP/password"
+    chmod 0600 "$TEST_TMP/password"
     printf 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB+x/y= ci@host\nssh-rsa AAAAB3Nza+1= other key\n' \
         >"$TEST_TMP/keys.pub"
     pve_conf 'user = agentlab@pve
@@ -191,6 +192,7 @@ badinput)
     agent_opts='max_attempts = 1'
 
     printf 'root@pam!agentlab=ffffffff-0000-0000-0000-000000000000\n' >"$TEST_TMP/badtoken"
+    chmod 0600 "$TEST_TMP/badtoken"
     pve_conf '' "$agent_opts"
     sed -i "s|^token_file = .*|token_file = $TEST_TMP/badtoken|" "$AGENTLAB_CONFIG"
     run_job token -- true

@@ -104,6 +104,40 @@ static void wait_state(struct api_fixture *c, const char *id, enum job_state wan
 
 /* ------------------------------------------------------------ tests */
 
+/* A source that did not start leaves the daemon serving, /healthz saying
+ * "degraded" with the source and the reason (redacted). */
+static void test_healthz_degraded(void **state)
+{
+    struct api_fixture *c = *state;
+    struct tc_resp r = {0};
+    assert_int_equal(req(c, "GET", "/healthz", NULL, &r), 200);
+    yajl_val v = parse_json(&r);
+    assert_string_equal(jstr(v, "status", NULL), "ok");
+    const char *sf[] = {"sources_failed", NULL};
+    yajl_val arr = yajl_tree_get(v, sf, yajl_t_array);
+    assert_non_null(arr);
+    assert_int_equal(arr->u.array.len, 0);
+    yajl_tree_free(v);
+
+    assert_int_equal(al_redact_add("hunter2-token-value"), 0);
+    assert_int_equal(api_source_failed(c->api, "queue",
+                                       "token_file /etc/q is readable by everyone; chmod o-r it "
+                                       "first (hunter2-token-value)"),
+                     0);
+    al_redact_remove("hunter2-token-value");
+    assert_int_equal(req(c, "GET", "/healthz", NULL, &r), 200);
+    v = parse_json(&r);
+    assert_string_equal(jstr(v, "status", NULL), "degraded");
+    arr = yajl_tree_get(v, sf, yajl_t_array);
+    assert_non_null(arr);
+    assert_int_equal(arr->u.array.len, 1);
+    assert_string_equal(jstr(arr->u.array.values[0], "name", NULL), "queue");
+    assert_string_equal(jstr(arr->u.array.values[0], "reason", NULL),
+                        "token_file /etc/q is readable by everyone; chmod o-r it first (***)");
+    yajl_tree_free(v);
+    tc_resp_clear(&r);
+}
+
 static void test_routing(void **state)
 {
     struct api_fixture *c = *state;
@@ -721,6 +755,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_routing, api_fixture_setup, api_fixture_teardown),
+            cmocka_unit_test_setup_teardown(test_healthz_degraded, api_fixture_setup,
+                                            api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_submit_show, api_fixture_setup,
                                             api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_submit_errors, api_fixture_setup,

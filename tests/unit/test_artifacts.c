@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
+#include <inttypes.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -157,6 +159,60 @@ static void test_limits(void **state)
     free(tar);
 }
 
+static unsigned n_inodes;
+static int count_inode(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)path;
+    (void)st;
+    (void)type;
+    n_inodes += ftw->level > 0;
+    return 0;
+}
+
+/* Directories made on the way to a deep path count against max_files: one
+ * entry must not create more than the limit. */
+static void test_limits_count_every_directory(void **state)
+{
+    (void)state;
+    char *tar = al_path_join(tmp, "deep.tar");
+    struct archive *a = archive_write_new();
+    archive_write_set_format_pax_restricted(a);
+    assert_int_equal(archive_write_open_filename(a, tar), ARCHIVE_OK);
+    add(a, "a/b/c/d/e/f/g/h/i/j/file.txt", AE_IFREG, 0644, "deep\n", NULL);
+    add(a, "k/l/m/n/o/p/q/r/s/t", AE_IFDIR, 0755, NULL, NULL);
+    archive_write_close(a);
+    archive_write_free(a);
+
+    static const struct {
+        uint64_t max;
+        uint64_t files;
+    } cases[] = {{5, 0}, {11, 1}, {15, 1}, {0, 1}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "deep-%zu", i);
+        char *dest = al_path_join(tmp, name);
+        struct artifact_limits lim = {.max_files = cases[i].max};
+        struct artifact_summary s;
+        struct al_error *err = NULL;
+        assert_int_equal(artifacts_extract(tar, dest, &lim, &s, &err), 0);
+        n_inodes = 0;
+        assert_int_equal(nftw(dest, count_inode, 16, FTW_PHYS), 0);
+        if (cases[i].max) {
+            if (n_inodes > cases[i].max)
+                fail_msg("max_files %" PRIu64 ": %u files and directories created", cases[i].max,
+                         n_inodes);
+            assert_true(s.over_files);
+        } else {
+            assert_int_equal(n_inodes, 21);
+            assert_false(s.truncated);
+        }
+        assert_int_equal(s.files, cases[i].files);
+        assert_int_equal(s.files + s.dirs, n_inodes);
+        free(dest);
+    }
+    free(tar);
+}
+
 static void test_damaged_and_missing(void **state)
 {
     (void)state;
@@ -248,6 +304,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_hostile_archive),
             cmocka_unit_test(test_limits),
+            cmocka_unit_test(test_limits_count_every_directory),
             cmocka_unit_test(test_damaged_and_missing),
             cmocka_unit_test(test_workdir_roundtrip),
     };

@@ -193,13 +193,27 @@ static void test_errors_name_file_line_key(void **state)
 static void test_long_line_and_nul(void **state)
 {
     (void)state;
-    char text[600];
-    memset(text, 'x', sizeof(text));
+    /* longer than libinih's 198 characters is fine, up to a limit */
+    size_t big = AL_CONFIG_MAX_LINE + 10;
+    char *text = malloc(big + 1);
+    memset(text, 'x', big);
     memcpy(text, "[agent]\nimage = ", 16);
-    text[sizeof(text) - 2] = '\n';
-    text[sizeof(text) - 1] = '\0';
+    text[big - 1] = '\n';
+    text[big] = '\0';
     char *msg = load_err(text);
-    assert_non_null(strstr(msg, "test.conf:2: line longer than"));
+    assert_non_null(strstr(msg, "test.conf:2: line longer than 65536 characters"));
+    free(msg);
+    text[16 + AL_CONFIG_MAX_VALUE + 1] = '\n';
+    text[16 + AL_CONFIG_MAX_VALUE + 2] = '\0';
+    msg = load_err(text);
+    assert_string_equal(msg, "test.conf:2: the value of \"image\" is longer than 16384 bytes");
+    free(msg);
+    free(text);
+    /* indented, it would be a continuation line to libinih */
+    char indented[400];
+    snprintf(indented, sizeof(indented), "[agent]\n  image = %0300d\n", 0);
+    msg = load_err(indented);
+    assert_non_null(strstr(msg, "test.conf:2: line longer than 198 characters"));
     free(msg);
 
     struct config *c = NULL;
@@ -233,6 +247,65 @@ static void test_print_roundtrip(void **state)
     config_print(again, f);
     fclose(f);
     assert_string_equal(strchr(out, '\n'), strchr(out2, '\n'));
+    free(out);
+    free(out2);
+    config_free(again);
+    config_free(c);
+}
+
+static char *print(const struct config *c)
+{
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    assert_int_equal(config_print(c, f), 0);
+    fclose(f);
+    return out;
+}
+
+/* Values longer than a line libinih reads (198 characters), as a file may
+ * have them and as `config show` prints them (with ", " between list items
+ * and paths derived from long directories), parse back to the same
+ * configuration. */
+static void test_print_roundtrip_long_values(void **state)
+{
+    (void)state;
+    char dir[300], url[2100], labels[3000], text[8000];
+    snprintf(dir, sizeof(dir), "/srv/%0250d", 7);
+    int o = snprintf(url, sizeof(url), "https://queue.example/");
+    while (o < 2000)
+        o += snprintf(url + o, sizeof(url) - (size_t)o, "segment-%d/", o);
+    o = 0;
+    for (int i = 0; i < 150; i++)
+        o += snprintf(labels + o, sizeof(labels) - (size_t)o, "%slabel%d", i ? "," : "", i);
+    snprintf(text, sizeof(text),
+             "# a comment that is longer than libinih's line buffer: %0200d\n"
+             "[agent]\nstate_dir = %s\nrun_dir=%s/run ;inline comment %0200d\n"
+             "[backend \"local\"]\n[pool \"default\"]\nbackends = local\nlabels=%s\n"
+             "[source \"q\"]\ntype = http\nurl = %s\ntoken_file = %s/token\n",
+             0, dir, dir, 0, labels, url, dir);
+    struct config *c = load_ok(text);
+    assert_string_equal(c->agent.state_dir, dir);
+    char run[320];
+    snprintf(run, sizeof(run), "%s/run", dir);
+    assert_string_equal(c->agent.run_dir, run);
+    assert_string_equal(c->sources[0].url, url);
+    assert_string_equal(c->pools[0].labels[149], "label149");
+    char *out = print(c);
+    /* lines libinih cannot read whole are in it */
+    size_t longest = 0;
+    for (const char *l = out; *l;) {
+        size_t n = strcspn(l, "\n");
+        if (n > longest)
+            longest = n;
+        l += n + (l[n] ? 1 : 0);
+    }
+    assert_true(longest > 1000);
+    struct config *again = load_ok(out);
+    char *out2 = print(again);
+    assert_string_equal(strchr(out, '\n'), strchr(out2, '\n'));
+    assert_string_equal(again->sources[0].url, url);
+    assert_string_equal(again->agent.run_dir, run);
     free(out);
     free(out2);
     config_free(again);
@@ -316,6 +389,7 @@ int main(void)
             cmocka_unit_test(test_errors_name_file_line_key),
             cmocka_unit_test(test_long_line_and_nul),
             cmocka_unit_test(test_print_roundtrip),
+            cmocka_unit_test(test_print_roundtrip_long_values),
             cmocka_unit_test(test_github_source),
             cmocka_unit_test(test_long_section_names),
     };

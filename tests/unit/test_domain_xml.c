@@ -92,6 +92,8 @@ static void test_domain_validates(void **state)
     assert_int_equal(validate(xml, "domain"), 0);
     assert_non_null(strstr(xml, "<filterref filter='" AL_NWFILTER_NAME "'>"));
     assert_non_null(strstr(xml, "<parameter name='GATEWAY' value='203.0.113.1'/>"));
+    /* the IPv6 rule's variable is always set: ::1 when the network has none */
+    assert_non_null(strstr(xml, "<parameter name='GATEWAY6' value='::1'/>"));
     /* one NIC, and it is the filtered one */
     const char *nic = strstr(xml, "<interface");
     assert_non_null(nic);
@@ -101,6 +103,71 @@ static void test_domain_validates(void **state)
     assert_non_null(strstr(xml, "host-passthrough"));
     assert_null(strstr(xml, "vdb"));
     free(xml);
+
+    /* the host's IPv6 addresses on the network, each one a value */
+    char *six[] = {"2001:db8::1", "fd00:1::1", NULL};
+    p.gateways6 = six;
+    assert_int_equal(domain_xml_build(&p, &xml, &err), 0);
+    assert_int_equal(validate(xml, "domain"), 0);
+    assert_non_null(strstr(xml, "<parameter name='GATEWAY6' value='2001:db8::1'/>\n"
+                                "        <parameter name='GATEWAY6' value='fd00:1::1'/>"));
+    assert_null(strstr(xml, "value='::1'"));
+    free(xml);
+}
+
+/* The family of every <ip> of the network is checked: an IPv6 address first
+ * does not become the IPv4 gateway, and every IPv6 one is collected. */
+static void test_network_gateways(void **state)
+{
+    (void)state;
+    const char *net = "<network>\n  <name>default</name>\n  <bridge name='virbr0'/>\n"
+                      "  <ip family='ipv6' address='2001:db8:ca2:2::1' prefix='64'/>\n"
+                      "  <ip address='192.168.122.1' netmask='255.255.255.0'>\n"
+                      "    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>\n"
+                      "  </ip>\n"
+                      "  <ip family=\"ipv4\" address='10.9.0.1' prefix='24'/>\n"
+                      "  <ip family='ipv6' address='fd42::1' prefix='64'/>\n"
+                      "</network>\n";
+    struct network_gateways g = {0};
+    struct al_error *err = NULL;
+    assert_int_equal(network_gateways_parse(net, &g, &err), 0);
+    assert_string_equal(g.ipv4, "192.168.122.1");
+    assert_non_null(g.ipv6);
+    assert_string_equal(g.ipv6[0], "2001:db8:ca2:2::1");
+    assert_string_equal(g.ipv6[1], "fd42::1");
+    assert_null(g.ipv6[2]);
+    network_gateways_clear(&g);
+
+    /* IPv6 only: no IPv4 gateway, which the backend refuses */
+    assert_int_equal(network_gateways_parse("<network><ip family='ipv6' address='fd42::1' "
+                                            "prefix='64'/></network>",
+                                            &g, &err),
+                     0);
+    assert_null(g.ipv4);
+    assert_string_equal(g.ipv6[0], "fd42::1");
+    network_gateways_clear(&g);
+
+    /* no <ip> at all */
+    assert_int_equal(network_gateways_parse("<network><name>x</name></network>", &g, &err), 0);
+    assert_null(g.ipv4);
+    assert_null(g.ipv6[0]);
+    network_gateways_clear(&g);
+
+    static const struct {
+        const char *xml, *msg;
+    } bad[] = {
+            {"<network><ip address='fd42::1' prefix='64'/></network>",
+             "<ip address='fd42::1'> is not an IPv4 address"},
+            {"<network><ip family='ipv6' address='10.0.0.1'/></network>",
+             "<ip address='10.0.0.1'> is not an IPv6 address"},
+            {"<network><ip family='ipx' address='10.0.0.1'/></network>",
+             "<ip address='10.0.0.1'> has the unknown family 'ipx'"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(network_gateways_parse(bad[i].xml, &g, &err), -EINVAL);
+        assert_string_equal(al_error_message(err), bad[i].msg);
+        err = al_error_free(err);
+    }
 }
 
 static void test_values_are_escaped(void **state)
@@ -146,6 +213,8 @@ static void test_volume_pool_filter_validate(void **state)
             "dstipaddr='127.0.0.0' dstipmask='8'",
             "dstipaddr='fc00::' dstipmask='7'",
             "dstipaddr='fe80::' dstipmask='10'",
+            "dstipaddr='::1' dstipmask='128'",
+            "<ipv6 dstipaddr='$GATEWAY6'/>",
             "filter='no-mac-spoofing'",
             "filter='no-ip-spoofing'",
     };
@@ -211,6 +280,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_domain_validates),
             cmocka_unit_test(test_values_are_escaped),
+            cmocka_unit_test(test_network_gateways),
             cmocka_unit_test(test_volume_pool_filter_validate),
             cmocka_unit_test(test_test_driver_accepts_and_metadata_reads_back),
             cmocka_unit_test(test_xml_attr),

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "attempt.h"
 #include "base/log.h"
@@ -206,6 +208,33 @@ static void wait_finished(struct ctx *c, int n)
     (void)all_finished_flag;
 }
 
+/* Store failures on demand: linked with -Wl,--wrap for these two. */
+static bool store_fails;
+int __real_store_vm_remove(struct store *s, const char *backend, const char *vm_name,
+                           struct al_error **err);
+int __wrap_store_vm_remove(struct store *s, const char *backend, const char *vm_name,
+                           struct al_error **err);
+int __real_store_job_set_log_bytes(struct store *s, const char *id, uint64_t bytes,
+                                   struct al_error **err);
+int __wrap_store_job_set_log_bytes(struct store *s, const char *id, uint64_t bytes,
+                                   struct al_error **err);
+
+int __wrap_store_vm_remove(struct store *s, const char *backend, const char *vm_name,
+                           struct al_error **err)
+{
+    if (store_fails)
+        return al_error_set(err, EIO, "injected store failure");
+    return __real_store_vm_remove(s, backend, vm_name, err);
+}
+
+int __wrap_store_job_set_log_bytes(struct store *s, const char *id, uint64_t bytes,
+                                   struct al_error **err)
+{
+    if (store_fails)
+        return al_error_set(err, EIO, "injected store failure");
+    return __real_store_job_set_log_bytes(s, id, bytes, err);
+}
+
 /* ------------------------------------------------------------ tests */
 
 /* The one admission rule: a pool's queue, not every pool's, decides
@@ -317,6 +346,68 @@ static void test_runs_and_persists(void **state)
     assert_int_equal(store_vm_list(c->store, NULL, &vms, &n, &err), 0);
     assert_int_equal(n, 0);
     store_vms_free(vms, n);
+}
+
+/* A store error after an attempt is logged once, with the job id, not
+ * dropped. */
+/* Asserts that the log has exactly one line with what, and that it names
+ * the job. */
+static void assert_one_line(const char *text, const char *what, const char *job)
+{
+    char want[128];
+    snprintf(want, sizeof(want), "job=%s", job);
+    const char *line = strstr(text, what);
+    if (!line)
+        fail_msg("no log line for \"%s\":\n%s", what, text);
+    const char *start = line;
+    while (start > text && start[-1] != '\n')
+        start--;
+    const char *end = strchr(line, '\n');
+    if (!memmem(start, (size_t)(end - start), want, strlen(want)))
+        fail_msg("the line lacks %s: %.*s", want, (int)(end - start), start);
+    assert_null(strstr(end, what));
+}
+
+/* A store error after an attempt, or in the sweep of the VM records at the
+ * next start, is logged once, with the job id, not dropped. */
+static void test_store_errors_are_logged(void **state)
+{
+    struct ctx *c = *state;
+    char *log_path = al_path_join(c->dir, "engine.log");
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    al_log_set_fd(fd);
+    engine_up(c);
+    char id[STORE_JOB_ID_SIZE];
+    /* a job that stays RUNNING until cancelled: the failures start while
+     * it runs, whatever the speed of the machine */
+    assert_null(submit(c, "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"hang\"}}", id));
+    wait_state(c, id, JOB_STATE_RUNNING);
+    store_fails = true;
+    struct al_error *err = NULL;
+    assert_int_equal(engine_cancel(c->engine, id, &err), 0);
+    wait_finished(c, 1);
+    store_fails = false;
+    /* the VM record stayed behind: the next start's sweep is for it */
+    struct store_vm *vms = NULL;
+    size_t n = 0;
+    assert_int_equal(store_vm_list(c->store, NULL, &vms, &n, &err), 0);
+    assert_int_equal(n, 1);
+    store_vms_free(vms, n);
+    engine_down(c);
+    store_fails = true;
+    engine_up(c);
+    store_fails = false;
+    al_log_set_fd(-1);
+    close(fd);
+
+    char *text = NULL;
+    assert_int_equal(al_read_file(log_path, 1 << 20, &text, NULL, &err), 0);
+    assert_one_line(text, "forgetting VM", id);
+    assert_one_line(text, "storing the output size", id);
+    assert_one_line(text, "forgetting swept VM", id);
+    free(text);
+    free(log_path);
 }
 
 static void test_fallback_to_second_backend(void **state)
@@ -497,6 +588,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_runs_and_persists, setup, teardown),
             cmocka_unit_test_setup_teardown(test_admission_per_pool, setup, teardown),
             cmocka_unit_test_setup_teardown(test_observer_cannot_reenter, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_store_errors_are_logged, setup, teardown),
             cmocka_unit_test_setup_teardown(test_fallback_to_second_backend, setup, teardown),
             cmocka_unit_test_setup_teardown(test_retry_infra_errors_only, setup, teardown),
             cmocka_unit_test_setup_teardown(test_unhealthy_and_broken_backends, setup, teardown),

@@ -345,6 +345,11 @@ static void test_webhook_parse(void **state)
     deep[o] = '\0';
     assert_true(parse_hook(deep, &j, msg, sizeof(msg)) < 0);
     assert_non_null(strstr(msg, "nests deeper"));
+    /* half a surrogate pair: refused by the shared pre-scan, naming where */
+    assert_true(parse_hook("{\"action\":\"queued\",\"workflow_job\":{\"name\":\"\\udc00\"}}", &j,
+                           msg, sizeof(msg)) < 0);
+    assert_string_equal(msg, "workflow_job.name: has a lone UTF-16 surrogate escape \\udc00, "
+                             "which is not text");
     struct al_error *err = NULL;
     assert_int_equal(github_webhook_parse("{\"a\":1}\0x", 9, &j, &err), -EINVAL);
     err = al_error_free(err);

@@ -249,6 +249,13 @@ static void test_parse_rejects_document(void **state)
     const char *nul = "{\"id\": 1,\0 \"token\": \"x\"}";
     _cleanup_free_ char *m9 = parse_err(nul, 25, -EINVAL);
     assert_non_null(strstr(m9, "NUL"));
+
+    /* half a surrogate pair is refused by the shared pre-scan, naming where */
+    const char *lone = "{\"id\": 5, \"token\": \"" TOKEN "\", \"steps\": "
+                       "[{\"name\": \"script\", \"script\": [\"echo \\ud800\"]}]}";
+    _cleanup_free_ char *m10 = parse_err(lone, strlen(lone), -EINVAL);
+    assert_string_equal(m10, "steps[0].script[0]: has a lone UTF-16 surrogate escape \\ud800, "
+                             "which is not text");
 }
 
 static void test_parse_git_info(void **state)
@@ -607,6 +614,8 @@ static void test_register_answer(void **state)
             "{\"id\":42,\"token\":\"short\"}",
             "{\"id\":42,\"token\":\"glrt-with space\"}",
             "{\"id\":42,\"token\":\"glrt-line\\nbreak\"}",
+            /* yajl would store '?' for it: a token that is not the one sent */
+            "{\"id\":42,\"token\":\"glrt-t3_AbCd\\ud800\"}",
     };
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
         token = NULL;

@@ -178,7 +178,8 @@ static const struct {
         {"{\"command\":[\"a\"],\"env\":{\"A\":\"x\\u0000\"}}", "env.A: must not contain NUL bytes"},
         {"{\"command\":[\"a\"],\"env\":{\"A\\u0000\":\"x\"}}",
          "env: invalid variable name \"A\\x00\""},
-        {"{\"command\":[\"a\"],\"name\":\"\\udc00\"}", "name: invalid UTF-8"},
+        {"{\"command\":[\"a\"],\"name\":\"\\udc00\"}",
+         "name: has a lone UTF-16 surrogate escape \\udc00, which is not text"},
         {"{\"command\":[\"a\"],\"name\":\"x\xff\"}", "name: invalid UTF-8"},
         {"{\"command\":[\"a\"],\"name\":\"x\xc0\xaf\"}", "name: invalid UTF-8"},
         {"{\"command\":[\"a\"],\"name\":\"x\xed\xa0\x80\"}", "name: invalid UTF-8"},
@@ -331,6 +332,91 @@ static void test_errors_never_echo_secrets(void **state)
     }
 }
 
+/* A secret value that also sits in another field is masked in the message
+ * about that field, whether the secret comes before or after it, is longer
+ * than the part of a value a message shows, or is registered by another job. */
+static void test_errors_mask_secrets_in_other_fields(void **state)
+{
+    (void)state;
+    const char *docs[] = {
+            /* after the field in error */
+            "{\"command\":[\"a\"],\"image\":\"tok-0123456789!\","
+            "\"secret_env\":{\"T\":\"tok-0123456789\"}}",
+            /* the key spelt with an escape */
+            "{\"command\":[\"a\"],\"image\":\"tok-0123456789!\","
+            "\"secret\\u005fenv\":{\"T\":\"tok-0123456789\"}}",
+            /* before it */
+            "{\"command\":[\"a\"],\"secret_env\":{\"T\":\"tok-0123456789\"},"
+            "\"pool\":\"x tok-0123456789\"}",
+            /* a valid name printed unquoted: a duplicate label */
+            "{\"command\":[\"a\"],\"secret_env\":{\"T\":\"tok-0123456789\"},"
+            "\"labels\":[\"tok-0123456789\",\"tok-0123456789\"]}",
+            /* an env name equal to the secret */
+            "{\"command\":[\"a\"],\"secret_env\":{\"T\":\"TOK_0123456789\"},"
+            "\"env\":{\"TOK_0123456789\":1}}",
+            /* a secret longer than the 40 characters shown of a value */
+            "{\"command\":[\"a\"],\"artifacts\":[\"../tok-0123456789-0123456789-0123456789-0123\"],"
+            "\"secret_env\":{\"T\":\"tok-0123456789-0123456789-0123456789-0123\"}}",
+            /* a secret with characters a message escapes */
+            "{\"command\":[\"a\"],\"secret_env\":{\"T\":\"tok\\\"01234\\u00e9\"},"
+            "\"inject\":\"tok\\\"01234\\u00e9\"}",
+            /* a syntax error after both */
+            "{\"command\":[\"a\"],\"secret_env\":{\"T\":\"tok-0123456789\"},"
+            "\"image\":\"tok-0123456789\" ]",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(docs); i++) {
+        char *msg = parse_err_len(docs[i], strlen(docs[i]), -EINVAL);
+        if (strstr(msg, "tok-0") || strstr(msg, "TOK_0") || strstr(msg, "tok\\\"0"))
+            fail_msg("message %zu echoes a secret: %s", i, msg);
+        free(msg);
+    }
+    char *msg = parse_err_len(docs[0], strlen(docs[0]), -EINVAL);
+    assert_string_equal(msg, "image: expected a name matching [A-Za-z0-9][A-Za-z0-9._-]{0,62}, "
+                             "got \"***!\"");
+    free(msg);
+
+    /* a secret registered by another job is masked as well */
+    assert_int_equal(al_redact_add("other-job-secret"), 0);
+    const char *doc = "{\"command\":[\"a\"],\"pool\":\"other-job-secret?\"}";
+    msg = parse_err_len(doc, strlen(doc), -EINVAL);
+    al_redact_remove("other-job-secret");
+    assert_null(strstr(msg, "other-job"));
+    free(msg);
+}
+
+/* A \u escape of half a surrogate pair is not text: refused, naming the
+ * field, instead of being stored as '?' or as bytes that are not UTF-8. */
+static void test_lone_surrogates_refused(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *doc, *msg;
+    } cases[] = {
+            {"{\"command\":[\"a\"],\"name\":\"x\\ud800\"}",
+             "name: has a lone UTF-16 surrogate escape \\ud800, which is not text"},
+            {"{\"command\":[\"a\"],\"name\":\"\\udc00x\"}",
+             "name: has a lone UTF-16 surrogate escape \\udc00, which is not text"},
+            {"{\"command\":[\"a\",\"b\",\"\\uD800\\u0041\"]}",
+             "command[2]: has a lone UTF-16 surrogate escape \\ud800, which is not text"},
+            {"{\"command\":[\"a\"],\"env\":{\"HOME\":\"\\udfff\\ud800\"}}",
+             "env.HOME: has a lone UTF-16 surrogate escape \\udfff, which is not text"},
+            {"{\"command\":[\"a\"],\"env\":{\"X\\ud800\":\"v\"}}",
+             "env: a key has a lone UTF-16 surrogate escape \\ud800, which is not text"},
+            {"[\"\\ud800\"]", "[0]: has a lone UTF-16 surrogate escape \\ud800, which is not text"},
+            {"{\"script\":\"\\\\ud800 \\ud83d\"}",
+             "script: has a lone UTF-16 surrogate escape \\ud83d, which is not text"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *msg = parse_err_len(cases[i].doc, strlen(cases[i].doc), -EINVAL);
+        assert_string_equal(msg, cases[i].msg);
+        free(msg);
+    }
+    /* a proper pair and an escaped backslash before "ud800" are text */
+    struct job_spec *s = parse_ok("{\"command\":[\"a\"],\"name\":\"\\ud83d\\ude00 \\\\ud800\"}");
+    assert_string_equal(s->name, "\xf0\x9f\x98\x80 \\ud800");
+    job_spec_free(s);
+}
+
 static char *repeat_doc(const char *head, const char *unit, size_t n, const char *tail)
 {
     struct al_buf b = AL_BUF_INIT;
@@ -468,7 +554,9 @@ static void test_env_limit_counts_both_maps(void **state)
     assert_int_equal(s->n_env + s->n_secret_env, JOB_SPEC_MAX_ENV);
     job_spec_free(s);
     b.len = at_limit;
-    assert_int_equal(al_buf_puts(&b, ",\"S999\":\"secret\"}}"), 0);
+    /* not "secret": a failed document's secret values are masked even where
+     * they match the message's own words ("secret_env") */
+    assert_int_equal(al_buf_puts(&b, ",\"S999\":\"secret999\"}}"), 0);
     char *msg = parse_err_len(b.data, b.len, -EINVAL);
     assert_string_equal(msg, "secret_env: more than 256 entries in env and secret_env");
     free(msg);
@@ -641,6 +729,8 @@ int main(void)
             cmocka_unit_test(test_rejections),
             cmocka_unit_test(test_long_values_are_quoted_short),
             cmocka_unit_test(test_errors_never_echo_secrets),
+            cmocka_unit_test(test_errors_mask_secrets_in_other_fields),
+            cmocka_unit_test(test_lone_surrogates_refused),
             cmocka_unit_test(test_limits),
             cmocka_unit_test(test_env_limit_counts_both_maps),
             cmocka_unit_test(test_to_json_round_trip_without_secrets),
