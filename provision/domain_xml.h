@@ -11,7 +11,10 @@
 
 #define AL_XML_NS        "https://agentlab.dev/xmlns/domain/1"
 #define AL_XML_NS_PREFIX "agentlab"
-#define AL_NWFILTER_NAME "agentlab-egress"
+/* "-2": the filter takes GATEWAY6 since it drops IPv6 to the host too; a new
+ * name, so that redefining it cannot break the VMs of an older agentlabd that
+ * still run with the first one */
+#define AL_NWFILTER_NAME "agentlab-egress-2"
 #define AL_DOMAIN_PREFIX "agentlab-"
 
 struct domain_params {
