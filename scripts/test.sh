@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs every agentlab test: installs what is missing (scripts/setup.sh),
-# builds in build/, runs the whole suite with ctest, then builds Release with
+# builds in build/, runs the whole suite with ctest, checks that it left
+# nothing in libvirtd (tests/scripts/leftovers.sh), then builds Release with
 # -Werror in build-rel/ and runs every benchmark that needs no VM once with a
 # tiny size (so none can rot unnoticed), then builds with AddressSanitizer +
 # UBSan in build-asan/ and runs the unit suite there, then runs every
@@ -21,7 +22,10 @@ if [ $# -gt 0 ]; then
     cd build && exec ctest --output-on-failure "$@"
 fi
 
+# no domain or storage pool of a test is left in libvirtd
+tests/scripts/leftovers.sh --before build/libvirt-before.txt
 (cd build && ctest --output-on-failure -j"$jobs")
+tests/scripts/leftovers.sh build build/libvirt-before.txt
 
 # Release with -Werror (what the benchmarks build), then each benchmark once,
 # tiny, on that one tree; the numbers mean nothing at this size

@@ -51,6 +51,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fakes"))
 sys.path.insert(0, os.path.join(HERE, "..", "support"))
+from libvirt_cleanup import destroy_test_pools  # noqa: E402
 from github_fake import ContractMissing, FakeGitHub, find_contract, send_webhook  # noqa: E402
 from skip import SKIP_EXIT  # noqa: E402
 
@@ -434,15 +435,7 @@ runner_idle_timeout = {IDLE_S}s
           f"{t_swept - t_restart:.1f}s")
     print(f"github: idle runner removed {t_del - t_jit3:.0f}s after it was made; "
           f"SIGTERM handled in {time.time() - t_stop:.1f}s; whole test {time.time() - t0:.0f}s")
-    pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-list", "--name"],
-                           capture_output=True, text=True).stdout.split()
-    for p in pools:
-        if p.startswith("agentlab-local-"):
-            xml = subprocess.run(["virsh", "-c", "qemu:///system", "pool-dumpxml", p],
-                                 capture_output=True, text=True).stdout
-            if state in xml:
-                subprocess.run(["virsh", "-c", "qemu:///system", "pool-destroy", p],
-                               capture_output=True)
+    destroy_test_pools(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
     print("github: ok")

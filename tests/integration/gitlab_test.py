@@ -27,6 +27,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 from gitlab_fake import FakeGitLab, make_job  # noqa: E402
+from libvirt_cleanup import destroy_test_pools  # noqa: E402
 from skip import skip  # noqa: E402
 
 RUNNER_TOKEN = "glrt-t3_AgentlabFakeRunnerToken01"
@@ -393,15 +394,7 @@ poll_interval = 1s
     check(not fake.errors, "the fake saw protocol errors:\n  " + "\n  ".join(fake.errors))
     fake.stop()
     # the storage pool this daemon made for its private state dir
-    pools = subprocess.run(["virsh", "-c", "qemu:///system", "pool-list", "--name"],
-                           capture_output=True, text=True).stdout.split()
-    for p in pools:
-        if p.startswith("agentlab-local-"):
-            xml = subprocess.run(["virsh", "-c", "qemu:///system", "pool-dumpxml", p],
-                                 capture_output=True, text=True).stdout
-            if state in xml:
-                subprocess.run(["virsh", "-c", "qemu:///system", "pool-destroy", p],
-                               capture_output=True)
+    destroy_test_pools(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
     print("gitlab jobs: ok")

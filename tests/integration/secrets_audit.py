@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "fakes"))
 sys.path.insert(0, os.path.join(HERE, "..", "support"))
 from gitlab_fake import FakeGitLab, make_job  # noqa: E402
+from libvirt_cleanup import destroy_test_pools  # noqa: E402
 from skip import skip  # noqa: E402
 
 API_SECRET = "api-Secret-Env-Value-7f3a9c"
@@ -324,6 +325,7 @@ def main():
     names += f"; {sum(len(x) for x in files.values()) >> 10} KiB of files"
     print(f"secrets audit: {len(secrets)} secrets x {len(needles) // len(secrets)} encodings, "
           f"{searched} files and responses searched ({names}): no hits")
+    destroy_test_pools(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
     print("secrets audit: ok")
