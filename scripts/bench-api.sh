@@ -3,7 +3,8 @@
 # database holds JOBS jobs (default 10,000), on the unix socket and on the TCP
 # listener (127.0.0.1, bearer token), with 1 and 4 keep-alive connections,
 # SECONDS (default 10) each. Builds a Release tree in build-bench/ (or
-# $AL_BENCH_BUILD). Prints requests/s and latency percentiles.
+# $AL_BENCH_BUILD). Prints requests/s, latency percentiles and the daemon's
+# CPU time per request.
 #   scripts/bench-api.sh [SECONDS] [JOBS]
 set -eu
 cd "$(dirname "$0")/.."
@@ -40,8 +41,8 @@ done
 port=$(sed -n 's/.*TCP port \([0-9]*\) .*/\1/p' "$dir/daemon.log" | tail -n 1)
 echo "agentlabd: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for conns in 1 4; do
-    "$build"/tests/bench_api run --socket "$AGENTLAB_RUN_DIR/agentlabd.sock" --conns $conns --seconds "$secs"
-    "$build"/tests/bench_api run --port "$port" --token-file "$dir/token" --conns $conns --seconds "$secs"
+    "$build"/tests/bench_api run --socket "$AGENTLAB_RUN_DIR/agentlabd.sock" --conns $conns --seconds "$secs" --pid $dpid
+    "$build"/tests/bench_api run --port "$port" --token-file "$dir/token" --conns $conns --seconds "$secs" --pid $dpid
 done
-"$build"/tests/bench_api run --socket "$AGENTLAB_RUN_DIR/agentlabd.sock" --conns 4 --seconds "$secs" --path /healthz
+"$build"/tests/bench_api run --socket "$AGENTLAB_RUN_DIR/agentlabd.sock" --conns 4 --seconds "$secs" --path /healthz --pid $dpid
 ps -o rss=,cmd= -p $dpid | awk '{printf "agentlabd RSS after the runs: %.1f MB\n", $1 / 1024}'

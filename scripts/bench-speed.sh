@@ -1,7 +1,7 @@
 #!/bin/sh
 # Start-up speed, side by side in one run (issue "warm pools and speed"):
 #
-#  1. queued -> the workload's first output line: cold (agentlab run), warm
+#  1. agentlab run started -> the workload's first output line: cold (agentlab run), warm
 #     (a daemon with warm = 1), and the shell-recipe baseline (qemu-img
 #     create -b + genisoimage + virsh create + waiting for a runcmd line on
 #     the serial console)
@@ -179,8 +179,8 @@ col() { cut -d' ' -f"$1" "$2" | median; }
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r), accel: $(sed -n 's/^kind=//p' "$work/run/accel-probe" 2>/dev/null || echo ?)"
 echo "image: $image; medians over $n runs, milliseconds"
-printf '%-58s %10s\n' "queued -> first output line, cold (agentlab run)" "$(col 1 "$work/cold_first")"
-printf '%-58s %10s\n' "queued -> first output line, warm (daemon, warm = 1)" "$(col 1 "$work/warm_first")"
+printf '%-58s %10s\n' "agentlab run started -> first output line, cold" "$(col 1 "$work/cold_first")"
+printf '%-58s %10s\n' "agentlab run started -> first output line, warm (warm = 1)" "$(col 1 "$work/warm_first")"
 printf '%-58s %10s\n' "first output line, baseline shell recipe" "$(col 2 "$work/baseline")"
 printf '%-58s %10s\n' "cold host provisioning: agentlab's own work" "$(col 1 "$work/cold")"
 printf '%-58s %10s\n' "cold host provisioning: libvirt overlay volume create" "$(col 5 "$work/cold")"

@@ -391,7 +391,7 @@ static int parse_dependencies(yajl_val root, struct gitlab_job *j, struct al_err
         if (d->token && token_check(d->token) < 0)
             return al_json_fail(err, p, "token: expected 8 to %d printable characters",
                                 GITLAB_JOB_MAX_TOKEN);
-        yajl_val f;
+        yajl_val f = NULL;
         if ((r = get_object(v, "artifacts_file", p, false, &f, err)) < 0)
             return r;
         char fp[96];

@@ -4,10 +4,12 @@
  *       creates DIR/agentlab.db holding N finished jobs (what a busy runner
  *       keeps for its retention period)
  *   bench_api run (--socket PATH | --port N [--token-file F]) [--conns C]
- *                 [--seconds S] [--path P]
+ *                 [--seconds S] [--path P] [--pid PID]
  *       C threads, each with one keep-alive connection, send GET P (default
  *       /v1/jobs?limit=50) back to back for S seconds; prints requests/s and
- *       latency percentiles. Every response must be a complete 200.
+ *       latency percentiles. Every response must be a complete 200. With
+ *       --pid (the daemon's), also the CPU time the daemon spent per request
+ *       (user + system, from /proc/PID/stat).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -168,17 +170,35 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* CPU seconds (user + system) a process has used, or -1. */
+static double proc_cpu_s(long pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    /* after "(comm)": state and fields 4..13, then utime and stime */
+    if (!p ||
+        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 static int run(int argc, char **argv)
 {
     static const struct option opts[] = {
-            {"socket", required_argument, NULL, 's'},
-            {"port", required_argument, NULL, 'p'},
-            {"token-file", required_argument, NULL, 't'},
-            {"conns", required_argument, NULL, 'c'},
-            {"seconds", required_argument, NULL, 'd'},
-            {"path", required_argument, NULL, 'P'},
-            {NULL, 0, NULL, 0},
+            {"socket", required_argument, NULL, 's'},     {"port", required_argument, NULL, 'p'},
+            {"token-file", required_argument, NULL, 't'}, {"conns", required_argument, NULL, 'c'},
+            {"seconds", required_argument, NULL, 'd'},    {"path", required_argument, NULL, 'P'},
+            {"pid", required_argument, NULL, 'i'},        {NULL, 0, NULL, 0},
     };
+    int pid = 0;
     const char *socket_path = NULL, *token_file = NULL, *path = "/v1/jobs?limit=50";
     int port = 0, conns = 1, seconds = 10, c;
     optind = 1;
@@ -202,6 +222,9 @@ static int run(int argc, char **argv)
         case 'P':
             path = optarg;
             break;
+        case 'i':
+            al_parse_int(optarg, 1, INT32_MAX, &pid);
+            break;
         default:
             return 2;
         }
@@ -224,6 +247,7 @@ static int run(int argc, char **argv)
     struct worker w[MAX_CONNS];
     uint64_t end = al_now_mono_us() + (uint64_t)seconds * 1000000;
     uint64_t t0 = al_now_mono_us();
+    double cpu0 = pid ? proc_cpu_s(pid) : -1;
     for (int i = 0; i < conns; i++) {
         w[i] = (struct worker){.socket = socket_path,
                                .port = port,
@@ -247,6 +271,7 @@ static int run(int argc, char **argv)
         n_lat += w[i].n_lat;
     }
     double secs = (double)(al_now_mono_us() - t0) / 1e6;
+    double cpu1 = pid ? proc_cpu_s(pid) : -1;
     uint32_t *all = malloc((n_lat ? n_lat : 1) * sizeof(uint32_t));
     size_t k = 0;
     for (int i = 0; i < conns; i++) {
@@ -261,6 +286,9 @@ static int run(int argc, char **argv)
            (double)bytes / secs / 1e6, n_lat ? all[n_lat / 2] / 1000.0 : 0,
            n_lat ? all[n_lat * 99 / 100] / 1000.0 : 0, (unsigned long long)total,
            (unsigned long long)(total ? bytes / total : 0));
+    if (cpu0 >= 0 && cpu1 >= 0 && total)
+        printf("  agentlabd CPU per request: %.3f ms (%.2f s of CPU for %llu requests)\n",
+               (cpu1 - cpu0) * 1000.0 / (double)total, cpu1 - cpu0, (unsigned long long)total);
     free(all);
     return 0;
 }
