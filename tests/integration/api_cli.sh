@@ -25,22 +25,7 @@ max_vms = 2
 CONF
 sock=$AGENTLAB_RUN_DIR/agentlabd.sock
 
-"$daemon" 2>"$TEST_TMP/daemon.log" &
-dpid=$!
-stop_daemon() {
-    if kill -0 "$dpid" 2>/dev/null; then
-        kill -TERM "$dpid"
-        wait "$dpid" || true
-    fi
-}
-out=${AL_TEST_OUTDIR:-}
-trap 'stop_daemon; [ -z "$out" ] || { mkdir -p "$out"; cp "$TEST_TMP/daemon.log" "$out/"; }; al_test_cleanup' EXIT
-i=0
-until grep -q "ready" "$TEST_TMP/daemon.log"; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { cat "$TEST_TMP/daemon.log"; fail "agentlabd did not get ready"; }
-    sleep 0.1
-done
+al_daemon_start "$daemon"
 [ "$(stat -c %a "$sock")" = 660 ] || fail "socket mode is $(stat -c %a "$sock"), want 660"
 
 metric() {
@@ -129,10 +114,8 @@ grep -q via-daemon "$TEST_TMP/run.out" || fail "run output missing"
 "$cli" gc | grep -q "gc (agentlabd): 0 VMs destroyed" || fail "gc through the daemon failed"
 
 curl -sf --unix-socket "$sock" http://agentlabd/metrics | grep -E '^agentlab_(jobs_finished_total|job_phase_duration_seconds_(count|sum)|errors_total)' | grep -v ' 0$' || true
-kill -TERM "$dpid"
-rc=0
-wait "$dpid" || rc=$?
-[ $rc = 0 ] || { tail -20 "$TEST_TMP/daemon.log"; fail "agentlabd exited $rc on SIGTERM"; }
+al_daemon_stop
+[ $AL_DAEMON_RC = 0 ] || { tail -20 "$TEST_TMP/daemon.log"; fail "agentlabd exited $AL_DAEMON_RC on SIGTERM"; }
 [ ! -e "$sock" ] || fail "the socket is still there after shutdown"
 ! grep -q "open handles" "$TEST_TMP/daemon.log" || fail "event loop did not close cleanly"
 # the storage pool this daemon made stays; remove it with its empty dir

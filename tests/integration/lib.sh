@@ -88,10 +88,13 @@ al_daemon_start() {
     done
 }
 
-# Stops the daemon al_daemon_start started (SIGTERM, then waits).
+# Stops the daemon al_daemon_start started (SIGTERM, then waits); its exit
+# status is left in AL_DAEMON_RC.
 al_daemon_stop() {
+    AL_DAEMON_RC=0
     if [ -n "${AL_DAEMON_PID:-}" ] && kill -0 "$AL_DAEMON_PID" 2>/dev/null; then
         kill -TERM "$AL_DAEMON_PID"
-        wait "$AL_DAEMON_PID" || true
+        wait "$AL_DAEMON_PID" || AL_DAEMON_RC=$?
     fi
+    AL_DAEMON_PID=
 }

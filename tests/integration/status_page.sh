@@ -32,15 +32,7 @@ api_token_file = $TEST_TMP/token
 max_vms = 2
 CONF
 
-"$daemon" 2>"$TEST_TMP/daemon.log" &
-dpid=$!
-trap 'kill -TERM $dpid 2>/dev/null || true; wait $dpid 2>/dev/null || true; cp "$TEST_TMP/daemon.log" "$out/" || true; al_test_cleanup' EXIT
-i=0
-until grep -q "ready" "$TEST_TMP/daemon.log"; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { cat "$TEST_TMP/daemon.log"; fail "agentlabd did not get ready"; }
-    sleep 0.1
-done
+al_daemon_start "$daemon"
 port=$(sed -n 's/.*TCP port \([0-9]*\) .*/\1/p' "$TEST_TMP/daemon.log" | tail -n 1)
 [ -n "$port" ] || fail "no TCP port in the daemon's log"
 
@@ -89,10 +81,8 @@ until "$cli" job show "$id" | grep -q "^state: *CANCELED"; do
     [ $i -lt 600 ] || fail "job $id was not cancelled"
     sleep 0.1
 done
-kill -TERM $dpid
-rc=0
-wait $dpid || rc=$?
-[ $rc = 0 ] || fail "agentlabd exited $rc"
+al_daemon_stop
+[ $AL_DAEMON_RC = 0 ] || fail "agentlabd exited $AL_DAEMON_RC"
 assert_no_leftovers "$id"
 for p in $(virsh -c qemu:///system pool-list --name | grep '^agentlab-local-'); do
     path=$(virsh -c qemu:///system pool-dumpxml "$p" | sed -n 's:.*<path>\(.*\)</path>.*:\1:p')
