@@ -13,6 +13,7 @@
 #include "../base/sha256.h"
 #include "../base/util.h"
 #include "../loop/http_client.h"
+#include "api_queue.h"
 #include "github_auth.h"
 #include "github_hook.h"
 #include "github_payload.h"
@@ -105,26 +106,8 @@ struct ghpoll_repo {
     char *etag[2]; /* of the queued and in_progress run lists */
 };
 
-struct gh_req;
 typedef void (*gh_cb)(struct github *g, int result, const struct al_http_response *resp,
                       const struct al_error *err, void *data);
-
-struct gh_req {
-    struct github *g;
-    struct gh_req *next;
-    char method[8];
-    char *path;
-    char *body;
-    size_t body_len;
-    const char *etag; /* If-None-Match; owned by the caller's state */
-    size_t max_response;
-    long timeout_ms;
-    gh_cb cb;
-    void *data;
-    struct al_http_call *call;
-    bool auth_retried;
-    bool final; /* sent while stopping */
-};
 
 struct github {
     uv_loop_t *loop;
@@ -143,17 +126,7 @@ struct github {
     struct github_hook *hook;
     struct engine_watch *watch;
 
-    /* the request queue */
-    struct gh_req *queue, *queue_tail;
-    struct gh_req *inflight_list[MAX_INFLIGHT * 4];
-    unsigned inflight;
-    uint64_t blocked_until_ms; /* monotonic: no call before */
-    int64_t rate_remaining;    /* -1 = unknown */
-    int64_t rate_reset_s;      /* wall clock */
-    bool auth_refreshing;
-    uint64_t auth_retry_ms;
-    uint64_t auth_backoff_ms;
-    uv_timer_t pump_timer;
+    struct api_queue *api; /* every call to GitHub's API */
     uv_timer_t tick_timer;
     uv_timer_t serve_timer; /* serve() on the next loop turn: observers never re-enter the engine */
 
@@ -190,7 +163,6 @@ struct github {
     void *done_data;
 };
 
-static void pump(struct github *g);
 static void serve(struct github *g);
 static void runner_retire(struct ghrunner *r, const char *reason);
 static void runner_delete(struct ghrunner *r);
@@ -251,75 +223,30 @@ static bool repo_in_scope(const struct github *g, const char *repo)
     return strncasecmp(repo, g->src->org, n) == 0 && repo[n] == '/';
 }
 
-/* ------------------------------------------------------------ the request queue */
+/* ------------------------------------------------------------ calls */
 
-static void req_free(struct gh_req *q)
+struct gh_call {
+    struct github *g;
+    gh_cb cb;
+    void *data;
+};
+
+static void on_call_done(int result, const struct al_http_response *resp,
+                         const struct al_error *err, void *data)
 {
-    free(q->path);
-    wipe_free(q->body);
-    free(q);
+    struct gh_call c = *(struct gh_call *)data;
+    free(data);
+    c.cb(c.g, result, resp, err, c.data);
 }
 
-static void inflight_add(struct github *g, struct gh_req *q)
-{
-    for (size_t i = 0; i < ARRAY_SIZE(g->inflight_list); i++) {
-        if (!g->inflight_list[i]) {
-            g->inflight_list[i] = q;
-            break;
-        }
-    }
-    g->inflight++;
-}
-
-static void inflight_remove(struct github *g, struct gh_req *q)
-{
-    for (size_t i = 0; i < ARRAY_SIZE(g->inflight_list); i++) {
-        if (g->inflight_list[i] == q) {
-            g->inflight_list[i] = NULL;
-            break;
-        }
-    }
-    g->inflight--;
-}
-
-static void queue_push(struct github *g, struct gh_req *q, bool front)
-{
-    if (front) {
-        q->next = g->queue;
-        g->queue = q;
-        if (!g->queue_tail)
-            g->queue_tail = q;
-        return;
-    }
-    q->next = NULL;
-    if (g->queue_tail)
-        g->queue_tail->next = q;
-    else
-        g->queue = q;
-    g->queue_tail = q;
-}
-
-static struct gh_req *queue_pop(struct github *g)
-{
-    struct gh_req *q = g->queue;
-    if (q) {
-        g->queue = q->next;
-        if (!g->queue)
-            g->queue_tail = NULL;
-        q->next = NULL;
-    }
-    return q;
-}
-
-/* Queues an API call. path and body (may be NULL) are taken over; etag
- * (may be NULL) must live until cb. cb runs exactly once: with the answer,
- * a transport error, or -ECANCELED when the source stops first. */
+/* Queues an API call (api_queue.h). path and body (may be NULL) are taken
+ * over; etag (may be NULL) must live until cb. cb runs exactly once: with
+ * the answer, a transport error, or -ECANCELED when the source stops first. */
 static void gh_call_etag(struct github *g, const char *method, char *path, char *body,
                          const char *etag, gh_cb cb, void *data)
 {
-    struct gh_req *q = calloc(1, sizeof(*q));
-    if (!q || !path) {
-        free(q);
+    struct gh_call *c = malloc(sizeof(*c));
+    if (!c) {
         free(path);
         wipe_free(body);
         struct al_error *err = NULL;
@@ -328,21 +255,8 @@ static void gh_call_etag(struct github *g, const char *method, char *path, char 
         al_error_free(err);
         return;
     }
-    q->g = g;
-    snprintf(q->method, sizeof(q->method), "%s", method);
-    q->path = path;
-    q->body = body;
-    q->body_len = body ? strlen(body) : 0;
-    q->etag = etag;
-    q->cb = cb;
-    q->data = data;
-    q->max_response = GITHUB_MAX_DOCUMENT + 1;
-    q->timeout_ms = CALL_TIMEOUT_MS;
-    q->final = g->stopping;
-    if (q->final)
-        q->timeout_ms = FINAL_TIMEOUT_MS;
-    queue_push(g, q, false);
-    pump(g);
+    *c = (struct gh_call){.g = g, .cb = cb, .data = data};
+    api_queue_call(g->api, method, path, body, etag, on_call_done, c);
 }
 
 static void gh_call(struct github *g, const char *method, char *path, char *body, gh_cb cb,
@@ -351,216 +265,49 @@ static void gh_call(struct github *g, const char *method, char *path, char *body
     gh_call_etag(g, method, path, body, NULL, cb, data);
 }
 
-/* Reads X-RateLimit-* of any answer. */
-static void note_rate(struct github *g, const struct al_http_response *resp)
+/* GitHub's secondary rate limits can come as a bare 403 that says so: it
+ * asks to wait at least a minute then. */
+static bool secondary_rate_limit(const struct al_http_response *resp)
 {
-    const char *rem = al_http_header(resp, "X-RateLimit-Remaining");
-    const char *reset = al_http_header(resp, "X-RateLimit-Reset");
-    int64_t v = 0;
-    if (rem && al_parse_int64(rem, 0, INT64_MAX, &v) == 0)
-        g->rate_remaining = v;
-    if (reset && al_parse_int64(reset, 0, INT64_MAX, &v) == 0)
-        g->rate_reset_s = v;
-}
-
-/* ms until the rate limit of a 403/429 answer lifts; 0 when the answer is
- * not about a rate limit (a 403 can be a missing permission). */
-static uint64_t rate_limit_wait(struct github *g, const struct al_http_response *resp,
-                                const char **ret_why)
-{
-    const char *ra = al_http_header(resp, "Retry-After");
-    int64_t secs = 0;
-    if (ra && al_parse_int64(ra, 0, 86400, &secs) == 0) {
-        *ret_why = "Retry-After";
-        return (uint64_t)(secs > 0 ? secs : 1) * 1000u;
-    }
-    const char *rem = al_http_header(resp, "X-RateLimit-Remaining");
-    if (rem && streq(rem, "0")) {
-        int64_t wait = g->rate_reset_s - al_now_wall_ms() / 1000;
-        *ret_why = "X-RateLimit-Reset";
-        return (uint64_t)(wait > 0 ? wait + 1 : 1) * 1000u;
-    }
-    if (resp->status == 429) {
-        *ret_why = "no Retry-After; waiting a minute";
-        return RATE_LIMIT_DEFAULT_S * 1000u;
-    }
-    /* secondary rate limits can come as a bare 403 that says so: GitHub
-     * asks to wait at least a minute then */
     char m[200];
     github_error_message(resp->body.data, resp->body.len, m, sizeof(m));
-    if (strcasestr(m, "rate limit")) {
-        *ret_why = "a secondary rate limit without Retry-After; waiting a minute";
-        return RATE_LIMIT_DEFAULT_S * 1000u;
-    }
-    return 0;
+    return strcasestr(m, "rate limit") != NULL;
 }
 
-static void block_calls(struct github *g, uint64_t ms, long status, const char *why)
+static const char *auth_header(void *auth)
 {
-    uint64_t until = now_ms() + ms;
-    if (until <= g->blocked_until_ms)
-        return;
-    g->blocked_until_ms = until;
-    log_warn(NULL, "github %s: rate limited (HTTP %ld); no API calls for %" PRIu64 " s (%s)",
-             g->name, status, (ms + 999) / 1000, why);
+    return github_auth_header(auth);
 }
 
-static void on_http_done(int result, const struct al_http_response *resp,
-                         const struct al_error *err, void *data)
+static int auth_refresh(void *auth)
 {
-    struct gh_req *q = data;
-    struct github *g = q->g;
-    q->call = NULL;
-    inflight_remove(g, q);
-    if (result == 0) {
-        note_rate(g, resp);
-        if (resp->status == 403 || resp->status == 429) {
-            const char *why = "";
-            uint64_t wait = rate_limit_wait(g, resp, &why);
-            if (wait && !g->stopping) {
-                block_calls(g, wait, resp->status, why);
-                queue_push(g, q, true); /* the same call, once the limit lifts */
-                pump(g);
-                return;
-            }
-        } else if (g->rate_remaining == 0 && g->rate_reset_s) {
-            int64_t wait = g->rate_reset_s - al_now_wall_ms() / 1000;
-            if (wait > 0)
-                block_calls(g, (uint64_t)(wait + 1) * 1000u, resp->status,
-                            "X-RateLimit-Remaining is 0");
-        }
-        if (resp->status == 401 && g->auth && github_auth_is_app(g->auth) && !q->auth_retried &&
-            !g->stopping) {
-            /* the installation token was revoked or expired early */
-            github_auth_invalidate(g->auth);
-            q->auth_retried = true;
-            queue_push(g, q, true);
-            pump(g);
-            return;
-        }
-    }
-    q->cb(g, result, resp, err, q->data);
-    req_free(q);
-    pump(g);
-    maybe_stopped(g);
+    return github_auth_refresh(auth);
 }
 
-static int start_call(struct github *g, struct gh_req *q, const char *auth)
+static bool auth_invalidate(void *auth)
 {
-    _cleanup_free_ char *url = NULL;
-    _cleanup_free_ char *etag_h = NULL;
-    if (asprintf(&url, "%s%s", g->base, q->path) < 0)
-        return -ENOMEM;
-    const char *headers[8];
-    size_t n = 0;
-    headers[n++] = "Accept: application/vnd.github+json";
-    headers[n++] = API_VERSION_HEADER;
-    headers[n++] = auth;
-    if (q->body)
-        headers[n++] = "Content-Type: application/json";
-    if (q->etag && asprintf(&etag_h, "If-None-Match: %s", q->etag) >= 0)
-        headers[n++] = etag_h;
-    headers[n] = NULL;
-    struct al_http_request req = {
-            .method = q->method,
-            .url = url,
-            .headers = headers,
-            .body = q->body,
-            .body_len = q->body_len,
-            .max_response = q->max_response,
-            .timeout_ms = q->timeout_ms,
-    };
-    struct al_error *err = NULL;
-    inflight_add(g, q);
-    int r = al_http_start(g->curl, &req, on_http_done, q, &q->call, &err);
-    if (r < 0) {
-        inflight_remove(g, q);
-        q->cb(g, r, NULL, err, q->data);
-        al_error_free(err);
-        req_free(q);
-    }
-    return 0;
+    /* only an App's installation token can be renewed */
+    if (!github_auth_is_app(auth))
+        return false;
+    github_auth_invalidate(auth);
+    return true;
 }
 
-static void on_pump_timer(uv_timer_t *t)
-{
-    pump(t->data);
-}
+static const struct api_queue_auth_ops auth_ops = {
+        .header = auth_header,
+        .refresh = auth_refresh,
+        .invalidate = auth_invalidate,
+};
 
 static void on_auth_refreshed(int result, const char *message, void *data)
 {
     struct github *g = data;
-    g->auth_refreshing = false;
-    if (result < 0) {
-        backoff_grow(&g->auth_backoff_ms);
-        g->auth_retry_ms = now_ms() + jitter(g->auth_backoff_ms);
-        log_error(NULL, "github %s: %s; trying again in %" PRIu64 " s", g->name, message,
-                  g->auth_backoff_ms / 1000);
-        if (!g->stopping)
-            uv_timer_start(&g->pump_timer, on_pump_timer, g->auth_retry_ms - now_ms(), 0);
-        else
-            maybe_stopped(g);
-        return;
-    }
-    if (g->auth_backoff_ms)
-        log_info(NULL, "github %s: App installation token ready", g->name);
-    g->auth_backoff_ms = 0;
-    pump(g);
+    api_queue_auth_done(g->api, result, message);
 }
 
-static void fail_queue(struct github *g)
+static void on_api_settled(void *data)
 {
-    struct gh_req *q;
-    while ((q = queue_pop(g))) {
-        struct al_error *err = NULL;
-        al_error_set(&err, ECANCELED, "agentlabd is stopping");
-        q->cb(g, -ECANCELED, NULL, err, q->data);
-        al_error_free(err);
-        req_free(q);
-    }
-}
-
-static void pump(struct github *g)
-{
-    if (g->closed || !g->auth)
-        return;
-    while (g->queue && g->inflight < MAX_INFLIGHT) {
-        uint64_t now = now_ms();
-        if (g->blocked_until_ms > now) {
-            if (g->stopping) {
-                fail_queue(g); /* no waiting out a rate limit at shutdown */
-                return;
-            }
-            uv_timer_start(&g->pump_timer, on_pump_timer, g->blocked_until_ms - now, 0);
-            return;
-        }
-        const char *auth = github_auth_header(g->auth);
-        if (!auth) {
-            if (g->stopping && !g->auth_refreshing) {
-                fail_queue(g);
-                return;
-            }
-            if (g->auth_refreshing)
-                return;
-            if (g->auth_retry_ms > now) {
-                uv_timer_start(&g->pump_timer, on_pump_timer, g->auth_retry_ms - now, 0);
-                return;
-            }
-            g->auth_refreshing = true;
-            if (github_auth_refresh(g->auth) == -EALREADY)
-                return;
-            /* on_auth_refreshed may have run already (a failure) */
-            return;
-        }
-        struct gh_req *q = queue_pop(g);
-        if (start_call(g, q, auth) < 0) {
-            struct al_error *err = NULL;
-            al_error_set(&err, ENOMEM, "out of memory");
-            q->cb(g, -ENOMEM, NULL, err, q->data);
-            al_error_free(err);
-            req_free(q);
-        }
-    }
+    maybe_stopped(data);
 }
 
 /* ------------------------------------------------------------ demand */
@@ -1487,13 +1234,14 @@ static void poll_now(struct github *g)
 {
     if (g->stopping || g->poll_calls)
         return;
-    if (g->rate_remaining >= 0 && g->rate_remaining < POLL_LOW_REMAINING &&
-        g->rate_reset_s > al_now_wall_ms() / 1000) {
+    int64_t remaining, reset_s;
+    api_queue_rate(g->api, &remaining, &reset_s);
+    if (remaining >= 0 && remaining < POLL_LOW_REMAINING && reset_s > al_now_wall_ms() / 1000) {
         if (!g->poll_low_logged)
             log_warn(NULL,
                      "github %s: %" PRId64 " API calls left until the rate limit resets; "
                      "polling pauses",
-                     g->name, g->rate_remaining);
+                     g->name, remaining);
         g->poll_low_logged = true;
         g->next_poll_ms = now_ms() + g->poll_every_ms;
         return;
@@ -1714,9 +1462,8 @@ static int check_config(const struct config_source *src, struct al_error **err)
     return 0;
 }
 
-static void on_handle_closed(uv_handle_t *h)
+static void handle_closed(struct github *g)
 {
-    struct github *g = h->data;
     if (--g->handles_open > 0)
         return;
     void (*done)(void *) = g->done;
@@ -1746,8 +1493,20 @@ static void on_handle_closed(uv_handle_t *h)
         done(data);
 }
 
+static void on_handle_closed(uv_handle_t *h)
+{
+    handle_closed(h->data);
+}
+
+static void on_api_closed(void *data)
+{
+    handle_closed(data);
+}
+
 static void github_free_early(struct github *g)
 {
+    if (g->api)
+        api_queue_free(g->api, NULL, NULL);
     github_auth_free(g->auth);
     for (size_t i = 0; i < g->n_poll_repos; i++)
         free(g->poll_repos[i].repo);
@@ -1826,7 +1585,6 @@ static int setup(struct github *g, struct al_error **err)
     g->poll_every_ms = listen && src->poll == GITHUB_POLL_AUTO && every < HOOKED_POLL_MS
                                ? HOOKED_POLL_MS
                                : every;
-    g->rate_remaining = -1;
     return 0;
 }
 
@@ -1869,6 +1627,31 @@ int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
         github_free_early(g);
         return r;
     }
+    static const char *const headers[] = {"Accept: application/vnd.github+json", API_VERSION_HEADER,
+                                          NULL};
+    char qname[128];
+    snprintf(qname, sizeof(qname), "github %s", src->name);
+    struct api_queue_params qp = {
+            .loop = loop,
+            .curl = curl,
+            .base = g->base,
+            .name = qname,
+            .headers = headers,
+            .max_inflight = MAX_INFLIGHT,
+            .timeout_ms = CALL_TIMEOUT_MS,
+            .final_timeout_ms = FINAL_TIMEOUT_MS,
+            .max_response = GITHUB_MAX_DOCUMENT + 1,
+            .auth_ops = &auth_ops,
+            .auth = g->auth,
+            .rate_limited = secondary_rate_limit,
+            .settled = on_api_settled,
+            .data = g,
+    };
+    r = api_queue_new(&qp, &g->api, err);
+    if (r < 0) {
+        github_free_early(g);
+        return r;
+    }
     if (*src->webhook_listen) {
         struct github_hook_params hp = {
                 .loop = loop,
@@ -1886,11 +1669,10 @@ int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
         }
         g->hook_open = true;
     }
-    uv_timer_init(loop, &g->pump_timer);
     uv_timer_init(loop, &g->tick_timer);
     uv_timer_init(loop, &g->serve_timer);
-    g->pump_timer.data = g->tick_timer.data = g->serve_timer.data = g;
-    g->handles_open = 3;
+    g->tick_timer.data = g->serve_timer.data = g;
+    g->handles_open = 3; /* the timers and the API queue */
     g->watch = engine_observe(e, &observer, g);
     cancel_orphans(g);
     uint64_t now = now_ms();
@@ -1930,8 +1712,7 @@ static void on_hook_stopped(void *data)
 
 static void maybe_stopped(struct github *g)
 {
-    if (!g->stopping || g->in_stop || g->closed || g->hook_open || g->inflight || g->queue ||
-        g->auth_refreshing)
+    if (!g->stopping || g->in_stop || g->closed || g->hook_open || api_queue_busy(g->api))
         return;
     g->closed = true;
     if (g->watch)
@@ -1939,10 +1720,10 @@ static void maybe_stopped(struct github *g)
     g->watch = NULL;
     github_auth_free(g->auth);
     g->auth = NULL;
-    uv_timer_stop(&g->pump_timer);
     uv_timer_stop(&g->tick_timer);
     uv_timer_stop(&g->serve_timer);
-    uv_close((uv_handle_t *)&g->pump_timer, on_handle_closed);
+    api_queue_free(g->api, on_api_closed, g);
+    g->api = NULL;
     uv_close((uv_handle_t *)&g->tick_timer, on_handle_closed);
     uv_close((uv_handle_t *)&g->serve_timer, on_handle_closed);
 }
@@ -1956,15 +1737,10 @@ void github_stop(struct github *g, void (*done)(void *data), void *data)
     g->done = done;
     g->done_data = data;
     uv_timer_stop(&g->tick_timer);
-    uv_timer_stop(&g->pump_timer);
     if (g->hook)
         github_hook_stop(g->hook, on_hook_stopped, g);
     /* queued calls are dropped; calls in flight end now */
-    fail_queue(g);
-    for (size_t i = 0; i < ARRAY_SIZE(g->inflight_list); i++) {
-        if (g->inflight_list[i] && g->inflight_list[i]->call)
-            al_http_cancel(g->inflight_list[i]->call);
-    }
+    api_queue_stop(g->api);
     /* idle runners must not be handed jobs their VMs will never run: one
      * DELETE each, short timeouts; busy ones are left to the next sweep */
     for (struct ghrunner *r = g->runners; r; r = r->next) {
@@ -1973,12 +1749,11 @@ void github_stop(struct github *g, void (*done)(void *data), void *data)
             runner_delete(r);
         }
     }
-    if (g->auth_refreshing) {
+    if (api_queue_refreshing(g->api)) {
         /* no token yet: nothing can be deleted */
+        api_queue_drop_auth(g->api);
         github_auth_free(g->auth);
         g->auth = NULL;
-        g->auth_refreshing = false;
-        fail_queue(g);
     }
     g->in_stop = false;
     maybe_stopped(g);

@@ -19,6 +19,7 @@ struct test_http_server {
     atomic_uint requests;
     atomic_uint open;
     atomic_uint max_open;
+    atomic_uint flaky; /* requests to /flaky so far */
     uv_sem_t ready;
 };
 
@@ -58,15 +59,40 @@ static void on_written(uv_write_t *w, int status)
     conn_close(w->data);
 }
 
+/* The answer a path asks for (see http_server.h). */
+static int status_for(struct conn *c, char *extra, size_t size)
+{
+    extra[0] = '\0';
+    const char *p = c->path;
+    if (strncmp(p, "/status/", 8) == 0) {
+        int st = (int)strtol(p + 8, NULL, 10);
+        const char *ra = strstr(p, "retry_after=");
+        if (ra)
+            snprintf(extra, size, "Retry-After: %ld\r\n", strtol(ra + 12, NULL, 10));
+        return st >= 100 && st <= 599 ? st : 500;
+    }
+    if (strncmp(p, "/flaky", 6) == 0) {
+        if (atomic_fetch_add(&c->srv->flaky, 1) == 0) {
+            snprintf(extra, size, "Retry-After: 1\r\n");
+            return 429;
+        }
+        return 200;
+    }
+    if (strncmp(p, "/auth", 5) == 0)
+        return strstr(c->buf, "\r\nAuthorization: Bearer good\r\n") ? 200 : 401;
+    return 200;
+}
+
 static void respond(uv_timer_t *t)
 {
     struct conn *c = t->data;
-    char body[600];
+    char body[600], extra[128];
+    int st = status_for(c, extra, sizeof(extra));
     int bl = snprintf(body, sizeof(body), "path=%s\n", c->path);
     int n = snprintf(c->out, sizeof(c->out),
-                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                     "X-Test: yes\r\nConnection: close\r\n\r\n%s",
-                     bl, body);
+                     "HTTP/1.1 %d X\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     "X-Test: yes\r\n%sConnection: close\r\n\r\n%s",
+                     st, bl, extra, body);
     uv_buf_t b = uv_buf_init(c->out, (unsigned)n);
     c->wreq.data = c;
     atomic_fetch_add(&c->srv->requests, 1);

@@ -1,6 +1,10 @@
 /* A tiny HTTP/1.1 server for tests, on 127.0.0.1 with its own libuv loop in
  * a thread. Each response is delayed by delay_ms so concurrent clients
- * really overlap; connections close after one response. */
+ * really overlap; connections close after one response. The body is
+ * "path=PATH\n"; the status is 200 except for
+ *   /status/NNN[?retry_after=S]  NNN (with Retry-After: S)
+ *   /flaky                       429 with Retry-After: 1 the first time, then 200
+ *   /auth                        200 with "Authorization: Bearer good", else 401 */
 #ifndef AL_TEST_HTTP_SERVER_H
 #define AL_TEST_HTTP_SERVER_H
 
