@@ -14,6 +14,10 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc 2>/dev/null || echo 2)
 
 scripts/setup.sh
+# what this host offers VMs (the accelerator probe decides; see README)
+if [ -e /dev/kvm ]; then kvm_dev="/dev/kvm present"; else kvm_dev="no /dev/kvm"; fi
+kvm_mods=$({ lsmod 2>/dev/null || cat /proc/modules 2>/dev/null; } | awk '/^kvm/ {print $1}' | tr '\n' ' ')
+echo "test.sh: $kvm_dev; kvm modules: ${kvm_mods:-none visible}; kernel $(uname -r)"
 
 cmake -S . -B build -DAL_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
