@@ -11,6 +11,7 @@
 
 #include "../base/log.h"
 #include "../config.h"
+#include "../version.h"
 #include "cli.h"
 #include "cmd_job.h"
 
@@ -65,7 +66,10 @@ static void usage(FILE *out)
     fprintf(out, "Usage: agentlab COMMAND [ARGS...]\n\nCommands:\n");
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
         fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(out, "\nRun 'agentlab COMMAND --help' for a command's options.\n");
+    fprintf(out, "\nOptions:\n"
+                 "  -V, --version  print the version and git revision\n"
+                 "  -h, --help     show this help\n"
+                 "\nRun 'agentlab COMMAND --help' for a command's options.\n");
 }
 
 int main(int argc, char **argv)
@@ -79,7 +83,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (streq(argv[1], "--version") || streq(argv[1], "-V")) {
-        printf("agentlab %s\n", AL_VERSION);
+        printf("agentlab %s (git %s)\n", AL_VERSION, al_git_revision);
         return 0;
     }
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
