@@ -14,11 +14,11 @@ fail() {
     echo "FAIL: $*" >&2
     exit 1
 }
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root (dpkg -i)"; exit 77; }
+# A test that cannot run fails, with the reason.
+[ "$(id -u)" -eq 0 ] || fail "needs root (dpkg -i)"
 [ -f "$deb" ] || fail "no package $deb (scripts/package.sh builds it)"
 if dpkg-query -W -f='${Status}' agentlab 2>/dev/null | grep -q 'ok installed'; then
-    echo "SKIP: the agentlab package is installed already; this test will not replace it"
-    exit 77
+    fail "the agentlab package is installed on this host already; this test will not replace it"
 fi
 
 # Installed programs only: nothing of a build tree on PATH.
