@@ -82,9 +82,10 @@ echo "$msg" | grep -q 'debian-12-actions' || fail "the installed recipes were no
 agentlab config show | head -n 1 | grep -qF '(/etc/agentlab/agentlab.conf)' ||
     fail "config show does not read the conffile"
 
-# One job, in a VM, with the installed programs. A private run dir (no daemon
-# of someone else's gets the job); the state dir is the default one when it
-# has the image, else the fixture's.
+# One job, in a VM, with the installed programs. A private run dir: no daemon
+# answers there, so `run` runs the engine in-process (a daemon of someone
+# else's never gets the job); the state dir is the default one when it has
+# the image, else the fixture's.
 if [ -f /var/lib/agentlab/images/debian-12/manifest.json ]; then
     state=/var/lib/agentlab
 else
@@ -94,7 +95,7 @@ echo "image from $state"
 printf '[agent]\nstate_dir = %s\nrun_dir = %s/run\nboot_timeout = 20m\n' "$state" "$tmp" \
     >"$tmp/agentlab.conf"
 t0=$(date +%s)
-out=$(AGENTLAB_CONFIG="$tmp/agentlab.conf" agentlab run --local -- echo ok 2>"$tmp/err") || {
+out=$(AGENTLAB_CONFIG="$tmp/agentlab.conf" agentlab run -- echo ok 2>"$tmp/err") || {
     cat "$tmp/err"
     fail "agentlab run failed"
 }
