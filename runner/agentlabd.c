@@ -6,6 +6,7 @@
 #include "base/log.h"
 #include "config.h"
 #include "daemon.h"
+#include "version.h"
 
 static void usage(FILE *out)
 {
@@ -16,7 +17,7 @@ static void usage(FILE *out)
                  "  -c, --config FILE      configuration file (default $AGENTLAB_CONFIG or\n"
                  "                         " AL_CONFIG_DEFAULT_PATH ")\n"
                  "  -l, --log-level LEVEL  error, warn, info or debug (overrides the file)\n"
-                 "  -V, --version          print the version and exit\n"
+                 "  -V, --version          print the version and git revision\n"
                  "  -h, --help             show this help\n");
 }
 
@@ -41,7 +42,7 @@ int main(int argc, char **argv)
             level_arg = optarg;
             break;
         case 'V':
-            printf("agentlabd %s\n", AL_VERSION);
+            printf("agentlabd %s (git %s)\n", AL_VERSION, al_git_revision);
             return 0;
         case 'h':
             usage(stdout);

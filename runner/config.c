@@ -1134,3 +1134,27 @@ int config_print(const struct config *c, FILE *out)
     }
     return ferror(out) ? -EIO : 0;
 }
+
+int config_print_keys(FILE *out)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+        const struct config_key *k = &keys[i];
+        const char *const *type_names = k->section == SEC_BACKEND  ? backend_types
+                                        : k->section == SEC_SOURCE ? source_types
+                                                                   : NULL;
+        fprintf(out, "%s\t", section_names[k->section]);
+        if (k->types == ALL_TYPES || !type_names) {
+            fputs("all", out);
+        } else {
+            bool first = true;
+            for (unsigned t = 0; type_names[t]; t++) {
+                if (k->types & T(t)) {
+                    fprintf(out, "%s%s", first ? "" : ",", type_names[t]);
+                    first = false;
+                }
+            }
+        }
+        fprintf(out, "\t%s\t%s\t%s\n", k->name, k->def, k->help);
+    }
+    return ferror(out) ? -EIO : 0;
+}

@@ -190,6 +190,13 @@ DEFINE_CLEANUP_FUNC(struct config, config_free)
 /* Writes the effective configuration as INI, every key included. */
 int config_print(const struct config *c, FILE *out);
 
+/* Writes every key the parser knows, one a line, tab-separated: section
+ * (agent, backend, source, pool), the backend or source types it applies to
+ * ("all" or a comma-separated list), name, built-in default ("@state/" and
+ * "@run/" are relative to state_dir and run_dir), and a short description.
+ * The man page test compares agentlab.conf(5) against this list. */
+int config_print_keys(FILE *out);
+
 const struct config_backend *config_find_backend(const struct config *c, const char *name);
 const struct config_pool *config_find_pool(const struct config *c, const char *name);
 

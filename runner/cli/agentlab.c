@@ -5,41 +5,61 @@
  * artifact (for `run`: the workload's status, 124 timeout, 125 agentlab
  * error, 130 cancelled). README "CLI" has the list.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../base/log.h"
 #include "../config.h"
+#include "../version.h"
 #include "cli.h"
 #include "cmd_job.h"
 
+static void config_usage(FILE *out)
+{
+    fprintf(out, "Usage: agentlab config show [--config FILE]\n"
+                 "       agentlab config keys\n"
+                 "\n"
+                 "show prints the effective configuration: the file's values over the\n"
+                 "built-in defaults, with environment overrides applied. keys lists every\n"
+                 "key, tab-separated: section, the backend or source types it applies to,\n"
+                 "name, default, description (see agentlab.conf(5)).\n"
+                 "\n"
+                 "  -c, --config FILE   configuration file (default $AGENTLAB_CONFIG or\n"
+                 "                      " AL_CONFIG_DEFAULT_PATH ")\n"
+                 "  -h, --help          show this help\n");
+}
+
 static int cmd_config(int argc, char **argv)
 {
-    if (argc < 2 || streq(argv[1], "--help") || streq(argv[1], "-h")) {
-        FILE *out = argc < 2 ? stderr : stdout;
-        fprintf(out, "Usage: agentlab config show [--config FILE]\n"
-                     "\n"
-                     "Prints the effective configuration: the file's values over the built-in\n"
-                     "defaults, with environment overrides applied.\n");
-        return argc < 2 ? 2 : 0;
+    if (argc < 2) {
+        config_usage(stderr);
+        return 2;
     }
-    if (!streq(argv[1], "show")) {
+    bool show = streq(argv[1], "show"), keys = streq(argv[1], "keys");
+    if (!show && !keys) {
+        if (streq(argv[1], "--help") || streq(argv[1], "-h")) {
+            config_usage(stdout);
+            return 0;
+        }
         fprintf(stderr, "agentlab config: unknown subcommand \"%s\"\n", argv[1]);
         return 2;
     }
     const char *path = NULL;
     for (int i = 2; i < argc; i++) {
-        if ((streq(argv[i], "--config") || streq(argv[i], "-c")) && i + 1 < argc) {
+        if (show && (streq(argv[i], "--config") || streq(argv[i], "-c")) && i + 1 < argc) {
             path = argv[++i];
         } else if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
-            printf("Usage: agentlab config show [--config FILE]\n");
+            config_usage(stdout);
             return 0;
         } else {
-            fprintf(stderr, "agentlab config show: unexpected argument \"%s\"\n", argv[i]);
+            fprintf(stderr, "agentlab config %s: unexpected argument \"%s\"\n", argv[1], argv[i]);
             return 2;
         }
     }
+    if (keys)
+        return config_print_keys(stdout) < 0 ? 1 : 0;
     _cleanup_error_ struct al_error *err = NULL;
     _cleanup_config_ struct config *cfg = NULL;
     if (config_load(path, &cfg, &err) < 0) {
@@ -65,7 +85,10 @@ static void usage(FILE *out)
     fprintf(out, "Usage: agentlab COMMAND [ARGS...]\n\nCommands:\n");
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
         fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(out, "\nRun 'agentlab COMMAND --help' for a command's options.\n");
+    fprintf(out, "\nOptions:\n"
+                 "  -V, --version  print the version and git revision\n"
+                 "  -h, --help     show this help\n"
+                 "\nRun 'agentlab COMMAND --help' for a command's options.\n");
 }
 
 int main(int argc, char **argv)
@@ -79,7 +102,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (streq(argv[1], "--version") || streq(argv[1], "-V")) {
-        printf("agentlab %s\n", AL_VERSION);
+        printf("agentlab %s (git %s)\n", AL_VERSION, al_git_revision);
         return 0;
     }
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
