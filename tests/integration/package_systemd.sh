@@ -4,7 +4,8 @@
 # Depends), the .deb copied in as the job's work dir and installed with
 # dpkg -i, then: `systemctl start` returns once agentlabd said READY=1
 # (Type=notify), /healthz answers on the socket, `systemctl stop` ends it
-# cleanly, and `systemd-analyze security` gives the unit's exposure score.
+# cleanly, QEMU under TCG runs inside the unit's sandbox, and
+# `systemd-analyze security` gives the unit's exposure score.
 # usage: package_systemd.sh AGENTLAB DEB RECIPES_DIR
 #   AGENTLAB: the CLI that builds the image and runs the VM (the build tree's)
 #   RECIPES_DIR: the source tree's images/recipes
@@ -83,6 +84,26 @@ stat -c 'dir %a %n' /var/lib/agentlab /run/agentlab
 echo "SECURITY-BEGIN"
 systemd-analyze security --no-pager "$unit"
 echo "SECURITY-END"
+
+# QEMU under TCG inside the unit's sandbox (libguestfs appliances and image
+# builds are children of agentlabd, and TCG needs writable+executable
+# memory): a drop-in runs a 7-byte firmware under TCG as ExecStartPre, which
+# has every setting of the unit; isa-debug-exit turns its write into exit
+# status 33, so 33 means a vCPU ran the code inside the sandbox
+fw=/var/lib/agentlab/tcg-check.bin
+{ head -c 65520 /dev/zero; printf '\260\020\346\364\364\353\375'; head -c 9 /dev/zero; } >"$fw"
+mkdir -p "/run/systemd/system/$unit.d"
+cat >"/run/systemd/system/$unit.d/tcg-check.conf" <<'EOC'
+[Service]
+ExecStartPre=/bin/sh -c 'qemu-system-x86_64 -accel tcg -machine pc -m 16 -nodefaults -no-user-config -display none -monitor none -serial none -no-reboot -bios /var/lib/agentlab/tcg-check.bin -device isa-debug-exit,iobase=0xf4,iosize=0x04; s=$$?; echo "QEMU under TCG in the unit: exit $$s"; test $$s = 33'
+EOC
+systemctl daemon-reload
+systemctl restart "$unit" || bad "QEMU under TCG did not run inside the unit's sandbox"
+journalctl -u "$unit" --no-pager -o cat | grep 'QEMU under TCG in the unit' | tail -n 1
+journalctl -u "$unit" --no-pager -o cat | grep -q 'QEMU under TCG in the unit: exit 33' ||
+    bad "no TCG run in the unit's sandbox"
+rm -rf "/run/systemd/system/$unit.d" "$fw"
+systemctl daemon-reload
 
 t=$(date +%s)
 systemctl stop "$unit" || bad "systemctl stop"
