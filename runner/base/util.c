@@ -537,3 +537,19 @@ int al_open_dirs_nofollow(int dfd, const char *path, size_t n, uint64_t *budget)
     }
     return cur;
 }
+
+void al_wipe_free(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+uint64_t al_jitter_ms(uint64_t ms)
+{
+    uint32_t r = 0;
+    if (al_random_bytes(&r, sizeof(r)) < 0)
+        return ms;
+    return ms + (ms / 4) * (r % 1000) / 1000;
+}

@@ -66,6 +66,12 @@ char *al_path_join(const char *a, const char *b);
  * or NULL. The caller frees it. */
 char *al_find_in_path(const char *name);
 
+/* Overwrites a secret string with zeros, then frees it. Accepts NULL. */
+void al_wipe_free(char *s);
+
+/* ms plus up to a quarter more, at random: retries of many clients spread. */
+uint64_t al_jitter_ms(uint64_t ms);
+
 /* Monotonic clock in milliseconds / microseconds; wall clock in ms since the epoch. */
 uint64_t al_now_mono_ms(void);
 uint64_t al_now_mono_us(void);

@@ -52,25 +52,10 @@ struct api_queue {
 
 static void pump(struct api_queue *q);
 
-static void wipe_free(char *s)
-{
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
-}
-
-static uint64_t jitter(uint64_t ms)
-{
-    unsigned char b = 0;
-    (void)al_random_bytes(&b, 1);
-    return ms + ms * b / 1024u; /* up to +25 % */
-}
-
 static void call_free(struct qcall *c)
 {
     free(c->path);
-    wipe_free(c->body);
+    al_wipe_free(c->body);
     free(c);
 }
 
@@ -348,7 +333,7 @@ void api_queue_call(struct api_queue *q, const char *method, char *path, char *b
     if (!c || !path) {
         free(c);
         free(path);
-        wipe_free(body);
+        al_wipe_free(body);
         struct al_error *err = NULL;
         al_error_set(&err, ENOMEM, "out of memory");
         cb(-ENOMEM, NULL, err, data);
@@ -375,7 +360,7 @@ void api_queue_auth_done(struct api_queue *q, int result, const char *message)
         q->auth_backoff_ms = q->auth_backoff_ms ? q->auth_backoff_ms * 2 : BACKOFF_MIN_MS;
         if (q->auth_backoff_ms > BACKOFF_MAX_MS)
             q->auth_backoff_ms = BACKOFF_MAX_MS;
-        q->auth_retry_ms = al_now_mono_ms() + jitter(q->auth_backoff_ms);
+        q->auth_retry_ms = al_now_mono_ms() + al_jitter_ms(q->auth_backoff_ms);
         log_error(NULL, "%s: %s; trying again in %" PRIu64 " s", q->name, message,
                   q->auth_backoff_ms / 1000);
         if (!q->stopping)

@@ -175,22 +175,6 @@ static uint64_t now_ms(void)
     return al_now_mono_ms();
 }
 
-static void wipe_free(char *s)
-{
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
-}
-
-static uint64_t jitter(uint64_t ms)
-{
-    uint32_t r = 0;
-    if (al_random_bytes(&r, sizeof(r)) < 0)
-        return ms;
-    return ms + (ms / 4) * (r % 1000) / 1000;
-}
-
 static void backoff_grow(uint64_t *b)
 {
     *b = *b ? *b * 2 : BACKOFF_MIN_MS;
@@ -248,7 +232,7 @@ static void gh_call_etag(struct github *g, const char *method, char *path, char 
     struct gh_call *c = malloc(sizeof(*c));
     if (!c) {
         free(path);
-        wipe_free(body);
+        al_wipe_free(body);
         struct al_error *err = NULL;
         al_error_set(&err, ENOMEM, "out of memory");
         cb(g, -ENOMEM, NULL, err, data);
@@ -601,7 +585,7 @@ static int env_add(struct job_env_var **v, size_t *n, const char *name, const ch
     g[*n].value = strdup(value);
     if (!g[*n].name || !g[*n].value) {
         free(g[*n].name);
-        wipe_free(g[*n].value);
+        al_wipe_free(g[*n].value);
         return -ENOMEM;
     }
     (*n)++;
@@ -616,12 +600,12 @@ static int runner_spec(struct ghrunner *r, char *jit, struct job_spec **ret, str
     struct github *g = r->g;
     _cleanup_job_spec_ struct job_spec *spec = calloc(1, sizeof(*spec));
     if (!spec) {
-        wipe_free(jit);
+        al_wipe_free(jit);
         return al_error_set(err, ENOMEM, "out of memory");
     }
     spec->inject = -1;
     int rc = env_add(&spec->secret_env, &spec->n_secret_env, "ACTIONS_RUNNER_INPUT_JITCONFIG", jit);
-    wipe_free(jit);
+    al_wipe_free(jit);
     const char *dir = g->src->runner_dir;
     struct ghdemand *d = r->demand;
     rc |= env_add(&spec->env, &spec->n_env, "AGENTLAB_GITHUB_RUNNER", r->name);
@@ -710,7 +694,7 @@ static void serve_fail(struct github *g, struct ghrunner *r, const char *fmt, ..
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     backoff_grow(&g->serve_backoff_ms);
-    g->serve_after_ms = now_ms() + jitter(g->serve_backoff_ms);
+    g->serve_after_ms = now_ms() + al_jitter_ms(g->serve_backoff_ms);
     log_error(NULL, "github %s: runner %s for job %" PRId64 ": %s; trying again in %" PRIu64 " s",
               g->name, r->name, r->demand ? r->demand->job_id : 0, msg, g->serve_backoff_ms / 1000);
 }
@@ -851,7 +835,7 @@ static void on_runner_deleted(struct github *g, int result, const struct al_http
         runner_set_dead(r);
         return;
     }
-    r->next_delete_ms = now_ms() + jitter(DELETE_RETRY_MS);
+    r->next_delete_ms = now_ms() + al_jitter_ms(DELETE_RETRY_MS);
 }
 
 static void runner_delete(struct ghrunner *r)
@@ -920,7 +904,7 @@ static void on_job_checked(struct github *g, int result, const struct al_http_re
         describe_result(result, resp, err, what, sizeof(what));
         log_warn(NULL, "github %s: checking job %" PRId64 ": %s", g->name, d->job_id, what);
         backoff_grow(&g->serve_backoff_ms);
-        g->serve_after_ms = now_ms() + jitter(g->serve_backoff_ms);
+        g->serve_after_ms = now_ms() + al_jitter_ms(g->serve_backoff_ms);
         return;
     }
     struct github_job *j = NULL;
@@ -1126,7 +1110,7 @@ static void poll_call_done(struct github *g)
     if (g->poll_round_failed) {
         bool first = !g->poll_backoff_ms;
         backoff_grow(&g->poll_backoff_ms);
-        uint64_t b = jitter(g->poll_backoff_ms);
+        uint64_t b = al_jitter_ms(g->poll_backoff_ms);
         if (b > wait)
             wait = b;
         if (first)

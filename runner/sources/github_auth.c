@@ -37,19 +37,11 @@ struct github_auth {
     void *data;
 };
 
-static void wipe_free(char *s)
-{
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
-}
-
 /* Registers s with the redactor and hands it back, or wipes it. */
 static char *secret_take(char *s)
 {
     if (s && al_redact_add(s) < 0) {
-        wipe_free(s);
+        al_wipe_free(s);
         return NULL;
     }
     return s;
@@ -59,7 +51,7 @@ static void secret_drop(char **s)
 {
     if (*s) {
         al_redact_remove(*s);
-        wipe_free(*s);
+        al_wipe_free(*s);
         *s = NULL;
     }
 }
@@ -242,7 +234,7 @@ int github_auth_new(const struct github_auth_params *p, struct github_auth **ret
         if (r == 0) {
             if (asprintf(&a->file_header, "Authorization: Bearer %s", token) < 0)
                 a->file_header = NULL;
-            wipe_free(token);
+            al_wipe_free(token);
             if (!(a->file_header = secret_take(a->file_header)))
                 r = al_error_set(err, ENOMEM, "out of memory");
         }
@@ -353,7 +345,7 @@ static int app_call(struct github_auth *a, const char *method, const char *path,
     if (asprintf(&auth, "Authorization: Bearer %s", a->jwt) < 0)
         auth = NULL;
     if (!url || !auth) {
-        wipe_free(auth);
+        al_wipe_free(auth);
         return al_error_set(err, ENOMEM, "out of memory");
     }
     const char *headers[] = {"Accept: application/vnd.github+json",
@@ -366,7 +358,7 @@ static int app_call(struct github_auth *a, const char *method, const char *path,
             .timeout_ms = CALL_TIMEOUT_MS,
     };
     r = al_http_start(a->curl, &req, cb, a, &a->call, err);
-    wipe_free(auth);
+    al_wipe_free(auth);
     return r;
 }
 

@@ -175,22 +175,6 @@ int gitlab_read_token(const char *path, char **ret_token, struct al_error **err)
     return 0;
 }
 
-static void wipe_free(char *s)
-{
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
-}
-
-static uint64_t jitter(uint64_t ms)
-{
-    uint32_t r = 0;
-    if (al_random_bytes(&r, sizeof(r)) < 0)
-        return ms;
-    return ms + (ms / 4) * (r % 1000) / 1000;
-}
-
 static struct gljob *find_job(struct gitlab *g, const char *engine_id)
 {
     for (struct gljob *j = g->jobs; j; j = j->next) {
@@ -301,7 +285,7 @@ static int api_call(struct gitlab *g, const struct call_opts *o, al_http_cb cb, 
     } else {
         al_error_set(err, ENOMEM, "out of memory");
     }
-    wipe_free(token_h);
+    al_wipe_free(token_h);
     free(type_h);
     free(range_h);
     return r;
@@ -369,7 +353,7 @@ static void on_job_closed(uv_handle_t *h)
     struct gitlab *g = j->g;
     if (j->token) {
         al_redact_remove(j->token);
-        wipe_free(j->token);
+        al_wipe_free(j->token);
     }
     for (size_t i = 0; j->payload && i < j->payload->n_dependencies; i++) {
         if (j->payload->dependencies[i].token)
@@ -550,7 +534,7 @@ static void on_trace_done(int result, const struct al_http_response *resp,
     }
     if (j->phase == PHASE_FINISHING) {
         if (j->tries > 0 && !j->shutdown)
-            j->delay_ms = jitter(BACKOFF_MIN_MS << (j->tries > 6 ? 6 : j->tries - 1));
+            j->delay_ms = al_jitter_ms(BACKOFF_MIN_MS << (j->tries > 6 ? 6 : j->tries - 1));
         continue_finish(j);
     } else if (j->trace.len - j->sent >= TRACE_CHUNK && j->tries == 0) {
         trace_tick_arm(j, 0); /* a backlog: do not wait for the interval */
@@ -685,7 +669,7 @@ static int send_update(struct gljob *j, bool final)
     };
     struct al_error *err = NULL;
     r = api_call(j->g, &o, on_update_done, j, &j->call, &err);
-    wipe_free(body);
+    al_wipe_free(body);
     if (r < 0) {
         log_warn(NULL, "gitlab %s: job %" PRId64 ": %s", j->g->src->name, j->id,
                  al_error_message(err));
@@ -752,7 +736,7 @@ static void on_update_done(int result, const struct al_http_response *resp,
         if (++j->tries >= (j->shutdown ? 1 : FINISH_TRIES))
             j->fstep = FS_DONE;
         else
-            j->delay_ms = jitter(BACKOFF_MIN_MS << (j->tries > 6 ? 6 : j->tries - 1));
+            j->delay_ms = al_jitter_ms(BACKOFF_MIN_MS << (j->tries > 6 ? 6 : j->tries - 1));
     }
     continue_finish(j);
 }
@@ -864,7 +848,7 @@ static void on_upload_done(int result, const struct al_http_response *resp,
                              resp->reason ? resp->reason : "", ex);
         j->fstep = FS_FOOTER;
     } else if (++j->tries < (j->shutdown ? 1 : 3)) {
-        j->delay_ms = jitter(BACKOFF_MIN_MS << j->tries);
+        j->delay_ms = al_jitter_ms(BACKOFF_MIN_MS << j->tries);
     } else {
         if (result == 0)
             job_failed_by_runner(j, "ERROR: Uploading artifacts failed: HTTP %ld", resp->status);
@@ -1285,14 +1269,14 @@ static struct gljob *job_new(struct gitlab *g, int64_t id, char *token)
 {
     struct gljob *j = calloc(1, sizeof(*j));
     if (!j) {
-        wipe_free(token);
+        al_wipe_free(token);
         return NULL;
     }
     j->g = g;
     j->id = id;
     j->dep_fd = -1;
     if (al_redact_add(token) < 0) {
-        wipe_free(token);
+        al_wipe_free(token);
         free(j);
         return NULL;
     }
@@ -1337,7 +1321,7 @@ static void start_job(struct gitlab *g, const char *body, size_t len)
     for (size_t i = 0; i < payload->n_dependencies; i++) {
         if (payload->dependencies[i].token && al_redact_add(payload->dependencies[i].token) < 0) {
             /* not registered: on_job_closed must not drop a registration */
-            wipe_free(payload->dependencies[i].token);
+            al_wipe_free(payload->dependencies[i].token);
             payload->dependencies[i].token = NULL;
         }
     }
@@ -1472,7 +1456,7 @@ static void backoff(struct gitlab *g, const struct al_http_response *resp)
     g->backoff_ms = g->backoff_ms ? g->backoff_ms * 2 : BACKOFF_MIN_MS;
     if (g->backoff_ms > BACKOFF_MAX_MS)
         g->backoff_ms = BACKOFF_MAX_MS;
-    uint64_t ms = jitter(g->backoff_ms);
+    uint64_t ms = al_jitter_ms(g->backoff_ms);
     const char *ra = resp ? al_http_header(resp, "Retry-After") : NULL;
     int secs = 0;
     if (ra && al_parse_int(ra, 0, 3600, &secs) == 0 && (uint64_t)secs * 1000u > ms)
@@ -1586,7 +1570,7 @@ static void poll_now(struct gitlab *g)
     };
     struct al_error *err = NULL;
     r = api_call(g, &o, on_poll_done, g, &g->poll_call, &err);
-    wipe_free(body);
+    al_wipe_free(body);
     if (r < 0) {
         log_warn(NULL, "gitlab %s: %s", g->src->name, al_error_message(err));
         al_error_free(err);
@@ -1687,7 +1671,7 @@ int gitlab_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
         return r;
     }
     if (al_redact_add(g->token) < 0) {
-        wipe_free(g->token);
+        al_wipe_free(g->token);
         free(g);
         return al_error_set(err, ENOMEM, "registering the runner token");
     }
@@ -1704,7 +1688,7 @@ int gitlab_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
         seed = NULL;
     if (!g->base || !g->checkout_root || !seed) {
         al_redact_remove(g->token);
-        wipe_free(g->token);
+        al_wipe_free(g->token);
         free(g->base);
         free(g->checkout_root);
         free(g);
@@ -1739,7 +1723,7 @@ static void on_poll_timer_closed(uv_handle_t *h)
     void (*done)(void *) = g->done;
     void *data = g->done_data;
     al_redact_remove(g->token);
-    wipe_free(g->token);
+    al_wipe_free(g->token);
     free(g->base);
     free(g->last_update);
     free(g->checkout_root);

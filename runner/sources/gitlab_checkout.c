@@ -100,21 +100,13 @@ char *gitlab_base64(const void *data, size_t len)
     return out;
 }
 
-static void wipe_free(char *s)
-{
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
-}
-
 static void checkout_free(struct gitlab_checkout *c)
 {
     if (c->auth_b64) {
         al_redact_remove(c->auth_b64);
-        wipe_free(c->auth_b64);
+        al_wipe_free(c->auth_b64);
     }
-    wipe_free(c->auth_header);
+    al_wipe_free(c->auth_header);
     free(c->dir);
     free(c->src);
     free(c->tar);
@@ -526,7 +518,7 @@ int gitlab_checkout_start(uv_loop_t *loop, const struct gitlab_checkout_params *
         return al_error_set(err, ENOMEM, "out of memory");
     }
     if (al_redact_add(c->auth_b64) < 0) {
-        wipe_free(c->auth_b64);
+        al_wipe_free(c->auth_b64);
         c->auth_b64 = NULL;
         checkout_free(c);
         return al_error_set(err, ENOMEM, "registering the checkout credentials");

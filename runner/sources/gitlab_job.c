@@ -12,6 +12,7 @@
 #include "../base/buf.h"
 #include "../base/json_tree.h"
 #include "../base/log.h"
+#include "../base/util.h"
 
 DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
 
@@ -518,20 +519,12 @@ int gitlab_job_parse_ident(const char *data, size_t len, int64_t *ret_id, char *
     return 0;
 }
 
-static void wipe_free(char *s)
-{
-    if (s) {
-        explicit_bzero(s, strlen(s));
-        free(s);
-    }
-}
-
 struct gitlab_job *gitlab_job_free(struct gitlab_job *j)
 {
     if (!j)
         return NULL;
-    wipe_free(j->token);
-    wipe_free(j->repo_url);
+    al_wipe_free(j->token);
+    al_wipe_free(j->repo_url);
     free(j->job_name);
     free(j->project_name);
     free(j->ref);
@@ -539,7 +532,7 @@ struct gitlab_job *gitlab_job_free(struct gitlab_job *j)
     strv_free(j->refspecs);
     for (size_t i = 0; i < j->n_variables; i++) {
         free(j->variables[i].key);
-        wipe_free(j->variables[i].value);
+        al_wipe_free(j->variables[i].value);
     }
     free(j->variables);
     for (size_t i = 0; i < j->n_steps; i++) {
@@ -560,7 +553,7 @@ struct gitlab_job *gitlab_job_free(struct gitlab_job *j)
     for (size_t i = 0; i < j->n_dependencies; i++) {
         struct gitlab_dependency *d = &j->dependencies[i];
         free(d->name);
-        wipe_free(d->token);
+        al_wipe_free(d->token);
         free(d->artifacts_file);
     }
     free(j->dependencies);
@@ -970,7 +963,7 @@ static int env_set(struct job_env_var **vars, size_t *n, const char *key, const 
             char *copy = strdup(value);
             if (!copy)
                 return -ENOMEM;
-            wipe_free((*vars)[i].value);
+            al_wipe_free((*vars)[i].value);
             (*vars)[i].value = copy;
             return 0;
         }
@@ -994,7 +987,7 @@ static void env_remove(struct job_env_var *vars, size_t *n, const char *key)
     for (size_t i = 0; i < *n; i++) {
         if (streq(vars[i].name, key)) {
             free(vars[i].name);
-            wipe_free(vars[i].value);
+            al_wipe_free(vars[i].value);
             memmove(&vars[i], &vars[i + 1], (*n - i - 1) * sizeof(*vars));
             (*n)--;
             return;

@@ -149,12 +149,29 @@ static void test_random_consttime(void **state)
     free(b);
 }
 
+/* Retries spread: never less than asked, never more than a quarter over. */
+static void test_jitter_and_wipe(void **state)
+{
+    (void)state;
+    bool spread = false;
+    for (int i = 0; i < 200; i++) {
+        uint64_t j = al_jitter_ms(1000);
+        assert_true(j >= 1000 && j <= 1250);
+        spread |= j != 1000;
+    }
+    assert_true(spread);
+    assert_int_equal(al_jitter_ms(0), 0);
+    al_wipe_free(NULL);
+    al_wipe_free(strdup("a secret"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_parse_int),  cmocka_unit_test(test_parse_duration_size),
-            cmocka_unit_test(test_buf_limit),  cmocka_unit_test(test_files),
-            cmocka_unit_test(test_error_wrap), cmocka_unit_test(test_random_consttime),
+            cmocka_unit_test(test_parse_int),       cmocka_unit_test(test_parse_duration_size),
+            cmocka_unit_test(test_buf_limit),       cmocka_unit_test(test_files),
+            cmocka_unit_test(test_error_wrap),      cmocka_unit_test(test_random_consttime),
+            cmocka_unit_test(test_jitter_and_wipe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
