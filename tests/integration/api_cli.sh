@@ -10,11 +10,7 @@ daemon=$1 cli=$2
 . "$(dirname "$0")/lib.sh"
 AL_BUILD_DIR=${AL_BUILD_DIR:-.}
 al_test_env
-state=$TEST_TMP/state
-mkdir -p "$state/images"
-chmod 0711 "$TEST_TMP" "$state"
-cp -a "${AGENTLAB_TEST_STATE}/images/micro" "$state/images/"
-export AGENTLAB_STATE_DIR=$state
+al_private_state micro
 cat >"$AGENTLAB_CONFIG" <<CONF
 [agent]
 log_level = info

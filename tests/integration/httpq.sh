@@ -9,11 +9,7 @@ daemon=$1
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 al_test_env
-state=$TEST_TMP/state
-mkdir -p "$state/images"
-chmod 0711 "$TEST_TMP" "$state"
-cp -a "${AGENTLAB_TEST_STATE}/images/micro" "$state/images/"
-export AGENTLAB_STATE_DIR=$state
+al_private_state micro
 token=queue-token-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf '%s\n' "$token" >"$TEST_TMP/token"
 chmod 0600 "$TEST_TMP/token"

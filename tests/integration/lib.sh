@@ -24,6 +24,17 @@ al_test_env() {
     trap al_test_cleanup EXIT
 }
 
+# A private state dir for the test ($TEST_TMP/state, exported as
+# AGENTLAB_STATE_DIR and left in $state) holding a copy of the suite's image
+# $1 (built by its fixture); readable on the way by libvirt's QEMU user.
+al_private_state() {
+    state=$TEST_TMP/state
+    mkdir -p "$state/images"
+    chmod 0711 "$TEST_TMP" "$state"
+    cp -a "${AGENTLAB_TEST_STATE}/images/$1" "$state/images/"
+    export AGENTLAB_STATE_DIR=$state
+}
+
 al_test_cleanup() {
     al_destroy_test_pools
     rm -rf "$TEST_TMP" "$AGENTLAB_RUN_DIR"

@@ -14,11 +14,7 @@ command -v chromium >/dev/null || al_skip "status_page: chromium is not installe
 al_test_env
 out=${AL_TEST_OUTDIR:-$TEST_TMP/out}
 mkdir -p "$out"
-state=$TEST_TMP/state
-mkdir -p "$state/images"
-chmod 0711 "$TEST_TMP" "$state"
-cp -a "${AGENTLAB_TEST_STATE}/images/micro" "$state/images/"
-export AGENTLAB_STATE_DIR=$state
+al_private_state micro
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf '%s\n' "$token" >"$TEST_TMP/token"
 chmod 0600 "$TEST_TMP/token"
