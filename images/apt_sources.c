@@ -1,4 +1,4 @@
-#include "apt_sources.h"
+#include "images/apt_sources.h"
 
 #include <dirent.h>
 #include <errno.h>

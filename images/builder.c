@@ -1,4 +1,4 @@
-#include "builder.h"
+#include "images/builder.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -26,7 +26,7 @@
 #include "runner/base/buf.h"
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"
-#include "runner/config.h"
+#include "runner/engine/config.h"
 
 #ifndef AL_LIBEXECDIR
 #define AL_LIBEXECDIR "/usr/local/libexec"

@@ -1,4 +1,4 @@
-#include "catalog.h"
+#include "images/catalog.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-#include "disk.h"
+#include "images/disk.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 # Golden images: where the builder finds recipes, the guest helper and its
 # unit, and what gets installed. Included from the top-level CMakeLists.txt.
-target_compile_definitions(agentlab_core PRIVATE
+target_compile_definitions(al_images PRIVATE
   AL_DATADIR="${CMAKE_INSTALL_FULL_DATADIR}"
   AL_LIBEXECDIR="${CMAKE_INSTALL_FULL_LIBEXECDIR}")
 # Development fallbacks, used only when the files exist: recipes and the guest
@@ -8,7 +8,7 @@ target_compile_definitions(agentlab_core PRIVATE
 # program never looks into the tree it was built in (scripts/package.sh).
 option(AL_SOURCE_FALLBACKS "Find recipes and the guest unit in the source tree too" ON)
 if(AL_SOURCE_FALLBACKS)
-  target_compile_definitions(agentlab_core PRIVATE
+  target_compile_definitions(al_images PRIVATE
     AL_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
     AL_SOURCE_RECIPES="${PROJECT_SOURCE_DIR}/images/recipes")
 endif()

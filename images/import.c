@@ -1,4 +1,4 @@
-#include "import.h"
+#include "images/import.h"
 
 #include <fcntl.h>
 #include <spawn.h>
@@ -9,7 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "catalog.h"
+#include "images/catalog.h"
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"
 

@@ -1,4 +1,4 @@
-#include "inuse.h"
+#include "images/inuse.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "packages.h"
+#include "images/packages.h"
 
 #include <errno.h>
 #include <stdbool.h>

@@ -1,4 +1,4 @@
-#include "recipe.h"
+#include "images/recipe.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-#include "accel.h"
+#include "provision/accel.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-#include "appliance_watchdog.h"
+#include "provision/appliance_watchdog.h"
 
 #include <dirent.h>
 #include <errno.h>

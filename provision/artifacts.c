@@ -1,4 +1,4 @@
-#include "artifacts.h"
+#include "provision/artifacts.h"
 
 #include <archive.h>
 #include <archive_entry.h>

@@ -1,4 +1,4 @@
-#include "backend.h"
+#include "provision/backend.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -18,7 +18,7 @@
 #include <uv.h>
 
 #include "runner/base/error.h"
-#include "runner/config.h"
+#include "runner/engine/config.h"
 
 struct backend;
 struct vm;
@@ -104,7 +104,7 @@ struct vm_result {
     uint64_t artifact_bytes;
     uint64_t artifact_files;
     char artifact_error[256];
-    /* limits the guest ran into (bits of enum al_limit, runner/hardlimits.h)
+    /* limits the guest ran into (bits of enum al_limit, runner/base/hardlimits.h)
      * and how long the channel's rate limit held it back */
     unsigned limits;
     uint64_t throttled_ms;

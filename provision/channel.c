@@ -1,4 +1,4 @@
-#include "channel.h"
+#include "provision/channel.h"
 
 #include <fcntl.h>
 #include <stdlib.h>

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "proto.h"
+#include "provision/proto/proto.h"
 #include "runner/base/error.h"
 
 struct channel;

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "provision/proto.h"
+#include "provision/proto/proto.h"
 #include "runner/base/buf.h"
 
 /* Limits on what a caller may put into user-data. The job blob is bounded by

@@ -1,4 +1,4 @@
-#include "domain_xml.h"
+#include "provision/domain_xml.h"
 
 #include <arpa/inet.h>
 #include <inttypes.h>

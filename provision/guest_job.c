@@ -1,4 +1,4 @@
-#include "guest_job.h"
+#include "provision/guest_job.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -4,8 +4,8 @@
 #ifndef AL_GUEST_JOB_H
 #define AL_GUEST_JOB_H
 
-#include "backend.h"
-#include "proto.h"
+#include "provision/backend.h"
+#include "provision/proto/proto.h"
 
 /* The job: JOB_ID, ARGV or SCRIPT, ENV, TIMEOUT_S, ARTIFACT, HAS_WORKDIR,
  * POWEROFF, MAX_ARTIFACT_BYTES. The caller frees ret with al_tlv_buf_free. */

@@ -21,20 +21,20 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "accel.h"
-#include "backend.h"
-#include "channel.h"
-#include "cloudinit.h"
-#include "domain_xml.h"
-#include "guest_job.h"
-#include "guestfs_inject.h"
+#include "provision/accel.h"
+#include "provision/backend.h"
+#include "provision/channel.h"
+#include "provision/cloudinit.h"
+#include "provision/domain_xml.h"
+#include "provision/guest_job.h"
+#include "provision/guestfs_inject.h"
 #include "images/catalog.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/base/xml.h"
-#include "runner/hardlimits.h"
+#include "runner/base/hardlimits.h"
 #include "runner/loop/work.h"
-#include "seed_iso.h"
+#include "provision/seed_iso.h"
 
 #define CONNECT_TIMEOUT_MS 15000
 #define CONSOLE_TAIL_BYTES 1500

@@ -38,10 +38,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "backend.h"
-#include "pve_api.h"
-#include "pve_guest.h"
-#include "pve_task.h"
+#include "provision/backend.h"
+#include "provision/pve_api.h"
+#include "provision/pve_guest.h"
+#include "provision/pve_task.h"
 #include "runner/base/base64.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"

@@ -1,4 +1,4 @@
-#include "pve_api.h"
+#include "provision/pve_api.h"
 
 #include <ctype.h>
 #include <inttypes.h>

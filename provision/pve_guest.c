@@ -1,4 +1,4 @@
-#include "pve_guest.h"
+#include "provision/pve_guest.h"
 
 #include <inttypes.h>
 #include <stdio.h>

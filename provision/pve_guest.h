@@ -33,7 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend.h"
+#include "provision/backend.h"
 #include "runner/base/buf.h"
 
 #define PVE_GUEST_PREFIX "/run/agentlab-job"

@@ -1,4 +1,4 @@
-#include "pve_task.h"
+#include "provision/pve_task.h"
 
 #include <stdio.h>
 #include <stdlib.h>

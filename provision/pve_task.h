@@ -10,7 +10,7 @@
 #ifndef AL_PVE_TASK_H
 #define AL_PVE_TASK_H
 
-#include "pve_api.h"
+#include "provision/pve_api.h"
 
 struct pve_upid {
     char node[64];

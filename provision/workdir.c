@@ -1,4 +1,4 @@
-#include "workdir.h"
+#include "provision/workdir.h"
 
 #include <archive.h>
 #include <archive_entry.h>

@@ -2,7 +2,7 @@
  *
  * Runs one job inside a throwaway VM and talks to the host over the
  * virtio-serial port org.agentlab.job with the frame protocol of
- * provision/proto.h. One single-threaded poll(2) loop serves the port (both
+ * provision/proto/proto.h. One single-threaded poll(2) loop serves the port (both
  * directions), a signalfd (SIGCHLD, SIGTERM, SIGINT, SIGHUP), the workload's
  * stdout and stderr pipes, and the pipes of the two tar helpers (work dir
  * unpack, artifact pack); timers are poll timeouts on CLOCK_MONOTONIC.
@@ -32,13 +32,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "base/error.h"
-#include "base/macro.h"
-#include "job.h"
-#include "port.h"
-#include "provision/proto.h"
-#include "spawn.h"
-#include "tarscan.h"
+#include "runner/base/error.h"
+#include "runner/base/macro.h"
+#include "provision/guest/job.h"
+#include "provision/guest/port.h"
+#include "provision/proto/proto.h"
+#include "provision/guest/spawn.h"
+#include "provision/guest/tarscan.h"
 
 #define DEFAULT_PORT        "/dev/virtio-ports/" AL_PROTO_PORT_NAME
 #define PORT_WAIT_MS        30000u

@@ -1,8 +1,8 @@
-#include "job.h"
+#include "provision/guest/job.h"
 
 #include <string.h>
 
-#include "provision/proto.h"
+#include "provision/proto/proto.h"
 
 void guest_job_init(struct guest_job *job)
 {

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "base/error.h"
+#include "runner/base/error.h"
 
 /* Limits on list sizes: far above anything real, low enough that a broken
  * host cannot make the helper build absurd argument vectors. */

@@ -1,4 +1,4 @@
-#include "port.h"
+#include "provision/guest/port.h"
 
 #include <fcntl.h>
 #include <poll.h>

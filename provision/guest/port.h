@@ -14,8 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "base/error.h"
-#include "provision/proto.h"
+#include "runner/base/error.h"
+#include "provision/proto/proto.h"
 
 #define PORT_HIGH_WATER (4u * 1024u * 1024u)
 

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-#include "base/error.h"
+#include "runner/base/error.h"
 
 struct guest_user {
     bool drop; /* children switch to uid/gid/groups */

@@ -1,4 +1,4 @@
-#include "tarscan.h"
+#include "provision/guest/tarscan.h"
 
 #include <string.h>
 

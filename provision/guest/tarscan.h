@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "base/error.h"
+#include "runner/base/error.h"
 
 #define TAR_SCAN_MAX_META (64u * 1024u)
 

@@ -1,4 +1,4 @@
-#include "api.h"
+#include "runner/api/api.h"
 
 #include <grp.h>
 #include <stdio.h>
@@ -7,14 +7,14 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
-#include "info.h"
-#include "jobs.h"
-#include "json.h"
-#include "metrics.h"
-#include "router.h"
-#include "streams.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/api/info.h"
+#include "runner/api/jobs.h"
+#include "runner/api/json.h"
+#include "runner/api/metrics.h"
+#include "runner/api/router.h"
+#include "runner/api/streams.h"
 
 #define TOKEN_MIN_LEN    16
 #define TOKEN_MAX_LEN    4096

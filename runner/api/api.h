@@ -14,9 +14,9 @@
 
 #include <uv.h>
 
-#include "../config.h"
-#include "../engine.h"
-#include "server.h"
+#include "runner/engine/config.h"
+#include "runner/engine/engine.h"
+#include "runner/loop/http_server.h"
 
 struct api;
 

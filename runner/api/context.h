@@ -9,11 +9,11 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "../config.h"
-#include "../engine.h"
-#include "../store.h"
-#include "router.h"
-#include "server.h"
+#include "runner/engine/config.h"
+#include "runner/engine/engine.h"
+#include "runner/engine/store.h"
+#include "runner/api/router.h"
+#include "runner/loop/http_server.h"
 
 struct api_metrics;
 struct api_streams;

@@ -1,15 +1,15 @@
-#include "info.h"
+#include "runner/api/info.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 #include "images/catalog.h"
-#include "json.h"
-#include "metrics.h"
-#include "status_page.h"
+#include "runner/api/json.h"
+#include "runner/api/metrics.h"
+#include "runner/api/status_page.h"
 
 #define MAX_BACKENDS  64
 #define STATUS_RECENT 20

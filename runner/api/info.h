@@ -5,7 +5,7 @@
 #ifndef AL_API_INFO_H
 #define AL_API_INFO_H
 
-#include "context.h"
+#include "runner/api/context.h"
 
 void api_healthz(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
 void api_metrics(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);

@@ -1,4 +1,4 @@
-#include "jobs.h"
+#include "runner/api/jobs.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -9,11 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../hardlimits.h"
-#include "json.h"
-#include "streams.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/base/hardlimits.h"
+#include "runner/api/json.h"
+#include "runner/api/streams.h"
 
 #define MAX_ARTIFACT_ENTRIES 10000
 #define MAX_PENDING_UPLOADS  16

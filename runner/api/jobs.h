@@ -14,7 +14,7 @@
 #ifndef AL_API_JOBS_H
 #define AL_API_JOBS_H
 
-#include "context.h"
+#include "runner/api/context.h"
 
 /* Upload ids: "u" + 32 lower-case hex digits. */
 #define API_UPLOAD_ID_LEN 33

@@ -1,16 +1,16 @@
-#include "json.h"
+#include "runner/api/json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_tree.h>
 
-#include "../base/buf.h"
-#include "../base/util.h"
-#include "../job/spec.h"
-#include "../job/state.h"
-#include "../hardlimits.h"
-#include "server.h"
+#include "runner/base/buf.h"
+#include "runner/base/util.h"
+#include "runner/engine/spec.h"
+#include "runner/engine/state.h"
+#include "runner/base/hardlimits.h"
+#include "runner/loop/http_server.h"
 
 #define MAX_TREE_DEPTH 16
 

@@ -14,8 +14,8 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
 
-#include "../base/macro.h"
-#include "../store.h"
+#include "runner/base/macro.h"
+#include "runner/engine/store.h"
 
 struct api_req;
 

@@ -1,12 +1,12 @@
-#include "metrics.h"
+#include "runner/api/metrics.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../base/log.h"
-#include "../hardlimits.h"
+#include "runner/base/log.h"
+#include "runner/base/hardlimits.h"
 
 #define N_SOURCES    (JOB_SOURCE_CLI + 1) /* JOB_SOURCE_NONE .. JOB_SOURCE_CLI */
 #define N_BUCKETS    18

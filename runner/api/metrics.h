@@ -17,7 +17,7 @@
  *                                                 cleanup_failed, log_truncated,
  *                                                 artifacts_skipped, reconcile,
  *                                                 api_5xx
- *   agentlab_limit_hits_total{limit}              hard limits hit (runner/hardlimits.h)
+ *   agentlab_limit_hits_total{limit}              hard limits hit (runner/base/hardlimits.h)
  *   agentlab_channel_throttled_seconds_total      guests slowed by the channel rate limit
  *   agentlab_api_*                                connections, requests by class
  *
@@ -26,10 +26,10 @@
 #ifndef AL_API_METRICS_H
 #define AL_API_METRICS_H
 
-#include "../attempt.h"
-#include "../base/buf.h"
-#include "../engine.h"
-#include "server.h"
+#include "runner/engine/attempt.h"
+#include "runner/base/buf.h"
+#include "runner/engine/engine.h"
+#include "runner/loop/http_server.h"
 
 struct api_metrics;
 

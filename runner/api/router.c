@@ -1,9 +1,9 @@
-#include "router.h"
+#include "runner/api/router.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "../base/macro.h"
+#include "runner/base/macro.h"
 
 /* A path pattern: literal segments, "{id}" for a job id, "{path}" for the
  * rest of the path as an artifact path. */

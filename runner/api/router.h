@@ -13,7 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "../store.h"
+#include "runner/engine/store.h"
 
 enum route_id {
     ROUTE_NOT_FOUND = 0,

@@ -1,4 +1,4 @@
-#include "status_page.h"
+#include "runner/api/status_page.h"
 
 /* Generated from status_page.html by runner/api/embed.cmake. */
 extern const char al_status_page_html[];

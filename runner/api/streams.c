@@ -1,4 +1,4 @@
-#include "streams.h"
+#include "runner/api/streams.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
-#include "json.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/api/json.h"
 
 #define PIECE        (64u << 10)
 #define MAX_WAIT_S   300

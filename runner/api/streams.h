@@ -21,7 +21,7 @@
 #ifndef AL_API_STREAMS_H
 #define AL_API_STREAMS_H
 
-#include "context.h"
+#include "runner/api/context.h"
 
 struct api_streams;
 

@@ -1,4 +1,4 @@
-#include "base64.h"
+#include "runner/base/base64.h"
 
 #include <errno.h>
 

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "buf.h"
+#include "runner/base/buf.h"
 
 /* Length of the encoding of n bytes. */
 size_t al_base64_encoded_len(size_t n);

@@ -1,4 +1,4 @@
-#include "buf.h"
+#include "runner/base/buf.h"
 
 #include <stdarg.h>
 #include <string.h>

@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "macro.h"
+#include "runner/base/macro.h"
 
 struct al_buf {
     char *data;

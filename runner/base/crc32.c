@@ -1,4 +1,4 @@
-#include "crc32.h"
+#include "runner/base/crc32.h"
 
 #include <pthread.h>
 

@@ -9,7 +9,7 @@
 #ifndef AL_ERROR_H
 #define AL_ERROR_H
 
-#include "macro.h"
+#include "runner/base/macro.h"
 
 struct al_error {
     int code;      /* positive errno value; EIO when nothing better fits */

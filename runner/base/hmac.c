@@ -1,4 +1,4 @@
-#include "hmac.h"
+#include "runner/base/hmac.h"
 
 #include <string.h>
 

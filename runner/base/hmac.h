@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sha256.h"
+#include "runner/base/sha256.h"
 
 /* out = HMAC-SHA256(key, msg). Keys longer than a block are hashed first,
  * as the RFC says. The key's copies on the stack are wiped. */

@@ -1,4 +1,4 @@
-#include "json_tree.h"
+#include "runner/base/json_tree.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <yajl/yajl_tree.h>
 
-#include "error.h"
-#include "macro.h"
+#include "runner/base/error.h"
+#include "runner/base/macro.h"
 
 /* Bounds nesting and the number of values of a JSON text before yajl builds
  * a tree (whose size, and yajl_tree_free()'s recursion, follow both).

@@ -1,6 +1,6 @@
-#include "log.h"
+#include "runner/base/log.h"
 
-#include "buf.h"
+#include "runner/base/buf.h"
 
 #include <pthread.h>
 #include <stdarg.h>

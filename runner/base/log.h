@@ -14,7 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "macro.h"
+#include "runner/base/macro.h"
 
 enum al_log_level {
     AL_LOG_ERROR = 0,

@@ -1,4 +1,4 @@
-#include "ratelimit.h"
+#include "runner/base/ratelimit.h"
 
 void al_rate_limit_init(struct al_rate_limit *r, uint64_t per_second, uint64_t burst,
                         uint64_t now_us)

@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "error.h"
+#include "runner/base/error.h"
 
 #define AL_SHA256_DIGEST_SIZE 32
 #define AL_SHA256_HEX_SIZE    65 /* 64 hex digits and a NUL */

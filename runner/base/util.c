@@ -1,4 +1,4 @@
-#include "util.h"
+#include "runner/base/util.h"
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "error.h"
+#include "runner/base/error.h"
 
 /* Parses a whole decimal integer in [min, max]. Leading/trailing junk,
  * empty strings and overflow give -EINVAL/-ERANGE. */

@@ -1,4 +1,4 @@
-#include "xml.h"
+#include "runner/base/xml.h"
 #include <stdbool.h>
 
 #include <stdlib.h>

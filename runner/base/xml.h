@@ -2,7 +2,7 @@
 #ifndef AL_XML_H
 #define AL_XML_H
 
-#include "buf.h"
+#include "runner/base/buf.h"
 
 /* Appends s with &, <, >, " and ' escaped. Control characters other than
  * tab/newline are refused with -EINVAL (XML 1.0 cannot carry them). */

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../base/log.h"
-#include "../config.h"
-#include "../version.h"
-#include "cli.h"
-#include "cmd_job.h"
+#include "runner/base/log.h"
+#include "runner/engine/config.h"
+#include "runner/base/version.h"
+#include "runner/cli/cli.h"
+#include "runner/cli/cmd_job.h"
 
 static void config_usage(FILE *out)
 {

@@ -1,4 +1,4 @@
-#include "api_client.h"
+#include "runner/cli/api_client.h"
 
 #include <curl/curl.h>
 #include <fcntl.h>
@@ -11,8 +11,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "../base/util.h"
-#include "../config.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
 
 #define TOKEN_MAX 4096
 

@@ -17,8 +17,8 @@
 #include <stdint.h>
 #include <yajl/yajl_tree.h>
 
-#include "../base/buf.h"
-#include "../base/error.h"
+#include "runner/base/buf.h"
+#include "runner/base/error.h"
 
 /* Exit codes of the commands that talk to the daemon (README "CLI"). */
 #define CLI_EXIT_OK          0

@@ -11,16 +11,16 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../config.h"
-#include "../engine.h"
-#include "../loop/curl_uv.h"
-#include "../loop/virt_uv.h"
-#include "../owner.h"
-#include "../store.h"
-#include "api_client.h"
-#include "cli.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
+#include "runner/engine/engine.h"
+#include "runner/loop/curl_uv.h"
+#include "runner/loop/virt_uv.h"
+#include "runner/engine/owner.h"
+#include "runner/engine/store.h"
+#include "runner/cli/api_client.h"
+#include "runner/cli/cli.h"
 
 struct gc_ctx {
     struct engine *engine;

@@ -15,13 +15,13 @@
 #include <uv.h>
 #include <yajl/yajl_gen.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../loop/curl_uv.h"
-#include "../loop/http_client.h"
-#include "../sources/gitlab.h"
-#include "../sources/gitlab_register.h"
-#include "cli.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/loop/curl_uv.h"
+#include "runner/loop/http_client.h"
+#include "runner/sources/gitlab.h"
+#include "runner/sources/gitlab_register.h"
+#include "runner/cli/cli.h"
 
 #define MAX_TAGS           64
 #define RESPONSE_MAX       (64u << 10)

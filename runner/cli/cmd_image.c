@@ -10,10 +10,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../config.h"
-#include "cli.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
+#include "runner/cli/cli.h"
 #include "images/builder.h"
 #include "images/catalog.h"
 #include "images/import.h"

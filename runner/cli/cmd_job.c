@@ -1,12 +1,12 @@
-#include "cmd_job.h"
+#include "runner/cli/cmd_job.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "../base/util.h"
-#include "../job/spec.h"
-#include "job_remote.h"
+#include "runner/base/util.h"
+#include "runner/engine/spec.h"
+#include "runner/cli/job_remote.h"
 
 static void usage(FILE *out)
 {

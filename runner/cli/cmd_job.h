@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "../base/error.h"
+#include "runner/base/error.h"
 
 /* argv[0] is "job". Returns the process exit code. */
 int cmd_job(int argc, char **argv);

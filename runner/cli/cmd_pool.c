@@ -5,10 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../base/macro.h"
-#include "api_client.h"
-#include "cli.h"
-#include "table.h"
+#include "runner/base/macro.h"
+#include "runner/cli/api_client.h"
+#include "runner/cli/cli.h"
+#include "runner/cli/table.h"
 
 struct list_opts {
     const char *socket;

@@ -15,20 +15,20 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "../attempt.h"
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../config.h"
-#include "../engine.h"
-#include "../hardlimits.h"
-#include "../loop/curl_uv.h"
-#include "../loop/virt_uv.h"
-#include "../owner.h"
-#include "../store.h"
-#include "cli.h"
+#include "runner/engine/attempt.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
+#include "runner/engine/engine.h"
+#include "runner/base/hardlimits.h"
+#include "runner/loop/curl_uv.h"
+#include "runner/loop/virt_uv.h"
+#include "runner/engine/owner.h"
+#include "runner/engine/store.h"
+#include "runner/cli/cli.h"
 #include "provision/workdir.h"
-#include "run_opts.h"
-#include "run_remote.h"
+#include "runner/cli/run_opts.h"
+#include "runner/cli/run_remote.h"
 
 struct run_ctx {
     uv_loop_t loop;

@@ -1,4 +1,4 @@
-#include "job_remote.h"
+#include "runner/cli/job_remote.h"
 
 #include <fcntl.h>
 #include <getopt.h>
@@ -10,13 +10,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../api/json.h"
-#include "../api/router.h"
-#include "../base/util.h"
-#include "../job/spec.h"
-#include "cmd_job.h"
+#include "runner/api/json.h"
+#include "runner/api/router.h"
+#include "runner/base/util.h"
+#include "runner/engine/spec.h"
+#include "runner/cli/cmd_job.h"
 #include "provision/workdir.h"
-#include "table.h"
+#include "runner/cli/table.h"
 
 /* ------------------------------------------------------------ shared */
 

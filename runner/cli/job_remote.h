@@ -8,9 +8,9 @@
 
 #include <stdbool.h>
 
-#include "../job/state.h"
-#include "../store.h"
-#include "api_client.h"
+#include "runner/engine/state.h"
+#include "runner/engine/store.h"
+#include "runner/cli/api_client.h"
 
 int job_submit(int argc, char **argv);
 int job_ls(int argc, char **argv);

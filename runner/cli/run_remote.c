@@ -1,4 +1,4 @@
-#include "run_remote.h"
+#include "runner/cli/run_remote.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -6,10 +6,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../api/json.h"
-#include "../base/util.h"
-#include "../config.h"
-#include "job_remote.h"
+#include "runner/api/json.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
+#include "runner/cli/job_remote.h"
 
 struct remote {
     const struct run_opts *o;

@@ -5,8 +5,8 @@
 #ifndef AL_CLI_RUN_REMOTE_H
 #define AL_CLI_RUN_REMOTE_H
 
-#include "api_client.h"
-#include "run_opts.h"
+#include "runner/cli/api_client.h"
+#include "runner/cli/run_opts.h"
 
 /* Returns the process exit code. */
 int run_remote(const struct run_opts *o, struct cli_api *a);

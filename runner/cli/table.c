@@ -1,10 +1,10 @@
-#include "table.h"
+#include "runner/cli/table.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../base/util.h"
+#include "runner/base/util.h"
 
 struct table {
     size_t ncols;

@@ -1,4 +1,4 @@
-#include "curl_uv.h"
+#include "runner/loop/curl_uv.h"
 
 #include <stdlib.h>
 #include <string.h>

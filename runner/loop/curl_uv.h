@@ -13,7 +13,7 @@
 #include <stdbool.h>
 #include <uv.h>
 
-#include "../base/error.h"
+#include "runner/base/error.h"
 
 struct al_curl;
 

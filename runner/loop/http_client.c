@@ -1,4 +1,4 @@
-#include "http_client.h"
+#include "runner/loop/http_client.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -10,8 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "../base/buf.h"
-#include "curl_uv.h"
+#include "runner/base/buf.h"
+#include "runner/loop/curl_uv.h"
 
 #define AL_HTTP_DEFAULT_MAX_RESPONSE (8u << 20)
 #define AL_HTTP_MAX_HEADERS          128

@@ -1,4 +1,4 @@
-#include "virt_uv.h"
+#include "runner/loop/virt_uv.h"
 
 #include <libvirt/libvirt.h>
 #include <pthread.h>

@@ -16,7 +16,7 @@
 
 #include <uv.h>
 
-#include "../base/error.h"
+#include "runner/base/error.h"
 
 /* Registers the implementation on loop. Must run on the loop thread, once per
  * process, before the first virConnectOpen. A second call with the same loop

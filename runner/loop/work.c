@@ -1,4 +1,4 @@
-#include "work.h"
+#include "runner/loop/work.h"
 
 #include <stdlib.h>
 

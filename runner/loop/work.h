@@ -10,7 +10,7 @@
 
 #include <uv.h>
 
-#include "../base/error.h"
+#include "runner/base/error.h"
 
 typedef int (*al_work_fn)(void *data, struct al_error **err);
 typedef void (*al_work_done_fn)(void *data, int result, struct al_error *err);

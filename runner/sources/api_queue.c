@@ -1,4 +1,4 @@
-#include "api_queue.h"
+#include "runner/sources/api_queue.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 
 #define MAX_HEADERS          12
 #define BACKOFF_MIN_MS       5000u

@@ -22,8 +22,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "../base/error.h"
-#include "../loop/http_client.h"
+#include "runner/base/error.h"
+#include "runner/loop/http_client.h"
 
 struct al_curl;
 struct api_queue;

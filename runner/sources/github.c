@@ -1,4 +1,4 @@
-#include "github.h"
+#include "runner/sources/github.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -8,15 +8,15 @@
 #include <strings.h>
 #include <yajl/yajl_gen.h>
 
-#include "../base/buf.h"
-#include "../base/log.h"
-#include "../base/sha256.h"
-#include "../base/util.h"
-#include "../loop/http_client.h"
-#include "api_queue.h"
-#include "github_auth.h"
-#include "github_hook.h"
-#include "github_payload.h"
+#include "runner/base/buf.h"
+#include "runner/base/log.h"
+#include "runner/base/sha256.h"
+#include "runner/base/util.h"
+#include "runner/loop/http_client.h"
+#include "runner/sources/api_queue.h"
+#include "runner/sources/github_auth.h"
+#include "runner/sources/github_hook.h"
+#include "runner/sources/github_payload.h"
 
 #define API_VERSION_HEADER   "X-GitHub-Api-Version: 2022-11-28"
 #define MAX_INFLIGHT         4

@@ -1,4 +1,4 @@
-#include "github_auth.h"
+#include "runner/sources/github_auth.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -9,12 +9,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../base/base64.h"
-#include "../base/buf.h"
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../loop/http_client.h"
-#include "github_payload.h"
+#include "runner/base/base64.h"
+#include "runner/base/buf.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/loop/http_client.h"
+#include "runner/sources/github_payload.h"
 
 #define KEY_MAX_BYTES   (16u << 10)
 #define CALL_TIMEOUT_MS 30000L

@@ -22,8 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../base/error.h"
-#include "../loop/curl_uv.h"
+#include "runner/base/error.h"
+#include "runner/loop/curl_uv.h"
 
 /* Seconds before expiry at which an installation token is replaced. */
 #define GITHUB_TOKEN_MARGIN_S 300

@@ -1,15 +1,15 @@
-#include "github_hook.h"
+#include "runner/sources/github_hook.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "../api/server.h"
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../hardlimits.h"
-#include "github_auth.h"
+#include "runner/loop/http_server.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/base/hardlimits.h"
+#include "runner/sources/github_auth.h"
 
 #define HOOK_MAX_CONNECTIONS 32
 #define HOOK_HEADER_BYTES    (16u << 10)

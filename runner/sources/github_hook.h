@@ -1,5 +1,5 @@
 /* The GitHub source's webhook listener: workflow_job deliveries over
- * HTTP/1.1 on a TCP address (the control API's server, api/server.h, with
+ * HTTP/1.1 on a TCP address (the control API's server, runner/loop/http_server.h, with
  * its limits and timeouts).
  *
  * For each request, in this order:
@@ -29,8 +29,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "../base/error.h"
-#include "github_payload.h"
+#include "runner/base/error.h"
+#include "runner/sources/github_payload.h"
 
 #define GITHUB_HOOK_DEDUPE 4096
 

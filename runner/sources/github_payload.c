@@ -1,4 +1,4 @@
-#include "github_payload.h"
+#include "runner/sources/github_payload.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -9,9 +9,9 @@
 #include <time.h>
 #include <yajl/yajl_tree.h>
 
-#include "../base/hmac.h"
-#include "../base/json_tree.h"
-#include "../base/util.h"
+#include "runner/base/hmac.h"
+#include "runner/base/json_tree.h"
+#include "runner/base/util.h"
 
 DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
 

@@ -20,8 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../base/error.h"
-#include "../base/macro.h"
+#include "runner/base/error.h"
+#include "runner/base/macro.h"
 
 /* Limits of one document from GitHub. */
 #define GITHUB_MAX_DOCUMENT (8u << 20) /* REST answers; webhooks have their own limit */

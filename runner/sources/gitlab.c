@@ -1,4 +1,4 @@
-#include "gitlab.h"
+#include "runner/sources/gitlab.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -13,17 +13,17 @@
 #include <unistd.h>
 #include <yajl/yajl_gen.h>
 
-#include "../base/buf.h"
-#include "../base/crc32.h"
-#include "../base/log.h"
-#include "../base/sha256.h"
-#include "../base/util.h"
-#include "../hardlimits.h"
-#include "../loop/http_client.h"
-#include "../loop/work.h"
-#include "gitlab_artifacts.h"
-#include "gitlab_checkout.h"
-#include "gitlab_job.h"
+#include "runner/base/buf.h"
+#include "runner/base/crc32.h"
+#include "runner/base/log.h"
+#include "runner/base/sha256.h"
+#include "runner/base/util.h"
+#include "runner/base/hardlimits.h"
+#include "runner/loop/http_client.h"
+#include "runner/loop/work.h"
+#include "runner/sources/gitlab_artifacts.h"
+#include "runner/sources/gitlab_checkout.h"
+#include "runner/sources/gitlab_job.h"
 
 #define API                  "/api/v4"
 #define REQUEST_TIMEOUT_MS   90000L /* long polls are held for up to ~50 s */

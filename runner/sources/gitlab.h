@@ -32,9 +32,9 @@
 
 #include <uv.h>
 
-#include "../config.h"
-#include "../engine.h"
-#include "../loop/curl_uv.h"
+#include "runner/engine/config.h"
+#include "runner/engine/engine.h"
+#include "runner/loop/curl_uv.h"
 
 struct gitlab;
 

@@ -1,4 +1,4 @@
-#include "gitlab_artifacts.h"
+#include "runner/sources/gitlab_artifacts.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../base/macro.h"
+#include "runner/base/macro.h"
 
 static int add_file(struct archive *zip, struct archive_entry *e, const char *rel, uint64_t *total,
                     uint64_t max_bytes, struct al_error **err)

@@ -11,8 +11,8 @@
 
 #include <stdint.h>
 
-#include "../base/error.h"
-#include "gitlab_job.h"
+#include "runner/base/error.h"
+#include "runner/sources/gitlab_job.h"
 
 struct gitlab_zip_result {
     uint64_t files; /* 0: nothing matched, no zip was written */

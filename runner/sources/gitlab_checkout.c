@@ -1,4 +1,4 @@
-#include "gitlab_checkout.h"
+#include "runner/sources/gitlab_checkout.h"
 
 #include <signal.h>
 #include <stdarg.h>
@@ -8,12 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../base/buf.h"
-#include "../base/log.h"
-#include "../base/macro.h"
-#include "../base/util.h"
-#include "../loop/work.h"
-#include "gitlab_job.h"
+#include "runner/base/buf.h"
+#include "runner/base/log.h"
+#include "runner/base/macro.h"
+#include "runner/base/util.h"
+#include "runner/loop/work.h"
+#include "runner/sources/gitlab_job.h"
 #include "provision/artifacts.h"
 #include "provision/workdir.h"
 

@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "../base/error.h"
+#include "runner/base/error.h"
 
 struct gitlab_checkout;
 

@@ -1,4 +1,4 @@
-#include "gitlab_job.h"
+#include "runner/sources/gitlab_job.h"
 
 #include <ctype.h>
 #include <fnmatch.h>
@@ -9,10 +9,10 @@
 #include <string.h>
 #include <yajl/yajl_tree.h>
 
-#include "../base/buf.h"
-#include "../base/json_tree.h"
-#include "../base/log.h"
-#include "../base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/json_tree.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 
 DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
 

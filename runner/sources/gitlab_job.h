@@ -22,8 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../base/error.h"
-#include "../job/spec.h"
+#include "runner/base/error.h"
+#include "runner/engine/spec.h"
 
 /* Limits of a job payload. */
 #define GITLAB_JOB_MAX_BYTES        (2u << 20) /* whole document */

@@ -1,4 +1,4 @@
-#include "gitlab_register.h"
+#include "runner/sources/gitlab_register.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <yajl/yajl_tree.h>
 
-#include "../base/json_tree.h"
+#include "runner/base/json_tree.h"
 
 #define ANSWER_MAX (64u * 1024u)
 

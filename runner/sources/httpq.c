@@ -1,4 +1,4 @@
-#include "httpq.h"
+#include "runner/sources/httpq.h"
 
 #include <ctype.h>
 #include <fcntl.h>
@@ -9,11 +9,11 @@
 #include <unistd.h>
 #include <yajl/yajl_gen.h>
 
-#include "../attempt.h"
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../hardlimits.h"
-#include "../loop/http_client.h"
+#include "runner/engine/attempt.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/base/hardlimits.h"
+#include "runner/loop/http_client.h"
 
 #define LONG_POLL_S      30
 #define LOG_TAIL_BYTES   (16u * 1024u)

@@ -24,9 +24,9 @@
 #ifndef AL_HTTPQ_H
 #define AL_HTTPQ_H
 
-#include "../config.h"
-#include "../engine.h"
-#include "../loop/curl_uv.h"
+#include "runner/engine/config.h"
+#include "runner/engine/engine.h"
+#include "runner/loop/curl_uv.h"
 
 struct httpq;
 

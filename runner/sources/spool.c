@@ -1,4 +1,4 @@
-#include "spool.h"
+#include "runner/sources/spool.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -7,9 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../base/log.h"
-#include "../base/util.h"
-#include "../hardlimits.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/base/hardlimits.h"
 
 #define MAX_BATCH 64
 

@@ -16,8 +16,8 @@
 #ifndef AL_SPOOL_H
 #define AL_SPOOL_H
 
-#include "../config.h"
-#include "../engine.h"
+#include "runner/engine/config.h"
+#include "runner/engine/engine.h"
 
 struct spool;
 

@@ -25,9 +25,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "base/util.h"
-#include "job/spec.h"
-#include "store.h"
+#include "runner/base/util.h"
+#include "runner/engine/spec.h"
+#include "runner/engine/store.h"
 
 #define MAX_CONNS   64
 #define MAX_SAMPLES (1u << 22)

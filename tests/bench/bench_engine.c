@@ -11,9 +11,9 @@
 #include <sys/resource.h>
 #include <uv.h>
 
-#include "base/log.h"
-#include "base/util.h"
-#include "engine.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/engine.h"
 #include "fake_backend.h"
 
 struct ctx {

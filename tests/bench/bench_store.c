@@ -21,10 +21,10 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
-#include "base/util.h"
-#include "config.h"
-#include "job/spec.h"
-#include "store.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
+#include "runner/engine/spec.h"
+#include "runner/engine/store.h"
 
 static int cmp_u32(const void *a, const void *b)
 {

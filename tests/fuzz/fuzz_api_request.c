@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/http_request.h"
-#include "api/router.h"
+#include "runner/loop/http_request.h"
+#include "runner/api/router.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

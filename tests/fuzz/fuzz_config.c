@@ -1,5 +1,5 @@
 /* libFuzzer target for the configuration file: the INI reader, the key
- * table and the cross-section validation in runner/config.c.
+ * table and the cross-section validation in runner/engine/config.c.
  *
  * Beyond "no crash, no sanitizer report" it checks the contract: a config
  * or an error with a message, never both; and what config_print writes for
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "runner/engine/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

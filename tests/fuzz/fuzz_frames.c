@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "provision/proto.h"
+#include "provision/proto/proto.h"
 
 #define MAX_FRAMES 64
 

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/util.h"
-#include "sources/github_payload.h"
+#include "runner/base/util.h"
+#include "runner/sources/github_payload.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/log.h"
-#include "job/spec.h"
-#include "sources/gitlab_job.h"
+#include "runner/base/log.h"
+#include "runner/engine/spec.h"
+#include "runner/sources/gitlab_job.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sources/gitlab_register.h"
+#include "runner/sources/gitlab_register.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,4 +1,4 @@
-/* libFuzzer target for the job-spec parser (runner/job/spec.c).
+/* libFuzzer target for the job-spec parser (runner/engine/spec.c).
  *
  * Every input is parsed as a submitted spec and as a stored one. Beyond
  * "no crash, no sanitizer report" it checks the parser's contract:
@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/log.h"
-#include "job/spec.h"
+#include "runner/base/log.h"
+#include "runner/engine/spec.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "provision/proto.h"
+#include "provision/proto/proto.h"
 
 static int port = -1;
 

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "base/util.h"
+#include "runner/base/util.h"
 #include "provision/appliance_watchdog.h"
 
 static char *tmpdir;

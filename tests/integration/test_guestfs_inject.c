@@ -10,8 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "base/error.h"
-#include "base/util.h"
+#include "runner/base/error.h"
+#include "runner/base/util.h"
 #include "provision/guestfs_inject.h"
 
 #define DISK_SIZE  (64 * 1024 * 1024)

@@ -22,9 +22,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/util.h"
-#include "config.h"
+#include "runner/base/buf.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
 #include "images/builder.h"
 #include "images/catalog.h"
 #include "provision/accel.h"

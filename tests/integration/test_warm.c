@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attempt.h"
-#include "base/log.h"
-#include "base/util.h"
-#include "engine.h"
-#include "loop/virt_uv.h"
+#include "runner/engine/attempt.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/engine.h"
+#include "runner/loop/virt_uv.h"
 
 #define RUNS        10
 #define BOOT_ID_LEN 36

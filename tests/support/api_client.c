@@ -13,7 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "base/util.h"
+#include "runner/base/util.h"
 
 static struct tc_conn *of(http_parser *p)
 {

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <uv.h>
 
-#include "base/buf.h"
+#include "runner/base/buf.h"
 
 struct tc_resp {
     int status;

@@ -6,8 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "base/log.h"
-#include "base/util.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 #include "fake_backend.h"
 #include "test_util.h"
 

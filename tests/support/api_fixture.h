@@ -8,10 +8,10 @@
 #include <stdbool.h>
 #include <uv.h>
 
-#include "api/api.h"
-#include "config.h"
-#include "engine.h"
-#include "store.h"
+#include "runner/api/api.h"
+#include "runner/engine/config.h"
+#include "runner/engine/engine.h"
+#include "runner/engine/store.h"
 
 #define API_FIXTURE_TOKEN "test-token-0123456789abcdef"
 

@@ -4,9 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/util.h"
+#include "runner/base/util.h"
 #include "images/catalog.h"
-#include "loop/work.h"
+#include "runner/loop/work.h"
 
 struct fake_vm {
     struct vm base;

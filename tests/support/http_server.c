@@ -8,7 +8,7 @@
 #include <string.h>
 #include <uv.h>
 
-#include "base/macro.h"
+#include "runner/base/macro.h"
 
 struct test_http_server {
     uv_loop_t loop;

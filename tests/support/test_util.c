@@ -6,8 +6,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "base/error.h"
-#include "base/util.h"
+#include "runner/base/error.h"
+#include "runner/base/util.h"
 
 char *test_tmpdir(const char *tag)
 {

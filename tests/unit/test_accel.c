@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "base/util.h"
-#include "config.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
 #include "provision/accel.h"
 
 struct fixture {

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api/http_request.h"
-#include "api/router.h"
+#include "runner/loop/http_request.h"
+#include "runner/api/router.h"
 
 struct parsed {
     enum http_req_status st;

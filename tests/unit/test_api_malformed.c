@@ -13,7 +13,7 @@
 
 #include "api_client.h"
 #include "api_fixture.h"
-#include "base/util.h"
+#include "runner/base/util.h"
 
 #define ID        "j0123456789abcdef0123"
 #define ANY_ERROR 0

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/log.h"
-#include "base/util.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 #include "http_server.h"
-#include "loop/curl_uv.h"
-#include "sources/api_queue.h"
+#include "runner/loop/curl_uv.h"
+#include "runner/sources/api_queue.h"
 
 struct fake_auth {
     const char *token; /* NULL: none yet */

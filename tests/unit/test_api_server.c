@@ -16,13 +16,13 @@
 #include <unistd.h>
 #include <yajl/yajl_tree.h>
 
-#include "api/api.h"
+#include "runner/api/api.h"
 #include "api_client.h"
 #include "api_fixture.h"
-#include "base/log.h"
-#include "base/util.h"
-#include "engine.h"
-#include "hardlimits.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/engine.h"
+#include "runner/base/hardlimits.h"
 
 /* ------------------------------------------------------------ helpers */
 

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "base/util.h"
+#include "runner/base/util.h"
 #include "images/apt_sources.h"
 
 static const char one_line[] =

@@ -13,7 +13,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "base/util.h"
+#include "runner/base/util.h"
 #include "provision/artifacts.h"
 #include "provision/workdir.h"
 

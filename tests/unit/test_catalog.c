@@ -8,7 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "base/util.h"
+#include "runner/base/util.h"
 #include "images/catalog.h"
 
 struct fixture {

@@ -6,8 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/util.h"
 #include "provision/channel.h"
 
 struct fake_guest {

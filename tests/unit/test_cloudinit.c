@@ -12,11 +12,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/error.h"
-#include "base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/error.h"
+#include "runner/base/util.h"
 #include "provision/cloudinit.h"
-#include "provision/proto.h"
+#include "provision/proto/proto.h"
 
 extern char **environ;
 

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/util.h"
-#include "config.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
 
 static int setup(void **state)
 {

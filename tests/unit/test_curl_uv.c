@@ -5,8 +5,8 @@
 #include <string.h>
 
 #include "http_server.h"
-#include "loop/curl_uv.h"
-#include "loop/http_client.h"
+#include "runner/loop/curl_uv.h"
+#include "runner/loop/http_client.h"
 
 #define N_REQUESTS 200
 

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "base/util.h"
-#include "base/xml.h"
+#include "runner/base/util.h"
+#include "runner/base/xml.h"
 #include "provision/domain_xml.h"
 
 static char *tmp;

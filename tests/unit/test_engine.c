@@ -14,14 +14,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "attempt.h"
-#include "base/log.h"
-#include "base/util.h"
-#include "engine.h"
-#include "hardlimits.h"
+#include "runner/engine/attempt.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/engine.h"
+#include "runner/base/hardlimits.h"
 #include "images/catalog.h"
 #include "fake_backend.h"
-#include "loop/work.h"
+#include "runner/loop/work.h"
 
 /* ------------------------------------------------------------ harness */
 

@@ -18,14 +18,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "base/base64.h"
-#include "base/buf.h"
-#include "base/hmac.h"
-#include "base/util.h"
-#include "hardlimits.h"
-#include "sources/github_auth.h"
-#include "sources/github_hook.h"
-#include "sources/github_payload.h"
+#include "runner/base/base64.h"
+#include "runner/base/buf.h"
+#include "runner/base/hmac.h"
+#include "runner/base/util.h"
+#include "runner/base/hardlimits.h"
+#include "runner/sources/github_auth.h"
+#include "runner/sources/github_hook.h"
+#include "runner/sources/github_payload.h"
 
 static void hex(const uint8_t *d, size_t n, char *out)
 {

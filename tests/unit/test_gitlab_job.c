@@ -8,13 +8,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/crc32.h"
-#include "base/log.h"
-#include "base/util.h"
-#include "sources/gitlab_checkout.h"
-#include "sources/gitlab_job.h"
-#include "sources/gitlab_register.h"
+#include "runner/base/buf.h"
+#include "runner/base/crc32.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/sources/gitlab_checkout.h"
+#include "runner/sources/gitlab_job.h"
+#include "runner/sources/gitlab_register.h"
 
 #define TOKEN  "glcbt-64_Zz9TestJobTokenXyz"
 #define SECRET "masked-value-0123456789"

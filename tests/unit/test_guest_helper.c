@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "provision/proto.h"
+#include "provision/proto/proto.h"
 
 #define JOB_ID "job-test-1"
 

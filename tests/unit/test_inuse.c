@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base/util.h"
+#include "runner/base/util.h"
 #include "images/inuse.h"
 
 static const char xml[] = "<domain type='qemu'>\n"

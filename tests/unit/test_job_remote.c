@@ -15,9 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "base/util.h"
-#include "cli/api_client.h"
-#include "cli/job_remote.h"
+#include "runner/base/util.h"
+#include "runner/cli/api_client.h"
+#include "runner/cli/job_remote.h"
 
 struct fake_daemon {
     int listen_fd;

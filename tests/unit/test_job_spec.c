@@ -5,11 +5,11 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#include "base/buf.h"
-#include "base/log.h"
-#include "base/util.h"
-#include "config.h"
-#include "job/spec.h"
+#include "runner/base/buf.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
+#include "runner/engine/spec.h"
 
 static struct job_spec *parse_ok_flags(const char *doc, unsigned flags)
 {

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "job/state.h"
+#include "runner/engine/state.h"
 
 static void test_names_round_trip(void **state)
 {

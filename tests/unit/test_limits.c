@@ -4,8 +4,8 @@
 
 #include <string.h>
 
-#include "base/ratelimit.h"
-#include "hardlimits.h"
+#include "runner/base/ratelimit.h"
+#include "runner/base/hardlimits.h"
 
 static void test_names_and_masks(void **state)
 {

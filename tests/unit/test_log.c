@@ -6,9 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/log.h"
-#include "base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 
 static int capture_fd = -1;
 static char *capture_path;

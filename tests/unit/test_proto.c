@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "provision/proto.h"
+#include "provision/proto/proto.h"
 
 static const uint8_t known_types[] = {
         AL_FRAME_HELLO,       AL_FRAME_STARTED, AL_FRAME_STDOUT,   AL_FRAME_STDERR,

@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/base64.h"
-#include "base/log.h"
+#include "runner/base/base64.h"
+#include "runner/base/log.h"
 #include "provision/pve_api.h"
 #include "provision/pve_task.h"
 

@@ -12,8 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/util.h"
 #include "provision/pve_guest.h"
 
 struct guest {

@@ -6,8 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "base/sha256.h"
-#include "base/util.h"
+#include "runner/base/sha256.h"
+#include "runner/base/util.h"
 #include "images/recipe.h"
 
 struct fixture {

@@ -11,15 +11,15 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "base/log.h"
-#include "base/util.h"
-#include "cli/api_client.h"
-#include "config.h"
-#include "loop/curl_uv.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/cli/api_client.h"
+#include "runner/engine/config.h"
+#include "runner/loop/curl_uv.h"
 #include "provision/pve_api.h"
-#include "sources/github_auth.h"
-#include "sources/gitlab.h"
-#include "sources/httpq.h"
+#include "runner/sources/github_auth.h"
+#include "runner/sources/gitlab.h"
+#include "runner/sources/httpq.h"
 
 #define SECRET "s3cret-value-0123456789"
 

@@ -15,9 +15,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/error.h"
-#include "base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/error.h"
+#include "runner/base/util.h"
 #include "provision/seed_iso.h"
 
 extern char **environ;

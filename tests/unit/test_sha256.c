@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/sha256.h"
-#include "base/util.h"
+#include "runner/base/sha256.h"
+#include "runner/base/util.h"
 
 static void test_vectors(void **state)
 {

@@ -9,12 +9,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "base/log.h"
-#include "base/util.h"
-#include "config.h"
-#include "job/spec.h"
-#include "job/state.h"
-#include "store.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/config.h"
+#include "runner/engine/spec.h"
+#include "runner/engine/state.h"
+#include "runner/engine/store.h"
 
 struct fixture {
     char *dir;

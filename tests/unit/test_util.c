@@ -6,8 +6,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "base/buf.h"
-#include "base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/util.h"
 
 static void test_parse_int(void **state)
 {

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "loop/virt_uv.h"
+#include "runner/loop/virt_uv.h"
 
 struct ctx {
     uv_loop_t loop;

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "loop/work.h"
+#include "runner/loop/work.h"
 
 struct item {
     int n;

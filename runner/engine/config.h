@@ -18,8 +18,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "base/error.h"
-#include "base/log.h"
+#include "runner/base/error.h"
+#include "runner/base/log.h"
 #include "provision/accel.h" /* enum accel_mode */
 
 #define AL_CONFIG_DEFAULT_PATH "/etc/agentlab/agentlab.conf"

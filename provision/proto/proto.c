@@ -5,7 +5,7 @@
  * what is actually there before it is used, and all size arithmetic is done
  * so that it cannot wrap.
  */
-#include "proto.h"
+#include "provision/proto/proto.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../base/buf.h"
+#include "runner/base/buf.h"
 
 #define HTTP_REQ_MAX_HEADERS_CAP 256 /* hard cap of max_headers */
 #define HTTP_REQ_MAX_QUERY       32  /* query parameters */

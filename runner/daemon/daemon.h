@@ -7,7 +7,7 @@
 #ifndef AL_DAEMON_H
 #define AL_DAEMON_H
 
-#include "config.h"
+#include "runner/engine/config.h"
 
 /* Runs the daemon until a termination signal. Returns 0 on a clean shutdown,
  * negative errno on failure (detail in err). */

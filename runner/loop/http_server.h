@@ -28,9 +28,9 @@
 #include <sys/types.h>
 #include <uv.h>
 
-#include "../base/error.h"
-#include "../base/macro.h"
-#include "http_request.h"
+#include "runner/base/error.h"
+#include "runner/base/macro.h"
+#include "runner/loop/http_request.h"
 
 struct api_server_limits {
     unsigned max_connections;   /* 0 = 64 */
@@ -65,7 +65,7 @@ struct api_server_params {
     struct api_server_limits limits;
     const struct api_server_handler *handler;
     void *handler_data;
-    /* the limit a body over its size counts as (runner/hardlimits.h);
+    /* the limit a body over its size counts as (runner/base/hardlimits.h);
      * 0 = AL_LIMIT_API_BODY, the webhook listener says AL_LIMIT_WEBHOOK_BODY */
     int body_limit;
 };

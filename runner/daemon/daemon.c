@@ -1,4 +1,4 @@
-#include "daemon.h"
+#include "runner/daemon/daemon.h"
 
 #include <fcntl.h>
 #include <libvirt/libvirt.h>
@@ -10,19 +10,19 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "api/api.h"
-#include "base/log.h"
-#include "base/util.h"
-#include "engine.h"
-#include "loop/curl_uv.h"
-#include "loop/virt_uv.h"
-#include "owner.h"
-#include "sd_notify.h"
-#include "sources/github.h"
-#include "sources/gitlab.h"
-#include "sources/httpq.h"
-#include "sources/spool.h"
-#include "store.h"
+#include "runner/api/api.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/engine.h"
+#include "runner/loop/curl_uv.h"
+#include "runner/loop/virt_uv.h"
+#include "runner/engine/owner.h"
+#include "runner/daemon/sd_notify.h"
+#include "runner/sources/github.h"
+#include "runner/sources/gitlab.h"
+#include "runner/sources/httpq.h"
+#include "runner/sources/spool.h"
+#include "runner/engine/store.h"
 
 #define MAX_SOURCES 64
 

@@ -1,4 +1,4 @@
-#include "hardlimits.h"
+#include "runner/base/hardlimits.h"
 
 #include <stdatomic.h>
 #include <stdio.h>

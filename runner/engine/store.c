@@ -1,4 +1,4 @@
-#include "store.h"
+#include "runner/engine/store.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -8,9 +8,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "base/buf.h"
-#include "base/log.h"
-#include "base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 
 /* PRAGMA application_id of an agentlab database: "alab". */
 #define STORE_APPLICATION_ID 0x616c6162

@@ -1,8 +1,8 @@
-#include "state.h"
+#include "runner/engine/state.h"
 
 #include <strings.h>
 
-#include "../base/macro.h"
+#include "runner/base/macro.h"
 
 static const char *const state_names[JOB_STATE_COUNT] = {
         [JOB_STATE_QUEUED] = "QUEUED",       [JOB_STATE_PROVISIONING] = "PROVISIONING",

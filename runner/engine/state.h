@@ -25,7 +25,7 @@
 
 #include <stdbool.h>
 
-#include "../base/error.h"
+#include "runner/base/error.h"
 
 enum job_state {
     JOB_STATE_QUEUED = 0,

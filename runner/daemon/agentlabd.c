@@ -3,10 +3,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "base/log.h"
-#include "config.h"
-#include "daemon.h"
-#include "version.h"
+#include "runner/base/log.h"
+#include "runner/engine/config.h"
+#include "runner/daemon/daemon.h"
+#include "runner/base/version.h"
 
 static void usage(FILE *out)
 {

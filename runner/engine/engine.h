@@ -22,11 +22,11 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "base/error.h"
-#include "config.h"
-#include "job/spec.h"
+#include "runner/base/error.h"
+#include "runner/engine/config.h"
+#include "runner/engine/spec.h"
 #include "provision/backend.h"
-#include "store.h"
+#include "runner/engine/store.h"
 
 struct engine;
 

@@ -1,4 +1,4 @@
-#include "http_request.h"
+#include "runner/loop/http_request.h"
 
 #include <ctype.h>
 #include <stdarg.h>

@@ -1,4 +1,4 @@
-#include "sd_notify.h"
+#include "runner/daemon/sd_notify.h"
 
 #include <errno.h>
 #include <stddef.h>

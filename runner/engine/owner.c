@@ -1,4 +1,4 @@
-#include "owner.h"
+#include "runner/engine/owner.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -8,7 +8,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-#include "base/util.h"
+#include "runner/base/util.h"
 
 #define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
 

@@ -1,4 +1,4 @@
-#include "spec.h"
+#include "runner/engine/spec.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -6,9 +6,9 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
 
-#include "../base/json_tree.h"
-#include "../base/log.h"
-#include "../base/util.h"
+#include "runner/base/json_tree.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 
 /* ---- schema ------------------------------------------------------------- */
 

@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "base/error.h"
+#include "runner/base/error.h"
 #include "provision/artifacts.h"
 #include "provision/backend.h"
 

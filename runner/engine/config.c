@@ -1,4 +1,4 @@
-#include "config.h"
+#include "runner/engine/config.h"
 
 #include <ctype.h>
 #include <ini.h>
@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/util.h"
+#include "runner/base/buf.h"
+#include "runner/base/util.h"
 
 enum section_kind {
     SEC_AGENT = 0,

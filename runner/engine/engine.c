@@ -1,4 +1,4 @@
-#include "engine.h"
+#include "runner/engine/engine.h"
 
 #include <dirent.h>
 #include <inttypes.h>
@@ -10,13 +10,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "attempt.h"
-#include "base/log.h"
-#include "base/util.h"
+#include "runner/engine/attempt.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
 #include "images/catalog.h"
-#include "hardlimits.h"
-#include "loop/work.h"
-#include "owner.h"
+#include "runner/base/hardlimits.h"
+#include "runner/loop/work.h"
+#include "runner/engine/owner.h"
 
 #define PRUNE_INTERVAL_MS  (10u * 60u * 1000u)
 #define SYNC_INTERVAL_MS   1000u

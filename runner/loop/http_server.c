@@ -1,4 +1,4 @@
-#include "server.h"
+#include "runner/loop/http_server.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -11,8 +11,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "../base/buf.h"
-#include "../hardlimits.h"
+#include "runner/base/buf.h"
+#include "runner/base/hardlimits.h"
 
 #define READ_BUF_SIZE      (64u << 10)
 #define DEFAULT_MAX_CONNS  64

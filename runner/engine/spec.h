@@ -22,8 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../base/error.h"
-#include "../config.h"
+#include "runner/base/error.h"
+#include "runner/engine/config.h"
 
 /* Limits of a job spec document. */
 #define JOB_SPEC_MAX_BYTES     (1u << 20)  /* whole document */

@@ -50,9 +50,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "base/error.h"
-#include "job/spec.h"
-#include "job/state.h"
+#include "runner/base/error.h"
+#include "runner/engine/spec.h"
+#include "runner/engine/state.h"
 
 #define STORE_JOB_ID_LEN   21
 #define STORE_JOB_ID_SIZE  (STORE_JOB_ID_LEN + 1)

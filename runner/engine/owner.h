@@ -15,7 +15,7 @@
 
 #include <stdbool.h>
 
-#include "base/error.h"
+#include "runner/base/error.h"
 
 /* Reads or creates the daemon owner id of a state dir. */
 int owner_id_for_state_dir(const char *state_dir, char **ret, struct al_error **err);

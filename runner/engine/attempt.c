@@ -1,4 +1,4 @@
-#include "attempt.h"
+#include "runner/engine/attempt.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -9,11 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "base/buf.h"
-#include "base/log.h"
-#include "base/util.h"
-#include "hardlimits.h"
-#include "loop/work.h"
+#include "runner/base/buf.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/base/hardlimits.h"
+#include "runner/loop/work.h"
 
 #define CANCEL_GRACE_MS 15000
 
