@@ -22,6 +22,7 @@
 #include "images/inuse.h"
 #include "images/packages.h"
 #include "images/recipe.h"
+#include "images/sweep.h"
 #include "provision/accel.h"
 #include "runner/base/buf.h"
 #include "runner/base/sha256.h"
@@ -306,56 +307,11 @@ int image_recipe_hash(const struct image_build_opts *opts, char **ret_hash, char
 
 /* ---- helpers for the build directory ---- */
 
-/* Unmounts whatever an interrupted bootstrap left mounted below dir. */
-static void umount_below(const char *dir)
-{
-    _cleanup_fclose_ FILE *f = fopen("/proc/self/mountinfo", "re");
-    if (!f)
-        return;
-    _cleanup_strv_ char **mounts = calloc(1, sizeof(char *));
-    size_t n = 0, dl = strlen(dir);
-    char *line = NULL;
-    size_t cap = 0;
-    while (mounts && getline(&line, &cap, f) > 0) {
-        /* id parent major:minor root mountpoint ... */
-        char *save = NULL, *field = strtok_r(line, " ", &save);
-        for (int i = 0; field && i < 4; i++)
-            field = strtok_r(NULL, " ", &save);
-        if (!field)
-            continue;
-        /* unescape \040 and friends */
-        char *w = field;
-        for (char *r = field; *r; r++) {
-            if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
-                r[3] >= '0' && r[3] <= '7') {
-                *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-                r += 3;
-            } else {
-                *w++ = *r;
-            }
-        }
-        *w = '\0';
-        if (strncmp(field, dir, dl) != 0 || field[dl] != '/')
-            continue;
-        char **nv = realloc(mounts, (n + 2) * sizeof(char *));
-        if (!nv)
-            break;
-        mounts = nv;
-        mounts[n] = strdup(field);
-        if (mounts[n])
-            mounts[++n] = NULL;
-    }
-    free(line);
-    /* deepest first: later entries in mountinfo are mounted on top */
-    for (size_t i = n; i-- > 0;)
-        (void)umount2(mounts[i], MNT_DETACH);
-}
-
 static void remove_build_dir(const char *dir)
 {
     if (!dir)
         return;
-    umount_below(dir);
+    image_umount_below(dir);
     (void)al_rm_rf(dir, NULL);
 }
 
@@ -778,22 +734,6 @@ static int finish(const struct image_build_opts *o, const struct inputs *in, con
     return 0;
 }
 
-static int open_build_lock(const char *images_root, const char *name, struct al_error **err)
-{
-    _cleanup_free_ char *path = NULL;
-    if (asprintf(&path, "%s/.%s.build.lock", images_root, name) < 0)
-        return al_error_set(err, ENOMEM, "locking the build");
-    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0)
-        return al_error_set_errno(err, errno, "opening %s", path);
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        if (errno == EWOULDBLOCK)
-            return al_error_set(err, EBUSY, "another build of image \"%s\" is running", name);
-        return al_error_set_errno(err, errno, "locking %s", path);
-    }
-    return TAKE_FD(fd);
-}
-
 static bool image_is_current(const char *state_dir, const char *name, const char *hash)
 {
     _cleanup_image_info_ struct image_info *info = NULL;
@@ -954,11 +894,13 @@ int image_build(const struct image_build_opts *o, struct image_build_result *ret
     }
     if ((r = check_free_space(root, err)) < 0)
         goto out;
-    build_lock = open_build_lock(root, o->recipe, err);
+    build_lock = image_build_lock(root, o->recipe, err);
     if (build_lock < 0) {
         r = build_lock;
         goto out;
     }
+    /* what a killed build of this image left behind */
+    (void)image_sweep_builds(o->state_dir, o->recipe, true, NULL, NULL);
 
     struct accel_result accel;
     struct accel_probe_opts ao = {.mode = o->accel_mode, .cache_dir = o->accel_cache_dir};

@@ -4,6 +4,7 @@ al_test(test_apt_sources unit/test_apt_sources.c LABELS unit VALGRIND)
 al_test(test_packages unit/test_packages.c LABELS unit VALGRIND)
 al_test(test_recipe unit/test_recipe.c LABELS unit VALGRIND)
 al_test(test_catalog unit/test_catalog.c LABELS unit VALGRIND)
+al_test(test_image_sweep unit/test_image_sweep.c LABELS unit VALGRIND)
 al_test(test_inuse unit/test_inuse.c LABELS unit VALGRIND)
 al_test(test_accel unit/test_accel.c LABELS unit VALGRIND)
 

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "runner/base/log.h"
+#include "images/sweep.h"
 #include "runner/base/util.h"
 #include "runner/engine/config.h"
 #include "runner/engine/engine.h"
@@ -75,7 +76,8 @@ int cmd_gc(int argc, char **argv)
                    "Destroys the VMs, overlays, seeds and run dirs this installation owns that\n"
                    "no job uses (also those of `agentlab run` processes that died), and ends\n"
                    "jobs a crashed agentlabd left running (ERROR, requeued when attempts\n"
-                   "remain). Prints what it removed. While agentlabd runs, gc asks it to\n"
+                   "remain), and the build directories of interrupted image builds and\n"
+                   "imports. Prints what it removed. While agentlabd runs, gc asks it to\n"
                    "sweep (it reconciles jobs itself at start).\n");
             return 0;
         }
@@ -87,16 +89,28 @@ int cmd_gc(int argc, char **argv)
         return 2;
     }
     _cleanup_error_ struct al_error *err = NULL;
-    {
-        _cleanup_cli_api_ struct cli_api *api = NULL;
-        if (cli_api_open(socket, &api, &err) == 0 && cli_api_daemon_running(api))
-            return gc_through_daemon(api);
-        err = al_error_free(err);
-    }
     _cleanup_config_ struct config *cfg = NULL;
     if (config_load(NULL, &cfg, &err) < 0) {
         fprintf(stderr, "agentlab: %s\n", al_error_message(err));
         return 1;
+    }
+    /* build dirs of killed image builds: provably ours and unused when
+     * nobody holds their image's build and image locks */
+    unsigned swept = 0;
+    int sweep_r = image_sweep_builds(cfg->agent.state_dir, NULL, false, &swept, &err);
+    if (swept)
+        printf("gc: %u leftover image build directories removed\n", swept);
+    if (sweep_r < 0) {
+        fprintf(stderr, "agentlab gc: %s\n", al_error_message(err));
+        err = al_error_free(err);
+    }
+    {
+        _cleanup_cli_api_ struct cli_api *api = NULL;
+        if (cli_api_open(socket, &api, &err) == 0 && cli_api_daemon_running(api)) {
+            int rc = gc_through_daemon(api);
+            return sweep_r < 0 && rc == 0 ? 1 : rc;
+        }
+        err = al_error_free(err);
     }
     al_log_set_level(AL_LOG_INFO);
     _cleanup_close_ int lock_fd = -1;
@@ -151,5 +165,5 @@ int cmd_gc(int argc, char **argv)
                r->vms_destroyed, r->jobs_failed, r->jobs_requeued, r->errors);
         rc = r->errors ? 1 : 0;
     }
-    return rc;
+    return sweep_r < 0 && rc == 0 ? 1 : rc;
 }

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "runner/api/api.h"
+#include "images/sweep.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/engine/engine.h"
@@ -228,6 +229,13 @@ int daemon_run(const struct config *cfg, struct al_error **err)
     r = owner_id_for_state_dir(cfg->agent.state_dir, &d.owner_id, err);
     if (r < 0)
         return al_error_wrap(err, "owner id");
+    {
+        /* what killed image builds left (logged by the sweep); a failure
+         * here is not a reason not to run jobs */
+        _cleanup_error_ struct al_error *serr = NULL;
+        if (image_sweep_builds(cfg->agent.state_dir, NULL, false, NULL, &serr) < 0)
+            log_warn(NULL, "sweeping image build leftovers: %s", al_error_message(serr));
+    }
     _cleanup_free_ char *db = al_path_join(cfg->agent.state_dir, "agentlab.db");
     if (!db)
         return al_error_set(err, ENOMEM, "database path");
