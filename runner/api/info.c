@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runner/base/fsspace.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "images/catalog.h"
@@ -64,20 +65,31 @@ void api_healthz(struct api_ctx *ctx, struct api_req *r, const struct route_matc
     unsigned healthy = 0;
     for (size_t i = 0; i < n && i < MAX_BACKENDS; i++)
         healthy += bs[i].cap.healthy;
+    /* a full state dir: logs, artifacts and the database cannot grow */
+    struct al_fs_space space = {0};
+    bool space_known = al_fs_space(ctx->cfg->agent.state_dir, &space) == 0;
     _cleanup_json_gen_ yajl_gen g = json_gen_new();
     int rc = g ? 0 : -ENOMEM;
     if (g) {
         rc |= json_open_map(g);
         rc |= json_kv_str(g, "status",
                           ctx->stopping                ? "stopping"
-                          : ctx->n_source_failures > 0 ? "degraded"
-                                                       : "ok");
+                          : ctx->n_source_failures > 0 || space.low ? "degraded"
+                                                                    : "ok");
         rc |= json_kv_str(g, "version", AL_VERSION);
         rc |= json_kv_int(g, "uptime_s", (al_now_wall_ms() - ctx->started_ms) / 1000);
         rc |= json_kv_int(g, "queued", queued);
         rc |= json_kv_int(g, "running", running);
         rc |= json_kv_int(g, "backends", (int64_t)n);
         rc |= json_kv_int(g, "backends_healthy", healthy);
+        if (space_known) {
+            rc |= json_key(g, "state_dir");
+            rc |= json_open_map(g);
+            rc |= json_kv_uint(g, "free_bytes", space.free_bytes);
+            rc |= json_kv_uint(g, "total_bytes", space.total_bytes);
+            rc |= json_kv_bool(g, "low", space.low);
+            rc |= json_close_map(g);
+        }
         rc |= json_key(g, "sources_failed");
         rc |= json_open_array(g);
         for (size_t i = 0; i < ctx->n_source_failures; i++) {
@@ -96,7 +108,7 @@ void api_metrics(struct api_ctx *ctx, struct api_req *r, const struct route_matc
 {
     (void)m;
     _cleanup_buf_ struct al_buf out = AL_BUF_INIT;
-    if (api_metrics_render(ctx->metrics, ctx->engine, ctx->server, &out) < 0) {
+    if (api_metrics_render(ctx->metrics, ctx->engine, ctx->server, ctx->cfg->agent.state_dir, &out) < 0) {
         api_reply_error(r, 500, "internal", "rendering metrics failed");
         return;
     }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runner/base/fsspace.h"
 #include "runner/base/log.h"
 #include "runner/base/hardlimits.h"
 
@@ -278,9 +279,18 @@ static int render_histogram(struct al_buf *o, const char *name, const char *labe
 }
 
 int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api_server *server,
-                       struct al_buf *o)
+                       const char *state_dir, struct al_buf *o)
 {
     int r = 0;
+    struct al_fs_space space;
+    if (state_dir && al_fs_space(state_dir, &space) == 0) {
+        r |= header(o, "agentlab_state_dir_free_bytes", "gauge",
+                    "Free space of the state dir's file system (database, logs, images).");
+        r |= al_buf_printf(o, "agentlab_state_dir_free_bytes %" PRIu64 "\n", space.free_bytes);
+        r |= header(o, "agentlab_state_dir_low", "gauge",
+                    "1 while the state dir's file system is nearly full (/healthz: degraded).");
+        r |= al_buf_printf(o, "agentlab_state_dir_low %d\n", space.low ? 1 : 0);
+    }
     r |= header(o, "agentlab_build_info", "gauge", "Version of agentlabd.");
     r |= al_buf_printf(o, "agentlab_build_info{version=\"%s\"} 1\n", AL_VERSION);
 

@@ -46,8 +46,8 @@ void api_metrics_on_finished(struct api_metrics *m, const char *job_id, enum job
 /* Adds what a reconcile or sweep did. */
 void api_metrics_add_reconcile(struct api_metrics *m, const struct engine_reconcile_report *r);
 
-/* Renders every metric into out. server may be NULL. */
+/* Renders every metric into out. server and state_dir may be NULL. */
 int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api_server *server,
-                       struct al_buf *out);
+                       const char *state_dir, struct al_buf *out);
 
 #endif

@@ -108,6 +108,28 @@ static void note_limit(struct attempt *a, enum al_limit l)
     limits_hit(l);
 }
 
+/* Writes all of buf, also when the file system takes it in pieces; -1 with
+ * errno set (ENOSPC for a full disk, not whatever errno held before a short
+ * write). */
+static int write_full(int fd, const void *data, size_t len)
+{
+    const char *buf = data;
+    while (len) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0) {
+            errno = ENOSPC;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
 static void emit(struct attempt *a, enum vm_stream s, const char *buf, size_t len)
 {
     if (!len)
@@ -120,8 +142,11 @@ static void emit(struct attempt *a, enum vm_stream s, const char *buf, size_t le
         note_limit(a, AL_LIMIT_LOG_SIZE);
     }
     if (len) {
-        if (a->log_fd >= 0 && write(a->log_fd, buf, len) != (ssize_t)len) {
-            log_warn(a->p.req->job_id, "writing %s: %s", a->log_path, strerror(errno));
+        if (a->log_fd >= 0 && write_full(a->log_fd, buf, len) < 0) {
+            /* the disk is full or failing: the stored log stops here (the
+             * live stream goes on); said once, with the real cause */
+            log_warn(a->p.req->job_id, "writing %s: %s; the stored log ends at byte %" PRIu64,
+                     a->log_path, strerror(errno), a->res.log_bytes);
             close(a->log_fd);
             a->log_fd = -1;
         }
@@ -134,7 +159,7 @@ static void emit(struct attempt *a, enum vm_stream s, const char *buf, size_t le
         int n = snprintf(marker, sizeof(marker),
                          "\n[agentlab: output truncated at %" PRIu64 " bytes]\n",
                          a->p.max_log_bytes);
-        if (a->log_fd >= 0 && write(a->log_fd, marker, (size_t)n) < 0)
+        if (a->log_fd >= 0 && write_full(a->log_fd, marker, (size_t)n) < 0)
             log_warn(a->p.req->job_id, "writing %s: %s", a->log_path, strerror(errno));
         if (a->cb.output)
             a->cb.output(a, VM_STDERR, marker, (size_t)n, a->data);
@@ -187,7 +212,7 @@ static void on_vm_artifact(struct vm *vm, const uint8_t *buf, size_t len, void *
             return;
         }
     }
-    if (write(a->tar_fd, buf, len) != (ssize_t)len) {
+    if (write_full(a->tar_fd, buf, len) < 0) {
         log_warn(a->p.req->job_id, "writing %s: %s", a->tar_path, strerror(errno));
         a->tar_truncated = true;
         return;

@@ -43,11 +43,17 @@ def sh(*argv, check=True, **kw):
 class Env:
     """A private state dir (a copy of the micro image), run dir and config."""
 
-    def __init__(self, daemon, cli, name, agent_extra=""):
+    def __init__(self, daemon, cli, name, agent_extra="", state_size=None):
         self.daemon, self.cli, self.name = daemon, cli, name
         self.tmp = tempfile.mkdtemp(prefix="al-fault.")
         os.chmod(self.tmp, 0o711)
         self.state = os.path.join(self.tmp, "state")
+        self.mounted = False
+        if state_size:
+            # a small file system of its own, to fill
+            os.makedirs(self.state)
+            sh("mount", "-t", "tmpfs", "-o", f"size={state_size},mode=0711", "tmpfs", self.state)
+            self.mounted = True
         os.makedirs(os.path.join(self.state, "images"))
         os.chmod(self.state, 0o711)
         src = os.path.join(os.environ["AGENTLAB_TEST_STATE"], "images", "micro")
@@ -188,6 +194,14 @@ class Env:
         found += [f"images/{e}" for e in os.listdir(imgs) if e.startswith(".build-")]
         return found
 
+    def healthz(self):
+        sock = os.path.join(self.run, "agentlabd.sock")
+        r = sh("curl", "-sS", "--max-time", "10", "--unix-socket", sock, "http://agentlab/healthz",
+               check=False)
+        if r.returncode != 0:
+            raise Failure(f"/healthz did not answer: {r.stderr.strip()}")
+        return json.loads(r.stdout)
+
     def integrity(self):
         return self.q("pragma integrity_check")[0][0]
 
@@ -200,6 +214,8 @@ class Env:
             xml = sh(*VIRSH, "pool-dumpxml", p, check=False).stdout
             if f"<path>{self.state}/" in xml:
                 sh(*VIRSH, "pool-destroy", p, check=False)
+        if self.mounted:
+            sh("umount", "-l", self.state, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
         shutil.rmtree(self.run, ignore_errors=True)
 
@@ -373,6 +389,47 @@ def case_virtlogd_kill(env):
     return "running", expect(env, job, "SUCCEEDED"), time.monotonic() - t0
 
 
+def case_state_dir_full(env):
+    """The state dir's file system fills up with a job's output: the daemon
+    keeps answering, says so on /healthz (degraded, state_dir.low) and in
+    metrics, the job ends, and the database stays intact. The log's end is
+    lost, not the job."""
+    env.start()
+    if env.healthz()["status"] != "ok":
+        raise Failure(f"/healthz not ok before the fault: {env.healthz()}")
+    # ~96 MB of output into a 40 MiB file system
+    job = env.submit("echo started; yes 0123456789abcdef0123456789abcdef0123456789abcdef | "
+                     "head -c 96000000; echo finished", max_attempts=1)
+    env.wait_output(job, "started")
+    t0 = time.monotonic()
+    saw_low = False
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        h = env.healthz()
+        if h.get("state_dir", {}).get("low"):
+            saw_low = h["status"] == "degraded"
+        if env.job(job)[0] in TERMINAL:
+            break
+        time.sleep(0.5)
+    env.wait_state(job, TERMINAL)
+    h = env.healthz()
+    if not (saw_low or (h.get("state_dir", {}).get("low") and h["status"] == "degraded")):
+        raise Failure(f"/healthz never said the state dir was full: {h}")
+    sock = os.path.join(env.run, "agentlabd.sock")
+    m = sh("curl", "-sS", "--unix-socket", sock, "http://agentlab/metrics").stdout
+    if "agentlab_state_dir_low 1" not in m:
+        raise Failure("metrics do not say the state dir is full")
+    if env.integrity() != "ok":
+        raise Failure("integrity_check failed with the disk full")
+    with open(env.log) as f:
+        if "No space left on device; the stored log ends at byte" not in f.read():
+            raise Failure("the daemon did not say why the stored log ends early")
+    st, n, reason = env.job(job)
+    if os.environ.get("AL_FAULTS_DEBUG"):
+        print(env.tail(40), file=sys.stderr)
+    return "running", f"{st}, {n} attempt ({reason})", time.monotonic() - t0
+
+
 CASES = [
     ("qemu SIGKILL", case_qemu_kill_booting, ""),
     ("qemu SIGKILL", case_qemu_kill_running, ""),
@@ -382,6 +439,7 @@ CASES = [
     ("agentlab run SIGKILL, then gc", case_run_kill, ""),
     ("libvirtd SIGKILL + restart", case_libvirtd_kill, ""),
     ("virtlogd SIGKILL + restart", case_virtlogd_kill, ""),
+    ("state dir full", case_state_dir_full, "max_log_size = 1G\n", "40m"),
 ]
 
 
@@ -397,11 +455,11 @@ def main():
                                       "micro")):
         skip.skip("the micro image is missing (the micro_fixture test builds it)")
     rows, failed = [], 0
-    for fault, fn, extra in CASES:
+    for fault, fn, extra, *size in CASES:
         cname = fn.__name__[len("case_"):]
         if wanted and cname not in wanted:
             continue
-        env = Env(daemon, cli, cname.replace("_", "-"), extra)
+        env = Env(daemon, cli, cname.replace("_", "-"), extra, *size)
         t_case = time.monotonic()
         try:
             phase, outcome, recover = fn(env)
