@@ -74,9 +74,9 @@ class Env:
         self.run_owners = []
 
     # -- agentlabd --
-    def start(self):
+    def start(self, env=None):
         logf = open(self.log, "a")
-        self.proc = subprocess.Popen([self.daemon], env=self.env, stderr=logf,
+        self.proc = subprocess.Popen([self.daemon], env=env or self.env, stderr=logf,
                                      stdout=subprocess.DEVNULL)
         logf.close()
         deadline = time.monotonic() + 30
@@ -389,6 +389,45 @@ def case_virtlogd_kill(env):
     return "running", expect(env, job, "SUCCEEDED"), time.monotonic() - t0
 
 
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+
+def case_clock_jump(env):
+    """The wall clock jumps 2 h forward, then 3 h back (1 h behind), while a job with a
+    60 s timeout runs for 8 s: timeouts, heartbeats and timers use the
+    monotonic clock, so the job succeeds on its first attempt. Only
+    agentlabd's clock moves (libfaketime, monotonic clock left alone)."""
+    if not os.path.exists(FAKETIME_LIB):
+        raise Failure(f"{FAKETIME_LIB} is missing (scripts/setup.sh installs faketime)")
+    offset = os.path.join(env.tmp, "faketime")
+    with open(offset, "w") as f:
+        f.write("+0\n")
+    fenv = dict(env.env, LD_PRELOAD=FAKETIME_LIB, FAKETIME_TIMESTAMP_FILE=offset,
+                FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1",
+                FAKETIME_DONT_RESET="1")
+    env.start(fenv)
+    job = env.submit("echo started; sleep 8; echo finished", max_attempts=1, timeout_s=60)
+    env.wait_output(job, "started")
+    t0 = time.monotonic()
+    for jump in ("+2h", "-1h"):
+        tmp = offset + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(jump + "\n")
+        os.rename(tmp, offset)
+        time.sleep(2)
+    env.wait_state(job, TERMINAL)
+    if "finished" not in env.logs(job):
+        raise Failure("the job's output is incomplete")
+    # the daemon really saw the jump: its log lines carry the faked time
+    with open(env.log) as f:
+        text = f.read()
+    real_hour = time.gmtime().tm_hour
+    hours = {int(l[11:13]) for l in text.splitlines() if l[:2] == "20" and l[10:11] == "T"}
+    if (real_hour + 2) % 24 not in hours and (real_hour - 1) % 24 not in hours:
+        raise Failure(f"agentlabd's log shows no jumped time (hours {sorted(hours)})")
+    return "running", expect(env, job, "SUCCEEDED", 1), time.monotonic() - t0
+
+
 def case_state_dir_full(env):
     """The state dir's file system fills up with a job's output: the daemon
     keeps answering, says so on /healthz (degraded, state_dir.low) and in
@@ -439,6 +478,7 @@ CASES = [
     ("agentlab run SIGKILL, then gc", case_run_kill, ""),
     ("libvirtd SIGKILL + restart", case_libvirtd_kill, ""),
     ("virtlogd SIGKILL + restart", case_virtlogd_kill, ""),
+    ("wall clock +2 h, then -1 h", case_clock_jump, ""),
     ("state dir full", case_state_dir_full, "max_log_size = 1G\n", "40m"),
 ]
 
