@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "runner/base/hex.h"
+
 int al_parse_int64(const char *s, int64_t min, int64_t max, int64_t *ret)
 {
     if (!s || !*s)
@@ -446,9 +448,7 @@ char *al_random_hex(size_t n)
         free(hex);
         return NULL;
     }
-    for (size_t i = 0; i < n; i++)
-        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
-    hex[2 * n] = '\0';
+    al_hex_encode(raw, n, hex);
     return hex;
 }
 
