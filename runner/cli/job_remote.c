@@ -589,6 +589,38 @@ static int id_command(int argc, char **argv, const char *cmd, void (*usage)(FILE
     return code ? code : -1;
 }
 
+/* Sends METHOD /v1/jobs/ID<suffix> for a command of id_command(), which
+ * must be answered with status want. Returns -1 with the answer in *ret
+ * (the caller clears it); 0 once the answer is printed as it came (--json);
+ * else an exit code. */
+static int job_request(struct cli_api *a, const struct cli_opts *o, const char *method,
+                       const char *suffix, long want, const char *what, struct cli_resp *ret)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/jobs/%s%s", o->operand, suffix);
+    int code = cli_api_call(a, method, path, NULL, NULL, 0, want, what, ret);
+    if (code)
+        return code;
+    if (o->json) {
+        cli_resp_print_raw(ret);
+        return 0;
+    }
+    return -1;
+}
+
+/* "label: a b c" for a non-empty array of strings; nothing otherwise. */
+static void print_words(const char *label, yajl_val arr)
+{
+    if (!arr || !arr->u.array.len)
+        return;
+    printf("%s", label);
+    for (size_t i = 0; i < arr->u.array.len; i++) {
+        yajl_val w = arr->u.array.values[i];
+        printf(" %s", YAJL_IS_STRING(w) ? YAJL_GET_STRING(w) : "?");
+    }
+    printf("\n");
+}
+
 static void show_usage(FILE *out)
 {
     fprintf(out, "Usage: agentlab job show [--json] [--socket PATH] ID\n"
@@ -604,15 +636,9 @@ int job_show(int argc, char **argv)
     int code = id_command(argc, argv, "job show", show_usage, 0, &o, &a);
     if (code >= 0)
         return code;
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/jobs/%s", o.operand);
     struct cli_resp r = {0};
-    if ((code = cli_api_call(a, "GET", path, NULL, NULL, 0, 200, "reading the job", &r)))
+    if ((code = job_request(a, &o, "GET", "", 200, "reading the job", &r)) >= 0)
         return code;
-    if (o.json) {
-        cli_resp_print_raw(&r);
-        return 0;
-    }
     _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
     cli_resp_clear(&r);
     if (!v)
@@ -633,15 +659,7 @@ int job_show(int argc, char **argv)
     if ((s = cli_json_str(j, JPATH("source", "ref"))))
         printf(" (%s)", s);
     printf("\npool:      %s\n", (s = cli_json_str(j, JPATH("pool"))) ? s : "-");
-    yajl_val labels = cli_json_array(j, JPATH("labels"));
-    if (labels && labels->u.array.len) {
-        printf("labels:   ");
-        for (size_t i = 0; i < labels->u.array.len; i++)
-            printf(" %s", YAJL_IS_STRING(labels->u.array.values[i])
-                                  ? YAJL_GET_STRING(labels->u.array.values[i])
-                                  : "?");
-        printf("\n");
-    }
+    print_words("labels:   ", cli_json_array(j, JPATH("labels")));
     printf("created:   %s\n", (s = cli_json_str(j, JPATH("created"))) ? s : "-");
     printf("updated:   %s\n", (s = cli_json_str(j, JPATH("updated"))) ? s : "-");
     printf("attempts:  %lld of %lld\n", (long long)cli_json_int(j, JPATH("attempts"), 0),
@@ -650,15 +668,7 @@ int job_show(int argc, char **argv)
     table_size((uint64_t)cli_json_int(j, JPATH("log_bytes"), 0), size, sizeof(size));
     printf("log:       %s\n", size);
     /* hard limits the job ran into (SECURITY.md), names from the daemon */
-    yajl_val lim = cli_json_array(j, JPATH("limits_hit"));
-    if (lim && lim->u.array.len) {
-        printf("limits:   ");
-        for (size_t i = 0; i < lim->u.array.len; i++)
-            printf(" %s", YAJL_IS_STRING(lim->u.array.values[i])
-                                  ? YAJL_GET_STRING(lim->u.array.values[i])
-                                  : "?");
-        printf("\n");
-    }
+    print_words("limits:   ", cli_json_array(j, JPATH("limits_hit")));
     yajl_val att = cli_json_array(v, JPATH("attempts"));
     if (att && att->u.array.len) {
         static const char *const heads[] = {"ATTEMPT", "BACKEND", "VM",
@@ -729,15 +739,9 @@ int job_cancel(int argc, char **argv)
     int code = id_command(argc, argv, "job cancel", cancel_usage, 0, &o, &a);
     if (code >= 0)
         return code;
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/jobs/%s/cancel", o.operand);
     struct cli_resp r = {0};
-    if ((code = cli_api_call(a, "POST", path, NULL, NULL, 0, 202, "cancelling the job", &r)))
+    if ((code = job_request(a, &o, "POST", "/cancel", 202, "cancelling the job", &r)) >= 0)
         return code;
-    if (o.json) {
-        cli_resp_print_raw(&r);
-        return 0;
-    }
     _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
     cli_resp_clear(&r);
     const char *st = cli_json_str(v, JPATH("state"));
@@ -768,15 +772,9 @@ int job_artifacts(int argc, char **argv)
         fprintf(stderr, "agentlab: %u artifact%s written to %s\n", n, n == 1 ? "" : "s", o.out);
         return code;
     }
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/jobs/%s/artifacts", o.operand);
     struct cli_resp r = {0};
-    if ((code = cli_api_call(a, "GET", path, NULL, NULL, 0, 200, "listing artifacts", &r)))
+    if ((code = job_request(a, &o, "GET", "/artifacts", 200, "listing artifacts", &r)) >= 0)
         return code;
-    if (o.json) {
-        cli_resp_print_raw(&r);
-        return 0;
-    }
     _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
     cli_resp_clear(&r);
     yajl_val arr = cli_json_array(v, JPATH("artifacts"));
