@@ -91,10 +91,19 @@ warm_ready_is() {
     AGENTLAB_CONFIG=$1 "$agentlab" pool status --json 2>/dev/null | grep -q "\"warm_ready\":$2"
 }
 wait_ready() { bench_wait 1200 "warm VMs never became ready" warm_ready_is "$1" "$2"; }
+# start_daemon NAME: agentlabd with $work/NAME.conf in the background ($dpid)
+start_daemon() {
+    AGENTLAB_CONFIG=$work/$1.conf "$daemon" 2>"$work/daemon-$1.log" &
+    dpid=$!
+}
+stop_daemon() {
+    kill -TERM "$dpid"
+    wait "$dpid" || true
+    dpid=""
+}
 
 echo "== warm: a daemon with warm = 1, $n jobs"
-AGENTLAB_CONFIG=$work/warm1.conf "$daemon" 2>"$work/daemon-warm1.log" &
-dpid=$!
+start_daemon warm1
 i=0
 while [ $i -lt "$n" ]; do
     wait_ready "$work/warm1.conf" 1
@@ -102,13 +111,10 @@ while [ $i -lt "$n" ]; do
     echo "$r" >>"$work/warm_first"
     i=$((i + 1))
 done
-kill -TERM $dpid
-wait $dpid || true
-dpid=""
+stop_daemon
 
 echo "== 4: 8 jobs at once to a daemon (max_vms = 2)"
-AGENTLAB_CONFIG=$work/burst.conf "$daemon" 2>"$work/daemon-burst.log" &
-dpid=$!
+start_daemon burst
 sleep 2
 : >"$work/burst"
 t0=$(now_ms)
@@ -122,13 +128,10 @@ done
 burst_done() { [ "$(wc -l <"$work/burst")" -ge 8 ]; }
 bench_wait 7200 "burst did not finish" burst_done
 burst_total=$(( $(now_ms) - t0 ))
-kill -TERM $dpid
-wait $dpid || true
-dpid=""
+stop_daemon
 
 echo "== 5: idle daemon with warm = 2 (60 s)"
-AGENTLAB_CONFIG=$work/warm2.conf "$daemon" 2>"$work/daemon-warm2.log" &
-dpid=$!
+start_daemon warm2
 wait_ready "$work/warm2.conf" 2
 ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
 c0=$(ticks)
@@ -136,9 +139,7 @@ sleep 60
 c1=$(ticks)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$dpid/status")
 hz=$(getconf CLK_TCK)
-kill -TERM $dpid
-wait $dpid || true
-dpid=""
+stop_daemon
 
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r), accel: $(sed -n 's/^kind=//p' "$work/run/accel-probe" 2>/dev/null || echo ?)"
