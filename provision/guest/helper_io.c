@@ -60,19 +60,32 @@ void send_tlv(struct helper *h, uint8_t type, struct al_tlv_buf *b, int build_re
     al_tlv_buf_free(b);
 }
 
+/* Formats into buf; false (buf empty) when fmt cannot be formatted. A
+ * longer message is cut, which is fine for a diagnostic. */
+static bool vformat(char *buf, size_t size, const char *fmt, va_list ap)
+{
+    if (vsnprintf(buf, size, fmt, ap) >= 0)
+        return true;
+    buf[0] = '\0';
+    return false;
+}
+
+static void send_diag(struct helper *h, const char *msg)
+{
+    note("%s", msg);
+    struct al_tlv_buf b = {0};
+    send_tlv(h, AL_FRAME_DIAG, &b, al_tlv_add_str(&b, AL_TLV_REASON, msg));
+}
+
 void diag(struct helper *h, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    bool ok = vformat(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
-    /* a longer message is cut, which is fine for a diagnostic */
-    note("%s", msg);
-    struct al_tlv_buf b = {0};
-    send_tlv(h, AL_FRAME_DIAG, &b, al_tlv_add_str(&b, AL_TLV_REASON, msg));
+    if (ok)
+        send_diag(h, msg);
 }
 
 void collector_init(struct collector *c)
@@ -182,18 +195,16 @@ void send_exit(struct helper *h, int code, int sig, bool timed_out, const char *
 
 void fail_setup(struct helper *h, const char *fmt, ...)
 {
-    char msg[900];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        msg[0] = '\0';
     if (h->untar_pid > 0 && !h->untar_reaped)
         kill(-h->untar_pid, SIGKILL);
     if (h->phase != PHASE_SETUP)
         return;
-    diag(h, "%s", msg);
+    char msg[900];
+    va_list ap;
+    va_start(ap, fmt);
+    vformat(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    send_diag(h, msg);
     char reason[1024];
     snprintf(reason, sizeof(reason), "error: %s", msg); /* cut short is fine */
     send_exit(h, EXIT_INFRA, 0, false, reason);
