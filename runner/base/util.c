@@ -77,6 +77,34 @@ int al_parse_bool(const char *s, bool *ret)
     return -EINVAL;
 }
 
+int al_parse_host_port(const char *s, const char *what, char *host, size_t host_size, int *ret_port,
+                       struct al_error **err)
+{
+    const char *colon;
+    const char *h = s;
+    size_t hlen;
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':')
+            return al_error_set(err, EINVAL, "%s \"%s\": expected [IPV6]:PORT", what, s);
+        h = s + 1;
+        hlen = (size_t)(end - h);
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return al_error_set(err, EINVAL, "%s \"%s\": expected HOST:PORT", what, s);
+        hlen = (size_t)(colon - s);
+    }
+    if (hlen == 0 || hlen >= host_size)
+        return al_error_set(err, EINVAL, "%s \"%s\": bad host", what, s);
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    if (al_parse_int(colon + 1, 0, 65535, ret_port) < 0)
+        return al_error_set(err, EINVAL, "%s \"%s\": bad port", what, s);
+    return 0;
+}
+
 /* Splits "123x" into number and one-letter suffix. */
 static int split_suffix(const char *s, uint64_t *ret_n, char *ret_suffix)
 {
