@@ -717,8 +717,7 @@ int job_logs(int argc, char **argv)
     struct cli_resp r = {0};
     _cleanup_error_ struct al_error *err = NULL;
     int rc = cli_api_stream(a, path, fd_sink, &fd, NULL, NULL, &r, &err);
-    if (rc < 0 || r.status != 200)
-        code = cli_api_fail(a, rc, &r, err, "reading the log");
+    code = rc < 0 || r.status != 200 ? cli_api_fail(a, rc, &r, err, "reading the log") : 0;
     cli_resp_clear(&r);
     return code;
 }
