@@ -510,10 +510,18 @@ int image_lock(const char *state_dir, const char *name, bool exclusive, int time
     int r = al_mkdir_p(root, 0755, err);
     if (r < 0)
         return r;
-    _cleanup_free_ char *path = NULL;
-    if (asprintf(&path, "%s/.%s.lock", root, name) < 0)
+    _cleanup_free_ char *path = NULL, *busy = NULL;
+    if (asprintf(&path, "%s/.%s.lock", root, name) < 0 ||
+        asprintf(&busy, "image \"%s\" is locked by another agentlab process", name) < 0)
         return al_error_set(err, ENOMEM, "locking image");
-    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    return image_lock_path(path, exclusive, false, timeout_ms, busy, err);
+}
+
+int image_lock_path(const char *path, bool exclusive, bool inherit, int timeout_ms,
+                    const char *busy, struct al_error **err)
+{
+    _cleanup_close_ int fd =
+            open(path, O_RDWR | O_CREAT | O_NOFOLLOW | (inherit ? 0 : O_CLOEXEC), 0644);
     if (fd < 0)
         return al_error_set_errno(err, errno, "opening %s", path);
     uint64_t deadline = al_now_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
@@ -523,8 +531,7 @@ int image_lock(const char *state_dir, const char *name, bool exclusive, int time
         if (errno != EWOULDBLOCK && errno != EINTR)
             return al_error_set_errno(err, errno, "locking %s", path);
         if (al_now_mono_ms() >= deadline)
-            return al_error_set(err, EBUSY, "image \"%s\" is locked by another agentlab process",
-                                name);
+            return al_error_set(err, EBUSY, "%s", busy);
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

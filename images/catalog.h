@@ -109,6 +109,15 @@ int image_manifest_write(const char *dir, const struct image_info *info, struct 
 int image_info_to_json(struct image_info *const *v, size_t n, bool as_array, char **ret_json,
                        struct al_error **err);
 
+/* Opens (creating it with mode 0644, never through a symlink) the lock file
+ * path and flocks it, exclusive or shared, waiting up to timeout_ms (0 = do
+ * not wait). With inherit the fd is not O_CLOEXEC: the processes the caller
+ * spawns hold the lock too, until the last of them is gone. Returns the fd,
+ * or -EBUSY with busy as the message when someone else holds it, or another
+ * negative errno. */
+int image_lock_path(const char *path, bool exclusive, bool inherit, int timeout_ms,
+                    const char *busy, struct al_error **err);
+
 /* Opens and flocks <state_dir>/images/.<name>.lock (exclusive or shared,
  * waiting up to timeout_ms; 0 = do not wait). Returns the fd, or -EBUSY with
  * a message when someone else holds it. */

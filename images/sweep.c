@@ -17,21 +17,14 @@
 
 int image_build_lock(const char *images_root, const char *name, struct al_error **err)
 {
-    _cleanup_free_ char *path = NULL;
-    if (asprintf(&path, "%s/.%s.build.lock", images_root, name) < 0)
+    _cleanup_free_ char *path = NULL, *busy = NULL;
+    if (asprintf(&path, "%s/.%s.build.lock", images_root, name) < 0 ||
+        asprintf(&busy, "another build of image \"%s\" is running", name) < 0)
         return al_error_set(err, ENOMEM, "locking the build");
-    /* not O_CLOEXEC: the build's children (mmdebstrap and what it runs)
-     * inherit the lock, so that a build dir stays live while any process of
-     * a killed build still works in it */
-    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0644);
-    if (fd < 0)
-        return al_error_set_errno(err, errno, "opening %s", path);
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        if (errno == EWOULDBLOCK)
-            return al_error_set(err, EBUSY, "another build of image \"%s\" is running", name);
-        return al_error_set_errno(err, errno, "locking %s", path);
-    }
-    return TAKE_FD(fd);
+    /* inherited: the build's children (mmdebstrap and what it runs) hold
+     * the lock too, so that a build dir stays live while any process of a
+     * killed build still works in it */
+    return image_lock_path(path, true, true, 0, busy, err);
 }
 
 /* Unmounts whatever an interrupted bootstrap left mounted below dir. */
@@ -94,8 +87,8 @@ static char *build_dir_image(const char *entry)
     return name;
 }
 
-static int sweep_one(const char *state_dir, const char *root, const char *entry,
-                     const char *name, bool build_locked, struct al_error **err)
+static int sweep_one(const char *state_dir, const char *root, const char *entry, const char *name,
+                     bool build_locked, struct al_error **err)
 {
     _cleanup_close_ int build_lock = -1;
     if (!build_locked) {

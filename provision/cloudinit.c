@@ -7,6 +7,7 @@
 
 #include "provision/proto/proto.h"
 #include "runner/base/buf.h"
+#include "runner/base/utf8.h"
 
 /* Limits on what a caller may put into user-data. The job blob is bounded by
  * the protocol's payload limit so the same job could also travel as a JOB
@@ -47,44 +48,6 @@ static int append_base64(struct al_buf *b, const uint8_t *p, size_t n)
     return 0;
 }
 
-/* Decodes one UTF-8 sequence at s[0..n). Returns its length and the code
- * point, or 0 for an invalid, overlong or surrogate sequence. */
-static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *ret_cp)
-{
-    uint32_t cp;
-    size_t len;
-    uint32_t min;
-    if (s[0] < 0x80) {
-        *ret_cp = s[0];
-        return 1;
-    } else if ((s[0] & 0xe0) == 0xc0) {
-        cp = s[0] & 0x1f;
-        len = 2;
-        min = 0x80;
-    } else if ((s[0] & 0xf0) == 0xe0) {
-        cp = s[0] & 0x0f;
-        len = 3;
-        min = 0x800;
-    } else if ((s[0] & 0xf8) == 0xf0) {
-        cp = s[0] & 0x07;
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    *ret_cp = cp;
-    return len;
-}
-
 /* Characters that may appear literally in a double-quoted scalar: YAML's
  * printable set minus what a YAML 1.1 parser (PyYAML, so cloud-init) folds
  * as a line break (NEL, U+2028, U+2029) and the byte order mark. */
@@ -106,7 +69,7 @@ static int append_yaml_quoted(struct al_buf *b, const char *s)
     int r = al_buf_append(b, "\"", 1);
     while (r == 0 && n > 0) {
         uint32_t cp;
-        size_t len = utf8_decode(p, n, &cp);
+        size_t len = al_utf8_decode(p, n, &cp);
         if (len == 0)
             return -EILSEQ;
         if (cp == '"')

@@ -35,8 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ms() { date +%s%3N; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else printf "%.0f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+. scripts/bench-lib.sh
 pct() { sort -n | awk -v p="$1" '{a[NR]=$1} END {i=int((NR-1)*p/100)+1; print a[i]}'; }
 jsonv() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 
@@ -84,48 +83,27 @@ echo "== baseline: the shell recipe, $n runs"
 cmdline=$(sed -n 's/.*"cmdline": *"\([^"]*\)".*/\1/p' "$img/manifest.json")
 i=0
 while [ $i -lt "$n" ]; do
-    d=$work/b$i
-    mkdir -p "$d/seed"
-    chmod 0711 "$d"
-    t0=$(now_ms)
-    qemu-img create -q -f qcow2 -b "$img/disk.qcow2" -F qcow2 "$d/overlay.qcow2"
-    printf 'instance-id: bench-%s\nlocal-hostname: bench\n' "$i" >"$d/seed/meta-data"
-    printf '#cloud-config\nruncmd:\n  - [sh, -c, "echo first > /dev/ttyS0"]\n' >"$d/seed/user-data"
-    genisoimage -quiet -output "$d/seed.iso" -volid cidata -joliet -rock "$d/seed/meta-data" \
-        "$d/seed/user-data"
-    cat >"$d/dom.xml" <<XML
-<domain type='qemu'><name>agentlab-bench-baseline</name><memory unit='MiB'>1024</memory><vcpu>1</vcpu>
-<os><type arch='x86_64'>hvm</type><kernel>$img/vmlinuz</kernel><initrd>$img/initrd.img</initrd><cmdline>$cmdline</cmdline></os>
-<features><acpi/></features><on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>
-<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$d/overlay.qcow2'/><target dev='vda' bus='virtio'/></disk>
-<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='$d/seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
-<serial type='file'><source path='$d/console.log'/><target port='0'/></serial><memballoon model='none'/></devices></domain>
-XML
-    virsh -q create "$d/dom.xml" >/dev/null
-    t1=$(now_ms)
-    until grep -q '^first' "$d/console.log" 2>/dev/null; do sleep 0.05; done
-    t2=$(now_ms)
-    virsh -q destroy agentlab-bench-baseline >/dev/null
-    rm -rf "$d"
-    t3=$(now_ms)
-    echo "$((t1 - t0)) $((t2 - t0)) $((t3 - t0))" >>"$work/baseline"
+    baseline_once $i >>"$work/baseline"
     i=$((i + 1))
 done
 
-# (its own counter: shell functions share the caller's variables)
-wait_ready() {
-    w=0
-    until AGENTLAB_CONFIG=$1 "$agentlab" pool status --json 2>/dev/null |
-        grep -q "\"warm_ready\":$2"; do
-        w=$((w + 1))
-        [ $w -lt 1200 ] || { echo "warm VMs never became ready"; exit 1; }
-        sleep 0.5
-    done
+warm_ready_is() {
+    AGENTLAB_CONFIG=$1 "$agentlab" pool status --json 2>/dev/null | grep -q "\"warm_ready\":$2"
+}
+wait_ready() { bench_wait 1200 "warm VMs never became ready" warm_ready_is "$1" "$2"; }
+# start_daemon NAME: agentlabd with $work/NAME.conf in the background ($dpid)
+start_daemon() {
+    AGENTLAB_CONFIG=$work/$1.conf "$daemon" 2>"$work/daemon-$1.log" &
+    dpid=$!
+}
+stop_daemon() {
+    kill -TERM "$dpid"
+    wait "$dpid" || true
+    dpid=""
 }
 
 echo "== warm: a daemon with warm = 1, $n jobs"
-AGENTLAB_CONFIG=$work/warm1.conf "$daemon" 2>"$work/daemon-warm1.log" &
-dpid=$!
+start_daemon warm1
 i=0
 while [ $i -lt "$n" ]; do
     wait_ready "$work/warm1.conf" 1
@@ -133,13 +111,10 @@ while [ $i -lt "$n" ]; do
     echo "$r" >>"$work/warm_first"
     i=$((i + 1))
 done
-kill -TERM $dpid
-wait $dpid || true
-dpid=""
+stop_daemon
 
 echo "== 4: 8 jobs at once to a daemon (max_vms = 2)"
-AGENTLAB_CONFIG=$work/burst.conf "$daemon" 2>"$work/daemon-burst.log" &
-dpid=$!
+start_daemon burst
 sleep 2
 : >"$work/burst"
 t0=$(now_ms)
@@ -150,20 +125,13 @@ while [ $i -lt 8 ]; do
       echo $(( $(now_ms) - s )) >>"$work/burst" ) &
     i=$((i + 1))
 done
-wait_jobs=0
-while [ "$(wc -l <"$work/burst")" -lt 8 ]; do
-    wait_jobs=$((wait_jobs + 1))
-    [ $wait_jobs -lt 7200 ] || { echo "burst did not finish"; exit 1; }
-    sleep 0.5
-done
+burst_done() { [ "$(wc -l <"$work/burst")" -ge 8 ]; }
+bench_wait 7200 "burst did not finish" burst_done
 burst_total=$(( $(now_ms) - t0 ))
-kill -TERM $dpid
-wait $dpid || true
-dpid=""
+stop_daemon
 
 echo "== 5: idle daemon with warm = 2 (60 s)"
-AGENTLAB_CONFIG=$work/warm2.conf "$daemon" 2>"$work/daemon-warm2.log" &
-dpid=$!
+start_daemon warm2
 wait_ready "$work/warm2.conf" 2
 ticks() { awk '{print $14 + $15}' "/proc/$dpid/stat"; }
 c0=$(ticks)
@@ -171,23 +139,20 @@ sleep 60
 c1=$(ticks)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$dpid/status")
 hz=$(getconf CLK_TCK)
-kill -TERM $dpid
-wait $dpid || true
-dpid=""
+stop_daemon
 
-col() { cut -d' ' -f"$1" "$2" | median; }
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r), accel: $(sed -n 's/^kind=//p' "$work/run/accel-probe" 2>/dev/null || echo ?)"
 echo "image: $image; medians over $n runs, milliseconds"
 printf '%-58s %10s\n' "agentlab run started -> first output line, cold" "$(col 1 "$work/cold_first")"
 printf '%-58s %10s\n' "agentlab run started -> first output line, warm (warm = 1)" "$(col 1 "$work/warm_first")"
-printf '%-58s %10s\n' "first output line, baseline shell recipe" "$(col 2 "$work/baseline")"
+printf '%-58s %10s\n' "first output line, baseline shell recipe" "$(col 3 "$work/baseline")"
 printf '%-58s %10s\n' "cold host provisioning: agentlab's own work" "$(col 1 "$work/cold")"
 printf '%-58s %10s\n' "cold host provisioning: libvirt overlay volume create" "$(col 5 "$work/cold")"
 printf '%-58s %10s\n' "cold host provisioning: libvirt domain create" "$(col 2 "$work/cold")"
 printf '%-58s %10s\n' "baseline host provisioning (qemu-img + genisoimage + virsh)" "$(col 1 "$work/baseline")"
 at=$(col 4 "$work/cold")
-bt=$(col 3 "$work/baseline")
+bt=$(col 4 "$work/baseline")
 printf '%-58s %10s\n' "total job time, agentlab (cold)" "$at"
 printf '%-58s %10s\n' "total job time, bare virsh create (baseline)" "$bt"
 printf '%-58s %9s%%\n' "agentlab overhead over the baseline" \

@@ -159,9 +159,12 @@ static int add_secret(struct guest_job *job, const uint8_t *val, uint32_t len,
     return strv_push(&job->secret, AL_TLV_SECRET_ENV, val, len, err);
 }
 
+/* One item of a JOB frame; ctx is the bool[64] of the single-valued tags
+ * already given. */
 static int job_item(struct guest_job *job, uint16_t tag, const uint8_t *val, uint32_t len,
-                    bool seen[static 64], struct al_error **err)
+                    void *ctx, struct al_error **err)
 {
+    bool *seen = ctx;
     int r;
     switch (tag) {
     case AL_TLV_JOB_ID:
@@ -220,9 +223,13 @@ static int job_item(struct guest_job *job, uint16_t tag, const uint8_t *val, uin
     return r;
 }
 
-int guest_job_parse(struct guest_job *job, const uint8_t *data, size_t len, struct al_error **err)
+/* Hands each TLV of data[0..len) to item; what names the list in messages
+ * ("job", "secrets"). Returns 0, or the first failure wrapped with what. */
+static int for_each_tlv(struct guest_job *job, const uint8_t *data, size_t len, const char *what,
+                        int (*item)(struct guest_job *job, uint16_t tag, const uint8_t *val,
+                                    uint32_t len, void *ctx, struct al_error **err),
+                        void *ctx, struct al_error **err)
 {
-    bool seen[64] = {false};
     struct al_tlv_iter it;
     al_tlv_iter_init(&it, data, len);
     for (;;) {
@@ -231,13 +238,21 @@ int guest_job_parse(struct guest_job *job, const uint8_t *data, size_t len, stru
         uint32_t vlen;
         int r = al_tlv_next(&it, &tag, &val, &vlen);
         if (r < 0)
-            return al_error_set(err, EPROTO, "job: malformed TLV list");
+            return al_error_set(err, EPROTO, "%s: malformed TLV list", what);
         if (r == 0)
-            break;
-        r = job_item(job, tag, val, vlen, seen, err);
+            return 0;
+        r = item(job, tag, val, vlen, ctx, err);
         if (r < 0)
-            return al_error_wrap(err, "job");
+            return al_error_wrap(err, "%s", what);
     }
+}
+
+int guest_job_parse(struct guest_job *job, const uint8_t *data, size_t len, struct al_error **err)
+{
+    bool seen[64] = {false};
+    int r = for_each_tlv(job, data, len, "job", job_item, seen, err);
+    if (r < 0)
+        return r;
     if (job->argv.n > 0 && job->script)
         return al_error_set(err, EINVAL, "job: both ARGV and SCRIPT given");
     if (job->argv.n == 0 && !job->script)
@@ -247,24 +262,15 @@ int guest_job_parse(struct guest_job *job, const uint8_t *data, size_t len, stru
     return 0;
 }
 
+/* SECRETS carries only SECRET_ENV items; others are skipped. */
+static int secret_tlv(struct guest_job *job, uint16_t tag, const uint8_t *val, uint32_t len,
+                      void *ctx, struct al_error **err)
+{
+    return tag == AL_TLV_SECRET_ENV ? add_secret(job, val, len, err) : 0;
+}
+
 int guest_job_add_secrets(struct guest_job *job, const uint8_t *data, size_t len,
                           struct al_error **err)
 {
-    struct al_tlv_iter it;
-    al_tlv_iter_init(&it, data, len);
-    for (;;) {
-        uint16_t tag;
-        const uint8_t *val;
-        uint32_t vlen;
-        int r = al_tlv_next(&it, &tag, &val, &vlen);
-        if (r < 0)
-            return al_error_set(err, EPROTO, "secrets: malformed TLV list");
-        if (r == 0)
-            return 0;
-        if (tag != AL_TLV_SECRET_ENV)
-            continue;
-        r = add_secret(job, val, vlen, err);
-        if (r < 0)
-            return al_error_wrap(err, "secrets");
-    }
+    return for_each_tlv(job, data, len, "secrets", secret_tlv, NULL, err);
 }

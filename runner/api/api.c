@@ -231,35 +231,6 @@ static int read_token(const char *path, char **ret, size_t *ret_len, struct al_e
     return 0;
 }
 
-/* "127.0.0.1:8080", "[::1]:8080" */
-static int parse_listen(const char *s, char *host, size_t host_size, int *ret_port,
-                        struct al_error **err)
-{
-    const char *colon;
-    const char *h = s;
-    size_t hlen;
-    if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (!end || end[1] != ':')
-            return al_error_set(err, EINVAL, "api_listen \"%s\": expected [IPV6]:PORT", s);
-        h = s + 1;
-        hlen = (size_t)(end - h);
-        colon = end + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon)
-            return al_error_set(err, EINVAL, "api_listen \"%s\": expected HOST:PORT", s);
-        hlen = (size_t)(colon - s);
-    }
-    if (hlen == 0 || hlen >= host_size)
-        return al_error_set(err, EINVAL, "api_listen \"%s\": bad host", s);
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    if (al_parse_int(colon + 1, 0, 65535, ret_port) < 0)
-        return al_error_set(err, EINVAL, "api_listen \"%s\": bad port", s);
-    return 0;
-}
-
 static int group_id(const char *name, gid_t *ret, struct al_error **err)
 {
     if (!name || !*name) {
@@ -336,7 +307,8 @@ int api_new(const struct api_params *p, struct api **ret, struct al_error **err)
             r = al_error_set(err, ENOMEM, "api");
         a->token_len = p->token ? strlen(p->token) : 0;
     } else if (!p->unix_path && cfg->agent.api_listen && *cfg->agent.api_listen) {
-        r = parse_listen(cfg->agent.api_listen, host, sizeof(host), &sp.tcp_port, err);
+        r = al_parse_host_port(cfg->agent.api_listen, "api_listen", host, sizeof(host),
+                               &sp.tcp_port, err);
         if (r == 0)
             r = read_token(cfg->agent.api_token_file, &a->token, &a->token_len, err);
         sp.tcp_host = host;

@@ -6,6 +6,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "runner/base/buf.h"
+#include "runner/base/utf8.h"
 #include "runner/base/util.h"
 #include "runner/engine/spec.h"
 #include "runner/engine/state.h"
@@ -22,58 +23,15 @@ yajl_gen json_gen_new(void)
     return g;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    unsigned min;
-    unsigned cp;
-    if (c < 0x80)
-        return 1;
-    if ((c & 0xe0) == 0xc0) {
-        len = 2;
-        cp = c & 0x1f;
-        min = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-        len = 3;
-        cp = c & 0x0f;
-        min = 0x800;
-    } else if ((c & 0xf8) == 0xf0) {
-        len = 4;
-        cp = c & 0x07;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 int json_strn(yajl_gen g, const char *s, size_t len)
 {
     const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < len) {
-        size_t k = utf8_seq(u + i, len - i);
-        if (!k)
-            break;
-        i += k;
-    }
-    if (i == len)
+    if (al_utf8_is_valid(u, len))
         return yajl_gen_string(g, u, len) == yajl_gen_status_ok ? 0 : -EINVAL;
     /* rare: rebuild with U+FFFD for each bad byte */
     _cleanup_buf_ struct al_buf b = AL_BUF_INIT;
-    for (i = 0; i < len;) {
-        size_t k = utf8_seq(u + i, len - i);
+    for (size_t i = 0; i < len;) {
+        size_t k = al_utf8_decode(u + i, len - i, NULL);
         int r = k ? al_buf_append(&b, u + i, k) : al_buf_append(&b, "\xef\xbf\xbd", 3);
         if (r < 0)
             return r;

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "runner/base/hex.h"
+
 static const uint32_t K[64] = {
         0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
         0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
@@ -116,14 +118,9 @@ void al_sha256_final(struct al_sha256 *ctx, uint8_t out[AL_SHA256_DIGEST_SIZE])
 
 void al_sha256_final_hex(struct al_sha256 *ctx, char hex[AL_SHA256_HEX_SIZE])
 {
-    static const char digits[] = "0123456789abcdef";
     uint8_t d[AL_SHA256_DIGEST_SIZE];
     al_sha256_final(ctx, d);
-    for (size_t i = 0; i < sizeof(d); i++) {
-        hex[2 * i] = digits[d[i] >> 4];
-        hex[2 * i + 1] = digits[d[i] & 15];
-    }
-    hex[2 * sizeof(d)] = '\0';
+    al_hex_encode(d, sizeof(d), hex);
 }
 
 void al_sha256_hex(const void *data, size_t len, char hex[AL_SHA256_HEX_SIZE])

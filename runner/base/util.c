@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "runner/base/hex.h"
+
 int al_parse_int64(const char *s, int64_t min, int64_t max, int64_t *ret)
 {
     if (!s || !*s)
@@ -75,6 +77,34 @@ int al_parse_bool(const char *s, bool *ret)
     return -EINVAL;
 }
 
+int al_parse_host_port(const char *s, const char *what, char *host, size_t host_size, int *ret_port,
+                       struct al_error **err)
+{
+    const char *colon;
+    const char *h = s;
+    size_t hlen;
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':')
+            return al_error_set(err, EINVAL, "%s \"%s\": expected [IPV6]:PORT", what, s);
+        h = s + 1;
+        hlen = (size_t)(end - h);
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return al_error_set(err, EINVAL, "%s \"%s\": expected HOST:PORT", what, s);
+        hlen = (size_t)(colon - s);
+    }
+    if (hlen == 0 || hlen >= host_size)
+        return al_error_set(err, EINVAL, "%s \"%s\": bad host", what, s);
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    if (al_parse_int(colon + 1, 0, 65535, ret_port) < 0)
+        return al_error_set(err, EINVAL, "%s \"%s\": bad port", what, s);
+    return 0;
+}
+
 /* Splits "123x" into number and one-letter suffix. */
 static int split_suffix(const char *s, uint64_t *ret_n, char *ret_suffix)
 {
@@ -97,70 +127,52 @@ static int split_suffix(const char *s, uint64_t *ret_n, char *ret_suffix)
     return 0;
 }
 
-int al_parse_duration(const char *s, int64_t *ret_seconds)
+struct unit {
+    char suffix; /* '\0': none given */
+    uint64_t mult;
+};
+
+/* "123x" with x one of the n units' suffixes: 123 times its multiplier,
+ * at most max (else -ERANGE); -EINVAL for another suffix. */
+static int parse_with_unit(const char *s, const struct unit *units, size_t n_units, uint64_t max,
+                           uint64_t *ret)
 {
     uint64_t n;
     char suffix;
     int r = split_suffix(s, &n, &suffix);
     if (r < 0)
         return r;
-    uint64_t mult;
-    switch (suffix) {
-    case '\0':
-    case 's':
-        mult = 1;
-        break;
-    case 'm':
-        mult = 60;
-        break;
-    case 'h':
-        mult = 3600;
-        break;
-    case 'd':
-        mult = 86400;
-        break;
-    default:
-        return -EINVAL;
+    for (size_t i = 0; i < n_units; i++) {
+        if (units[i].suffix != suffix)
+            continue;
+        if (n > max / units[i].mult)
+            return -ERANGE;
+        *ret = n * units[i].mult;
+        return 0;
     }
-    if (n > (uint64_t)INT64_MAX / mult)
-        return -ERANGE;
-    *ret_seconds = (int64_t)(n * mult);
+    return -EINVAL;
+}
+
+int al_parse_duration(const char *s, int64_t *ret_seconds)
+{
+    static const struct unit units[] = {
+            {'\0', 1}, {'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400},
+    };
+    uint64_t v;
+    int r = parse_with_unit(s, units, ARRAY_SIZE(units), INT64_MAX, &v);
+    if (r < 0)
+        return r;
+    *ret_seconds = (int64_t)v;
     return 0;
 }
 
 int al_parse_size(const char *s, uint64_t *ret_bytes)
 {
-    uint64_t n;
-    char suffix;
-    int r = split_suffix(s, &n, &suffix);
-    if (r < 0)
-        return r;
-    unsigned shift;
-    switch (suffix) {
-    case '\0':
-    case 'B':
-        shift = 0;
-        break;
-    case 'K':
-    case 'k':
-        shift = 10;
-        break;
-    case 'M':
-        shift = 20;
-        break;
-    case 'G':
-        shift = 30;
-        break;
-    case 'T':
-        shift = 40;
-        break;
-    default:
-        return -EINVAL;
-    }
-    if (shift && n > (UINT64_MAX >> shift))
-        return -ERANGE;
-    *ret_bytes = n << shift;
-    return 0;
+    static const struct unit units[] = {
+            {'\0', 1},         {'B', 1},          {'K', 1ull << 10}, {'k', 1ull << 10},
+            {'M', 1ull << 20}, {'G', 1ull << 30}, {'T', 1ull << 40},
+    };
+    return parse_with_unit(s, units, ARRAY_SIZE(units), UINT64_MAX, ret_bytes);
 }
 
 /* Reads fd (opened from path, stat'ed as st) to its end, at most max
@@ -446,9 +458,7 @@ char *al_random_hex(size_t n)
         free(hex);
         return NULL;
     }
-    for (size_t i = 0; i < n; i++)
-        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
-    hex[2 * n] = '\0';
+    al_hex_encode(raw, n, hex);
     return hex;
 }
 

@@ -15,6 +15,12 @@ int al_parse_int64(const char *s, int64_t min, int64_t max, int64_t *ret);
 int al_parse_int(const char *s, int min, int max, int *ret);
 int al_parse_uint64(const char *s, uint64_t max, uint64_t *ret);
 
+/* Splits a listen address "HOST:PORT" or "[IPV6]:PORT" (port 0 to 65535)
+ * into host (a buffer of host_size bytes) and *ret_port. what names the
+ * setting in messages ("api_listen"). Returns 0 or -EINVAL. */
+int al_parse_host_port(const char *s, const char *what, char *host, size_t host_size, int *ret_port,
+                       struct al_error **err);
+
 /* "yes/no/true/false/on/off/1/0" */
 int al_parse_bool(const char *s, bool *ret);
 

@@ -382,3 +382,44 @@ int cli_api_fail(const struct cli_api *a, int result, const struct cli_resp *r,
         yajl_tree_free(v);
     return r->status == 404 ? CLI_EXIT_NOT_FOUND : CLI_EXIT_FAILED;
 }
+
+int cli_api_connect(const char *socket, struct cli_api **ret)
+{
+    _cleanup_error_ struct al_error *err = NULL;
+    if (cli_api_open(socket, ret, &err) < 0) {
+        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
+        return CLI_EXIT_FAILED;
+    }
+    return 0;
+}
+
+int cli_api_call(struct cli_api *a, const char *method, const char *path, const char *content_type,
+                 const void *body, size_t len, long want, const char *what, struct cli_resp *ret)
+{
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = cli_api_request(a, method, path, content_type, body, len, ret, &err);
+    if (rc < 0 || ret->status != want) {
+        int code = cli_api_fail(a, rc, ret, err, what);
+        cli_resp_clear(ret);
+        return code;
+    }
+    return 0;
+}
+
+int cli_api_call_json(struct cli_api *a, const char *method, const char *path, long want,
+                      const char *what, yajl_val *ret_v)
+{
+    struct cli_resp r = {0};
+    int code = cli_api_call(a, method, path, NULL, NULL, 0, want, what, &r);
+    if (code)
+        return code;
+    *ret_v = cli_resp_json(&r);
+    cli_resp_clear(&r);
+    return *ret_v ? 0 : CLI_EXIT_FAILED;
+}
+
+void cli_resp_print_raw(struct cli_resp *r)
+{
+    fwrite(r->body.data, 1, r->body.len, stdout);
+    cli_resp_clear(r);
+}

@@ -81,6 +81,24 @@ int cli_api_fail(const struct cli_api *a, int result, const struct cli_resp *r,
  * is not. */
 yajl_val cli_resp_json(const struct cli_resp *r);
 
+/* cli_api_open() for a command: the error goes to stderr. Returns 0 or
+ * CLI_EXIT_FAILED. */
+int cli_api_connect(const char *socket, struct cli_api **ret);
+
+/* One request (body may be NULL) whose answer must have status want.
+ * Returns 0 with the answer in *ret (the caller clears it), or the exit
+ * code of cli_api_fail(), what naming the operation, with *ret cleared. */
+int cli_api_call(struct cli_api *a, const char *method, const char *path, const char *content_type,
+                 const void *body, size_t len, long want, const char *what, struct cli_resp *ret);
+
+/* cli_api_call() without a body whose answer is parsed: 0 with the tree in
+ * *ret_v (the caller frees it), or an exit code. */
+int cli_api_call_json(struct cli_api *a, const char *method, const char *path, long want,
+                      const char *what, yajl_val *ret_v);
+
+/* Writes the answer's body to stdout as it came (--json) and clears it. */
+void cli_resp_print_raw(struct cli_resp *r);
+
 /* Typed getters on a parsed tree; path is NULL-terminated. */
 const char *cli_json_str(yajl_val v, const char *const *path);
 int64_t cli_json_int(yajl_val v, const char *const *path, int64_t def);

@@ -51,16 +51,10 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 /* While agentlabd runs it owns the state dir: it sweeps on request. */
 static int gc_through_daemon(struct cli_api *a)
 {
-    struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "POST", "/v1/gc", NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 200) {
-        int code = cli_api_fail(a, rc, &r, err, "gc");
-        cli_resp_clear(&r);
+    _cleanup_yajl_ yajl_val v = NULL;
+    int code = cli_api_call_json(a, "POST", "/v1/gc", 200, "gc", &v);
+    if (code)
         return code;
-    }
-    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-    cli_resp_clear(&r);
     long long errors = (long long)cli_json_int(v, JPATH("errors"), 0);
     printf("gc (agentlabd): %lld VMs destroyed, %lld errors\n",
            (long long)cli_json_int(v, JPATH("vms_destroyed"), 0), errors);

@@ -1,6 +1,5 @@
 /* `agentlab pool status` and `agentlab vm ls`: what the running daemon's
  * backends hold, through the control API. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,74 +7,29 @@
 #include "runner/base/macro.h"
 #include "runner/cli/api_client.h"
 #include "runner/cli/cli.h"
+#include "runner/cli/cli_opts.h"
 #include "runner/cli/table.h"
 
-struct list_opts {
-    const char *socket;
-    bool json;
-};
-
-/* Parses [--json] [--socket PATH]; -1 to go on, else an exit code. */
-static int parse_list_opts(int argc, char **argv, void (*usage)(FILE *), struct list_opts *o)
-{
-    enum { OPT_JSON = 256, OPT_SOCKET };
-    static const struct option opts[] = {
-            {"json", no_argument, NULL, OPT_JSON},
-            {"socket", required_argument, NULL, OPT_SOCKET},
-            {"help", no_argument, NULL, 'h'},
-            {NULL, 0, NULL, 0},
-    };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_JSON:
-            o->json = true;
-            break;
-        case OPT_SOCKET:
-            o->socket = optarg;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (optind != argc) {
-        usage(stderr);
-        return CLI_EXIT_USAGE;
-    }
-    return -1;
-}
-
 /* GETs path; prints it raw with --json, else hands the tree to show. */
-static int fetch(const struct list_opts *o, const char *path, const char *what,
+static int fetch(const struct cli_opts *o, const char *path, const char *what,
                  void (*show)(yajl_val v))
 {
-    _cleanup_error_ struct al_error *err = NULL;
     _cleanup_cli_api_ struct cli_api *a = NULL;
-    if (cli_api_open(o->socket, &a, &err) < 0) {
-        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
-        return CLI_EXIT_FAILED;
+    int code = cli_api_connect(o->socket, &a);
+    if (code)
+        return code;
+    if (o->json) {
+        struct cli_resp r = {0};
+        if ((code = cli_api_call(a, "GET", path, NULL, NULL, 0, 200, what, &r)))
+            return code;
+        cli_resp_print_raw(&r);
+        return 0;
     }
-    struct cli_resp r = {0};
-    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
-    int code = 0;
-    if (rc < 0 || r.status != 200) {
-        code = cli_api_fail(a, rc, &r, err, what);
-    } else if (o->json) {
-        fwrite(r.body.data, 1, r.body.len, stdout);
-    } else {
-        _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-        if (v)
-            show(v);
-        else
-            code = CLI_EXIT_FAILED;
-    }
-    cli_resp_clear(&r);
-    return code;
+    _cleanup_yajl_ yajl_val v = NULL;
+    if ((code = cli_api_call_json(a, "GET", path, 200, what, &v)))
+        return code;
+    show(v);
+    return 0;
 }
 
 static void pool_usage(FILE *out)
@@ -188,8 +142,8 @@ int cmd_pool(int argc, char **argv)
         pool_usage(stdout);
         return 0;
     }
-    struct list_opts o = {0};
-    int code = parse_list_opts(argc - 1, argv + 1, pool_usage, &o);
+    struct cli_opts o = {0};
+    int code = cli_parse_opts(argc - 1, argv + 1, 0, pool_usage, &o);
     if (code >= 0)
         return code;
     return fetch(&o, "/v1/pools", "reading the pools", show_pools);
@@ -253,8 +207,8 @@ int cmd_vm(int argc, char **argv)
         vm_usage(stdout);
         return 0;
     }
-    struct list_opts o = {0};
-    int code = parse_list_opts(argc - 1, argv + 1, vm_usage, &o);
+    struct cli_opts o = {0};
+    int code = cli_parse_opts(argc - 1, argv + 1, 0, vm_usage, &o);
     if (code >= 0)
         return code;
     return fetch(&o, "/v1/vms", "listing VMs", show_vms);

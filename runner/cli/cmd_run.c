@@ -276,21 +276,6 @@ static void write_all(int fd, const char *buf, size_t len)
     }
 }
 
-static void say(struct run_ctx *c, const char *fmt, ...) _printf_(2, 3);
-
-static void say(struct run_ctx *c, const char *fmt, ...)
-{
-    if (c->o->quiet)
-        return;
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    double t = (double)(al_now_mono_ms() - c->t0) / 1000.0;
-    fprintf(stderr, "agentlab: [%6.2fs] %s\n", t, line);
-}
-
 static void on_event(const struct store_event *ev, void *data)
 {
     struct run_ctx *c = data;
@@ -298,17 +283,17 @@ static void on_event(const struct store_event *ev, void *data)
         return;
     switch (ev->to) {
     case JOB_STATE_PROVISIONING:
-        say(c, "provisioning (%s)", ev->detail ? ev->detail : "");
+        run_say(c->o, c->t0, "provisioning (%s)", ev->detail ? ev->detail : "");
         break;
     case JOB_STATE_BOOTING:
-        say(c, "booting VM %s", ev->detail ? ev->detail : "");
+        run_say(c->o, c->t0, "booting VM %s", ev->detail ? ev->detail : "");
         break;
     case JOB_STATE_RUNNING:
-        say(c, "running");
+        run_say(c->o, c->t0, "running");
         break;
     case JOB_STATE_QUEUED:
         if (ev->from == JOB_STATE_ERROR)
-            say(c, "retrying on a fresh VM");
+            run_say(c->o, c->t0, "retrying on a fresh VM");
         break;
     default:
         if (job_state_is_terminal(ev->to)) {
@@ -558,7 +543,8 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
     if (!spec) {
         al_error_set(&err, ENOMEM, "building the job");
     } else if (engine_submit(c->engine, spec, &sub, c->job_id, &err) == 0) {
-        say(c, "job %s: queued (image %s)", c->job_id, o->image ? o->image : cfg->agent.image);
+        run_say(c->o, c->t0, "job %s: queued (image %s)", c->job_id,
+                o->image ? o->image : cfg->agent.image);
         uv_run(&c->loop, UV_RUN_DEFAULT);
         const struct attempt_result *r = &c->last;
         c->exit_code = exit_code_for(c);
@@ -566,25 +552,25 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
             fprintf(stderr, "agentlab: error: %s\n", c->reason);
         else if (c->final == JOB_STATE_TIMED_OUT)
             fprintf(stderr, "agentlab: timed out: %s\n", c->reason);
-        say(c,
-            "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
-            "cleanup %.2fs",
-            job_state_to_string(c->final), c->exit_code, (double)r->ms_total / 1000.0,
-            (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0,
-            (double)r->ms_boot / 1000.0, (double)r->ms_run / 1000.0,
-            (double)r->ms_cleanup / 1000.0);
+        run_say(c->o, c->t0,
+                "%s (exit %d) in %.1fs: provision %.2fs, start %.2fs, boot %.1fs, run %.1fs, "
+                "cleanup %.2fs",
+                job_state_to_string(c->final), c->exit_code, (double)r->ms_total / 1000.0,
+                (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0,
+                (double)r->ms_boot / 1000.0, (double)r->ms_run / 1000.0,
+                (double)r->ms_cleanup / 1000.0);
         if (r->have_artifacts)
-            say(c, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes in %s%s%s", r->artifacts.files,
-                r->artifacts.bytes, sub.artifacts_dir, r->artifacts.note[0] ? "; " : "",
-                r->artifacts.note);
+            run_say(c->o, c->t0, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes in %s%s%s",
+                    r->artifacts.files, r->artifacts.bytes, sub.artifacts_dir,
+                    r->artifacts.note[0] ? "; " : "", r->artifacts.note);
         else if (o->n_artifacts && r->artifacts.note[0])
-            say(c, "artifacts: %s", r->artifacts.note);
+            run_say(c->o, c->t0, "artifacts: %s", r->artifacts.note);
         if (r->log_truncated)
-            say(c, "output was truncated at max_log_size");
+            run_say(c->o, c->t0, "output was truncated at max_log_size");
         if (r->limits) {
             char names[256];
             al_limit_mask_format(r->limits, ", ", names, sizeof(names));
-            say(c, "limits hit: %s", names);
+            run_say(c->o, c->t0, "limits hit: %s", names);
         }
         if (r->cleanup_failed)
             fprintf(stderr, "agentlab: warning: cleanup incomplete: %s\n", r->cleanup_error);

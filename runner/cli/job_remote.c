@@ -14,6 +14,7 @@
 #include "runner/api/router.h"
 #include "runner/base/util.h"
 #include "runner/engine/spec.h"
+#include "runner/cli/cli_opts.h"
 #include "runner/cli/cmd_job.h"
 #include "provision/workdir.h"
 #include "runner/cli/table.h"
@@ -67,32 +68,6 @@ static bool check_id(const char *cmd, const char *id)
     return false;
 }
 
-static int open_api(const char *socket, struct cli_api **ret)
-{
-    _cleanup_error_ struct al_error *err = NULL;
-    if (cli_api_open(socket, ret, &err) < 0) {
-        fprintf(stderr, "agentlab: %s\n", al_error_message(err));
-        return CLI_EXIT_FAILED;
-    }
-    return 0;
-}
-
-/* GETs path and parses the JSON answer; an exit code on failure. */
-static int get_json(struct cli_api *a, const char *path, const char *what, yajl_val *ret)
-{
-    struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 200) {
-        int code = cli_api_fail(a, rc, &r, err, what);
-        cli_resp_clear(&r);
-        return code;
-    }
-    *ret = cli_resp_json(&r);
-    cli_resp_clear(&r);
-    return *ret ? 0 : CLI_EXIT_FAILED;
-}
-
 static int write_all(int fd, const char *buf, size_t len)
 {
     while (len) {
@@ -117,7 +92,7 @@ int cli_job_result(struct cli_api *a, const char *id, struct cli_job_result *ret
     char path[96];
     snprintf(path, sizeof(path), "/v1/jobs/%s", id);
     _cleanup_yajl_ yajl_val v = NULL;
-    int rc = get_json(a, path, "reading the job", &v);
+    int rc = cli_api_call_json(a, "GET", path, 200, "reading the job", &v);
     if (rc)
         return rc;
     struct cli_job_result r = {.state = JOB_STATE_NONE};
@@ -231,6 +206,29 @@ int cli_upload_workdir(struct cli_api *a, const char *dir, char *ret_id, size_t 
     return code;
 }
 
+int cli_submit_job(struct cli_api *a, const char *workdir, const char *spec, size_t len,
+                   struct cli_resp *ret, char ret_id[STORE_JOB_ID_SIZE])
+{
+    char upload[64] = "";
+    int code;
+    if (workdir && (code = cli_upload_workdir(a, workdir, upload, sizeof(upload))))
+        return code;
+    char path[128] = "/v1/jobs";
+    if (upload[0])
+        snprintf(path, sizeof(path), "/v1/jobs?workdir=%s", upload);
+    if ((code = cli_api_call(a, "POST", path, "application/json", spec, len, 201,
+                             "submitting the job", ret)))
+        return code;
+    _cleanup_yajl_ yajl_val v = cli_resp_json(ret);
+    const char *id = cli_json_str(v, JPATH("id"));
+    if (!id || strlen(id) >= STORE_JOB_ID_SIZE) {
+        cli_resp_clear(ret);
+        return CLI_EXIT_FAILED;
+    }
+    memcpy(ret_id, id, strlen(id) + 1);
+    return 0;
+}
+
 /* Writes one artifact below the directory dfd (named dir in messages),
  * creating its directories, the way provision/artifacts.c writes them: one
  * component at a time without following symlinks, and never through or
@@ -300,7 +298,7 @@ int cli_download_artifacts(struct cli_api *a, const char *id, const char *dir, u
     char path[128];
     snprintf(path, sizeof(path), "/v1/jobs/%s/artifacts", id);
     _cleanup_yajl_ yajl_val v = NULL;
-    int code = get_json(a, path, "listing artifacts", &v);
+    int code = cli_api_call_json(a, "GET", path, 200, "listing artifacts", &v);
     if (code)
         return code;
     yajl_val arr = cli_json_array(v, JPATH("artifacts"));
@@ -396,28 +394,13 @@ int job_submit(int argc, char **argv)
         return CLI_EXIT_FAILED;
     }
     _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = open_api(socket, &a);
+    int code = cli_api_connect(socket, &a);
     if (code)
         return code;
-    char upload[64] = "";
-    if (workdir && (code = cli_upload_workdir(a, workdir, upload, sizeof(upload))))
-        return code;
-    char path[128] = "/v1/jobs";
-    if (upload[0])
-        snprintf(path, sizeof(path), "/v1/jobs?workdir=%s", upload);
     struct cli_resp r = {0};
-    int rc = cli_api_request(a, "POST", path, "application/json", spec, len, &r, &err);
-    if (rc < 0 || r.status != 201) {
-        code = cli_api_fail(a, rc, &r, err, "submitting the job");
-        cli_resp_clear(&r);
+    char id[STORE_JOB_ID_SIZE];
+    if ((code = cli_submit_job(a, workdir, spec, len, &r, id)))
         return code;
-    }
-    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-    const char *id = cli_json_str(v, JPATH("id"));
-    if (!id) {
-        cli_resp_clear(&r);
-        return CLI_EXIT_FAILED;
-    }
     if (json)
         fwrite(r.body.data, 1, r.body.len, stdout);
     else if (!follow)
@@ -534,7 +517,7 @@ int job_ls(int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = open_api(socket, &a);
+    int code = cli_api_connect(socket, &a);
     if (code)
         return code;
     static const char *const heads[] = {"ID", "STATE", "EXIT", "AGE", "SOURCE", "NAME", "REASON"};
@@ -559,7 +542,7 @@ int job_ls(int argc, char **argv)
         if (asprintf(&path, "/v1/jobs%s", q.data ? q.data : "") < 0)
             break;
         _cleanup_yajl_ yajl_val v = NULL;
-        if ((code = get_json(a, path, "listing jobs", &v))) {
+        if ((code = cli_api_call_json(a, "GET", path, 200, "listing jobs", &v))) {
             table_free(t);
             return code;
         }
@@ -591,69 +574,51 @@ int job_ls(int argc, char **argv)
 
 /* ------------------------------------------------------------ show, logs, cancel */
 
-/* Parses "[options] ID" for the commands that take one job id. */
-struct id_opts {
-    const char *id;
-    const char *socket;
-    bool json;
-    bool follow;
-    uint64_t offset;
-    const char *out;
-};
-
-static int parse_id_opts(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
-                         bool allow_follow, bool allow_out, struct id_opts *o)
+/* Parses "[options] ID" for the commands that take one job id (flags as
+ * cli_parse_opts()) and connects: -1 with *ret_a to go on, else an exit
+ * code. */
+static int id_command(int argc, char **argv, const char *cmd, void (*usage)(FILE *), unsigned flags,
+                      struct cli_opts *o, struct cli_api **ret_a)
 {
-    enum { OPT_JSON = 256, OPT_SOCKET, OPT_OFFSET, OPT_OUT };
-    static const struct option opts[] = {
-            {"json", no_argument, NULL, OPT_JSON},
-            {"socket", required_argument, NULL, OPT_SOCKET},
-            {"follow", no_argument, NULL, 'f'},
-            {"offset", required_argument, NULL, OPT_OFFSET},
-            {"out", required_argument, NULL, OPT_OUT},
-            {"help", no_argument, NULL, 'h'},
-            {NULL, 0, NULL, 0},
-    };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_JSON:
-            o->json = true;
-            break;
-        case OPT_SOCKET:
-            o->socket = optarg;
-            break;
-        case 'f':
-            if (!allow_follow)
-                goto bad;
-            o->follow = true;
-            break;
-        case OPT_OFFSET:
-            if (!allow_follow || al_parse_uint64(optarg, INT64_MAX / 2, &o->offset) < 0)
-                goto bad;
-            break;
-        case OPT_OUT:
-            if (!allow_out)
-                goto bad;
-            o->out = optarg;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            goto bad;
-        }
-    }
-    if (optind + 1 != argc)
-        goto bad;
-    o->id = argv[optind];
-    if (!check_id(cmd, o->id))
+    int code = cli_parse_opts(argc, argv, flags | CLI_OPTS_OPERAND, usage, o);
+    if (code >= 0)
+        return code;
+    if (!check_id(cmd, o->operand))
         return CLI_EXIT_USAGE;
+    code = cli_api_connect(o->socket, ret_a);
+    return code ? code : -1;
+}
+
+/* Sends METHOD /v1/jobs/ID<suffix> for a command of id_command(), which
+ * must be answered with status want. Returns -1 with the answer in *ret
+ * (the caller clears it); 0 once the answer is printed as it came (--json);
+ * else an exit code. */
+static int job_request(struct cli_api *a, const struct cli_opts *o, const char *method,
+                       const char *suffix, long want, const char *what, struct cli_resp *ret)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/jobs/%s%s", o->operand, suffix);
+    int code = cli_api_call(a, method, path, NULL, NULL, 0, want, what, ret);
+    if (code)
+        return code;
+    if (o->json) {
+        cli_resp_print_raw(ret);
+        return 0;
+    }
     return -1;
-bad:
-    usage(stderr);
-    return CLI_EXIT_USAGE;
+}
+
+/* "label: a b c" for a non-empty array of strings; nothing otherwise. */
+static void print_words(const char *label, yajl_val arr)
+{
+    if (!arr || !arr->u.array.len)
+        return;
+    printf("%s", label);
+    for (size_t i = 0; i < arr->u.array.len; i++) {
+        yajl_val w = arr->u.array.values[i];
+        printf(" %s", YAJL_IS_STRING(w) ? YAJL_GET_STRING(w) : "?");
+    }
+    printf("\n");
 }
 
 static void show_usage(FILE *out)
@@ -666,28 +631,14 @@ static void show_usage(FILE *out)
 
 int job_show(int argc, char **argv)
 {
-    struct id_opts o = {0};
-    int code = parse_id_opts(argc, argv, "job show", show_usage, false, false, &o);
+    struct cli_opts o = {0};
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = id_command(argc, argv, "job show", show_usage, 0, &o, &a);
     if (code >= 0)
         return code;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    if ((code = open_api(o.socket, &a)))
-        return code;
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/jobs/%s", o.id);
     struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 200) {
-        code = cli_api_fail(a, rc, &r, err, "reading the job");
-        cli_resp_clear(&r);
+    if ((code = job_request(a, &o, "GET", "", 200, "reading the job", &r)) >= 0)
         return code;
-    }
-    if (o.json) {
-        fwrite(r.body.data, 1, r.body.len, stdout);
-        cli_resp_clear(&r);
-        return 0;
-    }
     _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
     cli_resp_clear(&r);
     if (!v)
@@ -708,15 +659,7 @@ int job_show(int argc, char **argv)
     if ((s = cli_json_str(j, JPATH("source", "ref"))))
         printf(" (%s)", s);
     printf("\npool:      %s\n", (s = cli_json_str(j, JPATH("pool"))) ? s : "-");
-    yajl_val labels = cli_json_array(j, JPATH("labels"));
-    if (labels && labels->u.array.len) {
-        printf("labels:   ");
-        for (size_t i = 0; i < labels->u.array.len; i++)
-            printf(" %s", YAJL_IS_STRING(labels->u.array.values[i])
-                                  ? YAJL_GET_STRING(labels->u.array.values[i])
-                                  : "?");
-        printf("\n");
-    }
+    print_words("labels:   ", cli_json_array(j, JPATH("labels")));
     printf("created:   %s\n", (s = cli_json_str(j, JPATH("created"))) ? s : "-");
     printf("updated:   %s\n", (s = cli_json_str(j, JPATH("updated"))) ? s : "-");
     printf("attempts:  %lld of %lld\n", (long long)cli_json_int(j, JPATH("attempts"), 0),
@@ -725,15 +668,7 @@ int job_show(int argc, char **argv)
     table_size((uint64_t)cli_json_int(j, JPATH("log_bytes"), 0), size, sizeof(size));
     printf("log:       %s\n", size);
     /* hard limits the job ran into (SECURITY.md), names from the daemon */
-    yajl_val lim = cli_json_array(j, JPATH("limits_hit"));
-    if (lim && lim->u.array.len) {
-        printf("limits:   ");
-        for (size_t i = 0; i < lim->u.array.len; i++)
-            printf(" %s", YAJL_IS_STRING(lim->u.array.values[i])
-                                  ? YAJL_GET_STRING(lim->u.array.values[i])
-                                  : "?");
-        printf("\n");
-    }
+    print_words("limits:   ", cli_json_array(j, JPATH("limits_hit")));
     yajl_val att = cli_json_array(v, JPATH("attempts"));
     if (att && att->u.array.len) {
         static const char *const heads[] = {"ATTEMPT", "BACKEND", "VM",
@@ -770,22 +705,19 @@ static void logs_usage(FILE *out)
 
 int job_logs(int argc, char **argv)
 {
-    struct id_opts o = {0};
-    int code = parse_id_opts(argc, argv, "job logs", logs_usage, true, false, &o);
+    struct cli_opts o = {0};
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = id_command(argc, argv, "job logs", logs_usage, CLI_OPTS_FOLLOW, &o, &a);
     if (code >= 0)
         return code;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    if ((code = open_api(o.socket, &a)))
-        return code;
     char path[160];
-    snprintf(path, sizeof(path), "/v1/jobs/%s/logs?offset=%" PRIu64 "%s", o.id, o.offset,
+    snprintf(path, sizeof(path), "/v1/jobs/%s/logs?offset=%" PRIu64 "%s", o.operand, o.offset,
              o.follow ? "&follow=1" : "");
     int fd = STDOUT_FILENO;
     struct cli_resp r = {0};
     _cleanup_error_ struct al_error *err = NULL;
     int rc = cli_api_stream(a, path, fd_sink, &fd, NULL, NULL, &r, &err);
-    if (rc < 0 || r.status != 200)
-        code = cli_api_fail(a, rc, &r, err, "reading the log");
+    code = rc < 0 || r.status != 200 ? cli_api_fail(a, rc, &r, err, "reading the log") : 0;
     cli_resp_clear(&r);
     return code;
 }
@@ -801,31 +733,18 @@ static void cancel_usage(FILE *out)
 
 int job_cancel(int argc, char **argv)
 {
-    struct id_opts o = {0};
-    int code = parse_id_opts(argc, argv, "job cancel", cancel_usage, false, false, &o);
+    struct cli_opts o = {0};
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = id_command(argc, argv, "job cancel", cancel_usage, 0, &o, &a);
     if (code >= 0)
         return code;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    if ((code = open_api(o.socket, &a)))
-        return code;
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/jobs/%s/cancel", o.id);
     struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "POST", path, NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 202) {
-        code = cli_api_fail(a, rc, &r, err, "cancelling the job");
-        cli_resp_clear(&r);
+    if ((code = job_request(a, &o, "POST", "/cancel", 202, "cancelling the job", &r)) >= 0)
         return code;
-    }
-    if (o.json) {
-        fwrite(r.body.data, 1, r.body.len, stdout);
-    } else {
-        _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-        const char *st = cli_json_str(v, JPATH("state"));
-        printf("job %s: cancel requested (%s)\n", o.id, st ? st : "?");
-    }
+    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
     cli_resp_clear(&r);
+    const char *st = cli_json_str(v, JPATH("state"));
+    printf("job %s: cancel requested (%s)\n", o.operand, st ? st : "?");
     return 0;
 }
 
@@ -841,34 +760,20 @@ static void artifacts_usage(FILE *out)
 
 int job_artifacts(int argc, char **argv)
 {
-    struct id_opts o = {0};
-    int code = parse_id_opts(argc, argv, "job artifacts", artifacts_usage, false, true, &o);
-    if (code >= 0)
-        return code;
+    struct cli_opts o = {0};
     _cleanup_cli_api_ struct cli_api *a = NULL;
-    if ((code = open_api(o.socket, &a)))
+    int code = id_command(argc, argv, "job artifacts", artifacts_usage, CLI_OPTS_OUT, &o, &a);
+    if (code >= 0)
         return code;
     if (o.out) {
         unsigned n = 0;
-        code = cli_download_artifacts(a, o.id, o.out, &n);
+        code = cli_download_artifacts(a, o.operand, o.out, &n);
         fprintf(stderr, "agentlab: %u artifact%s written to %s\n", n, n == 1 ? "" : "s", o.out);
         return code;
     }
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/jobs/%s/artifacts", o.id);
     struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 200) {
-        code = cli_api_fail(a, rc, &r, err, "listing artifacts");
-        cli_resp_clear(&r);
+    if ((code = job_request(a, &o, "GET", "/artifacts", 200, "listing artifacts", &r)) >= 0)
         return code;
-    }
-    if (o.json) {
-        fwrite(r.body.data, 1, r.body.len, stdout);
-        cli_resp_clear(&r);
-        return 0;
-    }
     _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
     cli_resp_clear(&r);
     yajl_val arr = cli_json_array(v, JPATH("artifacts"));

@@ -22,6 +22,12 @@ int job_artifacts(int argc, char **argv);
 /* Packs dir and uploads it; ret_id gets the upload id. 0 or an exit code. */
 int cli_upload_workdir(struct cli_api *a, const char *dir, char *ret_id, size_t size);
 
+/* Uploads workdir (may be NULL) as the job's work directory and submits
+ * the job spec[0..len). Returns 0 with the daemon's answer in *ret (the
+ * caller clears it) and the job's id in ret_id, or an exit code. */
+int cli_submit_job(struct cli_api *a, const char *workdir, const char *spec, size_t len,
+                   struct cli_resp *ret, char ret_id[STORE_JOB_ID_SIZE]);
+
 /* Streams the job's log to fd until the job ends. With interruptible,
  * SIGINT/SIGTERM cancel the job (once) and the stream goes on until the
  * daemon ends it. Returns 0 or an exit code. */

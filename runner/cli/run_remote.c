@@ -11,23 +11,16 @@
 #include "runner/engine/config.h"
 #include "runner/cli/job_remote.h"
 
-struct remote {
-    const struct run_opts *o;
-    uint64_t t0;
-};
-
-static void say(const struct remote *r, const char *fmt, ...) _printf_(2, 3);
-
-static void say(const struct remote *r, const char *fmt, ...)
+void run_say(const struct run_opts *o, uint64_t t0, const char *fmt, ...)
 {
-    if (r->o->quiet)
+    if (o->quiet)
         return;
     char line[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "agentlab: [%6.2fs] %s\n", (double)(al_now_mono_ms() - r->t0) / 1000.0, line);
+    fprintf(stderr, "agentlab: [%6.2fs] %s\n", (double)(al_now_mono_ms() - t0) / 1000.0, line);
 }
 
 static int gen_env(yajl_gen g, const char *key, const struct env_pair *p, size_t n)
@@ -113,36 +106,21 @@ static void print_json(const char *id, const struct cli_job_result *res, int cod
 
 int run_remote(const struct run_opts *o, struct cli_api *a)
 {
-    struct remote rm = {.o = o, .t0 = al_now_mono_ms()};
-    char upload[64] = "";
-    if (o->workdir && cli_upload_workdir(a, o->workdir, upload, sizeof(upload)))
-        return 125;
+    uint64_t t0 = al_now_mono_ms();
     _cleanup_free_ char *spec = NULL;
     size_t len = 0;
     if (spec_json(o, &spec, &len) < 0) {
         fprintf(stderr, "agentlab: building the job spec failed\n");
         return 125;
     }
-    char path[128] = "/v1/jobs";
-    if (upload[0])
-        snprintf(path, sizeof(path), "/v1/jobs?workdir=%s", upload);
     struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "POST", path, "application/json", spec, len, &r, &err);
-    explicit_bzero(spec, len);
-    if (rc < 0 || r.status != 201) {
-        cli_api_fail(a, rc, &r, err, "submitting the job");
-        cli_resp_clear(&r);
-        return 125;
-    }
-    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-    cli_resp_clear(&r);
-    const char *idp = cli_json_str(v, JPATH("id"));
-    if (!idp)
-        return 125;
     char id[STORE_JOB_ID_SIZE];
-    snprintf(id, sizeof(id), "%s", idp);
-    say(&rm, "job %s: queued (image %s) on agentlabd", id, o->image ? o->image : "default");
+    int sent = cli_submit_job(a, o->workdir, spec, len, &r, id);
+    explicit_bzero(spec, len);
+    cli_resp_clear(&r);
+    if (sent)
+        return 125;
+    run_say(o, t0, "job %s: queued (image %s) on agentlabd", id, o->image ? o->image : "default");
 
     cli_install_interrupt();
     if (cli_follow_logs(a, id, o->json ? STDERR_FILENO : STDOUT_FILENO, true))
@@ -158,14 +136,14 @@ int run_remote(const struct run_opts *o, struct cli_api *a)
     int code = cli_run_exit_code(&res);
     if (res.state == JOB_STATE_ERROR)
         fprintf(stderr, "agentlab: error: %s\n", res.reason);
-    say(&rm, "%s (exit %d)%s%s", job_state_to_string(res.state), code,
-        res.reason[0] && res.state != JOB_STATE_ERROR ? ": " : "",
-        res.state != JOB_STATE_ERROR ? res.reason : "");
+    run_say(o, t0, "%s (exit %d)%s%s", job_state_to_string(res.state), code,
+            res.reason[0] && res.state != JOB_STATE_ERROR ? ": " : "",
+            res.state != JOB_STATE_ERROR ? res.reason : "");
     if (o->n_artifacts) {
         const char *dir = o->artifacts_dir ? o->artifacts_dir : "artifacts";
         unsigned n = 0;
         if (cli_download_artifacts(a, id, dir, &n) == 0)
-            say(&rm, "artifacts: %u files in %s", n, dir);
+            run_say(o, t0, "artifacts: %u files in %s", n, dir);
     }
     if (o->json)
         print_json(id, &res, code);

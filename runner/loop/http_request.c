@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "runner/base/hex.h"
+
 #define DEFAULT_MAX_HEADER_BYTES (16u << 10)
 #define DEFAULT_MAX_HEADERS      64
 #define DEFAULT_MAX_BODY         (1u << 20)
@@ -139,17 +141,6 @@ static int on_header_value(http_parser *hp, const char *at, size_t len)
     return 0;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int http_percent_decode(const char *s, size_t len, bool plus_is_space, char **ret)
 {
     char *out = malloc(len + 1);
@@ -163,13 +154,10 @@ int http_percent_decode(const char *s, size_t len, bool plus_is_space, char **re
                 free(out);
                 return -EINVAL;
             }
-            int hi = hexval(s[i + 1]);
-            int lo = hexval(s[i + 2]);
-            if (hi < 0 || lo < 0) {
+            if (al_hex_decode(s + i + 1, &c, 1) < 0) {
                 free(out);
                 return -EINVAL;
             }
-            c = (unsigned char)(hi * 16 + lo);
             i += 2;
         } else if (c == '+' && plus_is_space) {
             c = ' ';

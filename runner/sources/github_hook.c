@@ -35,34 +35,6 @@ struct github_hook {
     void *done_data;
 };
 
-int github_parse_listen(const char *s, const char *what, char *host, size_t host_size,
-                        int *ret_port, struct al_error **err)
-{
-    const char *colon;
-    const char *h = s;
-    size_t hlen;
-    if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (!end || end[1] != ':')
-            return al_error_set(err, EINVAL, "%s \"%s\": expected [IPV6]:PORT", what, s);
-        h = s + 1;
-        hlen = (size_t)(end - h);
-        colon = end + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon)
-            return al_error_set(err, EINVAL, "%s \"%s\": expected HOST:PORT", what, s);
-        hlen = (size_t)(colon - s);
-    }
-    if (hlen == 0 || hlen >= host_size)
-        return al_error_set(err, EINVAL, "%s \"%s\": bad host", what, s);
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    if (al_parse_int(colon + 1, 0, 65535, ret_port) < 0)
-        return al_error_set(err, EINVAL, "%s \"%s\": bad port", what, s);
-    return 0;
-}
-
 static bool seen_before(struct github_hook *h, const char *id)
 {
     for (size_t i = 0; i < h->seen_n; i++) {
@@ -197,7 +169,7 @@ int github_hook_new(const struct github_hook_params *p, struct github_hook **ret
 {
     char host[64];
     int port = 0;
-    int r = github_parse_listen(p->listen, "webhook_listen", host, sizeof(host), &port, err);
+    int r = al_parse_host_port(p->listen, "webhook_listen", host, sizeof(host), &port, err);
     if (r < 0)
         return r;
     struct github_hook *h = calloc(1, sizeof(*h));

@@ -68,8 +68,4 @@ void github_hook_stats(const struct github_hook *h, struct github_hook_stats *re
  * calls done (may be NULL). */
 void github_hook_stop(struct github_hook *h, void (*done)(void *data), void *data);
 
-/* Splits "HOST:PORT" / "[IPV6]:PORT". what names the setting in messages. */
-int github_parse_listen(const char *s, const char *what, char *host, size_t host_size,
-                        int *ret_port, struct al_error **err);
-
 #endif

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <yajl/yajl_tree.h>
 
+#include "runner/base/hex.h"
 #include "runner/base/hmac.h"
 #include "runner/base/json_tree.h"
 #include "runner/base/util.h"
@@ -348,17 +349,6 @@ int github_webhook_parse(const char *data, size_t len, struct github_job **ret,
 
 /* ---- signature, names, labels ---------------------------------------------- */
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 bool github_signature_valid(const void *secret, size_t secret_len, const void *body, size_t len,
                             const char *header)
 {
@@ -369,12 +359,8 @@ bool github_signature_valid(const void *secret, size_t secret_len, const void *b
     if (strlen(hex) != 2 * AL_SHA256_DIGEST_SIZE)
         return false;
     uint8_t given[AL_SHA256_DIGEST_SIZE];
-    for (size_t i = 0; i < AL_SHA256_DIGEST_SIZE; i++) {
-        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return false;
-        given[i] = (uint8_t)(hi << 4 | lo);
-    }
+    if (al_hex_decode(hex, given, sizeof(given)) < 0)
+        return false;
     uint8_t want[AL_SHA256_DIGEST_SIZE];
     al_hmac_sha256(secret, secret_len, body, len, want);
     bool ok = al_consttime_equal(want, sizeof(want), given, sizeof(given));

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "provision/archive_walk.h"
 #include "runner/base/macro.h"
 
 static int add_file(struct archive *zip, struct archive_entry *e, const char *rel, uint64_t *total,
@@ -51,6 +52,34 @@ static int add_file(struct archive *zip, struct archive_entry *e, const char *re
     return r;
 }
 
+struct zip {
+    const struct gitlab_artifact *a;
+    const char *zip_path;
+    struct archive *zip;
+    uint64_t total, max_bytes;
+    uint64_t files;
+};
+
+static int zip_entry(struct archive_entry *e, const char *rel, void *userdata,
+                     struct al_error **err)
+{
+    struct zip *z = userdata;
+    if (archive_entry_filetype(e) != AE_IFREG || !gitlab_artifact_wants(z->a, rel))
+        return 0;
+    if (!z->zip) {
+        z->zip = archive_write_new();
+        if (!z->zip || archive_write_set_format_zip(z->zip) != ARCHIVE_OK ||
+            archive_write_open_filename(z->zip, z->zip_path) != ARCHIVE_OK)
+            return al_error_set(err, EIO, "creating %s: %s", z->zip_path,
+                                z->zip ? archive_error_string(z->zip) : "out of memory");
+    }
+    int r = add_file(z->zip, e, rel, &z->total, z->max_bytes, err);
+    if (r < 0)
+        return r;
+    z->files++;
+    return 0;
+}
+
 int gitlab_artifacts_zip(const char *dir, const struct gitlab_artifact *a, const char *zip_path,
                          uint64_t max_bytes, struct gitlab_zip_result *ret, struct al_error **err)
 {
@@ -60,76 +89,21 @@ int gitlab_artifacts_zip(const char *dir, const struct gitlab_artifact *a, const
         *ret = res; /* the guest handed back nothing */
         return 0;
     }
-    int r = 0;
-    struct archive *disk = archive_read_disk_new();
-    struct archive *zip = NULL;
-    if (!disk) {
-        r = al_error_set(err, ENOMEM, "out of memory");
-        goto done;
-    }
-    archive_read_disk_set_symlink_physical(disk);
-    if (archive_read_disk_open(disk, dir) != ARCHIVE_OK) {
-        r = al_error_set(err, EIO, "reading %s: %s", dir, archive_error_string(disk));
-        goto done;
-    }
-    size_t dlen = strlen(dir);
-    while (dlen > 1 && dir[dlen - 1] == '/')
-        dlen--;
-    uint64_t total = 22; /* end of central directory */
-    for (;;) {
-        struct archive_entry *e = archive_entry_new();
-        if (!e) {
-            r = al_error_set(err, ENOMEM, "out of memory");
-            break;
-        }
-        int ar = archive_read_next_header2(disk, e);
-        if (ar == ARCHIVE_EOF) {
-            archive_entry_free(e);
-            break;
-        }
-        if (ar != ARCHIVE_OK && ar != ARCHIVE_WARN) {
-            r = al_error_set(err, EIO, "reading %s: %s", dir, archive_error_string(disk));
-            archive_entry_free(e);
-            break;
-        }
-        archive_read_disk_descend(disk);
-        const char *full = archive_entry_pathname(e);
-        const char *rel = full + dlen;
-        while (*rel == '/')
-            rel++;
-        if (strncmp(full, dir, dlen) != 0 || archive_entry_filetype(e) != AE_IFREG || !*rel ||
-            !gitlab_artifact_wants(a, rel)) {
-            archive_entry_free(e);
-            continue;
-        }
-        if (!zip) {
-            zip = archive_write_new();
-            if (!zip || archive_write_set_format_zip(zip) != ARCHIVE_OK ||
-                archive_write_open_filename(zip, zip_path) != ARCHIVE_OK) {
-                r = al_error_set(err, EIO, "creating %s: %s", zip_path,
-                                 zip ? archive_error_string(zip) : "out of memory");
-                archive_entry_free(e);
-                break;
-            }
-        }
-        r = add_file(zip, e, rel, &total, max_bytes, err);
-        archive_entry_free(e);
-        if (r < 0)
-            break;
-        res.files++;
-    }
-done:
-    if (disk)
-        archive_read_free(disk);
-    if (zip) {
-        if (archive_write_close(zip) != ARCHIVE_OK && r == 0)
-            r = al_error_set(err, EIO, "finishing %s: %s", zip_path, archive_error_string(zip));
-        archive_write_free(zip);
+    struct zip z = {.a = a,
+                    .zip_path = zip_path,
+                    .max_bytes = max_bytes,
+                    .total = 22 /* end of central directory */};
+    int r = archive_walk_dir(dir, zip_entry, &z, err);
+    if (z.zip) {
+        if (archive_write_close(z.zip) != ARCHIVE_OK && r == 0)
+            r = al_error_set(err, EIO, "finishing %s: %s", zip_path, archive_error_string(z.zip));
+        archive_write_free(z.zip);
     }
     if (r < 0) {
         unlink(zip_path);
         return r;
     }
+    res.files = z.files;
     if (res.files && stat(zip_path, &st) == 0)
         res.bytes = (uint64_t)st.st_size;
     *ret = res;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "runner/loop/http_request.h"
+#include "runner/api/json.h"
 #include "runner/api/router.h"
 
 struct parsed {
@@ -233,6 +234,33 @@ static void test_percent_decode(void **state)
     assert_int_equal(http_percent_decode("%c3%a9", 6, false, &out), 0);
     assert_string_equal(out, "\xc3\xa9");
     free(out);
+    assert_int_equal(http_percent_decode("%zz", 3, false, &out), -EINVAL);
+}
+
+/* Strings leave the API as valid UTF-8 whatever they hold: each byte that
+ * is not part of a strict UTF-8 sequence becomes U+FFFD. */
+static void test_json_strings(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+            {"caf\xc3\xa9", "\"caf\xc3\xa9\""},
+            {"a\xffz", "\"a\xef\xbf\xbdz\""},
+            {"\xc0\xaf", "\"\xef\xbf\xbd\xef\xbf\xbd\""},                 /* overlong */
+            {"\xed\xa0\x80", "\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\""}, /* surrogate */
+            {"\xe2\x82", "\"\xef\xbf\xbd\xef\xbf\xbd\""},                 /* truncated */
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        _cleanup_json_gen_ yajl_gen g = json_gen_new();
+        assert_non_null(g);
+        assert_int_equal(json_str(g, cases[i].in), 0);
+        const unsigned char *buf;
+        size_t len;
+        assert_int_equal(yajl_gen_get_buf(g, &buf, &len), yajl_gen_status_ok);
+        assert_int_equal(len, strlen(cases[i].out));
+        assert_memory_equal(buf, cases[i].out, len);
+    }
 }
 
 static void test_router(void **state)
@@ -318,6 +346,7 @@ int main(void)
             cmocka_unit_test(test_too_many_query_params),
             cmocka_unit_test(test_headers_callback),
             cmocka_unit_test(test_percent_decode),
+            cmocka_unit_test(test_json_strings),
             cmocka_unit_test(test_router),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -16,6 +16,8 @@
 #include "runner/base/util.h"
 #include "provision/artifacts.h"
 #include "provision/workdir.h"
+#include "runner/sources/gitlab_artifacts.h"
+#include "runner/sources/gitlab_job.h"
 
 static char *tmp;
 
@@ -299,6 +301,73 @@ static void test_workdir_roundtrip(void **state)
     free(src);
 }
 
+/* The GitLab artifacts zip walks the guest's files with the same walk as
+ * workdir_pack(): only the regular files the artifact wants, relative. */
+static void test_gitlab_zip(void **state)
+{
+    (void)state;
+    struct al_error *err = NULL;
+    char *src = al_path_join(tmp, "zipsrc");
+    char *sub = al_path_join(src, "keep/sub");
+    assert_int_equal(al_mkdir_p(sub, 0755, &err), 0);
+    char *f1 = al_path_join(src, "keep/a.txt");
+    char *f2 = al_path_join(sub, "b.txt");
+    char *f3 = al_path_join(src, "skip.txt");
+    char *lnk = al_path_join(src, "keep/passwd");
+    assert_int_equal(al_write_file_atomic(f1, "aaa\n", 4, 0644, &err), 0);
+    assert_int_equal(al_write_file_atomic(f2, "bbbbbb\n", 7, 0755, &err), 0);
+    assert_int_equal(al_write_file_atomic(f3, "no\n", 3, 0644, &err), 0);
+    assert_int_equal(symlink("/etc/passwd", lnk), 0);
+
+    char *paths[] = {"keep", NULL};
+    char *none[] = {NULL};
+    struct gitlab_artifact a = {.paths = paths, .n_paths = 1, .exclude = none};
+    char *zip = al_path_join(tmp, "out.zip");
+    struct gitlab_zip_result res = {0};
+    assert_int_equal(gitlab_artifacts_zip(src, &a, zip, 0, &res, &err), 0);
+    assert_int_equal(res.files, 2);
+    struct stat st;
+    assert_int_equal(stat(zip, &st), 0);
+    assert_int_equal(res.bytes, (uint64_t)st.st_size);
+
+    struct archive *ar = archive_read_new();
+    archive_read_support_format_zip(ar);
+    assert_int_equal(archive_read_open_filename(ar, zip, 10240), ARCHIVE_OK);
+    struct archive_entry *e;
+    bool saw_a = false, saw_b = false;
+    int n = 0;
+    while (archive_read_next_header(ar, &e) == ARCHIVE_OK) {
+        const char *p = archive_entry_pathname(e);
+        if (streq(p, "keep/a.txt"))
+            saw_a = archive_entry_size(e) == 4;
+        if (streq(p, "keep/sub/b.txt"))
+            saw_b = (archive_entry_perm(e) & 0111) != 0;
+        n++;
+    }
+    archive_read_free(ar);
+    assert_true(saw_a);
+    assert_true(saw_b);
+    assert_int_equal(n, 2); /* no symlink, nothing outside "keep" */
+
+    /* too big: an error and no zip left behind */
+    assert_int_equal(gitlab_artifacts_zip(src, &a, zip, 64, &res, &err), -EFBIG);
+    err = al_error_free(err);
+    assert_int_equal(access(zip, F_OK), -1);
+    /* the guest handed back nothing */
+    char *missing = al_path_join(tmp, "no-such-dir");
+    assert_int_equal(gitlab_artifacts_zip(missing, &a, zip, 0, &res, &err), 0);
+    assert_int_equal(res.files, 0);
+    assert_int_equal(access(zip, F_OK), -1);
+    free(missing);
+    free(zip);
+    free(lnk);
+    free(f3);
+    free(f2);
+    free(f1);
+    free(sub);
+    free(src);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -307,6 +376,7 @@ int main(void)
             cmocka_unit_test(test_limits_count_every_directory),
             cmocka_unit_test(test_damaged_and_missing),
             cmocka_unit_test(test_workdir_roundtrip),
+            cmocka_unit_test(test_gitlab_zip),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -230,6 +230,29 @@ static void test_lock(void **state)
     int c = image_lock(f->state, "x", true, 0, NULL);
     assert_true(c >= 0);
     close(c);
+
+    /* the builder's lock file: the caller's busy message, no symlink */
+    char *path = al_path_join(f->state, "build.lock");
+    int d = image_lock_path(path, true, false, 0, "another build is running", NULL);
+    assert_true(d >= 0);
+    assert_true(fcntl(d, F_GETFD) & FD_CLOEXEC);
+    err = NULL;
+    assert_int_equal(image_lock_path(path, false, false, 0, "another build is running", &err),
+                     -EBUSY);
+    assert_string_equal(al_error_message(err), "another build is running");
+    err = al_error_free(err);
+    close(d);
+    /* inherited by children: no close-on-exec */
+    d = image_lock_path(path, true, true, 0, "busy", NULL);
+    assert_true(d >= 0);
+    assert_false(fcntl(d, F_GETFD) & FD_CLOEXEC);
+    close(d);
+    char *link = al_path_join(f->state, "link.lock");
+    assert_int_equal(symlink(path, link), 0);
+    assert_int_equal(image_lock_path(link, true, true, 0, "busy", &err), -ELOOP);
+    al_error_free(err);
+    free(link);
+    free(path);
 }
 
 static void test_names(void **state)

@@ -781,18 +781,16 @@ static void test_listen(void **state)
     char host[64];
     int port = -1;
     struct al_error *err = NULL;
-    assert_int_equal(github_parse_listen("127.0.0.1:8080", "w", host, sizeof(host), &port, &err),
-                     0);
+    assert_int_equal(al_parse_host_port("127.0.0.1:8080", "w", host, sizeof(host), &port, &err), 0);
     assert_string_equal(host, "127.0.0.1");
     assert_int_equal(port, 8080);
-    assert_int_equal(github_parse_listen("[::1]:0", "w", host, sizeof(host), &port, &err), 0);
+    assert_int_equal(al_parse_host_port("[::1]:0", "w", host, sizeof(host), &port, &err), 0);
     assert_string_equal(host, "::1");
     assert_int_equal(port, 0);
     static const char *const bad[] = {"8080",      ":8080",        "127.0.0.1:", "127.0.0.1:65536",
                                       "[::1]8080", "127.0.0.1:80x"};
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
-        assert_int_equal(github_parse_listen(bad[i], "w", host, sizeof(host), &port, &err),
-                         -EINVAL);
+        assert_int_equal(al_parse_host_port(bad[i], "w", host, sizeof(host), &port, &err), -EINVAL);
         err = al_error_free(err);
     }
 }

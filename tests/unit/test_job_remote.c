@@ -1,7 +1,8 @@
-/* The CLI's artifact download through the daemon (runner/cli/job_remote.c)
- * against a small HTTP server in a thread that plays the daemon: files are
- * written like the host extraction writes them, never through a symlink
- * and never over an existing file. */
+/* The CLI's job commands through the daemon (runner/cli/job_remote.c)
+ * against a small HTTP server in a thread that plays the daemon: exit codes
+ * and output of job show|logs|cancel|artifacts, and the artifact download,
+ * whose files are written like the host extraction writes them, never
+ * through a symlink and never over an existing file. */
 #include "test_util.h"
 
 #include <arpa/inet.h>
@@ -18,6 +19,8 @@
 #include "runner/base/util.h"
 #include "runner/cli/api_client.h"
 #include "runner/cli/job_remote.h"
+
+#define JOB "j0123456789abcdef0123"
 
 struct fake_daemon {
     int listen_fd;
@@ -52,9 +55,22 @@ static void *serve(void *data)
                 break;
         }
         req[len] = '\0';
-        char path[512] = "";
-        if (sscanf(req, "GET %511s", path) != 1)
+        char method[16] = "", path[512] = "";
+        if (sscanf(req, "%15s %511s", method, path) != 2)
             answer(fd, 400, "text/plain", "");
+        else if (streq(method, "POST") && streq(path, "/v1/jobs/" JOB "/cancel"))
+            answer(fd, 202, "application/json", "{\"id\":\"" JOB "\",\"state\":\"RUNNING\"}");
+        else if (!streq(method, "GET"))
+            answer(fd, 405, "application/json", "{\"error\":{\"message\":\"method\"}}");
+        else if (streq(path, "/v1/jobs/" JOB))
+            answer(fd, 200, "application/json",
+                   "{\"job\":{\"id\":\"" JOB "\",\"state\":\"FAILED\",\"exit_code\":3,"
+                   "\"labels\":[\"big\",\"gpu\"],\"limits_hit\":[\"disk\"]},\"attempts\":[]}");
+        else if (streq(path, "/v1/jobs/" JOB "/logs?offset=2"))
+            answer(fd, 200, "text/plain", "llo\n");
+        else if (streq(path, "/v1/jobs/" JOB "/artifacts"))
+            answer(fd, 200, "application/json",
+                   "{\"artifacts\":[{\"path\":\"x.log\",\"size\":2048}]}");
         else if (streq(path, "/v1/jobs/j1/artifacts"))
             answer(fd, 200, "application/json",
                    "{\"artifacts\":[{\"path\":\"sub/a.txt\",\"size\":4},"
@@ -193,9 +209,67 @@ static void test_never_follows_symlinks(void **state)
     test_tmpdir_remove(tmp);
 }
 
+/* Runs a job command with argv (NULL-terminated) and its stdout captured
+ * into out; returns its exit code. */
+static int run_captured(int (*cmd)(int argc, char **argv), char **argv, char *out, size_t size)
+{
+    int argc = 0;
+    while (argv[argc])
+        argc++;
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    assert_true(dup2(fileno(f), STDOUT_FILENO) >= 0);
+    int code = cmd(argc, argv);
+    fflush(stdout);
+    assert_true(dup2(saved, STDOUT_FILENO) >= 0);
+    close(saved);
+    rewind(f);
+    size_t n = fread(out, 1, size - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    return code;
+}
+
+static void test_job_commands(void **state)
+{
+    (void)state;
+    char out[4096];
+    assert_int_equal(run_captured(job_show, (char *[]){"show", JOB, NULL}, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "state:     FAILED (exit 3)"));
+    assert_non_null(strstr(out, "labels:    big gpu\n"));
+    assert_non_null(strstr(out, "limits:    disk\n"));
+    assert_int_equal(
+            run_captured(job_show, (char *[]){"show", "--json", JOB, NULL}, out, sizeof(out)), 0);
+    assert_true(strncmp(out, "{\"job\":", 7) == 0);
+    assert_int_equal(run_captured(job_logs, (char *[]){"logs", "--offset", "2", JOB, NULL}, out,
+                                  sizeof(out)),
+                     0);
+    assert_string_equal(out, "llo\n");
+    assert_int_equal(run_captured(job_cancel, (char *[]){"cancel", JOB, NULL}, out, sizeof(out)),
+                     0);
+    assert_string_equal(out, "job " JOB ": cancel requested (RUNNING)\n");
+    assert_int_equal(
+            run_captured(job_artifacts, (char *[]){"artifacts", JOB, NULL}, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "x.log"));
+    /* no such job: 4; not a job id, an option the command does not take,
+     * no id: usage, 2 */
+    assert_int_equal(run_captured(job_logs, (char *[]){"logs", "j0123456789abcdef0124", NULL}, out,
+                                  sizeof(out)),
+                     CLI_EXIT_NOT_FOUND);
+    assert_int_equal(run_captured(job_show, (char *[]){"show", "j1", NULL}, out, sizeof(out)),
+                     CLI_EXIT_USAGE);
+    assert_int_equal(run_captured(job_show, (char *[]){"show", "-f", JOB, NULL}, out, sizeof(out)),
+                     CLI_EXIT_USAGE);
+    assert_int_equal(run_captured(job_cancel, (char *[]){"cancel", NULL}, out, sizeof(out)),
+                     CLI_EXIT_USAGE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+            cmocka_unit_test(test_job_commands),
             cmocka_unit_test(test_download),
             cmocka_unit_test(test_never_clobbers),
             cmocka_unit_test(test_never_follows_symlinks),

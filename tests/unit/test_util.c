@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 
 #include "runner/base/buf.h"
+#include "runner/base/hex.h"
+#include "runner/base/utf8.h"
 #include "runner/base/util.h"
 
 static void test_parse_int(void **state)
@@ -47,10 +49,67 @@ static void test_parse_duration_size(void **state)
     assert_int_equal(al_parse_size("2G", &b), 0);
     assert_int_equal(b, 2ull << 30);
     assert_int_equal(al_parse_size("99999999999T", &b), -ERANGE);
+    assert_int_equal(al_parse_size("16383T", &b), 0);
+    assert_int_equal(b, 16383ull << 40);
+    assert_int_equal(al_parse_size("17", &b), 0);
+    assert_int_equal(b, 17);
+    assert_int_equal(al_parse_size("3B", &b), 0);
+    assert_int_equal(b, 3);
+    assert_int_equal(al_parse_size("1P", &b), -EINVAL);
+    assert_int_equal(al_parse_duration("106751991167300d", &s), 0);
+    assert_int_equal(al_parse_duration("106751991167301d", &s), -ERANGE);
+    assert_int_equal(al_parse_duration("9223372036854775808", &s), -ERANGE);
     bool yes;
     assert_int_equal(al_parse_bool("On", &yes), 0);
     assert_true(yes);
     assert_int_equal(al_parse_bool("nope", &yes), -EINVAL);
+}
+
+/* The one UTF-8 validator of the tree (job specs, cloud-init, API JSON). */
+static void test_utf8(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        bool valid;
+    } cases[] = {
+            {"plain ascii", true},
+            {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", true}, /* 2-, 3-, 4-byte */
+            {"\xf4\x8f\xbf\xbf", true},                          /* U+10FFFF */
+            {"\xc0\xaf", false},                                 /* overlong '/' */
+            {"\xe0\x80\xaf", false},                             /* overlong, 3 bytes */
+            {"\xed\xa0\x80", false},                             /* surrogate U+D800 */
+            {"\xf4\x90\x80\x80", false},                         /* above U+10FFFF */
+            {"\xe2\x82", false},                                 /* truncated */
+            {"\x80", false},                                     /* lone continuation */
+            {"\xf8\x88\x80\x80\x80", false},                     /* 5-byte form */
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++)
+        assert_int_equal(al_utf8_is_valid(cases[i].s, strlen(cases[i].s)), cases[i].valid);
+    uint32_t cp = 0;
+    assert_int_equal(al_utf8_decode((const unsigned char *)"\xe2\x82\xac", 3, &cp), 3);
+    assert_int_equal(cp, 0x20ac);
+    /* the length bounds the sequence, not a NUL */
+    assert_int_equal(al_utf8_decode((const unsigned char *)"\xe2\x82\xac", 2, &cp), 0);
+    assert_true(al_utf8_is_valid("a\0b", 3));
+}
+
+static void test_hex(void **state)
+{
+    (void)state;
+    uint8_t out[4];
+    assert_int_equal(al_hex_decode("00fFa9", out, 3), 0);
+    assert_int_equal(out[0], 0x00);
+    assert_int_equal(out[1], 0xff);
+    assert_int_equal(out[2], 0xa9);
+    assert_int_equal(al_hex_decode("0g", out, 1), -EINVAL);
+    assert_int_equal(al_hex_decode("g0", out, 1), -EINVAL);
+    assert_int_equal(al_hex_decode("1", out, 1), -EINVAL); /* stops at the NUL */
+    char text[9];
+    al_hex_encode((const uint8_t[]){0xde, 0xad, 0x01, 0x0f}, 4, text);
+    assert_string_equal(text, "dead010f");
+    assert_int_equal(al_hex_digit('F'), 15);
+    assert_int_equal(al_hex_digit('/'), -1);
 }
 
 static void test_buf_limit(void **state)
@@ -168,10 +227,15 @@ static void test_jitter_and_wipe(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_parse_int),       cmocka_unit_test(test_parse_duration_size),
-            cmocka_unit_test(test_buf_limit),       cmocka_unit_test(test_files),
-            cmocka_unit_test(test_error_wrap),      cmocka_unit_test(test_random_consttime),
+            cmocka_unit_test(test_parse_int),
+            cmocka_unit_test(test_parse_duration_size),
+            cmocka_unit_test(test_buf_limit),
+            cmocka_unit_test(test_files),
+            cmocka_unit_test(test_error_wrap),
+            cmocka_unit_test(test_random_consttime),
             cmocka_unit_test(test_jitter_and_wipe),
+            cmocka_unit_test(test_utf8),
+            cmocka_unit_test(test_hex),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,66 @@
+#include "runner/cli/cli_opts.h"
+
+#include <getopt.h>
+
+#include "runner/base/util.h"
+#include "runner/cli/api_client.h"
+
+enum { OPT_JSON = 256, OPT_SOCKET, OPT_OFFSET, OPT_OUT };
+
+static const struct {
+    struct option opt;
+    unsigned needs; /* 0: every command takes it */
+} all_opts[] = {
+        {{"json", no_argument, NULL, OPT_JSON}, 0},
+        {{"socket", required_argument, NULL, OPT_SOCKET}, 0},
+        {{"follow", no_argument, NULL, 'f'}, CLI_OPTS_FOLLOW},
+        {{"offset", required_argument, NULL, OPT_OFFSET}, CLI_OPTS_FOLLOW},
+        {{"out", required_argument, NULL, OPT_OUT}, CLI_OPTS_OUT},
+        {{"help", no_argument, NULL, 'h'}, 0},
+};
+
+int cli_parse_opts(int argc, char **argv, unsigned flags, void (*usage)(FILE *), struct cli_opts *o)
+{
+    struct option opts[ARRAY_SIZE(all_opts) + 1] = {{0}};
+    size_t n = 0;
+    for (size_t i = 0; i < ARRAY_SIZE(all_opts); i++) {
+        if ((all_opts[i].needs & flags) == all_opts[i].needs)
+            opts[n++] = all_opts[i].opt;
+    }
+    const char *shorts = flags & CLI_OPTS_FOLLOW ? "fh" : "h";
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, shorts, opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_JSON:
+            o->json = true;
+            break;
+        case OPT_SOCKET:
+            o->socket = optarg;
+            break;
+        case 'f':
+            o->follow = true;
+            break;
+        case OPT_OFFSET:
+            if (al_parse_uint64(optarg, INT64_MAX / 2, &o->offset) < 0)
+                goto bad;
+            break;
+        case OPT_OUT:
+            o->out = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            goto bad;
+        }
+    }
+    if (optind + (flags & CLI_OPTS_OPERAND ? 1 : 0) != argc)
+        goto bad;
+    if (flags & CLI_OPTS_OPERAND)
+        o->operand = argv[optind];
+    return -1;
+bad:
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+}

@@ -1,0 +1,32 @@
+/* The options the commands that talk to agentlabd share: --json,
+ * --socket PATH, --help and, per command, -f/--follow with --offset N,
+ * --out DIR and one operand. */
+#ifndef AL_CLI_OPTS_H
+#define AL_CLI_OPTS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum cli_opts_flags {
+    CLI_OPTS_FOLLOW = 1u << 0,  /* -f/--follow and --offset N */
+    CLI_OPTS_OUT = 1u << 1,     /* --out DIR */
+    CLI_OPTS_OPERAND = 1u << 2, /* exactly one operand; without it, none */
+};
+
+struct cli_opts {
+    const char *socket; /* NULL: the default (see api_client.h) */
+    bool json;
+    bool follow;
+    uint64_t offset;
+    const char *out;
+    const char *operand;
+};
+
+/* Parses argv (argv[0] is the command) into o, which the caller zeroes;
+ * options not in flags are refused. Returns -1 to go on; 0 after --help
+ * (usage on stdout); CLI_EXIT_USAGE after usage on stderr. */
+int cli_parse_opts(int argc, char **argv, unsigned flags, void (*usage)(FILE *),
+                   struct cli_opts *o);
+
+#endif
