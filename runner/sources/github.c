@@ -13,7 +13,7 @@
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"
 #include "runner/loop/http_client.h"
-#include "runner/sources/api_queue.h"
+#include "runner/loop/api_queue.h"
 #include "runner/sources/github_auth.h"
 #include "runner/sources/github_hook.h"
 #include "runner/sources/github_payload.h"

@@ -1,4 +1,4 @@
-/* The rate-limited API call queue (runner/sources/api_queue.c) against the
+/* The rate-limited API call queue (runner/loop/api_queue.c) against the
  * test HTTP server on 127.0.0.1: FIFO with at most max_inflight calls at
  * once, a 429 with Retry-After holding every call back and repeating the
  * call, a 401 renewing the credential once, a refresh before the first
@@ -14,7 +14,7 @@
 #include "runner/base/util.h"
 #include "http_server.h"
 #include "runner/loop/curl_uv.h"
-#include "runner/sources/api_queue.h"
+#include "runner/loop/api_queue.h"
 
 struct fake_auth {
     const char *token; /* NULL: none yet */

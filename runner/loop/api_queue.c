@@ -1,4 +1,4 @@
-#include "runner/sources/api_queue.h"
+#include "runner/loop/api_queue.h"
 
 #include <errno.h>
 #include <inttypes.h>
