@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* How many open containers al_json_check_escapes() names in a path. */
@@ -248,4 +249,206 @@ int al_json_member(yajl_val obj, const char *key, const char *path, yajl_val *re
     }
     *ret = found && !YAJL_IS_NULL(found) ? found : NULL;
     return 0;
+}
+
+int al_json_parse(const char *data, size_t len, size_t max_bytes, unsigned max_depth,
+                  size_t max_values, const char *what, yajl_val *ret, struct al_error **err)
+{
+    if (len > max_bytes)
+        return al_error_set(err, E2BIG, "%s is larger than %zu bytes", what, max_bytes);
+    if (memchr(data, '\0', len))
+        return al_error_set(err, EINVAL, "%s contains a NUL byte", what);
+    int r = al_json_prescan(data, len, max_depth, max_values, what, err);
+    if (r < 0)
+        return r;
+    /* yajl_tree_parse wants a C string */
+    char *text = strndup(data, len);
+    if (!text)
+        return al_error_set(err, ENOMEM, "out of memory");
+    char ebuf[256] = "";
+    yajl_val root = yajl_tree_parse(text, ebuf, sizeof(ebuf));
+    explicit_bzero(text, len);
+    free(text);
+    if (!root) {
+        /* yajl's message quotes the input around the error: keep only its
+         * first line, which names the problem without the bytes */
+        ebuf[strcspn(ebuf, "\n")] = '\0';
+        return al_error_set(err, EINVAL, "%s is not valid JSON: %s", what,
+                            ebuf[0] ? ebuf : "parse error");
+    }
+    *ret = root;
+    return 0;
+}
+
+/* The member key of obj with its path into p; *ret NULL when absent or
+ * null, then an error when required. */
+static int member(yajl_val obj, const char *key, const char *path, bool required, char *p,
+                  size_t size, yajl_val *ret, struct al_error **err)
+{
+    int r = al_json_member(obj, key, path, ret, err);
+    if (r < 0)
+        return r;
+    al_json_path(p, size, path, key, 0);
+    if (!*ret && required)
+        return al_json_fail(err, p, "missing");
+    return 0;
+}
+
+int al_json_get_int(yajl_val obj, const char *key, const char *path, int64_t min, int64_t max,
+                    bool required, int64_t *ret, struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
+    if (r < 0 || !v)
+        return r;
+    if (!YAJL_IS_INTEGER(v))
+        return al_json_fail(err, p, "expected an integer, got %s", al_json_type_name(v));
+    long long x = YAJL_GET_INTEGER(v);
+    if (x < min || x > max)
+        return al_json_fail(err, p, "expected an integer from %lld to %lld", (long long)min,
+                            (long long)max);
+    *ret = x;
+    return 0;
+}
+
+int al_json_get_bool(yajl_val obj, const char *key, const char *path, bool required, bool *ret,
+                     struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
+    if (r < 0 || !v)
+        return r;
+    if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
+        return al_json_fail(err, p, "expected true or false, got %s", al_json_type_name(v));
+    *ret = YAJL_IS_TRUE(v);
+    return 0;
+}
+
+int al_json_get_object(yajl_val obj, const char *key, const char *path, bool required,
+                       yajl_val *ret, struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
+    if (r < 0 || !v)
+        return r;
+    if (!YAJL_IS_OBJECT(v))
+        return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
+    *ret = v;
+    return 0;
+}
+
+int al_json_get_array(yajl_val obj, const char *key, const char *path, size_t max, bool required,
+                      yajl_val *ret, struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
+    if (r < 0 || !v)
+        return r;
+    if (!YAJL_IS_ARRAY(v))
+        return al_json_fail(err, p, "expected an array, got %s", al_json_type_name(v));
+    if (v->u.array.len > max)
+        return al_json_fail(err, p, "more than %zu entries", max);
+    *ret = v;
+    return 0;
+}
+
+/* The checks of a string value common to al_json_get_string() and the
+ * elements of al_json_get_strv(). */
+static int check_text(yajl_val v, const char *p, size_t max, bool nonempty,
+                      al_json_text_check check, struct al_error **err)
+{
+    if (!YAJL_IS_STRING(v))
+        return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(v));
+    size_t n = strlen(v->u.string);
+    if (n > max)
+        return al_json_fail(err, p, "longer than %zu bytes", max);
+    if (nonempty && n == 0)
+        return al_json_fail(err, p, "empty");
+    const char *wrong = check ? check(v->u.string) : NULL;
+    if (wrong)
+        return al_json_fail(err, p, "%s", wrong);
+    return 0;
+}
+
+int al_json_get_string(yajl_val obj, const char *key, const char *path, size_t max, bool required,
+                       al_json_text_check check, char **ret, struct al_error **err)
+{
+    char p[256];
+    yajl_val v;
+    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
+    if (r < 0 || !v)
+        return r;
+    if ((r = check_text(v, p, max, required, check, err)) < 0)
+        return r;
+    char *copy = strdup(v->u.string);
+    if (!copy)
+        return al_error_set(err, ENOMEM, "out of memory");
+    free(*ret);
+    *ret = copy;
+    return 0;
+}
+
+int al_json_get_strv(yajl_val obj, const char *key, const char *path, size_t max_n, size_t max_len,
+                     bool required, al_json_text_check check, char ***ret, size_t *ret_n,
+                     struct al_error **err)
+{
+    yajl_val arr = NULL;
+    int r = al_json_get_array(obj, key, path, max_n, required, &arr, err);
+    if (r < 0 || !arr)
+        return r;
+    size_t n = arr->u.array.len;
+    _cleanup_strv_ char **v = calloc(n + 1, sizeof(char *));
+    if (!v)
+        return al_error_set(err, ENOMEM, "out of memory");
+    char base[256], p[256];
+    al_json_path(base, sizeof(base), path, key, 0);
+    for (size_t i = 0; i < n; i++) {
+        yajl_val s = arr->u.array.values[i];
+        al_json_path(p, sizeof(p), base, NULL, i);
+        if ((r = check_text(s, p, max_len, false, check, err)) < 0)
+            return r;
+        if (!(v[i] = strdup(s->u.string)))
+            return al_error_set(err, ENOMEM, "out of memory");
+    }
+    strv_free(*ret);
+    *ret = TAKE_PTR(v);
+    *ret_n = n;
+    return 0;
+}
+
+int al_json_element_object(yajl_val arr, size_t idx, const char *path, char *buf, size_t size,
+                           yajl_val *ret, struct al_error **err)
+{
+    yajl_val v = arr->u.array.values[idx];
+    al_json_path(buf, size, path, NULL, idx);
+    if (!YAJL_IS_OBJECT(v))
+        return al_json_fail(err, buf, "expected an object, got %s", al_json_type_name(v));
+    *ret = v;
+    return 0;
+}
+
+static const char *check_printable(const char *s, bool allow_space)
+{
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c < 0x20 || *c == 0x7f)
+            return allow_space ? "contains control characters"
+                               : "contains spaces or control characters";
+        if (*c == ' ' && !allow_space)
+            return "contains spaces or control characters";
+    }
+    return NULL;
+}
+
+const char *al_json_check_line(const char *s)
+{
+    return check_printable(s, true);
+}
+
+const char *al_json_check_word(const char *s)
+{
+    return check_printable(s, false);
 }

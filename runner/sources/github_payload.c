@@ -22,28 +22,11 @@ DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
 static int parse_root(const char *data, size_t len, size_t max, yajl_val *ret,
                       struct al_error **err)
 {
-    if (len > max)
-        return al_error_set(err, E2BIG, "the document is larger than %zu bytes", max);
-    if (memchr(data, '\0', len))
-        return al_error_set(err, EINVAL, "the document contains a NUL byte");
-    int r = al_json_prescan(data, len, GITHUB_MAX_DEPTH, GITHUB_MAX_VALUES, "the document", err);
+    yajl_val root = NULL;
+    int r = al_json_parse(data, len, max, GITHUB_MAX_DEPTH, GITHUB_MAX_VALUES, "the document",
+                          &root, err);
     if (r < 0)
         return r;
-    char *text = strndup(data, len);
-    if (!text)
-        return al_error_set(err, ENOMEM, "out of memory");
-    char ebuf[256] = "";
-    yajl_val root = yajl_tree_parse(text, ebuf, sizeof(ebuf));
-    /* the copy may hold a token or a JIT config */
-    explicit_bzero(text, len);
-    free(text);
-    if (!root) {
-        /* yajl's message may quote the input: keep only its first line */
-        char *nl = strchr(ebuf, '\n');
-        if (nl)
-            *nl = '\0';
-        return al_error_set(err, EINVAL, "not JSON: %s", ebuf[0] ? ebuf : "parse error");
-    }
     if (!YAJL_IS_OBJECT(root)) {
         yajl_tree_free(root);
         return al_error_set(err, EINVAL, "expected a JSON object");
@@ -52,174 +35,30 @@ static int parse_root(const char *data, size_t len, size_t max, yajl_val *ret,
     return 0;
 }
 
-/* ---- tree access --------------------------------------------------------- */
+/* ---- text checks (al_json_get_string()) ------------------------------------ */
 
-enum str_kind {
-    STR_TEXT,  /* printable, spaces allowed */
-    STR_WORD,  /* printable, no spaces */
-    STR_B64,   /* the standard base64 alphabet */
-    STR_LOWER, /* [a-z_] (statuses, actions) */
-};
-
-static bool str_ok(const char *s, enum str_kind kind)
+static const char *check_b64(const char *s)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (kind) {
-        case STR_TEXT:
-            if (*p < 0x20 || *p == 0x7f)
-                return false;
-            break;
-        case STR_WORD:
-            if (*p <= 0x20 || *p == 0x7f)
-                return false;
-            break;
-        case STR_B64:
-            if (!isalnum(*p) && *p != '+' && *p != '/' && *p != '=')
-                return false;
-            break;
-        case STR_LOWER:
-            if (!(*p >= 'a' && *p <= 'z') && *p != '_')
-                return false;
-            break;
-        }
+        if (!isalnum(*p) && *p != '+' && *p != '/' && *p != '=')
+            return "expected base64";
     }
-    return true;
+    return NULL;
 }
 
-static const char *kind_text(enum str_kind kind)
+/* statuses, actions */
+static const char *check_lower(const char *s)
 {
-    switch (kind) {
-    case STR_TEXT:
-        return "printable text";
-    case STR_WORD:
-        return "printable text without spaces";
-    case STR_B64:
-        return "base64";
-    case STR_LOWER:
-        return "lower-case letters and '_'";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (!(*p >= 'a' && *p <= 'z') && *p != '_')
+            return "expected lower-case letters and '_'";
     }
-    return "text";
+    return NULL;
 }
 
-/* A string value. secret: its content is never echoed (it is not anyway:
- * messages name only the path). */
-static int get_str(yajl_val obj, const char *key, const char *path, size_t max, bool required,
-                   enum str_kind kind, char **ret, struct al_error **err)
+static const char *check_label(const char *s)
 {
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v) {
-        if (required)
-            return al_json_fail(err, p, "missing");
-        *ret = NULL;
-        return 0;
-    }
-    if (!YAJL_IS_STRING(v))
-        return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(v));
-    const char *s = YAJL_GET_STRING(v);
-    size_t n = strlen(s);
-    if (n > max)
-        return al_json_fail(err, p, "longer than %zu bytes", max);
-    if (required && n == 0)
-        return al_json_fail(err, p, "empty");
-    if (!str_ok(s, kind))
-        return al_json_fail(err, p, "expected %s", kind_text(kind));
-    char *copy = strdup(s);
-    if (!copy)
-        return al_error_set(err, ENOMEM, "out of memory");
-    *ret = copy;
-    return 0;
-}
-
-/* An integer in [min, max]; absent (or null) gives 0 unless required. */
-static int get_int(yajl_val obj, const char *key, const char *path, int64_t min, int64_t max,
-                   bool required, int64_t *ret, struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v) {
-        if (required)
-            return al_json_fail(err, p, "missing");
-        *ret = 0;
-        return 0;
-    }
-    if (!YAJL_IS_INTEGER(v))
-        return al_json_fail(err, p, "expected an integer, got %s", al_json_type_name(v));
-    long long x = YAJL_GET_INTEGER(v);
-    if (x < min || x > max)
-        return al_json_fail(err, p, "expected an integer from %lld to %lld", (long long)min,
-                            (long long)max);
-    *ret = x;
-    return 0;
-}
-
-static int get_bool(yajl_val obj, const char *key, const char *path, bool required, bool *ret,
-                    struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v) {
-        if (required)
-            return al_json_fail(err, p, "missing");
-        *ret = false;
-        return 0;
-    }
-    if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
-        return al_json_fail(err, p, "expected a boolean, got %s", al_json_type_name(v));
-    *ret = YAJL_IS_TRUE(v);
-    return 0;
-}
-
-static int get_obj(yajl_val obj, const char *key, const char *path, bool required, yajl_val *ret,
-                   struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v) {
-        if (required)
-            return al_json_fail(err, p, "missing");
-        *ret = NULL;
-        return 0;
-    }
-    if (!YAJL_IS_OBJECT(v))
-        return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
-    *ret = v;
-    return 0;
-}
-
-static int get_array(yajl_val obj, const char *key, const char *path, size_t max, yajl_val *ret,
-                     struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v)
-        return al_json_fail(err, p, "missing");
-    if (!YAJL_IS_ARRAY(v))
-        return al_json_fail(err, p, "expected an array, got %s", al_json_type_name(v));
-    if (v->u.array.len > max)
-        return al_json_fail(err, p, "more than %zu entries", max);
-    *ret = v;
-    return 0;
+    return *s ? al_json_check_line(s) : "empty";
 }
 
 /* ---- jobs ----------------------------------------------------------------- */
@@ -239,57 +78,31 @@ struct github_job *github_job_free(struct github_job *j)
     return NULL;
 }
 
-static int parse_labels(yajl_val job, const char *path, struct github_job *j, struct al_error **err)
-{
-    yajl_val arr = NULL;
-    char p[256], q[256];
-    int r = get_array(job, "labels", path, GITHUB_MAX_LABELS, &arr, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, "labels", 0);
-    size_t n = arr->u.array.len;
-    j->labels = calloc(n + 1, sizeof(char *));
-    if (!j->labels)
-        return al_error_set(err, ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        yajl_val v = arr->u.array.values[i];
-        al_json_path(q, sizeof(q), p, NULL, i);
-        if (!YAJL_IS_STRING(v))
-            return al_json_fail(err, q, "expected a string, got %s", al_json_type_name(v));
-        const char *s = YAJL_GET_STRING(v);
-        size_t len = strlen(s);
-        if (len == 0 || len > GITHUB_MAX_LABEL)
-            return al_json_fail(err, q, "expected 1 to %d bytes", GITHUB_MAX_LABEL);
-        if (!str_ok(s, STR_TEXT))
-            return al_json_fail(err, q, "expected %s", kind_text(STR_TEXT));
-        if (!(j->labels[i] = strdup(s)))
-            return al_error_set(err, ENOMEM, "out of memory");
-        j->n_labels = i + 1;
-    }
-    return 0;
-}
-
 /* The fields of a workflow job object (webhook workflow_job or a REST job). */
 static int parse_job_object(yajl_val o, const char *path, struct github_job *j,
                             struct al_error **err)
 {
-    int r = get_int(o, "id", path, 1, INT64_MAX, true, &j->id, err);
+    int r = al_json_get_int(o, "id", path, 1, INT64_MAX, true, &j->id, err);
     if (r == 0)
-        r = get_int(o, "run_id", path, 1, INT64_MAX, true, &j->run_id, err);
+        r = al_json_get_int(o, "run_id", path, 1, INT64_MAX, true, &j->run_id, err);
     if (r == 0)
-        r = get_str(o, "status", path, 64, true, STR_LOWER, &j->status, err);
+        r = al_json_get_string(o, "status", path, 64, true, check_lower, &j->status, err);
     if (r == 0)
-        r = get_str(o, "conclusion", path, 64, false, STR_LOWER, &j->conclusion, err);
+        r = al_json_get_string(o, "conclusion", path, 64, false, check_lower, &j->conclusion, err);
     if (r == 0)
-        r = parse_labels(o, path, j, err);
+        r = al_json_get_strv(o, "labels", path, GITHUB_MAX_LABELS, GITHUB_MAX_LABEL, true,
+                             check_label, &j->labels, &j->n_labels, err);
     if (r == 0)
-        r = get_int(o, "runner_id", path, 0, INT64_MAX, false, &j->runner_id, err);
+        r = al_json_get_int(o, "runner_id", path, 0, INT64_MAX, false, &j->runner_id, err);
     if (r == 0)
-        r = get_str(o, "runner_name", path, GITHUB_MAX_NAME, false, STR_TEXT, &j->runner_name, err);
+        r = al_json_get_string(o, "runner_name", path, GITHUB_MAX_NAME, false, al_json_check_line,
+                               &j->runner_name, err);
     if (r == 0)
-        r = get_str(o, "name", path, GITHUB_MAX_NAME, false, STR_TEXT, &j->name, err);
+        r = al_json_get_string(o, "name", path, GITHUB_MAX_NAME, false, al_json_check_line,
+                               &j->name, err);
     if (r == 0)
-        r = get_str(o, "html_url", path, GITHUB_MAX_URL, false, STR_WORD, &j->html_url, err);
+        r = al_json_get_string(o, "html_url", path, GITHUB_MAX_URL, false, al_json_check_word,
+                               &j->html_url, err);
     if (r == 0 && j->runner_name && !*j->runner_name) {
         free(j->runner_name);
         j->runner_name = NULL;
@@ -326,22 +139,22 @@ int github_webhook_parse(const char *data, size_t len, struct github_job **ret,
     if (!j)
         return al_error_set(err, ENOMEM, "out of memory");
     _cleanup_free_ char *action = NULL;
-    r = get_str(root, "action", "", 64, true, STR_LOWER, &action, err);
+    r = al_json_get_string(root, "action", "", 64, true, check_lower, &action, err);
     if (r < 0)
         return r;
     j->action = action_from_string(action);
     yajl_val wj = NULL, repo = NULL, inst = NULL;
-    if ((r = get_obj(root, "workflow_job", "", true, &wj, err)) < 0 ||
+    if ((r = al_json_get_object(root, "workflow_job", "", true, &wj, err)) < 0 ||
         (r = parse_job_object(wj, "workflow_job", j, err)) < 0 ||
-        (r = get_obj(root, "repository", "", true, &repo, err)) < 0 ||
-        (r = get_str(repo, "full_name", "repository", GITHUB_MAX_REPO, true, STR_WORD, &j->repo,
-                     err)) < 0 ||
-        (r = get_obj(root, "installation", "", false, &inst, err)) < 0)
+        (r = al_json_get_object(root, "repository", "", true, &repo, err)) < 0 ||
+        (r = al_json_get_string(repo, "full_name", "repository", GITHUB_MAX_REPO, true,
+                                al_json_check_word, &j->repo, err)) < 0 ||
+        (r = al_json_get_object(root, "installation", "", false, &inst, err)) < 0)
         return r;
     if (!github_repo_is_valid(j->repo))
         return al_json_fail(err, "repository.full_name", "expected OWNER/NAME");
-    if (inst &&
-        (r = get_int(inst, "id", "installation", 1, INT64_MAX, true, &j->installation_id, err)) < 0)
+    if (inst && (r = al_json_get_int(inst, "id", "installation", 1, INT64_MAX, true,
+                                     &j->installation_id, err)) < 0)
         return r;
     *ret = TAKE_PTR(j);
     return 0;
@@ -436,10 +249,10 @@ int github_parse_jitconfig(const char *data, size_t len, int64_t *ret_runner_id,
     yajl_val runner = NULL;
     int64_t id = 0;
     char *config = NULL;
-    if ((r = get_obj(root, "runner", "", true, &runner, err)) < 0 ||
-        (r = get_int(runner, "id", "runner", 1, INT64_MAX, true, &id, err)) < 0 ||
-        (r = get_str(root, "encoded_jit_config", "", GITHUB_MAX_JIT, true, STR_B64, &config, err)) <
-                0)
+    if ((r = al_json_get_object(root, "runner", "", true, &runner, err)) < 0 ||
+        (r = al_json_get_int(runner, "id", "runner", 1, INT64_MAX, true, &id, err)) < 0 ||
+        (r = al_json_get_string(root, "encoded_jit_config", "", GITHUB_MAX_JIT, true, check_b64,
+                                &config, err)) < 0)
         return r;
     if (strlen(config) < 8) {
         explicit_bzero(config, strlen(config));
@@ -455,6 +268,51 @@ int github_parse_jitconfig(const char *data, size_t len, int64_t *ret_runner_id,
     return 0;
 }
 
+/* The list answers, {"total_count": N, "KEY": [objects]}: parse_item fills
+ * each of the items (item_size bytes each, zeroed) from its object. *ret_v
+ * and *ret_n are written even on failure: the *ret_n items begun, for the
+ * caller's clear function. */
+static int parse_list(const char *data, size_t len, const char *key, size_t item_size,
+                      int (*parse_item)(yajl_val o, const char *path, void *item,
+                                        struct al_error **err),
+                      int64_t *ret_total, void **ret_v, size_t *ret_n, struct al_error **err)
+{
+    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
+    int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
+    if (r < 0)
+        return r;
+    yajl_val arr = NULL;
+    if ((r = al_json_get_int(root, "total_count", "", 0, INT64_MAX, true, ret_total, err)) < 0 ||
+        (r = al_json_get_array(root, key, "", GITHUB_MAX_ITEMS, true, &arr, err)) < 0)
+        return r;
+    char *v = calloc(arr->u.array.len + 1, item_size);
+    if (!v)
+        return al_error_set(err, ENOMEM, "out of memory");
+    *ret_v = v;
+    for (size_t i = 0; i < arr->u.array.len; i++) {
+        char p[64];
+        yajl_val o;
+        if ((r = al_json_element_object(arr, i, key, p, sizeof(p), &o, err)) < 0)
+            return r;
+        *ret_n = i + 1;
+        if ((r = parse_item(o, p, v + i * item_size, err)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+static int parse_runner(yajl_val o, const char *p, void *item, struct al_error **err)
+{
+    struct github_runner *x = item;
+    int r;
+    if ((r = al_json_get_int(o, "id", p, 1, INT64_MAX, true, &x->id, err)) < 0 ||
+        (r = al_json_get_string(o, "name", p, GITHUB_MAX_NAME, true, al_json_check_line, &x->name,
+                                err)) < 0 ||
+        (r = al_json_get_string(o, "status", p, 64, false, check_lower, &x->status, err)) < 0)
+        return r;
+    return al_json_get_bool(o, "busy", p, false, &x->busy, err);
+}
+
 void github_runner_list_clear(struct github_runner_list *l)
 {
     for (size_t i = 0; i < l->n; i++) {
@@ -468,36 +326,11 @@ void github_runner_list_clear(struct github_runner_list *l)
 int github_parse_runners(const char *data, size_t len, struct github_runner_list *ret,
                          struct al_error **err)
 {
-    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
-    int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
-    if (r < 0)
-        return r;
     struct github_runner_list l = {0};
-    yajl_val arr = NULL;
-    if ((r = get_int(root, "total_count", "", 0, INT64_MAX, true, &l.total_count, err)) < 0 ||
-        (r = get_array(root, "runners", "", GITHUB_MAX_ITEMS, &arr, err)) < 0)
-        return r;
-    l.v = calloc(arr->u.array.len + 1, sizeof(*l.v));
-    if (!l.v)
-        return al_error_set(err, ENOMEM, "out of memory");
-    for (size_t i = 0; i < arr->u.array.len && r == 0; i++) {
-        char p[64];
-        al_json_path(p, sizeof(p), "runners", NULL, i);
-        yajl_val o = arr->u.array.values[i];
-        if (!YAJL_IS_OBJECT(o)) {
-            r = al_json_fail(err, p, "expected an object, got %s", al_json_type_name(o));
-            break;
-        }
-        struct github_runner *x = &l.v[i];
-        l.n = i + 1;
-        r = get_int(o, "id", p, 1, INT64_MAX, true, &x->id, err);
-        if (r == 0)
-            r = get_str(o, "name", p, GITHUB_MAX_NAME, true, STR_TEXT, &x->name, err);
-        if (r == 0)
-            r = get_str(o, "status", p, 64, false, STR_LOWER, &x->status, err);
-        if (r == 0)
-            r = get_bool(o, "busy", p, false, &x->busy, err);
-    }
+    void *v = NULL;
+    int r = parse_list(data, len, "runners", sizeof(*l.v), parse_runner, &l.total_count, &v, &l.n,
+                       err);
+    l.v = v;
     if (r < 0) {
         github_runner_list_clear(&l);
         return r;
@@ -516,37 +349,25 @@ void github_run_list_clear(struct github_run_list *l)
     *l = (struct github_run_list){0};
 }
 
+static int parse_run(yajl_val o, const char *p, void *item, struct al_error **err)
+{
+    struct github_run *x = item;
+    int r;
+    if ((r = al_json_get_int(o, "id", p, 1, INT64_MAX, true, &x->id, err)) < 0 ||
+        (r = al_json_get_string(o, "status", p, 64, false, check_lower, &x->status, err)) < 0)
+        return r;
+    return al_json_get_string(o, "updated_at", p, 64, false, al_json_check_word, &x->updated_at,
+                              err);
+}
+
 int github_parse_runs(const char *data, size_t len, struct github_run_list *ret,
                       struct al_error **err)
 {
-    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
-    int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
-    if (r < 0)
-        return r;
     struct github_run_list l = {0};
-    yajl_val arr = NULL;
-    if ((r = get_int(root, "total_count", "", 0, INT64_MAX, true, &l.total_count, err)) < 0 ||
-        (r = get_array(root, "workflow_runs", "", GITHUB_MAX_ITEMS, &arr, err)) < 0)
-        return r;
-    l.v = calloc(arr->u.array.len + 1, sizeof(*l.v));
-    if (!l.v)
-        return al_error_set(err, ENOMEM, "out of memory");
-    for (size_t i = 0; i < arr->u.array.len && r == 0; i++) {
-        char p[64];
-        al_json_path(p, sizeof(p), "workflow_runs", NULL, i);
-        yajl_val o = arr->u.array.values[i];
-        if (!YAJL_IS_OBJECT(o)) {
-            r = al_json_fail(err, p, "expected an object, got %s", al_json_type_name(o));
-            break;
-        }
-        struct github_run *x = &l.v[i];
-        l.n = i + 1;
-        r = get_int(o, "id", p, 1, INT64_MAX, true, &x->id, err);
-        if (r == 0)
-            r = get_str(o, "status", p, 64, false, STR_LOWER, &x->status, err);
-        if (r == 0)
-            r = get_str(o, "updated_at", p, 64, false, STR_WORD, &x->updated_at, err);
-    }
+    void *v = NULL;
+    int r = parse_list(data, len, "workflow_runs", sizeof(*l.v), parse_run, &l.total_count, &v,
+                       &l.n, err);
+    l.v = v;
     if (r < 0) {
         github_run_list_clear(&l);
         return r;
@@ -563,36 +384,22 @@ void github_job_list_clear(struct github_job_list *l)
     *l = (struct github_job_list){0};
 }
 
+static int parse_list_job(yajl_val o, const char *p, void *item, struct al_error **err)
+{
+    struct github_job **x = item;
+    if (!(*x = calloc(1, sizeof(**x))))
+        return al_error_set(err, ENOMEM, "out of memory");
+    return parse_job_object(o, p, *x, err);
+}
+
 int github_parse_jobs(const char *data, size_t len, struct github_job_list *ret,
                       struct al_error **err)
 {
-    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
-    int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
-    if (r < 0)
-        return r;
     struct github_job_list l = {0};
-    yajl_val arr = NULL;
-    if ((r = get_int(root, "total_count", "", 0, INT64_MAX, true, &l.total_count, err)) < 0 ||
-        (r = get_array(root, "jobs", "", GITHUB_MAX_ITEMS, &arr, err)) < 0)
-        return r;
-    l.v = calloc(arr->u.array.len + 1, sizeof(*l.v));
-    if (!l.v)
-        return al_error_set(err, ENOMEM, "out of memory");
-    for (size_t i = 0; i < arr->u.array.len && r == 0; i++) {
-        char p[64];
-        al_json_path(p, sizeof(p), "jobs", NULL, i);
-        yajl_val o = arr->u.array.values[i];
-        if (!YAJL_IS_OBJECT(o)) {
-            r = al_json_fail(err, p, "expected an object, got %s", al_json_type_name(o));
-            break;
-        }
-        if (!(l.v[i] = calloc(1, sizeof(struct github_job)))) {
-            r = al_error_set(err, ENOMEM, "out of memory");
-            break;
-        }
-        l.n = i + 1;
-        r = parse_job_object(o, p, l.v[i], err);
-    }
+    void *v = NULL;
+    int r = parse_list(data, len, "jobs", sizeof(*l.v), parse_list_job, &l.total_count, &v, &l.n,
+                       err);
+    l.v = v;
     if (r < 0) {
         github_job_list_clear(&l);
         return r;
@@ -661,12 +468,14 @@ int github_parse_token(const char *data, size_t len, char **ret_token, int64_t *
         return r;
     _cleanup_free_ char *expires = NULL;
     char *token = NULL;
-    if ((r = get_str(root, "expires_at", "", 64, true, STR_WORD, &expires, err)) < 0)
+    if ((r = al_json_get_string(root, "expires_at", "", 64, true, al_json_check_word, &expires,
+                                err)) < 0)
         return r;
     int64_t t = 0;
     if (github_parse_time(expires, &t) < 0)
         return al_json_fail(err, "expires_at", "expected YYYY-MM-DDTHH:MM:SSZ");
-    if ((r = get_str(root, "token", "", GITHUB_MAX_TOKEN, true, STR_WORD, &token, err)) < 0)
+    if ((r = al_json_get_string(root, "token", "", GITHUB_MAX_TOKEN, true, al_json_check_word,
+                                &token, err)) < 0)
         return r;
     yajl_val v = NULL;
     if (al_json_member(root, "token", "", &v, NULL) == 0 && v && YAJL_IS_STRING(v))
@@ -687,7 +496,7 @@ int github_parse_installation(const char *data, size_t len, int64_t *ret_id, str
     int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
     if (r < 0)
         return r;
-    return get_int(root, "id", "", 1, INT64_MAX, true, ret_id, err);
+    return al_json_get_int(root, "id", "", 1, INT64_MAX, true, ret_id, err);
 }
 
 void github_error_message(const char *data, size_t len, char *buf, size_t size)

@@ -16,166 +16,10 @@
 
 DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
 
-/* ---- tree access --------------------------------------------------------- */
-
-static bool text_is_printable(const char *s, bool allow_space)
-{
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p < 0x20 || *p == 0x7f || (!allow_space && *p == ' '))
-            return false;
-    }
-    return true;
-}
-
-enum str_kind {
-    STR_ANY,  /* any text, newlines included */
-    STR_LINE, /* printable, spaces allowed */
-    STR_WORD, /* printable, no spaces */
-};
-
-/* Copies the string member key (optional unless required). */
-static int get_string(yajl_val obj, const char *key, const char *path, size_t max,
-                      enum str_kind kind, bool required, char **ret, struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v) {
-        if (required)
-            return al_json_fail(err, p, "missing");
-        return 0;
-    }
-    if (!YAJL_IS_STRING(v))
-        return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(v));
-    size_t n = strlen(v->u.string);
-    if (n > max)
-        return al_json_fail(err, p, "longer than %zu bytes", max);
-    if (kind != STR_ANY && !text_is_printable(v->u.string, kind == STR_LINE))
-        return al_json_fail(err, p, "contains %s",
-                            kind == STR_LINE ? "control characters"
-                                             : "spaces or control characters");
-    if (required && n == 0)
-        return al_json_fail(err, p, "must not be empty");
-    char *copy = strdup(v->u.string);
-    if (!copy)
-        return al_error_set(err, ENOMEM, "out of memory");
-    free(*ret);
-    *ret = copy;
-    return 0;
-}
-
-static int get_int(yajl_val obj, const char *key, const char *path, int64_t min, int64_t max,
-                   bool required, int64_t *ret, struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v)
-        return required ? al_json_fail(err, p, "missing") : 0;
-    if (!YAJL_IS_INTEGER(v))
-        return al_json_fail(err, p, "expected an integer, got %s", al_json_type_name(v));
-    if (v->u.number.i < min || v->u.number.i > max)
-        return al_json_fail(err, p, "expected an integer from %" PRId64 " to %" PRId64 ", got %lld",
-                            min, max, v->u.number.i);
-    *ret = v->u.number.i;
-    return 0;
-}
-
-static int get_bool(yajl_val obj, const char *key, const char *path, bool *ret,
-                    struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    if (!v)
-        return 0;
-    if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
-        return al_json_fail(err, al_json_path(p, sizeof(p), path, key, 0),
-                            "expected true or false, got %s", al_json_type_name(v));
-    *ret = YAJL_IS_TRUE(v);
-    return 0;
-}
-
-static int get_object(yajl_val obj, const char *key, const char *path, bool required, yajl_val *ret,
-                      struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v)
-        return required ? al_json_fail(err, p, "missing") : (*ret = NULL, 0);
-    if (!YAJL_IS_OBJECT(v))
-        return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
-    *ret = v;
-    return 0;
-}
-
-static int get_array(yajl_val obj, const char *key, const char *path, size_t max, bool required,
-                     yajl_val *ret, struct al_error **err)
-{
-    char p[256];
-    yajl_val v = NULL;
-    int r = al_json_member(obj, key, path, &v, err);
-    if (r < 0)
-        return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v)
-        return required ? al_json_fail(err, p, "missing") : (*ret = NULL, 0);
-    if (!YAJL_IS_ARRAY(v))
-        return al_json_fail(err, p, "expected an array, got %s", al_json_type_name(v));
-    if (v->u.array.len > max)
-        return al_json_fail(err, p, "more than %zu entries", max);
-    *ret = v;
-    return 0;
-}
-
-/* A NULL-terminated copy of an array of strings (never NULL on success). */
-static int get_strv(yajl_val obj, const char *key, const char *path, size_t max_n, size_t max_len,
-                    enum str_kind kind, char ***ret, size_t *ret_n, struct al_error **err)
-{
-    yajl_val arr;
-    int r = get_array(obj, key, path, max_n, false, &arr, err);
-    if (r < 0)
-        return r;
-    size_t n = arr ? arr->u.array.len : 0;
-    _cleanup_strv_ char **v = calloc(n + 1, sizeof(char *));
-    if (!v)
-        return al_error_set(err, ENOMEM, "out of memory");
-    char base[256], p[256];
-    al_json_path(base, sizeof(base), path, key, 0);
-    for (size_t i = 0; i < n; i++) {
-        yajl_val s = arr->u.array.values[i];
-        al_json_path(p, sizeof(p), base, NULL, i);
-        if (!YAJL_IS_STRING(s))
-            return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(s));
-        if (strlen(s->u.string) > max_len)
-            return al_json_fail(err, p, "longer than %zu bytes", max_len);
-        if (kind != STR_ANY && !text_is_printable(s->u.string, kind == STR_LINE))
-            return al_json_fail(err, p, "contains control characters");
-        if (!(v[i] = strdup(s->u.string)))
-            return al_error_set(err, ENOMEM, "out of memory");
-    }
-    strv_free(*ret);
-    *ret = TAKE_PTR(v);
-    *ret_n = n;
-    return 0;
-}
-
 static int parse_when(yajl_val obj, const char *path, enum gitlab_when *ret, struct al_error **err)
 {
     _cleanup_free_ char *s = NULL;
-    int r = get_string(obj, "when", path, 32, STR_WORD, false, &s, err);
+    int r = al_json_get_string(obj, "when", path, 32, false, al_json_check_word, &s, err);
     if (r < 0 || !s)
         return r;
     if (streq(s, "on_success"))
@@ -220,16 +64,17 @@ static bool refspec_is_valid(const char *s)
 static int parse_git(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
     yajl_val g = NULL;
-    int r = get_object(root, "git_info", "", true, &g, err);
+    int r = al_json_get_object(root, "git_info", "", true, &g, err);
     if (r < 0)
         return r;
     const char *path = "git_info";
-    if ((r = get_string(g, "repo_url", path, GITLAB_JOB_MAX_URL, STR_WORD, true, &j->repo_url,
-                        err)) < 0 ||
-        (r = get_string(g, "ref", path, GITLAB_JOB_MAX_REF, STR_WORD, false, &j->ref, err)) < 0 ||
-        (r = get_string(g, "sha", path, 64, STR_WORD, true, &j->sha, err)) < 0 ||
-        (r = get_strv(g, "refspecs", path, GITLAB_JOB_MAX_REFSPECS, GITLAB_JOB_MAX_REF, STR_WORD,
-                      &j->refspecs, &j->n_refspecs, err)) < 0)
+    if ((r = al_json_get_string(g, "repo_url", path, GITLAB_JOB_MAX_URL, true, al_json_check_word,
+                                &j->repo_url, err)) < 0 ||
+        (r = al_json_get_string(g, "ref", path, GITLAB_JOB_MAX_REF, false, al_json_check_word,
+                                &j->ref, err)) < 0 ||
+        (r = al_json_get_string(g, "sha", path, 64, true, al_json_check_word, &j->sha, err)) < 0 ||
+        (r = al_json_get_strv(g, "refspecs", path, GITLAB_JOB_MAX_REFSPECS, GITLAB_JOB_MAX_REF,
+                              false, al_json_check_word, &j->refspecs, &j->n_refspecs, err)) < 0)
         return r;
     size_t n = strlen(j->sha);
     if ((n != 40 && n != 64) || !is_hex(j->sha))
@@ -242,7 +87,8 @@ static int parse_git(yajl_val root, struct gitlab_job *j, struct al_error **err)
         }
     }
     int64_t depth = 0;
-    if ((r = get_int(g, "depth", path, 0, GITLAB_JOB_MAX_DEPTH_GIT, false, &depth, err)) < 0)
+    if ((r = al_json_get_int(g, "depth", path, 0, GITLAB_JOB_MAX_DEPTH_GIT, false, &depth, err)) <
+        0)
         return r;
     j->depth = (int)depth;
     char *stripped = NULL;
@@ -255,25 +101,25 @@ static int parse_git(yajl_val root, struct gitlab_job *j, struct al_error **err)
 
 static int parse_variables(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
-    yajl_val arr;
-    int r = get_array(root, "variables", "", GITLAB_JOB_MAX_VARIABLES, false, &arr, err);
+    yajl_val arr = NULL;
+    int r = al_json_get_array(root, "variables", "", GITLAB_JOB_MAX_VARIABLES, false, &arr, err);
     if (r < 0 || !arr)
         return r;
     j->variables = calloc(arr->u.array.len + 1, sizeof(*j->variables));
     if (!j->variables)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < arr->u.array.len; i++) {
-        yajl_val v = arr->u.array.values[i];
+        yajl_val v;
         char p[64];
-        al_json_path(p, sizeof(p), "variables", NULL, i);
-        if (!YAJL_IS_OBJECT(v))
-            return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
+        if ((r = al_json_element_object(arr, i, "variables", p, sizeof(p), &v, err)) < 0)
+            return r;
         struct gitlab_variable *var = &j->variables[j->n_variables++];
-        if ((r = get_string(v, "key", p, GITLAB_JOB_MAX_KEY, STR_WORD, true, &var->key, err)) < 0 ||
-            (r = get_string(v, "value", p, GITLAB_JOB_MAX_STRING, STR_ANY, false, &var->value,
-                            err)) < 0 ||
-            (r = get_bool(v, "masked", p, &var->masked, err)) < 0 ||
-            (r = get_bool(v, "file", p, &var->file, err)) < 0)
+        if ((r = al_json_get_string(v, "key", p, GITLAB_JOB_MAX_KEY, true, al_json_check_word,
+                                    &var->key, err)) < 0 ||
+            (r = al_json_get_string(v, "value", p, GITLAB_JOB_MAX_STRING, false, NULL, &var->value,
+                                    err)) < 0 ||
+            (r = al_json_get_bool(v, "masked", p, false, &var->masked, err)) < 0 ||
+            (r = al_json_get_bool(v, "file", p, false, &var->file, err)) < 0)
             return r;
         if (!var->value && !(var->value = strdup("")))
             return al_error_set(err, ENOMEM, "out of memory");
@@ -294,8 +140,8 @@ static bool step_name_is_valid(const char *s)
 
 static int parse_steps(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
-    yajl_val arr;
-    int r = get_array(root, "steps", "", GITLAB_JOB_MAX_STEPS, true, &arr, err);
+    yajl_val arr = NULL;
+    int r = al_json_get_array(root, "steps", "", GITLAB_JOB_MAX_STEPS, true, &arr, err);
     if (r < 0)
         return r;
     if (arr->u.array.len == 0)
@@ -304,22 +150,21 @@ static int parse_steps(yajl_val root, struct gitlab_job *j, struct al_error **er
     if (!j->steps)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < arr->u.array.len; i++) {
-        yajl_val v = arr->u.array.values[i];
+        yajl_val v;
         char p[64];
-        al_json_path(p, sizeof(p), "steps", NULL, i);
-        if (!YAJL_IS_OBJECT(v))
-            return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
+        if ((r = al_json_element_object(arr, i, "steps", p, sizeof(p), &v, err)) < 0)
+            return r;
         struct gitlab_step *s = &j->steps[j->n_steps++];
-        if ((r = get_string(v, "name", p, 64, STR_WORD, true, &s->name, err)) < 0)
+        if ((r = al_json_get_string(v, "name", p, 64, true, al_json_check_word, &s->name, err)) < 0)
             return r;
         if (!step_name_is_valid(s->name))
             return al_json_fail(err, p, "name: expected [a-z0-9_]+");
-        if ((r = get_strv(v, "script", p, GITLAB_JOB_MAX_LINES, GITLAB_JOB_MAX_STRING, STR_ANY,
-                          &s->script, &s->n_script, err)) < 0 ||
-            (r = get_int(v, "timeout", p, 0, JOB_SPEC_MAX_TIMEOUT_S, false, &s->timeout_s, err)) <
-                    0 ||
+        if ((r = al_json_get_strv(v, "script", p, GITLAB_JOB_MAX_LINES, GITLAB_JOB_MAX_STRING,
+                                  false, NULL, &s->script, &s->n_script, err)) < 0 ||
+            (r = al_json_get_int(v, "timeout", p, 0, JOB_SPEC_MAX_TIMEOUT_S, false, &s->timeout_s,
+                                 err)) < 0 ||
             (r = parse_when(v, p, &s->when, err)) < 0 ||
-            (r = get_bool(v, "allow_failure", p, &s->allow_failure, err)) < 0)
+            (r = al_json_get_bool(v, "allow_failure", p, false, &s->allow_failure, err)) < 0)
             return r;
     }
     return 0;
@@ -327,31 +172,33 @@ static int parse_steps(yajl_val root, struct gitlab_job *j, struct al_error **er
 
 static int parse_artifacts(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
-    yajl_val arr;
-    int r = get_array(root, "artifacts", "", GITLAB_JOB_MAX_ARTIFACTS, false, &arr, err);
+    yajl_val arr = NULL;
+    int r = al_json_get_array(root, "artifacts", "", GITLAB_JOB_MAX_ARTIFACTS, false, &arr, err);
     if (r < 0 || !arr)
         return r;
     j->artifacts = calloc(arr->u.array.len + 1, sizeof(*j->artifacts));
     if (!j->artifacts)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < arr->u.array.len; i++) {
-        yajl_val v = arr->u.array.values[i];
+        yajl_val v;
         char p[64];
-        al_json_path(p, sizeof(p), "artifacts", NULL, i);
-        if (!YAJL_IS_OBJECT(v))
-            return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
+        if ((r = al_json_element_object(arr, i, "artifacts", p, sizeof(p), &v, err)) < 0)
+            return r;
         struct gitlab_artifact *a = &j->artifacts[j->n_artifacts++];
-        if ((r = get_string(v, "name", p, GITLAB_JOB_MAX_NAME, STR_LINE, false, &a->name, err)) <
-                    0 ||
-            (r = get_strv(v, "paths", p, GITLAB_JOB_MAX_PATHS, JOB_SPEC_MAX_PATH, STR_LINE,
-                          &a->paths, &a->n_paths, err)) < 0 ||
-            (r = get_strv(v, "exclude", p, GITLAB_JOB_MAX_PATHS, JOB_SPEC_MAX_PATH, STR_LINE,
-                          &a->exclude, &a->n_exclude, err)) < 0 ||
-            (r = get_bool(v, "untracked", p, &a->untracked, err)) < 0 ||
+        if ((r = al_json_get_string(v, "name", p, GITLAB_JOB_MAX_NAME, false, al_json_check_line,
+                                    &a->name, err)) < 0 ||
+            (r = al_json_get_strv(v, "paths", p, GITLAB_JOB_MAX_PATHS, JOB_SPEC_MAX_PATH, false,
+                                  al_json_check_line, &a->paths, &a->n_paths, err)) < 0 ||
+            (r = al_json_get_strv(v, "exclude", p, GITLAB_JOB_MAX_PATHS, JOB_SPEC_MAX_PATH, false,
+                                  al_json_check_line, &a->exclude, &a->n_exclude, err)) < 0 ||
+            (r = al_json_get_bool(v, "untracked", p, false, &a->untracked, err)) < 0 ||
             (r = parse_when(v, p, &a->when, err)) < 0 ||
-            (r = get_string(v, "artifact_type", p, 64, STR_WORD, false, &a->type, err)) < 0 ||
-            (r = get_string(v, "artifact_format", p, 16, STR_WORD, false, &a->format, err)) < 0 ||
-            (r = get_string(v, "expire_in", p, 64, STR_LINE, false, &a->expire_in, err)) < 0)
+            (r = al_json_get_string(v, "artifact_type", p, 64, false, al_json_check_word, &a->type,
+                                    err)) < 0 ||
+            (r = al_json_get_string(v, "artifact_format", p, 16, false, al_json_check_word,
+                                    &a->format, err)) < 0 ||
+            (r = al_json_get_string(v, "expire_in", p, 64, false, al_json_check_line, &a->expire_in,
+                                    err)) < 0)
             return r;
         if (!a->type && !(a->type = strdup("archive")))
             return al_error_set(err, ENOMEM, "out of memory");
@@ -364,42 +211,43 @@ static int parse_artifacts(yajl_val root, struct gitlab_job *j, struct al_error 
 static int token_check(const char *token)
 {
     size_t n = strlen(token);
-    return n >= 8 && n <= GITLAB_JOB_MAX_TOKEN && text_is_printable(token, false) ? 0 : -EINVAL;
+    return n >= 8 && n <= GITLAB_JOB_MAX_TOKEN && !al_json_check_word(token) ? 0 : -EINVAL;
 }
 
 static int parse_dependencies(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
-    yajl_val arr;
-    int r = get_array(root, "dependencies", "", GITLAB_JOB_MAX_DEPENDENCIES, false, &arr, err);
+    yajl_val arr = NULL;
+    int r = al_json_get_array(root, "dependencies", "", GITLAB_JOB_MAX_DEPENDENCIES, false, &arr,
+                              err);
     if (r < 0 || !arr)
         return r;
     j->dependencies = calloc(arr->u.array.len + 1, sizeof(*j->dependencies));
     if (!j->dependencies)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < arr->u.array.len; i++) {
-        yajl_val v = arr->u.array.values[i];
+        yajl_val v;
         char p[64];
-        al_json_path(p, sizeof(p), "dependencies", NULL, i);
-        if (!YAJL_IS_OBJECT(v))
-            return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
+        if ((r = al_json_element_object(arr, i, "dependencies", p, sizeof(p), &v, err)) < 0)
+            return r;
         struct gitlab_dependency *d = &j->dependencies[j->n_dependencies++];
-        if ((r = get_int(v, "id", p, 1, INT64_MAX, true, &d->id, err)) < 0 ||
-            (r = get_string(v, "name", p, GITLAB_JOB_MAX_NAME, STR_LINE, false, &d->name, err)) <
-                    0 ||
-            (r = get_string(v, "token", p, GITLAB_JOB_MAX_TOKEN, STR_WORD, false, &d->token, err)) <
-                    0)
+        if ((r = al_json_get_int(v, "id", p, 1, INT64_MAX, true, &d->id, err)) < 0 ||
+            (r = al_json_get_string(v, "name", p, GITLAB_JOB_MAX_NAME, false, al_json_check_line,
+                                    &d->name, err)) < 0 ||
+            (r = al_json_get_string(v, "token", p, GITLAB_JOB_MAX_TOKEN, false, al_json_check_word,
+                                    &d->token, err)) < 0)
             return r;
         if (d->token && token_check(d->token) < 0)
             return al_json_fail(err, p, "token: expected 8 to %d printable characters",
                                 GITLAB_JOB_MAX_TOKEN);
         yajl_val f = NULL;
-        if ((r = get_object(v, "artifacts_file", p, false, &f, err)) < 0)
+        if ((r = al_json_get_object(v, "artifacts_file", p, false, &f, err)) < 0)
             return r;
         char fp[96];
         al_json_path(fp, sizeof(fp), p, "artifacts_file", 0);
-        if (f && ((r = get_string(f, "filename", fp, GITLAB_JOB_MAX_NAME, STR_LINE, false,
-                                  &d->artifacts_file, err)) < 0 ||
-                  (r = get_int(f, "size", fp, 0, INT64_MAX, false, &d->artifacts_size, err)) < 0))
+        if (f && ((r = al_json_get_string(f, "filename", fp, GITLAB_JOB_MAX_NAME, false,
+                                          al_json_check_line, &d->artifacts_file, err)) < 0 ||
+                  (r = al_json_get_int(f, "size", fp, 0, INT64_MAX, false, &d->artifacts_size,
+                                       err)) < 0))
             return r;
     }
     return 0;
@@ -410,44 +258,44 @@ static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err
     if (!YAJL_IS_OBJECT(root))
         return al_json_fail(err, "", "job payload: expected an object, got %s",
                             al_json_type_name(root));
-    int r = get_int(root, "id", "", 1, INT64_MAX, true, &j->id, err);
+    int r = al_json_get_int(root, "id", "", 1, INT64_MAX, true, &j->id, err);
     if (r < 0)
         return r;
-    if ((r = get_string(root, "token", "", GITLAB_JOB_MAX_TOKEN, STR_WORD, true, &j->token, err)) <
-        0)
+    if ((r = al_json_get_string(root, "token", "", GITLAB_JOB_MAX_TOKEN, true, al_json_check_word,
+                                &j->token, err)) < 0)
         return r;
     if (token_check(j->token) < 0)
         return al_json_fail(err, "token", "expected 8 to %d printable characters",
                             GITLAB_JOB_MAX_TOKEN);
 
-    yajl_val o;
-    if ((r = get_object(root, "job_info", "", false, &o, err)) < 0)
+    yajl_val o = NULL;
+    if ((r = al_json_get_object(root, "job_info", "", false, &o, err)) < 0)
         return r;
-    if (o && ((r = get_string(o, "name", "job_info", GITLAB_JOB_MAX_NAME, STR_LINE, false,
-                              &j->job_name, err)) < 0 ||
-              (r = get_string(o, "project_name", "job_info", GITLAB_JOB_MAX_NAME, STR_LINE, false,
-                              &j->project_name, err)) < 0))
+    if (o && ((r = al_json_get_string(o, "name", "job_info", GITLAB_JOB_MAX_NAME, false,
+                                      al_json_check_line, &j->job_name, err)) < 0 ||
+              (r = al_json_get_string(o, "project_name", "job_info", GITLAB_JOB_MAX_NAME, false,
+                                      al_json_check_line, &j->project_name, err)) < 0))
         return r;
-    if ((r = get_object(root, "runner_info", "", false, &o, err)) < 0)
+    o = NULL;
+    if ((r = al_json_get_object(root, "runner_info", "", false, &o, err)) < 0)
         return r;
-    if (o && (r = get_int(o, "timeout", "runner_info", 0, JOB_SPEC_MAX_TIMEOUT_S, false,
-                          &j->timeout_s, err)) < 0)
+    if (o && (r = al_json_get_int(o, "timeout", "runner_info", 0, JOB_SPEC_MAX_TIMEOUT_S, false,
+                                  &j->timeout_s, err)) < 0)
         return r;
-    if ((r = get_object(root, "image", "", false, &o, err)) < 0)
+    o = NULL;
+    if ((r = al_json_get_object(root, "image", "", false, &o, err)) < 0)
         return r;
-    if (o && (r = get_string(o, "name", "image", GITLAB_JOB_MAX_NAME, STR_WORD, false, &j->image,
-                             err)) < 0)
+    if (o && (r = al_json_get_string(o, "name", "image", GITLAB_JOB_MAX_NAME, false,
+                                     al_json_check_word, &j->image, err)) < 0)
         return r;
-    if ((r = get_object(root, "features", "", false, &o, err)) < 0)
+    o = NULL;
+    if ((r = al_json_get_object(root, "features", "", false, &o, err)) < 0)
         return r;
-    if (o) {
-        yajl_val fr;
-        if ((r = al_json_member(o, "failure_reasons", "features", &fr, err)) < 0)
-            return r;
-        if (fr && (r = get_strv(o, "failure_reasons", "features", 64, 64, STR_WORD,
-                                &j->failure_reasons, &j->n_failure_reasons, err)) < 0)
-            return r;
-    }
+    /* absent stays NULL: GitLab did not say which reasons it knows */
+    if (o &&
+        ((r = al_json_get_strv(o, "failure_reasons", "features", 64, 64, false, al_json_check_word,
+                               &j->failure_reasons, &j->n_failure_reasons, err)) < 0))
+        return r;
     if ((r = parse_git(root, j, err)) < 0 || (r = parse_variables(root, j, err)) < 0 ||
         (r = parse_steps(root, j, err)) < 0 || (r = parse_artifacts(root, j, err)) < 0 ||
         (r = parse_dependencies(root, j, err)) < 0)
@@ -457,29 +305,8 @@ static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err
 
 static int parse_tree(const char *data, size_t len, yajl_val *ret, struct al_error **err)
 {
-    if (len > GITLAB_JOB_MAX_BYTES)
-        return al_error_set(err, E2BIG, "job payload is larger than %u bytes",
-                            GITLAB_JOB_MAX_BYTES);
-    int r = al_json_prescan(data, len, GITLAB_JOB_MAX_DEPTH, GITLAB_JOB_MAX_VALUES, "job payload",
-                            err);
-    if (r < 0)
-        return r;
-    if (memchr(data, '\0', len))
-        return al_error_set(err, EINVAL, "job payload contains a NUL byte");
-    _cleanup_free_ char *text = strndup(data, len);
-    if (!text)
-        return al_error_set(err, ENOMEM, "out of memory");
-    char ebuf[256] = "";
-    yajl_val root = yajl_tree_parse(text, ebuf, sizeof(ebuf));
-    if (!root) {
-        /* yajl's message quotes the input around the error: keep only its
-         * first line, which names the problem without the bytes */
-        ebuf[strcspn(ebuf, "\n")] = '\0';
-        return al_error_set(err, EINVAL, "job payload is not valid JSON: %s",
-                            ebuf[0] ? ebuf : "parse error");
-    }
-    *ret = root;
-    return 0;
+    return al_json_parse(data, len, GITLAB_JOB_MAX_BYTES, GITLAB_JOB_MAX_DEPTH,
+                         GITLAB_JOB_MAX_VALUES, "job payload", ret, err);
 }
 
 int gitlab_job_parse(const char *data, size_t len, struct gitlab_job **ret_job,
@@ -506,8 +333,9 @@ int gitlab_job_parse_ident(const char *data, size_t len, int64_t *ret_id, char *
         return -EINVAL;
     int64_t id = 0;
     char *token = NULL;
-    if (get_int(root, "id", "", 1, INT64_MAX, true, &id, NULL) < 0 ||
-        get_string(root, "token", "", GITLAB_JOB_MAX_TOKEN, STR_WORD, true, &token, NULL) < 0)
+    if (al_json_get_int(root, "id", "", 1, INT64_MAX, true, &id, NULL) < 0 ||
+        al_json_get_string(root, "token", "", GITLAB_JOB_MAX_TOKEN, true, al_json_check_word,
+                           &token, NULL) < 0)
         return -EINVAL;
     if (token_check(token) < 0) {
         explicit_bzero(token, strlen(token));
@@ -611,7 +439,7 @@ int gitlab_url_strip_credentials(const char *url, char **ret_url, struct al_erro
     const char *host = at ? at + 1 : rest;
     if (!*host || *host == '/' || *host == ':' || *host == '?' || *host == '#')
         return al_error_set(err, EINVAL, "URL without a host");
-    if (!text_is_printable(url, false))
+    if (al_json_check_word(url))
         return al_error_set(err, EINVAL, "URL with spaces or control characters");
     char *out = NULL;
     if (asprintf(&out, "%.*s%s", (int)scheme, url, host) < 0)
@@ -1078,7 +906,7 @@ int gitlab_job_to_spec(const struct gitlab_job *j, const struct gitlab_spec_opts
         return al_error_set(err, ENOMEM, "out of memory");
     }
     const char *url = gitlab_job_variable(j, "CI_JOB_URL");
-    if (url && strlen(url) <= JOB_SPEC_MAX_URL && text_is_printable(url, false) &&
+    if (url && strlen(url) <= JOB_SPEC_MAX_URL && !al_json_check_word(url) &&
         !strstr(url, j->token) && !(spec->source.url = strdup(url)))
         return al_error_set(err, ENOMEM, "out of memory");
     if (!(spec->name = spec_name(j)))

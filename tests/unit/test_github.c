@@ -21,6 +21,7 @@
 #include "runner/base/base64.h"
 #include "runner/base/buf.h"
 #include "runner/base/hmac.h"
+#include "runner/base/json_tree.h"
 #include "runner/base/util.h"
 #include "runner/base/hardlimits.h"
 #include "runner/sources/github_auth.h"
@@ -326,7 +327,7 @@ static void test_webhook_parse(void **state)
              "\"queued\",\"labels\":[]},\"repository\":{\"full_name\":\"../x\"}}",
              "repository.full_name: expected OWNER/NAME"},
             {"[1,2]", "expected a JSON object"},
-            {"{\"action\":", "not JSON"},
+            {"{\"action\":", "not valid JSON"},
     };
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
         j = NULL;
@@ -795,6 +796,125 @@ static void test_listen(void **state)
     }
 }
 
+/* The typed getters of base/json_tree that both forge parsers use: absent
+ * and null are the same, they keep the caller's default unless required,
+ * and a wrong type names the path and both types. */
+static void test_json_getters(void **state)
+{
+    (void)state;
+    static const char doc[] = "{\"n\": null, \"i\": 7, \"s\": \"a b\", \"b\": true, "
+                              "\"o\": {}, \"a\": [\"x\", \"\"], \"big\": [1, 2, 3], "
+                              "\"dup\": 1, \"dup\": 2}";
+    yajl_val root = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(al_json_parse(doc, sizeof(doc) - 1, 4096, 8, 100, "doc", &root, &err), 0);
+
+    /* absent and null: defaults stay, required ones are missing */
+    int64_t i = 42;
+    bool b = true;
+    char *s = NULL;
+    char **v = NULL;
+    size_t n = 9;
+    yajl_val o = root;
+    for (int k = 0; k < 2; k++) {
+        const char *key = k ? "n" : "absent";
+        assert_int_equal(al_json_get_int(root, key, "", 0, 10, false, &i, &err), 0);
+        assert_int_equal(al_json_get_bool(root, key, "", false, &b, &err), 0);
+        assert_int_equal(al_json_get_string(root, key, "", 10, false, NULL, &s, &err), 0);
+        assert_int_equal(al_json_get_strv(root, key, "", 10, 10, false, NULL, &v, &n, &err), 0);
+        assert_int_equal(al_json_get_object(root, key, "", false, &o, &err), 0);
+        assert_int_equal(i, 42);
+        assert_true(b);
+        assert_null(s);
+        assert_null(v);
+        assert_int_equal(n, 9);
+        assert_ptr_equal(o, root);
+        assert_int_equal(al_json_get_int(root, key, "top", 0, 10, true, &i, &err), -EINVAL);
+        char want[64];
+        snprintf(want, sizeof(want), "top.%s: missing", key);
+        assert_string_equal(al_error_message(err), want);
+        err = al_error_free(err);
+    }
+
+    /* present and good */
+    assert_int_equal(al_json_get_int(root, "i", "", 0, 10, true, &i, &err), 0);
+    assert_int_equal(i, 7);
+    assert_int_equal(al_json_get_bool(root, "b", "", true, &b, &err), 0);
+    assert_int_equal(al_json_get_string(root, "s", "", 10, true, al_json_check_line, &s, &err), 0);
+    assert_string_equal(s, "a b");
+    assert_int_equal(al_json_get_strv(root, "a", "", 2, 10, true, NULL, &v, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(v[0], "x");
+    assert_string_equal(v[1], "");
+    assert_null(v[2]);
+    assert_int_equal(al_json_get_object(root, "o", "", true, &o, &err), 0);
+    assert_true(YAJL_IS_OBJECT(o));
+
+    /* wrong type, bounds and checks: errors name the path, *ret untouched */
+    static const struct {
+        int which;
+        const char *key, *want;
+    } bad[] = {
+            {0, "s", "p.s: expected an integer, got a string"},
+            {0, "i", NULL},
+            {1, "i", "p.i: expected true or false, got an integer"},
+            {2, "o", "p.o: expected a string, got an object"},
+            {2, "s", "p.s: contains spaces or control characters"},
+            {3, "a", "p.a: expected an object, got an array"},
+            {4, "big", "p.big: more than 2 entries"},
+            {5, "big", "p.big[0]: expected a string, got an integer"},
+            {0, "dup", "p.dup: given more than once"},
+    };
+    for (size_t k = 0; k < ARRAY_SIZE(bad); k++) {
+        int64_t i2 = -1;
+        bool b2 = false;
+        char *s2 = NULL;
+        char **v2 = NULL;
+        size_t n2 = 0;
+        yajl_val o2 = NULL, a2 = NULL;
+        int r = -1;
+        switch (bad[k].which) {
+        case 0:
+            r = al_json_get_int(root, bad[k].key, "p", 0, bad[k].want ? 10 : 5, true, &i2, &err);
+            break;
+        case 1:
+            r = al_json_get_bool(root, bad[k].key, "p", true, &b2, &err);
+            break;
+        case 2:
+            r = al_json_get_string(root, bad[k].key, "p", 10, true, al_json_check_word, &s2, &err);
+            break;
+        case 3:
+            r = al_json_get_object(root, bad[k].key, "p", true, &o2, &err);
+            break;
+        case 4:
+            r = al_json_get_array(root, bad[k].key, "p", 2, true, &a2, &err);
+            break;
+        case 5:
+            r = al_json_get_strv(root, bad[k].key, "p", 5, 10, true, NULL, &v2, &n2, &err);
+            break;
+        }
+        assert_int_equal(r, -EINVAL);
+        assert_string_equal(al_error_message(err),
+                            bad[k].want ? bad[k].want : "p.i: expected an integer from 0 to 5");
+        err = al_error_free(err);
+        assert_int_equal(i2, -1);
+        assert_false(b2);
+        assert_null(s2);
+        assert_null(v2);
+        assert_null(o2);
+        assert_null(a2);
+    }
+    free(s);
+    strv_free(v);
+    yajl_tree_free(root);
+
+    assert_int_equal(al_json_parse("{\"a\":", 5, 100, 8, 100, "doc", &root, &err), -EINVAL);
+    assert_non_null(strstr(al_error_message(err), "doc is not valid JSON"));
+    err = al_error_free(err);
+    assert_int_equal(al_json_parse("{\"a\":1}", 7, 6, 8, 100, "doc", &root, &err), -E2BIG);
+    err = al_error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -803,6 +923,7 @@ int main(void)
             cmocka_unit_test(test_webhook_parse), cmocka_unit_test(test_rest_answers),
             cmocka_unit_test(test_app_jwt),       cmocka_unit_test(test_secret_files),
             cmocka_unit_test(test_listen),        cmocka_unit_test(test_hook),
+            cmocka_unit_test(test_json_getters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
