@@ -1,0 +1,559 @@
+#include "runner/sources/github_internal.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <yajl/yajl_gen.h>
+
+#include "runner/base/buf.h"
+#include "runner/base/log.h"
+#include "runner/base/sha256.h"
+#include "runner/base/util.h"
+#include "runner/loop/http_client.h"
+#include "runner/loop/api_queue.h"
+#include "runner/sources/github_auth.h"
+#include "runner/sources/github_hook.h"
+#include "runner/sources/github_payload.h"
+
+/* ------------------------------------------------------------ capacity */
+
+static unsigned runners_live(const struct github *g, unsigned *ret_creating)
+{
+    unsigned n = 0, c = 0;
+    for (struct ghrunner *r = g->runners; r; r = r->next) {
+        if (r->state == R_ENDING || r->state == R_DEAD)
+            continue;
+        n++;
+        if (r->state == R_CREATING)
+            c++;
+    }
+    if (ret_creating)
+        *ret_creating = c;
+    return n;
+}
+
+/* True when the pool has a free VM slot beyond the jobs already waiting. */
+static bool engine_room(struct github *g)
+{
+    unsigned creating = 0;
+    runners_live(g, &creating);
+    struct engine_admit a = {.pool = g->src->pool, .start_now = true, .held = creating};
+    return engine_admit(g->e, &a, NULL, 0) == ENGINE_ADMIT_YES;
+}
+
+/* ------------------------------------------------------------ runners */
+
+static struct ghrunner *runner_new(struct github *g)
+{
+    struct ghrunner *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->g = g;
+    char *rnd = al_random_hex(4);
+    if (!rnd) {
+        free(r);
+        return NULL;
+    }
+    snprintf(r->name, sizeof(r->name), "%s%s", g->prefix, rnd);
+    free(rnd);
+    r->created_ms = al_now_mono_ms();
+    r->next = g->runners;
+    g->runners = r;
+    return r;
+}
+
+/* Unlinks the runner from its job's bookkeeping. took: it ran a job. */
+void gh_runner_release_demand(struct ghrunner *r)
+{
+    struct ghdemand *d = r->demand;
+    if (!d)
+        return;
+    r->demand = NULL;
+    if (d->runner == r)
+        d->runner = NULL;
+    if (d->state != D_SERVED)
+        return;
+    if (d->runners_made >= MAX_RUNNERS_PER_JOB) {
+        /* something keeps GitHub from handing it to our runners: stop
+         * booting VMs for it */
+        log_warn(NULL,
+                 "github %s: job %" PRId64 ": %u runners made for it took no job; not served "
+                 "again (check the runner group's repository access and the job's labels)",
+                 r->g->name, d->job_id, d->runners_made);
+        gh_demand_set(d, D_DONE);
+        return;
+    }
+    /* it never ran the job: gh_serve it again if GitHub still has it queued */
+    gh_demand_set(d, D_WAITING);
+    d->verify = true;
+}
+
+void gh_runner_set_dead(struct ghrunner *r)
+{
+    gh_runner_release_demand(r);
+    r->state = R_DEAD;
+}
+
+static int env_add(struct job_env_var **v, size_t *n, const char *name, const char *value)
+{
+    struct job_env_var *g = realloc(*v, (*n + 1) * sizeof(**v));
+    if (!g)
+        return -ENOMEM;
+    *v = g;
+    g[*n].name = strdup(name);
+    g[*n].value = strdup(value);
+    if (!g[*n].name || !g[*n].value) {
+        free(g[*n].name);
+        al_wipe_free(g[*n].value);
+        return -ENOMEM;
+    }
+    (*n)++;
+    return 0;
+}
+
+/* The VM's job: run the actions runner, which reads its --jitconfig input
+ * from ACTIONS_RUNNER_INPUT_JITCONFIG (not argv, which every process in
+ * the guest can read in /proc). */
+static int runner_spec(struct ghrunner *r, char *jit, struct job_spec **ret, struct al_error **err)
+{
+    struct github *g = r->g;
+    _cleanup_job_spec_ struct job_spec *spec = calloc(1, sizeof(*spec));
+    if (!spec) {
+        al_wipe_free(jit);
+        return al_error_set(err, ENOMEM, "out of memory");
+    }
+    spec->inject = -1;
+    int rc = env_add(&spec->secret_env, &spec->n_secret_env, "ACTIONS_RUNNER_INPUT_JITCONFIG", jit);
+    al_wipe_free(jit);
+    const char *dir = g->src->runner_dir;
+    struct ghdemand *d = r->demand;
+    rc |= env_add(&spec->env, &spec->n_env, "AGENTLAB_GITHUB_RUNNER", r->name);
+    if (asprintf(&spec->script,
+                 "# agentlab: GitHub Actions runner %s (one job, then this VM is gone)\n"
+                 "cd '%s' 2>/dev/null || { echo 'agentlab: no actions runner in %s (build the "
+                 "image from the debian-12-actions recipe)' >&2; exit 127; }\n"
+                 "exec ./run.sh\n",
+                 r->name, dir, dir) < 0)
+        spec->script = NULL;
+    if (asprintf(&spec->name, "github runner %s", r->name) < 0)
+        spec->name = NULL;
+    spec->source.type = JOB_SOURCE_GITHUB;
+    spec->source.id = strdup(r->name);
+    if (d && d->html_url && strlen(d->html_url) <= JOB_SPEC_MAX_URL)
+        spec->source.url = strdup(d->html_url);
+    if (*g->src->pool)
+        spec->pool = strdup(g->src->pool);
+    spec->max_attempts = 1; /* a JIT config is good for one runner */
+    if (rc || !spec->script || !spec->name || !spec->source.id || (*g->src->pool && !spec->pool))
+        return al_error_set(err, ENOMEM, "out of memory");
+    *ret = TAKE_PTR(spec);
+    return 0;
+}
+
+static void on_runner_created(struct github *g, int result, const struct al_http_response *resp,
+                              const struct al_error *err, void *data);
+
+static int generate_body(const struct github *g, const char *name, char **ret)
+{
+    yajl_gen gen = yajl_gen_alloc(NULL);
+    if (!gen)
+        return -ENOMEM;
+    int r = yajl_gen_map_open(gen);
+    r |= yajl_gen_string(gen, (const unsigned char *)"name", 4);
+    r |= yajl_gen_string(gen, (const unsigned char *)name, strlen(name));
+    r |= yajl_gen_string(gen, (const unsigned char *)"runner_group_id", 15);
+    r |= yajl_gen_integer(gen, g->src->runner_group_id);
+    r |= yajl_gen_string(gen, (const unsigned char *)"labels", 6);
+    r |= yajl_gen_array_open(gen);
+    for (size_t i = 0; i < g->n_labels; i++)
+        r |= yajl_gen_string(gen, (const unsigned char *)g->labels[i], strlen(g->labels[i]));
+    r |= yajl_gen_array_close(gen);
+    r |= yajl_gen_string(gen, (const unsigned char *)"work_folder", 11);
+    r |= yajl_gen_string(gen, (const unsigned char *)"_work", 5);
+    r |= yajl_gen_map_close(gen);
+    const unsigned char *buf = NULL;
+    size_t len = 0;
+    char *s = NULL;
+    if (r == yajl_gen_status_ok && yajl_gen_get_buf(gen, &buf, &len) == yajl_gen_status_ok)
+        s = strndup((const char *)buf, len);
+    yajl_gen_free(gen);
+    if (!s)
+        return r ? -EINVAL : -ENOMEM;
+    *ret = s;
+    return 0;
+}
+
+static void runner_create(struct github *g, struct ghdemand *d)
+{
+    struct ghrunner *r = runner_new(g);
+    char *body = NULL;
+    if (!r || generate_body(g, r->name, &body) < 0) {
+        if (r)
+            r->state = R_DEAD;
+        return;
+    }
+    r->state = R_CREATING;
+    r->demand = d;
+    d->runner = r;
+    gh_demand_set(d, D_SERVED);
+    d->verify = false;
+    char *path = NULL;
+    if (asprintf(&path, "%s/actions/runners/generate-jitconfig", g->scope) < 0)
+        path = NULL;
+    r->calls++;
+    gh_call(g, "POST", path, body, on_runner_created, r);
+}
+
+static void serve_fail(struct github *g, struct ghrunner *r, const char *fmt, ...) _printf_(3, 4);
+static void serve_fail(struct github *g, struct ghrunner *r, const char *fmt, ...)
+{
+    char msg[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    gh_backoff_grow(&g->serve_backoff_ms);
+    g->serve_after_ms = al_now_mono_ms() + al_jitter_ms(g->serve_backoff_ms);
+    log_error(NULL, "github %s: runner %s for job %" PRId64 ": %s; trying again in %" PRIu64 " s",
+              g->name, r->name, r->demand ? r->demand->job_id : 0, msg, g->serve_backoff_ms / 1000);
+}
+
+static void on_runner_created(struct github *g, int result, const struct al_http_response *resp,
+                              const struct al_error *err, void *data)
+{
+    struct ghrunner *r = data;
+    r->calls--;
+    if (result == -ECANCELED || g->stopping) {
+        /* GitHub may have made it: the next start's gh_sweep deletes it */
+        gh_runner_set_dead(r);
+        return;
+    }
+    if (result < 0 || resp->status != 201) {
+        char what[300];
+        gh_describe_result(result, resp, err, what, sizeof(what));
+        if (result == 0 && resp->status == 409) {
+            /* the name is taken (very unlikely with 32 random bits): another name */
+            struct ghdemand *d = r->demand;
+            gh_runner_set_dead(r);
+            if (d && d->state == D_WAITING) {
+                d->verify = false;
+                runner_create(g, d);
+            }
+            return;
+        }
+        serve_fail(g, r, "generate-jitconfig failed: %s", what);
+        gh_runner_set_dead(r);
+        return;
+    }
+    int64_t id = 0;
+    char *jit = NULL;
+    struct al_error *perr = NULL;
+    int rc = github_parse_jitconfig(resp->body.data, resp->body.len, &id, &jit, &perr);
+    /* the answer held the config: leave nothing in the freed buffer */
+    explicit_bzero(resp->body.data, resp->body.len);
+    if (rc < 0) {
+        serve_fail(g, r, "the generate-jitconfig answer: %s", al_error_message(perr));
+        al_error_free(perr);
+        gh_runner_set_dead(r);
+        return;
+    }
+    r->id = id;
+    /* the spec takes the config over; the engine registers it with the
+     * redactor before anything could print it */
+    struct job_spec *spec = NULL;
+    struct al_error *serr = NULL;
+    char eid[STORE_JOB_ID_SIZE];
+    rc = runner_spec(r, jit, &spec, &serr);
+    if (rc == 0)
+        rc = engine_submit(g->e, spec, &(struct engine_submit){0}, eid, &serr);
+    if (rc < 0) {
+        serve_fail(g, r, "agentlab refused the runner's VM: %s", al_error_message(serr));
+        al_error_free(serr);
+        r->vm_gone = true;
+        gh_runner_retire(r, NULL);
+        return;
+    }
+    g->serve_backoff_ms = 0;
+    if (r->demand)
+        r->demand->runners_made++;
+    memcpy(r->engine_id, eid, sizeof(eid));
+    r->submitted = true;
+    r->vm_gone = false;
+    r->created_ms = al_now_mono_ms();
+    if (r->state == R_CREATING)
+        r->state = R_IDLE;
+    struct ghdemand *d = r->demand;
+    log_info(eid, "github %s: runner %s (id %" PRId64 ") for job %" PRId64 " (%s) runs as %s",
+             g->name, r->name, r->id, d ? d->job_id : 0, d && d->name ? d->name : "unnamed", eid);
+}
+
+void gh_runner_stop_vm(struct ghrunner *r, const char *why)
+{
+    if (r->vm_gone || !r->submitted || r->stopping_vm)
+        return;
+    r->stopping_vm = true;
+    log_info(r->engine_id, "github %s: runner %s: %s; stopping its VM", r->g->name, r->name, why);
+    struct al_error *err = NULL;
+    /* may finish the job at once (observers run inside) */
+    if (engine_cancel(r->g->e, r->engine_id, &err) < 0 && err && err->code != EALREADY &&
+        err->code != ENOENT)
+        log_warn(r->engine_id, "github %s: cancel: %s", r->g->name, al_error_message(err));
+    al_error_free(err);
+}
+
+static void on_runner_deleted(struct github *g, int result, const struct al_http_response *resp,
+                              const struct al_error *err, void *data)
+{
+    struct ghrunner *r = data;
+    r->calls--;
+    r->deleting = false;
+    const char *eid = r->submitted ? r->engine_id : NULL;
+    if (result == 0 && (resp->status == 204 || resp->status == 404)) {
+        r->deleted = true;
+        log_info(eid, "github %s: runner %s (id %" PRId64 ") %s", g->name, r->name, r->id,
+                 resp->status == 204 ? "deleted from GitHub" : "is gone from GitHub already");
+        if (r->retire_reason && !r->vm_gone)
+            gh_runner_stop_vm(r, r->retire_reason);
+        if (r->vm_gone)
+            gh_runner_set_dead(r);
+        return;
+    }
+    if (result == 0 && resp->status == 422) {
+        /* GitHub refuses to delete a busy runner: it is running a job */
+        if (r->state == R_IDLE) {
+            log_info(eid, "github %s: runner %s is busy with a job; kept", g->name, r->name);
+            r->state = R_BUSY;
+        } else if (r->delete_tries == 0) {
+            log_info(eid,
+                     "github %s: runner %s is busy with a job (HTTP 422); kept, deleting it "
+                     "again later",
+                     g->name, r->name);
+        }
+        r->retire_reason = NULL;
+        if (r->vm_gone && ++r->delete_tries >= DELETE_TRIES) {
+            log_warn(eid,
+                     "github %s: runner %s still counts as busy %d tries after its VM ended; "
+                     "the next gh_sweep tries again",
+                     g->name, r->name, r->delete_tries);
+            gh_runner_set_dead(r);
+            return;
+        }
+        r->next_delete_ms = al_now_mono_ms() + DELETE_RETRY_MS;
+        return;
+    }
+    if (result == -ECANCELED || g->stopping) {
+        if (r->vm_gone)
+            gh_runner_set_dead(r);
+        return;
+    }
+    char what[300];
+    gh_describe_result(result, resp, err, what, sizeof(what));
+    log_warn(eid, "github %s: deleting runner %s (id %" PRId64 "): %s", g->name, r->name, r->id,
+             what);
+    if (++r->delete_tries >= DELETE_TRIES && r->vm_gone) {
+        gh_runner_set_dead(r);
+        return;
+    }
+    r->next_delete_ms = al_now_mono_ms() + al_jitter_ms(DELETE_RETRY_MS);
+}
+
+void gh_runner_delete(struct ghrunner *r)
+{
+    struct github *g = r->g;
+    if (r->deleting || r->deleted)
+        return;
+    if (!r->id) {
+        /* GitHub never gave it an id: nothing to delete */
+        r->deleted = true;
+        if (r->vm_gone)
+            gh_runner_set_dead(r);
+        return;
+    }
+    char *path = NULL;
+    if (asprintf(&path, "%s/actions/runners/%" PRId64, g->scope, r->id) < 0)
+        path = NULL;
+    r->deleting = true;
+    r->calls++;
+    gh_call(g, "DELETE", path, NULL, on_runner_deleted, r);
+}
+
+/* Removes the runner from GitHub; with reason (the VM is still up) its VM
+ * is stopped once GitHub agreed, so a runner that took a job at the last
+ * moment keeps its VM. */
+void gh_runner_retire(struct ghrunner *r, const char *reason)
+{
+    if (r->state == R_DEAD)
+        return;
+    if (reason && !r->vm_gone) {
+        if (r->retire_reason || r->deleting)
+            return;
+        log_info(r->submitted ? r->engine_id : NULL, "github %s: runner %s: %s; removing it",
+                 r->g->name, r->name, reason);
+        r->retire_reason = reason;
+        gh_runner_delete(r);
+        return;
+    }
+    r->state = R_ENDING;
+    gh_runner_delete(r);
+}
+
+/* ------------------------------------------------------------ serving */
+
+static void on_job_checked(struct github *g, int result, const struct al_http_response *resp,
+                           const struct al_error *err, void *data);
+
+static void check_job(struct github *g, struct ghdemand *d)
+{
+    char *path = NULL;
+    if (asprintf(&path, "/repos/%s/actions/jobs/%" PRId64, d->repo, d->job_id) < 0)
+        path = NULL;
+    d->checking = true;
+    gh_call(g, "GET", path, NULL, on_job_checked, d);
+}
+
+static void on_job_checked(struct github *g, int result, const struct al_http_response *resp,
+                           const struct al_error *err, void *data)
+{
+    struct ghdemand *d = data;
+    d->checking = false;
+    if (result == -ECANCELED || g->stopping)
+        return;
+    if (result < 0 || (resp->status != 200 && resp->status != 404)) {
+        char what[300];
+        gh_describe_result(result, resp, err, what, sizeof(what));
+        log_warn(NULL, "github %s: checking job %" PRId64 ": %s", g->name, d->job_id, what);
+        gh_backoff_grow(&g->serve_backoff_ms);
+        g->serve_after_ms = al_now_mono_ms() + al_jitter_ms(g->serve_backoff_ms);
+        return;
+    }
+    struct github_job *j = NULL;
+    struct al_error *perr = NULL;
+    if (resp->status == 404 || github_parse_job(resp->body.data, resp->body.len, &j, &perr) < 0) {
+        if (perr)
+            log_warn(NULL, "github %s: job %" PRId64 ": %s", g->name, d->job_id,
+                     al_error_message(perr));
+        al_error_free(perr);
+        gh_demand_set(d, D_DONE);
+        return;
+    }
+    if (d->state == D_WAITING && streq(j->status, "queued")) {
+        d->verify = false;
+        d->since_ms = al_now_mono_ms();
+        gh_serve(g);
+    } else if (d->state == D_WAITING) {
+        log_info(NULL, "github %s: job %" PRId64 " is %s now; no runner needed", g->name, d->job_id,
+                 j->status);
+        gh_demand_set(d, D_DONE);
+    }
+    github_job_free(j);
+}
+
+void gh_serve(struct github *g)
+{
+    if (g->stopping || g->closed)
+        return;
+    uint64_t now = al_now_mono_ms();
+    if (now < g->serve_after_ms)
+        return;
+    for (struct ghdemand *d = g->demand; d; d = d->next) {
+        if (d->state != D_WAITING || d->checking)
+            continue;
+        if (runners_live(g, NULL) >= (unsigned)g->src->max_runners) {
+            if (!g->max_logged)
+                log_info(NULL, "github %s: %d runners live (max_runners); job %" PRId64 " waits",
+                         g->name, g->src->max_runners, d->job_id);
+            g->max_logged = true;
+            return;
+        }
+        if (!engine_room(g))
+            return;
+        g->max_logged = false;
+        if (d->verify || now - d->since_ms > VERIFY_AFTER_MS) {
+            check_job(g, d);
+            continue;
+        }
+        runner_create(g, d);
+    }
+}
+
+/* ------------------------------------------------------------ gh_sweep */
+
+static void sweep_page(struct github *g, int page);
+
+static void on_runners_listed(struct github *g, int result, const struct al_http_response *resp,
+                              const struct al_error *err, void *data)
+{
+    int page = (int)(intptr_t)data;
+    if (result == -ECANCELED || g->stopping) {
+        g->sweeping = false;
+        return;
+    }
+    if (result < 0 || resp->status != 200) {
+        char what[300];
+        gh_describe_result(result, resp, err, what, sizeof(what));
+        log_warn(NULL, "github %s: listing runners: %s", g->name, what);
+        g->sweeping = false;
+        return;
+    }
+    struct github_runner_list l = {0};
+    struct al_error *perr = NULL;
+    if (github_parse_runners(resp->body.data, resp->body.len, &l, &perr) < 0) {
+        log_warn(NULL, "github %s: the runner list: %s", g->name, al_error_message(perr));
+        al_error_free(perr);
+        g->sweeping = false;
+        return;
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        const struct github_runner *x = &l.v[i];
+        if (!gh_is_ours(g, x->name))
+            continue;
+        struct ghrunner *r = gh_runner_by_name(g, x->name);
+        if (r) {
+            if (!r->id)
+                r->id = x->id;
+            if (x->busy && r->state == R_IDLE) {
+                r->state = R_BUSY;
+                log_info(r->submitted ? r->engine_id : NULL,
+                         "github %s: runner %s is busy with a job", g->name, r->name);
+            }
+            continue;
+        }
+        /* no VM of this process runs it: left by a crash or a lost answer */
+        r = runner_new(g);
+        if (!r)
+            continue;
+        snprintf(r->name, sizeof(r->name), "%s", x->name);
+        r->id = x->id;
+        r->vm_gone = true;
+        log_info(NULL, "github %s: runner %s (id %" PRId64 ", %s%s) has no VM here; deleting it",
+                 g->name, r->name, r->id, x->status ? x->status : "status unknown",
+                 x->busy ? ", busy" : "");
+        gh_runner_retire(r, NULL);
+    }
+    bool more = l.n > 0 && (int64_t)page * 100 < l.total_count && page < RUNNER_PAGES;
+    github_runner_list_clear(&l);
+    if (more) {
+        sweep_page(g, page + 1);
+        return;
+    }
+    g->sweeping = false;
+}
+
+static void sweep_page(struct github *g, int page)
+{
+    char *path = NULL;
+    if (asprintf(&path, "%s/actions/runners?per_page=100&page=%d", g->scope, page) < 0)
+        path = NULL;
+    gh_call(g, "GET", path, NULL, on_runners_listed, (void *)(intptr_t)page);
+}
+
+void gh_sweep(struct github *g)
+{
+    if (g->sweeping || g->stopping)
+        return;
+    g->sweeping = true;
+    sweep_page(g, 1);
+}
