@@ -13,6 +13,8 @@
 #include "runner/base/error.h"
 #include "runner/base/macro.h"
 
+DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
+
 /* Bounds nesting and the number of values of a JSON text before yajl builds
  * a tree (whose size, and yajl_tree_free()'s recursion, follow both).
  * Strings are skipped with their escapes; anything malformed is left for

@@ -14,8 +14,6 @@
 #include "runner/base/json_tree.h"
 #include "runner/base/util.h"
 
-DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
-
 /* ---- parse ---------------------------------------------------------------- */
 
 /* Parses data into a tree whose root is an object. */

@@ -14,8 +14,6 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 
-DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
-
 static int parse_when(yajl_val obj, const char *path, enum gitlab_when *ret, struct al_error **err)
 {
     _cleanup_free_ char *s = NULL;

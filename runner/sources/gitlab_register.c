@@ -2,61 +2,55 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_tree.h>
 
 #include "runner/base/json_tree.h"
+#include "runner/base/macro.h"
 
-#define ANSWER_MAX (64u * 1024u)
+#define ANSWER_MAX        (64u * 1024u)
+#define ANSWER_MAX_DEPTH  32
+#define ANSWER_MAX_VALUES 4096
 
 int gitlab_register_answer_parse(const char *body, size_t len, char **ret_token, int64_t *ret_id,
                                  char *msg, size_t msg_size)
 {
-    if (!body || len > ANSWER_MAX || memchr(body, '\0', len) ||
-        al_json_check_escapes(body, len, "answer", NULL) < 0) {
-        snprintf(msg, msg_size, "GitLab's answer is not a JSON object");
-        return -EINVAL;
-    }
-    /* yajl_tree_parse wants a C string */
-    char *text = strndup(body, len);
-    if (!text) {
+    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
+    int r = body ? al_json_parse(body, len, ANSWER_MAX, ANSWER_MAX_DEPTH, ANSWER_MAX_VALUES,
+                                 "answer", &root, NULL)
+                 : -EINVAL;
+    if (r == -ENOMEM) {
         snprintf(msg, msg_size, "out of memory");
-        return -ENOMEM;
+        return r;
     }
-    char ebuf[128];
-    yajl_val root = yajl_tree_parse(text, ebuf, sizeof(ebuf));
-    free(text);
-    if (!root || !YAJL_IS_OBJECT(root)) {
+    if (r < 0 || !YAJL_IS_OBJECT(root)) {
         snprintf(msg, msg_size, "GitLab's answer is not a JSON object");
-        yajl_tree_free(root);
         return -EINVAL;
     }
-    const char *tp[] = {"token", NULL}, *ip[] = {"id", NULL};
-    yajl_val tok = yajl_tree_get(root, tp, yajl_t_string);
-    yajl_val id = yajl_tree_get(root, ip, yajl_t_number);
-    int r = 0;
-    if (!tok || !id || !YAJL_IS_INTEGER(id)) {
-        snprintf(msg, msg_size, "GitLab's answer has no runner id and token");
-        r = -EINVAL;
-    } else {
-        const char *t = YAJL_GET_STRING(tok);
-        size_t n = strlen(t);
-        /* it becomes one line of a file and an HTTP header value */
-        bool ok = n >= 8 && n <= 1024;
-        for (size_t i = 0; i < n && ok; i++)
-            ok = (unsigned char)t[i] > ' ' && t[i] != 0x7f;
-        if (!ok) {
-            snprintf(msg, msg_size, "GitLab's answer has a malformed runner token");
-            r = -EINVAL;
-        } else if (!(*ret_token = strdup(t))) {
-            snprintf(msg, msg_size, "out of memory");
-            r = -ENOMEM;
-        } else {
-            *ret_id = YAJL_GET_INTEGER(id);
-        }
+    _cleanup_free_ char *token = NULL;
+    int64_t id = 0;
+    r = al_json_get_int(root, "id", "", INT64_MIN, INT64_MAX, true, &id, NULL);
+    if (r == 0)
+        r = al_json_get_string(root, "token", "", SIZE_MAX, true, NULL, &token, NULL);
+    if (r == -ENOMEM) {
+        snprintf(msg, msg_size, "out of memory");
+        return r;
     }
-    yajl_tree_free(root);
-    return r;
+    if (r < 0) {
+        snprintf(msg, msg_size, "GitLab's answer has no runner id and token");
+        return -EINVAL;
+    }
+    /* it becomes one line of a file and an HTTP header value */
+    size_t n = strlen(token);
+    if (n < 8 || n > 1024 || al_json_check_word(token)) {
+        explicit_bzero(token, n);
+        snprintf(msg, msg_size, "GitLab's answer has a malformed runner token");
+        return -EINVAL;
+    }
+    *ret_token = TAKE_PTR(token);
+    *ret_id = id;
+    return 0;
 }
