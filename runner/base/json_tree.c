@@ -280,18 +280,47 @@ int al_json_parse(const char *data, size_t len, size_t max_bytes, unsigned max_d
     return 0;
 }
 
-/* The member key of obj with its path into p; *ret NULL when absent or
- * null, then an error when required. */
-static int member(yajl_val obj, const char *key, const char *path, bool required, char *p,
-                  size_t size, yajl_val *ret, struct al_error **err)
+/* The member key of obj with its path into p: *ret NULL when absent or
+ * null (an error when required), else a value that is_type accepts (an
+ * error naming expected otherwise). */
+static int member(yajl_val obj, const char *key, const char *path, bool required,
+                  bool (*is_type)(yajl_val v), const char *expected, char *p, size_t size,
+                  yajl_val *ret, struct al_error **err)
 {
     int r = al_json_member(obj, key, path, ret, err);
     if (r < 0)
         return r;
     al_json_path(p, size, path, key, 0);
-    if (!*ret && required)
-        return al_json_fail(err, p, "missing");
+    if (!*ret)
+        return required ? al_json_fail(err, p, "missing") : 0;
+    if (!is_type(*ret))
+        return al_json_fail(err, p, "expected %s, got %s", expected, al_json_type_name(*ret));
     return 0;
+}
+
+static bool is_integer(yajl_val v)
+{
+    return YAJL_IS_INTEGER(v);
+}
+
+static bool is_bool(yajl_val v)
+{
+    return YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v);
+}
+
+static bool is_object(yajl_val v)
+{
+    return YAJL_IS_OBJECT(v);
+}
+
+static bool is_array(yajl_val v)
+{
+    return YAJL_IS_ARRAY(v);
+}
+
+static bool is_string(yajl_val v)
+{
+    return YAJL_IS_STRING(v);
 }
 
 int al_json_get_int(yajl_val obj, const char *key, const char *path, int64_t min, int64_t max,
@@ -299,11 +328,9 @@ int al_json_get_int(yajl_val obj, const char *key, const char *path, int64_t min
 {
     char p[256];
     yajl_val v;
-    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
+    int r = member(obj, key, path, required, is_integer, "an integer", p, sizeof(p), &v, err);
     if (r < 0 || !v)
         return r;
-    if (!YAJL_IS_INTEGER(v))
-        return al_json_fail(err, p, "expected an integer, got %s", al_json_type_name(v));
     long long x = YAJL_GET_INTEGER(v);
     if (x < min || x > max)
         return al_json_fail(err, p, "expected an integer from %lld to %lld", (long long)min,
@@ -317,13 +344,10 @@ int al_json_get_bool(yajl_val obj, const char *key, const char *path, bool requi
 {
     char p[256];
     yajl_val v;
-    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
-    if (r < 0 || !v)
-        return r;
-    if (!YAJL_IS_TRUE(v) && !YAJL_IS_FALSE(v))
-        return al_json_fail(err, p, "expected true or false, got %s", al_json_type_name(v));
-    *ret = YAJL_IS_TRUE(v);
-    return 0;
+    int r = member(obj, key, path, required, is_bool, "true or false", p, sizeof(p), &v, err);
+    if (r == 0 && v)
+        *ret = YAJL_IS_TRUE(v);
+    return r;
 }
 
 int al_json_get_object(yajl_val obj, const char *key, const char *path, bool required,
@@ -331,13 +355,10 @@ int al_json_get_object(yajl_val obj, const char *key, const char *path, bool req
 {
     char p[256];
     yajl_val v;
-    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
-    if (r < 0 || !v)
-        return r;
-    if (!YAJL_IS_OBJECT(v))
-        return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
-    *ret = v;
-    return 0;
+    int r = member(obj, key, path, required, is_object, "an object", p, sizeof(p), &v, err);
+    if (r == 0 && v)
+        *ret = v;
+    return r;
 }
 
 int al_json_get_array(yajl_val obj, const char *key, const char *path, size_t max, bool required,
@@ -345,11 +366,9 @@ int al_json_get_array(yajl_val obj, const char *key, const char *path, size_t ma
 {
     char p[256];
     yajl_val v;
-    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
+    int r = member(obj, key, path, required, is_array, "an array", p, sizeof(p), &v, err);
     if (r < 0 || !v)
         return r;
-    if (!YAJL_IS_ARRAY(v))
-        return al_json_fail(err, p, "expected an array, got %s", al_json_type_name(v));
     if (v->u.array.len > max)
         return al_json_fail(err, p, "more than %zu entries", max);
     *ret = v;
@@ -361,7 +380,7 @@ int al_json_get_array(yajl_val obj, const char *key, const char *path, size_t ma
 static int check_text(yajl_val v, const char *p, size_t max, bool nonempty,
                       al_json_text_check check, struct al_error **err)
 {
-    if (!YAJL_IS_STRING(v))
+    if (!is_string(v))
         return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(v));
     size_t n = strlen(v->u.string);
     if (n > max)
@@ -379,7 +398,7 @@ int al_json_get_string(yajl_val obj, const char *key, const char *path, size_t m
 {
     char p[256];
     yajl_val v;
-    int r = member(obj, key, path, required, p, sizeof(p), &v, err);
+    int r = member(obj, key, path, required, is_string, "a string", p, sizeof(p), &v, err);
     if (r < 0 || !v)
         return r;
     if ((r = check_text(v, p, max, required, check, err)) < 0)

@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -170,6 +171,15 @@ char *al_redact(const char *text, size_t len, size_t *ret_len)
     }
     pthread_mutex_unlock(&redact_lock);
     return out;
+}
+
+char *al_redact_vformat(size_t *ret_len, const char *fmt, va_list ap)
+{
+    char raw[1024];
+    vsnprintf(raw, sizeof(raw), fmt, ap);
+    char *red = al_redact(raw, strlen(raw), ret_len);
+    explicit_bzero(raw, sizeof(raw));
+    return red;
 }
 
 /* True when text[pos..len) is a proper prefix of some secret. Lock held. */

@@ -11,6 +11,7 @@
 #ifndef AL_LOG_H
 #define AL_LOG_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -64,6 +65,9 @@ void al_redact_clear(void);
  * secret replaced by AL_REDACTED, and its length in *ret_len (may be NULL).
  * NULL on allocation failure. */
 char *al_redact(const char *text, size_t len, size_t *ret_len);
+
+/* al_redact() of a message formatted from fmt and ap (cut at 1 KiB). */
+char *al_redact_vformat(size_t *ret_len, const char *fmt, va_list ap) _printf_(2, 0);
 
 /* True when text[0..len) contains a registered secret. */
 bool al_redact_contains(const char *text, size_t len);

@@ -19,6 +19,7 @@
 #include "runner/sources/github_payload.h"
 
 #include "runner/sources/github_internal.h"
+#include "runner/sources/orphans.h"
 
 static void maybe_stopped(struct github *g);
 
@@ -261,30 +262,6 @@ static const struct engine_observer observer = {
         .event = on_event,
         .finished = on_finished,
 };
-
-/* Jobs a previous agentlabd left queued: their JIT configs died with it
- * (secret values are never stored). */
-static void cancel_orphans(struct github *g)
-{
-    struct store_job_filter f = {
-            .state = JOB_STATE_QUEUED, .source = JOB_SOURCE_GITHUB, .limit = STORE_LIST_MAX};
-    struct store_job_page page = {0};
-    struct al_error *err = NULL;
-    if (store_job_list(engine_store(g->e), &f, &page, &err) < 0) {
-        log_warn(NULL, "github %s: listing orphaned jobs: %s", g->name, al_error_message(err));
-        al_error_free(err);
-        return;
-    }
-    for (size_t i = 0; i < page.n; i++) {
-        if (engine_cancel(g->e, page.jobs[i]->id, &err) == 0)
-            log_warn(page.jobs[i]->id,
-                     "github %s: cancelled: its JIT runner config was lost with the previous "
-                     "agentlabd (the runner is deleted by the gh_sweep)",
-                     g->name);
-        err = al_error_free(err);
-    }
-    store_job_page_clear(&page);
-}
 
 /* ------------------------------------------------------------ lifecycle */
 
@@ -548,9 +525,15 @@ int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
     g->tick_timer.data = g->serve_timer.data = g;
     g->handles_open = 3; /* the timers and the API queue */
     g->watch = engine_observe(e, &observer, g);
-    cancel_orphans(g);
+    char name[160];
+    snprintf(name, sizeof(name), "github %s", g->name);
+    /* jobs a previous agentlabd left queued: their JIT configs died with it
+     * (secret values are never stored) */
+    orphans_cancel(g->e, JOB_SOURCE_GITHUB, name, NULL, NULL,
+                   "its JIT runner config was lost with the previous agentlabd (the runner "
+                   "is deleted by the sweep)");
     uint64_t now = al_now_mono_ms();
-    g->next_sweep_ms = now; /* the start-up gh_sweep: runners a previous process left */
+    g->next_sweep_ms = now; /* the start-up sweep: runners a previous process left */
     g->next_poll_ms = now;
     uv_timer_start(&g->tick_timer, on_tick, 0, TICK_MS);
     char where[128] = "no webhook listener";
@@ -616,7 +599,7 @@ void github_stop(struct github *g, void (*done)(void *data), void *data)
     /* queued calls are dropped; calls in flight end now */
     api_queue_stop(g->api);
     /* idle runners must not be handed jobs their VMs will never run: one
-     * DELETE each, short timeouts; busy ones are left to the next gh_sweep */
+     * DELETE each, short timeouts; busy ones are left to the next sweep */
     for (struct ghrunner *r = g->runners; r; r = r->next) {
         if (r->id && !r->deleted && !r->deleting && (r->state == R_IDLE || r->state == R_ENDING)) {
             r->retire_reason = NULL;

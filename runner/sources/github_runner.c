@@ -86,7 +86,7 @@ void gh_runner_release_demand(struct ghrunner *r)
         gh_demand_set(d, D_DONE);
         return;
     }
-    /* it never ran the job: gh_serve it again if GitHub still has it queued */
+    /* it never ran the job: serve it again if GitHub still has it queued */
     gh_demand_set(d, D_WAITING);
     d->verify = true;
 }
@@ -227,7 +227,7 @@ static void on_runner_created(struct github *g, int result, const struct al_http
     struct ghrunner *r = data;
     r->calls--;
     if (result == -ECANCELED || g->stopping) {
-        /* GitHub may have made it: the next start's gh_sweep deletes it */
+        /* GitHub may have made it: the next start's sweep deletes it */
         gh_runner_set_dead(r);
         return;
     }
@@ -336,7 +336,7 @@ static void on_runner_deleted(struct github *g, int result, const struct al_http
         if (r->vm_gone && ++r->delete_tries >= DELETE_TRIES) {
             log_warn(eid,
                      "github %s: runner %s still counts as busy %d tries after its VM ended; "
-                     "the next gh_sweep tries again",
+                     "the next sweep tries again",
                      g->name, r->name, r->delete_tries);
             gh_runner_set_dead(r);
             return;
@@ -479,7 +479,7 @@ void gh_serve(struct github *g)
     }
 }
 
-/* ------------------------------------------------------------ gh_sweep */
+/* ------------------------------------------------------------ sweep */
 
 static void sweep_page(struct github *g, int page);
 

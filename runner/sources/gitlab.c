@@ -26,6 +26,7 @@
 #include "runner/sources/gitlab_job.h"
 
 #include "runner/sources/gitlab_internal.h"
+#include "runner/sources/orphans.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -496,30 +497,9 @@ static const struct engine_observer observer = {
 
 /* ------------------------------------------------------------ lifecycle */
 
-/* Jobs of this source type that a previous agentlabd left queued: their job
- * tokens died with it, so nobody could report them. */
-static void cancel_orphans(struct gitlab *g)
+static bool is_ours(const char *job_id, void *data)
 {
-    struct store_job_filter f = {
-            .state = JOB_STATE_QUEUED, .source = JOB_SOURCE_GITLAB, .limit = STORE_LIST_MAX};
-    struct store_job_page page = {0};
-    struct al_error *err = NULL;
-    if (store_job_list(engine_store(g->e), &f, &page, &err) < 0) {
-        log_warn(NULL, "gitlab %s: listing orphaned jobs: %s", g->src->name, al_error_message(err));
-        al_error_free(err);
-        return;
-    }
-    for (size_t i = 0; i < page.n; i++) {
-        if (find_job(g, page.jobs[i]->id))
-            continue;
-        if (engine_cancel(g->e, page.jobs[i]->id, &err) == 0)
-            log_warn(page.jobs[i]->id,
-                     "gitlab %s: cancelled: its GitLab job token was lost with the previous "
-                     "agentlabd (GitLab ends such jobs as stuck)",
-                     g->src->name);
-        err = al_error_free(err);
-    }
-    store_job_page_clear(&page);
+    return find_job(data, job_id) != NULL;
 }
 
 int gitlab_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const struct config *cfg,
@@ -575,7 +555,11 @@ int gitlab_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
     uv_timer_init(loop, &g->poll_timer);
     g->poll_timer.data = g;
     g->watch = engine_observe(e, &observer, g);
-    cancel_orphans(g);
+    char name[160];
+    snprintf(name, sizeof(name), "gitlab %s", src->name);
+    orphans_cancel(e, JOB_SOURCE_GITLAB, name, is_ours, g,
+                   "its GitLab job token was lost with the previous agentlabd (GitLab ends such "
+                   "jobs as stuck)");
     log_info(NULL, "gitlab %s: polling %s for jobs (system id %s, clone %s, concurrent %d)",
              src->name, g->base, g->system_id,
              src->clone == GITLAB_CLONE_GUEST  ? "guest"

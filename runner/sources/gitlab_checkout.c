@@ -128,13 +128,10 @@ _printf_(3, 4) static void set_failure(struct gitlab_checkout *c, int code, cons
     if (c->result < 0)
         return;
     c->result = code;
-    char raw[sizeof(c->message)];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(raw, sizeof(raw), fmt, ap);
+    _cleanup_free_ char *red = al_redact_vformat(NULL, fmt, ap);
     va_end(ap);
-    size_t len = 0;
-    _cleanup_free_ char *red = al_redact(raw, strlen(raw), &len);
     snprintf(c->message, sizeof(c->message), "%s", red ? red : "checkout failed");
 }
 

@@ -382,13 +382,11 @@ static void zip_done(void *data, int result, struct al_error *err)
 
 static void job_failed_by_runner(struct gljob *j, const char *fmt, ...)
 {
-    char raw[700];
+    size_t len = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(raw, sizeof(raw), fmt, ap);
+    _cleanup_free_ char *red = al_redact_vformat(&len, fmt, ap);
     va_end(ap);
-    size_t len = 0;
-    _cleanup_free_ char *red = al_redact(raw, strlen(raw), &len);
     if (red) {
         al_buf_append(&j->footer, red, len);
         al_buf_puts(&j->footer, "\n");
@@ -620,17 +618,15 @@ static void start_finishing(struct gljob *j, enum finish_step from)
 /* The job could not be started: report it failed with why. */
 void gl_fail_early(struct gljob *j, const char *fmt, ...)
 {
-    char raw[900];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(raw, sizeof(raw), fmt, ap);
+    _cleanup_free_ char *red = al_redact_vformat(NULL, fmt, ap);
     va_end(ap);
-    log_warn(NULL, "gitlab %s: job %" PRId64 ": %s", j->g->src->name, j->id, raw);
+    log_warn(NULL, "gitlab %s: job %" PRId64 ": %s", j->g->src->name, j->id,
+             red ? red : "out of memory");
     j->succeeded = false;
     bool canceled = j->cancel_requested && !j->shutdown;
     j->failure_reason = canceled ? "job_canceled" : "runner_system_failure";
-    size_t len = 0;
-    _cleanup_free_ char *red = al_redact(raw, strlen(raw), &len);
     al_buf_printf(&j->footer, "ERROR: Job failed%s: %s\n", canceled ? "" : " (system failure)",
                   red ? red : "agentlab could not start the job");
     start_finishing(j, FS_FOOTER);
