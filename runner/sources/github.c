@@ -1,14 +1,11 @@
 #include "runner/sources/github.h"
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <yajl/yajl_gen.h>
 
-#include "runner/base/buf.h"
 #include "runner/base/log.h"
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"

@@ -5,17 +5,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <yajl/yajl_gen.h>
 
-#include "runner/base/buf.h"
 #include "runner/base/log.h"
-#include "runner/base/sha256.h"
 #include "runner/base/util.h"
 #include "runner/loop/http_client.h"
-#include "runner/loop/api_queue.h"
-#include "runner/sources/github_auth.h"
-#include "runner/sources/github_hook.h"
 #include "runner/sources/github_payload.h"
 
 /* ------------------------------------------------------------ capacity */

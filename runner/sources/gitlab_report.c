@@ -1,6 +1,5 @@
 #include "runner/sources/gitlab_internal.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <curl/curl.h>
@@ -9,16 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <yajl/yajl_gen.h>
 
 #include "runner/base/buf.h"
 #include "runner/base/crc32.h"
 #include "runner/base/log.h"
-#include "runner/base/sha256.h"
 #include "runner/base/util.h"
-#include "runner/base/hardlimits.h"
 #include "runner/loop/http_client.h"
 #include "runner/loop/work.h"
 #include "runner/sources/gitlab_artifacts.h"
