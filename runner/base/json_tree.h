@@ -1,6 +1,7 @@
 /* Reading yajl trees of outside documents with errors that name the path
  * ("steps[2].script: expected an array, got a string"), shared by the
- * parsers of forge payloads (GitLab jobs, GitHub webhooks and answers).
+ * parsers of forge payloads (GitLab jobs and registration answers, GitHub
+ * webhooks and REST answers).
  * Messages name paths and types, never values: a value may be a secret. */
 #ifndef AL_BASE_JSON_TREE_H
 #define AL_BASE_JSON_TREE_H
@@ -76,7 +77,7 @@ int al_json_get_object(yajl_val obj, const char *key, const char *path, bool req
 int al_json_get_array(yajl_val obj, const char *key, const char *path, size_t max, bool required,
                       yajl_val *ret, struct al_error **err);
 
-/* Says what is wrong with a string ("expected printable text") or returns
+/* Says what is wrong with a string ("contains control characters") or returns
  * NULL when it is good. */
 typedef const char *(*al_json_text_check)(const char *s);
 
