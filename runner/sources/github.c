@@ -436,6 +436,65 @@ static int setup(struct github *g, struct al_error **err)
     return 0;
 }
 
+/* g's credential, its API call queue and, when one is configured, its
+ * webhook listener. What was made before a failure is freed by
+ * github_free_early(). */
+static int open_clients(struct github *g, struct al_error **err)
+{
+    const struct config_source *src = g->src;
+    struct github_auth_params ap = {
+            .curl = g->curl,
+            .api_base = g->base,
+            .token_file = src->token_file,
+            .app_id = src->app_id,
+            .app_key_file = src->app_key_file,
+            .installation_id = src->installation_id,
+            .repo = src->repo,
+            .org = src->org,
+            .on_refreshed = on_auth_refreshed,
+            .data = g,
+    };
+    int r = github_auth_new(&ap, &g->auth, err);
+    if (r < 0)
+        return r;
+    static const char *const headers[] = {"Accept: application/vnd.github+json", API_VERSION_HEADER,
+                                          NULL};
+    char qname[128];
+    snprintf(qname, sizeof(qname), "github %s", src->name);
+    struct api_queue_params qp = {
+            .loop = g->loop,
+            .curl = g->curl,
+            .base = g->base,
+            .name = qname,
+            .headers = headers,
+            .max_inflight = MAX_INFLIGHT,
+            .timeout_ms = CALL_TIMEOUT_MS,
+            .final_timeout_ms = FINAL_TIMEOUT_MS,
+            .max_response = GITHUB_MAX_DOCUMENT + 1,
+            .auth_ops = &auth_ops,
+            .auth = g->auth,
+            .rate_limited = secondary_rate_limit,
+            .settled = on_api_settled,
+            .data = g,
+    };
+    r = api_queue_new(&qp, &g->api, err);
+    if (r < 0 || !*src->webhook_listen)
+        return r;
+    struct github_hook_params hp = {
+            .loop = g->loop,
+            .name = src->name,
+            .listen = src->webhook_listen,
+            .secret_file = src->webhook_secret_file,
+            .max_body = src->webhook_max_body,
+            .on_job = gh_on_webhook_job,
+            .data = g,
+    };
+    r = github_hook_new(&hp, &g->hook, err);
+    if (r == 0)
+        g->hook_open = true;
+    return r;
+}
+
 int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const struct config *cfg,
                  const struct config_source *src, struct github **ret, struct al_error **err)
 {
@@ -454,68 +513,13 @@ int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
     g->src = src;
     g->name = src->name;
     r = setup(g, err);
-    if (r < 0) {
-        github_free_early(g);
-        return r == -ENOMEM ? al_error_set(err, ENOMEM, "out of memory") : r;
-    }
-    struct github_auth_params ap = {
-            .curl = curl,
-            .api_base = g->base,
-            .token_file = src->token_file,
-            .app_id = src->app_id,
-            .app_key_file = src->app_key_file,
-            .installation_id = src->installation_id,
-            .repo = src->repo,
-            .org = src->org,
-            .on_refreshed = on_auth_refreshed,
-            .data = g,
-    };
-    r = github_auth_new(&ap, &g->auth, err);
+    if (r == -ENOMEM)
+        r = al_error_set(err, ENOMEM, "out of memory");
+    if (r == 0)
+        r = open_clients(g, err);
     if (r < 0) {
         github_free_early(g);
         return r;
-    }
-    static const char *const headers[] = {"Accept: application/vnd.github+json", API_VERSION_HEADER,
-                                          NULL};
-    char qname[128];
-    snprintf(qname, sizeof(qname), "github %s", src->name);
-    struct api_queue_params qp = {
-            .loop = loop,
-            .curl = curl,
-            .base = g->base,
-            .name = qname,
-            .headers = headers,
-            .max_inflight = MAX_INFLIGHT,
-            .timeout_ms = CALL_TIMEOUT_MS,
-            .final_timeout_ms = FINAL_TIMEOUT_MS,
-            .max_response = GITHUB_MAX_DOCUMENT + 1,
-            .auth_ops = &auth_ops,
-            .auth = g->auth,
-            .rate_limited = secondary_rate_limit,
-            .settled = on_api_settled,
-            .data = g,
-    };
-    r = api_queue_new(&qp, &g->api, err);
-    if (r < 0) {
-        github_free_early(g);
-        return r;
-    }
-    if (*src->webhook_listen) {
-        struct github_hook_params hp = {
-                .loop = loop,
-                .name = src->name,
-                .listen = src->webhook_listen,
-                .secret_file = src->webhook_secret_file,
-                .max_body = src->webhook_max_body,
-                .on_job = gh_on_webhook_job,
-                .data = g,
-        };
-        r = github_hook_new(&hp, &g->hook, err);
-        if (r < 0) {
-            github_free_early(g);
-            return r;
-        }
-        g->hook_open = true;
     }
     uv_timer_init(loop, &g->tick_timer);
     uv_timer_init(loop, &g->serve_timer);
