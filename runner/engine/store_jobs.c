@@ -83,6 +83,26 @@ static int insert_event(struct store *s, const char *job_id, enum job_state from
 }
 
 /* "a b c" from the spec's labels (names cannot contain spaces). */
+/* Ends a write of a job's state: records its event from -> to, commits tx
+ * and hands the event out (ret_event may be NULL; the caller clears it). */
+static int commit_with_event(struct tx *tx, const char *job_id, enum job_state from,
+                             enum job_state to, int64_t at_ms, const char *detail,
+                             struct store_event *ret_event, struct al_error **err)
+{
+    struct store_event ev = {0};
+    int r = insert_event(tx->s, job_id, from, to, at_ms, detail, ret_event ? &ev : NULL, err);
+    if (r < 0)
+        return r;
+    r = tx_commit(tx, err);
+    if (r < 0) {
+        store_event_clear(&ev);
+        return r;
+    }
+    if (ret_event)
+        *ret_event = ev;
+    return 0;
+}
+
 static char *labels_join(const struct job_spec *spec)
 {
     struct al_buf b = AL_BUF_INIT;
@@ -168,26 +188,20 @@ int store_job_insert(struct store *s, const struct job_spec *spec, char ret_id[S
     }
     char detail[64];
     snprintf(detail, sizeof(detail), "submitted%s%s", source ? " via " : "", source ? source : "");
-    struct store_event ev = {0};
-    r = insert_event(s, id, JOB_STATE_NONE, JOB_STATE_QUEUED, now, detail, ret_event ? &ev : NULL,
-                     err);
+    r = commit_with_event(&tx, id, JOB_STATE_NONE, JOB_STATE_QUEUED, now, detail, ret_event, err);
     if (r < 0)
-        return r;
-    r = tx_commit(&tx, err);
-    if (r < 0) {
-        store_event_clear(&ev);
         return WRAP(r, err, "storing job");
-    }
     memcpy(ret_id, id, STORE_JOB_ID_SIZE);
-    if (ret_event)
-        *ret_event = ev;
     return 0;
 }
 
-int read_job_state(struct store *s, const char *id, struct job_row_state *ret,
-                   struct al_error **err)
+/* Binds id to the statement which, one that selects a job by id (?1), and
+ * steps to that job's row; -ENOENT when there is no such job. On success
+ * *ret_st is the statement on the row, for the caller to reset. */
+static int step_to_job(struct store *s, enum stmt_id which, const char *id, sqlite3_stmt **ret_st,
+                       struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_JOB_STATE, err);
+    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, which, err);
     if (!st)
         return -EIO;
     int rc = bind_plain(st, 1, id);
@@ -198,6 +212,17 @@ int read_job_state(struct store *s, const char *id, struct job_row_state *ret,
         return al_error_set(err, ENOENT, "job %s not found", id);
     if (rc != SQLITE_ROW)
         return db_fail(s, rc, err, "reading job %s", id);
+    *ret_st = TAKE_PTR(st);
+    return 0;
+}
+
+static int read_job_state(struct store *s, const char *id, struct job_row_state *ret,
+                          struct al_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int r = step_to_job(s, ST_JOB_STATE, id, &st, err);
+    if (r < 0)
+        return r;
     enum job_state state = col_state(st, 0);
     if (state == JOB_STATE_NONE)
         return al_error_set(err, EBADMSG, "job %s has an unknown state in the database", id);
@@ -205,6 +230,15 @@ int read_job_state(struct store *s, const char *id, struct job_row_state *ret,
                                   .attempts = sqlite3_column_int(st, 1),
                                   .max_attempts = sqlite3_column_int(st, 2)};
     return 0;
+}
+
+int tx_begin_on_job(struct store *s, struct tx *tx, const char *id, struct job_row_state *ret,
+                    struct al_error **err)
+{
+    int r = tx_begin(s, tx, err);
+    if (r < 0)
+        return r;
+    return read_job_state(s, id, ret, err);
 }
 
 /* UPDATE jobs for a transition (not a retry). Caller holds the transaction. */
@@ -256,11 +290,8 @@ int store_job_transition(struct store *s, const char *id, const struct store_tra
                          struct store_event *ret_event, struct al_error **err)
 {
     _cleanup_tx_ struct tx tx = {0};
-    int r = tx_begin(s, &tx, err);
-    if (r < 0)
-        return r;
     struct job_row_state cur;
-    r = read_job_state(s, id, &cur, err);
+    int r = tx_begin_on_job(s, &tx, id, &cur, err);
     if (r < 0)
         return r;
     r = job_transition_check(cur.state, t->to, err);
@@ -278,29 +309,15 @@ int store_job_transition(struct store *s, const char *id, const struct store_tra
                           err);
     if (r < 0)
         return r;
-    struct store_event ev = {0};
-    r = insert_event(s, id, cur.state, t->to, now, t->detail, ret_event ? &ev : NULL, err);
-    if (r < 0)
-        return r;
-    r = tx_commit(&tx, err);
-    if (r < 0) {
-        store_event_clear(&ev);
-        return r;
-    }
-    if (ret_event)
-        *ret_event = ev;
-    return 0;
+    return commit_with_event(&tx, id, cur.state, t->to, now, t->detail, ret_event, err);
 }
 
 int store_job_retry(struct store *s, const char *id, const char *detail, bool free_attempt,
                     struct store_event *ret_event, struct al_error **err)
 {
     _cleanup_tx_ struct tx tx = {0};
-    int r = tx_begin(s, &tx, err);
-    if (r < 0)
-        return r;
     struct job_row_state cur;
-    r = read_job_state(s, id, &cur, err);
+    int r = tx_begin_on_job(s, &tx, id, &cur, err);
     if (r < 0)
         return r;
     if (free_attempt) {
@@ -332,18 +349,7 @@ int store_job_retry(struct store *s, const char *id, const char *detail, bool fr
         if (r < 0)
             return r;
     }
-    struct store_event ev = {0};
-    r = insert_event(s, id, cur.state, JOB_STATE_QUEUED, now, detail, ret_event ? &ev : NULL, err);
-    if (r < 0)
-        return r;
-    r = tx_commit(&tx, err);
-    if (r < 0) {
-        store_event_clear(&ev);
-        return r;
-    }
-    if (ret_event)
-        *ret_event = ev;
-    return 0;
+    return commit_with_event(&tx, id, cur.state, JOB_STATE_QUEUED, now, detail, ret_event, err);
 }
 
 struct store_job *store_job_free(struct store_job *job)
@@ -420,18 +426,11 @@ static int read_job_row(sqlite3_stmt *st, struct store_job **ret)
 int store_job_get(struct store *s, const char *id, struct store_job **ret_job,
                   struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_JOB_GET, err);
-    if (!st)
-        return -EIO;
-    int rc = bind_plain(st, 1, id);
-    if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "reading job %s", id);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE)
-        return al_error_set(err, ENOENT, "job %s not found", id);
-    if (rc != SQLITE_ROW)
-        return db_fail(s, rc, err, "reading job %s", id);
-    int r = read_job_row(st, ret_job);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int r = step_to_job(s, ST_JOB_GET, id, &st, err);
+    if (r < 0)
+        return r;
+    r = read_job_row(st, ret_job);
     if (r < 0)
         return al_error_set(err, -r, "reading job %s: out of memory", id);
     return 0;

@@ -126,8 +126,10 @@ int run_write(struct store *s, sqlite3_stmt *st, const char *what, struct al_err
 
 /* ---- store_jobs.c */
 
-int read_job_state(struct store *s, const char *id, struct job_row_state *ret,
-                   struct al_error **err);
+/* Begins a write transaction on job id and reads its state, attempts and
+ * max_attempts into *ret; -ENOENT when there is no such job. */
+int tx_begin_on_job(struct store *s, struct tx *tx, const char *id, struct job_row_state *ret,
+                    struct al_error **err);
 
 /* Collects rows of a bound statement into a growing array: row_fn reads
  * one row into the element. */

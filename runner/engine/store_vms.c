@@ -53,11 +53,8 @@ int store_vm_add(struct store *s, const char *backend, const char *vm_name, cons
                  struct al_error **err)
 {
     _cleanup_tx_ struct tx tx = {0};
-    int r = tx_begin(s, &tx, err);
-    if (r < 0)
-        return r;
     struct job_row_state cur;
-    r = read_job_state(s, job_id, &cur, err);
+    int r = tx_begin_on_job(s, &tx, job_id, &cur, err);
     if (r < 0)
         return r;
     if (!job_state_is_active(cur.state))
