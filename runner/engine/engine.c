@@ -30,13 +30,10 @@ void notify_end(struct engine *e)
 {
     if (--e->notifying > 0)
         return;
-    for (struct engine_watch **pp = &e->watches; *pp;) {
-        if ((*pp)->removed) {
-            struct engine_watch *dead = *pp;
-            *pp = dead->next;
-            free(dead);
-        } else {
-            pp = &(*pp)->next;
+    al_list_for_each_safe(w, next, &e->watches, struct engine_watch, link) {
+        if (w->removed) {
+            al_list_del(&w->link);
+            free(w);
         }
     }
 }
@@ -44,7 +41,7 @@ void notify_end(struct engine *e)
 void notify_event(struct engine *e, const struct store_event *ev)
 {
     e->notifying++;
-    for (struct engine_watch *w = e->watches; w; w = w->next) {
+    al_list_for_each(w, &e->watches, struct engine_watch, link) {
         if (!w->removed && w->o.event)
             w->o.event(ev, w->data);
     }
@@ -96,7 +93,7 @@ void job_finished(struct ejob *j, const struct attempt_result *last)
 {
     struct engine *e = j->e;
     e->notifying++;
-    for (struct engine_watch *w = e->watches; w; w = w->next) {
+    al_list_for_each(w, &e->watches, struct engine_watch, link) {
         if (!w->removed && w->o.finished)
             w->o.finished(j->id, j->state, last, w->data);
     }
@@ -106,56 +103,19 @@ void job_finished(struct ejob *j, const struct attempt_result *last)
 
 void queue_push(struct engine *e, struct ejob *j, bool front)
 {
-    j->next = NULL;
-    if (front) {
-        j->next = e->queue;
-        e->queue = j;
-        if (!e->queue_tail)
-            e->queue_tail = j;
-    } else {
-        if (e->queue_tail)
-            e->queue_tail->next = j;
-        else
-            e->queue = j;
-        e->queue_tail = j;
-    }
-}
-
-void queue_remove(struct engine *e, struct ejob *j)
-{
-    struct ejob *prev = NULL;
-    for (struct ejob *q = e->queue; q; prev = q, q = q->next) {
-        if (q != j)
-            continue;
-        if (prev)
-            prev->next = q->next;
-        else
-            e->queue = q->next;
-        if (e->queue_tail == q)
-            e->queue_tail = prev;
-        q->next = NULL;
-        return;
-    }
-}
-
-void running_remove(struct engine *e, struct ejob *j)
-{
-    for (struct ejob **pp = &e->running; *pp; pp = &(*pp)->next) {
-        if (*pp == j) {
-            *pp = j->next;
-            j->next = NULL;
-            return;
-        }
-    }
+    if (front)
+        al_list_add(&e->queue, &j->link);
+    else
+        al_list_add_tail(&e->queue, &j->link);
 }
 
 static struct ejob *find_live(struct engine *e, const char *id)
 {
-    for (struct ejob *j = e->queue; j; j = j->next) {
+    al_list_for_each(j, &e->queue, struct ejob, link) {
         if (streq(j->id, id))
             return j;
     }
-    for (struct ejob *j = e->running; j; j = j->next) {
+    al_list_for_each(j, &e->running, struct ejob, link) {
         if (streq(j->id, id))
             return j;
     }
@@ -372,6 +332,7 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
         job_spec_free(spec);
         return al_error_set(err, ENOMEM, "accepting the job");
     }
+    al_list_init(&j->link);
     j->e = e;
     j->spec = spec;
     r = job_spec_register_secrets(spec, err);
@@ -434,7 +395,7 @@ int engine_cancel(struct engine *e, const char *job_id, struct al_error **err)
         return 0;
     j->cancel_requested = true;
     if (j->state == JOB_STATE_QUEUED) {
-        queue_remove(e, j);
+        al_list_del(&j->link);
         transition(j, JOB_STATE_CANCELED, "canceled while queued", false, 0);
         job_finished(j, NULL);
         return 0;
@@ -475,8 +436,7 @@ struct engine_watch *engine_observe(struct engine *e, const struct engine_observ
         return NULL;
     w->o = *o;
     w->data = data;
-    w->next = e->watches;
-    e->watches = w;
+    al_list_add(&e->watches, &w->link);
     return w;
 }
 
@@ -488,13 +448,8 @@ void engine_unobserve(struct engine *e, struct engine_watch *w)
         w->removed = true;
         return;
     }
-    for (struct engine_watch **pp = &e->watches; *pp; pp = &(*pp)->next) {
-        if (*pp == w) {
-            *pp = w->next;
-            free(w);
-            return;
-        }
-    }
+    al_list_del(&w->link);
+    free(w);
 }
 
 size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size_t max)
@@ -506,7 +461,7 @@ size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size
                 .type = backend_type_to_string(s->cfg->type),
                 .jobs_started = s->jobs_started,
         };
-        for (struct warm_vm *w = e->warm; w; w = w->next) {
+        al_list_for_each(w, &e->warm, struct warm_vm, link) {
             if (w->slot == s) {
                 if (w->ready)
                     st.warm_ready++;
@@ -529,9 +484,9 @@ size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size
 unsigned engine_live_jobs(struct engine *e, enum job_source_type source)
 {
     unsigned n = 0;
-    for (struct ejob *j = e->queue; j; j = j->next)
+    al_list_for_each(j, &e->queue, struct ejob, link)
         n += j->spec->source.type == source;
-    for (struct ejob *j = e->running; j; j = j->next)
+    al_list_for_each(j, &e->running, struct ejob, link)
         n += j->spec->source.type == source;
     return n;
 }
@@ -573,7 +528,7 @@ enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_adm
     const char *name = a->pool && *a->pool ? a->pool : e->cfg->agent.pool;
     const struct config_pool *p = config_find_pool(e->cfg, name);
     long queued = 0;
-    for (struct ejob *j = e->queue; j; j = j->next)
+    al_list_for_each(j, &e->queue, struct ejob, link)
         queued += pool_of(e, j->spec) == p;
     long room = engine_pool_room(e, name);
     if (room > queued + (long)a->held)
@@ -587,11 +542,8 @@ enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_adm
 
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running)
 {
-    unsigned q = 0, r = 0;
-    for (struct ejob *j = e->queue; j; j = j->next)
-        q++;
-    for (struct ejob *j = e->running; j; j = j->next)
-        r++;
+    unsigned q = (unsigned)al_list_length(&e->queue);
+    unsigned r = (unsigned)al_list_length(&e->running);
     if (ret_queued)
         *ret_queued = q;
     if (ret_running)
@@ -612,6 +564,10 @@ int engine_new(const struct engine_params *p, struct engine **ret, struct al_err
     e->owner_id = strdup(p->owner_id);
     e->jobs_dir = p->jobs_dir ? strdup(p->jobs_dir) : al_path_join(p->cfg->agent.state_dir, "jobs");
     e->reconcile_only = p->reconcile_only;
+    al_list_init(&e->queue);
+    al_list_init(&e->running);
+    al_list_init(&e->watches);
+    al_list_init(&e->warm);
     e->slots = calloc(p->cfg->n_backends, sizeof(*e->slots));
     if (!e->owner_id || !e->jobs_dir || !e->slots) {
         free(e->owner_id);
@@ -658,8 +614,7 @@ static void on_engine_handle_closed(uv_handle_t *h)
         return;
     void (*done)(void *) = e->stopped;
     void *data = e->stopped_data;
-    for (struct engine_watch *w = e->watches, *next; w; w = next) {
-        next = w->next;
+    al_list_for_each_safe(w, next, &e->watches, struct engine_watch, link) {
         free(w);
     }
     free(e->slots);
@@ -682,16 +637,14 @@ static void on_backend_closed(void *data)
 
 void maybe_finish_stop(struct engine *e)
 {
-    if (!e->stopping || e->running || e->backends_closing || e->pending_closes ||
-        e->sweep_pending || e->workers || e->warm || e->warm_dying)
+    if (!e->stopping || !al_list_empty(&e->running) || e->backends_closing || e->pending_closes ||
+        e->sweep_pending || e->workers || !al_list_empty(&e->warm) || e->warm_dying)
         return;
     /* queued jobs stay QUEUED in the store: a restart resumes them */
-    while (e->queue) {
-        struct ejob *j = e->queue;
-        e->queue = j->next;
+    al_list_for_each_safe(j, next, &e->queue, struct ejob, link) {
+        al_list_del(&j->link);
         ejob_free(j);
     }
-    e->queue_tail = NULL;
     e->backends_closing = 1;
     for (size_t i = 0; i < e->n_slots; i++) {
         if (e->slots[i].b) {
@@ -712,9 +665,9 @@ void engine_stop(struct engine *e, void (*done)(void *data), void *data)
     e->stopped_data = data;
     uv_timer_stop(&e->kick);
     uv_timer_stop(&e->housekeeping);
-    for (struct ejob *j = e->running; j; j = j->next)
+    al_list_for_each(j, &e->running, struct ejob, link)
         attempt_cancel(j->attempt);
-    while (e->warm)
-        warm_destroy(e->warm);
+    while (!al_list_empty(&e->warm))
+        warm_destroy(al_list_first_entry(&e->warm, struct warm_vm, link));
     maybe_finish_stop(e);
 }

@@ -95,7 +95,7 @@ void on_housekeeping(uv_timer_t *t)
         engine_prune(e);
     }
     /* a backend may have become healthy again; schedule() is cheap */
-    if (e->queue)
+    if (!al_list_empty(&e->queue))
         kick(e);
     if (now - e->last_reopen >= REOPEN_INTERVAL_MS) {
         e->last_reopen = now;

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "runner/base/list.h"
 #include "runner/engine/attempt.h"
 #include "runner/engine/engine.h"
 
@@ -23,7 +24,7 @@
 
 struct ejob {
     struct engine *e;
-    struct ejob *next;
+    struct al_list link; /* on e->queue or e->running */
     char id[STORE_JOB_ID_SIZE];
     struct job_spec *spec;
     enum job_state state;
@@ -46,7 +47,7 @@ struct ejob {
 };
 
 struct warm_vm {
-    struct warm_vm *next;
+    struct al_list link; /* on e->warm */
     struct engine *e;
     const struct config_pool *pool;
     struct backend_slot *slot;
@@ -62,7 +63,7 @@ struct engine_watch {
     struct engine_observer o;
     void *data;
     bool removed;
-    struct engine_watch *next;
+    struct al_list link; /* on e->watches */
 };
 
 struct backend_slot {
@@ -82,9 +83,9 @@ struct engine {
     char *jobs_dir;
     struct backend_slot *slots;
     size_t n_slots;
-    struct ejob *queue, *queue_tail;
-    struct ejob *running;
-    struct engine_watch *watches;
+    struct al_list queue;   /* struct ejob, FIFO but retries go first */
+    struct al_list running; /* struct ejob with an attempt, newest first */
+    struct al_list watches; /* struct engine_watch, newest first */
     int notifying;
     uv_timer_t kick;
     uv_timer_t housekeeping;
@@ -98,7 +99,7 @@ struct engine {
     struct store_vm *recorded; /* VM records found at reconcile */
     size_t n_recorded;
     /* warm pools */
-    struct warm_vm *warm;
+    struct al_list warm;    /* struct warm_vm, newest first */
     int warm_dying;         /* warm VMs being destroyed */
     unsigned warm_failures; /* consecutive warm VMs that died before use */
     uint64_t warm_next_try;
@@ -133,8 +134,6 @@ void ejob_free(struct ejob *j);
 /* The job is done with for good: tell the observers, then free it. */
 void job_finished(struct ejob *j, const struct attempt_result *last);
 void queue_push(struct engine *e, struct ejob *j, bool front);
-void queue_remove(struct engine *e, struct ejob *j);
-void running_remove(struct engine *e, struct ejob *j);
 /* The job's pool, or NULL when none matches. */
 const struct config_pool *pool_of(struct engine *e, const struct job_spec *spec);
 /* The backends of a pool in order (every backend when it names none). */

@@ -91,11 +91,11 @@ static bool owned_by_us(struct engine *e, struct backend *b, const struct owned_
 /* True when the VM belongs to a running attempt of this engine. */
 static bool vm_is_live(struct engine *e, struct backend *b, const char *name)
 {
-    for (struct ejob *j = e->running; j; j = j->next) {
+    al_list_for_each(j, &e->running, struct ejob, link) {
         if (j->backend == b && streq(j->vm_name, name))
             return true;
     }
-    for (struct warm_vm *w = e->warm; w; w = w->next) {
+    al_list_for_each(w, &e->warm, struct warm_vm, link) {
         if (w->slot->b == b && streq(w->vm->name, name))
             return true;
     }
@@ -166,6 +166,7 @@ static void reconcile_jobs(struct engine *e)
                 struct ejob *j = calloc(1, sizeof(*j));
                 if (!j)
                     break;
+                al_list_init(&j->link);
                 j->e = e;
                 memcpy(j->id, sj->id, STORE_JOB_ID_SIZE);
                 j->state = sj->state;

@@ -46,7 +46,7 @@ static void on_attempt_output(struct attempt *a, enum vm_stream s, const char *b
     struct ejob *j = data;
     struct engine *e = j->e;
     e->notifying++;
-    for (struct engine_watch *w = e->watches; w; w = w->next) {
+    al_list_for_each(w, &e->watches, struct engine_watch, link) {
         if (!w->removed && w->o.output)
             w->o.output(j->id, s, buf, len, w->data);
     }
@@ -107,7 +107,7 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
     struct engine *e = j->e;
     struct al_error *err = NULL;
     j->attempt = NULL;
-    running_remove(e, j);
+    al_list_del(&j->link);
 
     if (r->cleanup_failed)
         log_error(j->id, "VM %s was not fully removed: %s", j->vm_name, r->cleanup_error);
@@ -135,7 +135,7 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
     bool retry = j->state == JOB_STATE_ERROR && !j->cancel_requested && !j->retry_blocked &&
                  j->attempts < j->max_attempts;
     e->notifying++;
-    for (struct engine_watch *w = e->watches; w; w = w->next) {
+    al_list_for_each(w, &e->watches, struct engine_watch, link) {
         if (!w->removed && w->o.attempt_done)
             w->o.attempt_done(j->id, j->attempts, r, w->data);
     }
@@ -240,10 +240,9 @@ void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
             .artifact_limits = {.max_bytes = e->cfg->agent.max_artifact_bytes,
                                 .max_files = (uint64_t)e->cfg->agent.max_artifact_files},
     };
-    j->next = e->running;
-    e->running = j;
+    al_list_add(&e->running, &j->link);
     if (attempt_start(e->loop, &ap, &attempt_cbs, j, &j->attempt, &err) < 0) {
-        running_remove(e, j);
+        al_list_del(&j->link);
         if (warm)
             b->ops->destroy(warm, warm_orphan_destroyed, e);
         struct al_error *rerr = NULL;
@@ -303,11 +302,10 @@ void schedule(struct engine *e)
 {
     if (!e->started || e->stopping || e->reconcile_only)
         return;
-    for (struct ejob *j = e->queue, *next; j; j = next) {
-        next = j->next;
+    al_list_for_each_safe(j, next, &e->queue, struct ejob, link) {
         struct warm_vm *w = warm_take(e, j);
         if (w) {
-            queue_remove(e, j);
+            al_list_del(&j->link);
             struct backend_slot *slot = w->slot;
             struct vm *vm = w->vm;
             free(w);
@@ -331,7 +329,7 @@ void schedule(struct engine *e)
                 snprintf(slots[0]->last_fallback, sizeof(slots[0]->last_fallback), "%.150s", why);
                 log_info(j->id, "falling back to backend %s: %s", slots[i]->cfg->name, why);
             }
-            queue_remove(e, j);
+            al_list_del(&j->link);
             start_attempt(j, slots[i], NULL);
             started = true;
             break;
@@ -343,7 +341,7 @@ void schedule(struct engine *e)
                      "no backend of the pool can run jobs until its "
                      "configuration is fixed: %s",
                      why);
-            queue_remove(e, j);
+            al_list_del(&j->link);
             transition(j, JOB_STATE_ERROR, msg, false, 0);
             job_finished(j, NULL);
         }

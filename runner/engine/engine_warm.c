@@ -35,12 +35,7 @@ void warm_orphan_destroyed(int result, const struct al_error *err, void *data)
 
 static void warm_unlink(struct warm_vm *w)
 {
-    for (struct warm_vm **pp = &w->e->warm; *pp; pp = &(*pp)->next) {
-        if (*pp == w) {
-            *pp = w->next;
-            return;
-        }
-    }
+    al_list_del(&w->link);
 }
 
 /* Destroys a warm VM that will not be used. */
@@ -90,7 +85,7 @@ struct warm_vm *warm_take(struct engine *e, struct ejob *j)
 {
     const struct config_pool *pool = pool_of(e, j->spec);
     const struct job_spec *s = j->spec;
-    for (struct warm_vm *w = e->warm; w; w = w->next) {
+    al_list_for_each(w, &e->warm, struct warm_vm, link) {
         if (!w->ready || w->pool != pool || !w->slot->b || !w->vm->backend->ops->assign)
             continue;
         if (!streq(s->image ? s->image : e->cfg->agent.image, w->req.image) ||
@@ -134,8 +129,7 @@ static void warm_launch(struct engine *e, const struct config_pool *pool, struct
         return;
     }
     w->launched_at = uv_now(e->loop);
-    w->next = e->warm;
-    e->warm = w;
+    al_list_add(&e->warm, &w->link);
     log_info(NULL, "pool %s: booting warm VM %s on %s", pool->name, w->vm->name, slot->cfg->name);
 }
 
@@ -148,7 +142,7 @@ void warm_fill(struct engine *e)
         const struct config_pool *pool = &e->cfg->pools[p];
         int have = 0;
         int want = engine_warm_target(pool, al_now_wall_ms());
-        for (struct warm_vm *w = e->warm; w; w = w->next)
+        al_list_for_each(w, &e->warm, struct warm_vm, link)
             have += w->pool == pool;
         struct backend_slot *slots[32];
         size_t n = pool_slots(e, pool, slots, ARRAY_SIZE(slots));
@@ -174,15 +168,16 @@ void warm_fill(struct engine *e)
 size_t engine_warm_list(struct engine *e, struct engine_warm_info *ret, size_t max)
 {
     size_t n = 0;
-    for (struct warm_vm *w = e->warm; w; w = w->next, n++) {
-        if (n >= max)
-            continue;
-        struct engine_warm_info *i = &ret[n];
-        snprintf(i->name, sizeof(i->name), "%s", w->vm->name);
-        i->backend = w->slot->cfg->name;
-        i->pool = w->pool->name;
-        i->ready = w->ready;
-        i->age_ms = uv_now(e->loop) - w->launched_at;
+    al_list_for_each(w, &e->warm, struct warm_vm, link) {
+        if (n < max) {
+            struct engine_warm_info *i = &ret[n];
+            snprintf(i->name, sizeof(i->name), "%s", w->vm->name);
+            i->backend = w->slot->cfg->name;
+            i->pool = w->pool->name;
+            i->ready = w->ready;
+            i->age_ms = uv_now(e->loop) - w->launched_at;
+        }
+        n++;
     }
     return n;
 }
@@ -207,10 +202,11 @@ void warm_recycle(struct engine *e)
     for (size_t p = 0; p < e->cfg->n_pools; p++) {
         const struct config_pool *pool = &e->cfg->pools[p];
         int surplus = -engine_warm_target(pool, al_now_wall_ms());
-        for (struct warm_vm *w = e->warm; w; w = w->next)
+        al_list_for_each(w, &e->warm, struct warm_vm, link)
             surplus += w->pool == pool;
-        for (struct warm_vm *w = e->warm, *next; w && surplus > 0; w = next) {
-            next = w->next;
+        al_list_for_each_safe(w, next, &e->warm, struct warm_vm, link) {
+            if (surplus <= 0)
+                break;
             if (w->pool == pool && w->ready) {
                 log_info(NULL, "pool %s: fewer warm VMs wanted now; destroying %s", pool->name,
                          w->vm->name);
@@ -219,8 +215,7 @@ void warm_recycle(struct engine *e)
             }
         }
     }
-    for (struct warm_vm *w = e->warm, *next; w; w = next) {
-        next = w->next;
+    al_list_for_each_safe(w, next, &e->warm, struct warm_vm, link) {
         if (w->ready && now - w->ready_at > (uint64_t)w->pool->warm_max_idle_s * 1000u) {
             log_info(NULL, "recycling warm VM %s after %" PRId64 " s idle", w->vm->name,
                      w->pool->warm_max_idle_s);
@@ -233,7 +228,7 @@ void engine_warm_counts(struct engine *e, const char *pool, unsigned *ret_ready,
                         unsigned *ret_booting)
 {
     unsigned ready = 0, booting = 0;
-    for (struct warm_vm *w = e->warm; w; w = w->next) {
+    al_list_for_each(w, &e->warm, struct warm_vm, link) {
         if (pool && !streq(w->pool->name, pool))
             continue;
         if (w->ready)
