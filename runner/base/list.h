@@ -27,10 +27,8 @@ struct al_list {
     struct al_list *prev;
 };
 
-#define AL_LIST_INIT(name) \
-    {                      \
-        &(name), &(name)   \
-    }
+/* A head initialised where it is defined: struct al_list h = AL_LIST_INIT(h); */
+#define AL_LIST_INIT(name) ((struct al_list){.next = &(name), .prev = &(name)})
 
 static inline void al_list_init(struct al_list *l)
 {
