@@ -8,6 +8,7 @@
 #include "runner/base/fsspace.h"
 #include "runner/base/log.h"
 #include "runner/base/hardlimits.h"
+#include "runner/base/list.h"
 
 #define N_SOURCES    (JOB_SOURCE_CLI + 1) /* JOB_SOURCE_NONE .. JOB_SOURCE_CLI */
 #define N_BUCKETS    18
@@ -46,12 +47,12 @@ struct live_job {
     enum job_source_type source;
     enum job_state state;
     int64_t queued_ms;
-    struct live_job *next;
+    struct al_list link; /* on its hash bucket */
 };
 
 struct api_metrics {
     struct store *store;
-    struct live_job *live[N_BUCKETS_];
+    struct al_list live[N_BUCKETS_];
     uint64_t submitted[N_SOURCES];
     uint64_t finished[JOB_STATE_COUNT][N_SOURCES];
     struct histogram phases[PH_COUNT];
@@ -72,7 +73,7 @@ static unsigned hash_id(const char *id)
 
 static struct live_job *live_find(struct api_metrics *m, const char *id)
 {
-    for (struct live_job *j = m->live[hash_id(id)]; j; j = j->next) {
+    al_list_for_each(j, &m->live[hash_id(id)], struct live_job, link) {
         if (streq(j->id, id))
             return j;
     }
@@ -89,21 +90,16 @@ static struct live_job *live_add(struct api_metrics *m, const char *id, enum job
     j->source = source;
     j->state = state;
     j->queued_ms = queued_ms;
-    unsigned h = hash_id(id);
-    j->next = m->live[h];
-    m->live[h] = j;
+    al_list_add(&m->live[hash_id(id)], &j->link);
     return j;
 }
 
 static void live_remove(struct api_metrics *m, const char *id)
 {
-    for (struct live_job **pp = &m->live[hash_id(id)]; *pp; pp = &(*pp)->next) {
-        if (streq((*pp)->id, id)) {
-            struct live_job *dead = *pp;
-            *pp = dead->next;
-            free(dead);
-            return;
-        }
+    struct live_job *j = live_find(m, id);
+    if (j) {
+        al_list_del(&j->link);
+        free(j);
     }
 }
 
@@ -150,6 +146,8 @@ int api_metrics_new(struct store *store, struct api_metrics **ret, struct al_err
     struct api_metrics *m = calloc(1, sizeof(*m));
     if (!m)
         return al_error_set(err, ENOMEM, "metrics");
+    for (size_t i = 0; i < N_BUCKETS_; i++)
+        al_list_init(&m->live[i]);
     m->store = store;
     static const enum job_state live_states[] = {JOB_STATE_QUEUED, JOB_STATE_PROVISIONING,
                                                  JOB_STATE_BOOTING, JOB_STATE_RUNNING};
@@ -181,10 +179,8 @@ struct api_metrics *api_metrics_free(struct api_metrics *m)
     if (!m)
         return NULL;
     for (size_t i = 0; i < N_BUCKETS_; i++) {
-        for (struct live_job *j = m->live[i], *next; j; j = next) {
-            next = j->next;
+        al_list_for_each_safe(j, next, &m->live[i], struct live_job, link)
             free(j);
-        }
     }
     free(m);
     return NULL;
@@ -297,7 +293,7 @@ int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api
     /* live jobs by state and source */
     uint64_t live[JOB_STATE_COUNT][N_SOURCES] = {{0}};
     for (size_t i = 0; i < N_BUCKETS_; i++) {
-        for (struct live_job *j = m->live[i]; j; j = j->next) {
+        al_list_for_each(j, &m->live[i], struct live_job, link) {
             if ((unsigned)j->state < JOB_STATE_COUNT)
                 live[j->state][source_index(j->source)]++;
         }

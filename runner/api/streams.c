@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runner/base/list.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/api/json.h"
@@ -25,7 +26,7 @@ enum stream_kind {
 
 struct stream {
     struct api_streams *owner;
-    struct stream *prev, *next;
+    struct al_list link; /* on owner->list */
     enum stream_kind kind;
     struct api_req *req;            /* NULL once answered or aborted */
     char job_id[STORE_JOB_ID_SIZE]; /* "" = every job */
@@ -47,8 +48,8 @@ struct stream {
 
 struct api_streams {
     struct api_ctx *ctx;
-    struct stream *list;
-    int closing; /* timers being closed */
+    struct al_list list; /* struct stream, newest first */
+    int closing;         /* timers being closed */
     bool stopping;
     int64_t last_seq; /* -1 until known */
     void (*done)(void *data);
@@ -59,7 +60,7 @@ static char piece[PIECE];
 
 static void maybe_stopped(struct api_streams *s)
 {
-    if (!s->stopping || s->list || s->closing)
+    if (!s->stopping || !al_list_empty(&s->list) || s->closing)
         return;
     void (*done)(void *) = s->done;
     void *data = s->done_data;
@@ -81,12 +82,7 @@ static void on_timer_closed(uv_handle_t *h)
 static void stream_free(struct stream *st)
 {
     struct api_streams *s = st->owner;
-    if (st->prev)
-        st->prev->next = st->next;
-    else
-        s->list = st->next;
-    if (st->next)
-        st->next->prev = st->prev;
+    al_list_del(&st->link);
     if (st->fd >= 0)
         close(st->fd);
     st->fd = -1;
@@ -129,10 +125,7 @@ static struct stream *stream_new(struct api_ctx *ctx, struct api_req *r, enum st
     snprintf(st->job_id, sizeof(st->job_id), "%s", job_id ? job_id : "");
     uv_timer_init(ctx->loop, &st->timer);
     st->timer.data = st;
-    st->next = s->list;
-    if (s->list)
-        s->list->prev = st;
-    s->list = st;
+    al_list_add(&s->list, &st->link);
     api_req_on_abort(r, on_abort, st);
     api_req_on_drain(r, on_drain, st);
     return st;
@@ -477,6 +470,7 @@ struct api_streams *api_streams_new(struct api_ctx *ctx)
     if (s) {
         s->ctx = ctx;
         s->last_seq = -1;
+        al_list_init(&s->list);
     }
     return s;
 }
@@ -487,8 +481,8 @@ void api_streams_stop(struct api_streams *s, void (*done)(void *data), void *dat
     s->done = done;
     s->done_data = data;
     /* requests still here were never aborted (the server is gone): end them */
-    while (s->list) {
-        struct stream *st = s->list;
+    while (!al_list_empty(&s->list)) {
+        struct stream *st = al_list_first_entry(&s->list, struct stream, link);
         st->req = NULL;
         stream_free(st);
     }
@@ -499,8 +493,7 @@ void api_streams_stop(struct api_streams *s, void (*done)(void *data), void *dat
 static void each_stream(struct api_streams *s, const char *job_id, bool all_jobs_too,
                         void (*fn)(struct stream *st, void *arg), void *arg)
 {
-    for (struct stream *st = s->list, *next; st; st = next) {
-        next = st->next;
+    al_list_for_each_safe(st, next, &s->list, struct stream, link) {
         bool match = st->job_id[0] ? streq(st->job_id, job_id) : all_jobs_too;
         if (match && st->req)
             fn(st, arg);

@@ -260,6 +260,7 @@ static void test_admission_per_pool(void **state)
     assert_int_equal(queued, 9);
     long room = engine_pool_room(c->engine, "default");
     assert_true(room > 0 && room < 9); /* fewer free slots than jobs queued elsewhere */
+    assert_int_equal(engine_pool_room(c->engine, "only-a"), 0); /* room is per pool too */
 
     char why[200] = "";
     struct engine_admit a = {.pool = "default", .start_now = true};

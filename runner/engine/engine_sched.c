@@ -1,0 +1,355 @@
+/* Scheduling: which queued job starts where, and each attempt of a job
+ * from its start on a backend to its outcome. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runner/base/hardlimits.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/engine_priv.h"
+
+/* ------------------------------------------------------------ attempts */
+
+static enum job_state outcome_state(enum attempt_outcome o)
+{
+    switch (o) {
+    case ATTEMPT_SUCCEEDED:
+        return JOB_STATE_SUCCEEDED;
+    case ATTEMPT_FAILED:
+        return JOB_STATE_FAILED;
+    case ATTEMPT_TIMED_OUT:
+        return JOB_STATE_TIMED_OUT;
+    case ATTEMPT_CANCELED:
+        return JOB_STATE_CANCELED;
+    case ATTEMPT_ERROR:
+        break;
+    }
+    return JOB_STATE_ERROR;
+}
+
+static void on_attempt_phase(struct attempt *a, enum vm_phase phase, void *data)
+{
+    (void)a;
+    struct ejob *j = data;
+    if (phase == VM_PHASE_BOOTING && j->state == JOB_STATE_PROVISIONING)
+        transition(j, JOB_STATE_BOOTING, j->vm_name, false, 0);
+    else if (phase == VM_PHASE_RUNNING && j->state == JOB_STATE_BOOTING)
+        transition(j, JOB_STATE_RUNNING, NULL, false, 0);
+}
+
+static void on_attempt_output(struct attempt *a, enum vm_stream s, const char *buf, size_t len,
+                              void *data)
+{
+    (void)a;
+    struct ejob *j = data;
+    struct engine *e = j->e;
+    e->notifying++;
+    al_list_for_each(w, &e->watches, struct engine_watch, link) {
+        if (!w->removed && w->o.output)
+            w->o.output(j->id, s, buf, len, w->data);
+    }
+    notify_end(e);
+}
+
+static void on_attempt_diag(struct attempt *a, const char *msg, void *data)
+{
+    (void)a;
+    struct ejob *j = data;
+    log_info(j->id, "guest: %s", msg);
+}
+
+/* A guest the boot watchdog ended never showed a sign of life: the
+ * accelerator could not run it, not the job. Its job gets one more attempt
+ * (under TCG, which the backend has switched to) that does not count. */
+static bool free_retry(const struct ejob *j, const struct attempt_result *r)
+{
+    return r->silent_boot && !j->silent_retried;
+}
+
+static void on_attempt_decided(struct attempt *a, const struct attempt_result *r, void *data)
+{
+    (void)a;
+    struct ejob *j = data;
+    struct engine *e = j->e;
+    enum job_state to = outcome_state(r->outcome);
+    const char *detail = r->reason;
+    char buf[700];
+    if (e->stopping && !j->cancel_requested && to == JOB_STATE_CANCELED) {
+        to = JOB_STATE_ERROR;
+        detail = "agentlabd is shutting down";
+    } else if (to == JOB_STATE_ERROR && free_retry(j, r) && !j->cancel_requested && !e->stopping) {
+        snprintf(buf, sizeof(buf), "%.600s (retrying once on a fresh VM under TCG)", r->reason);
+        detail = buf;
+    } else if (to == JOB_STATE_ERROR && j->attempts < j->max_attempts && !j->cancel_requested &&
+               !e->stopping) {
+        snprintf(buf, sizeof(buf), "%.600s (attempt %d of %d; retrying on a fresh VM)", r->reason,
+                 j->attempts, j->max_attempts);
+        detail = buf;
+    }
+    bool code = to == JOB_STATE_SUCCEEDED || to == JOB_STATE_FAILED;
+    transition(j, to, detail, code, r->exit_code);
+}
+
+static void index_artifacts(struct ejob *j, const struct attempt_result *r)
+{
+    if (!r->have_artifacts || !r->artifacts.files)
+        return;
+    log_info(j->id, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes%s%s", r->artifacts.files,
+             r->artifacts.bytes, r->artifacts.note[0] ? "; " : "", r->artifacts.note);
+}
+
+static void on_attempt_done(struct attempt *a, const struct attempt_result *r, void *data)
+{
+    (void)a;
+    struct ejob *j = data;
+    struct engine *e = j->e;
+    struct al_error *err = NULL;
+    j->attempt = NULL;
+    al_list_del(&j->link);
+
+    if (r->cleanup_failed)
+        log_error(j->id, "VM %s was not fully removed: %s", j->vm_name, r->cleanup_error);
+    else if (store_vm_remove(e->store, j->backend->name, j->vm_name, &err) < 0)
+        log_error(j->id, "forgetting VM %s in the database: %s", j->vm_name, al_error_message(err));
+    err = al_error_free(err);
+    if (store_job_set_log_bytes(e->store, j->id, r->log_bytes, &err) < 0)
+        log_error(j->id, "storing the output size: %s", al_error_message(err));
+    err = al_error_free(err);
+    if (r->limits) {
+        char names[256];
+        al_limit_mask_format(r->limits, ", ", names, sizeof(names));
+        log_warn(j->id, "attempt %d ran into limits: %s%s", j->attempts, names,
+                 r->throttled_ms ? " (the guest channel was throttled)" : "");
+        if (store_job_add_limits(e->store, j->id, r->limits, &err) < 0)
+            log_error(j->id, "storing the limits hit: %s", al_error_message(err));
+        err = al_error_free(err);
+    }
+    index_artifacts(j, r);
+    bool free_attempt = j->state == JOB_STATE_ERROR && free_retry(j, r);
+    if (free_attempt) {
+        j->silent_retried = true;
+        j->max_attempts++; /* this attempt does not count */
+    }
+    bool retry = j->state == JOB_STATE_ERROR && !j->cancel_requested && !j->retry_blocked &&
+                 j->attempts < j->max_attempts;
+    e->notifying++;
+    al_list_for_each(w, &e->watches, struct engine_watch, link) {
+        if (!w->removed && w->o.attempt_done)
+            w->o.attempt_done(j->id, j->attempts, r, w->data);
+    }
+    notify_end(e);
+    log_info(j->id,
+             "attempt %d on %s done in %.1fs (provision %.2fs, start %.2fs, boot %.1fs, "
+             "run %.1fs, cleanup %.2fs)",
+             j->attempts, j->backend->name, (double)r->ms_total / 1000.0,
+             (double)r->ms_provision / 1000.0, (double)r->ms_start / 1000.0,
+             (double)r->ms_boot / 1000.0, (double)r->ms_run / 1000.0,
+             (double)r->ms_cleanup / 1000.0);
+    j->backend = NULL;
+
+    if (retry) {
+        struct store_event ev = {0};
+        if (store_job_retry(e->store, j->id,
+                            free_attempt ? "retrying once on a fresh VM under TCG"
+                                         : "retrying on a fresh VM",
+                            free_attempt, &ev, &err) == 0) {
+            j->state = JOB_STATE_QUEUED;
+            notify_event(e, &ev);
+            store_event_clear(&ev);
+            /* a retry goes first: it has waited already */
+            queue_push(e, j, true);
+            kick(e);
+            maybe_finish_stop(e);
+            return;
+        }
+        log_error(j->id, "cannot requeue: %s", al_error_message(err));
+        al_error_free(err);
+    }
+    job_finished(j, r);
+    kick(e);
+    maybe_finish_stop(e);
+}
+
+static const struct attempt_callbacks attempt_cbs = {
+        .phase = on_attempt_phase,
+        .output = on_attempt_output,
+        .diag = on_attempt_diag,
+        .decided = on_attempt_decided,
+        .done = on_attempt_done,
+};
+
+/* Rotates output.log of the previous attempt out of the way. */
+static void rotate_log(struct ejob *j)
+{
+    if (j->attempts <= 1)
+        return;
+    _cleanup_free_ char *cur = al_path_join(j->job_dir, "output.log");
+    _cleanup_free_ char *old = NULL;
+    if (cur && asprintf(&old, "%s/output.attempt%d.log", j->job_dir, j->attempts - 1) >= 0)
+        rename(cur, old);
+}
+
+/* Starts the job's next attempt on slot's backend, on the warm VM vm when
+ * one is given (the attempt then owns it). */
+void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
+{
+    struct engine *e = j->e;
+    struct backend *b = slot->b;
+    struct al_error *err = NULL;
+    char detail[240];
+    if (warm)
+        snprintf(detail, sizeof(detail), "attempt %d on backend %s, warm VM %.120s",
+                 j->attempts + 1, b->name, warm->name);
+    else
+        snprintf(detail, sizeof(detail), "attempt %d on backend %s", j->attempts + 1, b->name);
+    if (transition(j, JOB_STATE_PROVISIONING, detail, false, 0) < 0) {
+        /* the store refused: the job cannot make progress; end it */
+        transition(j, JOB_STATE_ERROR, "recording the job's progress failed", false, 0);
+        job_finished(j, NULL);
+        if (warm)
+            b->ops->destroy(warm, warm_orphan_destroyed, e);
+        return;
+    }
+    j->attempts++;
+    j->backend = b;
+    slot->jobs_started++;
+    j->req.attempt = j->attempts;
+    int nr = warm ? (snprintf(j->vm_name, sizeof(j->vm_name), "%s", warm->name), 0)
+                  : b->ops->vm_name(b, j->id, j->attempts, j->vm_name, sizeof(j->vm_name));
+    if (nr < 0 || store_vm_add(e->store, b->name, j->vm_name, j->id, &err) < 0) {
+        transition(j, JOB_STATE_ERROR, err ? al_error_message(err) : "naming the VM failed", false,
+                   0);
+        al_error_free(err);
+        job_finished(j, NULL);
+        if (warm)
+            b->ops->destroy(warm, warm_orphan_destroyed, e);
+        return;
+    }
+    rotate_log(j);
+    struct attempt_params ap = {
+            .backend = b,
+            .warm_vm = warm,
+            .req = &j->req,
+            .job_dir = j->job_dir,
+            .artifacts_dir = j->artifacts_dir,
+            .boot_timeout_s = e->cfg->agent.boot_timeout_s,
+            .run_grace_s = RUN_GRACE_S,
+            .max_log_bytes = e->cfg->agent.max_log_bytes,
+            .artifact_limits = {.max_bytes = e->cfg->agent.max_artifact_bytes,
+                                .max_files = (uint64_t)e->cfg->agent.max_artifact_files},
+    };
+    al_list_add(&e->running, &j->link);
+    if (attempt_start(e->loop, &ap, &attempt_cbs, j, &j->attempt, &err) < 0) {
+        al_list_del(&j->link);
+        if (warm)
+            b->ops->destroy(warm, warm_orphan_destroyed, e);
+        struct al_error *rerr = NULL;
+        if (store_vm_remove(e->store, b->name, j->vm_name, &rerr) < 0)
+            log_error(j->id, "forgetting VM %s in the database: %s", j->vm_name,
+                      al_error_message(rerr));
+        al_error_free(rerr);
+        char msg[600];
+        snprintf(msg, sizeof(msg), "%s", al_error_message(err));
+        al_error_free(err);
+        transition(j, JOB_STATE_ERROR, msg, false, 0);
+        j->backend = NULL;
+        job_finished(j, NULL);
+    }
+}
+
+/* ------------------------------------------------------------ scheduling */
+
+static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size,
+                      bool *ret_broken)
+{
+    return slot_has_room(slot, j->spec->resources.cpus,
+                         (uint64_t)j->spec->resources.memory_mb << 20, why, size, ret_broken);
+}
+
+/* Whether the backend can take a VM of that size now. ret_broken (may be
+ * NULL) says the backend cannot work until an operator fixes it (bad
+ * credentials, a certificate mismatch). */
+bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
+                   bool *ret_broken)
+{
+    if (ret_broken)
+        *ret_broken = false;
+    if (!slot->b) {
+        snprintf(why, size, "backend %.63s is not available: %.80s", slot->cfg->name,
+                 slot->open_error);
+        return false;
+    }
+    struct backend_capacity c;
+    slot->b->ops->capacity(slot->b, &c);
+    if (!c.healthy) {
+        snprintf(why, size, "backend %.63s is unhealthy: %.150s", slot->cfg->name, c.reason);
+        if (ret_broken)
+            *ret_broken = c.broken;
+        return false;
+    }
+    if (c.used_vms >= c.max_vms || c.used_vcpus + cpus > c.vcpus ||
+        c.used_memory + mem > c.memory) {
+        snprintf(why, size, "backend %.63s is full (%d/%d VMs, %d/%d vCPUs)", slot->cfg->name,
+                 c.used_vms, c.max_vms, c.used_vcpus, c.vcpus);
+        return false;
+    }
+    return true;
+}
+
+void schedule(struct engine *e)
+{
+    if (!e->started || e->stopping || e->reconcile_only)
+        return;
+    al_list_for_each_safe(j, next, &e->queue, struct ejob, link) {
+        struct warm_vm *w = warm_take(e, j);
+        if (w) {
+            al_list_del(&j->link);
+            struct backend_slot *slot = w->slot;
+            struct vm *vm = w->vm;
+            free(w);
+            start_attempt(j, slot, vm);
+            continue;
+        }
+        struct backend_slot *slots[32];
+        size_t n = pool_slots(e, pool_of(e, j->spec), slots, ARRAY_SIZE(slots));
+        char why[256] = "";
+        bool all_broken = n > 0, started = false;
+        for (size_t i = 0; i < n; i++) {
+            char reason[256];
+            bool broken;
+            if (!slot_fits(slots[i], j, reason, sizeof(reason), &broken)) {
+                if (!why[0])
+                    snprintf(why, sizeof(why), "%s", reason);
+                all_broken &= broken;
+                continue;
+            }
+            if (i > 0) {
+                snprintf(slots[0]->last_fallback, sizeof(slots[0]->last_fallback), "%.150s", why);
+                log_info(j->id, "falling back to backend %s: %s", slots[i]->cfg->name, why);
+            }
+            al_list_del(&j->link);
+            start_attempt(j, slots[i], NULL);
+            started = true;
+            break;
+        }
+        if (!started && all_broken) {
+            /* waiting would be forever: only an operator can fix this */
+            char msg[400];
+            snprintf(msg, sizeof(msg),
+                     "no backend of the pool can run jobs until its "
+                     "configuration is fixed: %s",
+                     why);
+            al_list_del(&j->link);
+            transition(j, JOB_STATE_ERROR, msg, false, 0);
+            job_finished(j, NULL);
+        }
+    }
+}
+
+void on_kick(uv_timer_t *t)
+{
+    schedule(t->data);
+    warm_fill(t->data);
+}

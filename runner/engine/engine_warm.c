@@ -1,0 +1,243 @@
+/* Warm pools: VMs booted ahead of the jobs that will take them. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/engine/engine_priv.h"
+
+/* ------------------------------------------------------------ warm pools */
+
+/* Each pool with warm = N keeps N VMs booted from fresh overlays, their
+ * helper waiting on the channel. A job of the pool that fits (default image,
+ * no more vCPUs or memory than the warm VM has) takes one instead of a cold
+ * VM; it is destroyed after that job like any other, never reused, and a
+ * replacement boots at once. Warm VMs count against capacity, are recycled
+ * after warm_max_idle, and are reconciled after a crash like any owned VM. */
+
+static void warm_destroyed(int result, const struct al_error *err, void *data)
+{
+    (void)result;
+    (void)err;
+    struct engine *e = data;
+    e->warm_dying--;
+    kick(e);
+    maybe_finish_stop(e);
+}
+
+void warm_orphan_destroyed(int result, const struct al_error *err, void *data)
+{
+    warm_destroyed(result, err, data);
+}
+
+static void warm_unlink(struct warm_vm *w)
+{
+    al_list_del(&w->link);
+}
+
+/* Destroys a warm VM that will not be used. */
+void warm_destroy(struct warm_vm *w)
+{
+    struct engine *e = w->e;
+    warm_unlink(w);
+    e->warm_dying++;
+    struct vm *vm = w->vm;
+    free(w);
+    vm->backend->ops->destroy(vm, warm_destroyed, e);
+}
+
+static void warm_phase(struct vm *vm, enum vm_phase phase, void *data)
+{
+    (void)vm;
+    struct warm_vm *w = data;
+    if (phase != VM_PHASE_CONNECTED)
+        return;
+    w->ready = true;
+    w->ready_at = uv_now(w->e->loop);
+    w->e->warm_failures = 0;
+    log_info(NULL, "warm VM %s ready for pool %s", w->vm->name, w->pool->name);
+    kick(w->e);
+}
+
+static void warm_finished(struct vm *vm, const struct vm_result *r, void *data)
+{
+    (void)vm;
+    struct warm_vm *w = data;
+    struct engine *e = w->e;
+    log_warn(NULL, "warm VM %s ended before it got a job: %s", w->vm->name, r->reason);
+    /* back off while warm VMs keep dying: 2 s, 4 s, ... up to 5 min */
+    e->warm_failures++;
+    unsigned shift = e->warm_failures < 8 ? e->warm_failures : 8;
+    e->warm_next_try = uv_now(e->loop) + (1000u << shift);
+    warm_destroy(w);
+}
+
+static const struct vm_events warm_events = {
+        .phase = warm_phase,
+        .finished = warm_finished,
+};
+
+/* Takes a ready warm VM for job j out of the pool, or returns NULL. */
+struct warm_vm *warm_take(struct engine *e, struct ejob *j)
+{
+    const struct config_pool *pool = pool_of(e, j->spec);
+    const struct job_spec *s = j->spec;
+    al_list_for_each(w, &e->warm, struct warm_vm, link) {
+        if (!w->ready || w->pool != pool || !w->slot->b || !w->vm->backend->ops->assign)
+            continue;
+        if (!streq(s->image ? s->image : e->cfg->agent.image, w->req.image) ||
+            s->resources.cpus > w->req.cpus ||
+            ((uint64_t)s->resources.memory_mb << 20) > w->req.memory)
+            continue;
+        warm_unlink(w);
+        return w;
+    }
+    return NULL;
+}
+
+static void warm_launch(struct engine *e, const struct config_pool *pool, struct backend_slot *slot)
+{
+    struct warm_vm *w = calloc(1, sizeof(*w));
+    _cleanup_free_ char *rnd = al_random_hex(4);
+    if (!w || !rnd) {
+        free(w);
+        return;
+    }
+    snprintf(w->id, sizeof(w->id), "w%012llx%s", (unsigned long long)al_now_wall_ms(), rnd);
+    w->e = e;
+    w->pool = pool;
+    w->slot = slot;
+    w->req = (struct vm_request){
+            .job_id = w->id,
+            .image = e->cfg->agent.image,
+            .cpus = e->cfg->agent.job_cpus,
+            .memory = e->cfg->agent.job_memory,
+            .inject = -1,
+            .warm = true,
+    };
+    struct al_error *err = NULL;
+    if (slot->b->ops->launch(slot->b, &w->req, &warm_events, w, &w->vm, &err) < 0) {
+        log_warn(NULL, "pool %s: starting a warm VM on %s: %s", pool->name, slot->cfg->name,
+                 al_error_message(err));
+        al_error_free(err);
+        free(w);
+        e->warm_failures++;
+        e->warm_next_try = uv_now(e->loop) + 5000;
+        return;
+    }
+    w->launched_at = uv_now(e->loop);
+    al_list_add(&e->warm, &w->link);
+    log_info(NULL, "pool %s: booting warm VM %s on %s", pool->name, w->vm->name, slot->cfg->name);
+}
+
+/* Tops every pool up to its warm count where a backend has room. */
+void warm_fill(struct engine *e)
+{
+    if (!e->started || e->stopping || e->reconcile_only || uv_now(e->loop) < e->warm_next_try)
+        return;
+    for (size_t p = 0; p < e->cfg->n_pools; p++) {
+        const struct config_pool *pool = &e->cfg->pools[p];
+        int have = 0;
+        int want = engine_warm_target(pool, al_now_wall_ms());
+        al_list_for_each(w, &e->warm, struct warm_vm, link)
+            have += w->pool == pool;
+        struct backend_slot *slots[32];
+        size_t n = pool_slots(e, pool, slots, ARRAY_SIZE(slots));
+        while (have < want) {
+            struct backend_slot *slot = NULL;
+            for (size_t i = 0; i < n && !slot; i++) {
+                char why[256];
+                if (slots[i]->b && slots[i]->b->ops->assign &&
+                    slot_has_room(slots[i], e->cfg->agent.job_cpus, e->cfg->agent.job_memory, why,
+                                  sizeof(why), NULL))
+                    slot = slots[i];
+            }
+            if (!slot)
+                break;
+            warm_launch(e, pool, slot);
+            have++;
+            if (uv_now(e->loop) < e->warm_next_try)
+                return; /* the launch failed */
+        }
+    }
+}
+
+size_t engine_warm_list(struct engine *e, struct engine_warm_info *ret, size_t max)
+{
+    size_t n = 0;
+    al_list_for_each(w, &e->warm, struct warm_vm, link) {
+        if (n < max) {
+            struct engine_warm_info *i = &ret[n];
+            snprintf(i->name, sizeof(i->name), "%s", w->vm->name);
+            i->backend = w->slot->cfg->name;
+            i->pool = w->pool->name;
+            i->ready = w->ready;
+            i->age_ms = uv_now(e->loop) - w->launched_at;
+        }
+        n++;
+    }
+    return n;
+}
+
+int engine_warm_target(const struct config_pool *pool, int64_t now_wall_ms)
+{
+    if (pool->warm_peak <= 0 || pool->warm_peak_end <= pool->warm_peak_start)
+        return pool->warm;
+    time_t t = (time_t)(now_wall_ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    bool weekday = tm.tm_wday >= 1 && tm.tm_wday <= 5;
+    bool in_hours = tm.tm_hour >= pool->warm_peak_start && tm.tm_hour < pool->warm_peak_end;
+    return weekday && in_hours ? pool->warm_peak : pool->warm;
+}
+
+/* Recycles warm VMs idle longer than their pool's warm_max_idle, and those a
+ * pool no longer wants (its peak hours ended). */
+void warm_recycle(struct engine *e)
+{
+    uint64_t now = uv_now(e->loop);
+    for (size_t p = 0; p < e->cfg->n_pools; p++) {
+        const struct config_pool *pool = &e->cfg->pools[p];
+        int surplus = -engine_warm_target(pool, al_now_wall_ms());
+        al_list_for_each(w, &e->warm, struct warm_vm, link)
+            surplus += w->pool == pool;
+        al_list_for_each_safe(w, next, &e->warm, struct warm_vm, link) {
+            if (surplus <= 0)
+                break;
+            if (w->pool == pool && w->ready) {
+                log_info(NULL, "pool %s: fewer warm VMs wanted now; destroying %s", pool->name,
+                         w->vm->name);
+                warm_destroy(w);
+                surplus--;
+            }
+        }
+    }
+    al_list_for_each_safe(w, next, &e->warm, struct warm_vm, link) {
+        if (w->ready && now - w->ready_at > (uint64_t)w->pool->warm_max_idle_s * 1000u) {
+            log_info(NULL, "recycling warm VM %s after %" PRId64 " s idle", w->vm->name,
+                     w->pool->warm_max_idle_s);
+            warm_destroy(w);
+        }
+    }
+}
+
+void engine_warm_counts(struct engine *e, const char *pool, unsigned *ret_ready,
+                        unsigned *ret_booting)
+{
+    unsigned ready = 0, booting = 0;
+    al_list_for_each(w, &e->warm, struct warm_vm, link) {
+        if (pool && !streq(w->pool->name, pool))
+            continue;
+        if (w->ready)
+            ready++;
+        else
+            booting++;
+    }
+    if (ret_ready)
+        *ret_ready = ready;
+    if (ret_booting)
+        *ret_booting = booting;
+}
