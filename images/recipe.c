@@ -107,13 +107,10 @@ struct parse_state {
 static int fail(struct parse_state *st, const char *fmt, ...) _printf_(2, 3);
 static int fail(struct parse_state *st, const char *fmt, ...)
 {
-    if (!st->error) {
-        va_list ap;
-        va_start(ap, fmt);
-        if (vasprintf(&st->error, fmt, ap) < 0)
-            st->error = NULL;
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    al_first_vformat(&st->error, fmt, ap);
+    va_end(ap);
     return 0; /* inih: stop with this line's number */
 }
 

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -562,4 +563,13 @@ uint64_t al_jitter_ms(uint64_t ms)
     if (al_random_bytes(&r, sizeof(r)) < 0)
         return ms;
     return ms + (ms / 4) * (r % 1000) / 1000;
+}
+
+bool al_first_vformat(char **dst, const char *fmt, va_list ap)
+{
+    if (*dst)
+        return false;
+    if (vasprintf(dst, fmt, ap) < 0)
+        *dst = NULL;
+    return true;
 }

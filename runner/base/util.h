@@ -2,6 +2,7 @@
 #ifndef AL_UTIL_H
 #define AL_UTIL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -97,5 +98,10 @@ bool al_consttime_equal(const void *a, size_t alen, const void *b, size_t blen);
 
 /* Sets O_CLOEXEC/O_NONBLOCK on an fd. */
 int al_fd_set_nonblock(int fd, bool on);
+
+/* The first error wins: formats into *dst unless *dst already holds a
+ * message (parsers that report only their first problem). Returns true when
+ * it formatted; *dst stays NULL when memory runs out. */
+bool al_first_vformat(char **dst, const char *fmt, va_list ap) _printf_(2, 0);
 
 #endif

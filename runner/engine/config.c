@@ -596,14 +596,11 @@ static char *reader(char *str, int num, void *stream)
 
 static int parse_error(struct parse_state *st, const char *fmt, ...)
 {
-    if (!st->error) {
-        va_list ap;
-        va_start(ap, fmt);
-        if (vasprintf(&st->error, fmt, ap) < 0)
-            st->error = NULL;
-        va_end(ap);
+    va_list ap;
+    va_start(ap, fmt);
+    if (al_first_vformat(&st->error, fmt, ap))
         st->error_line = st->line;
-    }
+    va_end(ap);
     return 0; /* makes inih stop and report this line */
 }
 
