@@ -608,6 +608,32 @@ static int job_request(struct cli_api *a, const struct cli_opts *o, const char *
     return -1;
 }
 
+/* job_request() with the answer parsed: -1 with it in *ret_v, else an exit
+ * code (0 once printed as it came, with --json). */
+static int job_request_json(struct cli_api *a, const struct cli_opts *o, const char *method,
+                            const char *suffix, long want, const char *what, yajl_val *ret_v)
+{
+    struct cli_resp r = {0};
+    int code = job_request(a, o, method, suffix, want, what, &r);
+    if (code < 0)
+        *ret_v = cli_resp_json(&r);
+    cli_resp_clear(&r);
+    return code;
+}
+
+/* A command that is one request about job ID: id_command() then
+ * job_request_json(). */
+static int job_call(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
+                    const char *method, const char *suffix, long want, const char *what,
+                    struct cli_opts *o, yajl_val *ret_v)
+{
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = id_command(argc, argv, cmd, usage, 0, o, &a);
+    if (code >= 0)
+        return code;
+    return job_request_json(a, o, method, suffix, want, what, ret_v);
+}
+
 /* "label: a b c" for a non-empty array of strings; nothing otherwise. */
 static void print_words(const char *label, yajl_val arr)
 {
@@ -632,15 +658,11 @@ static void show_usage(FILE *out)
 int job_show(int argc, char **argv)
 {
     struct cli_opts o = {0};
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = id_command(argc, argv, "job show", show_usage, 0, &o, &a);
+    _cleanup_yajl_ yajl_val v = NULL;
+    int code =
+            job_call(argc, argv, "job show", show_usage, "GET", "", 200, "reading the job", &o, &v);
     if (code >= 0)
         return code;
-    struct cli_resp r = {0};
-    if ((code = job_request(a, &o, "GET", "", 200, "reading the job", &r)) >= 0)
-        return code;
-    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-    cli_resp_clear(&r);
     if (!v)
         return CLI_EXIT_FAILED;
     yajl_val j = yajl_tree_get(v, (const char *[]){"job", NULL}, yajl_t_object);
@@ -734,15 +756,11 @@ static void cancel_usage(FILE *out)
 int job_cancel(int argc, char **argv)
 {
     struct cli_opts o = {0};
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = id_command(argc, argv, "job cancel", cancel_usage, 0, &o, &a);
+    _cleanup_yajl_ yajl_val v = NULL;
+    int code = job_call(argc, argv, "job cancel", cancel_usage, "POST", "/cancel", 202,
+                        "cancelling the job", &o, &v);
     if (code >= 0)
         return code;
-    struct cli_resp r = {0};
-    if ((code = job_request(a, &o, "POST", "/cancel", 202, "cancelling the job", &r)) >= 0)
-        return code;
-    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-    cli_resp_clear(&r);
     const char *st = cli_json_str(v, JPATH("state"));
     printf("job %s: cancel requested (%s)\n", o.operand, st ? st : "?");
     return 0;
@@ -771,11 +789,9 @@ int job_artifacts(int argc, char **argv)
         fprintf(stderr, "agentlab: %u artifact%s written to %s\n", n, n == 1 ? "" : "s", o.out);
         return code;
     }
-    struct cli_resp r = {0};
-    if ((code = job_request(a, &o, "GET", "/artifacts", 200, "listing artifacts", &r)) >= 0)
+    _cleanup_yajl_ yajl_val v = NULL;
+    if ((code = job_request_json(a, &o, "GET", "/artifacts", 200, "listing artifacts", &v)) >= 0)
         return code;
-    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-    cli_resp_clear(&r);
     yajl_val arr = cli_json_array(v, JPATH("artifacts"));
     static const char *const heads[] = {"PATH", "SIZE"};
     struct table *t = table_new(2, heads);
