@@ -20,6 +20,7 @@
 #include "runner/engine/owner.h"
 #include "runner/daemon/sd_notify.h"
 #include "runner/sources/github.h"
+#include "runner/sources/github_scaleset.h"
 #include "runner/sources/gitlab.h"
 #include "runner/sources/httpq.h"
 #include "runner/sources/spool.h"
@@ -149,6 +150,11 @@ static void stop_github(void *h, void (*done)(void *), void *data)
     github_stop(h, done, data);
 }
 
+static void stop_scaleset(void *h, void (*done)(void *), void *data)
+{
+    github_scaleset_stop(h, done, data);
+}
+
 static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 {
     struct daemon *d = data;
@@ -179,6 +185,11 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
             sr = gitlab_start(&d->loop, d->engine, d->curl, d->cfg, src, &gl, &err);
             h = gl;
             stop = stop_gitlab;
+        } else if (src->type == SOURCE_GITHUB && src->github_mode == GITHUB_MODE_SCALESET) {
+            struct github_scaleset *ss = NULL;
+            sr = github_scaleset_start(&d->loop, d->engine, d->curl, d->cfg, src, &ss, &err);
+            h = ss;
+            stop = stop_scaleset;
         } else if (src->type == SOURCE_GITHUB) {
             struct github *gh = NULL;
             sr = github_start(&d->loop, d->engine, d->curl, d->cfg, src, &gh, &err);

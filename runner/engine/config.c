@@ -41,6 +41,8 @@ static const char *const source_types[] = {"spool", "http", "gitlab", "github", 
 static const char *const clone_modes[] = {"host", "guest", "none", NULL};
 /* order of enum github_poll */
 static const char *const github_poll_modes[] = {"auto", "always", "never", NULL};
+/* order of enum github_mode */
+static const char *const github_modes[] = {"rest", "scaleset", NULL};
 
 #define T(x)      (1u << (x))
 #define ALL_TYPES 0u
@@ -242,6 +244,19 @@ static const struct config_key keys[] = {
         {SEC_SOURCE, T(SOURCE_GITHUB), "runner_idle_timeout", KEY_DURATION,
          S(runner_idle_timeout_s), "5m", 10, 86400, NULL,
          "a runner that took no job by then is removed with its VM, such as 5m"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "mode", KEY_ENUM, S(github_mode), "rest", 0, 0, github_modes,
+         "rest (webhooks and/or REST polling) or scaleset (a runner scale set: one outbound long "
+         "poll)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "enterprise", KEY_STRING, S(enterprise), "", 0, 0, NULL,
+         "scaleset: enterprise the scale set serves (or org, or repo; token_file auth only)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "github_url", KEY_STRING, S(github_url), "", 0, 0, NULL,
+         "scaleset: GitHub's web URL such as https://github.com (empty: derived from url)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "scale_set_name", KEY_STRING, S(scale_set_name), "", 0, 0,
+         NULL, "scaleset: the scale set's name, what workflows put in runs-on"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "runner_group", KEY_STRING, S(runner_group), "default", 0,
+         0, NULL, "scaleset: runner group of the scale set (default: the Default group)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "min_runners", KEY_INT, S(min_runners), "0", 0, 10000,
+         NULL, "scaleset: idle registered runners (one VM each) kept warm, 0 to 10000"},
 
         /* [pool "NAME"] */
         {SEC_POOL, 0, "backends", KEY_LIST, P(backends), "", 0, 0, NULL,

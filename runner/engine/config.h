@@ -148,6 +148,12 @@ struct config_source {
     int poll;                      /* enum github_poll (sources/github.h) */
     char *runner_dir;              /* where the image has the actions runner */
     int64_t runner_idle_timeout_s; /* a runner that took no job by then is removed */
+    int github_mode;               /* enum github_mode (sources/github.h) */
+    char *enterprise;              /* scaleset: enterprise slug, or "" */
+    char *github_url;              /* scaleset: web URL of GitHub ("" = from url) */
+    char *scale_set_name;          /* scaleset: what workflows put in runs-on */
+    char *runner_group;            /* scaleset: runner group name */
+    int min_runners;               /* scaleset: idle registered runners kept warm */
 };
 
 struct config_pool {
