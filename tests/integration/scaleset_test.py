@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""agentlabd as a GitHub runner scale set listener against the strict fake
+(tests/fakes/scaleset_fake.py, SCALESET.md section 7).
+
+  scaleset_test.py jobs AGENTLABD AGENTLAB AGENTLAB_GUEST VM_INIT
+  scaleset_test.py idle AGENTLABD SECONDS HOLD_S
+
+jobs: micro-image VMs whose /opt/actions-runner/run.sh is the stand-in runner
+(github_runner/): it prints the runner name and a digest of the JIT config it
+was given. VMs have no NIC, so the test plays GitHub's side: when a runner's VM
+prints that it started, the fake sends JobStarted; when it prints that the job
+is done, JobCompleted. Asserted:
+  - a 409 at the first session creation is retried and logged, no crash
+  - 5 jobs queued at once (one message of 5 JobAvailable) on a pool with
+    max_vms = 2 all run, each in its own VM with its own JIT config, never
+    more than 2 VMs at once, never more than 2 jobs acquired at once
+  - an expired message-queue token (401) is refreshed; a lost session (404)
+    is replaced; no job lost or duplicated
+  - SIGKILL while a runner runs a job, then a restart: the VM is destroyed,
+    the runner removed from the scale set, a new session opened (after the
+    orphaned one's 409s)
+  - SIGTERM deletes the session; no secret in the log or the state dir; the
+    fake saw no protocol violation
+
+idle: no jobs; counts the requests agentlabd makes in SECONDS with the fake
+holding each long poll HOLD_S seconds, and prints the rate per hour.
+"""
+import hashlib
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "fakes"))
+sys.path.insert(0, os.path.join(HERE, "..", "support"))
+from github_fake import ContractMissing, find_contract  # noqa: E402
+from scaleset_fake import ScalesetFake  # noqa: E402
+from skip import SKIP_EXIT  # noqa: E402
+
+REPO = "octo-org/app"
+SOURCE = "ss"
+DUMP = []
+
+
+def fail(msg):
+    for d in DUMP:
+        d()
+    print("FAIL: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def wait_for(cond, timeout, step=0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    return cond()
+
+
+def read(path):
+    try:
+        return open(path, "rb").read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def domains():
+    return subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name"],
+                          capture_output=True, text=True).stdout.split()
+
+
+class Farm:
+    def __init__(self, agentlabd, fake, tmp, run, state, key, image=None):
+        self.agentlabd = agentlabd
+        self.fake = fake
+        self.state = state
+        self.conf = os.path.join(tmp, "agentlab.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""[agent]
+log_level = info
+{"image = " + image if image else ""}
+boot_timeout = 20m
+[backend "local"]
+max_vms = 2
+[source "{SOURCE}"]
+type = github
+mode = scaleset
+url = {fake.url}
+github_url = {fake.url}
+repo = {REPO}
+app_id = 424242
+app_key_file = {key}
+scale_set_name = agentlab-vm
+labels = linux
+max_runners = 4
+runner_idle_timeout = 60s
+""")
+        self.env = dict(os.environ, AGENTLAB_CONFIG=self.conf, AGENTLAB_STATE_DIR=state,
+                        AGENTLAB_RUN_DIR=run)
+        self.log_path = os.path.join(tmp, "daemon.log")
+        self.logf = open(self.log_path, "ab")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([self.agentlabd], env=self.env, stderr=self.logf,
+                                     stdout=self.logf)
+
+    def log(self):
+        return read(self.log_path)
+
+    def engine_id(self, runner):
+        con = sqlite3.connect(os.path.join(self.state, "agentlab.db"))
+        try:
+            row = con.execute("select id from jobs where source_type = 'github' and "
+                              "source_ref = ?", (runner,)).fetchone()
+        except sqlite3.Error:
+            row = None
+        finally:
+            con.close()
+        return row[0] if row else None
+
+    def output(self, eid):
+        return read(os.path.join(self.state, "jobs", eid, "output.log")) if eid else ""
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return "killed"
+
+
+def make_key(tmp):
+    key = os.path.join(tmp, "app.pem")
+    subprocess.run(["openssl", "genrsa", "-out", key, "2048"], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    return key
+
+
+def dirs(prefix):
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    run = tempfile.mkdtemp(prefix=prefix + "r.")
+    state = os.path.join(tmp, "state")
+    os.makedirs(state)
+    for d in (tmp, run, state):
+        os.chmod(d, 0o711)
+    return tmp, run, state
+
+
+def contract():
+    try:
+        return find_contract()[0]
+    except ContractMissing as e:
+        print(f"scaleset: FAIL: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def dump_for(farm, fake):
+    def dump():
+        print(farm.log()[-12000:], file=sys.stderr)
+        print("--- fake requests (last 80):", file=sys.stderr)
+        for r in fake.requests[-80:]:
+            print(f"  {r[0]:.2f} {r[1]} {r[2]} -> {r[3]}", file=sys.stderr)
+        print(f"--- fake errors: {fake.errors}", file=sys.stderr)
+    return dump
+
+
+def idle(agentlabd, seconds, hold):
+    tmp, run, state = dirs("al-ssi.")
+    key = make_key(tmp)
+    fake = ScalesetFake(contract(), REPO, app={"id": "424242", "key": key, "installation": 77})
+    fake.hold_s = hold
+    fake.start()
+    farm = Farm(agentlabd, fake, tmp, run, state, key)
+    DUMP.append(dump_for(farm, fake))
+    farm.start()
+    try:
+        check(wait_for(lambda: "session " in farm.log() and fake.session, 60),
+              "no session was created")
+        time.sleep(2)
+        n0, t0 = len(fake.requests), time.time()
+        time.sleep(seconds)
+        reqs = fake.requests[n0:]
+        dt = time.time() - t0
+    finally:
+        rc = farm.stop()
+    check(rc == 0, f"agentlabd exited {rc}")
+    check(fake.sessions_deleted == 1 and fake.session is None, "the session was not deleted")
+    boot = [f"{r[1]} {r[2].split('?')[0]} -> {r[3]}" for r in fake.requests[:12]]
+    print("scaleset idle: start-up requests:\n  " + "\n  ".join(boot))
+    check(not fake.errors, "protocol violations:\n  " + "\n  ".join(fake.errors))
+    kinds = {}
+    for r in reqs:
+        k = r[1] + " " + re.sub(r"[0-9a-f-]{36}", "SID", r[2].split("?")[0])
+        kinds[k] = kinds.get(k, 0) + 1
+    print(f"scaleset idle: {len(reqs)} requests in {dt:.0f} s with {hold} s long polls "
+          f"= {len(reqs) * 3600 / dt:.0f} per hour: {kinds}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
+
+
+def jobs(agentlabd, agentlab, guest, vm_init):
+    tmp, run, state = dirs("al-ss.")
+    env_img = dict(os.environ, AGENTLAB_STATE_DIR=state, AGENTLAB_CONFIG="/dev/null",
+                   MICRO_NAME="micro-actions", MICRO_BINS="base64 sed",
+                   MICRO_EXTRA=os.path.join(HERE, "github_runner"))
+    p = subprocess.run([os.path.join(HERE, "micro_image.sh"), agentlab, guest, vm_init],
+                       env=env_img, capture_output=True, text=True)
+    if p.returncode == SKIP_EXIT:
+        print(f"scaleset: {p.stdout}{p.stderr}", file=sys.stderr)
+        sys.exit(SKIP_EXIT)
+    check(p.returncode == 0, f"building the test image failed: {p.stdout}{p.stderr}")
+    key = make_key(tmp)
+    fake = ScalesetFake(contract(), REPO, app={"id": "424242", "key": key, "installation": 77})
+    fake.hold_s = 1.0
+    fake.session_orphan_s = 12.0
+    fake.start()
+    fake.conflict_next(1)
+    farm = Farm(agentlabd, fake, tmp, run, state, key, image="micro-actions")
+    DUMP.append(dump_for(farm, fake))
+    t0 = time.time()
+    farm.start()
+    from libvirt_cleanup import destroy_test_pools
+    try:
+        # -- a 409 at session creation: retried
+        check(wait_for(lambda: re.search(r"session \S+ on scale set agentlab-vm", farm.log()), 60),
+              "no session")
+        check(fake.conflicts_served == 1 and "already has an active session" in farm.log(),
+              "the 409 was not met or not logged")
+        check(len(fake.scalesets) == 1, "the scale set was not created once")
+
+        # -- 5 jobs at once on max_vms = 2
+        t_jobs = time.time()
+        rids = fake.queue_jobs(5)
+        started, completed = {}, {}
+        most_vms = 0
+        expired = lost = False
+        while len(completed) < 5 and time.time() - t_jobs < 400:
+            eids = {}
+            for j in list(fake.jits):
+                eid = farm.engine_id(j["runner"])
+                if not eid:
+                    continue
+                eids[eid] = j
+                out = farm.output(eid)
+                if j["runner"] not in started and "stand-in runner: agentName=" in out:
+                    want = (f"stand-in runner: agentName={j['runner']} mode=exit "
+                            f"config-sha256={j['sha256']}")
+                    check(want in out, f"runner {j['runner']} did not get its config: {out!r}")
+                    started[j["runner"]] = fake.start_job(j["runner"])
+                    check(started[j["runner"]], f"no acquired job for {j['runner']}")
+                if j["runner"] in started and j["runner"] not in completed and \
+                        "stand-in runner: job done" in out:
+                    completed[j["runner"]] = fake.complete_job(j["runner"])
+            live = [d for d in domains() if any(e in d for e in eids)]
+            most_vms = max(most_vms, len(live))
+            if len(completed) >= 2 and not expired:
+                fake.expire_mq_token()
+                expired = True
+            if len(completed) >= 3 and not lost:
+                fake.lose_session()
+                lost = True
+            time.sleep(0.3)
+        t_done = time.time()
+        check(len(completed) == 5, f"{len(completed)} of 5 jobs completed: {completed}")
+        check(sorted(completed.values()) == sorted(rids), f"jobs run: {completed} of {rids}")
+        check(len(fake.jits) == 5, f"{len(fake.jits)} JIT configs for 5 jobs")
+        check(len({farm.engine_id(j['runner']) for j in fake.jits}) == 5, "a VM ran twice")
+        check(most_vms <= 2, f"{most_vms} VMs at once on max_vms = 2")
+        check(fake.max_acquired <= 2, f"{fake.max_acquired} jobs acquired at once")
+        check(fake.acquired_total == 5, f"{fake.acquired_total} acquisitions for 5 jobs")
+        check("the message-queue token expired; refreshing the session" in farm.log(),
+              "the 401 was not met")
+        check(wait_for(lambda: fake.sessions_created >= 2, 30) and
+              "the message session is gone" in farm.log(), "the lost session was not replaced")
+        check(fake.count("PATCH", r"/sessions/") >= 1, "no session refresh")
+
+        # -- SIGKILL mid-job, restart
+        fake.queue_jobs(1, "killed")
+        check(wait_for(lambda: len(fake.jits) == 6 and farm.engine_id(fake.jits[5]["runner"]), 60),
+              "no runner for the sixth job")
+        victim = fake.jits[5]["runner"]
+        veid = farm.engine_id(victim)
+        check(wait_for(lambda: "stand-in runner: agentName=" in farm.output(veid), 120),
+              "the sixth runner never started")
+        fake.start_job(victim)
+        check(wait_for(lambda: f"runner {victim} started job" in farm.log(), 20),
+              "JobStarted was not seen")
+        farm.proc.kill()
+        farm.proc.wait()
+        sessions_before = fake.sessions_created
+        conflicts_before = fake.conflicts_served
+        fake.abandon_job(victim)
+        t_restart = time.time()
+        farm.start()
+        check(wait_for(lambda: not any(r["name"] == victim for r in fake.ss_runners.values()), 90),
+              "the killed daemon's runner was not removed")
+        t_swept = time.time()
+        check(wait_for(lambda: not any(veid in d for d in domains()), 90),
+              "the killed daemon's VM is still up")
+        check(wait_for(lambda: fake.sessions_created > sessions_before, 90),
+              "no new session after the restart")
+        t_session = time.time()
+        check(fake.conflicts_served > conflicts_before,
+              "the orphaned session did not answer 409 (the fake's orphan timer)")
+        check(not fake.ss_runners, f"runners left: {fake.ss_runners}")
+    finally:
+        rc = farm.stop()
+        farm.logf.close()
+    check(rc == 0, f"agentlabd exited {rc} on SIGTERM")
+    check(fake.sessions_deleted >= 1 and fake.session is None, "the session was not deleted")
+    text = farm.log()
+    secrets = list(fake.admin_tokens) + list(fake.reg_tokens) + fake.mq_tokens + \
+        [t["token"] for t in fake.tokens]
+    for j in fake.jits:
+        secrets += [j["encoded"], j["decoded"]] + j["parts"]
+    for s in secrets:
+        check(s not in text, "a secret is in the daemon log")
+    hits = []
+    for dp, _, names in os.walk(state):
+        if dp.startswith(os.path.join(state, "images")):
+            continue
+        for n in names:
+            data = open(os.path.join(dp, n), "rb").read()
+            hits += [(n, s[:10]) for s in secrets if s.encode() in data]
+    check(not hits, f"secrets in the state dir: {hits}")
+    check(not fake.errors, "protocol violations:\n  " + "\n  ".join(fake.errors))
+    fake.stop()
+    print(f"scaleset: 5 jobs on 2 VM slots in {t_done - t_jobs:.0f} s (most VMs at once "
+          f"{most_vms}, most jobs acquired at once {fake.max_acquired}); "
+          f"{fake.conflicts_served} session 409s met")
+    print(f"scaleset: after SIGKILL the restarted daemon removed the runner in "
+          f"{t_swept - t_restart:.1f} s and had a new session in {t_session - t_restart:.1f} s; "
+          f"{len(fake.requests)} requests in all; whole test {time.time() - t0:.0f} s")
+    destroy_test_pools(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
+    print("scaleset: ok")
+
+
+def main():
+    if len(sys.argv) == 6 and sys.argv[1] == "jobs":
+        jobs(*sys.argv[2:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "idle":
+        idle(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
