@@ -645,10 +645,10 @@ static void on_registered(struct github_scaleset *g, int result, const struct al
         admin_done(g, NULL);
         return;
     }
-    if (resp)
-        wipe_body(resp);
     char what[300];
     describe(result, resp, err, what, sizeof(what));
+    if (resp)
+        wipe_body(resp);
     bool retry = result < 0 || resp->status == 401 || resp->status == 403 ||
                  resp->status == 429 || (resp->status >= 500 && resp->status != 501);
     if (retry && ++g->register_tries < REGISTER_TRIES) {
@@ -1104,12 +1104,15 @@ static struct counts count(const struct github_scaleset *g)
 
 /* New VMs this source may start now: max_runners, and free slots of the
  * pool beyond its queue (engine_admit). */
-static unsigned free_vms(struct github_scaleset *g, const struct counts *c)
+static unsigned free_vms(struct github_scaleset *g, const struct counts *c, char *why,
+                         size_t why_size)
 {
     unsigned n = 0;
+    if (why)
+        snprintf(why, why_size, "max_runners is %d", g->src->max_runners);
     while (c->live + n < (unsigned)g->src->max_runners) {
         struct engine_admit a = {.pool = g->src->pool, .start_now = true, .held = c->creating + n};
-        if (engine_admit(g->e, &a, NULL, 0) != ENGINE_ADMIT_YES)
+        if (engine_admit(g->e, &a, why, why_size) != ENGINE_ADMIT_YES)
             break;
         n++;
     }
@@ -1122,7 +1125,8 @@ static void scale(struct github_scaleset *g)
         return;
     struct counts c = count(g);
     unsigned need = c.waiting + (unsigned)g->src->min_runners;
-    unsigned room = free_vms(g, &c);
+    char why[300];
+    unsigned room = free_vms(g, &c, why, sizeof(why));
     while (c.spare < need && room > 0) {
         runner_create(g);
         c.spare++;
@@ -1131,8 +1135,8 @@ static void scale(struct github_scaleset *g)
         room--;
     }
     if (c.spare < need && !g->full_logged) {
-        log_info(NULL, "github %s: %u runners wanted, the pool or max_runners (%d) is full",
-                 g->name, need - c.spare, g->src->max_runners);
+        log_info(NULL, "github %s: %u more runners wanted, no room: %s", g->name, need - c.spare,
+                 why);
         g->full_logged = true;
     } else if (c.spare >= need) {
         g->full_logged = false;
@@ -1242,7 +1246,8 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
 {
     /* JobAvailable: acquire what the pool can run now, in message order */
     struct counts c = count(g);
-    unsigned room = free_vms(g, &c) + c.spare;
+    char why[300];
+    unsigned room = free_vms(g, &c, why, sizeof(why)) + c.spare;
     unsigned can = room > c.waiting ? room - c.waiting : 0;
     struct al_buf body = {0};
     unsigned n = 0, offered = 0;
@@ -1267,8 +1272,9 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
     }
     al_buf_append(&body, "]", 1);
     if (offered > n)
-        log_info(NULL, "github %s: %u jobs available, room for %u now; the rest stays available",
-                 g->name, offered, n);
+        log_info(NULL, "github %s: %u jobs available, room for %u now (%s); the rest stays "
+                       "available",
+                 g->name, offered, n, why);
     if (n) {
         struct acquire_ctx *a = calloc(1, sizeof(*a));
         char *b = strndup(body.data, body.len);
@@ -1487,13 +1493,13 @@ static void on_session_refreshed(struct github_scaleset *g, int result,
         }
         return;
     }
-    if (resp)
-        wipe_body(resp);
     char what[300];
     if (perr)
         snprintf(what, sizeof(what), "%s", al_error_message(perr));
     else
         describe(result, resp, err, what, sizeof(what));
+    if (resp)
+        wipe_body(resp);
     al_error_free(perr);
     log_warn(NULL, "github %s: refreshing the session: %s", g->name, what);
     /* the callers see ENOENT: the poll makes a new session */
@@ -1556,8 +1562,6 @@ static void on_session_created(struct github_scaleset *g, int result,
         log_warn(NULL, "github %s: %s", g->name, m);
         return;
     }
-    if (resp)
-        wipe_body(resp);
     char what[300];
     describe(result, resp, err, what, sizeof(what));
     backoff_grow(&g->session_backoff_ms);

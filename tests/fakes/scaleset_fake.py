@@ -60,7 +60,7 @@ class ScalesetFake(FakeGitHub):
         self.next_rid = 7848900
         self.next_msg = 100000000
         self.events = []           # job messages not yet put in a message
-        self.undeleted = []        # delivered, not deleted: [(id, doc)]
+        self.undeleted = []        # delivered, not deleted: [(id, doc, session id)]
         self.last_delivered = None
         self.capacity_seen = []
         self.max_acquired = 0      # most jobs acquired and not completed at once
@@ -369,6 +369,8 @@ class ScalesetFake(FakeGitHub):
                                     "The actions runner scaleset already has an active session.")
             self.session = {"id": str(__import__("uuid").uuid4()), "owner": doc.get("ownerName"),
                             "mq": None, "mq_exp": 0, "polled": now, "ss": ss}
+            # a new session starts from the first message not deleted
+            self.last_delivered = None
             self.sessions_created += 1
             return 200, {}, self.session_json()
         if not self.session or sid != self.session["id"]:
@@ -443,7 +445,7 @@ class ScalesetFake(FakeGitHub):
             self.session["polled"] = time.time()
             if method == "DELETE" and m.group(2):
                 mid = int(m.group(2))
-                for i, (x, _) in enumerate(self.undeleted):
+                for i, (x, _, _) in enumerate(self.undeleted):
                     if x == mid:
                         del self.undeleted[i]
                         return 204, {}, None
@@ -466,8 +468,9 @@ class ScalesetFake(FakeGitHub):
             got = last[0] if last else None
             if got != want:
                 self.error(f"{where}: lastMessageId {got} (last delivered {want})")
-            if self.undeleted:
-                self.error(f"{where}: polled before deleting message {self.undeleted[0][0]}")
+            mine = [x for x, _, s in self.undeleted if s == self.session["id"]]
+            if mine:
+                self.error(f"{where}: polled before deleting message {mine[0]}")
         end = time.time() + self.hold_s
         while True:
             with self.lock:
@@ -482,7 +485,11 @@ class ScalesetFake(FakeGitHub):
 
     def next_message(self):
         if self.undeleted:
-            return self.undeleted[0][1]
+            # redelivered (to a new session: the old one never deleted it)
+            mid, doc, _ = self.undeleted[0]
+            self.undeleted[0] = (mid, doc, self.session["id"])
+            self.last_delivered = mid
+            return doc
         now = time.time()
         for rid, j in sorted(self.jobs.items()):
             if j["state"] == "available" and now - j["offered"] >= self.reoffer_s and \
@@ -498,6 +505,6 @@ class ScalesetFake(FakeGitHub):
         self.next_msg += 1
         doc = {"messageId": mid, "messageType": "RunnerScaleSetJobMessages",
                "body": json.dumps(batch), "statistics": self.stats()}
-        self.undeleted.append((mid, doc))
+        self.undeleted.append((mid, doc, self.session["id"]))
         self.last_delivered = mid
         return doc
