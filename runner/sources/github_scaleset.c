@@ -30,6 +30,7 @@
 #define BACKOFF_MIN_MS    2000u
 #define BACKOFF_MAX_MS    60000u
 #define DONE_GRACE_MS     60000u /* VM still up after its runner's job completed */
+#define ENDED_GRACE_MS    10000u /* JobStarted/JobCompleted may trail a runner's exit */
 #define DELETE_TRIES      20
 #define DELETE_RETRY_MS   5000u
 #define MAX_DONE_IDS      256 /* request ids of jobs seen to end: late JobAvailable skipped */
@@ -1884,6 +1885,13 @@ static void on_finished(const char *job_id, enum job_state state, const struct a
     r->vm_gone = true;
     log_info(job_id, "github %s: runner %s: its VM ended (%s)", g->name, r->name,
              job_state_to_string(state));
+    if (r->state == R_IDLE && state == JOB_STATE_SUCCEEDED) {
+        /* an ephemeral runner exits 0 after its job: the messages saying so
+         * are likely on their way; a replacement made now would be surplus */
+        uint64_t until = now_ms() + ENDED_GRACE_MS;
+        if (g->scale_after_ms < until)
+            g->scale_after_ms = until;
+    }
     if (r->deleted) {
         runner_set_dead(r);
     } else {

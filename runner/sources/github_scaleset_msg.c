@@ -282,7 +282,7 @@ int scaleset_parse_message(const char *data, size_t len, struct scaleset_message
     int r = parse_doc(data, len, yajl_t_object, "the message", &root, err);
     if (r < 0)
         return r;
-    _cleanup_free_ char *type = NULL, *body = NULL;
+    _cleanup_free_ char *type = NULL;
     struct scaleset_message m = {0};
     if ((r = get_int(root, "messageId", "", 1, true, &m.id, err)) < 0 ||
         (r = get_str(root, "messageType", "", 128, true, false, &type, err)) < 0)

@@ -207,6 +207,9 @@ def idle(agentlabd, seconds, hold):
     for r in reqs:
         k = r[1] + " " + re.sub(r"[0-9a-f-]{36}", "SID", r[2].split("?")[0])
         kinds[k] = kinds.get(k, 0) + 1
+    others = [k for k in kinds if not k.startswith("GET /mq/")]
+    check(not others, f"requests other than the long poll while idle: {kinds}")
+    check(len(reqs) <= dt / hold + 2, f"{len(reqs)} polls in {dt:.0f} s: not one long poll at a time")
     print(f"scaleset idle: {len(reqs)} requests in {dt:.0f} s with {hold} s long polls "
           f"= {len(reqs) * 3600 / dt:.0f} per hour: {kinds}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -249,7 +252,7 @@ def jobs(agentlabd, agentlab, guest, vm_init):
         started, completed = {}, {}
         most_vms = 0
         expired = lost = False
-        while len(completed) < 5 and time.time() - t_jobs < 400:
+        while len(completed) < 5 and time.time() - t_jobs < 600:
             eids = {}
             for j in list(fake.jits):
                 eid = farm.engine_id(j["runner"])
@@ -278,8 +281,15 @@ def jobs(agentlabd, agentlab, guest, vm_init):
         t_done = time.time()
         check(len(completed) == 5, f"{len(completed)} of 5 jobs completed: {completed}")
         check(sorted(completed.values()) == sorted(rids), f"jobs run: {completed} of {rids}")
-        check(len(fake.jits) == 5, f"{len(fake.jits)} JIT configs for 5 jobs")
-        check(len({farm.engine_id(j['runner']) for j in fake.jits}) == 5, "a VM ran twice")
+        # a runner whose VM failed to boot (TCG on a loaded host) is replaced:
+        # more JIT configs than jobs then, but each in its own VM, and the
+        # unused ones removed from the scale set
+        check(len(started) == 5, f"{len(started)} runners started for 5 jobs")
+        eids_all = [farm.engine_id(j["runner"]) for j in fake.jits]
+        check(len(set(eids_all)) == len(fake.jits), "a JIT config went to two VMs")
+        unused = [j["runner"] for j in fake.jits if j["runner"] not in started]
+        check(wait_for(lambda: not any(r["name"] in unused for r in fake.ss_runners.values()), 30),
+              f"unused runners left registered: {unused}")
         check(most_vms <= 2, f"{most_vms} VMs at once on max_vms = 2")
         check(fake.max_acquired <= 2, f"{fake.max_acquired} jobs acquired at once")
         check(fake.acquired_total == 5, f"{fake.acquired_total} acquisitions for 5 jobs")
@@ -291,11 +301,12 @@ def jobs(agentlabd, agentlab, guest, vm_init):
 
         # -- SIGKILL mid-job, restart
         fake.queue_jobs(1, "killed")
-        check(wait_for(lambda: len(fake.jits) == 6 and farm.engine_id(fake.jits[5]["runner"]), 60),
-              "no runner for the sixth job")
-        victim = fake.jits[5]["runner"]
+        n_jits = len(fake.jits)
+        check(wait_for(lambda: len(fake.jits) > n_jits and farm.engine_id(fake.jits[-1]["runner"]),
+                       60), "no runner for the sixth job")
+        victim = fake.jits[-1]["runner"]
         veid = farm.engine_id(victim)
-        check(wait_for(lambda: "stand-in runner: agentName=" in farm.output(veid), 120),
+        check(wait_for(lambda: "stand-in runner: agentName=" in farm.output(veid), 240),
               "the sixth runner never started")
         fake.start_job(victim)
         check(wait_for(lambda: f"runner {victim} started job" in farm.log(), 20),
@@ -340,8 +351,9 @@ def jobs(agentlabd, agentlab, guest, vm_init):
     check(not hits, f"secrets in the state dir: {hits}")
     check(not fake.errors, "protocol violations:\n  " + "\n  ".join(fake.errors))
     fake.stop()
-    print(f"scaleset: 5 jobs on 2 VM slots in {t_done - t_jobs:.0f} s (most VMs at once "
-          f"{most_vms}, most jobs acquired at once {fake.max_acquired}); "
+    print(f"scaleset: 5 jobs on 2 VM slots in {t_done - t_jobs:.0f} s with {len(fake.jits) - 1} "
+          f"JIT runners (most VMs at once {most_vms}, most jobs acquired at once "
+          f"{fake.max_acquired}); "
           f"{fake.conflicts_served} session 409s met")
     print(f"scaleset: after SIGKILL the restarted daemon removed the runner in "
           f"{t_swept - t_restart:.1f} s and had a new session in {t_session - t_restart:.1f} s; "
