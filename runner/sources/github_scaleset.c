@@ -934,7 +934,6 @@ static void on_jit(struct github_scaleset *g, int result, const struct al_http_r
         runner_delete(r);
         return;
     }
-    g->scale_backoff_ms = 0;
     memcpy(r->engine_id, eid, sizeof(eid));
     r->submitted = true;
     r->created_ms = now_ms();
@@ -1312,6 +1311,7 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
                 }
             }
             if (r && (r->state == R_IDLE || r->state == R_CREATING)) {
+                g->scale_backoff_ms = 0; /* runners work */
                 r->state = R_BUSY;
                 r->retire_reason = NULL;
                 log_info(r->submitted ? r->engine_id : NULL,
@@ -1885,7 +1885,14 @@ static void on_finished(const char *job_id, enum job_state state, const struct a
     r->vm_gone = true;
     log_info(job_id, "github %s: runner %s: its VM ended (%s)", g->name, r->name,
              job_state_to_string(state));
-    if (r->state == R_IDLE && state == JOB_STATE_SUCCEEDED) {
+    if ((r->state == R_IDLE || r->state == R_CREATING) && state != JOB_STATE_SUCCEEDED &&
+        !r->retire_reason && !r->stopping_vm && !g->stopping) {
+        /* its VM failed before the runner took a job (a broken image, a
+         * guest that does not boot): the replacement waits, longer each
+         * time, so a broken image does not burn JIT configs in a loop */
+        scale_fail(g, "runner %s's VM ended (%s) before it took a job", r->name,
+                   job_state_to_string(state));
+    } else if (r->state == R_IDLE && state == JOB_STATE_SUCCEEDED) {
         /* an ephemeral runner exits 0 after its job: the messages saying so
          * are likely on their way; a replacement made now would be surplus */
         uint64_t until = now_ms() + ENDED_GRACE_MS;

@@ -4,6 +4,7 @@
 
   scaleset_test.py jobs AGENTLABD AGENTLAB AGENTLAB_GUEST VM_INIT
   scaleset_test.py idle AGENTLABD SECONDS HOLD_S
+  scaleset_test.py protocol AGENTLABD
 
 jobs: micro-image VMs whose /opt/actions-runner/run.sh is the stand-in runner
 (github_runner/): it prints the runner name and a digest of the JIT config it
@@ -115,7 +116,9 @@ runner_idle_timeout = 60s
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen([self.agentlabd], env=self.env, stderr=self.logf,
+        # AL_DAEMON_WRAPPER: a command put in front (valgrind)
+        wrap = os.environ.get("AL_DAEMON_WRAPPER", "").split()
+        self.proc = subprocess.Popen(wrap + [self.agentlabd], env=self.env, stderr=self.logf,
                                      stdout=self.logf)
 
     def log(self):
@@ -214,6 +217,59 @@ def idle(agentlabd, seconds, hold):
           f"= {len(reqs) * 3600 / dt:.0f} per hour: {kinds}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
+
+
+def protocol(agentlabd):
+    """No VM (the pool's image does not exist, so every runner's VM is
+    refused): 409, a burst beyond capacity, runners removed after their VM
+    failed with a growing back-off, 401, 404, SIGTERM. AGENTLABD may be a
+    wrapper (valgrind)."""
+    tmp, run, state = dirs("al-ssp.")
+    key = make_key(tmp)
+    fake = ScalesetFake(contract(), REPO, app={"id": "424242", "key": key, "installation": 77})
+    fake.hold_s = 0.5
+    fake.start()
+    fake.conflict_next(2)
+    farm = Farm(agentlabd, fake, tmp, run, state, key, image="no-such-image")
+    DUMP.append(dump_for(farm, fake))
+    farm.start()
+    try:
+        check(wait_for(lambda: re.search(r"session \S+ on scale set", farm.log()), 120),
+              "no session")
+        check(fake.conflicts_served == 2, f"{fake.conflicts_served} 409s met (want 2)")
+        fake.queue_jobs(5)
+        check(wait_for(lambda: fake.acquired_total >= 1, 30), "nothing acquired")
+        check(wait_for(lambda: len(fake.jits) >= 3, 60), "no runners were retried")
+        time.sleep(5)
+        check(fake.max_acquired <= 2, f"{fake.max_acquired} jobs acquired with room for 2")
+        check("before it took a job" in farm.log() or "refused" in farm.log(),
+              "a failed runner VM was not reported")
+        n = len(fake.jits)
+        time.sleep(10)
+        check(len(fake.jits) - n <= 4, f"{len(fake.jits) - n} JIT configs in 10 s: no back-off")
+        fake.expire_mq_token()
+        check(wait_for(lambda: "session " in farm.log() and " refreshed" in farm.log(), 30),
+              "the 401 was not met with a refresh")
+        before = fake.sessions_created
+        fake.lose_session()
+        check(wait_for(lambda: fake.sessions_created > before, 30), "no new session after a 404")
+    finally:
+        rc = farm.stop()
+        farm.logf.close()
+    check(rc == 0, f"agentlabd exited {rc} on SIGTERM")
+    check(fake.sessions_deleted >= 1 and fake.session is None, "the session was not deleted")
+    check(not fake.errors, "protocol violations:\n  " + "\n  ".join(fake.errors))
+    fake.stop()
+    print(f"scaleset protocol: {len(fake.jits)} JIT runners for VMs that could not start, "
+          f"{fake.conflicts_served} 409s, {fake.sessions_created} sessions, "
+          f"{len(fake.requests)} requests")
+    text = farm.log()
+    for line in text.splitlines():
+        if "github ss" in line and ("runner" in line or "409" in line or "conflict" in line):
+            print("  " + line[:200])
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
+    print("scaleset protocol: ok")
 
 
 def jobs(agentlabd, agentlab, guest, vm_init):
@@ -367,6 +423,8 @@ def jobs(agentlabd, agentlab, guest, vm_init):
 def main():
     if len(sys.argv) == 6 and sys.argv[1] == "jobs":
         jobs(*sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "protocol":
+        protocol(sys.argv[2])
     elif len(sys.argv) == 5 and sys.argv[1] == "idle":
         idle(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
     else:
