@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "runner/sources/github_scaleset_msg.h"
 
@@ -23,12 +24,13 @@ static void check(int cond)
         abort();
 }
 
-static void check_failure(int r, struct al_error *err)
+static void check_failure_(int r, struct al_error **err)
 {
     check(r == -EINVAL || r == -E2BIG || r == -ENOMEM);
-    check(err && al_error_message(err)[0]);
-    al_error_free(err);
+    check(*err && al_error_message(*err)[0]);
+    *err = al_error_free(*err);
 }
+#define check_failure(r, err) check_failure_((r), &(err))
 
 static void check_stats(const struct scaleset_stats *s)
 {
@@ -75,7 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         check(strlen(s.session_id) == 36 && s.mq_token[0] &&
               strlen(s.mq_token) <= SCALESET_MAX_TOKEN);
-        check(strncmp(s.mq_url, "http", 4) == 0);
+        check(strncasecmp(s.mq_url, "http", 4) == 0);
         check_stats(&s.stats);
         scaleset_session_clear(&s);
         break;
