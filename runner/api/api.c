@@ -257,6 +257,11 @@ static struct api *api_free(struct api *a)
         free(a->ctx.source_failures[i].reason);
     }
     free(a->ctx.source_failures);
+    for (size_t i = 0; i < a->ctx.n_reporters; i++) {
+        free(a->ctx.reporters[i].name);
+        free(a->ctx.reporters[i].kind);
+    }
+    free(a->ctx.reporters);
     if (a->token) {
         explicit_bzero(a->token, a->token_len);
         free(a->token);
@@ -376,6 +381,38 @@ int api_source_failed(struct api *a, const char *name, const char *reason)
         return -ENOMEM;
     f[ctx->n_source_failures++] =
             (struct api_source_failure){.name = TAKE_PTR(n), .reason = TAKE_PTR(why)};
+    return 0;
+}
+
+int api_source_status(struct api *a, const char *name, const char *kind, api_source_status_fn fn,
+                      void *data)
+{
+    struct api_ctx *ctx = &a->ctx;
+    for (size_t i = 0; i < ctx->n_reporters; i++) {
+        if (!streq(ctx->reporters[i].name, name))
+            continue;
+        if (fn) {
+            ctx->reporters[i].fn = fn;
+            ctx->reporters[i].data = data;
+            return 0;
+        }
+        free(ctx->reporters[i].name);
+        free(ctx->reporters[i].kind);
+        ctx->reporters[i] = ctx->reporters[--ctx->n_reporters];
+        return 0;
+    }
+    if (!fn)
+        return 0;
+    struct api_source_reporter *v =
+            reallocarray(ctx->reporters, ctx->n_reporters + 1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    ctx->reporters = v;
+    _cleanup_free_ char *n = strdup(name), *k = strdup(kind);
+    if (!n || !k)
+        return -ENOMEM;
+    v[ctx->n_reporters++] = (struct api_source_reporter){
+            .name = TAKE_PTR(n), .kind = TAKE_PTR(k), .fn = fn, .data = data};
     return 0;
 }
 

@@ -50,6 +50,28 @@ int api_start(struct api *a, const struct engine_reconcile_report *r, struct al_
  * -ENOMEM. */
 int api_source_failed(struct api *a, const char *name, const char *reason);
 
+/* What a source reports about itself for /metrics, GET /v1/pools and
+ * `agentlab pool status` (filled by the daemon from the source's own
+ * status call: sources do not include API headers). */
+#define API_SOURCE_GAUGES 16
+struct api_source_gauge {
+    const char *name; /* a static string of [a-z_] */
+    int64_t value;
+};
+struct api_source_status {
+    char state[64];               /* such as "polling" or "session conflict" */
+    int64_t last_message_wall_ms; /* 0: never */
+    struct api_source_gauge gauges[API_SOURCE_GAUGES];
+    size_t n_gauges;
+};
+typedef void (*api_source_status_fn)(void *data, struct api_source_status *ret);
+
+/* Registers the status callback of the source name (kind: "github_scaleset"
+ * and the like), or removes it when fn is NULL (before the source is
+ * freed). Returns 0 or -ENOMEM. */
+int api_source_status(struct api *a, const char *name, const char *kind, api_source_status_fn fn,
+                      void *data);
+
 /* The bound TCP port (0 when there is no TCP listener). */
 int api_tcp_port(const struct api *a);
 

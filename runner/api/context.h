@@ -17,6 +17,15 @@
 
 struct api_metrics;
 struct api_streams;
+struct api_source_status;
+
+/* A running source that reports its own state (api_source_status()). */
+struct api_source_reporter {
+    char *name;
+    char *kind;
+    void (*fn)(void *data, struct api_source_status *ret);
+    void *data;
+};
 struct pending_gc;
 
 /* A configured source that did not start: /healthz says "degraded". */
@@ -41,6 +50,8 @@ struct api_ctx {
     struct engine_reconcile_report reconcile;
     struct api_source_failure *source_failures;
     size_t n_source_failures;
+    struct api_source_reporter *reporters;
+    size_t n_reporters;
     /* the POST /v1/gc waiting for its sweep (one sweep runs at a time) */
     struct pending_gc *gc_pending;
 };

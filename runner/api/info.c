@@ -1,5 +1,6 @@
 #include "runner/api/info.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "images/catalog.h"
+#include "runner/api/api.h"
 #include "runner/api/json.h"
 #include "runner/api/metrics.h"
 #include "runner/api/status_page.h"
@@ -104,11 +106,70 @@ void api_healthz(struct api_ctx *ctx, struct api_req *r, const struct route_matc
     reply_gen(r, ctx->stopping ? 503 : 200, g, rc);
 }
 
+/* The sources' own gauges (api_source_status()). */
+static int render_source_metrics(struct api_ctx *ctx, struct al_buf *o)
+{
+    if (!ctx->n_reporters)
+        return 0;
+    int r = 0;
+    int64_t now = al_now_wall_ms();
+    r |= al_buf_puts(o, "# HELP agentlab_source_gauge What a source reports about itself "
+                        "(a scale set's statistics, say).\n# TYPE agentlab_source_gauge gauge\n");
+    for (size_t i = 0; i < ctx->n_reporters; i++) {
+        struct api_source_status st = {0};
+        ctx->reporters[i].fn(ctx->reporters[i].data, &st);
+        for (size_t k = 0; k < st.n_gauges && k < API_SOURCE_GAUGES; k++)
+            r |= al_buf_printf(o,
+                               "agentlab_source_gauge{source=\"%s\",kind=\"%s\",name=\"%s\"} "
+                               "%" PRId64 "\n",
+                               ctx->reporters[i].name, ctx->reporters[i].kind, st.gauges[k].name,
+                               st.gauges[k].value);
+    }
+    r |= al_buf_puts(o, "# HELP agentlab_source_last_message_age_seconds Seconds since the "
+                        "source last heard from its forge (-1: never).\n# TYPE "
+                        "agentlab_source_last_message_age_seconds gauge\n");
+    for (size_t i = 0; i < ctx->n_reporters; i++) {
+        struct api_source_status st = {0};
+        ctx->reporters[i].fn(ctx->reporters[i].data, &st);
+        r |= al_buf_printf(o, "agentlab_source_last_message_age_seconds{source=\"%s\"} %" PRId64
+                              "\n",
+                           ctx->reporters[i].name,
+                           st.last_message_wall_ms ? (now - st.last_message_wall_ms) / 1000 : -1);
+    }
+    return r ? -ENOMEM : 0;
+}
+
+static int gen_sources(yajl_gen g, struct api_ctx *ctx)
+{
+    int rc = json_open_array(g);
+    int64_t now = al_now_wall_ms();
+    for (size_t i = 0; i < ctx->n_reporters; i++) {
+        struct api_source_status st = {0};
+        ctx->reporters[i].fn(ctx->reporters[i].data, &st);
+        rc |= json_open_map(g);
+        rc |= json_kv_str(g, "name", ctx->reporters[i].name);
+        rc |= json_kv_str(g, "kind", ctx->reporters[i].kind);
+        rc |= json_kv_str(g, "state", st.state);
+        rc |= json_kv_int(g, "last_message_age_s",
+                          st.last_message_wall_ms ? (now - st.last_message_wall_ms) / 1000 : -1);
+        rc |= json_key(g, "gauges");
+        rc |= json_open_map(g);
+        for (size_t k = 0; k < st.n_gauges && k < API_SOURCE_GAUGES; k++)
+            rc |= json_kv_int(g, st.gauges[k].name, st.gauges[k].value);
+        rc |= json_close_map(g);
+        rc |= json_close_map(g);
+    }
+    rc |= json_close_array(g);
+    return rc;
+}
+
 void api_metrics(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
 {
     (void)m;
     _cleanup_buf_ struct al_buf out = AL_BUF_INIT;
-    if (api_metrics_render(ctx->metrics, ctx->engine, ctx->server, ctx->cfg->agent.state_dir, &out) < 0) {
+    if (api_metrics_render(ctx->metrics, ctx->engine, ctx->server, ctx->cfg->agent.state_dir,
+                           &out) < 0 ||
+        render_source_metrics(ctx, &out) < 0) {
         api_reply_error(r, 500, "internal", "rendering metrics failed");
         return;
     }
@@ -157,6 +218,8 @@ void api_pools(struct api_ctx *ctx, struct api_req *r, const struct route_match 
             rc |= json_close_map(g);
         }
         rc |= json_close_array(g);
+        rc |= json_key(g, "sources");
+        rc |= gen_sources(g, ctx);
         rc |= json_kv_int(g, "queued", queued);
         rc |= json_kv_int(g, "running", running);
         rc |= json_close_map(g);

@@ -125,6 +125,41 @@ static void show_pools(yajl_val v)
         table_print(t, stdout);
     }
     table_free(t);
+    /* sources that report their own state (a runner scale set) */
+    static const char *const sh[] = {"SOURCE", "KIND", "STATE", "LAST MESSAGE", "NUMBERS"};
+    arr = cli_json_array(v, JPATH("sources"));
+    t = arr && arr->u.array.len ? table_new(5, sh) : NULL;
+    for (size_t i = 0; t && i < arr->u.array.len; i++) {
+        yajl_val x = arr->u.array.values[i];
+        char age[32] = "never", nums[512] = "";
+        long long a = (long long)cli_json_int(x, JPATH("last_message_age_s"), -1);
+        if (a >= 0)
+            snprintf(age, sizeof(age), "%llds ago", a);
+        yajl_val gauges = NULL;
+        for (size_t k = 0; YAJL_IS_OBJECT(x) && k < x->u.object.len; k++) {
+            if (streq(x->u.object.keys[k], "gauges") && YAJL_IS_OBJECT(x->u.object.values[k]))
+                gauges = x->u.object.values[k];
+        }
+        size_t used = 0;
+        for (size_t k = 0; gauges && k < gauges->u.object.len; k++) {
+            yajl_val n = gauges->u.object.values[k];
+            if (!YAJL_IS_INTEGER(n))
+                continue;
+            int w = snprintf(nums + used, sizeof(nums) - used, "%s%s=%lld", used ? " " : "",
+                             gauges->u.object.keys[k], (long long)YAJL_GET_INTEGER(n));
+            if (w < 0 || (size_t)w >= sizeof(nums) - used)
+                break;
+            used += (size_t)w;
+        }
+        const char *cells[] = {cli_json_str(x, JPATH("name")), cli_json_str(x, JPATH("kind")),
+                               cli_json_str(x, JPATH("state")), age, nums[0] ? nums : "-"};
+        table_add(t, cells);
+    }
+    if (t) {
+        printf("\n");
+        table_print(t, stdout);
+    }
+    table_free(t);
     printf("\nqueued %lld, running %lld\n", (long long)cli_json_int(v, JPATH("queued"), 0),
            (long long)cli_json_int(v, JPATH("running"), 0));
 }

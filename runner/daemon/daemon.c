@@ -103,6 +103,9 @@ static void daemon_stop(struct daemon *d)
     d->stopping_parts = 1;
     /* the API goes first (with the sources): no new jobs, streams cut */
     if (d->api) {
+        /* no status callback into a source that is going away */
+        for (size_t i = 0; i < d->cfg->n_sources; i++)
+            api_source_status(d->api, d->cfg->sources[i].name, "", NULL, NULL);
         d->stopping_parts++;
         api_stop(d->api, on_api_stopped, d);
     }
@@ -155,6 +158,24 @@ static void stop_scaleset(void *h, void (*done)(void *), void *data)
     github_scaleset_stop(h, done, data);
 }
 
+static void scaleset_status(void *data, struct api_source_status *ret)
+{
+    struct github_scaleset_status s;
+    github_scaleset_status(data, &s);
+    snprintf(ret->state, sizeof(ret->state), "%s", s.state);
+    ret->last_message_wall_ms = s.last_message_wall_ms;
+    const struct api_source_gauge g[] = {
+            {"jobs_available", s.stats.available},  {"jobs_acquired", s.stats.acquired},
+            {"jobs_assigned", s.stats.assigned},    {"jobs_running", s.stats.running},
+            {"runners_registered", s.stats.registered}, {"runners_busy", s.stats.busy},
+            {"runners_idle", s.stats.idle},         {"local_runners_idle", s.runners_idle},
+            {"local_runners_busy", s.runners_busy}, {"local_jobs_waiting", s.jobs_waiting},
+            {"session_conflicts", s.conflicts},     {"messages", (int64_t)s.messages},
+    };
+    memcpy(ret->gauges, g, sizeof(g));
+    ret->n_gauges = ARRAY_SIZE(g);
+}
+
 static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 {
     struct daemon *d = data;
@@ -190,6 +211,9 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
             sr = github_scaleset_start(&d->loop, d->engine, d->curl, d->cfg, src, &ss, &err);
             h = ss;
             stop = stop_scaleset;
+            if (sr == 0 && d->api &&
+                api_source_status(d->api, src->name, "github_scaleset", scaleset_status, ss) < 0)
+                log_error(NULL, "source %s: out of memory", src->name);
         } else if (src->type == SOURCE_GITHUB) {
             struct github *gh = NULL;
             sr = github_start(&d->loop, d->engine, d->curl, d->cfg, src, &gh, &err);

@@ -2175,6 +2175,30 @@ int github_scaleset_start(uv_loop_t *loop, struct engine *e, struct al_curl *cur
     return 0;
 }
 
+void github_scaleset_status(const struct github_scaleset *g, struct github_scaleset_status *ret)
+{
+    struct counts c = count(g);
+    unsigned busy = 0;
+    for (const struct ssrunner *r = g->runners; r; r = r->next)
+        busy += r->state == R_BUSY && !r->vm_gone;
+    const char *state = g->stopping                           ? "stopping"
+                        : g->phase == PH_SETUP                ? "registering the scale set"
+                        : g->phase == PH_SESSION && g->conflicts ? "session conflict (409)"
+                        : g->phase == PH_SESSION              ? "creating the session"
+                        : g->poll_backoff_ms                  ? "polling, failing"
+                                                              : "polling";
+    *ret = (struct github_scaleset_status){
+            .state = state,
+            .last_message_wall_ms = g->last_message_wall_ms,
+            .stats = g->stats,
+            .runners_idle = c.spare,
+            .runners_busy = busy,
+            .jobs_waiting = c.waiting,
+            .conflicts = g->conflicts,
+            .messages = g->messages,
+    };
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
     struct github_scaleset *g = h->data;

@@ -50,6 +50,19 @@ int github_scaleset_start(uv_loop_t *loop, struct engine *e, struct al_curl *cur
                           const struct config *cfg, const struct config_source *src,
                           struct github_scaleset **ret, struct al_error **err);
 
+/* For /metrics and `agentlab pool status`. */
+struct github_scaleset_status {
+    const char *state; /* "registering", "session conflict", "polling", ... (static) */
+    int64_t last_message_wall_ms; /* 0: none yet */
+    struct scaleset_stats stats;  /* the last the service sent */
+    unsigned runners_idle;        /* ours: creating or idle */
+    unsigned runners_busy;        /* ours: running a job */
+    unsigned jobs_waiting;        /* acquired, no runner took them yet */
+    unsigned conflicts;           /* 409s in a row at session creation */
+    uint64_t messages;            /* messages handled since the start */
+};
+void github_scaleset_status(const struct github_scaleset *g, struct github_scaleset_status *ret);
+
 /* Stops: the long poll is cancelled, the session deleted (one try, 5 s),
  * then done runs and everything is freed. The VMs are the engine's. */
 void github_scaleset_stop(struct github_scaleset *g, void (*done)(void *data), void *data);

@@ -26,11 +26,13 @@ is done, JobCompleted. Asserted:
 idle: no jobs; counts the requests agentlabd makes in SECONDS with the fake
 holding each long poll HOLD_S seconds, and prints the rate per hour.
 """
-import hashlib
+import http.client
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -76,6 +78,32 @@ def read(path):
         return open(path, "rb").read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def api_get(sock, path):
+    """GET on the daemon's unix-socket API: (status, body)."""
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(20)
+            self.sock.connect(sock)
+    c = Conn("localhost", timeout=20)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def source_status(sock):
+    try:
+        status, body = api_get(sock, "/v1/pools")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    return next((x for x in json.loads(body).get("sources", []) if x["name"] == SOURCE), None)
 
 
 def domains():
@@ -232,8 +260,15 @@ def protocol(agentlabd):
     fake.conflict_next(2)
     farm = Farm(agentlabd, fake, tmp, run, state, key, image="no-such-image")
     DUMP.append(dump_for(farm, fake))
+    sock = os.path.join(run, "agentlabd.sock")
     farm.start()
     try:
+        # the session state in /v1/pools while the service answers 409
+        st = wait_for(lambda: (lambda x: x if x and "conflict" in x["state"] else None)(
+            source_status(sock)), 60, step=0.1)
+        check(st, "the 409s were not shown in /v1/pools")
+        check(st["kind"] == "github_scaleset" and st["gauges"]["session_conflicts"] >= 1,
+              f"source status during the 409s: {st}")
         check(wait_for(lambda: re.search(r"session \S+ on scale set", farm.log()), 120),
               "no session")
         check(fake.conflicts_served == 2, f"{fake.conflicts_served} 409s met (want 2)")
@@ -247,6 +282,27 @@ def protocol(agentlabd):
         n = len(fake.jits)
         time.sleep(10)
         check(len(fake.jits) - n <= 4, f"{len(fake.jits) - n} JIT configs in 10 s: no back-off")
+        # the statistics of the last message, the session state, the last message time
+        st = source_status(sock)
+        check(st and st["state"] == "polling", f"source status: {st}")
+        g = st["gauges"]
+        check(g["jobs_assigned"] == fake.stats()["totalAssignedJobs"] and g["messages"] >= 1 and
+              0 <= st["last_message_age_s"] < 30 and "runners_registered" in g and
+              "jobs_available" in g and "runners_busy" in g and "runners_idle" in g,
+              f"source status: {st}")
+        status, metrics = api_get(sock, "/metrics")
+        check(status == 200 and re.search(r'agentlab_source_gauge\{source="ss",'
+                                          r'kind="github_scaleset",name="jobs_assigned"\} \d+',
+                                          metrics) and
+              re.search(r'agentlab_source_last_message_age_seconds\{source="ss"\} \d+', metrics),
+              "the scale set's gauges are not in /metrics")
+        cli = os.path.join(os.path.dirname(agentlabd), "agentlab")
+        if os.path.exists(cli):
+            p = subprocess.run([cli, "pool", "status", "--socket", sock], capture_output=True,
+                               text=True, env=farm.env)
+            check(p.returncode == 0 and re.search(r"ss\s+github_scaleset\s+polling", p.stdout) and
+                  "jobs_assigned=" in p.stdout, f"agentlab pool status:\n{p.stdout}{p.stderr}")
+            print(p.stdout)
         fake.expire_mq_token()
         check(wait_for(lambda: "session " in farm.log() and " refreshed" in farm.log(), 30),
               "the 401 was not met with a refresh")
