@@ -256,6 +256,7 @@ def protocol(agentlabd):
     key = make_key(tmp)
     fake = ScalesetFake(contract(), REPO, app={"id": "424242", "key": key, "installation": 77})
     fake.hold_s = 0.5
+    fake.admin_ttl = 75  # admin tokens are replaced 60 s before exp: every ~15 s here
     fake.start()
     fake.conflict_next(2)
     farm = Farm(agentlabd, fake, tmp, run, state, key, image="no-such-image")
@@ -315,8 +316,12 @@ def protocol(agentlabd):
     check(rc == 0, f"agentlabd exited {rc} on SIGTERM")
     check(fake.sessions_deleted >= 1 and fake.session is None, "the session was not deleted")
     check(not fake.errors, "protocol violations:\n  " + "\n  ".join(fake.errors))
+    regs = fake.count("POST", r"^/actions/runner-registration$")
+    check(regs >= 2, f"{regs} runner-registrations: the short-lived admin token was not replaced")
+    check(not any(r[3] == 401 and "/tenant/" in r[2] and "acquirejobs" not in r[2]
+                  for r in fake.requests), "an expired admin token was used")
     fake.stop()
-    print(f"scaleset protocol: {len(fake.jits)} JIT runners for VMs that could not start, "
+    print(f"scaleset protocol: {regs} admin tokens, {len(fake.jits)} JIT runners for VMs that could not start, "
           f"{fake.conflicts_served} 409s, {fake.sessions_created} sessions, "
           f"{len(fake.requests)} requests")
     text = farm.log()
