@@ -18,6 +18,7 @@
 #include "runner/sources/github.h"
 #include "runner/sources/github_auth.h"
 #include "runner/sources/github_payload.h"
+#include "runner/sources/orphans.h"
 
 #define API_VERSION       "api-version=6.0-preview"
 #define REST_VERSION      "X-GitHub-Api-Version: 2022-11-28"
@@ -1923,30 +1924,15 @@ static const struct engine_observer observer = {
         .finished = on_finished,
 };
 
-/* Queued jobs of a previous agentlabd: their JIT configs died with it. */
+/* Queued jobs of a previous agentlabd: their JIT configs died with it
+ * (no job of this process exists yet when the source starts). */
 static void cancel_orphans(struct github_scaleset *g)
 {
-    struct store_job_filter f = {
-            .state = JOB_STATE_QUEUED, .source = JOB_SOURCE_GITHUB, .limit = STORE_LIST_MAX};
-    struct store_job_page page = {0};
-    struct al_error *err = NULL;
-    if (store_job_list(engine_store(g->e), &f, &page, &err) < 0) {
-        log_warn(NULL, "github %s: listing orphaned jobs: %s", g->name, al_error_message(err));
-        al_error_free(err);
-        return;
-    }
-    for (size_t i = 0; i < page.n; i++) {
-        const char *ref = page.jobs[i]->source_ref;
-        if (!ref || strncmp(ref, g->prefix, strlen(g->prefix)) != 0)
-            continue;
-        if (engine_cancel(g->e, page.jobs[i]->id, &err) == 0)
-            log_warn(page.jobs[i]->id,
-                     "github %s: cancelled: its JIT runner config was lost with the previous "
-                     "agentlabd",
-                     g->name);
-        err = al_error_free(err);
-    }
-    store_job_page_clear(&page);
+    char name[160];
+    snprintf(name, sizeof(name), "github %s", g->name);
+    orphans_cancel(g->e, JOB_SOURCE_GITHUB, name, NULL, NULL,
+                   "its JIT runner config was lost with the previous agentlabd (its runner is "
+                   "removed from the scale set at start)");
 }
 
 /* ------------------------------------------------------------ lifecycle */

@@ -10,7 +10,6 @@
 #include "runner/base/json_tree.h"
 #include "runner/base/util.h"
 
-DEFINE_CLEANUP_FUNC(struct yajl_val_s, yajl_tree_free)
 
 static void wipe_str(char *s)
 {
