@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runner/base/list.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 
@@ -16,7 +17,7 @@
 
 struct qcall {
     struct api_queue *q;
-    struct qcall *next;
+    struct al_list link; /* on api_queue.queued while waiting */
     char method[8];
     char *path;
     char *body;
@@ -34,7 +35,7 @@ struct api_queue {
     struct api_queue_params p;
     char *base;
     char *name;
-    struct qcall *head, *tail;
+    struct al_list queued;   /* FIFO: taken from the front */
     struct qcall **inflight; /* max_inflight slots */
     unsigned n_inflight;
     uint64_t blocked_until_ms; /* monotonic: no call before */
@@ -76,30 +77,18 @@ static void call_fail(struct qcall *c, int result, const char *why)
 
 static void push(struct api_queue *q, struct qcall *c, bool front)
 {
-    if (front) {
-        c->next = q->head;
-        q->head = c;
-        if (!q->tail)
-            q->tail = c;
-        return;
-    }
-    c->next = NULL;
-    if (q->tail)
-        q->tail->next = c;
+    if (front)
+        al_list_add(&q->queued, &c->link);
     else
-        q->head = c;
-    q->tail = c;
+        al_list_add_tail(&q->queued, &c->link);
 }
 
 static struct qcall *pop(struct api_queue *q)
 {
-    struct qcall *c = q->head;
-    if (c) {
-        q->head = c->next;
-        if (!q->head)
-            q->tail = NULL;
-        c->next = NULL;
-    }
+    if (al_list_empty(&q->queued))
+        return NULL;
+    struct qcall *c = al_list_first_entry(&q->queued, struct qcall, link);
+    al_list_del(&c->link);
     return c;
 }
 
@@ -268,7 +257,7 @@ static void pump(struct api_queue *q)
         fail_queued(q, "no credentials");
         return;
     }
-    while (q->head && q->n_inflight < q->p.max_inflight) {
+    while (!al_list_empty(&q->queued) && q->n_inflight < q->p.max_inflight) {
         uint64_t now = al_now_mono_ms();
         if (q->blocked_until_ms > now) {
             if (q->stopping) {
@@ -306,6 +295,7 @@ int api_queue_new(const struct api_queue_params *p, struct api_queue **ret, stru
     struct api_queue *q = calloc(1, sizeof(*q));
     if (!q)
         return al_error_set(err, ENOMEM, "out of memory");
+    al_list_init(&q->queued);
     q->p = *p;
     q->base = strdup(p->base);
     q->name = strdup(p->name ? p->name : "api");
@@ -341,6 +331,7 @@ void api_queue_call(struct api_queue *q, const char *method, char *path, char *b
         return;
     }
     c->q = q;
+    al_list_init(&c->link);
     snprintf(c->method, sizeof(c->method), "%s", method);
     c->path = path;
     c->body = body;
@@ -406,7 +397,7 @@ bool api_queue_refreshing(const struct api_queue *q)
 
 bool api_queue_busy(const struct api_queue *q)
 {
-    return q->head || q->n_inflight || q->refreshing;
+    return !al_list_empty(&q->queued) || q->n_inflight || q->refreshing;
 }
 
 static void on_timer_closed(uv_handle_t *h)

@@ -3,18 +3,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runner/base/list.h"
+
 struct transfer {
     CURL *easy;
     al_curl_done_cb cb;
     void *data;
-    struct transfer *next;
+    struct al_list link; /* on al_curl.transfers */
 };
 
 struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
     struct al_curl *owner;
-    struct sock_ctx *next;
+    struct al_list link; /* on al_curl.socks */
     bool closing;
 };
 
@@ -22,8 +24,8 @@ struct al_curl {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
-    struct transfer *transfers;
-    struct sock_ctx *socks;
+    struct al_list transfers; /* newest first */
+    struct al_list socks;     /* newest first; not those being closed */
     unsigned n_active;
     unsigned pending_closes;
     bool closing;
@@ -74,12 +76,7 @@ static void sock_close(struct sock_ctx *s)
     if (s->closing)
         return;
     s->closing = true;
-    for (struct sock_ctx **pp = &c->socks; *pp; pp = &(*pp)->next) {
-        if (*pp == s) {
-            *pp = s->next;
-            break;
-        }
-    }
+    al_list_del(&s->link);
     uv_poll_stop(&s->poll);
     c->pending_closes++;
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
@@ -87,10 +84,9 @@ static void sock_close(struct sock_ctx *s)
 
 static struct transfer *transfer_take(struct al_curl *c, CURL *easy)
 {
-    for (struct transfer **pp = &c->transfers; *pp; pp = &(*pp)->next) {
-        if ((*pp)->easy == easy) {
-            struct transfer *t = *pp;
-            *pp = t->next;
+    al_list_for_each(t, &c->transfers, struct transfer, link) {
+        if (t->easy == easy) {
+            al_list_del(&t->link);
             return t;
         }
     }
@@ -172,8 +168,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
             return -1;
         }
         s->poll.data = c;
-        s->next = c->socks;
-        c->socks = s;
+        al_list_add(&c->socks, &s->link);
         curl_multi_assign(c->multi, fd, s);
     }
 
@@ -206,6 +201,8 @@ int al_curl_new(uv_loop_t *loop, struct al_curl **ret, struct al_error **err)
     if (!c)
         return al_error_set(err, ENOMEM, "allocating the curl multi handle");
     c->loop = loop;
+    al_list_init(&c->transfers);
+    al_list_init(&c->socks);
     c->multi = curl_multi_init();
     if (!c->multi) {
         free(c);
@@ -235,16 +232,16 @@ int al_curl_add(struct al_curl *c, CURL *easy, al_curl_done_cb cb, void *data)
         free(t);
         return -EINVAL;
     }
-    t->next = c->transfers;
-    c->transfers = t;
+    al_list_add(&c->transfers, &t->link);
     c->n_active++;
     return 0;
 }
 
 void al_curl_cancel(struct al_curl *c, CURL *easy)
 {
-    for (struct transfer *t = c->transfers; t; t = t->next) {
+    al_list_for_each(t, &c->transfers, struct transfer, link) {
         if (t->easy == easy) {
+            /* finish() frees t: leave the walk at once */
             finish(c, easy, CURLE_ABORTED_BY_CALLBACK);
             return;
         }
@@ -260,15 +257,16 @@ void al_curl_close(struct al_curl *c, void (*close_cb)(void *data), void *data)
 {
     if (!c || c->closing)
         return;
-    while (c->transfers)
-        finish(c, c->transfers->easy, CURLE_ABORTED_BY_CALLBACK);
+    while (!al_list_empty(&c->transfers))
+        finish(c, al_list_first_entry(&c->transfers, struct transfer, link)->easy,
+               CURLE_ABORTED_BY_CALLBACK);
     c->closing = true;
     c->close_cb = close_cb;
     c->close_data = data;
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
-    while (c->socks)
-        sock_close(c->socks);
+    while (!al_list_empty(&c->socks))
+        sock_close(al_list_first_entry(&c->socks, struct sock_ctx, link));
     uv_timer_stop(&c->timer);
     c->pending_closes++;
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);

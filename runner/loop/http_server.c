@@ -13,6 +13,7 @@
 
 #include "runner/base/buf.h"
 #include "runner/base/hardlimits.h"
+#include "runner/base/list.h"
 
 #define READ_BUF_SIZE      (64u << 10)
 #define DEFAULT_MAX_CONNS  64
@@ -57,7 +58,7 @@ struct api_conn {
         uv_tcp_t tcp;
     } h;
     uv_timer_t timer;
-    struct api_conn *prev, *next;
+    struct al_list link; /* on api_server.conns */
     bool tcp;
     bool rejecting; /* over the connection limit: answer 503 and close */
     enum conn_state state;
@@ -84,7 +85,7 @@ struct api_server {
     bool have_tcp;
     int tcp_port;
     char *unix_path;
-    struct api_conn *conns;
+    struct al_list conns; /* newest first, until both handles are closed */
     unsigned n_conns;
     unsigned n_rejecting;
     int listeners_open;
@@ -609,12 +610,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
     if (--c->handles_open > 0)
         return;
     struct api_server *s = c->srv;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    al_list_del(&c->link);
     if (c->rejecting)
         s->n_rejecting--;
     else
@@ -683,10 +679,7 @@ static void on_connection(uv_stream_t *listener, int status)
     uv_timer_init(s->loop, &c->timer);
     c->timer.data = c;
     c->handles_open = 2;
-    c->next = s->conns;
-    if (s->conns)
-        s->conns->prev = c;
-    s->conns = c;
+    al_list_add(&s->conns, &c->link);
     http_req_parser_init(&c->parser,
                          &(struct http_limits){.max_header_bytes = s->lim.max_header_bytes,
                                                .max_headers = s->lim.max_headers,
@@ -860,6 +853,7 @@ int api_server_new(const struct api_server_params *p, struct api_server **ret,
     struct api_server *s = calloc(1, sizeof(*s));
     if (!s)
         return al_error_set(err, ENOMEM, "api server");
+    al_list_init(&s->conns);
     s->loop = p->loop;
     s->handler = p->handler;
     s->handler_data = p->handler_data;
@@ -915,7 +909,7 @@ int api_server_tcp_port(const struct api_server *s)
 
 static void maybe_finish_stop(struct api_server *s)
 {
-    if (!s->stopping || s->listeners_open || s->conns)
+    if (!s->stopping || s->listeners_open || !al_list_empty(&s->conns))
         return;
     void (*done)(void *) = s->stopped;
     void *data = s->stopped_data;
@@ -937,7 +931,9 @@ void api_server_stop(struct api_server *s, void (*done)(void *data), void *data)
     }
     if (s->have_tcp)
         uv_close((uv_handle_t *)&s->tcp_listener, on_listener_closed);
-    for (struct api_conn *c = s->conns; c; c = c->next)
+    /* conn_close() only starts closing: c stays on the list until its
+     * close callbacks run */
+    al_list_for_each(c, &s->conns, struct api_conn, link)
         conn_close(c);
     maybe_finish_stop(s);
 }

@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "runner/base/list.h"
+
 enum rec_kind { REC_HANDLE, REC_TIMER };
 
 struct rec {
@@ -29,8 +31,8 @@ struct rec {
     } uv;
     bool uv_inited;
     bool uv_closing;
-    bool firing; /* inside this timer's callback */
-    struct rec *next;
+    bool firing;         /* inside this timer's callback */
+    struct al_list link; /* on ev.recs, under the lock */
 };
 
 static struct {
@@ -38,12 +40,16 @@ static struct {
     uv_thread_t loop_thread;
     uv_async_t wake;
     pthread_mutex_t lock;
-    struct rec *recs;
+    struct al_list recs; /* newest first */
     int next_id;
     bool registered;
     bool shut_down;
     unsigned n_handles, n_timers;
-} ev = {.lock = PTHREAD_MUTEX_INITIALIZER, .next_id = 1};
+} ev = {
+        .lock = PTHREAD_MUTEX_INITIALIZER,
+        .recs = {.next = &ev.recs, .prev = &ev.recs},
+        .next_id = 1,
+};
 
 static bool on_loop_thread(void)
 {
@@ -53,21 +59,11 @@ static bool on_loop_thread(void)
 
 static struct rec *find(enum rec_kind kind, int id)
 {
-    for (struct rec *r = ev.recs; r; r = r->next) {
+    al_list_for_each(r, &ev.recs, struct rec, link) {
         if (r->kind == kind && r->id == id && !r->removed)
             return r;
     }
     return NULL;
-}
-
-static void unlink_rec(struct rec *r)
-{
-    for (struct rec **pp = &ev.recs; *pp; pp = &(*pp)->next) {
-        if (*pp == r) {
-            *pp = r->next;
-            return;
-        }
-    }
 }
 
 static void on_closed(uv_handle_t *h)
@@ -120,7 +116,7 @@ static bool apply_one(struct rec *r)
 {
     r->dirty = false;
     if (r->removed) {
-        unlink_rec(r);
+        al_list_del(&r->link);
         if (r->uv_inited) {
             if (r->kind == REC_HANDLE)
                 uv_poll_stop(&r->uv.poll);
@@ -177,7 +173,8 @@ static void apply_all(void)
     bool again = true;
     while (again) {
         again = false;
-        for (struct rec *r = ev.recs; r; r = r->next) {
+        al_list_for_each(r, &ev.recs, struct rec, link) {
+            /* apply_one() returning true unlinked r: leave before stepping on */
             if (r->dirty && apply_one(r)) {
                 again = true; /* list changed under us */
                 break;
@@ -233,8 +230,7 @@ static struct rec *rec_new(enum rec_kind kind)
     r->id = ev.next_id++;
     if (ev.next_id <= 0)
         ev.next_id = 1;
-    r->next = ev.recs;
-    ev.recs = r;
+    al_list_add(&ev.recs, &r->link);
     return r;
 }
 
@@ -361,7 +357,7 @@ void al_virt_event_shutdown(void)
         return;
     pthread_mutex_lock(&ev.lock);
     ev.shut_down = true;
-    for (struct rec *r = ev.recs; r; r = r->next) {
+    al_list_for_each(r, &ev.recs, struct rec, link) {
         if (!r->removed) {
             r->removed = true;
             if (r->kind == REC_HANDLE)
