@@ -175,6 +175,22 @@ static void test_fifo_and_inflight_cap(void **state)
     fixture_down(&f);
 }
 
+static void test_one_at_a_time_keeps_order(void **state)
+{
+    (void)state;
+    struct fixture f;
+    fixture_up(&f, 20, 1, "good");
+    struct result r = {0};
+    for (int i = 0; i < 5; i++)
+        call(&f, &r, i, "/x");
+    run_until(&f, &r, 5);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(r.order[i], i);
+        assert_int_equal(r.status[i], 200);
+    }
+    fixture_down(&f);
+}
+
 static void test_rate_limit_holds_and_repeats(void **state)
 {
     (void)state;
@@ -240,6 +256,10 @@ static void test_stop_cancels_queued(void **state)
     run_until(&f, &r, 3);
     for (int i = 0; i < 3; i++)
         assert_int_equal(r.codes[i], -ECANCELED);
+    /* the queued ones fail oldest first, then the one in flight is cancelled */
+    assert_int_equal(r.order[0], 1);
+    assert_int_equal(r.order[1], 2);
+    assert_int_equal(r.order[2], 0);
     /* calls after a stop still go, with the final timeout */
     call(&f, &r, 3, "/x");
     run_until(&f, &r, 4);
@@ -253,6 +273,7 @@ int main(void)
     assert_int_equal(al_curl_global_init(), 0);
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_fifo_and_inflight_cap),
+            cmocka_unit_test(test_one_at_a_time_keeps_order),
             cmocka_unit_test(test_rate_limit_holds_and_repeats),
             cmocka_unit_test(test_auth_refresh_and_401),
             cmocka_unit_test(test_stop_cancels_queued),
