@@ -308,6 +308,19 @@ static int validate(struct engine *e, struct job_spec *spec, struct al_error **e
     return 0;
 }
 
+int engine_check(struct engine *e, struct job_spec *spec, struct al_error **err)
+{
+    int r = job_spec_apply_defaults(spec, e->cfg, err);
+    return r < 0 ? r : validate(e, spec, err);
+}
+
+void engine_set_gate(struct engine *e, bool (*gate)(const char *job_id, void *data), void *data)
+{
+    e->gate = gate;
+    e->gate_data = data;
+    kick(e);
+}
+
 int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_submit *opts,
                   char ret_id[STORE_JOB_ID_SIZE], struct al_error **err)
 {

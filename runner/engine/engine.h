@@ -87,6 +87,15 @@ struct engine_submit {
 int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_submit *opts,
                   char ret_id[STORE_JOB_ID_SIZE], struct al_error **err);
 
+/* What engine_submit() checks before it stores anything (defaults are
+ * applied to spec), for callers that accept many jobs all or nothing. */
+int engine_check(struct engine *e, struct job_spec *spec, struct al_error **err);
+
+/* A gate the scheduler asks before it starts a queued job (batch.c's
+ * max_parallel): false leaves the job queued and lets later jobs go. One
+ * gate; NULL removes it. */
+void engine_set_gate(struct engine *e, bool (*gate)(const char *job_id, void *data), void *data);
+
 /* Cancels a job in any non-terminal phase. -ENOENT for an unknown job,
  * -EALREADY when it is already terminal. */
 int engine_cancel(struct engine *e, const char *job_id, struct al_error **err);

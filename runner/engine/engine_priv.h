@@ -119,6 +119,9 @@ struct engine {
     void (*stopped)(void *data);
     void *stopped_data;
     int backends_closing;
+    /* batches' max_parallel (batch.c) */
+    bool (*gate)(const char *job_id, void *data);
+    void *gate_data;
 };
 
 /* ---- engine.c: jobs, the queue, observers */

@@ -303,6 +303,8 @@ void schedule(struct engine *e)
     if (!e->started || e->stopping || e->reconcile_only)
         return;
     al_list_for_each_safe(j, next, &e->queue, struct ejob, link) {
+        if (e->gate && !e->gate(j->id, e->gate_data))
+            continue;
         struct warm_vm *w = warm_take(e, j);
         if (w) {
             al_list_del(&j->link);

@@ -15,6 +15,7 @@
 #include "runner/base/buf.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
+#include "runner/engine/store_batch.h"
 #include "runner/engine/store_priv.h"
 
 /* PRAGMA application_id of an agentlab database: "alab". */
@@ -105,6 +106,9 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 
         /* 2 -> 3: the hard limits a job ran into (bits of enum al_limit) */
         "ALTER TABLE jobs ADD COLUMN limits INTEGER NOT NULL DEFAULT 0;",
+
+        /* 3 -> 4: batches (store_batch.c) */
+        STORE_BATCH_SCHEMA_SQL,
 };
 
 /* ---- open, migrate, close ----------------------------------------------- */
@@ -336,6 +340,11 @@ struct store *store_close(struct store *s)
     pthread_mutex_destroy(&s->sync_lock);
     free(s);
     return NULL;
+}
+
+sqlite3 *store_sqlite(struct store *s)
+{
+    return s->db;
 }
 
 int store_schema_version(struct store *s)

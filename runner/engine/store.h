@@ -59,7 +59,7 @@
 #define STORE_LIST_DEFAULT 50
 #define STORE_LIST_MAX     1000
 /* Version of the schema this build creates and migrates to. */
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 
 struct store;
 

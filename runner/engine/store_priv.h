@@ -87,10 +87,13 @@ struct store {
  * code must survive even when err is NULL. */
 #define WRAP(r, err, ...) (al_error_wrap((err), __VA_ARGS__), (r))
 
-/* A write transaction that rolls back unless committed. */
+/* A write transaction that rolls back unless committed. Inside a
+ * transaction someone else opened (store_batch.c), it is a no-op: the outer
+ * one commits or rolls back everything. */
 struct tx {
     struct store *s;
     bool open;
+    bool nested;
 };
 
 struct job_row_state {

@@ -239,6 +239,10 @@ int step_done(struct store *s, enum stmt_id id, struct al_error **err)
 
 int tx_begin(struct store *s, struct tx *tx, struct al_error **err)
 {
+    if (!sqlite3_get_autocommit(s->db)) {
+        *tx = (struct tx){.s = s, .nested = true};
+        return 0;
+    }
     /* prepare ROLLBACK first so tx_endp never has to prepare */
     if (!stmt_get(s, ST_ROLLBACK, err))
         return -EIO;
@@ -251,6 +255,8 @@ int tx_begin(struct store *s, struct tx *tx, struct al_error **err)
 
 int tx_commit(struct tx *tx, struct al_error **err)
 {
+    if (tx->nested)
+        return 0;
     int r = step_done(tx->s, ST_COMMIT, err);
     if (r < 0)
         return r; /* tx_endp rolls back */
