@@ -9,6 +9,8 @@
 
 #include "runner/base/log.h"
 #include "runner/base/util.h"
+#include "runner/engine/batch.h"
+#include "runner/api/batches.h"
 #include "runner/api/info.h"
 #include "runner/api/jobs.h"
 #include "runner/api/json.h"
@@ -49,6 +51,11 @@ static const api_endpoint_fn endpoints[ROUTE_COUNT] = {
         [ROUTE_STATUS] = api_status,
         [ROUTE_GC] = api_gc,
         [ROUTE_UPLOAD] = api_upload_finish,
+        [ROUTE_BATCH_SUBMIT] = api_batch_submit,
+        [ROUTE_BATCH_LIST] = api_batch_list,
+        [ROUTE_BATCH_SHOW] = api_batch_show,
+        [ROUTE_BATCH_CANCEL] = api_batch_cancel,
+        [ROUTE_BATCH_JOBS] = api_batch_jobs,
 };
 
 /* ------------------------------------------------------------ helpers */
@@ -118,6 +125,9 @@ static int on_headers(struct api_req *r, void *data, char *msg, size_t msg_size)
         return api_upload_begin(&a->ctx, r, msg, msg_size);
     case ROUTE_JOB_SUBMIT:
         api_req_set_body(r, JOB_SPEC_MAX_BYTES, NULL, NULL);
+        return 0;
+    case ROUTE_BATCH_SUBMIT:
+        api_req_set_body(r, BATCH_MAX_BYTES, NULL, NULL);
         return 0;
     default:
         api_req_set_body(r, SMALL_BODY_LIMIT, NULL, NULL);
@@ -250,6 +260,7 @@ static struct api *api_free(struct api *a)
 {
     if (!a)
         return NULL;
+    batches_free(a->ctx.batches);
     api_metrics_free(a->ctx.metrics);
     free(a->ctx.uploads_dir);
     for (size_t i = 0; i < a->ctx.n_source_failures; i++) {
@@ -324,6 +335,8 @@ int api_new(const struct api_params *p, struct api **ret, struct al_error **err)
         r = api_metrics_new(ctx->store, &ctx->metrics, err);
     if (r == 0 && !(ctx->streams = api_streams_new(ctx)))
         r = al_error_set(err, ENOMEM, "api");
+    if (r == 0)
+        r = batches_new(p->engine, ctx->store, &ctx->batches, err);
     if (r == 0)
         r = api_server_new(&sp, &ctx->server, err);
     if (r < 0) {
@@ -452,6 +465,7 @@ void api_stop(struct api *a, void (*done)(void *data), void *data)
     a->stopped_data = data;
     engine_unobserve(a->ctx.engine, a->watch);
     a->watch = NULL;
+    a->ctx.batches = batches_free(a->ctx.batches);
     api_gc_forget(&a->ctx);
     api_server_stop(a->ctx.server, on_server_stopped, a);
 }

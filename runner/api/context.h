@@ -16,6 +16,7 @@
 #include "runner/loop/http_server.h"
 
 struct api_metrics;
+struct batches;
 struct api_streams;
 struct api_source_status;
 
@@ -54,6 +55,8 @@ struct api_ctx {
     size_t n_reporters;
     /* the POST /v1/gc waiting for its sweep (one sweep runs at a time) */
     struct pending_gc *gc_pending;
+    /* batches' cap tracking (runner/engine/batch.h) */
+    struct batches *batches;
 };
 
 /* An endpoint: answers r now or later (see server.h). */

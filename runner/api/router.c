@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "runner/base/macro.h"
+#include "runner/engine/store_batch.h"
 
 /* A path pattern: literal segments, "{id}" for a job id, "{path}" for the
  * rest of the path as an artifact path. */
@@ -32,6 +33,11 @@ static const struct route routes[] = {
         {HTTP_GET, "/v1/status", ROUTE_STATUS},
         {HTTP_POST, "/v1/gc", ROUTE_GC},
         {HTTP_PUT, "/v1/uploads", ROUTE_UPLOAD},
+        {HTTP_POST, "/v1/batches", ROUTE_BATCH_SUBMIT},
+        {HTTP_GET, "/v1/batches", ROUTE_BATCH_LIST},
+        {HTTP_GET, "/v1/batches/{bid}", ROUTE_BATCH_SHOW},
+        {HTTP_POST, "/v1/batches/{bid}/cancel", ROUTE_BATCH_CANCEL},
+        {HTTP_GET, "/v1/batches/{bid}/jobs", ROUTE_BATCH_JOBS},
 };
 
 static const char *const names[ROUTE_COUNT] = {
@@ -56,6 +62,11 @@ static const char *const names[ROUTE_COUNT] = {
         [ROUTE_STATUS] = "status",
         [ROUTE_GC] = "gc",
         [ROUTE_UPLOAD] = "upload",
+        [ROUTE_BATCH_SUBMIT] = "batch_submit",
+        [ROUTE_BATCH_LIST] = "batch_list",
+        [ROUTE_BATCH_SHOW] = "batch_show",
+        [ROUTE_BATCH_CANCEL] = "batch_cancel",
+        [ROUTE_BATCH_JOBS] = "batch_jobs",
 };
 
 const char *route_name(enum route_id id)
@@ -127,6 +138,21 @@ static int match_pattern(const char *pattern, const char *path, struct route_mat
             ret->job_id[len] = '\0';
             s += len;
             p += 4;
+            continue;
+        }
+        if (strncmp(p, "{bid}", 5) == 0) {
+            size_t len = strcspn(s, "/");
+            if (len == 0)
+                return 0;
+            if (!store_batch_id_is_valid(s, len)) {
+                snprintf(ret->message, sizeof(ret->message),
+                         "bad batch id: expected \"b\" and 20 lower-case hex digits");
+                return -1;
+            }
+            memcpy(ret->batch_id, s, len);
+            ret->batch_id[len] = '\0';
+            s += len;
+            p += 5;
             continue;
         }
         if (strcmp(p, "{path}") == 0) {

@@ -37,6 +37,11 @@ enum route_id {
     ROUTE_STATUS,        /* GET /v1/status */
     ROUTE_GC,            /* POST /v1/gc */
     ROUTE_UPLOAD,        /* PUT /v1/uploads */
+    ROUTE_BATCH_SUBMIT,  /* POST /v1/batches */
+    ROUTE_BATCH_LIST,    /* GET /v1/batches */
+    ROUTE_BATCH_SHOW,    /* GET /v1/batches/{bid} */
+    ROUTE_BATCH_CANCEL,  /* POST /v1/batches/{bid}/cancel */
+    ROUTE_BATCH_JOBS,    /* GET /v1/batches/{bid}/jobs */
     ROUTE_COUNT,
 };
 
@@ -48,6 +53,7 @@ enum route_id {
 struct route_match {
     enum route_id id;
     char job_id[STORE_JOB_ID_SIZE];             /* routes under /v1/jobs/{id} */
+    char batch_id[STORE_JOB_ID_SIZE];           /* routes under /v1/batches/{bid} */
     char artifact[ROUTE_MAX_ARTIFACT_PATH + 1]; /* ROUTE_JOB_ARTIFACT: relative, checked */
     char allow[64];                             /* ROUTE_METHOD_NOT_ALLOWED: "GET, POST" */
     char message[160];                          /* ROUTE_BAD_PARAM */
