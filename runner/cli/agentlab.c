@@ -74,6 +74,7 @@ static const struct cli_command commands[] = {
         {"gc", "destroy leftover VMs and disks; recover after a crash", cmd_gc},
         {"config", "show the effective configuration", cmd_config},
         {"job", "submit, list, show, follow, cancel jobs; artifacts; validate specs", cmd_job},
+        {"batch", "submit many jobs at once, watch them, collect their results", cmd_batch},
         {"pool", "backends and pools of the running daemon: capacity, health", cmd_pool},
         {"vm", "VMs the running daemon owns", cmd_vm},
         {"image", "build, list, inspect and remove golden images", cmd_image},
