@@ -332,6 +332,7 @@ int batch_parse(const char *data, size_t len, const struct batch_options *o,
                 items.v = v;
                 cap = ncap;
             }
+            items.v[items.n] = (struct batch_item){0};
             r = parse_line(p, line_end, line, o, &items.v[items.n], err);
             if (r == 0 || items.v[items.n].spec)
                 items.n++;
