@@ -399,3 +399,66 @@ void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_m
     }
     json_reply(r, 200, g);
 }
+
+/* ------------------------------------------------------------ metrics */
+
+#define METRICS_BATCHES   50
+#define METRICS_RECENT_MS (3600 * 1000)
+
+int api_batches_metrics(struct api_ctx *ctx, struct al_buf *out)
+{
+    struct store_batch *v = NULL;
+    size_t n = 0;
+    struct al_error *err = NULL;
+    int r = store_batch_list(ctx->store, METRICS_BATCHES, &v, &n, &err);
+    al_error_free(err);
+    if (r < 0)
+        return r;
+    int64_t now = al_now_wall_ms();
+    bool *shown = calloc(n ? n : 1, sizeof(bool));
+    if (!shown) {
+        store_batches_free(v, n);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned live = v[i].by_state[JOB_STATE_QUEUED] + v[i].by_state[JOB_STATE_PROVISIONING] +
+                        v[i].by_state[JOB_STATE_BOOTING] + v[i].by_state[JOB_STATE_RUNNING];
+        shown[i] = live > 0 || now - v[i].last_update_ms < METRICS_RECENT_MS;
+    }
+    r = al_buf_puts(out, "# HELP agentlab_batch_jobs Jobs of a batch by state.\n"
+                         "# TYPE agentlab_batch_jobs gauge\n");
+    for (size_t i = 0; i < n; i++) {
+        for (int st = 0; shown[i] && st < JOB_STATE_COUNT; st++)
+            r |= al_buf_printf(out, "agentlab_batch_jobs{batch=\"%s\",name=\"%s\",state=\"%s\"} %u\n",
+                               v[i].id, v[i].name, job_state_to_string((enum job_state)st),
+                               v[i].by_state[st]);
+    }
+    r |= al_buf_puts(out, "# HELP agentlab_batch_jobs_submitted Jobs submitted in a batch.\n"
+                          "# TYPE agentlab_batch_jobs_submitted gauge\n");
+    for (size_t i = 0; i < n; i++) {
+        if (shown[i])
+            r |= al_buf_printf(out, "agentlab_batch_jobs_submitted{batch=\"%s\",name=\"%s\"} %u\n",
+                               v[i].id, v[i].name, v[i].total);
+    }
+    r |= al_buf_puts(out, "# HELP agentlab_batch_throughput_jobs_per_second Ended jobs of a batch "
+                          "per second since it was submitted.\n"
+                          "# TYPE agentlab_batch_throughput_jobs_per_second gauge\n");
+    for (size_t i = 0; i < n; i++) {
+        if (!shown[i])
+            continue;
+        const unsigned *s = v[i].by_state;
+        unsigned done = s[JOB_STATE_SUCCEEDED] + s[JOB_STATE_FAILED] + s[JOB_STATE_TIMED_OUT] +
+                        s[JOB_STATE_CANCELED] + s[JOB_STATE_ERROR];
+        unsigned live = s[JOB_STATE_QUEUED] + s[JOB_STATE_PROVISIONING] + s[JOB_STATE_BOOTING] +
+                        s[JOB_STATE_RUNNING];
+        int64_t end = live ? now : v[i].last_update_ms;
+        double secs = (double)(end - v[i].created_ms) / 1000.0;
+        r |= al_buf_printf(out,
+                           "agentlab_batch_throughput_jobs_per_second{batch=\"%s\",name=\"%s\"} "
+                           "%.3f\n",
+                           v[i].id, v[i].name, secs > 0 ? (double)done / secs : 0.0);
+    }
+    free(shown);
+    store_batches_free(v, n);
+    return r < 0 ? -ENOMEM : 0;
+}

@@ -19,6 +19,7 @@
 #ifndef AL_API_BATCHES_H
 #define AL_API_BATCHES_H
 
+#include "runner/base/buf.h"
 #include "runner/api/context.h"
 
 void api_batch_submit(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
@@ -26,5 +27,17 @@ void api_batch_list(struct api_ctx *ctx, struct api_req *r, const struct route_m
 void api_batch_show(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
 void api_batch_cancel(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
 void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
+
+/* Appends the metrics of the batches that have not finished, or finished
+ * within the last hour (the newest 50 batches at most), to a /metrics page:
+ *
+ *   agentlab_batch_jobs{batch,name,state}             jobs by state (gauge)
+ *   agentlab_batch_jobs_submitted{batch,name}         jobs in the batch
+ *   agentlab_batch_throughput_jobs_per_second{batch,name}
+ *                                                     ended jobs / time since
+ *                                                     submission (to the last
+ *                                                     change once finished)
+ */
+int api_batches_metrics(struct api_ctx *ctx, struct al_buf *out);
 
 #endif

@@ -10,6 +10,7 @@
 #include "runner/base/util.h"
 #include "images/catalog.h"
 #include "runner/api/api.h"
+#include "runner/api/batches.h"
 #include "runner/api/json.h"
 #include "runner/api/metrics.h"
 #include "runner/api/status_page.h"
@@ -169,7 +170,7 @@ void api_metrics(struct api_ctx *ctx, struct api_req *r, const struct route_matc
     _cleanup_buf_ struct al_buf out = AL_BUF_INIT;
     if (api_metrics_render(ctx->metrics, ctx->engine, ctx->server, ctx->cfg->agent.state_dir,
                            &out) < 0 ||
-        render_source_metrics(ctx, &out) < 0) {
+        render_source_metrics(ctx, &out) < 0 || api_batches_metrics(ctx, &out) < 0) {
         api_reply_error(r, 500, "internal", "rendering metrics failed");
         return;
     }

@@ -62,6 +62,15 @@ def api_get(sock, path):
     return json.loads(body)
 
 
+def api_text(sock, path):
+    c = UnixHTTP(sock)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read().decode()
+    c.close()
+    return r.status, body
+
+
 def all_events(sock):
     out, after = [], 0
     while True:
@@ -211,6 +220,15 @@ def run(env, sock, tmp, outdir):
     check(suite.get("tests") == "200" and suite.get("failures") == "5"
           and suite.get("errors") == "0" and len(suite.findall("testcase")) == 200
           and len(suite.findall("testcase/failure")) == 5, "JUnit counts match")
+
+    status, metrics = api_text(sock, "/metrics")
+    check(status == 200 and
+          f'agentlab_batch_jobs{{batch="{bid}",name="nightly",state="SUCCEEDED"}} 195' in metrics
+          and f'agentlab_batch_jobs{{batch="{bid}",name="nightly",state="FAILED"}} 5' in metrics
+          and f'agentlab_batch_jobs_submitted{{batch="{bid}",name="nightly"}} 200' in metrics
+          and re.search(r'agentlab_batch_throughput_jobs_per_second\{batch="%s",name="nightly"\} '
+                        r'[1-9][0-9.]*' % bid, metrics) is not None,
+          "/metrics has the batch's jobs by state, its size and throughput")
 
     rc, out, _ = cli(env, "batch", "show", bid)
     check(rc == 0 and "passed        195" in out and "finished:     yes" in out,
