@@ -45,7 +45,7 @@ def timed(env, *args, stdin=None):
 def start(tmp, vms):
     state = os.path.join(tmp, f"state-{vms}")
     d = subprocess.Popen([FAKED, state, str(vms), "0"], stdout=subprocess.PIPE, text=True)
-    if d.stdout.readline().strip() != "ready":
+    if not d.stdout.readline().startswith("ready"):
         raise RuntimeError("fake_agentlabd did not start")
     env = dict(os.environ, AGENTLAB_SOCKET=os.path.join(state, "api.sock"))
     return d, env

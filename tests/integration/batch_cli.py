@@ -30,6 +30,7 @@ import time
 import xml.etree.ElementTree as ET
 
 FAKED, CLI, XSD = sys.argv[1:4]
+TOKEN = "batch-cli-token-0123456789"
 failures = []
 passes = []
 
@@ -127,14 +128,14 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     state = os.path.join(tmp, "state")
     sock = os.path.join(state, "api.sock")
-    daemon = subprocess.Popen([FAKED, state, "8", "2"], stdout=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen([FAKED, state, "8", "2", TOKEN], stdout=subprocess.PIPE, text=True)
     try:
-        line = daemon.stdout.readline()
-        if line.strip() != "ready":
+        line = daemon.stdout.readline().split()
+        if not line or line[0] != "ready":
             raise RuntimeError("fake_agentlabd did not start")
         env = dict(os.environ, AGENTLAB_SOCKET=sock)
         env.pop("AGENTLAB_URL", None)
-        run(env, sock, tmp, outdir)
+        run(env, sock, tmp, outdir, int(line[1]))
     finally:
         daemon.terminate()
         rc = daemon.wait(timeout=30)
@@ -142,7 +143,16 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(env, sock, tmp, outdir):
+def browse(tmp, url, *args):
+    """Headless Chromium on the status page, as tests/integration/status_page.sh does."""
+    profile = tempfile.mkdtemp(dir=tmp, prefix="chromium.")
+    p = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--user-data-dir=" + profile, "--virtual-time-budget=5000", *args, url],
+                       capture_output=True, text=True, timeout=90)
+    return p.stdout
+
+
+def run(env, sock, tmp, outdir, port):
     # ---- a bad line refuses the whole batch
     bad = "\n".join([spec("ok"), spec("ok"), json.dumps(
         {"command": ["x"], "resources": {"cpus": "two"}}), spec("ok")]) + "\n"
@@ -293,6 +303,18 @@ def run(env, sock, tmp, outdir):
     rc, out, err = cli(env, "batch", "submit", "--name", "hung", "--max-parallel", "1", "-",
                        stdin=hung)
     hid = out.strip()
+    if shutil.which("chromium"):
+        url = f"http://127.0.0.1:{port}/#token={TOKEN}"
+        dom = browse(tmp, url, "--dump-dom")
+        row = re.search(r'<tr data-batch="%s">(.*?)</tr>' % hid, dom, re.S)
+        text = re.sub(r"<[^>]+>", "|", row.group(1)) if row else ""
+        check(row is not None and "|hung|" in text and "0 / 3" in text and "|1||0|" not in text
+              and re.search(r"\|1\|\|2\|", text) is not None,
+              f"the status page shows the running batch with its progress ({text[:120]})")
+        browse(tmp, url, "--screenshot=" + os.path.join(outdir, "status_page_batches.png"),
+               "--window-size=1280,900")
+    else:
+        check(False, "chromium is installed (scripts/setup.sh) for the status page check")
     rc, out, err = cli(env, "batch", "cancel", hid)
     check(rc == 0 and "cancel requested for 3 jobs" in out, f"cancel: {out.strip()} {err}")
     rc, out, err = cli(env, "batch", "watch", hid)

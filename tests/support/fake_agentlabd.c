@@ -1,9 +1,10 @@
 /* agentlabd on the simulated hypervisor (fake_backend.h), for tests that
  * drive the real CLI against the real API and engine without VMs.
  *
- * Usage: fake_agentlabd STATE_DIR [MAX_VMS [DELAY_MS]]
- * Listens on STATE_DIR/api.sock, prints "ready" on stdout once it accepts
- * connections, and stops cleanly on SIGTERM or SIGINT. Jobs use image
+ * Usage: fake_agentlabd STATE_DIR [MAX_VMS [DELAY_MS [TOKEN]]]
+ * Listens on STATE_DIR/api.sock (and with TOKEN on 127.0.0.1, any free
+ * port, that token required), prints "ready PORT" (0 without TCP) on stdout
+ * once it accepts connections, and stops cleanly on SIGTERM or SIGINT. Jobs use image
  * "micro"; their env drives the fake (FAKE=ok|fail:N|hang|stream:N|error). */
 #include <signal.h>
 #include <stdio.h>
@@ -56,14 +57,14 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
         fprintf(stderr, "fake_agentlabd: %s\n", al_error_message(err));
         exit(1);
     }
-    printf("ready\n");
+    printf("ready %d\n", api_tcp_port(d->api));
     fflush(stdout);
 }
 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: fake_agentlabd STATE_DIR [MAX_VMS [DELAY_MS]]\n");
+        fprintf(stderr, "usage: fake_agentlabd STATE_DIR [MAX_VMS [DELAY_MS [TOKEN]]]\n");
         return 2;
     }
     const char *dir = argv[1];
@@ -99,6 +100,11 @@ int main(int argc, char **argv)
                                .store = store,
                                .owner_id = "daemon:00000000000000000000000000000003"};
     struct api_params ap = {.loop = &d.loop, .cfg = cfg, .unix_path = sock};
+    if (argc > 4) {
+        ap.tcp_host = "127.0.0.1";
+        ap.tcp_port = 0;
+        ap.token = argv[4];
+    }
     if (engine_new(&ep, &d.engine, &err) < 0 ||
         (ap.engine = d.engine, api_new(&ap, &d.api, &err) < 0)) {
         fprintf(stderr, "fake_agentlabd: %s\n", al_error_message(err));
