@@ -59,6 +59,8 @@ bool store_batch_id_is_valid(const char *s, size_t len)
     return true;
 }
 
+static void make_batch_id(char out[STORE_BATCH_ID_SIZE]);
+
 /* ---- the submit transaction --------------------------------------------- */
 
 void store_batch_rollback(struct store_batch_tx *tx)
@@ -81,13 +83,7 @@ int store_batch_begin(struct store *s, const char *name, unsigned max_parallel, 
     if (!tx)
         return al_error_set(err, ENOMEM, "storing the batch");
     tx->s = s;
-    uint32_t seq;
-    if (al_random_bytes(&seq, sizeof(seq)) < 0) {
-        free(tx);
-        return al_error_set(err, EIO, "storing the batch: no random bytes for the id");
-    }
-    snprintf(tx->id, sizeof(tx->id), "b%012" PRIx64 "%08" PRIx32,
-             (uint64_t)al_now_wall_ms() & UINT64_C(0xffffffffffff), seq);
+    make_batch_id(tx->id);
 
     int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
@@ -385,6 +381,103 @@ int store_batch_live_jobs(struct store *s, const char *batch_id,
     if (rc != SQLITE_DONE)
         return db_error(db, rc, err, "listing the batch's live jobs");
     return 0;
+}
+
+static void make_batch_id(char out[STORE_BATCH_ID_SIZE])
+{
+    uint32_t seq = 0;
+    al_random_bytes(&seq, sizeof(seq));
+    snprintf(out, STORE_BATCH_ID_SIZE, "b%012" PRIx64 "%08" PRIx32,
+             (uint64_t)al_now_wall_ms() & UINT64_C(0xffffffffffff), seq);
+}
+
+static int exec_step(sqlite3 *db, sqlite3_stmt *st, struct al_error **err, const char *what)
+{
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return db_error(db, rc, err, what);
+    return rc == SQLITE_ROW ? 1 : 0;
+}
+
+int store_batch_tag(struct store *s, const char *name, const char *job_id, const char *params,
+                    char ret_id[STORE_BATCH_ID_SIZE], struct al_error **err)
+{
+    sqlite3 *db = store_sqlite(s);
+    bool own = sqlite3_get_autocommit(db);
+    if (own) {
+        int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            return db_error(db, rc, err, "tagging a job with its batch");
+    }
+    char id[STORE_BATCH_ID_SIZE] = "";
+    int64_t total = 0;
+    int r;
+    {
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = prepare(db,
+                    "SELECT id, total FROM batches WHERE name = ?1 AND tagged = 1 "
+                    "ORDER BY id DESC LIMIT 1",
+                    &st, err);
+        if (r == 0) {
+            sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+            r = exec_step(db, st, err, "finding the tagged batch");
+            if (r == 1) {
+                snprintf(id, sizeof(id), "%s", (const char *)sqlite3_column_text(st, 0));
+                total = sqlite3_column_int64(st, 1);
+                r = 0;
+            }
+        }
+    }
+    if (r == 0 && !id[0]) {
+        make_batch_id(id);
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = prepare(db,
+                    "INSERT INTO batches (id, name, created_ms, max_parallel, total, tagged) "
+                    "VALUES (?1, ?2, ?3, 0, 0, 1)",
+                    &st, err);
+        if (r == 0) {
+            sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, al_now_wall_ms());
+            r = exec_step(db, st, err, "creating the tagged batch");
+        }
+    }
+    if (r == 0) {
+        _cleanup_free_ char *safe = params ? al_redact(params, strlen(params), NULL) : NULL;
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = prepare(db,
+                    "INSERT INTO batch_jobs (batch_id, idx, job_id, params) "
+                    "VALUES (?1, ?2, ?3, ?4)",
+                    &st, err);
+        if (r == 0) {
+            sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, total + 1);
+            sqlite3_bind_text(st, 3, job_id, -1, SQLITE_STATIC);
+            if (safe)
+                sqlite3_bind_text(st, 4, safe, -1, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(st, 4);
+            r = exec_step(db, st, err, "tagging a job with its batch");
+        }
+    }
+    if (r == 0) {
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = prepare(db, "UPDATE batches SET total = total + 1 WHERE id = ?1", &st, err);
+        if (r == 0) {
+            sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+            r = exec_step(db, st, err, "counting the tagged batch");
+        }
+    }
+    if (own) {
+        int rc = sqlite3_exec(db, r == 0 ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+        if (r == 0 && rc != SQLITE_OK) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            r = db_error(db, rc, err, "tagging a job with its batch");
+        }
+    }
+    if (r == 0 && ret_id)
+        memcpy(ret_id, id, STORE_BATCH_ID_SIZE);
+    return r;
 }
 
 int store_batch_set_canceled(struct store *s, const char *id, int64_t at_ms,

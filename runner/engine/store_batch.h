@@ -37,7 +37,8 @@
     "  created_ms INTEGER NOT NULL,"                                           \
     "  max_parallel INTEGER NOT NULL DEFAULT 0,"                               \
     "  total INTEGER NOT NULL,"                                                \
-    "  canceled_ms INTEGER"                                                    \
+    "  canceled_ms INTEGER,"                                                   \
+    "  tagged INTEGER NOT NULL DEFAULT 0"                                      \
     ") WITHOUT ROWID;"                                                         \
     "CREATE INDEX batches_name ON batches(name, id);"                          \
     "CREATE TABLE batch_jobs ("                                                \
@@ -124,6 +125,16 @@ int store_batch_live_jobs(struct store *s, const char *batch_id,
                           void (*fn)(const char *batch_id, unsigned max_parallel,
                                      const char *job_id, enum job_state state, void *data),
                           void *data, struct al_error **err);
+
+/* A job a source (HTTP queue, spool) accepted with a batch name: links it
+ * as the next job of the newest tagged batch of that name, created on the
+ * first such job. Such a batch grows as jobs arrive (total counts them),
+ * so it is "finished" whenever every job so far has ended; producers name
+ * one batch per run ("nightly-2026-12-06"). name must pass
+ * batch_name_is_valid(). ret_id (may be NULL) gets the batch's id. Its own
+ * transaction, or the caller's when one is open. */
+int store_batch_tag(struct store *s, const char *name, const char *job_id, const char *params,
+                    char ret_id[STORE_BATCH_ID_SIZE], struct al_error **err);
 
 /* Records that the batch was cancelled (first time only). */
 int store_batch_set_canceled(struct store *s, const char *id, int64_t at_ms,

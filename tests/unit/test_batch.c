@@ -366,6 +366,59 @@ static void test_cancel(void **state)
     assert_int_equal(batches_cancel(f->batches, "b0000000000000000000000", NULL, NULL), -ENOENT);
 }
 
+static void insert_job(struct fixture *f, char id[STORE_JOB_ID_SIZE])
+{
+    const char *doc = "{\"command\": [\"x\"], \"source\": {\"type\": \"http\", \"id\": \"q-1\"}}";
+    struct job_spec *spec = NULL;
+    assert_int_equal(job_spec_parse(doc, strlen(doc), 0, &spec, NULL), 0);
+    assert_int_equal(job_spec_apply_defaults(spec, f->cfg, NULL), 0);
+    assert_int_equal(store_job_insert(f->store, spec, id, NULL, NULL), 0);
+    job_spec_free(spec);
+}
+
+static void test_tagged_jobs_from_a_queue(void **state)
+{
+    struct fixture *f = *state;
+    char j1[STORE_JOB_ID_SIZE], j2[STORE_JOB_ID_SIZE], j3[STORE_JOB_ID_SIZE];
+    char b1[STORE_BATCH_ID_SIZE], b2[STORE_BATCH_ID_SIZE], b3[STORE_BATCH_ID_SIZE];
+    insert_job(f, j1);
+    insert_job(f, j2);
+    insert_job(f, j3);
+    struct al_error *err = NULL;
+    assert_int_equal(store_batch_tag(f->store, "queue-run", j1, "{\"task\": \"a\"}", b1, &err), 0);
+    assert_int_equal(store_batch_tag(f->store, "queue-run", j2, NULL, b2, &err), 0);
+    assert_int_equal(store_batch_tag(f->store, "other-run", j3, NULL, b3, &err), 0);
+    /* the same name joins the same batch; another name makes another */
+    assert_string_equal(b1, b2);
+    assert_string_not_equal(b1, b3);
+    struct store_batch b;
+    assert_int_equal(store_batch_get(f->store, b1, &b, NULL), 0);
+    assert_int_equal(b.total, 2);
+    assert_int_equal(b.by_state[JOB_STATE_QUEUED], 2);
+    store_batch_clear(&b);
+    struct store_batch_job *rows = NULL;
+    size_t n = 0;
+    assert_int_equal(store_batch_jobs(f->store, b1, 0, 0, &rows, &n, NULL), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(rows[0].idx, 1);
+    assert_string_equal(rows[0].job_id, j1);
+    assert_string_equal(rows[0].params, "{\"task\": \"a\"}");
+    assert_int_equal(rows[1].idx, 2);
+    assert_string_equal(rows[1].job_id, j2);
+    store_batch_jobs_free(rows, n);
+    /* a submitted batch of the same name is not joined */
+    char sub[STORE_BATCH_ID_SIZE];
+    struct batch_options o = {.name = "queue-run", .retries = -1};
+    assert_int_equal(submit(f, &o, "{\"command\": [\"a\"], \"env\": {\"FAKE\": \"ok\"}}\n",
+                            sub, &err),
+                     0);
+    char j4[STORE_JOB_ID_SIZE], b4[STORE_BATCH_ID_SIZE];
+    insert_job(f, j4);
+    assert_int_equal(store_batch_tag(f->store, "queue-run", j4, NULL, b4, &err), 0);
+    assert_string_equal(b4, b1);
+    run_until_finished(f, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -374,6 +427,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_max_parallel_and_ci_job, setup, teardown),
             cmocka_unit_test_setup_teardown(test_refused_batch_stores_nothing, setup, teardown),
             cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_tagged_jobs_from_a_queue, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
