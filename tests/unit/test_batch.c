@@ -366,6 +366,56 @@ static void test_cancel(void **state)
     assert_int_equal(batches_cancel(f->batches, "b0000000000000000000000", NULL, NULL), -ENOENT);
 }
 
+/* The cap holds across a restart: the new daemon rebuilds it from the store. */
+static void test_cap_after_restart(void **state)
+{
+    struct fixture *f = *state;
+    struct batch_options o = {.name = "restarted", .max_parallel = 1, .retries = -1};
+    char bid[STORE_BATCH_ID_SIZE];
+    struct al_error *err = NULL;
+    const char *body = "{\"command\": [\"a\"], \"env\": {\"FAKE\": \"hang\"}}\n"
+                       "{\"command\": [\"a\"], \"env\": {\"FAKE\": \"hang\"}}\n"
+                       "{\"command\": [\"a\"], \"env\": {\"FAKE\": \"hang\"}}\n";
+    if (submit(f, &o, body, bid, &err) < 0)
+        fail_msg("%s", al_error_message(err));
+    uint64_t deadline = al_now_mono_ms() + 5000;
+    while (batches_running(f->batches, bid) < 1 && al_now_mono_ms() < deadline)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(batches_running(f->batches, bid), 1);
+
+    /* stop: the running job ends (ERROR, no attempts left), two stay QUEUED */
+    engine_unobserve(f->engine, f->watch);
+    f->batches = batches_free(f->batches);
+    f->stopped = false;
+    engine_stop(f->engine, on_stopped, f);
+    assert_true(test_run_until(&f->loop, &f->stopped, 5000));
+
+    struct engine_params ep = {.loop = &f->loop,
+                               .cfg = f->cfg,
+                               .store = f->store,
+                               .owner_id = "daemon:00000000000000000000000000000004"};
+    assert_int_equal(engine_new(&ep, &f->engine, &err), 0);
+    if (batches_new(f->engine, f->store, &f->batches, &err) < 0)
+        fail_msg("%s", al_error_message(err));
+    static const struct engine_observer obs = {.event = on_event, .finished = on_finished};
+    f->watch = engine_observe(f->engine, &obs, f);
+    f->reconciled = false;
+    engine_start(f->engine, on_reconciled, f);
+    assert_true(test_run_until(&f->loop, &f->reconciled, 5000));
+    /* give the scheduler a few turns: one starts, the other waits */
+    deadline = al_now_mono_ms() + 300;
+    while (al_now_mono_ms() < deadline)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(batches_running(f->batches, bid), 1);
+    unsigned queued = 0, running = 0;
+    engine_counts(f->engine, &queued, &running);
+    assert_int_equal(queued, 1);
+    assert_int_equal(running, 1);
+    unsigned n = 0;
+    assert_int_equal(batches_cancel(f->batches, bid, &n, &err), 0);
+    assert_int_equal(n, 2);
+}
+
 static void insert_job(struct fixture *f, char id[STORE_JOB_ID_SIZE])
 {
     const char *doc = "{\"command\": [\"x\"], \"source\": {\"type\": \"http\", \"id\": \"q-1\"}}";
@@ -428,6 +478,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_refused_batch_stores_nothing, setup, teardown),
             cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
             cmocka_unit_test_setup_teardown(test_tagged_jobs_from_a_queue, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_cap_after_restart, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
