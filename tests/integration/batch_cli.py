@@ -14,6 +14,8 @@ control API and engine on the simulated hypervisor (fake_agentlabd).
     starts before the batch's last job does.
 
 Usage: batch_cli.py FAKE_AGENTLABD AGENTLAB JUNIT_XSD
+By hand, BATCH_CLI_WRAP="valgrind --error-exitcode=99 ..." runs the daemon and
+every CLI command under that prefix.
 """
 import http.client
 import json
@@ -30,6 +32,7 @@ import time
 import xml.etree.ElementTree as ET
 
 FAKED, CLI, XSD = sys.argv[1:4]
+WRAP = os.environ.get("BATCH_CLI_WRAP", "").split()
 TOKEN = "batch-cli-token-0123456789"
 failures = []
 passes = []
@@ -83,7 +86,7 @@ def all_events(sock):
 
 
 def cli(env, *args, stdin=None, timeout=120):
-    p = subprocess.run([CLI, *args], input=stdin, capture_output=True, text=True, env=env,
+    p = subprocess.run([*WRAP, CLI, *args], input=stdin, capture_output=True, text=True, env=env,
                        timeout=timeout)
     return p.returncode, p.stdout, p.stderr
 
@@ -91,7 +94,7 @@ def cli(env, *args, stdin=None, timeout=120):
 def watch_pty(env, bid):
     """Runs `batch watch` with its stdout on a pseudo-terminal."""
     master, slave = pty.openpty()
-    p = subprocess.Popen([CLI, "batch", "watch", bid], stdout=slave, stderr=slave, env=env)
+    p = subprocess.Popen([*WRAP, CLI, "batch", "watch", bid], stdout=slave, stderr=slave, env=env)
     os.close(slave)
     data = b""
     deadline = time.time() + 120
@@ -128,7 +131,7 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     state = os.path.join(tmp, "state")
     sock = os.path.join(state, "api.sock")
-    daemon = subprocess.Popen([FAKED, state, "8", "2", TOKEN], stdout=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen([*WRAP, FAKED, state, "8", "2", TOKEN], stdout=subprocess.PIPE, text=True)
     try:
         line = daemon.stdout.readline().split()
         if not line or line[0] != "ready":
@@ -175,7 +178,7 @@ def run(env, sock, tmp, outdir, port):
     bid = out.strip()
     check(rc == 0 and re.fullmatch(r"b[0-9a-f]{20}", bid) is not None,
           f"200 jobs submitted in one request ({time.time() - t0:.2f} s): {bid} {err.strip()}")
-    plain = subprocess.Popen([CLI, "batch", "watch", "--interval", "1", bid],
+    plain = subprocess.Popen([*WRAP, CLI, "batch", "watch", "--interval", "1", bid],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     rc_tty, screen = watch_pty(env, bid)
     out_plain, err_plain = plain.communicate(timeout=120)

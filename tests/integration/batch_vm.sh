@@ -19,6 +19,8 @@ image = micro
 boot_timeout = 5m
 [backend "local"]
 max_vms = 3
+# 3 one-vCPU VMs at once on a 2-CPU host
+vcpus = 3
 CONF
 sock=$AGENTLAB_RUN_DIR/agentlabd.sock
 al_daemon_start "$daemon"
@@ -36,6 +38,12 @@ echo "CI job $ci submitted"
 rc=0
 "$cli" batch watch --interval 10 "$bid" || rc=$?
 [ "$rc" = 0 ] || { "$cli" batch results "$bid"; fail "batch watch exited $rc, want 0"; }
+i=0
+until "$cli" job show "$ci" | grep -Eq '^state: *(SUCCEEDED|FAILED|TIMED_OUT|CANCELED|ERROR)'; do
+    i=$((i + 1))
+    [ $i -lt 600 ] || fail "the CI job did not end"
+    sleep 1
+done
 "$cli" job show "$ci" | grep -q '^state: *SUCCEEDED' || fail "the CI job did not succeed"
 
 curl -sf --unix-socket "$sock" "http://agentlabd/v1/events?after=0&limit=1000" >"$TEST_TMP/events.json"
