@@ -1,5 +1,6 @@
 #include "runner/api/batches.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,8 @@
 #define MAX_LABELS_QUERY 1024
 #define MAX_TAIL_LINES   100
 #define TAIL_BYTES       (8u << 10)
+#define MAX_ROW_ARTIFACTS 1000 /* paths listed in one results row */
+#define MAX_ARTIFACT_DEPTH 32
 
 /* ------------------------------------------------------------ shapes */
 
@@ -309,6 +312,56 @@ static int json_output_tail(yajl_gen g, struct api_ctx *ctx, const char *job_id,
     return json_strn(g, buf + start, len - start);
 }
 
+/* The relative paths of the files under dir (not following symlinks),
+ * at most MAX_ROW_ARTIFACTS of them. */
+static int walk_paths(yajl_gen g, int dfd, const char *prefix, int depth, unsigned *left)
+{
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return 0;
+    }
+    int rc = 0;
+    struct dirent *de;
+    while (!rc && *left && (de = readdir(d))) {
+        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
+            continue;
+        char path[1100];
+        int n = snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "/" : "", de->d_name);
+        if (n < 0 || (size_t)n >= sizeof(path))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+            continue;
+        if (S_ISDIR(st.st_mode) && depth + 1 < MAX_ARTIFACT_DEPTH) {
+            int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (sub >= 0)
+                rc |= walk_paths(g, sub, path, depth + 1, left);
+        } else if (S_ISREG(st.st_mode)) {
+            rc |= json_str(g, path);
+            (*left)--;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+/* The job's artifacts as they are on disk (<job dir>/artifacts). */
+static int json_artifact_paths(yajl_gen g, struct api_ctx *ctx, const char *job_id)
+{
+    _cleanup_free_ char *dir = engine_job_dir(ctx->engine, job_id);
+    if (!dir)
+        return 0;
+    _cleanup_close_ int jfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (jfd < 0)
+        return 0;
+    int afd = openat(jfd, "artifacts", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (afd < 0)
+        return 0;
+    unsigned left = MAX_ROW_ARTIFACTS;
+    return walk_paths(g, afd, "", 0, &left);
+}
+
 void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
 {
     uint64_t after = 0, limit = 0, tail = 0;
@@ -373,15 +426,7 @@ void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_m
             rc |= json_output_tail(g, ctx, j->job_id, (unsigned)tail);
             rc |= json_key(g, "artifacts");
             rc |= json_open_array(g);
-            struct store_artifact *arts = NULL;
-            size_t n_arts = 0;
-            struct al_error *aerr = NULL;
-            if (store_artifact_list(ctx->store, j->job_id, &arts, &n_arts, &aerr) == 0) {
-                for (size_t k = 0; k < n_arts; k++)
-                    rc |= json_str(g, arts[k].path);
-                store_artifacts_free(arts, n_arts);
-            }
-            al_error_free(aerr);
+            rc |= json_artifact_paths(g, ctx, j->job_id);
             rc |= json_close_array(g);
             rc |= json_close_map(g);
         }

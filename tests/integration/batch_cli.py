@@ -156,6 +156,7 @@ def browse(tmp, url, *args):
 
 
 def run(env, sock, tmp, outdir, port):
+    state = os.path.dirname(sock)
     # ---- a bad line refuses the whole batch
     bad = "\n".join([spec("ok"), spec("ok"), json.dumps(
         {"command": ["x"], "resources": {"cpus": "two"}}), spec("ok")]) + "\n"
@@ -218,6 +219,27 @@ def run(env, sock, tmp, outdir, port):
     check(all(isinstance(r["duration_ms"], int) and r["duration_ms"] >= 0 for r in rows),
           "rows carry durations")
     check([r["index"] for r in rows] == list(range(1, 201)), "rows come in line order")
+
+    # the fake backend brings no artifacts back: plant what a VM would have
+    by_name = {r["name"]: r for r in rows}
+    for name in ("nightly-001", "nightly-150"):
+        adir = os.path.join(state, "jobs", by_name[name]["id"], "artifacts", "sub")
+        os.makedirs(adir, exist_ok=True)
+        with open(os.path.join(adir, "report.txt"), "w") as f:
+            f.write(f"report of {name}\n")
+    arts = os.path.join(tmp, "arts")
+    rc, out, err = cli(env, "batch", "results", "--jsonl", "--artifacts", arts, bid)
+    rows2 = {json.loads(x)["name"]: json.loads(x) for x in out.splitlines()}
+    check(rows2["nightly-001"]["artifacts"] == ["sub/report.txt"]
+          and rows2["nightly-002"]["artifacts"] == [], "rows list the artifact paths")
+    got = {}
+    for name in os.listdir(arts) if os.path.isdir(arts) else []:
+        with open(os.path.join(arts, name, "sub", "report.txt")) as f:
+            got[name] = f.read()
+    check(rc == 0 and got == {"nightly-001": "report of nightly-001\n",
+                              "nightly-150": "report of nightly-150\n"}
+          and "2 artifacts of 2 jobs" in err,
+          f"--artifacts downloads each job's artifacts into DIR/<job name>/ ({sorted(got)}, {err.strip()})")
 
     rc, out, _ = cli(env, "batch", "results", "--json", bid)
     doc = json.loads(out)
