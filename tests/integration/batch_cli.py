@@ -293,7 +293,7 @@ def run(env, sock, tmp, outdir, port):
     check(rc == 2, f"a batch with an error: watch exits 2 (got {rc})")
 
     # ---- --max-parallel 2 and a CI job submitted meanwhile
-    capped = "".join(spec("stream:10", ms="30") + "\n" for _ in range(6))
+    capped = "".join(spec("stream:10", ms="300") + "\n" for _ in range(6))
     rc, out, err = cli(env, "batch", "submit", "--name", "capped", "--max-parallel", "2", "-",
                        stdin=capped)
     cid = out.strip()
