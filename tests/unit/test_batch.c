@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runner/base/buf.h"
 #include "runner/base/log.h"
@@ -338,6 +339,51 @@ static void test_refused_batch_stores_nothing(void **state)
     assert_int_equal(queued + running, 0);
 }
 
+/* A failure after some jobs were queued (here: their directories cannot be
+ * made) takes the whole batch back: no batch, no job, nothing queued. */
+static void test_failure_midway_takes_everything_back(void **state)
+{
+    struct fixture *f = *state;
+    char *jobs = al_path_join(f->dir, "jobs");
+    char *aside = al_path_join(f->dir, "jobs.aside");
+    rename(jobs, aside); /* may not exist yet */
+    FILE *fp = fopen(jobs, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    struct batch_options o = {.name = "midway", .max_parallel = 1, .retries = -1};
+    char bid[STORE_BATCH_ID_SIZE];
+    struct al_error *err = NULL;
+    int r = submit(f, &o, "{\"command\": [\"a\"]}\n{\"command\": [\"b\"]}\n", bid, &err);
+    assert_true(r < 0);
+    assert_non_null(strstr(al_error_message(err), "line 1: "));
+    al_error_free(err);
+    unlink(jobs);
+    rename(aside, jobs);
+    free(jobs);
+    free(aside);
+    /* let the engine's turn come: nothing may start */
+    uint64_t deadline = al_now_mono_ms() + 100;
+    while (al_now_mono_ms() < deadline)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    unsigned queued = 9, running = 9;
+    engine_counts(f->engine, &queued, &running);
+    assert_int_equal(queued + running, 0);
+    assert_int_equal(f->starts, 0);
+    struct store_batch *v = NULL;
+    size_t n = 9;
+    assert_int_equal(store_batch_list(f->store, 0, &v, &n, NULL), 0);
+    assert_int_equal(n, 0);
+    store_batches_free(v, n);
+    struct store_job_page page = {0};
+    assert_int_equal(store_job_list(f->store, NULL, &page, NULL), 0);
+    assert_int_equal(page.n, 0);
+    store_job_page_clear(&page);
+    /* and the store still takes the next batch */
+    if (submit(f, &o, "{\"command\": [\"a\"], \"env\": {\"FAKE\": \"ok\"}}\n", bid, &err) < 0)
+        fail_msg("%s", al_error_message(err));
+    run_until_finished(f, 1);
+}
+
 static void test_cancel(void **state)
 {
     struct fixture *f = *state;
@@ -476,6 +522,8 @@ int main(void)
             cmocka_unit_test(test_parse_refuses_whole_batch),
             cmocka_unit_test_setup_teardown(test_max_parallel_and_ci_job, setup, teardown),
             cmocka_unit_test_setup_teardown(test_refused_batch_stores_nothing, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_failure_midway_takes_everything_back, setup,
+                                            teardown),
             cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
             cmocka_unit_test_setup_teardown(test_tagged_jobs_from_a_queue, setup, teardown),
             cmocka_unit_test_setup_teardown(test_cap_after_restart, setup, teardown),
