@@ -519,6 +519,18 @@ static int parse_common(int argc, char **argv, const char *cmd, void (*usage)(FI
     return 0;
 }
 
+/* parse_common(), then the API: 0 and *ret_api to go on, -1 when --help
+ * was answered, else an exit code. */
+static int start_command(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
+                         const char **ret_id, bool *ret_json, struct cli_api **ret_api)
+{
+    const char *socket = NULL;
+    int code = parse_common(argc, argv, cmd, usage, ret_id, &socket, ret_json);
+    if (code)
+        return code;
+    return open_api(socket, ret_api);
+}
+
 static void print_json(yajl_val v)
 {
     _cleanup_json_gen_ yajl_gen g = json_gen_new();
@@ -537,14 +549,11 @@ static void ls_usage(FILE *out)
 
 static int batch_ls(int argc, char **argv)
 {
-    const char *socket = NULL;
     bool json = false;
-    int code = parse_common(argc, argv, "ls", ls_usage, NULL, &socket, &json);
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = start_command(argc, argv, "ls", ls_usage, NULL, &json, &a);
     if (code)
         return code < 0 ? 0 : code;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    if ((code = open_api(socket, &a)))
-        return code;
     _cleanup_yajl_ yajl_val v = NULL;
     if ((code = get_json(a, "/v1/batches", "listing batches", &v)))
         return code;
@@ -591,14 +600,12 @@ static void show_usage(FILE *out)
 
 static int batch_show(int argc, char **argv)
 {
-    const char *socket = NULL, *id = NULL;
+    const char *id = NULL;
     bool json = false;
-    int code = parse_common(argc, argv, "show", show_usage, &id, &socket, &json);
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = start_command(argc, argv, "show", show_usage, &id, &json, &a);
     if (code)
         return code < 0 ? 0 : code;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    if ((code = open_api(socket, &a)))
-        return code;
     char path[96];
     snprintf(path, sizeof(path), "/v1/batches/%s", id);
     _cleanup_yajl_ yajl_val v = NULL;
@@ -632,13 +639,11 @@ static void cancel_usage(FILE *out)
 
 static int batch_cancel(int argc, char **argv)
 {
-    const char *socket = NULL, *id = NULL;
-    int code = parse_common(argc, argv, "cancel", cancel_usage, &id, &socket, NULL);
+    const char *id = NULL;
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    int code = start_command(argc, argv, "cancel", cancel_usage, &id, NULL, &a);
     if (code)
         return code < 0 ? 0 : code;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    if ((code = open_api(socket, &a)))
-        return code;
     char path[96];
     snprintf(path, sizeof(path), "/v1/batches/%s/cancel", id);
     struct cli_resp r = {0};
