@@ -6,13 +6,14 @@ set -eu
 # scdoc renders the man pages at build time, man-db checks them (man_pages);
 # debhelper and lintian build and check the Debian package (scripts/package.sh).
 # faketime moves agentlabd's wall clock in the fault campaign (tests/faults/).
+# libxml2-utils: xmllint checks batch JUnit reports against tests/contracts/junit.xsd.
 PKGS="build-essential cmake pkg-config git ca-certificates
 libvirt-dev libguestfs-dev libcurl4-openssl-dev libyajl-dev libuv1-dev
 libcmocka-dev libsqlite3-dev sqlite3 libarchive-dev libinih-dev libhttp-parser-dev
 libssl-dev zlib1g-dev
 libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 libguestfs-tools linux-image-amd64 mmdebstrap genisoimage
-python3 openssl curl clang libclang-rt-14-dev valgrind chromium faketime
+python3 openssl curl clang libclang-rt-14-dev valgrind chromium faketime libxml2-utils
 cloud-init
 scdoc man-db debhelper lintian"
 
