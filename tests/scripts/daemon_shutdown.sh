@@ -12,10 +12,13 @@ printf '[agent]\nlog_level = debug\n' > "$tmp/none.conf"
 "$cli" config show | grep -q "^state_dir = $tmp/state\$"
 
 for sig in TERM INT; do
+    # the previous round's log says "ready" too: without this the signal may
+    # come before the new daemon has its handlers (exit 130 under load)
+    rm -f "$tmp/log"
     "$daemon" 2>"$tmp/log" &
     pid=$!
     i=0
-    until grep -q "ready" "$tmp/log"; do
+    until grep -qs "ready" "$tmp/log"; do
         i=$((i + 1))
         [ $i -lt 100 ] || { echo "daemon did not get ready"; cat "$tmp/log"; exit 1; }
         sleep 0.1
@@ -36,10 +39,11 @@ printf 'queue-token-0123456789\n' > "$tmp/token"
 chmod 0644 "$tmp/token"
 printf '[agent]\nlog_level = debug\n[source "queue"]\ntype = http\nurl = http://127.0.0.1:9\ntoken_file = %s\n[source "drop"]\ntype = spool\ndir = %s\n' \
     "$tmp/token" "$tmp/spool" > "$tmp/degraded.conf"
+rm -f "$tmp/log"
 AGENTLAB_CONFIG="$tmp/degraded.conf" "$daemon" 2>"$tmp/log" &
 pid=$!
 i=0
-until grep -q "ready" "$tmp/log"; do
+until grep -qs "ready" "$tmp/log"; do
     i=$((i + 1))
     [ $i -lt 100 ] || { echo "daemon did not get ready"; cat "$tmp/log"; kill "$pid"; exit 1; }
     sleep 0.1
