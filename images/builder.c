@@ -27,7 +27,6 @@
 #include "runner/base/buf.h"
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"
-#include "runner/engine/config.h"
 
 #ifndef AL_LIBEXECDIR
 #define AL_LIBEXECDIR "/usr/local/libexec"

@@ -3,10 +3,69 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runner/base/util.h"
+
+const char *const backend_type_names[] = {"libvirt", "proxmox", NULL};
+const char *const inject_mode_names[] = {"seed", "guestfs", NULL};
+
+static const char *name_of(const char *const *names, size_t n, int v)
+{
+    return v >= 0 && (size_t)v < n && names[v] ? names[v] : "?";
+}
+
+const char *backend_type_to_string(int type)
+{
+    return name_of(backend_type_names, ARRAY_SIZE(backend_type_names), type);
+}
+
+const char *inject_mode_to_string(int mode)
+{
+    return name_of(inject_mode_names, ARRAY_SIZE(inject_mode_names), mode);
+}
+
+int inject_mode_from_string(const char *s, int *ret)
+{
+    for (int i = 0; inject_mode_names[i]; i++) {
+        if (streq(s, inject_mode_names[i])) {
+            *ret = i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
 static const struct backend_ops *all_ops[] = {
         [BACKEND_LIBVIRT] = &libvirt_backend_ops,
         [BACKEND_PROXMOX] = &proxmox_backend_ops,
 };
+
+const struct backend_ops *backend_ops_of(int type)
+{
+    return type >= 0 && (size_t)type < ARRAY_SIZE(all_ops) ? all_ops[type] : NULL;
+}
+
+struct vm_image *vm_image_dup(const struct vm_image *img)
+{
+    const char *const src[] = {img->name, img->disk, img->kernel, img->initrd, img->cmdline};
+    size_t need = sizeof(struct vm_image);
+    for (size_t i = 0; i < ARRAY_SIZE(src); i++)
+        need += src[i] ? strlen(src[i]) + 1 : 0;
+    struct vm_image *c = calloc(1, need);
+    if (!c)
+        return NULL;
+    const char **dst[] = {&c->name, &c->disk, &c->kernel, &c->initrd, &c->cmdline};
+    char *p = (char *)(c + 1);
+    for (size_t i = 0; i < ARRAY_SIZE(src); i++) {
+        if (!src[i])
+            continue;
+        size_t n = strlen(src[i]) + 1;
+        memcpy(p, src[i], n);
+        *dst[i] = p;
+        p += n;
+    }
+    c->virtual_size = img->virtual_size;
+    return c;
+}
 
 int backend_register(int type, const struct backend_ops *ops)
 {
@@ -48,10 +107,10 @@ void owned_vm_array_free(struct owned_vm *v, size_t n)
     free(v);
 }
 
-int backend_new(const struct backend_env *env, const struct config_backend *cfg,
+int backend_new(const struct backend_env *env, const struct backend_settings *cfg,
                 struct backend **ret, struct al_error **err)
 {
-    if (cfg->type < 0 || (size_t)cfg->type >= ARRAY_SIZE(all_ops) || !all_ops[cfg->type])
+    if (!backend_ops_of(cfg->type))
         return al_error_set(err, ENOTSUP, "backend \"%s\": type %s is not supported by this build",
                             cfg->name, backend_type_to_string(cfg->type));
     struct backend *b = calloc(1, sizeof(*b));

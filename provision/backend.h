@@ -18,11 +18,85 @@
 #include <uv.h>
 
 #include "runner/base/error.h"
-#include "runner/engine/config.h"
+#include "provision/accel.h" /* enum accel_mode */
 
 struct backend;
 struct vm;
 struct al_curl;
+
+enum backend_type {
+    BACKEND_LIBVIRT = 0,
+    BACKEND_PROXMOX,
+};
+
+enum inject_mode {
+    INJECT_SEED = 0,
+    INJECT_GUESTFS,
+};
+
+/* Names of enum backend_type and enum inject_mode, NULL-terminated. */
+extern const char *const backend_type_names[];
+extern const char *const inject_mode_names[];
+
+const char *backend_type_to_string(int type);
+const char *inject_mode_to_string(int mode);
+int inject_mode_from_string(const char *s, int *ret);
+
+/* Settings of a libvirt backend. Strings are never NULL ("" = unset). */
+struct libvirt_settings {
+    char *uri;
+    int inject; /* enum inject_mode */
+    int accel;  /* enum accel_mode */
+    /* a guest with no sign of life (kernel output on the console, the
+     * helper's hello) this long after it started is ended and retried once
+     * on a fresh VM under TCG; 0 = off */
+    int64_t boot_watchdog_s;
+    int64_t boot_watchdog_tcg_s;
+    char *emulator; /* the QEMU binary of the domains; "" = libvirt's default */
+    char *network;
+    char *storage_pool;
+};
+
+/* Settings of a Proxmox VE backend. Strings are never NULL ("" = unset). */
+struct proxmox_settings {
+    char *url;
+    char *token_file;
+    char *user;          /* ticket auth instead of a token */
+    char *password_file; /* ticket auth */
+    char *ca_file;
+    char *fingerprint;
+    char *node;
+    char *pool;
+    char *template_vm;
+    char *storage;
+    char *bridge;
+    bool full_clone;
+    char *ciuser;       /* cloud-init user of the clones */
+    char *sshkeys_file; /* cloud-init public keys of the clones */
+};
+
+/* What one backend is told to be: common capacity settings and the part of
+ * its type. The configuration layer fills it; the backend only reads it. */
+struct backend_settings {
+    char *name;
+    int type;        /* enum backend_type */
+    int max_vms;     /* 0 = derived from host */
+    int vcpus;       /* capacity; 0 = host CPUs */
+    uint64_t memory; /* capacity in bytes; 0 = 80% of host memory */
+    struct libvirt_settings libvirt;
+    struct proxmox_settings proxmox;
+};
+
+/* A golden image resolved by the engine for a backend that boots VMs from
+ * local disk images (BACKEND_NEEDS_IMAGE). */
+struct vm_image {
+    const char *name;
+    const char *disk;    /* absolute path of the qcow2 golden disk */
+    const char *kernel;  /* absolute path, for direct boot */
+    const char *initrd;  /* absolute path */
+    const char *cmdline; /* kernel command line, may be NULL */
+    uint64_t virtual_size;
+};
 
 struct backend_capacity {
     int max_vms;
@@ -53,7 +127,10 @@ struct env_pair {
 struct vm_request {
     const char *job_id;
     int attempt;
-    const char *image; /* image name in the catalogue (libvirt) */
+    const char *image_name; /* the job's image, as named in its spec */
+    /* the image resolved by the engine, for backends with
+     * BACKEND_NEEDS_IMAGE; NULL for the others. launch() copies it. */
+    const struct vm_image *image;
     int cpus;
     uint64_t memory;     /* bytes */
     uint64_t disk_bytes; /* virtual size of the job's disk; 0 = the image's */
@@ -154,8 +231,16 @@ typedef void (*backend_done_cb)(int result, const struct al_error *err, void *da
 typedef void (*backend_list_cb)(int result, struct owned_vm *vms, size_t n,
                                 const struct al_error *err, void *data);
 
+/* Capabilities a backend announces in backend_ops.caps. */
+enum backend_cap {
+    /* VMs boot from a golden image in the local catalogue: the engine must
+     * resolve vm_request.image (and refuses jobs whose image is missing) */
+    BACKEND_NEEDS_IMAGE = 1u << 0,
+};
+
 struct backend_ops {
     const char *type;
+    unsigned caps; /* bits of enum backend_cap */
     /* Connects and prepares (storage pool, capacity). Loop thread. */
     int (*open)(struct backend *b, struct al_error **err);
     /* Releases everything; every VM must be destroyed before. done may run
@@ -195,13 +280,20 @@ struct backend_ops {
 struct backend_env {
     uv_loop_t *loop;
     struct al_curl *curl;
-    const struct config *cfg;
-    const char *owner_id; /* identifies this agentlab instance in VM metadata */
+    const char *owner_id;  /* identifies this agentlab instance in VM metadata */
+    const char *state_dir; /* storage pools live below it */
+    const char *run_dir;   /* per-VM sockets and files, the accelerator probe cache */
+    int64_t heartbeat_timeout_s; /* a guest silent this long is dead */
+    uint64_t max_log_bytes;      /* console output kept per VM */
+    /* hard limits on what a guest may send over its channel */
+    uint64_t channel_max_frame_bytes;
+    uint64_t channel_max_bytes_per_s; /* 0 = unlimited */
+    int channel_max_frames_per_s;     /* 0 = unlimited */
 };
 
 struct backend {
     const struct backend_ops *ops;
-    const struct config_backend *cfg;
+    const struct backend_settings *cfg;
     struct backend_env env;
     char *name;
     void *priv;
@@ -220,9 +312,16 @@ struct vm {
     unsigned limits;
 };
 
-/* Creates and opens the backend named in cfg. Returns 0 or negative errno. */
-int backend_new(const struct backend_env *env, const struct config_backend *cfg,
+/* Creates and opens the backend named in cfg; cfg and the strings of env
+ * must outlive it. Returns 0 or negative errno. */
+int backend_new(const struct backend_env *env, const struct backend_settings *cfg,
                 struct backend **ret, struct al_error **err);
+
+/* The ops table registered for a backend type, or NULL. */
+const struct backend_ops *backend_ops_of(int type);
+
+/* A copy of img in one allocation, or NULL on ENOMEM; free() frees it. */
+struct vm_image *vm_image_dup(const struct vm_image *img);
 
 /* Closes and frees the backend; done (may be NULL) runs when it is gone. */
 void backend_free(struct backend *b, void (*done)(void *data), void *data);

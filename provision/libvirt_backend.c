@@ -28,7 +28,6 @@
 #include "provision/domain_xml.h"
 #include "provision/guest_job.h"
 #include "provision/guestfs_inject.h"
-#include "images/catalog.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/base/xml.h"
@@ -75,7 +74,7 @@ struct lv_vm {
     struct lv_vm *next;
     struct vm_request req; /* the strings belong to the caller */
     int inject;
-    struct image_info *image;
+    struct vm_image *image; /* our copy of the request's */
     char *run_dir;
     char *channel_path;
     char *seed_path;
@@ -479,9 +478,9 @@ static const struct channel_ops channel_ops = {
 /* What the verdict is now: a watchdog may have turned KVM down since. */
 static enum accel_kind lv_accel_now(struct lv_backend *lb)
 {
-    if (lb->b->cfg->accel == ACCEL_AUTO) {
+    if (lb->b->cfg->libvirt.accel == ACCEL_AUTO) {
         struct accel_probe_opts o = {.mode = ACCEL_AUTO,
-                                     .cache_dir = lb->b->env.cfg->agent.run_dir};
+                                     .cache_dir = lb->b->env.run_dir};
         struct accel_result r;
         if (accel_probe(&o, &r, NULL) == 0)
             lb->accel = r;
@@ -524,8 +523,8 @@ static bool console_shows_life(const char *path)
  * ended the VM. */
 static bool boot_watchdog(struct lv_vm *v)
 {
-    const struct config_backend *bc = v->lb->b->cfg;
-    int64_t bound_s = v->accel == ACCEL_KIND_KVM ? bc->boot_watchdog_s : bc->boot_watchdog_tcg_s;
+    const struct backend_settings *bc = v->lb->b->cfg;
+    int64_t bound_s = v->accel == ACCEL_KIND_KVM ? bc->libvirt.boot_watchdog_s : bc->libvirt.boot_watchdog_tcg_s;
     if (bound_s <= 0 || !v->t_started || !v->console_log)
         return false;
     if (console_shows_life(v->console_log)) {
@@ -539,9 +538,9 @@ static bool boot_watchdog(struct lv_vm *v)
              "a guest showed no sign of life %" PRId64 " s after it started under %s (no kernel "
              "output on its console, no hello from its helper)",
              bound_s, v->accel == ACCEL_KIND_KVM ? "KVM" : "TCG");
-    bool forced_kvm = bc->accel == ACCEL_KVM;
+    bool forced_kvm = bc->libvirt.accel == ACCEL_KVM;
     if (v->accel == ACCEL_KIND_KVM && !forced_kvm) {
-        if (accel_mark_kvm_unusable(v->lb->b->env.cfg->agent.run_dir, reason))
+        if (accel_mark_kvm_unusable(v->lb->b->env.run_dir, reason))
             log_warn(v->req.job_id,
                      "backend %s: KVM is not usable (%s); VMs run under TCG software emulation "
                      "from now on",
@@ -562,7 +561,7 @@ static void on_heartbeat_check(uv_timer_t *t)
         return;
     if (!v->hello || v->finished)
         return;
-    uint64_t limit = (uint64_t)v->lb->b->env.cfg->agent.heartbeat_timeout_s * 1000u;
+    uint64_t limit = (uint64_t)v->lb->b->env.heartbeat_timeout_s * 1000u;
     uint64_t quiet = al_now_mono_ms() - v->last_frame_ms;
     if (quiet > limit)
         finish(v, VM_INFRA_ERROR, 0, "the guest sent nothing for %" PRIu64 " s (heartbeat lost)",
@@ -658,7 +657,7 @@ static int provision_work(void *data, struct al_error **err)
     struct domain_params dp = {
             .name = v->base.name,
             .domain_type = v->accel == ACCEL_KIND_KVM ? "kvm" : "qemu",
-            .emulator = *lb->b->cfg->emulator ? lb->b->cfg->emulator : NULL,
+            .emulator = *lb->b->cfg->libvirt.emulator ? lb->b->cfg->libvirt.emulator : NULL,
             .vcpus = v->req.cpus,
             .memory = v->req.memory,
             .kernel = v->image->kernel,
@@ -669,7 +668,7 @@ static int provision_work(void *data, struct al_error **err)
             .seed_path = v->inject == INJECT_GUESTFS ? NULL : v->seed_path,
             .channel_path = v->channel_path,
             .console_log = v->console_log,
-            .network = *lb->b->cfg->network ? lb->b->cfg->network : NULL,
+            .network = *lb->b->cfg->libvirt.network ? lb->b->cfg->libvirt.network : NULL,
             .gateway = lb->gateway,
             .gateways6 = lb->gateway6,
             .job_id = v->req.job_id,
@@ -707,7 +706,7 @@ static void on_started(void *data, int result, struct al_error *err)
     v->t_started = al_now_mono_ms();
     phase(v, VM_PHASE_BOOTING);
     struct al_error *cerr = NULL;
-    const struct config_agent *ac = &v->lb->b->env.cfg->agent;
+    const struct backend_env *ac = &v->lb->b->env;
     int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS,
                          (uint32_t)ac->channel_max_frame_bytes, &channel_ops, v, &v->ch, &cerr);
     if (r < 0) {
@@ -749,7 +748,7 @@ static int inject_batch_work(void *data, struct al_error **err)
     if (r == -ETIMEDOUT && !ib->force_tcg && ib->may_turn_down_kvm) {
         /* KVM runs the probe's kernel but hangs the appliance: TCG from now
          * on, for this batch too */
-        if (accel_mark_kvm_unusable(ib->lb->b->env.cfg->agent.run_dir, al_error_message(e)))
+        if (accel_mark_kvm_unusable(ib->lb->b->env.run_dir, al_error_message(e)))
             log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG from now on",
                      ib->lb->b->name, al_error_message(e));
         e = al_error_free(e);
@@ -808,7 +807,7 @@ static void inject_start(struct lv_backend *lb)
     }
     ib->lb = lb;
     ib->force_tcg = lv_accel_now(lb) == ACCEL_KIND_TCG;
-    ib->may_turn_down_kvm = lb->b->cfg->accel == ACCEL_AUTO;
+    ib->may_turn_down_kvm = lb->b->cfg->libvirt.accel == ACCEL_AUTO;
     while (lb->inject_head && ib->n < INJECT_BATCH_MAX) {
         struct lv_vm *v = lb->inject_head;
         lb->inject_head = v->inject_next;
@@ -1009,7 +1008,7 @@ static void vm_unlink(struct lv_vm *v)
 static void vm_free(struct lv_vm *v)
 {
     vm_unlink(v);
-    image_info_free(v->image);
+    free(v->image);
     free(v->base.name);
     free(v->run_dir);
     free(v->channel_path);
@@ -1133,6 +1132,7 @@ static int lv_assign(struct vm *vm, const struct vm_request *req, const struct v
     v->job = job;
     v->req = *req;
     v->req.warm = true; /* still the VM's kind: it boots no job from cloud-init */
+    v->req.image = v->image; /* booted from it; the job's request need not name it */
     v->assigned = true;
     v->base.ev = ev;
     v->base.ev_data = ev_data;
@@ -1183,7 +1183,7 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
                      void *ev_data, struct vm **ret_vm, struct al_error **err)
 {
     struct lv_backend *lb = b->priv;
-    if (!config_name_is_valid(req->job_id))
+    if (!al_name_is_valid(req->job_id))
         return al_error_set(err, EINVAL, "invalid job id \"%s\"", req->job_id);
     if (req->cpus < 1 || req->memory < (128u << 20))
         return al_error_set(err, EINVAL, "a VM needs at least 1 vCPU and 128 MiB");
@@ -1196,7 +1196,7 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     v->base.ev = ev;
     v->base.ev_data = ev_data;
     v->req = *req;
-    v->inject = req->inject >= 0 ? req->inject : b->cfg->inject;
+    v->inject = req->inject >= 0 ? req->inject : b->cfg->libvirt.inject;
     v->t0 = al_now_mono_ms();
     v->accel = lv_accel_now(lb);
     snprintf(v->result.accel, sizeof(v->result.accel), "%s", accel_kind_name(v->accel));
@@ -1223,9 +1223,15 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
                          v->channel_path);
         goto fail;
     }
-    r = image_find(b->env.cfg->agent.state_dir, req->image, &v->image, err);
-    if (r < 0)
+    if (!req->image) {
+        r = al_error_set(err, EINVAL, "no image for job %s", req->job_id);
         goto fail;
+    }
+    if (!(v->image = vm_image_dup(req->image))) {
+        r = al_error_set(err, ENOMEM, "allocating a VM");
+        goto fail;
+    }
+    v->req.image = v->image;
 
     if (!req->warm) {
         r = guest_job_encode(req, &v->job, err);
@@ -1287,7 +1293,7 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
         c.used_memory += v->req.memory;
     }
     if (!c.healthy)
-        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down", b->cfg->uri);
+        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down", b->cfg->libvirt.uri);
     *ret = c;
 }
 
@@ -1325,7 +1331,7 @@ static void on_conn_closed(virConnectPtr conn, int reason, void *data)
                                           "a client request"};
     lb->conn_dead = true;
     snprintf(lb->conn_error, sizeof(lb->conn_error), "the connection to %.60s closed (%s)",
-             lb->b->cfg->uri,
+             lb->b->cfg->libvirt.uri,
              reason >= 0 && (size_t)reason < ARRAY_SIZE(reasons) ? reasons[reason] : "unknown");
     log_warn(NULL, "backend %s: %s; reconnecting", lb->b->name, lb->conn_error);
 }
@@ -1348,7 +1354,7 @@ static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int det
  * the storage pool. Loop thread. */
 static int lv_connect(struct lv_backend *lb, struct al_error **err)
 {
-    const char *uri = lb->b->cfg->uri;
+    const char *uri = lb->b->cfg->libvirt.uri;
     lb->last_retry = al_now_mono_ms();
     lb->conn = virConnectOpen(uri);
     if (!lb->conn)
@@ -1387,7 +1393,7 @@ static bool lv_ensure_conn(struct lv_backend *lb)
         al_error_free(err);
         return false;
     }
-    log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->uri);
+    log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->libvirt.uri);
     return true;
 }
 
@@ -1395,7 +1401,7 @@ static bool lv_ensure_conn(struct lv_backend *lb)
  * address, which the filter lets through for DHCP and DNS only. */
 static int prepare_network(struct lv_backend *lb, struct al_error **err)
 {
-    const char *name = lb->b->cfg->network;
+    const char *name = lb->b->cfg->libvirt.network;
     virNetworkPtr net = virNetworkLookupByName(lb->conn, name);
     if (!net)
         return al_error_set(err, ENOENT, "libvirt network \"%s\": %s", name, libvirt_msg());
@@ -1424,7 +1430,7 @@ static int prepare_network(struct lv_backend *lb, struct al_error **err)
 
 static int lv_open(struct backend *b, struct al_error **err)
 {
-    const struct config *cfg = b->env.cfg;
+    const struct backend_env *env = &b->env;
     struct lv_backend *lb = calloc(1, sizeof(*lb));
     if (!lb)
         return al_error_set(err, ENOMEM, "allocating the libvirt backend");
@@ -1434,15 +1440,15 @@ static int lv_open(struct backend *b, struct al_error **err)
     int r;
     virSetErrorFunc(NULL, quiet_libvirt_errors);
 
-    if (*b->cfg->storage_pool) {
-        lb->pool_name = strdup(b->cfg->storage_pool);
-    } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name, fnv1a(cfg->agent.state_dir)) <
+    if (*b->cfg->libvirt.storage_pool) {
+        lb->pool_name = strdup(b->cfg->libvirt.storage_pool);
+    } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name, fnv1a(env->state_dir)) <
                0) {
         lb->pool_name = NULL;
     }
-    _cleanup_free_ char *pools = al_path_join(cfg->agent.state_dir, "pools");
+    _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
     lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
-    lb->vms_dir = al_path_join(cfg->agent.run_dir, "vms");
+    lb->vms_dir = al_path_join(env->run_dir, "vms");
     if (!lb->pool_name || !lb->pool_dir || !lb->vms_dir) {
         r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
         goto fail;
@@ -1451,19 +1457,19 @@ static int lv_open(struct backend *b, struct al_error **err)
     if (r < 0)
         goto fail;
 
-    struct accel_probe_opts ao = {.mode = b->cfg->accel, .cache_dir = cfg->agent.run_dir};
+    struct accel_probe_opts ao = {.mode = b->cfg->libvirt.accel, .cache_dir = env->run_dir};
     r = accel_probe(&ao, &lb->accel, err);
     if (r < 0)
         goto fail;
     /* said once per boot of the host: whoever probed first says it */
-    if (lb->accel.kind == ACCEL_KIND_TCG && b->cfg->accel == ACCEL_AUTO && !lb->accel.from_cache)
+    if (lb->accel.kind == ACCEL_KIND_TCG && b->cfg->libvirt.accel == ACCEL_AUTO && !lb->accel.from_cache)
         log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
                  b->name, lb->accel.reason);
 
     r = lv_connect(lb, err);
     if (r < 0)
         goto fail;
-    if (*b->cfg->network) {
+    if (*b->cfg->libvirt.network) {
         r = prepare_network(lb, err);
         if (r < 0)
             goto fail;
@@ -1685,7 +1691,7 @@ static int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb
 {
     struct lv_backend *lb = b->priv;
     if (strncmp(name, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0 ||
-        !config_name_is_valid(name))
+        !al_name_is_valid(name))
         return -EINVAL;
     if (find_vm(lb, name))
         return -EBUSY; /* a live VM of ours: destroy it through its owner */
@@ -1718,6 +1724,7 @@ static int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb
 
 const struct backend_ops libvirt_backend_ops = {
         .type = "libvirt",
+        .caps = BACKEND_NEEDS_IMAGE,
         .open = lv_open,
         .close = lv_close,
         .vm_name = lv_vm_name,

@@ -580,7 +580,7 @@ static void on_resources_for_template(int result, const struct pve_reply *reply,
                                       const struct al_error *err, void *data)
 {
     struct px_backend *pb = data;
-    const char *want = pb->b->cfg->template_vm;
+    const char *want = pb->b->cfg->proxmox.template_vm;
     int64_t want_id = 0;
     bool by_id = al_parse_int64(want, 100, 999999999, &want_id) == 0;
     pb->tmpl_busy = false;
@@ -622,7 +622,7 @@ static void on_resources_for_template(int result, const struct pve_reply *reply,
         snprintf(pb->tmpl_error, sizeof(pb->tmpl_error),
                  "Proxmox: template \"%s\" not found in the cluster (as %s)", want,
                  by_id ? "a VMID" : "a VM name");
-    } else if (!pb->tmpl_is_template && !pb->b->cfg->full_clone) {
+    } else if (!pb->tmpl_is_template && !pb->b->cfg->proxmox.full_clone) {
         snprintf(pb->tmpl_error, sizeof(pb->tmpl_error),
                  "Proxmox: VM %" PRId64 " (%s) is not a template, and a linked clone needs one: "
                  "convert it (qm template %" PRId64 ") or set full_clone = yes",
@@ -887,7 +887,7 @@ static void on_clone(int result, const struct pve_reply *reply, const struct al_
 static void step_clone(struct px_vm *v)
 {
     struct px_backend *pb = v->pb;
-    const struct config_backend *cfg = pb->b->cfg;
+    const struct backend_settings *cfg = pb->b->cfg;
     struct pve_params p = {0};
     char desc[600];
     snprintf(desc, sizeof(desc),
@@ -896,11 +896,11 @@ static void step_clone(struct px_vm *v)
     pve_params_add_int(&p, "newid", v->vmid);
     pve_params_add(&p, "name", v->base.name);
     pve_params_add(&p, "description", desc);
-    pve_params_add_bool(&p, "full", cfg->full_clone);
-    if (cfg->full_clone && *cfg->storage)
-        pve_params_add(&p, "storage", cfg->storage);
-    if (*cfg->pve_pool)
-        pve_params_add(&p, "pool", cfg->pve_pool);
+    pve_params_add_bool(&p, "full", cfg->proxmox.full_clone);
+    if (cfg->proxmox.full_clone && *cfg->proxmox.storage)
+        pve_params_add(&p, "storage", cfg->proxmox.storage);
+    if (*cfg->proxmox.pool)
+        pve_params_add(&p, "pool", cfg->proxmox.pool);
     if (!streq(v->node, pb->tmpl_node))
         pve_params_add(&p, "target", v->node);
     char path[200];
@@ -949,7 +949,7 @@ static void on_config(int result, const struct pve_reply *reply, const struct al
 static void step_config(struct px_vm *v)
 {
     struct px_backend *pb = v->pb;
-    const struct config_backend *cfg = pb->b->cfg;
+    const struct backend_settings *cfg = pb->b->cfg;
     struct pve_params p = {0};
     struct al_buf tags = AL_BUF_INIT;
     int r = al_buf_puts(&tags, "agentlab");
@@ -970,20 +970,20 @@ static void step_config(struct px_vm *v)
     pve_params_add(&p, "tags", tags.data ? tags.data : "agentlab");
     pve_params_add(&p, "agent", "1");
     pve_params_add_bool(&p, "onboot", false);
-    if (*cfg->bridge) {
+    if (*cfg->proxmox.bridge) {
         char net[128];
-        snprintf(net, sizeof(net), "virtio,bridge=%s", cfg->bridge);
+        snprintf(net, sizeof(net), "virtio,bridge=%s", cfg->proxmox.bridge);
         pve_params_add(&p, "net0", net);
     }
-    if (*cfg->ciuser)
-        pve_params_add(&p, "ciuser", cfg->ciuser);
-    if (*cfg->sshkeys_file) {
+    if (*cfg->proxmox.ciuser)
+        pve_params_add(&p, "ciuser", cfg->proxmox.ciuser);
+    if (*cfg->proxmox.sshkeys_file) {
         /* Proxmox wants sshkeys strictly percent-encoded, and the form
          * encoding then encodes that once more */
         _cleanup_free_ char *keys = NULL;
         struct al_error *rerr = NULL;
         size_t klen = 0;
-        if (al_read_file(cfg->sshkeys_file, 64u << 10, &keys, &klen, &rerr) < 0) {
+        if (al_read_file(cfg->proxmox.sshkeys_file, 64u << 10, &keys, &klen, &rerr) < 0) {
             pve_params_clear(&p);
             al_buf_free(&tags);
             finish(v, VM_INFRA_ERROR, 0, "reading sshkeys_file: %s", al_error_message(rerr));
@@ -1439,7 +1439,7 @@ static int px_launch(struct backend *b, const struct vm_request *req, const stru
                      void *ev_data, struct vm **ret_vm, struct al_error **err)
 {
     struct px_backend *pb = b->priv;
-    if (!config_name_is_valid(req->job_id))
+    if (!al_name_is_valid(req->job_id))
         return al_error_set(err, EINVAL, "invalid job id \"%s\"", req->job_id);
     if (req->cpus < 1 || req->memory < (128u << 20))
         return al_error_set(err, EINVAL, "a VM needs at least 1 vCPU and 128 MiB");
@@ -1455,7 +1455,7 @@ static int px_launch(struct backend *b, const struct vm_request *req, const stru
     v->base.ev_data = ev_data;
     v->req = *req;
     v->t0 = al_now_mono_ms();
-    v->log_cap = b->env.cfg->agent.max_log_bytes;
+    v->log_cap = b->env.max_log_bytes;
     uint64_t ma = req->max_artifact_bytes;
     v->art_cap = ma ? ma + ma / 10 + (1u << 20) : 0;
     char name[64];
@@ -1671,7 +1671,7 @@ static bool parse_vm_name(const char *name, char *job, size_t size, int *attempt
         return false;
     memcpy(job, name + pl, n);
     job[n] = '\0';
-    return config_name_is_valid(job);
+    return al_name_is_valid(job);
 }
 
 struct list_op {
@@ -1911,7 +1911,7 @@ static char **split_nodes(const char *s)
 
 static int px_open(struct backend *b, struct al_error **err)
 {
-    const struct config_backend *cfg = b->cfg;
+    const struct backend_settings *cfg = b->cfg;
     struct px_backend *pb = calloc(1, sizeof(*pb));
     if (!pb)
         return al_error_set(err, ENOMEM, "allocating the Proxmox backend");
@@ -1923,8 +1923,8 @@ static int px_open(struct backend *b, struct al_error **err)
     pb->cap_vcpus = cfg->vcpus > 0 ? cfg->vcpus : 4096;
     pb->cap_memory = cfg->memory > 0 ? cfg->memory : (uint64_t)1 << 50;
     int r = 0;
-    if (*cfg->node) {
-        pb->nodes_cfg = split_nodes(cfg->node);
+    if (*cfg->proxmox.node) {
+        pb->nodes_cfg = split_nodes(cfg->proxmox.node);
         if (!pb->nodes_cfg)
             r = al_error_set(err, ENOMEM, "out of memory");
         for (char **n = pb->nodes_cfg; r == 0 && *n; n++) {
@@ -1934,12 +1934,12 @@ static int px_open(struct backend *b, struct al_error **err)
     }
     if (r == 0) {
         struct pve_api_config ac = {
-                .url = cfg->url,
-                .token_file = *cfg->token_file ? cfg->token_file : NULL,
-                .user = cfg->user,
-                .password_file = cfg->password_file,
-                .ca_file = cfg->ca_file,
-                .fingerprint = cfg->fingerprint,
+                .url = cfg->proxmox.url,
+                .token_file = *cfg->proxmox.token_file ? cfg->proxmox.token_file : NULL,
+                .user = cfg->proxmox.user,
+                .password_file = cfg->proxmox.password_file,
+                .ca_file = cfg->proxmox.ca_file,
+                .fingerprint = cfg->proxmox.fingerprint,
         };
         r = pve_api_new(b->env.loop, b->env.curl, &ac, &pb->api, err);
     }

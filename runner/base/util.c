@@ -1,5 +1,6 @@
 #include "runner/base/util.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -572,4 +573,16 @@ bool al_first_vformat(char **dst, const char *fmt, va_list ap)
     if (vasprintf(dst, fmt, ap) < 0)
         *dst = NULL;
     return true;
+}
+
+bool al_name_is_valid(const char *s)
+{
+    if (!s || !isalnum((unsigned char)s[0]))
+        return false;
+    size_t n = 0;
+    for (const char *p = s; *p; p++, n++) {
+        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '_' && *p != '-')
+            return false;
+    }
+    return n <= AL_NAME_MAX;
 }

@@ -104,4 +104,10 @@ int al_fd_set_nonblock(int fd, bool on);
  * it formatted; *dst stays NULL when memory runs out. */
 bool al_first_vformat(char **dst, const char *fmt, va_list ap) _printf_(2, 0);
 
+/* The longest object name (backends, pools, sources, images, job ids). */
+#define AL_NAME_MAX 63
+
+/* True when s is a valid object name: [A-Za-z0-9][A-Za-z0-9._-]{0,62}. */
+bool al_name_is_valid(const char *s);
+
 #endif

@@ -92,7 +92,7 @@ static int load_config(struct common *c)
     return 0;
 }
 
-static const struct config_backend *libvirt_backend(const struct config *cfg)
+static const struct backend_settings *libvirt_backend(const struct config *cfg)
 {
     for (size_t i = 0; i < cfg->n_backends; i++)
         if (cfg->backends[i].type == BACKEND_LIBVIRT)
@@ -283,7 +283,7 @@ static int cmd_build(int argc, char **argv)
     _cleanup_config_ struct config *cfg = c.cfg;
     if (!recipe)
         recipe = cfg->agent.image && cfg->agent.image[0] ? cfg->agent.image : DEFAULT_RECIPE;
-    const struct config_backend *be = libvirt_backend(cfg);
+    const struct backend_settings *be = libvirt_backend(cfg);
 
     struct progress p = {
             .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -307,9 +307,9 @@ static int cmd_build(int argc, char **argv)
             .recipes_dir = recipes_dir,
             .guest_helper = helper,
             .force = force,
-            .accel_mode = be ? be->accel : ACCEL_AUTO,
+            .accel_mode = be ? be->libvirt.accel : ACCEL_AUTO,
             .accel_cache_dir = cfg->agent.run_dir,
-            .libvirt_uri = be ? be->uri : NULL,
+            .libvirt_uri = be ? be->libvirt.uri : NULL,
             .progress = on_progress,
             .progress_data = &p,
             .cancel = &build_cancel,
@@ -471,9 +471,9 @@ static int cmd_rm(int argc, char **argv)
     if (load_config(&c) < 0)
         return 1;
     _cleanup_config_ struct config *cfg = c.cfg;
-    const struct config_backend *be = libvirt_backend(cfg);
+    const struct backend_settings *be = libvirt_backend(cfg);
     _cleanup_error_ struct al_error *err = NULL;
-    int r = image_remove(cfg->agent.state_dir, name, force || !be ? NULL : be->uri, &err);
+    int r = image_remove(cfg->agent.state_dir, name, force || !be ? NULL : be->libvirt.uri, &err);
     if (r < 0) {
         fprintf(stderr, "agentlab: image rm %s: %s%s\n", name, al_error_message(err),
                 r == -EHOSTDOWN ? " (--force removes it without asking libvirt)" : "");

@@ -33,8 +33,6 @@ enum key_type {
 };
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
-static const char *const backend_types[] = {"libvirt", "proxmox", NULL};
-static const char *const inject_modes[] = {"seed", "guestfs", NULL};
 static const char *const accel_modes[] = {"auto", "kvm", "tcg", NULL};
 static const char *const source_types[] = {"spool", "http", "gitlab", "github", NULL};
 /* order of enum gitlab_clone */
@@ -60,7 +58,7 @@ struct config_key {
 };
 
 #define A(field) offsetof(struct config_agent, field)
-#define B(field) offsetof(struct config_backend, field)
+#define B(field) offsetof(struct backend_settings, field)
 #define S(field) offsetof(struct config_source, field)
 #define P(field) offsetof(struct config_pool, field)
 
@@ -134,7 +132,7 @@ static const struct config_key keys[] = {
          "jobs submitted through the API or CLI that may be queued or running at once"},
 
         /* [backend "NAME"] */
-        {SEC_BACKEND, 0, "type", KEY_ENUM, B(type), "libvirt", 0, 0, backend_types,
+        {SEC_BACKEND, 0, "type", KEY_ENUM, B(type), "libvirt", 0, 0, backend_type_names,
          "libvirt or proxmox"},
         {SEC_BACKEND, 0, "max_vms", KEY_INT, B(max_vms), "0", 0, 10000, NULL,
          "an integer, 0 = derived from the host"},
@@ -142,52 +140,52 @@ static const struct config_key keys[] = {
          "vCPU capacity, 0 = the host's CPU count"},
         {SEC_BACKEND, 0, "memory", KEY_SIZE, B(memory), "0", 0, INT64_MAX, NULL,
          "memory capacity such as 16G, 0 = 80% of the host's memory"},
-        {SEC_BACKEND, T(BACKEND_LIBVIRT), "uri", KEY_STRING, B(uri), "qemu:///system", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "uri", KEY_STRING, B(libvirt.uri), "qemu:///system", 0, 0, NULL,
          "a libvirt connection URI"},
-        {SEC_BACKEND, T(BACKEND_LIBVIRT), "inject", KEY_ENUM, B(inject), "seed", 0, 0, inject_modes,
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "inject", KEY_ENUM, B(libvirt.inject), "seed", 0, 0, inject_mode_names,
          "seed or guestfs"},
-        {SEC_BACKEND, T(BACKEND_LIBVIRT), "accel", KEY_ENUM, B(accel), "auto", 0, 0, accel_modes,
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "accel", KEY_ENUM, B(libvirt.accel), "auto", 0, 0, accel_modes,
          "auto, kvm or tcg"},
-        {SEC_BACKEND, T(BACKEND_LIBVIRT), "boot_watchdog", KEY_DURATION, B(boot_watchdog_s), "30s",
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "boot_watchdog", KEY_DURATION, B(libvirt.boot_watchdog_s), "30s",
          0, 3600, NULL,
          "a duration: a guest under KVM with no sign of life this long is retried under TCG, 0 = "
          "off"},
-        {SEC_BACKEND, T(BACKEND_LIBVIRT), "boot_watchdog_tcg", KEY_DURATION, B(boot_watchdog_tcg_s),
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "boot_watchdog_tcg", KEY_DURATION, B(libvirt.boot_watchdog_tcg_s),
          "3m", 0, 86400, NULL, "a duration: the same bound under TCG, 0 = off"},
-        {SEC_BACKEND, T(BACKEND_LIBVIRT), "emulator", KEY_PATH, B(emulator), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "emulator", KEY_PATH, B(libvirt.emulator), "", 0, 0, NULL,
          "the QEMU binary of the VMs (empty: libvirt's default)"},
-        {SEC_BACKEND, T(BACKEND_LIBVIRT), "network", KEY_STRING, B(network), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "network", KEY_STRING, B(libvirt.network), "", 0, 0, NULL,
          "libvirt network to attach (empty: no NIC)"},
-        {SEC_BACKEND, T(BACKEND_LIBVIRT), "storage_pool", KEY_STRING, B(storage_pool), "", 0, 0,
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "storage_pool", KEY_STRING, B(libvirt.storage_pool), "", 0, 0,
          NULL,
          "libvirt storage pool for overlays (empty: agentlab-NAME-HASH, HASH of the state dir)"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "url", KEY_STRING, B(url), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "url", KEY_STRING, B(proxmox.url), "", 0, 0, NULL,
          "https://HOST:8006"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "token_file", KEY_PATH, B(token_file), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "token_file", KEY_PATH, B(proxmox.token_file), "", 0, 0, NULL,
          "file holding USER@REALM!TOKENID=SECRET"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "user", KEY_STRING, B(user), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "user", KEY_STRING, B(proxmox.user), "", 0, 0, NULL,
          "USER@REALM for ticket auth (instead of token_file)"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "password_file", KEY_PATH, B(password_file), "", 0, 0,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "password_file", KEY_PATH, B(proxmox.password_file), "", 0, 0,
          NULL, "file holding the password for ticket auth"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "ca_file", KEY_PATH, B(ca_file), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "ca_file", KEY_PATH, B(proxmox.ca_file), "", 0, 0, NULL,
          "PEM CA bundle for the API certificate"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "fingerprint", KEY_STRING, B(fingerprint), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "fingerprint", KEY_STRING, B(proxmox.fingerprint), "", 0, 0, NULL,
          "SHA-256 certificate fingerprint, AA:BB:..."},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "node", KEY_STRING, B(node), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "node", KEY_STRING, B(proxmox.node), "", 0, 0, NULL,
          "comma-separated nodes to place VMs on (empty: any online node)"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "pool", KEY_STRING, B(pve_pool), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "pool", KEY_STRING, B(proxmox.pool), "", 0, 0, NULL,
          "Proxmox resource pool"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "template", KEY_STRING, B(template_vm), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "template", KEY_STRING, B(proxmox.template_vm), "", 0, 0, NULL,
          "template VMID or name"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "storage", KEY_STRING, B(storage), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "storage", KEY_STRING, B(proxmox.storage), "", 0, 0, NULL,
          "target storage for full clones"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "bridge", KEY_STRING, B(bridge), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "bridge", KEY_STRING, B(proxmox.bridge), "", 0, 0, NULL,
          "bridge for the VM's NIC (empty: none)"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "full_clone", KEY_BOOL, B(full_clone), "no", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "full_clone", KEY_BOOL, B(proxmox.full_clone), "no", 0, 0, NULL,
          "yes or no"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "ciuser", KEY_STRING, B(ciuser), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "ciuser", KEY_STRING, B(proxmox.ciuser), "", 0, 0, NULL,
          "cloud-init user set on each clone (empty: the template's)"},
-        {SEC_BACKEND, T(BACKEND_PROXMOX), "sshkeys_file", KEY_PATH, B(sshkeys_file), "", 0, 0, NULL,
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "sshkeys_file", KEY_PATH, B(proxmox.sshkeys_file), "", 0, 0, NULL,
          "OpenSSH public keys set on each clone through cloud-init"},
 
         /* [source "NAME"] */
@@ -275,18 +273,6 @@ static const struct config_key keys[] = {
 
 };
 
-bool config_name_is_valid(const char *s)
-{
-    if (!s || !isalnum((unsigned char)s[0]))
-        return false;
-    size_t n = 0;
-    for (const char *p = s; *p; p++, n++) {
-        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '_' && *p != '-')
-            return false;
-    }
-    return n <= AL_NAME_MAX;
-}
-
 static const char *enum_to_string(const char *const *values, int v)
 {
     for (int i = 0; values[i]; i++) {
@@ -294,27 +280,6 @@ static const char *enum_to_string(const char *const *values, int v)
             return values[i];
     }
     return "?";
-}
-
-const char *backend_type_to_string(int type)
-{
-    return enum_to_string(backend_types, type);
-}
-
-const char *inject_mode_to_string(int mode)
-{
-    return enum_to_string(inject_modes, mode);
-}
-
-int inject_mode_from_string(const char *s, int *ret)
-{
-    for (int i = 0; inject_modes[i]; i++) {
-        if (streq(s, inject_modes[i])) {
-            *ret = i;
-            return 0;
-        }
-    }
-    return -EINVAL;
 }
 
 const char *source_type_to_string(int type)
@@ -876,9 +841,10 @@ static int finish(struct config *c, const char *file, struct al_error **err)
     }
 
     for (size_t i = 0; i < c->n_backends; i++) {
-        struct config_backend *b = &c->backends[i];
+        struct backend_settings *b = &c->backends[i];
         if (b->type == BACKEND_PROXMOX &&
-            (!*b->url || !*b->template_vm || (!*b->token_file && !(*b->user && *b->password_file))))
+            (!*b->proxmox.url || !*b->proxmox.template_vm ||
+             (!*b->proxmox.token_file && !(*b->proxmox.user && *b->proxmox.password_file))))
             return al_error_set(err, EINVAL,
                                 "%s: backend \"%s\" of type proxmox needs url, template and "
                                 "token_file (or user and password_file)",
@@ -1039,7 +1005,7 @@ struct config *config_free(struct config *c)
     return NULL;
 }
 
-const struct config_backend *config_find_backend(const struct config *c, const char *name)
+const struct backend_settings *config_find_backend(const struct config *c, const char *name)
 {
     for (size_t i = 0; i < c->n_backends; i++) {
         if (streq(c->backends[i].name, name))
@@ -1151,7 +1117,7 @@ int config_print_keys(FILE *out)
 {
     for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
         const struct config_key *k = &keys[i];
-        const char *const *type_names = k->section == SEC_BACKEND  ? backend_types
+        const char *const *type_names = k->section == SEC_BACKEND  ? backend_type_names
                                         : k->section == SEC_SOURCE ? source_types
                                                                    : NULL;
         fprintf(out, "%s\t", section_names[k->section]);

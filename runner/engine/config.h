@@ -20,7 +20,8 @@
 
 #include "runner/base/error.h"
 #include "runner/base/log.h"
-#include "provision/accel.h" /* enum accel_mode */
+#include "runner/base/util.h"
+#include "provision/backend.h" /* struct backend_settings */
 
 #define AL_CONFIG_DEFAULT_PATH "/etc/agentlab/agentlab.conf"
 #define AL_CONFIG_MAX_BYTES    (1u << 20)
@@ -32,17 +33,6 @@
  * back. */
 #define AL_CONFIG_MAX_LINE  (64 * 1024)
 #define AL_CONFIG_MAX_VALUE (16 * 1024)
-#define AL_NAME_MAX         63
-
-enum backend_type {
-    BACKEND_LIBVIRT = 0,
-    BACKEND_PROXMOX,
-};
-
-enum inject_mode {
-    INJECT_SEED = 0,
-    INJECT_GUESTFS,
-};
 
 enum source_type {
     SOURCE_SPOOL = 0,
@@ -85,40 +75,7 @@ struct config_agent {
     int api_max_jobs;                 /* live jobs submitted through the API and CLI */
 };
 
-struct config_backend {
-    char *name;
-    int type;        /* enum backend_type */
-    int max_vms;     /* 0 = derived from host */
-    int vcpus;       /* capacity; 0 = host CPUs */
-    uint64_t memory; /* capacity in bytes; 0 = 80% of host memory */
-    /* libvirt */
-    char *uri;
-    int inject; /* enum inject_mode */
-    int accel;  /* enum accel_mode */
-    /* a guest with no sign of life (kernel output on the console, the
-     * helper's hello) this long after it started is ended and retried once
-     * on a fresh VM under TCG; 0 = off */
-    int64_t boot_watchdog_s;
-    int64_t boot_watchdog_tcg_s;
-    char *emulator; /* the QEMU binary of the domains; "" = libvirt's default */
-    char *network;
-    char *storage_pool;
-    /* proxmox */
-    char *url;
-    char *token_file;
-    char *user;          /* ticket auth instead of a token */
-    char *password_file; /* ticket auth */
-    char *ca_file;
-    char *fingerprint;
-    char *node;
-    char *pve_pool;
-    char *template_vm;
-    char *storage;
-    char *bridge;
-    bool full_clone;
-    char *ciuser;       /* cloud-init user of the clones */
-    char *sshkeys_file; /* cloud-init public keys of the clones */
-};
+/* A [backend "NAME"] section is a struct backend_settings (provision/backend.h). */
 
 struct config_source {
     char *name;
@@ -170,7 +127,7 @@ struct config_pool {
 struct config {
     char *path; /* file read, or NULL for built-in defaults */
     struct config_agent agent;
-    struct config_backend *backends;
+    struct backend_settings *backends;
     size_t n_backends;
     struct config_source *sources;
     size_t n_sources;
@@ -203,15 +160,15 @@ int config_print(const struct config *c, FILE *out);
  * The man page test compares agentlab.conf(5) against this list. */
 int config_print_keys(FILE *out);
 
-const struct config_backend *config_find_backend(const struct config *c, const char *name);
+const struct backend_settings *config_find_backend(const struct config *c, const char *name);
 const struct config_pool *config_find_pool(const struct config *c, const char *name);
 
-const char *backend_type_to_string(int type);
-const char *inject_mode_to_string(int mode);
-int inject_mode_from_string(const char *s, int *ret);
 const char *source_type_to_string(int type);
 
-/* True when s is a valid object name: [A-Za-z0-9][A-Za-z0-9._-]{0,62}. */
-bool config_name_is_valid(const char *s);
+/* True when s is a valid object name (al_name_is_valid). */
+static inline bool config_name_is_valid(const char *s)
+{
+    return al_name_is_valid(s);
+}
 
 #endif

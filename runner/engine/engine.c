@@ -85,6 +85,7 @@ void ejob_free(struct ejob *j)
     free(j->env);
     free(j->secrets);
     free((void *)j->req.artifacts);
+    image_info_free(j->image.info);
     free(j);
 }
 
@@ -180,6 +181,27 @@ struct store *engine_store(struct engine *e)
 }
 
 /* Builds the backend request from the spec; arrays point into the spec. */
+int image_ref_resolve(struct engine *e, const struct backend *b, const char *name,
+                      struct image_ref *ref, const struct vm_image **ret, struct al_error **err)
+{
+    ref->info = image_info_free(ref->info);
+    *ret = NULL;
+    if (!(b->ops->caps & BACKEND_NEEDS_IMAGE))
+        return 0;
+    int r = image_find(e->cfg->agent.state_dir, name, &ref->info, err);
+    if (r < 0)
+        return r;
+    const struct image_info *i = ref->info;
+    ref->vm = (struct vm_image){.name = i->name,
+                                .disk = i->disk,
+                                .kernel = i->kernel,
+                                .initrd = i->initrd,
+                                .cmdline = i->cmdline,
+                                .virtual_size = i->virtual_size};
+    *ret = &ref->vm;
+    return 0;
+}
+
 int build_request(struct ejob *j, struct al_error **err)
 {
     const struct job_spec *s = j->spec;
@@ -202,7 +224,7 @@ int build_request(struct ejob *j, struct al_error **err)
         arts[i] = s->artifacts[i];
     j->req = (struct vm_request){
             .job_id = j->id,
-            .image = s->image ? s->image : cfg->agent.image,
+            .image_name = s->image ? s->image : cfg->agent.image,
             .cpus = s->resources.cpus,
             .memory = (uint64_t)s->resources.memory_mb << 20,
             .disk_bytes = (uint64_t)s->resources.disk_gb << 30,
@@ -265,7 +287,9 @@ static int validate(struct engine *e, struct job_spec *spec, struct al_error **e
     bool fits = false, needs_image = false;
     uint64_t mem = (uint64_t)spec->resources.memory_mb << 20;
     for (size_t i = 0; i < n; i++) {
-        if (slots[i]->cfg->type == BACKEND_LIBVIRT)
+        const struct backend_ops *ops =
+                slots[i]->b ? slots[i]->b->ops : backend_ops_of(slots[i]->cfg->type);
+        if (ops && (ops->caps & BACKEND_NEEDS_IMAGE))
             needs_image = true;
         if (!slots[i]->b) {
             fits = true; /* unknown capacity: it may come back */
@@ -418,11 +442,28 @@ int engine_cancel(struct engine *e, const char *job_id, struct al_error **err)
     return 0;
 }
 
+/* What every backend is told of the daemon's settings. */
+static struct backend_env backend_env_of(const struct engine *e)
+{
+    const struct config_agent *a = &e->cfg->agent;
+    return (struct backend_env){
+            .loop = e->loop,
+            .curl = e->curl,
+            .owner_id = e->owner_id,
+            .state_dir = a->state_dir,
+            .run_dir = a->run_dir,
+            .heartbeat_timeout_s = a->heartbeat_timeout_s,
+            .max_log_bytes = a->max_log_bytes,
+            .channel_max_frame_bytes = a->channel_max_frame_bytes,
+            .channel_max_bytes_per_s = a->channel_max_bytes_per_s,
+            .channel_max_frames_per_s = a->channel_max_frames_per_s,
+    };
+}
+
 /* Backends that failed to open (libvirtd down at start) are tried again. */
 void reopen_backends(struct engine *e)
 {
-    struct backend_env env = {
-            .loop = e->loop, .curl = e->curl, .cfg = e->cfg, .owner_id = e->owner_id};
+    struct backend_env env = backend_env_of(e);
     for (size_t i = 0; i < e->n_slots; i++) {
         struct backend_slot *s = &e->slots[i];
         if (s->b)
@@ -597,8 +638,7 @@ int engine_new(const struct engine_params *p, struct engine **ret, struct al_err
         free(e);
         return r;
     }
-    struct backend_env env = {
-            .loop = p->loop, .curl = p->curl, .cfg = p->cfg, .owner_id = e->owner_id};
+    struct backend_env env = backend_env_of(e);
     e->n_slots = p->cfg->n_backends;
     for (size_t i = 0; i < e->n_slots; i++) {
         struct backend_slot *s = &e->slots[i];

@@ -22,6 +22,12 @@
 #define REOPEN_INTERVAL_MS 10000u
 #define SWEEP_INTERVAL_MS  (5u * 60u * 1000u)
 
+/* The catalogue entry a request's image points into. */
+struct image_ref {
+    struct image_info *info;
+    struct vm_image vm;
+};
+
 struct ejob {
     struct engine *e;
     struct al_list link; /* on e->queue or e->running */
@@ -33,8 +39,10 @@ struct ejob {
     char *job_dir;
     char *workdir_tar;
     char *artifacts_dir;
-    /* the request handed to the backend; arrays point into spec */
+    /* the request handed to the backend; arrays point into spec, the image
+     * into image */
     struct vm_request req;
+    struct image_ref image;
     struct env_pair *env;
     struct env_pair *secrets;
     bool secrets_registered;
@@ -68,7 +76,7 @@ struct engine_watch {
 
 struct backend_slot {
     struct backend *b; /* NULL when it failed to open */
-    const struct config_backend *cfg;
+    const struct backend_settings *cfg;
     char open_error[200];
     unsigned jobs_started;
     char last_fallback[160];
@@ -144,6 +152,11 @@ size_t pool_slots(struct engine *e, const struct config_pool *pool, struct backe
                   size_t max);
 /* Builds j->req from the spec; arrays point into the spec. */
 int build_request(struct ejob *j, struct al_error **err);
+/* Points *ret at the image named name when backend b boots VMs from the
+ * local catalogue (NULL otherwise); ref keeps what it points into until the
+ * next call or image_info_free(ref->info). */
+int image_ref_resolve(struct engine *e, const struct backend *b, const char *name,
+                      struct image_ref *ref, const struct vm_image **ret, struct al_error **err);
 /* Backends that failed to open are tried again. */
 void reopen_backends(struct engine *e);
 /* Finishes engine_stop() once nothing is in flight any more. */

@@ -241,7 +241,8 @@ void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
                                 .max_files = (uint64_t)e->cfg->agent.max_artifact_files},
     };
     al_list_add(&e->running, &j->link);
-    if (attempt_start(e->loop, &ap, &attempt_cbs, j, &j->attempt, &err) < 0) {
+    if ((!warm && image_ref_resolve(e, b, j->req.image_name, &j->image, &j->req.image, &err) < 0) ||
+        attempt_start(e->loop, &ap, &attempt_cbs, j, &j->attempt, &err) < 0) {
         al_list_del(&j->link);
         if (warm)
             b->ops->destroy(warm, warm_orphan_destroyed, e);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "images/catalog.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/engine/engine_priv.h"
@@ -88,7 +89,7 @@ struct warm_vm *warm_take(struct engine *e, struct ejob *j)
     al_list_for_each(w, &e->warm, struct warm_vm, link) {
         if (!w->ready || w->pool != pool || !w->slot->b || !w->vm->backend->ops->assign)
             continue;
-        if (!streq(s->image ? s->image : e->cfg->agent.image, w->req.image) ||
+        if (!streq(s->image ? s->image : e->cfg->agent.image, w->req.image_name) ||
             s->resources.cpus > w->req.cpus ||
             ((uint64_t)s->resources.memory_mb << 20) > w->req.memory)
             continue;
@@ -112,14 +113,20 @@ static void warm_launch(struct engine *e, const struct config_pool *pool, struct
     w->slot = slot;
     w->req = (struct vm_request){
             .job_id = w->id,
-            .image = e->cfg->agent.image,
+            .image_name = e->cfg->agent.image,
             .cpus = e->cfg->agent.job_cpus,
             .memory = e->cfg->agent.job_memory,
             .inject = -1,
             .warm = true,
     };
     struct al_error *err = NULL;
-    if (slot->b->ops->launch(slot->b, &w->req, &warm_events, w, &w->vm, &err) < 0) {
+    struct image_ref image = {0};
+    int r = image_ref_resolve(e, slot->b, w->req.image_name, &image, &w->req.image, &err);
+    if (r == 0)
+        r = slot->b->ops->launch(slot->b, &w->req, &warm_events, w, &w->vm, &err);
+    image_info_free(image.info);
+    w->req.image = NULL; /* the backend keeps its own copy */
+    if (r < 0) {
         log_warn(NULL, "pool %s: starting a warm VM on %s: %s", pool->name, slot->cfg->name,
                  al_error_message(err));
         al_error_free(err);

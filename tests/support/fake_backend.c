@@ -146,8 +146,12 @@ static void fake_capacity(struct backend *b, struct backend_capacity *ret)
 static int fake_launch(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
                        void *ev_data, struct vm **ret, struct al_error **err)
 {
-    (void)err;
     struct fake_backend *fb = b->priv;
+    if (!al_name_is_valid(req->job_id))
+        return al_error_set(err, EINVAL, "invalid job id \"%s\"", req->job_id);
+    /* like the libvirt backend it stands in for: the engine resolves the image */
+    if (!req->image || !req->image->disk || !req->image->kernel)
+        return al_error_set(err, EINVAL, "no image for job %s", req->job_id);
     struct fake_vm *v = calloc(1, sizeof(*v));
     char name[160];
     fake_vm_name(b, req->job_id, req->attempt, name, sizeof(name));
@@ -244,6 +248,7 @@ static int fake_destroy_owned(struct backend *b, const char *name, backend_done_
 
 const struct backend_ops fake_backend_ops = {
         .type = "fake",
+        .caps = BACKEND_NEEDS_IMAGE,
         .open = fake_open,
         .close = fake_close,
         .vm_name = fake_vm_name,

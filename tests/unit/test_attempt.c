@@ -278,6 +278,13 @@ static void reset(struct ctx *c, const char *mode)
     c->req.n_env = 1;
 }
 
+/* The image the engine would resolve; the fake reads only that it is there. */
+static const struct vm_image test_image = {.name = "debian-12",
+                                           .disk = "/var/lib/agentlab/images/debian-12/disk.qcow2",
+                                           .kernel = "/var/lib/agentlab/images/debian-12/vmlinuz",
+                                           .initrd =
+                                                   "/var/lib/agentlab/images/debian-12/initrd.img"};
+
 static int setup(void **state)
 {
     struct ctx *c = calloc(1, sizeof(*c));
@@ -292,7 +299,10 @@ static int setup(void **state)
     assert_int_equal(config_load_string(conf, strlen(conf), "test.conf", &c->cfg, &err), 0);
     fake_backend_register();
     fake_backend_delay_ms = 5;
-    struct backend_env env = {.loop = &c->loop, .cfg = c->cfg, .owner_id = "test:1"};
+    struct backend_env env = {.loop = &c->loop,
+                              .owner_id = "test:1",
+                              .state_dir = c->cfg->agent.state_dir,
+                              .run_dir = c->cfg->agent.run_dir};
     assert_int_equal(backend_new(&env, &c->cfg->backends[0], &c->fake, &err), 0);
     c->puppet = (struct backend){.ops = &puppet_ops, .name = (char *)"puppet", .env = env};
     memset(&pup, 0, sizeof(pup));
@@ -302,7 +312,8 @@ static int setup(void **state)
     c->req = (struct vm_request){
             .job_id = "job1",
             .attempt = 1,
-            .image = "debian-12",
+            .image_name = "debian-12",
+            .image = &test_image,
             .cpus = 1,
             .memory = 512ull << 20,
             .inject = -1,

@@ -44,10 +44,10 @@ static void test_accel_keys(void **state)
     (void)state;
     struct config *c = load_ok("[backend \"local\"]\naccel = tcg\nboot_watchdog = 0\n"
                                "boot_watchdog_tcg = 90s\nemulator = /usr/local/bin/qemu-kvm\n");
-    assert_int_equal(c->backends[0].accel, ACCEL_TCG);
-    assert_int_equal(c->backends[0].boot_watchdog_s, 0);
-    assert_int_equal(c->backends[0].boot_watchdog_tcg_s, 90);
-    assert_string_equal(c->backends[0].emulator, "/usr/local/bin/qemu-kvm");
+    assert_int_equal(c->backends[0].libvirt.accel, ACCEL_TCG);
+    assert_int_equal(c->backends[0].libvirt.boot_watchdog_s, 0);
+    assert_int_equal(c->backends[0].libvirt.boot_watchdog_tcg_s, 90);
+    assert_string_equal(c->backends[0].libvirt.emulator, "/usr/local/bin/qemu-kvm");
     config_free(c);
     char *msg = load_err("[backend \"local\"]\nemulator = qemu\n");
     assert_non_null(strstr(msg, "test.conf:2: bad value \"qemu\" for key \"emulator\""));
@@ -68,13 +68,13 @@ static void test_defaults_without_file(void **state)
     assert_int_equal(c->n_backends, 1);
     assert_string_equal(c->backends[0].name, "local");
     assert_int_equal(c->backends[0].type, BACKEND_LIBVIRT);
-    assert_string_equal(c->backends[0].uri, "qemu:///system");
-    assert_string_equal(c->backends[0].storage_pool, ""); /* derived by the backend */
-    assert_int_equal(c->backends[0].inject, INJECT_SEED);
-    assert_int_equal(c->backends[0].accel, ACCEL_AUTO);
-    assert_int_equal(c->backends[0].boot_watchdog_s, 30);
-    assert_int_equal(c->backends[0].boot_watchdog_tcg_s, 180);
-    assert_string_equal(c->backends[0].emulator, "");
+    assert_string_equal(c->backends[0].libvirt.uri, "qemu:///system");
+    assert_string_equal(c->backends[0].libvirt.storage_pool, ""); /* derived by the backend */
+    assert_int_equal(c->backends[0].libvirt.inject, INJECT_SEED);
+    assert_int_equal(c->backends[0].libvirt.accel, ACCEL_AUTO);
+    assert_int_equal(c->backends[0].libvirt.boot_watchdog_s, 30);
+    assert_int_equal(c->backends[0].libvirt.boot_watchdog_tcg_s, 180);
+    assert_string_equal(c->backends[0].libvirt.emulator, "");
     assert_int_equal(c->n_pools, 1);
     assert_string_equal(c->pools[0].name, "default");
     assert_null(c->pools[0].backends[0]);
@@ -118,7 +118,7 @@ static void test_full_file(void **state)
     assert_int_equal(c->agent.log_level, AL_LOG_DEBUG);
     assert_int_equal(c->agent.job_timeout_s, 900);
     assert_int_equal(c->n_backends, 2);
-    assert_int_equal(c->backends[0].inject, INJECT_GUESTFS);
+    assert_int_equal(c->backends[0].libvirt.inject, INJECT_GUESTFS);
     assert_int_equal(c->backends[0].max_vms, 4);
     assert_int_equal(c->backends[0].memory, 16ull << 30);
     const struct config_pool *p = config_find_pool(c, "ci");
