@@ -1,0 +1,152 @@
+/* What the files of the libvirt backend share (libvirt_backend.c: ops,
+ * connection and capacity; libvirt_channel.c: the guest channel, boot
+ * watchdog and heartbeat; libvirt_provision.c: overlay, seed, domain and
+ * batched injection; libvirt_teardown.c: destroy and owned leftovers).
+ * Private to those files. */
+#ifndef AL_LIBVIRT_PRIV_H
+#define AL_LIBVIRT_PRIV_H
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libvirt/libvirt.h>
+#include <stdarg.h>
+#include <libvirt/virterror.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "provision/accel.h"
+#include "provision/backend.h"
+#include "provision/channel.h"
+#include "provision/cloudinit.h"
+#include "provision/domain_xml.h"
+#include "provision/guest_job.h"
+#include "provision/guestfs_inject.h"
+#include "runner/base/log.h"
+#include "runner/base/util.h"
+#include "runner/base/xml.h"
+#include "runner/base/hardlimits.h"
+#include "runner/loop/work.h"
+#include "provision/seed_iso.h"
+
+#define CONNECT_TIMEOUT_MS 15000
+#define CONSOLE_TAIL_BYTES 1500
+/* inject = guestfs: overlays ready within this window share one libguestfs
+ * appliance (its launch is seconds, the window a rounding error) */
+#define INJECT_WINDOW_MS 200
+#define INJECT_BATCH_MAX 16
+
+struct lv_vm;
+
+struct lv_backend {
+    struct backend *b;
+    virConnectPtr conn;
+    int lifecycle_id;
+    struct accel_result accel;
+    char *pool_name;
+    char *pool_dir;
+    char *vms_dir; /* <run_dir>/vms */
+    int max_vms;
+    int vcpus;
+    uint64_t memory;
+    char *gateway;   /* the network's IPv4 host address, for the egress filter */
+    char **gateway6; /* its IPv6 host addresses (NULL-terminated), dropped */
+    struct lv_vm *vms;
+    bool conn_dead;      /* libvirtd closed the connection */
+    uint64_t last_retry; /* ms, of the last reconnect attempt */
+    char conn_error[160];
+    char health[160];
+    /* inject = guestfs: overlays waiting for the next shared appliance */
+    struct lv_vm *inject_head, **inject_tail;
+    uv_timer_t *inject_timer; /* the coalescing window; heap: closes after lb */
+    bool inject_running;      /* one batch at a time */
+};
+
+struct lv_vm {
+    struct vm base;
+    struct lv_backend *lb;
+    struct lv_vm *next;
+    struct vm_request req; /* the strings belong to the caller */
+    int inject;
+    struct vm_image *image; /* our copy of the request's */
+    char *run_dir;
+    char *channel_path;
+    char *seed_path;
+    char *console_log;
+    char *vol_name;
+    char *vol_path;
+    char *meta_data;
+    char *user_data;
+    char *domain_xml;
+    struct al_tlv_buf job;
+    virDomainPtr dom;
+    struct channel *ch;
+    uv_timer_t hb_timer;
+    bool hb_timer_open;
+    uint64_t t0;
+    uint64_t last_frame_ms;
+    struct vm_result result;
+    char *cmdline;
+    enum accel_kind accel; /* what the domain is started under */
+    uint64_t t_started;    /* ms (monotonic) the domain started, 0 before */
+    bool alive;            /* the kernel wrote to the console */
+    bool hello;
+    bool assigned; /* a warm VM got its job */
+    bool finished;
+    bool worker_busy;
+    bool injected;             /* inject = guestfs: the seed is in the overlay */
+    struct lv_vm *inject_next; /* in lb's inject queue */
+    bool destroying;
+    backend_done_cb destroy_done;
+    void *destroy_data;
+};
+
+static inline const char *lv_libvirt_msg(void)
+{
+    const char *m = virGetLastErrorMessage();
+    return m && *m ? m : "unknown libvirt error";
+}
+
+/* Milliseconds since the VM's launch, never 0. */
+static inline uint64_t lv_since_ms(const struct lv_vm *v)
+{
+    uint64_t t = al_now_mono_ms() - v->t0;
+    return t ? t : 1;
+}
+
+/* libvirt_backend.c */
+struct lv_vm *lv_find_vm(struct lv_backend *lb, const char *name);
+/* The last CONSOLE_TAIL_BYTES of the console log, or NULL. */
+char *lv_console_tail(const struct lv_vm *v);
+void lv_note_limit(struct lv_vm *v, enum al_limit l);
+void lv_note_throttling(struct lv_vm *v);
+/* Reports the VM's result once (ev->finished). */
+void lv_finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
+        _printf_(4, 5);
+void lv_phase(struct lv_vm *v, enum vm_phase p);
+/* Reconnects when the connection is down; false while it stays down. */
+bool lv_ensure_conn(struct lv_backend *lb);
+
+/* libvirt_channel.c */
+extern const struct channel_ops lv_channel_ops;
+void lv_deliver(struct lv_vm *v, bool has_job);
+enum accel_kind lv_accel_now(struct lv_backend *lb);
+void lv_on_heartbeat_check(uv_timer_t *t);
+
+/* libvirt_provision.c */
+int lv_ensure_pool(struct lv_backend *lb, struct al_error **err);
+int lv_provision_work(void *data, struct al_error **err);
+void lv_on_provisioned(void *data, int result, struct al_error *err);
+void lv_on_inject_timer_closed(uv_handle_t *h);
+
+/* libvirt_teardown.c */
+void lv_destroy_continue(struct lv_vm *v);
+void lv_on_hb_timer_closed(uv_handle_t *h);
+int lv_list_owned(struct backend *b, backend_list_cb cb, void *data);
+int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb done, void *data);
+
+#endif

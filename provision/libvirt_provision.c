@@ -1,0 +1,347 @@
+/* The libvirt backend's provisioning: the overlay volume, the seed, the
+ * domain, and batched libguestfs injection. Blocking libvirt calls run on
+ * the thread pool. */
+#include "provision/libvirt_priv.h"
+
+/* -------------------------------------------------------------- workers */
+
+int lv_ensure_pool(struct lv_backend *lb, struct al_error **err)
+{
+    virStoragePoolPtr pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
+    if (pool) {
+        int active = virStoragePoolIsActive(pool);
+        if (active == 0 && virStoragePoolCreate(pool, 0) < 0) {
+            int r = al_error_set(err, EIO, "starting storage pool %s: %s", lb->pool_name,
+                                 lv_libvirt_msg());
+            virStoragePoolFree(pool);
+            return r;
+        }
+        virStoragePoolFree(pool);
+        return 0;
+    }
+    int r = al_mkdir_p(lb->pool_dir, 0711, err);
+    if (r < 0)
+        return r;
+    _cleanup_free_ char *xml = NULL;
+    r = pool_xml_build(lb->pool_name, lb->pool_dir, &xml, err);
+    if (r < 0)
+        return r;
+    pool = virStoragePoolCreateXML(lb->conn, xml, 0);
+    if (!pool) {
+        /* another process may have created it meanwhile */
+        pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
+        if (!pool)
+            return al_error_set(err, EIO, "creating storage pool %s: %s", lb->pool_name,
+                                lv_libvirt_msg());
+    }
+    virStoragePoolFree(pool);
+    return 0;
+}
+
+int lv_provision_work(void *data, struct al_error **err)
+{
+    struct lv_vm *v = data;
+    struct lv_backend *lb = v->lb;
+    int r = al_mkdir_p(v->run_dir, 0711, err);
+    if (r < 0)
+        return r;
+    /* the owner file lets gc attribute leftovers of a VM that never got a domain */
+    _cleanup_free_ char *owner_path = al_path_join(v->run_dir, "owner");
+    _cleanup_free_ char *owner_line = NULL;
+    if (!owner_path ||
+        asprintf(&owner_line, "%s %s %d\n", lb->b->env.owner_id, v->req.job_id, v->req.attempt) < 0)
+        return al_error_set(err, ENOMEM, "owner file");
+    r = al_write_file_atomic(owner_path, owner_line, strlen(owner_line), 0644, err);
+    if (r < 0)
+        return r;
+
+    uint64_t t_api = al_now_mono_us();
+    r = lv_ensure_pool(lb, err);
+    if (r < 0)
+        return r;
+    virStoragePoolPtr pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
+    if (!pool)
+        return al_error_set(err, EIO, "storage pool %s: %s", lb->pool_name, lv_libvirt_msg());
+    uint64_t cap = v->image->virtual_size;
+    if (v->req.disk_bytes > cap)
+        cap = v->req.disk_bytes;
+    _cleanup_free_ char *vol_xml = NULL;
+    r = volume_xml_build(v->vol_name, v->image->disk, cap, &vol_xml, err);
+    if (r < 0) {
+        virStoragePoolFree(pool);
+        return r;
+    }
+    virStorageVolPtr vol = virStorageVolCreateXML(pool, vol_xml, 0);
+    virStoragePoolFree(pool);
+    if (!vol)
+        return al_error_set(err, EIO, "creating the overlay %s: %s", v->vol_name, lv_libvirt_msg());
+    v->vol_path = virStorageVolGetPath(vol);
+    virStorageVolFree(vol);
+    if (!v->vol_path)
+        return al_error_set(err, EIO, "overlay path: %s", lv_libvirt_msg());
+    /* read on the loop thread only after this work item completed */
+    v->result.us_provision_api = al_now_mono_us() - t_api;
+
+    /* guestfs injection comes after, batched on the loop (inject_queue) */
+    if (v->inject != INJECT_GUESTFS) {
+        r = seed_iso_write(v->seed_path, 0644, v->meta_data, v->user_data, NULL, err);
+        if (r < 0)
+            return al_error_wrap(err, "writing the seed ISO");
+    }
+
+    struct domain_params dp = {
+            .name = v->base.name,
+            .domain_type = v->accel == ACCEL_KIND_KVM ? "kvm" : "qemu",
+            .emulator = *lb->b->cfg->libvirt.emulator ? lb->b->cfg->libvirt.emulator : NULL,
+            .vcpus = v->req.cpus,
+            .memory = v->req.memory,
+            .kernel = v->image->kernel,
+            .initrd = v->image->initrd,
+            .cmdline = v->cmdline,
+            .disk_path = v->vol_path,
+            .disk_format = "qcow2",
+            .seed_path = v->inject == INJECT_GUESTFS ? NULL : v->seed_path,
+            .channel_path = v->channel_path,
+            .console_log = v->console_log,
+            .network = *lb->b->cfg->libvirt.network ? lb->b->cfg->libvirt.network : NULL,
+            .gateway = lb->gateway,
+            .gateways6 = lb->gateway6,
+            .job_id = v->req.job_id,
+            .attempt = v->req.attempt,
+            .owner = lb->b->env.owner_id,
+            .backend = lb->b->name,
+            .image = v->image->name,
+    };
+    return domain_xml_build(&dp, &v->domain_xml, err);
+}
+
+static int start_work(void *data, struct al_error **err)
+{
+    struct lv_vm *v = data;
+    v->dom = virDomainCreateXML(v->lb->conn, v->domain_xml, 0);
+    if (!v->dom)
+        return al_error_set(err, EIO, "starting the VM: %s", lv_libvirt_msg());
+    return 0;
+}
+
+static void on_started(void *data, int result, struct al_error *err)
+{
+    struct lv_vm *v = data;
+    v->worker_busy = false;
+    if (v->destroying) {
+        al_error_free(err);
+        lv_destroy_continue(v);
+        return;
+    }
+    if (result < 0) {
+        lv_finish(v, VM_INFRA_ERROR, 0, "%s", al_error_message(err));
+        al_error_free(err);
+        return;
+    }
+    v->t_started = al_now_mono_ms();
+    lv_phase(v, VM_PHASE_BOOTING);
+    struct al_error *cerr = NULL;
+    const struct backend_env *ac = &v->lb->b->env;
+    int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS,
+                         (uint32_t)ac->channel_max_frame_bytes, &lv_channel_ops, v, &v->ch, &cerr);
+    if (r < 0) {
+        lv_finish(v, VM_INFRA_ERROR, 0, "opening the channel: %s", al_error_message(cerr));
+        al_error_free(cerr);
+        return;
+    }
+    channel_set_rate_limit(v->ch, ac->channel_max_bytes_per_s,
+                           (uint64_t)ac->channel_max_frames_per_s);
+    v->last_frame_ms = al_now_mono_ms();
+    uv_timer_start(&v->hb_timer, lv_on_heartbeat_check, 1000, 1000);
+}
+
+/* ------------------------------------------- batched guestfs injection */
+
+struct inject_batch {
+    struct lv_backend *lb;
+    bool force_tcg;
+    bool may_turn_down_kvm; /* accel = auto: a hung appliance means TCG */
+    size_t n;
+    struct lv_vm *vms[INJECT_BATCH_MAX];
+    struct guestfs_inject_item items[INJECT_BATCH_MAX];
+    int results[INJECT_BATCH_MAX];
+    struct al_error *errs[INJECT_BATCH_MAX];
+};
+
+static void provisioned_continue(struct lv_vm *v);
+static void inject_start(struct lv_backend *lb);
+static void on_inject_window(uv_timer_t *t);
+
+/* Worker thread: one appliance for the whole batch. When that fails, each
+ * overlay is tried on its own, so one bad disk does not fail its neighbours. */
+static int inject_batch_work(void *data, struct al_error **err)
+{
+    (void)err;
+    struct inject_batch *ib = data;
+    struct al_error *e = NULL;
+    int r = guestfs_inject_seed(ib->items, ib->n, ib->force_tcg, &e);
+    if (r == -ETIMEDOUT && !ib->force_tcg && ib->may_turn_down_kvm) {
+        /* KVM runs the probe's kernel but hangs the appliance: TCG from now
+         * on, for this batch too */
+        if (accel_mark_kvm_unusable(ib->lb->b->env.run_dir, al_error_message(e)))
+            log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG from now on",
+                     ib->lb->b->name, al_error_message(e));
+        e = al_error_free(e);
+        ib->force_tcg = true;
+        r = guestfs_inject_seed(ib->items, ib->n, true, &e);
+    }
+    if (r == 0)
+        return 0;
+    if (ib->n == 1) {
+        ib->results[0] = -EIO;
+        ib->errs[0] = e;
+        return 0;
+    }
+    al_error_free(e);
+    for (size_t i = 0; i < ib->n; i++)
+        ib->results[i] = guestfs_inject_seed(&ib->items[i], 1, ib->force_tcg, &ib->errs[i]);
+    return 0;
+}
+
+static void inject_batch_done(void *data, int result, struct al_error *err)
+{
+    struct inject_batch *ib = data;
+    struct lv_backend *lb = ib->lb;
+    lb->inject_running = false;
+    for (size_t i = 0; i < ib->n; i++) {
+        struct lv_vm *v = ib->vms[i];
+        v->worker_busy = false;
+        v->injected = true;
+        if (v->destroying) {
+            lv_destroy_continue(v);
+        } else if (result < 0 || ib->results[i] < 0) {
+            const struct al_error *e = result < 0 ? err : ib->errs[i];
+            lv_finish(v, VM_INFRA_ERROR, 0, "injecting cloud-init data with libguestfs: %s",
+                   e ? al_error_message(e) : "failed");
+        } else {
+            provisioned_continue(v);
+        }
+        al_error_free(ib->errs[i]);
+    }
+    al_error_free(err);
+    free(ib);
+    inject_start(lb);
+}
+
+/* Takes up to INJECT_BATCH_MAX waiting overlays into one batch. */
+static void inject_start(struct lv_backend *lb)
+{
+    if (lb->inject_running || !lb->inject_head)
+        return;
+    struct inject_batch *ib = calloc(1, sizeof(*ib));
+    if (!ib) {
+        /* try again after the window */
+        if (lb->inject_timer)
+            uv_timer_start(lb->inject_timer, on_inject_window, INJECT_WINDOW_MS, 0);
+        return;
+    }
+    ib->lb = lb;
+    ib->force_tcg = lv_accel_now(lb) == ACCEL_KIND_TCG;
+    ib->may_turn_down_kvm = lb->b->cfg->libvirt.accel == ACCEL_AUTO;
+    while (lb->inject_head && ib->n < INJECT_BATCH_MAX) {
+        struct lv_vm *v = lb->inject_head;
+        lb->inject_head = v->inject_next;
+        v->inject_next = NULL;
+        if (v->destroying) {
+            v->worker_busy = false;
+            lv_destroy_continue(v);
+            continue;
+        }
+        ib->vms[ib->n] = v;
+        ib->items[ib->n] = (struct guestfs_inject_item){
+                .disk = v->vol_path,
+                .format = "qcow2",
+                .meta_data = v->meta_data,
+                .user_data = v->user_data,
+        };
+        ib->n++;
+    }
+    if (!lb->inject_head)
+        lb->inject_tail = &lb->inject_head;
+    if (!ib->n) {
+        free(ib);
+        return;
+    }
+    log_debug(NULL, "backend %s: one libguestfs appliance for %zu overlay%s", lb->b->name, ib->n,
+              ib->n == 1 ? "" : "s");
+    lb->inject_running = true;
+    if (al_work_queue(lb->b->env.loop, inject_batch_work, inject_batch_done, ib, NULL) < 0) {
+        struct al_error *e = NULL;
+        al_error_set(&e, ENOMEM, "queueing the injection failed");
+        inject_batch_done(ib, -ENOMEM, e);
+    }
+}
+
+static void on_inject_window(uv_timer_t *t)
+{
+    inject_start(t->data);
+}
+
+void lv_on_inject_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Queues v for the next shared appliance; v stays worker_busy until its
+ * batch completes, so a destroy meanwhile waits for it. */
+static void inject_queue(struct lv_vm *v)
+{
+    struct lv_backend *lb = v->lb;
+    if (!lb->inject_tail)
+        lb->inject_tail = &lb->inject_head;
+    v->worker_busy = true;
+    v->inject_next = NULL;
+    *lb->inject_tail = v;
+    lb->inject_tail = &v->inject_next;
+    if (lb->inject_running)
+        return; /* the running batch's completion starts the next */
+    if (!lb->inject_timer) {
+        lb->inject_timer = malloc(sizeof(*lb->inject_timer));
+        if (!lb->inject_timer) {
+            inject_start(lb);
+            return;
+        }
+        uv_timer_init(lb->b->env.loop, lb->inject_timer);
+        lb->inject_timer->data = lb;
+    }
+    if (!uv_is_active((uv_handle_t *)lb->inject_timer))
+        uv_timer_start(lb->inject_timer, on_inject_window, INJECT_WINDOW_MS, 0);
+}
+
+void lv_on_provisioned(void *data, int result, struct al_error *err)
+{
+    struct lv_vm *v = data;
+    v->worker_busy = false;
+    if (v->destroying) {
+        al_error_free(err);
+        lv_destroy_continue(v);
+        return;
+    }
+    if (result < 0) {
+        lv_finish(v, VM_INFRA_ERROR, 0, "%s", al_error_message(err));
+        al_error_free(err);
+        return;
+    }
+    if (v->inject == INJECT_GUESTFS && !v->injected) {
+        inject_queue(v);
+        return;
+    }
+    provisioned_continue(v);
+}
+
+static void provisioned_continue(struct lv_vm *v)
+{
+    lv_phase(v, VM_PHASE_PROVISIONED);
+    if (v->destroying || v->finished)
+        return;
+    v->worker_busy = true;
+    if (al_work_queue(v->lb->b->env.loop, start_work, on_started, v, NULL) < 0) {
+        v->worker_busy = false;
+        lv_finish(v, VM_INFRA_ERROR, 0, "queueing the VM start failed");
+    }
+}

@@ -1,0 +1,396 @@
+/* The libvirt backend's teardown: destroying a VM at any phase with all it
+ * owns, and finding and removing owned leftovers after a restart. */
+#include "provision/libvirt_priv.h"
+
+/* ------------------------------------------------------------ teardown */
+
+struct teardown {
+    virConnectPtr conn;
+    char *pool_name;
+    char *dom_name;
+    virDomainPtr dom; /* may be NULL: look up by name */
+    char *vol_name;
+    char *run_dir;
+    bool must_be_ours;
+};
+
+/* Frees what a teardown holds (not the struct, which is embedded). */
+static void teardown_clear(struct teardown *t)
+{
+    if (t->dom)
+        virDomainFree(t->dom);
+    if (t->conn)
+        virConnectClose(t->conn); /* drops the worker's reference */
+    free(t->pool_name);
+    free(t->dom_name);
+    free(t->vol_name);
+    free(t->run_dir);
+    *t = (struct teardown){0};
+}
+
+static int teardown_work(void *data, struct al_error **err)
+{
+    struct teardown *t = data;
+    int r = 0;
+    if (!t->conn)
+        return al_error_set(err, ENOTCONN,
+                            "no connection to libvirtd; %s is left for the next sweep",
+                            t->dom_name ? t->dom_name : "the VM");
+    if (!t->dom && t->dom_name)
+        t->dom = virDomainLookupByName(t->conn, t->dom_name);
+    if (t->dom && t->must_be_ours) {
+        char *meta = virDomainGetMetadata(t->dom, VIR_DOMAIN_METADATA_ELEMENT, AL_XML_NS, 0);
+        bool ours = meta != NULL;
+        free(meta);
+        if (!ours)
+            return al_error_set(err, EPERM,
+                                "domain %s carries no agentlab metadata; not touching it",
+                                t->dom_name);
+    }
+    if (t->dom) {
+        if (virDomainIsActive(t->dom) == 1 &&
+            virDomainDestroyFlags(t->dom, VIR_DOMAIN_DESTROY_DEFAULT) < 0 &&
+            virDomainIsActive(t->dom) == 1)
+            r = al_error_set(err, EIO, "destroying %s: %s", t->dom_name, lv_libvirt_msg());
+        /* a domain defined by someone by hand would survive destroy */
+        if (virDomainIsPersistent(t->dom) == 1)
+            virDomainUndefineFlags(t->dom, VIR_DOMAIN_UNDEFINE_NVRAM);
+    }
+    if (t->vol_name) {
+        virStoragePoolPtr pool = virStoragePoolLookupByName(t->conn, t->pool_name);
+        virStorageVolPtr vol = pool ? virStorageVolLookupByName(pool, t->vol_name) : NULL;
+        if (!vol && pool) {
+            /* created behind libvirt's back or pool not refreshed yet */
+            virStoragePoolRefresh(pool, 0);
+            vol = virStorageVolLookupByName(pool, t->vol_name);
+        }
+        if (vol) {
+            if (virStorageVolDelete(vol, 0) < 0 && r == 0)
+                r = al_error_set(err, EIO, "deleting volume %s: %s", t->vol_name, lv_libvirt_msg());
+            virStorageVolFree(vol);
+        }
+        if (pool)
+            virStoragePoolFree(pool);
+    }
+    if (t->run_dir) {
+        struct al_error *rerr = NULL;
+        if (al_rm_rf(t->run_dir, &rerr) < 0 && r == 0)
+            r = al_error_move(err, &rerr);
+        al_error_free(rerr);
+    }
+    return r;
+}
+
+static void vm_unlink(struct lv_vm *v)
+{
+    if (!v->lb)
+        return;
+    for (struct lv_vm **pp = &v->lb->vms; *pp; pp = &(*pp)->next) {
+        if (*pp == v) {
+            *pp = v->next;
+            break;
+        }
+    }
+    v->lb = NULL;
+}
+
+/* Frees the VM's memory; it no longer belongs to the backend (which may be
+ * gone already). */
+static void vm_free(struct lv_vm *v)
+{
+    vm_unlink(v);
+    free(v->image);
+    free(v->base.name);
+    free(v->run_dir);
+    free(v->channel_path);
+    free(v->seed_path);
+    free(v->console_log);
+    free(v->vol_name);
+    free(v->vol_path);
+    free(v->meta_data);
+    free(v->user_data);
+    free(v->domain_xml);
+    free(v->cmdline);
+    al_tlv_buf_free(&v->job);
+    free(v);
+}
+
+void lv_on_hb_timer_closed(uv_handle_t *h)
+{
+    struct lv_vm *v = h->data;
+    v->hb_timer_open = false;
+    vm_free(v);
+}
+
+static void on_torn_down(void *data, int result, struct al_error *err)
+{
+    struct lv_vm *v = data;
+    backend_done_cb done = v->destroy_done;
+    void *ddata = v->destroy_data;
+    if (result < 0)
+        log_warn(v->req.job_id, "cleanup of %s incomplete: %s", v->base.name,
+                 al_error_message(err));
+    /* gone from the backend before the owner hears of it: the owner may
+     * close the backend right away */
+    vm_unlink(v);
+    if (done)
+        done(result, err, ddata);
+    al_error_free(err);
+    uv_close((uv_handle_t *)&v->hb_timer, lv_on_hb_timer_closed);
+}
+
+struct vm_teardown {
+    struct teardown t;
+    struct lv_vm *v;
+};
+
+static int vm_teardown_work(void *data, struct al_error **err)
+{
+    struct vm_teardown *vt = data;
+    return teardown_work(&vt->t, err);
+}
+
+static void vm_teardown_done(void *data, int result, struct al_error *err)
+{
+    struct vm_teardown *vt = data;
+    struct lv_vm *v = vt->v;
+    teardown_clear(&vt->t);
+    free(vt);
+    v->dom = NULL;
+    on_torn_down(v, result, err);
+}
+
+void lv_destroy_continue(struct lv_vm *v)
+{
+    struct vm_teardown *vt = calloc(1, sizeof(*vt));
+    lv_ensure_conn(v->lb);
+    if (vt) {
+        vt->v = v;
+        vt->t.conn = v->lb->conn;
+        if (vt->t.conn)
+            virConnectRef(vt->t.conn);
+        vt->t.dom = TAKE_PTR(v->dom);
+        vt->t.dom_name = strdup(v->base.name);
+        vt->t.pool_name = strdup(v->lb->pool_name);
+        vt->t.vol_name = strdup(v->vol_name);
+        vt->t.run_dir = strdup(v->run_dir);
+    }
+    if (!vt || !vt->t.dom_name || !vt->t.pool_name || !vt->t.vol_name || !vt->t.run_dir ||
+        al_work_queue(v->lb->b->env.loop, vm_teardown_work, vm_teardown_done, vt, NULL) < 0) {
+        /* last resort: tear down synchronously rather than leak */
+        struct al_error *err = NULL;
+        int r = vt ? teardown_work(&vt->t, &err) : -ENOMEM;
+        if (vt)
+            vm_teardown_done(vt, r, err);
+        else
+            on_torn_down(v, r, NULL);
+    }
+}
+
+/* ---------------------------------------------------- reconcile support */
+
+struct list_ctx {
+    struct lv_backend *lb;
+    virConnectPtr conn;
+    char *pool_name;
+    char *vms_dir;
+    struct owned_vm *vms;
+    size_t n;
+    backend_list_cb cb;
+    void *data;
+};
+
+static struct owned_vm *owned_get(struct list_ctx *c, const char *name)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (streq(c->vms[i].name, name))
+            return &c->vms[i];
+    }
+    struct owned_vm *g = realloc(c->vms, (c->n + 1) * sizeof(*g));
+    if (!g)
+        return NULL;
+    c->vms = g;
+    struct owned_vm *o = &g[c->n];
+    *o = (struct owned_vm){.name = strdup(name)};
+    if (!o->name)
+        return NULL;
+    c->n++;
+    return o;
+}
+
+static int list_work(void *data, struct al_error **err)
+{
+    struct list_ctx *c = data;
+    virDomainPtr *doms = NULL;
+    int n = virConnectListAllDomains(c->conn, &doms, 0);
+    if (n < 0)
+        return al_error_set(err, EIO, "listing domains: %s", lv_libvirt_msg());
+    for (int i = 0; i < n; i++) {
+        char *meta = virDomainGetMetadata(doms[i], VIR_DOMAIN_METADATA_ELEMENT, AL_XML_NS, 0);
+        struct domain_metadata m = {0};
+        if (meta && domain_metadata_parse(meta, &m) == 0 && m.backend &&
+            streq(m.backend, c->lb->b->name)) {
+            struct owned_vm *o = owned_get(c, virDomainGetName(doms[i]));
+            if (o) {
+                o->job_id = TAKE_PTR(m.job_id);
+                o->owner = TAKE_PTR(m.owner);
+                o->attempt = m.attempt;
+                o->running = virDomainIsActive(doms[i]) == 1;
+            }
+        }
+        domain_metadata_clear(&m);
+        free(meta);
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+
+    /* leftovers: overlays without a domain */
+    virStoragePoolPtr pool = virStoragePoolLookupByName(c->conn, c->pool_name);
+    if (pool) {
+        virStoragePoolRefresh(pool, 0);
+        virStorageVolPtr *vols = NULL;
+        int nv = virStoragePoolListAllVolumes(pool, &vols, 0);
+        for (int i = 0; i < nv; i++) {
+            const char *vn = virStorageVolGetName(vols[i]);
+            size_t len = strlen(vn);
+            if (strncmp(vn, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) == 0 && len > 6 &&
+                streq(vn + len - 6, ".qcow2")) {
+                _cleanup_free_ char *name = strndup(vn, len - 6);
+                if (name)
+                    owned_get(c, name);
+            }
+            virStorageVolFree(vols[i]);
+        }
+        free(vols);
+        virStoragePoolFree(pool);
+    }
+
+    /* leftovers: run dirs; their owner file says who made them */
+    DIR *d = opendir(c->vms_dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (strncmp(de->d_name, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0)
+                continue;
+            struct owned_vm *o = owned_get(c, de->d_name);
+            if (!o || o->owner)
+                continue;
+            _cleanup_free_ char *dir = al_path_join(c->vms_dir, de->d_name);
+            _cleanup_free_ char *path = dir ? al_path_join(dir, "owner") : NULL;
+            _cleanup_free_ char *text = NULL;
+            struct al_error *rerr = NULL;
+            if (path && al_read_file(path, 4096, &text, NULL, &rerr) == 0) {
+                char owner[256], job[128];
+                int attempt = 0;
+                if (sscanf(text, "%255s %127s %d", owner, job, &attempt) == 3) {
+                    o->owner = strdup(owner);
+                    o->job_id = strdup(job);
+                    o->attempt = attempt;
+                }
+            }
+            al_error_free(rerr);
+        }
+        closedir(d);
+    }
+    return 0;
+}
+
+static void list_done(void *data, int result, struct al_error *err)
+{
+    struct list_ctx *c = data;
+    if (result < 0) {
+        owned_vm_array_free(c->vms, c->n);
+        c->cb(result, NULL, 0, err, c->data);
+    } else {
+        c->cb(0, c->vms, c->n, NULL, c->data);
+    }
+    al_error_free(err);
+    virConnectClose(c->conn);
+    free(c->pool_name);
+    free(c->vms_dir);
+    free(c);
+}
+
+int lv_list_owned(struct backend *b, backend_list_cb cb, void *data)
+{
+    struct lv_backend *lb = b->priv;
+    struct list_ctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->lb = lb;
+    if (!lv_ensure_conn(lb)) {
+        free(c);
+        return -ENOTCONN;
+    }
+    c->conn = lb->conn;
+    virConnectRef(c->conn);
+    c->pool_name = strdup(lb->pool_name);
+    c->vms_dir = strdup(lb->vms_dir);
+    c->cb = cb;
+    c->data = data;
+    int r = (!c->pool_name || !c->vms_dir)
+                    ? -ENOMEM
+                    : al_work_queue(b->env.loop, list_work, list_done, c, NULL);
+    if (r < 0) {
+        free(c->pool_name);
+        free(c->vms_dir);
+        free(c);
+    }
+    return r;
+}
+
+struct owned_destroy {
+    struct teardown t;
+    backend_done_cb done;
+    void *data;
+};
+
+static int owned_destroy_work(void *data, struct al_error **err)
+{
+    struct owned_destroy *od = data;
+    return teardown_work(&od->t, err);
+}
+
+static void owned_destroy_done(void *data, int result, struct al_error *err)
+{
+    struct owned_destroy *od = data;
+    od->done(result, err, od->data);
+    al_error_free(err);
+    teardown_clear(&od->t);
+    free(od);
+}
+
+int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb done, void *data)
+{
+    struct lv_backend *lb = b->priv;
+    if (strncmp(name, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0 ||
+        !al_name_is_valid(name))
+        return -EINVAL;
+    if (lv_find_vm(lb, name))
+        return -EBUSY; /* a live VM of ours: destroy it through its owner */
+    struct owned_destroy *od = calloc(1, sizeof(*od));
+    if (!od)
+        return -ENOMEM;
+    od->done = done;
+    od->data = data;
+    if (!lv_ensure_conn(lb)) {
+        free(od);
+        return -ENOTCONN;
+    }
+    od->t.conn = lb->conn;
+    virConnectRef(od->t.conn);
+    od->t.must_be_ours = true;
+    od->t.dom_name = strdup(name);
+    od->t.pool_name = strdup(lb->pool_name);
+    if (asprintf(&od->t.vol_name, "%s.qcow2", name) < 0)
+        od->t.vol_name = NULL;
+    od->t.run_dir = al_path_join(lb->vms_dir, name);
+    int r = (!od->t.dom_name || !od->t.pool_name || !od->t.vol_name || !od->t.run_dir)
+                    ? -ENOMEM
+                    : al_work_queue(b->env.loop, owned_destroy_work, owned_destroy_done, od, NULL);
+    if (r < 0) {
+        teardown_clear(&od->t);
+        free(od);
+    }
+    return r;
+}
