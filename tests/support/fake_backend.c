@@ -119,8 +119,8 @@ static void fake_close(struct backend *b, void (*done)(void *), void *data)
 
 static int fake_vm_name(struct backend *b, const char *job, int attempt, char *buf, size_t size)
 {
-    snprintf(buf, size, "fake-%s-%s-%d", b->name, job, attempt);
-    return 0;
+    int n = snprintf(buf, size, "fake-%s-%s-%d", b->name, job, attempt);
+    return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
 int fake_a_health;
@@ -238,11 +238,17 @@ static int noop_work(void *data, struct al_error **err)
 
 static int fake_destroy_owned(struct backend *b, const char *name, backend_done_cb done, void *data)
 {
+    struct fake_backend *fb = b->priv;
+    if (strncmp(name, "fake-", 5) != 0 || !al_name_is_valid(name))
+        return -EINVAL;
+    for (struct fake_vm *v = fb->vms; v; v = v->next) {
+        if (streq(v->base.name, name))
+            return -EBUSY; /* live: destroy it through its owner */
+    }
     destroyed_owned++;
     void **pair = calloc(2, sizeof(void *));
     pair[0] = (void *)(uintptr_t)done;
     pair[1] = data;
-    (void)name;
     return al_work_queue(b->env.loop, noop_work, fake_destroy_owned_done, pair, NULL);
 }
 

@@ -562,7 +562,7 @@ static void test_stop_requeues_and_restart_reconciles(void **state)
                                    .job_id = running};
     planted[1] = (struct owned_vm){.name = "someone-else",
                                    .owner = "daemon:ffffffffffffffffffffffffffffffff"};
-    planted[2] = (struct owned_vm){.name = "dead-run", .owner = "run:not-this-boot:1:1"};
+    planted[2] = (struct owned_vm){.name = "fake-dead-run-1", .owner = "run:not-this-boot:1:1"};
     n_planted = 3;
     engine_up(c);
     assert_int_equal(c->report.jobs_failed, 1);
