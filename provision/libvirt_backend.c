@@ -463,6 +463,20 @@ static int prepare_network(struct lv_backend *lb, struct al_error **err)
     return 0;
 }
 
+/* Disconnects and frees the backend's private part. */
+static void lv_backend_free(struct backend *b)
+{
+    struct lv_backend *lb = b->priv;
+    lv_disconnect(lb);
+    free(lb->pool_name);
+    free(lb->pool_dir);
+    free(lb->vms_dir);
+    free(lb->gateway);
+    strv_free(lb->gateway6);
+    free(lb);
+    b->priv = NULL;
+}
+
 static int lv_open(struct backend *b, struct al_error **err)
 {
     const struct backend_env *env = &b->env;
@@ -517,14 +531,7 @@ static int lv_open(struct backend *b, struct al_error **err)
     lb->max_vms = b->cfg->max_vms > 0 ? b->cfg->max_vms : lb->vcpus;
     return 0;
 fail:
-    lv_disconnect(lb);
-    free(lb->pool_name);
-    free(lb->pool_dir);
-    free(lb->vms_dir);
-    free(lb->gateway);
-    strv_free(lb->gateway6);
-    free(lb);
-    b->priv = NULL;
+    lv_backend_free(b);
     return r;
 }
 
@@ -536,14 +543,7 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
             log_warn(NULL, "backend %s closed with VMs still alive", b->name);
         if (lb->inject_timer)
             uv_close((uv_handle_t *)lb->inject_timer, lv_on_inject_timer_closed);
-        lv_disconnect(lb);
-        free(lb->pool_name);
-        free(lb->pool_dir);
-        free(lb->vms_dir);
-        free(lb->gateway);
-        strv_free(lb->gateway6);
-        free(lb);
-        b->priv = NULL;
+        lv_backend_free(b);
     }
     if (done)
         done(data);

@@ -124,20 +124,29 @@ static int start_work(void *data, struct al_error **err)
     return 0;
 }
 
-static void on_started(void *data, int result, struct al_error *err)
+/* A worker of v's returned: false when v goes no further, because it is
+ * being destroyed or because the work failed (v finished). Takes err. */
+static bool worker_done(struct lv_vm *v, int result, struct al_error *err)
 {
-    struct lv_vm *v = data;
     v->worker_busy = false;
     if (v->destroying) {
         al_error_free(err);
         lv_destroy_continue(v);
-        return;
+        return false;
     }
     if (result < 0) {
         lv_finish(v, VM_INFRA_ERROR, 0, "%s", al_error_message(err));
         al_error_free(err);
-        return;
+        return false;
     }
+    return true;
+}
+
+static void on_started(void *data, int result, struct al_error *err)
+{
+    struct lv_vm *v = data;
+    if (!worker_done(v, result, err))
+        return;
     v->t_started = al_now_mono_ms();
     lv_phase(v, VM_PHASE_BOOTING);
     struct al_error *cerr = NULL;
@@ -316,17 +325,8 @@ static void inject_queue(struct lv_vm *v)
 void lv_on_provisioned(void *data, int result, struct al_error *err)
 {
     struct lv_vm *v = data;
-    v->worker_busy = false;
-    if (v->destroying) {
-        al_error_free(err);
-        lv_destroy_continue(v);
+    if (!worker_done(v, result, err))
         return;
-    }
-    if (result < 0) {
-        lv_finish(v, VM_INFRA_ERROR, 0, "%s", al_error_message(err));
-        al_error_free(err);
-        return;
-    }
     if (v->inject == INJECT_GUESTFS && !v->injected) {
         inject_queue(v);
         return;

@@ -142,6 +142,22 @@ int px_vm_call(struct px_vm *v, const char *method, const char *suffix,
     return 0;
 }
 
+int px_list_resources(struct px_backend *pb, pve_cb cb, void *data, struct al_error **err)
+{
+    struct pve_params p = {0};
+    pve_params_add(&p, "type", "vm");
+    struct pve_request req = {
+            .method = "GET",
+            .path = "/cluster/resources",
+            .params = &p,
+            .flags = PVE_IDEMPOTENT,
+            .max_reply = 16u << 20,
+    };
+    int r = pve_api_call(pb->api, &req, cb, data, NULL, err);
+    pve_params_clear(&p);
+    return r;
+}
+
 /* ------------------------------------------------------------ ops */
 
 static int px_vm_name(struct backend *b, const char *job_id, int attempt, char *buf, size_t size)

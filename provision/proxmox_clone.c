@@ -89,18 +89,8 @@ static void step_template(struct px_vm *v)
     pb->tmpl_waiters = v;
     if (pb->tmpl_busy)
         return;
-    struct pve_params p = {0};
-    pve_params_add(&p, "type", "vm");
-    struct pve_request req = {
-            .method = "GET",
-            .path = "/cluster/resources",
-            .params = &p,
-            .flags = PVE_IDEMPOTENT,
-            .max_reply = 16u << 20,
-    };
     struct al_error *err = NULL;
-    int r = pve_api_call(pb->api, &req, on_resources_for_template, pb, NULL, &err);
-    pve_params_clear(&p);
+    int r = px_list_resources(pb, on_resources_for_template, pb, &err);
     if (r < 0) {
         snprintf(pb->tmpl_error, sizeof(pb->tmpl_error), "Proxmox: %s", al_error_message(err));
         al_error_free(err);

@@ -167,6 +167,9 @@ bool px_settle(struct px_vm *v);
 int px_vm_call(struct px_vm *v, const char *method, const char *suffix,
                const struct pve_params *params, unsigned flags, uint64_t delay, size_t max_reply,
                bool cancellable, pve_cb cb);
+/* GET /cluster/resources?type=vm: every VM and template with node, status
+ * and tags (template lookup, list_owned, destroy_owned). */
+int px_list_resources(struct px_backend *pb, pve_cb cb, void *data, struct al_error **err);
 
 /* proxmox_clone.c */
 void px_on_start_timer(int result, const struct pve_reply *reply, const struct al_error *err,

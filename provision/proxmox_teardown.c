@@ -386,24 +386,6 @@ static void on_list(int result, const struct pve_reply *reply, const struct al_e
     free(op);
 }
 
-static int list_resources(struct px_backend *pb, pve_cb cb, void *data)
-{
-    struct pve_params p = {0};
-    pve_params_add(&p, "type", "vm");
-    struct pve_request req = {
-            .method = "GET",
-            .path = "/cluster/resources",
-            .params = &p,
-            .flags = PVE_IDEMPOTENT,
-            .max_reply = 16u << 20,
-    };
-    struct al_error *err = NULL;
-    int r = pve_api_call(pb->api, &req, cb, data, NULL, &err);
-    pve_params_clear(&p);
-    al_error_free(err);
-    return r;
-}
-
 int px_list_owned(struct backend *b, backend_list_cb cb, void *data)
 {
     struct px_backend *pb = b->priv;
@@ -411,7 +393,7 @@ int px_list_owned(struct backend *b, backend_list_cb cb, void *data)
     if (!op)
         return -ENOMEM;
     *op = (struct list_op){.pb = pb, .cb = cb, .data = data};
-    int r = list_resources(pb, on_list, op);
+    int r = px_list_resources(pb, on_list, op, NULL);
     if (r < 0)
         free(op);
     return r;
@@ -525,7 +507,7 @@ int px_destroy_owned(struct backend *b, const char *name, backend_done_cb done, 
     snprintf(op->name, sizeof(op->name), "%s", name);
     op->done = done;
     op->data = data;
-    int r = list_resources(pb, on_destroy_lookup, op);
+    int r = px_list_resources(pb, on_destroy_lookup, op, NULL);
     if (r < 0)
         free(op);
     return r;

@@ -894,20 +894,21 @@ static struct pve_call *call_new(struct pve_api *api, const char *method, const 
 
 /* ------------------------------------------------------------ tickets */
 
+/* The first call waiting for a ticket, or NULL. Sending or failing it
+ * takes it out of that state, so callers loop until NULL. */
+static struct pve_call *first_auth_waiter(const struct pve_api *api)
+{
+    for (struct pve_call *c = api->calls; c; c = c->next) {
+        if (c->state == CALL_AUTH_WAIT)
+            return c;
+    }
+    return NULL;
+}
+
 static void fail_auth_waiters(struct pve_api *api, int result, const char *msg)
 {
-    for (;;) {
-        struct pve_call *w = NULL;
-        for (struct pve_call *c = api->calls; c; c = c->next) {
-            if (c->state == CALL_AUTH_WAIT) {
-                w = c;
-                break;
-            }
-        }
-        if (!w)
-            return;
+    for (struct pve_call *w; (w = first_auth_waiter(api));)
         deliver_error(w, result, 0, "logging in: %s", msg);
-    }
 }
 
 static void on_login(int result, const struct pve_reply *reply, const struct al_error *err,
@@ -937,18 +938,8 @@ static void on_login(int result, const struct pve_reply *reply, const struct al_
         return;
     }
     api->ticket_at = now_ms(api);
-    for (;;) {
-        struct pve_call *w = NULL;
-        for (struct pve_call *c = api->calls; c; c = c->next) {
-            if (c->state == CALL_AUTH_WAIT) {
-                w = c;
-                break;
-            }
-        }
-        if (!w)
-            break;
+    for (struct pve_call *w; (w = first_auth_waiter(api));)
         send_call(w);
-    }
 }
 
 static void start_login(struct pve_api *api)
