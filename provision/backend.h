@@ -280,9 +280,9 @@ struct backend_ops {
 struct backend_env {
     uv_loop_t *loop;
     struct al_curl *curl;
-    const char *owner_id;  /* identifies this agentlab instance in VM metadata */
-    const char *state_dir; /* storage pools live below it */
-    const char *run_dir;   /* per-VM sockets and files, the accelerator probe cache */
+    const char *owner_id;        /* identifies this agentlab instance in VM metadata */
+    const char *state_dir;       /* storage pools live below it */
+    const char *run_dir;         /* per-VM sockets and files, the accelerator probe cache */
     int64_t heartbeat_timeout_s; /* a guest silent this long is dead */
     uint64_t max_log_bytes;      /* console output kept per VM */
     /* hard limits on what a guest may send over its channel */

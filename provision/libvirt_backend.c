@@ -166,7 +166,7 @@ static int lv_assign(struct vm *vm, const struct vm_request *req, const struct v
     al_tlv_buf_free(&v->job);
     v->job = job;
     v->req = *req;
-    v->req.warm = true; /* still the VM's kind: it boots no job from cloud-init */
+    v->req.warm = true;      /* still the VM's kind: it boots no job from cloud-init */
     v->req.image = v->image; /* booted from it; the job's request need not name it */
     v->assigned = true;
     v->base.ev = ev;
@@ -328,7 +328,8 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
         c.used_memory += v->req.memory;
     }
     if (!c.healthy)
-        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down", b->cfg->libvirt.uri);
+        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down",
+                 b->cfg->libvirt.uri);
     *ret = c;
 }
 
@@ -348,7 +349,7 @@ static void on_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event, 
                                                                                    : "stopped";
         _cleanup_free_ char *tail = lv_console_tail(v);
         lv_finish(v, VM_INFRA_ERROR, 0, "the VM %s before reporting a result%s%s", what,
-               tail ? "; console: " : "", tail ? tail : "");
+                  tail ? "; console: " : "", tail ? tail : "");
     }
 }
 
@@ -458,7 +459,8 @@ static int prepare_network(struct lv_backend *lb, struct al_error **err)
                             name);
     virNWFilterPtr f = virNWFilterDefineXML(lb->conn, nwfilter_xml());
     if (!f)
-        return al_error_set(err, EIO, "defining nwfilter " AL_NWFILTER_NAME ": %s", lv_libvirt_msg());
+        return al_error_set(err, EIO, "defining nwfilter " AL_NWFILTER_NAME ": %s",
+                            lv_libvirt_msg());
     virNWFilterFree(f);
     return 0;
 }
@@ -491,8 +493,7 @@ static int lv_open(struct backend *b, struct al_error **err)
 
     if (*b->cfg->libvirt.storage_pool) {
         lb->pool_name = strdup(b->cfg->libvirt.storage_pool);
-    } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name, fnv1a(env->state_dir)) <
-               0) {
+    } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name, fnv1a(env->state_dir)) < 0) {
         lb->pool_name = NULL;
     }
     _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
@@ -511,7 +512,8 @@ static int lv_open(struct backend *b, struct al_error **err)
     if (r < 0)
         goto fail;
     /* said once per boot of the host: whoever probed first says it */
-    if (lb->accel.kind == ACCEL_KIND_TCG && b->cfg->libvirt.accel == ACCEL_AUTO && !lb->accel.from_cache)
+    if (lb->accel.kind == ACCEL_KIND_TCG && b->cfg->libvirt.accel == ACCEL_AUTO &&
+        !lb->accel.from_cache)
         log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
                  b->name, lb->accel.reason);
 

@@ -18,7 +18,7 @@ static void on_workdir_sent(struct channel *ch, int result, void *data)
     struct lv_vm *v = data;
     if (result < 0 && !v->finished)
         lv_finish(v, VM_INFRA_ERROR, 0, "sending the work directory to the guest: %s",
-               strerror(-result));
+                  strerror(-result));
 }
 
 static int send_tlv(struct lv_vm *v, uint8_t type, const struct al_tlv_buf *b)
@@ -53,7 +53,7 @@ static void handle_hello(struct lv_vm *v, const struct al_frame *f)
     }
     if (r < 0 || version != AL_PROTO_VERSION) {
         lv_finish(v, VM_INFRA_ERROR, 0, "the guest speaks protocol version %" PRIu64 ", not %d",
-               version, AL_PROTO_VERSION);
+                  version, AL_PROTO_VERSION);
         return;
     }
     v->hello = true;
@@ -90,7 +90,7 @@ void lv_deliver(struct lv_vm *v, bool has_job)
     return;
 fail:
     lv_finish(v, VM_INFRA_ERROR, 0, "delivering the job to the guest failed%s%s", err ? ": " : "",
-           err ? al_error_message(err) : "");
+              err ? al_error_message(err) : "");
     al_error_free(err);
 }
 
@@ -217,12 +217,12 @@ static void on_channel_closed(struct channel *ch, int result, const char *messag
         lv_finish(v, VM_INFRA_ERROR, 0, "protocol violation: %s", message);
     else if (!v->hello)
         lv_finish(v, VM_INFRA_ERROR, 0,
-               "the VM went away before reporting a result: its channel closed before the guest "
-               "helper started%s%s",
-               tail ? "; console: " : "", tail ? tail : "");
+                  "the VM went away before reporting a result: its channel closed before the guest "
+                  "helper started%s%s",
+                  tail ? "; console: " : "", tail ? tail : "");
     else
-        lv_finish(v, VM_INFRA_ERROR, 0, "the VM went away before reporting a result (%s)%s%s", message,
-               tail ? "; console: " : "", tail ? tail : "");
+        lv_finish(v, VM_INFRA_ERROR, 0, "the VM went away before reporting a result (%s)%s%s",
+                  message, tail ? "; console: " : "", tail ? tail : "");
 }
 
 const struct channel_ops lv_channel_ops = {
@@ -234,8 +234,7 @@ const struct channel_ops lv_channel_ops = {
 enum accel_kind lv_accel_now(struct lv_backend *lb)
 {
     if (lb->b->cfg->libvirt.accel == ACCEL_AUTO) {
-        struct accel_probe_opts o = {.mode = ACCEL_AUTO,
-                                     .cache_dir = lb->b->env.run_dir};
+        struct accel_probe_opts o = {.mode = ACCEL_AUTO, .cache_dir = lb->b->env.run_dir};
         struct accel_result r;
         if (accel_probe(&o, &r, NULL) == 0)
             lb->accel = r;
@@ -279,7 +278,8 @@ static bool console_shows_life(const char *path)
 static bool boot_watchdog(struct lv_vm *v)
 {
     const struct backend_settings *bc = v->lb->b->cfg;
-    int64_t bound_s = v->accel == ACCEL_KIND_KVM ? bc->libvirt.boot_watchdog_s : bc->libvirt.boot_watchdog_tcg_s;
+    int64_t bound_s = v->accel == ACCEL_KIND_KVM ? bc->libvirt.boot_watchdog_s
+                                                 : bc->libvirt.boot_watchdog_tcg_s;
     if (bound_s <= 0 || !v->t_started || !v->console_log)
         return false;
     if (console_shows_life(v->console_log)) {
@@ -320,5 +320,5 @@ void lv_on_heartbeat_check(uv_timer_t *t)
     uint64_t quiet = al_now_mono_ms() - v->last_frame_ms;
     if (quiet > limit)
         lv_finish(v, VM_INFRA_ERROR, 0, "the guest sent nothing for %" PRIu64 " s (heartbeat lost)",
-               quiet / 1000u);
+                  quiet / 1000u);
 }

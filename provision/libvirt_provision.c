@@ -226,7 +226,7 @@ static void inject_batch_done(void *data, int result, struct al_error *err)
         } else if (result < 0 || ib->results[i] < 0) {
             const struct al_error *e = result < 0 ? err : ib->errs[i];
             lv_finish(v, VM_INFRA_ERROR, 0, "injecting cloud-init data with libguestfs: %s",
-                   e ? al_error_message(e) : "failed");
+                      e ? al_error_message(e) : "failed");
         } else {
             provisioned_continue(v);
         }

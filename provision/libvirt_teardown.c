@@ -363,8 +363,7 @@ static void owned_destroy_done(void *data, int result, struct al_error *err)
 int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb done, void *data)
 {
     struct lv_backend *lb = b->priv;
-    if (strncmp(name, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0 ||
-        !al_name_is_valid(name))
+    if (strncmp(name, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0 || !al_name_is_valid(name))
         return -EINVAL;
     if (lv_find_vm(lb, name))
         return -EBUSY; /* a live VM of ours: destroy it through its owner */

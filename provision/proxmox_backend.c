@@ -115,8 +115,8 @@ bool px_settle(struct px_vm *v)
 }
 
 int px_vm_call(struct px_vm *v, const char *method, const char *suffix,
-                   const struct pve_params *params, unsigned flags, uint64_t delay,
-                   size_t max_reply, bool cancellable, pve_cb cb)
+               const struct pve_params *params, unsigned flags, uint64_t delay, size_t max_reply,
+               bool cancellable, pve_cb cb)
 {
     char path[256];
     if (v->vmid > 0)

@@ -101,7 +101,7 @@ static void step_template(struct px_vm *v)
 }
 
 void px_on_start_timer(int result, const struct pve_reply *reply, const struct al_error *err,
-                           void *data)
+                       void *data)
 {
     (void)reply;
     (void)err;
@@ -189,10 +189,10 @@ static void on_nodes(int result, const struct pve_reply *reply, const struct al_
     }
     if (!best) {
         px_finish(v, VM_INFRA_ERROR, 0, "Proxmox: no node can take the job's %" PRIu64 " MiB: %s",
-               v->req.memory >> 20,
-               why[0] ? why
-                      : (pb->nodes_cfg ? "none of the configured nodes exists"
-                                       : "the cluster lists no nodes"));
+                  v->req.memory >> 20,
+                  why[0] ? why
+                         : (pb->nodes_cfg ? "none of the configured nodes exists"
+                                          : "the cluster lists no nodes"));
         return;
     }
     snprintf(v->node, sizeof(v->node), "%s", best);
@@ -476,7 +476,7 @@ static void on_start(int result, const struct pve_reply *reply, const struct al_
     struct al_error *e = NULL;
     if (!upid || pve_task_wait(v->pb->api, upid, 0, on_start_task, v, &v->task, &e) < 0) {
         px_finish(v, VM_INFRA_ERROR, 0, "Proxmox: starting the VM: %s",
-               e ? al_error_message(e) : "no task id in the reply");
+                  e ? al_error_message(e) : "no task id in the reply");
         al_error_free(e);
     }
 }

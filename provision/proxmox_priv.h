@@ -151,7 +151,6 @@ struct px_vm {
     struct px_teardown td;
 };
 
-
 /* proxmox_backend.c */
 bool px_node_name_ok(const char *s);
 /* Counts a failed API call against the backend's health. */

@@ -76,7 +76,7 @@ void px_step_write(struct px_vm *v)
         ssize_t got = pread(v->wd_fd, wd_buf, n, (off_t)off);
         if (got != (ssize_t)n) {
             px_finish(v, VM_INFRA_ERROR, 0, "reading the work directory archive: %s",
-                   got < 0 ? strerror(errno) : "short read");
+                      got < 0 ? strerror(errno) : "short read");
             return;
         }
         src = wd_buf;
@@ -95,8 +95,8 @@ void px_step_write(struct px_vm *v)
         explicit_bzero(b64.data, b64.len);
     al_buf_free(&b64);
     explicit_bzero(wd_buf, n);
-    px_vm_call(v, "POST", "/agent/file-write", &p, PVE_IDEMPOTENT, v->agent_up ? 0 : v->agent_wait, 0,
-            true, on_write);
+    px_vm_call(v, "POST", "/agent/file-write", &p, PVE_IDEMPOTENT, v->agent_up ? 0 : v->agent_wait,
+               0, true, on_write);
     pve_params_clear(&p);
 }
 
@@ -203,7 +203,7 @@ static void on_exec_status(int result, const struct pve_reply *reply, const stru
             }
         }
         px_finish(v, VM_INFRA_ERROR, 0, "the job runner in the guest failed (exit %" PRId64 ")%s%s",
-               code, tail[0] ? ": " : "", tail);
+                  code, tail[0] ? ": " : "", tail);
         return;
     }
     if (v->st.diag[0] && v->base.ev->diag)
@@ -212,7 +212,7 @@ static void on_exec_status(int result, const struct pve_reply *reply, const stru
         return;
     if (!v->st.ok) {
         px_finish(v, VM_INFRA_ERROR, 0, "the job could not start in the guest: %s",
-               v->st.diag[0] ? v->st.diag : "no reason given");
+                  v->st.diag[0] ? v->st.diag : "no reason given");
         return;
     }
     v->exited = true;
@@ -244,7 +244,7 @@ static void on_read(int result, const struct pve_reply *reply, const struct al_e
         return;
     } else if (result < 0) {
         px_fail_call(v, result, err,
-                  s == S_ART ? "reading the artifacts" : "reading the job's output");
+                     s == S_ART ? "reading the artifacts" : "reading the job's output");
         return;
     } else {
         const char *content = pve_json_str(reply->data, "content");
@@ -343,7 +343,7 @@ void px_pump(struct px_vm *v)
             struct pve_params p = {0};
             pve_params_add_int(&p, "pid", v->pid);
             px_vm_call(v, "GET", "/agent/exec-status", &p, PVE_IDEMPOTENT, v->poll_ms, 0, true,
-                    on_exec_status);
+                       on_exec_status);
             pve_params_clear(&p);
             return;
         }

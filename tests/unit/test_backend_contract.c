@@ -252,8 +252,8 @@ static void sim_start(struct ctx *c)
         size_t n = 0;
         struct al_error *perr = NULL;
         if (al_read_file(port_file, 64, &port, &n, &perr) == 0 && n > 0) {
-            snprintf(c->sim_url, sizeof(c->sim_url), "https://127.0.0.1:%.*s", (int)strcspn(port, "\n"),
-                     port);
+            snprintf(c->sim_url, sizeof(c->sim_url), "https://127.0.0.1:%.*s",
+                     (int)strcspn(port, "\n"), port);
             free(port);
             return;
         }
