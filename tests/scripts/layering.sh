@@ -64,7 +64,6 @@ closure() {
     echo "$seen"
 }
 checked=0
-temporary="backend_type_to_string config_name_is_valid image_find image_info_free"
 for l in "${layers[@]}"; do
     allowed=$(closure "$l")
     while read -r sym; do
@@ -73,9 +72,6 @@ for l in "${layers[@]}"; do
         ok=0
         for w in $where; do [[ $allowed == *" $w "* ]] && ok=1; done
         checked=$((checked + 1))
-        # TEMPORARY (CMakeLists.txt has the matching block): the backends
-        # still read the config and the catalog
-        [[ $l == provision && " $temporary " == *" $sym "* ]] && ok=1
         if ((ok == 0)); then
             echo "FAIL: layer $l uses $sym, defined in layer(s) ${where% } it may not use"; fail=1
         fi
