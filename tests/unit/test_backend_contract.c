@@ -633,6 +633,29 @@ static void test_destroy_owned_refuses_live_vm(void **state)
     assert_int_equal(owned_count(c), 0);
 }
 
+/* The copy a backend keeps of the engine's image outlives the original. */
+static void test_vm_image_dup(void **state)
+{
+    (void)state;
+    char disk[] = "/s/images/x/disk.qcow2", kernel[] = "/s/images/x/vmlinuz";
+    struct vm_image img = {.name = "x", .disk = disk, .kernel = kernel, .virtual_size = 42};
+    struct vm_image *c = vm_image_dup(&img);
+    assert_non_null(c);
+    memset(disk, 0, sizeof(disk));
+    memset(kernel, 0, sizeof(kernel));
+    assert_string_equal(c->name, "x");
+    assert_string_equal(c->disk, "/s/images/x/disk.qcow2");
+    assert_string_equal(c->kernel, "/s/images/x/vmlinuz");
+    assert_null(c->initrd);
+    assert_null(c->cmdline);
+    assert_int_equal(c->virtual_size, 42);
+    free(c);
+}
+
+static const struct CMUnitTest helpers[] = {
+        cmocka_unit_test(test_vm_image_dup),
+};
+
 static const struct CMUnitTest contract[] = {
         cmocka_unit_test(test_capacity),
         cmocka_unit_test(test_vm_name),
@@ -648,7 +671,8 @@ static const struct CMUnitTest contract[] = {
 int main(void)
 {
     assert_int_equal(al_curl_global_init(), 0);
-    int failed = cmocka_run_group_tests_name("fake", contract, setup_fake, teardown_fake);
+    int failed = cmocka_run_group_tests_name("helpers", helpers, NULL, NULL);
+    failed += cmocka_run_group_tests_name("fake", contract, setup_fake, teardown_fake);
     failed += cmocka_run_group_tests_name("proxmox", contract, setup_proxmox, teardown_proxmox);
     failed += cmocka_run_group_tests_name("libvirt", contract, setup_libvirt, teardown_libvirt);
     al_curl_global_cleanup();
