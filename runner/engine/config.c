@@ -747,16 +747,22 @@ static int apply_section(const char *file, const struct raw_section *s, void *ba
     return 0;
 }
 
-static int grow(void **arr, size_t *n, size_t elem)
+/* Appends a zeroed element to the array *arr of *n; returns it, or NULL on
+ * ENOMEM. */
+static void *grow(void **arr, size_t *n, size_t elem)
 {
-    void *g = realloc(*arr, (*n + 1) * elem);
+    char *g = realloc(*arr, (*n + 1) * elem);
     if (!g)
-        return -ENOMEM;
-    memset((char *)g + *n * elem, 0, elem);
+        return NULL;
+    memset(g + *n * elem, 0, elem);
     *arr = g;
-    (*n)++;
-    return 0;
+    return g + (*n)++ * elem;
 }
+
+/* A section's struct starts with its name: sections are filled by kind. */
+_Static_assert(offsetof(struct backend_settings, name) == 0, "name first");
+_Static_assert(offsetof(struct config_source, name) == 0, "name first");
+_Static_assert(offsetof(struct config_pool, name) == 0, "name first");
 
 static int expand_dir(char **field, const char *state_dir, const char *run_dir)
 {
@@ -829,13 +835,13 @@ static int finish(struct config *c, const char *file, struct al_error **err)
 
     /* Built-in backend and pool when the file names none. */
     if (c->n_backends == 0) {
-        if (grow((void **)&c->backends, &c->n_backends, sizeof(*c->backends)) < 0 ||
+        if (!grow((void **)&c->backends, &c->n_backends, sizeof(*c->backends)) ||
             section_defaults(SEC_BACKEND, &c->backends[0]) < 0 ||
             !(c->backends[0].name = strdup("local")))
             return al_error_set(err, ENOMEM, "out of memory");
     }
     if (c->n_pools == 0) {
-        if (grow((void **)&c->pools, &c->n_pools, sizeof(*c->pools)) < 0 ||
+        if (!grow((void **)&c->pools, &c->n_pools, sizeof(*c->pools)) ||
             section_defaults(SEC_POOL, &c->pools[0]) < 0 ||
             !(c->pools[0].name = strdup(c->agent.pool)))
             return al_error_set(err, ENOMEM, "out of memory");
@@ -904,37 +910,17 @@ int config_load_string(const char *text, size_t len, const char *name, struct co
     }
     for (size_t i = 0; i < st.n_sections && r == 0; i++) {
         struct raw_section *s = &st.sections[i];
-        void *base = NULL;
-        char **namefield = NULL;
-        if (s->kind == SEC_BACKEND) {
-            if (grow((void **)&c->backends, &c->n_backends, sizeof(*c->backends)) < 0)
-                r = -ENOMEM;
-            else {
-                base = &c->backends[c->n_backends - 1];
-                namefield = &c->backends[c->n_backends - 1].name;
-            }
-        } else if (s->kind == SEC_SOURCE) {
-            if (grow((void **)&c->sources, &c->n_sources, sizeof(*c->sources)) < 0)
-                r = -ENOMEM;
-            else {
-                base = &c->sources[c->n_sources - 1];
-                namefield = &c->sources[c->n_sources - 1].name;
-            }
-        } else if (s->kind == SEC_POOL) {
-            if (grow((void **)&c->pools, &c->n_pools, sizeof(*c->pools)) < 0)
-                r = -ENOMEM;
-            else {
-                base = &c->pools[c->n_pools - 1];
-                namefield = &c->pools[c->n_pools - 1].name;
-            }
-        }
-        if (r < 0) {
-            r = al_error_set(err, ENOMEM, "out of memory");
-            break;
-        }
-        if (!base)
+        void *base;
+        if (s->kind == SEC_BACKEND)
+            base = grow((void **)&c->backends, &c->n_backends, sizeof(*c->backends));
+        else if (s->kind == SEC_SOURCE)
+            base = grow((void **)&c->sources, &c->n_sources, sizeof(*c->sources));
+        else if (s->kind == SEC_POOL)
+            base = grow((void **)&c->pools, &c->n_pools, sizeof(*c->pools));
+        else
             continue;
-        if (section_defaults(s->kind, base) < 0 || !(*namefield = strdup(s->name))) {
+        char **namefield = base;
+        if (!base || section_defaults(s->kind, base) < 0 || !(*namefield = strdup(s->name))) {
             r = al_error_set(err, ENOMEM, "out of memory");
             break;
         }
