@@ -18,15 +18,15 @@
 
 /* ------------------------------------------------------------ helpers */
 
-void kick(struct engine *e)
+void eng_kick(struct engine *e)
 {
     /* coalesce: many changes in one loop turn schedule once */
     if (!e->stopping)
-        uv_timer_start(&e->kick, on_kick, 0, 0);
+        uv_timer_start(&e->kick, eng_on_kick, 0, 0);
 }
 
 /* Ends a round of observer callbacks; watches removed during it go now. */
-void notify_end(struct engine *e)
+void eng_notify_end(struct engine *e)
 {
     if (--e->notifying > 0)
         return;
@@ -38,18 +38,18 @@ void notify_end(struct engine *e)
     }
 }
 
-void notify_event(struct engine *e, const struct store_event *ev)
+void eng_notify_event(struct engine *e, const struct store_event *ev)
 {
     e->notifying++;
     al_list_for_each(w, &e->watches, struct engine_watch, link) {
         if (!w->removed && w->o.event)
             w->o.event(ev, w->data);
     }
-    notify_end(e);
+    eng_notify_end(e);
 }
 
 /* Commits a transition and tells the observers. */
-int transition(struct ejob *j, enum job_state to, const char *detail, bool has_code, int code)
+int eng_transition(struct ejob *j, enum job_state to, const char *detail, bool has_code, int code)
 {
     struct engine *e = j->e;
     struct store_event ev = {0};
@@ -67,12 +67,12 @@ int transition(struct ejob *j, enum job_state to, const char *detail, bool has_c
     log_info(j->id, "%s -> %s%s%s", job_state_to_string(j->state), job_state_to_string(to),
              detail ? ": " : "", detail ? detail : "");
     j->state = to;
-    notify_event(e, &ev);
+    eng_notify_event(e, &ev);
     store_event_clear(&ev);
     return 0;
 }
 
-void ejob_free(struct ejob *j)
+void eng_ejob_free(struct ejob *j)
 {
     if (!j)
         return;
@@ -98,11 +98,11 @@ void job_finished(struct ejob *j, const struct attempt_result *last)
         if (!w->removed && w->o.finished)
             w->o.finished(j->id, j->state, last, w->data);
     }
-    notify_end(e);
-    ejob_free(j);
+    eng_notify_end(e);
+    eng_ejob_free(j);
 }
 
-void queue_push(struct engine *e, struct ejob *j, bool front)
+void eng_queue_push(struct engine *e, struct ejob *j, bool front)
 {
     if (front)
         al_list_add(&e->queue, &j->link);
@@ -137,7 +137,7 @@ static bool pool_has_labels(const struct config_pool *p, char *const *labels)
 
 /* A job's pool: the one it names; else the first pool whose labels include
  * all of the job's labels; else the default pool. */
-const struct config_pool *pool_of(struct engine *e, const struct job_spec *spec)
+const struct config_pool *eng_pool_of(struct engine *e, const struct job_spec *spec)
 {
     if (spec->pool)
         return config_find_pool(e->cfg, spec->pool);
@@ -152,8 +152,8 @@ const struct config_pool *pool_of(struct engine *e, const struct job_spec *spec)
 }
 
 /* The backends of a pool in order (every backend when it names none). */
-size_t pool_slots(struct engine *e, const struct config_pool *pool, struct backend_slot **ret,
-                  size_t max)
+size_t eng_pool_slots(struct engine *e, const struct config_pool *pool, struct backend_slot **ret,
+                      size_t max)
 {
     size_t n = 0;
     if (!pool || !pool->backends || !pool->backends[0]) {
@@ -181,8 +181,8 @@ struct store *engine_store(struct engine *e)
 }
 
 /* Builds the backend request from the spec; arrays point into the spec. */
-int image_ref_resolve(struct engine *e, const struct backend *b, const char *name,
-                      struct image_ref *ref, const struct vm_image **ret, struct al_error **err)
+int eng_image_ref_resolve(struct engine *e, const struct backend *b, const char *name,
+                          struct image_ref *ref, const struct vm_image **ret, struct al_error **err)
 {
     ref->info = image_info_free(ref->info);
     *ret = NULL;
@@ -202,7 +202,7 @@ int image_ref_resolve(struct engine *e, const struct backend *b, const char *nam
     return 0;
 }
 
-int build_request(struct ejob *j, struct al_error **err)
+int eng_build_request(struct ejob *j, struct al_error **err)
 {
     const struct job_spec *s = j->spec;
     const struct config *cfg = j->e->cfg;
@@ -276,14 +276,14 @@ static int job_dir_prepare(struct engine *e, struct ejob *j, const struct engine
 
 static int validate(struct engine *e, struct job_spec *spec, struct al_error **err)
 {
-    const struct config_pool *pool = pool_of(e, spec);
+    const struct config_pool *pool = eng_pool_of(e, spec);
     if (!pool && !spec->pool && spec->n_labels)
         return al_error_set(err, EINVAL, "labels: no pool carries all of the job's labels");
     if (!pool)
         return al_error_set(err, EINVAL, "pool: no pool named \"%s\"",
                             spec->pool ? spec->pool : e->cfg->agent.pool);
     struct backend_slot *slots[32];
-    size_t n = pool_slots(e, pool, slots, ARRAY_SIZE(slots));
+    size_t n = eng_pool_slots(e, pool, slots, ARRAY_SIZE(slots));
     bool fits = false, needs_image = false;
     uint64_t mem = (uint64_t)spec->resources.memory_mb << 20;
     for (size_t i = 0; i < n; i++) {
@@ -342,7 +342,7 @@ void engine_set_gate(struct engine *e, bool (*gate)(const char *job_id, void *da
 {
     e->gate = gate;
     e->gate_data = data;
-    kick(e);
+    eng_kick(e);
 }
 
 int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_submit *opts,
@@ -374,14 +374,14 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
     j->spec = spec;
     r = job_spec_register_secrets(spec, err);
     if (r < 0) {
-        ejob_free(j);
+        eng_ejob_free(j);
         return r;
     }
     j->secrets_registered = true;
     struct store_event ev = {0};
     r = store_job_insert(e->store, spec, j->id, &ev, err);
     if (r < 0) {
-        ejob_free(j);
+        eng_ejob_free(j);
         return r;
     }
     e->dirty = true;
@@ -389,7 +389,7 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
     j->max_attempts = spec->max_attempts;
     r = job_dir_prepare(e, j, opts, err);
     if (r == 0)
-        r = build_request(j, err);
+        r = eng_build_request(j, err);
     if (r < 0) {
         char msg[400];
         snprintf(msg, sizeof(msg), "accepting the job: %s", err ? al_error_message(*err) : "");
@@ -399,17 +399,17 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
             log_error(j->id, "storing the refusal (%s): %s", msg, al_error_message(terr));
         al_error_free(terr);
         store_event_clear(&ev);
-        ejob_free(j);
+        eng_ejob_free(j);
         return r;
     }
     log_info(j->id, "accepted (%s, pool %s, image %s)",
              spec->name ? spec->name : (spec->script ? "script" : spec->command[0]),
              spec->pool ? spec->pool : e->cfg->agent.pool, spec->image);
-    notify_event(e, &ev);
+    eng_notify_event(e, &ev);
     store_event_clear(&ev);
     memcpy(ret_id, j->id, STORE_JOB_ID_SIZE);
-    queue_push(e, j, false);
-    kick(e);
+    eng_queue_push(e, j, false);
+    eng_kick(e);
     return 0;
 }
 
@@ -433,7 +433,7 @@ int engine_cancel(struct engine *e, const char *job_id, struct al_error **err)
     j->cancel_requested = true;
     if (j->state == JOB_STATE_QUEUED) {
         al_list_del(&j->link);
-        transition(j, JOB_STATE_CANCELED, "canceled while queued", false, 0);
+        eng_transition(j, JOB_STATE_CANCELED, "canceled while queued", false, 0);
         job_finished(j, NULL);
         return 0;
     }
@@ -461,7 +461,7 @@ static struct backend_env backend_env_of(const struct engine *e)
 }
 
 /* Backends that failed to open (libvirtd down at start) are tried again. */
-void reopen_backends(struct engine *e)
+void eng_reopen_backends(struct engine *e)
 {
     struct backend_env env = backend_env_of(e);
     for (size_t i = 0; i < e->n_slots; i++) {
@@ -472,7 +472,7 @@ void reopen_backends(struct engine *e)
         if (backend_new(&env, s->cfg, &s->b, &err) == 0) {
             log_info(NULL, "backend %s is available again", s->cfg->name);
             s->open_error[0] = '\0';
-            kick(e);
+            eng_kick(e);
         } else {
             snprintf(s->open_error, sizeof(s->open_error), "%s", al_error_message(err));
             al_error_free(err);
@@ -550,7 +550,7 @@ long engine_pool_room(struct engine *e, const char *pool)
     const struct config_pool *p =
             config_find_pool(e->cfg, pool && *pool ? pool : e->cfg->agent.pool);
     struct backend_slot *slots[32];
-    size_t n = pool_slots(e, p, slots, ARRAY_SIZE(slots));
+    size_t n = eng_pool_slots(e, p, slots, ARRAY_SIZE(slots));
     int cpus = e->cfg->agent.job_cpus > 0 ? e->cfg->agent.job_cpus : 1;
     long room = 0;
     for (size_t i = 0; i < n; i++) {
@@ -583,7 +583,7 @@ enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_adm
     const struct config_pool *p = config_find_pool(e->cfg, name);
     long queued = 0;
     al_list_for_each(j, &e->queue, struct ejob, link)
-        queued += pool_of(e, j->spec) == p;
+        queued += eng_pool_of(e, j->spec) == p;
     long room = engine_pool_room(e, name);
     if (room > queued + (long)a->held)
         return ENGINE_ADMIT_YES;
@@ -655,7 +655,7 @@ int engine_new(const struct engine_params *p, struct engine **ret, struct al_err
     e->kick.data = e;
     uv_timer_init(p->loop, &e->housekeeping);
     e->housekeeping.data = e;
-    uv_timer_start(&e->housekeeping, on_housekeeping, SYNC_INTERVAL_MS, SYNC_INTERVAL_MS);
+    uv_timer_start(&e->housekeeping, eng_on_housekeeping, SYNC_INTERVAL_MS, SYNC_INTERVAL_MS);
     *ret = e;
     return 0;
 }
@@ -688,7 +688,7 @@ static void on_backend_closed(void *data)
     uv_close((uv_handle_t *)&e->housekeeping, on_engine_handle_closed);
 }
 
-void maybe_finish_stop(struct engine *e)
+void eng_maybe_finish_stop(struct engine *e)
 {
     if (!e->stopping || !al_list_empty(&e->running) || e->backends_closing || e->pending_closes ||
         e->sweep_pending || e->workers || !al_list_empty(&e->warm) || e->warm_dying)
@@ -696,7 +696,7 @@ void maybe_finish_stop(struct engine *e)
     /* queued jobs stay QUEUED in the store: a restart resumes them */
     al_list_for_each_safe(j, next, &e->queue, struct ejob, link) {
         al_list_del(&j->link);
-        ejob_free(j);
+        eng_ejob_free(j);
     }
     e->backends_closing = 1;
     for (size_t i = 0; i < e->n_slots; i++) {
@@ -721,6 +721,6 @@ void engine_stop(struct engine *e, void (*done)(void *data), void *data)
     al_list_for_each(j, &e->running, struct ejob, link)
         attempt_cancel(j->attempt);
     while (!al_list_empty(&e->warm))
-        warm_destroy(al_list_first_entry(&e->warm, struct warm_vm, link));
-    maybe_finish_stop(e);
+        eng_warm_destroy(al_list_first_entry(&e->warm, struct warm_vm, link));
+    eng_maybe_finish_stop(e);
 }

@@ -35,7 +35,7 @@ static void sync_done(void *data, int result, struct al_error *err)
         e->sync_busy = false;
     free(s);
     e->workers--;
-    maybe_finish_stop(e);
+    eng_maybe_finish_stop(e);
 }
 
 void engine_sync(struct engine *e, void (*done)(int result, void *data), void *data)
@@ -82,7 +82,7 @@ void engine_prune(struct engine *e)
     store_prune_result_clear(&res);
 }
 
-void on_housekeeping(uv_timer_t *t)
+void eng_on_housekeeping(uv_timer_t *t)
 {
     struct engine *e = t->data;
     if (e->dirty && !e->sync_busy) {
@@ -96,16 +96,16 @@ void on_housekeeping(uv_timer_t *t)
     }
     /* a backend may have become healthy again; schedule() is cheap */
     if (!al_list_empty(&e->queue))
-        kick(e);
+        eng_kick(e);
     if (now - e->last_reopen >= REOPEN_INTERVAL_MS) {
         e->last_reopen = now;
-        reopen_backends(e);
+        eng_reopen_backends(e);
     }
-    warm_recycle(e);
-    warm_fill(e);
+    eng_warm_recycle(e);
+    eng_warm_fill(e);
     if (e->started && !e->sweep_pending && now - e->last_sweep >= SWEEP_INTERVAL_MS) {
         e->last_sweep = now;
         e->report = (struct engine_reconcile_report){0};
-        sweep_owned(e);
+        eng_sweep_owned(e);
     }
 }

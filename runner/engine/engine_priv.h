@@ -135,59 +135,60 @@ struct engine {
 /* ---- engine.c: jobs, the queue, observers */
 
 /* Turns schedule() (and warm_fill()) once on the next loop iteration. */
-void kick(struct engine *e);
+void eng_kick(struct engine *e);
 /* Observer rounds: e->notifying++, the callbacks, then notify_end(). */
-void notify_end(struct engine *e);
-void notify_event(struct engine *e, const struct store_event *ev);
+void eng_notify_end(struct engine *e);
+void eng_notify_event(struct engine *e, const struct store_event *ev);
 /* Commits a transition and tells the observers; <0 when the store refused. */
-int transition(struct ejob *j, enum job_state to, const char *detail, bool has_code, int code);
-void ejob_free(struct ejob *j);
+int eng_transition(struct ejob *j, enum job_state to, const char *detail, bool has_code, int code);
+void eng_ejob_free(struct ejob *j);
 /* The job is done with for good: tell the observers, then free it. */
 void job_finished(struct ejob *j, const struct attempt_result *last);
-void queue_push(struct engine *e, struct ejob *j, bool front);
+void eng_queue_push(struct engine *e, struct ejob *j, bool front);
 /* The job's pool, or NULL when none matches. */
-const struct config_pool *pool_of(struct engine *e, const struct job_spec *spec);
+const struct config_pool *eng_pool_of(struct engine *e, const struct job_spec *spec);
 /* The backends of a pool in order (every backend when it names none). */
-size_t pool_slots(struct engine *e, const struct config_pool *pool, struct backend_slot **ret,
-                  size_t max);
+size_t eng_pool_slots(struct engine *e, const struct config_pool *pool, struct backend_slot **ret,
+                      size_t max);
 /* Builds j->req from the spec; arrays point into the spec. */
-int build_request(struct ejob *j, struct al_error **err);
+int eng_build_request(struct ejob *j, struct al_error **err);
 /* Points *ret at the image named name when backend b boots VMs from the
  * local catalogue (NULL otherwise); ref keeps what it points into until the
  * next call or image_info_free(ref->info). */
-int image_ref_resolve(struct engine *e, const struct backend *b, const char *name,
-                      struct image_ref *ref, const struct vm_image **ret, struct al_error **err);
+int eng_image_ref_resolve(struct engine *e, const struct backend *b, const char *name,
+                          struct image_ref *ref, const struct vm_image **ret,
+                          struct al_error **err);
 /* Backends that failed to open are tried again. */
-void reopen_backends(struct engine *e);
+void eng_reopen_backends(struct engine *e);
 /* Finishes engine_stop() once nothing is in flight any more. */
-void maybe_finish_stop(struct engine *e);
+void eng_maybe_finish_stop(struct engine *e);
 
 /* ---- engine_sched.c: scheduling and attempts */
 
-void on_kick(uv_timer_t *t);
-void schedule(struct engine *e);
+void eng_on_kick(uv_timer_t *t);
+void eng_schedule(struct engine *e);
 /* Starts the job's next attempt on slot's backend, on the warm VM warm when
  * one is given (the attempt then owns it). */
-void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm);
+void eng_start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm);
 /* Whether the backend can take a VM of that size now (why says why not). */
-bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
-                   bool *ret_broken);
+bool eng_slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
+                       bool *ret_broken);
 
 /* ---- engine_warm.c: warm pools */
 
 /* A backend destroy callback for a warm VM the engine no longer tracks. */
-void warm_orphan_destroyed(int result, const struct al_error *err, void *data);
+void eng_warm_orphan_destroyed(int result, const struct al_error *err, void *data);
 /* Takes a ready warm VM for job j out of the pool, or returns NULL. */
-struct warm_vm *warm_take(struct engine *e, struct ejob *j);
-void warm_fill(struct engine *e);
-void warm_recycle(struct engine *e);
+struct warm_vm *eng_warm_take(struct engine *e, struct ejob *j);
+void eng_warm_fill(struct engine *e);
+void eng_warm_recycle(struct engine *e);
 /* Destroys a warm VM that will not be used. */
-void warm_destroy(struct warm_vm *w);
+void eng_warm_destroy(struct warm_vm *w);
 
 /* ---- engine_housekeeping.c, engine_reconcile.c */
 
-void on_housekeeping(uv_timer_t *t);
+void eng_on_housekeeping(uv_timer_t *t);
 /* Destroys every owned VM no live job uses; see engine_sweep(). */
-void sweep_owned(struct engine *e);
+void eng_sweep_owned(struct engine *e);
 
 #endif

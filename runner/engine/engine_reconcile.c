@@ -24,7 +24,7 @@ static void sweep_step_done(struct engine *e)
             e->swept = NULL;
             cb(&e->report, e->swept_data);
         }
-        maybe_finish_stop(e);
+        eng_maybe_finish_stop(e);
         return;
     }
     e->reconciling = false;
@@ -49,8 +49,8 @@ static void sweep_step_done(struct engine *e)
     e->started = true;
     if (e->reconciled)
         e->reconciled(&e->report, e->reconciled_data);
-    kick(e);
-    maybe_finish_stop(e);
+    eng_kick(e);
+    eng_maybe_finish_stop(e);
 }
 
 struct destroy_ctx {
@@ -188,7 +188,7 @@ static void reconcile_jobs(struct engine *e)
                     char msg[200];
                     snprintf(msg, sizeof(msg), "agentlabd restarted while the job was %s",
                              job_state_to_string(sj->state));
-                    transition(j, JOB_STATE_ERROR, msg, false, 0);
+                    eng_transition(j, JOB_STATE_ERROR, msg, false, 0);
                     e->report.jobs_failed++;
                     if (j->retry_blocked || j->attempts >= j->max_attempts) {
                         job_finished(j, NULL);
@@ -201,16 +201,16 @@ static void reconcile_jobs(struct engine *e)
                         job_finished(j, NULL);
                         continue;
                     }
-                    notify_event(e, &ev);
+                    eng_notify_event(e, &ev);
                     store_event_clear(&ev);
                     j->state = JOB_STATE_QUEUED;
                     e->report.jobs_requeued++;
                 } else if (j->retry_blocked) {
-                    transition(j, JOB_STATE_ERROR,
-                               r < 0 ? "the stored job spec is unreadable"
-                                     : "secret values are not kept across agentlabd restarts; "
-                                       "submit the job again",
-                               false, 0);
+                    eng_transition(j, JOB_STATE_ERROR,
+                                   r < 0 ? "the stored job spec is unreadable"
+                                         : "secret values are not kept across agentlabd restarts; "
+                                           "submit the job again",
+                                   false, 0);
                     job_finished(j, NULL);
                     continue;
                 } else {
@@ -221,12 +221,12 @@ static void reconcile_jobs(struct engine *e)
                         j->job_dir ? al_path_join(j->job_dir, "workdir.tar") : NULL;
                 if (wd && access(wd, R_OK) == 0)
                     j->workdir_tar = TAKE_PTR(wd);
-                if (!j->job_dir || build_request(j, &err) < 0) {
+                if (!j->job_dir || eng_build_request(j, &err) < 0) {
                     err = al_error_free(err);
-                    ejob_free(j);
+                    eng_ejob_free(j);
                     continue;
                 }
-                queue_push(e, j, false);
+                eng_queue_push(e, j, false);
             }
             snprintf(cursor, sizeof(cursor), "%s", page.next_cursor);
             store_job_page_clear(&page);
@@ -248,12 +248,12 @@ void engine_start(struct engine *e,
     }
     reconcile_jobs(e);
     e->reconciling = true;
-    sweep_owned(e);
+    eng_sweep_owned(e);
 }
 
 /* Lists every backend's owned VMs and destroys those no running attempt
  * uses. Also runs periodically, for teardowns that failed (libvirtd gone). */
-void sweep_owned(struct engine *e)
+void eng_sweep_owned(struct engine *e)
 {
     e->sweep_pending = 1; /* released below, after every backend was asked */
     for (size_t i = 0; i < e->n_slots; i++) {
@@ -284,6 +284,6 @@ int engine_sweep(struct engine *e,
     e->last_sweep = uv_now(e->loop);
     e->swept = done;
     e->swept_data = data;
-    sweep_owned(e);
+    eng_sweep_owned(e);
     return 0;
 }

@@ -34,9 +34,9 @@ static void on_attempt_phase(struct attempt *a, enum vm_phase phase, void *data)
     (void)a;
     struct ejob *j = data;
     if (phase == VM_PHASE_BOOTING && j->state == JOB_STATE_PROVISIONING)
-        transition(j, JOB_STATE_BOOTING, j->vm_name, false, 0);
+        eng_transition(j, JOB_STATE_BOOTING, j->vm_name, false, 0);
     else if (phase == VM_PHASE_RUNNING && j->state == JOB_STATE_BOOTING)
-        transition(j, JOB_STATE_RUNNING, NULL, false, 0);
+        eng_transition(j, JOB_STATE_RUNNING, NULL, false, 0);
 }
 
 static void on_attempt_output(struct attempt *a, enum vm_stream s, const char *buf, size_t len,
@@ -50,7 +50,7 @@ static void on_attempt_output(struct attempt *a, enum vm_stream s, const char *b
         if (!w->removed && w->o.output)
             w->o.output(j->id, s, buf, len, w->data);
     }
-    notify_end(e);
+    eng_notify_end(e);
 }
 
 static void on_attempt_diag(struct attempt *a, const char *msg, void *data)
@@ -89,7 +89,7 @@ static void on_attempt_decided(struct attempt *a, const struct attempt_result *r
         detail = buf;
     }
     bool code = to == JOB_STATE_SUCCEEDED || to == JOB_STATE_FAILED;
-    transition(j, to, detail, code, r->exit_code);
+    eng_transition(j, to, detail, code, r->exit_code);
 }
 
 static void index_artifacts(struct ejob *j, const struct attempt_result *r)
@@ -139,7 +139,7 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
         if (!w->removed && w->o.attempt_done)
             w->o.attempt_done(j->id, j->attempts, r, w->data);
     }
-    notify_end(e);
+    eng_notify_end(e);
     log_info(j->id,
              "attempt %d on %s done in %.1fs (provision %.2fs, start %.2fs, boot %.1fs, "
              "run %.1fs, cleanup %.2fs)",
@@ -156,20 +156,20 @@ static void on_attempt_done(struct attempt *a, const struct attempt_result *r, v
                                          : "retrying on a fresh VM",
                             free_attempt, &ev, &err) == 0) {
             j->state = JOB_STATE_QUEUED;
-            notify_event(e, &ev);
+            eng_notify_event(e, &ev);
             store_event_clear(&ev);
             /* a retry goes first: it has waited already */
-            queue_push(e, j, true);
-            kick(e);
-            maybe_finish_stop(e);
+            eng_queue_push(e, j, true);
+            eng_kick(e);
+            eng_maybe_finish_stop(e);
             return;
         }
         log_error(j->id, "cannot requeue: %s", al_error_message(err));
         al_error_free(err);
     }
     job_finished(j, r);
-    kick(e);
-    maybe_finish_stop(e);
+    eng_kick(e);
+    eng_maybe_finish_stop(e);
 }
 
 static const struct attempt_callbacks attempt_cbs = {
@@ -193,7 +193,7 @@ static void rotate_log(struct ejob *j)
 
 /* Starts the job's next attempt on slot's backend, on the warm VM vm when
  * one is given (the attempt then owns it). */
-void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
+void eng_start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
 {
     struct engine *e = j->e;
     struct backend *b = slot->b;
@@ -204,12 +204,12 @@ void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
                  j->attempts + 1, b->name, warm->name);
     else
         snprintf(detail, sizeof(detail), "attempt %d on backend %s", j->attempts + 1, b->name);
-    if (transition(j, JOB_STATE_PROVISIONING, detail, false, 0) < 0) {
+    if (eng_transition(j, JOB_STATE_PROVISIONING, detail, false, 0) < 0) {
         /* the store refused: the job cannot make progress; end it */
-        transition(j, JOB_STATE_ERROR, "recording the job's progress failed", false, 0);
+        eng_transition(j, JOB_STATE_ERROR, "recording the job's progress failed", false, 0);
         job_finished(j, NULL);
         if (warm)
-            b->ops->destroy(warm, warm_orphan_destroyed, e);
+            b->ops->destroy(warm, eng_warm_orphan_destroyed, e);
         return;
     }
     j->attempts++;
@@ -219,12 +219,12 @@ void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
     int nr = warm ? (snprintf(j->vm_name, sizeof(j->vm_name), "%s", warm->name), 0)
                   : b->ops->vm_name(b, j->id, j->attempts, j->vm_name, sizeof(j->vm_name));
     if (nr < 0 || store_vm_add(e->store, b->name, j->vm_name, j->id, &err) < 0) {
-        transition(j, JOB_STATE_ERROR, err ? al_error_message(err) : "naming the VM failed", false,
-                   0);
+        eng_transition(j, JOB_STATE_ERROR, err ? al_error_message(err) : "naming the VM failed",
+                       false, 0);
         al_error_free(err);
         job_finished(j, NULL);
         if (warm)
-            b->ops->destroy(warm, warm_orphan_destroyed, e);
+            b->ops->destroy(warm, eng_warm_orphan_destroyed, e);
         return;
     }
     rotate_log(j);
@@ -241,11 +241,12 @@ void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
                                 .max_files = (uint64_t)e->cfg->agent.max_artifact_files},
     };
     al_list_add(&e->running, &j->link);
-    if ((!warm && image_ref_resolve(e, b, j->req.image_name, &j->image, &j->req.image, &err) < 0) ||
+    if ((!warm &&
+         eng_image_ref_resolve(e, b, j->req.image_name, &j->image, &j->req.image, &err) < 0) ||
         attempt_start(e->loop, &ap, &attempt_cbs, j, &j->attempt, &err) < 0) {
         al_list_del(&j->link);
         if (warm)
-            b->ops->destroy(warm, warm_orphan_destroyed, e);
+            b->ops->destroy(warm, eng_warm_orphan_destroyed, e);
         struct al_error *rerr = NULL;
         if (store_vm_remove(e->store, b->name, j->vm_name, &rerr) < 0)
             log_error(j->id, "forgetting VM %s in the database: %s", j->vm_name,
@@ -254,7 +255,7 @@ void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
         char msg[600];
         snprintf(msg, sizeof(msg), "%s", al_error_message(err));
         al_error_free(err);
-        transition(j, JOB_STATE_ERROR, msg, false, 0);
+        eng_transition(j, JOB_STATE_ERROR, msg, false, 0);
         j->backend = NULL;
         job_finished(j, NULL);
     }
@@ -265,15 +266,15 @@ void start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm)
 static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size,
                       bool *ret_broken)
 {
-    return slot_has_room(slot, j->spec->resources.cpus,
-                         (uint64_t)j->spec->resources.memory_mb << 20, why, size, ret_broken);
+    return eng_slot_has_room(slot, j->spec->resources.cpus,
+                             (uint64_t)j->spec->resources.memory_mb << 20, why, size, ret_broken);
 }
 
 /* Whether the backend can take a VM of that size now. ret_broken (may be
  * NULL) says the backend cannot work until an operator fixes it (bad
  * credentials, a certificate mismatch). */
-bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
-                   bool *ret_broken)
+bool eng_slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
+                       bool *ret_broken)
 {
     if (ret_broken)
         *ret_broken = false;
@@ -299,24 +300,24 @@ bool slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why,
     return true;
 }
 
-void schedule(struct engine *e)
+void eng_schedule(struct engine *e)
 {
     if (!e->started || e->stopping || e->reconcile_only)
         return;
     al_list_for_each_safe(j, next, &e->queue, struct ejob, link) {
         if (e->gate && !e->gate(j->id, e->gate_data))
             continue;
-        struct warm_vm *w = warm_take(e, j);
+        struct warm_vm *w = eng_warm_take(e, j);
         if (w) {
             al_list_del(&j->link);
             struct backend_slot *slot = w->slot;
             struct vm *vm = w->vm;
             free(w);
-            start_attempt(j, slot, vm);
+            eng_start_attempt(j, slot, vm);
             continue;
         }
         struct backend_slot *slots[32];
-        size_t n = pool_slots(e, pool_of(e, j->spec), slots, ARRAY_SIZE(slots));
+        size_t n = eng_pool_slots(e, eng_pool_of(e, j->spec), slots, ARRAY_SIZE(slots));
         char why[256] = "";
         bool all_broken = n > 0, started = false;
         for (size_t i = 0; i < n; i++) {
@@ -333,7 +334,7 @@ void schedule(struct engine *e)
                 log_info(j->id, "falling back to backend %s: %s", slots[i]->cfg->name, why);
             }
             al_list_del(&j->link);
-            start_attempt(j, slots[i], NULL);
+            eng_start_attempt(j, slots[i], NULL);
             started = true;
             break;
         }
@@ -345,14 +346,14 @@ void schedule(struct engine *e)
                      "configuration is fixed: %s",
                      why);
             al_list_del(&j->link);
-            transition(j, JOB_STATE_ERROR, msg, false, 0);
+            eng_transition(j, JOB_STATE_ERROR, msg, false, 0);
             job_finished(j, NULL);
         }
     }
 }
 
-void on_kick(uv_timer_t *t)
+void eng_on_kick(uv_timer_t *t)
 {
-    schedule(t->data);
-    warm_fill(t->data);
+    eng_schedule(t->data);
+    eng_warm_fill(t->data);
 }

@@ -25,11 +25,11 @@ static void warm_destroyed(int result, const struct al_error *err, void *data)
     (void)err;
     struct engine *e = data;
     e->warm_dying--;
-    kick(e);
-    maybe_finish_stop(e);
+    eng_kick(e);
+    eng_maybe_finish_stop(e);
 }
 
-void warm_orphan_destroyed(int result, const struct al_error *err, void *data)
+void eng_warm_orphan_destroyed(int result, const struct al_error *err, void *data)
 {
     warm_destroyed(result, err, data);
 }
@@ -40,7 +40,7 @@ static void warm_unlink(struct warm_vm *w)
 }
 
 /* Destroys a warm VM that will not be used. */
-void warm_destroy(struct warm_vm *w)
+void eng_warm_destroy(struct warm_vm *w)
 {
     struct engine *e = w->e;
     warm_unlink(w);
@@ -60,7 +60,7 @@ static void warm_phase(struct vm *vm, enum vm_phase phase, void *data)
     w->ready_at = uv_now(w->e->loop);
     w->e->warm_failures = 0;
     log_info(NULL, "warm VM %s ready for pool %s", w->vm->name, w->pool->name);
-    kick(w->e);
+    eng_kick(w->e);
 }
 
 static void warm_finished(struct vm *vm, const struct vm_result *r, void *data)
@@ -73,7 +73,7 @@ static void warm_finished(struct vm *vm, const struct vm_result *r, void *data)
     e->warm_failures++;
     unsigned shift = e->warm_failures < 8 ? e->warm_failures : 8;
     e->warm_next_try = uv_now(e->loop) + (1000u << shift);
-    warm_destroy(w);
+    eng_warm_destroy(w);
 }
 
 static const struct vm_events warm_events = {
@@ -82,9 +82,9 @@ static const struct vm_events warm_events = {
 };
 
 /* Takes a ready warm VM for job j out of the pool, or returns NULL. */
-struct warm_vm *warm_take(struct engine *e, struct ejob *j)
+struct warm_vm *eng_warm_take(struct engine *e, struct ejob *j)
 {
-    const struct config_pool *pool = pool_of(e, j->spec);
+    const struct config_pool *pool = eng_pool_of(e, j->spec);
     const struct job_spec *s = j->spec;
     al_list_for_each(w, &e->warm, struct warm_vm, link) {
         if (!w->ready || w->pool != pool || !w->slot->b || !w->vm->backend->ops->assign)
@@ -121,7 +121,7 @@ static void warm_launch(struct engine *e, const struct config_pool *pool, struct
     };
     struct al_error *err = NULL;
     struct image_ref image = {0};
-    int r = image_ref_resolve(e, slot->b, w->req.image_name, &image, &w->req.image, &err);
+    int r = eng_image_ref_resolve(e, slot->b, w->req.image_name, &image, &w->req.image, &err);
     if (r == 0)
         r = slot->b->ops->launch(slot->b, &w->req, &warm_events, w, &w->vm, &err);
     image_info_free(image.info);
@@ -141,7 +141,7 @@ static void warm_launch(struct engine *e, const struct config_pool *pool, struct
 }
 
 /* Tops every pool up to its warm count where a backend has room. */
-void warm_fill(struct engine *e)
+void eng_warm_fill(struct engine *e)
 {
     if (!e->started || e->stopping || e->reconcile_only || uv_now(e->loop) < e->warm_next_try)
         return;
@@ -152,14 +152,14 @@ void warm_fill(struct engine *e)
         al_list_for_each(w, &e->warm, struct warm_vm, link)
             have += w->pool == pool;
         struct backend_slot *slots[32];
-        size_t n = pool_slots(e, pool, slots, ARRAY_SIZE(slots));
+        size_t n = eng_pool_slots(e, pool, slots, ARRAY_SIZE(slots));
         while (have < want) {
             struct backend_slot *slot = NULL;
             for (size_t i = 0; i < n && !slot; i++) {
                 char why[256];
                 if (slots[i]->b && slots[i]->b->ops->assign &&
-                    slot_has_room(slots[i], e->cfg->agent.job_cpus, e->cfg->agent.job_memory, why,
-                                  sizeof(why), NULL))
+                    eng_slot_has_room(slots[i], e->cfg->agent.job_cpus, e->cfg->agent.job_memory,
+                                      why, sizeof(why), NULL))
                     slot = slots[i];
             }
             if (!slot)
@@ -203,7 +203,7 @@ int engine_warm_target(const struct config_pool *pool, int64_t now_wall_ms)
 
 /* Recycles warm VMs idle longer than their pool's warm_max_idle, and those a
  * pool no longer wants (its peak hours ended). */
-void warm_recycle(struct engine *e)
+void eng_warm_recycle(struct engine *e)
 {
     uint64_t now = uv_now(e->loop);
     for (size_t p = 0; p < e->cfg->n_pools; p++) {
@@ -217,7 +217,7 @@ void warm_recycle(struct engine *e)
             if (w->pool == pool && w->ready) {
                 log_info(NULL, "pool %s: fewer warm VMs wanted now; destroying %s", pool->name,
                          w->vm->name);
-                warm_destroy(w);
+                eng_warm_destroy(w);
                 surplus--;
             }
         }
@@ -226,7 +226,7 @@ void warm_recycle(struct engine *e)
         if (w->ready && now - w->ready_at > (uint64_t)w->pool->warm_max_idle_s * 1000u) {
             log_info(NULL, "recycling warm VM %s after %" PRId64 " s idle", w->vm->name,
                      w->pool->warm_max_idle_s);
-            warm_destroy(w);
+            eng_warm_destroy(w);
         }
     }
 }

@@ -126,7 +126,7 @@ static int pragma_int(struct store *s, const char *sql, int *ret, struct al_erro
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "%s", sql);
+        return st_db_fail(s, rc, err, "%s", sql);
     return 0;
 }
 
@@ -145,7 +145,7 @@ static int pragma_text(struct store *s, const char *sql, char *buf, size_t size,
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "%s", sql);
+        return st_db_fail(s, rc, err, "%s", sql);
     return 0;
 }
 
@@ -179,16 +179,16 @@ static int migrate(struct store *s, struct al_error **err)
                             s->path, version, STORE_SCHEMA_VERSION);
     for (int v = version; v < STORE_SCHEMA_VERSION; v++) {
         _cleanup_tx_ struct tx tx = {0};
-        r = tx_begin(s, &tx, err);
+        r = st_tx_begin(s, &tx, err);
         if (r < 0)
             return r;
         char bump[64];
         snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", v + 1);
-        r = exec_sql(s, migrations[v], err);
+        r = st_exec_sql(s, migrations[v], err);
         if (r >= 0)
-            r = exec_sql(s, bump, err);
+            r = st_exec_sql(s, bump, err);
         if (r >= 0)
-            r = tx_commit(&tx, err);
+            r = st_tx_commit(&tx, err);
         if (r < 0)
             return WRAP(r, err, "migrating the schema from version %d to %d", v, v + 1);
     }
@@ -255,7 +255,7 @@ int store_open(const char *path, const struct store_options *opts, struct store 
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
                              NULL);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "opening");
+        return st_db_fail(s, rc, err, "opening");
     sqlite3_extended_result_codes(s->db, 1);
     if (sqlite3_db_readonly(s->db, "main") == 1)
         return al_error_set(err, EROFS,
@@ -273,8 +273,8 @@ int store_open(const char *path, const struct store_options *opts, struct store 
         return al_error_set(err, ENOTSUP,
                             "database %s: the filesystem does not support WAL mode (got %s)", path,
                             mode);
-    r = exec_sql(s, opts->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
-                 err);
+    r = st_exec_sql(
+            s, opts->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL", err);
     if (r < 0)
         return r;
     /* temp_store = MEMORY: with temp files, every write statement opens its
@@ -282,10 +282,10 @@ int store_open(const char *path, const struct store_options *opts, struct store 
      * are allocated and freed per statement; glibc then trims and regrows
      * the heap on every commit (measured: one brk per commit, several times
      * slower commits). Our temp data is tiny: bounded, indexed queries. */
-    r = exec_sql(s,
-                 "PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; "
-                 "PRAGMA journal_size_limit = " STORE_WAL_SIZE_LIMIT,
-                 err);
+    r = st_exec_sql(s,
+                    "PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; "
+                    "PRAGMA journal_size_limit = " STORE_WAL_SIZE_LIMIT,
+                    err);
     if (r < 0)
         return r;
     sqlite3_wal_autocheckpoint(s->db, STORE_WAL_BACKSTOP_PAGES);
@@ -315,7 +315,7 @@ int store_open(const char *path, const struct store_options *opts, struct store 
                                           : "PRAGMA synchronous = NORMAL",
                           NULL, NULL, NULL);
     if (rc != SQLITE_OK)
-        return al_error_set(err, sqlite_to_errno(rc), "opening database %s for checkpoints: %s",
+        return al_error_set(err, st_sqlite_to_errno(rc), "opening database %s for checkpoints: %s",
                             path, s->sync_db ? sqlite3_errmsg(s->sync_db) : sqlite3_errstr(rc));
     *ret_store = TAKE_PTR(s);
     return 0;
@@ -361,7 +361,7 @@ int store_sync(struct store *s, struct al_error **err)
     int rc = sqlite3_wal_checkpoint_v2(s->sync_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
     int r = 0;
     if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY)
-        r = al_error_set(err, sqlite_to_errno(rc), "checkpointing database %s: %s", s->path,
+        r = al_error_set(err, st_sqlite_to_errno(rc), "checkpointing database %s: %s", s->path,
                          sqlite3_errmsg(s->sync_db));
     pthread_mutex_unlock(&s->sync_lock);
     if (r < 0)
@@ -394,9 +394,9 @@ int store_integrity_check(struct store *s, struct al_error **err)
         rc = SQLITE_OK;
     }
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE && !sqlite_is_corrupt(rc))
-        return db_fail(s, rc, err, "integrity check");
-    if (sqlite_is_corrupt(rc))
+    if (rc != SQLITE_DONE && !st_sqlite_is_corrupt(rc))
+        return st_db_fail(s, rc, err, "integrity check");
+    if (st_sqlite_is_corrupt(rc))
         al_buf_printf(&problems, "%s%s", problems.len ? "; " : "", sqlite3_errstr(rc));
 
     st = NULL;
@@ -409,8 +409,8 @@ int store_integrity_check(struct store *s, struct al_error **err)
         rc = SQLITE_OK;
     }
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE && rc != SQLITE_OK && !sqlite_is_corrupt(rc))
-        return db_fail(s, rc, err, "foreign key check");
+    if (rc != SQLITE_DONE && rc != SQLITE_OK && !st_sqlite_is_corrupt(rc))
+        return st_db_fail(s, rc, err, "foreign key check");
     if (problems.len)
         return al_error_set(err, EIO, "database %s failed its integrity check: %s", s->path,
                             problems.data);

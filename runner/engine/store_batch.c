@@ -109,8 +109,9 @@ int store_batch_begin(struct store *s, const char *name, unsigned max_parallel, 
         }
     }
     if (r == 0)
-        r = prepare(db, "INSERT INTO batch_jobs (batch_id, idx, job_id, params) "
-                        "VALUES (?1, ?2, ?3, ?4)",
+        r = prepare(db,
+                    "INSERT INTO batch_jobs (batch_id, idx, job_id, params) "
+                    "VALUES (?1, ?2, ?3, ?4)",
                     &tx->link, err);
     if (r < 0) {
         store_batch_rollback(tx);
@@ -214,8 +215,7 @@ static int read_counts(sqlite3 *db, struct store_batch *b, struct al_error **err
     return 0;
 }
 
-int store_batch_get(struct store *s, const char *id, struct store_batch *ret,
-                    struct al_error **err)
+int store_batch_get(struct store *s, const char *id, struct store_batch *ret, struct al_error **err)
 {
     sqlite3 *db = store_sqlite(s);
     _cleanup_finalize_ sqlite3_stmt *st = NULL;
@@ -361,8 +361,7 @@ int store_batch_live_jobs(struct store *s, const char *batch_id,
                              : "SELECT t.id, t.max_parallel, j.id, j.state FROM jobs j "
                                "JOIN batch_jobs b ON b.job_id = j.id "
                                "JOIN batches t ON t.id = b.batch_id "
-                               "WHERE j.state NOT IN " BATCH_TERMINAL_SQL
-                               " AND t.max_parallel > 0",
+                               "WHERE j.state NOT IN " BATCH_TERMINAL_SQL " AND t.max_parallel > 0",
                     &st, err);
     if (r < 0)
         return r;
@@ -480,13 +479,11 @@ int store_batch_tag(struct store *s, const char *name, const char *job_id, const
     return r;
 }
 
-int store_batch_set_canceled(struct store *s, const char *id, int64_t at_ms,
-                             struct al_error **err)
+int store_batch_set_canceled(struct store *s, const char *id, int64_t at_ms, struct al_error **err)
 {
     sqlite3 *db = store_sqlite(s);
     _cleanup_finalize_ sqlite3_stmt *st = NULL;
-    int r = prepare(db,
-                    "UPDATE batches SET canceled_ms = ?2 WHERE id = ?1 AND canceled_ms IS NULL",
+    int r = prepare(db, "UPDATE batches SET canceled_ms = ?2 WHERE id = ?1 AND canceled_ms IS NULL",
                     &st, err);
     if (r < 0)
         return r;

@@ -51,21 +51,21 @@ static int insert_event(struct store *s, const char *job_id, enum job_state from
                         int64_t at_ms, const char *detail, struct store_event *ret_event,
                         struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_EVENT_INSERT, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_EVENT_INSERT, err);
     if (!st)
         return -EIO;
-    int rc = bind_plain(st, 1, job_id);
+    int rc = st_bind_plain(st, 1, job_id);
     if (rc == SQLITE_OK)
-        rc = bind_plain(st, 2, from == JOB_STATE_NONE ? NULL : job_state_to_string(from));
+        rc = st_bind_plain(st, 2, from == JOB_STATE_NONE ? NULL : job_state_to_string(from));
     if (rc == SQLITE_OK)
-        rc = bind_plain(st, 3, job_state_to_string(to));
+        rc = st_bind_plain(st, 3, job_state_to_string(to));
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, 4, at_ms);
     if (rc == SQLITE_OK)
-        rc = bind_text(st, 5, detail);
+        rc = st_bind_text(st, 5, detail);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "recording an event of job %s", job_id);
-    int r = run_write(s, st, "recording an event", err);
+        return st_db_fail(s, rc, err, "recording an event of job %s", job_id);
+    int r = st_run_write(s, st, "recording an event", err);
     if (r < 0)
         return r;
     if (ret_event) {
@@ -93,7 +93,7 @@ static int commit_with_event(struct tx *tx, const char *job_id, enum job_state f
     int r = insert_event(tx->s, job_id, from, to, at_ms, detail, ret_event ? &ev : NULL, err);
     if (r < 0)
         return r;
-    r = tx_commit(tx, err);
+    r = st_tx_commit(tx, err);
     if (r < 0) {
         store_event_clear(&ev);
         return r;
@@ -133,7 +133,7 @@ int store_job_insert(struct store *s, const struct job_spec *spec, char ret_id[S
         return al_error_set(err, ENOMEM, "storing job");
 
     _cleanup_tx_ struct tx tx = {0};
-    r = tx_begin(s, &tx, err);
+    r = st_tx_begin(s, &tx, err);
     if (r < 0)
         return WRAP(r, err, "storing job");
     int64_t now = al_now_wall_ms();
@@ -144,45 +144,45 @@ int store_job_insert(struct store *s, const struct job_spec *spec, char ret_id[S
     for (int tries = 0;; tries++) {
         if (make_job_id(s, id) < 0)
             return al_error_set(err, EIO, "storing job: no random bytes for the id");
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_JOB_INSERT, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_INSERT, err);
         if (!st)
             return -EIO;
-        int rc = bind_plain(st, 1, id);
+        int rc = st_bind_plain(st, 1, id);
         if (rc == SQLITE_OK)
-            rc = bind_text(st, 2, spec->name);
+            rc = st_bind_text(st, 2, spec->name);
         if (rc == SQLITE_OK)
-            rc = bind_text(st, 3, json);
+            rc = st_bind_text(st, 3, json);
         if (rc == SQLITE_OK)
-            rc = bind_plain(st, 4, source);
+            rc = st_bind_plain(st, 4, source);
         if (rc == SQLITE_OK)
-            rc = bind_text(st, 5, spec->source.id);
+            rc = st_bind_text(st, 5, spec->source.id);
         if (rc == SQLITE_OK)
-            rc = bind_plain(st, 6, spec->pool);
+            rc = st_bind_plain(st, 6, spec->pool);
         if (rc == SQLITE_OK)
-            rc = bind_plain(st, 7, labels);
+            rc = st_bind_plain(st, 7, labels);
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int64(st, 8, now);
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int(st, 9, spec->max_attempts > 0 ? spec->max_attempts : 1);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "storing job");
+            return st_db_fail(s, rc, err, "storing job");
         rc = sqlite3_step(st);
         if (rc == SQLITE_DONE)
             break;
         /* an id collision is all but impossible; take a fresh one */
         if (rc != SQLITE_CONSTRAINT_PRIMARYKEY || tries >= 3)
-            return db_fail(s, rc, err, "storing job");
+            return st_db_fail(s, rc, err, "storing job");
     }
     for (size_t i = 0; i < spec->n_labels; i++) {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_LABEL_INSERT, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_LABEL_INSERT, err);
         if (!st)
             return -EIO;
-        int rc = bind_plain(st, 1, spec->labels[i]);
+        int rc = st_bind_plain(st, 1, spec->labels[i]);
         if (rc == SQLITE_OK)
-            rc = bind_plain(st, 2, id);
+            rc = st_bind_plain(st, 2, id);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "storing job labels");
-        r = run_write(s, st, "storing job labels", err);
+            return st_db_fail(s, rc, err, "storing job labels");
+        r = st_run_write(s, st, "storing job labels", err);
         if (r < 0)
             return r;
     }
@@ -201,17 +201,17 @@ int store_job_insert(struct store *s, const struct job_spec *spec, char ret_id[S
 static int step_to_job(struct store *s, enum stmt_id which, const char *id, sqlite3_stmt **ret_st,
                        struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, which, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = bind_plain(st, 1, id);
+    int rc = st_bind_plain(st, 1, id);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "reading job %s", id);
+        return st_db_fail(s, rc, err, "reading job %s", id);
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
         return al_error_set(err, ENOENT, "job %s not found", id);
     if (rc != SQLITE_ROW)
-        return db_fail(s, rc, err, "reading job %s", id);
+        return st_db_fail(s, rc, err, "reading job %s", id);
     *ret_st = TAKE_PTR(st);
     return 0;
 }
@@ -223,7 +223,7 @@ static int read_job_state(struct store *s, const char *id, struct job_row_state 
     int r = step_to_job(s, ST_JOB_STATE, id, &st, err);
     if (r < 0)
         return r;
-    enum job_state state = col_state(st, 0);
+    enum job_state state = st_col_state(st, 0);
     if (state == JOB_STATE_NONE)
         return al_error_set(err, EBADMSG, "job %s has an unknown state in the database", id);
     *ret = (struct job_row_state){.state = state,
@@ -232,10 +232,10 @@ static int read_job_state(struct store *s, const char *id, struct job_row_state 
     return 0;
 }
 
-int tx_begin_on_job(struct store *s, struct tx *tx, const char *id, struct job_row_state *ret,
-                    struct al_error **err)
+int st_tx_begin_on_job(struct store *s, struct tx *tx, const char *id, struct job_row_state *ret,
+                       struct al_error **err)
 {
-    int r = tx_begin(s, tx, err);
+    int r = st_tx_begin(s, tx, err);
     if (r < 0)
         return r;
     return read_job_state(s, id, ret, err);
@@ -250,40 +250,40 @@ static int update_job_state(struct store *s, const char *id, const struct store_
         which = ST_JOB_START_ATTEMPT;
     else if (job_state_is_terminal(t->to))
         which = ST_JOB_SET_TERMINAL;
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, which, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = bind_plain(st, 1, id);
+    int rc = st_bind_plain(st, 1, id);
     if (rc == SQLITE_OK)
-        rc = bind_plain(st, 2, job_state_to_string(t->to));
+        rc = st_bind_plain(st, 2, job_state_to_string(t->to));
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, 3, now);
     if (rc == SQLITE_OK && which == ST_JOB_SET_TERMINAL) {
         rc = t->has_exit_code ? sqlite3_bind_int(st, 4, t->exit_code) : sqlite3_bind_null(st, 4);
         if (rc == SQLITE_OK)
-            rc = bind_text(st, 5, t->detail);
+            rc = st_bind_text(st, 5, t->detail);
     }
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "updating job %s", id);
-    return run_write(s, st, "updating job state", err);
+        return st_db_fail(s, rc, err, "updating job %s", id);
+    return st_run_write(s, st, "updating job state", err);
 }
 
 static int attempt_write(struct store *s, enum stmt_id which, const char *id, int n, int64_t now,
                          const char *result, struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, which, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = bind_plain(st, 1, id);
+    int rc = st_bind_plain(st, 1, id);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int(st, 2, n);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, 3, now);
     if (rc == SQLITE_OK && result)
-        rc = bind_plain(st, 4, result);
+        rc = st_bind_plain(st, 4, result);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "recording attempt %d of job %s", n, id);
-    return run_write(s, st, "recording an attempt", err);
+        return st_db_fail(s, rc, err, "recording attempt %d of job %s", n, id);
+    return st_run_write(s, st, "recording an attempt", err);
 }
 
 int store_job_transition(struct store *s, const char *id, const struct store_transition *t,
@@ -291,7 +291,7 @@ int store_job_transition(struct store *s, const char *id, const struct store_tra
 {
     _cleanup_tx_ struct tx tx = {0};
     struct job_row_state cur;
-    int r = tx_begin_on_job(s, &tx, id, &cur, err);
+    int r = st_tx_begin_on_job(s, &tx, id, &cur, err);
     if (r < 0)
         return r;
     r = job_transition_check(cur.state, t->to, err);
@@ -317,17 +317,17 @@ int store_job_retry(struct store *s, const char *id, const char *detail, bool fr
 {
     _cleanup_tx_ struct tx tx = {0};
     struct job_row_state cur;
-    int r = tx_begin_on_job(s, &tx, id, &cur, err);
+    int r = st_tx_begin_on_job(s, &tx, id, &cur, err);
     if (r < 0)
         return r;
     if (free_attempt) {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_JOB_GRANT_ATTEMPT, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_GRANT_ATTEMPT, err);
         if (!st)
             return -EIO;
-        int rc = bind_plain(st, 1, id);
+        int rc = st_bind_plain(st, 1, id);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "granting job %s an attempt", id);
-        r = run_write(s, st, "granting an attempt", err);
+            return st_db_fail(s, rc, err, "granting job %s an attempt", id);
+        r = st_run_write(s, st, "granting an attempt", err);
         if (r < 0)
             return r;
         cur.max_attempts++;
@@ -337,15 +337,15 @@ int store_job_retry(struct store *s, const char *id, const char *detail, bool fr
         return WRAP(r, err, "job %s", id);
     int64_t now = al_now_wall_ms();
     {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_JOB_REQUEUE, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_REQUEUE, err);
         if (!st)
             return -EIO;
-        int rc = bind_plain(st, 1, id);
+        int rc = st_bind_plain(st, 1, id);
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int64(st, 2, now);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "requeueing job %s", id);
-        r = run_write(s, st, "requeueing job", err);
+            return st_db_fail(s, rc, err, "requeueing job %s", id);
+        r = st_run_write(s, st, "requeueing job", err);
         if (r < 0)
             return r;
     }
@@ -396,15 +396,15 @@ static int read_job_row(sqlite3_stmt *st, struct store_job **ret)
     _cleanup_(store_job_freep) struct store_job *job = calloc(1, sizeof(*job));
     if (!job)
         return -ENOMEM;
-    col_id(st, 0, job->id);
+    st_col_id(st, 0, job->id);
     _cleanup_free_ char *source = NULL;
     _cleanup_free_ char *labels = NULL;
-    if (col_text(st, 1, &job->name) < 0 || col_text(st, 2, &job->spec_json) < 0 ||
-        col_text(st, 4, &source) < 0 || col_text(st, 5, &job->source_ref) < 0 ||
-        col_text(st, 6, &job->pool) < 0 || col_text(st, 7, &labels) < 0 ||
-        col_text(st, 11, &job->reason) < 0)
+    if (st_col_text(st, 1, &job->name) < 0 || st_col_text(st, 2, &job->spec_json) < 0 ||
+        st_col_text(st, 4, &source) < 0 || st_col_text(st, 5, &job->source_ref) < 0 ||
+        st_col_text(st, 6, &job->pool) < 0 || st_col_text(st, 7, &labels) < 0 ||
+        st_col_text(st, 11, &job->reason) < 0)
         return -ENOMEM;
-    job->state = col_state(st, 3);
+    job->state = st_col_state(st, 3);
     if (!source || job_source_type_from_string(source, &job->source_type) < 0)
         job->source_type = JOB_SOURCE_NONE;
     job->labels = labels_split(labels ? labels : "");
@@ -460,7 +460,7 @@ static sqlite3_stmt *list_stmt(struct store *s, unsigned variant, struct al_erro
     int rc = sqlite3_prepare_v3(s->db, sql.data, -1, SQLITE_PREPARE_PERSISTENT,
                                 &s->list_stmts[variant], NULL);
     if (rc != SQLITE_OK) {
-        db_fail(s, rc, err, "preparing the job list");
+        st_db_fail(s, rc, err, "preparing the job list");
         return NULL;
     }
     return s->list_stmts[variant];
@@ -468,7 +468,7 @@ static sqlite3_stmt *list_stmt(struct store *s, unsigned variant, struct al_erro
 
 static int bind_named(sqlite3_stmt *st, const char *name, const char *value)
 {
-    return bind_plain(st, sqlite3_bind_parameter_index(st, name), value);
+    return st_bind_plain(st, sqlite3_bind_parameter_index(st, name), value);
 }
 
 void store_job_page_clear(struct store_job_page *page)
@@ -518,7 +518,7 @@ int store_job_list(struct store *s, const struct store_job_filter *filter,
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int(st, sqlite3_bind_parameter_index(st, ":limit"), (int)limit + 1);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "listing jobs");
+        return st_db_fail(s, rc, err, "listing jobs");
 
     struct store_job_page page = {0};
     page.jobs = calloc(limit + 1, sizeof(*page.jobs));
@@ -539,7 +539,7 @@ int store_job_list(struct store *s, const struct store_job_filter *filter,
     }
     if (rc != SQLITE_DONE) {
         store_job_page_clear(&page);
-        return db_fail(s, rc, err, "listing jobs");
+        return st_db_fail(s, rc, err, "listing jobs");
     }
     *ret_page = page;
     return 0;
@@ -559,16 +559,16 @@ int store_events_since(struct store *s, const char *job_id, int64_t after_seq, u
         limit = 100;
     if (limit > STORE_LIST_MAX)
         limit = STORE_LIST_MAX;
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, job_id ? ST_EVENTS_JOB : ST_EVENTS_ALL, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, job_id ? ST_EVENTS_JOB : ST_EVENTS_ALL, err);
     if (!st)
         return -EIO;
     int rc = sqlite3_bind_int64(st, 1, after_seq);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int(st, 2, (int)limit);
     if (rc == SQLITE_OK && job_id)
-        rc = bind_plain(st, 3, job_id);
+        rc = st_bind_plain(st, 3, job_id);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "reading events");
+        return st_db_fail(s, rc, err, "reading events");
     struct store_event *events = calloc(limit, sizeof(*events));
     if (!events)
         return al_error_set(err, ENOMEM, "reading events");
@@ -576,18 +576,18 @@ int store_events_since(struct store *s, const char *job_id, int64_t after_seq, u
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct store_event *ev = &events[n++];
         ev->seq = sqlite3_column_int64(st, 0);
-        col_id(st, 1, ev->job_id);
-        ev->from = col_state(st, 2);
-        ev->to = col_state(st, 3);
+        st_col_id(st, 1, ev->job_id);
+        ev->from = st_col_state(st, 2);
+        ev->to = st_col_state(st, 3);
         ev->at_ms = sqlite3_column_int64(st, 4);
-        if (col_text(st, 5, &ev->detail) < 0) {
+        if (st_col_text(st, 5, &ev->detail) < 0) {
             store_events_free(events, n);
             return al_error_set(err, ENOMEM, "reading events");
         }
     }
     if (rc != SQLITE_DONE) {
         store_events_free(events, n);
-        return db_fail(s, rc, err, "reading events");
+        return st_db_fail(s, rc, err, "reading events");
     }
     *ret_events = events;
     *ret_n = n;

@@ -104,35 +104,35 @@ struct job_row_state {
 
 /* ---- store_sql.c */
 
-int sqlite_to_errno(int rc);
-bool sqlite_is_corrupt(int rc);
+int st_sqlite_to_errno(int rc);
+bool st_sqlite_is_corrupt(int rc);
 /* Records a database error with context and the path; returns -errno. */
-int db_fail(struct store *s, int rc, struct al_error **err, const char *fmt, ...) _printf_(4, 5);
+int st_db_fail(struct store *s, int rc, struct al_error **err, const char *fmt, ...) _printf_(4, 5);
 /* The cached statement id, prepared on first use; NULL (err set) on failure. */
-sqlite3_stmt *stmt_get(struct store *s, enum stmt_id id, struct al_error **err);
+sqlite3_stmt *st_stmt_get(struct store *s, enum stmt_id id, struct al_error **err);
 /* Cached statements are reset, not finalized, when a scope ends. */
-void stmt_resetp(sqlite3_stmt **st);
-#define _cleanup_stmt_ _cleanup_(stmt_resetp)
+void st_stmt_resetp(sqlite3_stmt **st);
+#define _cleanup_stmt_ _cleanup_(st_stmt_resetp)
 /* Binds text after masking registered secrets; NULL binds SQL NULL. */
-int bind_text(sqlite3_stmt *st, int idx, const char *text);
-int bind_plain(sqlite3_stmt *st, int idx, const char *text);
-int col_text(sqlite3_stmt *st, int i, char **ret);
-void col_id(sqlite3_stmt *st, int i, char out[STORE_JOB_ID_SIZE]);
-enum job_state col_state(sqlite3_stmt *st, int i);
-int exec_sql(struct store *s, const char *sql, struct al_error **err);
-void tx_endp(struct tx *tx);
-#define _cleanup_tx_ _cleanup_(tx_endp)
-int step_done(struct store *s, enum stmt_id id, struct al_error **err);
-int tx_begin(struct store *s, struct tx *tx, struct al_error **err);
-int tx_commit(struct tx *tx, struct al_error **err);
-int run_write(struct store *s, sqlite3_stmt *st, const char *what, struct al_error **err);
+int st_bind_text(sqlite3_stmt *st, int idx, const char *text);
+int st_bind_plain(sqlite3_stmt *st, int idx, const char *text);
+int st_col_text(sqlite3_stmt *st, int i, char **ret);
+void st_col_id(sqlite3_stmt *st, int i, char out[STORE_JOB_ID_SIZE]);
+enum job_state st_col_state(sqlite3_stmt *st, int i);
+int st_exec_sql(struct store *s, const char *sql, struct al_error **err);
+void st_tx_endp(struct tx *tx);
+#define _cleanup_tx_ _cleanup_(st_tx_endp)
+int st_step_done(struct store *s, enum stmt_id id, struct al_error **err);
+int st_tx_begin(struct store *s, struct tx *tx, struct al_error **err);
+int st_tx_commit(struct tx *tx, struct al_error **err);
+int st_run_write(struct store *s, sqlite3_stmt *st, const char *what, struct al_error **err);
 
 /* ---- store_jobs.c */
 
 /* Begins a write transaction on job id and reads its state, attempts and
  * max_attempts into *ret; -ENOENT when there is no such job. */
-int tx_begin_on_job(struct store *s, struct tx *tx, const char *id, struct job_row_state *ret,
-                    struct al_error **err);
+int st_tx_begin_on_job(struct store *s, struct tx *tx, const char *id, struct job_row_state *ret,
+                       struct al_error **err);
 
 /* Collects rows of a bound statement into a growing array: row_fn reads
  * one row into the element. */
@@ -158,7 +158,7 @@ int tx_begin_on_job(struct store *s, struct tx *tx, const char *id, struct job_r
             }                                                                        \
         }                                                                            \
         if (_c_r == 0 && _c_rc != SQLITE_DONE)                                       \
-            _c_r = db_fail((s), _c_rc, (err), "%s", (what));                         \
+            _c_r = st_db_fail((s), _c_rc, (err), "%s", (what));                      \
         else if (_c_r < 0)                                                           \
             al_error_set((err), ENOMEM, "%s: out of memory", (what));                \
         if (_c_r < 0) {                                                              \

@@ -25,15 +25,15 @@ static int add_job_bytes(struct store *s, enum stmt_id which, const char *job_id
 {
     if (bytes > INT64_MAX)
         return al_error_set(err, ERANGE, "size of job %s out of range", job_id);
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, which, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = bind_plain(st, 1, job_id);
+    int rc = st_bind_plain(st, 1, job_id);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(st, 2, (int64_t)bytes);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "updating the size of job %s", job_id);
-    int r = run_write(s, st, "updating a job's size", err);
+        return st_db_fail(s, rc, err, "updating the size of job %s", job_id);
+    int r = st_run_write(s, st, "updating a job's size", err);
     if (r < 0)
         return r;
     if (sqlite3_changes(s->db) == 0)
@@ -50,33 +50,33 @@ int store_artifact_add(struct store *s, const char *job_id, const char *path, ui
     if (size > INT64_MAX)
         return al_error_set(err, ERANGE, "artifact %s: size out of range", path);
     _cleanup_tx_ struct tx tx = {0};
-    int r = tx_begin(s, &tx, err);
+    int r = st_tx_begin(s, &tx, err);
     if (r < 0)
         return r;
     r = add_job_bytes(s, ST_JOB_ADD_BYTES, job_id, size, err);
     if (r < 0)
         return r;
     {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_ARTIFACT_INSERT, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_ARTIFACT_INSERT, err);
         if (!st)
             return -EIO;
-        int rc = bind_plain(st, 1, job_id);
+        int rc = st_bind_plain(st, 1, job_id);
         if (rc == SQLITE_OK)
-            rc = bind_text(st, 2, path);
+            rc = st_bind_text(st, 2, path);
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int64(st, 3, (int64_t)size);
         if (rc == SQLITE_OK)
-            rc = bind_plain(st, 4, sha256_hex);
+            rc = st_bind_plain(st, 4, sha256_hex);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "indexing artifact %s", path);
+            return st_db_fail(s, rc, err, "indexing artifact %s", path);
         rc = sqlite3_step(st);
         if ((rc & 0xff) == SQLITE_CONSTRAINT)
             return al_error_set(err, EEXIST, "artifact %s of job %s is already indexed", path,
                                 job_id);
         if (rc != SQLITE_DONE)
-            return db_fail(s, rc, err, "indexing artifact %s", path);
+            return st_db_fail(s, rc, err, "indexing artifact %s", path);
     }
-    return tx_commit(&tx, err);
+    return st_tx_commit(&tx, err);
 }
 
 void store_artifacts_free(struct store_artifact *a, size_t n)
@@ -91,18 +91,18 @@ static int read_artifact_row(sqlite3_stmt *st, struct store_artifact *a)
     a->size = (uint64_t)sqlite3_column_int64(st, 1);
     const unsigned char *h = sqlite3_column_text(st, 2);
     snprintf(a->sha256, sizeof(a->sha256), "%s", h ? (const char *)h : "");
-    return col_text(st, 0, &a->path);
+    return st_col_text(st, 0, &a->path);
 }
 
 int store_artifact_list(struct store *s, const char *job_id, struct store_artifact **ret_artifacts,
                         size_t *ret_n, struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_ARTIFACT_LIST, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_ARTIFACT_LIST, err);
     if (!st)
         return -EIO;
-    int rc = bind_plain(st, 1, job_id);
+    int rc = st_bind_plain(st, 1, job_id);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "listing artifacts");
+        return st_db_fail(s, rc, err, "listing artifacts");
     struct store_artifact *a = NULL;
     size_t n = 0;
     int r = COLLECT_ROWS(s, st, a, n, store_artifacts_free, read_artifact_row, "listing artifacts",
@@ -144,34 +144,34 @@ static int prune_candidates(struct store *s, enum stmt_id which, int64_t cutoff,
 {
     size_t first = res->n;
     {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, which, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
         if (!st)
             return -EIO;
         int rc = which == ST_PRUNE_BY_AGE ? sqlite3_bind_int64(st, 1, cutoff) : SQLITE_OK;
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int(st, which == ST_PRUNE_BY_AGE ? 2 : 1, (int)max);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "pruning");
+            return st_db_fail(s, rc, err, "pruning");
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
             if (total && *total <= max_bytes)
                 break;
             struct store_pruned_job *j = &res->jobs[res->n++];
-            col_id(st, 0, j->id);
+            st_col_id(st, 0, j->id);
             j->bytes = (uint64_t)sqlite3_column_int64(st, 1);
             if (total)
                 *total -= j->bytes < *total ? j->bytes : *total;
         }
         if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-            return db_fail(s, rc, err, "pruning");
+            return st_db_fail(s, rc, err, "pruning");
     }
     for (size_t i = first; i < res->n; i++) {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_JOB_DELETE, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_DELETE, err);
         if (!st)
             return -EIO;
-        int rc = bind_plain(st, 1, res->jobs[i].id);
+        int rc = st_bind_plain(st, 1, res->jobs[i].id);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "pruning job %s", res->jobs[i].id);
-        int r = run_write(s, st, "pruning a job", err);
+            return st_db_fail(s, rc, err, "pruning job %s", res->jobs[i].id);
+        int r = st_run_write(s, st, "pruning a job", err);
         if (r < 0)
             return r;
         res->bytes += res->jobs[i].bytes;
@@ -191,15 +191,15 @@ int store_prune(struct store *s, const struct store_prune_policy *policy,
         return al_error_set(err, ENOMEM, "pruning");
 
     _cleanup_tx_ struct tx tx = {0};
-    int r = tx_begin(s, &tx, err);
+    int r = st_tx_begin(s, &tx, err);
     /* the newest events may go with their jobs: keep their seqs used */
     if (r >= 0)
-        r = step_done(s, ST_SEQ_FLOOR, err);
+        r = st_step_done(s, ST_SEQ_FLOOR, err);
     if (r >= 0 && policy->max_age_ms > 0)
         r = prune_candidates(s, ST_PRUNE_BY_AGE, policy->now_ms - policy->max_age_ms, max, &res,
                              NULL, 0, err);
     if (r >= 0 && policy->max_bytes > 0 && res.n < max) {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_TOTAL_BYTES, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_TOTAL_BYTES, err);
         r = st ? 0 : -EIO;
         uint64_t total = 0;
         if (r >= 0) {
@@ -207,7 +207,7 @@ int store_prune(struct store *s, const struct store_prune_policy *policy,
             if (rc == SQLITE_ROW)
                 total = (uint64_t)sqlite3_column_int64(st, 0);
             else
-                r = db_fail(s, rc, err, "pruning: summing sizes");
+                r = st_db_fail(s, rc, err, "pruning: summing sizes");
             sqlite3_reset(st);
         }
         if (r >= 0 && total > policy->max_bytes)
@@ -215,7 +215,7 @@ int store_prune(struct store *s, const struct store_prune_policy *policy,
                                  policy->max_bytes, err);
     }
     if (r >= 0)
-        r = tx_commit(&tx, err);
+        r = st_tx_commit(&tx, err);
     if (r < 0) {
         store_prune_result_clear(&res);
         return WRAP(r, err, "pruning");

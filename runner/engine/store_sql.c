@@ -71,7 +71,7 @@ static const char *const stmt_sql[ST_COUNT] = {
         [ST_JOB_DELETE] = "DELETE FROM jobs WHERE id = ?1",
 };
 
-int sqlite_to_errno(int rc)
+int st_sqlite_to_errno(int rc)
 {
     switch (rc & 0xff) {
     case SQLITE_BUSY:
@@ -97,13 +97,13 @@ int sqlite_to_errno(int rc)
     }
 }
 
-bool sqlite_is_corrupt(int rc)
+bool st_sqlite_is_corrupt(int rc)
 {
     return (rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB;
 }
 
 /* Records a database error with context and the path; returns -errno. */
-int db_fail(struct store *s, int rc, struct al_error **err, const char *fmt, ...)
+int st_db_fail(struct store *s, int rc, struct al_error **err, const char *fmt, ...)
 {
     char ctx[256];
     va_list ap;
@@ -111,8 +111,8 @@ int db_fail(struct store *s, int rc, struct al_error **err, const char *fmt, ...
     vsnprintf(ctx, sizeof(ctx), fmt, ap);
     va_end(ap);
     const char *msg = s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
-    if (sqlite_is_corrupt(rc))
-        return al_error_set(err, sqlite_to_errno(rc),
+    if (st_sqlite_is_corrupt(rc))
+        return al_error_set(err, st_sqlite_to_errno(rc),
                             "%s: database %s is corrupted or not an agentlab database (%s): "
                             "move it aside and restart to start empty, or restore a backup",
                             ctx, s->path, msg);
@@ -121,16 +121,16 @@ int db_fail(struct store *s, int rc, struct al_error **err, const char *fmt, ...
                             "%s: database %s is read-only (%s): the state directory and the "
                             "database must be writable by agentlabd",
                             ctx, s->path, msg);
-    return al_error_set(err, sqlite_to_errno(rc), "%s: %s (database %s)", ctx, msg, s->path);
+    return al_error_set(err, st_sqlite_to_errno(rc), "%s: %s (database %s)", ctx, msg, s->path);
 }
 
-sqlite3_stmt *stmt_get(struct store *s, enum stmt_id id, struct al_error **err)
+sqlite3_stmt *st_stmt_get(struct store *s, enum stmt_id id, struct al_error **err)
 {
     if (!s->stmts[id]) {
         int rc = sqlite3_prepare_v3(s->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
                                     &s->stmts[id], NULL);
         if (rc != SQLITE_OK) {
-            db_fail(s, rc, err, "preparing a statement");
+            st_db_fail(s, rc, err, "preparing a statement");
             return NULL;
         }
     }
@@ -138,7 +138,7 @@ sqlite3_stmt *stmt_get(struct store *s, enum stmt_id id, struct al_error **err)
 }
 
 /* Cached statements are reset, not finalized, when a scope ends. */
-void stmt_resetp(sqlite3_stmt **st)
+void st_stmt_resetp(sqlite3_stmt **st)
 {
     if (*st) {
         sqlite3_reset(*st);
@@ -147,7 +147,7 @@ void stmt_resetp(sqlite3_stmt **st)
 }
 
 /* Binds text after masking registered secrets; NULL binds SQL NULL. */
-int bind_text(sqlite3_stmt *st, int idx, const char *text)
+int st_bind_text(sqlite3_stmt *st, int idx, const char *text)
 {
     if (!text)
         return sqlite3_bind_null(st, idx);
@@ -163,14 +163,14 @@ int bind_text(sqlite3_stmt *st, int idx, const char *text)
 }
 
 /* Binds text that cannot hold a secret (ids, state names, fixed strings). */
-int bind_plain(sqlite3_stmt *st, int idx, const char *text)
+int st_bind_plain(sqlite3_stmt *st, int idx, const char *text)
 {
     if (!text)
         return sqlite3_bind_null(st, idx);
     return sqlite3_bind_text(st, idx, text, -1, SQLITE_STATIC);
 }
 
-int col_text(sqlite3_stmt *st, int i, char **ret)
+int st_col_text(sqlite3_stmt *st, int i, char **ret)
 {
     if (sqlite3_column_type(st, i) == SQLITE_NULL) {
         *ret = NULL;
@@ -186,13 +186,13 @@ int col_text(sqlite3_stmt *st, int i, char **ret)
     return 0;
 }
 
-void col_id(sqlite3_stmt *st, int i, char out[STORE_JOB_ID_SIZE])
+void st_col_id(sqlite3_stmt *st, int i, char out[STORE_JOB_ID_SIZE])
 {
     const unsigned char *t = sqlite3_column_text(st, i);
     snprintf(out, STORE_JOB_ID_SIZE, "%s", t ? (const char *)t : "");
 }
 
-enum job_state col_state(sqlite3_stmt *st, int i)
+enum job_state st_col_state(sqlite3_stmt *st, int i)
 {
     enum job_state state = JOB_STATE_NONE;
     const unsigned char *t = sqlite3_column_text(st, i);
@@ -201,17 +201,17 @@ enum job_state col_state(sqlite3_stmt *st, int i)
     return state;
 }
 
-int exec_sql(struct store *s, const char *sql, struct al_error **err)
+int st_exec_sql(struct store *s, const char *sql, struct al_error **err)
 {
     char *msg = NULL;
     int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
     sqlite3_free(msg);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "running \"%.40s\"", sql);
+        return st_db_fail(s, rc, err, "running \"%.40s\"", sql);
     return 0;
 }
 
-void tx_endp(struct tx *tx)
+void st_tx_endp(struct tx *tx)
 {
     if (tx->open) {
         sqlite3_stmt *st = tx->s->stmts[ST_ROLLBACK];
@@ -225,39 +225,39 @@ void tx_endp(struct tx *tx)
     }
 }
 
-int step_done(struct store *s, enum stmt_id id, struct al_error **err)
+int st_step_done(struct store *s, enum stmt_id id, struct al_error **err)
 {
-    sqlite3_stmt *st = stmt_get(s, id, err);
+    sqlite3_stmt *st = st_stmt_get(s, id, err);
     if (!st)
         return -EIO;
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
-        return db_fail(s, rc, err, "%s", stmt_sql[id]);
+        return st_db_fail(s, rc, err, "%s", stmt_sql[id]);
     return 0;
 }
 
-int tx_begin(struct store *s, struct tx *tx, struct al_error **err)
+int st_tx_begin(struct store *s, struct tx *tx, struct al_error **err)
 {
     if (!sqlite3_get_autocommit(s->db)) {
         *tx = (struct tx){.s = s, .nested = true};
         return 0;
     }
     /* prepare ROLLBACK first so tx_endp never has to prepare */
-    if (!stmt_get(s, ST_ROLLBACK, err))
+    if (!st_stmt_get(s, ST_ROLLBACK, err))
         return -EIO;
-    int r = step_done(s, ST_BEGIN, err);
+    int r = st_step_done(s, ST_BEGIN, err);
     if (r < 0)
         return r;
     *tx = (struct tx){.s = s, .open = true};
     return 0;
 }
 
-int tx_commit(struct tx *tx, struct al_error **err)
+int st_tx_commit(struct tx *tx, struct al_error **err)
 {
     if (tx->nested)
         return 0;
-    int r = step_done(tx->s, ST_COMMIT, err);
+    int r = st_step_done(tx->s, ST_COMMIT, err);
     if (r < 0)
         return r; /* tx_endp rolls back */
     tx->open = false;
@@ -265,10 +265,10 @@ int tx_commit(struct tx *tx, struct al_error **err)
 }
 
 /* Steps a bound write statement to completion. */
-int run_write(struct store *s, sqlite3_stmt *st, const char *what, struct al_error **err)
+int st_run_write(struct store *s, sqlite3_stmt *st, const char *what, struct al_error **err)
 {
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
-        return db_fail(s, rc, err, "%s", what);
+        return st_db_fail(s, rc, err, "%s", what);
     return 0;
 }

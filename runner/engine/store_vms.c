@@ -23,8 +23,8 @@ static int read_attempt_row(sqlite3_stmt *st, struct store_attempt *a)
     a->n = sqlite3_column_int(st, 0);
     a->started_ms = sqlite3_column_int64(st, 3);
     a->ended_ms = sqlite3_column_int64(st, 4);
-    if (col_text(st, 1, &a->backend) < 0 || col_text(st, 2, &a->vm_name) < 0 ||
-        col_text(st, 5, &a->result) < 0)
+    if (st_col_text(st, 1, &a->backend) < 0 || st_col_text(st, 2, &a->vm_name) < 0 ||
+        st_col_text(st, 5, &a->result) < 0)
         return -ENOMEM;
     return 0;
 }
@@ -32,12 +32,12 @@ static int read_attempt_row(sqlite3_stmt *st, struct store_attempt *a)
 int store_attempts_list(struct store *s, const char *job_id, struct store_attempt **ret_attempts,
                         size_t *ret_n, struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_ATTEMPTS_LIST, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_ATTEMPTS_LIST, err);
     if (!st)
         return -EIO;
-    int rc = bind_plain(st, 1, job_id);
+    int rc = st_bind_plain(st, 1, job_id);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "listing attempts");
+        return st_db_fail(s, rc, err, "listing attempts");
     struct store_attempt *a = NULL;
     size_t n = 0;
     int r = COLLECT_ROWS(s, st, a, n, store_attempts_free, read_attempt_row, "listing attempts",
@@ -54,7 +54,7 @@ int store_vm_add(struct store *s, const char *backend, const char *vm_name, cons
 {
     _cleanup_tx_ struct tx tx = {0};
     struct job_row_state cur;
-    int r = tx_begin_on_job(s, &tx, job_id, &cur, err);
+    int r = st_tx_begin_on_job(s, &tx, job_id, &cur, err);
     if (r < 0)
         return r;
     if (!job_state_is_active(cur.state))
@@ -64,59 +64,59 @@ int store_vm_add(struct store *s, const char *backend, const char *vm_name, cons
                             job_id, job_state_to_string(cur.state));
     int64_t now = al_now_wall_ms();
     {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_VM_INSERT, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_VM_INSERT, err);
         if (!st)
             return -EIO;
-        int rc = bind_text(st, 1, backend);
+        int rc = st_bind_text(st, 1, backend);
         if (rc == SQLITE_OK)
-            rc = bind_text(st, 2, vm_name);
+            rc = st_bind_text(st, 2, vm_name);
         if (rc == SQLITE_OK)
-            rc = bind_plain(st, 3, job_id);
+            rc = st_bind_plain(st, 3, job_id);
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int(st, 4, cur.attempts);
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int64(st, 5, now);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "recording VM %s", vm_name);
+            return st_db_fail(s, rc, err, "recording VM %s", vm_name);
         rc = sqlite3_step(st);
         if ((rc & 0xff) == SQLITE_CONSTRAINT)
             return al_error_set(err, EEXIST, "VM %s on backend %s is already recorded", vm_name,
                                 backend);
         if (rc != SQLITE_DONE)
-            return db_fail(s, rc, err, "recording VM %s", vm_name);
+            return st_db_fail(s, rc, err, "recording VM %s", vm_name);
     }
     {
-        _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_ATTEMPT_SET_VM, err);
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_ATTEMPT_SET_VM, err);
         if (!st)
             return -EIO;
-        int rc = bind_plain(st, 1, job_id);
+        int rc = st_bind_plain(st, 1, job_id);
         if (rc == SQLITE_OK)
             rc = sqlite3_bind_int(st, 2, cur.attempts);
         if (rc == SQLITE_OK)
-            rc = bind_text(st, 3, backend);
+            rc = st_bind_text(st, 3, backend);
         if (rc == SQLITE_OK)
-            rc = bind_text(st, 4, vm_name);
+            rc = st_bind_text(st, 4, vm_name);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "recording VM %s", vm_name);
-        r = run_write(s, st, "recording the attempt's VM", err);
+            return st_db_fail(s, rc, err, "recording VM %s", vm_name);
+        r = st_run_write(s, st, "recording the attempt's VM", err);
         if (r < 0)
             return r;
     }
-    return tx_commit(&tx, err);
+    return st_tx_commit(&tx, err);
 }
 
 int store_vm_remove(struct store *s, const char *backend, const char *vm_name,
                     struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = stmt_get(s, ST_VM_DELETE, err);
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_VM_DELETE, err);
     if (!st)
         return -EIO;
-    int rc = bind_text(st, 1, backend);
+    int rc = st_bind_text(st, 1, backend);
     if (rc == SQLITE_OK)
-        rc = bind_text(st, 2, vm_name);
+        rc = st_bind_text(st, 2, vm_name);
     if (rc != SQLITE_OK)
-        return db_fail(s, rc, err, "forgetting VM %s", vm_name);
-    int r = run_write(s, st, "forgetting a VM", err);
+        return st_db_fail(s, rc, err, "forgetting VM %s", vm_name);
+    int r = st_run_write(s, st, "forgetting a VM", err);
     if (r < 0)
         return r;
     if (sqlite3_changes(s->db) == 0)
@@ -135,10 +135,10 @@ void store_vms_free(struct store_vm *vms, size_t n)
 
 static int read_vm_row(sqlite3_stmt *st, struct store_vm *vm)
 {
-    col_id(st, 2, vm->job_id);
+    st_col_id(st, 2, vm->job_id);
     vm->attempt = sqlite3_column_int(st, 3);
     vm->created_ms = sqlite3_column_int64(st, 4);
-    if (col_text(st, 0, &vm->backend) < 0 || col_text(st, 1, &vm->vm_name) < 0)
+    if (st_col_text(st, 0, &vm->backend) < 0 || st_col_text(st, 1, &vm->vm_name) < 0)
         return -ENOMEM;
     return 0;
 }
@@ -147,13 +147,13 @@ int store_vm_list(struct store *s, const char *backend, struct store_vm **ret_vm
                   struct al_error **err)
 {
     _cleanup_stmt_ sqlite3_stmt *st =
-            stmt_get(s, backend ? ST_VM_LIST_BACKEND : ST_VM_LIST_ALL, err);
+            st_stmt_get(s, backend ? ST_VM_LIST_BACKEND : ST_VM_LIST_ALL, err);
     if (!st)
         return -EIO;
     if (backend) {
-        int rc = bind_text(st, 1, backend);
+        int rc = st_bind_text(st, 1, backend);
         if (rc != SQLITE_OK)
-            return db_fail(s, rc, err, "listing VMs");
+            return st_db_fail(s, rc, err, "listing VMs");
     }
     struct store_vm *vms = NULL;
     size_t n = 0;

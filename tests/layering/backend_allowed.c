@@ -1,5 +1,5 @@
 /* Compiles: what a backend may include (the control for the probes above). */
-#include "provision/accel.h" /* TEMPORARY: backend.h until it stops including the config */
+#include "provision/backend.h"
 #include "provision/proto/proto.h"
 #include "runner/base/util.h"
 #include "runner/loop/work.h"
