@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "runner/base/error.h"
+#include "runner/base/util.h"
 #include "provision/guest/helper.h"
 #include "runner/base/macro.h"
 #include "provision/guest/job.h"
@@ -163,11 +164,8 @@ int main(int argc, char **argv)
             h.no_poweroff = true;
             break;
         case 'h':
-            usage(stdout);
-            return 0;
         default:
-            usage(stderr);
-            return 2;
+            return al_usage_exit(usage, c == 'h');
         }
     }
     if (optind != argc) {

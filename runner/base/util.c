@@ -586,3 +586,9 @@ bool al_name_is_valid(const char *s)
     }
     return n <= AL_NAME_MAX;
 }
+
+int al_usage_exit(void (*usage)(FILE *out), bool help)
+{
+    usage(help ? stdout : stderr);
+    return help ? 0 : 2;
+}

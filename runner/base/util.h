@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "runner/base/error.h"
@@ -98,6 +99,10 @@ bool al_consttime_equal(const void *a, size_t alen, const void *b, size_t blen);
 
 /* Sets O_CLOEXEC/O_NONBLOCK on an fd. */
 int al_fd_set_nonblock(int fd, bool on);
+
+/* A program's answer to -h/--help (usage on stdout, status 0) or to an
+ * option it does not take (usage on stderr, status 2): returns the status. */
+int al_usage_exit(void (*usage)(FILE *out), bool help);
 
 /* The first error wins: formats into *dst unless *dst already holds a
  * message (parsers that report only their first problem). Returns true when

@@ -246,11 +246,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             o->quiet = true;
             break;
         case 'h':
-            usage(stdout);
-            return 0;
         default:
-            usage(stderr);
-            return 2;
+            return al_usage_exit(usage, c == 'h');
         }
     }
     if (optind >= argc) {

@@ -45,11 +45,8 @@ int main(int argc, char **argv)
             printf("agentlabd %s (git %s)\n", AL_VERSION, al_git_revision);
             return 0;
         case 'h':
-            usage(stdout);
-            return 0;
         default:
-            usage(stderr);
-            return 2;
+            return al_usage_exit(usage, c == 'h');
         }
     }
     if (optind < argc) {
