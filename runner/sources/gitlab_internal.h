@@ -125,7 +125,7 @@ struct gitlab {
     bool at_cap;       /* `concurrent` jobs are active (counted once) */
     bool rejected_logged;
     struct al_list jobs; /* newest first */
-    int workers; /* directory removals in flight */
+    int workers;         /* directory removals in flight */
     bool stopping;
     bool closed;
     void (*done)(void *data);
