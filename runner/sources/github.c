@@ -146,7 +146,7 @@ static void runners_tick(struct github *g)
 {
     uint64_t now = al_now_mono_ms();
     uint64_t idle_ms = (uint64_t)g->src->runner_idle_timeout_s * 1000u;
-    for (struct ghrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ghrunner, link) {
         switch (r->state) {
         case R_IDLE:
             if (now - r->created_ms > idle_ms)
@@ -169,14 +169,11 @@ static void runners_tick(struct github *g)
         }
     }
     /* free what is over */
-    for (struct ghrunner **pp = &g->runners; *pp;) {
-        struct ghrunner *r = *pp;
+    al_list_for_each_safe(r, tmp, &g->runners, struct ghrunner, link) {
         if (r->state == R_DEAD && !r->calls) {
-            *pp = r->next;
+            al_list_del(&r->link);
             free(r);
-            continue;
         }
-        pp = &r->next;
     }
 }
 
@@ -201,7 +198,7 @@ static void on_tick(uv_timer_t *t)
 
 static struct ghrunner *runner_by_engine_id(struct github *g, const char *id)
 {
-    for (struct ghrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ghrunner, link) {
         if (r->submitted && streq(r->engine_id, id))
             return r;
     }
@@ -316,12 +313,12 @@ static void handle_closed(struct github *g)
         return;
     void (*done)(void *) = g->done;
     void *data = g->done_data;
-    for (struct ghrunner *r = g->runners, *next; r; r = next) {
-        next = r->next;
+    al_list_for_each_safe(r, next, &g->runners, struct ghrunner, link) {
+        al_list_del(&r->link);
         free(r);
     }
-    for (struct ghdemand *d = g->demand, *next; d; d = next) {
-        next = d->next;
+    al_list_for_each_safe(d, next, &g->demand, struct ghdemand, link) {
+        al_list_del(&d->link);
         gh_demand_free(d);
     }
     for (size_t i = 0; i < g->n_poll_repos; i++) {
@@ -507,6 +504,8 @@ int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
     if (!g)
         return al_error_set(err, ENOMEM, "out of memory");
     g->loop = loop;
+    al_list_init(&g->runners);
+    al_list_init(&g->demand);
     g->e = e;
     g->curl = curl;
     g->cfg = cfg;
@@ -601,7 +600,7 @@ void github_stop(struct github *g, void (*done)(void *data), void *data)
     api_queue_stop(g->api);
     /* idle runners must not be handed jobs their VMs will never run: one
      * DELETE each, short timeouts; busy ones are left to the next sweep */
-    for (struct ghrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ghrunner, link) {
         if (r->id && !r->deleted && !r->deleting && (r->state == R_IDLE || r->state == R_ENDING)) {
             r->retire_reason = NULL;
             gh_runner_delete(r);

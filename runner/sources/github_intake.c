@@ -16,7 +16,7 @@
 
 static struct ghdemand *demand_find(struct github *g, int64_t job_id)
 {
-    for (struct ghdemand *d = g->demand; d; d = d->next) {
+    al_list_for_each(d, &g->demand, struct ghdemand, link) {
         if (d->job_id == job_id)
             return d;
     }
@@ -44,22 +44,16 @@ void gh_demand_free(struct ghdemand *d)
 void gh_demand_prune(struct github *g, bool make_room)
 {
     uint64_t now = al_now_mono_ms();
-    struct ghdemand **pp = &g->demand;
-    g->demand_tail = NULL;
-    while (*pp) {
-        struct ghdemand *d = *pp;
+    al_list_for_each_safe(d, tmp, &g->demand, struct ghdemand, link) {
         bool old = (d->state == D_DONE || d->state == D_TAKEN) && !d->runner && !d->checking &&
                    (now - d->touched_ms > DEMAND_KEEP_MS || make_room);
         if (old && make_room && g->n_demand < MAX_DEMAND)
             old = false;
         if (old) {
-            *pp = d->next;
+            al_list_del(&d->link);
             gh_demand_free(d);
             g->n_demand--;
-            continue;
         }
-        g->demand_tail = d;
-        pp = &d->next;
     }
 }
 
@@ -84,11 +78,7 @@ static struct ghdemand *demand_add(struct github *g, const struct github_job *j,
         return NULL;
     }
     gh_demand_set(d, D_DONE);
-    if (g->demand_tail)
-        g->demand_tail->next = d;
-    else
-        g->demand = d;
-    g->demand_tail = d;
+    al_list_add_tail(&g->demand, &d->link);
     g->n_demand++;
     return d;
 }
@@ -97,7 +87,7 @@ struct ghrunner *gh_runner_by_name(struct github *g, const char *name)
 {
     if (!name)
         return NULL;
-    for (struct ghrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ghrunner, link) {
         if (r->state != R_DEAD && streq(r->name, name))
             return r;
     }

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "runner/base/error.h"
+#include "runner/base/list.h"
 #include "runner/engine/engine.h"
 #include "runner/engine/store.h"
 #include "runner/loop/http_client.h"
@@ -53,7 +54,7 @@ struct ghdemand;
 
 struct ghrunner {
     struct github *g;
-    struct ghrunner *next;
+    struct al_list link; /* on github.runners */
     char name[64];
     int64_t id;              /* GitHub's runner id; 0 until known */
     struct ghdemand *demand; /* the job it was made for, or NULL */
@@ -81,7 +82,7 @@ enum dstate {
 };
 
 struct ghdemand {
-    struct ghdemand *next;
+    struct al_list link; /* on github.demand */
     int64_t job_id;
     char *repo;
     char *name;
@@ -130,8 +131,8 @@ struct github {
     uv_timer_t tick_timer;
     uv_timer_t serve_timer; /* serve() on the next loop turn: observers never re-enter the engine */
 
-    struct ghrunner *runners;
-    struct ghdemand *demand, *demand_tail;
+    struct al_list runners; /* newest first */
+    struct al_list demand;  /* oldest first */
     unsigned n_demand;
     uint64_t serve_after_ms;
     uint64_t serve_backoff_ms;

@@ -17,7 +17,7 @@
 static unsigned runners_live(const struct github *g, unsigned *ret_creating)
 {
     unsigned n = 0, c = 0;
-    for (struct ghrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ghrunner, link) {
         if (r->state == R_ENDING || r->state == R_DEAD)
             continue;
         n++;
@@ -54,8 +54,7 @@ static struct ghrunner *runner_new(struct github *g)
     snprintf(r->name, sizeof(r->name), "%s%s", g->prefix, rnd);
     free(rnd);
     r->created_ms = al_now_mono_ms();
-    r->next = g->runners;
-    g->runners = r;
+    al_list_add(&g->runners, &r->link);
     return r;
 }
 
@@ -452,7 +451,7 @@ void gh_serve(struct github *g)
     uint64_t now = al_now_mono_ms();
     if (now < g->serve_after_ms)
         return;
-    for (struct ghdemand *d = g->demand; d; d = d->next) {
+    al_list_for_each(d, &g->demand, struct ghdemand, link) {
         if (d->state != D_WAITING || d->checking)
             continue;
         if (runners_live(g, NULL) >= (unsigned)g->src->max_runners) {

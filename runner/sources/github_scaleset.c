@@ -11,6 +11,7 @@
 #include <yajl/yajl_gen.h>
 
 #include "runner/base/buf.h"
+#include "runner/base/list.h"
 #include "runner/base/log.h"
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"
@@ -53,7 +54,7 @@ enum auth_kind {
 
 struct sscall {
     struct github_scaleset *g;
-    struct sscall *next;
+    struct al_list link; /* on inflight, wait_admin or wait_session */
     const char *method;
     enum auth_kind auth;
     char *target; /* REST: path under the API base; svc: path and query under {svc};
@@ -80,7 +81,7 @@ enum rstate {
 
 struct ssrunner {
     struct github_scaleset *g;
-    struct ssrunner *next;
+    struct al_list link; /* on github_scaleset.runners */
     char name[64];
     int64_t id;
     char engine_id[STORE_JOB_ID_SIZE];
@@ -104,7 +105,7 @@ enum jstate {
 };
 
 struct ssjob {
-    struct ssjob *next;
+    struct al_list link; /* on github_scaleset.jobs */
     int64_t request_id;
     enum jstate state;
     char runner[64];
@@ -168,12 +169,13 @@ struct github_scaleset {
     struct scaleset_stats stats;
     uint64_t polls, messages;
 
-    struct sscall *inflight;
-    struct sscall *wait_admin;   /* for an admin token */
-    struct sscall *wait_session; /* for a refreshed session (a 401 on the mq token) */
+    /* the calls, newest first */
+    struct al_list inflight;
+    struct al_list wait_admin;   /* for an admin token */
+    struct al_list wait_session; /* for a refreshed session (a 401 on the mq token) */
 
-    struct ssrunner *runners;
-    struct ssjob *jobs;
+    struct al_list runners; /* newest first */
+    struct al_list jobs;    /* newest first */
     unsigned acquiring; /* ids in acquirejobs calls in flight */
     int64_t done_ids[MAX_DONE_IDS];
     size_t n_done_ids;
@@ -274,21 +276,33 @@ static void call_free(struct sscall *c)
     free(c);
 }
 
-static void unlink_call(struct sscall **list, struct sscall *c)
+static void push_call(struct al_list *list, struct sscall *c)
 {
-    for (struct sscall **pp = list; *pp; pp = &(*pp)->next) {
-        if (*pp == c) {
-            *pp = c->next;
-            c->next = NULL;
-            return;
-        }
+    al_list_add(list, &c->link);
+}
+
+/* Moves the calls of list, in their order, to ret (initialised here): a
+ * call sent again may be pushed back on the list it came from. */
+static void take_calls(struct al_list *list, struct al_list *ret)
+{
+    al_list_init(ret);
+    al_list_for_each_safe(c, tmp, list, struct sscall, link) {
+        al_list_del(&c->link);
+        al_list_add_tail(ret, &c->link);
     }
 }
 
-static void push_call(struct sscall **list, struct sscall *c)
+static void call_send(struct sscall *c);
+
+/* Sends again every call of a waiting list. */
+static void send_list(struct al_list *list)
 {
-    c->next = *list;
-    *list = c;
+    struct al_list l;
+    take_calls(list, &l);
+    al_list_for_each_safe(c, tmp, &l, struct sscall, link) {
+        al_list_del(&c->link);
+        call_send(c);
+    }
 }
 
 static void call_fail(struct sscall *c, int code, const char *fmt, ...) _printf_(3, 4);
@@ -307,14 +321,12 @@ static void call_fail(struct sscall *c, int code, const char *fmt, ...)
 }
 
 /* Fails every call of a waiting list. */
-static void fail_list(struct sscall **list, int code, const char *why)
+static void fail_list(struct al_list *list, int code, const char *why)
 {
-    struct sscall *l = *list;
-    *list = NULL;
-    while (l) {
-        struct sscall *c = l;
-        l = l->next;
-        c->next = NULL;
+    struct al_list l;
+    take_calls(list, &l);
+    al_list_for_each_safe(c, tmp, &l, struct sscall, link) {
+        al_list_del(&c->link);
         call_fail(c, code, "%s", why);
     }
 }
@@ -444,7 +456,7 @@ static void call_send(struct sscall *c)
     explicit_bzero(auth_line, strlen(auth_line));
     free(auth_line);
     if (r < 0) {
-        unlink_call(&g->inflight, c);
+        al_list_del(&c->link);
         c->cb(g, r, NULL, err, c->data);
         al_error_free(err);
         call_free(c);
@@ -456,7 +468,7 @@ static void on_http_done(int result, const struct al_http_response *resp,
 {
     struct sscall *c = data;
     struct github_scaleset *g = c->g;
-    unlink_call(&g->inflight, c);
+    al_list_del(&c->link);
     c->http = NULL;
     if (result == 0 && resp->status == 401 && !c->retried && !g->stopping) {
         c->retried = true;
@@ -511,6 +523,7 @@ static void ss_call(struct github_scaleset *g, const char *method, enum auth_kin
             .cb = cb,
             .data = data,
     };
+    al_list_init(&c->link);
     if (auth == AUTH_MQ && !target) {
         c->capacity = true;
         c->timeout_ms = POLL_TIMEOUT_MS;
@@ -552,14 +565,7 @@ static void admin_done(struct github_scaleset *g, const char *failure)
         return;
     }
     g->admin_backoff_ms = 0;
-    struct sscall *l = g->wait_admin;
-    g->wait_admin = NULL;
-    while (l) {
-        struct sscall *c = l;
-        l = l->next;
-        c->next = NULL;
-        call_send(c);
-    }
+    send_list(&g->wait_admin);
 }
 
 static void on_registered(struct github_scaleset *g, int result, const struct al_http_response *resp,
@@ -602,6 +608,7 @@ static void register_send(struct github_scaleset *g)
                          .timeout_ms = CALL_TIMEOUT_MS,
                          .retried = true, /* its 401s are retried below */
                          .cb = on_registered};
+    al_list_init(&c->link);
     call_send(c);
 }
 
@@ -748,7 +755,7 @@ static void admin_refresh(struct github_scaleset *g)
 static void state_save(struct github_scaleset *g)
 {
     struct al_buf b = {0};
-    for (struct ssrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ssrunner, link) {
         if (r->id > 0 && !r->deleted)
             al_buf_printf(&b, "%" PRId64 " %s\n", r->id, r->name);
     }
@@ -778,8 +785,7 @@ static struct ssrunner *runner_new(struct github_scaleset *g, const char *name)
         free(rnd);
     }
     r->created_ms = now_ms();
-    r->next = g->runners;
-    g->runners = r;
+    al_list_add(&g->runners, &r->link);
     return r;
 }
 
@@ -1065,7 +1071,7 @@ static struct ssrunner *runner_by_name(struct github_scaleset *g, const char *na
 {
     if (!name)
         return NULL;
-    for (struct ssrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ssrunner, link) {
         if (r->state != R_DEAD && streq(r->name, name))
             return r;
     }
@@ -1084,7 +1090,7 @@ struct counts {
 static struct counts count(const struct github_scaleset *g)
 {
     struct counts c = {0};
-    for (const struct ssrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, const struct ssrunner, link) {
         if (r->state == R_DEAD || r->vm_gone)
             continue;
         if (r->retire_reason)
@@ -1095,7 +1101,7 @@ static struct counts count(const struct github_scaleset *g)
         if (r->state == R_CREATING || r->state == R_IDLE)
             c.spare++;
     }
-    for (const struct ssjob *j = g->jobs; j; j = j->next) {
+    al_list_for_each(j, &g->jobs, const struct ssjob, link) {
         if (j->state == J_WAITING)
             c.waiting++;
     }
@@ -1161,7 +1167,7 @@ static void scale_soon(struct github_scaleset *g)
 
 static struct ssjob *job_find(struct github_scaleset *g, int64_t rid)
 {
-    for (struct ssjob *j = g->jobs; j; j = j->next) {
+    al_list_for_each(j, &g->jobs, struct ssjob, link) {
         if (j->request_id == rid)
             return j;
     }
@@ -1179,14 +1185,11 @@ static bool job_done_before(const struct github_scaleset *g, int64_t rid)
 
 static void job_remove(struct github_scaleset *g, int64_t rid)
 {
-    for (struct ssjob **pp = &g->jobs; *pp; pp = &(*pp)->next) {
-        if ((*pp)->request_id == rid) {
-            struct ssjob *j = *pp;
-            *pp = j->next;
-            free(j->name);
-            free(j);
-            break;
-        }
+    struct ssjob *j = job_find(g, rid);
+    if (j) {
+        al_list_del(&j->link);
+        free(j->name);
+        free(j);
     }
     if (!job_done_before(g, rid)) {
         if (g->n_done_ids == MAX_DONE_IDS) {
@@ -1233,8 +1236,7 @@ static void on_acquired(struct github_scaleset *g, int result, const struct al_h
             break;
         j->request_id = ids[i];
         j->state = J_WAITING;
-        j->next = g->jobs;
-        g->jobs = j;
+        al_list_add(&g->jobs, &j->link);
     }
     log_info(NULL, "github %s: acquired %zu of %u jobs", g->name, n, asked);
     free(ids);
@@ -1307,8 +1309,7 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
                     x->request_id = j->request_id;
                     x->state = J_RUNNING;
                     snprintf(x->runner, sizeof(x->runner), "%s", r->name);
-                    x->next = g->jobs;
-                    g->jobs = x;
+                    al_list_add(&g->jobs, &x->link);
                 }
             }
             if (r && (r->state == R_IDLE || r->state == R_CREATING)) {
@@ -1485,14 +1486,7 @@ static void on_session_refreshed(struct github_scaleset *g, int result,
         al_redact_add(s.mq_token);
         g->stats = s.stats;
         log_info(NULL, "github %s: session %s refreshed", g->name, s.session_id);
-        struct sscall *l = g->wait_session;
-        g->wait_session = NULL;
-        while (l) {
-            struct sscall *c = l;
-            l = l->next;
-            c->next = NULL;
-            call_send(c);
-        }
+        send_list(&g->wait_session);
         return;
     }
     char what[300];
@@ -1806,7 +1800,7 @@ static void runners_tick(struct github_scaleset *g)
     struct counts c = count(g);
     unsigned need = c.waiting + (unsigned)g->src->min_runners;
     unsigned spare = c.spare;
-    for (struct ssrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ssrunner, link) {
         switch (r->state) {
         case R_IDLE:
             if (!r->retire_reason && spare > need && now - r->created_ms > idle_ms) {
@@ -1830,14 +1824,11 @@ static void runners_tick(struct github_scaleset *g)
             break;
         }
     }
-    for (struct ssrunner **pp = &g->runners; *pp;) {
-        struct ssrunner *r = *pp;
+    al_list_for_each_safe(r, tmp, &g->runners, struct ssrunner, link) {
         if (r->state == R_DEAD && !r->calls) {
-            *pp = r->next;
+            al_list_del(&r->link);
             free(r);
-            continue;
         }
-        pp = &r->next;
     }
 }
 
@@ -1852,7 +1843,7 @@ static void on_tick(uv_timer_t *t)
         g->next_register_ms = 0;
         register_send(g);
     }
-    if (g->wait_admin && !g->admin_refreshing && now >= g->next_admin_ms)
+    if (!al_list_empty(&g->wait_admin) && !g->admin_refreshing && now >= g->next_admin_ms)
         admin_refresh(g);
     if (g->phase == PH_SETUP && !g->setup_busy && now >= g->next_setup_ms)
         setup_step(g);
@@ -1868,7 +1859,7 @@ static void on_tick(uv_timer_t *t)
 
 static struct ssrunner *runner_by_engine_id(struct github_scaleset *g, const char *id)
 {
-    for (struct ssrunner *r = g->runners; r; r = r->next) {
+    al_list_for_each(r, &g->runners, struct ssrunner, link) {
         if (r->submitted && streq(r->engine_id, id))
             return r;
     }
@@ -2022,12 +2013,12 @@ static int web_url(const struct github_scaleset *g, char **ret, struct al_error 
 static void free_all(struct github_scaleset *g)
 {
     github_auth_free(g->auth);
-    for (struct ssrunner *r = g->runners, *next; r; r = next) {
-        next = r->next;
+    al_list_for_each_safe(r, next, &g->runners, struct ssrunner, link) {
+        al_list_del(&r->link);
         free(r);
     }
-    for (struct ssjob *j = g->jobs, *next; j; j = next) {
-        next = j->next;
+    al_list_for_each_safe(j, next, &g->jobs, struct ssjob, link) {
+        al_list_del(&j->link);
         free(j->name);
         free(j);
     }
@@ -2113,6 +2104,11 @@ int github_scaleset_start(uv_loop_t *loop, struct engine *e, struct al_curl *cur
     if (!g)
         return al_error_set(err, ENOMEM, "out of memory");
     g->loop = loop;
+    al_list_init(&g->inflight);
+    al_list_init(&g->wait_admin);
+    al_list_init(&g->wait_session);
+    al_list_init(&g->runners);
+    al_list_init(&g->jobs);
     g->e = e;
     g->curl = curl;
     g->cfg = cfg;
@@ -2165,7 +2161,7 @@ void github_scaleset_status(const struct github_scaleset *g, struct github_scale
 {
     struct counts c = count(g);
     unsigned busy = 0;
-    for (const struct ssrunner *r = g->runners; r; r = r->next)
+    al_list_for_each(r, &g->runners, const struct ssrunner, link)
         busy += r->state == R_BUSY && !r->vm_gone;
     const char *state = g->stopping                           ? "stopping"
                         : g->phase == PH_SETUP                ? "registering the scale set"
@@ -2199,7 +2195,7 @@ static void on_handle_closed(uv_handle_t *h)
 
 static void maybe_closed(struct github_scaleset *g)
 {
-    if (!g->stopping || g->in_stop || g->closing || g->inflight)
+    if (!g->stopping || g->in_stop || g->closing || !al_list_empty(&g->inflight))
         return;
     g->closing = true;
     if (g->watch)
@@ -2232,8 +2228,8 @@ void github_scaleset_stop(struct github_scaleset *g, void (*done)(void *data), v
     g->in_stop = true;
     uv_timer_stop(&g->tick_timer);
     /* calls in flight end now (their callbacks see stopping) */
-    while (g->inflight)
-        al_http_cancel(g->inflight->http);
+    while (!al_list_empty(&g->inflight))
+        al_http_cancel(al_list_first_entry(&g->inflight, struct sscall, link)->http);
     fail_list(&g->wait_admin, ECANCELED, "stopping");
     fail_list(&g->wait_session, ECANCELED, "stopping");
     if (g->session.session_id && admin_valid(g)) {

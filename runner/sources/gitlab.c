@@ -59,7 +59,7 @@ int gitlab_read_token(const char *path, char **ret_token, struct al_error **err)
 
 static struct gljob *find_job(struct gitlab *g, const char *engine_id)
 {
-    for (struct gljob *j = g->jobs; j; j = j->next) {
+    al_list_for_each(j, &g->jobs, struct gljob, link) {
         if (j->submitted && streq(j->engine_id, engine_id))
             return j;
     }
@@ -184,7 +184,7 @@ void gl_body_excerpt(const struct al_http_response *resp, char *buf, size_t size
 static unsigned jobs_active(struct gitlab *g, unsigned *ret_checkouts)
 {
     unsigned n = 0, c = 0;
-    for (struct gljob *j = g->jobs; j; j = j->next) {
+    al_list_for_each(j, &g->jobs, struct gljob, link) {
         if (j->phase != PHASE_FINISHING)
             n++;
         if (j->phase == PHASE_CHECKOUT)
@@ -506,6 +506,7 @@ int gitlab_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
         return al_error_set(err, ENOMEM, "out of memory");
     g->loop = loop;
     g->e = e;
+    al_list_init(&g->jobs);
     g->curl = curl;
     g->cfg = cfg;
     g->src = src;
@@ -582,7 +583,7 @@ static void on_poll_timer_closed(uv_handle_t *h)
 
 void gl_maybe_stopped(struct gitlab *g)
 {
-    if (!g->stopping || g->closed || g->jobs || g->workers > 0 || g->poll_call)
+    if (!g->stopping || g->closed || !al_list_empty(&g->jobs) || g->workers > 0 || g->poll_call)
         return;
     g->closed = true;
     if (g->watch)
@@ -599,8 +600,7 @@ void gitlab_stop(struct gitlab *g, void (*done)(void *data), void *data)
     uv_timer_stop(&g->poll_timer);
     if (g->poll_call)
         al_http_cancel(g->poll_call);
-    for (struct gljob *j = g->jobs, *next; j; j = next) {
-        next = j->next;
+    al_list_for_each_safe(j, next, &g->jobs, struct gljob, link) {
         j->shutdown = true;
         if (j->phase != PHASE_FINISHING)
             gl_request_cancel(j, "agentlabd is stopping");

@@ -15,6 +15,7 @@
 
 #include "runner/base/buf.h"
 #include "runner/base/error.h"
+#include "runner/base/list.h"
 #include "runner/engine/engine.h"
 #include "runner/engine/store.h"
 #include "runner/loop/http_client.h"
@@ -58,7 +59,7 @@ struct gitlab;
 
 struct gljob {
     struct gitlab *g;
-    struct gljob *next;
+    struct al_list link; /* on gitlab.jobs */
     int64_t id;
     char *token; /* registered with the redactor while the job lives */
     struct gitlab_job *payload;
@@ -123,8 +124,8 @@ struct gitlab {
     bool waiting_room; /* the poll timer waits for capacity */
     bool at_cap;       /* `concurrent` jobs are active (counted once) */
     bool rejected_logged;
-    struct gljob *jobs;
-    int workers; /* directory removals in flight */
+    struct al_list jobs; /* newest first */
+    int workers;         /* directory removals in flight */
     bool stopping;
     bool closed;
     void (*done)(void *data);

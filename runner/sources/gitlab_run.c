@@ -47,13 +47,7 @@ static void on_job_closed(uv_handle_t *h)
 
 void gl_job_free(struct gljob *j)
 {
-    struct gitlab *g = j->g;
-    for (struct gljob **p = &g->jobs; *p; p = &(*p)->next) {
-        if (*p == j) {
-            *p = j->next;
-            break;
-        }
-    }
+    al_list_del(&j->link);
     uv_timer_stop(&j->timer);
     uv_close((uv_handle_t *)&j->timer, on_job_closed);
 }
@@ -236,6 +230,7 @@ static struct gljob *job_new(struct gitlab *g, int64_t id, char *token)
         return NULL;
     }
     j->g = g;
+    al_list_init(&j->link);
     j->id = id;
     j->dep_fd = -1;
     if (al_redact_add(token) < 0) {
@@ -248,8 +243,7 @@ static struct gljob *job_new(struct gitlab *g, int64_t id, char *token)
     j->last_contact_ms = al_now_mono_ms();
     uv_timer_init(g->loop, &j->timer);
     j->timer.data = j;
-    j->next = g->jobs;
-    g->jobs = j;
+    al_list_add(&g->jobs, &j->link);
     return j;
 }
 

@@ -10,6 +10,7 @@
 #include <yajl/yajl_gen.h>
 
 #include "runner/engine/attempt.h"
+#include "runner/base/list.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/base/hardlimits.h"
@@ -23,13 +24,13 @@
 #define BACKOFF_MAX_MS   60000u
 
 struct qjob {
-    struct qjob *next;
+    struct al_list link; /* on httpq.jobs */
     char qid[MAX_QUEUE_ID + 1];
     char job[STORE_JOB_ID_SIZE];
 };
 
 struct report {
-    struct report *next;
+    struct al_list link; /* on httpq.reports */
     char qid[MAX_QUEUE_ID + 1];
     char job[STORE_JOB_ID_SIZE];
     bool result; /* /result rather than /status */
@@ -46,7 +47,7 @@ struct httpq {
     char *token;
     char *auth;
     struct engine_watch *watch;
-    struct qjob *jobs;
+    struct al_list jobs; /* newest first */
     unsigned live;
     bool at_cap; /* `concurrent` jobs are live: not polling (counted once) */
     /* polling */
@@ -56,7 +57,7 @@ struct httpq {
     unsigned poll_backoff;
     int syncing; /* accepted jobs waiting for engine_sync */
     /* reporting, one request at a time so reports stay in order */
-    struct report *reports, *reports_tail;
+    struct al_list reports; /* sent from the front */
     struct al_http_call *report_call;
     uv_timer_t report_timer;
     unsigned report_backoff;
@@ -101,7 +102,7 @@ static char *url_for(struct httpq *q, const char *path)
 
 static struct qjob *find_job(struct httpq *q, const char *job)
 {
-    for (struct qjob *j = q->jobs; j; j = j->next) {
+    al_list_for_each(j, &q->jobs, struct qjob, link) {
         if (streq(j->job, job))
             return j;
     }
@@ -172,11 +173,7 @@ static void report_add_held(struct httpq *q, const char *qid, const char *job, b
     r->result = result;
     r->held = held;
     r->body = body;
-    if (q->reports_tail)
-        q->reports_tail->next = r;
-    else
-        q->reports = r;
-    q->reports_tail = r;
+    al_list_add_tail(&q->reports, &r->link);
     send_next_report(q);
 }
 
@@ -185,12 +182,18 @@ static void report_add(struct httpq *q, const char *qid, const char *job, bool r
     report_add_held(q, qid, job, result, false, body);
 }
 
+/* The report being sent or next to be, NULL if none. */
+static struct report *report_first(struct httpq *q)
+{
+    if (al_list_empty(&q->reports))
+        return NULL;
+    return al_list_first_entry(&q->reports, struct report, link);
+}
+
 static void report_pop(struct httpq *q)
 {
-    struct report *r = q->reports;
-    q->reports = r->next;
-    if (!q->reports)
-        q->reports_tail = NULL;
+    struct report *r = report_first(q);
+    al_list_del(&r->link);
     free(r->body);
     free(r);
 }
@@ -207,7 +210,7 @@ static void on_report_done(int result, const struct al_http_response *resp,
     q->report_call = NULL;
     if (result == -ECANCELED || q->stopping)
         return;
-    struct report *r = q->reports;
+    struct report *r = report_first(q);
     if (!r)
         return;
     long st = result == 0 ? resp->status : 0;
@@ -246,10 +249,10 @@ static void on_report_done(int result, const struct al_http_response *resp,
 
 static void send_next_report(struct httpq *q)
 {
-    if (q->stopping || q->report_call || uv_is_active((uv_handle_t *)&q->report_timer) ||
-        !q->reports || q->reports->held)
+    struct report *r = report_first(q);
+    if (q->stopping || q->report_call || uv_is_active((uv_handle_t *)&q->report_timer) || !r ||
+        r->held)
         return;
-    struct report *r = q->reports;
     char path[MAX_QUEUE_ID + 32];
     snprintf(path, sizeof(path), "/jobs/%s/%s", r->qid, r->result ? "result" : "status");
     _cleanup_free_ char *url = url_for(q, path);
@@ -311,13 +314,10 @@ static void on_finished(const char *job, enum job_state state, const struct atte
                         void *data)
 {
     struct httpq *q = data;
-    struct qjob **pp = &q->jobs;
-    while (*pp && !streq((*pp)->job, job))
-        pp = &(*pp)->next;
-    struct qjob *j = *pp;
+    struct qjob *j = find_job(q, job);
     if (!j)
         return;
-    *pp = j->next;
+    al_list_del(&j->link);
     q->live--;
     size_t tl = 0;
     _cleanup_free_ char *tail = log_tail(q, job, &tl);
@@ -345,7 +345,7 @@ static void on_synced(int result, void *data)
     if (result < 0)
         log_warn(a->job, "queue %s: could not make the job durable before acknowledging it",
                  q->src->name);
-    for (struct report *r = q->reports; r; r = r->next) {
+    al_list_for_each(r, &q->reports, struct report, link) {
         if (r->held && streq(r->job, a->job))
             r->held = false;
     }
@@ -379,8 +379,7 @@ static void accept_job(struct httpq *q, const struct al_http_response *resp)
             if (j && a) {
                 snprintf(j->qid, sizeof(j->qid), "%s", qid_buf);
                 memcpy(j->job, id, sizeof(id));
-                j->next = q->jobs;
-                q->jobs = j;
+                al_list_add(&q->jobs, &j->link);
                 q->live++;
                 a->q = q;
                 memcpy(a->qid, qid_buf, sizeof(a->qid));
@@ -493,6 +492,8 @@ int httpq_start(uv_loop_t *loop, struct al_curl *curl, struct engine *e,
         return al_error_set(err, ENOMEM, "queue %s", src->name);
     q->loop = loop;
     q->curl = curl;
+    al_list_init(&q->jobs);
+    al_list_init(&q->reports);
     q->e = e;
     q->src = src;
     size_t len = 0;
@@ -528,11 +529,10 @@ static void on_closed(uv_handle_t *h)
     struct httpq *q = h->data;
     if (--q->closes > 0)
         return;
-    while (q->reports)
+    while (!al_list_empty(&q->reports))
         report_pop(q);
-    while (q->jobs) {
-        struct qjob *j = q->jobs;
-        q->jobs = j->next;
+    al_list_for_each_safe(j, tmp, &q->jobs, struct qjob, link) {
+        al_list_del(&j->link);
         free(j);
     }
     al_redact_remove(q->token);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runner/base/list.h"
 #include "runner/base/util.h"
 #include "images/catalog.h"
 #include "runner/loop/work.h"
@@ -19,12 +20,12 @@ struct fake_vm {
     backend_done_cb done;
     void *done_data;
     struct fake_backend *fb;
-    struct fake_vm *next;
+    struct al_list link; /* on fake_backend.vms */
 };
 
 struct fake_backend {
     struct backend *b;
-    struct fake_vm *vms;
+    struct al_list vms; /* newest first */
     int launched;
 };
 
@@ -106,6 +107,7 @@ static int fake_open(struct backend *b, struct al_error **err)
     (void)err;
     struct fake_backend *fb = calloc(1, sizeof(*fb));
     fb->b = b;
+    al_list_init(&fb->vms);
     b->priv = fb;
     return 0;
 }
@@ -136,7 +138,7 @@ static void fake_capacity(struct backend *b, struct backend_capacity *ret)
         snprintf(c.reason, sizeof(c.reason), "%s",
                  c.broken ? "HTTP 401 authentication failure" : "connection refused");
     }
-    for (struct fake_vm *v = fb->vms; v; v = v->next) {
+    al_list_for_each(v, &fb->vms, struct fake_vm, link) {
         c.used_vms++;
         c.used_vcpus += 1;
     }
@@ -168,8 +170,7 @@ static int fake_launch(struct backend *b, const struct vm_request *req, const st
     uv_timer_init(b->env.loop, &v->timer);
     v->timer.data = v;
     uv_timer_start(&v->timer, fake_step, fake_backend_delay_ms, 0);
-    v->next = fb->vms;
-    fb->vms = v;
+    al_list_add(&fb->vms, &v->link);
     fb->launched++;
     launched++;
     *ret = &v->base;
@@ -196,12 +197,7 @@ static void fake_freed(uv_handle_t *h)
 static void fake_destroy(struct vm *vm, backend_done_cb done, void *data)
 {
     struct fake_vm *v = container_of(vm, struct fake_vm, base);
-    for (struct fake_vm **pp = &v->fb->vms; *pp; pp = &(*pp)->next) {
-        if (*pp == v) {
-            *pp = v->next;
-            break;
-        }
-    }
+    al_list_del(&v->link);
     v->done = done;
     v->done_data = data;
     uv_close((uv_handle_t *)&v->timer, fake_freed);
@@ -241,7 +237,7 @@ static int fake_destroy_owned(struct backend *b, const char *name, backend_done_
     struct fake_backend *fb = b->priv;
     if (strncmp(name, "fake-", 5) != 0 || !al_name_is_valid(name))
         return -EINVAL;
-    for (struct fake_vm *v = fb->vms; v; v = v->next) {
+    al_list_for_each(v, &fb->vms, struct fake_vm, link) {
         if (streq(v->base.name, name))
             return -EBUSY; /* live: destroy it through its owner */
     }
