@@ -327,7 +327,7 @@ int al_json_get_int(yajl_val obj, const char *key, const char *path, int64_t min
                     bool required, int64_t *ret, struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, required, is_integer, "an integer", p, sizeof(p), &v, err);
     if (r < 0 || !v)
         return r;
@@ -343,7 +343,7 @@ int al_json_get_bool(yajl_val obj, const char *key, const char *path, bool requi
                      struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, required, is_bool, "true or false", p, sizeof(p), &v, err);
     if (r == 0 && v)
         *ret = YAJL_IS_TRUE(v);
@@ -354,7 +354,7 @@ int al_json_get_object(yajl_val obj, const char *key, const char *path, bool req
                        yajl_val *ret, struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, required, is_object, "an object", p, sizeof(p), &v, err);
     if (r == 0 && v)
         *ret = v;
@@ -365,7 +365,7 @@ int al_json_get_array(yajl_val obj, const char *key, const char *path, size_t ma
                       yajl_val *ret, struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, required, is_array, "an array", p, sizeof(p), &v, err);
     if (r < 0 || !v)
         return r;
@@ -397,7 +397,7 @@ int al_json_get_string(yajl_val obj, const char *key, const char *path, size_t m
                        al_json_text_check check, char **ret, struct al_error **err)
 {
     char p[256];
-    yajl_val v;
+    yajl_val v = NULL;
     int r = member(obj, key, path, required, is_string, "a string", p, sizeof(p), &v, err);
     if (r < 0 || !v)
         return r;
