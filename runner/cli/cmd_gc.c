@@ -93,7 +93,7 @@ int cmd_gc(int argc, char **argv)
     unsigned swept = 0;
     int sweep_r = image_sweep_builds(cfg->agent.state_dir, NULL, false, &swept, &err);
     if (swept)
-        printf("gc: %u leftover image build directories removed\n", swept);
+        printf("gc: %u leftover image build director%s removed\n", swept, swept == 1 ? "y" : "ies");
     if (sweep_r < 0) {
         fprintf(stderr, "agentlab gc: %s\n", al_error_message(err));
         err = al_error_free(err);

@@ -389,6 +389,51 @@ def case_virtlogd_kill(env):
     return "running", expect(env, job, "SUCCEEDED"), time.monotonic() - t0
 
 
+def case_image_build_kill(env):
+    """`agentlab image build` is SIGKILLed while mmdebstrap bootstraps: the
+    build dir it leaves is removed by `agentlab gc` once no process of the
+    killed build holds its lock (mmdebstrap, its pipe gone, dies on its next
+    write), and no process of the build is left."""
+    out = os.path.join(env.tmp, "build.out")
+    images = os.path.join(env.state, "images")
+    with open(out, "w") as f:
+        p = subprocess.Popen([env.cli, "image", "build", "debian-12", "--force"], env=env.env,
+                             stdout=f, stderr=subprocess.STDOUT)
+
+    def build_dirs():
+        return [e for e in os.listdir(images) if e.startswith(".build-debian-12-")]
+
+    deadline = time.monotonic() + 180
+    while not build_dirs() and time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise Failure("the image build ended early:\n" + open(out).read()[-2000:])
+        time.sleep(0.1)
+    if not build_dirs():
+        p.kill()
+        raise Failure("the image build made no build dir:\n" + open(out).read()[-2000:])
+    time.sleep(4)  # mmdebstrap is at work
+    t0 = time.monotonic()
+    p.kill()
+    p.wait()
+    if not build_dirs():
+        raise Failure("the killed build left no build dir: the fault did not land")
+    removed = ""
+    deadline = time.monotonic() + 300
+    while build_dirs() and time.monotonic() < deadline:
+        r = env.agentlab("gc", check=False, timeout=300)
+        if r.returncode != 0:
+            raise Failure(f"agentlab gc failed: {r.stdout}{r.stderr}")
+        removed = removed or next((l for l in r.stdout.splitlines() if "image build" in l), "")
+        if build_dirs():
+            time.sleep(2)
+    if build_dirs():
+        raise Failure(f"gc never removed {build_dirs()}")
+    left = sh("pgrep", "-f", env.state, check=False).stdout.split()
+    if left:
+        raise Failure(f"processes of the killed build are left: {left}")
+    return "bootstrap", "killed; " + (removed or "gc removed the build dir"), time.monotonic() - t0
+
+
 FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
 
@@ -478,6 +523,7 @@ CASES = [
     ("agentlab run SIGKILL, then gc", case_run_kill, ""),
     ("libvirtd SIGKILL + restart", case_libvirtd_kill, ""),
     ("virtlogd SIGKILL + restart", case_virtlogd_kill, ""),
+    ("agentlab image build SIGKILL, then gc", case_image_build_kill, ""),
     ("wall clock +2 h, then -1 h", case_clock_jump, ""),
     ("state dir full", case_state_dir_full, "max_log_size = 1G\n", "40m"),
 ]
