@@ -19,6 +19,7 @@
 #include "runner/engine/spec.h"
 #include "runner/api/json.h"
 #include "runner/cli/api_client.h"
+#include "runner/cli/cli_opts.h"
 #include "runner/cli/job_remote.h"
 #include "runner/cli/table.h"
 
@@ -1146,27 +1147,11 @@ static void usage(FILE *out)
 
 int cmd_batch(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage(stderr);
-        return CLI_EXIT_USAGE;
-    }
-    if (streq(argv[1], "--help") || streq(argv[1], "-h")) {
-        usage(stdout);
-        return 0;
-    }
-    static const struct {
-        const char *name;
-        int (*run)(int argc, char **argv);
-    } subs[] = {
-            {"submit", batch_submit}, {"ls", batch_ls},         {"list", batch_ls},
-            {"show", batch_show},     {"watch", batch_watch},   {"results", batch_results},
-            {"cancel", batch_cancel},
+    static const struct cli_command subs[] = {
+            {"submit", NULL, batch_submit}, {"ls", NULL, batch_ls},
+            {"list", NULL, batch_ls},       {"show", NULL, batch_show},
+            {"watch", NULL, batch_watch},   {"results", NULL, batch_results},
+            {"cancel", NULL, batch_cancel},
     };
-    for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
-        if (streq(argv[1], subs[i].name))
-            return subs[i].run(argc - 1, argv + 1);
-    }
-    fprintf(stderr, "agentlab batch: unknown subcommand \"%s\"\n", argv[1]);
-    usage(stderr);
-    return CLI_EXIT_USAGE;
+    return cli_run_subcommand("batch", subs, ARRAY_SIZE(subs), usage, argc, argv);
 }
