@@ -59,27 +59,29 @@ static int json_batch(yajl_gen g, struct api_ctx *ctx, const struct store_batch 
     return rc;
 }
 
+/* Reads a batch from the store; answers 404 (or 500) and returns < 0 when it
+ * cannot. The caller clears *ret. */
+static int get_batch(struct api_ctx *ctx, struct api_req *r, const char *id,
+                     struct store_batch *ret)
+{
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = store_batch_get(ctx->store, id, ret, &err);
+    if (rc == -ENOENT)
+        api_reply_error(r, 404, "not_found", "no batch %s", id);
+    else if (rc < 0)
+        api_reply_error(r, 500, "internal", "%s", al_error_message(err));
+    return rc;
+}
+
 static void reply_batch(struct api_ctx *ctx, struct api_req *r, int status, const char *id)
 {
     struct store_batch b;
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = store_batch_get(ctx->store, id, &b, &err);
-    if (rc == -ENOENT) {
-        api_reply_error(r, 404, "not_found", "no batch %s", id);
+    if (get_batch(ctx, r, id, &b) < 0)
         return;
-    }
-    if (rc < 0) {
-        api_reply_error(r, 500, "internal", "%s", al_error_message(err));
-        return;
-    }
     _cleanup_json_gen_ yajl_gen g = json_gen_new();
-    rc = g ? json_batch(g, ctx, &b) : -ENOMEM;
+    int rc = g ? json_batch(g, ctx, &b) : -ENOMEM;
     store_batch_clear(&b);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, status, g);
+    json_reply_built(r, status, g, rc);
 }
 
 /* ------------------------------------------------------------ submit */
@@ -215,11 +217,7 @@ void api_batch_list(struct api_ctx *ctx, struct api_req *r, const struct route_m
         rc |= json_close_map(g);
     }
     store_batches_free(v, n);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 void api_batch_show(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -253,11 +251,7 @@ void api_batch_cancel(struct api_ctx *ctx, struct api_req *r, const struct route
         rc |= json_kv_uint(g, "cancel_requested", n);
         rc |= json_close_map(g);
     }
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 /* ------------------------------------------------------------ jobs (results) */
@@ -315,20 +309,10 @@ void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_m
         api_query_uint(r, "limit", 1000, 100, &limit) < 0 ||
         api_query_uint(r, "tail", MAX_TAIL_LINES, 5, &tail) < 0)
         return;
-    {
-        struct store_batch b;
-        _cleanup_error_ struct al_error *gerr = NULL;
-        int grc = store_batch_get(ctx->store, m->batch_id, &b, &gerr);
-        if (grc == -ENOENT) {
-            api_reply_error(r, 404, "not_found", "no batch %s", m->batch_id);
-            return;
-        }
-        if (grc < 0) {
-            api_reply_error(r, 500, "internal", "%s", al_error_message(gerr));
-            return;
-        }
-        store_batch_clear(&b);
-    }
+    struct store_batch b;
+    if (get_batch(ctx, r, m->batch_id, &b) < 0)
+        return;
+    store_batch_clear(&b);
     struct store_batch_job *v = NULL;
     size_t n = 0;
     _cleanup_error_ struct al_error *err = NULL;
@@ -384,11 +368,7 @@ void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_m
         rc |= json_close_map(g);
     }
     store_batch_jobs_free(v, n);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 /* ------------------------------------------------------------ metrics */

@@ -227,11 +227,7 @@ void api_job_list(struct api_ctx *ctx, struct api_req *r, const struct route_mat
         rc |= json_close_map(g);
     }
     store_job_page_clear(&page);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 void api_job_show(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -260,11 +256,7 @@ void api_job_show(struct api_ctx *ctx, struct api_req *r, const struct route_mat
         rc |= json_close_map(g);
     }
     store_attempts_free(att, n_att);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 void api_job_cancel(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -308,11 +300,7 @@ void api_job_cancel(struct api_ctx *ctx, struct api_req *r, const struct route_m
     j |= json_kv_bool(g, "cancel_requested", true);
     j |= json_kv_str(g, "state", job_state_to_string(job->state));
     j |= json_close_map(g);
-    if (j) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 202, g);
+    json_reply_built(r, 202, g, j);
 }
 
 /* ------------------------------------------------------------ artifacts */
@@ -351,11 +339,7 @@ void api_job_artifacts(struct api_ctx *ctx, struct api_req *r, const struct rout
     rc |= json_close_array(g);
     rc |= json_kv_bool(g, "truncated", truncated);
     rc |= json_close_map(g);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 /* Opens rel (checked by the router) under dfd, one segment at a time,
@@ -522,11 +506,7 @@ void api_upload_finish(struct api_ctx *ctx, struct api_req *r, const struct rout
         rc |= json_kv_uint(g, "bytes", api_req_http(r)->body_bytes);
         rc |= json_close_map(g);
     }
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 201, g);
+    json_reply_built(r, 201, g, rc);
 }
 
 void api_uploads_sweep(struct api_ctx *ctx, int64_t max_age_s)
