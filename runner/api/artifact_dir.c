@@ -64,8 +64,7 @@ static void walk_dir(struct walk *w, int dfd, const char *prefix, int depth)
     closedir(d);
 }
 
-int api_artifact_dir_walk(int dfd, size_t max, api_artifact_fn fn, void *data,
-                          bool *ret_truncated)
+int api_artifact_dir_walk(int dfd, size_t max, api_artifact_fn fn, void *data, bool *ret_truncated)
 {
     struct walk w = {.fn = fn, .data = data, .left = max};
     walk_dir(&w, dfd, "", 0);

@@ -22,7 +22,6 @@ typedef int (*api_artifact_fn)(void *data, const char *path, const struct stat *
  * ROUTE_MAX_ARTIFACT_PATH and anything that is neither a regular file nor
  * a directory. Stops after max files; *ret_truncated (may be NULL) then
  * says whether anything was left. Returns 0 or what fn stopped with. */
-int api_artifact_dir_walk(int dfd, size_t max, api_artifact_fn fn, void *data,
-                          bool *ret_truncated);
+int api_artifact_dir_walk(int dfd, size_t max, api_artifact_fn fn, void *data, bool *ret_truncated);
 
 #endif

@@ -113,10 +113,14 @@ static int job_validate(int argc, char **argv)
 int cmd_job(int argc, char **argv)
 {
     static const struct cli_command subs[] = {
-            {"validate", NULL, job_validate}, {"submit", NULL, job_submit},
-            {"ls", NULL, job_ls},             {"list", NULL, job_ls},
-            {"show", NULL, job_show},         {"logs", NULL, job_logs},
-            {"cancel", NULL, job_cancel},     {"artifacts", NULL, job_artifacts},
+            {"validate", NULL, job_validate},
+            {"submit", NULL, job_submit},
+            {"ls", NULL, job_ls},
+            {"list", NULL, job_ls},
+            {"show", NULL, job_show},
+            {"logs", NULL, job_logs},
+            {"cancel", NULL, job_cancel},
+            {"artifacts", NULL, job_artifacts},
     };
     return cli_run_subcommand("job", subs, ARRAY_SIZE(subs), usage, argc, argv);
 }

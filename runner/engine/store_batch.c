@@ -87,8 +87,8 @@ static int insert_batch(sqlite3 *db, const char *id, const char *name, unsigned 
 }
 
 /* Binds a BATCH_JOB_INSERT_SQL row; safe_params (redacted) may be NULL. */
-static void bind_batch_job(sqlite3_stmt *st, const char *batch_id, int64_t idx,
-                           const char *job_id, const char *safe_params)
+static void bind_batch_job(sqlite3_stmt *st, const char *batch_id, int64_t idx, const char *job_id,
+                           const char *safe_params)
 {
     sqlite3_bind_text(st, 1, batch_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, idx);

@@ -299,6 +299,22 @@ static int parse_list(const char *data, size_t len, const char *key, size_t item
     return 0;
 }
 
+/* parse_list() into *ret, a list struct with v, n and total_count; clear()
+ * frees what was parsed when it fails. Evaluates to 0 or the error. */
+#define PARSE_LIST_INTO(data, len, key, parse_item, clear, ret, err)                            \
+    ({                                                                                          \
+        __typeof__(*(ret)) _l = {0};                                                            \
+        void *_v = NULL;                                                                        \
+        int _r = parse_list((data), (len), (key), sizeof(*_l.v), (parse_item), &_l.total_count, \
+                            &_v, &_l.n, (err));                                                 \
+        _l.v = _v;                                                                              \
+        if (_r < 0)                                                                             \
+            clear(&_l);                                                                         \
+        else                                                                                    \
+            *(ret) = _l;                                                                        \
+        _r < 0 ? _r : 0;                                                                        \
+    })
+
 static int parse_runner(yajl_val o, const char *p, void *item, struct al_error **err)
 {
     struct github_runner *x = item;
@@ -324,17 +340,7 @@ void github_runner_list_clear(struct github_runner_list *l)
 int github_parse_runners(const char *data, size_t len, struct github_runner_list *ret,
                          struct al_error **err)
 {
-    struct github_runner_list l = {0};
-    void *v = NULL;
-    int r = parse_list(data, len, "runners", sizeof(*l.v), parse_runner, &l.total_count, &v, &l.n,
-                       err);
-    l.v = v;
-    if (r < 0) {
-        github_runner_list_clear(&l);
-        return r;
-    }
-    *ret = l;
-    return 0;
+    return PARSE_LIST_INTO(data, len, "runners", parse_runner, github_runner_list_clear, ret, err);
 }
 
 void github_run_list_clear(struct github_run_list *l)
@@ -361,17 +367,7 @@ static int parse_run(yajl_val o, const char *p, void *item, struct al_error **er
 int github_parse_runs(const char *data, size_t len, struct github_run_list *ret,
                       struct al_error **err)
 {
-    struct github_run_list l = {0};
-    void *v = NULL;
-    int r = parse_list(data, len, "workflow_runs", sizeof(*l.v), parse_run, &l.total_count, &v,
-                       &l.n, err);
-    l.v = v;
-    if (r < 0) {
-        github_run_list_clear(&l);
-        return r;
-    }
-    *ret = l;
-    return 0;
+    return PARSE_LIST_INTO(data, len, "workflow_runs", parse_run, github_run_list_clear, ret, err);
 }
 
 void github_job_list_clear(struct github_job_list *l)
@@ -393,17 +389,7 @@ static int parse_list_job(yajl_val o, const char *p, void *item, struct al_error
 int github_parse_jobs(const char *data, size_t len, struct github_job_list *ret,
                       struct al_error **err)
 {
-    struct github_job_list l = {0};
-    void *v = NULL;
-    int r = parse_list(data, len, "jobs", sizeof(*l.v), parse_list_job, &l.total_count, &v, &l.n,
-                       err);
-    l.v = v;
-    if (r < 0) {
-        github_job_list_clear(&l);
-        return r;
-    }
-    *ret = l;
-    return 0;
+    return PARSE_LIST_INTO(data, len, "jobs", parse_list_job, github_job_list_clear, ret, err);
 }
 
 int github_parse_job(const char *data, size_t len, struct github_job **ret, struct al_error **err)
