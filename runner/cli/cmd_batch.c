@@ -38,21 +38,6 @@ static int open_api(const char *socket, struct cli_api **ret)
     return 0;
 }
 
-static int get_json(struct cli_api *a, const char *path, const char *what, yajl_val *ret)
-{
-    struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 200) {
-        int code = cli_api_fail(a, rc, &r, err, what);
-        cli_resp_clear(&r);
-        return code;
-    }
-    *ret = cli_resp_json(&r);
-    cli_resp_clear(&r);
-    return *ret ? 0 : CLI_EXIT_FAILED;
-}
-
 static bool check_batch_id(const char *cmd, const char *id)
 {
     if (id && store_batch_id_is_valid(id, strlen(id)))
@@ -556,7 +541,7 @@ static int batch_ls(int argc, char **argv)
     if (code)
         return code < 0 ? 0 : code;
     _cleanup_yajl_ yajl_val v = NULL;
-    if ((code = get_json(a, "/v1/batches", "listing batches", &v)))
+    if ((code = cli_api_call_json(a, "GET", "/v1/batches", 200, "listing batches", &v)))
         return code;
     if (json) {
         print_json(v);
@@ -610,7 +595,7 @@ static int batch_show(int argc, char **argv)
     char path[96];
     snprintf(path, sizeof(path), "/v1/batches/%s", id);
     _cleanup_yajl_ yajl_val v = NULL;
-    if ((code = get_json(a, path, "reading the batch", &v)))
+    if ((code = cli_api_call_json(a, "GET", path, 200, "reading the batch", &v)))
         return code;
     if (json) {
         print_json(v);
@@ -647,16 +632,9 @@ static int batch_cancel(int argc, char **argv)
         return code < 0 ? 0 : code;
     char path[96];
     snprintf(path, sizeof(path), "/v1/batches/%s/cancel", id);
-    struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "POST", path, NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 200) {
-        code = cli_api_fail(a, rc, &r, err, "cancelling the batch");
-        cli_resp_clear(&r);
+    _cleanup_yajl_ yajl_val v = NULL;
+    if ((code = cli_api_call_json(a, "POST", path, 200, "cancelling the batch", &v)))
         return code;
-    }
-    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-    cli_resp_clear(&r);
     printf("cancel requested for %" PRId64 " jobs\n", cli_json_int(v, JPATH("cancel_requested"), 0));
     return 0;
 }
@@ -731,7 +709,7 @@ static int batch_watch_id(struct cli_api *a, const char *id, unsigned interval_m
     cli_install_interrupt();
     for (;;) {
         _cleanup_yajl_ yajl_val v = NULL;
-        int code = get_json(a, path, "reading the batch", &v);
+        int code = cli_api_call_json(a, "GET", path, 200, "reading the batch", &v);
         if (code)
             return code == CLI_EXIT_NOT_FOUND || code == CLI_EXIT_UNREACHABLE ? code : 3;
         char line[512];
@@ -839,13 +817,13 @@ static int results_fetch(struct cli_api *a, const char *id, unsigned tail, struc
 {
     char path[160];
     snprintf(path, sizeof(path), "/v1/batches/%s", id);
-    int code = get_json(a, path, "reading the batch", &ret->batch);
+    int code = cli_api_call_json(a, "GET", path, 200, "reading the batch", &ret->batch);
     int64_t after = 0;
     while (!code) {
         snprintf(path, sizeof(path), "/v1/batches/%s/jobs?limit=1000&tail=%u&after=%" PRId64, id,
                  tail, after);
         yajl_val page = NULL;
-        code = get_json(a, path, "reading the batch's jobs", &page);
+        code = cli_api_call_json(a, "GET", path, 200, "reading the batch's jobs", &page);
         if (code)
             break;
         yajl_val *v = realloc(ret->pages, (ret->n_pages + 1) * sizeof(*v));
