@@ -179,14 +179,20 @@ bool github_signature_valid(const void *secret, size_t secret_len, const void *b
     return ok;
 }
 
-bool github_delivery_id_valid(const char *s)
+/* 1 to max letters, digits and dashes. */
+static bool alnum_dash_is_valid(const char *s, size_t max)
 {
     size_t n = 0;
     for (const char *p = s; *p; p++, n++) {
         if (!isalnum((unsigned char)*p) && *p != '-')
             return false;
     }
-    return n >= 1 && n <= 64;
+    return n >= 1 && n <= max;
+}
+
+bool github_delivery_id_valid(const char *s)
+{
+    return alnum_dash_is_valid(s, 64);
 }
 
 bool github_labels_match(char *const *job_labels, size_t n_job, char *const *pool_labels,
@@ -206,12 +212,7 @@ bool github_labels_match(char *const *job_labels, size_t n_job, char *const *poo
 
 bool github_login_is_valid(const char *s)
 {
-    size_t n = 0;
-    for (const char *p = s; *p; p++, n++) {
-        if (!isalnum((unsigned char)*p) && *p != '-')
-            return false;
-    }
-    return n >= 1 && n <= 39;
+    return alnum_dash_is_valid(s, 39);
 }
 
 bool github_repo_is_valid(const char *s)
