@@ -126,16 +126,30 @@ static enum github_action action_from_string(const char *s)
     return GITHUB_ACTION_OTHER;
 }
 
-int github_webhook_parse(const char *data, size_t len, struct github_job **ret,
-                         struct al_error **err)
+/* The document's root and an empty job to fill from it; both the caller's. */
+static int open_job_document(const char *data, size_t len, yajl_val *ret_root,
+                             struct github_job **ret_job, struct al_error **err)
 {
     _cleanup_(yajl_tree_freep) yajl_val root = NULL;
     int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
     if (r < 0)
         return r;
-    _cleanup_(github_job_freep) struct github_job *j = calloc(1, sizeof(*j));
+    struct github_job *j = calloc(1, sizeof(*j));
     if (!j)
         return al_error_set(err, ENOMEM, "out of memory");
+    *ret_root = TAKE_PTR(root);
+    *ret_job = j;
+    return 0;
+}
+
+int github_webhook_parse(const char *data, size_t len, struct github_job **ret,
+                         struct al_error **err)
+{
+    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
+    _cleanup_(github_job_freep) struct github_job *j = NULL;
+    int r = open_job_document(data, len, &root, &j, err);
+    if (r < 0)
+        return r;
     _cleanup_free_ char *action = NULL;
     r = al_json_get_string(root, "action", "", 64, true, check_lower, &action, err);
     if (r < 0)
@@ -396,12 +410,10 @@ int github_parse_jobs(const char *data, size_t len, struct github_job_list *ret,
 int github_parse_job(const char *data, size_t len, struct github_job **ret, struct al_error **err)
 {
     _cleanup_(yajl_tree_freep) yajl_val root = NULL;
-    int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
+    _cleanup_(github_job_freep) struct github_job *j = NULL;
+    int r = open_job_document(data, len, &root, &j, err);
     if (r < 0)
         return r;
-    _cleanup_(github_job_freep) struct github_job *j = calloc(1, sizeof(*j));
-    if (!j)
-        return al_error_set(err, ENOMEM, "out of memory");
     r = parse_job_object(root, "", j, err);
     if (r < 0)
         return r;
