@@ -1,6 +1,5 @@
 #include "runner/api/batches.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,13 +11,14 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/engine/batch.h"
+#include "runner/api/artifact_dir.h"
 #include "runner/api/json.h"
+#include "runner/api/sync_reply.h"
 
 #define MAX_LABELS_QUERY 1024
 #define MAX_TAIL_LINES   100
 #define TAIL_BYTES       (8u << 10)
 #define MAX_ROW_ARTIFACTS 1000 /* paths listed in one results row */
-#define MAX_ARTIFACT_DEPTH 32
 
 /* ------------------------------------------------------------ shapes */
 
@@ -59,56 +59,42 @@ static int json_batch(yajl_gen g, struct api_ctx *ctx, const struct store_batch 
     return rc;
 }
 
+/* Reads a batch from the store; answers 404 (or 500) and returns < 0 when it
+ * cannot. The caller clears *ret. */
+static int get_batch(struct api_ctx *ctx, struct api_req *r, const char *id,
+                     struct store_batch *ret)
+{
+    _cleanup_error_ struct al_error *err = NULL;
+    int rc = store_batch_get(ctx->store, id, ret, &err);
+    if (rc == -ENOENT)
+        api_reply_error(r, 404, "not_found", "no batch %s", id);
+    else if (rc < 0)
+        api_reply_error(r, 500, "internal", "%s", al_error_message(err));
+    return rc;
+}
+
 static void reply_batch(struct api_ctx *ctx, struct api_req *r, int status, const char *id)
 {
     struct store_batch b;
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = store_batch_get(ctx->store, id, &b, &err);
-    if (rc == -ENOENT) {
-        api_reply_error(r, 404, "not_found", "no batch %s", id);
+    if (get_batch(ctx, r, id, &b) < 0)
         return;
-    }
-    if (rc < 0) {
-        api_reply_error(r, 500, "internal", "%s", al_error_message(err));
-        return;
-    }
     _cleanup_json_gen_ yajl_gen g = json_gen_new();
-    rc = g ? json_batch(g, ctx, &b) : -ENOMEM;
+    int rc = g ? json_batch(g, ctx, &b) : -ENOMEM;
     store_batch_clear(&b);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, status, g);
+    json_reply_built(r, status, g, rc);
 }
 
 /* ------------------------------------------------------------ submit */
 
-struct pending_batch {
-    struct api_ctx *ctx;
-    struct api_req *req; /* NULL once the client went away */
-    char id[STORE_BATCH_ID_SIZE];
-};
+_Static_assert(STORE_BATCH_ID_SIZE <= API_SYNC_REPLY_ID_SIZE, "a batch id fits a sync reply");
 
-static void on_batch_abort(struct api_req *r, void *data)
+static void reply_batch_submitted(struct api_ctx *ctx, struct api_req *r, const char *id,
+                                  int result)
 {
-    (void)r;
-    struct pending_batch *p = data;
-    p->req = NULL;
-}
-
-static void on_batch_synced(int result, void *data)
-{
-    struct pending_batch *p = data;
-    if (p->req) {
-        api_req_on_abort(p->req, NULL, NULL);
-        if (result < 0)
-            log_warn(NULL, "API: syncing the store before answering batch %s failed; it is "
-                           "committed",
-                     p->id);
-        reply_batch(p->ctx, p->req, 201, p->id);
-    }
-    free(p);
+    if (result < 0)
+        log_warn(NULL, "API: syncing the store before answering batch %s failed; it is committed",
+                 id);
+    reply_batch(ctx, r, 201, id);
 }
 
 /* "a,b,c" into a NULL-terminated vector (owned). */
@@ -178,7 +164,7 @@ void api_batch_submit(struct api_ctx *ctx, struct api_req *r, const struct route
     const char *body = hr->body.data ? hr->body.data : "";
     int rc = batch_parse(body, hr->body.len, &o, &items, &err);
     if (rc == 0) {
-        struct pending_batch *p = calloc(1, sizeof(*p));
+        struct api_sync_reply *p = api_sync_reply_new(ctx, r, reply_batch_submitted);
         if (!p) {
             batch_items_clear(&items);
             api_reply_error(r, 500, "internal", "out of memory");
@@ -189,10 +175,7 @@ void api_batch_submit(struct api_ctx *ctx, struct api_req *r, const struct route
         if (rc == 0) {
             log_info(NULL, "batch %s (%s): %zu jobs accepted, max_parallel %u", p->id, o.name, n,
                      o.max_parallel);
-            p->ctx = ctx;
-            p->req = r;
-            api_req_on_abort(r, on_batch_abort, p);
-            engine_sync(ctx->engine, on_batch_synced, p);
+            api_sync_reply_start(p);
             return;
         }
         free(p);
@@ -234,11 +217,7 @@ void api_batch_list(struct api_ctx *ctx, struct api_req *r, const struct route_m
         rc |= json_close_map(g);
     }
     store_batches_free(v, n);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 void api_batch_show(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -272,11 +251,7 @@ void api_batch_cancel(struct api_ctx *ctx, struct api_req *r, const struct route
         rc |= json_kv_uint(g, "cancel_requested", n);
         rc |= json_close_map(g);
     }
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 /* ------------------------------------------------------------ jobs (results) */
@@ -312,54 +287,19 @@ static int json_output_tail(yajl_gen g, struct api_ctx *ctx, const char *job_id,
     return json_strn(g, buf + start, len - start);
 }
 
-/* The relative paths of the files under dir (not following symlinks),
- * at most MAX_ROW_ARTIFACTS of them. */
-static int walk_paths(yajl_gen g, int dfd, const char *prefix, int depth, unsigned *left)
+static int json_artifact_path(void *data, const char *path, const struct stat *st)
 {
-    DIR *d = fdopendir(dfd);
-    if (!d) {
-        close(dfd);
-        return 0;
-    }
-    int rc = 0;
-    struct dirent *de;
-    while (!rc && *left && (de = readdir(d))) {
-        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
-            continue;
-        char path[1100];
-        int n = snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "/" : "", de->d_name);
-        if (n < 0 || (size_t)n >= sizeof(path))
-            continue;
-        struct stat st;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            continue;
-        if (S_ISDIR(st.st_mode) && depth + 1 < MAX_ARTIFACT_DEPTH) {
-            int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (sub >= 0)
-                rc |= walk_paths(g, sub, path, depth + 1, left);
-        } else if (S_ISREG(st.st_mode)) {
-            rc |= json_str(g, path);
-            (*left)--;
-        }
-    }
-    closedir(d);
-    return rc;
+    (void)st;
+    return json_str(data, path);
 }
 
-/* The job's artifacts as they are on disk (<job dir>/artifacts). */
+/* The paths of the job's artifacts, at most MAX_ROW_ARTIFACTS of them. */
 static int json_artifact_paths(yajl_gen g, struct api_ctx *ctx, const char *job_id)
 {
-    _cleanup_free_ char *dir = engine_job_dir(ctx->engine, job_id);
-    if (!dir)
+    int dfd = api_artifact_dir_open(ctx, job_id);
+    if (dfd < 0)
         return 0;
-    _cleanup_close_ int jfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (jfd < 0)
-        return 0;
-    int afd = openat(jfd, "artifacts", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (afd < 0)
-        return 0;
-    unsigned left = MAX_ROW_ARTIFACTS;
-    return walk_paths(g, afd, "", 0, &left);
+    return api_artifact_dir_walk(dfd, MAX_ROW_ARTIFACTS, json_artifact_path, g, NULL);
 }
 
 void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -369,20 +309,10 @@ void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_m
         api_query_uint(r, "limit", 1000, 100, &limit) < 0 ||
         api_query_uint(r, "tail", MAX_TAIL_LINES, 5, &tail) < 0)
         return;
-    {
-        struct store_batch b;
-        _cleanup_error_ struct al_error *gerr = NULL;
-        int grc = store_batch_get(ctx->store, m->batch_id, &b, &gerr);
-        if (grc == -ENOENT) {
-            api_reply_error(r, 404, "not_found", "no batch %s", m->batch_id);
-            return;
-        }
-        if (grc < 0) {
-            api_reply_error(r, 500, "internal", "%s", al_error_message(gerr));
-            return;
-        }
-        store_batch_clear(&b);
-    }
+    struct store_batch b;
+    if (get_batch(ctx, r, m->batch_id, &b) < 0)
+        return;
+    store_batch_clear(&b);
     struct store_batch_job *v = NULL;
     size_t n = 0;
     _cleanup_error_ struct al_error *err = NULL;
@@ -438,11 +368,7 @@ void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_m
         rc |= json_close_map(g);
     }
     store_batch_jobs_free(v, n);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 /* ------------------------------------------------------------ metrics */

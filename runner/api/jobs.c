@@ -12,8 +12,10 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/base/hardlimits.h"
+#include "runner/api/artifact_dir.h"
 #include "runner/api/json.h"
 #include "runner/api/streams.h"
+#include "runner/api/sync_reply.h"
 
 #define MAX_ARTIFACT_ENTRIES 10000
 #define MAX_PENDING_UPLOADS  16
@@ -21,41 +23,23 @@
 
 /* ------------------------------------------------------------ submit */
 
-struct pending_submit {
-    struct api_ctx *ctx;
-    struct api_req *req; /* NULL once the client went away */
-    char id[STORE_JOB_ID_SIZE];
-};
+_Static_assert(STORE_JOB_ID_SIZE <= API_SYNC_REPLY_ID_SIZE, "a job id fits a sync reply");
 
-static void on_submit_abort(struct api_req *r, void *data)
+static void reply_submitted(struct api_ctx *ctx, struct api_req *r, const char *id, int result)
 {
-    (void)r;
-    struct pending_submit *p = data;
-    p->req = NULL;
-}
-
-static void on_submit_synced(int result, void *data)
-{
-    struct pending_submit *p = data;
-    struct api_req *r = p->req;
-    if (!r) {
-        free(p);
-        return;
-    }
-    api_req_on_abort(r, NULL, NULL);
     if (result < 0)
-        log_warn(p->id, "API: syncing the store before answering failed; the job is committed");
+        log_warn(id, "API: syncing the store before answering failed; the job is committed");
     struct store_job *job = NULL;
     struct al_error *err = NULL;
     _cleanup_json_gen_ yajl_gen g = json_gen_new();
-    if (!g || store_job_get(p->ctx->store, p->id, &job, &err) < 0 || json_job(g, job, false) < 0) {
+    if (!g || store_job_get(ctx->store, id, &job, &err) < 0 || json_job(g, job, false) < 0) {
         /* accepted all the same: say so with what we know */
         char body[128];
-        int n = snprintf(body, sizeof(body), "{\"id\":\"%s\",\"state\":\"QUEUED\"}\n", p->id);
+        int n = snprintf(body, sizeof(body), "{\"id\":\"%s\",\"state\":\"QUEUED\"}\n", id);
         api_reply(r, 201, "application/json", NULL, body, (size_t)n);
     } else {
         char loc[96];
-        snprintf(loc, sizeof(loc), "Location: /v1/jobs/%s\r\n", p->id);
+        snprintf(loc, sizeof(loc), "Location: /v1/jobs/%s\r\n", id);
         const unsigned char *buf;
         size_t len;
         yajl_gen_get_buf(g, &buf, &len);
@@ -67,7 +51,6 @@ static void on_submit_synced(int result, void *data)
     }
     store_job_free(job);
     al_error_free(err);
-    free(p);
 }
 
 static bool upload_id_is_valid(const char *s)
@@ -154,7 +137,7 @@ void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_m
         job_spec_free(spec);
         return;
     }
-    struct pending_submit *p = calloc(1, sizeof(*p));
+    struct api_sync_reply *p = api_sync_reply_new(ctx, r, reply_submitted);
     if (!p) {
         job_spec_free(spec);
         api_reply_error(r, 500, "internal", "out of memory");
@@ -174,10 +157,7 @@ void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_m
             api_reply_error(r, 500, "internal", "%s", al_error_message(err));
         return;
     }
-    p->ctx = ctx;
-    p->req = r;
-    api_req_on_abort(r, on_submit_abort, p);
-    engine_sync(ctx->engine, on_submit_synced, p);
+    api_sync_reply_start(p);
 }
 
 /* ------------------------------------------------------------ list, show */
@@ -247,11 +227,7 @@ void api_job_list(struct api_ctx *ctx, struct api_req *r, const struct route_mat
         rc |= json_close_map(g);
     }
     store_job_page_clear(&page);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 void api_job_show(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -280,11 +256,7 @@ void api_job_show(struct api_ctx *ctx, struct api_req *r, const struct route_mat
         rc |= json_close_map(g);
     }
     store_attempts_free(att, n_att);
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    json_reply_built(r, 200, g, rc);
 }
 
 void api_job_cancel(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -328,75 +300,21 @@ void api_job_cancel(struct api_ctx *ctx, struct api_req *r, const struct route_m
     j |= json_kv_bool(g, "cancel_requested", true);
     j |= json_kv_str(g, "state", job_state_to_string(job->state));
     j |= json_close_map(g);
-    if (j) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 202, g);
+    json_reply_built(r, 202, g, j);
 }
 
 /* ------------------------------------------------------------ artifacts */
 
-/* Opens <job dir>/artifacts without following symlinks; -1 when absent. */
-static int open_artifacts_dir(struct api_ctx *ctx, const char *job_id)
+static int json_artifact(void *data, const char *path, const struct stat *st)
 {
-    _cleanup_free_ char *dir = engine_job_dir(ctx->engine, job_id);
-    if (!dir)
-        return -1;
-    _cleanup_close_ int jfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (jfd < 0)
-        return -1;
-    return openat(jfd, "artifacts", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-}
-
-struct walk {
-    yajl_gen g;
-    size_t n;
-    bool truncated;
-    int rc;
-};
-
-static void walk_dir(struct walk *w, int dfd, const char *prefix, int depth)
-{
-    DIR *d = fdopendir(dfd);
-    if (!d) {
-        close(dfd);
-        return;
-    }
-    struct dirent *de;
-    while ((de = readdir(d)) && !w->rc) {
-        if (streq(de->d_name, ".") || streq(de->d_name, ".."))
-            continue;
-        if (w->n >= MAX_ARTIFACT_ENTRIES) {
-            w->truncated = true;
-            break;
-        }
-        char path[ROUTE_MAX_ARTIFACT_PATH + 1];
-        int n = snprintf(path, sizeof(path), "%s%s%s", prefix, *prefix ? "/" : "", de->d_name);
-        if (n < 0 || (size_t)n >= sizeof(path))
-            continue;
-        struct stat st;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            continue;
-        if (S_ISDIR(st.st_mode)) {
-            if (depth + 1 >= ROUTE_MAX_ARTIFACT_DEPTH)
-                continue;
-            int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (sub >= 0)
-                walk_dir(w, sub, path, depth + 1);
-            continue;
-        }
-        if (!S_ISREG(st.st_mode))
-            continue;
-        w->n++;
-        w->rc |= json_open_map(w->g);
-        w->rc |= json_kv_str(w->g, "path", path);
-        w->rc |= json_kv_uint(w->g, "size", (uint64_t)st.st_size);
-        w->rc |= json_kv_time(w->g, "modified",
-                              (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000);
-        w->rc |= json_close_map(w->g);
-    }
-    closedir(d);
+    yajl_gen g = data;
+    int rc = json_open_map(g);
+    rc |= json_kv_str(g, "path", path);
+    rc |= json_kv_uint(g, "size", (uint64_t)st->st_size);
+    rc |= json_kv_time(g, "modified",
+                       (int64_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000);
+    rc |= json_close_map(g);
+    return rc;
 }
 
 void api_job_artifacts(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -409,21 +327,19 @@ void api_job_artifacts(struct api_ctx *ctx, struct api_req *r, const struct rout
         api_reply_error(r, 500, "internal", "out of memory");
         return;
     }
-    struct walk w = {.g = g};
-    w.rc |= json_open_map(g);
-    w.rc |= json_key(g, "artifacts");
-    w.rc |= json_open_array(g);
-    int dfd = open_artifacts_dir(ctx, m->job_id);
-    if (dfd >= 0)
-        walk_dir(&w, dfd, "", 0);
-    w.rc |= json_close_array(g);
-    w.rc |= json_kv_bool(g, "truncated", w.truncated);
-    w.rc |= json_close_map(g);
-    if (w.rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 200, g);
+    bool truncated = false;
+    int rc = json_open_map(g);
+    rc |= json_key(g, "artifacts");
+    rc |= json_open_array(g);
+    int dfd = api_artifact_dir_open(ctx, m->job_id);
+    if (dfd >= 0 && !rc)
+        rc = api_artifact_dir_walk(dfd, MAX_ARTIFACT_ENTRIES, json_artifact, g, &truncated);
+    else if (dfd >= 0)
+        close(dfd);
+    rc |= json_close_array(g);
+    rc |= json_kv_bool(g, "truncated", truncated);
+    rc |= json_close_map(g);
+    json_reply_built(r, 200, g, rc);
 }
 
 /* Opens rel (checked by the router) under dfd, one segment at a time,
@@ -465,7 +381,7 @@ void api_job_artifact(struct api_ctx *ctx, struct api_req *r, const struct route
     _cleanup_(store_job_freep) struct store_job *job = NULL;
     if (api_get_job(ctx, r, m->job_id, &job) < 0)
         return;
-    _cleanup_close_ int dfd = open_artifacts_dir(ctx, m->job_id);
+    _cleanup_close_ int dfd = api_artifact_dir_open(ctx, m->job_id);
     int fd = dfd >= 0 ? open_beneath(dfd, m->artifact) : -ENOENT;
     if (fd < 0) {
         api_reply_error(r, 404, "not_found", "job %s has no artifact \"%s\"", m->job_id,
@@ -590,11 +506,7 @@ void api_upload_finish(struct api_ctx *ctx, struct api_req *r, const struct rout
         rc |= json_kv_uint(g, "bytes", api_req_http(r)->body_bytes);
         rc |= json_close_map(g);
     }
-    if (rc) {
-        api_reply_error(r, 500, "internal", "generating the response failed");
-        return;
-    }
-    json_reply(r, 201, g);
+    json_reply_built(r, 201, g, rc);
 }
 
 void api_uploads_sweep(struct api_ctx *ctx, int64_t max_age_s)

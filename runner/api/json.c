@@ -254,3 +254,12 @@ void json_reply(struct api_req *r, int status, yajl_gen g)
     }
     api_reply(r, status, "application/json", NULL, b.data, b.len);
 }
+
+void json_reply_built(struct api_req *r, int status, yajl_gen g, int rc)
+{
+    if (rc) {
+        api_reply_error(r, 500, "internal", "generating the response failed");
+        return;
+    }
+    json_reply(r, status, g);
+}

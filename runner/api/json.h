@@ -65,5 +65,8 @@ int json_attempt(yajl_gen g, const struct store_attempt *a);
 /* Sends what g holds as the response body (application/json) with status;
  * a generator error becomes a 500. */
 void json_reply(struct api_req *r, int status, yajl_gen g);
+/* json_reply() for a document whose building returned rc: nonzero answers
+ * 500 instead. */
+void json_reply_built(struct api_req *r, int status, yajl_gen g, int rc);
 
 #endif

@@ -1,9 +1,11 @@
 #include "runner/cli/cli_opts.h"
 
 #include <getopt.h>
+#include <string.h>
 
 #include "runner/base/util.h"
 #include "runner/cli/api_client.h"
+#include "runner/cli/cli.h"
 
 enum { OPT_JSON = 256, OPT_SOCKET, OPT_OFFSET, OPT_OUT };
 
@@ -61,6 +63,26 @@ int cli_parse_opts(int argc, char **argv, unsigned flags, void (*usage)(FILE *),
         o->operand = argv[optind];
     return -1;
 bad:
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_run_subcommand(const char *group, const struct cli_command *subs, size_t n_subs,
+                       void (*usage)(FILE *), int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (streq(argv[1], "--help") || streq(argv[1], "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < n_subs; i++) {
+        if (streq(argv[1], subs[i].name))
+            return subs[i].run(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "agentlab %s: unknown subcommand \"%s\"\n", group, argv[1]);
     usage(stderr);
     return CLI_EXIT_USAGE;
 }

@@ -29,4 +29,13 @@ struct cli_opts {
 int cli_parse_opts(int argc, char **argv, unsigned flags, void (*usage)(FILE *),
                    struct cli_opts *o);
 
+struct cli_command;
+
+/* Runs `agentlab GROUP SUB ...` (argv[0] is GROUP) through the entry of
+ * subs named argv[1], with argv + 1. --help/-h prints usage on stdout and
+ * returns 0; no subcommand or an unknown one prints usage on stderr and
+ * returns CLI_EXIT_USAGE; otherwise returns what the subcommand returns. */
+int cli_run_subcommand(const char *group, const struct cli_command *subs, size_t n_subs,
+                       void (*usage)(FILE *), int argc, char **argv);
+
 #endif

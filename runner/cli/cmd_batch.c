@@ -19,6 +19,7 @@
 #include "runner/engine/spec.h"
 #include "runner/api/json.h"
 #include "runner/cli/api_client.h"
+#include "runner/cli/cli_opts.h"
 #include "runner/cli/job_remote.h"
 #include "runner/cli/table.h"
 
@@ -35,21 +36,6 @@ static int open_api(const char *socket, struct cli_api **ret)
         return CLI_EXIT_FAILED;
     }
     return 0;
-}
-
-static int get_json(struct cli_api *a, const char *path, const char *what, yajl_val *ret)
-{
-    struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "GET", path, NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 200) {
-        int code = cli_api_fail(a, rc, &r, err, what);
-        cli_resp_clear(&r);
-        return code;
-    }
-    *ret = cli_resp_json(&r);
-    cli_resp_clear(&r);
-    return *ret ? 0 : CLI_EXIT_FAILED;
 }
 
 static bool check_batch_id(const char *cmd, const char *id)
@@ -555,7 +541,7 @@ static int batch_ls(int argc, char **argv)
     if (code)
         return code < 0 ? 0 : code;
     _cleanup_yajl_ yajl_val v = NULL;
-    if ((code = get_json(a, "/v1/batches", "listing batches", &v)))
+    if ((code = cli_api_call_json(a, "GET", "/v1/batches", 200, "listing batches", &v)))
         return code;
     if (json) {
         print_json(v);
@@ -609,7 +595,7 @@ static int batch_show(int argc, char **argv)
     char path[96];
     snprintf(path, sizeof(path), "/v1/batches/%s", id);
     _cleanup_yajl_ yajl_val v = NULL;
-    if ((code = get_json(a, path, "reading the batch", &v)))
+    if ((code = cli_api_call_json(a, "GET", path, 200, "reading the batch", &v)))
         return code;
     if (json) {
         print_json(v);
@@ -646,16 +632,9 @@ static int batch_cancel(int argc, char **argv)
         return code < 0 ? 0 : code;
     char path[96];
     snprintf(path, sizeof(path), "/v1/batches/%s/cancel", id);
-    struct cli_resp r = {0};
-    _cleanup_error_ struct al_error *err = NULL;
-    int rc = cli_api_request(a, "POST", path, NULL, NULL, 0, &r, &err);
-    if (rc < 0 || r.status != 200) {
-        code = cli_api_fail(a, rc, &r, err, "cancelling the batch");
-        cli_resp_clear(&r);
+    _cleanup_yajl_ yajl_val v = NULL;
+    if ((code = cli_api_call_json(a, "POST", path, 200, "cancelling the batch", &v)))
         return code;
-    }
-    _cleanup_yajl_ yajl_val v = cli_resp_json(&r);
-    cli_resp_clear(&r);
     printf("cancel requested for %" PRId64 " jobs\n", cli_json_int(v, JPATH("cancel_requested"), 0));
     return 0;
 }
@@ -730,7 +709,7 @@ static int batch_watch_id(struct cli_api *a, const char *id, unsigned interval_m
     cli_install_interrupt();
     for (;;) {
         _cleanup_yajl_ yajl_val v = NULL;
-        int code = get_json(a, path, "reading the batch", &v);
+        int code = cli_api_call_json(a, "GET", path, 200, "reading the batch", &v);
         if (code)
             return code == CLI_EXIT_NOT_FOUND || code == CLI_EXIT_UNREACHABLE ? code : 3;
         char line[512];
@@ -838,13 +817,13 @@ static int results_fetch(struct cli_api *a, const char *id, unsigned tail, struc
 {
     char path[160];
     snprintf(path, sizeof(path), "/v1/batches/%s", id);
-    int code = get_json(a, path, "reading the batch", &ret->batch);
+    int code = cli_api_call_json(a, "GET", path, 200, "reading the batch", &ret->batch);
     int64_t after = 0;
     while (!code) {
         snprintf(path, sizeof(path), "/v1/batches/%s/jobs?limit=1000&tail=%u&after=%" PRId64, id,
                  tail, after);
         yajl_val page = NULL;
-        code = get_json(a, path, "reading the batch's jobs", &page);
+        code = cli_api_call_json(a, "GET", path, 200, "reading the batch's jobs", &page);
         if (code)
             break;
         yajl_val *v = realloc(ret->pages, (ret->n_pages + 1) * sizeof(*v));
@@ -1146,27 +1125,11 @@ static void usage(FILE *out)
 
 int cmd_batch(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage(stderr);
-        return CLI_EXIT_USAGE;
-    }
-    if (streq(argv[1], "--help") || streq(argv[1], "-h")) {
-        usage(stdout);
-        return 0;
-    }
-    static const struct {
-        const char *name;
-        int (*run)(int argc, char **argv);
-    } subs[] = {
-            {"submit", batch_submit}, {"ls", batch_ls},         {"list", batch_ls},
-            {"show", batch_show},     {"watch", batch_watch},   {"results", batch_results},
-            {"cancel", batch_cancel},
+    static const struct cli_command subs[] = {
+            {"submit", NULL, batch_submit}, {"ls", NULL, batch_ls},
+            {"list", NULL, batch_ls},       {"show", NULL, batch_show},
+            {"watch", NULL, batch_watch},   {"results", NULL, batch_results},
+            {"cancel", NULL, batch_cancel},
     };
-    for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
-        if (streq(argv[1], subs[i].name))
-            return subs[i].run(argc - 1, argv + 1);
-    }
-    fprintf(stderr, "agentlab batch: unknown subcommand \"%s\"\n", argv[1]);
-    usage(stderr);
-    return CLI_EXIT_USAGE;
+    return cli_run_subcommand("batch", subs, ARRAY_SIZE(subs), usage, argc, argv);
 }

@@ -6,6 +6,8 @@
 
 #include "runner/base/util.h"
 #include "runner/engine/spec.h"
+#include "runner/cli/cli.h"
+#include "runner/cli/cli_opts.h"
 #include "runner/cli/job_remote.h"
 
 static void usage(FILE *out)
@@ -110,27 +112,15 @@ static int job_validate(int argc, char **argv)
 
 int cmd_job(int argc, char **argv)
 {
-    if (argc < 2) {
-        usage(stderr);
-        return 2;
-    }
-    if (streq(argv[1], "--help") || streq(argv[1], "-h")) {
-        usage(stdout);
-        return 0;
-    }
-    static const struct {
-        const char *name;
-        int (*run)(int argc, char **argv);
-    } subs[] = {
-            {"validate", job_validate}, {"submit", job_submit},       {"ls", job_ls},
-            {"list", job_ls},           {"show", job_show},           {"logs", job_logs},
-            {"cancel", job_cancel},     {"artifacts", job_artifacts},
+    static const struct cli_command subs[] = {
+            {"validate", NULL, job_validate},
+            {"submit", NULL, job_submit},
+            {"ls", NULL, job_ls},
+            {"list", NULL, job_ls},
+            {"show", NULL, job_show},
+            {"logs", NULL, job_logs},
+            {"cancel", NULL, job_cancel},
+            {"artifacts", NULL, job_artifacts},
     };
-    for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
-        if (streq(argv[1], subs[i].name))
-            return subs[i].run(argc - 1, argv + 1);
-    }
-    fprintf(stderr, "agentlab job: unknown subcommand \"%s\"\n", argv[1]);
-    usage(stderr);
-    return 2;
+    return cli_run_subcommand("job", subs, ARRAY_SIZE(subs), usage, argc, argv);
 }

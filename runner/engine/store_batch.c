@@ -60,6 +60,50 @@ bool store_batch_id_is_valid(const char *s, size_t len)
 }
 
 static void make_batch_id(char out[STORE_BATCH_ID_SIZE]);
+static int exec_step(sqlite3 *db, sqlite3_stmt *st, struct al_error **err, const char *what);
+
+#define BATCH_JOB_INSERT_SQL \
+    "INSERT INTO batch_jobs (batch_id, idx, job_id, params) VALUES (?1, ?2, ?3, ?4)"
+
+/* A submitted batch (tagged false) or one that gathers the jobs tagged with
+ * its name (tagged true, counted as they come). */
+static int insert_batch(sqlite3 *db, const char *id, const char *name, unsigned max_parallel,
+                        size_t total, bool tagged, struct al_error **err, const char *what)
+{
+    _cleanup_finalize_ sqlite3_stmt *st = NULL;
+    int r = prepare(db,
+                    "INSERT INTO batches (id, name, created_ms, max_parallel, total, tagged) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    &st, err);
+    if (r < 0)
+        return r;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, al_now_wall_ms());
+    sqlite3_bind_int64(st, 4, max_parallel);
+    sqlite3_bind_int64(st, 5, (int64_t)total);
+    sqlite3_bind_int(st, 6, tagged);
+    return exec_step(db, st, err, what);
+}
+
+/* Binds a BATCH_JOB_INSERT_SQL row; safe_params (redacted) may be NULL. */
+static void bind_batch_job(sqlite3_stmt *st, const char *batch_id, int64_t idx, const char *job_id,
+                           const char *safe_params)
+{
+    sqlite3_bind_text(st, 1, batch_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, idx);
+    sqlite3_bind_text(st, 3, job_id, -1, SQLITE_STATIC);
+    if (safe_params)
+        sqlite3_bind_text(st, 4, safe_params, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 4);
+}
+
+/* The limit of a listing: 50 when 0, at most 1000. */
+static unsigned list_limit(unsigned limit)
+{
+    return limit == 0 ? 50 : limit > 1000 ? 1000 : limit;
+}
 
 /* ---- the submit transaction --------------------------------------------- */
 
@@ -90,29 +134,9 @@ int store_batch_begin(struct store *s, const char *name, unsigned max_parallel, 
         free(tx);
         return db_error(db, rc, err, "storing the batch");
     }
-    int r;
-    {
-        _cleanup_finalize_ sqlite3_stmt *st = NULL;
-        r = prepare(db,
-                    "INSERT INTO batches (id, name, created_ms, max_parallel, total) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5)",
-                    &st, err);
-        if (r == 0) {
-            sqlite3_bind_text(st, 1, tx->id, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 3, al_now_wall_ms());
-            sqlite3_bind_int64(st, 4, max_parallel);
-            sqlite3_bind_int64(st, 5, (int64_t)total);
-            rc = sqlite3_step(st);
-            if (rc != SQLITE_DONE)
-                r = db_error(db, rc, err, "storing the batch");
-        }
-    }
+    int r = insert_batch(db, tx->id, name, max_parallel, total, false, err, "storing the batch");
     if (r == 0)
-        r = prepare(db,
-                    "INSERT INTO batch_jobs (batch_id, idx, job_id, params) "
-                    "VALUES (?1, ?2, ?3, ?4)",
-                    &tx->link, err);
+        r = prepare(db, BATCH_JOB_INSERT_SQL, &tx->link, err);
     if (r < 0) {
         store_batch_rollback(tx);
         return r;
@@ -130,13 +154,7 @@ int store_batch_add_job(struct store_batch_tx *tx, size_t idx, const char *job_i
     if (params && !safe)
         return al_error_set(err, ENOMEM, "storing the batch");
     sqlite3_stmt *st = tx->link;
-    sqlite3_bind_text(st, 1, tx->id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, (int64_t)idx);
-    sqlite3_bind_text(st, 3, job_id, -1, SQLITE_STATIC);
-    if (safe)
-        sqlite3_bind_text(st, 4, safe, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 4);
+    bind_batch_job(st, tx->id, (int64_t)idx, job_id, safe);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -244,10 +262,7 @@ int store_batch_list(struct store *s, unsigned limit, struct store_batch **ret, 
                      struct al_error **err)
 {
     sqlite3 *db = store_sqlite(s);
-    if (limit == 0)
-        limit = 50;
-    if (limit > 1000)
-        limit = 1000;
+    limit = list_limit(limit);
     _cleanup_finalize_ sqlite3_stmt *st = NULL;
     int r = prepare(db, "SELECT " BATCH_COLUMNS " FROM batches ORDER BY id DESC LIMIT ?1", &st,
                     err);
@@ -294,10 +309,7 @@ int store_batch_jobs(struct store *s, const char *batch_id, unsigned after_idx, 
                      struct store_batch_job **ret, size_t *ret_n, struct al_error **err)
 {
     sqlite3 *db = store_sqlite(s);
-    if (limit == 0)
-        limit = 50;
-    if (limit > 1000)
-        limit = 1000;
+    limit = list_limit(limit);
     _cleanup_finalize_ sqlite3_stmt *st = NULL;
     int r = prepare(db,
                     "SELECT b.idx, j.id, j.name, b.params, j.state, j.exit_code, j.reason, "
@@ -429,33 +441,14 @@ int store_batch_tag(struct store *s, const char *name, const char *job_id, const
     }
     if (r == 0 && !id[0]) {
         make_batch_id(id);
-        _cleanup_finalize_ sqlite3_stmt *st = NULL;
-        r = prepare(db,
-                    "INSERT INTO batches (id, name, created_ms, max_parallel, total, tagged) "
-                    "VALUES (?1, ?2, ?3, 0, 0, 1)",
-                    &st, err);
-        if (r == 0) {
-            sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 3, al_now_wall_ms());
-            r = exec_step(db, st, err, "creating the tagged batch");
-        }
+        r = insert_batch(db, id, name, 0, 0, true, err, "creating the tagged batch");
     }
     if (r == 0) {
         _cleanup_free_ char *safe = params ? al_redact(params, strlen(params), NULL) : NULL;
         _cleanup_finalize_ sqlite3_stmt *st = NULL;
-        r = prepare(db,
-                    "INSERT INTO batch_jobs (batch_id, idx, job_id, params) "
-                    "VALUES (?1, ?2, ?3, ?4)",
-                    &st, err);
+        r = prepare(db, BATCH_JOB_INSERT_SQL, &st, err);
         if (r == 0) {
-            sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 2, total + 1);
-            sqlite3_bind_text(st, 3, job_id, -1, SQLITE_STATIC);
-            if (safe)
-                sqlite3_bind_text(st, 4, safe, -1, SQLITE_STATIC);
-            else
-                sqlite3_bind_null(st, 4);
+            bind_batch_job(st, id, total + 1, job_id, safe);
             r = exec_step(db, st, err, "tagging a job with its batch");
         }
     }

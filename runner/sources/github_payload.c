@@ -126,16 +126,30 @@ static enum github_action action_from_string(const char *s)
     return GITHUB_ACTION_OTHER;
 }
 
-int github_webhook_parse(const char *data, size_t len, struct github_job **ret,
-                         struct al_error **err)
+/* The document's root and an empty job to fill from it; both the caller's. */
+static int open_job_document(const char *data, size_t len, yajl_val *ret_root,
+                             struct github_job **ret_job, struct al_error **err)
 {
     _cleanup_(yajl_tree_freep) yajl_val root = NULL;
     int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
     if (r < 0)
         return r;
-    _cleanup_(github_job_freep) struct github_job *j = calloc(1, sizeof(*j));
+    struct github_job *j = calloc(1, sizeof(*j));
     if (!j)
         return al_error_set(err, ENOMEM, "out of memory");
+    *ret_root = TAKE_PTR(root);
+    *ret_job = j;
+    return 0;
+}
+
+int github_webhook_parse(const char *data, size_t len, struct github_job **ret,
+                         struct al_error **err)
+{
+    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
+    _cleanup_(github_job_freep) struct github_job *j = NULL;
+    int r = open_job_document(data, len, &root, &j, err);
+    if (r < 0)
+        return r;
     _cleanup_free_ char *action = NULL;
     r = al_json_get_string(root, "action", "", 64, true, check_lower, &action, err);
     if (r < 0)
@@ -179,14 +193,20 @@ bool github_signature_valid(const void *secret, size_t secret_len, const void *b
     return ok;
 }
 
-bool github_delivery_id_valid(const char *s)
+/* 1 to max letters, digits and dashes. */
+static bool alnum_dash_is_valid(const char *s, size_t max)
 {
     size_t n = 0;
     for (const char *p = s; *p; p++, n++) {
         if (!isalnum((unsigned char)*p) && *p != '-')
             return false;
     }
-    return n >= 1 && n <= 64;
+    return n >= 1 && n <= max;
+}
+
+bool github_delivery_id_valid(const char *s)
+{
+    return alnum_dash_is_valid(s, 64);
 }
 
 bool github_labels_match(char *const *job_labels, size_t n_job, char *const *pool_labels,
@@ -206,12 +226,7 @@ bool github_labels_match(char *const *job_labels, size_t n_job, char *const *poo
 
 bool github_login_is_valid(const char *s)
 {
-    size_t n = 0;
-    for (const char *p = s; *p; p++, n++) {
-        if (!isalnum((unsigned char)*p) && *p != '-')
-            return false;
-    }
-    return n >= 1 && n <= 39;
+    return alnum_dash_is_valid(s, 39);
 }
 
 bool github_repo_is_valid(const char *s)
@@ -299,6 +314,22 @@ static int parse_list(const char *data, size_t len, const char *key, size_t item
     return 0;
 }
 
+/* parse_list() into *ret, a list struct with v, n and total_count; clear()
+ * frees what was parsed when it fails. Evaluates to 0 or the error. */
+#define PARSE_LIST_INTO(data, len, key, parse_item, clear, ret, err)                            \
+    ({                                                                                          \
+        __typeof__(*(ret)) _l = {0};                                                            \
+        void *_v = NULL;                                                                        \
+        int _r = parse_list((data), (len), (key), sizeof(*_l.v), (parse_item), &_l.total_count, \
+                            &_v, &_l.n, (err));                                                 \
+        _l.v = _v;                                                                              \
+        if (_r < 0)                                                                             \
+            clear(&_l);                                                                         \
+        else                                                                                    \
+            *(ret) = _l;                                                                        \
+        _r < 0 ? _r : 0;                                                                        \
+    })
+
 static int parse_runner(yajl_val o, const char *p, void *item, struct al_error **err)
 {
     struct github_runner *x = item;
@@ -324,17 +355,7 @@ void github_runner_list_clear(struct github_runner_list *l)
 int github_parse_runners(const char *data, size_t len, struct github_runner_list *ret,
                          struct al_error **err)
 {
-    struct github_runner_list l = {0};
-    void *v = NULL;
-    int r = parse_list(data, len, "runners", sizeof(*l.v), parse_runner, &l.total_count, &v, &l.n,
-                       err);
-    l.v = v;
-    if (r < 0) {
-        github_runner_list_clear(&l);
-        return r;
-    }
-    *ret = l;
-    return 0;
+    return PARSE_LIST_INTO(data, len, "runners", parse_runner, github_runner_list_clear, ret, err);
 }
 
 void github_run_list_clear(struct github_run_list *l)
@@ -361,17 +382,7 @@ static int parse_run(yajl_val o, const char *p, void *item, struct al_error **er
 int github_parse_runs(const char *data, size_t len, struct github_run_list *ret,
                       struct al_error **err)
 {
-    struct github_run_list l = {0};
-    void *v = NULL;
-    int r = parse_list(data, len, "workflow_runs", sizeof(*l.v), parse_run, &l.total_count, &v,
-                       &l.n, err);
-    l.v = v;
-    if (r < 0) {
-        github_run_list_clear(&l);
-        return r;
-    }
-    *ret = l;
-    return 0;
+    return PARSE_LIST_INTO(data, len, "workflow_runs", parse_run, github_run_list_clear, ret, err);
 }
 
 void github_job_list_clear(struct github_job_list *l)
@@ -393,28 +404,16 @@ static int parse_list_job(yajl_val o, const char *p, void *item, struct al_error
 int github_parse_jobs(const char *data, size_t len, struct github_job_list *ret,
                       struct al_error **err)
 {
-    struct github_job_list l = {0};
-    void *v = NULL;
-    int r = parse_list(data, len, "jobs", sizeof(*l.v), parse_list_job, &l.total_count, &v, &l.n,
-                       err);
-    l.v = v;
-    if (r < 0) {
-        github_job_list_clear(&l);
-        return r;
-    }
-    *ret = l;
-    return 0;
+    return PARSE_LIST_INTO(data, len, "jobs", parse_list_job, github_job_list_clear, ret, err);
 }
 
 int github_parse_job(const char *data, size_t len, struct github_job **ret, struct al_error **err)
 {
     _cleanup_(yajl_tree_freep) yajl_val root = NULL;
-    int r = parse_root(data, len, GITHUB_MAX_DOCUMENT, &root, err);
+    _cleanup_(github_job_freep) struct github_job *j = NULL;
+    int r = open_job_document(data, len, &root, &j, err);
     if (r < 0)
         return r;
-    _cleanup_(github_job_freep) struct github_job *j = calloc(1, sizeof(*j));
-    if (!j)
-        return al_error_set(err, ENOMEM, "out of memory");
     r = parse_job_object(root, "", j, err);
     if (r < 0)
         return r;
