@@ -18,9 +18,10 @@
 #include "runner/loop/http_client.h"
 #include "runner/sources/github.h"
 #include "runner/sources/github_auth.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_payload.h"
-#include "runner/sources/orphans.h"
 #include "runner/sources/github_scaleset_priv.h"
+#include "runner/sources/orphans.h"
 
 /* ------------------------------------------------------------ setup */
 
@@ -157,13 +158,7 @@ static char *scaleset_body(const struct github_scaleset *g)
     x |= yajl_gen_string(gen, (const unsigned char *)"createdOn", 9);
     x |= yajl_gen_string(gen, (const unsigned char *)"0001-01-01T00:00:00Z", 20);
     x |= yajl_gen_map_close(gen);
-    const unsigned char *buf = NULL;
-    size_t len = 0;
-    char *s = NULL;
-    if (x == yajl_gen_status_ok && yajl_gen_get_buf(gen, &buf, &len) == yajl_gen_status_ok)
-        s = strndup((const char *)buf, len);
-    yajl_gen_free(gen);
-    return s;
+    return gh_json_finish(gen, x);
 }
 
 /* group id, then the scale set by name, then created when absent */
@@ -319,30 +314,17 @@ static void free_all(struct github_scaleset *g)
 static int setup(struct github_scaleset *g, struct al_error **err)
 {
     const struct config_source *src = g->src;
-    const char *url = *src->url ? src->url : GITHUB_DEFAULT_API;
-    size_t n = strlen(url);
-    while (n && url[n - 1] == '/')
-        n--;
-    if (!(g->api = strndup(url, n)))
-        return -ENOMEM;
-    int r = *src->repo  ? asprintf(&g->scope, "/repos/%s", src->repo)
-            : *src->org ? asprintf(&g->scope, "/orgs/%s", src->org)
-                        : asprintf(&g->scope, "/enterprises/%s", src->enterprise);
-    if (r < 0) {
-        g->scope = NULL;
-        return -ENOMEM;
-    }
+    int r = gh_api_base(src, &g->api);
+    if (r == 0)
+        r = gh_scope(src, &g->scope);
+    if (r < 0)
+        return r;
     if ((r = web_url(g, &g->config_url, err)) < 0)
         return r;
-    char hex[AL_SHA256_HEX_SIZE];
-    _cleanup_free_ char *seed = NULL;
-    if (asprintf(&seed, "%s\n%s", g->cfg->agent.state_dir, src->name) < 0)
-        return -ENOMEM;
-    al_sha256_hex(seed, strlen(seed), hex);
-    if (asprintf(&g->prefix, "agentlab-%.8s-", hex) < 0) {
-        g->prefix = NULL;
-        return -ENOMEM;
-    }
+    if ((r = gh_runner_prefix(g->cfg, src->name, &g->prefix)) < 0)
+        return r;
+    /* the state file and the session owner take the prefix's 8 hex digits */
+    const char *hex = g->prefix + strlen("agentlab-");
     if (asprintf(&g->state_path, "%s/github-scaleset-%.8s.runners", g->cfg->agent.state_dir, hex) <
         0) {
         g->state_path = NULL;

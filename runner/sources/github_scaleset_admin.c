@@ -18,6 +18,7 @@
 #include "runner/loop/http_client.h"
 #include "runner/sources/github.h"
 #include "runner/sources/github_auth.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_payload.h"
 #include "runner/sources/orphans.h"
 
@@ -250,14 +251,9 @@ struct ssrunner *ss_runner_new(struct github_scaleset *g, const char *name)
     r->g = g;
     if (name) {
         snprintf(r->name, sizeof(r->name), "%s", name);
-    } else {
-        char *rnd = al_random_hex(4);
-        if (!rnd) {
-            free(r);
-            return NULL;
-        }
-        snprintf(r->name, sizeof(r->name), "%s%s", g->prefix, rnd);
-        free(rnd);
+    } else if (gh_runner_name(g->prefix, r->name, sizeof(r->name)) < 0) {
+        free(r);
+        return NULL;
     }
     r->created_ms = now_ms();
     al_list_add(&g->runners, &r->link);

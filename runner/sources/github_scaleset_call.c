@@ -18,6 +18,7 @@
 #include "runner/loop/http_client.h"
 #include "runner/sources/github.h"
 #include "runner/sources/github_auth.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_payload.h"
 #include "runner/sources/orphans.h"
 

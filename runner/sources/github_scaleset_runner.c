@@ -18,6 +18,7 @@
 #include "runner/loop/http_client.h"
 #include "runner/sources/github.h"
 #include "runner/sources/github_auth.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_payload.h"
 #include "runner/sources/orphans.h"
 
@@ -26,59 +27,6 @@
 static void runner_set_dead(struct ssrunner *r)
 {
     r->state = R_DEAD;
-}
-
-static int env_add(struct job_env_var **v, size_t *n, const char *name, const char *value)
-{
-    struct job_env_var *x = realloc(*v, (*n + 1) * sizeof(**v));
-    if (!x)
-        return -ENOMEM;
-    *v = x;
-    x[*n].name = strdup(name);
-    x[*n].value = strdup(value);
-    if (!x[*n].name || !x[*n].value) {
-        free(x[*n].name);
-        al_wipe_free(x[*n].value);
-        return -ENOMEM;
-    }
-    (*n)++;
-    return 0;
-}
-
-/* The VM's job: the actions runner, reading its config from
- * ACTIONS_RUNNER_INPUT_JITCONFIG (never argv). jit is taken over. */
-static int runner_spec(struct ssrunner *r, char *jit, struct job_spec **ret, struct al_error **err)
-{
-    struct github_scaleset *g = r->g;
-    _cleanup_job_spec_ struct job_spec *spec = calloc(1, sizeof(*spec));
-    if (!spec) {
-        al_wipe_free(jit);
-        return al_error_set(err, ENOMEM, "out of memory");
-    }
-    spec->inject = -1;
-    int rc = env_add(&spec->secret_env, &spec->n_secret_env, "ACTIONS_RUNNER_INPUT_JITCONFIG", jit);
-    al_wipe_free(jit);
-    rc |= env_add(&spec->env, &spec->n_env, "AGENTLAB_GITHUB_RUNNER", r->name);
-    const char *dir = g->src->runner_dir;
-    if (asprintf(&spec->script,
-                 "# agentlab: GitHub Actions runner %s of scale set %s (one job, then this VM "
-                 "is gone)\n"
-                 "cd '%s' 2>/dev/null || { echo 'agentlab: no actions runner in %s (build the "
-                 "image from the debian-12-actions recipe)' >&2; exit 127; }\n"
-                 "exec ./run.sh\n",
-                 r->name, g->src->scale_set_name, dir, dir) < 0)
-        spec->script = NULL;
-    if (asprintf(&spec->name, "github runner %s", r->name) < 0)
-        spec->name = NULL;
-    spec->source.type = JOB_SOURCE_GITHUB;
-    spec->source.id = strdup(r->name);
-    if (*g->src->pool)
-        spec->pool = strdup(g->src->pool);
-    spec->max_attempts = 1; /* a JIT config is good for one runner */
-    if (rc || !spec->script || !spec->name || !spec->source.id || (*g->src->pool && !spec->pool))
-        return al_error_set(err, ENOMEM, "out of memory");
-    *ret = TAKE_PTR(spec);
-    return 0;
 }
 
 static void scale_fail(struct github_scaleset *g, const char *fmt, ...) _printf_(2, 3);
@@ -136,7 +84,7 @@ static void on_jit(struct github_scaleset *g, int result, const struct al_http_r
     struct job_spec *spec = NULL;
     struct al_error *serr = NULL;
     char eid[STORE_JOB_ID_SIZE];
-    rc = runner_spec(r, jit, &spec, &serr);
+    rc = gh_runner_job_spec(g->src, r->name, g->src->scale_set_name, NULL, jit, &spec, &serr);
     if (rc == 0)
         rc = engine_submit(g->e, spec, &(struct engine_submit){0}, eid, &serr);
     if (rc < 0) {
@@ -171,11 +119,7 @@ static void runner_create(struct github_scaleset *g)
         x |= yajl_gen_string(gen, (const unsigned char *)"workFolder", 10);
         x |= yajl_gen_string(gen, (const unsigned char *)"", 0);
         x |= yajl_gen_map_close(gen);
-        const unsigned char *buf = NULL;
-        size_t len = 0;
-        if (x == yajl_gen_status_ok && yajl_gen_get_buf(gen, &buf, &len) == yajl_gen_status_ok)
-            body = strndup((const char *)buf, len);
-        yajl_gen_free(gen);
+        body = gh_json_finish(gen, x);
     }
     if (!body) {
         runner_set_dead(r);

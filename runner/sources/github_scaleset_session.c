@@ -18,6 +18,7 @@
 #include "runner/loop/http_client.h"
 #include "runner/sources/github.h"
 #include "runner/sources/github_auth.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_payload.h"
 #include "runner/sources/orphans.h"
 
@@ -375,11 +376,7 @@ void ss_session_create(struct github_scaleset *g)
         x |= yajl_gen_string(gen, (const unsigned char *)"ownerName", 9);
         x |= yajl_gen_string(gen, (const unsigned char *)g->owner, strlen(g->owner));
         x |= yajl_gen_map_close(gen);
-        const unsigned char *buf = NULL;
-        size_t len = 0;
-        if (x == yajl_gen_status_ok && yajl_gen_get_buf(gen, &buf, &len) == yajl_gen_status_ok)
-            body = strndup((const char *)buf, len);
-        yajl_gen_free(gen);
+        body = gh_json_finish(gen, x);
     }
     if (!body)
         return;
