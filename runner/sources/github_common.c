@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runner/base/log.h"
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"
 #include "runner/sources/github.h"
@@ -108,6 +109,17 @@ int gh_runner_job_spec(const struct config_source *src, const char *runner, cons
         return al_error_set(err, ENOMEM, "out of memory");
     *ret = TAKE_PTR(spec);
     return 0;
+}
+
+void gh_stop_vm(struct engine *e, const char *source, const char *runner, const char *engine_id,
+                const char *why)
+{
+    log_info(engine_id, "github %s: runner %s: %s; stopping its VM", source, runner, why);
+    struct al_error *err = NULL;
+    if (engine_cancel(e, engine_id, &err) < 0 && err && err->code != EALREADY &&
+        err->code != ENOENT)
+        log_warn(engine_id, "github %s: cancel: %s", source, al_error_message(err));
+    al_error_free(err);
 }
 
 char *gh_json_finish(yajl_gen gen, int status)

@@ -10,7 +10,18 @@
 
 #include "runner/base/error.h"
 #include "runner/engine/config.h"
+#include "runner/engine/engine.h"
 #include "runner/engine/spec.h"
+
+/* Where a JIT runner is in its life, in both modes. */
+enum gh_rstate {
+    R_CREATING, /* its JIT config is being generated */
+    R_IDLE,     /* its VM runs the runner, which has no job yet */
+    R_BUSY,     /* it took a job */
+    R_DONE,     /* its job completed; its VM should end soon */
+    R_ENDING,   /* its VM is gone (or never was): deleting the runner from GitHub */
+    R_DEAD,     /* nothing left to do; freed by the next tick */
+};
 
 /* The REST API base of src (its url, else api.github.com) without a
  * trailing slash, in *ret (the caller's to free). 0 or -ENOMEM. */
@@ -37,6 +48,12 @@ int gh_runner_name(const char *prefix, char *buf, size_t size);
  * source URL. On success *ret is the caller's. */
 int gh_runner_job_spec(const struct config_source *src, const char *runner, const char *scale_set,
                        const char *url, char *jit, struct job_spec **ret, struct al_error **err);
+
+/* Cancels the engine job engine_id, the VM of runner runner of the source
+ * named source, logging why. May finish the job at once: the engine's
+ * observers run inside. */
+void gh_stop_vm(struct engine *e, const char *source, const char *runner, const char *engine_id,
+                const char *why);
 
 /* Ends gen: its text as a string (the caller's to free) when status, the
  * or-ed results of the calls that built it, is yajl_gen_status_ok; NULL

@@ -226,13 +226,7 @@ void gh_runner_stop_vm(struct ghrunner *r, const char *why)
     if (r->vm_gone || !r->submitted || r->stopping_vm)
         return;
     r->stopping_vm = true;
-    log_info(r->engine_id, "github %s: runner %s: %s; stopping its VM", r->g->name, r->name, why);
-    struct al_error *err = NULL;
-    /* may finish the job at once (observers run inside) */
-    if (engine_cancel(r->g->e, r->engine_id, &err) < 0 && err && err->code != EALREADY &&
-        err->code != ENOENT)
-        log_warn(r->engine_id, "github %s: cancel: %s", r->g->name, al_error_message(err));
-    al_error_free(err);
+    gh_stop_vm(r->g->e, r->g->name, r->name, r->engine_id, why);
 }
 
 static void on_runner_deleted(struct github *g, int result, const struct al_http_response *resp,

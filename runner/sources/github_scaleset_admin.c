@@ -92,9 +92,7 @@ static void on_registered(struct github_scaleset *g, int result,
                           void *data)
 {
     (void)data;
-    if (result == -ECANCELED || g->stopping) {
-        if (resp)
-            wipe_body(resp);
+    if (call_dropped(g, result, resp)) {
         g->admin_refreshing = false;
         return;
     }

@@ -3,6 +3,7 @@
  * of another. */
 #pragma once
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "runner/base/list.h"
 #include "runner/base/util.h"
 #include "runner/loop/http_client.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_scaleset.h"
 
 #define API_VERSION      "api-version=6.0-preview"
@@ -61,15 +63,6 @@ struct sscall {
     struct al_http_call *http;
 };
 
-enum rstate {
-    R_CREATING, /* generatejitconfig in flight */
-    R_IDLE,     /* its VM runs the runner, which has no job yet */
-    R_BUSY,     /* JobStarted named it */
-    R_DONE,     /* JobCompleted named it; its VM should end soon */
-    R_ENDING,   /* its VM is gone: deleting it from the scale set */
-    R_DEAD,     /* freed by the next tick */
-};
-
 struct ssrunner {
     struct github_scaleset *g;
     struct al_list link; /* on github_scaleset.runners */
@@ -77,7 +70,7 @@ struct ssrunner {
     int64_t id;
     char engine_id[STORE_JOB_ID_SIZE];
     bool submitted;
-    enum rstate state;
+    enum gh_rstate state;
     uint64_t created_ms;
     uint64_t done_ms;
     bool vm_gone;
@@ -217,6 +210,18 @@ static inline bool is_error(const struct al_http_response *resp, const char *wha
 static inline void wipe_body(const struct al_http_response *resp)
 {
     explicit_bzero(resp->body.data, resp->body.len);
+}
+
+/* True when a call's answer comes too late to act on (cancelled, or the
+ * listener stops); what it carried, which may hold a token, is wiped. */
+static inline bool call_dropped(const struct github_scaleset *g, int result,
+                                const struct al_http_response *resp)
+{
+    if (result != -ECANCELED && !g->stopping)
+        return false;
+    if (resp)
+        wipe_body(resp);
+    return true;
 }
 
 static inline bool admin_valid(const struct github_scaleset *g)

@@ -51,9 +51,7 @@ static void on_jit(struct github_scaleset *g, int result, const struct al_http_r
 {
     struct ssrunner *r = data;
     r->calls--;
-    if (result == -ECANCELED || g->stopping) {
-        if (resp)
-            wipe_body(resp);
+    if (call_dropped(g, result, resp)) {
         runner_set_dead(r);
         return;
     }
@@ -136,12 +134,7 @@ static void runner_stop_vm(struct ssrunner *r, const char *why)
     if (r->vm_gone || !r->submitted || r->stopping_vm)
         return;
     r->stopping_vm = true;
-    log_info(r->engine_id, "github %s: runner %s: %s; stopping its VM", r->g->name, r->name, why);
-    struct al_error *err = NULL;
-    if (engine_cancel(r->g->e, r->engine_id, &err) < 0 && err && err->code != EALREADY &&
-        err->code != ENOENT)
-        log_warn(r->engine_id, "github %s: cancel: %s", r->g->name, al_error_message(err));
-    al_error_free(err);
+    gh_stop_vm(r->g->e, r->g->name, r->name, r->engine_id, why);
 }
 
 static void on_runner_deleted(struct github_scaleset *g, int result,

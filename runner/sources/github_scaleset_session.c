@@ -241,28 +241,31 @@ void ss_poll_now(struct github_scaleset *g)
 
 /* ------------------------------------------------------------ the session */
 
+/* s (taken over) replaces the session: only its token is redacted now. */
+static void session_take(struct github_scaleset *g, struct scaleset_session *s)
+{
+    if (g->session.mq_token)
+        al_redact_remove(g->session.mq_token);
+    scaleset_session_clear(&g->session);
+    g->session = *s;
+    al_redact_add(s->mq_token);
+    g->stats = s->stats;
+}
+
 static void on_session_refreshed(struct github_scaleset *g, int result,
                                  const struct al_http_response *resp, const struct al_error *err,
                                  void *data)
 {
     (void)data;
     g->session_busy = false;
-    if (result == -ECANCELED || g->stopping) {
-        if (resp)
-            wipe_body(resp);
+    if (call_dropped(g, result, resp))
         return;
-    }
     struct scaleset_session s = {0};
     struct al_error *perr = NULL;
     if (result == 0 && resp->status == 200 &&
         scaleset_parse_session(resp->body.data, resp->body.len, &s, &perr) == 0) {
         wipe_body(resp);
-        if (g->session.mq_token)
-            al_redact_remove(g->session.mq_token);
-        scaleset_session_clear(&g->session);
-        g->session = s;
-        al_redact_add(s.mq_token);
-        g->stats = s.stats;
+        session_take(g, &s);
         log_info(NULL, "github %s: session %s refreshed", g->name, s.session_id);
         ss_send_list(&g->wait_session);
         return;
@@ -297,23 +300,15 @@ static void on_session_created(struct github_scaleset *g, int result,
 {
     (void)data;
     g->session_busy = false;
-    if (result == -ECANCELED || g->stopping) {
-        if (resp)
-            wipe_body(resp);
+    if (call_dropped(g, result, resp))
         return;
-    }
     if (result == 0 && resp->status == 200) {
         struct scaleset_session s = {0};
         struct al_error *perr = NULL;
         int r = scaleset_parse_session(resp->body.data, resp->body.len, &s, &perr);
         wipe_body(resp);
         if (r == 0) {
-            if (g->session.mq_token)
-                al_redact_remove(g->session.mq_token);
-            scaleset_session_clear(&g->session);
-            g->session = s;
-            al_redact_add(s.mq_token);
-            g->stats = s.stats;
+            session_take(g, &s);
             g->session_backoff_ms = 0;
             g->conflicts = 0;
             g->last_message_id = 0;
