@@ -425,19 +425,7 @@ static int setup(struct github *g, struct al_error **err)
 static int open_clients(struct github *g, struct al_error **err)
 {
     const struct config_source *src = g->src;
-    struct github_auth_params ap = {
-            .curl = g->curl,
-            .api_base = g->base,
-            .token_file = src->token_file,
-            .app_id = src->app_id,
-            .app_key_file = src->app_key_file,
-            .installation_id = src->installation_id,
-            .repo = src->repo,
-            .org = src->org,
-            .on_refreshed = on_auth_refreshed,
-            .data = g,
-    };
-    int r = github_auth_new(&ap, &g->auth, err);
+    int r = gh_auth_new(src, g->curl, g->base, on_auth_refreshed, g, &g->auth, err);
     if (r < 0)
         return r;
     static const char *const headers[] = {"Accept: application/vnd.github+json", API_VERSION_HEADER,

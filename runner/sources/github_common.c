@@ -111,6 +111,25 @@ int gh_runner_job_spec(const struct config_source *src, const char *runner, cons
     return 0;
 }
 
+int gh_auth_new(const struct config_source *src, struct al_curl *curl, const char *api_base,
+                void (*on_refreshed)(int result, const char *message, void *data), void *data,
+                struct github_auth **ret, struct al_error **err)
+{
+    struct github_auth_params ap = {
+            .curl = curl,
+            .api_base = api_base,
+            .token_file = src->token_file,
+            .app_id = src->app_id,
+            .app_key_file = src->app_key_file,
+            .installation_id = src->installation_id,
+            .repo = src->repo,
+            .org = src->org,
+            .on_refreshed = on_refreshed,
+            .data = data,
+    };
+    return github_auth_new(&ap, ret, err);
+}
+
 void gh_stop_vm(struct engine *e, const char *source, const char *runner, const char *engine_id,
                 const char *why)
 {

@@ -12,6 +12,8 @@
 #include "runner/engine/config.h"
 #include "runner/engine/engine.h"
 #include "runner/engine/spec.h"
+#include "runner/loop/curl_uv.h"
+#include "runner/sources/github_auth.h"
 
 /* Where a JIT runner is in its life, in both modes. */
 enum gh_rstate {
@@ -48,6 +50,12 @@ int gh_runner_name(const char *prefix, char *buf, size_t size);
  * source URL. On success *ret is the caller's. */
 int gh_runner_job_spec(const struct config_source *src, const char *runner, const char *scale_set,
                        const char *url, char *jit, struct job_spec **ret, struct al_error **err);
+
+/* The credential of src (a token file, or a GitHub App) for the REST API at
+ * api_base, as github_auth_new() makes it; on_refreshed(data) as there. */
+int gh_auth_new(const struct config_source *src, struct al_curl *curl, const char *api_base,
+                void (*on_refreshed)(int result, const char *message, void *data), void *data,
+                struct github_auth **ret, struct al_error **err);
 
 /* Cancels the engine job engine_id, the VM of runner runner of the source
  * named source, logging why. May finish the job at once: the engine's

@@ -375,19 +375,7 @@ int github_scaleset_start(uv_loop_t *loop, struct engine *e, struct al_curl *cur
         free_all(g);
         return r == -ENOMEM ? al_error_set(err, ENOMEM, "out of memory") : r;
     }
-    struct github_auth_params ap = {
-            .curl = curl,
-            .api_base = g->api,
-            .token_file = src->token_file,
-            .app_id = src->app_id,
-            .app_key_file = src->app_key_file,
-            .installation_id = src->installation_id,
-            .repo = src->repo,
-            .org = src->org,
-            .on_refreshed = ss_on_auth_refreshed,
-            .data = g,
-    };
-    r = github_auth_new(&ap, &g->auth, err);
+    r = gh_auth_new(src, curl, g->api, ss_on_auth_refreshed, g, &g->auth, err);
     if (r < 0) {
         free_all(g);
         return r;

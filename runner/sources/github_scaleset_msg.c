@@ -10,7 +10,6 @@
 #include "runner/base/json_tree.h"
 #include "runner/base/util.h"
 
-
 static void wipe_str(char *s)
 {
     if (s)
@@ -30,8 +29,8 @@ static int parse_doc(const char *data, size_t len, yajl_type want, const char *w
     if (len == 0)
         return al_error_set(err, EINVAL, "%s is empty", what);
     yajl_val root = NULL;
-    int r = al_json_parse(data, len, SCALESET_MAX_DOCUMENT, SCALESET_MAX_DEPTH,
-                          SCALESET_MAX_VALUES, what, &root, err);
+    int r = al_json_parse(data, len, SCALESET_MAX_DOCUMENT, SCALESET_MAX_DEPTH, SCALESET_MAX_VALUES,
+                          what, &root, err);
     if (r < 0)
         return r;
     if (root->type != want) {
