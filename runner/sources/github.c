@@ -9,9 +9,10 @@
 #include "runner/base/log.h"
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"
-#include "runner/loop/http_client.h"
 #include "runner/loop/api_queue.h"
+#include "runner/loop/http_client.h"
 #include "runner/sources/github_auth.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_hook.h"
 #include "runner/sources/github_payload.h"
 
@@ -368,28 +369,13 @@ static void github_free_early(struct github *g)
 static int setup(struct github *g, struct al_error **err)
 {
     const struct config_source *src = g->src;
-    const char *url = *src->url ? src->url : GITHUB_DEFAULT_API;
-    size_t n = strlen(url);
-    while (n && url[n - 1] == '/')
-        n--;
-    if (!(g->base = strndup(url, n)))
-        return -ENOMEM;
-    int r = *src->repo ? asprintf(&g->scope, "/repos/%s", src->repo)
-                       : asprintf(&g->scope, "/orgs/%s", src->org);
-    if (r < 0) {
-        g->scope = NULL;
-        return -ENOMEM;
-    }
-    /* runner names: agentlab-<8 hex of state dir and source>-<8 random hex> */
-    char hex[AL_SHA256_HEX_SIZE];
-    _cleanup_free_ char *seed = NULL;
-    if (asprintf(&seed, "%s\n%s", g->cfg->agent.state_dir, src->name) < 0)
-        return -ENOMEM;
-    al_sha256_hex(seed, strlen(seed), hex);
-    if (asprintf(&g->prefix, "agentlab-%.8s-", hex) < 0) {
-        g->prefix = NULL;
-        return -ENOMEM;
-    }
+    int r = gh_api_base(src, &g->base);
+    if (r == 0)
+        r = gh_scope(src, &g->scope);
+    if (r == 0)
+        r = gh_runner_prefix(g->cfg, src->name, &g->prefix);
+    if (r < 0)
+        return r;
     static const char *const implied[] = {"self-hosted", "Linux", "X64"};
     for (size_t i = 0; i < ARRAY_SIZE(implied); i++) {
         if ((r = add_label(g, implied[i])) < 0)
@@ -439,19 +425,7 @@ static int setup(struct github *g, struct al_error **err)
 static int open_clients(struct github *g, struct al_error **err)
 {
     const struct config_source *src = g->src;
-    struct github_auth_params ap = {
-            .curl = g->curl,
-            .api_base = g->base,
-            .token_file = src->token_file,
-            .app_id = src->app_id,
-            .app_key_file = src->app_key_file,
-            .installation_id = src->installation_id,
-            .repo = src->repo,
-            .org = src->org,
-            .on_refreshed = on_auth_refreshed,
-            .data = g,
-    };
-    int r = github_auth_new(&ap, &g->auth, err);
+    int r = gh_auth_new(src, g->curl, g->base, on_auth_refreshed, g, &g->auth, err);
     if (r < 0)
         return r;
     static const char *const headers[] = {"Accept: application/vnd.github+json", API_VERSION_HEADER,

@@ -17,6 +17,7 @@
 #include "runner/engine/store.h"
 #include "runner/loop/http_client.h"
 #include "runner/sources/github.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_payload.h"
 
 #define API_VERSION_HEADER   "X-GitHub-Api-Version: 2022-11-28"
@@ -41,15 +42,6 @@
 #define POLL_LOW_REMAINING   100
 #define RATE_LIMIT_DEFAULT_S 60
 
-enum rstate {
-    R_CREATING, /* generate-jitconfig in flight */
-    R_IDLE,     /* the VM runs the runner, which has no job yet */
-    R_BUSY,     /* it took a job */
-    R_DONE,     /* GitHub says its job completed; the VM should end soon */
-    R_ENDING,   /* its VM is gone (or never existed): deleting it from GitHub */
-    R_DEAD,     /* nothing left to do; freed by the next tick */
-};
-
 struct ghdemand;
 
 struct ghrunner {
@@ -60,7 +52,7 @@ struct ghrunner {
     struct ghdemand *demand; /* the job it was made for, or NULL */
     char engine_id[STORE_JOB_ID_SIZE];
     bool submitted;
-    enum rstate state;
+    enum gh_rstate state;
     uint64_t created_ms;
     uint64_t done_ms;
     int64_t took_job;

@@ -10,6 +10,7 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/loop/http_client.h"
+#include "runner/sources/github_common.h"
 #include "runner/sources/github_payload.h"
 
 /* ------------------------------------------------------------ capacity */
@@ -46,13 +47,10 @@ static struct ghrunner *runner_new(struct github *g)
     if (!r)
         return NULL;
     r->g = g;
-    char *rnd = al_random_hex(4);
-    if (!rnd) {
+    if (gh_runner_name(g->prefix, r->name, sizeof(r->name)) < 0) {
         free(r);
         return NULL;
     }
-    snprintf(r->name, sizeof(r->name), "%s%s", g->prefix, rnd);
-    free(rnd);
     r->created_ms = al_now_mono_ms();
     al_list_add(&g->runners, &r->link);
     return r;
@@ -90,62 +88,6 @@ void gh_runner_set_dead(struct ghrunner *r)
     r->state = R_DEAD;
 }
 
-static int env_add(struct job_env_var **v, size_t *n, const char *name, const char *value)
-{
-    struct job_env_var *g = realloc(*v, (*n + 1) * sizeof(**v));
-    if (!g)
-        return -ENOMEM;
-    *v = g;
-    g[*n].name = strdup(name);
-    g[*n].value = strdup(value);
-    if (!g[*n].name || !g[*n].value) {
-        free(g[*n].name);
-        al_wipe_free(g[*n].value);
-        return -ENOMEM;
-    }
-    (*n)++;
-    return 0;
-}
-
-/* The VM's job: run the actions runner, which reads its --jitconfig input
- * from ACTIONS_RUNNER_INPUT_JITCONFIG (not argv, which every process in
- * the guest can read in /proc). */
-static int runner_spec(struct ghrunner *r, char *jit, struct job_spec **ret, struct al_error **err)
-{
-    struct github *g = r->g;
-    _cleanup_job_spec_ struct job_spec *spec = calloc(1, sizeof(*spec));
-    if (!spec) {
-        al_wipe_free(jit);
-        return al_error_set(err, ENOMEM, "out of memory");
-    }
-    spec->inject = -1;
-    int rc = env_add(&spec->secret_env, &spec->n_secret_env, "ACTIONS_RUNNER_INPUT_JITCONFIG", jit);
-    al_wipe_free(jit);
-    const char *dir = g->src->runner_dir;
-    struct ghdemand *d = r->demand;
-    rc |= env_add(&spec->env, &spec->n_env, "AGENTLAB_GITHUB_RUNNER", r->name);
-    if (asprintf(&spec->script,
-                 "# agentlab: GitHub Actions runner %s (one job, then this VM is gone)\n"
-                 "cd '%s' 2>/dev/null || { echo 'agentlab: no actions runner in %s (build the "
-                 "image from the debian-12-actions recipe)' >&2; exit 127; }\n"
-                 "exec ./run.sh\n",
-                 r->name, dir, dir) < 0)
-        spec->script = NULL;
-    if (asprintf(&spec->name, "github runner %s", r->name) < 0)
-        spec->name = NULL;
-    spec->source.type = JOB_SOURCE_GITHUB;
-    spec->source.id = strdup(r->name);
-    if (d && d->html_url && strlen(d->html_url) <= JOB_SPEC_MAX_URL)
-        spec->source.url = strdup(d->html_url);
-    if (*g->src->pool)
-        spec->pool = strdup(g->src->pool);
-    spec->max_attempts = 1; /* a JIT config is good for one runner */
-    if (rc || !spec->script || !spec->name || !spec->source.id || (*g->src->pool && !spec->pool))
-        return al_error_set(err, ENOMEM, "out of memory");
-    *ret = TAKE_PTR(spec);
-    return 0;
-}
-
 static void on_runner_created(struct github *g, int result, const struct al_http_response *resp,
                               const struct al_error *err, void *data);
 
@@ -167,12 +109,7 @@ static int generate_body(const struct github *g, const char *name, char **ret)
     r |= yajl_gen_string(gen, (const unsigned char *)"work_folder", 11);
     r |= yajl_gen_string(gen, (const unsigned char *)"_work", 5);
     r |= yajl_gen_map_close(gen);
-    const unsigned char *buf = NULL;
-    size_t len = 0;
-    char *s = NULL;
-    if (r == yajl_gen_status_ok && yajl_gen_get_buf(gen, &buf, &len) == yajl_gen_status_ok)
-        s = strndup((const char *)buf, len);
-    yajl_gen_free(gen);
+    char *s = gh_json_finish(gen, r);
     if (!s)
         return r ? -EINVAL : -ENOMEM;
     *ret = s;
@@ -259,7 +196,8 @@ static void on_runner_created(struct github *g, int result, const struct al_http
     struct job_spec *spec = NULL;
     struct al_error *serr = NULL;
     char eid[STORE_JOB_ID_SIZE];
-    rc = runner_spec(r, jit, &spec, &serr);
+    rc = gh_runner_job_spec(g->src, r->name, NULL, r->demand ? r->demand->html_url : NULL, jit,
+                            &spec, &serr);
     if (rc == 0)
         rc = engine_submit(g->e, spec, &(struct engine_submit){0}, eid, &serr);
     if (rc < 0) {
@@ -288,13 +226,7 @@ void gh_runner_stop_vm(struct ghrunner *r, const char *why)
     if (r->vm_gone || !r->submitted || r->stopping_vm)
         return;
     r->stopping_vm = true;
-    log_info(r->engine_id, "github %s: runner %s: %s; stopping its VM", r->g->name, r->name, why);
-    struct al_error *err = NULL;
-    /* may finish the job at once (observers run inside) */
-    if (engine_cancel(r->g->e, r->engine_id, &err) < 0 && err && err->code != EALREADY &&
-        err->code != ENOENT)
-        log_warn(r->engine_id, "github %s: cancel: %s", r->g->name, al_error_message(err));
-    al_error_free(err);
+    gh_stop_vm(r->g->e, r->g->name, r->name, r->engine_id, why);
 }
 
 static void on_runner_deleted(struct github *g, int result, const struct al_http_response *resp,

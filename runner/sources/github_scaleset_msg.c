@@ -10,7 +10,6 @@
 #include "runner/base/json_tree.h"
 #include "runner/base/util.h"
 
-
 static void wipe_str(char *s)
 {
     if (s)
@@ -27,29 +26,13 @@ static int parse_doc(const char *data, size_t len, yajl_type want, const char *w
         data += 3;
         len -= 3;
     }
-    if (len > SCALESET_MAX_DOCUMENT)
-        return al_error_set(err, E2BIG, "%s is larger than %u bytes", what, SCALESET_MAX_DOCUMENT);
     if (len == 0)
         return al_error_set(err, EINVAL, "%s is empty", what);
-    if (memchr(data, '\0', len))
-        return al_error_set(err, EINVAL, "%s contains a NUL byte", what);
-    int r = al_json_prescan(data, len, SCALESET_MAX_DEPTH, SCALESET_MAX_VALUES, what, err);
+    yajl_val root = NULL;
+    int r = al_json_parse(data, len, SCALESET_MAX_DOCUMENT, SCALESET_MAX_DEPTH, SCALESET_MAX_VALUES,
+                          what, &root, err);
     if (r < 0)
         return r;
-    char *text = strndup(data, len);
-    if (!text)
-        return al_error_set(err, ENOMEM, "out of memory");
-    char ebuf[256] = "";
-    yajl_val root = yajl_tree_parse(text, ebuf, sizeof(ebuf));
-    explicit_bzero(text, len);
-    free(text);
-    if (!root) {
-        char *nl = strchr(ebuf, '\n');
-        if (nl)
-            *nl = '\0';
-        return al_error_set(err, EINVAL, "%s is not JSON: %s", what,
-                            ebuf[0] ? ebuf : "parse error");
-    }
     if (root->type != want) {
         yajl_tree_free(root);
         return al_error_set(err, EINVAL, "%s: expected a JSON %s", what,
@@ -79,6 +62,20 @@ static int member(yajl_val obj, const char *key, const char *path, yajl_val *ret
     return 0;
 }
 
+/* Looks up the member key of obj (its path into p): 1 with *ret when it is
+ * there, 0 when absent or null and not required, an error otherwise. */
+static int present(yajl_val obj, const char *key, const char *path, bool required, char *p,
+                   size_t size, yajl_val *ret, struct al_error **err)
+{
+    int r = member(obj, key, path, ret, err);
+    if (r < 0)
+        return r;
+    al_json_path(p, size, path, key, 0);
+    if (!*ret)
+        return required ? al_json_fail(err, p, "missing") : 0;
+    return 1;
+}
+
 static bool printable(const char *s, bool spaces)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -95,15 +92,11 @@ static int get_str(yajl_val obj, const char *key, const char *path, size_t max, 
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
-    if (r < 0)
+    int r = present(obj, key, path, required, p, sizeof(p), &v, err);
+    if (r <= 0) {
+        if (r == 0)
+            *ret = NULL;
         return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v) {
-        if (required)
-            return al_json_fail(err, p, "missing");
-        *ret = NULL;
-        return 0;
     }
     if (!YAJL_IS_STRING(v))
         return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(v));
@@ -131,15 +124,11 @@ static int get_int(yajl_val obj, const char *key, const char *path, int64_t min,
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
-    if (r < 0)
+    int r = present(obj, key, path, required, p, sizeof(p), &v, err);
+    if (r <= 0) {
+        if (r == 0)
+            *ret = 0;
         return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v) {
-        if (required)
-            return al_json_fail(err, p, "missing");
-        *ret = 0;
-        return 0;
     }
     if (!YAJL_IS_INTEGER(v))
         return al_json_fail(err, p, "expected an integer, got %s", al_json_type_name(v));
@@ -155,15 +144,11 @@ static int get_obj(yajl_val obj, const char *key, const char *path, bool require
 {
     char p[256];
     yajl_val v = NULL;
-    int r = member(obj, key, path, &v, err);
-    if (r < 0)
+    int r = present(obj, key, path, required, p, sizeof(p), &v, err);
+    if (r <= 0) {
+        if (r == 0)
+            *ret = NULL;
         return r;
-    al_json_path(p, sizeof(p), path, key, 0);
-    if (!v) {
-        if (required)
-            return al_json_fail(err, p, "missing");
-        *ret = NULL;
-        return 0;
     }
     if (!YAJL_IS_OBJECT(v))
         return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
