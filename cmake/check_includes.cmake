@@ -1,5 +1,9 @@
 # cmake -DSRC=<source dir> -DSTAMP=<file> -P check_includes.cmake
 #
+# Also: no .c file of the product (runner/, provision/, images/) is over
+# 1,200 lines; a file that grows past it is split along its seams, with a
+# private header for what the parts share (ARCHITECTURE.md).
+#
 # One include spelling: a project header is included by its path from the
 # top of the source tree ("runner/base/util.h"), never relative to the file
 # or with "..". Tests may also include their own helpers from their folder or
@@ -32,6 +36,23 @@ foreach(f ${files})
     endif()
   endforeach()
 endforeach()
+set(too_long "")
+foreach(f ${files})
+  file(RELATIVE_PATH rel ${SRC} ${f})
+  if(rel MATCHES "^tests/" OR NOT rel MATCHES "\\.c$")
+    continue()
+  endif()
+  file(READ ${f} content)
+  string(REGEX MATCHALL "\n" newlines "${content}")
+  list(LENGTH newlines n)
+  if(n GREATER 1200)
+    string(APPEND too_long "  ${rel}: ${n} lines\n")
+  endif()
+endforeach()
+if(too_long)
+  message(FATAL_ERROR "No .c file may be over 1,200 lines; split these along their seams:\n"
+    "${too_long}")
+endif()
 if(bad)
   message(FATAL_ERROR "Include project headers by their path from the top of the tree "
     "(e.g. \"runner/base/util.h\"); these do not:\n${bad}")
