@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runner/base/list.h"
 #include "runner/base/macro.h"
 #include "runner/base/ratelimit.h"
 #include "runner/base/util.h"
@@ -16,7 +17,7 @@ enum item_kind { ITEM_FRAME, ITEM_FILE };
 
 struct item {
     enum item_kind kind;
-    struct item *next;
+    struct al_list link; /* on channel.queue */
     /* ITEM_FRAME */
     uint8_t *buf;
     size_t len;
@@ -46,9 +47,9 @@ struct channel {
     uint64_t throttles;
     bool throttled;
 
-    struct item *head, *tail;
+    struct al_list queue; /* FIFO of items: the front one is being sent */
     bool writing;
-    /* the file being streamed by the head item */
+    /* the file being streamed by the front item */
     int file_fd;
     uint8_t *chunk; /* frame header + FILE_CHUNK bytes */
     bool fs_busy;
@@ -61,6 +62,14 @@ struct channel {
 };
 
 static void process_queue(struct channel *ch);
+
+/* The item being sent, or NULL when the queue is empty. */
+static struct item *queue_front(struct channel *ch)
+{
+    if (al_list_empty(&ch->queue))
+        return NULL;
+    return al_list_first_entry(&ch->queue, struct item, link);
+}
 
 static void item_free(struct item *it)
 {
@@ -75,9 +84,8 @@ static void maybe_free(struct channel *ch)
 {
     if (!ch->closing || ch->pending_closes || ch->fs_busy || ch->writing)
         return;
-    while (ch->head) {
-        struct item *it = ch->head;
-        ch->head = it->next;
+    al_list_for_each_safe(it, tmp, &ch->queue, struct item, link) {
+        al_list_del(&it->link);
         item_free(it);
     }
     if (ch->file_fd >= 0)
@@ -106,7 +114,7 @@ static void end(struct channel *ch, int result, const char *message)
         uv_read_stop((uv_stream_t *)&ch->pipe);
     }
     /* fail pending file streams so their owners hear about it */
-    for (struct item *it = ch->head; it; it = it->next) {
+    al_list_for_each(it, &ch->queue, struct item, link) {
         if (it->kind == ITEM_FILE && it->done && !ch->closing) {
             void (*done)(struct channel *, int, void *) = it->done;
             it->done = NULL;
@@ -278,6 +286,7 @@ int channel_open(uv_loop_t *loop, const char *path, unsigned connect_timeout_ms,
     ch->loop = loop;
     ch->ops = ops;
     ch->data = data;
+    al_list_init(&ch->queue);
     ch->file_fd = -1;
     ch->dec.max_payload = max_payload ? max_payload : AL_PROTO_MAX_PAYLOAD;
     ch->deadline_ms = uv_now(loop) + connect_timeout_ms;
@@ -296,11 +305,7 @@ static int enqueue(struct channel *ch, struct item *it)
         item_free(it);
         return -ENOTCONN;
     }
-    if (ch->tail)
-        ch->tail->next = it;
-    else
-        ch->head = it;
-    ch->tail = it;
+    al_list_add_tail(&ch->queue, &it->link);
     process_queue(ch);
     return 0;
 }
@@ -340,12 +345,11 @@ int channel_send_file(struct channel *ch, uint8_t type, uint8_t end_type, const 
     return enqueue(ch, it);
 }
 
-static void pop_head(struct channel *ch)
+/* Drops the front item; the queue must not be empty. */
+static void pop_front(struct channel *ch)
 {
-    struct item *it = ch->head;
-    ch->head = it->next;
-    if (!ch->head)
-        ch->tail = NULL;
+    struct item *it = queue_front(ch);
+    al_list_del(&it->link);
     item_free(it);
 }
 
@@ -361,9 +365,9 @@ static void on_written(uv_write_t *w, int status)
         end(ch, status, uv_strerror(status));
         return;
     }
-    struct item *it = ch->head;
+    struct item *it = queue_front(ch);
     if (it && it->kind == ITEM_FRAME)
-        pop_head(ch);
+        pop_front(ch);
     process_queue(ch);
 }
 
@@ -381,7 +385,7 @@ static void write_buf(struct channel *ch, uint8_t *buf, size_t len)
 
 static void file_finish(struct channel *ch, int result)
 {
-    struct item *it = ch->head;
+    struct item *it = queue_front(ch);
     if (ch->file_fd >= 0) {
         close(ch->file_fd);
         ch->file_fd = -1;
@@ -389,7 +393,7 @@ static void file_finish(struct channel *ch, int result)
     void (*done)(struct channel *, int, void *) = it->done;
     void *data = it->done_data;
     it->done = NULL;
-    pop_head(ch);
+    pop_front(ch);
     if (done)
         done(ch, result, data);
 }
@@ -406,7 +410,7 @@ static void on_file_read(uv_fs_t *req)
     }
     if (ch->ended)
         return;
-    struct item *it = ch->head;
+    struct item *it = queue_front(ch);
     if (n < 0) {
         file_finish(ch, (int)n);
         process_queue(ch);
@@ -423,10 +427,7 @@ static void on_file_read(uv_fs_t *req)
             return;
         }
         marker->kind = ITEM_FRAME;
-        marker->next = ch->head;
-        ch->head = marker;
-        if (!ch->tail)
-            ch->tail = marker;
+        al_list_add(&ch->queue, &marker->link);
         process_queue(ch);
         return;
     }
@@ -450,8 +451,8 @@ static void file_read_next(struct channel *ch)
 static void process_queue(struct channel *ch)
 {
     while (ch->connected && !ch->ended && !ch->closing && !ch->writing && !ch->fs_busy &&
-           ch->head) {
-        struct item *it = ch->head;
+           !al_list_empty(&ch->queue)) {
+        struct item *it = queue_front(ch);
         if (it->kind == ITEM_FRAME) {
             write_buf(ch, it->buf, it->len);
             return;

@@ -30,7 +30,7 @@ static uint32_t fnv1a(const char *s)
 
 struct lv_vm *lv_find_vm(struct lv_backend *lb, const char *name)
 {
-    for (struct lv_vm *v = lb->vms; v; v = v->next) {
+    al_list_for_each(v, &lb->vms, struct lv_vm, link) {
         if (streq(v->base.name, name))
             return v;
     }
@@ -227,6 +227,8 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     if (!v)
         return al_error_set(err, ENOMEM, "allocating a VM");
     v->lb = lb;
+    al_list_init(&v->link);
+    al_list_init(&v->inject_link);
     v->base.backend = b;
     v->base.ev = ev;
     v->base.ev_data = ev_data;
@@ -292,12 +294,11 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     if (r < 0)
         goto fail;
 
-    v->next = lb->vms;
-    lb->vms = v;
+    al_list_add(&lb->vms, &v->link);
     v->worker_busy = true;
     r = al_work_queue(b->env.loop, lv_provision_work, lv_on_provisioned, v, NULL);
     if (r < 0) {
-        lb->vms = v->next;
+        al_list_del(&v->link);
         v->worker_busy = false;
         r = al_error_set(err, -r, "queueing provisioning");
         goto fail;
@@ -322,7 +323,7 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
     snprintf(c.accel, sizeof(c.accel), "%s", accel_kind_name(k));
     if (k != ACCEL_KIND_KVM)
         snprintf(c.accel_reason, sizeof(c.accel_reason), "%s", lb->accel.reason);
-    for (struct lv_vm *v = lb->vms; v; v = v->next) {
+    al_list_for_each(v, &lb->vms, struct lv_vm, link) {
         c.used_vms++;
         c.used_vcpus += v->req.cpus;
         c.used_memory += v->req.memory;
@@ -487,6 +488,8 @@ static int lv_open(struct backend *b, struct al_error **err)
         return al_error_set(err, ENOMEM, "allocating the libvirt backend");
     lb->b = b;
     b->priv = lb;
+    al_list_init(&lb->vms);
+    al_list_init(&lb->inject_queue);
     lb->lifecycle_id = -1;
     int r;
     virSetErrorFunc(NULL, quiet_libvirt_errors);
@@ -541,8 +544,10 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
 {
     struct lv_backend *lb = b->priv;
     if (lb) {
-        if (lb->vms)
+        if (!al_list_empty(&lb->vms))
             log_warn(NULL, "backend %s closed with VMs still alive", b->name);
+        /* the VMs left unlink from one another, never from the freed head */
+        al_list_del(&lb->vms);
         if (lb->inject_timer)
             uv_close((uv_handle_t *)lb->inject_timer, lv_on_inject_timer_closed);
         lv_backend_free(b);

@@ -30,6 +30,7 @@
 #include "runner/base/util.h"
 #include "runner/base/xml.h"
 #include "runner/base/hardlimits.h"
+#include "runner/base/list.h"
 #include "runner/loop/work.h"
 #include "provision/seed_iso.h"
 
@@ -53,23 +54,23 @@ struct lv_backend {
     int max_vms;
     int vcpus;
     uint64_t memory;
-    char *gateway;   /* the network's IPv4 host address, for the egress filter */
-    char **gateway6; /* its IPv6 host addresses (NULL-terminated), dropped */
-    struct lv_vm *vms;
+    char *gateway;       /* the network's IPv4 host address, for the egress filter */
+    char **gateway6;     /* its IPv6 host addresses (NULL-terminated), dropped */
+    struct al_list vms;  /* of lv_vm.link, newest first */
     bool conn_dead;      /* libvirtd closed the connection */
     uint64_t last_retry; /* ms, of the last reconnect attempt */
     char conn_error[160];
     char health[160];
     /* inject = guestfs: overlays waiting for the next shared appliance */
-    struct lv_vm *inject_head, **inject_tail;
-    uv_timer_t *inject_timer; /* the coalescing window; heap: closes after lb */
-    bool inject_running;      /* one batch at a time */
+    struct al_list inject_queue; /* of lv_vm.inject_link, FIFO */
+    uv_timer_t *inject_timer;    /* the coalescing window; heap: closes after lb */
+    bool inject_running;         /* one batch at a time */
 };
 
 struct lv_vm {
     struct vm base;
     struct lv_backend *lb;
-    struct lv_vm *next;
+    struct al_list link;   /* on lb->vms */
     struct vm_request req; /* the strings belong to the caller */
     int inject;
     struct vm_image *image; /* our copy of the request's */
@@ -98,8 +99,8 @@ struct lv_vm {
     bool assigned; /* a warm VM got its job */
     bool finished;
     bool worker_busy;
-    bool injected;             /* inject = guestfs: the seed is in the overlay */
-    struct lv_vm *inject_next; /* in lb's inject queue */
+    bool injected;              /* inject = guestfs: the seed is in the overlay */
+    struct al_list inject_link; /* on lb->inject_queue */
     bool destroying;
     backend_done_cb destroy_done;
     void *destroy_data;

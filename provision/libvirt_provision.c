@@ -240,7 +240,7 @@ static void inject_batch_done(void *data, int result, struct al_error *err)
 /* Takes up to INJECT_BATCH_MAX waiting overlays into one batch. */
 static void inject_start(struct lv_backend *lb)
 {
-    if (lb->inject_running || !lb->inject_head)
+    if (lb->inject_running || al_list_empty(&lb->inject_queue))
         return;
     struct inject_batch *ib = calloc(1, sizeof(*ib));
     if (!ib) {
@@ -252,10 +252,9 @@ static void inject_start(struct lv_backend *lb)
     ib->lb = lb;
     ib->force_tcg = lv_accel_now(lb) == ACCEL_KIND_TCG;
     ib->may_turn_down_kvm = lb->b->cfg->libvirt.accel == ACCEL_AUTO;
-    while (lb->inject_head && ib->n < INJECT_BATCH_MAX) {
-        struct lv_vm *v = lb->inject_head;
-        lb->inject_head = v->inject_next;
-        v->inject_next = NULL;
+    while (!al_list_empty(&lb->inject_queue) && ib->n < INJECT_BATCH_MAX) {
+        struct lv_vm *v = al_list_first_entry(&lb->inject_queue, struct lv_vm, inject_link);
+        al_list_del(&v->inject_link);
         if (v->destroying) {
             v->worker_busy = false;
             lv_destroy_continue(v);
@@ -270,8 +269,6 @@ static void inject_start(struct lv_backend *lb)
         };
         ib->n++;
     }
-    if (!lb->inject_head)
-        lb->inject_tail = &lb->inject_head;
     if (!ib->n) {
         free(ib);
         return;
@@ -301,12 +298,8 @@ void lv_on_inject_timer_closed(uv_handle_t *h)
 static void inject_queue(struct lv_vm *v)
 {
     struct lv_backend *lb = v->lb;
-    if (!lb->inject_tail)
-        lb->inject_tail = &lb->inject_head;
     v->worker_busy = true;
-    v->inject_next = NULL;
-    *lb->inject_tail = v;
-    lb->inject_tail = &v->inject_next;
+    al_list_add_tail(&lb->inject_queue, &v->inject_link);
     if (lb->inject_running)
         return; /* the running batch's completion starts the next */
     if (!lb->inject_timer) {

@@ -85,12 +85,7 @@ static void vm_unlink(struct lv_vm *v)
 {
     if (!v->lb)
         return;
-    for (struct lv_vm **pp = &v->lb->vms; *pp; pp = &(*pp)->next) {
-        if (*pp == v) {
-            *pp = v->next;
-            break;
-        }
-    }
+    al_list_del(&v->link);
     v->lb = NULL;
 }
 

@@ -181,6 +181,8 @@ static int px_launch(struct backend *b, const struct vm_request *req, const stru
     if (!v)
         return al_error_set(err, ENOMEM, "allocating a VM");
     v->pb = pb;
+    al_list_init(&v->link);
+    al_list_init(&v->wait_link);
     v->wd_fd = -1;
     v->base.backend = b;
     v->base.ev = ev;
@@ -222,12 +224,11 @@ static int px_launch(struct backend *b, const struct vm_request *req, const stru
             goto fail;
         }
     }
-    v->next = pb->vms;
-    pb->vms = v;
+    al_list_add(&pb->vms, &v->link);
     /* start from the loop: launch never reports events itself */
     r = pve_api_after(pb->api, 0, px_on_start_timer, v, &v->call);
     if (r < 0) {
-        pb->vms = v->next;
+        al_list_del(&v->link);
         r = al_error_set(err, -r, "starting the launch");
         goto fail;
     }
@@ -257,7 +258,7 @@ static void px_destroy(struct vm *vm, backend_done_cb done, void *data)
     v->finished = true; /* no events after destroy */
     v->destroy_done = done;
     v->destroy_data = data;
-    if (v->waiting) {
+    if (al_list_linked(&v->wait_link)) {
         px_waiters_remove(v);
         px_teardown_start(v);
         return;
@@ -282,7 +283,7 @@ static void px_capacity(struct backend *b, struct backend_capacity *ret)
             .healthy = pb->healthy,
             .broken = pb->broken,
     };
-    for (struct px_vm *v = pb->vms; v; v = v->next) {
+    al_list_for_each(v, &pb->vms, struct px_vm, link) {
         c.used_vms++;
         c.used_vcpus += v->req.cpus;
         c.used_memory += v->req.memory;
@@ -383,6 +384,9 @@ static int px_open(struct backend *b, struct al_error **err)
     if (!pb)
         return al_error_set(err, ENOMEM, "allocating the Proxmox backend");
     pb->b = b;
+    al_list_init(&pb->tmpl_waiters);
+    al_list_init(&pb->vms);
+    al_list_init(&pb->deferred);
     pb->healthy = true; /* until the first probe says otherwise */
     pb->max_vms = cfg->max_vms > 0 ? cfg->max_vms : DEFAULT_MAX_VMS;
     /* before the first probe: room for anything; the probe fills in the
@@ -429,6 +433,9 @@ static void on_api_closed(void *data)
         return;
     void (*done)(void *) = pb->close_done;
     void *ddata = pb->close_data;
+    /* the VMs left unlink from one another, never from the freed heads */
+    al_list_del(&pb->vms);
+    al_list_del(&pb->tmpl_waiters);
     strv_free(pb->nodes_cfg);
     free(pb);
     if (done)
@@ -449,7 +456,7 @@ static void px_close(struct backend *b, void (*done)(void *data), void *data)
         return;
     }
     b->priv = NULL;
-    if (pb->vms)
+    if (!al_list_empty(&pb->vms))
         log_warn(NULL, "backend %s closed with VMs still alive", b->name);
     pb->closing = true;
     pb->close_done = done;

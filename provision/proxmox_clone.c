@@ -4,19 +4,23 @@
 
 /* ------------------------------------------------------------ template */
 
+/* Runs the VMs waiting now; those that start waiting meanwhile wait for
+ * the next lookup. */
 static void template_waiters_run(struct px_backend *pb)
 {
-    struct px_vm *w = pb->tmpl_waiters;
-    pb->tmpl_waiters = NULL;
-    while (w) {
-        struct px_vm *next = w->wait_next;
-        w->waiting = false;
-        w->wait_next = NULL;
+    struct al_list run = AL_LIST_INIT(run);
+    while (!al_list_empty(&pb->tmpl_waiters)) {
+        struct al_list *l = pb->tmpl_waiters.next;
+        al_list_del(l);
+        al_list_add_tail(&run, l);
+    }
+    while (!al_list_empty(&run)) {
+        struct px_vm *w = al_list_first_entry(&run, struct px_vm, wait_link);
+        al_list_del(&w->wait_link);
         if (pb->tmpl_error[0])
             px_finish(w, VM_INFRA_ERROR, 0, "%s", pb->tmpl_error);
         else
             px_step_nodes(w);
-        w = next;
     }
 }
 
@@ -84,9 +88,7 @@ static void step_template(struct px_vm *v)
         px_step_nodes(v);
         return;
     }
-    v->waiting = true;
-    v->wait_next = pb->tmpl_waiters;
-    pb->tmpl_waiters = v;
+    al_list_add(&pb->tmpl_waiters, &v->wait_link);
     if (pb->tmpl_busy)
         return;
     struct al_error *err = NULL;
@@ -134,7 +136,7 @@ static uint64_t node_reserved(const struct px_backend *pb, const char *node,
                               const struct px_vm *except)
 {
     uint64_t sum = 0;
-    for (const struct px_vm *o = pb->vms; o; o = o->next) {
+    al_list_for_each(o, &pb->vms, const struct px_vm, link) {
         if (o != except && o->node[0] && streq(o->node, node) && !o->exited)
             sum += o->req.memory;
     }
@@ -208,7 +210,7 @@ void px_step_nodes(struct px_vm *v)
 
 static bool vmid_in_use_here(const struct px_backend *pb, int64_t id, const struct px_vm *except)
 {
-    for (const struct px_vm *o = pb->vms; o; o = o->next) {
+    al_list_for_each(o, &pb->vms, const struct px_vm, link) {
         if (o != except && o->vmid == id)
             return true;
     }

@@ -21,6 +21,7 @@
 #include "provision/pve_guest.h"
 #include "provision/pve_task.h"
 #include "runner/base/base64.h"
+#include "runner/base/list.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 
@@ -57,7 +58,7 @@ struct px_teardown {
     void (*done)(struct px_teardown *t, int result, const char *message);
     void *data;
     /* an end that must not happen inside the caller's call (destroy) */
-    struct px_teardown *defer_next;
+    struct al_list defer_link; /* on pb->deferred */
     int defer_result;
     char defer_msg[400];
 };
@@ -77,15 +78,15 @@ struct px_backend {
     uint64_t tmpl_at;
     bool tmpl_busy;
     char tmpl_error[300];
-    struct px_vm *tmpl_waiters;
+    struct al_list tmpl_waiters; /* of px_vm.wait_link, newest first */
     /* health */
     bool healthy;
     bool broken;
     char health[200];
     struct pve_call *probe;
-    struct px_vm *vms;
+    struct al_list vms; /* of px_vm.link, newest first */
     uv_timer_t defer;
-    struct px_teardown *deferred;
+    struct al_list deferred; /* of px_teardown.defer_link, newest first */
     int closes_pending;
     bool closing;
     void (*close_done)(void *data);
@@ -108,9 +109,8 @@ enum tick_step {
 struct px_vm {
     struct vm base;
     struct px_backend *pb;
-    struct px_vm *next;
-    struct px_vm *wait_next;
-    bool waiting;
+    struct al_list link;      /* on pb->vms */
+    struct al_list wait_link; /* on pb->tmpl_waiters while waiting for the template */
     struct vm_request req;
     uint64_t t0;
     struct vm_result result;

@@ -22,9 +22,9 @@ static void td_end(struct px_teardown *t, int result, const char *msg)
 void px_on_defer(uv_timer_t *h)
 {
     struct px_backend *pb = h->data;
-    while (pb->deferred) {
-        struct px_teardown *t = pb->deferred;
-        pb->deferred = t->defer_next;
+    while (!al_list_empty(&pb->deferred)) {
+        struct px_teardown *t = al_list_first_entry(&pb->deferred, struct px_teardown, defer_link);
+        al_list_del(&t->defer_link);
         td_end(t, t->defer_result, t->defer_result < 0 ? t->defer_msg : NULL);
     }
 }
@@ -40,8 +40,7 @@ static void td_defer_end(struct px_teardown *t, int result, const char *msg)
     }
     t->defer_result = result;
     snprintf(t->defer_msg, sizeof(t->defer_msg), "%s", msg ? msg : "");
-    t->defer_next = pb->deferred;
-    pb->deferred = t;
+    al_list_add(&pb->deferred, &t->defer_link);
     uv_timer_start(&pb->defer, px_on_defer, 0, 0);
 }
 
@@ -185,16 +184,7 @@ static void td_run(struct px_teardown *t)
 
 void px_waiters_remove(struct px_vm *v)
 {
-    if (!v->waiting)
-        return;
-    for (struct px_vm **pp = &v->pb->tmpl_waiters; *pp; pp = &(*pp)->wait_next) {
-        if (*pp == v) {
-            *pp = v->wait_next;
-            break;
-        }
-    }
-    v->waiting = false;
-    v->wait_next = NULL;
+    al_list_del(&v->wait_link);
 }
 
 static void vm_unlink(struct px_vm *v)
@@ -202,12 +192,7 @@ static void vm_unlink(struct px_vm *v)
     struct px_backend *pb = v->pb;
     if (!pb)
         return;
-    for (struct px_vm **pp = &pb->vms; *pp; pp = &(*pp)->next) {
-        if (*pp == v) {
-            *pp = v->next;
-            break;
-        }
-    }
+    al_list_del(&v->link);
     px_waiters_remove(v);
     v->pb = NULL;
 }
@@ -496,7 +481,7 @@ int px_destroy_owned(struct backend *b, const char *name, backend_done_cb done, 
     int attempt;
     if (!parse_vm_name(name, job, sizeof(job), &attempt) || strlen(name) >= 64)
         return -EINVAL;
-    for (struct px_vm *v = pb->vms; v; v = v->next) {
+    al_list_for_each(v, &pb->vms, struct px_vm, link) {
         if (streq(v->base.name, name))
             return -EBUSY; /* live: destroy it through its owner */
     }

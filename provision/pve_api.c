@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "runner/base/list.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/loop/http_client.h"
@@ -30,7 +31,7 @@ enum call_state {
 
 struct pve_call {
     struct pve_api *api;
-    struct pve_call *prev, *next;
+    struct al_list link; /* on pve_api.calls */
     enum call_state state;
     uint64_t due_ms;
     char method[8];
@@ -72,7 +73,7 @@ struct pve_api {
     long connect_timeout_ms, timeout_ms;
     uv_timer_t timer;
     bool closing;
-    struct pve_call *calls;
+    struct al_list calls; /* every call not yet delivered, newest first */
     uint64_t requests;
     uint32_t rng;
     void (*close_done)(void *data);
@@ -589,18 +590,6 @@ static uint64_t now_ms(const struct pve_api *api)
     return uv_now(api->loop);
 }
 
-static void call_unlink(struct pve_call *c)
-{
-    struct pve_api *api = c->api;
-    if (c->prev)
-        c->prev->next = c->next;
-    else if (api->calls == c)
-        api->calls = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-}
-
 static void call_free(struct pve_call *c)
 {
     free(c->path);
@@ -616,7 +605,7 @@ static void rearm(struct pve_api *api)
     if (api->closing)
         return;
     uint64_t due = UINT64_MAX;
-    for (struct pve_call *c = api->calls; c; c = c->next) {
+    al_list_for_each(c, &api->calls, struct pve_call, link) {
         if (c->state == CALL_DELAYED && c->due_ms < due)
             due = c->due_ms;
     }
@@ -633,7 +622,7 @@ static void deliver(struct pve_call *c, int result, long status, const char *mes
                     const struct al_error *err)
 {
     struct pve_api *api = c->api;
-    call_unlink(c);
+    al_list_del(&c->link);
     struct pve_reply reply = {.status = status, .message = message ? message : "", .data = data};
     c->cb(result, &reply, err, c->data);
     call_free(c);
@@ -688,7 +677,7 @@ static void start_call(struct pve_call *c)
     struct pve_api *api = c->api;
     if (c->timer_only) {
         struct pve_reply reply = {.message = ""};
-        call_unlink(c);
+        al_list_del(&c->link);
         c->cb(0, &reply, NULL, c->data);
         call_free(c);
         rearm(api);
@@ -710,7 +699,7 @@ static void on_timer(uv_timer_t *t)
     for (;;) {
         uint64_t now = now_ms(api);
         struct pve_call *due = NULL;
-        for (struct pve_call *c = api->calls; c; c = c->next) {
+        al_list_for_each(c, &api->calls, struct pve_call, link) {
             if (c->state == CALL_DELAYED && c->due_ms <= now) {
                 due = c;
                 break;
@@ -874,6 +863,7 @@ static struct pve_call *call_new(struct pve_api *api, const char *method, const 
     if (!c)
         return NULL;
     c->api = api;
+    al_list_init(&c->link);
     snprintf(c->method, sizeof(c->method), "%s", method);
     c->path = strdup(path);
     c->params = strdup(params);
@@ -885,10 +875,7 @@ static struct pve_call *call_new(struct pve_api *api, const char *method, const 
     c->data = data;
     c->timeout_ms = api->timeout_ms;
     c->max_reply = PVE_DEFAULT_MAX_REPLY;
-    c->next = api->calls;
-    if (api->calls)
-        api->calls->prev = c;
-    api->calls = c;
+    al_list_add(&api->calls, &c->link);
     return c;
 }
 
@@ -898,7 +885,7 @@ static struct pve_call *call_new(struct pve_api *api, const char *method, const 
  * takes it out of that state, so callers loop until NULL. */
 static struct pve_call *first_auth_waiter(const struct pve_api *api)
 {
-    for (struct pve_call *c = api->calls; c; c = c->next) {
+    al_list_for_each(c, &api->calls, struct pve_call, link) {
         if (c->state == CALL_AUTH_WAIT)
             return c;
     }
@@ -1056,6 +1043,7 @@ int pve_api_new(uv_loop_t *loop, struct al_curl *curl, const struct pve_api_conf
         return al_error_set(err, ENOMEM, "out of memory");
     api->loop = loop;
     api->curl = curl;
+    al_list_init(&api->calls);
     api->connect_timeout_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : 10000;
     api->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : 60000;
     api->rng = (uint32_t)al_now_mono_us() | 1u;
@@ -1118,8 +1106,8 @@ void pve_api_close(struct pve_api *api, void (*done)(void *data), void *data)
     api->closing = true;
     api->close_done = done;
     api->close_data = data;
-    while (api->calls)
-        pve_call_cancel(api->calls);
+    while (!al_list_empty(&api->calls))
+        pve_call_cancel(al_list_first_entry(&api->calls, struct pve_call, link));
     uv_timer_stop(&api->timer);
     uv_close((uv_handle_t *)&api->timer, on_timer_closed);
 }
