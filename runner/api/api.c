@@ -416,8 +416,7 @@ int api_source_status(struct api *a, const char *name, const char *kind, api_sou
     }
     if (!fn)
         return 0;
-    struct api_source_reporter *v =
-            reallocarray(ctx->reporters, ctx->n_reporters + 1, sizeof(*v));
+    struct api_source_reporter *v = reallocarray(ctx->reporters, ctx->n_reporters + 1, sizeof(*v));
     if (!v)
         return -ENOMEM;
     ctx->reporters = v;

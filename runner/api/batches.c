@@ -15,9 +15,9 @@
 #include "runner/api/json.h"
 #include "runner/api/sync_reply.h"
 
-#define MAX_LABELS_QUERY 1024
-#define MAX_TAIL_LINES   100
-#define TAIL_BYTES       (8u << 10)
+#define MAX_LABELS_QUERY  1024
+#define MAX_TAIL_LINES    100
+#define TAIL_BYTES        (8u << 10)
 #define MAX_ROW_ARTIFACTS 1000 /* paths listed in one results row */
 
 /* ------------------------------------------------------------ shapes */
@@ -47,7 +47,8 @@ static int json_batch(yajl_gen g, struct api_ctx *ctx, const struct store_batch 
     rc |= json_kv_uint(g, "errors", errors);
     rc |= json_kv_uint(g, "running", running);
     rc |= json_kv_uint(g, "queued", queued);
-    rc |= json_kv_uint(g, "running_capped", ctx->batches ? batches_running(ctx->batches, b->id) : 0);
+    rc |= json_kv_uint(g, "running_capped",
+                       ctx->batches ? batches_running(ctx->batches, b->id) : 0);
     rc |= json_kv_bool(g, "finished", done == stored);
     rc |= json_key(g, "states");
     rc |= json_open_map(g);
@@ -316,8 +317,8 @@ void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_m
     struct store_batch_job *v = NULL;
     size_t n = 0;
     _cleanup_error_ struct al_error *err = NULL;
-    if (store_batch_jobs(ctx->store, m->batch_id, (unsigned)after, (unsigned)limit, &v, &n,
-                         &err) < 0) {
+    if (store_batch_jobs(ctx->store, m->batch_id, (unsigned)after, (unsigned)limit, &v, &n, &err) <
+        0) {
         api_reply_error(r, 500, "internal", "%s", al_error_message(err));
         return;
     }
@@ -400,9 +401,9 @@ int api_batches_metrics(struct api_ctx *ctx, struct al_buf *out)
                          "# TYPE agentlab_batch_jobs gauge\n");
     for (size_t i = 0; i < n; i++) {
         for (int st = 0; shown[i] && st < JOB_STATE_COUNT; st++)
-            r |= al_buf_printf(out, "agentlab_batch_jobs{batch=\"%s\",name=\"%s\",state=\"%s\"} %u\n",
-                               v[i].id, v[i].name, job_state_to_string((enum job_state)st),
-                               v[i].by_state[st]);
+            r |= al_buf_printf(
+                    out, "agentlab_batch_jobs{batch=\"%s\",name=\"%s\",state=\"%s\"} %u\n", v[i].id,
+                    v[i].name, job_state_to_string((enum job_state)st), v[i].by_state[st]);
     }
     r |= al_buf_puts(out, "# HELP agentlab_batch_jobs_submitted Jobs submitted in a batch.\n"
                           "# TYPE agentlab_batch_jobs_submitted gauge\n");

@@ -76,7 +76,7 @@ void api_healthz(struct api_ctx *ctx, struct api_req *r, const struct route_matc
     if (g) {
         rc |= json_open_map(g);
         rc |= json_kv_str(g, "status",
-                          ctx->stopping                ? "stopping"
+                          ctx->stopping                             ? "stopping"
                           : ctx->n_source_failures > 0 || space.low ? "degraded"
                                                                     : "ok");
         rc |= json_kv_str(g, "version", AL_VERSION);
@@ -132,8 +132,8 @@ static int render_source_metrics(struct api_ctx *ctx, struct al_buf *o)
     for (size_t i = 0; i < ctx->n_reporters; i++) {
         struct api_source_status st = {0};
         ctx->reporters[i].fn(ctx->reporters[i].data, &st);
-        r |= al_buf_printf(o, "agentlab_source_last_message_age_seconds{source=\"%s\"} %" PRId64
-                              "\n",
+        r |= al_buf_printf(o,
+                           "agentlab_source_last_message_age_seconds{source=\"%s\"} %" PRId64 "\n",
                            ctx->reporters[i].name,
                            st.last_message_wall_ms ? (now - st.last_message_wall_ms) / 1000 : -1);
     }

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 struct al_fs_space {
-    uint64_t free_bytes;  /* available to unprivileged writers */
+    uint64_t free_bytes; /* available to unprivileged writers */
     uint64_t total_bytes;
     /* free_bytes below min(64 MiB, max(1 MiB, 5% of the size)): logs,
      * artifacts or the database may fail to grow any moment */

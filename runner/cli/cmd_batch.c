@@ -42,8 +42,8 @@ static bool check_batch_id(const char *cmd, const char *id)
 {
     if (id && store_batch_id_is_valid(id, strlen(id)))
         return true;
-    fprintf(stderr, "agentlab batch %s: \"%s\" is not a batch id (\"b\" and 20 hex digits)\n",
-            cmd, id ? id : "");
+    fprintf(stderr, "agentlab batch %s: \"%s\" is not a batch id (\"b\" and 20 hex digits)\n", cmd,
+            id ? id : "");
     return false;
 }
 
@@ -215,7 +215,7 @@ static int matrix_parse(const char *arg, struct matrix_param *ret, struct al_err
 static int gen_str(yajl_gen g, const char *s)
 {
     return yajl_gen_string(g, (const unsigned char *)s, strlen(s)) == yajl_gen_status_ok ? 0
-                                                                                          : -EINVAL;
+                                                                                         : -EINVAL;
 }
 
 /* One line per combination of the parameters:
@@ -227,8 +227,7 @@ static int matrix_expand(const char *tmpl, size_t tmpl_len, struct matrix_param 
     for (size_t i = 0; i < n_m; i++) {
         total *= m[i].n;
         if (total > BATCH_MAX_JOBS)
-            return al_error_set(err, E2BIG, "--matrix: more than %d combinations",
-                                BATCH_MAX_JOBS);
+            return al_error_set(err, E2BIG, "--matrix: more than %d combinations", BATCH_MAX_JOBS);
     }
     {
         _cleanup_job_spec_ struct job_spec *probe = NULL;
@@ -315,24 +314,23 @@ static int matrix_expand(const char *tmpl, size_t tmpl_len, struct matrix_param 
 
 static void submit_usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: agentlab batch submit [OPTIONS] FILE|-\n"
-            "\n"
-            "Submits a batch of jobs in one request. FILE holds JSON Lines: one job spec a\n"
-            "line, or {\"spec\": {...}, \"params\": {...}}. With --matrix, FILE is one job\n"
-            "spec, a template: every combination of the matrix values becomes a job, each\n"
-            "value in the job's env under the parameter's name. A bad line refuses the\n"
-            "whole batch, naming the line and the field. Prints the batch id.\n"
-            "\n"
-            "  --name NAME          the batch's name (default: the file's name)\n"
-            "  --max-parallel N     at most N of its jobs run at a time (0: no cap)\n"
-            "  --retries N          retry infrastructure errors N times (not failures)\n"
-            "  --pool POOL          for jobs whose spec names no pool\n"
-            "  --label L            add a label to every job (repeatable)\n"
-            "  --matrix NAME=V1,V2  a parameter and its values; NAME=@FILE reads one\n"
-            "                       value a line (repeatable: the product of all)\n"
-            "  --watch              then watch it (exit status as `batch watch`)\n"
-            "  --socket PATH        agentlabd's control socket\n");
+    fprintf(out, "Usage: agentlab batch submit [OPTIONS] FILE|-\n"
+                 "\n"
+                 "Submits a batch of jobs in one request. FILE holds JSON Lines: one job spec a\n"
+                 "line, or {\"spec\": {...}, \"params\": {...}}. With --matrix, FILE is one job\n"
+                 "spec, a template: every combination of the matrix values becomes a job, each\n"
+                 "value in the job's env under the parameter's name. A bad line refuses the\n"
+                 "whole batch, naming the line and the field. Prints the batch id.\n"
+                 "\n"
+                 "  --name NAME          the batch's name (default: the file's name)\n"
+                 "  --max-parallel N     at most N of its jobs run at a time (0: no cap)\n"
+                 "  --retries N          retry infrastructure errors N times (not failures)\n"
+                 "  --pool POOL          for jobs whose spec names no pool\n"
+                 "  --label L            add a label to every job (repeatable)\n"
+                 "  --matrix NAME=V1,V2  a parameter and its values; NAME=@FILE reads one\n"
+                 "                       value a line (repeatable: the product of all)\n"
+                 "  --watch              then watch it (exit status as `batch watch`)\n"
+                 "  --socket PATH        agentlabd's control socket\n");
 }
 
 static int batch_watch_id(struct cli_api *a, const char *id, unsigned interval_ms, bool quiet);
@@ -423,8 +421,8 @@ static int batch_submit(int argc, char **argv)
     _cleanup_free_ char *data = NULL;
     size_t len = 0;
     _cleanup_buf_ struct al_buf expanded = AL_BUF_INIT;
-    if (!code && read_input(path, n_matrix ? JOB_SPEC_MAX_BYTES : BATCH_MAX_BYTES, &data, &len,
-                            &err) < 0) {
+    if (!code &&
+        read_input(path, n_matrix ? JOB_SPEC_MAX_BYTES : BATCH_MAX_BYTES, &data, &len, &err) < 0) {
         fprintf(stderr, "agentlab batch submit: %s\n", al_error_message(err));
         code = CLI_EXIT_FAILED;
     }
@@ -635,7 +633,8 @@ static int batch_cancel(int argc, char **argv)
     _cleanup_yajl_ yajl_val v = NULL;
     if ((code = cli_api_call_json(a, "POST", path, 200, "cancelling the batch", &v)))
         return code;
-    printf("cancel requested for %" PRId64 " jobs\n", cli_json_int(v, JPATH("cancel_requested"), 0));
+    printf("cancel requested for %" PRId64 " jobs\n",
+           cli_json_int(v, JPATH("cancel_requested"), 0));
     return 0;
 }
 
@@ -682,8 +681,8 @@ static void progress_line(yajl_val b, struct watch_rate *rate, char *buf, size_t
     snprintf(buf, size,
              "%s: %" PRId64 "/%" PRId64 " done, %" PRId64 " passed, %" PRId64 " failed, %" PRId64
              " errors, %" PRId64 " running, %" PRId64 " queued, elapsed %s, ETA %s",
-             cli_json_str(b, JPATH("name")) ? cli_json_str(b, JPATH("name")) : "batch", done,
-             total, cli_json_int(b, JPATH("passed"), 0), cli_json_int(b, JPATH("failed"), 0),
+             cli_json_str(b, JPATH("name")) ? cli_json_str(b, JPATH("name")) : "batch", done, total,
+             cli_json_int(b, JPATH("passed"), 0), cli_json_int(b, JPATH("failed"), 0),
              cli_json_int(b, JPATH("errors"), 0), cli_json_int(b, JPATH("running"), 0),
              cli_json_int(b, JPATH("queued"), 0), elapsed, eta);
 }
@@ -739,14 +738,13 @@ static int batch_watch_id(struct cli_api *a, const char *id, unsigned interval_m
 
 static void watch_usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: agentlab batch watch [--interval SECONDS] [--socket PATH] ID\n"
-            "\n"
-            "Shows the batch's progress until every job has ended: one line redrawn on a\n"
-            "terminal, a plain line every interval (default 10 s) otherwise. Exits 0 when\n"
-            "every job passed, 1 when any failed (FAILED, TIMED_OUT), 2 when any ended in\n"
-            "an error (ERROR, CANCELED), 3 when the daemon could not be asked, 130 on\n"
-            "Ctrl-C (the batch goes on).\n");
+    fprintf(out, "Usage: agentlab batch watch [--interval SECONDS] [--socket PATH] ID\n"
+                 "\n"
+                 "Shows the batch's progress until every job has ended: one line redrawn on a\n"
+                 "terminal, a plain line every interval (default 10 s) otherwise. Exits 0 when\n"
+                 "every job passed, 1 when any failed (FAILED, TIMED_OUT), 2 when any ended in\n"
+                 "an error (ERROR, CANCELED), 3 when the daemon could not be asked, 130 on\n"
+                 "Ctrl-C (the batch goes on).\n");
 }
 
 static int batch_watch(int argc, char **argv)
@@ -840,8 +838,8 @@ static int results_fetch(struct cli_api *a, const char *id, unsigned tail, struc
     return code;
 }
 
-#define FOR_EACH_ROW(res, row)                                                               \
-    for (size_t _p = 0; _p < (res)->n_pages; _p++)                                           \
+#define FOR_EACH_ROW(res, row)                                                                   \
+    for (size_t _p = 0; _p < (res)->n_pages; _p++)                                               \
         for (yajl_val _arr = cli_json_array((res)->pages[_p], JPATH("jobs")); _arr; _arr = NULL) \
             for (size_t _i = 0; _i < _arr->u.array.len && ((row) = _arr->u.array.values[_i]); _i++)
 
@@ -959,16 +957,15 @@ static int write_junit(const struct results *res, const char *file)
 
 static void results_usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: agentlab batch results [--json|--jsonl] [--junit FILE] [--artifacts DIR]\n"
-            "                              [--tail N] [--socket PATH] ID\n"
-            "\n"
-            "One row per job: name, parameters, state, exit code, duration, the last lines\n"
-            "of output (--tail, default 5), artifact paths. A table by default; --json one\n"
-            "document {batch, jobs}; --jsonl one row a line. --junit also writes a JUnit XML\n"
-            "report (a testcase per job: FAILED and TIMED_OUT are failures, ERROR and\n"
-            "CANCELED errors, unfinished jobs skipped). --artifacts downloads every job's\n"
-            "artifacts into DIR/<job name>/.\n");
+    fprintf(out, "Usage: agentlab batch results [--json|--jsonl] [--junit FILE] [--artifacts DIR]\n"
+                 "                              [--tail N] [--socket PATH] ID\n"
+                 "\n"
+                 "One row per job: name, parameters, state, exit code, duration, the last lines\n"
+                 "of output (--tail, default 5), artifact paths. A table by default; --json one\n"
+                 "document {batch, jobs}; --jsonl one row a line. --junit also writes a JUnit XML\n"
+                 "report (a testcase per job: FAILED and TIMED_OUT are failures, ERROR and\n"
+                 "CANCELED errors, unfinished jobs skipped). --artifacts downloads every job's\n"
+                 "artifacts into DIR/<job name>/.\n");
 }
 
 static int batch_results(int argc, char **argv)

@@ -165,12 +165,18 @@ static void scaleset_status(void *data, struct api_source_status *ret)
     snprintf(ret->state, sizeof(ret->state), "%s", s.state);
     ret->last_message_wall_ms = s.last_message_wall_ms;
     const struct api_source_gauge g[] = {
-            {"jobs_available", s.stats.available},  {"jobs_acquired", s.stats.acquired},
-            {"jobs_assigned", s.stats.assigned},    {"jobs_running", s.stats.running},
-            {"runners_registered", s.stats.registered}, {"runners_busy", s.stats.busy},
-            {"runners_idle", s.stats.idle},         {"local_runners_idle", s.runners_idle},
-            {"local_runners_busy", s.runners_busy}, {"local_jobs_waiting", s.jobs_waiting},
-            {"session_conflicts", s.conflicts},     {"messages", (int64_t)s.messages},
+            {"jobs_available", s.stats.available},
+            {"jobs_acquired", s.stats.acquired},
+            {"jobs_assigned", s.stats.assigned},
+            {"jobs_running", s.stats.running},
+            {"runners_registered", s.stats.registered},
+            {"runners_busy", s.stats.busy},
+            {"runners_idle", s.stats.idle},
+            {"local_runners_idle", s.runners_idle},
+            {"local_runners_busy", s.runners_busy},
+            {"local_jobs_waiting", s.jobs_waiting},
+            {"session_conflicts", s.conflicts},
+            {"messages", (int64_t)s.messages},
     };
     memcpy(ret->gauges, g, sizeof(g));
     ret->n_gauges = ARRAY_SIZE(g);

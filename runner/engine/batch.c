@@ -129,8 +129,8 @@ static void split_line(const char *p, const char *end, struct line_parts *ret)
             parts.params = v;
             parts.params_end = v_end;
         } else if (!parts.unknown[0]) {
-            snprintf(parts.unknown, sizeof(parts.unknown), "%.*s",
-                     (int)(klen > 2 ? klen - 2 : 0), key + 1);
+            snprintf(parts.unknown, sizeof(parts.unknown), "%.*s", (int)(klen > 2 ? klen - 2 : 0),
+                     key + 1);
         }
         p = skip_ws(v_end, end);
         if (p < end && *p == ',')
@@ -505,8 +505,8 @@ static void on_event(const struct store_event *ev, void *data)
     }
 }
 
-static void on_finished(const char *job_id, enum job_state state,
-                        const struct attempt_result *last, void *data)
+static void on_finished(const char *job_id, enum job_state state, const struct attempt_result *last,
+                        void *data)
 {
     (void)state;
     (void)last;

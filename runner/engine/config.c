@@ -252,10 +252,10 @@ static const struct config_key keys[] = {
          "scaleset: GitHub's web URL such as https://github.com (empty: derived from url)"},
         {SEC_SOURCE, T(SOURCE_GITHUB), "scale_set_name", KEY_STRING, S(scale_set_name), "", 0, 0,
          NULL, "scaleset: the scale set's name, what workflows put in runs-on"},
-        {SEC_SOURCE, T(SOURCE_GITHUB), "runner_group", KEY_STRING, S(runner_group), "default", 0,
-         0, NULL, "scaleset: runner group of the scale set (default: the Default group)"},
-        {SEC_SOURCE, T(SOURCE_GITHUB), "min_runners", KEY_INT, S(min_runners), "0", 0, 10000,
-         NULL, "scaleset: idle registered runners (one VM each) kept warm, 0 to 10000"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "runner_group", KEY_STRING, S(runner_group), "default", 0, 0,
+         NULL, "scaleset: runner group of the scale set (default: the Default group)"},
+        {SEC_SOURCE, T(SOURCE_GITHUB), "min_runners", KEY_INT, S(min_runners), "0", 0, 10000, NULL,
+         "scaleset: idle registered runners (one VM each) kept warm, 0 to 10000"},
 
         /* [pool "NAME"] */
         {SEC_POOL, 0, "backends", KEY_LIST, P(backends), "", 0, 0, NULL,

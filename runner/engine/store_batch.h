@@ -25,29 +25,29 @@
 #include "runner/base/error.h"
 #include "runner/engine/state.h"
 
-#define STORE_BATCH_ID_LEN  21
-#define STORE_BATCH_ID_SIZE (STORE_BATCH_ID_LEN + 1)
+#define STORE_BATCH_ID_LEN   21
+#define STORE_BATCH_ID_SIZE  (STORE_BATCH_ID_LEN + 1)
 #define STORE_BATCH_NAME_MAX 64
 
 /* The schema step that adds the batch tables (store.c's migration list). */
-#define STORE_BATCH_SCHEMA_SQL                                                 \
-    "CREATE TABLE batches ("                                                   \
-    "  id TEXT PRIMARY KEY NOT NULL,"                                          \
-    "  name TEXT NOT NULL,"                                                    \
-    "  created_ms INTEGER NOT NULL,"                                           \
-    "  max_parallel INTEGER NOT NULL DEFAULT 0,"                               \
-    "  total INTEGER NOT NULL,"                                                \
-    "  canceled_ms INTEGER,"                                                   \
-    "  tagged INTEGER NOT NULL DEFAULT 0"                                      \
-    ") WITHOUT ROWID;"                                                         \
-    "CREATE INDEX batches_name ON batches(name, id);"                          \
-    "CREATE TABLE batch_jobs ("                                                \
-    "  batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE,"       \
-    "  idx INTEGER NOT NULL,"                                                  \
-    "  job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"            \
-    "  params TEXT,"                                                           \
-    "  PRIMARY KEY (batch_id, idx)"                                            \
-    ") WITHOUT ROWID;"                                                         \
+#define STORE_BATCH_SCHEMA_SQL                                           \
+    "CREATE TABLE batches ("                                             \
+    "  id TEXT PRIMARY KEY NOT NULL,"                                    \
+    "  name TEXT NOT NULL,"                                              \
+    "  created_ms INTEGER NOT NULL,"                                     \
+    "  max_parallel INTEGER NOT NULL DEFAULT 0,"                         \
+    "  total INTEGER NOT NULL,"                                          \
+    "  canceled_ms INTEGER,"                                             \
+    "  tagged INTEGER NOT NULL DEFAULT 0"                                \
+    ") WITHOUT ROWID;"                                                   \
+    "CREATE INDEX batches_name ON batches(name, id);"                    \
+    "CREATE TABLE batch_jobs ("                                          \
+    "  batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE," \
+    "  idx INTEGER NOT NULL,"                                            \
+    "  job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"      \
+    "  params TEXT,"                                                     \
+    "  PRIMARY KEY (batch_id, idx)"                                      \
+    ") WITHOUT ROWID;"                                                   \
     "CREATE INDEX batch_jobs_job ON batch_jobs(job_id);"
 
 struct store;
@@ -137,7 +137,6 @@ int store_batch_tag(struct store *s, const char *name, const char *job_id, const
                     char ret_id[STORE_BATCH_ID_SIZE], struct al_error **err);
 
 /* Records that the batch was cancelled (first time only). */
-int store_batch_set_canceled(struct store *s, const char *id, int64_t at_ms,
-                             struct al_error **err);
+int store_batch_set_canceled(struct store *s, const char *id, int64_t at_ms, struct al_error **err);
 
 #endif
