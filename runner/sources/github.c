@@ -79,10 +79,7 @@ void gh_call_etag(struct github *g, const char *method, char *path, char *body, 
 {
     struct gh_call *c = malloc(sizeof(*c));
     if (!c) {
-        free(path);
-        al_wipe_free(body);
-        struct al_error *err = NULL;
-        al_error_set(&err, ENOMEM, "out of memory");
+        struct al_error *err = gh_call_oom(path, body);
         cb(g, -ENOMEM, NULL, err, data);
         al_error_free(err);
         return;

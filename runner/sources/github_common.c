@@ -151,3 +151,12 @@ char *gh_json_finish(yajl_gen gen, int status)
     yajl_gen_free(gen);
     return s;
 }
+
+struct al_error *gh_call_oom(char *path, char *body)
+{
+    free(path);
+    al_wipe_free(body);
+    struct al_error *err = NULL;
+    al_error_set(&err, ENOMEM, "out of memory");
+    return err;
+}

@@ -68,4 +68,9 @@ void gh_stop_vm(struct engine *e, const char *source, const char *runner, const 
  * otherwise or out of memory. gen is freed either way. */
 char *gh_json_finish(yajl_gen gen, int status);
 
+/* A call that cannot be queued for want of memory: frees path and wipes and
+ * frees body (either may be NULL), and returns the ENOMEM error to hand to
+ * the call's callback (the caller frees it after). */
+struct al_error *gh_call_oom(char *path, char *body);
+
 #endif

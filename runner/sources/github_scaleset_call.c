@@ -293,10 +293,7 @@ void ss_call(struct github_scaleset *g, const char *method, enum auth_kind auth,
     struct sscall *c = calloc(1, sizeof(*c));
     if (!c || (!target && auth != AUTH_MQ)) {
         free(c);
-        free(target);
-        al_wipe_free(body);
-        struct al_error *err = NULL;
-        al_error_set(&err, ENOMEM, "out of memory");
+        struct al_error *err = gh_call_oom(target, body);
         cb(g, -ENOMEM, NULL, err, data);
         al_error_free(err);
         return;
