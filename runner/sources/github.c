@@ -305,6 +305,25 @@ static int check_config(const struct config_source *src, struct al_error **err)
     return 0;
 }
 
+/* Frees what setup() allocates and g itself: the last step of both
+ * handle_closed() and github_free_early(). */
+static void github_free_fields(struct github *g)
+{
+    for (size_t i = 0; i < g->n_poll_repos; i++) {
+        free(g->poll_repos[i].repo);
+        free(g->poll_repos[i].etag[0]);
+        free(g->poll_repos[i].etag[1]);
+    }
+    free(g->poll_repos);
+    free(g->runs);
+    strv_free(g->labels);
+    free(g->labels_text);
+    free(g->base);
+    free(g->scope);
+    free(g->prefix);
+    free(g);
+}
+
 static void handle_closed(struct github *g)
 {
     if (--g->handles_open > 0)
@@ -319,19 +338,7 @@ static void handle_closed(struct github *g)
         al_list_del(&d->link);
         gh_demand_free(d);
     }
-    for (size_t i = 0; i < g->n_poll_repos; i++) {
-        free(g->poll_repos[i].repo);
-        free(g->poll_repos[i].etag[0]);
-        free(g->poll_repos[i].etag[1]);
-    }
-    free(g->poll_repos);
-    free(g->runs);
-    strv_free(g->labels);
-    free(g->labels_text);
-    free(g->base);
-    free(g->scope);
-    free(g->prefix);
-    free(g);
+    github_free_fields(g);
     if (done)
         done(data);
 }
@@ -351,16 +358,7 @@ static void github_free_early(struct github *g)
     if (g->api)
         api_queue_free(g->api, NULL, NULL);
     github_auth_free(g->auth);
-    for (size_t i = 0; i < g->n_poll_repos; i++)
-        free(g->poll_repos[i].repo);
-    free(g->poll_repos);
-    free(g->runs);
-    strv_free(g->labels);
-    free(g->labels_text);
-    free(g->base);
-    free(g->scope);
-    free(g->prefix);
-    free(g);
+    github_free_fields(g);
 }
 
 static int setup(struct github *g, struct al_error **err)
