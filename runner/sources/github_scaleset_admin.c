@@ -87,6 +87,16 @@ void ss_register_send(struct github_scaleset *g)
     ss_call_send(c);
 }
 
+/* An answer that would not parse: fails the admin token with what (the
+ * answer's name) and perr, which is freed. */
+static void admin_unparsed(struct github_scaleset *g, const char *what, struct al_error *perr)
+{
+    char m[300];
+    snprintf(m, sizeof(m), "the %s answer: %s", what, al_error_message(perr));
+    al_error_free(perr);
+    admin_done(g, m);
+}
+
 static void on_registered(struct github_scaleset *g, int result,
                           const struct al_http_response *resp, const struct al_error *err,
                           void *data)
@@ -104,10 +114,7 @@ static void on_registered(struct github_scaleset *g, int result,
                                             &perr);
         wipe_body(resp);
         if (r < 0) {
-            char m[300];
-            snprintf(m, sizeof(m), "the runner-registration answer: %s", al_error_message(perr));
-            al_error_free(perr);
-            admin_done(g, m);
+            admin_unparsed(g, "runner-registration", perr);
             return;
         }
         size_t n = strlen(url);
@@ -166,10 +173,7 @@ static void on_reg_token(struct github_scaleset *g, int result, const struct al_
     int r = github_parse_token(resp->body.data, resp->body.len, &tok, &exp, &perr);
     wipe_body(resp);
     if (r < 0) {
-        char m[300];
-        snprintf(m, sizeof(m), "the registration token answer: %s", al_error_message(perr));
-        al_error_free(perr);
-        admin_done(g, m);
+        admin_unparsed(g, "registration token", perr);
         return;
     }
     al_wipe_free(g->reg_token);
