@@ -252,14 +252,29 @@ static void session_take(struct github_scaleset *g, struct scaleset_session *s)
     g->stats = s->stats;
 }
 
-static void on_session_refreshed(struct github_scaleset *g, int result,
-                                 const struct al_http_response *resp, const struct al_error *err,
-                                 void *data)
+/* What a session call's answer goes to once on_session_answer() has seen
+ * it is not dropped. */
+struct session_answer {
+    void (*fn)(struct github_scaleset *g, int result, const struct al_http_response *resp,
+               const struct al_error *err);
+};
+
+/* The callback of both session calls: the session is no longer busy, and
+ * data (a struct session_answer) takes an answer that is not dropped. */
+static void on_session_answer(struct github_scaleset *g, int result,
+                              const struct al_http_response *resp, const struct al_error *err,
+                              void *data)
 {
-    (void)data;
+    const struct session_answer *a = data;
     g->session_busy = false;
     if (call_dropped(g, result, resp))
         return;
+    a->fn(g, result, resp, err);
+}
+
+static void session_refreshed(struct github_scaleset *g, int result,
+                              const struct al_http_response *resp, const struct al_error *err)
+{
     struct scaleset_session s = {0};
     struct al_error *perr = NULL;
     if (result == 0 && resp->status == 200 &&
@@ -283,6 +298,8 @@ static void on_session_refreshed(struct github_scaleset *g, int result,
     ss_fail_list(&g->wait_session, ENOENT, what);
 }
 
+static struct session_answer refreshed = {session_refreshed};
+
 void ss_session_refresh(struct github_scaleset *g)
 {
     if (g->session_busy || !g->session.session_id)
@@ -291,17 +308,12 @@ void ss_session_refresh(struct github_scaleset *g)
     ss_call(g, "PATCH", AUTH_ADMIN,
             ss_svc_path("runtime/runnerscalesets/%" PRId64 "/sessions/%s", g->scaleset_id,
                         g->session.session_id),
-            NULL, on_session_refreshed, NULL);
+            NULL, on_session_answer, &refreshed);
 }
 
-static void on_session_created(struct github_scaleset *g, int result,
-                               const struct al_http_response *resp, const struct al_error *err,
-                               void *data)
+static void session_created(struct github_scaleset *g, int result,
+                            const struct al_http_response *resp, const struct al_error *err)
 {
-    (void)data;
-    g->session_busy = false;
-    if (call_dropped(g, result, resp))
-        return;
     if (result == 0 && resp->status == 200) {
         struct scaleset_session s = {0};
         struct al_error *perr = NULL;
@@ -358,6 +370,8 @@ static void on_session_created(struct github_scaleset *g, int result,
              what, g->session_backoff_ms / 1000);
 }
 
+static struct session_answer created = {session_created};
+
 void ss_session_create(struct github_scaleset *g)
 {
     if (g->session_busy || g->stopping)
@@ -378,5 +392,5 @@ void ss_session_create(struct github_scaleset *g)
     g->session_busy = true;
     ss_call(g, "POST", AUTH_ADMIN,
             ss_svc_path("runtime/runnerscalesets/%" PRId64 "/sessions", g->scaleset_id), body,
-            on_session_created, NULL);
+            on_session_answer, &created);
 }
