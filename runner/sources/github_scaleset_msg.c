@@ -62,17 +62,29 @@ static int member(yajl_val obj, const char *key, const char *path, yajl_val *ret
     return 0;
 }
 
-/* Looks up the member key of obj (its path into p): 1 with *ret when it is
- * there, 0 when absent or null and not required, an error otherwise. */
-static int present(yajl_val obj, const char *key, const char *path, bool required, char *p,
-                   size_t size, yajl_val *ret, struct al_error **err)
+/* The kinds of value the getters below take. */
+enum kind { K_STRING, K_INT, K_OBJECT };
+
+/* Looks up the member key of obj (its path into p), which must be of kind
+ * kind: 1 with *ret when it is there, 0 when absent or null and not
+ * required, an error otherwise. */
+static int present(yajl_val obj, const char *key, const char *path, bool required, enum kind kind,
+                   char *p, size_t size, yajl_val *ret, struct al_error **err)
 {
+    static const char *const names[] = {
+            [K_STRING] = "a string", [K_INT] = "an integer", [K_OBJECT] = "an object"};
     int r = member(obj, key, path, ret, err);
     if (r < 0)
         return r;
     al_json_path(p, size, path, key, 0);
     if (!*ret)
         return required ? al_json_fail(err, p, "missing") : 0;
+    yajl_val v = *ret;
+    bool ok = kind == K_STRING ? YAJL_IS_STRING(v)
+              : kind == K_INT  ? YAJL_IS_INTEGER(v)
+                               : YAJL_IS_OBJECT(v);
+    if (!ok)
+        return al_json_fail(err, p, "expected %s, got %s", names[kind], al_json_type_name(v));
     return 1;
 }
 
@@ -92,14 +104,12 @@ static int get_str(yajl_val obj, const char *key, const char *path, size_t max, 
 {
     char p[256];
     yajl_val v = NULL;
-    int r = present(obj, key, path, required, p, sizeof(p), &v, err);
+    int r = present(obj, key, path, required, K_STRING, p, sizeof(p), &v, err);
     if (r <= 0) {
         if (r == 0)
             *ret = NULL;
         return r;
     }
-    if (!YAJL_IS_STRING(v))
-        return al_json_fail(err, p, "expected a string, got %s", al_json_type_name(v));
     const char *s = YAJL_GET_STRING(v);
     size_t n = strlen(s);
     if (n > max)
@@ -124,16 +134,11 @@ static int get_int(yajl_val obj, const char *key, const char *path, int64_t min,
 {
     char p[256];
     yajl_val v = NULL;
-    int r = present(obj, key, path, required, p, sizeof(p), &v, err);
-    if (r <= 0) {
-        if (r == 0)
-            *ret = 0;
+    int r = present(obj, key, path, required, K_INT, p, sizeof(p), &v, err);
+    if (r < 0)
         return r;
-    }
-    if (!YAJL_IS_INTEGER(v))
-        return al_json_fail(err, p, "expected an integer, got %s", al_json_type_name(v));
-    long long x = YAJL_GET_INTEGER(v);
-    if (x < min)
+    long long x = r ? YAJL_GET_INTEGER(v) : 0;
+    if (r && x < min)
         return al_json_fail(err, p, "expected an integer of at least %lld", (long long)min);
     *ret = x;
     return 0;
@@ -144,14 +149,9 @@ static int get_obj(yajl_val obj, const char *key, const char *path, bool require
 {
     char p[256];
     yajl_val v = NULL;
-    int r = present(obj, key, path, required, p, sizeof(p), &v, err);
-    if (r <= 0) {
-        if (r == 0)
-            *ret = NULL;
+    int r = present(obj, key, path, required, K_OBJECT, p, sizeof(p), &v, err);
+    if (r < 0)
         return r;
-    }
-    if (!YAJL_IS_OBJECT(v))
-        return al_json_fail(err, p, "expected an object, got %s", al_json_type_name(v));
     *ret = v;
     return 0;
 }
