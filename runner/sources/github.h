@@ -54,8 +54,8 @@ enum github_poll {
 
 /* order of the `mode` key's values (config.c) */
 enum github_mode {
-    GITHUB_MODE_REST = 0,  /* webhooks and/or REST polling: this file */
-    GITHUB_MODE_SCALESET,  /* a runner scale set: github_scaleset.h */
+    GITHUB_MODE_REST = 0, /* webhooks and/or REST polling: this file */
+    GITHUB_MODE_SCALESET, /* a runner scale set: github_scaleset.h */
 };
 
 #define GITHUB_DEFAULT_API "https://api.github.com"

@@ -52,7 +52,7 @@ int github_scaleset_start(uv_loop_t *loop, struct engine *e, struct al_curl *cur
 
 /* For /metrics and `agentlab pool status`. */
 struct github_scaleset_status {
-    const char *state; /* "registering", "session conflict", "polling", ... (static) */
+    const char *state;            /* "registering", "session conflict", "polling", ... (static) */
     int64_t last_message_wall_ms; /* 0: none yet */
     struct scaleset_stats stats;  /* the last the service sent */
     unsigned runners_idle;        /* ours: creating or idle */

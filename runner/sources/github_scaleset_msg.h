@@ -16,14 +16,14 @@
 
 #include "runner/base/error.h"
 
-#define SCALESET_MAX_DOCUMENT (4u << 20)  /* one answer */
-#define SCALESET_MAX_DEPTH    16          /* real documents nest 4 levels */
+#define SCALESET_MAX_DOCUMENT (4u << 20) /* one answer */
+#define SCALESET_MAX_DEPTH    16         /* real documents nest 4 levels */
 #define SCALESET_MAX_VALUES   200000
-#define SCALESET_MAX_JOBS     500         /* job messages in one envelope (GitHub sends <= 50) */
-#define SCALESET_MAX_ACQUIRED 1000        /* ids in one acquirejobs answer */
-#define SCALESET_MAX_NAME     1024        /* runner, repository and job names */
+#define SCALESET_MAX_JOBS     500  /* job messages in one envelope (GitHub sends <= 50) */
+#define SCALESET_MAX_ACQUIRED 1000 /* ids in one acquirejobs answer */
+#define SCALESET_MAX_NAME     1024 /* runner, repository and job names */
 #define SCALESET_MAX_URL      2048
-#define SCALESET_MAX_TOKEN    16384       /* admin and message-queue tokens (JWTs) */
+#define SCALESET_MAX_TOKEN    16384 /* admin and message-queue tokens (JWTs) */
 #define SCALESET_MAX_JIT      (256u << 10)
 
 /* The seven counters that come with the session and every message. */
@@ -47,13 +47,13 @@ enum scaleset_job_kind {
 
 struct scaleset_job {
     enum scaleset_job_kind kind;
-    int64_t request_id;  /* runnerRequestId, > 0: what acquirejobs takes */
-    int64_t runner_id;   /* started, completed: 0 when absent */
-    char *runner_name;   /* started, completed: NULL when absent or empty */
-    char *result;        /* completed: NULL when absent */
-    char *job_id;        /* NULL when absent */
-    char *repo;          /* "owner/name" when both are given, else NULL */
-    char *display_name;  /* jobDisplayName, NULL when absent */
+    int64_t request_id; /* runnerRequestId, > 0: what acquirejobs takes */
+    int64_t runner_id;  /* started, completed: 0 when absent */
+    char *runner_name;  /* started, completed: NULL when absent or empty */
+    char *result;       /* completed: NULL when absent */
+    char *job_id;       /* NULL when absent */
+    char *repo;         /* "owner/name" when both are given, else NULL */
+    char *display_name; /* jobDisplayName, NULL when absent */
 };
 
 struct scaleset_message {

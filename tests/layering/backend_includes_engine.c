@@ -2,4 +2,7 @@
 #include "runner/engine/engine.h"
 
 int layering_probe(void);
-int layering_probe(void) { return 0; }
+int layering_probe(void)
+{
+    return 0;
+}

@@ -3,4 +3,7 @@
 #include "runner/base/util.h"
 
 int layering_probe(void);
-int layering_probe(void) { return 0; }
+int layering_probe(void)
+{
+    return 0;
+}

@@ -2,4 +2,7 @@
 #include "runner/loop/work.h"
 
 int layering_probe(void);
-int layering_probe(void) { return 0; }
+int layering_probe(void)
+{
+    return 0;
+}

@@ -4,4 +4,7 @@
 #include "runner/base/error.h"
 
 int layering_probe(void);
-int layering_probe(void) { return 0; }
+int layering_probe(void)
+{
+    return 0;
+}

@@ -2,4 +2,7 @@
 #include "provision/backend.h"
 
 int layering_probe(void);
-int layering_probe(void) { return 0; }
+int layering_probe(void)
+{
+    return 0;
+}

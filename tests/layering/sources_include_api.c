@@ -2,4 +2,7 @@
 #include "runner/api/api.h"
 
 int layering_probe(void);
-int layering_probe(void) { return 0; }
+int layering_probe(void)
+{
+    return 0;
+}
