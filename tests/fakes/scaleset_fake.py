@@ -65,6 +65,7 @@ class ScalesetFake(FakeGitHub):
         self.capacity_seen = []
         self.max_acquired = 0      # most jobs acquired and not completed at once
         self.acquired_total = 0
+        self.acquired_ms = {}      # request id -> wall-clock ms of its acquirejobs
         self.mq_tokens = []        # every message-queue token issued (secrets audit)
 
     # -- knobs
@@ -422,6 +423,7 @@ class ScalesetFake(FakeGitHub):
                 self.error(f"{where}: {rid} was not offered or is acquired already")
                 continue
             j["state"] = "acquired"
+            self.acquired_ms[rid] = time.time() * 1000
             got.append(rid)
         self.acquired_total += len(got)
         held = sum(1 for j in self.jobs.values() if j["state"] in ("acquired", "running"))

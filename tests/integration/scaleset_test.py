@@ -175,6 +175,31 @@ runner_idle_timeout = 60s
             return "killed"
 
 
+def held_at_acquisitions(farm, fake, started):
+    """The most jobs held at any acquisition: acquired at or before it and
+    bound to a runner whose engine job had not ended yet (its final
+    transition, from the daemon's database, in wall-clock ms). A job
+    acquired but never started by a runner counts as held throughout."""
+    ended = {}
+    con = sqlite3.connect(os.path.join(farm.state, "agentlab.db"))
+    try:
+        for runner, rid in started.items():
+            eid = farm.engine_id(runner)
+            row = con.execute("select max(at_ms) from events where job_id = ? and to_state in "
+                              "('SUCCEEDED','FAILED','TIMED_OUT','CANCELED','ERROR')",
+                              (eid,)).fetchone() if eid and rid else None
+            if row and row[0] is not None:
+                ended[rid] = row[0]
+    finally:
+        con.close()
+    most = 0
+    for t in fake.acquired_ms.values():
+        held = sum(1 for rid, a in fake.acquired_ms.items()
+                   if a <= t and ended.get(rid, float("inf")) > t)
+        most = max(most, held)
+    return most
+
+
 def make_key(tmp):
     key = os.path.join(tmp, "app.pem")
     subprocess.run(["openssl", "genrsa", "-out", key, "2048"], check=True, capture_output=True)
@@ -394,10 +419,7 @@ def jobs(agentlabd, agentlab, guest, vm_init):
             if len(completed) >= 3 and not lost:
                 fake.lose_session()
                 lost = True
-            # the fake learns that a job is done only when this loop sees the
-            # stand-in runner say so: poll often, or a VM that has already gone
-            # still counts as "acquired" there when the next job is taken
-            time.sleep(0.05)
+            time.sleep(0.1)
         t_done = time.time()
         check(len(completed) == 5, f"{len(completed)} of 5 jobs completed: {completed}")
         check(sorted(completed.values()) == sorted(rids), f"jobs run: {completed} of {rids}")
@@ -411,7 +433,14 @@ def jobs(agentlabd, agentlab, guest, vm_init):
         check(wait_for(lambda: not any(r["name"] in unused for r in fake.ss_runners.values()), 30),
               f"unused runners left registered: {unused}")
         check(most_vms <= 2, f"{most_vms} VMs at once on max_vms = 2")
-        check(fake.max_acquired <= 2, f"{fake.max_acquired} jobs acquired at once")
+        # The fake learns that a job is done only when this loop sees the
+        # stand-in runner say so (the real runner tells GitHub itself before
+        # it exits), so its own count lags behind the VMs. What the listener
+        # must hold: at each acquisition, the jobs acquired so far whose VM
+        # had not ended yet (the daemon's own record: the engine job's final
+        # transition) are at most max_vms.
+        most_held = held_at_acquisitions(farm, fake, started)
+        check(most_held <= 2, f"{most_held} jobs acquired while their VMs ran, on max_vms = 2")
         check(fake.acquired_total == 5, f"{fake.acquired_total} acquisitions for 5 jobs")
         check("the message-queue token expired; refreshing the session" in farm.log(),
               "the 401 was not met")
@@ -473,7 +502,7 @@ def jobs(agentlabd, agentlab, guest, vm_init):
     fake.stop()
     print(f"scaleset: 5 jobs on 2 VM slots in {t_done - t_jobs:.0f} s with {len(fake.jits) - 1} "
           f"JIT runners (most VMs at once {most_vms}, most jobs acquired at once "
-          f"{fake.max_acquired}); "
+          f"{most_held}; the fake, which learns of an end late, counted {fake.max_acquired}); "
           f"{fake.conflicts_served} session 409s met")
     print(f"scaleset: after SIGKILL the restarted daemon removed the runner in "
           f"{t_swept - t_restart:.1f} s and had a new session in {t_session - t_restart:.1f} s; "
