@@ -259,6 +259,30 @@ static int parse_job(yajl_val o, const char *path, struct scaleset_job *j, struc
     return 0;
 }
 
+/* The job messages of arr (a message's body, or the acquirablejobs list)
+ * into m->jobs; on failure m is cleared. */
+static int parse_jobs(yajl_val arr, const char *where, struct scaleset_message *m,
+                      struct al_error **err)
+{
+    size_t n = arr->u.array.len;
+    if (n > SCALESET_MAX_JOBS)
+        return al_json_fail(err, where, "more than %d job messages", SCALESET_MAX_JOBS);
+    m->jobs = calloc(n ? n : 1, sizeof(*m->jobs));
+    if (!m->jobs)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        char p[64];
+        snprintf(p, sizeof(p), "%s[%zu]", where, i);
+        int r = parse_job(arr->u.array.values[i], p, &m->jobs[i], err);
+        m->n_jobs = i + 1;
+        if (r < 0) {
+            scaleset_message_clear(m);
+            return r;
+        }
+    }
+    return 0;
+}
+
 int scaleset_parse_message(const char *data, size_t len, struct scaleset_message *ret,
                            struct al_error **err)
 {
@@ -289,22 +313,41 @@ int scaleset_parse_message(const char *data, size_t len, struct scaleset_message
     _cleanup_(yajl_tree_freep) yajl_val arr = NULL;
     if ((r = parse_doc(text, strlen(text), yajl_t_array, "the message body", &arr, err)) < 0)
         return r;
-    size_t n = arr->u.array.len;
-    if (n > SCALESET_MAX_JOBS)
-        return al_json_fail(err, "body", "more than %d job messages", SCALESET_MAX_JOBS);
-    m.jobs = calloc(n ? n : 1, sizeof(*m.jobs));
-    if (!m.jobs)
-        return al_error_set(err, ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        char p[64];
-        snprintf(p, sizeof(p), "body[%zu]", i);
-        r = parse_job(arr->u.array.values[i], p, &m.jobs[i], err);
-        m.n_jobs = i + 1;
-        if (r < 0) {
-            scaleset_message_clear(&m);
-            return r;
-        }
+    if ((r = parse_jobs(arr, "body", &m, err)) < 0)
+        return r;
+    *ret = m;
+    return 0;
+}
+
+int scaleset_parse_acquirable(const char *data, size_t len, struct scaleset_message *ret,
+                              struct al_error **err)
+{
+    _cleanup_(yajl_tree_freep) yajl_val root = NULL;
+    int r = parse_doc(data, len, yajl_t_object, "the acquirablejobs answer", &root, err);
+    if (r < 0)
+        return r;
+    int64_t count = 0;
+    yajl_val v = NULL;
+    if ((r = get_int(root, "count", "", 0, true, &count, err)) < 0 ||
+        (r = member(root, "value", "", &v, err)) < 0)
+        return r;
+    struct scaleset_message m = {0};
+    if (!v) {
+        if (count != 0)
+            return al_json_fail(err, "count", "does not match the length of value");
+        *ret = m;
+        return 0;
     }
+    if (!YAJL_IS_ARRAY(v))
+        return al_json_fail(err, "value", "expected an array, got %s", al_json_type_name(v));
+    if ((int64_t)v->u.array.len != count)
+        return al_json_fail(err, "count", "does not match the length of value");
+    if ((r = parse_jobs(v, "value", &m, err)) < 0)
+        return r;
+    /* only what can still be acquired counts */
+    for (size_t i = 0; i < m.n_jobs; i++)
+        if (m.jobs[i].kind != SCALESET_JOB_AVAILABLE)
+            m.jobs[i].kind = SCALESET_JOB_OTHER;
     *ret = m;
     return 0;
 }

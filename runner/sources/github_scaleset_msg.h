@@ -71,6 +71,11 @@ int scaleset_parse_message(const char *data, size_t len, struct scaleset_message
                            struct al_error **err);
 void scaleset_message_clear(struct scaleset_message *m);
 
+/* GET .../acquirablejobs (200): {"count", "value": [job messages]}. Jobs
+ * that are not JobAvailable are kept as SCALESET_JOB_OTHER; ret->id is 0. */
+int scaleset_parse_acquirable(const char *data, size_t len, struct scaleset_message *ret,
+                              struct al_error **err);
+
 struct scaleset_session {
     char *session_id; /* a UUID, never all zeros */
     char *mq_url;     /* messageQueueUrl: http(s), absolute */

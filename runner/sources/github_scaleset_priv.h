@@ -28,7 +28,8 @@
 #define ENDED_GRACE_MS   10000u /* JobStarted/JobCompleted may trail a runner's exit */
 #define DELETE_TRIES     20
 #define DELETE_RETRY_MS  5000u
-#define MAX_DONE_IDS     256 /* request ids of jobs seen to end: late JobAvailable skipped */
+#define CATCHUP_MS       15000u /* see ss_catch_up() */
+#define MAX_DONE_IDS     256    /* request ids of jobs seen to end: late JobAvailable skipped */
 #define MAX_BODY         (SCALESET_MAX_DOCUMENT + 1)
 #define ZERO_UUID        "00000000-0000-0000-0000-000000000000"
 
@@ -152,6 +153,10 @@ struct github_scaleset {
     int64_t last_message_wall_ms;
     struct scaleset_stats stats;
     uint64_t polls, messages;
+    uint64_t last_offer_ms;   /* a message last offered a job new to this listener */
+    uint64_t next_catchup_ms; /* ss_catch_up() */
+    bool catching_up;
+    uint64_t catchups;
 
     /* the calls, newest first */
     struct al_list inflight;
@@ -266,6 +271,7 @@ extern const struct engine_observer ss_observer;
 
 /* github_scaleset_session.c */
 void ss_poll_now(struct github_scaleset *g);
+void ss_catch_up(struct github_scaleset *g);
 void ss_session_create(struct github_scaleset *g);
 void ss_session_refresh(struct github_scaleset *g);
 

@@ -436,6 +436,7 @@ void ss_on_tick(uv_timer_t *t)
         ss_poll_now(g);
     runners_tick(g);
     ss_scale(g);
+    ss_catch_up(g);
 }
 
 /* ------------------------------------------------------------ engine */

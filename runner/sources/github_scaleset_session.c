@@ -24,9 +24,11 @@
 
 /* ------------------------------------------------------------ messages */
 
-static void handle_message(struct github_scaleset *g, const struct scaleset_message *m)
+/* JobAvailable among jobs[]: acquire what the pool can run now, in their
+ * order. Returns how many were offered (new to this listener). */
+static unsigned acquire_offered(struct github_scaleset *g, const struct scaleset_job *jobs,
+                                size_t n_jobs)
 {
-    /* JobAvailable: acquire what the pool can run now, in message order */
     struct counts c = ss_count(g);
     char why[300];
     unsigned room = ss_free_vms(g, &c, why, sizeof(why)) + c.spare;
@@ -34,16 +36,15 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
     struct al_buf body = {0};
     unsigned n = 0, offered = 0;
     al_buf_append(&body, "[", 1);
-    for (size_t i = 0; i < m->n_jobs; i++) {
-        const struct scaleset_job *j = &m->jobs[i];
+    for (size_t i = 0; i < n_jobs; i++) {
+        const struct scaleset_job *j = &jobs[i];
         if (j->kind != SCALESET_JOB_AVAILABLE)
             continue;
         if (ss_job_find(g, j->request_id) || ss_job_done_before(g, j->request_id))
             continue;
         bool dup = false;
         for (size_t k = 0; k < i; k++)
-            dup |= m->jobs[k].kind == SCALESET_JOB_AVAILABLE &&
-                   m->jobs[k].request_id == j->request_id;
+            dup |= jobs[k].kind == SCALESET_JOB_AVAILABLE && jobs[k].request_id == j->request_id;
         if (dup)
             continue;
         offered++;
@@ -73,6 +74,13 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
         }
     }
     al_buf_free(&body);
+    return offered;
+}
+
+static void handle_message(struct github_scaleset *g, const struct scaleset_message *m)
+{
+    if (acquire_offered(g, m->jobs, m->n_jobs))
+        g->last_offer_ms = now_ms();
 
     for (size_t i = 0; i < m->n_jobs; i++) {
         const struct scaleset_job *j = &m->jobs[i];
@@ -118,6 +126,64 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
         }
     }
     ss_scale(g);
+}
+
+/* ------------------------------------------------------------ catching up */
+
+/* GitHub offers a job once with JobAvailable. A job this listener left
+ * available for want of room may be offered again later, but nothing
+ * documents that it will be, so when the latest statistics count available
+ * jobs, none was offered for CATCHUP_MS and there is room, the listener asks
+ * for them (GET acquirablejobs, as GitHub's first listener did at start):
+ * at most one call per CATCHUP_MS, none at all while idle. */
+static void on_acquirable(struct github_scaleset *g, int result,
+                          const struct al_http_response *resp, const struct al_error *err,
+                          void *data)
+{
+    (void)data;
+    g->catching_up = false;
+    if (result == -ECANCELED || g->stopping)
+        return;
+    if (result == 0 && resp->status == 204) {
+        g->stats.available = 0; /* nothing to catch up until a message says otherwise */
+        return;
+    }
+    if (result < 0 || resp->status != 200) {
+        char what[300];
+        ss_describe(result, resp, err, what, sizeof(what));
+        log_warn(NULL, "github %s: asking for acquirable jobs: %s", g->name, what);
+        return;
+    }
+    struct scaleset_message m = {0};
+    struct al_error *perr = NULL;
+    if (scaleset_parse_acquirable(resp->body.data, resp->body.len, &m, &perr) < 0) {
+        log_warn(NULL, "github %s: the acquirablejobs answer: %s", g->name, al_error_message(perr));
+        al_error_free(perr);
+        return;
+    }
+    unsigned offered = acquire_offered(g, m.jobs, m.n_jobs);
+    if (!offered)
+        g->stats.available = 0;
+    log_info(NULL, "github %s: caught up: %u acquirable jobs not offered again", g->name, offered);
+    scaleset_message_clear(&m);
+}
+
+void ss_catch_up(struct github_scaleset *g)
+{
+    uint64_t now = now_ms();
+    if (g->stopping || g->phase != PH_POLL || g->catching_up || g->acquiring ||
+        g->stats.available <= 0 || now < g->next_catchup_ms || now - g->last_offer_ms < CATCHUP_MS)
+        return;
+    struct counts c = ss_count(g);
+    char why[300];
+    if (ss_free_vms(g, &c, why, sizeof(why)) + c.spare <= c.waiting)
+        return;
+    g->catching_up = true;
+    g->next_catchup_ms = now + CATCHUP_MS;
+    g->catchups++;
+    ss_call(g, "GET", AUTH_ADMIN,
+            ss_svc_path("runtime/runnerscalesets/%" PRId64 "/acquirablejobs", g->scaleset_id), NULL,
+            on_acquirable, NULL);
 }
 
 static void on_message_deleted(struct github_scaleset *g, int result,

@@ -66,6 +66,7 @@ class ScalesetFake(FakeGitHub):
         self.max_acquired = 0      # most jobs acquired and not completed at once
         self.acquired_total = 0
         self.acquired_ms = {}      # request id -> wall-clock ms of its acquirejobs
+        self.acquirable_calls = 0  # GET acquirablejobs
         self.mq_tokens = []        # every message-queue token issued (secrets audit)
 
     # -- knobs
@@ -319,6 +320,19 @@ class ScalesetFake(FakeGitHub):
                 self.error(f"{where}: unknown scale set")
                 return 404, {}, exc("RunnerScaleSetNotFoundException", "no such scale set")
             return self.sessions(method, ss, m.group(2), doc, body, where)
+        m = re.fullmatch(r"/_apis/runtime/runnerscalesets/(\d+)/acquirablejobs", path)
+        if m and method == "GET":
+            if int(m.group(1)) not in self.scalesets:
+                self.error(f"{where}: unknown scale set")
+                return 404, {}, exc("RunnerScaleSetNotFoundException", "no such scale set")
+            if body:
+                self.error(f"{where}: a body")
+            self.acquirable_calls += 1
+            v = [self.job_msg("JobAvailable", rid, acquireJobUrl=f"{self.url}/acquire/{rid}")
+                 for rid, j in sorted(self.jobs.items()) if j["state"] == "available"]
+            if not v:
+                return 204, {}, None
+            return 200, {}, {"count": len(v), "value": v}
         m = re.fullmatch(r"/_apis/runtime/runnerscalesets/(\d+)/generatejitconfig", path)
         if m and method == "POST":
             if (not isinstance(doc, dict) or not doc.get("name") or

@@ -53,17 +53,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (r < 0) {
             check(!m.jobs && !m.n_jobs);
             check_failure(r, err);
+        } else {
+            check(!err && m.id > 0 && m.n_jobs <= SCALESET_MAX_JOBS);
+            check_stats(&m.stats);
+            for (size_t i = 0; i < m.n_jobs; i++) {
+                const struct scaleset_job *j = &m.jobs[i];
+                check(j->kind == SCALESET_JOB_OTHER || j->request_id > 0);
+                check(!j->runner_name ||
+                      (j->runner_name[0] && strlen(j->runner_name) <= SCALESET_MAX_NAME &&
+                       !strpbrk(j->runner_name, " \t\r\n")));
+            }
+            scaleset_message_clear(&m);
+        }
+        /* the acquirablejobs list shares the job parser */
+        r = scaleset_parse_acquirable(doc, len, &m, &err);
+        if (r < 0) {
+            check(!m.jobs && !m.n_jobs);
+            check_failure(r, err);
             break;
         }
-        check(!err && m.id > 0 && m.n_jobs <= SCALESET_MAX_JOBS);
-        check_stats(&m.stats);
-        for (size_t i = 0; i < m.n_jobs; i++) {
-            const struct scaleset_job *j = &m.jobs[i];
-            check(j->kind == SCALESET_JOB_OTHER || j->request_id > 0);
-            check(!j->runner_name ||
-                  (j->runner_name[0] && strlen(j->runner_name) <= SCALESET_MAX_NAME &&
-                   !strpbrk(j->runner_name, " \t\r\n")));
-        }
+        check(!err && m.id == 0 && m.n_jobs <= SCALESET_MAX_JOBS);
+        for (size_t i = 0; i < m.n_jobs; i++)
+            check(m.jobs[i].kind == SCALESET_JOB_OTHER ||
+                  (m.jobs[i].kind == SCALESET_JOB_AVAILABLE && m.jobs[i].request_id > 0));
         scaleset_message_clear(&m);
         break;
     }

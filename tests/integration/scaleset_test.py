@@ -389,6 +389,9 @@ def jobs(agentlabd, agentlab, guest, vm_init):
         check(len(fake.scalesets) == 1, "the scale set was not created once")
 
         # -- 5 jobs at once on max_vms = 2
+        # GitHub offers each job once: the three left available for want of
+        # room must be caught up (GET acquirablejobs) when room comes
+        fake.reoffer_s = 1e9
         t_jobs = time.time()
         rids = fake.queue_jobs(5)
         started, completed = {}, {}
@@ -441,6 +444,9 @@ def jobs(agentlabd, agentlab, guest, vm_init):
         # transition) are at most max_vms.
         most_held = held_at_acquisitions(farm, fake, started)
         check(most_held <= 2, f"{most_held} jobs acquired while their VMs ran, on max_vms = 2")
+        check(fake.acquirable_calls >= 1 and "acquirable jobs not offered again" in farm.log(),
+              f"jobs left available were not caught up ({fake.acquirable_calls} calls)")
+        fake.reoffer_s = 3.0
         check(fake.acquired_total == 5, f"{fake.acquired_total} acquisitions for 5 jobs")
         check("the message-queue token expired; refreshing the session" in farm.log(),
               "the 401 was not met")

@@ -14,9 +14,9 @@
 #include "runner/base/util.h"
 #include "runner/sources/github_scaleset_msg.h"
 
-#define STATS                                                                               \
+#define STATS                                                                                   \
     "\"statistics\":{\"totalAvailableJobs\":1,\"totalAcquiredJobs\":2,\"totalAssignedJobs\":3," \
-    "\"totalRunningJobs\":4,\"totalRegisteredRunners\":5,\"totalBusyRunners\":6,"           \
+    "\"totalRunningJobs\":4,\"totalRegisteredRunners\":5,\"totalBusyRunners\":6,"               \
     "\"totalIdleRunners\":7}"
 
 static int parse_msg(const char *doc, struct scaleset_message *m, struct al_error **err)
@@ -45,7 +45,8 @@ static void test_message_jobs(void **state)
             "\\\"ownerName\\\":\\\"octo-org\\\",\\\"jobDisplayName\\\":\\\"build it\\\"},"
             "{\\\"messageType\\\":\\\"JobAssigned\\\",\\\"runnerRequestId\\\":7848922},"
             "{\\\"messageType\\\":\\\"JobStarted\\\",\\\"runnerRequestId\\\":7848922,"
-            "\\\"runnerId\\\":17,\\\"runnerName\\\":\\\"runner-1a2b3c4d\\\",\\\"jobId\\\":\\\"1448\\\"},"
+            "\\\"runnerId\\\":17,\\\"runnerName\\\":\\\"runner-1a2b3c4d\\\",\\\"jobId\\\":"
+            "\\\"1448\\\"},"
             "{\\\"messageType\\\":\\\"JobCompleted\\\",\\\"runnerRequestId\\\":7848922,"
             "\\\"result\\\":\\\"canceled\\\",\\\"runnerId\\\":0,\\\"runnerName\\\":\\\"\\\"},"
             "{\\\"messageType\\\":\\\"SomethingNew\\\",\\\"whatever\\\":[1,2]}]\"," STATS "}";
@@ -118,8 +119,8 @@ static void test_message_refused(void **state)
             {"{\"messageId\":1,\"messageType\":\"RunnerScaleSetJobMessages\",\"body\":\"{}\"," STATS
              "}",
              "array"},
-            {"{\"messageId\":1,\"messageType\":\"RunnerScaleSetJobMessages\",\"body\":\"[1]\"," STATS
-             "}",
+            {"{\"messageId\":1,\"messageType\":\"RunnerScaleSetJobMessages\",\"body\":\"[1]"
+             "\"," STATS "}",
              "body[0]"},
             {"{\"messageId\":1,\"messageType\":\"RunnerScaleSetJobMessages\",\"body\":"
              "\"[{\\\"messageType\\\":\\\"JobAvailable\\\"}]\"," STATS "}",
@@ -332,6 +333,44 @@ static void test_lookup_jit_acquired(void **state)
     expect_fail(scaleset_parse_acquired(doc, strlen(doc), &ids, &n, &err), err, "value[0]");
 }
 
+/* GET acquirablejobs, in the shape ARC's client documents */
+static void test_acquirable(void **state)
+{
+    (void)state;
+    struct al_error *err = NULL;
+    struct scaleset_message m = {0};
+    const char *doc =
+            "{\"count\":2,\"value\":["
+            "{\"acquireJobUrl\":\"https://x/acquire/11\",\"messageType\":\"JobAvailable\","
+            "\"runnerRequestId\":11,\"repositoryName\":\"r\",\"ownerName\":\"o\","
+            "\"jobWorkflowRef\":\"o/r/.github/workflows/ci.yml@refs/heads/main\","
+            "\"eventName\":\"push\",\"requestLabels\":[\"agentlab-vm\"]},"
+            "{\"messageType\":\"JobAssigned\",\"runnerRequestId\":12}]}";
+    assert_int_equal(scaleset_parse_acquirable(doc, strlen(doc), &m, &err), 0);
+    assert_int_equal(m.n_jobs, 2);
+    assert_int_equal(m.id, 0);
+    assert_int_equal(m.jobs[0].kind, SCALESET_JOB_AVAILABLE);
+    assert_int_equal(m.jobs[0].request_id, 11);
+    assert_string_equal(m.jobs[0].repo, "o/r");
+    /* only JobAvailable can be acquired */
+    assert_int_equal(m.jobs[1].kind, SCALESET_JOB_OTHER);
+    scaleset_message_clear(&m);
+
+    doc = "{\"count\":0}";
+    assert_int_equal(scaleset_parse_acquirable(doc, strlen(doc), &m, &err), 0);
+    assert_int_equal(m.n_jobs, 0);
+    scaleset_message_clear(&m);
+
+    doc = "{\"count\":2,\"value\":[{\"messageType\":\"JobAvailable\",\"runnerRequestId\":1}]}";
+    expect_fail(scaleset_parse_acquirable(doc, strlen(doc), &m, &err), err, "count");
+    doc = "{\"count\":1,\"value\":[{\"messageType\":\"JobAvailable\",\"runnerRequestId\":0}]}";
+    expect_fail(scaleset_parse_acquirable(doc, strlen(doc), &m, &err), err, "value[0]");
+    doc = "{\"count\":1,\"value\":{}}";
+    expect_fail(scaleset_parse_acquirable(doc, strlen(doc), &m, &err), err, "value");
+    doc = "[]";
+    expect_fail(scaleset_parse_acquirable(doc, strlen(doc), &m, &err), err, "acquirablejobs");
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -363,6 +402,7 @@ int main(void)
             cmocka_unit_test(test_registration),
             cmocka_unit_test(test_session),
             cmocka_unit_test(test_lookup_jit_acquired),
+            cmocka_unit_test(test_acquirable),
             cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
