@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runner/base/sha256.h"
 #include "runner/base/util.h"
 
 static void note(struct artifact_summary *s, const char *fmt, ...) _printf_(2, 3);
@@ -47,11 +48,93 @@ static bool path_is_safe(const char *p)
     return true;
 }
 
+void artifact_index_clear(struct artifact_index *x)
+{
+    for (size_t i = 0; i < x->n; i++)
+        free(x->v[i].path);
+    free(x->v);
+    *x = (struct artifact_index){0};
+}
+
+static int index_add(struct artifact_index *x, size_t *cap, const char *path, size_t plen,
+                     uint64_t size, const char *sha256)
+{
+    if (x->n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 64;
+        struct artifact_file *v = reallocarray(x->v, ncap, sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        x->v = v;
+        *cap = ncap;
+    }
+    /* one spelling per file: "./a//b/./c" is "a/b/c" */
+    char *p = malloc(plen + 1);
+    if (!p)
+        return -ENOMEM;
+    size_t o = 0;
+    for (size_t i = 0; i < plen;) {
+        size_t e = i;
+        while (e < plen && path[e] != '/')
+            e++;
+        bool skip = e == i || (e - i == 1 && path[i] == '.');
+        if (!skip) {
+            if (o)
+                p[o++] = '/';
+            memcpy(p + o, path + i, e - i);
+            o += e - i;
+        }
+        i = e + 1;
+    }
+    p[o] = '\0';
+    struct artifact_file *f = &x->v[x->n++];
+    *f = (struct artifact_file){.path = p, .size = size};
+    memcpy(f->sha256, sha256, sizeof(f->sha256));
+    return 0;
+}
+
+static int by_path_then_order(const void *a, const void *b, void *arg)
+{
+    const struct artifact_file *v = arg;
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    int c = strcmp(v[i].path, v[j].path);
+    return c ? c : (i < j ? -1 : i > j);
+}
+
+/* Sorted by path; of a path written twice only the last write stays. */
+static int index_finish(struct artifact_index *x)
+{
+    if (x->n < 2)
+        return 0;
+    _cleanup_free_ size_t *ord = calloc(x->n, sizeof(*ord));
+    _cleanup_free_ struct artifact_file *out = calloc(x->n, sizeof(*out));
+    if (!ord || !out)
+        return -ENOMEM;
+    for (size_t i = 0; i < x->n; i++)
+        ord[i] = i;
+    qsort_r(ord, x->n, sizeof(*ord), by_path_then_order, x->v);
+    size_t n = 0;
+    for (size_t k = 0; k < x->n; k++) {
+        struct artifact_file *f = &x->v[ord[k]];
+        if (k + 1 < x->n && streq(f->path, x->v[ord[k + 1]].path)) {
+            free(f->path); /* overwritten later in the archive */
+            continue;
+        }
+        out[n++] = *f;
+    }
+    free(x->v);
+    x->v = TAKE_PTR(out);
+    x->n = n;
+    return 0;
+}
+
 static int extract(const char *tar_path, bool zip, const char *dest_dir,
                    const struct artifact_limits *lim, struct artifact_summary *ret,
-                   struct al_error **err)
+                   struct artifact_index *index, struct al_error **err)
 {
     struct artifact_summary s = {0};
+    size_t index_cap = 0;
+    if (index)
+        *index = (struct artifact_index){0};
     int r = al_mkdir_p(dest_dir, 0755, err);
     if (r < 0)
         return r;
@@ -184,12 +267,16 @@ static int extract(const char *tar_path, bool zip, const char *dest_dir,
         uint64_t written = 0;
         la_ssize_t n;
         bool damaged = false;
+        struct al_sha256 h;
+        al_sha256_init(&h);
         while ((n = archive_read_data(in, buf, sizeof(buf))) > 0) {
             if (write(fd, buf, (size_t)n) != n) {
                 r = al_error_set_errno(err, errno, "writing %s/%s", dest_dir, path);
                 close(fd);
                 goto out;
             }
+            if (index)
+                al_sha256_update(&h, buf, (size_t)n);
             written += (uint64_t)n;
         }
         if (n < 0)
@@ -203,24 +290,43 @@ static int extract(const char *tar_path, bool zip, const char *dest_dir,
         }
         s.files++;
         s.bytes += written;
+        if (index) {
+            char hex[AL_SHA256_HEX_SIZE];
+            al_sha256_final_hex(&h, hex);
+            if (index_add(index, &index_cap, path, plen, written, hex) < 0) {
+                r = al_error_set(err, ENOMEM, "out of memory");
+                goto out;
+            }
+        }
     }
-    r = 0;
+    r = index ? index_finish(index) : 0;
+    if (r < 0)
+        r = al_error_set(err, -r, "out of memory");
 out:
     archive_read_free(in);
     if (r == 0)
         *ret = s;
+    else if (index)
+        artifact_index_clear(index);
     return r;
 }
 
 int artifacts_extract(const char *tar_path, const char *dest_dir, const struct artifact_limits *lim,
                       struct artifact_summary *ret, struct al_error **err)
 {
-    return extract(tar_path, false, dest_dir, lim, ret, err);
+    return extract(tar_path, false, dest_dir, lim, ret, NULL, err);
+}
+
+int artifacts_extract_indexed(const char *tar_path, const char *dest_dir,
+                              const struct artifact_limits *lim, struct artifact_summary *ret,
+                              struct artifact_index *ret_index, struct al_error **err)
+{
+    return extract(tar_path, false, dest_dir, lim, ret, ret_index, err);
 }
 
 int artifacts_extract_zip(const char *zip_path, const char *dest_dir,
                           const struct artifact_limits *lim, struct artifact_summary *ret,
                           struct al_error **err)
 {
-    return extract(zip_path, true, dest_dir, lim, ret, err);
+    return extract(zip_path, true, dest_dir, lim, ret, NULL, err);
 }

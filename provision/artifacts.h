@@ -37,6 +37,28 @@ struct artifact_summary {
 int artifacts_extract(const char *tar_path, const char *dest_dir, const struct artifact_limits *lim,
                       struct artifact_summary *ret, struct al_error **err);
 
+/* One regular file an extraction wrote: its path below dest_dir (no
+ * leading "./", no trailing "/"), size and SHA-256 (lower-case hex). A path
+ * the archive holds twice is listed once, with what was written last. */
+struct artifact_file {
+    char *path;
+    uint64_t size;
+    char sha256[65];
+};
+
+struct artifact_index {
+    struct artifact_file *v;
+    size_t n;
+};
+
+void artifact_index_clear(struct artifact_index *x);
+
+/* artifacts_extract(), also listing every file written in *ret_index
+ * (cleared first; the caller clears it again when done). */
+int artifacts_extract_indexed(const char *tar_path, const char *dest_dir,
+                              const struct artifact_limits *lim, struct artifact_summary *ret,
+                              struct artifact_index *ret_index, struct al_error **err);
+
 /* The same rules for a zip archive (a GitLab job's artifacts, which come
  * from the forge). */
 int artifacts_extract_zip(const char *zip_path, const char *dest_dir,

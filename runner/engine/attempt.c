@@ -79,6 +79,7 @@ static void attempt_free(struct attempt *a)
     free(a->log_path);
     free(a->tar_path);
     free(a->artifacts_dir);
+    artifact_index_clear(&a->res.artifact_files);
     free(a);
 }
 
@@ -233,13 +234,14 @@ static void on_vm_diag(struct vm *vm, const char *msg, void *data)
 struct extract_job {
     struct attempt *a;
     struct artifact_summary sum;
+    struct artifact_index index;
 };
 
 static int extract_work(void *data, struct al_error **err)
 {
     struct extract_job *x = data;
-    return artifacts_extract(x->a->tar_path, x->a->artifacts_dir, &x->a->p.artifact_limits, &x->sum,
-                             err);
+    return artifacts_extract_indexed(x->a->tar_path, x->a->artifacts_dir, &x->a->p.artifact_limits,
+                                     &x->sum, &x->index, err);
 }
 
 static void extract_done(void *data, int result, struct al_error *err)
@@ -249,6 +251,8 @@ static void extract_done(void *data, int result, struct al_error *err)
     if (result == 0) {
         a->res.have_artifacts = true;
         a->res.artifacts = x->sum;
+        a->res.artifact_files = x->index;
+        x->index = (struct artifact_index){0};
         if (x->sum.over_bytes)
             note_limit(a, AL_LIMIT_ARTIFACT_SIZE);
         if (x->sum.over_files)
@@ -264,6 +268,7 @@ static void extract_done(void *data, int result, struct al_error *err)
                  al_error_message(err));
     }
     al_error_free(err);
+    artifact_index_clear(&x->index);
     free(x);
     a->pending--;
     maybe_done(a);

@@ -50,6 +50,7 @@ struct attempt_result {
     bool log_truncated;
     bool have_artifacts;
     struct artifact_summary artifacts;
+    struct artifact_index artifact_files; /* what was written, for the store's index */
     /* phase durations in ms: launch -> disk and seed ready, -> VM started,
      * -> workload started (boot), workload run, teardown; and the total */
     uint64_t ms_provision, ms_start, ms_boot, ms_run, ms_cleanup, ms_total;

@@ -92,12 +92,31 @@ static void on_attempt_decided(struct attempt *a, const struct attempt_result *r
     eng_transition(j, to, detail, code, r->exit_code);
 }
 
+/* The files an attempt collected go into the store's index: their sizes
+ * count toward the job's bytes, which retention_size weighs. */
 static void index_artifacts(struct ejob *j, const struct attempt_result *r)
 {
     if (!r->have_artifacts || !r->artifacts.files)
         return;
     log_info(j->id, "artifacts: %" PRIu64 " files, %" PRIu64 " bytes%s%s", r->artifacts.files,
              r->artifacts.bytes, r->artifacts.note[0] ? "; " : "", r->artifacts.note);
+    const struct artifact_index *x = &r->artifact_files;
+    if (!x->n)
+        return;
+    _cleanup_free_ struct store_artifact *v = calloc(x->n, sizeof(*v));
+    struct al_error *err = NULL;
+    if (!v) {
+        log_error(j->id, "indexing %zu artifacts: out of memory", x->n);
+        return;
+    }
+    for (size_t i = 0; i < x->n; i++) {
+        v[i].path = x->v[i].path; /* borrowed */
+        v[i].size = x->v[i].size;
+        memcpy(v[i].sha256, x->v[i].sha256, sizeof(v[i].sha256));
+    }
+    if (store_artifacts_index(j->e->store, j->id, v, x->n, &err) < 0)
+        log_error(j->id, "indexing %zu artifacts: %s", x->n, al_error_message(err));
+    al_error_free(err);
 }
 
 static void on_attempt_done(struct attempt *a, const struct attempt_result *r, void *data)

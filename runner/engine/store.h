@@ -250,6 +250,11 @@ struct store_artifact {
  * its size counts toward the job's bytes. -EEXIST for a path already indexed. */
 int store_artifact_add(struct store *s, const char *job_id, const char *path, uint64_t size,
                        const char *sha256_hex, struct al_error **err);
+/* Indexes the files an attempt collected, in one transaction: a path
+ * already indexed (an earlier attempt wrote it too) takes the new size and
+ * digest, and the job's bytes become its log plus all its indexed files. */
+int store_artifacts_index(struct store *s, const char *job_id, const struct store_artifact *v,
+                          size_t n, struct al_error **err);
 int store_artifact_list(struct store *s, const char *job_id, struct store_artifact **ret_artifacts,
                         size_t *ret_n, struct al_error **err);
 void store_artifacts_free(struct store_artifact *a, size_t n);

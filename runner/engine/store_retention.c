@@ -79,6 +79,60 @@ int store_artifact_add(struct store *s, const char *job_id, const char *path, ui
     return st_tx_commit(&tx, err);
 }
 
+static int sum_job_bytes(struct store *s, const char *job_id, struct al_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_SUM_BYTES, err);
+    if (!st)
+        return -EIO;
+    int rc = st_bind_plain(st, 1, job_id);
+    if (rc != SQLITE_OK)
+        return st_db_fail(s, rc, err, "updating the size of job %s", job_id);
+    int r = st_run_write(s, st, "updating a job's size", err);
+    if (r < 0)
+        return r;
+    if (sqlite3_changes(s->db) == 0)
+        return al_error_set(err, ENOENT, "job %s not found", job_id);
+    return 0;
+}
+
+int store_artifacts_index(struct store *s, const char *job_id, const struct store_artifact *v,
+                          size_t n, struct al_error **err)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!sha256_hex_is_valid(v[i].sha256))
+            return al_error_set(err, EINVAL, "artifact %s: sha256 must be 64 lower-case hex digits",
+                                v[i].path);
+        if (v[i].size > INT64_MAX)
+            return al_error_set(err, ERANGE, "artifact %s: size out of range", v[i].path);
+    }
+    _cleanup_tx_ struct tx tx = {0};
+    int r = st_tx_begin(s, &tx, err);
+    if (r < 0)
+        return r;
+    /* first: a job that is not there is ENOENT, not a constraint */
+    if ((r = sum_job_bytes(s, job_id, err)) < 0)
+        return r;
+    for (size_t i = 0; i < n; i++) {
+        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_ARTIFACT_UPSERT, err);
+        if (!st)
+            return -EIO;
+        int rc = st_bind_plain(st, 1, job_id);
+        if (rc == SQLITE_OK)
+            rc = st_bind_text(st, 2, v[i].path);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(st, 3, (int64_t)v[i].size);
+        if (rc == SQLITE_OK)
+            rc = st_bind_plain(st, 4, v[i].sha256);
+        if (rc != SQLITE_OK)
+            return st_db_fail(s, rc, err, "indexing artifact %s", v[i].path);
+        if ((r = st_run_write(s, st, "indexing an artifact", err)) < 0)
+            return r;
+    }
+    if ((r = sum_job_bytes(s, job_id, err)) < 0)
+        return r;
+    return st_tx_commit(&tx, err);
+}
+
 void store_artifacts_free(struct store_artifact *a, size_t n)
 {
     for (size_t i = 0; a && i < n; i++)

@@ -56,6 +56,11 @@ static const char *const stmt_sql[ST_COUNT] = {
                                "VALUES (?1, ?2, ?3, ?4)",
         [ST_ARTIFACT_LIST] = "SELECT path, size, sha256 FROM artifacts WHERE job_id = ?1 "
                              "ORDER BY path",
+        [ST_ARTIFACT_UPSERT] = "INSERT INTO artifacts (job_id, path, size, sha256) "
+                               "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job_id, path) DO UPDATE "
+                               "SET size = excluded.size, sha256 = excluded.sha256",
+        [ST_JOB_SUM_BYTES] = "UPDATE jobs SET bytes = log_bytes + (SELECT COALESCE(SUM(size), 0) "
+                             "FROM artifacts WHERE job_id = ?1) WHERE id = ?1",
         [ST_JOB_ADD_BYTES] = "UPDATE jobs SET bytes = bytes + ?2 WHERE id = ?1",
         [ST_JOB_ADD_LIMITS] = "UPDATE jobs SET limits = limits | ?2 WHERE id = ?1",
         [ST_JOB_SET_LOG_BYTES] = "UPDATE jobs SET bytes = bytes - log_bytes + ?2, log_bytes = ?2 "

@@ -13,6 +13,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "runner/base/sha256.h"
 #include "runner/base/util.h"
 #include "provision/artifacts.h"
 #include "provision/workdir.h"
@@ -135,6 +136,67 @@ static void test_hostile_archive(void **state)
     assert_int_equal(s.skipped, 6);
     assert_false(s.truncated);
     assert_non_null(strstr(s.note, "unsafe path"));
+    free(dest);
+    free(tar);
+}
+
+/* The index lists what was written: one spelling per path, the last write
+ * of a path the archive holds twice, nothing that was skipped. */
+static void test_index(void **state)
+{
+    (void)state;
+    char *tar = al_path_join(tmp, "index.tar");
+    struct archive *a = archive_write_new();
+    archive_write_set_format_pax_restricted(a);
+    assert_int_equal(archive_write_open_filename(a, tar), ARCHIVE_OK);
+    add(a, "./b.txt", AE_IFREG, 0644, "first\n", NULL);
+    add(a, "d", AE_IFDIR, 0755, NULL, NULL);
+    add(a, "d//./c.bin", AE_IFREG, 0644, "abc", NULL);
+    add(a, "../x", AE_IFREG, 0644, "escaped\n", NULL);
+    add(a, "e", AE_IFREG, 0644, "", NULL);
+    add(a, "b.txt", AE_IFREG, 0644, "second write\n", NULL);
+    archive_write_close(a);
+    archive_write_free(a);
+
+    char *dest = al_path_join(tmp, "index-out");
+    struct artifact_limits lim = {0};
+    struct artifact_summary s;
+    struct artifact_index x = {0};
+    struct al_error *err = NULL;
+    if (artifacts_extract_indexed(tar, dest, &lim, &s, &x, &err) < 0)
+        fail_msg("extract: %s", al_error_message(err));
+    assert_int_equal(s.files, 4);
+    assert_int_equal(x.n, 3);
+    assert_string_equal(x.v[0].path, "b.txt");
+    assert_int_equal(x.v[0].size, 13);
+    char hex[AL_SHA256_HEX_SIZE];
+    al_sha256_hex("second write\n", 13, hex);
+    assert_string_equal(x.v[0].sha256, hex);
+    assert_string_equal(x.v[1].path, "d/c.bin");
+    assert_int_equal(x.v[1].size, 3);
+    /* SHA-256("abc"), FIPS 180-2 */
+    assert_string_equal(x.v[1].sha256,
+                        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_string_equal(x.v[2].path, "e");
+    assert_int_equal(x.v[2].size, 0);
+    assert_string_equal(x.v[2].sha256,
+                        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    /* what the index says is what is on disk */
+    for (size_t i = 0; i < x.n; i++) {
+        _cleanup_free_ char *p = al_path_join(dest, x.v[i].path);
+        uint64_t size = 0;
+        assert_int_equal(al_sha256_file(p, hex, &size, &err), 0);
+        assert_string_equal(hex, x.v[i].sha256);
+        assert_int_equal(size, x.v[i].size);
+    }
+    artifact_index_clear(&x);
+    assert_null(x.v);
+    assert_int_equal(x.n, 0);
+
+    /* a failed extraction leaves an empty index */
+    assert_true(artifacts_extract_indexed("/nonexistent.tar", dest, &lim, &s, &x, &err) < 0);
+    err = al_error_free(err);
+    assert_int_equal(x.n, 0);
     free(dest);
     free(tar);
 }
@@ -372,6 +434,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_hostile_archive),
+            cmocka_unit_test(test_index),
             cmocka_unit_test(test_limits),
             cmocka_unit_test(test_limits_count_every_directory),
             cmocka_unit_test(test_damaged_and_missing),

@@ -638,6 +638,45 @@ static void test_artifacts_and_sizes(void **state)
     assert_string_equal(a[0].sha256, h2);
     assert_string_equal(a[1].path, "out/a.txt");
     store_artifacts_free(a, n);
+
+    /* an attempt's files in one go: a path written again (a retry) takes
+     * the new size and digest, and the job's bytes are its log plus every
+     * indexed file, counted once */
+    const struct store_artifact again[] = {
+            {.path = "b.bin",
+             .size = 30,
+             .sha256 = "1111111111111111111111111111111111111111111111111111111111111111"},
+            {.path = "new/c",
+             .size = 6,
+             .sha256 = "2222222222222222222222222222222222222222222222222222222222222222"},
+    };
+    assert_int_equal(store_artifacts_index(f->store, id, again, 2, NULL), 0);
+    job = get(f, id);
+    assert_int_equal(job->bytes, 700 + 1000 + 30 + 6);
+    store_job_free(job);
+    assert_int_equal(store_artifact_list(f->store, id, &a, &n, NULL), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(a[0].path, "b.bin");
+    assert_int_equal(a[0].size, 30);
+    assert_string_equal(a[0].sha256, again[0].sha256);
+    store_artifacts_free(a, n);
+    /* all or nothing: a bad digest indexes none of the files */
+    const struct store_artifact bad[] = {
+            {.path = "z1",
+             .size = 1,
+             .sha256 = "3333333333333333333333333333333333333333333333333333333333333333"},
+            {.path = "z2", .size = 1, .sha256 = "not hex"},
+    };
+    err = NULL;
+    assert_int_equal(store_artifacts_index(f->store, id, bad, 2, &err), -EINVAL);
+    al_error_free(err);
+    err = NULL;
+    assert_int_equal(store_artifacts_index(f->store, "j000000000000deadbeef", again, 1, &err),
+                     -ENOENT);
+    al_error_free(err);
+    assert_int_equal(store_artifact_list(f->store, id, &a, &n, NULL), 0);
+    assert_int_equal(n, 3);
+    store_artifacts_free(a, n);
 }
 
 static void test_prune(void **state)
