@@ -244,6 +244,12 @@ static int parse_line(const char *p, const char *end, unsigned line, const struc
         al_error_free(perr);
         return r;
     }
+    if (js->batch) {
+        job_spec_free(js);
+        return al_error_set(err, EINVAL,
+                            "line %u: %sbatch: not allowed in a batch's lines (they are its jobs)",
+                            line, prefix);
+    }
     *ret = (struct batch_item){.spec = js, .params = TAKE_PTR(params), .line = line};
     return apply_options(ret, o, err);
 }

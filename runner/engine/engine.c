@@ -15,6 +15,7 @@
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/engine/engine_priv.h"
+#include "runner/engine/store_batch.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -387,7 +388,10 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
     e->dirty = true;
     j->state = JOB_STATE_QUEUED;
     j->max_attempts = spec->max_attempts;
-    r = job_dir_prepare(e, j, opts, err);
+    if (spec->batch)
+        r = store_batch_tag(e->store, spec->batch, j->id, NULL, NULL, err);
+    if (r == 0)
+        r = job_dir_prepare(e, j, opts, err);
     if (r == 0)
         r = eng_build_request(j, err);
     if (r < 0) {

@@ -123,6 +123,7 @@ struct job_spec *job_spec_free(struct job_spec *spec)
     strv_free(spec->artifacts);
     strv_free(spec->labels);
     free(spec->pool);
+    free(spec->batch);
     free(spec->source.id);
     free(spec->source.url);
     free(spec);

@@ -95,6 +95,9 @@ struct job_spec {
     char **labels; /* NULL-terminated, or NULL */
     size_t n_labels;
     char *pool; /* NULL = the agent's default pool */
+    /* NULL = none. A job from a source (spool, HTTP queue, API) joins the
+     * newest batch of this name, made with its first job (store_batch_tag) */
+    char *batch;
     struct job_source source;
     int max_attempts; /* 0 = unset */
     int inject;       /* enum inject_mode, or -1 = the backend's setting */

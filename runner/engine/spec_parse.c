@@ -9,7 +9,9 @@
 #include "runner/base/log.h"
 #include "runner/base/utf8.h"
 #include "runner/base/util.h"
+#include "runner/engine/batch.h"
 #include "runner/engine/spec_text.h"
+#include "runner/engine/store_batch.h"
 
 /* ---- schema ------------------------------------------------------------- */
 
@@ -26,6 +28,7 @@ enum field {
     F_ARTIFACTS,
     F_LABELS,
     F_POOL,
+    F_BATCH,
     F_SOURCE,
     F_MAX_ATTEMPTS,
     F_INJECT,
@@ -68,6 +71,7 @@ static const struct field_desc fields[F_COUNT] = {
         [F_ARTIFACTS] = {"artifacts", F_ROOT, K_ARRAY, 0, 0, false},
         [F_LABELS] = {"labels", F_ROOT, K_ARRAY, 0, 0, false},
         [F_POOL] = {"pool", F_ROOT, K_STRING, 0, 0, false},
+        [F_BATCH] = {"batch", F_ROOT, K_STRING, 0, 0, false},
         [F_SOURCE] = {"source", F_ROOT, K_OBJECT, 0, 0, false},
         [F_MAX_ATTEMPTS] = {"max_attempts", F_ROOT, K_INT, 1, JOB_SPEC_MAX_MAX_ATTEMPTS, false},
         [F_INJECT] = {"inject", F_ROOT, K_STRING, 0, 0, false},
@@ -287,6 +291,23 @@ static int on_string_field(struct parser *p, enum field f, const struct jvalue *
         if (!spec_is_printable((const unsigned char *)v->s, v->len))
             return fail(p, "must not contain control characters");
         return set_string_field(p, &spec->name, v->s, v->len);
+    case F_BATCH: {
+        char name[STORE_BATCH_NAME_MAX + 1];
+        bool ok = v->len <= STORE_BATCH_NAME_MAX && !memchr(v->s, '\0', v->len);
+        if (ok) {
+            memcpy(name, v->s, v->len);
+            name[v->len] = '\0';
+            ok = batch_name_is_valid(name);
+        }
+        if (!ok) {
+            spec_quote(p->doc_secrets, got, sizeof(got), v->s, v->len);
+            return fail(p,
+                        "expected a batch name of letters, digits, '.', '_' and '-' (at most %d, "
+                        "not starting with '.' or '-'), got %s",
+                        STORE_BATCH_NAME_MAX, got);
+        }
+        return set_string_field(p, &spec->batch, v->s, v->len);
+    }
     case F_IMAGE:
     case F_POOL:
         if (!spec_name_is_valid(v->s, v->len)) {

@@ -35,8 +35,7 @@ static void test_parse_lines(void **state)
 {
     (void)state;
     char *labels[] = {"nightly", NULL};
-    struct batch_options o = {
-            .name = "eval", .retries = 2, .pool = "big", .labels = labels};
+    struct batch_options o = {.name = "eval", .retries = 2, .pool = "big", .labels = labels};
     /* 11 jobs: names are zero-padded to two digits; blank lines are skipped
      * but counted for line numbers */
     const char *body = "{\"command\": [\"true\"]}\n"
@@ -91,6 +90,8 @@ static void test_parse_refuses_whole_batch(void **state)
     parse_fails("{\"command\": [\"a\"], \"colour\": 1}\n", NULL, EINVAL,
                 "line 1: colour: unknown field");
     parse_fails("{\"command\": [\"a\"]\n", NULL, EINVAL, "line 1: ");
+    parse_fails("{\"command\": [\"a\"]}\n{\"command\": [\"b\"], \"batch\": \"x\"}\n", NULL, EINVAL,
+                "line 2: batch: not allowed in a batch's lines");
     parse_fails("{\"name\": \"same\", \"command\": [\"a\"]}\n{\"command\": [\"b\"]}\n"
                 "{\"name\": \"same\", \"command\": [\"c\"]}\n",
                 NULL, EINVAL, "line 3: name: \"same\" is already the name of line 1");
@@ -121,8 +122,8 @@ struct fixture {
     size_t n_batch_jobs;
     char ci_job[STORE_JOB_ID_SIZE];
     int running, max_running;
-    int starts;        /* batch jobs started */
-    int starts_at_ci;  /* batch jobs started when the CI job started; -1 = not yet */
+    int starts;       /* batch jobs started */
+    int starts_at_ci; /* batch jobs started when the CI job started; -1 = not yet */
     int finished;
 };
 
@@ -319,9 +320,8 @@ static void test_refused_batch_stores_nothing(void **state)
     char bid[STORE_BATCH_ID_SIZE];
     struct al_error *err = NULL;
     /* parses, but line 2's pool does not exist: checked before storing */
-    int r = submit(f, &o,
-                   "{\"command\": [\"a\"]}\n{\"command\": [\"b\"], \"pool\": \"nope\"}\n", bid,
-                   &err);
+    int r = submit(f, &o, "{\"command\": [\"a\"]}\n{\"command\": [\"b\"], \"pool\": \"nope\"}\n",
+                   bid, &err);
     assert_int_equal(r, -EINVAL);
     assert_non_null(strstr(al_error_message(err), "line 2: pool: no pool named \"nope\""));
     al_error_free(err);
@@ -505,9 +505,8 @@ static void test_tagged_jobs_from_a_queue(void **state)
     /* a submitted batch of the same name is not joined */
     char sub[STORE_BATCH_ID_SIZE];
     struct batch_options o = {.name = "queue-run", .retries = -1};
-    assert_int_equal(submit(f, &o, "{\"command\": [\"a\"], \"env\": {\"FAKE\": \"ok\"}}\n",
-                            sub, &err),
-                     0);
+    assert_int_equal(
+            submit(f, &o, "{\"command\": [\"a\"], \"env\": {\"FAKE\": \"ok\"}}\n", sub, &err), 0);
     char j4[STORE_JOB_ID_SIZE], b4[STORE_BATCH_ID_SIZE];
     insert_job(f, j4);
     assert_int_equal(store_batch_tag(f->store, "queue-run", j4, NULL, b4, &err), 0);

@@ -246,6 +246,13 @@ static const struct {
          "inject: expected \"seed\" or \"guestfs\", got \"nfs\""},
         {"{\"command\":[\"a\"],\"inject\":\"seed\\u0000x\"}", "inject: must not contain NUL bytes"},
         {"{\"command\":[\"a\"],\"secret_env_names\":[\"A\"]}", "secret_env_names: unknown field"},
+        {"{\"command\":[\"a\"],\"batch\":\"-x\"}", "batch: expected a batch name *"},
+        {"{\"command\":[\"a\"],\"batch\":\"a/b\"}", "batch: expected a batch name *"},
+        {"{\"command\":[\"a\"],\"batch\":\"a\\u0000b\"}", "batch: *"},
+        {"{\"command\":[\"a\"],\"batch\":"
+         "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
+         "batch: expected a batch name *"},
+        {"{\"command\":[\"a\"],\"batch\":7}", "batch: expected a string*"},
         {"[]", "job spec: expected a JSON object, got an array"},
         {"\"x\"", "job spec: expected a JSON object, got \"x\""},
         {"42", "job spec: expected a JSON object, got 42"},
@@ -570,7 +577,8 @@ static void test_to_json_round_trip_without_secrets(void **state)
                       "\\\"$A\\\"\"],\"env\":{\"A\":\"1\\n2\"},"
                       "\"secret_env\":{\"TOKEN\":\"very-secret-token\",\"KEY\":\"other-secret\"},"
                       "\"resources\":{\"cpus\":4},\"timeout_s\":60,\"artifacts\":[\"o/x\"],"
-                      "\"labels\":[\"l1\"],\"pool\":\"p\",\"source\":{\"type\":\"cli\","
+                      "\"labels\":[\"l1\"],\"pool\":\"p\",\"batch\":\"nightly-1\","
+                      "\"source\":{\"type\":\"cli\","
                       "\"id\":\"me\"},\"max_attempts\":2,\"inject\":\"seed\"}";
     struct job_spec *s = parse_ok(doc);
     char *json = NULL;
@@ -593,6 +601,7 @@ static void test_to_json_round_trip_without_secrets(void **state)
     assert_string_equal(back->env[0].value, "1\n2");
     assert_int_equal(back->inject, INJECT_SEED);
     assert_int_equal(back->source.type, JOB_SOURCE_CLI);
+    assert_string_equal(back->batch, "nightly-1");
 
     char *json2 = NULL;
     assert_int_equal(job_spec_to_json(back, &json2, NULL, NULL), 0);

@@ -19,6 +19,7 @@
 #include "runner/engine/config.h"
 #include "runner/engine/engine.h"
 #include "runner/engine/store.h"
+#include "runner/engine/store_batch.h"
 #include "runner/sources/spool.h"
 #include "fake_backend.h"
 
@@ -216,6 +217,40 @@ static void test_good_file_runs(void **state)
     assert_int_equal(spool_jobs(f), 1);
 }
 
+/* "batch" in a spool file: the jobs of one nightly run join one batch,
+ * made with the first; another name makes another; a bad name is refused. */
+static void test_batch_tag(void **state)
+{
+    struct fixture *f = *state;
+    start_spool(f);
+    drop(f, "a.json", "{\"command\": [\"true\"], \"batch\": \"nightly-2026-12-06\"}");
+    assert_true(run_until_file(f, "accepted/a.json.id", 5000));
+    drop(f, "b.json", "{\"command\": [\"true\"], \"batch\": \"nightly-2026-12-06\"}");
+    drop(f, "c.json", "{\"command\": [\"true\"], \"batch\": \"other\"}");
+    drop(f, "d.json", "{\"command\": [\"true\"], \"batch\": \"../x\"}");
+    assert_true(run_until_file(f, "accepted/b.json.id", 5000));
+    assert_true(run_until_file(f, "accepted/c.json.id", 5000));
+    assert_true(run_until_file(f, "rejected/d.json.error", 5000));
+    char *why = read_text(f, "rejected/d.json.error");
+    assert_non_null(strstr(why, "batch"));
+    free(why);
+
+    struct store_batch *b = NULL;
+    size_t n = 0;
+    assert_int_equal(store_batch_list(f->store, 0, &b, &n, NULL), 0);
+    assert_int_equal(n, 2);
+    unsigned nightly = 0, other = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (streq(b[i].name, "nightly-2026-12-06"))
+            nightly = b[i].total;
+        else if (streq(b[i].name, "other"))
+            other = b[i].total;
+    }
+    assert_int_equal(nightly, 2);
+    assert_int_equal(other, 1);
+    store_batches_free(b, n);
+}
+
 static void test_bad_file_rejected(void **state)
 {
     struct fixture *f = *state;
@@ -318,6 +353,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_good_file_runs, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_batch_tag, setup, teardown),
             cmocka_unit_test_setup_teardown(test_bad_file_rejected, setup, teardown),
             cmocka_unit_test_setup_teardown(test_partial_files_ignored, setup, teardown),
             cmocka_unit_test_setup_teardown(test_concurrent_cap, setup, teardown),
