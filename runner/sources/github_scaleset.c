@@ -475,12 +475,24 @@ void github_scaleset_stop(struct github_scaleset *g, void (*done)(void *data), v
     g->done_data = data;
     g->in_stop = true;
     uv_timer_stop(&g->tick_timer);
-    /* calls in flight end now (their callbacks see stopping) */
-    while (!al_list_empty(&g->inflight))
-        al_http_cancel(al_list_first_entry(&g->inflight, struct sscall, link)->http);
+    /* calls in flight end now (their callbacks see stopping), but for a
+     * session being created: the service may have made it already, and only
+     * its answer says which one to delete (within its own timeout, 30 s) */
+    for (;;) {
+        struct sscall *victim = NULL;
+        al_list_for_each(c, &g->inflight, struct sscall, link) {
+            if (!ss_call_creates_session(c)) {
+                victim = c;
+                break;
+            }
+        }
+        if (!victim)
+            break;
+        al_http_cancel(victim->http);
+    }
     ss_fail_list(&g->wait_admin, ECANCELED, "stopping");
     ss_fail_list(&g->wait_session, ECANCELED, "stopping");
-    if (g->session.session_id && admin_valid(g)) {
+    if (g->session.session_id && admin_valid_at_stop(g)) {
         /* the next listener (this farm restarted, or another) gets it at once */
         ss_call(g, "DELETE", AUTH_ADMIN,
                 ss_svc_path("runtime/runnerscalesets/%" PRId64 "/sessions/%s", g->scaleset_id,

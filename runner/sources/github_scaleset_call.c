@@ -129,11 +129,11 @@ void ss_call_send(struct sscall *c)
 {
     struct github_scaleset *g = c->g;
     bool to_svc = c->auth == AUTH_ADMIN || c->auth == AUTH_MQ_SVC;
-    if (g->stopping && (to_svc ? !admin_valid(g) : c->auth != AUTH_MQ)) {
+    if (g->stopping && (to_svc ? !admin_valid_at_stop(g) : c->auth != AUTH_MQ)) {
         call_fail(c, ECANCELED, "stopping");
         return;
     }
-    if (to_svc && !admin_valid(g)) {
+    if (to_svc && !g->stopping && !admin_valid(g)) {
         push_call(&g->wait_admin, c);
         ss_admin_refresh(g);
         return;

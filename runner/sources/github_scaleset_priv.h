@@ -234,6 +234,13 @@ static inline bool admin_valid(const struct github_scaleset *g)
     return g->admin_token && g->svc && al_now_wall_ms() / 1000 + ADMIN_MARGIN_S < g->admin_exp_s;
 }
 
+/* While stopping: good for the last calls (FINAL_TIMEOUT_MS), even when it
+ * is due for replacement, which a stopping listener no longer fetches. */
+static inline bool admin_valid_at_stop(const struct github_scaleset *g)
+{
+    return g->admin_token && g->svc && al_now_wall_ms() + FINAL_TIMEOUT_MS < g->admin_exp_s * 1000;
+}
+
 /* github_scaleset_call.c */
 void ss_call_send(struct sscall *c);
 void ss_describe(int result, const struct al_http_response *resp, const struct al_error *err,
@@ -272,6 +279,7 @@ extern const struct engine_observer ss_observer;
 /* github_scaleset_session.c */
 void ss_poll_now(struct github_scaleset *g);
 void ss_catch_up(struct github_scaleset *g);
+bool ss_call_creates_session(const struct sscall *c);
 void ss_session_create(struct github_scaleset *g);
 void ss_session_refresh(struct github_scaleset *g);
 

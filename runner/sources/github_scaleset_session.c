@@ -327,15 +327,59 @@ struct session_answer {
 
 /* The callback of both session calls: the session is no longer busy, and
  * data (a struct session_answer) takes an answer that is not dropped. */
+static struct session_answer created;
+
+static void on_session_deleted_at_stop(struct github_scaleset *g, int result,
+                                       const struct al_http_response *resp,
+                                       const struct al_error *err, void *data)
+{
+    (void)data;
+    char what[300];
+    ss_describe(result, resp, err, what, sizeof(what));
+    if (result == 0 && resp->status == 204)
+        log_info(NULL, "github %s: the session created while stopping was deleted", g->name);
+    else
+        log_warn(NULL, "github %s: deleting the session created while stopping: %s", g->name, what);
+}
+
+/* A session the service created while this listener was stopping: it would
+ * hold the scale set (409s) until it expires, so it is deleted at once. */
+static void session_created_at_stop(struct github_scaleset *g, int result,
+                                    const struct al_http_response *resp)
+{
+    struct scaleset_session s = {0};
+    if (result != 0 || resp->status != 200 ||
+        scaleset_parse_session(resp->body.data, resp->body.len, &s, NULL) < 0) {
+        if (resp)
+            wipe_body(resp);
+        return;
+    }
+    wipe_body(resp);
+    ss_call(g, "DELETE", AUTH_ADMIN,
+            ss_svc_path("runtime/runnerscalesets/%" PRId64 "/sessions/%s", g->scaleset_id,
+                        s.session_id),
+            NULL, on_session_deleted_at_stop, NULL);
+    scaleset_session_clear(&s);
+}
+
 static void on_session_answer(struct github_scaleset *g, int result,
                               const struct al_http_response *resp, const struct al_error *err,
                               void *data)
 {
     const struct session_answer *a = data;
     g->session_busy = false;
+    if (g->stopping && a == &created && result != -ECANCELED) {
+        session_created_at_stop(g, result, resp);
+        return;
+    }
     if (call_dropped(g, result, resp))
         return;
     a->fn(g, result, resp, err);
+}
+
+bool ss_call_creates_session(const struct sscall *c)
+{
+    return c->cb == on_session_answer && c->data == &created;
 }
 
 static void session_refreshed(struct github_scaleset *g, int result,

@@ -67,6 +67,7 @@ class ScalesetFake(FakeGitHub):
         self.acquired_total = 0
         self.acquired_ms = {}      # request id -> wall-clock ms of its acquirejobs
         self.acquirable_calls = 0  # GET acquirablejobs
+        self.session_answer_delay_s = 0.0
         self.mq_tokens = []        # every message-queue token issued (secrets audit)
 
     # -- knobs
@@ -272,7 +273,11 @@ class ScalesetFake(FakeGitHub):
                 if exp is None:
                     self.error(f"{where}: not a current admin token")
                 return 401, {}, None
-            return self.admin(method, path, query, doc, body, where)
+            res = self.admin(method, path, query, doc, body, where)
+        if res[0] == 200 and method == "POST" and path.endswith("/sessions"):
+            # the session exists now; its answer may be slow to come back
+            time.sleep(self.session_answer_delay_s)
+        return res
 
     def admin(self, method, path, query, doc, body, where):
         if path == "/_apis/runtime/runnergroups/" and method == "GET":

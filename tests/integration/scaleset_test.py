@@ -333,6 +333,9 @@ def protocol(agentlabd):
         check(wait_for(lambda: "session " in farm.log() and " refreshed" in farm.log(), 30),
               "the 401 was not met with a refresh")
         before = fake.sessions_created
+        # the new session's answer is slow: SIGTERM comes while it is on its
+        # way, and the session the service made must still be deleted
+        fake.session_answer_delay_s = 3
         fake.lose_session()
         check(wait_for(lambda: fake.sessions_created > before, 30), "no new session after a 404")
     finally:
@@ -340,6 +343,8 @@ def protocol(agentlabd):
         farm.logf.close()
     check(rc == 0, f"agentlabd exited {rc} on SIGTERM")
     check(fake.sessions_deleted >= 1 and fake.session is None, "the session was not deleted")
+    check("the session created while stopping was deleted" in farm.log(),
+          "SIGTERM during the session's creation did not delete what the service made")
     check(not fake.errors, "protocol violations:\n  " + "\n  ".join(fake.errors))
     regs = fake.count("POST", r"^/actions/runner-registration$")
     check(regs >= 2, f"{regs} runner-registrations: the short-lived admin token was not replaced")
