@@ -455,19 +455,6 @@ void ss_maybe_closed(struct github_scaleset *g)
     uv_close((uv_handle_t *)&g->scale_timer, on_handle_closed);
 }
 
-static void on_session_deleted(struct github_scaleset *g, int result,
-                               const struct al_http_response *resp, const struct al_error *err,
-                               void *data)
-{
-    (void)data;
-    char what[300];
-    ss_describe(result, resp, err, what, sizeof(what));
-    if (result == 0 && resp->status == 204)
-        log_info(NULL, "github %s: session deleted", g->name);
-    else
-        log_warn(NULL, "github %s: deleting the session: %s", g->name, what);
-}
-
 void github_scaleset_stop(struct github_scaleset *g, void (*done)(void *data), void *data)
 {
     g->stopping = true;
@@ -497,7 +484,7 @@ void github_scaleset_stop(struct github_scaleset *g, void (*done)(void *data), v
         ss_call(g, "DELETE", AUTH_ADMIN,
                 ss_svc_path("runtime/runnerscalesets/%" PRId64 "/sessions/%s", g->scaleset_id,
                             g->session.session_id),
-                NULL, on_session_deleted, NULL);
+                NULL, ss_on_session_deleted, "the session");
     }
     ss_state_save(g);
     g->in_stop = false;

@@ -259,6 +259,30 @@ static int parse_job(yajl_val o, const char *path, struct scaleset_job *j, struc
     return 0;
 }
 
+/* {"count": N, "value": [...]}: *ret_value is the array (NULL when absent
+ * and N is 0), at most max long; *ret_root owns it. */
+static int parse_list(const char *data, size_t len, const char *what, size_t max,
+                      yajl_val *ret_root, yajl_val *ret_value, struct al_error **err)
+{
+    int r = parse_doc(data, len, yajl_t_object, what, ret_root, err);
+    if (r < 0)
+        return r;
+    int64_t count = 0;
+    yajl_val v = NULL;
+    if ((r = get_int(*ret_root, "count", "", 0, true, &count, err)) < 0 ||
+        (r = member(*ret_root, "value", "", &v, err)) < 0)
+        return r;
+    if (v && !YAJL_IS_ARRAY(v))
+        return al_json_fail(err, "value", "expected an array, got %s", al_json_type_name(v));
+    size_t n = v ? v->u.array.len : 0;
+    if (n > max)
+        return al_json_fail(err, "value", "more than %zu entries", max);
+    if ((int64_t)n != count)
+        return al_json_fail(err, "count", "does not match the length of value");
+    *ret_value = v;
+    return 0;
+}
+
 /* The job messages of arr (a message's body, or the acquirablejobs list)
  * into m->jobs; on failure m is cleared. */
 static int parse_jobs(yajl_val arr, const char *where, struct scaleset_message *m,
@@ -323,26 +347,12 @@ int scaleset_parse_acquirable(const char *data, size_t len, struct scaleset_mess
                               struct al_error **err)
 {
     _cleanup_(yajl_tree_freep) yajl_val root = NULL;
-    int r = parse_doc(data, len, yajl_t_object, "the acquirablejobs answer", &root, err);
+    yajl_val v = NULL;
+    int r = parse_list(data, len, "the acquirablejobs answer", SCALESET_MAX_JOBS, &root, &v, err);
     if (r < 0)
         return r;
-    int64_t count = 0;
-    yajl_val v = NULL;
-    if ((r = get_int(root, "count", "", 0, true, &count, err)) < 0 ||
-        (r = member(root, "value", "", &v, err)) < 0)
-        return r;
     struct scaleset_message m = {0};
-    if (!v) {
-        if (count != 0)
-            return al_json_fail(err, "count", "does not match the length of value");
-        *ret = m;
-        return 0;
-    }
-    if (!YAJL_IS_ARRAY(v))
-        return al_json_fail(err, "value", "expected an array, got %s", al_json_type_name(v));
-    if ((int64_t)v->u.array.len != count)
-        return al_json_fail(err, "count", "does not match the length of value");
-    if ((r = parse_jobs(v, "value", &m, err)) < 0)
+    if (v && (r = parse_jobs(v, "value", &m, err)) < 0)
         return r;
     /* only what can still be acquired counts */
     for (size_t i = 0; i < m.n_jobs; i++)
@@ -604,21 +614,11 @@ int scaleset_parse_acquired(const char *data, size_t len, int64_t **ret_ids, siz
                             struct al_error **err)
 {
     _cleanup_(yajl_tree_freep) yajl_val root = NULL;
-    int r = parse_doc(data, len, yajl_t_object, "the acquirejobs answer", &root, err);
+    yajl_val v = NULL;
+    int r = parse_list(data, len, "the acquirejobs answer", SCALESET_MAX_ACQUIRED, &root, &v, err);
     if (r < 0)
         return r;
-    int64_t count = 0;
-    yajl_val v = NULL;
-    if ((r = get_int(root, "count", "", 0, true, &count, err)) < 0 ||
-        (r = member(root, "value", "", &v, err)) < 0)
-        return r;
-    size_t n = v ? (YAJL_IS_ARRAY(v) ? v->u.array.len : SIZE_MAX) : 0;
-    if (n == SIZE_MAX)
-        return al_json_fail(err, "value", "expected an array, got %s", al_json_type_name(v));
-    if (n > SCALESET_MAX_ACQUIRED)
-        return al_json_fail(err, "value", "more than %d ids", SCALESET_MAX_ACQUIRED);
-    if ((int64_t)n != count)
-        return al_json_fail(err, "count", "does not match the length of value");
+    size_t n = v ? v->u.array.len : 0;
     _cleanup_free_ int64_t *ids = calloc(n ? n : 1, sizeof(*ids));
     if (!ids)
         return al_error_set(err, ENOMEM, "out of memory");

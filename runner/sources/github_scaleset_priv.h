@@ -280,6 +280,9 @@ extern const struct engine_observer ss_observer;
 void ss_poll_now(struct github_scaleset *g);
 void ss_catch_up(struct github_scaleset *g);
 bool ss_call_creates_session(const struct sscall *c);
+void ss_on_session_deleted(struct github_scaleset *g, int result,
+                           const struct al_http_response *resp, const struct al_error *err,
+                           void *data);
 void ss_session_create(struct github_scaleset *g);
 void ss_session_refresh(struct github_scaleset *g);
 

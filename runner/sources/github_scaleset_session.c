@@ -329,17 +329,18 @@ struct session_answer {
  * data (a struct session_answer) takes an answer that is not dropped. */
 static struct session_answer created;
 
-static void on_session_deleted_at_stop(struct github_scaleset *g, int result,
-                                       const struct al_http_response *resp,
-                                       const struct al_error *err, void *data)
+/* data: which session, for the log ("the session") */
+void ss_on_session_deleted(struct github_scaleset *g, int result,
+                           const struct al_http_response *resp, const struct al_error *err,
+                           void *data)
 {
-    (void)data;
+    const char *which = data;
     char what[300];
     ss_describe(result, resp, err, what, sizeof(what));
     if (result == 0 && resp->status == 204)
-        log_info(NULL, "github %s: the session created while stopping was deleted", g->name);
+        log_info(NULL, "github %s: deleted %s", g->name, which);
     else
-        log_warn(NULL, "github %s: deleting the session created while stopping: %s", g->name, what);
+        log_warn(NULL, "github %s: deleting %s: %s", g->name, which, what);
 }
 
 /* A session the service created while this listener was stopping: it would
@@ -358,7 +359,7 @@ static void session_created_at_stop(struct github_scaleset *g, int result,
     ss_call(g, "DELETE", AUTH_ADMIN,
             ss_svc_path("runtime/runnerscalesets/%" PRId64 "/sessions/%s", g->scaleset_id,
                         s.session_id),
-            NULL, on_session_deleted_at_stop, NULL);
+            NULL, ss_on_session_deleted, "the session created while stopping");
     scaleset_session_clear(&s);
 }
 

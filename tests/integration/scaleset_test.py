@@ -343,7 +343,7 @@ def protocol(agentlabd):
         farm.logf.close()
     check(rc == 0, f"agentlabd exited {rc} on SIGTERM")
     check(fake.sessions_deleted >= 1 and fake.session is None, "the session was not deleted")
-    check("the session created while stopping was deleted" in farm.log(),
+    check("deleted the session created while stopping" in farm.log(),
           "SIGTERM during the session's creation did not delete what the service made")
     check(not fake.errors, "protocol violations:\n  " + "\n  ".join(fake.errors))
     regs = fake.count("POST", r"^/actions/runner-registration$")
