@@ -509,6 +509,11 @@ static void continue_finish(struct gljob *j)
     }
     for (;;) {
         switch (j->fstep) {
+        case FS_CACHE:
+            j->fstep = FS_ARTIFACTS;
+            if (gl_cache_save(j))
+                return;
+            continue;
         case FS_ARTIFACTS: {
             const struct gitlab_artifact *a = j->payload ? gitlab_job_archive(j->payload) : NULL;
             j->fstep = FS_FOOTER;
@@ -680,5 +685,10 @@ void gl_on_engine_finished(struct gljob *j, enum job_state state, const struct a
         unlink(tar);
     log_info(j->engine_id, "gitlab %s: job %" PRId64 " ended %s", g->src->name, j->id,
              job_state_to_string(state));
-    start_finishing(j, FS_ARTIFACTS);
+    start_finishing(j, FS_CACHE);
+}
+
+void gl_finish_continue(struct gljob *j)
+{
+    continue_finish(j);
 }
