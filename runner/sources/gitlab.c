@@ -264,14 +264,24 @@ static int request_body(struct gitlab *g, char **ret, size_t *ret_len)
     if (!gen)
         return -ENOMEM;
     static const char *const on[] = {
-            "variables",     "artifacts",         "refspecs",          "masking",
-            "raw_variables", "artifacts_exclude", "multi_build_steps", "trace_checksum",
-            "trace_size",    "cancelable",        "return_exit_code",
+            "variables",
+            "artifacts",
+            "refspecs",
+            "masking",
+            "raw_variables",
+            "artifacts_exclude",
+            "multi_build_steps",
+            "trace_checksum",
+            "trace_size",
+            "cancelable",
+            "return_exit_code",
+            /* report artifacts: one upload per artifacts[] entry, gzip or raw */
+            "upload_multiple_artifacts",
+            "upload_raw_artifacts",
     };
     static const char *const off[] = {
-            "image",       "services",      "shared", "upload_multiple_artifacts",
-            "session",     "terminal",      "proxy",  "upload_raw_artifacts",
-            "trace_reset", "vault_secrets",
+            "image",    "services", "shared",      "session",
+            "terminal", "proxy",    "trace_reset", "vault_secrets",
     };
     int r = yajl_gen_map_open(gen) != yajl_gen_status_ok;
     r |= gl_gen_kv(gen, "token", g->token);

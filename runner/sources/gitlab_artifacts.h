@@ -26,4 +26,16 @@ struct gitlab_zip_result {
 int gitlab_artifacts_zip(const char *dir, const struct gitlab_artifact *a, const char *zip_path,
                          uint64_t max_bytes, struct gitlab_zip_result *ret, struct al_error **err);
 
+/* Writes path from the files under dir that a wants, in a's format:
+ * "zip" as gitlab_artifacts_zip(); "gzip" one gzip member a file, one after
+ * the other (GitLab reads report artifacts such as junit so); "raw" the
+ * one file as it is (-EINVAL when more than one matches). Blocking. */
+int gitlab_artifacts_pack(const char *dir, const struct gitlab_artifact *a, const char *path,
+                          uint64_t max_bytes, struct gitlab_zip_result *ret, struct al_error **err);
+
+/* The file name GitLab gets for an artifact: its `name` ("artifacts" when
+ * none) with '/', '\', '"' and control characters replaced by '_', plus
+ * ".zip" for zip and ".gz" for gzip. NULL when out of memory. */
+char *gitlab_artifact_file_name(const struct gitlab_artifact *a);
+
 #endif

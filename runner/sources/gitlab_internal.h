@@ -108,6 +108,7 @@ struct gljob {
     struct al_buf footer;
     enum finish_step fstep;
     int tries;
+    size_t art_next; /* finishing: the payload artifact being uploaded */
     char *zip_path;
     curl_mime *mime;
 };

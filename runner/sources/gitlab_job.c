@@ -888,13 +888,15 @@ bool gitlab_cache_saves(const struct gitlab_cache_spec *c, bool succeeded)
     return c->policy != GITLAB_CACHE_PULL && c->n_paths && gitlab_when_applies(c->when, succeeded);
 }
 
-/* What the guest hands back: the archive's roots and those of every cache
- * that may be saved (the host sorts them out after the job). */
+/* What the guest hands back: the roots of every artifact entry (archive
+ * and reports) and of every cache that may be saved (the host sorts them
+ * out after the job). */
 static int spec_artifact_roots(const struct gitlab_job *j, struct job_spec *spec,
                                struct al_error **err)
 {
-    const struct gitlab_artifact *a = gitlab_job_archive(j);
-    size_t n = a ? a->n_paths : 0;
+    size_t n = 0;
+    for (size_t i = 0; i < j->n_artifacts; i++)
+        n += j->artifacts[i].n_paths;
     for (size_t i = 0; i < j->n_caches; i++) {
         if (gitlab_cache_saves(&j->caches[i], true) || gitlab_cache_saves(&j->caches[i], false))
             n += j->caches[i].n_paths;
@@ -908,8 +910,10 @@ static int spec_artifact_roots(const struct gitlab_job *j, struct job_spec *spec
     if (!paths)
         return al_error_set(err, ENOMEM, "out of memory");
     size_t k = 0;
-    for (size_t i = 0; a && i < a->n_paths; i++)
-        paths[k++] = a->paths[i];
+    for (size_t i = 0; i < j->n_artifacts; i++) {
+        for (size_t m = 0; m < j->artifacts[i].n_paths; m++)
+            paths[k++] = j->artifacts[i].paths[m];
+    }
     for (size_t i = 0; i < j->n_caches; i++) {
         const struct gitlab_cache_spec *c = &j->caches[i];
         if (!gitlab_cache_saves(c, true) && !gitlab_cache_saves(c, false))
