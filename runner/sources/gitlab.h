@@ -21,7 +21,9 @@
  *                                  the checkout is packed, saved after the
  *                                  job from what the guest hands back
  *                                  (gitlab_cache.h)
- *   POST  /api/v4/jobs/:id/artifacts  the `archive` artifact as a zip
+ *   POST  /api/v4/jobs/:id/artifacts  each artifacts[] entry in its format:
+ *                                  the `archive` as a zip, reports (junit,
+ *                                  ...) as gzip or raw
  *   PUT   /api/v4/jobs/:id         final state, failure_reason, exit_code
  *                                  and the trace's crc32 and size; 202 is
  *                                  retried

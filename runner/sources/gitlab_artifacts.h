@@ -1,10 +1,12 @@
-/* The zip GitLab stores as a job's `archive` artifact.
+/* The files GitLab stores as a job's artifacts: the `archive` and reports.
  *
- * GitLab accepts artifact_type=archive only with artifact_format=zip, so the
- * files the engine already extracted from the guest (checked, without
- * links or devices: provision/artifacts.h) are packed again as a zip, keeping
- * only the paths the job's patterns ask for (the guest hands back whole
- * directories for glob patterns; see gitlab_artifact_roots()).
+ * GitLab accepts artifact_type=archive only with artifact_format=zip;
+ * reports (junit, ...) come as gzip (a member per file) or raw. The files
+ * the engine already extracted from the guest (checked, without links or
+ * devices: provision/artifacts.h) are packed again, keeping only the paths
+ * the entry's patterns ask for (the guest hands back whole directories for
+ * glob patterns; see gitlab_artifact_roots()). The cache store packs its
+ * archives the same way (gitlab_cache.h).
  */
 #ifndef AL_GITLAB_ARTIFACTS_H
 #define AL_GITLAB_ARTIFACTS_H

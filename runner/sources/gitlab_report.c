@@ -419,12 +419,11 @@ static int upload_setup(CURL *easy, void *data)
         return -1;
     const struct gitlab_artifact *a = current_artifact(j);
     _cleanup_free_ char *name = gitlab_artifact_file_name(a);
-    bool zip = streq(a->format, "zip");
     curl_mimepart *part = curl_mime_addpart(j->mime);
     if (!part || !name || curl_mime_name(part, "file") != CURLE_OK ||
         curl_mime_filedata(part, j->zip_path) != CURLE_OK ||
         curl_mime_filename(part, name) != CURLE_OK ||
-        curl_mime_type(part, zip ? "application/zip" : "application/octet-stream") != CURLE_OK ||
+        curl_mime_type(part, "application/octet-stream") != CURLE_OK || /* as gitlab-runner */
         curl_easy_setopt(easy, CURLOPT_MIMEPOST, j->mime) != CURLE_OK)
         return -1;
     return 0;
