@@ -131,9 +131,10 @@ void gl_cache_restore(struct gljob *j, void (*next)(struct gljob *j))
     for (size_t i = 0; i < p->n_caches; i++)
         any |= p->caches[i].policy != GITLAB_CACHE_PUSH;
     if (!any || !g->cache) {
+        static const char none[] = "WARNING: this runner has no cache store (cache_max_size = 0, "
+                                   "or cache_dir was unusable at start: see agentlabd's log)\n";
         if (any)
-            gl_trace_append(j, "WARNING: this runner keeps no cache (cache_max_size = 0)\n",
-                            strlen("WARNING: this runner keeps no cache (cache_max_size = 0)\n"));
+            gl_trace_append(j, none, strlen(none));
         next(j);
         return;
     }
@@ -160,6 +161,18 @@ void gl_cache_restore(struct gljob *j, void (*next)(struct gljob *j))
         return;
     }
     j->working = true;
+}
+
+void gl_cache_skip_restore(struct gljob *j)
+{
+    static const char msg[] = "WARNING: caches are restored only with clone = host: this job "
+                              "starts without them\n";
+    for (size_t i = 0; i < j->payload->n_caches; i++) {
+        if (j->payload->caches[i].policy != GITLAB_CACHE_PUSH) {
+            gl_trace_append(j, msg, strlen(msg));
+            return;
+        }
+    }
 }
 
 /* ---- save ---- */

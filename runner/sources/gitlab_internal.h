@@ -215,6 +215,9 @@ void gl_finish_continue(struct gljob *j);
  * trace says what was found), then calls next; a failure is a warning
  * in the trace. A cancel meanwhile fails the job instead. */
 void gl_cache_restore(struct gljob *j, void (*next)(struct gljob *j));
+/* Says in the trace that the job's caches are not restored (no host
+ * checkout), when it has any to restore. */
+void gl_cache_skip_restore(struct gljob *j);
 /* Saves the job's caches that apply from what its guest handed back;
  * true when that work started (j->working, then gl_finish_continue()). */
 bool gl_cache_save(struct gljob *j);

@@ -314,6 +314,7 @@ void gl_start_job(struct gitlab *g, const char *body, size_t len)
                              "agentlabd into the sources it checks out: they need clone = host");
             return;
         }
+        gl_cache_skip_restore(j);
         submit(j, NULL);
         return;
     }
