@@ -117,10 +117,12 @@ static void restore_done(void *data, int result, struct al_error *err)
     al_buf_free(&q->log);
     void (*next)(struct gljob *) = q->next;
     free(q);
-    if (j->cancel_requested)
+    if (j->cancel_requested) {
         gl_fail_early(j, "%s", j->shutdown ? "agentlabd stopped" : "canceled");
-    else
-        next(j);
+        return;
+    }
+    gl_trace_tick_arm(j, (uint64_t)j->interval_s * 1000u);
+    next(j);
 }
 
 void gl_cache_restore(struct gljob *j, void (*next)(struct gljob *j))
@@ -160,6 +162,10 @@ void gl_cache_restore(struct gljob *j, void (*next)(struct gljob *j))
         gl_fail_early(j, "out of memory");
         return;
     }
+    /* no trace or keep-alive call meanwhile: the dependencies' downloads
+     * that follow take j->call */
+    uv_timer_stop(&j->timer);
+    j->timer_armed = false;
     j->working = true;
 }
 
