@@ -22,6 +22,7 @@
 #include "runner/sources/github.h"
 #include "runner/sources/github_scaleset.h"
 #include "runner/sources/gitlab.h"
+#include "runner/sources/gitlab_cache.h"
 #include "runner/sources/httpq.h"
 #include "runner/sources/spool.h"
 #include "runner/engine/store.h"
@@ -182,6 +183,20 @@ static void scaleset_status(void *data, struct api_source_status *ret)
     ret->n_gauges = ARRAY_SIZE(g);
 }
 
+static void gitlab_status(void *data, struct api_source_status *ret)
+{
+    struct gitlab_cache_stats s;
+    gitlab_cache_stats(data, &s);
+    snprintf(ret->state, sizeof(ret->state), "polling");
+    const struct api_source_gauge g[] = {
+            {"cache_bytes", (int64_t)s.bytes}, {"cache_archives", (int64_t)s.archives},
+            {"cache_hits", (int64_t)s.hits},   {"cache_misses", (int64_t)s.misses},
+            {"cache_saves", (int64_t)s.saves}, {"cache_evictions", (int64_t)s.evictions},
+    };
+    memcpy(ret->gauges, g, sizeof(g));
+    ret->n_gauges = ARRAY_SIZE(g);
+}
+
 static void on_reconciled(const struct engine_reconcile_report *r, void *data)
 {
     struct daemon *d = data;
@@ -212,6 +227,9 @@ static void on_reconciled(const struct engine_reconcile_report *r, void *data)
             sr = gitlab_start(&d->loop, d->engine, d->curl, d->cfg, src, &gl, &err);
             h = gl;
             stop = stop_gitlab;
+            if (sr == 0 && d->api &&
+                api_source_status(d->api, src->name, "gitlab", gitlab_status, gl) < 0)
+                log_error(NULL, "source %s: out of memory", src->name);
         } else if (src->type == SOURCE_GITHUB && src->github_mode == GITHUB_MODE_SCALESET) {
             struct github_scaleset *ss = NULL;
             sr = github_scaleset_start(&d->loop, d->engine, d->curl, d->cfg, src, &ss, &err);

@@ -213,6 +213,12 @@ static const struct config_key keys[] = {
          INT64_MAX, NULL, "bytes of a job's log sent to GitLab, such as 4M"},
         {SEC_SOURCE, T(SOURCE_GITLAB), "max_checkout_size", KEY_SIZE, S(max_checkout_bytes), "2G",
          1 << 20, INT64_MAX, NULL, "size cap of a host-side checkout, such as 2G"},
+        {SEC_SOURCE, T(SOURCE_GITLAB), "cache_dir", KEY_PATH, S(cache_dir), "", 0, 0, NULL,
+         "directory of the jobs' caches, may be shared by hosts (empty: "
+         "state_dir/gitlab-cache/NAME)"},
+        {SEC_SOURCE, T(SOURCE_GITLAB), "cache_max_size", KEY_SIZE, S(cache_max_bytes), "10G", 0,
+         INT64_MAX, NULL,
+         "size cap of the cache store, least recently used archives go first; 0 = no cache"},
         {SEC_SOURCE, T(SOURCE_GITHUB), "repo", KEY_STRING, S(repo), "", 0, 0, NULL,
          "OWNER/NAME of the repository the runners serve (or org)"},
         {SEC_SOURCE, T(SOURCE_GITHUB), "org", KEY_STRING, S(org), "", 0, 0, NULL,
@@ -829,7 +835,8 @@ static int finish(struct config *c, const char *file, struct al_error **err)
     if (expand_dir(&c->agent.api_socket, sd, rd) < 0)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < c->n_sources; i++) {
-        if (expand_dir(&c->sources[i].dir, sd, rd) < 0)
+        if (expand_dir(&c->sources[i].dir, sd, rd) < 0 ||
+            (c->sources[i].cache_dir && expand_dir(&c->sources[i].cache_dir, sd, rd) < 0))
             return al_error_set(err, ENOMEM, "out of memory");
     }
 

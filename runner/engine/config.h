@@ -90,6 +90,8 @@ struct config_source {
     int clone;                   /* gitlab: enum gitlab_clone (sources/gitlab_job.h) */
     uint64_t output_limit;       /* gitlab: bytes of job log sent to the server */
     uint64_t max_checkout_bytes; /* gitlab: size cap of a host-side checkout */
+    char *cache_dir;             /* gitlab: the cache store ("" = under state_dir) */
+    uint64_t cache_max_bytes;    /* gitlab: size cap of the cache store; 0 = no cache */
     /* github (sources/github.h) */
     char *repo;                    /* "owner/name", or "" when org is set */
     char *org;                     /* organisation, or "" when repo is set */

@@ -17,6 +17,7 @@
 #include "runner/base/hardlimits.h"
 #include "runner/loop/http_client.h"
 #include "runner/loop/work.h"
+#include "runner/sources/gitlab_cache.h"
 #include "runner/sources/gitlab_job.h"
 
 #include "runner/sources/gitlab_internal.h"
@@ -263,22 +264,24 @@ static int request_body(struct gitlab *g, char **ret, size_t *ret_len)
     if (!gen)
         return -ENOMEM;
     static const char *const on[] = {
-            "variables",     "artifacts",         "refspecs",          "masking",
-            "raw_variables", "artifacts_exclude", "multi_build_steps", "trace_checksum",
-            "trace_size",    "cancelable",        "return_exit_code",
+            "variables",
+            "artifacts",
+            "refspecs",
+            "masking",
+            "raw_variables",
+            "artifacts_exclude",
+            "multi_build_steps",
+            "trace_checksum",
+            "trace_size",
+            "cancelable",
+            "return_exit_code",
+            /* report artifacts: one upload per artifacts[] entry, gzip or raw */
+            "upload_multiple_artifacts",
+            "upload_raw_artifacts",
     };
     static const char *const off[] = {
-            "image",
-            "services",
-            "cache",
-            "shared",
-            "upload_multiple_artifacts",
-            "session",
-            "terminal",
-            "proxy",
-            "upload_raw_artifacts",
-            "trace_reset",
-            "vault_secrets",
+            "image",    "services", "shared",      "session",
+            "terminal", "proxy",    "trace_reset", "vault_secrets",
     };
     int r = yajl_gen_map_open(gen) != yajl_gen_status_ok;
     r |= gl_gen_kv(gen, "token", g->token);
@@ -302,6 +305,8 @@ static int request_body(struct gitlab *g, char **ret, size_t *ret_len)
         r |= gl_gen_key(gen, off[i]);
         r |= yajl_gen_bool(gen, 0) != yajl_gen_status_ok;
     }
+    r |= gl_gen_key(gen, "cache");
+    r |= yajl_gen_bool(gen, g->cache != NULL) != yajl_gen_status_ok;
     r |= yajl_gen_map_close(gen) != yajl_gen_status_ok;
     r |= yajl_gen_map_close(gen) != yajl_gen_status_ok;
     if (g->last_update)
@@ -496,6 +501,34 @@ static bool is_ours(const char *job_id, void *data)
     return find_job(data, job_id) != NULL;
 }
 
+/* The cache store; without it the source runs, without caches (a shared
+ * directory that is not mounted yet must not stop the jobs). */
+static void cache_open(struct gitlab *g)
+{
+    const struct config_source *src = g->src;
+    _cleanup_free_ char *dir = NULL;
+    if (src->cache_dir && *src->cache_dir)
+        dir = strdup(src->cache_dir);
+    else if (asprintf(&dir, "%s/gitlab-cache/%s", g->cfg->agent.state_dir, src->name) < 0)
+        dir = NULL;
+    struct al_error *err = NULL;
+    uint64_t evicted = 0;
+    if (!dir) {
+        log_error(NULL, "gitlab %s: out of memory", src->name);
+    } else if (gitlab_cache_store_new(dir, src->cache_max_bytes, &g->cache, &err) < 0 ||
+               gitlab_cache_store_evict(g->cache, &evicted, &err) < 0) {
+        log_error(NULL, "gitlab %s: no cache: %s", src->name, al_error_message(err));
+        g->cache = gitlab_cache_store_free(g->cache);
+    } else {
+        struct gitlab_cache_stats st;
+        gitlab_cache_store_stats(g->cache, &st);
+        log_info(NULL,
+                 "gitlab %s: cache in %s: %" PRIu64 " archives, %" PRIu64 " of %" PRIu64 " bytes",
+                 src->name, dir, st.archives, st.bytes, src->cache_max_bytes);
+    }
+    al_error_free(err);
+}
+
 int gitlab_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const struct config *cfg,
                  const struct config_source *src, struct gitlab **ret, struct al_error **err)
 {
@@ -547,6 +580,8 @@ int gitlab_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
     if (asprintf(&old, "%s.old.%" PRIu64, g->checkout_root, al_now_mono_us()) >= 0 &&
         rename(g->checkout_root, old) == 0)
         gl_remove_async(g, old);
+    if (src->cache_max_bytes)
+        cache_open(g);
     uv_timer_init(loop, &g->poll_timer);
     g->poll_timer.data = g;
     g->watch = engine_observe(e, &observer, g);
@@ -576,9 +611,18 @@ static void on_poll_timer_closed(uv_handle_t *h)
     free(g->base);
     free(g->last_update);
     free(g->checkout_root);
+    gitlab_cache_store_free(g->cache);
     free(g);
     if (done)
         done(data);
+}
+
+void gitlab_cache_stats(struct gitlab *g, struct gitlab_cache_stats *ret)
+{
+    if (g->cache)
+        gitlab_cache_store_stats(g->cache, ret);
+    else
+        *ret = (struct gitlab_cache_stats){0};
 }
 
 void gl_maybe_stopped(struct gitlab *g)

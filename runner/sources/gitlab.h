@@ -17,7 +17,13 @@
  *   PUT   /api/v4/jobs/:id         keep-alive (state=running) while silent;
  *                                  Job-Status canceling|canceled in any
  *                                  answer cancels the job
- *   POST  /api/v4/jobs/:id/artifacts  the `archive` artifact as a zip
+ *   (host)                         `cache:` restored from the store before
+ *                                  the checkout is packed, saved after the
+ *                                  job from what the guest hands back
+ *                                  (gitlab_cache.h)
+ *   POST  /api/v4/jobs/:id/artifacts  each artifacts[] entry in its format:
+ *                                  the `archive` as a zip, reports (junit,
+ *                                  ...) as gzip or raw
  *   PUT   /api/v4/jobs/:id         final state, failure_reason, exit_code
  *                                  and the trace's crc32 and size; 202 is
  *                                  retried
@@ -46,6 +52,10 @@ int gitlab_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
 /* Stops pulling; jobs still running are cancelled and reported to GitLab as
  * runner_system_failure (one try each); done runs when all is closed. */
 void gitlab_stop(struct gitlab *g, void (*done)(void *data), void *data);
+
+struct gitlab_cache_stats;
+/* The cache store's counters (all 0 without a cache), for /metrics. */
+void gitlab_cache_stats(struct gitlab *g, struct gitlab_cache_stats *ret);
 
 /* Reads a runner token file: one line, surrounding whitespace ignored. */
 int gitlab_read_token(const char *path, char **ret_token, struct al_error **err);

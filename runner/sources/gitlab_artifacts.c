@@ -10,6 +10,7 @@
 
 #include "provision/archive_walk.h"
 #include "runner/base/macro.h"
+#include "runner/base/util.h"
 
 static int add_file(struct archive *zip, struct archive_entry *e, const char *rel, uint64_t *total,
                     uint64_t max_bytes, struct al_error **err)
@@ -108,4 +109,149 @@ int gitlab_artifacts_zip(const char *dir, const struct gitlab_artifact *a, const
         res.bytes = (uint64_t)st.st_size;
     *ret = res;
     return 0;
+}
+
+/* ---- gzip and raw ---- */
+
+struct stream {
+    const struct gitlab_artifact *a;
+    const char *path;
+    int fd;
+    bool gzip;
+    uint64_t total, max_bytes;
+    uint64_t files;
+};
+
+/* One gzip member holding the file's bytes, appended to s->fd. */
+static int gzip_member(struct stream *s, int in, const char *rel, int64_t size,
+                       struct al_error **err)
+{
+    struct archive *w = archive_write_new();
+    if (!w)
+        return al_error_set(err, ENOMEM, "out of memory");
+    int r = 0;
+    if (archive_write_set_format_raw(w) != ARCHIVE_OK ||
+        archive_write_add_filter_gzip(w) != ARCHIVE_OK ||
+        archive_write_set_bytes_in_last_block(w, 1) != ARCHIVE_OK ||
+        archive_write_open_fd(w, s->fd) != ARCHIVE_OK)
+        r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(w));
+    struct archive_entry *e = r == 0 ? archive_entry_new() : NULL;
+    if (r == 0 && !e)
+        r = al_error_set(err, ENOMEM, "out of memory");
+    if (r == 0) {
+        archive_entry_set_pathname(e, rel);
+        archive_entry_set_filetype(e, AE_IFREG);
+        archive_entry_set_size(e, size);
+        if (archive_write_header(w, e) != ARCHIVE_OK)
+            r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(w));
+    }
+    char buf[64 * 1024];
+    ssize_t n;
+    int64_t left = size;
+    while (r == 0 && left > 0 && (n = read(in, buf, sizeof(buf))) > 0) {
+        if (n > left)
+            n = (ssize_t)left;
+        if (archive_write_data(w, buf, (size_t)n) != n)
+            r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(w));
+        left -= n;
+    }
+    if (r == 0 && left > 0)
+        r = al_error_set(err, EIO, "artifact %s shrank while packing", rel);
+    if (archive_write_close(w) != ARCHIVE_OK && r == 0)
+        r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(w));
+    archive_entry_free(e);
+    archive_write_free(w);
+    return r;
+}
+
+static int raw_copy(struct stream *s, int in, const char *rel, struct al_error **err)
+{
+    char buf[64 * 1024];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof(buf))) > 0) {
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(s->fd, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                return al_error_set_errno(err, w < 0 ? errno : EIO, "writing %s", s->path);
+            off += w;
+        }
+    }
+    return n < 0 ? al_error_set_errno(err, errno, "reading artifact %s", rel) : 0;
+}
+
+static int stream_entry(struct archive_entry *e, const char *rel, void *userdata,
+                        struct al_error **err)
+{
+    struct stream *s = userdata;
+    if (archive_entry_filetype(e) != AE_IFREG || !gitlab_artifact_wants(s->a, rel))
+        return 0;
+    if (!s->gzip && s->files)
+        return al_error_set(err, EINVAL,
+                            "artifact %s: a raw artifact is one file, more than one matches", rel);
+    _cleanup_close_ int fd = open(archive_entry_sourcepath(e), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return al_error_set_errno(err, errno, "reading artifact %s", rel);
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return al_error_set(err, EIO, "artifact %s changed while packing", rel);
+    /* gzip grows incompressible data by a little; 64 bytes covers a header */
+    s->total += (uint64_t)st.st_size + (s->gzip ? (uint64_t)st.st_size / 1000 + 64 : 0);
+    if (s->max_bytes && s->total > s->max_bytes)
+        return al_error_set(err, EFBIG, "the artifact would exceed %llu bytes",
+                            (unsigned long long)s->max_bytes);
+    int r = s->gzip ? gzip_member(s, fd, rel, st.st_size, err) : raw_copy(s, fd, rel, err);
+    if (r == 0)
+        s->files++;
+    return r;
+}
+
+int gitlab_artifacts_pack(const char *dir, const struct gitlab_artifact *a, const char *path,
+                          uint64_t max_bytes, struct gitlab_zip_result *ret, struct al_error **err)
+{
+    bool gzip = a->format && streq(a->format, "gzip");
+    if (!a->format || streq(a->format, "zip"))
+        return gitlab_artifacts_zip(dir, a, path, max_bytes, ret, err);
+    if (!gzip && !streq(a->format, "raw"))
+        return al_error_set(err, ENOTSUP, "artifact format %s is not supported", a->format);
+    struct gitlab_zip_result res = {0};
+    struct stat st;
+    if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        *ret = res;
+        return 0;
+    }
+    struct stream s = {.a = a, .path = path, .gzip = gzip, .max_bytes = max_bytes};
+    s.fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (s.fd < 0)
+        return al_error_set_errno(err, errno, "creating %s", path);
+    int r = archive_walk_dir(dir, stream_entry, &s, err);
+    if (r == 0 && fstat(s.fd, &st) < 0)
+        r = al_error_set_errno(err, errno, "writing %s", path);
+    close(s.fd);
+    if (r < 0 || s.files == 0) {
+        unlink(path);
+        if (r < 0)
+            return r;
+    }
+    res.files = s.files;
+    res.bytes = s.files ? (uint64_t)st.st_size : 0;
+    *ret = res;
+    return 0;
+}
+
+char *gitlab_artifact_file_name(const struct gitlab_artifact *a)
+{
+    const char *name = a->name && *a->name ? a->name : "artifacts";
+    const char *ext = !a->format || streq(a->format, "zip") ? ".zip"
+                      : streq(a->format, "gzip")            ? ".gz"
+                                                            : "";
+    char *out = NULL;
+    if (asprintf(&out, "%s%s", name, ext) < 0)
+        return NULL;
+    for (char *p = out; *p; p++) {
+        if (*p == '/' || *p == '\\' || *p == '"' || (unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '_';
+    }
+    return out;
 }

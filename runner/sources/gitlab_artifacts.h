@@ -1,10 +1,12 @@
-/* The zip GitLab stores as a job's `archive` artifact.
+/* The files GitLab stores as a job's artifacts: the `archive` and reports.
  *
- * GitLab accepts artifact_type=archive only with artifact_format=zip, so the
- * files the engine already extracted from the guest (checked, without
- * links or devices: provision/artifacts.h) are packed again as a zip, keeping
- * only the paths the job's patterns ask for (the guest hands back whole
- * directories for glob patterns; see gitlab_artifact_roots()).
+ * GitLab accepts artifact_type=archive only with artifact_format=zip;
+ * reports (junit, ...) come as gzip (a member per file) or raw. The files
+ * the engine already extracted from the guest (checked, without links or
+ * devices: provision/artifacts.h) are packed again, keeping only the paths
+ * the entry's patterns ask for (the guest hands back whole directories for
+ * glob patterns; see gitlab_artifact_roots()). The cache store packs its
+ * archives the same way (gitlab_cache.h).
  */
 #ifndef AL_GITLAB_ARTIFACTS_H
 #define AL_GITLAB_ARTIFACTS_H
@@ -25,5 +27,17 @@ struct gitlab_zip_result {
  * worker thread. */
 int gitlab_artifacts_zip(const char *dir, const struct gitlab_artifact *a, const char *zip_path,
                          uint64_t max_bytes, struct gitlab_zip_result *ret, struct al_error **err);
+
+/* Writes path from the files under dir that a wants, in a's format:
+ * "zip" as gitlab_artifacts_zip(); "gzip" one gzip member a file, one after
+ * the other (GitLab reads report artifacts such as junit so); "raw" the
+ * one file as it is (-EINVAL when more than one matches). Blocking. */
+int gitlab_artifacts_pack(const char *dir, const struct gitlab_artifact *a, const char *path,
+                          uint64_t max_bytes, struct gitlab_zip_result *ret, struct al_error **err);
+
+/* The file name GitLab gets for an artifact: its `name` ("artifacts" when
+ * none) with '/', '\', '"' and control characters replaced by '_', plus
+ * ".zip" for zip and ".gz" for gzip. NULL when out of memory. */
+char *gitlab_artifact_file_name(const struct gitlab_artifact *a);
 
 #endif

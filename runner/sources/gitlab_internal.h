@@ -1,9 +1,10 @@
 /* The GitLab source's private parts, shared by gitlab.c (the request loop:
  * polling for jobs, capacity, observers, start and stop), gitlab_run.c
  * (a job's start: the artifacts of earlier jobs, the checkout, the submit)
- * and gitlab_report.c (what goes back to GitLab while and after a job runs:
- * trace, state updates, artifacts, the final state). Nothing outside these
- * three files includes it. Loop thread only. */
+ * gitlab_report.c (what goes back to GitLab while and after a job runs:
+ * trace, state updates, artifacts, the final state) and gitlab_cache_job.c
+ * (a job's caches). Nothing outside these files includes it. Loop thread
+ * only. */
 #ifndef AL_GITLAB_INTERNAL_H
 #define AL_GITLAB_INTERNAL_H
 
@@ -46,7 +47,8 @@ enum phase {
 };
 
 enum finish_step {
-    FS_ARTIFACTS = 0,
+    FS_CACHE = 0,
+    FS_ARTIFACTS,
     FS_UPLOAD,
     FS_FOOTER,
     FS_SYNC,
@@ -78,6 +80,10 @@ struct gljob {
     int dep_fd;
     uint64_t dep_bytes;
     bool dep_over;
+    /* caches restored from the store, unpacked before the dependencies' */
+    char *cache_dir;
+    char **cache_zips; /* NULL-terminated */
+    size_t n_cache_zips;
 
     struct al_buf trace;
     bool trace_truncated;
@@ -102,6 +108,7 @@ struct gljob {
     struct al_buf footer;
     enum finish_step fstep;
     int tries;
+    size_t art_next; /* finishing: the payload artifact being uploaded */
     char *zip_path;
     curl_mime *mime;
 };
@@ -117,6 +124,7 @@ struct gitlab {
     char system_id[16];
     char *last_update;
     char *checkout_root;
+    struct gitlab_cache_store *cache; /* NULL: cache_max_size = 0 */
     struct engine_watch *watch;
     uv_timer_t poll_timer;
     struct al_http_call *poll_call;
@@ -198,5 +206,20 @@ void gl_fail_early(struct gljob *j, const char *fmt, ...) _printf_(2, 3);
 /* The engine finished the job: report the outcome to GitLab. */
 void gl_on_engine_finished(struct gljob *j, enum job_state state,
                            const struct attempt_result *last);
+/* The next finishing step, once work that set j->working is done. */
+void gl_finish_continue(struct gljob *j);
+
+/* ---- gitlab_cache_job.c: a job's caches ---- */
+
+/* Restores the job's caches (a worker copies them out of the store; the
+ * trace says what was found), then calls next; a failure is a warning
+ * in the trace. A cancel meanwhile fails the job instead. */
+void gl_cache_restore(struct gljob *j, void (*next)(struct gljob *j));
+/* Says in the trace that the job's caches are not restored (no host
+ * checkout), when it has any to restore. */
+void gl_cache_skip_restore(struct gljob *j);
+/* Saves the job's caches that apply from what its guest handed back;
+ * true when that work started (j->working, then gl_finish_continue()). */
+bool gl_cache_save(struct gljob *j);
 
 #endif

@@ -206,6 +206,59 @@ static int parse_artifacts(yajl_val root, struct gitlab_job *j, struct al_error 
     return 0;
 }
 
+static int parse_cache_policy(yajl_val obj, const char *path, enum gitlab_cache_policy *ret,
+                              struct al_error **err)
+{
+    _cleanup_free_ char *s = NULL;
+    int r = al_json_get_string(obj, "policy", path, 32, false, al_json_check_word, &s, err);
+    if (r < 0 || !s)
+        return r;
+    if (streq(s, "pull-push") || !*s)
+        *ret = GITLAB_CACHE_PULL_PUSH;
+    else if (streq(s, "pull"))
+        *ret = GITLAB_CACHE_PULL;
+    else if (streq(s, "push"))
+        *ret = GITLAB_CACHE_PUSH;
+    else {
+        char p[256];
+        return al_json_fail(err, al_json_path(p, sizeof(p), path, "policy", 0),
+                            "expected pull, push or pull-push");
+    }
+    return 0;
+}
+
+static int parse_caches(yajl_val root, struct gitlab_job *j, struct al_error **err)
+{
+    yajl_val arr = NULL;
+    int r = al_json_get_array(root, "cache", "", GITLAB_JOB_MAX_CACHES, false, &arr, err);
+    if (r < 0 || !arr)
+        return r;
+    j->caches = calloc(arr->u.array.len + 1, sizeof(*j->caches));
+    if (!j->caches)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < arr->u.array.len; i++) {
+        yajl_val v;
+        char p[64];
+        if ((r = al_json_element_object(arr, i, "cache", p, sizeof(p), &v, err)) < 0)
+            return r;
+        struct gitlab_cache_spec *c = &j->caches[j->n_caches++];
+        if ((r = al_json_get_string(v, "key", p, GITLAB_JOB_MAX_CACHE_KEY, false,
+                                    al_json_check_line, &c->key, err)) < 0 ||
+            (r = al_json_get_strv(v, "paths", p, GITLAB_JOB_MAX_PATHS, JOB_SPEC_MAX_PATH, false,
+                                  al_json_check_line, &c->paths, &c->n_paths, err)) < 0 ||
+            (r = al_json_get_strv(v, "fallback_keys", p, 5, GITLAB_JOB_MAX_CACHE_KEY, false,
+                                  al_json_check_line, &c->fallback_keys, &c->n_fallback_keys,
+                                  err)) < 0 ||
+            (r = al_json_get_bool(v, "untracked", p, false, &c->untracked, err)) < 0 ||
+            (r = parse_cache_policy(v, p, &c->policy, err)) < 0 ||
+            (r = parse_when(v, p, &c->when, err)) < 0)
+            return r;
+        if ((!c->key || !*c->key) && (free(c->key), !(c->key = strdup("default"))))
+            return al_error_set(err, ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
 static int token_check(const char *token)
 {
     size_t n = strlen(token);
@@ -272,7 +325,9 @@ static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err
     if (o && ((r = al_json_get_string(o, "name", "job_info", GITLAB_JOB_MAX_NAME, false,
                                       al_json_check_line, &j->job_name, err)) < 0 ||
               (r = al_json_get_string(o, "project_name", "job_info", GITLAB_JOB_MAX_NAME, false,
-                                      al_json_check_line, &j->project_name, err)) < 0))
+                                      al_json_check_line, &j->project_name, err)) < 0 ||
+              (r = al_json_get_int(o, "project_id", "job_info", 0, INT64_MAX, false, &j->project_id,
+                                   err)) < 0))
         return r;
     o = NULL;
     if ((r = al_json_get_object(root, "runner_info", "", false, &o, err)) < 0)
@@ -296,7 +351,7 @@ static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err
         return r;
     if ((r = parse_git(root, j, err)) < 0 || (r = parse_variables(root, j, err)) < 0 ||
         (r = parse_steps(root, j, err)) < 0 || (r = parse_artifacts(root, j, err)) < 0 ||
-        (r = parse_dependencies(root, j, err)) < 0)
+        (r = parse_dependencies(root, j, err)) < 0 || (r = parse_caches(root, j, err)) < 0)
         return r;
     return 0;
 }
@@ -383,6 +438,13 @@ struct gitlab_job *gitlab_job_free(struct gitlab_job *j)
         free(d->artifacts_file);
     }
     free(j->dependencies);
+    for (size_t i = 0; i < j->n_caches; i++) {
+        struct gitlab_cache_spec *c = &j->caches[i];
+        free(c->key);
+        strv_free(c->paths);
+        strv_free(c->fallback_keys);
+    }
+    free(j->caches);
     free(j->image);
     strv_free(j->failure_reasons);
     free(j);
@@ -821,6 +883,53 @@ static void env_remove(struct job_env_var *vars, size_t *n, const char *key)
     }
 }
 
+bool gitlab_cache_saves(const struct gitlab_cache_spec *c, bool succeeded)
+{
+    return c->policy != GITLAB_CACHE_PULL && c->n_paths && gitlab_when_applies(c->when, succeeded);
+}
+
+/* What the guest hands back: the roots of every artifact entry (archive
+ * and reports) and of every cache that may be saved (the host sorts them
+ * out after the job). */
+static int spec_artifact_roots(const struct gitlab_job *j, struct job_spec *spec,
+                               struct al_error **err)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < j->n_artifacts; i++)
+        n += j->artifacts[i].n_paths;
+    for (size_t i = 0; i < j->n_caches; i++) {
+        if (gitlab_cache_saves(&j->caches[i], true) || gitlab_cache_saves(&j->caches[i], false))
+            n += j->caches[i].n_paths;
+    }
+    if (!n)
+        return 0;
+    if (n > GITLAB_JOB_MAX_PATHS)
+        return al_error_set(err, EINVAL, "artifacts and caches: more than %d paths",
+                            GITLAB_JOB_MAX_PATHS);
+    _cleanup_free_ char **paths = calloc(n + 1, sizeof(char *));
+    if (!paths)
+        return al_error_set(err, ENOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < j->n_artifacts; i++) {
+        for (size_t m = 0; m < j->artifacts[i].n_paths; m++)
+            paths[k++] = j->artifacts[i].paths[m];
+    }
+    for (size_t i = 0; i < j->n_caches; i++) {
+        const struct gitlab_cache_spec *c = &j->caches[i];
+        if (!gitlab_cache_saves(c, true) && !gitlab_cache_saves(c, false))
+            continue;
+        for (size_t m = 0; m < c->n_paths; m++)
+            paths[k++] = c->paths[m];
+    }
+    struct gitlab_artifact all = {.paths = paths, .n_paths = k};
+    int r = gitlab_artifact_roots(&all, &spec->artifacts, err);
+    if (r < 0)
+        return r;
+    for (char **p = spec->artifacts; p && *p; p++)
+        spec->n_artifacts++;
+    return 0;
+}
+
 /* "gitlab-<id>-<job name>", reduced to a valid spec name. */
 static char *spec_name(const struct gitlab_job *j)
 {
@@ -888,13 +997,8 @@ int gitlab_job_to_spec(const struct gitlab_job *j, const struct gitlab_spec_opts
                             spec->n_env + spec->n_secret_env, JOB_SPEC_MAX_ENV);
     if ((r = gitlab_job_script(j, clone, &spec->script, err)) < 0)
         return r;
-    const struct gitlab_artifact *a = gitlab_job_archive(j);
-    if (a) {
-        if ((r = gitlab_artifact_roots(a, &spec->artifacts, err)) < 0)
-            return r;
-        for (char **p = spec->artifacts; p && *p; p++)
-            spec->n_artifacts++;
-    }
+    if ((r = spec_artifact_roots(j, spec, err)) < 0)
+        return r;
     if (j->timeout_s > 0)
         spec->timeout_s = j->timeout_s;
     spec->max_attempts = 1; /* GitLab retries jobs itself (`retry:`) */

@@ -40,6 +40,8 @@
 #define GITLAB_JOB_MAX_LINES        10000 /* script lines per step */
 #define GITLAB_JOB_MAX_ARTIFACTS    16
 #define GITLAB_JOB_MAX_DEPENDENCIES 100 /* jobs whose artifacts a job needs */
+#define GITLAB_JOB_MAX_CACHES       4   /* GitLab allows 4 caches a job */
+#define GITLAB_JOB_MAX_CACHE_KEY    255 /* GitLab caps keys the same way */
 #define GITLAB_JOB_MAX_PATHS        100 /* paths (and excludes) per artifact entry */
 #define GITLAB_JOB_MAX_NAME         255
 #define GITLAB_JOB_MAX_DEPTH_GIT    1000000
@@ -82,6 +84,26 @@ struct gitlab_artifact {
     char *expire_in; /* may be NULL */
 };
 
+enum gitlab_cache_policy {
+    GITLAB_CACHE_PULL_PUSH = 0, /* restore before, save after */
+    GITLAB_CACHE_PULL,          /* restore only */
+    GITLAB_CACHE_PUSH,          /* save only */
+};
+
+/* One entry of `cache:`. GitLab has already appended "-protected" or
+ * "-non_protected" to key and fallback_keys unless the project shares its
+ * caches (or the entry says `unprotect: true`). */
+struct gitlab_cache_spec {
+    char *key;    /* as sent; "default" when GitLab sent none */
+    char **paths; /* NULL-terminated, or NULL when none */
+    size_t n_paths;
+    char **fallback_keys; /* NULL-terminated, or NULL when none */
+    size_t n_fallback_keys;
+    bool untracked;
+    enum gitlab_cache_policy policy;
+    enum gitlab_when when;
+};
+
 /* An earlier job of the pipeline whose artifacts this one needs
  * (`dependencies:`/`needs:`): GET /api/v4/jobs/ID/artifacts with the token,
  * unpacked into the build dir before the script. */
@@ -98,6 +120,7 @@ struct gitlab_job {
     char *token;        /* the job token: wiped when the job is freed */
     char *job_name;     /* job_info.name, or NULL */
     char *project_name; /* job_info.project_name, or NULL */
+    int64_t project_id; /* job_info.project_id; 0 = not given */
     /* git_info */
     char *repo_url; /* as sent: it carries the job token as user info */
     char *ref;
@@ -114,6 +137,8 @@ struct gitlab_job {
     size_t n_artifacts;
     struct gitlab_dependency *dependencies;
     size_t n_dependencies;
+    struct gitlab_cache_spec *caches;
+    size_t n_caches;
     char *image; /* image.name, or NULL; informational (see README) */
     /* features.failure_reasons: what the server understands; NULL when the
      * server did not say (then every documented reason is assumed). */
@@ -170,6 +195,10 @@ int gitlab_job_script(const struct gitlab_job *job, enum gitlab_clone clone, cha
 
 /* The archive artifact entry (artifact_type "archive") or NULL. */
 const struct gitlab_artifact *gitlab_job_archive(const struct gitlab_job *job);
+
+/* Whether the cache entry is saved after a job that succeeded (or not):
+ * its policy pushes and its `when` applies. */
+bool gitlab_cache_saves(const struct gitlab_cache_spec *c, bool succeeded);
 
 /* The directories and files the guest must hand back for the archive's
  * patterns: each pattern cut at its first component with a glob character

@@ -338,6 +338,7 @@ static void on_update_done(int result, const struct al_http_response *resp,
 
 struct zip_req {
     struct gljob *j;
+    const struct gitlab_artifact *a;
     char *dir;
     char *zip;
     uint64_t max;
@@ -347,8 +348,20 @@ struct zip_req {
 static int zip_work(void *data, struct al_error **err)
 {
     struct zip_req *q = data;
-    return gitlab_artifacts_zip(q->dir, gitlab_job_archive(q->j->payload), q->zip, q->max, &q->res,
-                                err);
+    return gitlab_artifacts_pack(q->dir, q->a, q->zip, q->max, &q->res, err);
+}
+
+/* The artifact being packed or uploaded (payload artifacts[art_next]). */
+static const struct gitlab_artifact *current_artifact(const struct gljob *j)
+{
+    return &j->payload->artifacts[j->art_next];
+}
+
+/* The next artifact entry to upload after this one. */
+static void next_artifact(struct gljob *j)
+{
+    j->art_next++;
+    j->fstep = FS_ARTIFACTS;
 }
 
 static void job_failed_by_runner(struct gljob *j, const char *fmt, ...) _printf_(2, 3);
@@ -358,12 +371,16 @@ static void zip_done(void *data, int result, struct al_error *err)
     struct zip_req *q = data;
     struct gljob *j = q->j;
     j->working = false;
+    bool archive = streq(q->a->type, "archive");
     if (result < 0) {
         job_failed_by_runner(j, "ERROR: Packing the artifacts failed: %s", al_error_message(err));
         j->fstep = FS_FOOTER;
     } else if (q->res.files == 0) {
-        al_buf_puts(&j->footer, "WARNING: No files to upload as artifacts\n");
-        j->fstep = FS_FOOTER;
+        if (archive)
+            al_buf_puts(&j->footer, "WARNING: No files to upload as artifacts\n");
+        else
+            al_buf_printf(&j->footer, "WARNING: No files to upload as %s report\n", q->a->type);
+        next_artifact(j);
     } else {
         j->zip_path = TAKE_PTR(q->zip);
         j->fstep = FS_UPLOAD;
@@ -400,11 +417,13 @@ static int upload_setup(CURL *easy, void *data)
     j->mime = curl_mime_init(easy);
     if (!j->mime)
         return -1;
+    const struct gitlab_artifact *a = current_artifact(j);
+    _cleanup_free_ char *name = gitlab_artifact_file_name(a);
     curl_mimepart *part = curl_mime_addpart(j->mime);
-    if (!part || curl_mime_name(part, "file") != CURLE_OK ||
+    if (!part || !name || curl_mime_name(part, "file") != CURLE_OK ||
         curl_mime_filedata(part, j->zip_path) != CURLE_OK ||
-        curl_mime_filename(part, "artifacts.zip") != CURLE_OK ||
-        curl_mime_type(part, "application/zip") != CURLE_OK ||
+        curl_mime_filename(part, name) != CURLE_OK ||
+        curl_mime_type(part, "application/octet-stream") != CURLE_OK || /* as gitlab-runner */
         curl_easy_setopt(easy, CURLOPT_MIMEPOST, j->mime) != CURLE_OK)
         return -1;
     return 0;
@@ -430,8 +449,9 @@ static void on_upload_done(int result, const struct al_http_response *resp,
         check_job_status(j, resp);
     }
     if (result == 0 && resp->status == 201) {
-        log_info(id, "gitlab %s: job %" PRId64 ": artifacts uploaded", j->g->src->name, j->id);
-        j->fstep = FS_FOOTER;
+        log_info(id, "gitlab %s: job %" PRId64 ": %s artifact uploaded", j->g->src->name, j->id,
+                 current_artifact(j)->type);
+        next_artifact(j);
     } else if (result == 0 && resp->status < 500 && resp->status != 429) {
         char ex[256];
         gl_body_excerpt(resp, ex, sizeof(ex));
@@ -447,7 +467,7 @@ static void on_upload_done(int result, const struct al_http_response *resp,
             job_failed_by_runner(j, "ERROR: Uploading artifacts failed: %s", al_error_message(err));
         j->fstep = FS_FOOTER;
     }
-    if (j->fstep == FS_FOOTER && j->zip_path) {
+    if (j->fstep != FS_UPLOAD && j->zip_path) {
         unlink(j->zip_path);
         free(j->zip_path);
         j->zip_path = NULL;
@@ -457,12 +477,19 @@ static void on_upload_done(int result, const struct al_http_response *resp,
 
 static int send_upload(struct gljob *j)
 {
-    const struct gitlab_artifact *a = gitlab_job_archive(j->payload);
-    _cleanup_free_ char *expire = a && a->expire_in ? gl_url_escape(a->expire_in) : NULL;
+    const struct gitlab_artifact *a = current_artifact(j);
+    _cleanup_free_ char *expire = a->expire_in ? gl_url_escape(a->expire_in) : NULL;
+    _cleanup_free_ char *type = gl_url_escape(a->type);
+    _cleanup_free_ char *format = gl_url_escape(a->format);
     char path[512];
-    snprintf(path, sizeof(path),
-             API "/jobs/%" PRId64 "/artifacts?artifact_format=zip&artifact_type=archive%s%s", j->id,
-             expire ? "&expire_in=" : "", expire ? expire : "");
+    int n = snprintf(path, sizeof(path),
+                     API "/jobs/%" PRId64 "/artifacts?artifact_format=%s&artifact_type=%s%s%s",
+                     j->id, format ? format : "", type ? type : "", expire ? "&expire_in=" : "",
+                     expire ? expire : "");
+    if (!type || !format || n < 0 || (size_t)n >= sizeof(path)) {
+        job_failed_by_runner(j, "ERROR: Uploading artifacts failed: out of memory");
+        return -ENOMEM;
+    }
     struct call_opts o = {
             .method = "POST",
             .path = path,
@@ -509,15 +536,26 @@ static void continue_finish(struct gljob *j)
     }
     for (;;) {
         switch (j->fstep) {
+        case FS_CACHE:
+            j->fstep = FS_ARTIFACTS;
+            if (gl_cache_save(j))
+                return;
+            continue;
         case FS_ARTIFACTS: {
-            const struct gitlab_artifact *a = j->payload ? gitlab_job_archive(j->payload) : NULL;
+            /* every entry in turn: the archive and the reports */
+            while (j->payload && j->art_next < j->payload->n_artifacts &&
+                   !gitlab_when_applies(current_artifact(j)->when, j->succeeded))
+                j->art_next++;
             j->fstep = FS_FOOTER;
-            if (!a || !j->submitted || j->gone || !gitlab_when_applies(a->when, j->succeeded))
+            if (!j->payload || j->art_next >= j->payload->n_artifacts || !j->submitted || j->gone)
                 continue;
+            const struct gitlab_artifact *a = current_artifact(j);
             _cleanup_free_ char *job_dir = engine_job_dir(g->e, j->engine_id);
             struct zip_req *q = calloc(1, sizeof(*q));
+            char file[48];
+            snprintf(file, sizeof(file), "gitlab-artifact-%zu", j->art_next);
             if (!q || !job_dir || !(q->dir = al_path_join(job_dir, "artifacts")) ||
-                !(q->zip = al_path_join(job_dir, "gitlab-artifacts.zip"))) {
+                !(q->zip = al_path_join(job_dir, file))) {
                 if (q) {
                     free(q->dir);
                     free(q);
@@ -526,6 +564,7 @@ static void continue_finish(struct gljob *j)
                 continue;
             }
             q->j = j;
+            q->a = a;
             q->max = g->cfg->agent.max_artifact_bytes;
             if (al_work_queue(g->loop, zip_work, zip_done, q, NULL) < 0) {
                 free(q->dir);
@@ -680,5 +719,10 @@ void gl_on_engine_finished(struct gljob *j, enum job_state state, const struct a
         unlink(tar);
     log_info(j->engine_id, "gitlab %s: job %" PRId64 " ended %s", g->src->name, j->id,
              job_state_to_string(state));
-    start_finishing(j, FS_ARTIFACTS);
+    start_finishing(j, FS_CACHE);
+}
+
+void gl_finish_continue(struct gljob *j)
+{
+    continue_finish(j);
 }

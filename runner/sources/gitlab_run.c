@@ -35,6 +35,10 @@ static void on_job_closed(uv_handle_t *h)
         close(j->dep_fd);
     free(j->deps_dir);
     strv_free(j->dep_zips);
+    if (j->cache_dir)
+        gl_remove_async(g, j->cache_dir); /* the job ended before its checkout */
+    free(j->cache_dir);
+    strv_free(j->cache_zips);
     gitlab_job_free(j->payload);
     job_spec_free(j->spec);
     free(j->checkout_dir);
@@ -81,6 +85,11 @@ static void on_checkout_done(int result, const char *tar, const char *message, v
     j->checkout = NULL;
     if (j->n_dep_zips)
         gl_remove_async(j->g, j->deps_dir);
+    if (j->cache_dir) {
+        gl_remove_async(j->g, j->cache_dir);
+        free(j->cache_dir);
+        j->cache_dir = NULL;
+    }
     if (result < 0) {
         if (j->checkout_dir)
             gl_remove_async(j->g, j->checkout_dir);
@@ -305,6 +314,7 @@ void gl_start_job(struct gitlab *g, const char *body, size_t len)
                              "agentlabd into the sources it checks out: they need clone = host");
             return;
         }
+        gl_cache_skip_restore(j);
         submit(j, NULL);
         return;
     }
@@ -315,7 +325,7 @@ void gl_start_job(struct gitlab *g, const char *body, size_t len)
         gl_fail_early(j, "out of memory");
         return;
     }
-    deps_next(j);
+    gl_cache_restore(j, deps_next);
 }
 
 static void checkout_begin(struct gljob *j)
@@ -326,6 +336,13 @@ static void checkout_begin(struct gljob *j)
     char name[32];
     snprintf(name, sizeof(name), "%" PRId64, j->id);
     j->checkout_dir = al_path_join(g->checkout_root, name);
+    /* caches first: the artifacts of earlier jobs win over them */
+    _cleanup_free_ const char **zips = calloc(j->n_cache_zips + j->n_dep_zips + 1, sizeof(char *));
+    size_t nz = 0;
+    for (size_t i = 0; zips && i < j->n_cache_zips; i++)
+        zips[nz++] = j->cache_zips[i];
+    for (size_t i = 0; zips && i < j->n_dep_zips; i++)
+        zips[nz++] = j->dep_zips[i];
     struct gitlab_checkout_params cp = {
             .dir = j->checkout_dir,
             .repo_url = payload->repo_url,
@@ -335,12 +352,17 @@ static void checkout_begin(struct gljob *j)
             .depth = payload->depth,
             .max_bytes = g->src->max_checkout_bytes,
             .timeout_s = CHECKOUT_TIMEOUT_S,
-            .unpack_zips = (const char *const *)j->dep_zips,
+            .unpack_zips = zips,
     };
-    if (!j->checkout_dir ||
+    if (!j->checkout_dir || !zips ||
         gitlab_checkout_start(g->loop, &cp, on_checkout_done, j, &j->checkout, &err) < 0) {
         if (j->n_dep_zips)
             gl_remove_async(g, j->deps_dir);
+        if (j->cache_dir) {
+            gl_remove_async(g, j->cache_dir);
+            free(j->cache_dir);
+            j->cache_dir = NULL;
+        }
         gl_fail_early(j, "fetching the sources failed: %s",
                       err ? al_error_message(err) : "out of memory");
         al_error_free(err);

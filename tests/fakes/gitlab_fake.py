@@ -18,7 +18,11 @@ Simulated server behaviour:
     status becomes "canceling" and every answer says Job-Status: canceling;
   - the final PUT is answered 202 `accept_202` times before 200, and its
     output checksum and bytesize are checked against the trace;
-  - artifacts uploads (multipart, zip) are unpacked and kept;
+  - artifacts uploads are checked against the job's artifacts[] entries as
+    gitlab-runner sends them (query artifact_type, artifact_format and
+    expire_in; one multipart part "file" named after the entry's `name`
+    with .zip or .gz; zip archives, gzip one member per file, raw as is),
+    unpacked and kept (the archive as `artifacts`, reports in `reports`);
   - git over smart HTTP (git http-backend) under /git/, with the job token
     as Basic auth (user gitlab-ci-token).
 
@@ -84,7 +88,7 @@ def predefined_variables(job_id, job_name, project, token, server):
 
 def make_job(job_id, server, sha, script, *, name=None, token=None, project="demo",
              after_script=None, variables=(), artifacts=None, timeout=3600, depth=20,
-             dependencies=()):
+             dependencies=(), cache=None, project_id=1):
     """A job payload shaped like GitLab's answer to POST /api/v4/jobs/request."""
     name = name or f"job-{job_id}"
     token = token or f"glcbt-64_fake{job_id:04d}tokenAbCdEfGhIj"
@@ -98,7 +102,7 @@ def make_job(job_id, server, sha, script, *, name=None, token=None, project="dem
         "id": job_id,
         "token": token,
         "allow_git_fetch": True,
-        "job_info": {"id": job_id, "name": name, "stage": "test", "project_id": 1,
+        "job_info": {"id": job_id, "name": name, "stage": "test", "project_id": project_id,
                      "project_name": project, "time_in_queue_seconds": 1,
                      "project_jobs_running_on_instance_runners_count": "0",
                      "queue_size": 0, "queue_depth": 0},
@@ -113,7 +117,7 @@ def make_job(job_id, server, sha, script, *, name=None, token=None, project="dem
         "image": {"name": "debian:bookworm", "entrypoint": None, "ports": [], "pull_policy": None},
         "services": [],
         "artifacts": artifacts or [],
-        "cache": [],
+        "cache": cache or [],
         "credentials": [{"type": "registry", "url": "registry.example.test",
                          "username": "gitlab-ci-token", "password": token}],
         # GitLab sends the dependent job's own token for each dependency
@@ -137,8 +141,10 @@ class Job:
         self.sent_416 = 0
         self.updates = []       # bodies of every PUT
         self.final = None       # the accepted final PUT body
-        self.artifacts = None   # {name: bytes} of the uploaded zip
+        self.artifacts = None   # {name: bytes} of the uploaded archive zip
         self.artifact_query = None
+        self.reports = {}       # artifact_type: [bytes of each gzip member] (raw: one)
+        self.uploads = []       # (artifact_type, artifact_format, file name, query)
         self.handed_at = None
         self.canceled_at = None
         self.finished_at = None
@@ -163,6 +169,7 @@ class FakeGitLab:
         self.long_polls = 0         # requests held because last_update matched
         self.echoed = 0             # requests that echoed a value we issued
         self.runners = []
+        self.features = None        # info.features of the last job request
         self.httpd = None
 
     # ---- control ----
@@ -343,6 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
         feats = info.get("features")
         if not isinstance(feats, dict) or not all(isinstance(v, bool) for v in feats.values()):
             return self.bad("info.features must map names to booleans")
+        with fake.lock:
+            fake.features = dict(feats)
         for need in ("variables", "artifacts", "masking", "trace_checksum", "trace_size",
                      "cancelable", "return_exit_code", "refspecs", "multi_build_steps"):
             if feats.get(need) is not True:
@@ -479,33 +488,87 @@ class _Handler(BaseHTTPRequestHandler):
         job = self.job(job_id, self.headers.get("JOB-TOKEN"))
         if not job:
             return
-        q = urllib.parse.parse_qs(url.query)
-        if q.get("artifact_format") != ["zip"] or q.get("artifact_type") != ["archive"]:
-            return self.bad(f"query {url.query!r}: need artifact_format=zip&artifact_type=archive")
+        # gitlab-runner (network/gitlab.go UploadRawArtifacts): the options in
+        # the query, the file as the one multipart part "file"
+        q = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        if set(q) - {"artifact_format", "artifact_type", "expire_in"}:
+            return self.bad(f"query {url.query!r}: unknown parameters")
+        if any(len(v) != 1 for v in q.values()):
+            return self.bad(f"query {url.query!r}: a parameter given twice")
+        atype = q.get("artifact_type", [None])[0]
+        afmt = q.get("artifact_format", [None])[0]
+        entry = next((a for a in job.payload.get("artifacts", [])
+                      if a.get("artifact_type", "archive") == atype and
+                      a.get("artifact_format", "zip") == afmt), None)
+        if entry is None:
+            return self.bad(f"query {url.query!r}: no artifacts entry of the job has this "
+                            f"artifact_type and artifact_format")
+        if atype == "archive" and afmt != "zip":
+            return self.bad("the archive must be a zip")
+        if q.get("expire_in", [None])[0] != entry.get("expire_in"):
+            return self.bad(f"expire_in {q.get('expire_in')} is not the entry's "
+                            f"{entry.get('expire_in')!r}")
         ctype = self.headers.get("Content-Type", "")
         m = re.match(r"^multipart/form-data;\s*boundary=(.+)$", ctype)
         if not m:
             return self.bad("Content-Type must be multipart/form-data")
         boundary = m.group(1).strip('"').encode()
-        file_data = None
+        parts = []
         for part in data.split(b"--" + boundary)[1:]:
             if part.startswith(b"--"):
                 break
             head, _, content = part.partition(b"\r\n\r\n")
-            if b'name="file"' in head:
-                file_data = content[:-2] if content.endswith(b"\r\n") else content
-        if file_data is None:
-            return self.bad("no file part")
-        try:
-            with zipfile.ZipFile(io.BytesIO(file_data)) as z:
-                if z.testzip() is not None:
-                    return self.bad("corrupt zip")
-                files = {n: z.read(n) for n in z.namelist()}
-        except zipfile.BadZipFile:
-            return self.bad("the file is not a zip archive")
+            parts.append((head.decode(errors="replace"),
+                          content[:-2] if content.endswith(b"\r\n") else content))
+        if len(parts) != 1:
+            return self.bad(f"{len(parts)} multipart parts, want the one \"file\"")
+        head, file_data = parts[0]
+        disp = re.search(r'Content-Disposition:\s*form-data;\s*name="file";\s*'
+                         r'filename="([^"]*)"', head, re.I)
+        if not disp:
+            return self.bad(f"the part is not form-data name=\"file\" with a filename: {head!r}")
+        base = entry.get("name") or "artifacts"
+        want = base + {"zip": ".zip", "gzip": ".gz"}.get(afmt, "")
+        if disp.group(1) != want:
+            return self.bad(f"file name {disp.group(1)!r}, want {want!r}")
+        if afmt == "zip":
+            try:
+                with zipfile.ZipFile(io.BytesIO(file_data)) as z:
+                    if z.testzip() is not None:
+                        return self.bad("corrupt zip")
+                    files = {n: z.read(n) for n in z.namelist()}
+            except zipfile.BadZipFile:
+                return self.bad("the file is not a zip archive")
+            members = None
+        elif afmt == "gzip":
+            # one gzip member per file, one after the other
+            members, rest = [], file_data
+            while rest:
+                if rest[:3] != b"\x1f\x8b\x08":
+                    return self.bad("gzip: a member does not start with a gzip header")
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                try:
+                    members.append(d.decompress(rest) + d.flush())
+                except zlib.error as e:
+                    return self.bad(f"gzip: {e}")
+                if not d.eof:
+                    return self.bad("gzip: a member is cut short")
+                rest = d.unused_data
+            if not members:
+                return self.bad("gzip: empty upload")
+        elif afmt == "raw":
+            members = [file_data]
+        else:
+            return self.bad(f"artifact_format {afmt!r} is not zip, gzip or raw")
         with fake.lock:
-            job.artifacts = files
-            job.artifact_query = q
+            job.uploads.append((atype, afmt, disp.group(1), q))
+            if atype == "archive":
+                job.artifacts = files
+                job.artifact_query = q
+            elif members is not None:
+                job.reports[atype] = members
+            else:
+                job.reports[atype] = [files]
         self.reply(201, {"message": "201 Created"})
 
     def download_artifacts(self, url, job_id):

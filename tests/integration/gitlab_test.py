@@ -12,6 +12,14 @@
       codes, the exact trace, masked values nowhere (trace, daemon log, the
       SQLite files, job files), no VM, overlay or run dir left, and no
       protocol error seen by the fake.
+  gitlab_test.py pipeline AGENTLABD
+      a 3-stage pipeline, twice, each job in its own micro VM: build writes
+      bin/app and fills a cache (expensive work only on a cache miss), test
+      reads bin/app from its dependency, restores the cache through a
+      fallback key and writes report.xml as a junit report (gzip), deploy
+      reads both. The second run's build hits the cache and is faster (the
+      numbers are printed); every upload and download is checked by the
+      fake against gitlab-runner's requests.
 """
 import base64
 import os
@@ -400,12 +408,210 @@ poll_interval = 1s
     print("gitlab jobs: ok")
 
 
+EXPENSIVE_S = 12  # what the build does without its cache (a slow dependency fetch)
+
+
+def pipeline_jobs(srv, sha, base):
+    """build -> test -> deploy, job ids base+1..base+3."""
+    cache = {"key": "deps-non_protected", "untracked": False, "policy": "pull-push",
+             "paths": ["vendor/"], "when": "on_success", "fallback_keys": []}
+    build = make_job(base + 1, srv, sha, name="build", project_id=77, cache=[cache], script=[
+        "start=$(cut -d. -f1 /proc/uptime)",
+        "if [ -f vendor/deps.txt ]; then echo CACHE-HIT; else echo CACHE-MISS; "
+        f"sleep {EXPENSIVE_S}; mkdir -p vendor; "
+        "dd if=/dev/urandom of=vendor/blob bs=1024 count=64 2>/dev/null; "
+        "echo deps-$start > vendor/deps.txt; fi",
+        "mkdir -p bin && printf '#!/bin/sh\\necho app-built\\n' > bin/app",
+        "echo BUILD-STEP-SECONDS=$(( $(cut -d. -f1 /proc/uptime) - start ))",
+    ], artifacts=[{"name": "build-output", "untracked": False, "paths": ["bin/"],
+                   "when": "on_success", "artifact_type": "archive", "artifact_format": "zip",
+                   "expire_in": "1 day"}])
+    # test: another key, reaching the build's cache through its fallback key;
+    # pull only (never saves)
+    tcache = {"key": "test-non_protected", "untracked": False, "policy": "pull",
+              "paths": ["vendor/"], "when": "on_success",
+              "fallback_keys": ["deps-non_protected"]}
+    test = make_job(base + 2, srv, sha, name="test", project_id=77, cache=[tcache], dependencies=[
+        {"id": base + 1, "name": "build",
+         "artifacts_file": {"filename": "build-output.zip", "size": 1000}}], script=[
+        "test -f vendor/deps.txt && echo TEST-CACHE-HIT $(cat vendor/deps.txt)",
+        "sh bin/app",
+        "printf '<testsuite name=\"unit\" tests=\"2\"><testcase name=\"a\"/>"
+        "<testcase name=\"b\"/></testsuite>\\n' > report.xml",
+        "mkdir -p more && echo '<testsuite name=\"more\" tests=\"0\"/>' > more/extra.xml",
+    ], artifacts=[
+        {"name": "test-output", "untracked": False, "paths": ["report.xml"],
+         "when": "always", "artifact_type": "archive", "artifact_format": "zip"},
+        {"name": "junit", "untracked": False, "paths": ["report.xml", "more/*.xml"],
+         "when": "always", "artifact_type": "junit", "artifact_format": "gzip",
+         "expire_in": "30 days"}])
+    deploy = make_job(base + 3, srv, sha, name="deploy", project_id=77, dependencies=[
+        {"id": base + 1, "name": "build",
+         "artifacts_file": {"filename": "build-output.zip", "size": 1000}},
+        {"id": base + 2, "name": "test",
+         "artifacts_file": {"filename": "test-output.zip", "size": 1000}}], script=[
+        "sh bin/app", "case \"$(cat report.xml)\" in *'tests=\"2\"'*) echo REPORT-OK;; esac",
+        "echo DEPLOYED"])
+    return [build, test, deploy]
+
+
+def test_pipeline(agentlabd):
+    test_state = os.environ.get("AGENTLAB_TEST_STATE")
+    micro = os.path.join(test_state or "", "images", "micro")
+    if not test_state or not os.path.isdir(micro):
+        skip("gitlab pipeline: no micro image (run the micro fixture)")
+    tmp = tempfile.mkdtemp(prefix="al-glp.")
+    run = tempfile.mkdtemp(prefix="al-glpr.")
+    os.chmod(tmp, 0o711)
+    os.chmod(run, 0o711)
+    state = os.path.join(tmp, "state")
+    os.makedirs(os.path.join(state, "images"))
+    os.chmod(state, 0o711)
+    shutil.copytree(micro, os.path.join(state, "images", "micro"), symlinks=True)
+    gitroot = os.path.join(tmp, "git")
+    os.makedirs(gitroot)
+    sha = make_repo(gitroot)
+    cache_dir = os.path.join(tmp, "shared-cache")  # as an NFS mount would be
+    fake = FakeGitLab(RUNNER_TOKEN, git_root=gitroot, long_poll_s=2.0).start()
+    srv = fake.url
+    token_file = os.path.join(tmp, "runner.token")
+    with open(token_file, "w") as f:
+        f.write(RUNNER_TOKEN + "\n")
+    os.chmod(token_file, 0o600)
+    conf = os.path.join(tmp, "agentlab.conf")
+    with open(conf, "w") as f:
+        f.write(f"""[agent]
+log_level = info
+image = micro
+boot_timeout = 2m
+[backend "local"]
+max_vms = 2
+[source "gl"]
+type = gitlab
+url = {srv}
+token_file = {token_file}
+concurrent = 2
+poll_interval = 1s
+cache_dir = {cache_dir}
+cache_max_size = 64M
+""")
+    runs = []
+    env = dict(os.environ, AGENTLAB_CONFIG=conf, AGENTLAB_STATE_DIR=state, AGENTLAB_RUN_DIR=run)
+    log_path = os.path.join(tmp, "daemon.log")
+    logf = open(log_path, "wb")
+    t0 = time.time()
+    daemon = subprocess.Popen([agentlabd], env=env, stderr=logf, stdout=logf)
+
+    def dump():
+        for r in runs:
+            for j in r:
+                print(f"--- {j.payload['job_info']['name']} ({j.id}) status {j.status} "
+                      f"final {j.final} uploads {j.uploads}\n"
+                      f"{j.trace.decode(errors='replace')}", file=sys.stderr)
+        print(f"--- fake errors: {fake.errors}", file=sys.stderr)
+    DUMP.append(dump)
+    ok = True
+    try:
+        for base in (200, 210):
+            jobs = [fake.add_job(p) for p in pipeline_jobs(srv, sha, base)]
+            runs.append(jobs)
+            ok = fake.wait(lambda: all(j.final is not None for j in jobs), 300)
+            if not ok:
+                break
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            rc = daemon.wait(120)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            rc = "killed"
+        logf.close()
+    log = open(log_path, "rb").read().decode(errors="replace")
+    if not ok:
+        print(log[-6000:], file=sys.stderr)
+        fail("the pipeline did not finish")
+    check(rc == 0, f"agentlabd exited {rc} on SIGTERM\n{log[-3000:]}")
+    total = time.time() - t0
+    check(fake.features.get("cache") is True, f"cache not advertised: {fake.features}")
+    check(fake.features.get("upload_raw_artifacts") is True,
+          f"upload_raw_artifacts not advertised: {fake.features}")
+
+    def trace(j):
+        return j.trace.decode(errors="replace")
+    for n, (build, test, deploy) in enumerate(runs):
+        for j in (build, test, deploy):
+            check(j.final["state"] == "success", f"run {n + 1}: {j.payload['job_info']['name']}: "
+                                                 f"{j.final}\n{trace(j)}")
+        # build: a miss the first time, a hit the second
+        want = "CACHE-MISS" if n == 0 else "CACHE-HIT"
+        check(want in trace(build), f"run {n + 1}: build says no {want}:\n{trace(build)}")
+        check("Saving cache deps-non_protected for successful job" in trace(build) and
+              "Created cache" in trace(build), f"run {n + 1}: build saved no cache")
+        if n == 1:
+            check("Successfully restored cache" in trace(build), "run 2: build restored nothing")
+        # test: the build's cache through the fallback key, and bin/app
+        t = trace(test)
+        for w in ("Checking cache for test-non_protected...",
+                  "Using the cache of fallback key deps-non_protected",
+                  "TEST-CACHE-HIT deps-", "app-built", "Downloading artifacts for build"):
+            check(w in t, f"run {n + 1}: test: {w!r} missing:\n{t}")
+        check("Saving cache" not in t, f"run {n + 1}: a pull-only cache was saved")
+        # the junit report: one gzip member per file, with its type and expire_in
+        rep = test.reports.get("junit")
+        check(rep is not None and len(rep) == 2, f"run {n + 1}: junit members {rep}")
+        check(any(b'<testcase name="a"/>' in m for m in rep) and
+              any(b'name="more"' in m for m in rep), f"run {n + 1}: junit content {rep}")
+        up = {u[0]: u for u in test.uploads}
+        check(up["junit"][1:3] == ("gzip", "junit.gz") and
+              up["junit"][3].get("expire_in") == ["30 days"], f"junit upload {up['junit']}")
+        check(up["archive"][1:3] == ("zip", "test-output.zip"), f"archive upload {up['archive']}")
+        check(sorted(test.artifacts) == ["report.xml"], f"test archive {sorted(test.artifacts)}")
+        check(build.uploads[0][2] == "build-output.zip" and
+              build.artifact_query.get("expire_in") == ["1 day"], f"build upload {build.uploads}")
+        check(sorted(build.artifacts) == ["bin/app"], f"build archive {sorted(build.artifacts)}")
+        # deploy: both
+        t = trace(deploy)
+        for w in ("app-built", "REPORT-OK", "DEPLOYED"):
+            check(w in t, f"run {n + 1}: deploy: {w!r} missing:\n{t}")
+    # the cache store: one archive per key, per project, nothing half written
+    files = sorted(os.path.relpath(p, cache_dir) for p in all_files(cache_dir))
+    check(files == ["77/deps-non_protected.zip"], f"cache store: {files}")
+
+    def step_s(j):
+        for line in trace(j).splitlines():
+            if line.startswith("BUILD-STEP-SECONDS="):
+                return int(line.split("=")[1])
+        fail(f"no step time in {trace(j)}")
+    b1, b2 = runs[0][0], runs[1][0]
+    s1, s2 = step_s(b1), step_s(b2)
+    j1, j2 = b1.finished_at - b1.handed_at, b2.finished_at - b2.handed_at
+    p1 = runs[0][2].finished_at - runs[0][0].handed_at
+    p2 = runs[1][2].finished_at - runs[1][0].handed_at
+    print(f"build step in the VM: {s1}s without the cache, {s2}s with it; build job "
+          f"(handed out to reported): {j1:.1f}s, then {j2:.1f}s; whole pipeline "
+          f"{p1:.1f}s, then {p2:.1f}s; {total:.0f}s in all")
+    # the step itself is timed in the VM; the job times include a VM boot
+    # each, whose spread under TCG on a busy host is only reported
+    check(s1 >= EXPENSIVE_S and s2 < EXPENSIVE_S / 2, "the cached build step was not faster")
+    check(sorted(fake.downloads) == [(202, 201, 200), (203, 201, 200), (203, 202, 200),
+                                     (212, 211, 200), (213, 211, 200), (213, 212, 200)],
+          f"downloads {fake.downloads}")
+    check(not fake.errors, "the fake saw protocol errors:\n  " + "\n  ".join(fake.errors))
+    fake.stop()
+    destroy_test_pools(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)
+    print("gitlab pipeline: ok")
+
+
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("register", "jobs"):
+    if len(sys.argv) != 3 or sys.argv[1] not in ("register", "jobs", "pipeline"):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     if sys.argv[1] == "register":
         test_register(sys.argv[2])
+    elif sys.argv[1] == "pipeline":
+        test_pipeline(sys.argv[2])
     else:
         test_jobs(sys.argv[2])
 

@@ -430,6 +430,99 @@ static void test_gitlab_zip(void **state)
     free(src);
 }
 
+static char *slurp(const char *cmd, size_t *ret_len)
+{
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char *buf = calloc(1, 65536);
+    size_t n = fread(buf, 1, 65535, p);
+    assert_int_equal(pclose(p), 0);
+    *ret_len = n;
+    return buf;
+}
+
+/* Report artifacts as gitlab-runner writes them: gzip is one member a
+ * file (in walk order), raw the one file as it is; names from `name`. */
+static void test_gitlab_report_formats(void **state)
+{
+    (void)state;
+    struct al_error *err = NULL;
+    char *src = al_path_join(tmp, "reportsrc");
+    char *sub = al_path_join(src, "reports");
+    assert_int_equal(al_mkdir_p(sub, 0755, &err), 0);
+    char *f1 = al_path_join(sub, "a.xml");
+    char *f2 = al_path_join(sub, "b.xml");
+    char *f3 = al_path_join(src, "other.txt");
+    assert_int_equal(al_write_file_atomic(f1, "<testsuite name=\"a\"/>\n", 22, 0644, &err), 0);
+    assert_int_equal(al_write_file_atomic(f2, "<testsuite name=\"b\"/>\n", 22, 0644, &err), 0);
+    assert_int_equal(al_write_file_atomic(f3, "no\n", 3, 0644, &err), 0);
+
+    char *paths[] = {"reports/*.xml", NULL};
+    char *none[] = {NULL};
+    struct gitlab_artifact a = {.name = "junit",
+                                .paths = paths,
+                                .n_paths = 1,
+                                .exclude = none,
+                                .type = "junit",
+                                .format = "gzip"};
+    char *gz = al_path_join(tmp, "junit.gz");
+    struct gitlab_zip_result res = {0};
+    assert_int_equal(gitlab_artifacts_pack(src, &a, gz, 0, &res, &err), 0);
+    assert_int_equal(res.files, 2);
+    size_t len = 0;
+    char *cmd = NULL;
+    assert_true(asprintf(&cmd, "cat '%s'", gz) > 0);
+    char *raw = slurp(cmd, &len);
+    free(cmd);
+    assert_int_equal(res.bytes, len);
+    int members = 0;
+    for (size_t i = 0; i + 2 < len; i++)
+        members += (unsigned char)raw[i] == 0x1f && (unsigned char)raw[i + 1] == 0x8b &&
+                   raw[i + 2] == 8 && (i == 0 || members > 0);
+    assert_true(members >= 2); /* a member a file, not one stream */
+    free(raw);
+    assert_true(asprintf(&cmd, "gzip -dc '%s'", gz) > 0);
+    char *plain = slurp(cmd, &len);
+    free(cmd);
+    assert_int_equal(len, 44);
+    assert_true(strstr(plain, "name=\"a\"") && strstr(plain, "name=\"b\""));
+    free(plain);
+    char *name = gitlab_artifact_file_name(&a);
+    assert_string_equal(name, "junit.gz");
+    free(name);
+
+    /* raw: the one file; two matching is an error and leaves nothing */
+    a.format = "raw";
+    a.name = "dot/env\"";
+    char *one[] = {"reports/a.xml", NULL};
+    a.paths = one;
+    assert_int_equal(gitlab_artifacts_pack(src, &a, gz, 0, &res, &err), 0);
+    assert_int_equal(res.files, 1);
+    assert_int_equal(res.bytes, 22);
+    name = gitlab_artifact_file_name(&a);
+    assert_string_equal(name, "dot_env_");
+    free(name);
+    a.paths = paths;
+    assert_int_equal(gitlab_artifacts_pack(src, &a, gz, 0, &res, &err), -EINVAL);
+    err = al_error_free(err);
+    assert_int_equal(access(gz, F_OK), -1);
+    /* zip keeps its archive name; an unknown format is refused */
+    a.format = "zip";
+    a.name = NULL;
+    name = gitlab_artifact_file_name(&a);
+    assert_string_equal(name, "artifacts.zip");
+    free(name);
+    a.format = "tar";
+    assert_int_equal(gitlab_artifacts_pack(src, &a, gz, 0, &res, &err), -ENOTSUP);
+    err = al_error_free(err);
+    free(gz);
+    free(f3);
+    free(f2);
+    free(f1);
+    free(sub);
+    free(src);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -440,6 +533,7 @@ int main(void)
             cmocka_unit_test(test_damaged_and_missing),
             cmocka_unit_test(test_workdir_roundtrip),
             cmocka_unit_test(test_gitlab_zip),
+            cmocka_unit_test(test_gitlab_report_formats),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

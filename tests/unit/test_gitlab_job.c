@@ -340,6 +340,74 @@ static const char *env_get(const struct job_env_var *v, size_t n, const char *na
     return NULL;
 }
 
+/* The payload with its "cache" array replaced. */
+static char *with_cache(const char *caches)
+{
+    _cleanup_free_ char *doc = payload("", STEP_SCRIPT("\"true\""), "{\"paths\": [\"bin/\"]}");
+    char *at = strstr(doc, "\"cache\": []");
+    assert_non_null(at);
+    char *s = NULL;
+    assert_true(asprintf(&s, "%.*s\"cache\": [%s]%s", (int)(at - doc), doc, caches,
+                         at + strlen("\"cache\": []")) > 0);
+    return s;
+}
+
+static void test_parse_cache(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc = with_cache(
+            "{\"key\": \"deps-non_protected\", \"untracked\": false, \"policy\": \"pull-push\","
+            " \"paths\": [\"vendor/\", \".cache/pip/*.whl\"], \"when\": \"on_success\","
+            " \"fallback_keys\": [\"main-non_protected\"]},"
+            "{\"key\": \"ro\", \"policy\": \"pull\", \"paths\": [\"ro/\"]},"
+            "{\"key\": \"\", \"policy\": \"push\", \"paths\": [\"out/\", \"bin/x\"],"
+            " \"when\": \"always\"}");
+    struct gitlab_job *j = parse_ok(doc);
+    assert_int_equal(j->project_id, 3);
+    assert_int_equal(j->n_caches, 3);
+    assert_string_equal(j->caches[0].key, "deps-non_protected");
+    assert_int_equal(j->caches[0].policy, GITLAB_CACHE_PULL_PUSH);
+    assert_int_equal(j->caches[0].n_paths, 2);
+    assert_int_equal(j->caches[0].n_fallback_keys, 1);
+    assert_string_equal(j->caches[0].fallback_keys[0], "main-non_protected");
+    assert_int_equal(j->caches[1].policy, GITLAB_CACHE_PULL);
+    assert_string_equal(j->caches[2].key, "default");
+    assert_int_equal(j->caches[2].policy, GITLAB_CACHE_PUSH);
+    assert_int_equal(j->caches[2].when, GITLAB_WHEN_ALWAYS);
+    /* what is saved when */
+    assert_true(gitlab_cache_saves(&j->caches[0], true));
+    assert_false(gitlab_cache_saves(&j->caches[0], false));
+    assert_false(gitlab_cache_saves(&j->caches[1], true));
+    assert_true(gitlab_cache_saves(&j->caches[2], false));
+    /* the guest hands back the archive's and the saved caches' roots, a
+     * pull-only cache's not */
+    struct gitlab_spec_opts o = {.clone = GITLAB_CLONE_HOST};
+    struct job_spec *spec = NULL;
+    assert_int_equal(gitlab_job_to_spec(j, &o, &spec, NULL), 0);
+    assert_int_equal(spec->n_artifacts, 4);
+    assert_string_equal(spec->artifacts[0], "bin");
+    assert_string_equal(spec->artifacts[1], "vendor");
+    assert_string_equal(spec->artifacts[2], ".cache/pip");
+    assert_string_equal(spec->artifacts[3], "out");
+    job_spec_free(spec);
+    gitlab_job_free(j);
+
+    static const struct {
+        const char *caches, *want;
+    } bad[] = {
+            {"{\"key\": \"k\", \"policy\": \"sometimes\"}", "cache[0].policy: expected pull"},
+            {"{\"key\": \"k\", \"when\": \"never\"}", "cache[0].when: expected on_success"},
+            {"{\"key\": 5}", "cache[0].key: expected a string"},
+            {"{},{},{},{},{}", "cache: "},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        _cleanup_free_ char *d = with_cache(bad[i].caches);
+        _cleanup_free_ char *msg = parse_err(d, strlen(d), -EINVAL);
+        if (!strstr(msg, bad[i].want))
+            fail_msg("case %zu: message \"%s\" lacks \"%s\"", i, msg, bad[i].want);
+    }
+}
+
 static void test_spec(void **state)
 {
     (void)state;
@@ -643,6 +711,7 @@ int main(void)
             cmocka_unit_test(test_parse_rejects),
             cmocka_unit_test(test_parse_rejects_document),
             cmocka_unit_test(test_parse_dependencies),
+            cmocka_unit_test(test_parse_cache),
             cmocka_unit_test(test_parse_git_info),
             cmocka_unit_test(test_ident_of_broken_payload),
             cmocka_unit_test(test_secret_never_in_errors),

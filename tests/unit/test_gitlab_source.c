@@ -507,6 +507,48 @@ static void test_job_succeeds(void **state)
     store_job_free(sj);
 }
 
+/* A job with caches, without a host checkout: the trace says they are
+ * not restored, and saving finds nothing the guest handed back; the job
+ * still succeeds. The store lives under state_dir by default. */
+static void test_job_with_cache(void **state)
+{
+    struct fixture *f = *state;
+    fake_add_job(&f->fake, 110, "stream:2");
+    struct fake_job *j = &f->fake.jobs[0];
+    char *at = strstr(j->payload, " \"features\"");
+    assert_non_null(at);
+    char *doc = NULL;
+    assert_true(asprintf(&doc,
+                         "%.*s \"cache\": [{\"key\": \"deps-non_protected\", \"policy\": "
+                         "\"pull-push\", \"paths\": [\"vendor/\"], \"when\": \"on_success\", "
+                         "\"untracked\": true}],%s",
+                         (int)(at - j->payload), j->payload, at) > 0);
+    free(j->payload);
+    j->payload = doc;
+    start_source(f);
+    assert_true(run_until_final(f, j, 20000));
+    assert_int_equal(f->fake.bad, 0);
+    al_buf_append(&j->trace, "", 1);
+    if (!streq(j->status, "success"))
+        fail_msg("the job %s: %s", j->status, j->trace.data);
+    const char *want[] = {
+            "WARNING: caches are restored only with clone = host",
+            "Saving cache deps-non_protected for successful job\n",
+            "WARNING: cache:untracked is not supported",
+            "WARNING: no files match the cache paths: nothing saved\n",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
+        if (!strstr(j->trace.data, want[i]))
+            fail_msg("%s missing from the trace:\n%s", want[i], j->trace.data);
+    }
+    char *store = NULL;
+    assert_true(asprintf(&store, "%s/gitlab-cache/gl", f->dir) > 0);
+    struct stat st;
+    assert_int_equal(stat(store, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    free(store);
+}
+
 static void test_job_fails(void **state)
 {
     struct fixture *f = *state;
@@ -641,6 +683,7 @@ int main(void)
     al_curl_global_init();
     const struct CMUnitTest tests[] = {
             cmocka_unit_test_setup_teardown(test_job_succeeds, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_job_with_cache, setup, teardown),
             cmocka_unit_test_setup_teardown(test_job_fails, setup, teardown),
             cmocka_unit_test_setup_teardown(test_cancel_from_gitlab, setup, teardown),
             cmocka_unit_test_setup_teardown(test_bad_payload, setup, teardown),
