@@ -49,5 +49,6 @@ CC=clang cmake -S . -B build-fuzz -DAL_WERROR=ON -DAL_FUZZ=ON -DAL_SANITIZE=addr
     -DAL_FUZZ_SECONDS="${AL_FUZZ_SECONDS:-30}" >/dev/null
 cmake --build build-fuzz -j"$jobs" --target $(cd build-fuzz && ctest -N -L fuzz |
     sed -n 's/^ *Test *#[0-9]*: //p')
-(cd build-fuzz && ctest --output-on-failure -L fuzz)
+# one libFuzzer process per CPU: each runs its time whatever the others do
+(cd build-fuzz && ctest --output-on-failure -j"$jobs" -L fuzz)
 echo "test.sh: all tests passed"
