@@ -32,6 +32,10 @@
 #include "runner/base/version.h"
 
 #define MAKER_PREFIX "snap-"
+/* a snapshot that could not be made (an image whose helper predates SYNC,
+ * a guest that does not boot) is not tried again for this long: each try
+ * is a boot */
+#define MAKER_RETRY_MS (15u * 60u * 1000u)
 
 struct lv_snap_slot {
     struct al_list link; /* on lb->snap_slots */
@@ -45,6 +49,7 @@ struct lv_snap_slot {
     struct lv_vm *user;  /* the job VM restored from it */
     struct lv_vm *maker; /* the VM being saved into it */
     bool cloning;        /* being copied from another slot */
+    uint64_t failed_ms;  /* when making it last failed (monotonic), 0 = never */
 };
 
 /* A VM being made into a snapshot: owns what its request points at. */
@@ -302,6 +307,8 @@ static void maker_finished(struct vm *vm, const struct vm_result *r, void *data)
 {
     (void)vm;
     struct snap_maker *mk = data;
+    if (mk->s)
+        mk->s->failed_ms = al_now_mono_ms();
     log_warn(NULL, "backend %s: making a snapshot of %s in %s failed: %s", mk->lb->b->name,
              mk->want.image, mk->s ? mk->s->dir : "?", r->reason);
     maker_end(mk);
@@ -740,6 +747,8 @@ static void save_done(void *data, int result, struct al_error *err)
     if (result < 0) {
         log_warn(NULL, "backend %s: saving a snapshot of %s failed: %s", v->lb->b->name,
                  mk->image.name, al_error_message(err));
+        if (s)
+            s->failed_ms = al_now_mono_ms();
     } else if (s) {
         snapshot_manifest_clear(&s->m);
         s->m = mk->made;
@@ -860,9 +869,13 @@ void lv_snapshot_choose(struct lv_vm *v)
         set_fallback(v, SNAPSHOT_FB_BUSY, "all %u snapshot slots are in use", busy);
     } else {
         set_fallback(v, SNAPSHOT_FB_NONE, "%s",
-                     making ? "the snapshot is being made" : "no snapshot of this image and size");
+                     making                          ? "the snapshot is being made"
+                     : to_make && to_make->failed_ms ? "making the snapshot failed; retried later"
+                                                     : "no snapshot of this image and size");
     }
     /* one maker per image and size at a time: each is a boot */
+    if (to_make && to_make->failed_ms && al_now_mono_ms() - to_make->failed_ms < MAKER_RETRY_MS)
+        to_make = NULL;
     if (to_make && !making)
         maker_start(lb, to_make, v->image, v->req.cpus, v->req.memory, &want);
     snapshot_manifest_clear(&want);
