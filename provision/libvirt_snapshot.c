@@ -821,6 +821,7 @@ void lv_snapshot_choose(struct lv_vm *v)
     struct lv_snap_slot *chosen = NULL, *to_make = NULL;
     unsigned making = 0, busy = 0, stale = 0;
     char stale_why[200] = "";
+    bool stale_changed = false;
     for (int k = 0; k < lb->max_vms && k < 64; k++) {
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/slot-%d", sdir, k);
@@ -841,10 +842,13 @@ void lv_snapshot_choose(struct lv_vm *v)
             continue;
         }
         char why[200];
-        if (s->broken || snapshot_manifest_check(&s->m, &want, why, sizeof(why)) < 0) {
-            if (!stale++)
+        bool changed = snapshot_manifest_check(&s->m, &want, why, sizeof(why)) < 0;
+        if (changed || s->broken) {
+            /* what changed says more than a failed restore */
+            if (!stale++ || (changed && !stale_changed))
                 snprintf(stale_why, sizeof(stale_why), "%s",
-                         s->broken ? "its last restore failed" : why);
+                         changed ? why : "its last restore failed");
+            stale_changed |= changed;
             if (!to_make)
                 to_make = s;
             continue;
