@@ -278,7 +278,7 @@ static const struct config_key keys[] = {
         {SEC_POOL, 0, "warm_peak_end", KEY_INT, P(warm_peak_end), "18", 1, 24, NULL,
          "hour the peak ends, 1 to 24 (local time)"},
         {SEC_POOL, 0, "start", KEY_ENUM, P(start), "boot", 0, 0, vm_start_names,
-         "boot, snapshot or auto: restore job VMs from memory snapshots of a booted guest"},
+         "boot, snapshot or auto"},
 
 };
 
