@@ -61,6 +61,7 @@ struct snap_maker {
     struct vm_image image;
     struct snapshot_manifest want;
     struct snapshot_manifest made; /* worker -> loop */
+    bool saved;                    /* made holds a saved snapshot */
     uint64_t t0;
 };
 
@@ -261,12 +262,28 @@ static void maker_free(struct snap_maker *mk)
     free(mk);
 }
 
+static void clone_start(struct lv_backend *lb, struct lv_snap_slot *src);
+
+/* The maker's VM is gone: only now may its slot be restored, since the
+ * restored domain, its run dir and its overlay carry the maker's names. */
 static void maker_destroyed(int result, const struct al_error *err, void *data)
 {
     (void)result;
     (void)err;
     struct snap_maker *mk = data;
     struct lv_backend *lb = mk->lb;
+    struct lv_snap_slot *s = mk->s;
+    if (mk->saved && s && !lb->closing) {
+        snapshot_manifest_clear(&s->m);
+        s->m = mk->made;
+        mk->made = (struct snapshot_manifest){0};
+        s->loaded = true;
+        log_info(NULL,
+                 "backend %s: snapshot %s ready in %" PRIu64 " ms (state %" PRIu64
+                 " MiB, base %" PRIu64 " KiB)",
+                 lb->b->name, s->dir, s->m.made_ms, s->m.state_bytes >> 20, s->m.base_bytes >> 10);
+        clone_start(lb, s);
+    }
     maker_free(mk);
     lv_close_continue(lb);
 }
@@ -279,18 +296,18 @@ void lv_snapshot_stop_makers(struct lv_backend *lb)
             if (v->snap && v->snap->maker == v)
                 v->snap->maker = NULL;
             v->snap = NULL;
+            mk->s = NULL;
             v->base.backend->ops->destroy(&v->base, maker_destroyed, mk);
         }
     }
 }
 
-/* The maker is done, made or not: its VM goes, its slot is free. */
+/* The maker is done, made or not: its VM goes; the slot stays being made
+ * until the VM's teardown finished (lv_snapshot_release(), then
+ * maker_destroyed()). */
 static void maker_end(struct snap_maker *mk)
 {
-    if (mk->s && mk->s->maker == mk->v)
-        mk->s->maker = NULL;
     struct lv_vm *v = mk->v;
-    v->snap = NULL;
     v->base.backend->ops->destroy(&v->base, maker_destroyed, mk);
 }
 
@@ -749,23 +766,11 @@ static void save_done(void *data, int result, struct al_error *err)
                  mk->image.name, al_error_message(err));
         if (s)
             s->failed_ms = al_now_mono_ms();
-    } else if (s) {
-        snapshot_manifest_clear(&s->m);
-        s->m = mk->made;
-        mk->made = (struct snapshot_manifest){0};
-        s->loaded = true;
-        log_info(NULL,
-                 "backend %s: snapshot %s ready in %" PRIu64 " ms (state %" PRIu64
-                 " MiB, base %" PRIu64 " KiB)",
-                 v->lb->b->name, s->dir, s->m.made_ms, s->m.state_bytes >> 20,
-                 s->m.base_bytes >> 10);
+    } else {
+        mk->saved = true;
     }
     al_error_free(err);
-    struct lv_backend *lb = v->lb;
-    bool made = result >= 0 && s;
     maker_end(mk);
-    if (made && !lb->closing)
-        clone_start(lb, s);
 }
 
 void lv_snapshot_synced(struct lv_vm *v)

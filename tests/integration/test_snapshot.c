@@ -14,6 +14,7 @@
  * AGENTLAB_TEST_STATE (with images/micro). */
 #include "test_util.h"
 
+#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,7 +159,13 @@ static void wait_for_slots(struct ctx *c)
             slot_path(c, k, "manifest.json", p, sizeof(p));
             ready += file_exists(p);
         }
-        if (ready == N_AT_ONCE)
+        /* the slots are the backend's once the VM that was saved is gone */
+        char pattern[1024];
+        snprintf(pattern, sizeof(pattern), "%s/run/vms/agentlab-snap-*", c->dir);
+        glob_t g;
+        bool maker_left = glob(pattern, 0, NULL, &g) == 0 && g.gl_pathc > 0;
+        globfree(&g);
+        if (ready == N_AT_ONCE && !maker_left)
             break;
         if (al_now_mono_ms() > end)
             fail_msg("only %d of %d snapshot slots were made in 240 s", ready, N_AT_ONCE);
