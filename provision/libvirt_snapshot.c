@@ -32,9 +32,11 @@
 #include "runner/base/version.h"
 
 #define MAKER_PREFIX "snap-"
-/* a snapshot that could not be made (an image whose helper predates SYNC,
- * a guest that does not boot) is not tried again for this long: each try
- * is a boot */
+/* a snapshot that could not be made MAKER_TRIES times in a row (an image
+ * whose helper predates SYNC, a guest that does not boot) is not tried
+ * again for MAKER_RETRY_MS: each try is a boot. Fewer failures are retried
+ * at once (a guest under TCG on a loaded host may panic in its timer check) */
+#define MAKER_TRIES    3u
 #define MAKER_RETRY_MS (15u * 60u * 1000u)
 
 struct lv_snap_slot {
@@ -50,6 +52,7 @@ struct lv_snap_slot {
     struct lv_vm *maker; /* the VM being saved into it */
     bool cloning;        /* being copied from another slot */
     uint64_t failed_ms;  /* when making it last failed (monotonic), 0 = never */
+    unsigned failures;   /* in a row */
 };
 
 /* A VM being made into a snapshot: owns what its request points at. */
@@ -63,6 +66,8 @@ struct snap_maker {
     struct snapshot_manifest made; /* worker -> loop */
     bool saved;                    /* made holds a saved snapshot */
     uint64_t t0;
+    int cpus;
+    uint64_t memory;
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -263,6 +268,8 @@ static void maker_free(struct snap_maker *mk)
 }
 
 static void clone_start(struct lv_backend *lb, struct lv_snap_slot *src);
+static void maker_start(struct lv_backend *lb, struct lv_snap_slot *s, const struct vm_image *img,
+                        int cpus, uint64_t memory, struct snapshot_manifest *want);
 
 /* The maker's VM is gone: only now may its slot be restored, since the
  * restored domain, its run dir and its overlay carry the maker's names. */
@@ -282,7 +289,14 @@ static void maker_destroyed(int result, const struct al_error *err, void *data)
                  "backend %s: snapshot %s ready in %" PRIu64 " ms (state %" PRIu64
                  " MiB, base %" PRIu64 " KiB)",
                  lb->b->name, s->dir, s->m.made_ms, s->m.state_bytes >> 20, s->m.base_bytes >> 10);
+        s->failures = 0;
+        s->failed_ms = 0;
         clone_start(lb, s);
+    } else if (s && !lb->closing && !s->user && s->failures < MAKER_TRIES) {
+        struct snapshot_manifest want = {0};
+        if (conditions(lb, &mk->image, mk->cpus, mk->memory, &want) == 0)
+            maker_start(lb, s, &mk->image, mk->cpus, mk->memory, &want);
+        snapshot_manifest_clear(&want);
     }
     maker_free(mk);
     lv_close_continue(lb);
@@ -324,8 +338,10 @@ static void maker_finished(struct vm *vm, const struct vm_result *r, void *data)
 {
     (void)vm;
     struct snap_maker *mk = data;
-    if (mk->s)
+    if (mk->s) {
         mk->s->failed_ms = al_now_mono_ms();
+        mk->s->failures++;
+    }
     log_warn(NULL, "backend %s: making a snapshot of %s in %s failed: %s", mk->lb->b->name,
              mk->want.image, mk->s ? mk->s->dir : "?", r->reason);
     maker_end(mk);
@@ -361,6 +377,8 @@ static void maker_start(struct lv_backend *lb, struct lv_snap_slot *s, const str
     mk->lb = lb;
     mk->s = s;
     mk->t0 = al_now_mono_ms();
+    mk->cpus = cpus;
+    mk->memory = memory;
     mk->want = *want;
     *want = (struct snapshot_manifest){0};
     _cleanup_free_ char *rnd = al_random_hex(5);
@@ -764,8 +782,10 @@ static void save_done(void *data, int result, struct al_error *err)
     if (result < 0) {
         log_warn(NULL, "backend %s: saving a snapshot of %s failed: %s", v->lb->b->name,
                  mk->image.name, al_error_message(err));
-        if (s)
+        if (s) {
             s->failed_ms = al_now_mono_ms();
+            s->failures++;
+        }
     } else {
         mk->saved = true;
     }
@@ -883,8 +903,12 @@ void lv_snapshot_choose(struct lv_vm *v)
                                                      : "no snapshot of this image and size");
     }
     /* one maker per image and size at a time: each is a boot */
-    if (to_make && to_make->failed_ms && al_now_mono_ms() - to_make->failed_ms < MAKER_RETRY_MS)
-        to_make = NULL;
+    if (to_make && to_make->failures >= MAKER_TRIES) {
+        if (al_now_mono_ms() - to_make->failed_ms < MAKER_RETRY_MS)
+            to_make = NULL;
+        else
+            to_make->failures = 0;
+    }
     if (to_make && !making)
         maker_start(lb, to_make, v->image, v->req.cpus, v->req.memory, &want);
     snapshot_manifest_clear(&want);
