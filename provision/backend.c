@@ -6,6 +6,8 @@
 #include "runner/base/util.h"
 
 const char *const backend_type_names[] = {"libvirt", "proxmox", NULL};
+const char *const vm_start_names[] = {"boot", "snapshot", "auto", NULL};
+
 const char *const inject_mode_names[] = {"seed", "guestfs", NULL};
 
 static const char *name_of(const char *const *names, size_t n, int v)

@@ -34,8 +34,17 @@ enum inject_mode {
     INJECT_GUESTFS,
 };
 
+/* How a job's VM starts (pool key "start"). */
+enum vm_start {
+    VM_START_BOOT = 0, /* a boot of its own */
+    VM_START_SNAPSHOT, /* restored from a memory snapshot of a booted VM when one is valid
+                        * (libvirt; made in the background), else a boot */
+    VM_START_AUTO,     /* snapshot where the backend supports it, boot elsewhere */
+};
+
 /* Names of enum backend_type and enum inject_mode, NULL-terminated. */
 extern const char *const backend_type_names[];
+extern const char *const vm_start_names[];
 extern const char *const inject_mode_names[];
 
 const char *backend_type_to_string(int type);
@@ -152,6 +161,7 @@ struct vm_request {
      * when its helper is ready; assign() gives it a job later. job_id is
      * the VM's own id then; argv/script are ignored. */
     bool warm;
+    int start; /* enum vm_start; ignored for warm VMs */
 };
 
 enum vm_phase {

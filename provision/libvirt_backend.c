@@ -193,20 +193,6 @@ static int lv_cancel(struct vm *vm)
     return 0;
 }
 
-static char *make_hostname(const char *job_id)
-{
-    char *h = NULL;
-    size_t n = strlen(job_id);
-    const char *tail = n > 12 ? job_id + n - 12 : job_id;
-    if (asprintf(&h, "al-%s", tail) < 0)
-        return NULL;
-    for (char *p = h; *p; p++) {
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-'))
-            *p = (*p >= 'A' && *p <= 'Z') ? (char)(*p - 'A' + 'a') : '-';
-    }
-    return h;
-}
-
 static int lv_vm_name(struct backend *b, const char *job_id, int attempt, char *buf, size_t size)
 {
     (void)b;
@@ -234,6 +220,7 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     v->base.ev_data = ev_data;
     v->req = *req;
     v->inject = req->inject >= 0 ? req->inject : b->cfg->libvirt.inject;
+    v->snap_fb = -1;
     v->t0 = al_now_mono_ms();
     v->accel = lv_accel_now(lb);
     snprintf(v->result.accel, sizeof(v->result.accel), "%s", accel_kind_name(v->accel));
@@ -243,8 +230,21 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     _cleanup_free_ char *hostname = NULL;
     int r;
 
+    if (!req->image) {
+        r = al_error_set(err, EINVAL, "no image for job %s", req->job_id);
+        goto fail;
+    }
+    if (!(v->image = vm_image_dup(req->image))) {
+        r = al_error_set(err, ENOMEM, "allocating a VM");
+        goto fail;
+    }
+    v->req.image = v->image;
+    /* a restored VM keeps the name its slot's state was saved under */
+    lv_snapshot_choose(v);
     char name[160];
-    if (lv_vm_name(b, req->job_id, req->attempt, name, sizeof(name)) < 0 ||
+    if (v->restore)
+        snprintf(name, sizeof(name), "%s", lv_snapshot_domain(v->snap));
+    if ((!v->restore && lv_vm_name(b, req->job_id, req->attempt, name, sizeof(name)) < 0) ||
         !(v->base.name = strdup(name)) || asprintf(&v->vol_name, "%s.qcow2", v->base.name) < 0 ||
         !(v->run_dir = al_path_join(lb->vms_dir, v->base.name)) ||
         !(v->channel_path = al_path_join(v->run_dir, "job.sock")) ||
@@ -260,16 +260,6 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
                          v->channel_path);
         goto fail;
     }
-    if (!req->image) {
-        r = al_error_set(err, EINVAL, "no image for job %s", req->job_id);
-        goto fail;
-    }
-    if (!(v->image = vm_image_dup(req->image))) {
-        r = al_error_set(err, ENOMEM, "allocating a VM");
-        goto fail;
-    }
-    v->req.image = v->image;
-
     if (!req->warm) {
         r = guest_job_encode(req, &v->job, err);
         if (r < 0)
@@ -283,7 +273,7 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
         r = al_error_set(err, ENOMEM, "kernel command line");
         goto fail;
     }
-    hostname = make_hostname(req->job_id);
+    hostname = lv_make_hostname(req->job_id);
     struct cloudinit_job cj = {
             .instance_id = req->job_id,
             .hostname = hostname,
@@ -340,7 +330,7 @@ static void on_lifecycle_event(virConnectPtr conn, virDomainPtr dom, int event, 
     (void)conn;
     struct lv_backend *lb = data;
     struct lv_vm *v = lv_find_vm(lb, virDomainGetName(dom));
-    if (!v || v->finished)
+    if (!v || v->finished || v->snap_saving)
         return;
     if (event == VIR_DOMAIN_EVENT_STOPPED || event == VIR_DOMAIN_EVENT_CRASHED) {
         static const char *const stopped[] = {"shut down", "destroyed", "crashed", "migrated",
@@ -471,6 +461,8 @@ static void lv_backend_free(struct backend *b)
 {
     struct lv_backend *lb = b->priv;
     lv_disconnect(lb);
+    lv_snapshot_free_all(lb);
+    free(lb->cpu_model);
     free(lb->pool_name);
     free(lb->pool_dir);
     free(lb->vms_dir);
@@ -490,6 +482,7 @@ static int lv_open(struct backend *b, struct al_error **err)
     b->priv = lb;
     al_list_init(&lb->vms);
     al_list_init(&lb->inject_queue);
+    al_list_init(&lb->snap_slots);
     lb->lifecycle_id = -1;
     int r;
     virSetErrorFunc(NULL, quiet_libvirt_errors);
@@ -529,6 +522,8 @@ static int lv_open(struct backend *b, struct al_error **err)
             goto fail;
     }
 
+    lv_snapshot_probe(lb);
+
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     lb->vcpus = b->cfg->vcpus > 0 ? b->cfg->vcpus : (int)(cpus > 0 ? cpus : 1);
@@ -540,9 +535,38 @@ fail:
     return r;
 }
 
+static bool has_makers(struct lv_backend *lb)
+{
+    if (lb->clones_running)
+        return true;
+    al_list_for_each(v, &lb->vms, struct lv_vm, link) {
+        if (v->snap_maker)
+            return true;
+    }
+    return false;
+}
+
+static void lv_close(struct backend *b, void (*done)(void *data), void *data);
+
+void lv_close_continue(struct lv_backend *lb)
+{
+    if (!lb->closing || has_makers(lb))
+        return;
+    lb->closing = false;
+    lv_close(lb->b, lb->close_done, lb->close_data);
+}
+
 static void lv_close(struct backend *b, void (*done)(void *data), void *data)
 {
     struct lv_backend *lb = b->priv;
+    if (lb && has_makers(lb)) {
+        /* they are the backend's own: gone before it closes */
+        lb->closing = true;
+        lb->close_done = done;
+        lb->close_data = data;
+        lv_snapshot_stop_makers(lb);
+        return;
+    }
     if (lb) {
         if (!al_list_empty(&lb->vms))
             log_warn(NULL, "backend %s closed with VMs still alive", b->name);

@@ -200,6 +200,9 @@ static void on_frame(struct channel *ch, const struct al_frame *f, void *data)
     case AL_FRAME_EXIT:
         handle_exit(v, f);
         break;
+    case AL_FRAME_SYNCED:
+        lv_snapshot_synced(v);
+        break;
     default:
         lv_finish(v, VM_INFRA_ERROR, 0, "the guest sent a host-only frame (type %u)", f->type);
         break;

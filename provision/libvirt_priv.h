@@ -33,6 +33,7 @@
 #include "runner/base/list.h"
 #include "runner/loop/work.h"
 #include "provision/seed_iso.h"
+#include "provision/snapshot_manifest.h"
 
 #define CONNECT_TIMEOUT_MS 15000
 #define CONSOLE_TAIL_BYTES 1500
@@ -42,6 +43,7 @@
 #define INJECT_BATCH_MAX 16
 
 struct lv_vm;
+struct lv_snap_slot;
 
 struct lv_backend {
     struct backend *b;
@@ -65,6 +67,16 @@ struct lv_backend {
     struct al_list inject_queue; /* of lv_vm.inject_link, FIFO */
     uv_timer_t *inject_timer;    /* the coalescing window; heap: closes after lb */
     bool inject_running;         /* one batch at a time */
+    /* memory snapshots (libvirt_snapshot.c) */
+    struct al_list snap_slots; /* of lv_snap_slot.link */
+    uint64_t qemu_version;
+    uint64_t libvirt_version;
+    char *cpu_model;
+    /* close() waits for the snapshot makers' teardown */
+    bool closing;
+    unsigned clones_running; /* snapshot copies on the thread pool */
+    void (*close_done)(void *data);
+    void *close_data;
 };
 
 struct lv_vm {
@@ -101,6 +113,15 @@ struct lv_vm {
     bool worker_busy;
     bool injected;              /* inject = guestfs: the seed is in the overlay */
     struct al_list inject_link; /* on lb->inject_queue */
+    /* memory snapshots: the slot this VM restores from or is saved into */
+    struct lv_snap_slot *snap;
+    bool snap_maker;     /* boots to be saved into snap */
+    bool snap_saving;    /* being saved: its stop is no failure */
+    bool restore;        /* restores from snap instead of booting */
+    bool restored;       /* ... and did */
+    char *restore_state; /* the slot's state file */
+    char *snap_fallback; /* why it boots though it asked for a snapshot */
+    int snap_fb;         /* enum snapshot_fallback to count, -1 = none */
     bool destroying;
     backend_done_cb destroy_done;
     void *destroy_data;
@@ -131,6 +152,9 @@ void lv_finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const ch
 void lv_phase(struct lv_vm *v, enum vm_phase p);
 /* Reconnects when the connection is down; false while it stays down. */
 bool lv_ensure_conn(struct lv_backend *lb);
+/* A close waiting for VMs of the backend's own: finishes it once none is
+ * left. */
+void lv_close_continue(struct lv_backend *lb);
 
 /* libvirt_channel.c */
 extern const struct channel_ops lv_channel_ops;
@@ -143,6 +167,41 @@ int lv_ensure_pool(struct lv_backend *lb, struct al_error **err);
 int lv_provision_work(void *data, struct al_error **err);
 void lv_on_provisioned(void *data, int result, struct al_error *err);
 void lv_on_inject_timer_closed(uv_handle_t *h);
+/* Worker: replaces a restore's overlay by a fresh one on the image and
+ * builds the boot XML (a restore that failed). */
+int lv_boot_instead(struct lv_vm *v, struct al_error **err);
+
+/* libvirt_snapshot.c */
+/* Reads what snapshots depend on from the connection (QEMU and libvirt
+ * versions, host CPU model). Loop thread, at open. */
+void lv_snapshot_probe(struct lv_backend *lb);
+/* At launch of a job VM whose request asks for snapshots: takes a free valid
+ * slot (then v->restore, and v's domain name is the slot's) or records why
+ * not as a fallback, and starts making missing slots in the background. */
+void lv_snapshot_choose(struct lv_vm *v);
+/* Worker: restores v from its slot (overlay already created on the slot's
+ * base); on failure falls back to booting a fresh overlay on the image. */
+int lv_snapshot_restore_work(struct lv_vm *v, struct al_error **err);
+/* Loop: the channel of a restored VM is open: freshen the guest, deliver. */
+void lv_snapshot_restored(struct lv_vm *v);
+/* Loop, once the VM runs: counts and tells the job why it booted instead
+ * of restoring, if it asked for a snapshot and did. */
+void lv_snapshot_fallen_back(struct lv_vm *v);
+/* Loop: the guest of a snapshot maker answered SYNC. */
+void lv_snapshot_synced(struct lv_vm *v);
+/* The slot's frozen base disk. */
+const char *lv_snapshot_base(const struct lv_snap_slot *s);
+/* The domain name the slot's saved state carries. */
+const char *lv_snapshot_domain(const struct lv_snap_slot *s);
+/* The VM no longer holds its slot (teardown finished). */
+void lv_snapshot_release(struct lv_vm *v);
+/* Destroys the VMs being made into snapshots (backend close); each one's
+ * end calls lv_close_continue(). */
+void lv_snapshot_stop_makers(struct lv_backend *lb);
+/* Frees the slot list (backend close). */
+void lv_snapshot_free_all(struct lv_backend *lb);
+/* A name the guest gets as its host name. */
+char *lv_make_hostname(const char *job_id);
 
 /* libvirt_teardown.c */
 void lv_destroy_continue(struct lv_vm *v);

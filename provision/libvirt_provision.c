@@ -38,27 +38,10 @@ int lv_ensure_pool(struct lv_backend *lb, struct al_error **err)
     return 0;
 }
 
-int lv_provision_work(void *data, struct al_error **err)
+/* Creates v's overlay volume on backing (the image, or a snapshot's base). */
+static int create_overlay(struct lv_vm *v, const char *backing, struct al_error **err)
 {
-    struct lv_vm *v = data;
     struct lv_backend *lb = v->lb;
-    int r = al_mkdir_p(v->run_dir, 0711, err);
-    if (r < 0)
-        return r;
-    /* the owner file lets gc attribute leftovers of a VM that never got a domain */
-    _cleanup_free_ char *owner_path = al_path_join(v->run_dir, "owner");
-    _cleanup_free_ char *owner_line = NULL;
-    if (!owner_path ||
-        asprintf(&owner_line, "%s %s %d\n", lb->b->env.owner_id, v->req.job_id, v->req.attempt) < 0)
-        return al_error_set(err, ENOMEM, "owner file");
-    r = al_write_file_atomic(owner_path, owner_line, strlen(owner_line), 0644, err);
-    if (r < 0)
-        return r;
-
-    uint64_t t_api = al_now_mono_us();
-    r = lv_ensure_pool(lb, err);
-    if (r < 0)
-        return r;
     virStoragePoolPtr pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
     if (!pool)
         return al_error_set(err, EIO, "storage pool %s: %s", lb->pool_name, lv_libvirt_msg());
@@ -66,7 +49,7 @@ int lv_provision_work(void *data, struct al_error **err)
     if (v->req.disk_bytes > cap)
         cap = v->req.disk_bytes;
     _cleanup_free_ char *vol_xml = NULL;
-    r = volume_xml_build(v->vol_name, v->image->disk, cap, &vol_xml, err);
+    int r = volume_xml_build(v->vol_name, backing, cap, &vol_xml, err);
     if (r < 0) {
         virStoragePoolFree(pool);
         return r;
@@ -79,16 +62,12 @@ int lv_provision_work(void *data, struct al_error **err)
     virStorageVolFree(vol);
     if (!v->vol_path)
         return al_error_set(err, EIO, "overlay path: %s", lv_libvirt_msg());
-    /* read on the loop thread only after this work item completed */
-    v->result.us_provision_api = al_now_mono_us() - t_api;
+    return 0;
+}
 
-    /* guestfs injection comes after, batched on the loop (inject_queue) */
-    if (v->inject != INJECT_GUESTFS) {
-        r = seed_iso_write(v->seed_path, 0644, v->meta_data, v->user_data, NULL, err);
-        if (r < 0)
-            return al_error_wrap(err, "writing the seed ISO");
-    }
-
+static int build_domain_xml(struct lv_vm *v, struct al_error **err)
+{
+    struct lv_backend *lb = v->lb;
     struct domain_params dp = {
             .name = v->base.name,
             .domain_type = v->accel == ACCEL_KIND_KVM ? "kvm" : "qemu",
@@ -112,12 +91,72 @@ int lv_provision_work(void *data, struct al_error **err)
             .backend = lb->b->name,
             .image = v->image->name,
     };
+    free(v->domain_xml);
+    v->domain_xml = NULL;
     return domain_xml_build(&dp, &v->domain_xml, err);
+}
+
+int lv_provision_work(void *data, struct al_error **err)
+{
+    struct lv_vm *v = data;
+    struct lv_backend *lb = v->lb;
+    int r = al_mkdir_p(v->run_dir, 0711, err);
+    if (r < 0)
+        return r;
+    /* the owner file lets gc attribute leftovers of a VM that never got a domain */
+    _cleanup_free_ char *owner_path = al_path_join(v->run_dir, "owner");
+    _cleanup_free_ char *owner_line = NULL;
+    if (!owner_path ||
+        asprintf(&owner_line, "%s %s %d\n", lb->b->env.owner_id, v->req.job_id, v->req.attempt) < 0)
+        return al_error_set(err, ENOMEM, "owner file");
+    r = al_write_file_atomic(owner_path, owner_line, strlen(owner_line), 0644, err);
+    if (r < 0)
+        return r;
+
+    uint64_t t_api = al_now_mono_us();
+    r = lv_ensure_pool(lb, err);
+    if (r < 0)
+        return r;
+    /* a restore's disk is an overlay on the snapshot's frozen base */
+    r = create_overlay(v, v->restore && v->snap ? lv_snapshot_base(v->snap) : v->image->disk, err);
+    if (r < 0)
+        return r;
+    /* read on the loop thread only after this work item completed */
+    v->result.us_provision_api = al_now_mono_us() - t_api;
+
+    /* guestfs injection comes after, batched on the loop (inject_queue) */
+    if (v->inject != INJECT_GUESTFS) {
+        r = seed_iso_write(v->seed_path, 0644, v->meta_data, v->user_data, NULL, err);
+        if (r < 0)
+            return al_error_wrap(err, "writing the seed ISO");
+    }
+    if (v->restore)
+        return 0; /* the XML is the saved one, edited when restoring */
+    return build_domain_xml(v, err);
+}
+
+int lv_boot_instead(struct lv_vm *v, struct al_error **err)
+{
+    virStoragePoolPtr pool = virStoragePoolLookupByName(v->lb->conn, v->lb->pool_name);
+    virStorageVolPtr vol = pool ? virStorageVolLookupByName(pool, v->vol_name) : NULL;
+    if (vol) {
+        virStorageVolDelete(vol, 0);
+        virStorageVolFree(vol);
+    }
+    if (pool)
+        virStoragePoolFree(pool);
+    free(v->vol_path);
+    v->vol_path = NULL;
+    v->restore = false;
+    int r = create_overlay(v, v->image->disk, err);
+    return r < 0 ? r : build_domain_xml(v, err);
 }
 
 static int start_work(void *data, struct al_error **err)
 {
     struct lv_vm *v = data;
+    if (v->restore)
+        return lv_snapshot_restore_work(v, err);
     v->dom = virDomainCreateXML(v->lb->conn, v->domain_xml, 0);
     if (!v->dom)
         return al_error_set(err, EIO, "starting the VM: %s", lv_libvirt_msg());
@@ -149,6 +188,9 @@ static void on_started(void *data, int result, struct al_error *err)
         return;
     v->t_started = al_now_mono_ms();
     lv_phase(v, VM_PHASE_BOOTING);
+    lv_snapshot_fallen_back(v);
+    if (v->finished || v->destroying)
+        return;
     struct al_error *cerr = NULL;
     const struct backend_env *ac = &v->lb->b->env;
     int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS,
@@ -162,6 +204,8 @@ static void on_started(void *data, int result, struct al_error *err)
                            (uint64_t)ac->channel_max_frames_per_s);
     v->last_frame_ms = al_now_mono_ms();
     uv_timer_start(&v->hb_timer, lv_on_heartbeat_check, 1000, 1000);
+    if (v->restored)
+        lv_snapshot_restored(v);
 }
 
 /* ------------------------------------------- batched guestfs injection */

@@ -83,6 +83,7 @@ static int teardown_work(void *data, struct al_error **err)
 
 static void vm_unlink(struct lv_vm *v)
 {
+    lv_snapshot_release(v);
     if (!v->lb)
         return;
     al_list_del(&v->link);
@@ -106,6 +107,8 @@ static void vm_free(struct lv_vm *v)
     free(v->user_data);
     free(v->domain_xml);
     free(v->cmdline);
+    free(v->restore_state);
+    free(v->snap_fallback);
     al_tlv_buf_free(&v->job);
     free(v);
 }
@@ -293,6 +296,19 @@ static int list_work(void *data, struct al_error **err)
 static void list_done(void *data, int result, struct al_error *err)
 {
     struct list_ctx *c = data;
+    /* a VM being made into a snapshot belongs to no job but is not left over */
+    for (size_t i = 0; result >= 0 && i < c->n;) {
+        struct lv_vm *v = lv_find_vm(c->lb, c->vms[i].name);
+        if (v && v->snap_maker) {
+            free(c->vms[i].name);
+            free(c->vms[i].job_id);
+            free(c->vms[i].owner);
+            memmove(&c->vms[i], &c->vms[i + 1], (c->n - i - 1) * sizeof(c->vms[0]));
+            c->n--;
+        } else {
+            i++;
+        }
+    }
     if (result < 0) {
         owned_vm_array_free(c->vms, c->n);
         c->cb(result, NULL, 0, err, c->data);

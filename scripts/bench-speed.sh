@@ -2,7 +2,9 @@
 # Start-up speed, side by side in one run (issue "warm pools and speed"):
 #
 #  1. agentlab run started -> the workload's first output line: cold (agentlab run), warm
-#     (a daemon with warm = 1), and the shell-recipe baseline (qemu-img
+#     (a daemon with warm = 1), snapshot (a daemon with start = snapshot and no
+#     warm pool; plus the host-side cost of one restore, virDomainRestoreFlags,
+#     and what making the snapshot cost), and the shell-recipe baseline (qemu-img
 #     create -b + genisoimage + virsh create + waiting for a runcmd line on
 #     the serial console)
 #  2. host-side provisioning of a cold job (accepted -> domain started), split
@@ -54,11 +56,18 @@ first_line_ms() {
 export AGENTLAB_STATE_DIR=$work/state AGENTLAB_RUN_DIR=$work/run
 mkdir -p "$AGENTLAB_STATE_DIR/images"
 cp -a "$img" "$AGENTLAB_STATE_DIR/images/"
+# memory snapshots need a helper that speaks SYNC and FRESHEN: the private
+# copy gets this build's helper when the image has another one
+if ! grep -q "\"guest_helper_sha256\": *\"$(sha256sum "$build/agentlab-guest" | cut -d' ' -f1)\"" \
+    "$img/manifest.json" && [ -n "$(sed -n 's/.*"filesystem_label": *"\(.*\)".*/\1/p' "$img/manifest.json")" ]; then
+    virt-copy-in -a "$AGENTLAB_STATE_DIR/images/$image/disk.qcow2" "$build/agentlab-guest" /usr/local/bin/
+fi
 conf() { printf '[agent]\nimage = %s\nlog_level = warn\nmax_attempts = 1\n[backend "local"]\nmax_vms = %s\n[pool "default"]\nwarm = %s\n' "$image" "$1" "$2" >"$work/$3.conf"; }
 conf 2 0 cold
 conf 2 1 warm1
 conf 2 0 burst
 conf 2 2 warm2
+printf 'start = snapshot\n' | cat "$work/cold.conf" - >"$work/snap.conf"
 
 echo "== 1, 2, 3: cold jobs (agentlab run in-process) and the shell baseline, $n each"
 i=0
@@ -113,6 +122,33 @@ while [ $i -lt "$n" ]; do
 done
 stop_daemon
 
+echo "== snapshot: a daemon with start = snapshot and no warm pool, $n jobs"
+start_daemon snap
+# the first job boots and has the snapshot made (slot 0 boots, slot 1 is a copy)
+AGENTLAB_CONFIG=$work/snap.conf "$agentlab" run -q -- true >/dev/null 2>&1
+slots_ready() { [ "$(ls "$AGENTLAB_STATE_DIR"/images/"$image"/snapshots/*/slot-*/manifest.json 2>/dev/null | wc -l)" -ge 2 ]; }
+bench_wait 1200 "the snapshot was never made" slots_ready
+i=0
+while [ $i -lt "$n" ]; do
+    r=$(first_line_ms env AGENTLAB_CONFIG="$work/snap.conf" "$agentlab" run -q -- sh -c 'echo first')
+    echo "$r" >>"$work/snap_first"
+    i=$((i + 1))
+done
+stop_daemon
+# host-side cost of one restore: the attempt's "start" phase is the
+# virDomainRestoreFlags() call (agentlab run in-process, same slots)
+i=0
+while [ $i -lt "$n" ]; do
+    AGENTLAB_CONFIG=$work/snap.conf "$agentlab" run -q --json -- sh -c 'echo first' \
+        >"$work/snap.json" 2>/dev/null
+    echo "$(jsonv start <"$work/snap.json") $(jsonv provision <"$work/snap.json")" >>"$work/snap_host"
+    i=$((i + 1))
+done
+snapdir=$(dirname "$(ls "$AGENTLAB_STATE_DIR"/images/"$image"/snapshots/*/slot-0/manifest.json | head -1)")
+snap_made=$(sed -n 's/.*"made_ms": *\([0-9]*\).*/\1/p' "$snapdir/manifest.json")
+snap_state=$(du -k "$snapdir/state" | cut -f1)
+snap_base=$(du -k "$snapdir/base.qcow2" | cut -f1)
+
 echo "== 4: 8 jobs at once to a daemon (max_vms = 2)"
 start_daemon burst
 sleep 2
@@ -146,6 +182,11 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname 
 echo "image: $image; medians over $n runs, milliseconds"
 printf '%-58s %10s\n' "agentlab run started -> first output line, cold" "$(col 1 "$work/cold_first")"
 printf '%-58s %10s\n' "agentlab run started -> first output line, warm (warm = 1)" "$(col 1 "$work/warm_first")"
+printf '%-58s %10s\n' "agentlab run started -> first output line, snapshot" "$(col 1 "$work/snap_first")"
+printf '%-58s %10s\n' "snapshot: host-side restore (virDomainRestoreFlags)" "$(col 1 "$work/snap_host")"
+printf '%-58s %10s\n' "snapshot: host provisioning before the restore" "$(col 2 "$work/snap_host")"
+printf '%-58s %10s\n' "snapshot: making slot 0 (boot + sync + save), once" "$snap_made"
+printf '%-58s %7s KiB\n' "snapshot: disk per slot (state), shared base" "$snap_state + $snap_base"
 printf '%-58s %10s\n' "first output line, baseline shell recipe" "$(col 3 "$work/baseline")"
 printf '%-58s %10s\n' "cold host provisioning: agentlab's own work" "$(col 1 "$work/cold")"
 printf '%-58s %10s\n' "cold host provisioning: libvirt overlay volume create" "$(col 5 "$work/cold")"

@@ -215,6 +215,18 @@ void forward_artifact(struct helper *h);
 /* Sends ARTIFACT_END with what went missing or wrong. */
 void send_artifact_end(struct helper *h);
 
+/* ---- freshen.c ---- */
+
+/* Applies a FRESHEN payload: credits the host's entropy and reseeds the
+ * CRNG, sets the clock, the host name and /etc/machine-id. Returns 0, or a
+ * negative errno after a DIAG saying what failed (the job must not run:
+ * a missing ENTROPY is a failure too). */
+int apply_freshen(struct helper *h, const uint8_t *payload, size_t len);
+
+/* SYNC: flushes the file systems, answers SYNCED and goes back to greeting
+ * the host (the next one restores this memory from a snapshot). */
+void sync_for_snapshot(struct helper *h);
+
 /* ---- loop.c ---- */
 
 /* Steps the state machine until it settles: one step may enable the next

@@ -68,6 +68,10 @@ static const char *frame_name(uint8_t type)
         return "START";
     case AL_FRAME_CANCEL:
         return "CANCEL";
+    case AL_FRAME_SYNC:
+        return "SYNC";
+    case AL_FRAME_FRESHEN:
+        return "FRESHEN";
     default:
         return "guest-to-host";
     }
@@ -126,6 +130,22 @@ static void handle_frame(struct helper *h, struct al_frame *f)
         }
         h->workdir_end = true;
         untar_flush(h);
+        return;
+    case AL_FRAME_SYNC:
+        if (h->have_job || h->start_received) {
+            fail_setup(h, "protocol: SYNC after the job");
+            return;
+        }
+        sync_for_snapshot(h);
+        return;
+    case AL_FRAME_FRESHEN:
+        if (h->start_received) {
+            fail_setup(h, "protocol: FRESHEN after START");
+            return;
+        }
+        if (apply_freshen(h, f->payload, f->len) < 0)
+            fail_setup(h, "the guest could not be made fresh after a restore");
+        explicit_bzero(f->payload, f->len);
         return;
     case AL_FRAME_START:
         if (!h->have_job || (h->job.has_workdir && !h->workdir_end) || h->start_received) {

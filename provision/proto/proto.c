@@ -57,12 +57,15 @@ bool al_frame_type_is_known(uint8_t type)
     case AL_FRAME_ARTIFACT:
     case AL_FRAME_ARTIFACT_END:
     case AL_FRAME_EXIT:
+    case AL_FRAME_SYNCED:
     case AL_FRAME_JOB:
     case AL_FRAME_SECRETS:
     case AL_FRAME_WORKDIR:
     case AL_FRAME_WORKDIR_END:
     case AL_FRAME_START:
     case AL_FRAME_CANCEL:
+    case AL_FRAME_SYNC:
+    case AL_FRAME_FRESHEN:
         return true;
     }
     return false;

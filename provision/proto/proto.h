@@ -33,6 +33,14 @@
  *   host:  CANCEL at any time: the guest kills the workload, sends EXIT with
  *          REASON=canceled.
  *
+ * Memory snapshots (provision/libvirt_snapshot.c): a VM booted without a job
+ * is told SYNC after its HELLO; the helper flushes the file systems, answers
+ * SYNCED and goes back to sending HELLO (the host then saves the VM; the
+ * HELLO reaches whoever restores it). A restored guest gets FRESHEN before
+ * JOB: new entropy (credited to the kernel's pool, which reseeds the CRNG),
+ * the host's clock, a host name and a machine id, so nothing random or
+ * identifying is shared between guests restored from one saved state.
+ *
  * Details the helper (provision/guest/) implements and the host relies on:
  *   - STARTED, HEARTBEAT, START, CANCEL and WORKDIR_END have empty payloads.
  *   - HEARTBEATs flow from STARTED until EXIT.
@@ -77,6 +85,7 @@ enum al_frame_type {
     AL_FRAME_ARTIFACT = 7,
     AL_FRAME_ARTIFACT_END = 8,
     AL_FRAME_EXIT = 9,
+    AL_FRAME_SYNCED = 10, /* empty: the guest's disk is flushed (answers SYNC) */
     /* host -> guest */
     AL_FRAME_JOB = 64,
     AL_FRAME_SECRETS = 65,
@@ -84,6 +93,8 @@ enum al_frame_type {
     AL_FRAME_WORKDIR_END = 67,
     AL_FRAME_START = 68,
     AL_FRAME_CANCEL = 69,
+    AL_FRAME_SYNC = 70,    /* empty: flush the disk, answer SYNCED, wait for a new host */
+    AL_FRAME_FRESHEN = 71, /* TLV {ENTROPY, CLOCK_NS, HOSTNAME, [MACHINE_ID]} */
 };
 
 enum al_tlv_tag {
@@ -111,6 +122,11 @@ enum al_tlv_tag {
     AL_TLV_BYTES = 44,
     AL_TLV_FILES = 45,
     AL_TLV_ERROR = 46,
+    /* FRESHEN frame (a guest restored from a memory snapshot) */
+    AL_TLV_ENTROPY = 50,    /* raw bytes (16..512) from the host's CSPRNG */
+    AL_TLV_CLOCK_NS = 51,   /* the host's CLOCK_REALTIME in nanoseconds */
+    AL_TLV_HOSTNAME = 52,   /* the guest's new host name */
+    AL_TLV_MACHINE_ID = 53, /* 32 lowercase hex digits for /etc/machine-id */
 };
 
 /* ---- frame headers ---- */

@@ -9,6 +9,7 @@
 #include "runner/base/log.h"
 #include "runner/base/hardlimits.h"
 #include "runner/base/list.h"
+#include "provision/snapshot.h"
 
 #define N_SOURCES    (JOB_SOURCE_CLI + 1) /* JOB_SOURCE_NONE .. JOB_SOURCE_CLI */
 #define N_BUCKETS    18
@@ -434,6 +435,15 @@ int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api
     for (unsigned i = 0; i < AL_LIMIT_COUNT; i++)
         r |= al_buf_printf(o, "agentlab_limit_hits_total{limit=\"%s\"} %" PRIu64 "\n",
                            al_limit_name((enum al_limit)i), limits_hits((enum al_limit)i));
+    r |= header(o, "agentlab_snapshot_restores_total", "counter",
+                "Job VMs restored from a memory snapshot instead of booting.");
+    r |= al_buf_printf(o, "agentlab_snapshot_restores_total %" PRIu64 "\n", snapshot_restores());
+    r |= header(o, "agentlab_snapshot_fallbacks_total", "counter",
+                "Job VMs that asked for a memory snapshot and booted instead, by reason.");
+    for (unsigned i = 0; i < SNAPSHOT_FB_COUNT; i++)
+        r |= al_buf_printf(o, "agentlab_snapshot_fallbacks_total{reason=\"%s\"} %" PRIu64 "\n",
+                           snapshot_fallback_name((enum snapshot_fallback)i),
+                           snapshot_fallbacks((enum snapshot_fallback)i));
     r |= header(o, "agentlab_channel_throttled_seconds_total", "counter",
                 "Time guests were held back by the channel's rate limit (finished attempts).");
     r |= al_buf_printf(o, "agentlab_channel_throttled_seconds_total %.3f\n",

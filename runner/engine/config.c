@@ -277,6 +277,8 @@ static const struct config_key keys[] = {
          "first hour of the peak, 0 to 23 (local time)"},
         {SEC_POOL, 0, "warm_peak_end", KEY_INT, P(warm_peak_end), "18", 1, 24, NULL,
          "hour the peak ends, 1 to 24 (local time)"},
+        {SEC_POOL, 0, "start", KEY_ENUM, P(start), "boot", 0, 0, vm_start_names,
+         "boot, snapshot or auto"},
 
 };
 
@@ -871,6 +873,20 @@ static int finish(struct config *c, const char *file, struct al_error **err)
                 return al_error_set(err, EINVAL, "%s: pool \"%s\" names unknown backend \"%s\"",
                                     file, p->name, *s);
         }
+        /* memory snapshots are the libvirt backend's: a pool that can only
+         * reach Proxmox would never get one */
+        bool any_libvirt = false;
+        for (size_t k = 0; k < c->n_backends; k++) {
+            bool in_pool = !p->backends || !p->backends[0];
+            for (char **s = p->backends; s && *s && !in_pool; s++)
+                in_pool = streq(*s, c->backends[k].name);
+            any_libvirt |= in_pool && c->backends[k].type == BACKEND_LIBVIRT;
+        }
+        if (p->start == VM_START_SNAPSHOT && !any_libvirt)
+            return al_error_set(err, EINVAL,
+                                "%s: pool \"%s\": start = snapshot needs a libvirt backend (use "
+                                "auto or boot)",
+                                file, p->name);
     }
     if (!config_find_pool(c, c->agent.pool))
         return al_error_set(err, EINVAL, "%s: the default pool \"%s\" is not defined", file,

@@ -124,6 +124,7 @@ struct config_pool {
     int warm_peak;       /* warm VMs during peak hours; 0 = no peak */
     int warm_peak_start; /* peak hours: [start, end) local time, Monday to Friday */
     int warm_peak_end;
+    int start; /* enum vm_start: how job VMs start (boot, snapshot, auto) */
 };
 
 struct config {

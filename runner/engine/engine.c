@@ -241,6 +241,8 @@ int eng_build_request(struct ejob *j, struct al_error **err)
             .max_artifact_bytes = cfg->agent.max_artifact_bytes,
             .workdir_tar = j->workdir_tar,
     };
+    const struct config_pool *pool = eng_pool_of(j->e, s);
+    j->req.start = pool ? pool->start : VM_START_BOOT;
     if (!s->n_artifacts) {
         free(arts);
         j->req.artifacts = NULL;

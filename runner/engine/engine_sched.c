@@ -277,6 +277,24 @@ void eng_start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *war
         eng_transition(j, JOB_STATE_ERROR, msg, false, 0);
         j->backend = NULL;
         job_finished(j, NULL);
+        return;
+    }
+    /* a VM restored from a memory snapshot carries the name its state was
+     * saved under: record that one, so the sweep and a restart know it */
+    const char *actual = j->attempt ? attempt_vm_name(j->attempt) : NULL;
+    if (actual && *actual && !streq(actual, j->vm_name)) {
+        struct al_error *rerr = NULL;
+        if (store_vm_add(e->store, b->name, actual, j->id, &rerr) < 0) {
+            log_error(j->id, "recording VM %s in the database: %s", actual, al_error_message(rerr));
+            al_error_free(rerr);
+            return;
+        }
+        if (store_vm_remove(e->store, b->name, j->vm_name, &rerr) < 0) {
+            log_error(j->id, "forgetting VM %s in the database: %s", j->vm_name,
+                      al_error_message(rerr));
+            al_error_free(rerr);
+        }
+        snprintf(j->vm_name, sizeof(j->vm_name), "%s", actual);
     }
 }
 

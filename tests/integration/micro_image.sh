@@ -25,7 +25,7 @@ cp "$init" "$root/init"
 cp "$helper" "$root/usr/local/bin/agentlab-guest"
 # what test jobs use
 for b in sh tar uname id cat cut sleep head dd sha256sum echo ls rm mkdir env yes true false \
-    hostname wc seq printf touch ln ${MICRO_BINS:-}; do
+    hostname wc seq printf touch ln date ${MICRO_BINS:-}; do
     p=""
     for d in /usr/bin /bin; do [ -x "$d/$b" ] && { p=$d/$b; break; }; done
     [ -n "$p" ] || continue

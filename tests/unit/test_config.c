@@ -181,6 +181,12 @@ static void test_errors_name_file_line_key(void **state)
              * and the printed config did not load again */
             {"[agent]\npool = a = [b\n", "bad value \"a = [b\" for key \"pool\""},
             {"[agent]\nimage = ../x\n", "bad value \"../x\" for key \"image\""},
+            /* memory snapshots are the libvirt backend's */
+            {"[backend \"pve\"]\ntype = proxmox\nurl = https://127.0.0.1:8006\ntemplate = 9000\n"
+             "token_file = /etc/t\n[pool \"default\"]\nbackends = pve\nstart = snapshot\n",
+             "pool \"default\": start = snapshot needs a libvirt backend"},
+            {"[pool \"default\"]\nstart = sometimes\n",
+             "bad value \"sometimes\" for key \"start\": expected boot, snapshot or auto"},
     };
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         char *msg = load_err(cases[i].text);

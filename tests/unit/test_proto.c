@@ -10,7 +10,8 @@ static const uint8_t known_types[] = {
         AL_FRAME_HELLO,       AL_FRAME_STARTED, AL_FRAME_STDOUT,   AL_FRAME_STDERR,
         AL_FRAME_HEARTBEAT,   AL_FRAME_DIAG,    AL_FRAME_ARTIFACT, AL_FRAME_ARTIFACT_END,
         AL_FRAME_EXIT,        AL_FRAME_JOB,     AL_FRAME_SECRETS,  AL_FRAME_WORKDIR,
-        AL_FRAME_WORKDIR_END, AL_FRAME_START,   AL_FRAME_CANCEL,
+        AL_FRAME_WORKDIR_END, AL_FRAME_START,   AL_FRAME_CANCEL,   AL_FRAME_SYNCED,
+        AL_FRAME_SYNC,        AL_FRAME_FRESHEN,
 };
 
 static void test_header_round_trip(void **state)
@@ -60,7 +61,7 @@ static void test_header_validation(void **state)
     hdr[3] = 0x01;
     assert_int_equal(al_frame_header_decode(hdr, 0, &type, &len), -EPROTO);
     hdr[3] = 0;
-    static const uint8_t unknown[] = {0, 10, 63, 70, 128, 255};
+    static const uint8_t unknown[] = {0, 11, 63, 72, 128, 255};
     for (size_t i = 0; i < sizeof(unknown); i++) {
         hdr[0] = unknown[i];
         assert_false(al_frame_type_is_known(unknown[i]));
