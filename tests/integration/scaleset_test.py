@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "fakes"))
 sys.path.insert(0, os.path.join(HERE, "..", "support"))
 from github_fake import ContractMissing, find_contract  # noqa: E402
 from scaleset_fake import ScalesetFake  # noqa: E402
+from libvirt_cleanup import destroy_test_pools  # noqa: E402
 from skip import SKIP_EXIT  # noqa: E402
 
 REPO = "octo-org/app"
@@ -268,6 +269,7 @@ def idle(agentlabd, seconds, hold):
     check(len(reqs) <= dt / hold + 2, f"{len(reqs)} polls in {dt:.0f} s: not one long poll at a time")
     print(f"scaleset idle: {len(reqs)} requests in {dt:.0f} s with {hold} s long polls "
           f"= {len(reqs) * 3600 / dt:.0f} per hour: {kinds}")
+    destroy_test_pools(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
 
@@ -358,6 +360,7 @@ def protocol(agentlabd):
     for line in text.splitlines():
         if "github ss" in line and ("runner" in line or "409" in line or "conflict" in line):
             print("  " + line[:200])
+    destroy_test_pools(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
     print("scaleset protocol: ok")
@@ -384,7 +387,6 @@ def jobs(agentlabd, agentlab, guest, vm_init):
     DUMP.append(dump_for(farm, fake))
     t0 = time.time()
     farm.start()
-    from libvirt_cleanup import destroy_test_pools
     try:
         # -- a 409 at session creation: retried
         check(wait_for(lambda: re.search(r"session \S+ on scale set agentlab-vm", farm.log()), 60),
