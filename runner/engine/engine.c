@@ -631,6 +631,21 @@ enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_adm
     return ENGINE_ADMIT_POOL_FULL;
 }
 
+void engine_pool_counts(struct engine *e, const char *pool, unsigned *ret_queued,
+                        unsigned *ret_running)
+{
+    const struct config_pool *p = config_find_pool(e->cfg, pool);
+    unsigned q = 0, r = 0;
+    al_list_for_each(j, &e->queue, struct ejob, link)
+        q += eng_pool_of(e, j->spec) == p;
+    al_list_for_each(j, &e->running, struct ejob, link)
+        r += eng_pool_of(e, j->spec) == p;
+    if (ret_queued)
+        *ret_queued = q;
+    if (ret_running)
+        *ret_running = r;
+}
+
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running)
 {
     unsigned q = (unsigned)al_list_length(&e->queue);

@@ -211,6 +211,10 @@ enum engine_admit_verdict {
 enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_admit *a, char *why,
                                        size_t why_size);
 
+/* Live jobs of one pool: queued, and running (from starting to finishing). */
+void engine_pool_counts(struct engine *e, const char *pool, unsigned *ret_queued,
+                        unsigned *ret_running);
+
 /* Counts of live jobs. */
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running);
 
