@@ -294,7 +294,7 @@ static const struct config_key keys[] = {
          "else no bound but the backends')"},
         {SEC_POOL, 0, "allowed_images", KEY_GLOB_LIST, P(allowed_images), "", 0, 0, NULL,
          "comma-separated image name patterns (fnmatch) a job of the pool may ask for (empty: "
-         "the pool's image only)"},
+         "the pool's image when it sets image, else any)"},
         {SEC_POOL, 0, "warm", KEY_INT, P(warm), "0", 0, 1000, NULL,
          "number of booted VMs kept waiting, 0 to 1000"},
         {SEC_POOL, 0, "warm_max_idle", KEY_DURATION, P(warm_max_idle_s), "1h", 10, 7 * 86400, NULL,

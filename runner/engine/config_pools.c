@@ -69,6 +69,7 @@ int config_pool_resolve(const struct config *c, struct config_pool *p, const cha
                         struct al_error **err)
 {
     const struct config_agent *a = &c->agent;
+    bool image_set = *p->image;
     if (!*p->image) {
         char *s = strdup(a->image);
         if (!s)
@@ -109,8 +110,10 @@ int config_pool_resolve(const struct config *c, struct config_pool *p, const cha
                             "M",
                             file, p->name, p->max_memory >> 20, p->memory >> 20);
     if (!p->allowed_images || !p->allowed_images[0]) {
+        /* like the size: a pool that sets its image holds its jobs to it,
+         * one that takes [agent]'s lets a job name any image */
         strv_free(p->allowed_images);
-        p->allowed_images = strv_of_one(p->image);
+        p->allowed_images = strv_of_one(image_set ? p->image : "*");
         if (!p->allowed_images)
             return al_error_set(err, ENOMEM, "out of memory");
     }

@@ -102,8 +102,9 @@ static void test_flavour_keys_and_defaults(void **state)
     assert_int_equal(small->max_cpus, 0);
     assert_int_equal(small->max_memory, 0);
     assert_non_null(small->allowed_images);
-    assert_string_equal(small->allowed_images[0], "deb");
+    assert_string_equal(small->allowed_images[0], "*");
     assert_null(small->allowed_images[1]);
+    assert_true(config_pool_allows_image(small, "deb-12"));
     /* a pool that sets its size is bounded to it unless max_* say more */
     assert_string_equal(big->image, "deb-actions");
     assert_int_equal(big->cpus, 4);
@@ -114,7 +115,6 @@ static void test_flavour_keys_and_defaults(void **state)
     assert_true(config_pool_allows_image(big, "deb-12"));
     assert_true(config_pool_allows_image(big, "tool-chain"));
     assert_false(config_pool_allows_image(big, "alpine"));
-    assert_false(config_pool_allows_image(small, "deb-12"));
 
     /* config show prints the keys as written, and that reads back the same */
     char *out = NULL;
@@ -129,6 +129,7 @@ static void test_flavour_keys_and_defaults(void **state)
     const struct config_pool *s2 = config_find_pool(again, "small");
     const struct config_pool *b2 = config_find_pool(again, "big");
     assert_int_equal(s2->max_cpus, 0);
+    assert_true(config_pool_allows_image(s2, "anything"));
     assert_int_equal(s2->cpus, 2);
     assert_int_equal(b2->max_memory, 8ull << 30);
     assert_int_equal(b2->disk, 40ull << 30);
@@ -150,6 +151,12 @@ static void test_flavour_keys_refused(void **state)
     assert_load_fails("[pool \"p\"]\nimage = a/b\n", "bad value \"a/b\" for key \"image\"");
     assert_load_fails("[pool \"p\"]\nallowed_images = deb/*\n",
                       "bad value \"deb/*\" for key \"allowed_images\"");
+    struct config *c = load_ok("[agent]\npool = p\n[pool \"p\"]\nimage = deb\n");
+    const struct config_pool *p = config_find_pool(c, "p");
+    assert_string_equal(p->allowed_images[0], "deb");
+    assert_null(p->allowed_images[1]);
+    assert_false(config_pool_allows_image(p, "deb-12"));
+    config_free(c);
     assert_load_fails("[pool \"p\"]\nimage = x\nallowed_images = deb-*\n",
                       "its image \"x\" is not among its allowed_images");
 }
