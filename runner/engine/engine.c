@@ -137,11 +137,7 @@ bool eng_slot_serves_image(struct engine *e, const struct backend_slot *slot, co
     if (slot->cfg->type != BACKEND_PROXMOX)
         return true;
     char buf[32];
-    const char *t = config_backend_template(e->cfg, slot->cfg, image, buf, sizeof(buf));
-    /* The backend clones its one template for every VM: until it clones
-     * per image, an image mapped to another template must not run there
-     * in the wrong one. */
-    return t && streq(t, slot->cfg->proxmox.template_vm);
+    return config_backend_template(e->cfg, slot->cfg, image, buf, sizeof(buf)) != NULL;
 }
 
 int engine_route(struct engine *e, const struct job_spec *spec, char *const *among,

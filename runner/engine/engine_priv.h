@@ -151,9 +151,7 @@ const struct config_pool *eng_pool_of(struct engine *e, const struct job_spec *s
 size_t eng_pool_slots(struct engine *e, const struct config_pool *pool, struct backend_slot **ret,
                       size_t max);
 /* False for a proxmox backend with no template for image (config.h's
- * config_backend_template), or whose template for it is not the one the
- * backend clones (template; per-image clones are not done yet): the job
- * skips that backend. */
+ * config_backend_template): the job skips that backend. */
 bool eng_slot_serves_image(struct engine *e, const struct backend_slot *slot, const char *image);
 /* Builds j->req from the spec; arrays point into the spec. */
 int eng_build_request(struct ejob *j, struct al_error **err);
