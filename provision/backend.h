@@ -76,7 +76,8 @@ struct proxmox_settings {
     char *fingerprint;
     char *node;
     char *pool;
-    char *template_vm;
+    char *template_vm; /* the template of the agent's default image */
+    char **templates;  /* "IMAGE:VMID" entries, or NULL: templates of other images */
     char *storage;
     char *bridge;
     bool full_clone;

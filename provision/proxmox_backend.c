@@ -188,6 +188,7 @@ static int px_launch(struct backend *b, const struct vm_request *req, const stru
     v->base.ev = ev;
     v->base.ev_data = ev_data;
     v->req = *req;
+    px_template_of(b->cfg, req->image_name, v->tmpl_want, sizeof(v->tmpl_want));
     v->t0 = al_now_mono_ms();
     v->log_cap = b->env.max_log_bytes;
     uint64_t ma = req->max_artifact_bytes;

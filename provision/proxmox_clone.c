@@ -4,31 +4,56 @@
 
 /* ------------------------------------------------------------ template */
 
-/* Runs the VMs waiting now; those that start waiting meanwhile wait for
+void px_template_of(const struct backend_settings *cfg, const char *image, char *buf, size_t size)
+{
+    for (char **t = cfg->proxmox.templates; image && t && *t; t++) {
+        const char *colon = strrchr(*t, ':');
+        if (colon && (size_t)(colon - *t) == strlen(image) &&
+            strncmp(*t, image, (size_t)(colon - *t)) == 0) {
+            snprintf(buf, size, "%s", colon + 1);
+            return;
+        }
+    }
+    snprintf(buf, size, "%s", cfg->proxmox.template_vm);
+}
+
+static void template_lookup(struct px_backend *pb, const char *want);
+
+/* Runs the VMs waiting now for the template just looked up; those that
+ * start waiting meanwhile, and those that want another template, wait for
  * the next lookup. */
 static void template_waiters_run(struct px_backend *pb)
 {
     struct al_list run = AL_LIST_INIT(run);
-    while (!al_list_empty(&pb->tmpl_waiters)) {
-        struct al_list *l = pb->tmpl_waiters.next;
-        al_list_del(l);
-        al_list_add_tail(&run, l);
+    struct px_vm *other = NULL;
+    al_list_for_each_safe(w, next, &pb->tmpl_waiters, struct px_vm, wait_link) {
+        if (!streq(w->tmpl_want, pb->tmpl_want)) {
+            other = w;
+            continue;
+        }
+        al_list_del(&w->wait_link);
+        al_list_add_tail(&run, &w->wait_link);
     }
     while (!al_list_empty(&run)) {
         struct px_vm *w = al_list_first_entry(&run, struct px_vm, wait_link);
         al_list_del(&w->wait_link);
-        if (pb->tmpl_error[0])
+        if (pb->tmpl_error[0]) {
             px_finish(w, VM_INFRA_ERROR, 0, "%s", pb->tmpl_error);
-        else
+        } else {
+            w->tmpl_vmid = pb->tmpl_vmid;
+            snprintf(w->tmpl_node, sizeof(w->tmpl_node), "%s", pb->tmpl_node);
             px_step_nodes(w);
+        }
     }
+    if (other && !pb->tmpl_busy)
+        template_lookup(pb, other->tmpl_want);
 }
 
 static void on_resources_for_template(int result, const struct pve_reply *reply,
                                       const struct al_error *err, void *data)
 {
     struct px_backend *pb = data;
-    const char *want = pb->b->cfg->proxmox.template_vm;
+    const char *want = pb->tmpl_want;
     int64_t want_id = 0;
     bool by_id = al_parse_int64(want, 100, 999999999, &want_id) == 0;
     pb->tmpl_busy = false;
@@ -81,16 +106,11 @@ static void on_resources_for_template(int result, const struct pve_reply *reply,
     template_waiters_run(pb);
 }
 
-static void step_template(struct px_vm *v)
+/* Looks want up (the cache then holds it); its waiters run when it is done. */
+static void template_lookup(struct px_backend *pb, const char *want)
 {
-    struct px_backend *pb = v->pb;
-    if (pb->tmpl_at && al_now_mono_ms() - pb->tmpl_at < TEMPLATE_TTL_MS) {
-        px_step_nodes(v);
-        return;
-    }
-    al_list_add(&pb->tmpl_waiters, &v->wait_link);
-    if (pb->tmpl_busy)
-        return;
+    snprintf(pb->tmpl_want, sizeof(pb->tmpl_want), "%s", want);
+    pb->tmpl_at = 0;
     struct al_error *err = NULL;
     int r = px_list_resources(pb, on_resources_for_template, pb, &err);
     if (r < 0) {
@@ -100,6 +120,21 @@ static void step_template(struct px_vm *v)
         return;
     }
     pb->tmpl_busy = true;
+}
+
+static void step_template(struct px_vm *v)
+{
+    struct px_backend *pb = v->pb;
+    if (pb->tmpl_at && al_now_mono_ms() - pb->tmpl_at < TEMPLATE_TTL_MS &&
+        streq(pb->tmpl_want, v->tmpl_want)) {
+        v->tmpl_vmid = pb->tmpl_vmid;
+        snprintf(v->tmpl_node, sizeof(v->tmpl_node), "%s", pb->tmpl_node);
+        px_step_nodes(v);
+        return;
+    }
+    al_list_add(&pb->tmpl_waiters, &v->wait_link);
+    if (!pb->tmpl_busy)
+        template_lookup(pb, v->tmpl_want);
 }
 
 void px_on_start_timer(int result, const struct pve_reply *reply, const struct al_error *err,
@@ -337,10 +372,10 @@ static void step_clone(struct px_vm *v)
         pve_params_add(&p, "storage", cfg->proxmox.storage);
     if (*cfg->proxmox.pool)
         pve_params_add(&p, "pool", cfg->proxmox.pool);
-    if (!streq(v->node, pb->tmpl_node))
+    if (!streq(v->node, v->tmpl_node))
         pve_params_add(&p, "target", v->node);
     char path[200];
-    snprintf(path, sizeof(path), "/nodes/%s/qemu/%" PRId64 "/clone", pb->tmpl_node, pb->tmpl_vmid);
+    snprintf(path, sizeof(path), "/nodes/%s/qemu/%" PRId64 "/clone", v->tmpl_node, v->tmpl_vmid);
     int64_t vmid = v->vmid;
     v->vmid = 0; /* the path is the template's */
     px_vm_call(v, "POST", path, &p, 0, 0, 0, false, on_clone);

@@ -70,7 +70,8 @@ struct px_backend {
     int max_vms;
     int64_t cap_vcpus;
     uint64_t cap_memory;
-    /* template */
+    /* template: the last one looked up (tmpl_want: its VMID or name) */
+    char tmpl_want[64];
     int64_t tmpl_vmid;
     char tmpl_node[64];
     char tmpl_name[64];
@@ -112,6 +113,11 @@ struct px_vm {
     struct al_list link;      /* on pb->vms */
     struct al_list wait_link; /* on pb->tmpl_waiters while waiting for the template */
     struct vm_request req;
+    /* the template of the VM's image (settings' templates, else template),
+     * as configured, and once looked up where it is */
+    char tmpl_want[64];
+    int64_t tmpl_vmid;
+    char tmpl_node[64];
     uint64_t t0;
     struct vm_result result;
     bool finished;
@@ -175,6 +181,9 @@ void px_on_start_timer(int result, const struct pve_reply *reply, const struct a
                        void *data);
 bool px_node_wanted(const struct px_backend *pb, const char *name);
 void px_step_nodes(struct px_vm *v);
+/* The template (VMID or name) of image: its entry in cfg's templates
+ * ("IMAGE:VMID"), else template. */
+void px_template_of(const struct backend_settings *cfg, const char *image, char *buf, size_t size);
 void px_step_nextid(struct px_vm *v);
 
 /* proxmox_run.c */

@@ -183,6 +183,8 @@ void api_batch_submit(struct api_ctx *ctx, struct api_req *r, const struct route
     }
     if (rc == -E2BIG)
         api_reply_error(r, 413, "payload_too_large", "%s", al_error_message(err));
+    else if (rc == -ROUTE_ENOPOOL)
+        api_reply_error(r, 400, "no_pool", "%s", al_error_message(err));
     else if (rc == -EINVAL || rc == -ENOENT)
         api_reply_error(r, 400, "invalid_batch", "%s", al_error_message(err));
     else if (rc == -ESHUTDOWN)

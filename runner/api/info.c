@@ -108,6 +108,48 @@ void api_healthz(struct api_ctx *ctx, struct api_req *r, const struct route_matc
 }
 
 /* The sources' own gauges (api_source_status()). */
+/* Each pool's flavour (as labels of an info metric), queue and warm VMs. */
+static int render_pool_metrics(struct api_ctx *ctx, struct al_buf *o)
+{
+    const struct config *cfg = ctx->cfg;
+    int r = 0;
+    r |= al_buf_puts(o, "# HELP agentlab_pool_info A pool's flavour: image, vCPUs and memory of "
+                        "its jobs and warm VMs.\n# TYPE agentlab_pool_info gauge\n");
+    for (size_t i = 0; i < cfg->n_pools; i++) {
+        const struct config_pool *p = &cfg->pools[i];
+        r |= al_buf_printf(o,
+                           "agentlab_pool_info{pool=\"%s\",image=\"%s\",cpus=\"%d\","
+                           "memory_mb=\"%" PRIu64 "\"} 1\n",
+                           p->name, p->image, p->cpus, p->memory >> 20);
+    }
+    static const struct {
+        const char *name, *help;
+    } gauges[] = {
+            {"agentlab_pool_queued", "Jobs of the pool waiting for capacity."},
+            {"agentlab_pool_running", "Jobs of the pool with a VM."},
+            {"agentlab_pool_warm_target", "Warm VMs the pool wants now."},
+            {"agentlab_pool_warm_ready_vms", "Warm VMs of the pool booted and waiting."},
+            {"agentlab_pool_warm_booting_vms", "Warm VMs of the pool still booting."},
+    };
+    for (size_t k = 0; k < ARRAY_SIZE(gauges); k++) {
+        r |= al_buf_printf(o, "# HELP %s %s\n# TYPE %s gauge\n", gauges[k].name, gauges[k].help,
+                           gauges[k].name);
+        for (size_t i = 0; i < cfg->n_pools; i++) {
+            const struct config_pool *p = &cfg->pools[i];
+            unsigned queued = 0, running = 0, ready = 0, booting = 0;
+            engine_pool_counts(ctx->engine, p->name, &queued, &running);
+            engine_warm_counts(ctx->engine, p->name, &ready, &booting);
+            long v = k == 0   ? (long)queued
+                     : k == 1 ? (long)running
+                     : k == 2 ? (long)engine_warm_target(p, al_now_wall_ms())
+                     : k == 3 ? (long)ready
+                              : (long)booting;
+            r |= al_buf_printf(o, "%s{pool=\"%s\"} %ld\n", gauges[k].name, p->name, v);
+        }
+    }
+    return r ? -ENOMEM : 0;
+}
+
 static int render_source_metrics(struct api_ctx *ctx, struct al_buf *o)
 {
     if (!ctx->n_reporters)
@@ -170,7 +212,8 @@ void api_metrics(struct api_ctx *ctx, struct api_req *r, const struct route_matc
     _cleanup_buf_ struct al_buf out = AL_BUF_INIT;
     if (api_metrics_render(ctx->metrics, ctx->engine, ctx->server, ctx->cfg->agent.state_dir,
                            &out) < 0 ||
-        render_source_metrics(ctx, &out) < 0 || api_batches_metrics(ctx, &out) < 0) {
+        render_pool_metrics(ctx, &out) < 0 || render_source_metrics(ctx, &out) < 0 ||
+        api_batches_metrics(ctx, &out) < 0) {
         api_reply_error(r, 500, "internal", "rendering metrics failed");
         return;
     }
@@ -211,6 +254,27 @@ void api_pools(struct api_ctx *ctx, struct api_req *r, const struct route_match 
             for (char **l = p->labels; l && *l; l++)
                 rc |= json_str(g, *l);
             rc |= json_close_array(g);
+            rc |= json_kv_str(g, "image", p->image);
+            rc |= json_kv_int(g, "cpus", p->cpus);
+            rc |= json_kv_uint(g, "memory_mb", p->memory >> 20);
+            rc |= json_kv_uint(g, "disk_gb", p->disk >> 30);
+            if (p->max_cpus)
+                rc |= json_kv_int(g, "max_cpus", p->max_cpus);
+            else
+                rc |= json_kv_null(g, "max_cpus");
+            if (p->max_memory)
+                rc |= json_kv_uint(g, "max_memory_mb", p->max_memory >> 20);
+            else
+                rc |= json_kv_null(g, "max_memory_mb");
+            rc |= json_key(g, "allowed_images");
+            rc |= json_open_array(g);
+            for (char **a = p->allowed_images; a && *a; a++)
+                rc |= json_str(g, *a);
+            rc |= json_close_array(g);
+            unsigned pq = 0, pr = 0;
+            engine_pool_counts(ctx->engine, p->name, &pq, &pr);
+            rc |= json_kv_uint(g, "queued", pq);
+            rc |= json_kv_uint(g, "running", pr);
             unsigned ready = 0, booting = 0;
             engine_warm_counts(ctx->engine, p->name, &ready, &booting);
             rc |= json_kv_int(g, "warm", engine_warm_target(p, al_now_wall_ms()));

@@ -126,8 +126,16 @@ void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_m
     /* a runaway client script fills the queue and the database otherwise */
     unsigned live = engine_live_jobs(ctx->engine, JOB_SOURCE_API) +
                     engine_live_jobs(ctx->engine, JOB_SOURCE_CLI);
+    const struct config_pool *pool = NULL;
+    rc = engine_route(ctx->engine, spec, NULL, &pool, NULL, 0, &err);
+    if (rc < 0) {
+        api_reply_error(r, rc == -ROUTE_ENOPOOL ? 400 : 500,
+                        rc == -ROUTE_ENOPOOL ? "no_pool" : "internal", "%s", al_error_message(err));
+        job_spec_free(spec);
+        return;
+    }
     struct engine_admit a = {
-            .pool = spec->pool, .live = live, .cap = (unsigned)ctx->cfg->agent.api_max_jobs};
+            .pool = pool->name, .live = live, .cap = (unsigned)ctx->cfg->agent.api_max_jobs};
     if (engine_admit(ctx->engine, &a, NULL, 0) != ENGINE_ADMIT_YES) {
         limits_hit(AL_LIMIT_API_JOBS);
         api_reply_error(r, 429, "too_many_jobs",
@@ -149,6 +157,8 @@ void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_m
         free(p);
         if (rc == -ESHUTDOWN)
             api_reply_error(r, 503, "unavailable", "%s", al_error_message(err));
+        else if (rc == -ROUTE_ENOPOOL)
+            api_reply_error(r, 400, "no_pool", "%s", al_error_message(err));
         else if (rc == -EINVAL)
             api_reply_error(r, 400, "invalid_job", "%s", al_error_message(err));
         else if (rc == -ENOENT)

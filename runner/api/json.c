@@ -208,8 +208,16 @@ int json_job(yajl_gen g, const struct store_job *j, bool with_spec)
     }
     r |= json_close_array(g);
     if (with_spec && j->spec_json) {
+        /* why the job went to its pool, as routing recorded it in the spec */
+        char errbuf[64];
+        yajl_val spec = yajl_tree_parse(j->spec_json, errbuf, sizeof(errbuf));
+        yajl_val why =
+                spec ? yajl_tree_get(spec, (const char *[]){"pool_reason", NULL}, yajl_t_string)
+                     : NULL;
+        r |= json_kv_str(g, "pool_reason", why ? YAJL_GET_STRING(why) : NULL);
         r |= json_key(g, "spec");
-        r |= json_raw_value(g, j->spec_json);
+        r |= spec ? gen_tree(g, spec, 0) : -EINVAL;
+        yajl_tree_free(spec);
     }
     return r | json_close_map(g);
 }

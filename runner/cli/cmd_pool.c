@@ -94,8 +94,9 @@ static void show_pools(yajl_val v)
                    why ? why : "?");
     }
 
-    static const char *const ph[] = {"POOL", "DEFAULT", "BACKENDS", "LABELS"};
-    t = table_new(4, ph);
+    static const char *const ph[] = {"POOL",    "DEFAULT", "BACKENDS", "LABELS",
+                                     "FLAVOUR", "MAX",     "QUEUED",   "WARM"};
+    t = table_new(8, ph);
     arr = cli_json_array(v, JPATH("pools"));
     for (size_t i = 0; t && arr && i < arr->u.array.len; i++) {
         yajl_val p = arr->u.array.values[i];
@@ -115,9 +116,33 @@ static void show_pools(yajl_val v)
                 used += (size_t)n;
             }
         }
+        /* the flavour: image, vCPUs, memory; and what a job may ask beyond it */
+        char flavour[160], max[64], queued[48], warm[48], mc[24] = "any", mm[24] = "any";
+        const char *image = cli_json_str(p, JPATH("image"));
+        snprintf(flavour, sizeof(flavour), "%s %lld vCPU %lld MiB", image ? image : "?",
+                 (long long)cli_json_int(p, JPATH("cpus"), 0),
+                 (long long)cli_json_int(p, JPATH("memory_mb"), 0));
+        long long max_cpus = cli_json_int(p, JPATH("max_cpus"), 0);
+        long long max_mem = cli_json_int(p, JPATH("max_memory_mb"), 0);
+        if (max_cpus)
+            snprintf(mc, sizeof(mc), "%lld", max_cpus);
+        if (max_mem)
+            snprintf(mm, sizeof(mm), "%lld", max_mem);
+        snprintf(max, sizeof(max), "%s vCPU %s MiB", mc, mm);
+        snprintf(queued, sizeof(queued), "%lld (%lld running)",
+                 (long long)cli_json_int(p, JPATH("queued"), 0),
+                 (long long)cli_json_int(p, JPATH("running"), 0));
+        snprintf(warm, sizeof(warm), "%lld/%lld",
+                 (long long)cli_json_int(p, JPATH("warm_ready"), 0),
+                 (long long)cli_json_int(p, JPATH("warm"), 0));
         const char *cells[] = {cli_json_str(p, JPATH("name")),
                                cli_json_bool(p, JPATH("default")) ? "yes" : "",
-                               backends[0] ? backends : "-", labels[0] ? labels : "-"};
+                               backends[0] ? backends : "-",
+                               labels[0] ? labels : "-",
+                               flavour,
+                               max,
+                               queued,
+                               warm};
         table_add(t, cells);
     }
     if (t) {

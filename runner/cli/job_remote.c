@@ -680,7 +680,10 @@ int job_show(int argc, char **argv)
     printf("source:    %s", (s = cli_json_str(j, JPATH("source", "type"))) ? s : "-");
     if ((s = cli_json_str(j, JPATH("source", "ref"))))
         printf(" (%s)", s);
-    printf("\npool:      %s\n", (s = cli_json_str(j, JPATH("pool"))) ? s : "-");
+    printf("\npool:      %s", (s = cli_json_str(j, JPATH("pool"))) ? s : "-");
+    if ((s = cli_json_str(j, JPATH("pool_reason"))))
+        printf(" (%s)", s);
+    printf("\n");
     print_words("labels:   ", cli_json_array(j, JPATH("labels")));
     printf("created:   %s\n", (s = cli_json_str(j, JPATH("created"))) ? s : "-");
     printf("updated:   %s\n", (s = cli_json_str(j, JPATH("updated"))) ? s : "-");

@@ -11,6 +11,7 @@
 
 #include "runner/base/buf.h"
 #include "runner/base/util.h"
+#include "runner/engine/config_priv.h"
 
 enum section_kind {
     SEC_AGENT = 0,
@@ -29,7 +30,9 @@ enum key_type {
     KEY_DURATION,
     KEY_SIZE,
     KEY_ENUM,
-    KEY_LIST,
+    KEY_LIST,      /* comma-separated names */
+    KEY_GLOB_LIST, /* comma-separated fnmatch(3) patterns of names */
+    KEY_IMAGE_MAP, /* comma-separated IMAGE:VMID pairs */
 };
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
@@ -178,6 +181,10 @@ static const struct config_key keys[] = {
          "Proxmox resource pool"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "template", KEY_STRING, B(proxmox.template_vm), "", 0, 0,
          NULL, "template VMID or name"},
+        {SEC_BACKEND, T(BACKEND_PROXMOX), "templates", KEY_IMAGE_MAP, B(proxmox.templates), "", 0,
+         0, NULL,
+         "comma-separated IMAGE:VMID pairs: the template of each image (template serves the "
+         "default image)"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "storage", KEY_STRING, B(proxmox.storage), "", 0, 0, NULL,
          "target storage for full clones"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "bridge", KEY_STRING, B(proxmox.bridge), "", 0, 0, NULL,
@@ -193,7 +200,10 @@ static const struct config_key keys[] = {
         {SEC_SOURCE, 0, "type", KEY_ENUM, S(type), "spool", 0, 0, source_types,
          "spool, http, gitlab or github"},
         {SEC_SOURCE, 0, "pool", KEY_STRING, S(pool), "", 0, 0, NULL,
-         "pool the source's jobs run in (empty: the default pool)"},
+         "pool the source's jobs run in (empty: routed among every pool); same as a one-pool "
+         "pools"},
+        {SEC_SOURCE, 0, "pools", KEY_LIST, S(pools), "", 0, 0, NULL,
+         "comma-separated pools the source's jobs are routed among (empty: every pool)"},
         {SEC_SOURCE, T(SOURCE_SPOOL), "dir", KEY_PATH, S(dir), "@state/spool", 0, 0, NULL,
          "absolute path of the spool directory"},
         {SEC_SOURCE, T(SOURCE_HTTP) | T(SOURCE_GITLAB) | T(SOURCE_GITHUB), "url", KEY_STRING,
@@ -266,7 +276,25 @@ static const struct config_key keys[] = {
         /* [pool "NAME"] */
         {SEC_POOL, 0, "backends", KEY_LIST, P(backends), "", 0, 0, NULL,
          "comma-separated backend names, tried in order"},
-        {SEC_POOL, 0, "labels", KEY_LIST, P(labels), "", 0, 0, NULL, "comma-separated labels"},
+        {SEC_POOL, 0, "labels", KEY_LIST, P(labels), "", 0, 0, NULL,
+         "comma-separated labels a job must all carry to be routed here (empty: any job)"},
+        {SEC_POOL, 0, "image", KEY_STRING, P(image), "", 0, 0, NULL,
+         "image of the pool's jobs and warm VMs (empty: [agent] image)"},
+        {SEC_POOL, 0, "cpus", KEY_INT, P(conf.cpus), "0", 0, 256, NULL,
+         "vCPUs of the pool's jobs and warm VMs, 1 to 256 (0: [agent] job_cpus)"},
+        {SEC_POOL, 0, "memory", KEY_SIZE, P(conf.memory), "0", 0, INT64_MAX, NULL,
+         "memory of the pool's jobs and warm VMs, at least 128M (0: [agent] job_memory)"},
+        {SEC_POOL, 0, "disk", KEY_SIZE, P(disk), "0", 0, INT64_MAX, NULL,
+         "disk size of the pool's jobs in whole GiB such as 20G (0: the image's size)"},
+        {SEC_POOL, 0, "max_cpus", KEY_INT, P(conf.max_cpus), "0", 0, 256, NULL,
+         "most vCPUs a job of the pool may ask for (0: the pool's cpus when it sets cpus, else "
+         "no bound but the backends')"},
+        {SEC_POOL, 0, "max_memory", KEY_SIZE, P(conf.max_memory), "0", 0, INT64_MAX, NULL,
+         "most memory a job of the pool may ask for (0: the pool's memory when it sets memory, "
+         "else no bound but the backends')"},
+        {SEC_POOL, 0, "allowed_images", KEY_GLOB_LIST, P(allowed_images), "", 0, 0, NULL,
+         "comma-separated image name patterns (fnmatch) a job of the pool may ask for (empty: "
+         "the pool's image when it sets image, else any)"},
         {SEC_POOL, 0, "warm", KEY_INT, P(warm), "0", 0, 1000, NULL,
          "number of booted VMs kept waiting, 0 to 1000"},
         {SEC_POOL, 0, "warm_max_idle", KEY_DURATION, P(warm_max_idle_s), "1h", 10, 7 * 86400, NULL,
@@ -384,12 +412,17 @@ static int key_set(const struct config_key *k, void *base, const char *value)
             }
         }
         return -EINVAL;
-    case KEY_LIST: {
+    case KEY_LIST:
+    case KEY_GLOB_LIST:
+    case KEY_IMAGE_MAP: {
         char **v = list_parse(value);
         if (!v)
             return -ENOMEM;
         for (char **s = v; *s; s++) {
-            if (!config_name_is_valid(*s)) {
+            bool ok = k->type == KEY_LIST        ? config_name_is_valid(*s)
+                      : k->type == KEY_GLOB_LIST ? config_glob_is_valid(*s)
+                                                 : image_map_entry_parse(*s, NULL, 0, NULL);
+            if (!ok) {
                 strv_free(v);
                 return -EINVAL;
             }
@@ -408,7 +441,7 @@ static void key_free(const struct config_key *k, void *base)
     if (k->type == KEY_STRING || k->type == KEY_PATH) {
         free(*(char **)field);
         *(char **)field = NULL;
-    } else if (k->type == KEY_LIST) {
+    } else if (k->type == KEY_LIST || k->type == KEY_GLOB_LIST || k->type == KEY_IMAGE_MAP) {
         strv_free(*(char ***)field);
         *(char ***)field = NULL;
     }
@@ -866,6 +899,21 @@ static int finish(struct config *c, const char *file, struct al_error **err)
                                 "token_file (or user and password_file)",
                                 file, b->name);
     }
+    for (size_t i = 0; i < c->n_backends; i++) {
+        struct backend_settings *b = &c->backends[i];
+        for (char **t = b->proxmox.templates; t && *t; t++) {
+            char image[AL_NAME_MAX + 1];
+            image_map_entry_parse(*t, image, sizeof(image), NULL);
+            for (char **u = b->proxmox.templates; u < t; u++) {
+                char other[AL_NAME_MAX + 1];
+                image_map_entry_parse(*u, other, sizeof(other), NULL);
+                if (streq(image, other))
+                    return al_error_set(err, EINVAL,
+                                        "%s: backend \"%s\" names two templates for image \"%s\"",
+                                        file, b->name, image);
+            }
+        }
+    }
     for (size_t i = 0; i < c->n_pools; i++) {
         struct config_pool *p = &c->pools[i];
         for (char **s = p->backends; s && *s; s++) {
@@ -873,29 +921,18 @@ static int finish(struct config *c, const char *file, struct al_error **err)
                 return al_error_set(err, EINVAL, "%s: pool \"%s\" names unknown backend \"%s\"",
                                     file, p->name, *s);
         }
-        /* memory snapshots are the libvirt backend's: a pool that can only
-         * reach Proxmox would never get one */
-        bool any_libvirt = false;
-        for (size_t k = 0; k < c->n_backends; k++) {
-            bool in_pool = !p->backends || !p->backends[0];
-            for (char **s = p->backends; s && *s && !in_pool; s++)
-                in_pool = streq(*s, c->backends[k].name);
-            any_libvirt |= in_pool && c->backends[k].type == BACKEND_LIBVIRT;
-        }
-        if (p->start == VM_START_SNAPSHOT && !any_libvirt)
-            return al_error_set(err, EINVAL,
-                                "%s: pool \"%s\": start = snapshot needs a libvirt backend (use "
-                                "auto or boot)",
-                                file, p->name);
+        int r = config_pool_resolve(c, p, file, err);
+        if (r < 0)
+            return r;
     }
     if (!config_find_pool(c, c->agent.pool))
         return al_error_set(err, EINVAL, "%s: the default pool \"%s\" is not defined", file,
                             c->agent.pool);
     for (size_t i = 0; i < c->n_sources; i++) {
         struct config_source *s = &c->sources[i];
-        if (*s->pool && !config_find_pool(c, s->pool))
-            return al_error_set(err, EINVAL, "%s: source \"%s\" names unknown pool \"%s\"", file,
-                                s->name, s->pool);
+        int r = config_source_pools_resolve(c, s, file, err);
+        if (r < 0)
+            return r;
         /* github: empty means https://api.github.com */
         if (s->type != SOURCE_SPOOL && s->type != SOURCE_GITHUB && !*s->url)
             return al_error_set(err, EINVAL, "%s: source \"%s\" of type %s needs a url", file,
@@ -1092,7 +1129,9 @@ static void print_section(FILE *out, enum section_kind sec, int type, const void
         case KEY_ENUM:
             fprintf(out, "%s", enum_to_string(k->values, *(const int *)field));
             break;
-        case KEY_LIST: {
+        case KEY_LIST:
+        case KEY_GLOB_LIST:
+        case KEY_IMAGE_MAP: {
             char *const *v = *(char **const *)field;
             for (size_t j = 0; v && v[j]; j++)
                 fprintf(out, "%s%s", j ? ", " : "", v[j]);

@@ -79,8 +79,9 @@ struct config_agent {
 
 struct config_source {
     char *name;
-    int type; /* enum source_type */
-    char *pool;
+    int type;         /* enum source_type */
+    char *pool;       /* "" or the first of pools */
+    char **pools;     /* pools the source's jobs are routed among; NULL = every pool */
     char *dir;        /* spool */
     char *url;        /* http, gitlab, github api base */
     char *token_file; /* http, gitlab, github */
@@ -118,7 +119,25 @@ struct config_source {
 struct config_pool {
     char *name;
     char **backends; /* NULL = every backend, in file order */
-    char **labels;
+    char **labels;   /* a job must carry all of them to be routed here; NULL = any job */
+    /* The flavour: what a job of the pool gets unless it asks otherwise,
+     * resolved at load (image never "", cpus and memory never 0). */
+    char *image;
+    int cpus;
+    uint64_t memory; /* bytes, a whole number of MiB */
+    uint64_t disk;   /* bytes, a whole number of GiB; 0 = the image's virtual size */
+    /* What a job of the pool may ask for, resolved: 0 = no bound but what a
+     * backend of the pool can hold. */
+    int max_cpus;
+    uint64_t max_memory;
+    char **allowed_images; /* fnmatch(3) patterns, never NULL after load */
+    /* The keys as written (0 = unset), which config show prints back. */
+    struct {
+        int cpus;
+        uint64_t memory;
+        int max_cpus;
+        uint64_t max_memory;
+    } conf;
     int warm;
     int64_t warm_max_idle_s;
     int warm_peak;       /* warm VMs during peak hours; 0 = no peak */
@@ -167,6 +186,20 @@ const struct backend_settings *config_find_backend(const struct config *c, const
 const struct config_pool *config_find_pool(const struct config *c, const char *name);
 
 const char *source_type_to_string(int type);
+
+/* True when image matches one of the pool's allowed_images patterns. */
+bool config_pool_allows_image(const struct config_pool *p, const char *image);
+
+/* Parses one entry of a proxmox backend's templates ("IMAGE:VMID"). Either
+ * out-parameter may be NULL. False when the entry is malformed. */
+bool image_map_entry_parse(const char *entry, char *ret_image, size_t image_size,
+                           int64_t *ret_vmid);
+
+/* The template a proxmox backend clones for image: the VMID of its entry in
+ * templates, else template_vm when image is the agent's default image, else
+ * NULL. The result points into b, or into buf (size bytes) for a VMID. */
+const char *config_backend_template(const struct config *c, const struct backend_settings *b,
+                                    const char *image, char *buf, size_t size);
 
 /* True when s is a valid object name (al_name_is_valid). */
 static inline bool config_name_is_valid(const char *s)

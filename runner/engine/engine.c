@@ -16,6 +16,7 @@
 #include "runner/base/util.h"
 #include "runner/engine/engine_priv.h"
 #include "runner/engine/store_batch.h"
+#include "runner/engine/route.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -124,32 +125,33 @@ static struct ejob *find_live(struct engine *e, const char *id)
     return NULL;
 }
 
-static bool pool_has_labels(const struct config_pool *p, char *const *labels)
-{
-    for (char *const *l = labels; l && *l; l++) {
-        bool found = false;
-        for (char **pl = p->labels; pl && *pl && !found; pl++)
-            found = streq(*pl, *l);
-        if (!found)
-            return false;
-    }
-    return true;
-}
-
-/* A job's pool: the one it names; else the first pool whose labels include
- * all of the job's labels; else the default pool. */
+/* A job's pool: the one routing recorded in its spec (every job in the
+ * engine has been routed); the default pool for a spec that has none. */
 const struct config_pool *eng_pool_of(struct engine *e, const struct job_spec *spec)
 {
-    if (spec->pool)
-        return config_find_pool(e->cfg, spec->pool);
-    if (spec->n_labels) {
-        for (size_t i = 0; i < e->cfg->n_pools; i++) {
-            if (pool_has_labels(&e->cfg->pools[i], spec->labels))
-                return &e->cfg->pools[i];
-        }
-        return NULL;
-    }
-    return config_find_pool(e->cfg, e->cfg->agent.pool);
+    return config_find_pool(e->cfg, spec->pool ? spec->pool : e->cfg->agent.pool);
+}
+
+bool eng_slot_serves_image(struct engine *e, const struct backend_slot *slot, const char *image)
+{
+    if (slot->cfg->type != BACKEND_PROXMOX)
+        return true;
+    char buf[32];
+    return config_backend_template(e->cfg, slot->cfg, image, buf, sizeof(buf)) != NULL;
+}
+
+int engine_route(struct engine *e, const struct job_spec *spec, char *const *among,
+                 const struct config_pool **ret_pool, char *why, size_t why_size,
+                 struct al_error **err)
+{
+    struct route rt;
+    int r = route_job(e->cfg, spec, among, &rt, err);
+    if (r < 0)
+        return r;
+    if (why)
+        snprintf(why, why_size, "%s", rt.why);
+    *ret_pool = rt.pool;
+    return 0;
 }
 
 /* The backends of a pool in order (every backend when it names none). */
@@ -277,19 +279,43 @@ static int job_dir_prepare(struct engine *e, struct ejob *j, const struct engine
     return 0;
 }
 
-static int validate(struct engine *e, struct job_spec *spec, struct al_error **err)
+/* Routes the job, gives it its pool's flavour where it asks nothing, checks
+ * it against the pool's limits, and records pool and reason in the spec. */
+static int route_and_size(struct engine *e, struct job_spec *spec, char *const *among,
+                          const struct config_pool **ret_pool, struct al_error **err)
 {
-    const struct config_pool *pool = eng_pool_of(e, spec);
-    if (!pool && !spec->pool && spec->n_labels)
-        return al_error_set(err, EINVAL, "labels: no pool carries all of the job's labels");
-    if (!pool)
-        return al_error_set(err, EINVAL, "pool: no pool named \"%s\"",
-                            spec->pool ? spec->pool : e->cfg->agent.pool);
+    struct route rt;
+    int r = route_job(e->cfg, spec, among, &rt, err);
+    if (r == 0)
+        r = route_apply_pool(rt.pool, spec, err);
+    if (r == 0)
+        r = job_spec_apply_defaults(spec, e->cfg, err);
+    if (r < 0)
+        return r;
+    if (!spec->pool && !(spec->pool = strdup(rt.pool->name)))
+        return al_error_set(err, ENOMEM, "routing the job: out of memory");
+    /* a spec checked before (engine_check) keeps the reason it was routed for */
+    if (!spec->pool_reason && !(spec->pool_reason = strdup(rt.why)))
+        return al_error_set(err, ENOMEM, "routing the job: out of memory");
+    *ret_pool = rt.pool;
+    return 0;
+}
+
+static int validate(struct engine *e, struct job_spec *spec, char *const *among,
+                    struct al_error **err)
+{
+    const struct config_pool *pool = NULL;
+    int r = route_and_size(e, spec, among, &pool, err);
+    if (r < 0)
+        return r;
     struct backend_slot *slots[32];
     size_t n = eng_pool_slots(e, pool, slots, ARRAY_SIZE(slots));
-    bool fits = false, needs_image = false;
+    bool fits = false, needs_image = false, has_template = false;
     uint64_t mem = (uint64_t)spec->resources.memory_mb << 20;
     for (size_t i = 0; i < n; i++) {
+        if (!eng_slot_serves_image(e, slots[i], spec->image))
+            continue;
+        has_template = true;
         const struct backend_ops *ops =
                 slots[i]->b ? slots[i]->b->ops : backend_ops_of(slots[i]->cfg->type);
         if (ops && (ops->caps & BACKEND_NEEDS_IMAGE))
@@ -303,6 +329,11 @@ static int validate(struct engine *e, struct job_spec *spec, struct al_error **e
         if (spec->resources.cpus <= c.vcpus && mem <= c.memory && c.max_vms > 0)
             fits = true;
     }
+    if (n && !has_template)
+        return al_error_set(err, EINVAL,
+                            "image: no backend of pool \"%s\" has a template for \"%s\" "
+                            "(proxmox templates)",
+                            pool->name, spec->image);
     if (!fits)
         return al_error_set(err, EINVAL,
                             "resources: %d vCPUs and %d MiB fit no backend of pool \"%s\"",
@@ -319,7 +350,7 @@ static int validate(struct engine *e, struct job_spec *spec, struct al_error **e
     }
     if (needs_image) {
         struct image_info *img = NULL;
-        int r = image_find(e->cfg->agent.state_dir, spec->image, &img, err);
+        r = image_find(e->cfg->agent.state_dir, spec->image, &img, err);
         uint64_t vsize = img ? img->virtual_size : 0;
         image_info_free(img);
         if (r < 0)
@@ -337,8 +368,7 @@ static int validate(struct engine *e, struct job_spec *spec, struct al_error **e
 
 int engine_check(struct engine *e, struct job_spec *spec, struct al_error **err)
 {
-    int r = job_spec_apply_defaults(spec, e->cfg, err);
-    return r < 0 ? r : validate(e, spec, err);
+    return validate(e, spec, NULL, err);
 }
 
 void engine_set_gate(struct engine *e, bool (*gate)(const char *job_id, void *data), void *data)
@@ -360,9 +390,7 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
         job_spec_free(spec);
         return al_error_set(err, EDEADLK, "engine_submit from inside an observer callback");
     }
-    int r = job_spec_apply_defaults(spec, e->cfg, err);
-    if (r == 0)
-        r = validate(e, spec, err);
+    int r = validate(e, spec, opts ? opts->pools : NULL, err);
     if (r < 0) {
         job_spec_free(spec);
         return r;
@@ -408,9 +436,9 @@ int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_s
         eng_ejob_free(j);
         return r;
     }
-    log_info(j->id, "accepted (%s, pool %s, image %s)",
-             spec->name ? spec->name : (spec->script ? "script" : spec->command[0]),
-             spec->pool ? spec->pool : e->cfg->agent.pool, spec->image);
+    log_info(j->id, "accepted (%s, pool %s: %s, image %s, %d vCPUs, %d MiB)",
+             spec->name ? spec->name : (spec->script ? "script" : spec->command[0]), spec->pool,
+             spec->pool_reason, spec->image, spec->resources.cpus, spec->resources.memory_mb);
     eng_notify_event(e, &ev);
     store_event_clear(&ev);
     memcpy(ret_id, j->id, STORE_JOB_ID_SIZE);
@@ -555,9 +583,12 @@ long engine_pool_room(struct engine *e, const char *pool)
 {
     const struct config_pool *p =
             config_find_pool(e->cfg, pool && *pool ? pool : e->cfg->agent.pool);
+    if (!p)
+        return 0;
     struct backend_slot *slots[32];
     size_t n = eng_pool_slots(e, p, slots, ARRAY_SIZE(slots));
-    int cpus = e->cfg->agent.job_cpus > 0 ? e->cfg->agent.job_cpus : 1;
+    int cpus = p->cpus > 0 ? p->cpus : 1;
+    uint64_t mem = p->memory ? p->memory : 1;
     long room = 0;
     for (size_t i = 0; i < n; i++) {
         if (!slots[i]->b)
@@ -568,7 +599,9 @@ long engine_pool_room(struct engine *e, const char *pool)
             continue;
         long by_vms = (long)c.max_vms - c.used_vms;
         long by_cpus = ((long)c.vcpus - c.used_vcpus) / cpus;
+        long by_mem = c.memory > c.used_memory ? (long)((c.memory - c.used_memory) / mem) : 0;
         long f = by_vms < by_cpus ? by_vms : by_cpus;
+        f = f < by_mem ? f : by_mem;
         if (f > 0)
             room += f;
     }
@@ -598,6 +631,21 @@ enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_adm
                  "pool %s has room for %ld more jobs and %ld are queued for it, %u more held", name,
                  room, queued, a->held);
     return ENGINE_ADMIT_POOL_FULL;
+}
+
+void engine_pool_counts(struct engine *e, const char *pool, unsigned *ret_queued,
+                        unsigned *ret_running)
+{
+    const struct config_pool *p = config_find_pool(e->cfg, pool);
+    unsigned q = 0, r = 0;
+    al_list_for_each(j, &e->queue, struct ejob, link)
+        q += eng_pool_of(e, j->spec) == p;
+    al_list_for_each(j, &e->running, struct ejob, link)
+        r += eng_pool_of(e, j->spec) == p;
+    if (ret_queued)
+        *ret_queued = q;
+    if (ret_running)
+        *ret_running = r;
 }
 
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running)

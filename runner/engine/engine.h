@@ -26,6 +26,7 @@
 #include "runner/engine/config.h"
 #include "runner/engine/spec.h"
 #include "provision/backend.h"
+#include "runner/engine/route.h"
 #include "runner/engine/store.h"
 
 struct engine;
@@ -78,10 +79,28 @@ struct engine_submit {
     const char *workdir_tar;
     /* Where artifacts go; NULL = <job dir>/artifacts. */
     const char *artifacts_dir;
+    /* The pools the source routes its jobs among (config_source.pools);
+     * NULL = every pool. */
+    char *const *pools;
 };
 
-/* Validates spec (defaults applied here) against the configuration: pool,
- * image, resources some backend of the pool can ever hold. Takes ownership
+/* Routes a job without submitting it (runner/engine/route.h has the rule):
+ * the pool spec goes to among the pools named in among (NULL = every pool),
+ * and why (may be NULL; why_size bytes) gets the reason, such as "labels big
+ * matched pool big". -ROUTE_ENOPOOL (ENXIO) with a message naming the job's
+ * labels and the pools with theirs when no pool takes it. Sources and the
+ * API call it to refuse a job before they take it; engine_submit() routes
+ * the same way. */
+int engine_route(struct engine *e, const struct job_spec *spec, char *const *among,
+                 const struct config_pool **ret_pool, char *why, size_t why_size,
+                 struct al_error **err);
+
+/* Routes spec (engine_route with opts->pools), gives it the pool's image and
+ * size where it asks none, refuses what exceeds the pool's max_cpus,
+ * max_memory or allowed_images (-EINVAL naming the limit), applies the
+ * agent's defaults, and validates it against the configuration: image,
+ * resources some backend of the pool can ever hold. The spec records its
+ * pool and pool_reason. Takes ownership
  * of spec in every case. On success the job is QUEUED and its id is in
  * ret_id. Errors name the problem; nothing is stored then. */
 int engine_submit(struct engine *e, struct job_spec *spec, const struct engine_submit *opts,
@@ -191,6 +210,10 @@ enum engine_admit_verdict {
 /* Answers for one more job; why (may be NULL) gets a sentence when not. */
 enum engine_admit_verdict engine_admit(struct engine *e, const struct engine_admit *a, char *why,
                                        size_t why_size);
+
+/* Live jobs of one pool: queued, and running (from starting to finishing). */
+void engine_pool_counts(struct engine *e, const char *pool, unsigned *ret_queued,
+                        unsigned *ret_running);
 
 /* Counts of live jobs. */
 void engine_counts(struct engine *e, unsigned *ret_queued, unsigned *ret_running);

@@ -145,11 +145,14 @@ void eng_ejob_free(struct ejob *j);
 /* The job is done with for good: tell the observers, then free it. */
 void job_finished(struct ejob *j, const struct attempt_result *last);
 void eng_queue_push(struct engine *e, struct ejob *j, bool front);
-/* The job's pool, or NULL when none matches. */
+/* The job's pool (the one in its spec, else the default pool), or NULL. */
 const struct config_pool *eng_pool_of(struct engine *e, const struct job_spec *spec);
 /* The backends of a pool in order (every backend when it names none). */
 size_t eng_pool_slots(struct engine *e, const struct config_pool *pool, struct backend_slot **ret,
                       size_t max);
+/* False for a proxmox backend with no template for image (config.h's
+ * config_backend_template): the job skips that backend. */
+bool eng_slot_serves_image(struct engine *e, const struct backend_slot *slot, const char *image);
 /* Builds j->req from the spec; arrays point into the spec. */
 int eng_build_request(struct ejob *j, struct al_error **err);
 /* Points *ret at the image named name when backend b boots VMs from the

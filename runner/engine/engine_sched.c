@@ -303,6 +303,13 @@ void eng_start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *war
 static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size,
                       bool *ret_broken)
 {
+    if (!eng_slot_serves_image(j->e, slot, j->spec->image)) {
+        if (ret_broken)
+            *ret_broken = true;
+        snprintf(why, size, "backend %.63s has no template for image %.63s", slot->cfg->name,
+                 j->spec->image);
+        return false;
+    }
     return eng_slot_has_room(slot, j->spec->resources.cpus,
                              (uint64_t)j->spec->resources.memory_mb << 20, why, size, ret_broken);
 }

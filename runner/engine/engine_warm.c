@@ -12,11 +12,11 @@
 
 /* ------------------------------------------------------------ warm pools */
 
-/* Each pool with warm = N keeps N VMs booted from fresh overlays, their
- * helper waiting on the channel. A job of the pool that fits (default image,
- * no more vCPUs or memory than the warm VM has) takes one instead of a cold
- * VM; it is destroyed after that job like any other, never reused, and a
- * replacement boots at once. Warm VMs count against capacity, are recycled
+/* Each pool with warm = N keeps N VMs of its flavour (image, cpus, memory,
+ * disk) booted from fresh overlays, their helper waiting on the channel. A
+ * job of the pool with exactly that flavour takes one instead of a cold VM
+ * (one asking another size or image boots cold); it is destroyed after that job like any other,
+ * never reused, and a replacement boots at once. Warm VMs count against capacity, are recycled
  * after warm_max_idle, and are reconciled after a crash like any owned VM. */
 
 static void warm_destroyed(int result, const struct al_error *err, void *data)
@@ -89,9 +89,12 @@ struct warm_vm *eng_warm_take(struct engine *e, struct ejob *j)
     al_list_for_each(w, &e->warm, struct warm_vm, link) {
         if (!w->ready || w->pool != pool || !w->slot->b || !w->vm->backend->ops->assign)
             continue;
-        if (!streq(s->image ? s->image : e->cfg->agent.image, w->req.image_name) ||
-            s->resources.cpus > w->req.cpus ||
-            ((uint64_t)s->resources.memory_mb << 20) > w->req.memory)
+        /* a job of another size or image in the pool boots cold: a warm VM
+         * of the pool's flavour never changes size */
+        if (!streq(s->image ? s->image : pool->image, w->req.image_name) ||
+            s->resources.cpus != w->req.cpus ||
+            ((uint64_t)s->resources.memory_mb << 20) != w->req.memory ||
+            ((uint64_t)s->resources.disk_gb << 30) != w->req.disk_bytes)
             continue;
         warm_unlink(w);
         return w;
@@ -113,9 +116,10 @@ static void warm_launch(struct engine *e, const struct config_pool *pool, struct
     w->slot = slot;
     w->req = (struct vm_request){
             .job_id = w->id,
-            .image_name = e->cfg->agent.image,
-            .cpus = e->cfg->agent.job_cpus,
-            .memory = e->cfg->agent.job_memory,
+            .image_name = pool->image,
+            .cpus = pool->cpus,
+            .memory = pool->memory,
+            .disk_bytes = pool->disk,
             .inject = -1,
             .warm = true,
     };
@@ -158,8 +162,8 @@ void eng_warm_fill(struct engine *e)
             for (size_t i = 0; i < n && !slot; i++) {
                 char why[256];
                 if (slots[i]->b && slots[i]->b->ops->assign &&
-                    eng_slot_has_room(slots[i], e->cfg->agent.job_cpus, e->cfg->agent.job_memory,
-                                      why, sizeof(why), NULL))
+                    eng_slot_serves_image(e, slots[i], pool->image) &&
+                    eng_slot_has_room(slots[i], pool->cpus, pool->memory, why, sizeof(why), NULL))
                     slot = slots[i];
             }
             if (!slot)

@@ -42,8 +42,6 @@ int job_spec_apply_defaults(struct job_spec *spec, const struct config *cfg, str
     const struct config_agent *a = &cfg->agent;
     if (!spec->image && a->image && *a->image && !(spec->image = strdup(a->image)))
         return al_error_set(err, ENOMEM, "job spec defaults: out of memory");
-    if (!spec->pool && a->pool && *a->pool && !(spec->pool = strdup(a->pool)))
-        return al_error_set(err, ENOMEM, "job spec defaults: out of memory");
     if (spec->timeout_s == 0) {
         if (a->job_timeout_s < 1 || a->job_timeout_s > JOB_SPEC_MAX_TIMEOUT_S)
             return al_error_set(err, EINVAL, "agent.job_timeout: %" PRId64 " s is outside 1..%d",
@@ -124,6 +122,7 @@ struct job_spec *job_spec_free(struct job_spec *spec)
     strv_free(spec->labels);
     free(spec->pool);
     free(spec->batch);
+    free(spec->pool_reason);
     free(spec->source.id);
     free(spec->source.url);
     free(spec);

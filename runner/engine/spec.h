@@ -94,7 +94,9 @@ struct job_spec {
     size_t n_artifacts;
     char **labels; /* NULL-terminated, or NULL */
     size_t n_labels;
-    char *pool; /* NULL = the agent's default pool */
+    char *pool;        /* NULL = routed by labels (runner/engine/route.h) */
+    char *pool_reason; /* why the job went to pool, set by the engine; stored
+                        * specs only (JOB_SPEC_PARSE_STORED) */
     /* NULL = none. A job from a source (spool, HTTP queue, API) joins the
      * newest batch of this name, made with its first job (store_batch_tag) */
     char *batch;
@@ -116,7 +118,7 @@ enum job_spec_parse_flags {
 int job_spec_parse(const char *data, size_t len, unsigned flags, struct job_spec **ret_spec,
                    struct al_error **err);
 
-/* Fills unset fields from the agent defaults in cfg (image, pool,
+/* Fills unset fields from the agent defaults in cfg (image,
  * timeout_s, max_attempts, resources.cpus, resources.memory_mb). Returns 0,
  * -ENOMEM, or -EINVAL when a configured default is outside a job's limits. */
 int job_spec_apply_defaults(struct job_spec *spec, const struct config *cfg, struct al_error **err);

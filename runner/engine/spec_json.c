@@ -95,6 +95,7 @@ static int gen_spec(yajl_gen g, const struct job_spec *spec)
     r |= gen_strv(g, "labels", spec->labels);
     r |= gen_kv_str(g, "pool", spec->pool);
     r |= gen_kv_str(g, "batch", spec->batch);
+    r |= gen_kv_str(g, "pool_reason", spec->pool_reason);
     const struct job_source *src = &spec->source;
     if (src->type != JOB_SOURCE_NONE || src->id || src->url) {
         r |= gen_str(g, "source");

@@ -29,6 +29,7 @@ enum field {
     F_LABELS,
     F_POOL,
     F_BATCH,
+    F_POOL_REASON,
     F_SOURCE,
     F_MAX_ATTEMPTS,
     F_INJECT,
@@ -72,6 +73,7 @@ static const struct field_desc fields[F_COUNT] = {
         [F_LABELS] = {"labels", F_ROOT, K_ARRAY, 0, 0, false},
         [F_POOL] = {"pool", F_ROOT, K_STRING, 0, 0, false},
         [F_BATCH] = {"batch", F_ROOT, K_STRING, 0, 0, false},
+        [F_POOL_REASON] = {"pool_reason", F_ROOT, K_STRING, 0, 0, true},
         [F_SOURCE] = {"source", F_ROOT, K_OBJECT, 0, 0, false},
         [F_MAX_ATTEMPTS] = {"max_attempts", F_ROOT, K_INT, 1, JOB_SPEC_MAX_MAX_ATTEMPTS, false},
         [F_INJECT] = {"inject", F_ROOT, K_STRING, 0, 0, false},
@@ -308,6 +310,11 @@ static int on_string_field(struct parser *p, enum field f, const struct jvalue *
         }
         return set_string_field(p, &spec->batch, v->s, v->len);
     }
+    case F_POOL_REASON:
+        if (v->len > JOB_SPEC_MAX_NAME * 2 ||
+            !spec_is_printable((const unsigned char *)v->s, v->len))
+            return fail(p, "must be at most %d printable bytes", JOB_SPEC_MAX_NAME * 2);
+        return set_string_field(p, &spec->pool_reason, v->s, v->len);
     case F_IMAGE:
     case F_POOL:
         if (!spec_name_is_valid(v->s, v->len)) {

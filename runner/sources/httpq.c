@@ -369,10 +369,10 @@ static void accept_job(struct httpq *q, const struct al_http_response *resp)
     }
     if (r == 0) {
         spec->source.type = JOB_SOURCE_HTTP;
-        if (!spec->pool && *q->src->pool)
-            spec->pool = strdup(q->src->pool);
+        /* routed among the queue's pools; a refusal is reported REJECTED */
+        struct engine_submit opts = {.pools = q->src->pools};
         char id[STORE_JOB_ID_SIZE];
-        r = engine_submit(q->e, TAKE_PTR(spec), NULL, id, &err);
+        r = engine_submit(q->e, TAKE_PTR(spec), &opts, id, &err);
         if (r == 0) {
             struct qjob *j = calloc(1, sizeof(*j));
             struct accepted *a = calloc(1, sizeof(*a));

@@ -125,10 +125,10 @@ static void submit_one(struct spool *s, const char *name)
         free(spec->source.id);
         spec->source.type = JOB_SOURCE_SPOOL;
         spec->source.id = strdup(name);
-        if (!spec->pool && *s->src->pool)
-            spec->pool = strdup(s->src->pool);
+        /* routed among the spool's pools; a refusal lands in rejected/ */
+        struct engine_submit opts = {.pools = s->src->pools};
         char id[STORE_JOB_ID_SIZE];
-        r = engine_submit(s->e, spec, NULL, id, &err);
+        r = engine_submit(s->e, spec, &opts, id, &err);
         if (r == 0) {
             struct pending *p = &s->batch[s->n_batch++];
             snprintf(p->name, sizeof(p->name), "%s", name);

@@ -371,6 +371,7 @@ class Sim:
         self.vms_created = 0
         self.vms_destroyed = 0
         self.clones_by_node = {}
+        self.clone_sources = {}  # clone name -> the VMID it was cloned from
         self.destroyed = []  # name and last config of every VM destroyed
 
     # -- helpers
@@ -512,6 +513,7 @@ class Sim:
                     "procs_running": procs, "max_concurrent": self.max_concurrent,
                     "vms_created": self.vms_created, "vms_destroyed": self.vms_destroyed,
                     "clones_by_node": self.clones_by_node,
+                    "clone_sources": self.clone_sources,
                     "destroyed": self.destroyed,
                     "faults": [{"match": r["match"], "action": r["action"], "fired": r["fired"]}
                                for r in self.faults]}
@@ -632,6 +634,7 @@ def ep_clone(sim, p, fault, user):
     sim.vms[newid] = vm
     sim.vms_created += 1
     sim.clones_by_node[target] = sim.clones_by_node.get(target, 0) + 1
+    sim.clone_sources[p.get("name") or str(newid)] = vmid
     for d in ("run", "var/lib", "tmp"):
         os.makedirs(os.path.join(vm["root"], d), exist_ok=True)
 

@@ -49,7 +49,8 @@ case "$MODE" in
 jobs)
     pve_sim_start '{"task_time": {"qmclone": 0.3, "qmstart": 0.2, "qmstop": 0.1, "qmdestroy": 0.1},
                    "agent_delay_s": 0.5, "nodes": [{"name": "pve1", "mem": 8589934592}, {"name": "pve2"}],
-                   "vms": [{"vmid": 9000, "name": "debian-tmpl", "node": "pve1", "template": 1}]}'
+                   "vms": [{"vmid": 9000, "name": "debian-tmpl", "node": "pve1", "template": 1},
+                           {"vmid": 9001, "name": "actions-tmpl", "node": "pve2", "template": 1}]}'
     pve_conf
 
     # exit code, both streams, env, a secret masked in the output
@@ -141,6 +142,22 @@ sshkeys_file = '"$TEST_TMP/keys.pub"
             and __import__('urllib.parse').parse.unquote(c['sshkeys']) == open('$TEST_TMP/keys.pub').read()
             and set(c['tags'].split(';')) >= {'agentlab', 'agentlab-backend.cluster', 'agentlab-job.$job'}
          )([d['config'] for d in s['destroyed'] if d['config']['name'] == 'agentlab-$job-1'][0])"
+
+    # templates per image: a job of image "actions" is cloned from 9001, one
+    # of the default image from template, one of an image without a template
+    # is refused before anything is cloned
+    pve_conf 'templates = actions:9001'
+    run_job act --image actions -- sh -c 'echo from actions'
+    expect_rc act 0
+    act=$(job_id_from "$TEST_TMP/act.err")
+    run_job dflt -- true
+    expect_rc dflt 0
+    dflt=$(job_id_from "$TEST_TMP/dflt.err")
+    pve_check "s['clone_sources']['agentlab-$act-1'] == 9001" \
+        "s['clone_sources']['agentlab-$dflt-1'] == 9000"
+    run_job notmpl --image other -- true
+    expect_rc notmpl 125
+    expect_err notmpl 'no backend of pool "default" has a template for "other"'
     pve_assert_clean
     ;;
 

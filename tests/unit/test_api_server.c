@@ -201,6 +201,9 @@ static void test_submit_show(void **state)
     assert_int_equal(jint(v, "job", "exit_code"), 0);
     const char *src[] = {"job", "source", "type", NULL};
     assert_string_equal(YAJL_GET_STRING(yajl_tree_get(v, src, yajl_t_string)), "api");
+    /* routed by the one rule: no pool needs label x, so the default catch-all */
+    assert_string_equal(jstr(v, "job", "pool"), "default");
+    assert_string_equal(jstr(v, "job", "pool_reason"), "default pool");
     const char *att[] = {"attempts", NULL};
     yajl_val a = yajl_tree_get(v, att, yajl_t_array);
     assert_non_null(a);
@@ -222,6 +225,11 @@ static void test_submit_errors(void **state)
     assert_int_equal(req(c, "POST", "/v1/jobs", "{\"command\":[\"x\"],\"image\":\"nope\"}", &r),
                      400);
     error_code_is(&r, "invalid_job");
+    /* a pool nobody configured: no_pool, naming the pools there are */
+    assert_int_equal(req(c, "POST", "/v1/jobs", "{\"command\":[\"x\"],\"pool\":\"nope\"}", &r),
+                     400);
+    error_code_is(&r, "no_pool");
+    assert_non_null(strstr(r.body.data, "no pool named \\\"nope\\\" (pools: default)"));
     assert_int_equal(req(c, "POST", "/v1/jobs",
                          "{\"command\":[\"x\"],\"source\":{\"type\":\"github\"}}", &r),
                      400);

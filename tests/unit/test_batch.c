@@ -322,7 +322,7 @@ static void test_refused_batch_stores_nothing(void **state)
     /* parses, but line 2's pool does not exist: checked before storing */
     int r = submit(f, &o, "{\"command\": [\"a\"]}\n{\"command\": [\"b\"], \"pool\": \"nope\"}\n",
                    bid, &err);
-    assert_int_equal(r, -EINVAL);
+    assert_int_equal(r, -ROUTE_ENOPOOL);
     assert_non_null(strstr(al_error_message(err), "line 2: pool: no pool named \"nope\""));
     al_error_free(err);
     struct store_batch *v = NULL;

@@ -507,6 +507,7 @@ static void test_rejects_bad_jobs(void **state)
     assert_non_null(msg);
     assert_non_null(strstr(msg, "pool: no pool named \"nope\""));
     free(msg);
+    /* the default pool takes [agent]'s size, so it bounds nothing itself */
     msg = submit(c, "{\"command\":[\"x\"],\"resources\":{\"cpus\":64,\"memory_mb\":500000}}", id);
     assert_non_null(msg);
     assert_non_null(strstr(msg, "fit no backend"));

@@ -270,6 +270,12 @@ static void test_bad_file_rejected(void **state)
     why = read_text(f, "rejected/dir.json.error");
     assert_string_equal(why, "not a regular file\n");
     free(why);
+    /* a job no pool takes is refused by routing, with the reason */
+    drop(f, "lost.json", "{\"command\": [\"true\"], \"pool\": \"gpu\"}");
+    assert_true(run_until_file(f, "rejected/lost.json.error", 5000));
+    why = read_text(f, "rejected/lost.json.error");
+    assert_string_equal(why, "pool: no pool named \"gpu\" (pools: default)\n");
+    free(why);
     assert_int_equal(spool_jobs(f), 0);
 }
 

@@ -59,6 +59,9 @@ static struct job_spec *make_spec(struct fixture *f, const char *doc)
     if (job_spec_parse(doc, strlen(doc), 0, &spec, &err) < 0)
         fail_msg("spec: %s", al_error_message(err));
     assert_int_equal(job_spec_apply_defaults(spec, f->cfg, NULL), 0);
+    /* the engine routes a job before it stores it (route.h) */
+    if (!spec->pool)
+        assert_non_null(spec->pool = strdup(f->cfg->agent.pool));
     return spec;
 }
 
