@@ -2,13 +2,13 @@
 
 #include <errno.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "runner/base/util.h"
 #include "runner/engine/spec.h"
+#include "runner/sources/job_size.h"
 #include "images/catalog.h"
 
 static bool has_prefix(const char *s, const char *prefix)
@@ -16,52 +16,22 @@ static bool has_prefix(const char *s, const char *prefix)
     return strncasecmp(s, prefix, strlen(prefix)) == 0;
 }
 
-/* Decimal digits without sign or leading zero, at most max; *ret_end is
- * left at the first character after them. */
-static bool parse_count(const char *s, int64_t max, int64_t *ret, const char **ret_end)
-{
-    if (*s < '1' || *s > '9')
-        return false;
-    int64_t v = 0;
-    const char *p = s;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        v = v * 10 + (*p - '0');
-        if (v > max)
-            return false;
-    }
-    *ret = v;
-    *ret_end = p;
-    return true;
-}
-
 static int parse_cpus(const char *label, const char *n, int *ret, struct al_error **err)
 {
-    int64_t v;
-    const char *end;
-    if (!parse_count(n, JOB_SPEC_MAX_CPUS, &v, &end) || *end)
+    if (!job_size_parse_cpus(n, ret))
         return al_error_set(err, EINVAL,
                             "label \"%s\": expected " GITHUB_LABEL_CPU "N with N from 1 to %d",
                             label, JOB_SPEC_MAX_CPUS);
-    *ret = (int)v;
     return 0;
 }
 
 static int parse_memory(const char *label, const char *n, int *ret, struct al_error **err)
 {
-    int64_t v;
-    const char *end;
-    /* the bound only keeps the arithmetic small; the range is checked after */
-    bool ok = parse_count(n, JOB_SPEC_MAX_MEMORY_MB, &v, &end);
-    if (ok && (streq(end, "g") || streq(end, "G")))
-        v *= 1024;
-    else if (!ok || !(streq(end, "m") || streq(end, "M")))
-        v = -1;
-    if (v < JOB_SPEC_MIN_MEMORY_MB || v > JOB_SPEC_MAX_MEMORY_MB)
+    if (!job_size_parse_memory(n, ret))
         return al_error_set(err, EINVAL,
                             "label \"%s\": expected " GITHUB_LABEL_MEM "Ng or " GITHUB_LABEL_MEM
                             "Nm (GiB or MiB), %d MiB to %d GiB",
                             label, JOB_SPEC_MIN_MEMORY_MB, JOB_SPEC_MAX_MEMORY_MB / 1024);
-    *ret = (int)v;
     return 0;
 }
 
