@@ -305,6 +305,13 @@ void gl_start_job(struct gitlab *g, const char *body, size_t len)
         al_error_free(err);
         return;
     }
+    /* the pool's limits and allowed images, before anything is fetched */
+    r = engine_check(g->e, j->spec, &err);
+    if (r < 0) {
+        gl_fail_early(j, "agentlab refused the job: %s", al_error_message(err));
+        al_error_free(err);
+        return;
+    }
     bool need_deps = false;
     for (size_t i = 0; i < payload->n_dependencies; i++)
         need_deps |= payload->dependencies[i].artifacts_file != NULL;
