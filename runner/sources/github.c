@@ -275,11 +275,17 @@ static int add_label(struct github *g, const char *l)
     return 0;
 }
 
-/* The pools a job of this source may be routed to: the source's pool, or
- * every pool when it names none. */
+/* The pools a job of this source may be routed to: its pools, or every
+ * pool when it names none. */
 static bool pool_is_ours(const struct github *g, const struct config_pool *p)
 {
-    return !*g->src->pool || streq(p->name, g->src->pool);
+    if (!g->src->pools || !g->src->pools[0])
+        return true;
+    for (char **n = g->src->pools; *n; n++) {
+        if (streq(*n, p->name))
+            return true;
+    }
+    return false;
 }
 
 /* g->pool_labels: every label of the pools a job may be routed to (a job

@@ -12,6 +12,7 @@
 #include "runner/loop/http_client.h"
 #include "runner/loop/api_queue.h"
 #include "runner/sources/github_payload.h"
+#include "runner/sources/source_route.h"
 
 /* ------------------------------------------------------------ demand */
 
@@ -151,13 +152,13 @@ static int demand_route(struct github *g, struct ghdemand *d, const struct githu
     _cleanup_job_spec_ struct job_spec *spec = NULL;
     if (!jit)
         return al_error_set(err, ENOMEM, "out of memory");
+    const struct config_pool *pool = NULL;
     int r = gh_demand_spec(g, d, "routing", jit, &spec, err);
     if (r == 0)
-        r = engine_check(g->e, spec, err);
+        r = source_check_job(g->e, g->src, spec, &pool, err);
     if (r < 0)
         return r;
-    const char *pool = spec->pool ? spec->pool : g->cfg->agent.pool;
-    if (!(d->pool = strdup(pool)))
+    if (!(d->pool = strdup(pool->name)))
         return al_error_set(err, ENOMEM, "out of memory");
     return 0;
 }

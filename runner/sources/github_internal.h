@@ -194,7 +194,8 @@ void gh_runner_delete(struct ghrunner *r);
  * moment keeps its VM. */
 void gh_runner_retire(struct ghrunner *r, const char *reason);
 /* The engine job spec of a runner for d: gh_runner_job_spec() (jit taken
- * over) with the size, image, labels and pool the job's labels ask for. */
+ * over) with the size, image and labels the job's labels ask for, and no
+ * pool: the engine routes it among the source's pools. */
 int gh_demand_spec(struct github *g, const struct ghdemand *d, const char *runner, char *jit,
                    struct job_spec **ret, struct al_error **err);
 /* Makes runners for waiting jobs while max_runners and the engine allow. */

@@ -54,9 +54,9 @@ static bool label_in(char *const *v, size_t n, const char *label)
     return false;
 }
 
-/* The pools' spelling of the job's labels that some pool carries: what
- * the engine routes by. Labels only the runners have (self-hosted, ...)
- * are left out. */
+/* The job's routing labels as the configuration spells them (each is one
+ * of the source's or its pools', see labels_are_ours()): what the engine
+ * routes by, compared exactly. */
 static int spec_labels(const struct github *g, const struct ghdemand *d, struct job_spec *spec,
                        struct al_error **err)
 {
@@ -64,14 +64,16 @@ static int spec_labels(const struct github *g, const struct ghdemand *d, struct 
     if (!spec->labels)
         return al_error_set(err, ENOMEM, "out of memory");
     for (size_t i = 0; i < d->wants.n_labels; i++) {
-        const char *pl = NULL;
-        for (char **p = g->pool_labels; p && *p && !pl; p++)
-            pl = strcasecmp(*p, d->wants.labels[i]) == 0 ? *p : NULL;
-        if (!pl || label_in(spec->labels, spec->n_labels, pl))
+        const char *l = d->wants.labels[i], *known = NULL;
+        for (char **p = g->pool_labels; p && *p && !known; p++)
+            known = strcasecmp(*p, l) == 0 ? *p : NULL;
+        for (size_t k = 0; k < g->n_labels && !known; k++)
+            known = strcasecmp(g->labels[k], l) == 0 ? g->labels[k] : NULL;
+        if (!known || label_in(spec->labels, spec->n_labels, known))
             continue;
         if (spec->n_labels == JOB_SPEC_MAX_LABELS)
-            return al_error_set(err, EINVAL, "more than %d pool labels", JOB_SPEC_MAX_LABELS);
-        if (!(spec->labels[spec->n_labels++] = strdup(pl)))
+            return al_error_set(err, EINVAL, "more than %d labels", JOB_SPEC_MAX_LABELS);
+        if (!(spec->labels[spec->n_labels++] = strdup(known)))
             return al_error_set(err, ENOMEM, "out of memory");
     }
     if (!spec->n_labels) {
@@ -92,11 +94,10 @@ int gh_demand_spec(struct github *g, const struct ghdemand *d, const char *runne
     spec->resources.memory_mb = d->wants.memory_mb;
     if (d->wants.image && !(spec->image = strdup(d->wants.image)))
         return al_error_set(err, ENOMEM, "out of memory");
-    if (d->pool) {
-        free(spec->pool);
-        if (!(spec->pool = strdup(d->pool)))
-            return al_error_set(err, ENOMEM, "out of memory");
-    }
+    /* routed among the source's pools by the engine (source_check_job()
+     * and engine_submit() with opts.pools), not pinned to the first */
+    free(spec->pool);
+    spec->pool = NULL;
     if ((r = spec_labels(g, d, spec, err)) < 0)
         return r;
     *ret = TAKE_PTR(spec);
@@ -273,7 +274,7 @@ static void on_runner_created(struct github *g, int result, const struct al_http
     rc = r->demand ? gh_demand_spec(g, r->demand, r->name, jit, &spec, &serr)
                    : gh_runner_job_spec(g->src, r->name, NULL, NULL, jit, &spec, &serr);
     if (rc == 0)
-        rc = engine_submit(g->e, spec, &(struct engine_submit){0}, eid, &serr);
+        rc = engine_submit(g->e, spec, &(struct engine_submit){.pools = g->src->pools}, eid, &serr);
     if (rc < 0) {
         serve_fail(g, r, "agentlab refused the runner's VM: %s", al_error_message(serr));
         al_error_free(serr);

@@ -5,7 +5,7 @@
 
 agentlabd polls tests/fakes/github_fake.py (every request checked against
 GitHub's OpenAPI description) with two pools, `small` (labels small, 1 vCPU,
-512 MiB) and `big` (labels big, 2 vCPUs, 1536 MiB, max_cpus 2). The image is
+512 MiB, max_memory 1G) and `big` (labels big, 2 vCPUs, 1536 MiB, max_cpus 2). The image is
 a stand-in whose disk is no disk: a runner's VM fails before it boots, which
 is all this test needs, since what is asserted is decided before.
 
@@ -122,6 +122,7 @@ max_vms = 4
 labels = small
 cpus = 1
 memory = 512M
+max_memory = 1G
 [pool "big"]
 labels = big
 cpus = 2
@@ -208,7 +209,7 @@ max_runners = 4
               f"the small job's size: {js[1]['resources']}")
 
         text = log()
-        for jid, want in ((103, "no pool"), (104, "max_cpus"), (105, "agentlab-cpu-x")):
+        for jid, want in ((103, "no pool takes a job with labels self-hosted,k8s"), (104, "max_cpus"), (105, "agentlab-cpu-x")):
             lines = [ln for ln in text.splitlines()
                      if f"job {jid} (" in ln and "no runner is made" in ln]
             check(len(lines) == 1, f"job {jid}: {len(lines)} warnings: {lines}")
