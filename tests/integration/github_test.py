@@ -60,7 +60,7 @@ from skip import SKIP_EXIT  # noqa: E402
 SECRET = "whsec-agentlab-test-Zq8v2LkP"
 REPO = "lineville/elastic-machines-testing"  # the repository of GitHub's queued example
 SOURCE = "gh"
-IDLE_S = 40
+IDLE_S = 90  # a micro VM may take over 40 s to boot under TCG on a loaded host
 
 DUMP = []
 
