@@ -275,6 +275,42 @@ static int add_label(struct github *g, const char *l)
     return 0;
 }
 
+/* The pools a job of this source may be routed to: its pools, or every
+ * pool when it names none. */
+static bool pool_is_ours(const struct github *g, const struct config_pool *p)
+{
+    if (!g->src->pools || !g->src->pools[0])
+        return true;
+    for (char **n = g->src->pools; *n; n++) {
+        if (streq(*n, p->name))
+            return true;
+    }
+    return false;
+}
+
+/* g->pool_labels: every label of the pools a job may be routed to (a job
+ * that names one is ours even though the runners' own labels lack it). */
+static int collect_pool_labels(struct github *g)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < g->cfg->n_pools; i++) {
+        for (char **l = g->cfg->pools[i].labels; pool_is_ours(g, &g->cfg->pools[i]) && l && *l; l++)
+            n++;
+    }
+    g->pool_labels = calloc(n + 1, sizeof(*g->pool_labels));
+    if (!g->pool_labels)
+        return -ENOMEM;
+    n = 0;
+    for (size_t i = 0; i < g->cfg->n_pools; i++) {
+        for (char **l = g->cfg->pools[i].labels; pool_is_ours(g, &g->cfg->pools[i]) && l && *l;
+             l++) {
+            if (!(g->pool_labels[n++] = strdup(*l)))
+                return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
 static int check_config(const struct config_source *src, struct al_error **err)
 {
     bool has_repo = *src->repo, has_org = *src->org;
@@ -318,6 +354,7 @@ static void github_free_fields(struct github *g)
     free(g->runs);
     strv_free(g->labels);
     free(g->labels_text);
+    strv_free(g->pool_labels);
     free(g->base);
     free(g->scope);
     free(g->prefix);
@@ -385,6 +422,8 @@ static int setup(struct github *g, struct al_error **err)
     gh_labels_text(g->labels, g->n_labels, text, sizeof(text));
     if (!(g->labels_text = strdup(text)))
         return -ENOMEM;
+    if ((r = collect_pool_labels(g)) < 0)
+        return r;
     /* what polling looks at */
     size_t np = 0;
     if (*src->repo)

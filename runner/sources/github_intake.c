@@ -5,12 +5,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "runner/base/log.h"
 #include "runner/base/util.h"
 #include "runner/loop/http_client.h"
 #include "runner/loop/api_queue.h"
 #include "runner/sources/github_payload.h"
+#include "runner/sources/source_route.h"
 
 /* ------------------------------------------------------------ demand */
 
@@ -33,6 +35,9 @@ void gh_demand_set(struct ghdemand *d, enum dstate s)
 
 void gh_demand_free(struct ghdemand *d)
 {
+    strv_free(d->labels);
+    github_job_wants_clear(&d->wants);
+    free(d->pool);
     free(d->repo);
     free(d->name);
     free(d->html_url);
@@ -111,6 +116,53 @@ void gh_labels_text(char *const *labels, size_t n, char *buf, size_t size)
     }
 }
 
+/* Every label is one of the runners' own or one of our pools' (compared
+ * without case, as GitHub does); a job with none is no job for us. */
+static bool labels_are_ours(const struct github *g, char *const *labels, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool known = false;
+        for (size_t k = 0; k < g->n_labels && !known; k++)
+            known = strcasecmp(labels[i], g->labels[k]) == 0;
+        for (char **p = g->pool_labels; p && *p && !known; p++)
+            known = strcasecmp(labels[i], *p) == 0;
+        if (!known)
+            return false;
+    }
+    return n > 0;
+}
+
+/* Asks the engine where the job's runner would run, with the size and
+ * image its labels ask for, before any runner is registered: a job no pool
+ * takes, or beyond its pool's limits, gets none. Keeps the job's labels
+ * and the pool in d. */
+static int demand_route(struct github *g, struct ghdemand *d, const struct github_job *j,
+                        struct al_error **err)
+{
+    d->labels = calloc(j->n_labels + 1, sizeof(*d->labels));
+    if (!d->labels)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < j->n_labels; i++) {
+        if (!(d->labels[i] = strdup(j->labels[i])))
+            return al_error_set(err, ENOMEM, "out of memory");
+        d->n_labels++;
+    }
+    /* the spec a runner would get, with a stand-in for its JIT config */
+    char *jit = strdup("-");
+    _cleanup_job_spec_ struct job_spec *spec = NULL;
+    if (!jit)
+        return al_error_set(err, ENOMEM, "out of memory");
+    const struct config_pool *pool = NULL;
+    int r = gh_demand_spec(g, d, "routing", jit, &spec, err);
+    if (r == 0)
+        r = source_check_job(g->e, g->src, spec, &pool, err);
+    if (r < 0)
+        return r;
+    if (!(d->pool = strdup(pool->name)))
+        return al_error_set(err, ENOMEM, "out of memory");
+    return 0;
+}
+
 /* A workflow job seen by the webhook or the poller. via: "webhook" or "poll". */
 static void handle_job(struct github *g, const struct github_job *j, const char *repo,
                        const char *via)
@@ -139,22 +191,36 @@ static void handle_job(struct github *g, const struct github_job *j, const char 
     switch (a) {
     case GITHUB_ACTION_QUEUED: {
         if (d)
-            return; /* known: served, running, done, or not ours */
-        bool match = github_labels_match(j->labels, j->n_labels, g->labels, g->n_labels);
+            return; /* known: served, running, done, refused, or not ours */
         d = demand_add(g, j, repo);
         if (!d)
             return;
         char want[512];
         gh_labels_text(j->labels, j->n_labels, want, sizeof(want));
-        if (!match) {
+        struct al_error *err = NULL;
+        int rc = github_job_wants_parse(j->labels, j->n_labels, &d->wants, &err);
+        if (rc == 0 && !labels_are_ours(g, d->wants.labels, d->wants.n_labels)) {
             log_info(NULL,
                      "github %s: job %" PRId64 " (%s) of %s wants [%s]: not all among this "
-                     "source's labels [%s]; not served",
+                     "source's labels [%s] and its pools'; not served",
                      g->name, j->id, j->name ? j->name : "unnamed", repo, want, g->labels_text);
             return;
         }
-        log_info(NULL, "github %s: job %" PRId64 " (%s) of %s queued (%s), labels [%s]", g->name,
-                 j->id, j->name ? j->name : "unnamed", repo, via, want);
+        if (rc == 0)
+            rc = demand_route(g, d, j, &err);
+        if (rc < 0) {
+            /* once per job: the entry stays D_DONE, so later deliveries and
+             * polls of the same job end at "known" above */
+            log_warn(NULL,
+                     "github %s: job %" PRId64 " (%s) of %s wants [%s]: %s; no runner is made "
+                     "for it",
+                     g->name, j->id, j->name ? j->name : "unnamed", repo, want,
+                     al_error_message(err));
+            al_error_free(err);
+            return;
+        }
+        log_info(NULL, "github %s: job %" PRId64 " (%s) of %s queued (%s), labels [%s], pool %s",
+                 g->name, j->id, j->name ? j->name : "unnamed", repo, via, want, d->pool);
         gh_demand_set(d, D_WAITING);
         gh_serve(g);
         return;

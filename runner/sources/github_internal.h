@@ -18,6 +18,7 @@
 #include "runner/loop/http_client.h"
 #include "runner/sources/github.h"
 #include "runner/sources/github_common.h"
+#include "runner/sources/github_labels.h"
 #include "runner/sources/github_payload.h"
 
 #define API_VERSION_HEADER   "X-GitHub-Api-Version: 2022-11-28"
@@ -86,6 +87,10 @@ struct ghdemand {
     bool verify;           /* check it is still queued before serving */
     bool checking;         /* a GET of the job is in flight */
     unsigned runners_made; /* runners with a VM made for it so far */
+    char **labels;         /* the job's labels as GitHub sent them; its runners get them all */
+    size_t n_labels;
+    struct github_job_wants wants; /* the size and image its labels ask for */
+    char *pool;                    /* the pool the engine routed it to */
 };
 
 struct ghrun_seen {
@@ -112,9 +117,10 @@ struct github {
     char *base;    /* API base URL, no trailing slash */
     char *scope;   /* "/repos/OWNER/NAME" or "/orgs/ORG" */
     char *prefix;  /* runner names start with it */
-    char **labels; /* the runners' labels */
+    char **labels; /* the runners' labels, before the job's are added */
     size_t n_labels;
     char *labels_text;
+    char **pool_labels; /* the labels of the pools this source may route to */
     struct github_auth *auth;
     struct github_hook *hook;
     struct engine_watch *watch;
@@ -187,6 +193,11 @@ void gh_runner_delete(struct ghrunner *r);
  * is stopped once GitHub agreed, so a runner that took a job at the last
  * moment keeps its VM. */
 void gh_runner_retire(struct ghrunner *r, const char *reason);
+/* The engine job spec of a runner for d: gh_runner_job_spec() (jit taken
+ * over) with the size, image and labels the job's labels ask for, and no
+ * pool: the engine routes it among the source's pools. */
+int gh_demand_spec(struct github *g, const struct ghdemand *d, const char *runner, char *jit,
+                   struct job_spec **ret, struct al_error **err);
 /* Makes runners for waiting jobs while max_runners and the engine allow. */
 void gh_serve(struct github *g);
 /* Lists GitHub's runners and reconciles them with ours: a runner with our

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <yajl/yajl_gen.h>
 
 #include "runner/base/log.h"
@@ -30,16 +31,78 @@ static unsigned runners_live(const struct github *g, unsigned *ret_creating)
     return n;
 }
 
-/* True when the pool has a free VM slot beyond the jobs already waiting. */
-static bool engine_room(struct github *g)
+/* True when the job's pool has a free VM slot beyond the jobs already
+ * waiting. */
+static bool engine_room(struct github *g, const struct ghdemand *d)
 {
     unsigned creating = 0;
     runners_live(g, &creating);
-    struct engine_admit a = {.pool = g->src->pool, .start_now = true, .held = creating};
+    struct engine_admit a = {
+            .pool = d->pool ? d->pool : g->src->pool, .start_now = true, .held = creating};
     return engine_admit(g->e, &a, NULL, 0) == ENGINE_ADMIT_YES;
 }
 
 /* ------------------------------------------------------------ runners */
+
+/* label is among the first n of v, compared without case as GitHub does. */
+static bool label_in(char *const *v, size_t n, const char *label)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcasecmp(v[i], label) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The job's routing labels as the configuration spells them (each is one
+ * of the source's or its pools', see labels_are_ours()): what the engine
+ * routes by, compared exactly. */
+static int spec_labels(const struct github *g, const struct ghdemand *d, struct job_spec *spec,
+                       struct al_error **err)
+{
+    spec->labels = calloc(JOB_SPEC_MAX_LABELS + 1, sizeof(*spec->labels));
+    if (!spec->labels)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < d->wants.n_labels; i++) {
+        const char *l = d->wants.labels[i], *known = NULL;
+        for (char **p = g->pool_labels; p && *p && !known; p++)
+            known = strcasecmp(*p, l) == 0 ? *p : NULL;
+        for (size_t k = 0; k < g->n_labels && !known; k++)
+            known = strcasecmp(g->labels[k], l) == 0 ? g->labels[k] : NULL;
+        if (!known || label_in(spec->labels, spec->n_labels, known))
+            continue;
+        if (spec->n_labels == JOB_SPEC_MAX_LABELS)
+            return al_error_set(err, EINVAL, "more than %d labels", JOB_SPEC_MAX_LABELS);
+        if (!(spec->labels[spec->n_labels++] = strdup(known)))
+            return al_error_set(err, ENOMEM, "out of memory");
+    }
+    if (!spec->n_labels) {
+        free(spec->labels);
+        spec->labels = NULL;
+    }
+    return 0;
+}
+
+int gh_demand_spec(struct github *g, const struct ghdemand *d, const char *runner, char *jit,
+                   struct job_spec **ret, struct al_error **err)
+{
+    _cleanup_job_spec_ struct job_spec *spec = NULL;
+    int r = gh_runner_job_spec(g->src, runner, NULL, d->html_url, jit, &spec, err);
+    if (r < 0)
+        return r;
+    spec->resources.cpus = d->wants.cpus;
+    spec->resources.memory_mb = d->wants.memory_mb;
+    if (d->wants.image && !(spec->image = strdup(d->wants.image)))
+        return al_error_set(err, ENOMEM, "out of memory");
+    /* routed among the source's pools by the engine (source_check_job()
+     * and engine_submit() with opts.pools), not pinned to the first */
+    free(spec->pool);
+    spec->pool = NULL;
+    if ((r = spec_labels(g, d, spec, err)) < 0)
+        return r;
+    *ret = TAKE_PTR(spec);
+    return 0;
+}
 
 static struct ghrunner *runner_new(struct github *g)
 {
@@ -91,7 +154,11 @@ void gh_runner_set_dead(struct ghrunner *r)
 static void on_runner_created(struct github *g, int result, const struct al_http_response *resp,
                               const struct al_error *err, void *data);
 
-static int generate_body(const struct github *g, const char *name, char **ret)
+/* The runner's labels: the source's, and every label of the job it is made
+ * for, so that GitHub hands it that job (GitHub gives a job to a runner
+ * that has all its labels). */
+static int generate_body(const struct github *g, const struct ghdemand *d, const char *name,
+                         char **ret)
 {
     yajl_gen gen = yajl_gen_alloc(NULL);
     if (!gen)
@@ -103,8 +170,16 @@ static int generate_body(const struct github *g, const char *name, char **ret)
     r |= yajl_gen_integer(gen, g->src->runner_group_id);
     r |= yajl_gen_string(gen, (const unsigned char *)"labels", 6);
     r |= yajl_gen_array_open(gen);
-    for (size_t i = 0; i < g->n_labels; i++)
+    size_t n = 0;
+    for (size_t i = 0; i < g->n_labels && n < GITHUB_MAX_LABELS; i++, n++)
         r |= yajl_gen_string(gen, (const unsigned char *)g->labels[i], strlen(g->labels[i]));
+    for (size_t i = 0; d && i < d->n_labels && n < GITHUB_MAX_LABELS; i++) {
+        const char *l = d->labels[i];
+        if (label_in(g->labels, g->n_labels, l) || label_in(d->labels, i, l))
+            continue;
+        r |= yajl_gen_string(gen, (const unsigned char *)l, strlen(l));
+        n++;
+    }
     r |= yajl_gen_array_close(gen);
     r |= yajl_gen_string(gen, (const unsigned char *)"work_folder", 11);
     r |= yajl_gen_string(gen, (const unsigned char *)"_work", 5);
@@ -120,7 +195,7 @@ static void runner_create(struct github *g, struct ghdemand *d)
 {
     struct ghrunner *r = runner_new(g);
     char *body = NULL;
-    if (!r || generate_body(g, r->name, &body) < 0) {
+    if (!r || generate_body(g, d, r->name, &body) < 0) {
         if (r)
             r->state = R_DEAD;
         return;
@@ -196,10 +271,10 @@ static void on_runner_created(struct github *g, int result, const struct al_http
     struct job_spec *spec = NULL;
     struct al_error *serr = NULL;
     char eid[STORE_JOB_ID_SIZE];
-    rc = gh_runner_job_spec(g->src, r->name, NULL, r->demand ? r->demand->html_url : NULL, jit,
-                            &spec, &serr);
+    rc = r->demand ? gh_demand_spec(g, r->demand, r->name, jit, &spec, &serr)
+                   : gh_runner_job_spec(g->src, r->name, NULL, NULL, jit, &spec, &serr);
     if (rc == 0)
-        rc = engine_submit(g->e, spec, &(struct engine_submit){0}, eid, &serr);
+        rc = engine_submit(g->e, spec, &(struct engine_submit){.pools = g->src->pools}, eid, &serr);
     if (rc < 0) {
         serve_fail(g, r, "agentlab refused the runner's VM: %s", al_error_message(serr));
         al_error_free(serr);
@@ -393,8 +468,8 @@ void gh_serve(struct github *g)
             g->max_logged = true;
             return;
         }
-        if (!engine_room(g))
-            return;
+        if (!engine_room(g, d))
+            continue; /* a job of another pool may fit */
         g->max_logged = false;
         if (d->verify || now - d->since_ms > VERIFY_AFTER_MS) {
             check_job(g, d);

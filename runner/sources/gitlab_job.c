@@ -13,6 +13,8 @@
 #include "runner/base/json_tree.h"
 #include "runner/base/log.h"
 #include "runner/base/util.h"
+#include "runner/sources/job_size.h"
+#include "images/catalog.h"
 
 static int parse_when(yajl_val obj, const char *path, enum gitlab_when *ret, struct al_error **err)
 {
@@ -949,6 +951,37 @@ static char *spec_name(const struct gitlab_job *j)
     return strdup(buf);
 }
 
+/* The VM the job asks for: image: names an agentlab image; AGENTLAB_CPUS
+ * and AGENTLAB_MEMORY its size (job_size.h). A container image reference
+ * is refused rather than cut to a name that may mean another image. */
+static int apply_vm_wants(const struct gitlab_job *j, struct job_spec *spec, struct al_error **err)
+{
+    if (j->image && *j->image) {
+        if (!image_name_is_valid(j->image))
+            return al_error_set(err, EINVAL,
+                                "image \"%s\": agentlab runs jobs in VM images; image: must "
+                                "name one (`agentlab image list`, e.g. debian-12-actions), not "
+                                "a container image",
+                                j->image);
+        free(spec->image);
+        if (!(spec->image = strdup(j->image)))
+            return al_error_set(err, ENOMEM, "out of memory");
+    }
+    const char *v = gitlab_job_variable(j, GITLAB_VAR_CPUS);
+    if (v && !job_size_parse_cpus(v, &spec->resources.cpus))
+        return al_error_set(err, EINVAL,
+                            "variable " GITLAB_VAR_CPUS " is \"%.32s\"; expected a number of "
+                            "vCPUs from 1 to %d",
+                            v, JOB_SPEC_MAX_CPUS);
+    v = gitlab_job_variable(j, GITLAB_VAR_MEMORY);
+    if (v && !job_size_parse_memory(v, &spec->resources.memory_mb))
+        return al_error_set(err, EINVAL,
+                            "variable " GITLAB_VAR_MEMORY " is \"%.32s\"; expected Ng or Nm "
+                            "(GiB or MiB), %d MiB to %d GiB",
+                            v, JOB_SPEC_MIN_MEMORY_MB, JOB_SPEC_MAX_MEMORY_MB / 1024);
+    return 0;
+}
+
 int gitlab_job_to_spec(const struct gitlab_job *j, const struct gitlab_spec_opts *o,
                        struct job_spec **ret_spec, struct al_error **err)
 {
@@ -1017,6 +1050,8 @@ int gitlab_job_to_spec(const struct gitlab_job *j, const struct gitlab_spec_opts
         return al_error_set(err, ENOMEM, "out of memory");
     if (o->image && *o->image && !(spec->image = strdup(o->image)))
         return al_error_set(err, ENOMEM, "out of memory");
+    if ((r = apply_vm_wants(j, spec, err)) < 0)
+        return r;
     *ret_spec = TAKE_PTR(spec);
     return 0;
 }

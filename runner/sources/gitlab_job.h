@@ -13,7 +13,8 @@
  * gitlab_job_to_spec() turns a parsed job into a job spec: the shell script
  * that runs the steps, the variables (masked ones as secret_env, file
  * variables written to files by the script), the declared artifact paths
- * and the timeout. See README.md ("GitLab runner") for what the guest sees.
+ * the timeout, and the VM's image and size. See README.md ("GitLab runner") for what the guest
+ * sees.
  */
 #ifndef AL_GITLAB_JOB_H
 #define AL_GITLAB_JOB_H
@@ -139,7 +140,7 @@ struct gitlab_job {
     size_t n_dependencies;
     struct gitlab_cache_spec *caches;
     size_t n_caches;
-    char *image; /* image.name, or NULL; informational (see README) */
+    char *image; /* image.name, or NULL: the VM image (see gitlab_job_to_spec) */
     /* features.failure_reasons: what the server understands; NULL when the
      * server did not say (then every documented reason is assumed). */
     char **failure_reasons;
@@ -180,7 +181,15 @@ struct gitlab_spec_opts {
  * GITLAB_CLONE_NONE. */
 enum gitlab_clone gitlab_job_clone_mode(const struct gitlab_job *job, enum gitlab_clone configured);
 
-/* Builds the job spec. Variables become env (masked ones secret_env); a
+/* The variables that size a job's VM (job_size.h). */
+#define GITLAB_VAR_CPUS   "AGENTLAB_CPUS"
+#define GITLAB_VAR_MEMORY "AGENTLAB_MEMORY"
+
+/* Builds the job spec. image: (image_name_is_valid(), else refused) names
+ * the VM image instead of opts->image; the variables GITLAB_VAR_CPUS and
+ * GITLAB_VAR_MEMORY set resources.cpus and .memory_mb (refused when
+ * malformed). Whether the pool allows them is the engine's decision.
+ * Variables become env (masked ones secret_env); a
  * variable whose value holds the job token goes to the guest only with
  * GITLAB_CLONE_GUEST (as secret_env), never otherwise. Variables whose key
  * is no shell name are left out. Fails (-EINVAL, -E2BIG) with a message

@@ -16,6 +16,7 @@
 #include "runner/loop/http_client.h"
 #include "runner/sources/gitlab_checkout.h"
 #include "runner/sources/gitlab_job.h"
+#include "runner/sources/source_route.h"
 
 /* ------------------------------------------------------------ jobs */
 
@@ -61,7 +62,7 @@ void gl_job_free(struct gljob *j)
 static void submit(struct gljob *j, const char *tar)
 {
     struct gitlab *g = j->g;
-    struct engine_submit opts = {.workdir_tar = tar};
+    struct engine_submit opts = {.workdir_tar = tar, .pools = g->src->pools};
     struct al_error *err = NULL;
     char id[STORE_JOB_ID_SIZE];
     int r = engine_submit(g->e, TAKE_PTR(j->spec), &opts, id, &err);
@@ -298,10 +299,18 @@ void gl_start_job(struct gitlab *g, const char *body, size_t len)
     gl_trace_tick_arm(j, (uint64_t)j->interval_s * 1000u);
 
     enum gitlab_clone clone = gitlab_job_clone_mode(payload, (enum gitlab_clone)g->src->clone);
-    struct gitlab_spec_opts so = {.clone = clone, .pool = *g->src->pool ? g->src->pool : NULL};
+    /* no pool named: the engine routes the job among the source's pools */
+    struct gitlab_spec_opts so = {.clone = clone};
     r = gitlab_job_to_spec(payload, &so, &j->spec, &err);
     if (r < 0) {
         gl_fail_early(j, "%s", al_error_message(err));
+        al_error_free(err);
+        return;
+    }
+    /* the pool's limits and allowed images, before anything is fetched */
+    r = source_check_job(g->e, g->src, j->spec, NULL, &err);
+    if (r < 0) {
+        gl_fail_early(j, "agentlab refused the job: %s", al_error_message(err));
         al_error_free(err);
         return;
     }

@@ -88,8 +88,9 @@ def predefined_variables(job_id, job_name, project, token, server):
 
 def make_job(job_id, server, sha, script, *, name=None, token=None, project="demo",
              after_script=None, variables=(), artifacts=None, timeout=3600, depth=20,
-             dependencies=(), cache=None, project_id=1):
-    """A job payload shaped like GitLab's answer to POST /api/v4/jobs/request."""
+             dependencies=(), cache=None, project_id=1, image=None):
+    """A job payload shaped like GitLab's answer to POST /api/v4/jobs/request.
+    image: the job's image: (for agentlab, a VM image name); None = none given."""
     name = name or f"job-{job_id}"
     token = token or f"glcbt-64_fake{job_id:04d}tokenAbCdEfGhIj"
     repo = server.replace("://", "://gitlab-ci-token:" + token + "@") + f"/git/{project}.git"
@@ -114,7 +115,8 @@ def make_job(job_id, server, sha, script, *, name=None, token=None, project="dem
         "runner_info": {"timeout": timeout, "runner_session_url": None},
         "variables": predefined_variables(job_id, name, project, token, server) + list(variables),
         "steps": steps,
-        "image": {"name": "debian:bookworm", "entrypoint": None, "ports": [], "pull_policy": None},
+        "image": ({"name": image, "entrypoint": None, "ports": [], "pull_policy": None}
+                  if image is not None else None),
         "services": [],
         "artifacts": artifacts or [],
         "cache": cache or [],

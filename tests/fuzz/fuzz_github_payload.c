@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "runner/base/util.h"
+#include "runner/engine/spec.h"
+#include "runner/sources/github_labels.h"
 #include "runner/sources/github_payload.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -42,6 +44,21 @@ static void check_job(const struct github_job *j)
     /* label matching is total: a job always matches its own labels */
     if (j->n_labels)
         check(github_labels_match(j->labels, j->n_labels, j->labels, j->n_labels));
+    /* the label forms: a size in range, or an error; the other labels kept */
+    struct github_job_wants w = {0};
+    struct al_error *err = NULL;
+    int r = github_job_wants_parse(j->labels, j->n_labels, &w, &err);
+    if (r < 0) {
+        check(r == -EINVAL || r == -ENOMEM);
+        check(err && al_error_message(err)[0]);
+        al_error_free(err);
+        return;
+    }
+    check(w.cpus >= 0 && w.cpus <= JOB_SPEC_MAX_CPUS);
+    check(w.memory_mb == 0 ||
+          (w.memory_mb >= JOB_SPEC_MIN_MEMORY_MB && w.memory_mb <= JOB_SPEC_MAX_MEMORY_MB));
+    check(w.labels && w.n_labels <= j->n_labels && !w.labels[w.n_labels]);
+    github_job_wants_clear(&w);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -19,7 +19,9 @@ Asserted:
     is repeated
   - a delivery with a bad signature is refused with 401 and logged without
     its payload
-  - a queued job whose labels are not all the pool's gets no runner
+  - a queued job whose labels are not all the source's gets no runner
+  - a job with the label big (found by polling) gets a runner with that
+    label whose VM is in pool big, with its 2 vCPUs and 768 MiB
   - GitHub's real queued payload yields exactly one JIT runner and one VM,
     whose stand-in runner decoded the config it was given (digest checked);
     a redelivery (same X-GitHub-Delivery) and a second delivery for the same
@@ -58,7 +60,7 @@ from skip import SKIP_EXIT  # noqa: E402
 SECRET = "whsec-agentlab-test-Zq8v2LkP"
 REPO = "lineville/elastic-machines-testing"  # the repository of GitHub's queued example
 SOURCE = "gh"
-IDLE_S = 40
+IDLE_S = 90  # a micro VM may take over 40 s to boot under TCG on a loaded host
 
 DUMP = []
 
@@ -187,6 +189,11 @@ image = micro-actions
 boot_timeout = 20m
 [backend "local"]
 max_vms = 2
+[pool "default"]
+[pool "big"]
+labels = big
+cpus = 2
+memory = 768M
 [source "{SOURCE}"]
 type = github
 url = {fake.url}/
@@ -194,6 +201,7 @@ repo = {REPO}
 app_id = 424242
 app_key_file = {key}
 labels = k8s
+pools = default, big
 max_runners = 2
 webhook_listen = 127.0.0.1:0
 webhook_secret_file = {secret_file}
@@ -342,15 +350,30 @@ runner_idle_timeout = {IDLE_S}s
         # -- found by polling; agentlabd crashes while the runner's VM runs: the
         #    restarted daemon destroys the VM and deletes the runner
         fake.jit_mode = "hold"
+        #    (the job wants the big pool: its runner has the label, its VM
+        #    the pool's size)
         fake.add_run(run_id + 1, [{"id": job_id + 1, "name": "poll-job",
-                                   "labels": ["self-hosted", "k8s"], "status": "queued"}])
+                                   "labels": ["self-hosted", "k8s", "big"], "status": "queued"}])
         check(fake.wait(lambda: len(fake.jits) >= 2, 60), "polling did not find the job")
         jit2 = fake.jits[1]
+        check("big" in jit2["labels"], f"the big job's runner has labels {jit2['labels']}")
         eid2 = wait_for(lambda: engine_id(jit2["runner"]), 30)
         check(eid2, "no agentlab job for the polled runner")
         check(wait_for(lambda: f"agentName={jit2['runner']} mode=hold" in
                        read(os.path.join(state, "jobs", eid2, "output.log")), 600),
               "the polled job's runner never started")
+        con = sqlite3.connect(os.path.join(state, "agentlab.db"))
+        pool2 = con.execute("select pool from jobs where id = ?", (eid2,)).fetchone()[0]
+        con.close()
+        check(pool2 == "big", f"the big job's runner went to pool {pool2}")
+        xml = ""
+        for name in domains().split():
+            if eid2 in name:
+                xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", name],
+                                     capture_output=True, text=True).stdout
+        check(re.search(r"<vcpu[^>]*>2</vcpu>", xml) and
+              re.search(r"<memory unit='KiB'>786432</memory>", xml),
+              f"the big job's VM is not the pool's size:\n{xml[:1500]}")
         daemon.kill()
         daemon.wait(30)
         logf.close()

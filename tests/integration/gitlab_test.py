@@ -7,8 +7,10 @@
       the real daemon with the micro image (AGENTLAB_TEST_STATE): one daemon
       takes a passing job (checkout on the host, masked and file variables,
       after_script, artifacts, a simulated trace loss), a failing one, one
-      that times out, one GitLab cancels, one whose commit cannot be fetched
-      and one with a malformed payload. Then: states, failure reasons, exit
+      that times out, one GitLab cancels, one whose commit cannot be fetched,
+      one with a malformed payload, one whose image: names a second image
+      (micro under another name), and two refused before any VM: an image
+      outside the pool's allowed_images and a container image reference. Then: states, failure reasons, exit
       codes, the exact trace, masked values nowhere (trace, daemon log, the
       SQLite files, job files), no VM, overlay or run dir left, and no
       protocol error seen by the fake.
@@ -22,6 +24,7 @@
       fake against gitlab-runner's requests.
 """
 import base64
+import json
 import os
 import shutil
 import signal
@@ -155,6 +158,15 @@ def test_jobs(agentlabd):
     os.makedirs(os.path.join(state, "images"))
     os.chmod(state, 0o711)
     shutil.copytree(micro, os.path.join(state, "images", "micro"), symlinks=True)
+    # a second image: micro under another name (the catalog goes by the
+    # manifest's name)
+    alias = os.path.join(state, "images", "micro-alias")
+    shutil.copytree(micro, alias, symlinks=True)
+    with open(os.path.join(alias, "manifest.json")) as f:
+        manifest = json.load(f)
+    manifest["name"] = "micro-alias"
+    with open(os.path.join(alias, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
     gitroot = os.path.join(tmp, "git")
     os.makedirs(gitroot)
     sha = make_repo(gitroot)
@@ -173,6 +185,8 @@ image = micro
 boot_timeout = 2m
 [backend "local"]
 max_vms = 2
+[pool "default"]
+allowed_images = micro, micro-*
 [source "gl"]
 type = gitlab
 url = {srv}
@@ -230,6 +244,13 @@ poll_interval = 1s
         {"id": 102, "name": "fail-job",
          "artifacts_file": {"filename": "artifacts.zip", "size": 1000}}],
         script=["echo NODEPS-RAN-$((6 * 7))"]))
+    # image: picks the VM image, among the pool's allowed_images
+    jobs["image"] = fake.add_job(make_job(110, srv, sha, name="image-job", image="micro-alias",
+                                          script=["echo IMAGE-JOB-RAN"]))
+    jobs["notallowed"] = fake.add_job(make_job(111, srv, sha, name="notallowed-job",
+                                               image="debian-12", script=["echo never runs"]))
+    jobs["container"] = fake.add_job(make_job(112, srv, sha, name="container-job",
+                                              image="ruby:3.3", script=["echo never runs"]))
     # last: agentlabd is stopped while it runs
     # (handed out after the later stage: dependencies without artifacts_file
     # download nothing)
@@ -368,6 +389,29 @@ poll_interval = 1s
     check("NODEPS-RAN-42" not in t, "nodeps: the script ran")
     check(sorted(fake.downloads) == [(108, 101, 200), (109, 102, 404)],
           f"downloads: {fake.downloads}")
+
+    # image: the job ran in the image it named; the others were refused
+    # before any checkout or VM, with the reason in the trace
+    f = final("image")
+    check(f["state"] == "success" and b"IMAGE-JOB-RAN" in jobs["image"].trace,
+          f"image: {f} {jobs['image'].trace!r}")
+    con = sqlite3.connect(db)
+    row = con.execute("select spec from jobs where source_type = 'gitlab' and source_ref = '110'"
+                      ).fetchone()
+    n_refused = con.execute("select count(*) from jobs where source_type = 'gitlab' and "
+                            "source_ref in ('111', '112')").fetchone()[0]
+    con.close()
+    check(row and json.loads(row[0]).get("image") == "micro-alias", f"image: spec {row}")
+    check(n_refused == 0, "a refused job reached the engine")
+    for name, want in (("notallowed", "allowed_images"),
+                       ("container", 'image "ruby:3.3": agentlab runs jobs in VM images')):
+        f = final(name)
+        t = jobs[name].trace.decode()
+        check(f["state"] == "failed" and f["failure_reason"] == "runner_system_failure",
+              f"{name}: {f}")
+        check("ERROR: Job failed (system failure): " in t and want in t,
+              f"{name}: the trace does not say {want!r}: {t!r}")
+        check("never runs" not in t.replace("echo never runs", ""), f"{name}: the script ran")
 
     # long polling
     check(fake.echoed > 0, "last_update was never echoed")

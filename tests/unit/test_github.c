@@ -26,6 +26,8 @@
 #include "runner/base/hardlimits.h"
 #include "runner/sources/github_auth.h"
 #include "runner/sources/github_hook.h"
+#include "runner/engine/spec.h"
+#include "runner/sources/github_labels.h"
 #include "runner/sources/github_payload.h"
 
 static void hex(const uint8_t *d, size_t n, char *out)
@@ -174,6 +176,115 @@ static void test_labels(void **state)
     assert_true(github_login_is_valid("octo-org"));
     assert_false(github_login_is_valid("octo/org"));
     assert_false(github_login_is_valid(""));
+}
+
+static void wants_ok(const char *const *labels, size_t n, struct github_job_wants *w)
+{
+    struct al_error *err = NULL;
+    int r = github_job_wants_parse((char *const *)labels, n, w, &err);
+    if (r < 0)
+        fail_msg("%s", al_error_message(err));
+}
+
+static void wants_bad(const char *label, const char *needle)
+{
+    const char *labels[] = {"self-hosted", label};
+    struct github_job_wants w = {.cpus = 99};
+    struct al_error *err = NULL;
+    assert_int_equal(github_job_wants_parse((char *const *)labels, 2, &w, &err), -EINVAL);
+    if (!strstr(al_error_message(err), needle))
+        fail_msg("%s: %s", label, al_error_message(err));
+    assert_non_null(strstr(al_error_message(err), label));
+    assert_int_equal(w.cpus, 99); /* untouched on failure */
+    al_error_free(err);
+}
+
+/* The label forms that size a runner's VM (github_labels.h). */
+static void test_job_wants(void **state)
+{
+    (void)state;
+    struct github_job_wants w;
+    const char *plain[] = {"self-hosted", "linux", "big"};
+    wants_ok(plain, 3, &w);
+    assert_int_equal(w.cpus, 0);
+    assert_int_equal(w.memory_mb, 0);
+    assert_null(w.image);
+    assert_int_equal(w.n_labels, 3);
+    assert_string_equal(w.labels[2], "big");
+    assert_null(w.labels[3]);
+    github_job_wants_clear(&w);
+
+    const char *all[] = {"self-hosted", "agentlab-cpu-4", "big", "agentlab-mem-8g",
+                         "agentlab-image-debian-12-actions"};
+    wants_ok(all, 5, &w);
+    assert_int_equal(w.cpus, 4);
+    assert_int_equal(w.memory_mb, 8192);
+    assert_string_equal(w.image, "debian-12-actions");
+    assert_int_equal(w.n_labels, 2);
+    assert_string_equal(w.labels[0], "self-hosted");
+    assert_string_equal(w.labels[1], "big");
+    github_job_wants_clear(&w);
+    github_job_wants_clear(&w); /* twice is fine */
+
+    /* GitHub compares labels without case: so do the prefix and the unit */
+    const char *upper[] = {"AgentLab-CPU-64", "AGENTLAB-MEM-1536M", "agentlab-IMAGE-Micro"};
+    wants_ok(upper, 3, &w);
+    assert_int_equal(w.cpus, JOB_SPEC_MAX_CPUS);
+    assert_int_equal(w.memory_mb, 1536);
+    assert_string_equal(w.image, "Micro"); /* the name as written */
+    assert_int_equal(w.n_labels, 0);
+    assert_null(w.labels[0]);
+    github_job_wants_clear(&w);
+
+    const char *edges[] = {"agentlab-mem-128m", "agentlab-cpu-1", "agentlab-mem"};
+    wants_ok(edges, 3, &w);
+    assert_int_equal(w.memory_mb, JOB_SPEC_MIN_MEMORY_MB);
+    assert_int_equal(w.cpus, 1);
+    /* not one of the prefixes (no dash after "mem"): an ordinary label */
+    assert_int_equal(w.n_labels, 1);
+    assert_string_equal(w.labels[0], "agentlab-mem");
+    github_job_wants_clear(&w);
+
+    const char *top[] = {"agentlab-mem-512g"};
+    wants_ok(top, 1, &w);
+    assert_int_equal(w.memory_mb, JOB_SPEC_MAX_MEMORY_MB);
+    github_job_wants_clear(&w);
+
+    wants_ok(NULL, 0, &w);
+    assert_int_equal(w.n_labels, 0);
+    assert_non_null(w.labels);
+    github_job_wants_clear(&w);
+
+    wants_bad("agentlab-cpu-0", "N from 1 to 64");
+    wants_bad("agentlab-cpu-65", "N from 1 to 64");
+    wants_bad("agentlab-cpu-04", "N from 1 to 64");
+    wants_bad("agentlab-cpu-+4", "N from 1 to 64");
+    wants_bad("agentlab-cpu-4x", "N from 1 to 64");
+    wants_bad("agentlab-cpu-", "N from 1 to 64");
+    wants_bad("agentlab-cpu-99999999999999999999", "N from 1 to 64");
+    wants_bad("agentlab-mem-8", "GiB or MiB");
+    wants_bad("agentlab-mem-8gb", "GiB or MiB");
+    wants_bad("agentlab-mem-8k", "GiB or MiB");
+    wants_bad("agentlab-mem-127m", "GiB or MiB");
+    wants_bad("agentlab-mem-513g", "GiB or MiB");
+    wants_bad("agentlab-mem-0g", "GiB or MiB");
+    wants_bad("agentlab-mem--1g", "GiB or MiB");
+    wants_bad("agentlab-mem-1.5g", "GiB or MiB");
+    wants_bad("agentlab-image-", "image name");
+    wants_bad("agentlab-image-debian:12", "image name");
+    wants_bad("agentlab-image-../etc", "image name");
+    wants_bad("agentlab-image-x.lock", "image name");
+
+    const char *dup_cpu[] = {"agentlab-cpu-2", "agentlab-cpu-2"};
+    const char *dup_mem[] = {"agentlab-mem-1g", "agentlab-mem-2048m"};
+    const char *dup_img[] = {"agentlab-image-a", "agentlab-image-b"};
+    const char *const *dups[] = {dup_cpu, dup_mem, dup_img};
+    for (size_t i = 0; i < ARRAY_SIZE(dups); i++) {
+        struct al_error *err = NULL;
+        assert_int_equal(github_job_wants_parse((char *const *)dups[i], 2, &w, &err), -EINVAL);
+        assert_non_null(strstr(al_error_message(err), "twice"));
+        al_error_free(err);
+    }
 }
 
 /* The vendored examples (tests/contracts/README.md); ctest sets AL_SOURCE_DIR. */
@@ -923,7 +1034,7 @@ int main(void)
             cmocka_unit_test(test_webhook_parse), cmocka_unit_test(test_rest_answers),
             cmocka_unit_test(test_app_jwt),       cmocka_unit_test(test_secret_files),
             cmocka_unit_test(test_listen),        cmocka_unit_test(test_hook),
-            cmocka_unit_test(test_json_getters),
+            cmocka_unit_test(test_json_getters),  cmocka_unit_test(test_job_wants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

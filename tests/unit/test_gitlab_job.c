@@ -21,8 +21,8 @@
 #define SHA    "0123456789abcdef0123456789abcdef01234567"
 
 /* A payload shaped like GitLab's, with the parts under test filled in. */
-static char *payload_with(const char *variables, const char *steps, const char *artifacts,
-                          const char *dependencies)
+static char *payload_image(const char *image, const char *variables, const char *steps,
+                           const char *artifacts, const char *dependencies)
 {
     char *s = NULL;
     int n = asprintf(
@@ -39,13 +39,20 @@ static char *payload_with(const char *variables, const char *steps, const char *
             " \"runner_info\": {\"timeout\": 1800, \"runner_session_url\": null},"
             " \"variables\": [%s],"
             " \"steps\": [%s],"
-            " \"image\": {\"name\": \"alpine:3.19\", \"entrypoint\": null, \"ports\": []},"
+            " \"image\": %s,"
             " \"services\": [], \"artifacts\": [%s], \"cache\": [], \"credentials\": [],"
             " \"dependencies\": [%s], \"features\": {\"trace_sections\": true,"
             "   \"failure_reasons\": [\"script_failure\", \"runner_system_failure\"]}}",
-            variables, steps, artifacts, dependencies);
+            variables, steps, image, artifacts, dependencies);
     assert_true(n > 0);
     return s;
+}
+
+static char *payload_with(const char *variables, const char *steps, const char *artifacts,
+                          const char *dependencies)
+{
+    return payload_image("{\"name\": \"debian-12\", \"entrypoint\": null, \"ports\": []}",
+                         variables, steps, artifacts, dependencies);
 }
 
 static char *payload(const char *variables, const char *steps, const char *artifacts)
@@ -106,7 +113,7 @@ static void test_parse_realistic(void **state)
     assert_int_equal(j->n_refspecs, 1);
     assert_int_equal(j->timeout_s, 1800);
     assert_string_equal(j->job_name, "unit test/job");
-    assert_string_equal(j->image, "alpine:3.19");
+    assert_string_equal(j->image, "debian-12");
     assert_int_equal(j->n_variables, 4);
     assert_true(j->variables[2].masked);
     assert_true(j->variables[3].file);
@@ -501,6 +508,72 @@ static void test_spec_refusals(void **state)
     gitlab_job_free(j);
 }
 
+/* image: and the AGENTLAB_CPUS/AGENTLAB_MEMORY variables pick the VM. */
+static void test_spec_vm(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc = payload_image("{\"name\": \"debian-12-actions\"}",
+                                             "{\"key\": \"AGENTLAB_CPUS\", \"value\": \"4\"},"
+                                             "{\"key\": \"AGENTLAB_MEMORY\", \"value\": \"8g\"}",
+                                             STEP_SCRIPT("\"true\""), "", "");
+    struct job_spec *spec = spec_of(doc, GITLAB_CLONE_HOST);
+    assert_string_equal(spec->image, "debian-12-actions");
+    assert_int_equal(spec->resources.cpus, 4);
+    assert_int_equal(spec->resources.memory_mb, 8192);
+    job_spec_free(spec);
+
+    /* no image: (null or empty) and no variables: the pool decides */
+    const char *none[] = {"null", "{\"name\": \"\"}", "{}"};
+    for (size_t i = 0; i < ARRAY_SIZE(none); i++) {
+        _cleanup_free_ char *d = payload_image(none[i], "", STEP_SCRIPT("\"true\""), "", "");
+        spec = spec_of(d, GITLAB_CLONE_HOST);
+        assert_null(spec->image);
+        assert_int_equal(spec->resources.cpus, 0);
+        assert_int_equal(spec->resources.memory_mb, 0);
+        job_spec_free(spec);
+    }
+
+    _cleanup_free_ char *mib = payload_image("{\"name\": \"micro\"}",
+                                             "{\"key\": \"AGENTLAB_MEMORY\", \"value\": "
+                                             "\"1536M\"}",
+                                             STEP_SCRIPT("\"true\""), "", "");
+    spec = spec_of(mib, GITLAB_CLONE_HOST);
+    assert_string_equal(spec->image, "micro");
+    assert_int_equal(spec->resources.memory_mb, 1536);
+    assert_int_equal(spec->resources.cpus, 0);
+    job_spec_free(spec);
+
+    static const struct {
+        const char *image, *variables, *needle;
+    } bad[] = {
+            {"{\"name\": \"alpine:3.19\"}", "", "image \"alpine:3.19\": agentlab runs jobs in VM"},
+            {"{\"name\": \"registry.example.test/group/img\"}", "", "not a container image"},
+            {"{\"name\": \"debian-12@sha256:abc\"}", "", "not a container image"},
+            {"null", "{\"key\": \"AGENTLAB_CPUS\", \"value\": \"0\"}",
+             "AGENTLAB_CPUS is \"0\"; expected a number of vCPUs from 1 to 64"},
+            {"null", "{\"key\": \"AGENTLAB_CPUS\", \"value\": \"two\"}", "AGENTLAB_CPUS"},
+            {"null", "{\"key\": \"AGENTLAB_CPUS\", \"value\": \"65\"}", "AGENTLAB_CPUS"},
+            {"null", "{\"key\": \"AGENTLAB_MEMORY\", \"value\": \"8\"}",
+             "AGENTLAB_MEMORY is \"8\"; expected Ng or Nm"},
+            {"null", "{\"key\": \"AGENTLAB_MEMORY\", \"value\": \"64m\"}", "AGENTLAB_MEMORY"},
+            {"null", "{\"key\": \"AGENTLAB_MEMORY\", \"value\": \"8 GiB\"}", "AGENTLAB_MEMORY"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        _cleanup_free_ char *d =
+                payload_image(bad[i].image, bad[i].variables, STEP_SCRIPT("\"true\""), "", "");
+        struct gitlab_job *j = parse_ok(d);
+        struct job_spec *s = NULL;
+        struct al_error *err = NULL;
+        struct gitlab_spec_opts o = {.clone = GITLAB_CLONE_HOST};
+        assert_int_equal(gitlab_job_to_spec(j, &o, &s, &err), -EINVAL);
+        if (!strstr(al_error_message(err), bad[i].needle))
+            fail_msg("case %zu: %s", i, al_error_message(err));
+        assert_null(s);
+        al_error_free(err);
+        gitlab_job_free(j);
+    }
+}
+
 /* Runs the job's script as the guest helper does (/bin/sh -e -c) in a fresh
  * dir with env; returns the exit status and the output (stdout and stderr
  * together). */
@@ -717,6 +790,7 @@ int main(void)
             cmocka_unit_test(test_secret_never_in_errors),
             cmocka_unit_test(test_spec),
             cmocka_unit_test(test_spec_refusals),
+            cmocka_unit_test(test_spec_vm),
             cmocka_unit_test(test_script_semantics),
             cmocka_unit_test(test_artifact_patterns),
             cmocka_unit_test(test_url_and_helpers),

@@ -329,6 +329,7 @@ static int fixture_new(void **state, bool restart)
     snprintf(conf, sizeof(conf),
              "[agent]\nstate_dir = %s\nrun_dir = %s/run\nlog_level = error\nmax_attempts = 1\n"
              "[backend \"local\"]\nmax_vms = 3\n"
+             "[pool \"default\"]\nallowed_images = debian-12\n"
              "[source \"gl\"]\ntype = gitlab\nurl = http://127.0.0.1:%d/\ntoken_file = %s\n"
              "concurrent = 2\npoll_interval = 1s\nclone = none\n",
              f->dir, f->dir, f->fake.port, token_file);
@@ -611,6 +612,47 @@ static void test_bad_payload(void **state)
     assert_int_equal(fake_backend_launched(), 0);
 }
 
+/* image: names a VM image: one outside the pool's allowed_images, or a
+ * container reference, fails the job as runner_system_failure with the
+ * reason in the trace, before any VM. */
+static void test_image_refused(void **state)
+{
+    struct fixture *f = *state;
+    static const struct {
+        const char *image, *reason;
+    } cases[] = {
+            {"debian-13", "\"debian-13\" is not among pool \"default\"'s allowed_images"},
+            {"ruby:3.3", "image \"ruby:3.3\": agentlab runs jobs in VM images"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        fake_add_job(&f->fake, 105 + (int64_t)i, "ok");
+        struct fake_job *j = &f->fake.jobs[i];
+        char *features = strstr(j->payload, " \"features\"");
+        assert_non_null(features);
+        *features = '\0';
+        char *with = NULL;
+        assert_true(asprintf(&with, "%s \"image\": {\"name\": \"%s\"}, \"features\"%s", j->payload,
+                             cases[i].image, features + strlen(" \"features\"")) > 0);
+        free(j->payload);
+        j->payload = with;
+    }
+    start_source(f);
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        struct fake_job *j = &f->fake.jobs[i];
+        assert_true(run_until_final(f, j, 20000));
+        yajl_val fin = parse_final(j);
+        assert_string_equal(json_str(fin, "state"), "failed");
+        assert_string_equal(json_str(fin, "failure_reason"), "runner_system_failure");
+        yajl_tree_free(fin);
+        al_buf_append(&j->trace, "", 1);
+        if (!strstr(j->trace.data, cases[i].reason) ||
+            !strstr(j->trace.data, "ERROR: Job failed (system failure): "))
+            fail_msg("%s: trace %s", cases[i].image, j->trace.data);
+    }
+    assert_int_equal(f->fake.bad, 0);
+    assert_int_equal(fake_backend_launched(), 0);
+}
+
 /* 5xx and 401 back off, doubling from a second; 409 waits poll_interval;
  * a 204 with a new X-GitLab-Last-Update is echoed back as last_update. */
 static void test_request_errors_back_off(void **state)
@@ -687,6 +729,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_job_fails, setup, teardown),
             cmocka_unit_test_setup_teardown(test_cancel_from_gitlab, setup, teardown),
             cmocka_unit_test_setup_teardown(test_bad_payload, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_image_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_request_errors_back_off, setup, teardown),
             cmocka_unit_test_setup_teardown(test_request_forbidden, setup, teardown),
             cmocka_unit_test_setup_teardown(test_restart, setup_restart, teardown),
