@@ -54,15 +54,14 @@ static int insert_event(struct store *s, const char *job_id, enum job_state from
     _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_EVENT_INSERT, err);
     if (!st)
         return -EIO;
-    int rc = st_bind_plain(st, 1, job_id);
-    if (rc == SQLITE_OK)
-        rc = st_bind_plain(st, 2, from == JOB_STATE_NONE ? NULL : job_state_to_string(from));
-    if (rc == SQLITE_OK)
-        rc = st_bind_plain(st, 3, job_state_to_string(to));
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 4, at_ms);
-    if (rc == SQLITE_OK)
-        rc = st_bind_text(st, 5, detail);
+    const struct st_arg args[] = {
+            ST_PLAIN(job_id),
+            ST_PLAIN(from == JOB_STATE_NONE ? NULL : job_state_to_string(from)),
+            ST_PLAIN(job_state_to_string(to)),
+            ST_INT(at_ms),
+            ST_TEXT(detail),
+    };
+    int rc = st_bind(st, args, ARRAY_SIZE(args));
     if (rc != SQLITE_OK)
         return st_db_fail(s, rc, err, "recording an event of job %s", job_id);
     int r = st_run_write(s, st, "recording an event", err);
@@ -147,23 +146,18 @@ int store_job_insert(struct store *s, const struct job_spec *spec, char ret_id[S
         _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_INSERT, err);
         if (!st)
             return -EIO;
-        int rc = st_bind_plain(st, 1, id);
-        if (rc == SQLITE_OK)
-            rc = st_bind_text(st, 2, spec->name);
-        if (rc == SQLITE_OK)
-            rc = st_bind_text(st, 3, json);
-        if (rc == SQLITE_OK)
-            rc = st_bind_plain(st, 4, source);
-        if (rc == SQLITE_OK)
-            rc = st_bind_text(st, 5, spec->source.id);
-        if (rc == SQLITE_OK)
-            rc = st_bind_plain(st, 6, spec->pool);
-        if (rc == SQLITE_OK)
-            rc = st_bind_plain(st, 7, labels);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(st, 8, now);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int(st, 9, spec->max_attempts > 0 ? spec->max_attempts : 1);
+        const struct st_arg args[] = {
+                ST_PLAIN(id),
+                ST_TEXT(spec->name),
+                ST_TEXT(json),
+                ST_PLAIN(source),
+                ST_TEXT(spec->source.id),
+                ST_PLAIN(spec->pool),
+                ST_PLAIN(labels),
+                ST_INT(now),
+                ST_INT(spec->max_attempts > 0 ? spec->max_attempts : 1),
+        };
+        int rc = st_bind(st, args, ARRAY_SIZE(args));
         if (rc != SQLITE_OK)
             return st_db_fail(s, rc, err, "storing job");
         rc = sqlite3_step(st);
@@ -177,9 +171,7 @@ int store_job_insert(struct store *s, const struct job_spec *spec, char ret_id[S
         _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_LABEL_INSERT, err);
         if (!st)
             return -EIO;
-        int rc = st_bind_plain(st, 1, spec->labels[i]);
-        if (rc == SQLITE_OK)
-            rc = st_bind_plain(st, 2, id);
+        int rc = st_bind(st, (const struct st_arg[]){ST_PLAIN(spec->labels[i]), ST_PLAIN(id)}, 2);
         if (rc != SQLITE_OK)
             return st_db_fail(s, rc, err, "storing job labels");
         r = st_run_write(s, st, "storing job labels", err);
@@ -253,16 +245,13 @@ static int update_job_state(struct store *s, const char *id, const struct store_
     _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = st_bind_plain(st, 1, id);
-    if (rc == SQLITE_OK)
-        rc = st_bind_plain(st, 2, job_state_to_string(t->to));
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 3, now);
-    if (rc == SQLITE_OK && which == ST_JOB_SET_TERMINAL) {
-        rc = t->has_exit_code ? sqlite3_bind_int(st, 4, t->exit_code) : sqlite3_bind_null(st, 4);
-        if (rc == SQLITE_OK)
-            rc = st_bind_text(st, 5, t->detail);
-    }
+    /* the exit code and the detail only for a terminal state */
+    const struct st_arg args[] = {
+            ST_PLAIN(id),       ST_PLAIN(job_state_to_string(t->to)),
+            ST_INT(now),        t->has_exit_code ? ST_INT(t->exit_code) : ST_NULL,
+            ST_TEXT(t->detail),
+    };
+    int rc = st_bind(st, args, which == ST_JOB_SET_TERMINAL ? 5 : 3);
     if (rc != SQLITE_OK)
         return st_db_fail(s, rc, err, "updating job %s", id);
     return st_run_write(s, st, "updating job state", err);
@@ -274,13 +263,9 @@ static int attempt_write(struct store *s, enum stmt_id which, const char *id, in
     _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = st_bind_plain(st, 1, id);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int(st, 2, n);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 3, now);
-    if (rc == SQLITE_OK && result)
-        rc = st_bind_plain(st, 4, result);
+    /* ?4, the result, only where the attempt ends */
+    const struct st_arg args[] = {ST_PLAIN(id), ST_INT(n), ST_INT(now), ST_PLAIN(result)};
+    int rc = st_bind(st, args, result ? 4 : 3);
     if (rc != SQLITE_OK)
         return st_db_fail(s, rc, err, "recording attempt %d of job %s", n, id);
     return st_run_write(s, st, "recording an attempt", err);
@@ -340,9 +325,7 @@ int store_job_retry(struct store *s, const char *id, const char *detail, bool fr
         _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_REQUEUE, err);
         if (!st)
             return -EIO;
-        int rc = st_bind_plain(st, 1, id);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(st, 2, now);
+        int rc = st_bind(st, (const struct st_arg[]){ST_PLAIN(id), ST_INT(now)}, 2);
         if (rc != SQLITE_OK)
             return st_db_fail(s, rc, err, "requeueing job %s", id);
         r = st_run_write(s, st, "requeueing job", err);
