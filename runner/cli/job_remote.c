@@ -112,12 +112,12 @@ int cli_job_result(struct cli_api *a, const char *id, struct cli_job_result *ret
     return 0;
 }
 
-int cli_run_exit_code(const struct cli_job_result *r)
+int cli_run_exit_code(enum job_state state, bool has_exit_code, int exit_code)
 {
-    switch (r->state) {
+    switch (state) {
     case JOB_STATE_SUCCEEDED:
     case JOB_STATE_FAILED:
-        return r->has_exit_code ? r->exit_code : 125;
+        return has_exit_code ? exit_code : 125;
     case JOB_STATE_TIMED_OUT:
         return 124;
     case JOB_STATE_CANCELED:
@@ -419,7 +419,7 @@ int job_submit(int argc, char **argv)
         return code;
     fprintf(stderr, "agentlab: job %s: %s%s%s\n", id, job_state_to_string(res.state),
             res.reason[0] ? ": " : "", res.reason);
-    return cli_run_exit_code(&res);
+    return cli_run_exit_code(res.state, res.has_exit_code, res.exit_code);
 }
 
 /* ------------------------------------------------------------ ls */
