@@ -12,6 +12,28 @@ static void tlv_text(const uint8_t *val, uint32_t len, char *out, size_t size)
     out[n] = '\0';
 }
 
+/* A walk over the TLV items of a frame's payload:
+ * for (frame_tlv_start(&t, f); frame_tlv_next(&t);) ... t.tag, t.val, t.len */
+struct frame_tlv {
+    struct al_tlv_iter it;
+    uint16_t tag;
+    const uint8_t *val;
+    uint32_t len;
+    int r; /* al_tlv_next()'s last result: negative when the payload is malformed */
+};
+
+static void frame_tlv_start(struct frame_tlv *t, const struct al_frame *f)
+{
+    al_tlv_iter_init(&t->it, f->payload, f->len);
+    t->r = 0;
+}
+
+static bool frame_tlv_next(struct frame_tlv *t)
+{
+    t->r = al_tlv_next(&t->it, &t->tag, &t->val, &t->len);
+    return t->r == 1;
+}
+
 static void on_workdir_sent(struct channel *ch, int result, void *data)
 {
     (void)ch;
@@ -30,28 +52,23 @@ static void handle_hello(struct lv_vm *v, const struct al_frame *f)
 {
     if (v->hello)
         return; /* the helper repeats HELLO until it hears from us */
-    struct al_tlv_iter it;
-    al_tlv_iter_init(&it, f->payload, f->len);
-    uint16_t tag;
-    const uint8_t *val;
-    uint32_t len;
-    int r;
+    struct frame_tlv t;
     bool has_job = false;
     uint64_t version = 0;
-    while ((r = al_tlv_next(&it, &tag, &val, &len)) == 1) {
-        if (tag == AL_TLV_VERSION && al_tlv_value_u64(val, len, &version) < 0) {
+    for (frame_tlv_start(&t, f); frame_tlv_next(&t);) {
+        if (t.tag == AL_TLV_VERSION && al_tlv_value_u64(t.val, t.len, &version) < 0) {
             lv_finish(v, VM_INFRA_ERROR, 0, "the guest sent a bad HELLO version");
             return;
         }
-        if (tag == AL_TLV_JOB_ID) {
-            if (len != strlen(v->req.job_id) || memcmp(val, v->req.job_id, len) != 0) {
+        if (t.tag == AL_TLV_JOB_ID) {
+            if (t.len != strlen(v->req.job_id) || memcmp(t.val, v->req.job_id, t.len) != 0) {
                 lv_finish(v, VM_INFRA_ERROR, 0, "the guest holds a different job");
                 return;
             }
             has_job = true;
         }
     }
-    if (r < 0 || version != AL_PROTO_VERSION) {
+    if (t.r < 0 || version != AL_PROTO_VERSION) {
         lv_finish(v, VM_INFRA_ERROR, 0, "the guest speaks protocol version %" PRIu64 ", not %d",
                   version, AL_PROTO_VERSION);
         return;
@@ -96,43 +113,34 @@ fail:
 
 static void handle_artifact_end(struct lv_vm *v, const struct al_frame *f)
 {
-    struct al_tlv_iter it;
-    al_tlv_iter_init(&it, f->payload, f->len);
-    uint16_t tag;
-    const uint8_t *val;
-    uint32_t len;
-    while (al_tlv_next(&it, &tag, &val, &len) == 1) {
-        if (tag == AL_TLV_BYTES)
-            al_tlv_value_u64(val, len, &v->result.artifact_bytes);
-        else if (tag == AL_TLV_FILES)
-            al_tlv_value_u64(val, len, &v->result.artifact_files);
-        else if (tag == AL_TLV_ERROR)
-            tlv_text(val, len, v->result.artifact_error, sizeof(v->result.artifact_error));
+    struct frame_tlv t;
+    for (frame_tlv_start(&t, f); frame_tlv_next(&t);) {
+        if (t.tag == AL_TLV_BYTES)
+            al_tlv_value_u64(t.val, t.len, &v->result.artifact_bytes);
+        else if (t.tag == AL_TLV_FILES)
+            al_tlv_value_u64(t.val, t.len, &v->result.artifact_files);
+        else if (t.tag == AL_TLV_ERROR)
+            tlv_text(t.val, t.len, v->result.artifact_error, sizeof(v->result.artifact_error));
     }
 }
 
 static void handle_exit(struct lv_vm *v, const struct al_frame *f)
 {
-    struct al_tlv_iter it;
-    al_tlv_iter_init(&it, f->payload, f->len);
-    uint16_t tag;
-    const uint8_t *val;
-    uint32_t len;
+    struct frame_tlv t;
     uint64_t code = 0, sig = 0, timed_out = 0;
     bool have_code = false;
     char reason[128] = "exited";
-    int r;
-    while ((r = al_tlv_next(&it, &tag, &val, &len)) == 1) {
-        if (tag == AL_TLV_EXIT_CODE)
-            have_code = al_tlv_value_u64(val, len, &code) == 0 && code <= 255;
-        else if (tag == AL_TLV_SIGNAL)
-            al_tlv_value_u64(val, len, &sig);
-        else if (tag == AL_TLV_TIMED_OUT)
-            al_tlv_value_u64(val, len, &timed_out);
-        else if (tag == AL_TLV_REASON)
-            tlv_text(val, len, reason, sizeof(reason));
+    for (frame_tlv_start(&t, f); frame_tlv_next(&t);) {
+        if (t.tag == AL_TLV_EXIT_CODE)
+            have_code = al_tlv_value_u64(t.val, t.len, &code) == 0 && code <= 255;
+        else if (t.tag == AL_TLV_SIGNAL)
+            al_tlv_value_u64(t.val, t.len, &sig);
+        else if (t.tag == AL_TLV_TIMED_OUT)
+            al_tlv_value_u64(t.val, t.len, &timed_out);
+        else if (t.tag == AL_TLV_REASON)
+            tlv_text(t.val, t.len, reason, sizeof(reason));
     }
-    if (r < 0 || !have_code) {
+    if (t.r < 0 || !have_code) {
         lv_finish(v, VM_INFRA_ERROR, 0, "the guest sent a malformed EXIT frame");
         return;
     }
@@ -176,15 +184,11 @@ static void on_frame(struct channel *ch, const struct al_frame *f, void *data)
     case AL_FRAME_HEARTBEAT:
         break;
     case AL_FRAME_DIAG: {
-        struct al_tlv_iter it;
-        al_tlv_iter_init(&it, f->payload, f->len);
-        uint16_t tag;
-        const uint8_t *val;
-        uint32_t len;
-        while (al_tlv_next(&it, &tag, &val, &len) == 1) {
-            if (tag == AL_TLV_REASON && v->base.ev->diag) {
+        struct frame_tlv t;
+        for (frame_tlv_start(&t, f); frame_tlv_next(&t);) {
+            if (t.tag == AL_TLV_REASON && v->base.ev->diag) {
                 char msg[512];
-                tlv_text(val, len, msg, sizeof(msg));
+                tlv_text(t.val, t.len, msg, sizeof(msg));
                 v->base.ev->diag(&v->base, msg, v->base.ev_data);
             }
         }

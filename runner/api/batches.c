@@ -195,6 +195,17 @@ void api_batch_submit(struct api_ctx *ctx, struct api_req *r, const struct route
 
 /* ------------------------------------------------------------ list, show, cancel */
 
+struct batch_rows {
+    struct api_ctx *ctx;
+    const struct store_batch *v;
+};
+
+static int batch_row(yajl_gen g, size_t i, void *data)
+{
+    const struct batch_rows *b = data;
+    return json_batch(g, b->ctx, &b->v[i]);
+}
+
 void api_batch_list(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
 {
     (void)m;
@@ -208,19 +219,11 @@ void api_batch_list(struct api_ctx *ctx, struct api_req *r, const struct route_m
         api_reply_error(r, 500, "internal", "listing batches: %s", al_error_message(err));
         return;
     }
-    _cleanup_json_gen_ yajl_gen g = json_gen_new();
-    int rc = g ? 0 : -ENOMEM;
-    if (g) {
-        rc |= json_open_map(g);
-        rc |= json_key(g, "batches");
-        rc |= json_open_array(g);
-        for (size_t i = 0; i < n && !rc; i++)
-            rc |= json_batch(g, ctx, &v[i]);
-        rc |= json_close_array(g);
-        rc |= json_close_map(g);
-    }
+    struct batch_rows rows = {.ctx = ctx, .v = v};
+    json_reply_list(
+            r, 200,
+            &(struct json_list){.key = "batches", .n = n, .item = batch_row, .data = &rows});
     store_batches_free(v, n);
-    json_reply_built(r, 200, g, rc);
 }
 
 void api_batch_show(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
@@ -305,6 +308,60 @@ static int json_artifact_paths(yajl_gen g, struct api_ctx *ctx, const char *job_
     return api_artifact_dir_walk(dfd, MAX_ROW_ARTIFACTS, json_artifact_path, g, NULL);
 }
 
+struct batch_job_rows {
+    struct api_ctx *ctx;
+    const struct store_batch_job *v;
+    size_t n;
+    unsigned limit;
+    unsigned tail; /* output lines per row */
+};
+
+static int batch_job_row(yajl_gen g, size_t i, void *data)
+{
+    const struct batch_job_rows *b = data;
+    const struct store_batch_job *j = &b->v[i];
+    int rc = json_open_map(g);
+    rc |= json_kv_uint(g, "index", j->idx);
+    rc |= json_kv_str(g, "id", j->job_id);
+    rc |= json_kv_str(g, "name", j->name);
+    rc |= json_key(g, "params");
+    if (j->params)
+        rc |= json_raw_value(g, j->params);
+    else
+        rc |= yajl_gen_null(g) == yajl_gen_status_ok ? 0 : -EINVAL;
+    rc |= json_kv_str(g, "state", job_state_to_string(j->state));
+    if (j->has_exit_code)
+        rc |= json_kv_int(g, "exit_code", j->exit_code);
+    else
+        rc |= json_kv_null(g, "exit_code");
+    rc |= json_kv_str(g, "reason", j->reason);
+    rc |= json_kv_int(g, "attempts", j->attempts);
+    rc |= json_kv_time(g, "created", j->created_ms);
+    rc |= json_kv_time(g, "started", j->started_ms);
+    rc |= json_kv_time(g, "ended", j->ended_ms);
+    if (j->started_ms && j->ended_ms >= j->started_ms)
+        rc |= json_kv_int(g, "duration_ms", j->ended_ms - j->started_ms);
+    else
+        rc |= json_kv_null(g, "duration_ms");
+    rc |= json_key(g, "output_tail");
+    rc |= json_output_tail(g, b->ctx, j->job_id, b->tail);
+    rc |= json_key(g, "artifacts");
+    rc |= json_open_array(g);
+    rc |= json_artifact_paths(g, b->ctx, j->job_id);
+    rc |= json_close_array(g);
+    rc |= json_close_map(g);
+    return rc;
+}
+
+/* the cursor: a full page may have more after it */
+static int batch_jobs_next(yajl_gen g, void *data)
+{
+    const struct batch_job_rows *b = data;
+    if (b->n == b->limit)
+        return json_kv_uint(g, "next_after", b->v[b->n - 1].idx);
+    return json_kv_null(g, "next_after");
+}
+
 void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
 {
     uint64_t after = 0, limit = 0, tail = 0;
@@ -324,54 +381,15 @@ void api_batch_jobs(struct api_ctx *ctx, struct api_req *r, const struct route_m
         api_reply_error(r, 500, "internal", "%s", al_error_message(err));
         return;
     }
-    _cleanup_json_gen_ yajl_gen g = json_gen_new();
-    int rc = g ? 0 : -ENOMEM;
-    if (g) {
-        rc |= json_open_map(g);
-        rc |= json_key(g, "jobs");
-        rc |= json_open_array(g);
-        for (size_t i = 0; i < n && !rc; i++) {
-            const struct store_batch_job *j = &v[i];
-            rc |= json_open_map(g);
-            rc |= json_kv_uint(g, "index", j->idx);
-            rc |= json_kv_str(g, "id", j->job_id);
-            rc |= json_kv_str(g, "name", j->name);
-            rc |= json_key(g, "params");
-            if (j->params)
-                rc |= json_raw_value(g, j->params);
-            else
-                rc |= yajl_gen_null(g) == yajl_gen_status_ok ? 0 : -EINVAL;
-            rc |= json_kv_str(g, "state", job_state_to_string(j->state));
-            if (j->has_exit_code)
-                rc |= json_kv_int(g, "exit_code", j->exit_code);
-            else
-                rc |= json_kv_null(g, "exit_code");
-            rc |= json_kv_str(g, "reason", j->reason);
-            rc |= json_kv_int(g, "attempts", j->attempts);
-            rc |= json_kv_time(g, "created", j->created_ms);
-            rc |= json_kv_time(g, "started", j->started_ms);
-            rc |= json_kv_time(g, "ended", j->ended_ms);
-            if (j->started_ms && j->ended_ms >= j->started_ms)
-                rc |= json_kv_int(g, "duration_ms", j->ended_ms - j->started_ms);
-            else
-                rc |= json_kv_null(g, "duration_ms");
-            rc |= json_key(g, "output_tail");
-            rc |= json_output_tail(g, ctx, j->job_id, (unsigned)tail);
-            rc |= json_key(g, "artifacts");
-            rc |= json_open_array(g);
-            rc |= json_artifact_paths(g, ctx, j->job_id);
-            rc |= json_close_array(g);
-            rc |= json_close_map(g);
-        }
-        rc |= json_close_array(g);
-        if (n == limit)
-            rc |= json_kv_uint(g, "next_after", v[n - 1].idx);
-        else
-            rc |= json_kv_null(g, "next_after");
-        rc |= json_close_map(g);
-    }
+    struct batch_job_rows rows = {
+            .ctx = ctx, .v = v, .n = n, .limit = (unsigned)limit, .tail = (unsigned)tail};
+    json_reply_list(r, 200,
+                    &(struct json_list){.key = "jobs",
+                                        .n = n,
+                                        .item = batch_job_row,
+                                        .tail = batch_jobs_next,
+                                        .data = &rows});
     store_batch_jobs_free(v, n);
-    json_reply_built(r, 200, g, rc);
 }
 
 /* ------------------------------------------------------------ metrics */

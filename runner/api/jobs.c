@@ -172,6 +172,18 @@ void api_job_submit(struct api_ctx *ctx, struct api_req *r, const struct route_m
 
 /* ------------------------------------------------------------ list, show */
 
+static int job_row(yajl_gen g, size_t i, void *data)
+{
+    const struct store_job_page *page = data;
+    return json_job(g, page->jobs[i], false);
+}
+
+static int job_page_next(yajl_gen g, void *data)
+{
+    const struct store_job_page *page = data;
+    return json_kv_str(g, "next_cursor", page->next_cursor[0] ? page->next_cursor : NULL);
+}
+
 void api_job_list(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
 {
     (void)m;
@@ -224,20 +236,13 @@ void api_job_list(struct api_ctx *ctx, struct api_req *r, const struct route_mat
         api_reply_error(r, 500, "internal", "listing jobs: %s", al_error_message(err));
         return;
     }
-    _cleanup_json_gen_ yajl_gen g = json_gen_new();
-    int rc = g ? 0 : -ENOMEM;
-    if (g) {
-        rc |= json_open_map(g);
-        rc |= json_key(g, "jobs");
-        rc |= json_open_array(g);
-        for (size_t i = 0; i < page.n && !rc; i++)
-            rc |= json_job(g, page.jobs[i], false);
-        rc |= json_close_array(g);
-        rc |= json_kv_str(g, "next_cursor", page.next_cursor[0] ? page.next_cursor : NULL);
-        rc |= json_close_map(g);
-    }
+    json_reply_list(r, 200,
+                    &(struct json_list){.key = "jobs",
+                                        .n = page.n,
+                                        .item = job_row,
+                                        .tail = job_page_next,
+                                        .data = &page});
     store_job_page_clear(&page);
-    json_reply_built(r, 200, g, rc);
 }
 
 void api_job_show(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)

@@ -263,6 +263,24 @@ void json_reply(struct api_req *r, int status, yajl_gen g)
     api_reply(r, status, "application/json", NULL, b.data, b.len);
 }
 
+void json_reply_list(struct api_req *r, int status, const struct json_list *l)
+{
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_key(g, l->key);
+        rc |= json_open_array(g);
+        for (size_t i = 0; i < l->n && !rc; i++)
+            rc |= l->item(g, i, l->data);
+        rc |= json_close_array(g);
+        if (l->tail)
+            rc |= l->tail(g, l->data);
+        rc |= json_close_map(g);
+    }
+    json_reply_built(r, status, g, rc);
+}
+
 void json_reply_built(struct api_req *r, int status, yajl_gen g, int rc)
 {
     if (rc) {

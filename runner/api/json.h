@@ -62,6 +62,18 @@ int json_event(yajl_gen g, const struct store_event *ev);
 /* One attempt: n, backend, vm, started, ended, result. */
 int json_attempt(yajl_gen g, const struct store_attempt *a);
 
+/* A list answer: {"<key>": [item 0 .. item n-1], <the tail's keys>}. */
+struct json_list {
+    const char *key;
+    size_t n;
+    int (*item)(yajl_gen g, size_t i, void *data); /* writes item i */
+    int (*tail)(yajl_gen g, void *data);           /* NULL, or keys after the array */
+    void *data;
+};
+
+/* Replies status with the list l, or 500 when building it failed. */
+void json_reply_list(struct api_req *r, int status, const struct json_list *l);
+
 /* Sends what g holds as the response body (application/json) with status;
  * a generator error becomes a 500. */
 void json_reply(struct api_req *r, int status, yajl_gen g);

@@ -7,7 +7,18 @@
 #include "runner/cli/api_client.h"
 #include "runner/cli/cli.h"
 
-enum { OPT_JSON = 256, OPT_SOCKET, OPT_OFFSET, OPT_OUT };
+enum {
+    OPT_JSON = 256,
+    OPT_SOCKET,
+    OPT_OFFSET,
+    OPT_OUT,
+    OPT_WORKDIR,
+    OPT_STATE,
+    OPT_LABEL,
+    OPT_SOURCE,
+    OPT_LIMIT,
+    OPT_ALL,
+};
 
 static const struct {
     struct option opt;
@@ -16,8 +27,14 @@ static const struct {
         {{"json", no_argument, NULL, OPT_JSON}, 0},
         {{"socket", required_argument, NULL, OPT_SOCKET}, 0},
         {{"follow", no_argument, NULL, 'f'}, CLI_OPTS_FOLLOW},
-        {{"offset", required_argument, NULL, OPT_OFFSET}, CLI_OPTS_FOLLOW},
+        {{"offset", required_argument, NULL, OPT_OFFSET}, CLI_OPTS_OFFSET},
         {{"out", required_argument, NULL, OPT_OUT}, CLI_OPTS_OUT},
+        {{"workdir", required_argument, NULL, OPT_WORKDIR}, CLI_OPTS_WORKDIR},
+        {{"state", required_argument, NULL, OPT_STATE}, CLI_OPTS_FILTER},
+        {{"label", required_argument, NULL, OPT_LABEL}, CLI_OPTS_FILTER},
+        {{"source", required_argument, NULL, OPT_SOURCE}, CLI_OPTS_FILTER},
+        {{"limit", required_argument, NULL, OPT_LIMIT}, CLI_OPTS_FILTER},
+        {{"all", no_argument, NULL, OPT_ALL}, CLI_OPTS_FILTER},
         {{"help", no_argument, NULL, 'h'}, 0},
 };
 
@@ -49,6 +66,24 @@ int cli_parse_opts(int argc, char **argv, unsigned flags, void (*usage)(FILE *),
             break;
         case OPT_OUT:
             o->out = optarg;
+            break;
+        case OPT_WORKDIR:
+            o->workdir = optarg;
+            break;
+        case OPT_STATE:
+            o->state = optarg;
+            break;
+        case OPT_LABEL:
+            o->label = optarg;
+            break;
+        case OPT_SOURCE:
+            o->source = optarg;
+            break;
+        case OPT_LIMIT:
+            o->limit = optarg;
+            break;
+        case OPT_ALL:
+            o->all = true;
             break;
         case 'h':
             usage(stdout);

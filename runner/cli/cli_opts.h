@@ -1,6 +1,6 @@
 /* The options the commands that talk to agentlabd share: --json,
- * --socket PATH, --help and, per command, -f/--follow with --offset N,
- * --out DIR and one operand. */
+ * --socket PATH, --help and, per command, -f/--follow, --offset N,
+ * --out DIR, --workdir DIR, the job list filters and one operand. */
 #ifndef AL_CLI_OPTS_H
 #define AL_CLI_OPTS_H
 
@@ -9,9 +9,12 @@
 #include <stdio.h>
 
 enum cli_opts_flags {
-    CLI_OPTS_FOLLOW = 1u << 0,  /* -f/--follow and --offset N */
+    CLI_OPTS_FOLLOW = 1u << 0,  /* -f/--follow */
     CLI_OPTS_OUT = 1u << 1,     /* --out DIR */
     CLI_OPTS_OPERAND = 1u << 2, /* exactly one operand; without it, none */
+    CLI_OPTS_OFFSET = 1u << 3,  /* --offset N */
+    CLI_OPTS_WORKDIR = 1u << 4, /* --workdir DIR */
+    CLI_OPTS_FILTER = 1u << 5,  /* --state, --label, --source, --limit N, --all */
 };
 
 struct cli_opts {
@@ -20,6 +23,12 @@ struct cli_opts {
     bool follow;
     uint64_t offset;
     const char *out;
+    const char *workdir;
+    const char *state;
+    const char *label;
+    const char *source;
+    const char *limit; /* as given: the command checks its range */
+    bool all;
     const char *operand;
 };
 

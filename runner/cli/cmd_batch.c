@@ -503,18 +503,6 @@ static int parse_common(int argc, char **argv, const char *cmd, void (*usage)(FI
     return 0;
 }
 
-/* parse_common(), then the API: 0 and *ret_api to go on, -1 when --help
- * was answered, else an exit code. */
-static int start_command(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
-                         const char **ret_id, bool *ret_json, struct cli_api **ret_api)
-{
-    const char *socket = NULL;
-    int code = parse_common(argc, argv, cmd, usage, ret_id, &socket, ret_json);
-    if (code)
-        return code;
-    return open_api(socket, ret_api);
-}
-
 static void print_json(yajl_val v)
 {
     _cleanup_json_gen_ yajl_gen g = json_gen_new();
@@ -522,6 +510,35 @@ static void print_json(yajl_val v)
     size_t len;
     if (g && json_tree_value(g, v) == 0 && yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok)
         printf("%.*s\n", (int)len, (const char *)buf);
+}
+
+/* A command that is one request: parse_common() (an ID operand when ret_id
+ * is given, --json when json_opt), then METHOD /v1/batches[/ID]<suffix>,
+ * which must be answered 200 (what names it in errors). Returns -1 with the
+ * answer in *ret_v (the caller's) to go on; 0 once --help or, with --json,
+ * the answer was printed; else an exit code. */
+static int batch_request(int argc, char **argv, const char *cmd, void (*usage)(FILE *),
+                         bool json_opt, const char *method, const char *suffix, const char *what,
+                         const char **ret_id, yajl_val *ret_v)
+{
+    const char *socket = NULL;
+    bool json = false;
+    int code = parse_common(argc, argv, cmd, usage, ret_id, &socket, json_opt ? &json : NULL);
+    if (code)
+        return code < 0 ? 0 : code;
+    _cleanup_cli_api_ struct cli_api *a = NULL;
+    if ((code = open_api(socket, &a)))
+        return code;
+    char path[96];
+    snprintf(path, sizeof(path), "/v1/batches%s%s%s", ret_id ? "/" : "", ret_id ? *ret_id : "",
+             suffix);
+    if ((code = cli_api_call_json(a, method, path, 200, what, ret_v)))
+        return code;
+    if (json) {
+        print_json(*ret_v);
+        return 0;
+    }
+    return -1;
 }
 
 static void ls_usage(FILE *out)
@@ -533,18 +550,11 @@ static void ls_usage(FILE *out)
 
 static int batch_ls(int argc, char **argv)
 {
-    bool json = false;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = start_command(argc, argv, "ls", ls_usage, NULL, &json, &a);
-    if (code)
-        return code < 0 ? 0 : code;
     _cleanup_yajl_ yajl_val v = NULL;
-    if ((code = cli_api_call_json(a, "GET", "/v1/batches", 200, "listing batches", &v)))
+    int code =
+            batch_request(argc, argv, "ls", ls_usage, true, "GET", "", "listing batches", NULL, &v);
+    if (code >= 0)
         return code;
-    if (json) {
-        print_json(v);
-        return 0;
-    }
     static const char *const headers[] = {"ID",     "NAME",   "CREATED", "DONE",
                                           "PASSED", "FAILED", "ERRORS",  "RUNNING"};
     struct table *t = table_new(ARRAY_SIZE(headers), headers);
@@ -585,20 +595,11 @@ static void show_usage(FILE *out)
 static int batch_show(int argc, char **argv)
 {
     const char *id = NULL;
-    bool json = false;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = start_command(argc, argv, "show", show_usage, &id, &json, &a);
-    if (code)
-        return code < 0 ? 0 : code;
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/batches/%s", id);
     _cleanup_yajl_ yajl_val v = NULL;
-    if ((code = cli_api_call_json(a, "GET", path, 200, "reading the batch", &v)))
+    int code = batch_request(argc, argv, "show", show_usage, true, "GET", "", "reading the batch",
+                             &id, &v);
+    if (code >= 0)
         return code;
-    if (json) {
-        print_json(v);
-        return 0;
-    }
     printf("id:           %s\n", cli_json_str(v, JPATH("id")));
     printf("name:         %s\n", cli_json_str(v, JPATH("name")));
     printf("created:      %s\n", cli_json_str(v, JPATH("created")));
@@ -624,14 +625,10 @@ static void cancel_usage(FILE *out)
 static int batch_cancel(int argc, char **argv)
 {
     const char *id = NULL;
-    _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = start_command(argc, argv, "cancel", cancel_usage, &id, NULL, &a);
-    if (code)
-        return code < 0 ? 0 : code;
-    char path[96];
-    snprintf(path, sizeof(path), "/v1/batches/%s/cancel", id);
     _cleanup_yajl_ yajl_val v = NULL;
-    if ((code = cli_api_call_json(a, "POST", path, 200, "cancelling the batch", &v)))
+    int code = batch_request(argc, argv, "cancel", cancel_usage, false, "POST", "/cancel",
+                             "cancelling the batch", &id, &v);
+    if (code >= 0)
         return code;
     printf("cancel requested for %" PRId64 " jobs\n",
            cli_json_int(v, JPATH("cancel_requested"), 0));

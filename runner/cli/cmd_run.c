@@ -26,6 +26,7 @@
 #include "runner/engine/owner.h"
 #include "runner/engine/store.h"
 #include "runner/cli/cli.h"
+#include "runner/cli/job_remote.h"
 #include "provision/workdir.h"
 #include "runner/cli/run_opts.h"
 #include "runner/cli/run_remote.h"
@@ -442,21 +443,6 @@ static struct job_spec *spec_from_opts(const struct run_opts *o)
     return s;
 }
 
-static int exit_code_for(struct run_ctx *c)
-{
-    switch (c->final) {
-    case JOB_STATE_SUCCEEDED:
-    case JOB_STATE_FAILED:
-        return c->have_last ? c->last.exit_code : 125;
-    case JOB_STATE_TIMED_OUT:
-        return 124;
-    case JOB_STATE_CANCELED:
-        return 130;
-    default:
-        return 125;
-    }
-}
-
 static int run_job(struct run_ctx *c, struct run_opts *o)
 {
     _cleanup_error_ struct al_error *err = NULL;
@@ -544,7 +530,7 @@ static int run_job(struct run_ctx *c, struct run_opts *o)
                 o->image ? o->image : cfg->agent.image);
         uv_run(&c->loop, UV_RUN_DEFAULT);
         const struct attempt_result *r = &c->last;
-        c->exit_code = exit_code_for(c);
+        c->exit_code = cli_run_exit_code(c->final, c->have_last, c->last.exit_code);
         if (c->final == JOB_STATE_ERROR)
             fprintf(stderr, "agentlab: error: %s\n", c->reason);
         else if (c->final == JOB_STATE_TIMED_OUT)

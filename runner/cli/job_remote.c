@@ -112,12 +112,12 @@ int cli_job_result(struct cli_api *a, const char *id, struct cli_job_result *ret
     return 0;
 }
 
-int cli_run_exit_code(const struct cli_job_result *r)
+int cli_run_exit_code(enum job_state state, bool has_exit_code, int exit_code)
 {
-    switch (r->state) {
+    switch (state) {
     case JOB_STATE_SUCCEEDED:
     case JOB_STATE_FAILED:
-        return r->has_exit_code ? r->exit_code : 125;
+        return has_exit_code ? exit_code : 125;
     case JOB_STATE_TIMED_OUT:
         return 124;
     case JOB_STATE_CANCELED:
@@ -347,71 +347,36 @@ static void submit_usage(FILE *out)
 
 int job_submit(int argc, char **argv)
 {
-    enum { OPT_WORKDIR = 256, OPT_JSON, OPT_SOCKET };
-    static const struct option opts[] = {
-            {"workdir", required_argument, NULL, OPT_WORKDIR},
-            {"follow", no_argument, NULL, 'f'},
-            {"json", no_argument, NULL, OPT_JSON},
-            {"socket", required_argument, NULL, OPT_SOCKET},
-            {"help", no_argument, NULL, 'h'},
-            {NULL, 0, NULL, 0},
-    };
-    const char *workdir = NULL, *socket = NULL;
-    bool follow = false, json = false;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_WORKDIR:
-            workdir = optarg;
-            break;
-        case 'f':
-            follow = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        case OPT_SOCKET:
-            socket = optarg;
-            break;
-        case 'h':
-            submit_usage(stdout);
-            return 0;
-        default:
-            submit_usage(stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (optind + 1 != argc) {
-        submit_usage(stderr);
-        return CLI_EXIT_USAGE;
-    }
+    struct cli_opts o = {0};
+    int code = cli_parse_opts(argc, argv, CLI_OPTS_WORKDIR | CLI_OPTS_FOLLOW | CLI_OPTS_OPERAND,
+                              submit_usage, &o);
+    if (code >= 0)
+        return code;
     _cleanup_error_ struct al_error *err = NULL;
     _cleanup_free_ char *spec = NULL;
     size_t len = 0;
-    if (cli_read_spec(argv[optind], &spec, &len, &err) < 0) {
+    if (cli_read_spec(o.operand, &spec, &len, &err) < 0) {
         fprintf(stderr, "agentlab: %s\n", al_error_message(err));
         return CLI_EXIT_FAILED;
     }
     _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = cli_api_connect(socket, &a);
-    if (code)
+    if ((code = cli_api_connect(o.socket, &a)))
         return code;
     struct cli_resp r = {0};
     char id[STORE_JOB_ID_SIZE];
-    if ((code = cli_submit_job(a, workdir, spec, len, &r, id)))
+    if ((code = cli_submit_job(a, o.workdir, spec, len, &r, id)))
         return code;
-    if (json)
+    if (o.json)
         fwrite(r.body.data, 1, r.body.len, stdout);
-    else if (!follow)
+    else if (!o.follow)
         printf("%s\n", id);
     cli_resp_clear(&r);
-    if (!follow)
+    if (!o.follow)
         return 0;
     fflush(stdout);
     fprintf(stderr, "agentlab: job %s: queued\n", id);
     cli_install_interrupt();
-    code = cli_follow_logs(a, id, json ? STDERR_FILENO : STDOUT_FILENO, true);
+    code = cli_follow_logs(a, id, o.json ? STDERR_FILENO : STDOUT_FILENO, true);
     if (code)
         return code;
     struct cli_job_result res;
@@ -419,7 +384,7 @@ int job_submit(int argc, char **argv)
         return code;
     fprintf(stderr, "agentlab: job %s: %s%s%s\n", id, job_state_to_string(res.state),
             res.reason[0] ? ": " : "", res.reason);
-    return cli_run_exit_code(&res);
+    return cli_run_exit_code(res.state, res.has_exit_code, res.exit_code);
 }
 
 /* ------------------------------------------------------------ ls */
@@ -461,64 +426,17 @@ static void job_row(struct table *t, yajl_val j)
 
 int job_ls(int argc, char **argv)
 {
-    enum { OPT_STATE = 256, OPT_LABEL, OPT_SOURCE, OPT_LIMIT, OPT_ALL, OPT_JSON, OPT_SOCKET };
-    static const struct option opts[] = {
-            {"state", required_argument, NULL, OPT_STATE},
-            {"label", required_argument, NULL, OPT_LABEL},
-            {"source", required_argument, NULL, OPT_SOURCE},
-            {"limit", required_argument, NULL, OPT_LIMIT},
-            {"all", no_argument, NULL, OPT_ALL},
-            {"json", no_argument, NULL, OPT_JSON},
-            {"socket", required_argument, NULL, OPT_SOCKET},
-            {"help", no_argument, NULL, 'h'},
-            {NULL, 0, NULL, 0},
-    };
-    const char *state = NULL, *label = NULL, *source = NULL, *socket = NULL;
+    struct cli_opts o = {0};
+    int code = cli_parse_opts(argc, argv, CLI_OPTS_FILTER, ls_usage, &o);
+    if (code >= 0)
+        return code;
     int limit = 0;
-    bool all = false, json = false;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_STATE:
-            state = optarg;
-            break;
-        case OPT_LABEL:
-            label = optarg;
-            break;
-        case OPT_SOURCE:
-            source = optarg;
-            break;
-        case OPT_LIMIT:
-            if (al_parse_int(optarg, 1, STORE_LIST_MAX, &limit) < 0) {
-                fprintf(stderr, "agentlab job ls: --limit expects 1 to %d\n", STORE_LIST_MAX);
-                return CLI_EXIT_USAGE;
-            }
-            break;
-        case OPT_ALL:
-            all = true;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        case OPT_SOCKET:
-            socket = optarg;
-            break;
-        case 'h':
-            ls_usage(stdout);
-            return 0;
-        default:
-            ls_usage(stderr);
-            return CLI_EXIT_USAGE;
-        }
-    }
-    if (optind != argc) {
-        ls_usage(stderr);
+    if (o.limit && al_parse_int(o.limit, 1, STORE_LIST_MAX, &limit) < 0) {
+        fprintf(stderr, "agentlab job ls: --limit expects 1 to %d\n", STORE_LIST_MAX);
         return CLI_EXIT_USAGE;
     }
     _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = cli_api_connect(socket, &a);
-    if (code)
+    if ((code = cli_api_connect(o.socket, &a)))
         return code;
     static const char *const heads[] = {"ID", "STATE", "EXIT", "AGE", "SOURCE", "NAME", "REASON"};
     struct table *t = table_new(7, heads);
@@ -532,11 +450,11 @@ int job_ls(int argc, char **argv)
     do {
         _cleanup_buf_ struct al_buf q = AL_BUF_INIT;
         char lim[16];
-        snprintf(lim, sizeof(lim), "%d", limit ? limit : (all ? STORE_LIST_MAX : 50));
+        snprintf(lim, sizeof(lim), "%d", limit ? limit : (o.all ? STORE_LIST_MAX : 50));
         query_add(&q, "limit", lim);
-        query_add(&q, "state", state);
-        query_add(&q, "label", label);
-        query_add(&q, "source", source);
+        query_add(&q, "state", o.state);
+        query_add(&q, "label", o.label);
+        query_add(&q, "source", o.source);
         query_add(&q, "cursor", cursor[0] ? cursor : NULL);
         _cleanup_free_ char *path = NULL;
         if (asprintf(&path, "/v1/jobs%s", q.data ? q.data : "") < 0)
@@ -548,16 +466,16 @@ int job_ls(int argc, char **argv)
         }
         yajl_val arr = cli_json_array(v, JPATH("jobs"));
         for (size_t i = 0; arr && i < arr->u.array.len; i++) {
-            if (json)
+            if (o.json)
                 jr |= json_tree_value(g, arr->u.array.values[i]);
             else
                 job_row(t, arr->u.array.values[i]);
         }
         const char *next = cli_json_str(v, JPATH("next_cursor"));
-        snprintf(cursor, sizeof(cursor), "%s", next && all ? next : "");
+        snprintf(cursor, sizeof(cursor), "%s", next && o.all ? next : "");
     } while (cursor[0]);
     jr |= json_close_array(g) | json_close_map(g);
-    if (json) {
+    if (o.json) {
         const unsigned char *buf;
         size_t len;
         if (jr || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok) {
@@ -732,7 +650,8 @@ int job_logs(int argc, char **argv)
 {
     struct cli_opts o = {0};
     _cleanup_cli_api_ struct cli_api *a = NULL;
-    int code = id_command(argc, argv, "job logs", logs_usage, CLI_OPTS_FOLLOW, &o, &a);
+    int code = id_command(argc, argv, "job logs", logs_usage, CLI_OPTS_FOLLOW | CLI_OPTS_OFFSET, &o,
+                          &a);
     if (code >= 0)
         return code;
     char path[160];

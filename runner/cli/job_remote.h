@@ -47,9 +47,10 @@ struct cli_job_result {
 };
 int cli_job_result(struct cli_api *a, const char *id, struct cli_job_result *ret);
 
-/* `agentlab run` exit codes: the workload's own for SUCCEEDED/FAILED, 124
+/* `agentlab run` exit codes, for a job that ended in state: the workload's
+ * own (exit_code, when has_exit_code; else 125) for SUCCEEDED/FAILED, 124
  * TIMED_OUT, 130 CANCELED, 125 anything else. */
-int cli_run_exit_code(const struct cli_job_result *r);
+int cli_run_exit_code(enum job_state state, bool has_exit_code, int exit_code);
 
 /* Whether SIGINT/SIGTERM arrived since cli_install_interrupt(). */
 void cli_install_interrupt(void);

@@ -133,7 +133,7 @@ int run_remote(const struct run_opts *o, struct cli_api *a)
                 job_state_to_string(res.state));
         return 125;
     }
-    int code = cli_run_exit_code(&res);
+    int code = cli_run_exit_code(res.state, res.has_exit_code, res.exit_code);
     if (res.state == JOB_STATE_ERROR)
         fprintf(stderr, "agentlab: error: %s\n", res.reason);
     run_say(o, t0, "%s (exit %d)%s%s", job_state_to_string(res.state), code,

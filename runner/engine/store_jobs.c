@@ -54,15 +54,14 @@ static int insert_event(struct store *s, const char *job_id, enum job_state from
     _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_EVENT_INSERT, err);
     if (!st)
         return -EIO;
-    int rc = st_bind_plain(st, 1, job_id);
-    if (rc == SQLITE_OK)
-        rc = st_bind_plain(st, 2, from == JOB_STATE_NONE ? NULL : job_state_to_string(from));
-    if (rc == SQLITE_OK)
-        rc = st_bind_plain(st, 3, job_state_to_string(to));
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 4, at_ms);
-    if (rc == SQLITE_OK)
-        rc = st_bind_text(st, 5, detail);
+    const struct st_arg args[] = {
+            ST_PLAIN(job_id),
+            ST_PLAIN(from == JOB_STATE_NONE ? NULL : job_state_to_string(from)),
+            ST_PLAIN(job_state_to_string(to)),
+            ST_INT(at_ms),
+            ST_TEXT(detail),
+    };
+    int rc = st_bind(st, args, ARRAY_SIZE(args));
     if (rc != SQLITE_OK)
         return st_db_fail(s, rc, err, "recording an event of job %s", job_id);
     int r = st_run_write(s, st, "recording an event", err);
@@ -147,23 +146,18 @@ int store_job_insert(struct store *s, const struct job_spec *spec, char ret_id[S
         _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_INSERT, err);
         if (!st)
             return -EIO;
-        int rc = st_bind_plain(st, 1, id);
-        if (rc == SQLITE_OK)
-            rc = st_bind_text(st, 2, spec->name);
-        if (rc == SQLITE_OK)
-            rc = st_bind_text(st, 3, json);
-        if (rc == SQLITE_OK)
-            rc = st_bind_plain(st, 4, source);
-        if (rc == SQLITE_OK)
-            rc = st_bind_text(st, 5, spec->source.id);
-        if (rc == SQLITE_OK)
-            rc = st_bind_plain(st, 6, spec->pool);
-        if (rc == SQLITE_OK)
-            rc = st_bind_plain(st, 7, labels);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(st, 8, now);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int(st, 9, spec->max_attempts > 0 ? spec->max_attempts : 1);
+        const struct st_arg args[] = {
+                ST_PLAIN(id),
+                ST_TEXT(spec->name),
+                ST_TEXT(json),
+                ST_PLAIN(source),
+                ST_TEXT(spec->source.id),
+                ST_PLAIN(spec->pool),
+                ST_PLAIN(labels),
+                ST_INT(now),
+                ST_INT(spec->max_attempts > 0 ? spec->max_attempts : 1),
+        };
+        int rc = st_bind(st, args, ARRAY_SIZE(args));
         if (rc != SQLITE_OK)
             return st_db_fail(s, rc, err, "storing job");
         rc = sqlite3_step(st);
@@ -177,9 +171,7 @@ int store_job_insert(struct store *s, const struct job_spec *spec, char ret_id[S
         _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_LABEL_INSERT, err);
         if (!st)
             return -EIO;
-        int rc = st_bind_plain(st, 1, spec->labels[i]);
-        if (rc == SQLITE_OK)
-            rc = st_bind_plain(st, 2, id);
+        int rc = st_bind(st, (const struct st_arg[]){ST_PLAIN(spec->labels[i]), ST_PLAIN(id)}, 2);
         if (rc != SQLITE_OK)
             return st_db_fail(s, rc, err, "storing job labels");
         r = st_run_write(s, st, "storing job labels", err);
@@ -253,16 +245,13 @@ static int update_job_state(struct store *s, const char *id, const struct store_
     _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = st_bind_plain(st, 1, id);
-    if (rc == SQLITE_OK)
-        rc = st_bind_plain(st, 2, job_state_to_string(t->to));
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 3, now);
-    if (rc == SQLITE_OK && which == ST_JOB_SET_TERMINAL) {
-        rc = t->has_exit_code ? sqlite3_bind_int(st, 4, t->exit_code) : sqlite3_bind_null(st, 4);
-        if (rc == SQLITE_OK)
-            rc = st_bind_text(st, 5, t->detail);
-    }
+    /* the exit code and the detail only for a terminal state */
+    const struct st_arg args[] = {
+            ST_PLAIN(id),       ST_PLAIN(job_state_to_string(t->to)),
+            ST_INT(now),        t->has_exit_code ? ST_INT(t->exit_code) : ST_NULL,
+            ST_TEXT(t->detail),
+    };
+    int rc = st_bind(st, args, which == ST_JOB_SET_TERMINAL ? 5 : 3);
     if (rc != SQLITE_OK)
         return st_db_fail(s, rc, err, "updating job %s", id);
     return st_run_write(s, st, "updating job state", err);
@@ -274,82 +263,102 @@ static int attempt_write(struct store *s, enum stmt_id which, const char *id, in
     _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = st_bind_plain(st, 1, id);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int(st, 2, n);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 3, now);
-    if (rc == SQLITE_OK && result)
-        rc = st_bind_plain(st, 4, result);
+    /* ?4, the result, only where the attempt ends */
+    const struct st_arg args[] = {ST_PLAIN(id), ST_INT(n), ST_INT(now), ST_PLAIN(result)};
+    int rc = st_bind(st, args, result ? 4 : 3);
     if (rc != SQLITE_OK)
         return st_db_fail(s, rc, err, "recording attempt %d of job %s", n, id);
     return st_run_write(s, st, "recording an attempt", err);
 }
 
-int store_job_transition(struct store *s, const char *id, const struct store_transition *t,
-                         struct store_event *ret_event, struct al_error **err)
+/* Runs the write which on job id with args bound, inside the caller's
+ * transaction; errors name what was being done to the job. */
+static int write_on_job(struct store *s, enum stmt_id which, const char *id,
+                        const struct st_arg *args, size_t n, const char *what,
+                        struct al_error **err)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
+    if (!st)
+        return -EIO;
+    int rc = st_bind(st, args, n);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return st_db_fail(s, rc, err, "%s job %s", what, id);
+    return 0;
+}
+
+/* What a change of a job's state writes besides its row's state: called
+ * inside the transaction with the job's current row and the time of the
+ * change; cur->state must stay what it was (the event's from). */
+typedef int (*job_change_fn)(struct store *s, const char *id, struct job_row_state *cur,
+                             int64_t now, const void *arg, struct al_error **err);
+
+/* A change of job id to state to: one transaction that reads its row,
+ * runs change and records the event, which is handed out as
+ * store_job_transition() says. */
+static int job_change(struct store *s, const char *id, enum job_state to, const char *detail,
+                      job_change_fn change, const void *arg, struct store_event *ret_event,
+                      struct al_error **err)
 {
     _cleanup_tx_ struct tx tx = {0};
-    struct job_row_state cur;
+    struct job_row_state cur = {0};
     int r = st_tx_begin_on_job(s, &tx, id, &cur, err);
     if (r < 0)
         return r;
-    r = job_transition_check(cur.state, t->to, err);
+    int64_t now = al_now_wall_ms();
+    r = change(s, id, &cur, now, arg, err);
+    if (r < 0)
+        return r;
+    return commit_with_event(&tx, id, cur.state, to, now, detail, ret_event, err);
+}
+
+static int transition_change(struct store *s, const char *id, struct job_row_state *cur,
+                             int64_t now, const void *arg, struct al_error **err)
+{
+    const struct store_transition *t = arg;
+    int r = job_transition_check(cur->state, t->to, err);
     if (r < 0)
         return WRAP(r, err, "job %s", id);
-
-    int64_t now = al_now_wall_ms();
     r = update_job_state(s, id, t, now, err);
     if (r < 0)
         return r;
     if (t->to == JOB_STATE_PROVISIONING)
-        r = attempt_write(s, ST_ATTEMPT_INSERT, id, cur.attempts + 1, now, NULL, err);
-    else if (job_state_is_terminal(t->to) && job_state_is_active(cur.state))
-        r = attempt_write(s, ST_ATTEMPT_END, id, cur.attempts, now, job_state_to_string(t->to),
-                          err);
+        return attempt_write(s, ST_ATTEMPT_INSERT, id, cur->attempts + 1, now, NULL, err);
+    if (job_state_is_terminal(t->to) && job_state_is_active(cur->state))
+        return attempt_write(s, ST_ATTEMPT_END, id, cur->attempts, now, job_state_to_string(t->to),
+                             err);
+    return 0;
+}
+
+int store_job_transition(struct store *s, const char *id, const struct store_transition *t,
+                         struct store_event *ret_event, struct al_error **err)
+{
+    return job_change(s, id, t->to, t->detail, transition_change, t, ret_event, err);
+}
+
+static int retry_change(struct store *s, const char *id, struct job_row_state *cur, int64_t now,
+                        const void *arg, struct al_error **err)
+{
+    const bool *free_attempt = arg;
+    const struct st_arg by_id[] = {ST_PLAIN(id), ST_INT(now)};
+    int r;
+    if (*free_attempt) {
+        r = write_on_job(s, ST_JOB_GRANT_ATTEMPT, id, by_id, 1, "granting an attempt to", err);
+        if (r < 0)
+            return r;
+        cur->max_attempts++;
+    }
+    r = job_retry_check(cur->state, cur->attempts, cur->max_attempts, err);
     if (r < 0)
-        return r;
-    return commit_with_event(&tx, id, cur.state, t->to, now, t->detail, ret_event, err);
+        return WRAP(r, err, "job %s", id);
+    return write_on_job(s, ST_JOB_REQUEUE, id, by_id, 2, "requeueing", err);
 }
 
 int store_job_retry(struct store *s, const char *id, const char *detail, bool free_attempt,
                     struct store_event *ret_event, struct al_error **err)
 {
-    _cleanup_tx_ struct tx tx = {0};
-    struct job_row_state cur;
-    int r = st_tx_begin_on_job(s, &tx, id, &cur, err);
-    if (r < 0)
-        return r;
-    if (free_attempt) {
-        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_GRANT_ATTEMPT, err);
-        if (!st)
-            return -EIO;
-        int rc = st_bind_plain(st, 1, id);
-        if (rc != SQLITE_OK)
-            return st_db_fail(s, rc, err, "granting job %s an attempt", id);
-        r = st_run_write(s, st, "granting an attempt", err);
-        if (r < 0)
-            return r;
-        cur.max_attempts++;
-    }
-    r = job_retry_check(cur.state, cur.attempts, cur.max_attempts, err);
-    if (r < 0)
-        return WRAP(r, err, "job %s", id);
-    int64_t now = al_now_wall_ms();
-    {
-        _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_REQUEUE, err);
-        if (!st)
-            return -EIO;
-        int rc = st_bind_plain(st, 1, id);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(st, 2, now);
-        if (rc != SQLITE_OK)
-            return st_db_fail(s, rc, err, "requeueing job %s", id);
-        r = st_run_write(s, st, "requeueing job", err);
-        if (r < 0)
-            return r;
-    }
-    return commit_with_event(&tx, id, cur.state, JOB_STATE_QUEUED, now, detail, ret_event, err);
+    return job_change(s, id, JOB_STATE_QUEUED, detail, retry_change, &free_attempt, ret_event, err);
 }
 
 struct store_job *store_job_free(struct store_job *job)

@@ -118,6 +118,21 @@ void st_stmt_resetp(sqlite3_stmt **st);
 /* Binds text after masking registered secrets; NULL binds SQL NULL. */
 int st_bind_text(sqlite3_stmt *st, int idx, const char *text);
 int st_bind_plain(sqlite3_stmt *st, int idx, const char *text);
+
+/* One statement parameter for st_bind(). */
+struct st_arg {
+    enum { ST_ARG_NULL, ST_ARG_TEXT, ST_ARG_PLAIN, ST_ARG_INT } kind;
+    const char *s;
+    int64_t i;
+};
+#define ST_NULL     ((struct st_arg){.kind = ST_ARG_NULL})
+#define ST_TEXT(x)  ((struct st_arg){.kind = ST_ARG_TEXT, .s = (x)})  /* st_bind_text() */
+#define ST_PLAIN(x) ((struct st_arg){.kind = ST_ARG_PLAIN, .s = (x)}) /* st_bind_plain() */
+#define ST_INT(x)   ((struct st_arg){.kind = ST_ARG_INT, .i = (x)})
+/* Binds args[0..n-1] to ?1..?n, stopping at the first failure: SQLITE_OK
+ * or that failure's code. */
+int st_bind(sqlite3_stmt *st, const struct st_arg *args, size_t n);
+
 int st_col_text(sqlite3_stmt *st, int i, char **ret);
 void st_col_id(sqlite3_stmt *st, int i, char out[STORE_JOB_ID_SIZE]);
 enum job_state st_col_state(sqlite3_stmt *st, int i);

@@ -20,17 +20,15 @@ static bool sha256_hex_is_valid(const char *h)
     return true;
 }
 
-static int add_job_bytes(struct store *s, enum stmt_id which, const char *job_id, uint64_t bytes,
-                         struct al_error **err)
+/* Runs the size update which on job_id with args bound: -ENOENT when
+ * there is no such job. */
+static int update_job_bytes(struct store *s, enum stmt_id which, const char *job_id,
+                            const struct st_arg *args, size_t n, struct al_error **err)
 {
-    if (bytes > INT64_MAX)
-        return al_error_set(err, ERANGE, "size of job %s out of range", job_id);
     _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, which, err);
     if (!st)
         return -EIO;
-    int rc = st_bind_plain(st, 1, job_id);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(st, 2, (int64_t)bytes);
+    int rc = st_bind(st, args, n);
     if (rc != SQLITE_OK)
         return st_db_fail(s, rc, err, "updating the size of job %s", job_id);
     int r = st_run_write(s, st, "updating a job's size", err);
@@ -39,6 +37,15 @@ static int add_job_bytes(struct store *s, enum stmt_id which, const char *job_id
     if (sqlite3_changes(s->db) == 0)
         return al_error_set(err, ENOENT, "job %s not found", job_id);
     return 0;
+}
+
+static int add_job_bytes(struct store *s, enum stmt_id which, const char *job_id, uint64_t bytes,
+                         struct al_error **err)
+{
+    if (bytes > INT64_MAX)
+        return al_error_set(err, ERANGE, "size of job %s out of range", job_id);
+    const struct st_arg args[] = {ST_PLAIN(job_id), ST_INT((int64_t)bytes)};
+    return update_job_bytes(s, which, job_id, args, ARRAY_SIZE(args), err);
 }
 
 int store_artifact_add(struct store *s, const char *job_id, const char *path, uint64_t size,
@@ -81,18 +88,7 @@ int store_artifact_add(struct store *s, const char *job_id, const char *path, ui
 
 static int sum_job_bytes(struct store *s, const char *job_id, struct al_error **err)
 {
-    _cleanup_stmt_ sqlite3_stmt *st = st_stmt_get(s, ST_JOB_SUM_BYTES, err);
-    if (!st)
-        return -EIO;
-    int rc = st_bind_plain(st, 1, job_id);
-    if (rc != SQLITE_OK)
-        return st_db_fail(s, rc, err, "updating the size of job %s", job_id);
-    int r = st_run_write(s, st, "updating a job's size", err);
-    if (r < 0)
-        return r;
-    if (sqlite3_changes(s->db) == 0)
-        return al_error_set(err, ENOENT, "job %s not found", job_id);
-    return 0;
+    return update_job_bytes(s, ST_JOB_SUM_BYTES, job_id, &ST_PLAIN(job_id), 1, err);
 }
 
 int store_artifacts_index(struct store *s, const char *job_id, const struct store_artifact *v,

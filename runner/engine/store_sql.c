@@ -175,6 +175,29 @@ int st_bind_plain(sqlite3_stmt *st, int idx, const char *text)
     return sqlite3_bind_text(st, idx, text, -1, SQLITE_STATIC);
 }
 
+int st_bind(sqlite3_stmt *st, const struct st_arg *args, size_t n)
+{
+    int rc = SQLITE_OK;
+    for (size_t k = 0; k < n && rc == SQLITE_OK; k++) {
+        int idx = (int)k + 1;
+        switch (args[k].kind) {
+        case ST_ARG_NULL:
+            rc = sqlite3_bind_null(st, idx);
+            break;
+        case ST_ARG_TEXT:
+            rc = st_bind_text(st, idx, args[k].s);
+            break;
+        case ST_ARG_PLAIN:
+            rc = st_bind_plain(st, idx, args[k].s);
+            break;
+        case ST_ARG_INT:
+            rc = sqlite3_bind_int64(st, idx, args[k].i);
+            break;
+        }
+    }
+    return rc;
+}
+
 int st_col_text(sqlite3_stmt *st, int i, char **ret)
 {
     if (sqlite3_column_type(st, i) == SQLITE_NULL) {

@@ -49,10 +49,10 @@ void gh_describe_result(int result, const struct al_http_response *resp, const s
 
 bool gh_repo_in_scope(const struct github *g, const char *repo)
 {
-    if (*g->src->repo)
-        return strcasecmp(repo, g->src->repo) == 0;
-    size_t n = strlen(g->src->org);
-    return strncasecmp(repo, g->src->org, n) == 0 && repo[n] == '/';
+    if (*g->b.src->repo)
+        return strcasecmp(repo, g->b.src->repo) == 0;
+    size_t n = strlen(g->b.src->org);
+    return strncasecmp(repo, g->b.src->org, n) == 0 && repo[n] == '/';
 }
 
 /* ------------------------------------------------------------ calls */
@@ -143,7 +143,7 @@ static void on_api_settled(void *data)
 static void runners_tick(struct github *g)
 {
     uint64_t now = al_now_mono_ms();
-    uint64_t idle_ms = (uint64_t)g->src->runner_idle_timeout_s * 1000u;
+    uint64_t idle_ms = (uint64_t)g->b.src->runner_idle_timeout_s * 1000u;
     al_list_for_each(r, &g->runners, struct ghrunner, link) {
         switch (r->state) {
         case R_IDLE:
@@ -178,7 +178,7 @@ static void runners_tick(struct github *g)
 static void on_tick(uv_timer_t *t)
 {
     struct github *g = t->data;
-    if (g->stopping)
+    if (g->b.stopping)
         return;
     uint64_t now = al_now_mono_ms();
     runners_tick(g);
@@ -206,7 +206,7 @@ static struct ghrunner *runner_by_engine_id(struct github *g, const char *id)
 static void on_serve_timer(uv_timer_t *t)
 {
     struct github *g = t->data;
-    if (!g->stopping)
+    if (!g->b.stopping)
         gh_serve(g);
 }
 
@@ -214,8 +214,8 @@ static void on_serve_timer(uv_timer_t *t)
  * be entered from inside its own notification. Coalesced per loop turn. */
 static void serve_soon(struct github *g)
 {
-    if (!g->stopping && !g->closed)
-        uv_timer_start(&g->serve_timer, on_serve_timer, 0, 0);
+    if (!g->b.stopping && !g->b.closing)
+        uv_timer_start(&g->b.soon_timer, on_serve_timer, 0, 0);
 }
 
 static void on_finished(const char *job_id, enum job_state state, const struct attempt_result *last,
@@ -227,7 +227,7 @@ static void on_finished(const char *job_id, enum job_state state, const struct a
     if (!r || r->vm_gone)
         return;
     r->vm_gone = true;
-    log_info(job_id, "github %s: runner %s: its VM ended (%s)", g->name, r->name,
+    log_info(job_id, "github %s: runner %s: its VM ended (%s)", g->b.name, r->name,
              job_state_to_string(state));
     if (r->state != R_BUSY && r->state != R_DONE)
         gh_runner_release_demand(r);
@@ -236,7 +236,7 @@ static void on_finished(const char *job_id, enum job_state state, const struct a
     } else {
         r->state = R_ENDING;
         r->retire_reason = NULL;
-        if (!g->stopping)
+        if (!g->b.stopping)
             gh_runner_delete(r);
     }
     serve_soon(g);
@@ -279,9 +279,9 @@ static int add_label(struct github *g, const char *l)
  * pool when it names none. */
 static bool pool_is_ours(const struct github *g, const struct config_pool *p)
 {
-    if (!g->src->pools || !g->src->pools[0])
+    if (!g->b.src->pools || !g->b.src->pools[0])
         return true;
-    for (char **n = g->src->pools; *n; n++) {
+    for (char **n = g->b.src->pools; *n; n++) {
         if (streq(*n, p->name))
             return true;
     }
@@ -293,16 +293,17 @@ static bool pool_is_ours(const struct github *g, const struct config_pool *p)
 static int collect_pool_labels(struct github *g)
 {
     size_t n = 0;
-    for (size_t i = 0; i < g->cfg->n_pools; i++) {
-        for (char **l = g->cfg->pools[i].labels; pool_is_ours(g, &g->cfg->pools[i]) && l && *l; l++)
+    for (size_t i = 0; i < g->b.cfg->n_pools; i++) {
+        for (char **l = g->b.cfg->pools[i].labels; pool_is_ours(g, &g->b.cfg->pools[i]) && l && *l;
+             l++)
             n++;
     }
     g->pool_labels = calloc(n + 1, sizeof(*g->pool_labels));
     if (!g->pool_labels)
         return -ENOMEM;
     n = 0;
-    for (size_t i = 0; i < g->cfg->n_pools; i++) {
-        for (char **l = g->cfg->pools[i].labels; pool_is_ours(g, &g->cfg->pools[i]) && l && *l;
+    for (size_t i = 0; i < g->b.cfg->n_pools; i++) {
+        for (char **l = g->b.cfg->pools[i].labels; pool_is_ours(g, &g->b.cfg->pools[i]) && l && *l;
              l++) {
             if (!(g->pool_labels[n++] = strdup(*l)))
                 return -ENOMEM;
@@ -363,10 +364,10 @@ static void github_free_fields(struct github *g)
 
 static void handle_closed(struct github *g)
 {
-    if (--g->handles_open > 0)
+    if (--g->b.handles_open > 0)
         return;
-    void (*done)(void *) = g->done;
-    void *data = g->done_data;
+    void (*done)(void *) = g->b.done;
+    void *data = g->b.done_data;
     al_list_for_each_safe(r, next, &g->runners, struct ghrunner, link) {
         al_list_del(&r->link);
         free(r);
@@ -400,12 +401,12 @@ static void github_free_early(struct github *g)
 
 static int setup(struct github *g, struct al_error **err)
 {
-    const struct config_source *src = g->src;
+    const struct config_source *src = g->b.src;
     int r = gh_api_base(src, &g->base);
     if (r == 0)
         r = gh_scope(src, &g->scope);
     if (r == 0)
-        r = gh_runner_prefix(g->cfg, src->name, &g->prefix);
+        r = gh_runner_prefix(g->b.cfg, src->name, &g->prefix);
     if (r < 0)
         return r;
     static const char *const implied[] = {"self-hosted", "Linux", "X64"};
@@ -458,8 +459,8 @@ static int setup(struct github *g, struct al_error **err)
  * github_free_early(). */
 static int open_clients(struct github *g, struct al_error **err)
 {
-    const struct config_source *src = g->src;
-    int r = gh_auth_new(src, g->curl, g->base, on_auth_refreshed, g, &g->auth, err);
+    const struct config_source *src = g->b.src;
+    int r = gh_auth_new(src, g->b.curl, g->base, on_auth_refreshed, g, &g->auth, err);
     if (r < 0)
         return r;
     static const char *const headers[] = {"Accept: application/vnd.github+json", API_VERSION_HEADER,
@@ -467,8 +468,8 @@ static int open_clients(struct github *g, struct al_error **err)
     char qname[128];
     snprintf(qname, sizeof(qname), "github %s", src->name);
     struct api_queue_params qp = {
-            .loop = g->loop,
-            .curl = g->curl,
+            .loop = g->b.loop,
+            .curl = g->b.curl,
             .base = g->base,
             .name = qname,
             .headers = headers,
@@ -486,7 +487,7 @@ static int open_clients(struct github *g, struct al_error **err)
     if (r < 0 || !*src->webhook_listen)
         return r;
     struct github_hook_params hp = {
-            .loop = g->loop,
+            .loop = g->b.loop,
             .name = src->name,
             .listen = src->webhook_listen,
             .secret_file = src->webhook_secret_file,
@@ -511,14 +512,9 @@ int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
     struct github *g = calloc(1, sizeof(*g));
     if (!g)
         return al_error_set(err, ENOMEM, "out of memory");
-    g->loop = loop;
+    gh_base_init(&g->b, loop, e, curl, cfg, src);
     al_list_init(&g->runners);
     al_list_init(&g->demand);
-    g->e = e;
-    g->curl = curl;
-    g->cfg = cfg;
-    g->src = src;
-    g->name = src->name;
     r = setup(g, err);
     if (r == -ENOMEM)
         r = al_error_set(err, ENOMEM, "out of memory");
@@ -528,22 +524,18 @@ int github_start(uv_loop_t *loop, struct engine *e, struct al_curl *curl, const 
         github_free_early(g);
         return r;
     }
-    uv_timer_init(loop, &g->tick_timer);
-    uv_timer_init(loop, &g->serve_timer);
-    g->tick_timer.data = g->serve_timer.data = g;
-    g->handles_open = 3; /* the timers and the API queue */
-    g->watch = engine_observe(e, &observer, g);
-    char name[160];
-    snprintf(name, sizeof(name), "github %s", g->name);
-    /* jobs a previous agentlabd left queued: their JIT configs died with it
-     * (secret values are never stored) */
-    orphans_cancel(g->e, JOB_SOURCE_GITHUB, name, NULL, NULL,
-                   "its JIT runner config was lost with the previous agentlabd (the runner "
-                   "is deleted by the sweep)");
+    g->b.handles_open = 1; /* the API queue; gh_base_start() adds the timers */
     uint64_t now = al_now_mono_ms();
     g->next_sweep_ms = now; /* the start-up sweep: runners a previous process left */
     g->next_poll_ms = now;
-    uv_timer_start(&g->tick_timer, on_tick, 0, TICK_MS);
+    gh_base_start(&g->b, g, &observer, on_tick, TICK_MS);
+    char name[160];
+    snprintf(name, sizeof(name), "github %s", g->b.name);
+    /* jobs a previous agentlabd left queued: their JIT configs died with it
+     * (secret values are never stored) */
+    orphans_cancel(g->b.e, JOB_SOURCE_GITHUB, name, NULL, NULL,
+                   "its JIT runner config was lost with the previous agentlabd (the runner "
+                   "is deleted by the sweep)");
     char where[128] = "no webhook listener";
     if (g->hook)
         snprintf(where, sizeof(where), "webhooks on port %d", github_hook_port(g->hook));
@@ -577,31 +569,20 @@ static void on_hook_stopped(void *data)
 
 static void maybe_stopped(struct github *g)
 {
-    if (!g->stopping || g->in_stop || g->closed || g->hook_open || api_queue_busy(g->api))
+    if (!g->b.stopping || g->b.in_stop || g->b.closing || g->hook_open || api_queue_busy(g->api))
         return;
-    g->closed = true;
-    if (g->watch)
-        engine_unobserve(g->e, g->watch);
-    g->watch = NULL;
     github_auth_free(g->auth);
     g->auth = NULL;
-    uv_timer_stop(&g->tick_timer);
-    uv_timer_stop(&g->serve_timer);
     api_queue_free(g->api, on_api_closed, g);
     g->api = NULL;
-    uv_close((uv_handle_t *)&g->tick_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&g->serve_timer, on_handle_closed);
+    gh_base_close(&g->b, on_handle_closed);
 }
 
 void github_stop(struct github *g, void (*done)(void *data), void *data)
 {
-    g->stopping = true;
-    /* cancelling calls in flight runs their callbacks, which must not close
-     * the source before the deletes below are queued */
-    g->in_stop = true;
-    g->done = done;
-    g->done_data = data;
-    uv_timer_stop(&g->tick_timer);
+    /* in_stop: cancelling calls in flight runs their callbacks, which must
+     * not close the source before the deletes below are queued */
+    gh_base_stop(&g->b, done, data);
     if (g->hook)
         github_hook_stop(g->hook, on_hook_stopped, g);
     /* queued calls are dropped; calls in flight end now */
@@ -620,6 +601,6 @@ void github_stop(struct github *g, void (*done)(void *data), void *data)
         github_auth_free(g->auth);
         g->auth = NULL;
     }
-    g->in_stop = false;
+    g->b.in_stop = false;
     maybe_stopped(g);
 }

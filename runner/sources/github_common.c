@@ -160,3 +160,46 @@ struct al_error *gh_call_oom(char *path, char *body)
     al_error_set(&err, ENOMEM, "out of memory");
     return err;
 }
+
+void gh_base_init(struct gh_base *b, uv_loop_t *loop, struct engine *e, struct al_curl *curl,
+                  const struct config *cfg, const struct config_source *src)
+{
+    b->loop = loop;
+    b->e = e;
+    b->curl = curl;
+    b->cfg = cfg;
+    b->src = src;
+    b->name = src->name;
+}
+
+void gh_base_start(struct gh_base *b, void *owner, const struct engine_observer *o,
+                   uv_timer_cb tick, uint64_t tick_ms)
+{
+    uv_timer_init(b->loop, &b->tick_timer);
+    uv_timer_init(b->loop, &b->soon_timer);
+    b->tick_timer.data = b->soon_timer.data = owner;
+    b->handles_open += 2;
+    b->watch = engine_observe(b->e, o, owner);
+    uv_timer_start(&b->tick_timer, tick, 0, tick_ms);
+}
+
+void gh_base_stop(struct gh_base *b, void (*done)(void *data), void *data)
+{
+    b->stopping = true;
+    b->in_stop = true;
+    b->done = done;
+    b->done_data = data;
+    uv_timer_stop(&b->tick_timer);
+}
+
+void gh_base_close(struct gh_base *b, uv_close_cb closed_cb)
+{
+    b->closing = true;
+    if (b->watch)
+        engine_unobserve(b->e, b->watch);
+    b->watch = NULL;
+    uv_timer_stop(&b->tick_timer);
+    uv_timer_stop(&b->soon_timer);
+    uv_close((uv_handle_t *)&b->tick_timer, closed_cb);
+    uv_close((uv_handle_t *)&b->soon_timer, closed_cb);
+}

@@ -5,7 +5,10 @@
 #ifndef AL_GITHUB_COMMON_H
 #define AL_GITHUB_COMMON_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
 #include <yajl/yajl_gen.h>
 
 #include "runner/base/error.h"
@@ -24,6 +27,46 @@ enum gh_rstate {
     R_ENDING,   /* its VM is gone (or never was): deleting the runner from GitHub */
     R_DEAD,     /* nothing left to do; freed by the next tick */
 };
+
+/* What both modes are built on: where they run, what they serve, the
+ * engine watch, the tick and the deferred work timer, and how they stop.
+ * The first member (named b) of struct github and struct
+ * github_scaleset; the timers' data is that owner. Loop thread only. */
+struct gh_base {
+    uv_loop_t *loop;
+    struct engine *e;
+    struct al_curl *curl;
+    const struct config *cfg;
+    const struct config_source *src;
+    const char *name; /* src->name */
+    struct engine_watch *watch;
+    uv_timer_t tick_timer;
+    uv_timer_t soon_timer; /* work on the next loop turn: observers never re-enter the engine */
+    bool stopping;
+    bool in_stop; /* the stop function still queues its last calls */
+    bool closing; /* the handles are being closed */
+    int handles_open;
+    void (*done)(void *data);
+    void *done_data;
+};
+
+/* Fills b's settings; what else it holds stays zero. */
+void gh_base_init(struct gh_base *b, uv_loop_t *loop, struct engine *e, struct al_curl *curl,
+                  const struct config *cfg, const struct config_source *src);
+
+/* Starts b: its timers (owner is their data; two more open handles), the
+ * engine observer o (data owner) and tick(every tick_ms, from now). */
+void gh_base_start(struct gh_base *b, void *owner, const struct engine_observer *o,
+                   uv_timer_cb tick, uint64_t tick_ms);
+
+/* The first step of a stop: marks b stopping and in_stop (the caller clears
+ * in_stop once its last calls are queued), keeps done(data) for when the
+ * last handle is closed, and stops the tick. */
+void gh_base_stop(struct gh_base *b, void (*done)(void *data), void *data);
+
+/* The last step of a stop: no more engine events, and both timers are
+ * closed with closed_cb (each call counts one handle off). Once only. */
+void gh_base_close(struct gh_base *b, uv_close_cb closed_cb);
 
 /* The REST API base of src (its url, else api.github.com) without a
  * trailing slash, in *ret (the caller's to free). 0 or -ENOMEM. */

@@ -68,7 +68,7 @@ static struct ghdemand *demand_add(struct github *g, const struct github_job *j,
         gh_demand_prune(g, true);
     if (g->n_demand >= MAX_DEMAND) {
         log_warn(NULL, "github %s: %u queued jobs known already; job %" PRId64 " not taken",
-                 g->name, g->n_demand, j->id);
+                 g->b.name, g->n_demand, j->id);
         return NULL;
     }
     struct ghdemand *d = calloc(1, sizeof(*d));
@@ -155,7 +155,7 @@ static int demand_route(struct github *g, struct ghdemand *d, const struct githu
     const struct config_pool *pool = NULL;
     int r = gh_demand_spec(g, d, "routing", jit, &spec, err);
     if (r == 0)
-        r = source_check_job(g->e, g->src, spec, &pool, err);
+        r = source_check_job(g->b.e, g->b.src, spec, &pool, err);
     if (r < 0)
         return r;
     if (!(d->pool = strdup(pool->name)))
@@ -167,10 +167,10 @@ static int demand_route(struct github *g, struct ghdemand *d, const struct githu
 static void handle_job(struct github *g, const struct github_job *j, const char *repo,
                        const char *via)
 {
-    if (g->stopping)
+    if (g->b.stopping)
         return;
     if (!gh_repo_in_scope(g, repo)) {
-        log_debug(NULL, "github %s: job %" PRId64 " of %s: not in this source's scope", g->name,
+        log_debug(NULL, "github %s: job %" PRId64 " of %s: not in this source's scope", g->b.name,
                   j->id, repo);
         return;
     }
@@ -203,7 +203,7 @@ static void handle_job(struct github *g, const struct github_job *j, const char 
             log_info(NULL,
                      "github %s: job %" PRId64 " (%s) of %s wants [%s]: not all among this "
                      "source's labels [%s] and its pools'; not served",
-                     g->name, j->id, j->name ? j->name : "unnamed", repo, want, g->labels_text);
+                     g->b.name, j->id, j->name ? j->name : "unnamed", repo, want, g->labels_text);
             return;
         }
         if (rc == 0)
@@ -214,13 +214,13 @@ static void handle_job(struct github *g, const struct github_job *j, const char 
             log_warn(NULL,
                      "github %s: job %" PRId64 " (%s) of %s wants [%s]: %s; no runner is made "
                      "for it",
-                     g->name, j->id, j->name ? j->name : "unnamed", repo, want,
+                     g->b.name, j->id, j->name ? j->name : "unnamed", repo, want,
                      al_error_message(err));
             al_error_free(err);
             return;
         }
         log_info(NULL, "github %s: job %" PRId64 " (%s) of %s queued (%s), labels [%s], pool %s",
-                 g->name, j->id, j->name ? j->name : "unnamed", repo, via, want, d->pool);
+                 g->b.name, j->id, j->name ? j->name : "unnamed", repo, via, want, d->pool);
         gh_demand_set(d, D_WAITING);
         gh_serve(g);
         return;
@@ -234,7 +234,7 @@ static void handle_job(struct github *g, const struct github_job *j, const char 
             r->state = R_BUSY;
             r->took_job = j->id;
             log_info(r->submitted ? r->engine_id : NULL,
-                     "github %s: runner %s took job %" PRId64 " (%s)", g->name, r->name, j->id,
+                     "github %s: runner %s took job %" PRId64 " (%s)", g->b.name, r->name, j->id,
                      j->name ? j->name : "unnamed");
         }
         return;
@@ -247,7 +247,7 @@ static void handle_job(struct github *g, const struct github_job *j, const char 
         if (r && r->state != R_ENDING && r->state != R_DEAD) {
             if (r->state != R_DONE)
                 log_info(r->submitted ? r->engine_id : NULL,
-                         "github %s: runner %s finished job %" PRId64 " (%s)", g->name, r->name,
+                         "github %s: runner %s finished job %" PRId64 " (%s)", g->b.name, r->name,
                          j->id, j->conclusion ? j->conclusion : "no conclusion");
             r->state = R_DONE;
             r->took_job = j->id;
@@ -327,9 +327,9 @@ static void poll_failed(struct github *g, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     if (g->poll_backoff_ms)
-        log_debug(NULL, "github %s: %s", g->name, msg);
+        log_debug(NULL, "github %s: %s", g->b.name, msg);
     else
-        log_warn(NULL, "github %s: %s", g->name, msg);
+        log_warn(NULL, "github %s: %s", g->b.name, msg);
     g->poll_round_failed = true;
 }
 
@@ -352,9 +352,9 @@ static void poll_call_done(struct github *g)
             log_warn(NULL,
                      "github %s: polling again in %" PRIu64 " s, then less often while it "
                      "fails",
-                     g->name, (wait + 999) / 1000);
+                     g->b.name, (wait + 999) / 1000);
     } else if (g->poll_backoff_ms) {
-        log_info(NULL, "github %s: polling works again", g->name);
+        log_info(NULL, "github %s: polling works again", g->b.name);
         g->poll_backoff_ms = 0;
     }
     g->poll_round_failed = false;
@@ -368,7 +368,7 @@ static void on_jobs_listed(struct github *g, int result, const struct al_http_re
     struct ghpoll_repo *pr = c->pr;
     int64_t run_id = c->run_id;
     free(c);
-    if (result == -ECANCELED || g->stopping) {
+    if (result == -ECANCELED || g->b.stopping) {
         poll_call_done(g);
         return;
     }
@@ -403,7 +403,7 @@ static void on_runs_listed(struct github *g, int result, const struct al_http_re
     struct ghpoll_repo *pr = c->pr;
     int which = c->which;
     free(c);
-    if (result == -ECANCELED || g->stopping) {
+    if (result == -ECANCELED || g->b.stopping) {
         poll_call_done(g);
         return;
     }
@@ -451,7 +451,7 @@ static void on_runs_listed(struct github *g, int result, const struct al_http_re
 
 void gh_poll_now(struct github *g)
 {
-    if (g->stopping || g->poll_calls)
+    if (g->b.stopping || g->poll_calls)
         return;
     int64_t remaining, reset_s;
     api_queue_rate(g->api, &remaining, &reset_s);
@@ -460,7 +460,7 @@ void gh_poll_now(struct github *g)
             log_warn(NULL,
                      "github %s: %" PRId64 " API calls left until the rate limit resets; "
                      "polling pauses",
-                     g->name, remaining);
+                     g->b.name, remaining);
         g->poll_low_logged = true;
         g->next_poll_ms = al_now_mono_ms() + g->poll_every_ms;
         return;

@@ -108,26 +108,18 @@ typedef void (*gh_cb)(struct github *g, int result, const struct al_http_respons
                       const struct al_error *err, void *data);
 
 struct github {
-    uv_loop_t *loop;
-    struct engine *e;
-    struct al_curl *curl;
-    const struct config *cfg;
-    const struct config_source *src;
-    const char *name;
-    char *base;    /* API base URL, no trailing slash */
-    char *scope;   /* "/repos/OWNER/NAME" or "/orgs/ORG" */
-    char *prefix;  /* runner names start with it */
-    char **labels; /* the runners' labels, before the job's are added */
+    struct gh_base b; /* soon_timer: gh_serve() */
+    char *base;       /* API base URL, no trailing slash */
+    char *scope;      /* "/repos/OWNER/NAME" or "/orgs/ORG" */
+    char *prefix;     /* runner names start with it */
+    char **labels;    /* the runners' labels, before the job's are added */
     size_t n_labels;
     char *labels_text;
     char **pool_labels; /* the labels of the pools this source may route to */
     struct github_auth *auth;
     struct github_hook *hook;
-    struct engine_watch *watch;
 
     struct api_queue *api; /* every call to GitHub's API */
-    uv_timer_t tick_timer;
-    uv_timer_t serve_timer; /* serve() on the next loop turn: observers never re-enter the engine */
 
     struct al_list runners; /* newest first */
     struct al_list demand;  /* oldest first */
@@ -153,13 +145,7 @@ struct github {
     struct ghrun_seen *runs;
     size_t n_runs;
 
-    bool stopping;
-    bool in_stop; /* github_stop() is still queueing its last calls */
     bool hook_open;
-    bool closed;
-    int handles_open;
-    void (*done)(void *data);
-    void *done_data;
 };
 
 /* ---- github.c: calls and helpers ---- */

@@ -38,8 +38,8 @@ static bool engine_room(struct github *g, const struct ghdemand *d)
     unsigned creating = 0;
     runners_live(g, &creating);
     struct engine_admit a = {
-            .pool = d->pool ? d->pool : g->src->pool, .start_now = true, .held = creating};
-    return engine_admit(g->e, &a, NULL, 0) == ENGINE_ADMIT_YES;
+            .pool = d->pool ? d->pool : g->b.src->pool, .start_now = true, .held = creating};
+    return engine_admit(g->b.e, &a, NULL, 0) == ENGINE_ADMIT_YES;
 }
 
 /* ------------------------------------------------------------ runners */
@@ -87,7 +87,7 @@ int gh_demand_spec(struct github *g, const struct ghdemand *d, const char *runne
                    struct job_spec **ret, struct al_error **err)
 {
     _cleanup_job_spec_ struct job_spec *spec = NULL;
-    int r = gh_runner_job_spec(g->src, runner, NULL, d->html_url, jit, &spec, err);
+    int r = gh_runner_job_spec(g->b.src, runner, NULL, d->html_url, jit, &spec, err);
     if (r < 0)
         return r;
     spec->resources.cpus = d->wants.cpus;
@@ -136,7 +136,7 @@ void gh_runner_release_demand(struct ghrunner *r)
         log_warn(NULL,
                  "github %s: job %" PRId64 ": %u runners made for it took no job; not served "
                  "again (check the runner group's repository access and the job's labels)",
-                 r->g->name, d->job_id, d->runners_made);
+                 r->g->b.name, d->job_id, d->runners_made);
         gh_demand_set(d, D_DONE);
         return;
     }
@@ -167,7 +167,7 @@ static int generate_body(const struct github *g, const struct ghdemand *d, const
     r |= yajl_gen_string(gen, (const unsigned char *)"name", 4);
     r |= yajl_gen_string(gen, (const unsigned char *)name, strlen(name));
     r |= yajl_gen_string(gen, (const unsigned char *)"runner_group_id", 15);
-    r |= yajl_gen_integer(gen, g->src->runner_group_id);
+    r |= yajl_gen_integer(gen, g->b.src->runner_group_id);
     r |= yajl_gen_string(gen, (const unsigned char *)"labels", 6);
     r |= yajl_gen_array_open(gen);
     size_t n = 0;
@@ -223,7 +223,8 @@ static void serve_fail(struct github *g, struct ghrunner *r, const char *fmt, ..
     gh_backoff_grow(&g->serve_backoff_ms);
     g->serve_after_ms = al_now_mono_ms() + al_jitter_ms(g->serve_backoff_ms);
     log_error(NULL, "github %s: runner %s for job %" PRId64 ": %s; trying again in %" PRIu64 " s",
-              g->name, r->name, r->demand ? r->demand->job_id : 0, msg, g->serve_backoff_ms / 1000);
+              g->b.name, r->name, r->demand ? r->demand->job_id : 0, msg,
+              g->serve_backoff_ms / 1000);
 }
 
 static void on_runner_created(struct github *g, int result, const struct al_http_response *resp,
@@ -231,7 +232,7 @@ static void on_runner_created(struct github *g, int result, const struct al_http
 {
     struct ghrunner *r = data;
     r->calls--;
-    if (result == -ECANCELED || g->stopping) {
+    if (result == -ECANCELED || g->b.stopping) {
         /* GitHub may have made it: the next start's sweep deletes it */
         gh_runner_set_dead(r);
         return;
@@ -272,9 +273,10 @@ static void on_runner_created(struct github *g, int result, const struct al_http
     struct al_error *serr = NULL;
     char eid[STORE_JOB_ID_SIZE];
     rc = r->demand ? gh_demand_spec(g, r->demand, r->name, jit, &spec, &serr)
-                   : gh_runner_job_spec(g->src, r->name, NULL, NULL, jit, &spec, &serr);
+                   : gh_runner_job_spec(g->b.src, r->name, NULL, NULL, jit, &spec, &serr);
     if (rc == 0)
-        rc = engine_submit(g->e, spec, &(struct engine_submit){.pools = g->src->pools}, eid, &serr);
+        rc = engine_submit(g->b.e, spec, &(struct engine_submit){.pools = g->b.src->pools}, eid,
+                           &serr);
     if (rc < 0) {
         serve_fail(g, r, "agentlab refused the runner's VM: %s", al_error_message(serr));
         al_error_free(serr);
@@ -293,7 +295,7 @@ static void on_runner_created(struct github *g, int result, const struct al_http
         r->state = R_IDLE;
     struct ghdemand *d = r->demand;
     log_info(eid, "github %s: runner %s (id %" PRId64 ") for job %" PRId64 " (%s) runs as %s",
-             g->name, r->name, r->id, d ? d->job_id : 0, d && d->name ? d->name : "unnamed", eid);
+             g->b.name, r->name, r->id, d ? d->job_id : 0, d && d->name ? d->name : "unnamed", eid);
 }
 
 void gh_runner_stop_vm(struct ghrunner *r, const char *why)
@@ -301,7 +303,7 @@ void gh_runner_stop_vm(struct ghrunner *r, const char *why)
     if (r->vm_gone || !r->submitted || r->stopping_vm)
         return;
     r->stopping_vm = true;
-    gh_stop_vm(r->g->e, r->g->name, r->name, r->engine_id, why);
+    gh_stop_vm(r->g->b.e, r->g->b.name, r->name, r->engine_id, why);
 }
 
 static void on_runner_deleted(struct github *g, int result, const struct al_http_response *resp,
@@ -313,7 +315,7 @@ static void on_runner_deleted(struct github *g, int result, const struct al_http
     const char *eid = r->submitted ? r->engine_id : NULL;
     if (result == 0 && (resp->status == 204 || resp->status == 404)) {
         r->deleted = true;
-        log_info(eid, "github %s: runner %s (id %" PRId64 ") %s", g->name, r->name, r->id,
+        log_info(eid, "github %s: runner %s (id %" PRId64 ") %s", g->b.name, r->name, r->id,
                  resp->status == 204 ? "deleted from GitHub" : "is gone from GitHub already");
         if (r->retire_reason && !r->vm_gone)
             gh_runner_stop_vm(r, r->retire_reason);
@@ -324,34 +326,34 @@ static void on_runner_deleted(struct github *g, int result, const struct al_http
     if (result == 0 && resp->status == 422) {
         /* GitHub refuses to delete a busy runner: it is running a job */
         if (r->state == R_IDLE) {
-            log_info(eid, "github %s: runner %s is busy with a job; kept", g->name, r->name);
+            log_info(eid, "github %s: runner %s is busy with a job; kept", g->b.name, r->name);
             r->state = R_BUSY;
         } else if (r->delete_tries == 0) {
             log_info(eid,
                      "github %s: runner %s is busy with a job (HTTP 422); kept, deleting it "
                      "again later",
-                     g->name, r->name);
+                     g->b.name, r->name);
         }
         r->retire_reason = NULL;
         if (r->vm_gone && ++r->delete_tries >= DELETE_TRIES) {
             log_warn(eid,
                      "github %s: runner %s still counts as busy %d tries after its VM ended; "
                      "the next sweep tries again",
-                     g->name, r->name, r->delete_tries);
+                     g->b.name, r->name, r->delete_tries);
             gh_runner_set_dead(r);
             return;
         }
         r->next_delete_ms = al_now_mono_ms() + DELETE_RETRY_MS;
         return;
     }
-    if (result == -ECANCELED || g->stopping) {
+    if (result == -ECANCELED || g->b.stopping) {
         if (r->vm_gone)
             gh_runner_set_dead(r);
         return;
     }
     char what[300];
     gh_describe_result(result, resp, err, what, sizeof(what));
-    log_warn(eid, "github %s: deleting runner %s (id %" PRId64 "): %s", g->name, r->name, r->id,
+    log_warn(eid, "github %s: deleting runner %s (id %" PRId64 "): %s", g->b.name, r->name, r->id,
              what);
     if (++r->delete_tries >= DELETE_TRIES && r->vm_gone) {
         gh_runner_set_dead(r);
@@ -391,7 +393,7 @@ void gh_runner_retire(struct ghrunner *r, const char *reason)
         if (r->retire_reason || r->deleting)
             return;
         log_info(r->submitted ? r->engine_id : NULL, "github %s: runner %s: %s; removing it",
-                 r->g->name, r->name, reason);
+                 r->g->b.name, r->name, reason);
         r->retire_reason = reason;
         gh_runner_delete(r);
         return;
@@ -419,12 +421,12 @@ static void on_job_checked(struct github *g, int result, const struct al_http_re
 {
     struct ghdemand *d = data;
     d->checking = false;
-    if (result == -ECANCELED || g->stopping)
+    if (result == -ECANCELED || g->b.stopping)
         return;
     if (result < 0 || (resp->status != 200 && resp->status != 404)) {
         char what[300];
         gh_describe_result(result, resp, err, what, sizeof(what));
-        log_warn(NULL, "github %s: checking job %" PRId64 ": %s", g->name, d->job_id, what);
+        log_warn(NULL, "github %s: checking job %" PRId64 ": %s", g->b.name, d->job_id, what);
         gh_backoff_grow(&g->serve_backoff_ms);
         g->serve_after_ms = al_now_mono_ms() + al_jitter_ms(g->serve_backoff_ms);
         return;
@@ -433,7 +435,7 @@ static void on_job_checked(struct github *g, int result, const struct al_http_re
     struct al_error *perr = NULL;
     if (resp->status == 404 || github_parse_job(resp->body.data, resp->body.len, &j, &perr) < 0) {
         if (perr)
-            log_warn(NULL, "github %s: job %" PRId64 ": %s", g->name, d->job_id,
+            log_warn(NULL, "github %s: job %" PRId64 ": %s", g->b.name, d->job_id,
                      al_error_message(perr));
         al_error_free(perr);
         gh_demand_set(d, D_DONE);
@@ -444,8 +446,8 @@ static void on_job_checked(struct github *g, int result, const struct al_http_re
         d->since_ms = al_now_mono_ms();
         gh_serve(g);
     } else if (d->state == D_WAITING) {
-        log_info(NULL, "github %s: job %" PRId64 " is %s now; no runner needed", g->name, d->job_id,
-                 j->status);
+        log_info(NULL, "github %s: job %" PRId64 " is %s now; no runner needed", g->b.name,
+                 d->job_id, j->status);
         gh_demand_set(d, D_DONE);
     }
     github_job_free(j);
@@ -453,7 +455,7 @@ static void on_job_checked(struct github *g, int result, const struct al_http_re
 
 void gh_serve(struct github *g)
 {
-    if (g->stopping || g->closed)
+    if (g->b.stopping || g->b.closing)
         return;
     uint64_t now = al_now_mono_ms();
     if (now < g->serve_after_ms)
@@ -461,10 +463,10 @@ void gh_serve(struct github *g)
     al_list_for_each(d, &g->demand, struct ghdemand, link) {
         if (d->state != D_WAITING || d->checking)
             continue;
-        if (runners_live(g, NULL) >= (unsigned)g->src->max_runners) {
+        if (runners_live(g, NULL) >= (unsigned)g->b.src->max_runners) {
             if (!g->max_logged)
                 log_info(NULL, "github %s: %d runners live (max_runners); job %" PRId64 " waits",
-                         g->name, g->src->max_runners, d->job_id);
+                         g->b.name, g->b.src->max_runners, d->job_id);
             g->max_logged = true;
             return;
         }
@@ -487,21 +489,21 @@ static void on_runners_listed(struct github *g, int result, const struct al_http
                               const struct al_error *err, void *data)
 {
     int page = (int)(intptr_t)data;
-    if (result == -ECANCELED || g->stopping) {
+    if (result == -ECANCELED || g->b.stopping) {
         g->sweeping = false;
         return;
     }
     if (result < 0 || resp->status != 200) {
         char what[300];
         gh_describe_result(result, resp, err, what, sizeof(what));
-        log_warn(NULL, "github %s: listing runners: %s", g->name, what);
+        log_warn(NULL, "github %s: listing runners: %s", g->b.name, what);
         g->sweeping = false;
         return;
     }
     struct github_runner_list l = {0};
     struct al_error *perr = NULL;
     if (github_parse_runners(resp->body.data, resp->body.len, &l, &perr) < 0) {
-        log_warn(NULL, "github %s: the runner list: %s", g->name, al_error_message(perr));
+        log_warn(NULL, "github %s: the runner list: %s", g->b.name, al_error_message(perr));
         al_error_free(perr);
         g->sweeping = false;
         return;
@@ -517,7 +519,7 @@ static void on_runners_listed(struct github *g, int result, const struct al_http
             if (x->busy && r->state == R_IDLE) {
                 r->state = R_BUSY;
                 log_info(r->submitted ? r->engine_id : NULL,
-                         "github %s: runner %s is busy with a job", g->name, r->name);
+                         "github %s: runner %s is busy with a job", g->b.name, r->name);
             }
             continue;
         }
@@ -529,7 +531,7 @@ static void on_runners_listed(struct github *g, int result, const struct al_http
         r->id = x->id;
         r->vm_gone = true;
         log_info(NULL, "github %s: runner %s (id %" PRId64 ", %s%s) has no VM here; deleting it",
-                 g->name, r->name, r->id, x->status ? x->status : "status unknown",
+                 g->b.name, r->name, r->id, x->status ? x->status : "status unknown",
                  x->busy ? ", busy" : "");
         gh_runner_retire(r, NULL);
     }
@@ -552,7 +554,7 @@ static void sweep_page(struct github *g, int page)
 
 void gh_sweep(struct github *g)
 {
-    if (g->sweeping || g->stopping)
+    if (g->sweeping || g->b.stopping)
         return;
     g->sweeping = true;
     sweep_page(g, 1);

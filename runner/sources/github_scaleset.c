@@ -30,7 +30,7 @@ static void setup_failed(struct github_scaleset *g, const char *what)
     g->setup_busy = false;
     backoff_grow(&g->setup_backoff_ms);
     g->next_setup_ms = now_ms() + al_jitter_ms(g->setup_backoff_ms);
-    log_warn(NULL, "github %s: %s; trying again in %" PRIu64 " s", g->name, what,
+    log_warn(NULL, "github %s: %s; trying again in %" PRIu64 " s", g->b.name, what,
              g->setup_backoff_ms / 1000);
 }
 
@@ -38,7 +38,7 @@ static void on_group(struct github_scaleset *g, int result, const struct al_http
                      const struct al_error *err, void *data)
 {
     (void)data;
-    if (result == -ECANCELED || g->stopping)
+    if (result == -ECANCELED || g->b.stopping)
         return;
     char what[400];
     int64_t id = 0;
@@ -49,11 +49,11 @@ static void on_group(struct github_scaleset *g, int result, const struct al_http
         snprintf(what, sizeof(what), "%s", al_error_message(perr));
         al_error_free(perr);
     } else if (!id) {
-        snprintf(what, sizeof(what), "no runner group named %s", g->src->runner_group);
+        snprintf(what, sizeof(what), "no runner group named %s", g->b.src->runner_group);
     }
     if (!id) {
         char m[500];
-        snprintf(m, sizeof(m), "runner group %s: %s", g->src->runner_group, what);
+        snprintf(m, sizeof(m), "runner group %s: %s", g->b.src->runner_group, what);
         setup_failed(g, m);
         return;
     }
@@ -66,7 +66,7 @@ static void on_scaleset(struct github_scaleset *g, int result, const struct al_h
                         const struct al_error *err, void *data)
 {
     bool created = data != NULL;
-    if (result == -ECANCELED || g->stopping)
+    if (result == -ECANCELED || g->b.stopping)
         return;
     if (created)
         g->lookup_done = false; /* after a failed create, look again first */
@@ -84,7 +84,7 @@ static void on_scaleset(struct github_scaleset *g, int result, const struct al_h
     if (result < 0 || resp->status != 200 || id < 0) {
         char m[500];
         snprintf(m, sizeof(m), "%s scale set %s: %s", created ? "creating" : "looking up",
-                 g->src->scale_set_name, what);
+                 g->b.src->scale_set_name, what);
         setup_failed(g, m);
         return;
     }
@@ -106,8 +106,8 @@ static void on_scaleset(struct github_scaleset *g, int result, const struct al_h
         free(g->user_agent);
         g->user_agent = x;
     }
-    log_info(NULL, "github %s: scale set %s (id %" PRId64 ") %s in runner group %s", g->name,
-             g->src->scale_set_name, id, created ? "created" : "found", g->src->runner_group);
+    log_info(NULL, "github %s: scale set %s (id %" PRId64 ") %s in runner group %s", g->b.name,
+             g->b.src->scale_set_name, id, created ? "created" : "found", g->b.src->runner_group);
     g->phase = PH_SESSION;
     g->next_session_ms = now_ms();
     ss_session_create(g);
@@ -118,7 +118,7 @@ static char *scaleset_body(const struct github_scaleset *g)
     yajl_gen gen = yajl_gen_alloc(NULL);
     if (!gen)
         return NULL;
-    const char *name = g->src->scale_set_name;
+    const char *name = g->b.src->scale_set_name;
     int x = yajl_gen_map_open(gen);
     x |= yajl_gen_string(gen, (const unsigned char *)"name", 4);
     x |= yajl_gen_string(gen, (const unsigned char *)name, strlen(name));
@@ -127,11 +127,11 @@ static char *scaleset_body(const struct github_scaleset *g)
     x |= yajl_gen_string(gen, (const unsigned char *)"labels", 6);
     x |= yajl_gen_array_open(gen);
     /* the name first, then the extra labels without duplicates */
-    for (int i = -1; g->src->labels && (i < 0 || g->src->labels[i]); i++) {
-        const char *l = i < 0 ? name : g->src->labels[i];
+    for (int i = -1; g->b.src->labels && (i < 0 || g->b.src->labels[i]); i++) {
+        const char *l = i < 0 ? name : g->b.src->labels[i];
         bool dup = i >= 0 && strcasecmp(l, name) == 0;
         for (int k = 0; k < i && !dup; k++)
-            dup = strcasecmp(l, g->src->labels[k]) == 0;
+            dup = strcasecmp(l, g->b.src->labels[k]) == 0;
         if (dup)
             continue;
         x |= yajl_gen_map_open(gen);
@@ -141,7 +141,7 @@ static char *scaleset_body(const struct github_scaleset *g)
         x |= yajl_gen_string(gen, (const unsigned char *)l, strlen(l));
         x |= yajl_gen_map_close(gen);
     }
-    if (!g->src->labels) {
+    if (!g->b.src->labels) {
         x |= yajl_gen_map_open(gen);
         x |= yajl_gen_string(gen, (const unsigned char *)"type", 4);
         x |= yajl_gen_string(gen, (const unsigned char *)"System", 6);
@@ -164,14 +164,14 @@ static char *scaleset_body(const struct github_scaleset *g)
 /* group id, then the scale set by name, then created when absent */
 void ss_setup_step(struct github_scaleset *g)
 {
-    if (g->setup_busy || g->stopping)
+    if (g->setup_busy || g->b.stopping)
         return;
     g->setup_busy = true;
     if (!g->group_id) {
-        if (strcasecmp(g->src->runner_group, "default") == 0) {
+        if (strcasecmp(g->b.src->runner_group, "default") == 0) {
             g->group_id = 1;
         } else {
-            _cleanup_free_ char *q = ss_query_escape(g->src->runner_group);
+            _cleanup_free_ char *q = ss_query_escape(g->b.src->runner_group);
             ss_call(g, "GET", AUTH_ADMIN,
                     q ? ss_svc_path("runtime/runnergroups/?groupName=%s", q) : NULL, NULL, on_group,
                     NULL);
@@ -180,7 +180,7 @@ void ss_setup_step(struct github_scaleset *g)
     }
     if (!g->lookup_done) {
         /* first a lookup (an earlier run registered it), then a create */
-        _cleanup_free_ char *q = ss_query_escape(g->src->scale_set_name);
+        _cleanup_free_ char *q = ss_query_escape(g->b.src->scale_set_name);
         ss_call(g, "GET", AUTH_ADMIN,
                 q ? ss_svc_path("runtime/runnerscalesets?name=%s&runnerGroupId=%" PRId64, q,
                                 g->group_id)
@@ -244,7 +244,7 @@ static int check_config(const struct config_source *src, struct al_error **err)
  * public API, https://HOST for https://HOST/api/v3 (GHES), else github_url. */
 static int web_url(const struct github_scaleset *g, char **ret, struct al_error **err)
 {
-    const struct config_source *src = g->src;
+    const struct config_source *src = g->b.src;
     _cleanup_free_ char *base = NULL;
     if (*src->github_url) {
         base = strdup(src->github_url);
@@ -313,7 +313,7 @@ static void free_all(struct github_scaleset *g)
 
 static int setup(struct github_scaleset *g, struct al_error **err)
 {
-    const struct config_source *src = g->src;
+    const struct config_source *src = g->b.src;
     int r = gh_api_base(src, &g->api);
     if (r == 0)
         r = gh_scope(src, &g->scope);
@@ -321,12 +321,12 @@ static int setup(struct github_scaleset *g, struct al_error **err)
         return r;
     if ((r = web_url(g, &g->config_url, err)) < 0)
         return r;
-    if ((r = gh_runner_prefix(g->cfg, src->name, &g->prefix)) < 0)
+    if ((r = gh_runner_prefix(g->b.cfg, src->name, &g->prefix)) < 0)
         return r;
     /* the state file and the session owner take the prefix's 8 hex digits */
     const char *hex = g->prefix + strlen("agentlab-");
-    if (asprintf(&g->state_path, "%s/github-scaleset-%.8s.runners", g->cfg->agent.state_dir, hex) <
-        0) {
+    if (asprintf(&g->state_path, "%s/github-scaleset-%.8s.runners", g->b.cfg->agent.state_dir,
+                 hex) < 0) {
         g->state_path = NULL;
         return -ENOMEM;
     }
@@ -359,17 +359,12 @@ int github_scaleset_start(uv_loop_t *loop, struct engine *e, struct al_curl *cur
     struct github_scaleset *g = calloc(1, sizeof(*g));
     if (!g)
         return al_error_set(err, ENOMEM, "out of memory");
-    g->loop = loop;
+    gh_base_init(&g->b, loop, e, curl, cfg, src);
     al_list_init(&g->inflight);
     al_list_init(&g->wait_admin);
     al_list_init(&g->wait_session);
     al_list_init(&g->runners);
     al_list_init(&g->jobs);
-    g->e = e;
-    g->curl = curl;
-    g->cfg = cfg;
-    g->src = src;
-    g->name = src->name;
     r = setup(g, err);
     if (r < 0) {
         free_all(g);
@@ -380,15 +375,10 @@ int github_scaleset_start(uv_loop_t *loop, struct engine *e, struct al_curl *cur
         free_all(g);
         return r;
     }
-    uv_timer_init(loop, &g->tick_timer);
-    uv_timer_init(loop, &g->scale_timer);
-    g->tick_timer.data = g->scale_timer.data = g;
-    g->handles_open = 2;
-    g->watch = engine_observe(e, &ss_observer, g);
+    gh_base_start(&g->b, g, &ss_observer, ss_on_tick, TICK_MS);
     ss_cancel_orphans(g);
     ss_state_load(g);
     g->phase = PH_SETUP;
-    uv_timer_start(&g->tick_timer, ss_on_tick, 0, TICK_MS);
     log_info(NULL,
              "github %s: runner scale set %s for %s %s at %s with %s auth (registered as %s); "
              "max_runners %d, min_runners %d; runner names %s*",
@@ -411,7 +401,7 @@ void github_scaleset_status(const struct github_scaleset *g, struct github_scale
     unsigned busy = 0;
     al_list_for_each(r, &g->runners, const struct ssrunner, link)
         busy += r->state == R_BUSY && !r->vm_gone;
-    const char *state = g->stopping                              ? "stopping"
+    const char *state = g->b.stopping                            ? "stopping"
                         : g->phase == PH_SETUP                   ? "registering the scale set"
                         : g->phase == PH_SESSION && g->conflicts ? "session conflict (409)"
                         : g->phase == PH_SESSION                 ? "creating the session"
@@ -432,10 +422,10 @@ void github_scaleset_status(const struct github_scaleset *g, struct github_scale
 static void on_handle_closed(uv_handle_t *h)
 {
     struct github_scaleset *g = h->data;
-    if (--g->handles_open > 0)
+    if (--g->b.handles_open > 0)
         return;
-    void (*done)(void *) = g->done;
-    void *data = g->done_data;
+    void (*done)(void *) = g->b.done;
+    void *data = g->b.done_data;
     free_all(g);
     if (done)
         done(data);
@@ -443,25 +433,14 @@ static void on_handle_closed(uv_handle_t *h)
 
 void ss_maybe_closed(struct github_scaleset *g)
 {
-    if (!g->stopping || g->in_stop || g->closing || !al_list_empty(&g->inflight))
+    if (!g->b.stopping || g->b.in_stop || g->b.closing || !al_list_empty(&g->inflight))
         return;
-    g->closing = true;
-    if (g->watch)
-        engine_unobserve(g->e, g->watch);
-    g->watch = NULL;
-    uv_timer_stop(&g->tick_timer);
-    uv_timer_stop(&g->scale_timer);
-    uv_close((uv_handle_t *)&g->tick_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&g->scale_timer, on_handle_closed);
+    gh_base_close(&g->b, on_handle_closed);
 }
 
 void github_scaleset_stop(struct github_scaleset *g, void (*done)(void *data), void *data)
 {
-    g->stopping = true;
-    g->done = done;
-    g->done_data = data;
-    g->in_stop = true;
-    uv_timer_stop(&g->tick_timer);
+    gh_base_stop(&g->b, done, data);
     /* calls in flight end now (their callbacks see stopping), but for a
      * session being created: the service may have made it already, and only
      * its answer says which one to delete (within its own timeout, 30 s) */
@@ -487,6 +466,6 @@ void github_scaleset_stop(struct github_scaleset *g, void (*done)(void *data), v
                 NULL, ss_on_session_deleted, "the session");
     }
     ss_state_save(g);
-    g->in_stop = false;
+    g->b.in_stop = false;
     ss_maybe_closed(g);
 }

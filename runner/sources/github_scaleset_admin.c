@@ -34,7 +34,7 @@ static void admin_done(struct github_scaleset *g, const char *failure)
         g->next_admin_ms = now_ms() + al_jitter_ms(g->admin_backoff_ms);
         log_warn(NULL,
                  "github %s: getting an Actions Service token: %s; trying again in %" PRIu64 " s",
-                 g->name, failure, g->admin_backoff_ms / 1000);
+                 g->b.name, failure, g->admin_backoff_ms / 1000);
         ss_fail_list(&g->wait_admin, EAGAIN, failure);
         return;
     }
@@ -130,7 +130,7 @@ static void on_registered(struct github_scaleset *g, int result,
         g->admin_token = token;
         al_redact_add(token);
         g->admin_exp_s = exp;
-        log_info(NULL, "github %s: Actions Service token valid for %" PRId64 " s%s", g->name,
+        log_info(NULL, "github %s: Actions Service token valid for %" PRId64 " s%s", g->b.name,
                  exp - al_now_wall_ms() / 1000, moved ? " (the service URL changed)" : "");
         admin_done(g, NULL);
         return;
@@ -144,7 +144,7 @@ static void on_registered(struct github_scaleset *g, int result,
     if (retry && ++g->register_tries < REGISTER_TRIES) {
         /* the same registration token again, after 1, 2, 4, 8 s */
         g->next_register_ms = now_ms() + (1000u << (g->register_tries - 1));
-        log_info(NULL, "github %s: runner-registration: %s; trying again", g->name, what);
+        log_info(NULL, "github %s: runner-registration: %s; trying again", g->b.name, what);
         return;
     }
     char m[400];
@@ -156,7 +156,7 @@ static void on_reg_token(struct github_scaleset *g, int result, const struct al_
                          const struct al_error *err, void *data)
 {
     (void)data;
-    if (result == -ECANCELED || g->stopping) {
+    if (result == -ECANCELED || g->b.stopping) {
         g->admin_refreshing = false;
         return;
     }
@@ -196,7 +196,7 @@ void ss_on_auth_refreshed(int result, const char *message, void *data)
     if (!g->auth_waiting)
         return;
     g->auth_waiting = false;
-    if (g->stopping) {
+    if (g->b.stopping) {
         g->admin_refreshing = false;
         return;
     }
@@ -213,7 +213,7 @@ void ss_on_auth_refreshed(int result, const char *message, void *data)
  * registration token, runner-registration. Calls wait in wait_admin. */
 void ss_admin_refresh(struct github_scaleset *g)
 {
-    if (g->admin_refreshing || g->stopping || now_ms() < g->next_admin_ms)
+    if (g->admin_refreshing || g->b.stopping || now_ms() < g->next_admin_ms)
         return;
     g->admin_refreshing = true;
     if (!github_auth_header(g->auth)) {
@@ -239,7 +239,7 @@ void ss_state_save(struct github_scaleset *g)
     }
     struct al_error *err = NULL;
     if (al_write_file_atomic(g->state_path, b.data ? b.data : "", b.len, 0600, &err) < 0) {
-        log_warn(NULL, "github %s: %s", g->name, al_error_message(err));
+        log_warn(NULL, "github %s: %s", g->b.name, al_error_message(err));
         al_error_free(err);
     }
     al_buf_free(&b);
@@ -286,6 +286,6 @@ void ss_state_load(struct github_scaleset *g)
         log_info(NULL,
                  "github %s: runner %s (id %" PRId64 ") of a previous agentlabd has no VM "
                  "here; removing it",
-                 g->name, r->name, r->id);
+                 g->b.name, r->name, r->id);
     }
 }

@@ -129,11 +129,11 @@ void ss_call_send(struct sscall *c)
 {
     struct github_scaleset *g = c->g;
     bool to_svc = c->auth == AUTH_ADMIN || c->auth == AUTH_MQ_SVC;
-    if (g->stopping && (to_svc ? !admin_valid_at_stop(g) : c->auth != AUTH_MQ)) {
+    if (g->b.stopping && (to_svc ? !admin_valid_at_stop(g) : c->auth != AUTH_MQ)) {
         call_fail(c, ECANCELED, "stopping");
         return;
     }
-    if (to_svc && !g->stopping && !admin_valid(g)) {
+    if (to_svc && !g->b.stopping && !admin_valid(g)) {
         push_call(&g->wait_admin, c);
         ss_admin_refresh(g);
         return;
@@ -213,7 +213,7 @@ void ss_call_send(struct sscall *c)
         return;
     }
     char capacity[64], ctype[96];
-    snprintf(capacity, sizeof(capacity), "X-ScaleSetMaxCapacity: %d", g->src->max_runners);
+    snprintf(capacity, sizeof(capacity), "X-ScaleSetMaxCapacity: %d", g->b.src->max_runners);
     snprintf(ctype, sizeof(ctype), "Content-Type: %s", c->content_type);
     const char *headers[8];
     size_t n = 0;
@@ -237,13 +237,13 @@ void ss_call_send(struct sscall *c)
             .body = c->body ? c->body : "",
             .body_len = c->body_len,
             .max_response = MAX_BODY,
-            .timeout_ms = g->stopping ? FINAL_TIMEOUT_MS : c->timeout_ms,
+            .timeout_ms = g->b.stopping ? FINAL_TIMEOUT_MS : c->timeout_ms,
     };
     if (!c->body && (streq(c->method, "GET") || streq(c->method, "DELETE")))
         req.body = NULL;
     struct al_error *err = NULL;
     push_call(&g->inflight, c);
-    r = al_http_start(g->curl, &req, on_http_done, c, &c->http, &err);
+    r = al_http_start(g->b.curl, &req, on_http_done, c, &c->http, &err);
     explicit_bzero(auth_line, strlen(auth_line));
     free(auth_line);
     if (r < 0) {
@@ -261,7 +261,7 @@ static void on_http_done(int result, const struct al_http_response *resp,
     struct github_scaleset *g = c->g;
     al_list_del(&c->link);
     c->http = NULL;
-    if (result == 0 && resp->status == 401 && !c->retried && !g->stopping) {
+    if (result == 0 && resp->status == 401 && !c->retried && !g->b.stopping) {
         c->retried = true;
         if (c->auth == AUTH_ADMIN) {
             /* the admin token was refused before its exp: a new one */
@@ -272,7 +272,7 @@ static void on_http_done(int result, const struct al_http_response *resp,
         }
         if (c->auth == AUTH_MQ || c->auth == AUTH_MQ_SVC) {
             log_info(NULL, "github %s: the message-queue token expired; refreshing the session",
-                     g->name);
+                     g->b.name);
             push_call(&g->wait_session, c);
             ss_session_refresh(g);
             return;

@@ -104,12 +104,7 @@ enum phase {
 };
 
 struct github_scaleset {
-    uv_loop_t *loop;
-    struct engine *e;
-    struct al_curl *curl;
-    const struct config *cfg;
-    const struct config_source *src;
-    const char *name;
+    struct gh_base b; /* soon_timer: ss_scale() */
     char *api;        /* REST base, no trailing slash */
     char *scope;      /* "/repos/O/R", "/orgs/O" or "/enterprises/E" */
     char *config_url; /* what runner-registration is told: https://github.com/O[/R] */
@@ -118,7 +113,6 @@ struct github_scaleset {
     char *owner;      /* ownerName of the session */
     char *user_agent; /* "User-Agent: {...}" */
     struct github_auth *auth;
-    struct engine_watch *watch;
 
     /* the Actions Service */
     char *svc;         /* base URL, no trailing slash */
@@ -172,16 +166,8 @@ struct github_scaleset {
     uint64_t scale_backoff_ms;
     bool full_logged;
 
-    uv_timer_t tick_timer;
-    uv_timer_t scale_timer; /* ss_scale() on the next turn: observers never re-enter the engine */
     struct scaleset_message pending; /* the message being acknowledged */
     bool lookup_done;                /* the scale set was looked up by name */
-    bool stopping;
-    bool in_stop; /* github_scaleset_stop() still queues its last call */
-    bool closing;
-    int handles_open;
-    void (*done)(void *data);
-    void *done_data;
 };
 
 struct counts {
@@ -222,7 +208,7 @@ static inline void wipe_body(const struct al_http_response *resp)
 static inline bool call_dropped(const struct github_scaleset *g, int result,
                                 const struct al_http_response *resp)
 {
-    if (result != -ECANCELED && !g->stopping)
+    if (result != -ECANCELED && !g->b.stopping)
         return false;
     if (resp)
         wipe_body(resp);

@@ -39,7 +39,7 @@ static void scale_fail(struct github_scaleset *g, const char *fmt, ...)
     va_end(ap);
     backoff_grow(&g->scale_backoff_ms);
     g->scale_after_ms = now_ms() + al_jitter_ms(g->scale_backoff_ms);
-    log_error(NULL, "github %s: %s; trying again in %" PRIu64 " s", g->name, msg,
+    log_error(NULL, "github %s: %s; trying again in %" PRIu64 " s", g->b.name, msg,
               g->scale_backoff_ms / 1000);
 }
 
@@ -82,9 +82,9 @@ static void on_jit(struct github_scaleset *g, int result, const struct al_http_r
     struct job_spec *spec = NULL;
     struct al_error *serr = NULL;
     char eid[STORE_JOB_ID_SIZE];
-    rc = gh_runner_job_spec(g->src, r->name, g->src->scale_set_name, NULL, jit, &spec, &serr);
+    rc = gh_runner_job_spec(g->b.src, r->name, g->b.src->scale_set_name, NULL, jit, &spec, &serr);
     if (rc == 0)
-        rc = engine_submit(g->e, spec, &(struct engine_submit){0}, eid, &serr);
+        rc = engine_submit(g->b.e, spec, &(struct engine_submit){0}, eid, &serr);
     if (rc < 0) {
         scale_fail(g, "agentlab refused runner %s's VM: %s", r->name, al_error_message(serr));
         al_error_free(serr);
@@ -98,8 +98,8 @@ static void on_jit(struct github_scaleset *g, int result, const struct al_http_r
     r->created_ms = now_ms();
     if (r->state == R_CREATING)
         r->state = R_IDLE;
-    log_info(eid, "github %s: runner %s (id %" PRId64 ") of scale set %s runs as %s", g->name,
-             r->name, r->id, g->src->scale_set_name, eid);
+    log_info(eid, "github %s: runner %s (id %" PRId64 ") of scale set %s runs as %s", g->b.name,
+             r->name, r->id, g->b.src->scale_set_name, eid);
 }
 
 static void runner_create(struct github_scaleset *g)
@@ -134,7 +134,7 @@ static void runner_stop_vm(struct ssrunner *r, const char *why)
     if (r->vm_gone || !r->submitted || r->stopping_vm)
         return;
     r->stopping_vm = true;
-    gh_stop_vm(r->g->e, r->g->name, r->name, r->engine_id, why);
+    gh_stop_vm(r->g->b.e, r->g->b.name, r->name, r->engine_id, why);
 }
 
 static void on_runner_deleted(struct github_scaleset *g, int result,
@@ -148,9 +148,9 @@ static void on_runner_deleted(struct github_scaleset *g, int result,
     if (result == 0 &&
         (resp->status == 204 || resp->status == 404 || is_error(resp, "AgentNotFoundException"))) {
         r->deleted = true;
-        log_info(eid, "github %s: runner %s (id %" PRId64 ") %s", g->name, r->name, r->id,
+        log_info(eid, "github %s: runner %s (id %" PRId64 ") %s", g->b.name, r->name, r->id,
                  resp->status == 204 ? "removed from the scale set" : "is gone already");
-        if (!g->stopping)
+        if (!g->b.stopping)
             ss_state_save(g);
         if (r->retire_reason && !r->vm_gone)
             runner_stop_vm(r, r->retire_reason);
@@ -158,12 +158,12 @@ static void on_runner_deleted(struct github_scaleset *g, int result,
             runner_set_dead(r);
         return;
     }
-    if (result == -ECANCELED || g->stopping)
+    if (result == -ECANCELED || g->b.stopping)
         return;
     if (result == 0 && is_error(resp, "JobStillRunningException")) {
         /* it took a job at the last moment, or its job is still ending */
         if (r->state == R_IDLE) {
-            log_info(eid, "github %s: runner %s is running a job; kept", g->name, r->name);
+            log_info(eid, "github %s: runner %s is running a job; kept", g->b.name, r->name);
             r->state = R_BUSY;
             r->retire_reason = NULL;
             return;
@@ -171,12 +171,12 @@ static void on_runner_deleted(struct github_scaleset *g, int result,
     } else {
         char what[300];
         ss_describe(result, resp, err, what, sizeof(what));
-        log_warn(eid, "github %s: removing runner %s (id %" PRId64 "): %s", g->name, r->name, r->id,
-                 what);
+        log_warn(eid, "github %s: removing runner %s (id %" PRId64 "): %s", g->b.name, r->name,
+                 r->id, what);
     }
     if (++r->delete_tries >= DELETE_TRIES && r->vm_gone) {
         log_warn(eid, "github %s: runner %s: giving up removing it; the next start tries again",
-                 g->name, r->name);
+                 g->b.name, r->name);
         runner_set_dead(r);
         return;
     }
@@ -205,7 +205,7 @@ static void runner_retire(struct ssrunner *r, const char *reason)
     if (r->retire_reason || r->deleting || r->deleted)
         return;
     log_info(r->submitted ? r->engine_id : NULL, "github %s: runner %s: %s; removing it",
-             r->g->name, r->name, reason);
+             r->g->b.name, r->name, reason);
     r->retire_reason = reason;
     runner_delete(r);
 }
@@ -251,10 +251,11 @@ unsigned ss_free_vms(struct github_scaleset *g, const struct counts *c, char *wh
 {
     unsigned n = 0;
     if (why)
-        snprintf(why, why_size, "max_runners is %d", g->src->max_runners);
-    while (c->live + n < (unsigned)g->src->max_runners) {
-        struct engine_admit a = {.pool = g->src->pool, .start_now = true, .held = c->creating + n};
-        if (engine_admit(g->e, &a, why, why_size) != ENGINE_ADMIT_YES)
+        snprintf(why, why_size, "max_runners is %d", g->b.src->max_runners);
+    while (c->live + n < (unsigned)g->b.src->max_runners) {
+        struct engine_admit a = {
+                .pool = g->b.src->pool, .start_now = true, .held = c->creating + n};
+        if (engine_admit(g->b.e, &a, why, why_size) != ENGINE_ADMIT_YES)
             break;
         n++;
     }
@@ -263,10 +264,10 @@ unsigned ss_free_vms(struct github_scaleset *g, const struct counts *c, char *wh
 
 void ss_scale(struct github_scaleset *g)
 {
-    if (g->stopping || !g->scaleset_id || now_ms() < g->scale_after_ms)
+    if (g->b.stopping || !g->scaleset_id || now_ms() < g->scale_after_ms)
         return;
     struct counts c = ss_count(g);
-    unsigned need = c.waiting + (unsigned)g->src->min_runners;
+    unsigned need = c.waiting + (unsigned)g->b.src->min_runners;
     char why[300];
     unsigned room = ss_free_vms(g, &c, why, sizeof(why));
     while (c.spare < need && room > 0) {
@@ -277,7 +278,7 @@ void ss_scale(struct github_scaleset *g)
         room--;
     }
     if (c.spare < need && !g->full_logged) {
-        log_info(NULL, "github %s: %u more runners wanted, no room: %s", g->name, need - c.spare,
+        log_info(NULL, "github %s: %u more runners wanted, no room: %s", g->b.name, need - c.spare,
                  why);
         g->full_logged = true;
     } else if (c.spare >= need) {
@@ -288,14 +289,14 @@ void ss_scale(struct github_scaleset *g)
 static void on_scale_timer(uv_timer_t *t)
 {
     struct github_scaleset *g = t->data;
-    if (!g->stopping)
+    if (!g->b.stopping)
         ss_scale(g);
 }
 
 static void scale_soon(struct github_scaleset *g)
 {
-    if (!g->stopping && !g->closing)
-        uv_timer_start(&g->scale_timer, on_scale_timer, 0, 0);
+    if (!g->b.stopping && !g->b.closing)
+        uv_timer_start(&g->b.soon_timer, on_scale_timer, 0, 0);
 }
 
 /* ------------------------------------------------------------ jobs */
@@ -342,12 +343,12 @@ void ss_on_acquired(struct github_scaleset *g, int result, const struct al_http_
     g->acquiring -= a->n;
     unsigned asked = a->n;
     free(a);
-    if (result == -ECANCELED || g->stopping)
+    if (result == -ECANCELED || g->b.stopping)
         return;
     if (result < 0 || resp->status != 200) {
         char what[300];
         ss_describe(result, resp, err, what, sizeof(what));
-        log_warn(NULL, "github %s: acquiring %u jobs: %s; they stay available", g->name, asked,
+        log_warn(NULL, "github %s: acquiring %u jobs: %s; they stay available", g->b.name, asked,
                  what);
         return;
     }
@@ -355,7 +356,7 @@ void ss_on_acquired(struct github_scaleset *g, int result, const struct al_http_
     size_t n = 0;
     struct al_error *perr = NULL;
     if (scaleset_parse_acquired(resp->body.data, resp->body.len, &ids, &n, &perr) < 0) {
-        log_warn(NULL, "github %s: the acquirejobs answer: %s", g->name, al_error_message(perr));
+        log_warn(NULL, "github %s: the acquirejobs answer: %s", g->b.name, al_error_message(perr));
         al_error_free(perr);
         return;
     }
@@ -369,7 +370,7 @@ void ss_on_acquired(struct github_scaleset *g, int result, const struct al_http_
         j->state = J_WAITING;
         al_list_add(&g->jobs, &j->link);
     }
-    log_info(NULL, "github %s: acquired %zu of %u jobs", g->name, n, asked);
+    log_info(NULL, "github %s: acquired %zu of %u jobs", g->b.name, n, asked);
     free(ids);
     ss_scale(g);
 }
@@ -379,9 +380,9 @@ void ss_on_acquired(struct github_scaleset *g, int result, const struct al_http_
 static void runners_tick(struct github_scaleset *g)
 {
     uint64_t now = now_ms();
-    uint64_t idle_ms = (uint64_t)g->src->runner_idle_timeout_s * 1000u;
+    uint64_t idle_ms = (uint64_t)g->b.src->runner_idle_timeout_s * 1000u;
     struct counts c = ss_count(g);
-    unsigned need = c.waiting + (unsigned)g->src->min_runners;
+    unsigned need = c.waiting + (unsigned)g->b.src->min_runners;
     unsigned spare = c.spare;
     al_list_for_each(r, &g->runners, struct ssrunner, link) {
         switch (r->state) {
@@ -419,7 +420,7 @@ static void runners_tick(struct github_scaleset *g)
 void ss_on_tick(uv_timer_t *t)
 {
     struct github_scaleset *g = t->data;
-    if (g->stopping)
+    if (g->b.stopping)
         return;
     uint64_t now = now_ms();
     if (g->admin_refreshing && g->reg_token && g->next_register_ms && now >= g->next_register_ms) {
@@ -459,10 +460,10 @@ static void on_finished(const char *job_id, enum job_state state, const struct a
     if (!r || r->vm_gone)
         return;
     r->vm_gone = true;
-    log_info(job_id, "github %s: runner %s: its VM ended (%s)", g->name, r->name,
+    log_info(job_id, "github %s: runner %s: its VM ended (%s)", g->b.name, r->name,
              job_state_to_string(state));
     if ((r->state == R_IDLE || r->state == R_CREATING) && state != JOB_STATE_SUCCEEDED &&
-        !r->retire_reason && !r->stopping_vm && !g->stopping) {
+        !r->retire_reason && !r->stopping_vm && !g->b.stopping) {
         /* its VM failed before the runner took a job (a broken image, a
          * guest that does not boot): the replacement waits, longer each
          * time, so a broken image does not burn JIT configs in a loop */
@@ -504,8 +505,8 @@ const struct engine_observer ss_observer = {
 void ss_cancel_orphans(struct github_scaleset *g)
 {
     char name[160];
-    snprintf(name, sizeof(name), "github %s", g->name);
-    orphans_cancel(g->e, JOB_SOURCE_GITHUB, name, NULL, NULL,
+    snprintf(name, sizeof(name), "github %s", g->b.name);
+    orphans_cancel(g->b.e, JOB_SOURCE_GITHUB, name, NULL, NULL,
                    "its JIT runner config was lost with the previous agentlabd (its runner is "
                    "removed from the scale set at start)");
 }

@@ -58,7 +58,7 @@ static unsigned acquire_offered(struct github_scaleset *g, const struct scaleset
         log_info(NULL,
                  "github %s: %u jobs available, room for %u now (%s); the rest stays "
                  "available",
-                 g->name, offered, n, why);
+                 g->b.name, offered, n, why);
     if (n) {
         struct acquire_ctx *a = calloc(1, sizeof(*a));
         char *b = strndup(body.data, body.len);
@@ -105,7 +105,7 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
                 r->state = R_BUSY;
                 r->retire_reason = NULL;
                 log_info(r->submitted ? r->engine_id : NULL,
-                         "github %s: runner %s started job %s (request %" PRId64 ")%s%s", g->name,
+                         "github %s: runner %s started job %s (request %" PRId64 ")%s%s", g->b.name,
                          r->name, j->display_name ? j->display_name : "unnamed", j->request_id,
                          j->repo ? " of " : "", j->repo ? j->repo : "");
             }
@@ -114,14 +114,14 @@ static void handle_message(struct github_scaleset *g, const struct scaleset_mess
             if (r && r->state != R_ENDING && r->state != R_DEAD) {
                 if (r->state != R_DONE)
                     log_info(r->submitted ? r->engine_id : NULL,
-                             "github %s: runner %s finished job %s (%s)", g->name, r->name,
+                             "github %s: runner %s finished job %s (%s)", g->b.name, r->name,
                              j->display_name ? j->display_name : "unnamed",
                              j->result ? j->result : "no result");
                 r->state = R_DONE;
                 r->done_ms = now_ms();
             } else if (!j->runner_name) {
                 log_info(NULL, "github %s: job request %" PRId64 " ended without a runner (%s)",
-                         g->name, j->request_id, j->result ? j->result : "no result");
+                         g->b.name, j->request_id, j->result ? j->result : "no result");
             }
         }
     }
@@ -142,7 +142,7 @@ static void on_acquirable(struct github_scaleset *g, int result,
 {
     (void)data;
     g->catching_up = false;
-    if (result == -ECANCELED || g->stopping)
+    if (result == -ECANCELED || g->b.stopping)
         return;
     if (result == 0 && resp->status == 204) {
         g->stats.available = 0; /* nothing to catch up until a message says otherwise */
@@ -151,27 +151,29 @@ static void on_acquirable(struct github_scaleset *g, int result,
     if (result < 0 || resp->status != 200) {
         char what[300];
         ss_describe(result, resp, err, what, sizeof(what));
-        log_warn(NULL, "github %s: asking for acquirable jobs: %s", g->name, what);
+        log_warn(NULL, "github %s: asking for acquirable jobs: %s", g->b.name, what);
         return;
     }
     struct scaleset_message m = {0};
     struct al_error *perr = NULL;
     if (scaleset_parse_acquirable(resp->body.data, resp->body.len, &m, &perr) < 0) {
-        log_warn(NULL, "github %s: the acquirablejobs answer: %s", g->name, al_error_message(perr));
+        log_warn(NULL, "github %s: the acquirablejobs answer: %s", g->b.name,
+                 al_error_message(perr));
         al_error_free(perr);
         return;
     }
     unsigned offered = acquire_offered(g, m.jobs, m.n_jobs);
     if (!offered)
         g->stats.available = 0;
-    log_info(NULL, "github %s: caught up: %u acquirable jobs not offered again", g->name, offered);
+    log_info(NULL, "github %s: caught up: %u acquirable jobs not offered again", g->b.name,
+             offered);
     scaleset_message_clear(&m);
 }
 
 void ss_catch_up(struct github_scaleset *g)
 {
     uint64_t now = now_ms();
-    if (g->stopping || g->phase != PH_POLL || g->catching_up || g->acquiring ||
+    if (g->b.stopping || g->phase != PH_POLL || g->catching_up || g->acquiring ||
         g->stats.available <= 0 || now < g->next_catchup_ms || now - g->last_offer_ms < CATCHUP_MS)
         return;
     struct counts c = ss_count(g);
@@ -192,14 +194,14 @@ static void on_message_deleted(struct github_scaleset *g, int result,
 {
     (void)data;
     g->acking = false;
-    if (result == -ECANCELED || g->stopping) {
+    if (result == -ECANCELED || g->b.stopping) {
         scaleset_message_clear(&g->pending);
         return;
     }
     if (result < 0 || resp->status != 204) {
         char what[300];
         ss_describe(result, resp, err, what, sizeof(what));
-        log_warn(NULL, "github %s: deleting message %" PRId64 ": %s", g->name, g->last_message_id,
+        log_warn(NULL, "github %s: deleting message %" PRId64 ": %s", g->b.name, g->last_message_id,
                  what);
     }
     /* acknowledged before anything is acquired (GitHub's listener does the
@@ -211,7 +213,8 @@ static void on_message_deleted(struct github_scaleset *g, int result,
 
 static void session_lost(struct github_scaleset *g, const char *why)
 {
-    log_warn(NULL, "github %s: the message session is gone (%s); creating a new one", g->name, why);
+    log_warn(NULL, "github %s: the message session is gone (%s); creating a new one", g->b.name,
+             why);
     if (g->session.mq_token)
         al_redact_remove(g->session.mq_token);
     scaleset_session_clear(&g->session);
@@ -227,9 +230,9 @@ static void poll_failed(struct github_scaleset *g, const char *what)
     g->next_poll_ms = now_ms() + al_jitter_ms(g->poll_backoff_ms);
     if (first)
         log_warn(NULL, "github %s: polling for messages: %s; polling again in %" PRIu64 " s",
-                 g->name, what, g->poll_backoff_ms / 1000);
+                 g->b.name, what, g->poll_backoff_ms / 1000);
     else
-        log_debug(NULL, "github %s: polling for messages: %s", g->name, what);
+        log_debug(NULL, "github %s: polling for messages: %s", g->b.name, what);
 }
 
 static void on_polled(struct github_scaleset *g, int result, const struct al_http_response *resp,
@@ -237,7 +240,7 @@ static void on_polled(struct github_scaleset *g, int result, const struct al_htt
 {
     (void)data;
     g->polling = false;
-    if (result == -ECANCELED || g->stopping)
+    if (result == -ECANCELED || g->b.stopping)
         return;
     g->polls++;
     if (result == -ENOENT || (result == 0 && resp->status == 404)) {
@@ -282,7 +285,7 @@ static void on_polled(struct github_scaleset *g, int result, const struct al_htt
              "github %s: message %" PRId64 ": %u available, %u assigned, %u started, %u "
              "completed; scale set: %" PRId64 " assigned, %" PRId64 " running, %" PRId64
              " runners (%" PRId64 " busy, %" PRId64 " idle)",
-             g->name, m.id, kinds[SCALESET_JOB_AVAILABLE], kinds[SCALESET_JOB_ASSIGNED],
+             g->b.name, m.id, kinds[SCALESET_JOB_AVAILABLE], kinds[SCALESET_JOB_ASSIGNED],
              kinds[SCALESET_JOB_STARTED], kinds[SCALESET_JOB_COMPLETED], m.stats.assigned,
              m.stats.running, m.stats.registered, m.stats.busy, m.stats.idle);
     char *target = NULL;
@@ -299,7 +302,7 @@ static void on_polled(struct github_scaleset *g, int result, const struct al_htt
 
 void ss_poll_now(struct github_scaleset *g)
 {
-    if (g->stopping || g->phase != PH_POLL || g->polling || g->acking)
+    if (g->b.stopping || g->phase != PH_POLL || g->polling || g->acking)
         return;
     g->polling = true;
     ss_call(g, "GET", AUTH_MQ, NULL, NULL, on_polled, NULL);
@@ -338,9 +341,9 @@ void ss_on_session_deleted(struct github_scaleset *g, int result,
     char what[300];
     ss_describe(result, resp, err, what, sizeof(what));
     if (result == 0 && resp->status == 204)
-        log_info(NULL, "github %s: deleted %s", g->name, which);
+        log_info(NULL, "github %s: deleted %s", g->b.name, which);
     else
-        log_warn(NULL, "github %s: deleting %s: %s", g->name, which, what);
+        log_warn(NULL, "github %s: deleting %s: %s", g->b.name, which, what);
 }
 
 /* A session the service created while this listener was stopping: it would
@@ -369,7 +372,7 @@ static void on_session_answer(struct github_scaleset *g, int result,
 {
     const struct session_answer *a = data;
     g->session_busy = false;
-    if (g->stopping && a == &created && result != -ECANCELED) {
+    if (g->b.stopping && a == &created && result != -ECANCELED) {
         session_created_at_stop(g, result, resp);
         return;
     }
@@ -392,7 +395,7 @@ static void session_refreshed(struct github_scaleset *g, int result,
         scaleset_parse_session(resp->body.data, resp->body.len, &s, &perr) == 0) {
         wipe_body(resp);
         session_take(g, &s);
-        log_info(NULL, "github %s: session %s refreshed", g->name, s.session_id);
+        log_info(NULL, "github %s: session %s refreshed", g->b.name, s.session_id);
         ss_send_list(&g->wait_session);
         return;
     }
@@ -404,7 +407,7 @@ static void session_refreshed(struct github_scaleset *g, int result,
     if (resp)
         wipe_body(resp);
     al_error_free(perr);
-    log_warn(NULL, "github %s: refreshing the session: %s", g->name, what);
+    log_warn(NULL, "github %s: refreshing the session: %s", g->b.name, what);
     /* the callers see ENOENT: the poll makes a new session */
     ss_fail_list(&g->wait_session, ENOENT, what);
 }
@@ -440,7 +443,7 @@ static void session_created(struct github_scaleset *g, int result,
             log_info(NULL,
                      "github %s: session %s on scale set %s (id %" PRId64 "): %" PRId64
                      " jobs assigned, %" PRId64 " runners registered",
-                     g->name, s.session_id, g->src->scale_set_name, g->scaleset_id,
+                     g->b.name, s.session_id, g->b.src->scale_set_name, g->scaleset_id,
                      s.stats.assigned, s.stats.registered);
             ss_scale(g);
             ss_poll_now(g);
@@ -451,7 +454,7 @@ static void session_created(struct github_scaleset *g, int result,
         al_error_free(perr);
         backoff_grow(&g->session_backoff_ms);
         g->next_session_ms = now_ms() + al_jitter_ms(g->session_backoff_ms);
-        log_warn(NULL, "github %s: %s", g->name, m);
+        log_warn(NULL, "github %s: %s", g->b.name, m);
         return;
     }
     char what[300];
@@ -465,19 +468,20 @@ static void session_created(struct github_scaleset *g, int result,
                  "github %s: scale set %s already has an active session (another listener, or "
                  "one a killed agentlabd left until it expires): %s; trying again in %" PRIu64
                  " s (conflict %u)",
-                 g->name, g->src->scale_set_name, what, g->session_backoff_ms / 1000, g->conflicts);
+                 g->b.name, g->b.src->scale_set_name, what, g->session_backoff_ms / 1000,
+                 g->conflicts);
         return;
     }
     if (result == 0 && (resp->status == 404 || is_error(resp, "RunnerScaleSetNotFoundException"))) {
-        log_warn(NULL, "github %s: scale set %s is gone (%s); registering it again", g->name,
-                 g->src->scale_set_name, what);
+        log_warn(NULL, "github %s: scale set %s is gone (%s); registering it again", g->b.name,
+                 g->b.src->scale_set_name, what);
         g->scaleset_id = 0;
         g->lookup_done = false;
         g->phase = PH_SETUP;
         g->next_setup_ms = now_ms();
         return;
     }
-    log_warn(NULL, "github %s: creating the session: %s; trying again in %" PRIu64 " s", g->name,
+    log_warn(NULL, "github %s: creating the session: %s; trying again in %" PRIu64 " s", g->b.name,
              what, g->session_backoff_ms / 1000);
 }
 
@@ -485,7 +489,7 @@ static struct session_answer created = {session_created};
 
 void ss_session_create(struct github_scaleset *g)
 {
-    if (g->session_busy || g->stopping)
+    if (g->session_busy || g->b.stopping)
         return;
     yajl_gen gen = yajl_gen_alloc(NULL);
     char *body = NULL;
