@@ -400,7 +400,8 @@ int gitlab_cache_store_evict(struct gitlab_cache_store *s, uint64_t *ret_evicted
         uint64_t total = 0;
         for (size_t i = 0; i < n; i++)
             total += files[i].size;
-        qsort(files, n, sizeof(*files), by_use);
+        if (n > 1)
+            qsort(files, n, sizeof(*files), by_use);
         size_t left = n;
         for (size_t i = 0; i < n && total > s->max_bytes; i++) {
             /* ENOENT: another host or job removed or replaced it first */
