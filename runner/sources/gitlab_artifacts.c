@@ -12,6 +12,26 @@
 #include "runner/base/macro.h"
 #include "runner/base/util.h"
 
+/* The size bytes of in as the data of the entry just written to w: a file
+ * that shrank meanwhile is an error, one that grew is cut at size. */
+static int copy_data(struct archive *w, int in, int64_t size, const char *rel,
+                     struct al_error **err)
+{
+    char buf[64 * 1024];
+    ssize_t n;
+    int64_t left = size;
+    while (left > 0 && (n = read(in, buf, sizeof(buf))) > 0) {
+        if (n > left)
+            n = (ssize_t)left;
+        if (archive_write_data(w, buf, (size_t)n) != n)
+            return al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(w));
+        left -= n;
+    }
+    if (left > 0)
+        return al_error_set(err, EIO, "artifact %s shrank while packing", rel);
+    return 0;
+}
+
 static int add_file(struct archive *zip, struct archive_entry *e, const char *rel, uint64_t *total,
                     uint64_t max_bytes, struct al_error **err)
 {
@@ -37,18 +57,8 @@ static int add_file(struct archive *zip, struct archive_entry *e, const char *re
     int r = 0;
     if (archive_write_header(zip, out) != ARCHIVE_OK)
         r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(zip));
-    char buf[64 * 1024];
-    ssize_t n;
-    int64_t left = st.st_size;
-    while (r == 0 && left > 0 && (n = read(fd, buf, sizeof(buf))) > 0) {
-        if (n > left)
-            n = (ssize_t)left;
-        if (archive_write_data(zip, buf, (size_t)n) != n)
-            r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(zip));
-        left -= n;
-    }
-    if (r == 0 && left > 0)
-        r = al_error_set(err, EIO, "artifact %s shrank while packing", rel);
+    if (r == 0)
+        r = copy_data(zip, fd, st.st_size, rel, err);
     archive_entry_free(out);
     return r;
 }
@@ -145,18 +155,8 @@ static int gzip_member(struct stream *s, int in, const char *rel, int64_t size,
         if (archive_write_header(w, e) != ARCHIVE_OK)
             r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(w));
     }
-    char buf[64 * 1024];
-    ssize_t n;
-    int64_t left = size;
-    while (r == 0 && left > 0 && (n = read(in, buf, sizeof(buf))) > 0) {
-        if (n > left)
-            n = (ssize_t)left;
-        if (archive_write_data(w, buf, (size_t)n) != n)
-            r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(w));
-        left -= n;
-    }
-    if (r == 0 && left > 0)
-        r = al_error_set(err, EIO, "artifact %s shrank while packing", rel);
+    if (r == 0)
+        r = copy_data(w, in, size, rel, err);
     if (archive_write_close(w) != ARCHIVE_OK && r == 0)
         r = al_error_set(err, EIO, "packing artifact %s: %s", rel, archive_error_string(w));
     archive_entry_free(e);
