@@ -341,6 +341,7 @@ static void test_snapshots(void **state)
     store_close(store);
     config_free(cfg);
     free(db);
+    test_destroy_storage_pools(dir);
     test_tmpdir_remove(dir);
 }
 

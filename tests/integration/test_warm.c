@@ -189,6 +189,7 @@ static void test_warm_pool(void **state)
     store_close(store);
     config_free(cfg);
     free(db);
+    test_destroy_storage_pools(dir);
     test_tmpdir_remove(dir);
 }
 

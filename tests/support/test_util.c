@@ -33,6 +33,23 @@ void test_tmpdir_remove(char *path)
     free(path);
 }
 
+void test_destroy_storage_pools(const char *dir)
+{
+    _cleanup_free_ char *cmd = NULL;
+    if (!dir || strchr(dir, '\'') ||
+        asprintf(&cmd,
+                 "for p in $(virsh -c qemu:///system pool-list --name 2>/dev/null | "
+                 "grep '^agentlab-'); do "
+                 "case \"$(virsh -c qemu:///system pool-dumpxml \"$p\" 2>/dev/null | "
+                 "sed -n 's|.*<path>\\(.*\\)</path>.*|\\1|p' | head -n 1)\" in "
+                 "'%s'/*) virsh -c qemu:///system pool-destroy \"$p\" >/dev/null 2>&1;; esac; "
+                 "done",
+                 dir) < 0)
+        return;
+    if (system(cmd) != 0)
+        fprintf(stderr, "destroying the storage pools below %s failed\n", dir);
+}
+
 struct deadline {
     uv_timer_t timer;
     uv_timer_t check;

@@ -17,6 +17,11 @@ char *test_tmpdir(const char *tag);
 /* Removes a directory tree created by test_tmpdir() and frees the path. */
 void test_tmpdir_remove(char *path);
 
+/* Destroys the transient libvirt storage pools (agentlab-*) whose directory
+ * lies below dir: the libvirt backend makes one for a private state dir and
+ * it outlives the test (tests/integration/lib.sh does the same for scripts). */
+void test_destroy_storage_pools(const char *dir);
+
 /* Runs the loop until *flag is true or timeout_ms passes; returns *flag. */
 bool test_run_until(uv_loop_t *loop, const bool *flag, unsigned timeout_ms);
 
