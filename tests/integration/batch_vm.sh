@@ -84,11 +84,19 @@ for t in t1 t2 t3 t4 t5 t6; do
 done
 echo "artifacts: $(ls "$TEST_TMP/arts" | tr '\n' ' ')"
 # the store indexes each collected file (size, SHA-256) and counts it in the
-# job's bytes, which retention_size weighs
+# job's bytes, which retention_size weighs; a job's end is stored before its
+# VM is torn down, and its files are indexed after, so the last job's row
+# may take a moment
 db=$AGENTLAB_STATE_DIR/agentlab.db
-rows=$(sqlite3 -cmd '.timeout 5000' "$db" "select j.id, a.path, a.size, a.sha256, j.bytes - j.log_bytes
-    from artifacts a join jobs j on j.id = a.job_id join batch_jobs b on b.job_id = j.id
-    where b.batch_id = '$bid' order by j.id")
+i=0
+while :; do
+    rows=$(sqlite3 -cmd '.timeout 5000' "$db" "select j.id, a.path, a.size, a.sha256,
+        j.bytes - j.log_bytes from artifacts a join jobs j on j.id = a.job_id
+        join batch_jobs b on b.job_id = j.id where b.batch_id = '$bid' order by j.id")
+    [ "$(printf '%s\n' "$rows" | grep -c .)" -lt 6 ] && [ $i -lt 60 ] || break
+    i=$((i + 1))
+    sleep 0.5
+done
 echo "$rows"
 [ "$(printf '%s\n' "$rows" | grep -c .)" = 6 ] || fail "6 artifacts indexed, got: $rows"
 printf '%s\n' "$rows" | while IFS='|' read -r jid path size sum extra; do
