@@ -32,15 +32,28 @@ static int copy_data(struct archive *w, int in, int64_t size, const char *rel,
     return 0;
 }
 
+/* The walked file e, opened for reading: still a regular file (never
+ * through a symlink). A negative errno with err set otherwise. */
+static int open_regular(struct archive_entry *e, const char *rel, struct stat *st,
+                        struct al_error **err)
+{
+    int fd = open(archive_entry_sourcepath(e), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return al_error_set_errno(err, errno, "reading artifact %s", rel);
+    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+        close(fd);
+        return al_error_set(err, EIO, "artifact %s changed while packing", rel);
+    }
+    return fd;
+}
+
 static int add_file(struct archive *zip, struct archive_entry *e, const char *rel, uint64_t *total,
                     uint64_t max_bytes, struct al_error **err)
 {
-    _cleanup_close_ int fd = open(archive_entry_sourcepath(e), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return al_error_set_errno(err, errno, "reading artifact %s", rel);
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        return al_error_set(err, EIO, "artifact %s changed while packing", rel);
+    _cleanup_close_ int fd = open_regular(e, rel, &st, err);
+    if (fd < 0)
+        return fd;
     /* a generous bound on the zip's growth: data plus headers */
     *total += (uint64_t)st.st_size + 2 * strlen(rel) + 128;
     if (max_bytes && *total > max_bytes)
@@ -190,12 +203,10 @@ static int stream_entry(struct archive_entry *e, const char *rel, void *userdata
     if (!s->gzip && s->files)
         return al_error_set(err, EINVAL,
                             "artifact %s: a raw artifact is one file, more than one matches", rel);
-    _cleanup_close_ int fd = open(archive_entry_sourcepath(e), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return al_error_set_errno(err, errno, "reading artifact %s", rel);
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        return al_error_set(err, EIO, "artifact %s changed while packing", rel);
+    _cleanup_close_ int fd = open_regular(e, rel, &st, err);
+    if (fd < 0)
+        return fd;
     /* gzip grows incompressible data by a little; 64 bytes covers a header */
     s->total += (uint64_t)st.st_size + (s->gzip ? (uint64_t)st.st_size / 1000 + 64 : 0);
     if (s->max_bytes && s->total > s->max_bytes)
