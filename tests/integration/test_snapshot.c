@@ -230,24 +230,15 @@ static void check_fresh(const struct run *r, char rnd[80], char host[80])
 static void test_snapshots(void **state)
 {
     (void)state;
-    const char *shared = getenv("AGENTLAB_TEST_STATE");
-    if (!shared)
-        test_skip("AGENTLAB_TEST_STATE is not set: run through ctest (the micro fixture)");
     struct ctx c = {0};
-    char *dir = test_tmpdir("snapshot");
+    char *dir = test_micro_tmpdir("snapshot");
     snprintf(c.dir, sizeof(c.dir), "%s", dir);
-    char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "mkdir -p %s/state/images && cp -a %s/images/micro %s/state/images/",
-             dir, shared, dir);
-    assert_int_equal(system(cmd), 0);
     char conf[1024];
     snprintf(conf, sizeof(conf),
              "[agent]\nstate_dir = %s/state\nrun_dir = %s/run\nimage = micro\nlog_level = warn\n"
              "boot_timeout = 20m\n"
              "[backend \"local\"]\nmax_vms = 3\nvcpus = 3\n[pool \"default\"]\nstart = snapshot\n",
              dir, dir);
-    unsetenv("AGENTLAB_STATE_DIR");
-    unsetenv("AGENTLAB_RUN_DIR");
     struct al_error *err = NULL;
     struct config *cfg = NULL;
     assert_int_equal(config_load_string(conf, strlen(conf), "snap.conf", &cfg, &err), 0);
@@ -324,6 +315,7 @@ static void test_snapshots(void **state)
     wait_torn_down(&c, c.runs[0].vm);
 
     /* 5. the image changed (a rebuild writes a new manifest): stale */
+    char cmd[2048];
     snprintf(cmd, sizeof(cmd),
              "sed -i 's/\"created\": \"[^\"]*\"/\"created\": \"2099-01-01T00:00:00.000Z\"/' "
              "%s/state/images/micro/manifest.json",

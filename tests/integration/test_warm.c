@@ -99,22 +99,13 @@ static void on_stopped(void *data)
 static void test_warm_pool(void **state)
 {
     (void)state;
-    const char *shared = getenv("AGENTLAB_TEST_STATE");
-    if (!shared)
-        test_skip("AGENTLAB_TEST_STATE is not set: run through ctest (the micro fixture)");
-    char *dir = test_tmpdir("warm");
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "mkdir -p %s/state/images && cp -a %s/images/micro %s/state/images/",
-             dir, shared, dir);
-    assert_int_equal(system(cmd), 0);
+    char *dir = test_micro_tmpdir("warm");
     char conf[1024];
     snprintf(conf, sizeof(conf),
              "[agent]\nstate_dir = %s/state\nrun_dir = %s/run\nimage = micro\nlog_level = warn\n"
              "boot_timeout = 20m\n"
              "[backend \"local\"]\nmax_vms = 2\n[pool \"default\"]\nwarm = 1\n",
              dir, dir);
-    unsetenv("AGENTLAB_STATE_DIR");
-    unsetenv("AGENTLAB_RUN_DIR");
     struct al_error *err = NULL;
     struct config *cfg = NULL;
     assert_int_equal(config_load_string(conf, strlen(conf), "warm.conf", &cfg, &err), 0);

@@ -50,6 +50,25 @@ void test_destroy_storage_pools(const char *dir)
         fprintf(stderr, "destroying the storage pools below %s failed\n", dir);
 }
 
+char *test_micro_tmpdir(const char *tag)
+{
+    const char *shared = getenv("AGENTLAB_TEST_STATE");
+    if (!shared)
+        test_skip("AGENTLAB_TEST_STATE is not set: run through ctest (the micro fixture)");
+    char *dir = test_tmpdir(tag);
+    _cleanup_free_ char *cmd = NULL;
+    if (!dir ||
+        asprintf(&cmd, "mkdir -p '%s/state/images' && cp -a '%s/images/micro' '%s/state/images/'",
+                 dir, shared, dir) < 0 ||
+        system(cmd) != 0) {
+        fprintf(stderr, "copying the micro image from %s failed\n", shared);
+        abort();
+    }
+    unsetenv("AGENTLAB_STATE_DIR");
+    unsetenv("AGENTLAB_RUN_DIR");
+    return dir;
+}
+
 struct deadline {
     uv_timer_t timer;
     uv_timer_t check;

@@ -22,6 +22,13 @@ void test_tmpdir_remove(char *path);
  * it outlives the test (tests/integration/lib.sh does the same for scripts). */
 void test_destroy_storage_pools(const char *dir);
 
+/* A new temporary dir (test_tmpdir(tag)) whose state/images holds a copy of
+ * the micro image of the ctest fixture ($AGENTLAB_TEST_STATE), for a test
+ * that runs an engine on its own state dir: AGENTLAB_STATE_DIR and
+ * AGENTLAB_RUN_DIR are unset so the test's config decides. Skips the test
+ * when the fixture is not there. */
+char *test_micro_tmpdir(const char *tag);
+
 /* Runs the loop until *flag is true or timeout_ms passes; returns *flag. */
 bool test_run_until(uv_loop_t *loop, const bool *flag, unsigned timeout_ms);
 
