@@ -504,6 +504,7 @@ struct parse_state {
      * that line (long_value_line) */
     char *long_value;
     int long_value_line;
+    bool after_key; /* a key line since the last header: see reader() */
     char *error;
     int error_line;
 };
@@ -511,8 +512,8 @@ struct parse_state {
 static int parse_error(struct parse_state *st, const char *fmt, ...) _printf_(2, 3);
 static struct raw_section *section_get(struct parse_state *st, const char *header);
 
-/* Where libinih ends a key or a value: at one of chars, or at a ';' after
- * whitespace (an inline comment, as this libinih is built), or at the end. */
+/* Where libinih ends a key or value: at one of chars, a ';' after a space
+ * (an inline comment, as this libinih is built) or the end. */
 static const char *find_chars_or_comment(const char *s, const char *end, const char *chars)
 {
     bool was_space = false;
@@ -594,7 +595,10 @@ static char *reader(char *str, int num, void *stream)
     size_t i = line_len + (nl ? 1 : 0);
     if (i > (size_t)num - 1) {
         /* libinih would read the rest as a line of its own */
-        return shorten_long_line(st, line, line_len, str, num) ? str : NULL;
+        if (!shorten_long_line(st, line, line_len, str, num))
+            return NULL;
+        st->after_key |= str[0] != '#';
+        return str;
     }
     memcpy(str, line, i);
     str[i] = '\0';
@@ -603,7 +607,16 @@ static char *reader(char *str, int num, void *stream)
     const char *p = str;
     while (*p == ' ' || *p == '\t')
         p++;
+    bool content = *p && *p != '\r' && *p != '\n' && *p != '#' && *p != ';';
+    if (content && p > str && st->after_key) {
+        /* libinih: a continuation of the value above, inline comment kept */
+        parse_error(st, "indented line continues the value above: write each key = value "
+                        "on one line");
+        return NULL;
+    }
     const char *close = *p == '[' ? strchr(p, ']') : NULL;
+    if (content)
+        st->after_key = !close;
     if (close) {
         _cleanup_free_ char *header = strndup(p + 1, (size_t)(close - p - 1));
         struct raw_section *sec = header ? section_get(st, header) : NULL;
@@ -714,6 +727,8 @@ static int handler(void *user, const char *section, const char *name, const char
     if (value && strlen(value) > AL_CONFIG_MAX_VALUE)
         return parse_error(st, "the value of \"%s\" is longer than %d bytes", name,
                            AL_CONFIG_MAX_VALUE);
+    if (value && value[0] == ';') /* "key = ;x" would read back as a comment */
+        return parse_error(st, "the value of \"%s\" begins with ';'", name);
     e->name = strdup(name);
     e->value = strdup(value ? value : "");
     e->line = st->line;
@@ -742,8 +757,7 @@ static void parse_state_free(struct parse_state *st)
     free(st->error);
 }
 
-/* Applies a raw section's entries onto base. The "type" key is applied first
- * so that type-specific keys can be checked. */
+/* Applies a raw section's entries onto base, "type" first (it decides keys). */
 static int apply_section(const char *file, const struct raw_section *s, void *base,
                          struct al_error **err)
 {
@@ -788,8 +802,7 @@ static int apply_section(const char *file, const struct raw_section *s, void *ba
     return 0;
 }
 
-/* Appends a zeroed element to the array *arr of *n; returns it, or NULL on
- * ENOMEM. */
+/* Appends a zeroed element to the array *arr of *n; returns it or NULL. */
 static void *grow(void **arr, size_t *n, size_t elem)
 {
     char *g = realloc(*arr, (*n + 1) * elem);

@@ -230,6 +230,29 @@ static void test_long_line_and_nul(void **state)
     al_error_free(err);
 }
 
+/* libinih reads an indented line after a key as more of that key's value,
+ * its inline comment kept, which config show could not write back (found
+ * by fuzz_config): it is refused; an indented key under a header is not. */
+static void test_indented_lines(void **state)
+{
+    (void)state;
+    char *msg = load_err("[backend \"a\"]\nnetwork = x ; c1\n\tmore ; c2\n");
+    assert_string_equal(msg, "test.conf:3: indented line continues the value above: write "
+                             "each key = value on one line");
+    free(msg);
+    msg = load_err("[agent]\nimage = x\n\n# c\n  [backend \"a\"]\n");
+    assert_non_null(strstr(msg, "test.conf:5: indented line continues"));
+    free(msg);
+    /* "key =;x" is the value ";x", which "key = ;x" is not */
+    msg = load_err("[backend \"a\"]\nnetwork =; 2\n");
+    assert_string_equal(msg, "test.conf:2: the value of \"network\" begins with ';'");
+    free(msg);
+    struct config *c = load_ok("[backend \"a\"]\n  type = libvirt\n\n  # c\n[agent]\n"
+                               "\timage = y ; z\n");
+    assert_string_equal(c->agent.image, "y");
+    config_free(c);
+}
+
 static void test_print_roundtrip(void **state)
 {
     (void)state;
@@ -394,6 +417,7 @@ int main(void)
             cmocka_unit_test(test_env_override),
             cmocka_unit_test(test_errors_name_file_line_key),
             cmocka_unit_test(test_long_line_and_nul),
+            cmocka_unit_test(test_indented_lines),
             cmocka_unit_test(test_print_roundtrip),
             cmocka_unit_test(test_print_roundtrip_long_values),
             cmocka_unit_test(test_github_source),
