@@ -5,6 +5,7 @@
 #include "provision/guest/helper.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <linux/random.h>
 #include <stdlib.h>
@@ -27,21 +28,20 @@ static int add_entropy(const uint8_t *val, uint32_t len)
 {
     if (len < ENTROPY_MIN || len > ENTROPY_MAX)
         return -EINVAL;
-    struct {
-        struct rand_pool_info info;
-        uint32_t buf[ENTROPY_MAX / 4];
-    } rp;
-    rp.info.entropy_count = (int)len * 8;
-    rp.info.buf_size = (int)len;
-    memcpy(rp.buf, val, len);
+    /* struct rand_pool_info ends in a flexible array: room behind it */
+    _Alignas(struct rand_pool_info) uint8_t raw[sizeof(struct rand_pool_info) + ENTROPY_MAX];
+    struct rand_pool_info *info = (struct rand_pool_info *)raw;
+    info->entropy_count = (int)len * 8;
+    info->buf_size = (int)len;
+    memcpy(raw + offsetof(struct rand_pool_info, buf), val, len);
     int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    int r = ioctl(fd, RNDADDENTROPY, &rp.info) < 0 ? -errno : 0;
+    int r = ioctl(fd, RNDADDENTROPY, info) < 0 ? -errno : 0;
     if (r == 0 && ioctl(fd, RNDRESEEDCRNG) < 0)
         r = -errno;
     close(fd);
-    explicit_bzero(&rp, sizeof(rp));
+    explicit_bzero(raw, sizeof(raw));
     return r;
 }
 

@@ -62,6 +62,8 @@ void send_tlv(struct helper *h, uint8_t type, struct al_tlv_buf *b, int build_re
 
 /* Formats into buf; false (buf empty) when fmt cannot be formatted. A
  * longer message is cut, which is fine for a diagnostic. */
+static bool vformat(char *buf, size_t size, const char *fmt, va_list ap) _printf_(3, 0);
+
 static bool vformat(char *buf, size_t size, const char *fmt, va_list ap)
 {
     if (vsnprintf(buf, size, fmt, ap) >= 0)
