@@ -574,6 +574,8 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
         al_list_del(&lb->vms);
         if (lb->inject_timer)
             uv_close((uv_handle_t *)lb->inject_timer, lv_on_inject_timer_closed);
+        if (lb->snap_timer)
+            uv_close((uv_handle_t *)lb->snap_timer, lv_on_inject_timer_closed); /* frees */
         lv_backend_free(b);
     }
     if (done)

@@ -69,6 +69,7 @@ struct lv_backend {
     bool inject_running;         /* one batch at a time */
     /* memory snapshots (libvirt_snapshot.c) */
     struct al_list snap_slots; /* of lv_snap_slot.link */
+    uv_timer_t *snap_timer;    /* starts waiting makers; heap: closes after lb */
     uint64_t qemu_version;
     uint64_t libvirt_version;
     char *cpu_model;
@@ -198,6 +199,8 @@ void lv_snapshot_release(struct lv_vm *v);
 /* Destroys the VMs being made into snapshots (backend close); each one's
  * end calls lv_close_continue(). */
 void lv_snapshot_stop_makers(struct lv_backend *lb);
+/* A VM left lb->vms: a snapshot waiting for a free VM slot may start. */
+void lv_snapshot_vm_left(struct lv_backend *lb);
 /* Frees the slot list (backend close). */
 void lv_snapshot_free_all(struct lv_backend *lb);
 /* A name the guest gets as its host name. */

@@ -6,11 +6,11 @@
  *     <image dir>/snapshots/<cpus>c-<MiB>m/slot-<K>/{state,base.qcow2,manifest.json}
  *
  * Making one (in the background, when a job asked for a snapshot and a slot
- * was missing or stale): a VM boots the image without a job, as a warm VM
- * does; once its helper greets us we send SYNC, it flushes its disk and
- * answers SYNCED; we hang up and virDomainSaveFlags() its memory to state;
- * its overlay becomes base.qcow2, read-only from then on; the manifest, with
- * everything the state depends on, is written last.
+ * was missing or stale, once a VM slot is free: maker_want()): a VM boots the
+ * image without a job as a warm VM does; its helper greets us, we send SYNC,
+ * it flushes its disk and answers SYNCED; we hang up, virDomainSaveFlags()
+ * its memory to state; its overlay becomes base.qcow2, read-only from then
+ * on; the manifest (all the state depends on) is written last.
  *
  * Restoring: a fresh overlay on base.qcow2, then virDomainRestoreFlags()
  * with the saved XML whose paths (disk, channel, console log, seed) point
@@ -38,6 +38,8 @@
  * at once (a guest under TCG on a loaded host may panic in its timer check) */
 #define MAKER_TRIES    3u
 #define MAKER_RETRY_MS (15u * 60u * 1000u)
+/* a maker waits this long for a free VM slot: queued jobs go first */
+#define MAKER_IDLE_MS 2000u
 
 struct lv_snap_slot {
     struct al_list link; /* on lb->snap_slots */
@@ -53,6 +55,10 @@ struct lv_snap_slot {
     bool cloning;        /* being copied from another slot */
     uint64_t failed_ms;  /* when making it last failed (monotonic), 0 = never */
     unsigned failures;   /* in a row */
+    /* to be made once a VM slot is free (see maker_want()) */
+    struct vm_image *wait_img;
+    int wait_cpus;
+    uint64_t wait_memory;
 };
 
 /* A VM being made into a snapshot: owns what its request points at. */
@@ -84,6 +90,7 @@ static void slot_free(struct lv_snap_slot *s)
     free(s->state);
     free(s->base);
     free(s->manifest_path);
+    free(s->wait_img);
     free(s);
 }
 
@@ -271,6 +278,73 @@ static void clone_start(struct lv_backend *lb, struct lv_snap_slot *src);
 static void maker_start(struct lv_backend *lb, struct lv_snap_slot *s, const struct vm_image *img,
                         int cpus, uint64_t memory, struct snapshot_manifest *want);
 
+static void snap_timer_arm(struct lv_backend *lb);
+
+/* A maker is a VM like any other, counted against max_vms, and never takes
+ * a slot a job is waiting for: the slot waits, and a maker starts
+ * MAKER_IDLE_MS after it was wanted or a VM left, only into a free slot
+ * (the engine admits queued jobs at once). */
+static void maker_want(struct lv_backend *lb, struct lv_snap_slot *s, const struct vm_image *img,
+                       int cpus, uint64_t memory)
+{
+    if (!(s->wait_img && streq(s->wait_img->disk, img->disk) && s->wait_cpus == cpus &&
+          s->wait_memory == memory)) {
+        free(s->wait_img);
+        s->wait_img = vm_image_dup(img);
+        s->wait_cpus = cpus;
+        s->wait_memory = memory;
+    }
+    snap_timer_arm(lb);
+}
+
+static void on_snap_timer(uv_timer_t *t)
+{
+    struct lv_backend *lb = t->data;
+    al_list_for_each(s, &lb->snap_slots, struct lv_snap_slot, link) {
+        if (!s->wait_img || s->maker || s->cloning || s->user)
+            continue;
+        if (al_list_length(&lb->vms) >= (size_t)lb->max_vms)
+            return; /* the next VM to leave tries again */
+        struct snapshot_manifest want = {0};
+        if (conditions(lb, s->wait_img, s->wait_cpus, s->wait_memory, &want) < 0)
+            continue;
+        struct vm_image *img = s->wait_img;
+        s->wait_img = NULL;
+        char why[200]; /* made meanwhile (a copy of another slot)? */
+        bool make = !slot_load(s) || s->broken || snapshot_manifest_check(&s->m, &want, why, 200);
+        if (make) /* one maker at a time: its VM leaving re-arms the timer */
+            maker_start(lb, s, img, s->wait_cpus, s->wait_memory, &want);
+        snapshot_manifest_clear(&want);
+        free(img);
+        if (make)
+            return;
+    }
+}
+
+static void snap_timer_arm(struct lv_backend *lb)
+{
+    if (lb->closing)
+        return;
+    if (!lb->snap_timer) {
+        lb->snap_timer = malloc(sizeof(*lb->snap_timer));
+        if (!lb->snap_timer)
+            return;
+        uv_timer_init(lb->b->env.loop, lb->snap_timer);
+        lb->snap_timer->data = lb;
+    }
+    uv_timer_start(lb->snap_timer, on_snap_timer, MAKER_IDLE_MS, 0);
+}
+
+void lv_snapshot_vm_left(struct lv_backend *lb)
+{
+    al_list_for_each(s, &lb->snap_slots, struct lv_snap_slot, link) {
+        if (s->wait_img) {
+            snap_timer_arm(lb);
+            return;
+        }
+    }
+}
+
 /* The maker's VM is gone: only now may its slot be restored, since the
  * restored domain, its run dir and its overlay carry the maker's names. */
 static void maker_destroyed(int result, const struct al_error *err, void *data)
@@ -293,10 +367,7 @@ static void maker_destroyed(int result, const struct al_error *err, void *data)
         s->failed_ms = 0;
         clone_start(lb, s);
     } else if (s && !lb->closing && !s->user && s->failures < MAKER_TRIES) {
-        struct snapshot_manifest want = {0};
-        if (conditions(lb, &mk->image, mk->cpus, mk->memory, &want) == 0)
-            maker_start(lb, s, &mk->image, mk->cpus, mk->memory, &want);
-        snapshot_manifest_clear(&want);
+        maker_want(lb, s, &mk->image, mk->cpus, mk->memory);
     }
     maker_free(mk);
     lv_close_continue(lb);
@@ -910,7 +981,7 @@ void lv_snapshot_choose(struct lv_vm *v)
             to_make->failures = 0;
     }
     if (to_make && !making)
-        maker_start(lb, to_make, v->image, v->req.cpus, v->req.memory, &want);
+        maker_want(lb, to_make, v->image, v->req.cpus, v->req.memory);
     snapshot_manifest_clear(&want);
 }
 

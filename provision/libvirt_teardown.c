@@ -87,6 +87,7 @@ static void vm_unlink(struct lv_vm *v)
     if (!v->lb)
         return;
     al_list_del(&v->link);
+    lv_snapshot_vm_left(v->lb);
     v->lb = NULL;
 }
 

@@ -9,7 +9,8 @@
  *  - three jobs at once all start from snapshots (three slots);
  *  - a corrupted state file makes the job boot, and it succeeds;
  *  - after the image changed (its manifest rewritten, as a rebuild does) no
- *    snapshot is used.
+ *    snapshot is used by three jobs at once, and the new snapshot's maker
+ *    waits for a free VM slot: never more than max_vms VMs at any output.
  * Prints the submit -> first output latency of the restored jobs. Needs
  * AGENTLAB_TEST_STATE (with images/micro). */
 #include "test_util.h"
@@ -50,6 +51,7 @@ struct ctx {
     size_t n_runs;
     bool stopped;
     char dir[512];
+    size_t most_vms; /* VM run dirs at once, seen at each output */
 };
 
 static struct run *run_of(struct ctx *c, const char *job)
@@ -61,9 +63,24 @@ static struct run *run_of(struct ctx *c, const char *job)
     return NULL;
 }
 
+/* The VMs of the backend now, makers included: their run dirs. */
+static size_t vms_now(struct ctx *c)
+{
+    char pattern[1024];
+    snprintf(pattern, sizeof(pattern), "%s/run/vms/*", c->dir);
+    glob_t g;
+    size_t n = glob(pattern, GLOB_ONLYDIR, NULL, &g) == 0 ? g.gl_pathc : 0;
+    globfree(&g);
+    return n;
+}
+
 static void on_output(const char *job, enum vm_stream s, const char *buf, size_t len, void *data)
 {
     (void)s;
+    struct ctx *c = data;
+    size_t n = vms_now(c);
+    if (n > c->most_vms)
+        c->most_vms = n;
     struct run *r = run_of(data, job);
     if (!r)
         return;
@@ -251,7 +268,7 @@ static void test_snapshots(void **state)
     struct engine_params ep = {.loop = &c.loop,
                                .cfg = cfg,
                                .store = store,
-                               .owner_id = "daemon:0000000000000000000000000000bbbb"};
+                               .owner_id = "daemon:000000000000000000000000000051a9"};
     if (engine_new(&ep, &c.engine, &err) < 0)
         fail_msg("engine: %s", al_error_message(err));
     static const struct engine_observer obs = {.output = on_output, .finished = on_finished};
@@ -322,10 +339,26 @@ static void test_snapshots(void **state)
              dir);
     assert_int_equal(system(cmd), 0);
     uint64_t stale0 = snapshot_fallbacks(SNAPSHOT_FB_STALE);
-    run_jobs(&c, "echo after-rebuild", 1);
-    assert_false(is_slot_vm(c.runs[0].vm));
+    run_jobs(&c, "echo after-rebuild", N_AT_ONCE);
+    for (size_t i = 0; i < N_AT_ONCE; i++)
+        assert_false(is_slot_vm(c.runs[i].vm));
     assert_true(snapshot_fallbacks(SNAPSHOT_FB_STALE) >= stale0 + 1);
     assert_int_equal(snapshot_restores(), restores0 + 2 + N_AT_ONCE);
+
+    /* 6. the maker of the new snapshot is a VM too: it waited while the
+     * three jobs held max_vms, and starts once one left */
+    uint64_t end = al_now_mono_ms() + 60000;
+    char pattern[1024];
+    snprintf(pattern, sizeof(pattern), "%s/run/vms/agentlab-snap-*", dir);
+    glob_t g = {0};
+    while (glob(pattern, 0, NULL, &g) != 0 && al_now_mono_ms() < end) {
+        uv_run(&c.loop, UV_RUN_NOWAIT);
+        usleep(50000);
+    }
+    assert_true(g.gl_pathc > 0);
+    globfree(&g);
+    fprintf(stderr, "at most %zu VMs at once (max_vms = %d)\n", c.most_vms, N_AT_ONCE);
+    assert_true(c.most_vms <= N_AT_ONCE);
 
     engine_stop(c.engine, on_stopped, &c);
     assert_true(test_run_until(&c.loop, &c.stopped, 120000));
