@@ -486,17 +486,6 @@ static void maker_start(struct lv_backend *lb, struct lv_snap_slot *s, const str
              lb->b->name, mk->image.name, req.cpus, req.memory >> 20, s->dir);
 }
 
-/* Between <tag> and </tag> of xml, a new string, or NULL. */
-static char *xml_text(const char *xml, const char *tag)
-{
-    char open[64], close[64];
-    snprintf(open, sizeof(open), "<%s>", tag);
-    snprintf(close, sizeof(close), "</%s>", tag);
-    const char *a = strstr(xml, open);
-    const char *b = a ? strstr(a, close) : NULL;
-    return b ? strndup(a + strlen(open), (size_t)(b - a - strlen(open))) : NULL;
-}
-
 /* The value of the first attribute name='...' in xml, a new string. */
 static char *xml_attr_q(const char *xml, const char *name)
 {
@@ -535,7 +524,7 @@ static int save_work(void *data, struct al_error **err)
     struct snapshot_manifest m = mk->want;
     mk->want = (struct snapshot_manifest){0};
     m.domain = strdup(v->base.name);
-    m.uuid = xml_text(xml, "uuid");
+    m.uuid = al_xml_text(xml, "uuid");
     m.machine = xml_attr_q(xml, "machine");
     m.disk_path = strdup(v->vol_path);
     m.channel_path = strdup(v->channel_path);
@@ -654,22 +643,6 @@ static int copy_state(const char *src, const char *dst, const struct snapshot_ma
     return 0;
 }
 
-/* A random version 4 UUID in its text form. */
-static char *random_uuid(void)
-{
-    uint8_t u[16];
-    if (al_random_bytes(u, sizeof(u)) < 0)
-        return NULL;
-    u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
-    u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
-    char *s = NULL;
-    if (asprintf(&s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
-                 u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
-                 u[14], u[15]) < 0)
-        return NULL;
-    return s;
-}
-
 static int clone_one(struct clone_job *cj, struct clone_target *t, struct al_error **err)
 {
     struct al_error *rerr = NULL;
@@ -696,7 +669,7 @@ static int clone_one(struct clone_job *cj, struct clone_target *t, struct al_err
     m->libvirt_version = src->libvirt_version;
     m->cpus = src->cpus;
     m->memory = src->memory;
-    m->uuid = random_uuid();
+    m->uuid = al_random_uuid();
     if (rnd && asprintf(&m->domain, AL_DOMAIN_PREFIX MAKER_PREFIX "%s-0", rnd) < 0)
         m->domain = NULL;
     if (!rnd || !m->image || !m->image_id || !m->machine || !m->accel || !m->cpu_model ||
@@ -1009,30 +982,6 @@ void lv_snapshot_release(struct lv_vm *v)
 
 /* ----------------------------------------------------------- restoring */
 
-/* Replaces every occurrence of from in *xml by to. */
-static int replace_all(char **xml, const char *from, const char *to)
-{
-    if (!*from)
-        return 0;
-    _cleanup_buf_ struct al_buf b = AL_BUF_INIT;
-    const char *p = *xml, *q;
-    size_t flen = strlen(from);
-    int r = 0;
-    while (r == 0 && (q = strstr(p, from))) {
-        r = al_buf_append(&b, p, (size_t)(q - p));
-        if (r == 0)
-            r = al_buf_puts(&b, to);
-        p = q + flen;
-    }
-    if (r == 0)
-        r = al_buf_puts(&b, p);
-    if (r < 0)
-        return -ENOMEM;
-    free(*xml);
-    *xml = al_buf_steal(&b);
-    return *xml ? 0 : -ENOMEM;
-}
-
 static bool xml_plain(const char *s)
 {
     return s && !strpbrk(s, "&<>'\"");
@@ -1057,7 +1006,7 @@ static int restore_xml(struct lv_vm *v, const struct snapshot_manifest *m, char 
     for (size_t i = 0; i < ARRAY_SIZE(pairs) && r == 0; i++) {
         if (!xml_plain(pairs[i][0]) || !xml_plain(pairs[i][1]))
             r = al_error_set(err, EINVAL, "a path of the snapshot cannot be replaced");
-        else if (replace_all(&xml, pairs[i][0], pairs[i][1]) < 0)
+        else if (al_str_replace_all(&xml, pairs[i][0], pairs[i][1]) < 0)
             r = al_error_set(err, ENOMEM, "restore XML");
     }
     /* the metadata: what the maker had, as this job's */

@@ -96,3 +96,27 @@ void al_buf_free(struct al_buf *b)
     b->data = NULL;
     b->len = b->cap = 0;
 }
+
+int al_str_replace_all(char **s, const char *from, const char *to)
+{
+    if (!*from)
+        return 0;
+    _cleanup_buf_ struct al_buf b = AL_BUF_INIT;
+    const char *p = *s, *q;
+    size_t flen = strlen(from);
+    int r = 0;
+    while (r == 0 && (q = strstr(p, from))) {
+        r = al_buf_append(&b, p, (size_t)(q - p));
+        if (r == 0)
+            r = al_buf_puts(&b, to);
+        p = q + flen;
+    }
+    if (r == 0)
+        r = al_buf_puts(&b, p);
+    char *out = r == 0 ? al_buf_steal(&b) : NULL;
+    if (!out)
+        return -ENOMEM;
+    free(*s);
+    *s = out;
+    return 0;
+}

@@ -31,6 +31,10 @@ void al_buf_reset(struct al_buf *b);
 char *al_buf_steal(struct al_buf *b);
 void al_buf_free(struct al_buf *b);
 
+/* Replaces every occurrence of from (not empty) in the string *s by to: 0,
+ * or -ENOMEM with *s unchanged. */
+int al_str_replace_all(char **s, const char *from, const char *to);
+
 static inline void al_buf_freep(struct al_buf *b)
 {
     al_buf_free(b);

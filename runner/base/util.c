@@ -464,6 +464,21 @@ char *al_random_hex(size_t n)
     return hex;
 }
 
+char *al_random_uuid(void)
+{
+    uint8_t u[16];
+    if (al_random_bytes(u, sizeof(u)) < 0)
+        return NULL;
+    u[6] = (uint8_t)((u[6] & 0x0f) | 0x40); /* version 4 */
+    u[8] = (uint8_t)((u[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    char *s = NULL;
+    if (asprintf(&s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+                 u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+                 u[14], u[15]) < 0)
+        return NULL;
+    return s;
+}
+
 bool al_consttime_equal(const void *a, size_t alen, const void *b, size_t blen)
 {
     if (alen != blen)

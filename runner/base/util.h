@@ -94,6 +94,9 @@ int al_random_bytes(void *buf, size_t n);
 /* Lowercase hex of n random bytes into a new string (2n chars). */
 char *al_random_hex(size_t n);
 
+/* A random version 4 UUID in its text form (36 chars), a new string. */
+char *al_random_uuid(void);
+
 /* Constant-time comparison of two byte strings; lengths are not secret. */
 bool al_consttime_equal(const void *a, size_t alen, const void *b, size_t blen);
 

@@ -1,6 +1,7 @@
 #include "runner/base/xml.h"
 #include <stdbool.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,4 +87,14 @@ char *al_xml_attr(const char *xml, const char *name)
         return out;
     }
     return NULL;
+}
+
+char *al_xml_text(const char *xml, const char *tag)
+{
+    char open[64], close[64];
+    snprintf(open, sizeof(open), "<%s>", tag);
+    snprintf(close, sizeof(close), "</%s>", tag);
+    const char *a = strstr(xml, open);
+    const char *b = a ? strstr(a, close) : NULL;
+    return b ? strndup(a + strlen(open), (size_t)(b - a - strlen(open))) : NULL;
 }

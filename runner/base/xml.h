@@ -13,4 +13,8 @@ int al_xml_escape_append(struct al_buf *b, const char *s);
  * Returns a new string or NULL when absent. Entities are decoded. */
 char *al_xml_attr(const char *xml, const char *name);
 
+/* The text between the first <tag> and the </tag> after it, not decoded: a
+ * new string, or NULL when absent (or on ENOMEM). */
+char *al_xml_text(const char *xml, const char *tag);
+
 #endif

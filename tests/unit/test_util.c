@@ -10,6 +10,7 @@
 #include "runner/base/hex.h"
 #include "runner/base/utf8.h"
 #include "runner/base/util.h"
+#include "runner/base/xml.h"
 
 static void test_parse_int(void **state)
 {
@@ -224,6 +225,28 @@ static void test_jitter_and_wipe(void **state)
     al_wipe_free(strdup("a secret"));
 }
 
+static void test_text_helpers(void **state)
+{
+    (void)state;
+    char *s = strdup("a-b-ab");
+    assert_int_equal(al_str_replace_all(&s, "b", "xyz"), 0);
+    assert_string_equal(s, "a-xyz-axyz");
+    assert_int_equal(al_str_replace_all(&s, "", "q"), 0); /* nothing to find */
+    assert_int_equal(al_str_replace_all(&s, "xyz", ""), 0);
+    assert_string_equal(s, "a--a");
+    free(s);
+    char *t = al_xml_text("<domain><name>vm1</name><uuid>u</uuid></domain>", "name");
+    assert_string_equal(t, "vm1");
+    free(t);
+    assert_null(al_xml_text("<domain><name>vm1</domain>", "name"));
+    char *u = al_random_uuid(), *v = al_random_uuid();
+    assert_int_equal(strlen(u), 36);
+    assert_true(u[14] == '4' && strchr("89ab", u[19]) && u[8] == '-' && u[23] == '-');
+    assert_string_not_equal(u, v);
+    free(u);
+    free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -236,6 +259,7 @@ int main(void)
             cmocka_unit_test(test_jitter_and_wipe),
             cmocka_unit_test(test_utf8),
             cmocka_unit_test(test_hex),
+            cmocka_unit_test(test_text_helpers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
