@@ -131,7 +131,7 @@ start)
     mkdir -p "$dir/lib/images" "$dir/lib/boot" "$dir/log/qemu"
     # the capabilities cache saves seconds of QEMU probing at first use
     [ ! -d /var/cache/libvirt/qemu ] || cp -a /var/cache/libvirt/qemu "$dir/cache/"
-    rm -rf "$dir/etc"
+    rm -rf "${dir:?}/etc"
     cp -a /etc/libvirt "$dir/etc"
     rm -rf "$dir/etc/qemu/networks" "$dir/etc/storage" "$dir/etc/secrets"
     find "$dir/etc/qemu" -maxdepth 1 -name '*.xml' -delete 2>/dev/null || true
@@ -149,6 +149,7 @@ EOF
     # unshare's child sets up the namespace and starts both daemons, which
     # keep it alive after the shell exits; propagation private: none of
     # these mounts reaches the root namespace
+    # shellcheck disable=SC2016 # expanded by the inner shell
     AL_RL_DIR=$dir AL_RL_HIDE=$hide unshare -m --propagation private sh -eu -c '
         d=$AL_RL_DIR
         mount --bind "$d/etc" /etc/libvirt
@@ -176,6 +177,7 @@ EOF
     if [ -n "$owner" ]; then
         # detached from the caller's stdout, so that a $(...) around start
         # does not wait for it
+        # shellcheck disable=SC2016 # expanded by the inner shell
         setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done
             exec "$2" stop "$3"' watch "$owner" "$0" "$dir" \
             </dev/null >>"$dir/watch.log" 2>&1 &
