@@ -23,6 +23,8 @@
 #include "provision/libvirt_upload.h"
 #include "runner/base/sha256.h"
 #include "runner/base/util.h"
+#include "runner/loop/virt_uv.h"
+#include "runner/loop/work.h"
 
 #define POOL        "agentlab-upload-test"
 #define POOL_DIR    "/var/lib/libvirt/images/agentlab-upload-test"
@@ -489,13 +491,96 @@ static void test_cut_uploads(void **state)
     assert_nothing_complete(shrink_name);
 }
 
+struct on_worker {
+    virConnectPtr conn;
+    struct image_vol_request req;
+    struct image_vol vol;
+    int result;
+    char *error;
+    bool done;
+    uv_timer_t tick;
+    unsigned ticks;
+    uint64_t last_tick_ms, max_gap_ms;
+};
+
+static int upload_work(void *data, struct al_error **err)
+{
+    struct on_worker *w = data;
+    return image_vol_ensure(w->conn, &w->req, &w->vol, err);
+}
+
+static void upload_done(void *data, int result, struct al_error *err)
+{
+    struct on_worker *w = data;
+    w->result = result;
+    w->error = err ? strdup(al_error_message(err)) : NULL;
+    al_error_free(err);
+    w->done = true;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct on_worker *w = t->data;
+    uint64_t now = al_now_mono_ms();
+    if (w->last_tick_ms && now - w->last_tick_ms > w->max_gap_ms)
+        w->max_gap_ms = now - w->last_tick_ms;
+    w->last_tick_ms = now;
+    w->ticks++;
+}
+
+/* As the daemon will run it: libvirt's events on the uv loop, the upload on
+ * the thread pool, the loop free meanwhile (a 10 ms timer keeps ticking).
+ * Last: it registers the event implementation for the rest of the process. */
+static void test_upload_on_worker(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct al_error *err = NULL;
+    if (al_virt_event_register(&loop, &err) < 0)
+        fail_msg("%s", al_error_message(err));
+    _cleanup_free_ char *kernel = micro_file("vmlinuz");
+    _cleanup_free_ char *copy = modified_copy(kernel, "vmlinuz-worker", 2);
+    char sha[AL_SHA256_HEX_SIZE];
+    sha_of(copy, sha);
+    struct on_worker w = {
+            .conn = virConnectOpen(uri),
+            .req = {.pool = POOL,
+                    .pool_dir = POOL_DIR,
+                    .image = "micro-worker",
+                    .role = IMAGE_VOL_KERNEL,
+                    .path = copy,
+                    .sha256 = sha},
+    };
+    assert_non_null(w.conn);
+    uv_timer_init(&loop, &w.tick);
+    w.tick.data = &w;
+    uv_timer_start(&w.tick, on_tick, 10, 10);
+    assert_int_equal(al_work_queue(&loop, upload_work, upload_done, &w, NULL), 0);
+    assert_true(test_run_until(&loop, &w.done, 60000));
+    if (w.result < 0)
+        fail_msg("%s", w.error);
+    assert_true(w.vol.uploaded);
+    printf("# on a worker: %" PRIu64 " bytes in %" PRIu64 " ms, loop ticked %u times, "
+           "longest gap %" PRIu64 " ms\n",
+           w.vol.sent, w.vol.upload_ms, w.ticks, w.max_gap_ms);
+    assert_true(w.ticks >= 5);
+    char there[AL_SHA256_HEX_SIZE];
+    remote_sha(w.vol.path, there);
+    assert_string_equal(there, sha);
+    image_vol_clear(&w.vol);
+    uv_close((uv_handle_t *)&w.tick, NULL);
+    virConnectClose(w.conn);
+    al_virt_event_shutdown();
+    test_loop_close(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_host_is_separate),
-            cmocka_unit_test(test_upload_once),
-            cmocka_unit_test(test_rebuilt_image),
-            cmocka_unit_test(test_cut_uploads),
+            cmocka_unit_test(test_host_is_separate), cmocka_unit_test(test_upload_once),
+            cmocka_unit_test(test_rebuilt_image),    cmocka_unit_test(test_cut_uploads),
+            cmocka_unit_test(test_upload_on_worker),
     };
     return test_exit_status(cmocka_run_group_tests(tests, setup, teardown));
 }
