@@ -93,7 +93,8 @@ static int setup(void **state)
     script = al_path_join(src, "tests/scripts/remote-libvirtd.sh");
     remote_dir = al_path_join(test_outdir(), "remote-libvirtd");
     _cleanup_free_ char *args = NULL;
-    if (asprintf(&args, "start '%s' --hide '%s' --owner %d", remote_dir, tmp, (int)getpid()) < 0)
+    if (asprintf(&args, "start '%s' --fresh --hide '%s' --owner %d", remote_dir, tmp,
+                 (int)getpid()) < 0)
         return -1;
     /* a harness that cannot start (no unshare, no root, no free port) is a
      * failure with its reason on stderr, never a skip */
@@ -225,6 +226,16 @@ static void test_host_is_separate(void **state)
     _cleanup_free_ char *sh = NULL;
     assert_true(asprintf(&sh, "test -e '%s'", disk) > 0);
     assert_int_equal(remote_sh(sh, NULL, 0), 1);
+    /* start and status of a running host answer with its URI */
+    char again[128];
+    _cleanup_free_ char *args = NULL;
+    assert_true(asprintf(&args, "start '%s'", remote_dir) > 0);
+    assert_int_equal(harness(args, again, sizeof(again)), 0);
+    assert_string_equal(again, uri);
+    free(args);
+    assert_true(asprintf(&args, "status '%s'", remote_dir) > 0);
+    assert_int_equal(harness(args, again, sizeof(again)), 0);
+    assert_string_equal(again, uri);
     /* ... while the harness itself runs there */
     assert_int_equal(remote_sh("test -S /run/libvirt/libvirt-sock", NULL, 0), 0);
     /* the test's pool, made there by the host, lives there only */

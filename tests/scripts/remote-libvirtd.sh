@@ -5,7 +5,7 @@
 # qemu+tcp://127.0.0.1:PORT/system. The root namespace's libvirtd and
 # virtlogd (which own /run/libvirt there) are left alone.
 #
-#   remote-libvirtd.sh start DIR [--port N] [--hide PATH]... [--owner PID]
+#   remote-libvirtd.sh start DIR [--fresh] [--port N] [--hide PATH]... [--owner PID]
 #   remote-libvirtd.sh stop DIR
 #   remote-libvirtd.sh status DIR
 #   remote-libvirtd.sh exec DIR CMD [ARG]...
@@ -21,7 +21,10 @@
 # start prints the URI once the daemon answers on it (and also when it was
 # already running); stop kills both daemons and waits for them; status
 # prints the URI and exits 0 when it runs, 1 when not; exec runs a command
-# inside the namespace (nsenter) to look at the host's side. --port picks
+# inside the namespace (nsenter) to look at the host's side. The host's
+# state (volumes, domain status, logs) survives a stop and start, as a real
+# host's does across a libvirtd restart; --fresh (when not running) starts
+# from nothing. The port is kept too unless --port names another. --port picks
 # the TCP port (default: a free one); --owner PID stops the daemons when
 # that process ends, so that a test that crashes leaves nothing running.
 # Needs root, unshare(1) and nsenter(1) (util-linux).
@@ -90,8 +93,14 @@ start)
     port=
     owner=
     hide=
+    fresh=
     while [ $# -gt 0 ]; do
         case "$1" in
+        --fresh)
+            fresh=1
+            shift
+            continue
+            ;;
         --port) port=$2 ;;
         --owner) owner=$2 ;;
         --hide)
@@ -118,24 +127,30 @@ start)
     command -v nsenter >/dev/null || die "nsenter(1) is not installed"
     stop_all
     mkdir -p "$dir"
+    if [ -z "$port" ] && [ -z "$fresh" ] && [ -s "$dir/port" ]; then
+        port=$(cat "$dir/port")
+    fi
     [ -n "$port" ] || port=$(free_port)
     if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
         die "port $port on 127.0.0.1 is taken"
     fi
     echo "$port" >"$dir/port"
     for d in lib run log cache; do
-        rm -rf "${dir:?}/$d"
+        [ -z "$fresh" ] || rm -rf "${dir:?}/$d"
         mkdir -p "$dir/$d"
     done
     chmod 0755 "$dir/lib" "$dir/run" "$dir/log" "$dir/cache"
     mkdir -p "$dir/lib/images" "$dir/lib/boot" "$dir/log/qemu"
     # the capabilities cache saves seconds of QEMU probing at first use
-    [ ! -d /var/cache/libvirt/qemu ] || cp -a /var/cache/libvirt/qemu "$dir/cache/"
-    rm -rf "${dir:?}/etc"
-    cp -a /etc/libvirt "$dir/etc"
-    rm -rf "$dir/etc/qemu/networks" "$dir/etc/storage" "$dir/etc/secrets"
-    find "$dir/etc/qemu" -maxdepth 1 -name '*.xml' -delete 2>/dev/null || true
-    mkdir -p "$dir/etc/qemu/networks/autostart"
+    [ ! -d /var/cache/libvirt/qemu ] || [ -d "$dir/cache/qemu" ] ||
+        cp -a /var/cache/libvirt/qemu "$dir/cache/"
+    if [ -n "$fresh" ] || [ ! -d "$dir/etc" ]; then
+        rm -rf "${dir:?}/etc"
+        cp -a /etc/libvirt "$dir/etc"
+        rm -rf "$dir/etc/qemu/networks" "$dir/etc/storage" "$dir/etc/secrets"
+        find "$dir/etc/qemu" -maxdepth 1 -name '*.xml' -delete 2>/dev/null || true
+        mkdir -p "$dir/etc/qemu/networks/autostart"
+    fi
     cat >"$dir/libvirtd.conf" <<EOF
 listen_tls = 0
 listen_tcp = 1
