@@ -2,40 +2,13 @@
  * domain, and batched libguestfs injection. Blocking libvirt calls run on
  * the thread pool. */
 #include "provision/libvirt_priv.h"
+#include "provision/libvirt_upload.h"
 
 /* -------------------------------------------------------------- workers */
 
 int lv_ensure_pool(struct lv_backend *lb, struct al_error **err)
 {
-    virStoragePoolPtr pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
-    if (pool) {
-        int active = virStoragePoolIsActive(pool);
-        if (active == 0 && virStoragePoolCreate(pool, 0) < 0) {
-            int r = al_error_set(err, EIO, "starting storage pool %s: %s", lb->pool_name,
-                                 lv_libvirt_msg());
-            virStoragePoolFree(pool);
-            return r;
-        }
-        virStoragePoolFree(pool);
-        return 0;
-    }
-    int r = al_mkdir_p(lb->pool_dir, 0711, err);
-    if (r < 0)
-        return r;
-    _cleanup_free_ char *xml = NULL;
-    r = pool_xml_build(lb->pool_name, lb->pool_dir, &xml, err);
-    if (r < 0)
-        return r;
-    pool = virStoragePoolCreateXML(lb->conn, xml, 0);
-    if (!pool) {
-        /* another process may have created it meanwhile */
-        pool = virStoragePoolLookupByName(lb->conn, lb->pool_name);
-        if (!pool)
-            return al_error_set(err, EIO, "creating storage pool %s: %s", lb->pool_name,
-                                lv_libvirt_msg());
-    }
-    virStoragePoolFree(pool);
-    return 0;
+    return libvirt_pool_ensure(lb->conn, lb->pool_name, lb->pool_dir, true, err);
 }
 
 /* Creates v's overlay volume on backing (the image, or a snapshot's base). */
