@@ -285,6 +285,11 @@ struct backend_ops {
     int (*list_owned)(struct backend *b, backend_list_cb cb, void *data);
     /* Destroys an owned VM found by list_owned, by name, with its disks. */
     int (*destroy_owned)(struct backend *b, const char *name, backend_done_cb done, void *data);
+    /* Readies in the background what makes VMs of req's image and size
+     * start fast (a memory snapshot when req->start asks for one), as a
+     * job's launch would; cheap when all is ready. Only req's image, sizes
+     * and start are read. Optional. */
+    void (*prepare)(struct backend *b, const struct vm_request *req);
 };
 
 /* Shared context every backend gets. */

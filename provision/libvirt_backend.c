@@ -548,6 +548,13 @@ static bool has_makers(struct lv_backend *lb)
 
 static void lv_close(struct backend *b, void (*done)(void *data), void *data);
 
+static void lv_prepare(struct backend *b, const struct vm_request *req)
+{
+    struct lv_backend *lb = b->priv;
+    if (lb && !lb->closing && lv_ensure_conn(lb))
+        lv_snapshot_prepare(lb, req);
+}
+
 void lv_close_continue(struct lv_backend *lb)
 {
     if (!lb->closing || has_makers(lb))
@@ -595,4 +602,5 @@ const struct backend_ops libvirt_backend_ops = {
         .destroy = lv_destroy,
         .list_owned = lv_list_owned,
         .destroy_owned = lv_destroy_owned,
+        .prepare = lv_prepare,
 };

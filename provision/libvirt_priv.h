@@ -199,6 +199,7 @@ void lv_snapshot_release(struct lv_vm *v);
 /* Destroys the VMs being made into snapshots (backend close); each one's
  * end calls lv_close_continue(). */
 void lv_snapshot_stop_makers(struct lv_backend *lb);
+void lv_snapshot_prepare(struct lv_backend *lb, const struct vm_request *req);
 /* A VM left lb->vms: a snapshot waiting for a free VM slot may start. */
 void lv_snapshot_vm_left(struct lv_backend *lb);
 /* Frees the slot list (backend close). */

@@ -859,6 +859,46 @@ void lv_snapshot_synced(struct lv_vm *v)
 
 /* ------------------------------------------------------------ choosing */
 
+/* The directory of an image's snapshots of one size, a new string. */
+static char *snapshot_dir(const struct vm_image *img, int cpus, uint64_t memory)
+{
+    _cleanup_free_ char *idir = image_dir(img);
+    char *sdir = NULL;
+    if (!idir || asprintf(&sdir, "%s/snapshots/%dc-%" PRIu64 "m", idir, cpus, memory >> 20) < 0)
+        return NULL;
+    return sdir;
+}
+
+/* Wants the first of the size's slots that is missing or stale made, unless
+ * one is being made or too many tries failed: the daemon starts with its
+ * pools' snapshots made (engine_warm.c asks) rather than on the first job. */
+void lv_snapshot_prepare(struct lv_backend *lb, const struct vm_request *req)
+{
+    if (req->start == VM_START_BOOT || !req->image || req->disk_bytes > req->image->virtual_size)
+        return;
+    _cleanup_free_ char *sdir = snapshot_dir(req->image, req->cpus, req->memory);
+    struct snapshot_manifest want = {0};
+    if (!sdir || conditions(lb, req->image, req->cpus, req->memory, &want) < 0)
+        return;
+    struct lv_snap_slot *to_make = NULL;
+    for (int k = 0; k < lb->max_vms && k < 64; k++) {
+        char dir[PATH_MAX], why[200];
+        snprintf(dir, sizeof(dir), "%s/slot-%d", sdir, k);
+        struct lv_snap_slot *s = slot_get(lb, dir);
+        if (!s || s->maker || s->cloning || s->wait_img) {
+            to_make = NULL; /* being made, or about to be */
+            break;
+        }
+        if (!to_make && !s->user &&
+            (!slot_load(s) || s->broken || snapshot_manifest_check(&s->m, &want, why, 200) < 0))
+            to_make = s;
+    }
+    snapshot_manifest_clear(&want);
+    if (to_make && (to_make->failures < MAKER_TRIES ||
+                    al_now_mono_ms() - to_make->failed_ms >= MAKER_RETRY_MS))
+        maker_want(lb, to_make, req->image, req->cpus, req->memory);
+}
+
 void lv_snapshot_choose(struct lv_vm *v)
 {
     struct lv_backend *lb = v->lb;
@@ -874,11 +914,8 @@ void lv_snapshot_choose(struct lv_vm *v)
         set_fallback(v, SNAPSHOT_FB_UNSUPPORTED, "a disk larger than the image's");
         return;
     }
-    _cleanup_free_ char *idir = image_dir(v->image);
-    _cleanup_free_ char *sdir = NULL;
-    if (!idir || asprintf(&sdir, "%s/snapshots/%dc-%" PRIu64 "m", idir, v->req.cpus,
-                          v->req.memory >> 20) < 0) {
-        sdir = NULL;
+    _cleanup_free_ char *sdir = snapshot_dir(v->image, v->req.cpus, v->req.memory);
+    if (!sdir) {
         set_fallback(v, SNAPSHOT_FB_NONE, "out of memory");
         return;
     }

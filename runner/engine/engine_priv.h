@@ -111,6 +111,7 @@ struct engine {
     int warm_dying;         /* warm VMs being destroyed */
     unsigned warm_failures; /* consecutive warm VMs that died before use */
     uint64_t warm_next_try;
+    uint64_t prepare_next; /* when pools' snapshots are next looked at (uv_now) */
     int pending_closes;
     /* reconcile */
     struct engine_reconcile_report report;

@@ -1,7 +1,7 @@
 /* Memory snapshots on real libvirt + QEMU (the micro image), with
  * start = snapshot and max_vms = 3:
- *  - the first job boots (there is no snapshot yet) and the backend makes
- *    one slot per VM in the background;
+ *  - the daemon has the pool's snapshot made from its start, with no job;
+ *    a job meanwhile boots, and the backend makes one slot per VM;
  *  - two jobs restored one after the other from the same slot read
  *    different bytes from /dev/urandom, have different host names, a clock
  *    within 2 s of the host's, and a file the first wrote is absent in the
@@ -218,6 +218,21 @@ static const char *field(const char *out, const char *key, char *buf, size_t siz
     return buf;
 }
 
+/* Runs the loop until pattern matches a file, at most timeout_ms. */
+static bool wait_glob(struct ctx *c, const char *pattern, unsigned timeout_ms)
+{
+    uint64_t end = al_now_mono_ms() + timeout_ms;
+    for (;;) {
+        glob_t g;
+        bool found = glob(pattern, 0, NULL, &g) == 0 && g.gl_pathc > 0;
+        globfree(&g);
+        if (found || al_now_mono_ms() > end)
+            return found;
+        uv_run(&c->loop, UV_RUN_NOWAIT);
+        usleep(50000);
+    }
+}
+
 static bool is_slot_vm(const char *vm)
 {
     return strstr(vm, "agentlab-snap-") == vm;
@@ -275,7 +290,11 @@ static void test_snapshots(void **state)
     engine_observe(c.engine, &obs, &c);
     engine_start(c.engine, NULL, NULL);
 
-    /* 1. no snapshot yet: the job boots and the slots get made */
+    /* 1. the daemon has its pool's snapshot made from the start, with no
+     * job; a job meanwhile boots, and the slots get made */
+    char pattern[1024];
+    snprintf(pattern, sizeof(pattern), "%s/run/vms/agentlab-snap-*", dir);
+    assert_true(wait_glob(&c, pattern, 30000));
     uint64_t none0 = snapshot_fallbacks(SNAPSHOT_FB_NONE);
     run_jobs(&c, "echo booted", 1);
     assert_false(is_slot_vm(c.runs[0].vm));
@@ -347,16 +366,7 @@ static void test_snapshots(void **state)
 
     /* 6. the maker of the new snapshot is a VM too: it waited while the
      * three jobs held max_vms, and starts once one left */
-    uint64_t end = al_now_mono_ms() + 60000;
-    char pattern[1024];
-    snprintf(pattern, sizeof(pattern), "%s/run/vms/agentlab-snap-*", dir);
-    glob_t g = {0};
-    while (glob(pattern, 0, NULL, &g) != 0 && al_now_mono_ms() < end) {
-        uv_run(&c.loop, UV_RUN_NOWAIT);
-        usleep(50000);
-    }
-    assert_true(g.gl_pathc > 0);
-    globfree(&g);
+    assert_true(wait_glob(&c, pattern, 60000));
     fprintf(stderr, "at most %zu VMs at once (max_vms = %d)\n", c.most_vms, N_AT_ONCE);
     assert_true(c.most_vms <= N_AT_ONCE);
 
