@@ -698,6 +698,11 @@ bool gitlab_job_wants_untracked(const struct gitlab_job *job)
         if (job->artifacts[i].untracked)
             return true;
     }
+    for (size_t i = 0; i < job->n_caches; i++) {
+        const struct gitlab_cache_spec *c = &job->caches[i];
+        if (c->untracked && (gitlab_cache_saves(c, true) || gitlab_cache_saves(c, false)))
+            return true;
+    }
     return false;
 }
 
@@ -992,7 +997,8 @@ static void env_remove(struct job_env_var *vars, size_t *n, const char *key)
 
 bool gitlab_cache_saves(const struct gitlab_cache_spec *c, bool succeeded)
 {
-    return c->policy != GITLAB_CACHE_PULL && c->n_paths && gitlab_when_applies(c->when, succeeded);
+    return c->policy != GITLAB_CACHE_PULL && (c->n_paths || c->untracked) &&
+           gitlab_when_applies(c->when, succeeded);
 }
 
 /* What the guest hands back: the roots of every artifact entry (archive

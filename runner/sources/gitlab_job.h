@@ -244,7 +244,7 @@ int gitlab_job_to_spec(const struct gitlab_job *job, const struct gitlab_spec_op
 int gitlab_job_script(const struct gitlab_job *job, enum gitlab_clone clone, char **ret_script,
                       struct al_error **err);
 
-/* `untracked: true` artifacts. At the end of the script (after
+/* `untracked: true` artifacts and caches. At the end of the script (after
  * after_script) the guest copies the files git does not track into
  * GITLAB_UNTRACKED_DIR of the work dir, which it hands back with the other
  * artifacts: the files `git ls-files -o` lists when git runs there (as
@@ -254,7 +254,8 @@ int gitlab_job_script(const struct gitlab_job *job, enum gitlab_clone clone, cha
 #define GITLAB_UNTRACKED_DIR ".agentlab-untracked"
 #define GITLAB_TRACKED_LIST  ".git/agentlab-tracked"
 
-/* Whether any artifact entry of the job asks for untracked files. */
+/* Whether any artifact entry of the job, or a cache it may save, asks for
+ * untracked files. */
 bool gitlab_job_wants_untracked(const struct gitlab_job *job);
 
 /* The name under which the file rel (a path under the guest's artifacts:
