@@ -171,8 +171,46 @@ static int expand_fields(const struct gitlab_job *j, char **v, size_t n, const c
     return r;
 }
 
+static size_t count_refs(const char *s)
+{
+    size_t n = 0;
+    for (; s && *s; s++)
+        n += *s == '$';
+    return n;
+}
+
+static size_t count_refs_v(char *const *v, size_t n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += count_refs(v[i]);
+    return total;
+}
+
+/* Every reference costs a scan of the variables: bounded for the job. */
+static size_t job_refs(const struct gitlab_job *j)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < j->n_variables; i++)
+        n += j->variables[i].raw ? 0 : count_refs(j->variables[i].value);
+    for (size_t i = 0; i < j->n_artifacts; i++) {
+        const struct gitlab_artifact *a = &j->artifacts[i];
+        n += count_refs(a->name) + count_refs_v(a->paths, a->n_paths) +
+             count_refs_v(a->exclude, a->n_exclude);
+    }
+    for (size_t i = 0; i < j->n_caches; i++) {
+        const struct gitlab_cache_spec *c = &j->caches[i];
+        n += count_refs(c->key) + count_refs_v(c->paths, c->n_paths) +
+             count_refs_v(c->fallback_keys, c->n_fallback_keys);
+    }
+    return n;
+}
+
 int gitlab_job_expand(struct gitlab_job *j, struct al_error **err)
 {
+    if (job_refs(j) > GITLAB_EXPAND_MAX_REFS)
+        return al_json_fail(err, "variables", "more than %d \"$\" to expand",
+                            GITLAB_EXPAND_MAX_REFS);
     int r = expand_variables(j, err);
     for (size_t i = 0; r == 0 && i < j->n_artifacts; i++) {
         struct gitlab_artifact *a = &j->artifacts[i];

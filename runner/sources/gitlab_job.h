@@ -165,6 +165,8 @@ struct gitlab_job {
  * values of a job together (a value naming a long one many times). */
 #define GITLAB_EXPAND_MAX       GITLAB_JOB_MAX_STRING
 #define GITLAB_EXPAND_MAX_TOTAL (4u << 20)
+/* "$" in the strings a job expands: each reference scans the variables */
+#define GITLAB_EXPAND_MAX_REFS 65536
 
 /* Expands $NAME and ${NAME} in s against vars[0..n) as gitlab-runner's
  * JobVariables.ExpandValue (Go's os.Expand) does: the last variable with
@@ -183,9 +185,10 @@ int gitlab_expand(const char *s, const struct gitlab_variable *vars, size_t n, s
  * JobVariables.Expand), then against those: the artifacts' name, paths
  * and exclude, and the caches' key, paths and fallback keys. A name that
  * expands to nothing becomes "default" (gitlab-runner's uploader). Fails
- * (-EINVAL, message naming the field) when a value would exceed
- * GITLAB_EXPAND_MAX, all values GITLAB_EXPAND_MAX_TOTAL, or a path or key
- * JOB_SPEC_MAX_PATH or would hold control characters. gitlab_job_parse()
+ * (-EINVAL, message naming the field) when the strings hold more than
+ * GITLAB_EXPAND_MAX_REFS "$", a value would exceed GITLAB_EXPAND_MAX, all
+ * values GITLAB_EXPAND_MAX_TOTAL, or a path or key JOB_SPEC_MAX_PATH or
+ * would hold control characters. gitlab_job_parse()
  * calls it. */
 int gitlab_job_expand(struct gitlab_job *job, struct al_error **err);
 

@@ -1011,6 +1011,18 @@ static void test_expand_payload(void **state)
                                       STEP_SCRIPT("\"true\""), "{\"paths\": [\"$NL\"]}");
     _cleanup_free_ char *msg2 = parse_err(d2, strlen(d2), -EINVAL);
     assert_non_null(strstr(msg2, "artifacts[0].paths[0]: expanded, it holds control"));
+    /* references are bounded for the whole job, not per value */
+    struct al_buf refs = AL_BUF_INIT;
+    for (int i = 0; i < 3; i++) {
+        al_buf_printf(&refs, "%s{\"key\": \"R%d\", \"value\": \"", i ? "," : "", i);
+        for (int k = 0; k < GITLAB_EXPAND_MAX_REFS / 3 + 1; k++)
+            al_buf_puts(&refs, "$X");
+        al_buf_puts(&refs, "\"}");
+    }
+    _cleanup_free_ char *d3 = payload(refs.data, STEP_SCRIPT("\"true\""), "");
+    al_buf_free(&refs);
+    _cleanup_free_ char *msg3 = parse_err(d3, strlen(d3), -EINVAL);
+    assert_non_null(strstr(msg3, "variables: more than 65536 \"$\" to expand"));
 }
 
 static char *with_features(const char *features)
