@@ -888,24 +888,28 @@ static int script_step(const struct gitlab_step *s, struct al_buf *b)
 static int script_untracked(struct al_buf *b)
 {
     return al_buf_puts(
-            b, "# untracked files for the artifacts\n"
-               "rm -rf " GITLAB_UNTRACKED_DIR " && mkdir " GITLAB_UNTRACKED_DIR " && {\n"
-               "    __al_l=\"${TMPDIR:-/tmp}/agentlab-untracked.$$\"\n"
-               "    if command -v git >/dev/null 2>&1 && [ -e .git ] &&\n"
-               "        GIT_CEILING_DIRECTORIES=\"${PWD%/*}\" git ls-files -o -z >\"$__al_l\" \\\n"
-               "            2>/dev/null; then\n"
-               "        tar -c -f - --verbatim-files-from --null -T \"$__al_l\" |\n"
-               "            tar -x -f - -C " GITLAB_UNTRACKED_DIR "\n"
-               "    elif [ -f " GITLAB_TRACKED_LIST " ]; then\n"
-               "        tar -c -f - --anchored --no-wildcards -X " GITLAB_TRACKED_LIST
-               " --exclude=./.git \\\n"
-               "            --exclude=./" GITLAB_UNTRACKED_DIR
-               " . | tar -x -f - -C " GITLAB_UNTRACKED_DIR "\n"
-               "    else\n"
-               "        echo 'WARNING: untracked: not a git work tree, no untracked files' >&2\n"
-               "    fi\n"
-               "    rm -f \"$__al_l\"\n"
-               "}\n");
+            b,
+            "# untracked files for the artifacts\n"
+            "rm -rf " GITLAB_UNTRACKED_DIR " && mkdir " GITLAB_UNTRACKED_DIR " && {\n"
+            "    __al_l=\"${TMPDIR:-/tmp}/agentlab-untracked.$$\"\n"
+            "    __al_ucopy=\n"
+            "    if command -v git >/dev/null 2>&1 && [ -e .git ] &&\n"
+            "        GIT_CEILING_DIRECTORIES=\"${PWD%/*}\" git ls-files -o -z >\"$__al_l\" \\\n"
+            "            2>/dev/null; then\n"
+            "        tar -c -f - --verbatim-files-from --null -T \"$__al_l\" |\n"
+            "            tar -x -f - -C " GITLAB_UNTRACKED_DIR " || __al_ucopy=1\n"
+            "    elif [ -f " GITLAB_TRACKED_LIST " ]; then\n"
+            "        tar -c -f - --anchored --no-wildcards -X " GITLAB_TRACKED_LIST
+            " --exclude=./.git \\\n"
+            "            --exclude=./" GITLAB_UNTRACKED_DIR
+            " . | tar -x -f - -C " GITLAB_UNTRACKED_DIR " || __al_ucopy=1\n"
+            "    else\n"
+            "        echo 'WARNING: untracked: not a git work tree, no untracked files' >&2\n"
+            "    fi\n"
+            "    rm -f \"$__al_l\"\n"
+            "    [ -z \"$__al_ucopy\" ] ||\n"
+            "        echo 'WARNING: untracked: copying the files failed, some may be missing' >&2\n"
+            "}\n");
 }
 
 int gitlab_job_script(const struct gitlab_job *j, enum gitlab_clone clone, char **ret_script,

@@ -727,6 +727,7 @@ static void test_script_untracked(void **state)
     assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/src/main.c"));
     assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/a *b"));
     assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/.git"));
+    assert_null(strstr(out, "WARNING"));
     free(out);
     test_tmpdir_remove(dir);
 
