@@ -18,9 +18,18 @@ struct secret {
     unsigned refs;
 };
 
+/* A token prefix: the token characters after it are masked. */
+struct prefix {
+    char *value;
+    size_t len;
+    unsigned refs;
+};
+
 static pthread_mutex_t redact_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct secret *secrets;
 static size_t n_secrets;
+static struct prefix prefixes[AL_REDACT_MAX_PREFIXES];
+static size_t n_prefixes;
 
 static const char *const level_names[] = {
         [AL_LOG_ERROR] = "error",
@@ -131,6 +140,74 @@ void al_redact_clear(void)
     free(secrets);
     secrets = NULL;
     n_secrets = 0;
+    for (size_t i = 0; i < n_prefixes; i++)
+        free(prefixes[i].value);
+    n_prefixes = 0;
+    pthread_mutex_unlock(&redact_lock);
+}
+
+/* gitlab-runner's token alphabet (common/buildlogger/internal/tokensanitizer):
+ * a token ends at the first byte outside it. */
+static bool is_token_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '=';
+}
+
+bool al_redact_prefix_is_valid(const char *prefix)
+{
+    size_t n = prefix ? strlen(prefix) : 0;
+    if (n < AL_REDACT_PREFIX_MIN_LEN || n > AL_REDACT_PREFIX_MAX_LEN)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)prefix[i];
+        if (c <= ' ' || c >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
+int al_redact_add_prefix(const char *prefix)
+{
+    if (!al_redact_prefix_is_valid(prefix))
+        return -EINVAL;
+    int r = 0;
+    pthread_mutex_lock(&redact_lock);
+    for (size_t i = 0; i < n_prefixes; i++) {
+        if (streq(prefixes[i].value, prefix)) {
+            prefixes[i].refs++;
+            goto out;
+        }
+    }
+    if (n_prefixes == AL_REDACT_MAX_PREFIXES) {
+        r = -ENOSPC;
+        goto out;
+    }
+    char *copy = strdup(prefix);
+    if (!copy) {
+        r = -ENOMEM;
+        goto out;
+    }
+    prefixes[n_prefixes++] = (struct prefix){.value = copy, .len = strlen(copy), .refs = 1};
+out:
+    pthread_mutex_unlock(&redact_lock);
+    return r;
+}
+
+void al_redact_remove_prefix(const char *prefix)
+{
+    if (!prefix)
+        return;
+    pthread_mutex_lock(&redact_lock);
+    for (size_t i = 0; i < n_prefixes; i++) {
+        if (!streq(prefixes[i].value, prefix))
+            continue;
+        if (--prefixes[i].refs == 0) {
+            free(prefixes[i].value);
+            prefixes[i] = prefixes[--n_prefixes];
+        }
+        break;
+    }
     pthread_mutex_unlock(&redact_lock);
 }
 
@@ -147,32 +224,6 @@ static const struct secret *match_at(const char *text, size_t len, size_t pos)
     return best;
 }
 
-char *al_redact(const char *text, size_t len, size_t *ret_len)
-{
-    pthread_mutex_lock(&redact_lock);
-    /* Worst case every byte starts a secret of length AL_REDACT_MIN_LEN and
-     * the replacement is no longer than it, so len + 1 always suffices. */
-    char *out = malloc(len + 1);
-    size_t o = 0;
-    if (out) {
-        for (size_t i = 0; i < len;) {
-            const struct secret *s = n_secrets ? match_at(text, len, i) : NULL;
-            if (s) {
-                memcpy(out + o, AL_REDACTED, strlen(AL_REDACTED));
-                o += strlen(AL_REDACTED);
-                i += s->len;
-            } else {
-                out[o++] = text[i++];
-            }
-        }
-        out[o] = '\0';
-        if (ret_len)
-            *ret_len = o;
-    }
-    pthread_mutex_unlock(&redact_lock);
-    return out;
-}
-
 char *al_redact_vformat(size_t *ret_len, const char *fmt, va_list ap)
 {
     char raw[1024];
@@ -182,7 +233,21 @@ char *al_redact_vformat(size_t *ret_len, const char *fmt, va_list ap)
     return red;
 }
 
-/* True when text[pos..len) is a proper prefix of some secret. Lock held. */
+/* Longest registered token prefix at text[pos], or NULL. Lock held. */
+static const struct prefix *prefix_at(const char *text, size_t len, size_t pos)
+{
+    const struct prefix *best = NULL;
+    for (size_t i = 0; i < n_prefixes; i++) {
+        const struct prefix *p = &prefixes[i];
+        if (p->len <= len - pos && memcmp(text + pos, p->value, p->len) == 0 &&
+            (!best || p->len > best->len))
+            best = p;
+    }
+    return best;
+}
+
+/* True when text[pos..len) is a proper prefix of some secret or token
+ * prefix. Lock held. */
 static bool partial_at_end(const char *text, size_t len, size_t pos)
 {
     size_t rest = len - pos;
@@ -190,27 +255,65 @@ static bool partial_at_end(const char *text, size_t len, size_t pos)
         if (secrets[i].len > rest && memcmp(text + pos, secrets[i].value, rest) == 0)
             return true;
     }
+    for (size_t i = 0; i < n_prefixes; i++) {
+        if (prefixes[i].len > rest && memcmp(text + pos, prefixes[i].value, rest) == 0)
+            return true;
+    }
     return false;
 }
 
-/* Redacts text into out, stopping at the first position whose tail could
- * still grow into a secret when final is false. Returns the bytes consumed.
- * Lock held. */
-static size_t redact_into(const char *text, size_t len, bool final, struct al_buf *out, int *ret_r)
+/* Redacts text into out: registered secrets become AL_REDACTED, and so do
+ * the token characters after a registered prefix (the prefix stays, as
+ * gitlab-runner shows it). Unless final, it stops at the first position
+ * whose tail could still grow into a secret or a longer token, except that
+ * a token longer than AL_REDACT_TOKEN_HOLD_MAX is masked at once and the
+ * rest of it swallowed (s->in_token) so a stream never holds without bound.
+ * s is NULL when final. Returns the bytes consumed. Lock held. */
+static size_t redact_into(const char *text, size_t len, bool final, struct al_redact_stream *s,
+                          struct al_buf *out, int *ret_r)
 {
     size_t i = 0, run = 0;
     int r = 0;
+    if (s && s->in_token) {
+        while (i < len && is_token_char((unsigned char)text[i]))
+            i++;
+        if (i == len) {
+            *ret_r = 0;
+            return len;
+        }
+        s->in_token = false;
+        run = i;
+    }
     while (i < len) {
-        const struct secret *s = n_secrets ? match_at(text, len, i) : NULL;
-        if (s) {
+        const struct secret *sec = n_secrets ? match_at(text, len, i) : NULL;
+        if (sec) {
             if ((r = al_buf_append(out, text + run, i - run)) < 0 ||
                 (r = al_buf_puts(out, AL_REDACTED)) < 0)
                 break;
-            i += s->len;
+            i += sec->len;
             run = i;
             continue;
         }
-        if (!final && n_secrets && partial_at_end(text, len, i))
+        const struct prefix *p = n_prefixes ? prefix_at(text, len, i) : NULL;
+        if (p) {
+            size_t body = i + p->len, end = body;
+            while (end < len && is_token_char((unsigned char)text[end]))
+                end++;
+            if (end == len && !final) {
+                if (end - i <= AL_REDACT_TOKEN_HOLD_MAX)
+                    break; /* the token may go on in the next chunk */
+                s->in_token = true;
+            }
+            if (end > body) {
+                if ((r = al_buf_append(out, text + run, body - run)) < 0 ||
+                    (r = al_buf_puts(out, AL_REDACTED)) < 0)
+                    break;
+                i = end;
+                run = i;
+                continue;
+            }
+        }
+        if (!final && (n_secrets || n_prefixes) && partial_at_end(text, len, i))
             break;
         i++;
     }
@@ -218,6 +321,29 @@ static size_t redact_into(const char *text, size_t len, bool final, struct al_bu
         r = al_buf_append(out, text + run, i - run);
     *ret_r = r;
     return i;
+}
+
+char *al_redact(const char *text, size_t len, size_t *ret_len)
+{
+    struct al_buf out = AL_BUF_INIT;
+    int r = 0;
+    pthread_mutex_lock(&redact_lock);
+    if (n_secrets || n_prefixes)
+        redact_into(text, len, true, NULL, &out, &r);
+    else
+        r = al_buf_append(&out, text, len);
+    pthread_mutex_unlock(&redact_lock);
+    size_t n = out.len;
+    char *masked = r == 0 ? al_buf_steal(&out) : NULL;
+    if (!masked) {
+        if (out.data)
+            explicit_bzero(out.data, out.len);
+        al_buf_free(&out);
+        return NULL;
+    }
+    if (ret_len)
+        *ret_len = n;
+    return masked;
 }
 
 int al_redact_stream_feed(struct al_redact_stream *s, const void *data, size_t len,
@@ -234,7 +360,7 @@ int al_redact_stream_feed(struct al_redact_stream *s, const void *data, size_t l
     size_t total = s->held_len + len;
     int r = 0;
     pthread_mutex_lock(&redact_lock);
-    size_t used = redact_into(joined, total, false, out, &r);
+    size_t used = redact_into(joined, total, false, s, out, &r);
     pthread_mutex_unlock(&redact_lock);
     if (r < 0) {
         free(joined);
@@ -257,7 +383,7 @@ int al_redact_stream_flush(struct al_redact_stream *s, struct al_buf *out)
     int r = 0;
     if (s->held_len) {
         pthread_mutex_lock(&redact_lock);
-        redact_into(s->held, s->held_len, true, out, &r);
+        redact_into(s->held, s->held_len, true, NULL, out, &r);
         pthread_mutex_unlock(&redact_lock);
     }
     al_redact_stream_free(s);
@@ -271,14 +397,18 @@ void al_redact_stream_free(struct al_redact_stream *s)
     free(s->held);
     s->held = NULL;
     s->held_len = 0;
+    s->in_token = false;
 }
 
 bool al_redact_contains(const char *text, size_t len)
 {
     bool found = false;
     pthread_mutex_lock(&redact_lock);
-    for (size_t i = 0; i < len && !found && n_secrets; i++)
+    for (size_t i = 0; i < len && !found && (n_secrets || n_prefixes); i++) {
         found = match_at(text, len, i) != NULL;
+        const struct prefix *p = found || !n_prefixes ? NULL : prefix_at(text, len, i);
+        found = found || (p && i + p->len < len && is_token_char((unsigned char)text[i + p->len]));
+    }
     pthread_mutex_unlock(&redact_lock);
     return found;
 }

@@ -5,8 +5,10 @@
  * timestamp; otherwise an ISO-8601 UTC timestamp and the level.
  *
  * Every line passes through the redactor: a secret registered with
- * al_redact_add() is replaced by "***" wherever it appears. Registration is
- * reference-counted and thread-safe.
+ * al_redact_add() is replaced by "***" wherever it appears, and so is the
+ * rest of any token that starts with a prefix registered with
+ * al_redact_add_prefix() ("glpat-abc" shows as "glpat-***"). Registration
+ * is reference-counted and thread-safe.
  */
 #ifndef AL_LOG_H
 #define AL_LOG_H
@@ -58,26 +60,52 @@ int al_redact_add(const char *secret);
 /* Drops one registration of the secret. Unknown values are ignored. */
 void al_redact_remove(const char *secret);
 
-/* Forgets every registered secret (tests, shutdown). */
+/* Token prefixes (GitLab's `features.token_mask_prefixes`, `glpat-`, ...).
+ * As gitlab-runner's token sanitizer does, a prefix followed by at least
+ * one token character ([A-Za-z0-9._=-]) anywhere in a text, also inside a
+ * word, has those characters replaced by AL_REDACTED up to the first other
+ * byte; the prefix itself stays. A prefix is 3 to 64 printable ASCII
+ * characters without spaces; at most AL_REDACT_MAX_PREFIXES distinct
+ * prefixes are registered at a time. */
+#define AL_REDACT_PREFIX_MIN_LEN 3
+#define AL_REDACT_PREFIX_MAX_LEN 64
+#define AL_REDACT_MAX_PREFIXES   64
+/* A stream holds back at most this much of an unfinished token; a longer
+ * one is masked at once and the rest of it dropped as it arrives. */
+#define AL_REDACT_TOKEN_HOLD_MAX 4096
+
+bool al_redact_prefix_is_valid(const char *prefix);
+
+/* Registers a token prefix (copied). -EINVAL when it is not valid, -ENOSPC
+ * when AL_REDACT_MAX_PREFIXES others are registered, -ENOMEM. */
+int al_redact_add_prefix(const char *prefix);
+
+/* Drops one registration of the prefix. Unknown values are ignored. */
+void al_redact_remove_prefix(const char *prefix);
+
+/* Forgets every registered secret and prefix (tests, shutdown). */
 void al_redact_clear(void);
 
 /* Returns a newly allocated copy of text[0..len) with every registered
- * secret replaced by AL_REDACTED, and its length in *ret_len (may be NULL).
- * NULL on allocation failure. */
+ * secret and prefixed token masked, and its length in *ret_len (may be
+ * NULL). NULL on allocation failure. */
 char *al_redact(const char *text, size_t len, size_t *ret_len);
 
 /* al_redact() of a message formatted from fmt and ap (cut at 1 KiB). */
 char *al_redact_vformat(size_t *ret_len, const char *fmt, va_list ap) _printf_(2, 0);
 
-/* True when text[0..len) contains a registered secret. */
+/* True when text[0..len) contains a registered secret or a token after a
+ * registered prefix. */
 bool al_redact_contains(const char *text, size_t len);
 
 /* Redaction of a byte stream that arrives in chunks (job output): a secret
- * split across two chunks is still caught. Bytes that could be the start of
- * a secret are held back until the next chunk (or the flush) decides. */
+ * or a prefixed token split across two chunks is still caught. Bytes that
+ * could be the start of a secret, a prefix or an unfinished token are held
+ * back until the next chunk (or the flush) decides. */
 struct al_redact_stream {
     char *held;
     size_t held_len;
+    bool in_token; /* inside a token too long to hold, already masked */
 };
 
 struct al_buf;

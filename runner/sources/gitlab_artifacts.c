@@ -88,7 +88,8 @@ static int zip_entry(struct archive_entry *e, const char *rel, void *userdata,
                      struct al_error **err)
 {
     struct zip *z = userdata;
-    if (archive_entry_filetype(e) != AE_IFREG || !gitlab_artifact_wants(z->a, rel))
+    const char *name = gitlab_artifact_member(z->a, rel);
+    if (archive_entry_filetype(e) != AE_IFREG || !name)
         return 0;
     if (!z->zip) {
         z->zip = archive_write_new();
@@ -97,7 +98,7 @@ static int zip_entry(struct archive_entry *e, const char *rel, void *userdata,
             return al_error_set(err, EIO, "creating %s: %s", z->zip_path,
                                 z->zip ? archive_error_string(z->zip) : "out of memory");
     }
-    int r = add_file(z->zip, e, rel, &z->total, z->max_bytes, err);
+    int r = add_file(z->zip, e, name, &z->total, z->max_bytes, err);
     if (r < 0)
         return r;
     z->files++;
@@ -198,8 +199,10 @@ static int stream_entry(struct archive_entry *e, const char *rel, void *userdata
                         struct al_error **err)
 {
     struct stream *s = userdata;
-    if (archive_entry_filetype(e) != AE_IFREG || !gitlab_artifact_wants(s->a, rel))
+    const char *name = gitlab_artifact_member(s->a, rel);
+    if (archive_entry_filetype(e) != AE_IFREG || !name)
         return 0;
+    rel = name;
     if (!s->gzip && s->files)
         return al_error_set(err, EINVAL,
                             "artifact %s: a raw artifact is one file, more than one matches", rel);
@@ -253,15 +256,28 @@ int gitlab_artifacts_pack(const char *dir, const struct gitlab_artifact *a, cons
 
 char *gitlab_artifact_file_name(const struct gitlab_artifact *a)
 {
+    /* gitlab-runner's artifacts-uploader: the last component of the name
+     * (filepath.Base), "default" when nothing is left of it */
     const char *name = a->name && *a->name ? a->name : "artifacts";
+    size_t n = strlen(name);
+    while (n > 0 && name[n - 1] == '/')
+        n--;
+    const char *slash = memrchr(name, '/', n);
+    const char *base = slash ? slash + 1 : name;
+    size_t base_len = n - (size_t)(base - name);
+    if (base_len == 0 || (base_len == 1 && base[0] == '.')) {
+        base = "default";
+        base_len = strlen(base);
+    }
     const char *ext = !a->format || streq(a->format, "zip") ? ".zip"
                       : streq(a->format, "gzip")            ? ".gz"
                                                             : "";
     char *out = NULL;
-    if (asprintf(&out, "%s%s", name, ext) < 0)
+    if (asprintf(&out, "%.*s%s", (int)base_len, base, ext) < 0)
         return NULL;
+    /* it goes into a quoted multipart header */
     for (char *p = out; *p; p++) {
-        if (*p == '/' || *p == '\\' || *p == '"' || (unsigned char)*p < 0x20 || *p == 0x7f)
+        if (*p == '\\' || *p == '"' || (unsigned char)*p < 0x20 || *p == 0x7f)
             *p = '_';
     }
     return out;

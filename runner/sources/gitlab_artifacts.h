@@ -35,9 +35,11 @@ int gitlab_artifacts_zip(const char *dir, const struct gitlab_artifact *a, const
 int gitlab_artifacts_pack(const char *dir, const struct gitlab_artifact *a, const char *path,
                           uint64_t max_bytes, struct gitlab_zip_result *ret, struct al_error **err);
 
-/* The file name GitLab gets for an artifact: its `name` ("artifacts" when
- * none) with '/', '\', '"' and control characters replaced by '_', plus
- * ".zip" for zip and ".gz" for gzip. NULL when out of memory. */
+/* The file name GitLab gets for an artifact, as gitlab-runner names it: the
+ * last component of its (expanded) `name`, "artifacts" when it has none and
+ * "default" when nothing is left of it (a name that expanded to nothing,
+ * "dir/", "."), plus ".zip" for zip and ".gz" for gzip; '\', '"' and
+ * control characters replaced by '_'. NULL when out of memory. */
 char *gitlab_artifact_file_name(const struct gitlab_artifact *a);
 
 #endif

@@ -269,7 +269,8 @@ int gitlab_cache_store_put(struct gitlab_cache_store *s, int64_t project, const 
     _cleanup_free_ char *tmp = NULL;
     if (!rnd || asprintf(&tmp, "%s/" TMP_PREFIX "%s" SUFFIX, pdir, rnd) < 0)
         return al_error_set(err, ENOMEM, "out of memory");
-    struct gitlab_artifact a = {.paths = c->paths, .n_paths = c->n_paths};
+    struct gitlab_artifact a = {
+            .paths = c->paths, .n_paths = c->n_paths, .untracked = c->untracked};
     struct gitlab_zip_result res;
     r = gitlab_artifacts_zip(dir, &a, tmp, s->max_bytes, &res, err);
     if (r < 0)

@@ -202,9 +202,6 @@ static int save_work(void *data, struct al_error **err)
             continue;
         al_buf_printf(&q->log, "Saving cache %s for %s job\n", c->key,
                       q->succeeded ? "successful" : "failed");
-        if (c->untracked)
-            al_buf_puts(&q->log, "WARNING: cache:untracked is not supported by agentlab: only "
-                                 "cache:paths are saved\n");
         uint64_t bytes = 0;
         struct al_error *e = NULL;
         int r = gitlab_cache_store_put(q->store, p->project_id, c->key, q->dir, c, &bytes, &e);

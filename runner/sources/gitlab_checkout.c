@@ -1,5 +1,7 @@
 #include "runner/sources/gitlab_checkout.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 #include "runner/base/util.h"
 #include "runner/loop/work.h"
 #include "runner/sources/gitlab_job.h"
+#include "provision/archive_walk.h"
 #include "provision/artifacts.h"
 #include "provision/workdir.h"
 
@@ -48,6 +51,7 @@ struct gitlab_checkout {
     char **unpack_zips;
     int depth;
     uint64_t max_bytes;
+    bool list_tracked;
     enum step step;
     struct git_run *run; /* the git process of the current step */
     uv_timer_t timer;
@@ -339,10 +343,54 @@ static int spawn_git(struct gitlab_checkout *c, const char *const *argv)
 
 /* ---- packing ------------------------------------------------------------- */
 
+struct tracked_list {
+    FILE *f;
+    uint64_t bytes, max_bytes;
+};
+
+static int list_entry(struct archive_entry *e, const char *rel, void *userdata,
+                      struct al_error **err)
+{
+    struct tracked_list *t = userdata;
+    if (streq(rel, ".git") || strncmp(rel, ".git/", 5) == 0 ||
+        archive_entry_filetype(e) == AE_IFDIR)
+        return 0;
+    /* a name tar -X cannot hold: the file counts as untracked */
+    if (strchr(rel, '\n'))
+        return 0;
+    t->bytes += strlen(rel) + 3;
+    if (t->max_bytes && t->bytes > t->max_bytes)
+        return al_error_set(err, EFBIG, "the list of tracked files exceeds %llu bytes",
+                            (unsigned long long)t->max_bytes);
+    if (fprintf(t->f, "./%s\n", rel) < 0)
+        return al_error_set_errno(err, errno, "writing the list of tracked files");
+    return 0;
+}
+
+/* Right after the checkout every file of the tree is tracked. */
+static int write_tracked_list(struct gitlab_checkout *c, struct al_error **err)
+{
+    _cleanup_free_ char *path = al_path_join(c->src, GITLAB_TRACKED_LIST);
+    if (!path)
+        return al_error_set(err, ENOMEM, "out of memory");
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return al_error_set_errno(err, errno, "creating the list of tracked files");
+    struct tracked_list t = {.f = fdopen(fd, "w"), .max_bytes = c->max_bytes};
+    if (!t.f) {
+        close(fd);
+        return al_error_set(err, ENOMEM, "out of memory");
+    }
+    int r = archive_walk_dir(c->src, list_entry, &t, err);
+    if (fclose(t.f) != 0 && r == 0)
+        r = al_error_set_errno(err, errno, "writing the list of tracked files");
+    return r;
+}
+
 static int pack_work(void *data, struct al_error **err)
 {
     struct gitlab_checkout *c = data;
-    int r = 0;
+    int r = c->list_tracked ? write_tracked_list(c, err) : 0;
     /* earlier jobs' artifacts go over the tree, as gitlab-runner unpacks
      * them into the build dir; the same rules as a guest's artifacts */
     struct artifact_limits lim = {.max_bytes = c->max_bytes};
@@ -473,6 +521,7 @@ int gitlab_checkout_start(uv_loop_t *loop, const struct gitlab_checkout_params *
     c->data = data;
     c->depth = p->depth;
     c->max_bytes = p->max_bytes;
+    c->list_tracked = p->list_tracked;
     int r = gitlab_url_strip_credentials(p->repo_url, &c->url, err);
     if (r < 0) {
         checkout_free(c);

@@ -16,6 +16,7 @@
 #ifndef AL_GITLAB_CHECKOUT_H
 #define AL_GITLAB_CHECKOUT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -34,6 +35,9 @@ struct gitlab_checkout_params {
     /* NULL-terminated zip files (artifacts of earlier jobs of the pipeline)
      * unpacked over the checked-out tree before it is packed; may be NULL */
     const char *const *unpack_zips;
+    /* writes the checked-out files, before the zips are unpacked, as
+     * GITLAB_TRACKED_LIST (gitlab_job.h) into the tree */
+    bool list_tracked;
     int64_t timeout_s; /* the whole checkout; 0 = 10 minutes */
 };
 

@@ -119,7 +119,8 @@ static int parse_variables(yajl_val root, struct gitlab_job *j, struct al_error 
             (r = al_json_get_string(v, "value", p, GITLAB_JOB_MAX_STRING, false, NULL, &var->value,
                                     err)) < 0 ||
             (r = al_json_get_bool(v, "masked", p, false, &var->masked, err)) < 0 ||
-            (r = al_json_get_bool(v, "file", p, false, &var->file, err)) < 0)
+            (r = al_json_get_bool(v, "file", p, false, &var->file, err)) < 0 ||
+            (r = al_json_get_bool(v, "raw", p, false, &var->raw, err)) < 0)
             return r;
         if (!var->value && !(var->value = strdup("")))
             return al_error_set(err, ENOMEM, "out of memory");
@@ -306,6 +307,43 @@ static int parse_dependencies(yajl_val root, struct gitlab_job *j, struct al_err
     return 0;
 }
 
+/* features.token_mask_prefixes (o may be NULL) plus the default prefix,
+ * in order, without duplicates, cut at GITLAB_JOB_MASK_PREFIXES as
+ * gitlab-runner does. */
+static int parse_mask_prefixes(yajl_val o, struct gitlab_job *j, struct al_error **err)
+{
+    _cleanup_strv_ char **sent = NULL;
+    size_t n_sent = 0;
+    int r = o ? al_json_get_strv(o, "token_mask_prefixes", "features",
+                                 GITLAB_JOB_MAX_MASK_PREFIXES_SENT, AL_REDACT_PREFIX_MAX_LEN, false,
+                                 al_json_check_word, &sent, &n_sent, err)
+              : 0;
+    if (r < 0)
+        return r;
+    j->mask_prefixes = calloc(GITLAB_JOB_MASK_PREFIXES + 1, sizeof(char *));
+    if (!j->mask_prefixes)
+        return al_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i <= n_sent && j->n_mask_prefixes < GITLAB_JOB_MASK_PREFIXES; i++) {
+        const char *p = i < n_sent ? sent[i] : GITLAB_DEFAULT_MASK_PREFIX;
+        if (!al_redact_prefix_is_valid(p)) {
+            char path[96];
+            return al_json_fail(
+                    err, al_json_path(path, sizeof(path), "features.token_mask_prefixes", NULL, i),
+                    "expected %d to %d printable characters without spaces",
+                    AL_REDACT_PREFIX_MIN_LEN, AL_REDACT_PREFIX_MAX_LEN);
+        }
+        bool dup = false;
+        for (size_t k = 0; k < j->n_mask_prefixes && !dup; k++)
+            dup = streq(j->mask_prefixes[k], p);
+        if (dup)
+            continue;
+        if (!(j->mask_prefixes[j->n_mask_prefixes] = strdup(p)))
+            return al_error_set(err, ENOMEM, "out of memory");
+        j->n_mask_prefixes++;
+    }
+    return 0;
+}
+
 static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err)
 {
     if (!YAJL_IS_OBJECT(root))
@@ -351,6 +389,8 @@ static int parse_root(yajl_val root, struct gitlab_job *j, struct al_error **err
         ((r = al_json_get_strv(o, "failure_reasons", "features", 64, 64, false, al_json_check_word,
                                &j->failure_reasons, &j->n_failure_reasons, err)) < 0))
         return r;
+    if ((r = parse_mask_prefixes(o, j, err)) < 0)
+        return r;
     if ((r = parse_git(root, j, err)) < 0 || (r = parse_variables(root, j, err)) < 0 ||
         (r = parse_steps(root, j, err)) < 0 || (r = parse_artifacts(root, j, err)) < 0 ||
         (r = parse_dependencies(root, j, err)) < 0 || (r = parse_caches(root, j, err)) < 0)
@@ -375,6 +415,8 @@ int gitlab_job_parse(const char *data, size_t len, struct gitlab_job **ret_job,
     if (!j)
         return al_error_set(err, ENOMEM, "out of memory");
     r = parse_root(root, j, err);
+    if (r == 0)
+        r = gitlab_job_expand(j, err);
     if (r < 0)
         return r;
     *ret_job = TAKE_PTR(j);
@@ -449,6 +491,7 @@ struct gitlab_job *gitlab_job_free(struct gitlab_job *j)
     free(j->caches);
     free(j->image);
     strv_free(j->failure_reasons);
+    strv_free(j->mask_prefixes);
     free(j);
     return NULL;
 }
@@ -632,14 +675,54 @@ static bool pattern_matches(const char *pat, const char *path)
     }
 }
 
+static bool artifact_excludes(const struct gitlab_artifact *a, const char *path)
+{
+    for (size_t i = 0; i < a->n_exclude; i++) {
+        if (pattern_matches(a->exclude[i], path))
+            return true;
+    }
+    return false;
+}
+
 bool gitlab_artifact_wants(const struct gitlab_artifact *a, const char *path)
 {
     bool in = false;
     for (size_t i = 0; i < a->n_paths && !in; i++)
         in = pattern_matches(a->paths[i], path);
-    for (size_t i = 0; i < a->n_exclude && in; i++)
-        in = !pattern_matches(a->exclude[i], path);
-    return in;
+    return in && !artifact_excludes(a, path);
+}
+
+bool gitlab_job_wants_untracked(const struct gitlab_job *job)
+{
+    for (size_t i = 0; i < job->n_artifacts; i++) {
+        if (job->artifacts[i].untracked)
+            return true;
+    }
+    for (size_t i = 0; i < job->n_caches; i++) {
+        const struct gitlab_cache_spec *c = &job->caches[i];
+        if (c->untracked && (gitlab_cache_saves(c, true) || gitlab_cache_saves(c, false)))
+            return true;
+    }
+    return false;
+}
+
+const char *gitlab_artifact_member(const struct gitlab_artifact *a, const char *rel)
+{
+    size_t n = strlen(GITLAB_UNTRACKED_DIR);
+    bool staged = strncmp(rel, GITLAB_UNTRACKED_DIR, n) == 0 && (!rel[n] || rel[n] == '/');
+    if (!staged)
+        return gitlab_artifact_wants(a, rel) ? rel : NULL;
+    if (!a->untracked || !rel[n] || !rel[n + 1])
+        return NULL;
+    const char *path = rel + n + 1;
+    if (artifact_excludes(a, path))
+        return NULL;
+    /* in the work dir's part already: one member a path */
+    for (size_t i = 0; i < a->n_paths; i++) {
+        if (pattern_matches(a->paths[i], path))
+            return NULL;
+    }
+    return path;
 }
 
 /* ---- the script ---------------------------------------------------------- */
@@ -800,6 +883,35 @@ static int script_step(const struct gitlab_step *s, struct al_buf *b)
     return r;
 }
 
+/* The untracked files into GITLAB_UNTRACKED_DIR (see gitlab_job.h); GNU
+ * tar's options, as the images' tar. */
+static int script_untracked(struct al_buf *b)
+{
+    return al_buf_puts(
+            b,
+            "# untracked files for the artifacts\n"
+            "rm -rf " GITLAB_UNTRACKED_DIR " && mkdir " GITLAB_UNTRACKED_DIR " && {\n"
+            "    __al_l=\"${TMPDIR:-/tmp}/agentlab-untracked.$$\"\n"
+            "    __al_ucopy=\n"
+            "    if command -v git >/dev/null 2>&1 && [ -e .git ] &&\n"
+            "        GIT_CEILING_DIRECTORIES=\"${PWD%/*}\" git ls-files -o -z >\"$__al_l\" \\\n"
+            "            2>/dev/null; then\n"
+            "        tar -c -f - --verbatim-files-from --null -T \"$__al_l\" |\n"
+            "            tar -x -f - -C " GITLAB_UNTRACKED_DIR " || __al_ucopy=1\n"
+            "    elif [ -f " GITLAB_TRACKED_LIST " ]; then\n"
+            "        tar -c -f - --anchored --no-wildcards -X " GITLAB_TRACKED_LIST
+            " --exclude=./.git \\\n"
+            "            --exclude=./" GITLAB_UNTRACKED_DIR
+            " . | tar -x -f - -C " GITLAB_UNTRACKED_DIR " || __al_ucopy=1\n"
+            "    else\n"
+            "        echo 'WARNING: untracked: not a git work tree, no untracked files' >&2\n"
+            "    fi\n"
+            "    rm -f \"$__al_l\"\n"
+            "    [ -z \"$__al_ucopy\" ] ||\n"
+            "        echo 'WARNING: untracked: copying the files failed, some may be missing' >&2\n"
+            "}\n");
+}
+
 int gitlab_job_script(const struct gitlab_job *j, enum gitlab_clone clone, char **ret_script,
                       struct al_error **err)
 {
@@ -831,6 +943,8 @@ int gitlab_job_script(const struct gitlab_job *j, enum gitlab_clone clone, char 
         r = script_guest_checkout(j, &b);
     for (size_t i = 0; r == 0 && i < j->n_steps; i++)
         r = script_step(&j->steps[i], &b);
+    if (r == 0 && gitlab_job_wants_untracked(j))
+        r = script_untracked(&b);
     if (r == 0)
         r = al_buf_puts(&b, "exit \"$__al_code\"\n");
     if (r < 0) {
@@ -887,7 +1001,8 @@ static void env_remove(struct job_env_var *vars, size_t *n, const char *key)
 
 bool gitlab_cache_saves(const struct gitlab_cache_spec *c, bool succeeded)
 {
-    return c->policy != GITLAB_CACHE_PULL && c->n_paths && gitlab_when_applies(c->when, succeeded);
+    return c->policy != GITLAB_CACHE_PULL && (c->n_paths || c->untracked) &&
+           gitlab_when_applies(c->when, succeeded);
 }
 
 /* What the guest hands back: the roots of every artifact entry (archive
@@ -896,7 +1011,7 @@ bool gitlab_cache_saves(const struct gitlab_cache_spec *c, bool succeeded)
 static int spec_artifact_roots(const struct gitlab_job *j, struct job_spec *spec,
                                struct al_error **err)
 {
-    size_t n = 0;
+    size_t n = gitlab_job_wants_untracked(j) ? 1 : 0;
     for (size_t i = 0; i < j->n_artifacts; i++)
         n += j->artifacts[i].n_paths;
     for (size_t i = 0; i < j->n_caches; i++) {
@@ -912,6 +1027,8 @@ static int spec_artifact_roots(const struct gitlab_job *j, struct job_spec *spec
     if (!paths)
         return al_error_set(err, ENOMEM, "out of memory");
     size_t k = 0;
+    if (gitlab_job_wants_untracked(j))
+        paths[k++] = (char *)GITLAB_UNTRACKED_DIR;
     for (size_t i = 0; i < j->n_artifacts; i++) {
         for (size_t m = 0; m < j->artifacts[i].n_paths; m++)
             paths[k++] = j->artifacts[i].paths[m];

@@ -46,6 +46,12 @@
 #define GITLAB_JOB_MAX_PATHS        100 /* paths (and excludes) per artifact entry */
 #define GITLAB_JOB_MAX_NAME         255
 #define GITLAB_JOB_MAX_DEPTH_GIT    1000000
+/* features.token_mask_prefixes: entries accepted in a payload, and how many
+ * are used (gitlab-runner's limit; the rest are ignored, as it does) */
+#define GITLAB_JOB_MAX_MASK_PREFIXES_SENT 64
+#define GITLAB_JOB_MASK_PREFIXES          15
+/* the prefix gitlab-runner always masks (personal access tokens) */
+#define GITLAB_DEFAULT_MASK_PREFIX "glpat-"
 
 /* The longest after_script step, as gitlab-runner's default. */
 #define GITLAB_AFTER_SCRIPT_TIMEOUT_S 300
@@ -58,9 +64,10 @@ enum gitlab_when {
 
 struct gitlab_variable {
     char *key;
-    char *value; /* wiped when the job is freed */
+    char *value; /* wiped when the job is freed; expanded unless raw */
     bool masked;
     bool file;
+    bool raw; /* not expanded */
 };
 
 struct gitlab_step {
@@ -145,7 +152,45 @@ struct gitlab_job {
      * server did not say (then every documented reason is assumed). */
     char **failure_reasons;
     size_t n_failure_reasons;
+    /* the token prefixes to mask in the job's output: those of
+     * features.token_mask_prefixes (each 3 to 64 printable characters
+     * without spaces, else the payload is refused) and
+     * GITLAB_DEFAULT_MASK_PREFIX, without duplicates, at most
+     * GITLAB_JOB_MASK_PREFIXES. NULL-terminated, never NULL. */
+    char **mask_prefixes;
+    size_t n_mask_prefixes;
 };
+
+/* The most an expanded string may grow to, and all expanded variable
+ * values of a job together (a value naming a long one many times). */
+#define GITLAB_EXPAND_MAX       GITLAB_JOB_MAX_STRING
+#define GITLAB_EXPAND_MAX_TOTAL (4u << 20)
+/* "$" in the strings a job expands: each reference scans the variables */
+#define GITLAB_EXPAND_MAX_REFS 65536
+
+/* Expands $NAME and ${NAME} in s against vars[0..n) as gitlab-runner's
+ * JobVariables.ExpandValue (Go's os.Expand) does: the last variable with
+ * that key; "$$" and "${$}" give "$"; unknown names, shell special
+ * parameters ($1, $*, $#, $@, $!, $?, $-) and ${...} with anything but a
+ * name expand to nothing; a "$" followed by nothing or by a character that
+ * starts no name stays; "${}" and an unclosed "${" are dropped. One pass:
+ * what a value brings in is not expanded again, so expansion always ends.
+ * A file variable expands to nothing (its file exists only in the guest).
+ * *ret is new; -E2BIG when the result would be longer than max, -ENOMEM. */
+int gitlab_expand(const char *s, const struct gitlab_variable *vars, size_t n, size_t max,
+                  char **ret);
+
+/* Expands, in a parsed job, what gitlab-runner expands: every variable
+ * value but the raw ones, each against the values as sent (its
+ * JobVariables.Expand), then against those: the artifacts' name, paths
+ * and exclude, and the caches' key, paths and fallback keys. A name that
+ * expands to nothing becomes "default" (gitlab-runner's uploader). Fails
+ * (-EINVAL, message naming the field) when the strings hold more than
+ * GITLAB_EXPAND_MAX_REFS "$", a value would exceed GITLAB_EXPAND_MAX, all
+ * values GITLAB_EXPAND_MAX_TOTAL, or a path or key JOB_SPEC_MAX_PATH or
+ * would hold control characters. gitlab_job_parse()
+ * calls it. */
+int gitlab_job_expand(struct gitlab_job *job, struct al_error **err);
 
 /* Parses and validates a job payload. data need not be NUL-terminated.
  * On success *ret_job is a new job the caller frees with gitlab_job_free().
@@ -201,6 +246,29 @@ int gitlab_job_to_spec(const struct gitlab_job *job, const struct gitlab_spec_op
 /* The /bin/sh script that runs the steps in the guest (part of the spec). */
 int gitlab_job_script(const struct gitlab_job *job, enum gitlab_clone clone, char **ret_script,
                       struct al_error **err);
+
+/* `untracked: true` artifacts and caches. At the end of the script (after
+ * after_script) the guest copies the files git does not track into
+ * GITLAB_UNTRACKED_DIR of the work dir, which it hands back with the other
+ * artifacts: the files `git ls-files -o` lists when git runs there (as
+ * gitlab-runner's archiver asks git), else every file but .git and those
+ * in GITLAB_TRACKED_LIST, the list of the checkout's files the host writes
+ * (clone = host; one "./path" a line, for GNU tar's -X). */
+#define GITLAB_UNTRACKED_DIR ".agentlab-untracked"
+#define GITLAB_TRACKED_LIST  ".git/agentlab-tracked"
+
+/* Whether any artifact entry of the job, or a cache it may save, asks for
+ * untracked files. */
+bool gitlab_job_wants_untracked(const struct gitlab_job *job);
+
+/* The name under which the file rel (a path under the guest's artifacts:
+ * the work dir's, or GITLAB_UNTRACKED_DIR's copies) goes into a's archive,
+ * or NULL when it does not belong there: a work dir path a wants
+ * (gitlab_artifact_wants()) as itself; an untracked copy, when a asks for
+ * untracked files, as the path it has in the work dir unless an exclude
+ * pattern matches it or a's paths already bring it in. The result points
+ * into rel. */
+const char *gitlab_artifact_member(const struct gitlab_artifact *a, const char *rel);
 
 /* The archive artifact entry (artifact_type "archive") or NULL. */
 const struct gitlab_artifact *gitlab_job_archive(const struct gitlab_job *job);

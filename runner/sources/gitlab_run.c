@@ -32,6 +32,8 @@ static void on_job_closed(uv_handle_t *h)
         if (j->payload->dependencies[i].token)
             al_redact_remove(j->payload->dependencies[i].token);
     }
+    for (size_t i = 0; j->payload && i < j->payload->n_mask_prefixes; i++)
+        al_redact_remove_prefix(j->payload->mask_prefixes[i]);
     if (j->dep_fd >= 0)
         close(j->dep_fd);
     free(j->deps_dir);
@@ -292,6 +294,21 @@ void gl_start_job(struct gitlab *g, const char *body, size_t len)
             payload->dependencies[i].token = NULL;
         }
     }
+    /* masked in the job's output, and everywhere else, while the job lives */
+    for (size_t i = 0; i < payload->n_mask_prefixes;) {
+        r = al_redact_add_prefix(payload->mask_prefixes[i]);
+        if (r == 0) {
+            i++;
+            continue;
+        }
+        /* not registered: on_job_closed must not drop a registration */
+        log_warn(NULL, "gitlab %s: job %" PRId64 ": token prefix %s is not masked: %s",
+                 g->src->name, j->id, payload->mask_prefixes[i], strerror(-r));
+        free(payload->mask_prefixes[i]);
+        memmove(&payload->mask_prefixes[i], &payload->mask_prefixes[i + 1],
+                (payload->n_mask_prefixes - i) * sizeof(char *));
+        payload->n_mask_prefixes--;
+    }
     j->phase = PHASE_CHECKOUT;
     log_info(NULL, "gitlab %s: job %" PRId64 " (%s, %s at %.12s)", g->src->name, j->id,
              payload->job_name ? payload->job_name : "unnamed",
@@ -362,6 +379,7 @@ static void checkout_begin(struct gljob *j)
             .max_bytes = g->src->max_checkout_bytes,
             .timeout_s = CHECKOUT_TIMEOUT_S,
             .unpack_zips = zips,
+            .list_tracked = gitlab_job_wants_untracked(payload),
     };
     if (!j->checkout_dir || !zips ||
         gitlab_checkout_start(g->loop, &cp, on_checkout_done, j, &j->checkout, &err) < 0) {

@@ -20,8 +20,11 @@ Simulated server behaviour:
     output checksum and bytesize are checked against the trace;
   - artifacts uploads are checked against the job's artifacts[] entries as
     gitlab-runner sends them (query artifact_type, artifact_format and
-    expire_in; one multipart part "file" named after the entry's `name`
-    with .zip or .gz; zip archives, gzip one member per file, raw as is),
+    expire_in; one multipart part "file" named as gitlab-runner's uploader
+    names it: the last component of the entry's `name` expanded against the
+    job's variables, "artifacts" without a name, "default" when nothing is
+    left, with .zip or .gz; zip archives, gzip one member per file, raw as
+    is),
     unpacked and kept (the archive as `artifacts`, reports in `reports`);
   - git over smart HTTP (git http-backend) under /git/, with the job token
     as Basic auth (user gitlab-ci-token).
@@ -86,11 +89,76 @@ def predefined_variables(job_id, job_name, project, token, server):
     ]
 
 
+def expand(s, variables):
+    """gitlab-runner's JobVariables.ExpandValue (Go's os.Expand with its
+    lookup), written out independently of agentlab's C version."""
+    def lookup(name):
+        if name == "$":
+            return "$"
+        if name in ("*", "#", "@", "!", "?") or name.isdigit() and len(name) == 1:
+            return ""
+        found = [v for v in variables if v["key"] == name]
+        return "" if not found or found[-1].get("file") else found[-1]["value"]
+    out, i = [], 0
+    special = set("*#$@!?-0123456789")
+    while i < len(s):
+        c = s[i]
+        if c != "$" or i + 1 == len(s):
+            out.append(c)
+            i += 1
+            continue
+        rest = s[i + 1:]
+        if rest[0] == "{":
+            if len(rest) > 2 and rest[1] in special and rest[2] == "}":
+                out.append(lookup(rest[1]))
+                i += 4
+                continue
+            close = rest.find("}")
+            if close < 0:
+                i += 2
+            elif close == 1:
+                i += 3
+            else:
+                out.append(lookup(rest[1:close]))
+                i += close + 2
+            continue
+        if rest[0] in special:
+            out.append(lookup(rest[0]))
+            i += 2
+            continue
+        m = re.match(r"[A-Za-z0-9_]*", rest)
+        if not m.group(0):
+            out.append("$")
+            i += 1
+            continue
+        out.append(lookup(m.group(0)))
+        i += 1 + len(m.group(0))
+    return "".join(out)
+
+
+def artifact_file_name(entry, variables):
+    """The multipart file name gitlab-runner's artifacts-uploader sends."""
+    fmt = entry.get("artifact_format", "zip")
+    ext = {"zip": ".zip", "gzip": ".gz"}.get(fmt, "")
+    name = entry.get("name")
+    if not name:
+        return "artifacts" + ext
+    # the job's environment: every value but raw ones expanded once
+    env = [dict(v, value=v["value"] if v.get("raw") else expand(v["value"], variables))
+           for v in variables]
+    base = expand(name, env).rstrip("/")
+    base = base.rsplit("/", 1)[-1]
+    if base in ("", "."):
+        base = "default"
+    return base + ext
+
+
 def make_job(job_id, server, sha, script, *, name=None, token=None, project="demo",
              after_script=None, variables=(), artifacts=None, timeout=3600, depth=20,
-             dependencies=(), cache=None, project_id=1, image=None):
+             dependencies=(), cache=None, project_id=1, image=None, mask_prefixes=None):
     """A job payload shaped like GitLab's answer to POST /api/v4/jobs/request.
-    image: the job's image: (for agentlab, a VM image name); None = none given."""
+    image: the job's image: (for agentlab, a VM image name); None = none given.
+    mask_prefixes: features.token_mask_prefixes; None = not sent."""
     name = name or f"job-{job_id}"
     token = token or f"glcbt-64_fake{job_id:04d}tokenAbCdEfGhIj"
     repo = server.replace("://", "://gitlab-ci-token:" + token + "@") + f"/git/{project}.git"
@@ -124,7 +192,9 @@ def make_job(job_id, server, sha, script, *, name=None, token=None, project="dem
                          "username": "gitlab-ci-token", "password": token}],
         # GitLab sends the dependent job's own token for each dependency
         "dependencies": [dict({"token": token}, **d) for d in dependencies],
-        "features": {"trace_sections": True, "failure_reasons": sorted(FAILURE_REASONS)},
+        "features": dict({"trace_sections": True, "failure_reasons": sorted(FAILURE_REASONS)},
+                         **({"token_mask_prefixes": list(mask_prefixes)}
+                            if mask_prefixes is not None else {})),
         "hooks": [],
     }
 
@@ -529,8 +599,7 @@ class _Handler(BaseHTTPRequestHandler):
                          r'filename="([^"]*)"', head, re.I)
         if not disp:
             return self.bad(f"the part is not form-data name=\"file\" with a filename: {head!r}")
-        base = entry.get("name") or "artifacts"
-        want = base + {"zip": ".zip", "gzip": ".gz"}.get(afmt, "")
+        want = artifact_file_name(entry, job.payload.get("variables", []))
         if disp.group(1) != want:
             return self.bad(f"file name {disp.group(1)!r}, want {want!r}")
         if afmt == "zip":

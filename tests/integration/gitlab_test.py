@@ -453,13 +453,32 @@ poll_interval = 1s
 
 
 EXPENSIVE_S = 12  # what the build does without its cache (a slow dependency fetch)
+# tokens a job prints: GitLab's personal access token prefix (always masked)
+# and the prefixes GitLab sends in features.token_mask_prefixes
+PAT_TOKEN = "glpat-Fak3PersonalAcc3ssT0ken_x9"
+SPLIT_TOKEN = "glpat-Spl1tAcrossTw0Writes-q7"
+DEPLOY_TOKEN = "gldt-Fak3DeployT0ken.ab=cd"
+MASK_PREFIXES = ["gldt-", "glrt-"]
 
 
 def pipeline_jobs(srv, sha, base):
     """build -> test -> deploy, job ids base+1..base+3."""
     cache = {"key": "deps-non_protected", "untracked": False, "policy": "pull-push",
              "paths": ["vendor/"], "when": "on_success", "fallback_keys": []}
-    build = make_job(base + 1, srv, sha, name="build", project_id=77, cache=[cache], script=[
+    # a variable referencing others names the archive; tokens with GitLab's
+    # prefixes are printed (one split across two writes of the job)
+    version = [{"key": "APP_VERSION", "value": "1.4", "public": True, "masked": False,
+                "file": False, "raw": False},
+               {"key": "APP_TAG", "value": "v$APP_VERSION-${CI_COMMIT_REF_NAME}", "public": True,
+                "masked": False, "file": False, "raw": False},
+               {"key": "RAW_TAG", "value": "v$APP_VERSION", "public": True, "masked": False,
+                "file": False, "raw": True}]
+    build = make_job(base + 1, srv, sha, name="build", project_id=77, cache=[cache],
+                     variables=version, mask_prefixes=MASK_PREFIXES, script=[
+        f"echo \"pushing with {PAT_TOKEN} now\"",
+        f"printf '%s' '{SPLIT_TOKEN[:9]}'; sleep 2; printf '%s done\\n' '{SPLIT_TOKEN[9:]}'",
+        f"echo deploy token {DEPLOY_TOKEN}.",
+        "echo \"tag=$APP_TAG raw=$RAW_TAG\"",
         "start=$(cut -d. -f1 /proc/uptime)",
         "if [ -f vendor/deps.txt ]; then echo CACHE-HIT; else echo CACHE-MISS; "
         f"sleep {EXPENSIVE_S}; mkdir -p vendor; "
@@ -467,7 +486,7 @@ def pipeline_jobs(srv, sha, base):
         "echo deps-$start > vendor/deps.txt; fi",
         "mkdir -p bin && printf '#!/bin/sh\\necho app-built\\n' > bin/app",
         "echo BUILD-STEP-SECONDS=$(( $(cut -d. -f1 /proc/uptime) - start ))",
-    ], artifacts=[{"name": "build-output", "untracked": False, "paths": ["bin/"],
+    ], artifacts=[{"name": "build-$APP_TAG", "untracked": False, "paths": ["bin/"],
                    "when": "on_success", "artifact_type": "archive", "artifact_format": "zip",
                    "expire_in": "1 day"}])
     # test: another key, reaching the build's cache through its fallback key;
@@ -477,21 +496,25 @@ def pipeline_jobs(srv, sha, base):
               "fallback_keys": ["deps-non_protected"]}
     test = make_job(base + 2, srv, sha, name="test", project_id=77, cache=[tcache], dependencies=[
         {"id": base + 1, "name": "build",
-         "artifacts_file": {"filename": "build-output.zip", "size": 1000}}], script=[
+         "artifacts_file": {"filename": "build-v1.4-main.zip", "size": 1000}}], script=[
         "test -f vendor/deps.txt && echo TEST-CACHE-HIT $(cat vendor/deps.txt)",
+        "echo scratch > scratch.tmp && echo changed > src/main.c",
         "sh bin/app",
         "printf '<testsuite name=\"unit\" tests=\"2\"><testcase name=\"a\"/>"
         "<testcase name=\"b\"/></testsuite>\\n' > report.xml",
         "mkdir -p more && echo '<testsuite name=\"more\" tests=\"0\"/>' > more/extra.xml",
     ], artifacts=[
-        {"name": "test-output", "untracked": False, "paths": ["report.xml"],
+        # untracked: what the job and its dependencies and cache brought,
+        # not the checkout's files (changed or not), nor what exclude names
+        {"name": "test-output", "untracked": True, "paths": ["report.xml"],
+         "exclude": ["vendor/**", "*.tmp"],
          "when": "always", "artifact_type": "archive", "artifact_format": "zip"},
-        {"name": "junit", "untracked": False, "paths": ["report.xml", "more/*.xml"],
+        {"name": "junit.xml", "untracked": False, "paths": ["report.xml", "more/*.xml"],
          "when": "always", "artifact_type": "junit", "artifact_format": "gzip",
          "expire_in": "30 days"}])
     deploy = make_job(base + 3, srv, sha, name="deploy", project_id=77, dependencies=[
         {"id": base + 1, "name": "build",
-         "artifacts_file": {"filename": "build-output.zip", "size": 1000}},
+         "artifacts_file": {"filename": "build-v1.4-main.zip", "size": 1000}},
         {"id": base + 2, "name": "test",
          "artifacts_file": {"filename": "test-output.zip", "size": 1000}}], script=[
         "sh bin/app", "case \"$(cat report.xml)\" in *'tests=\"2\"'*) echo REPORT-OK;; esac",
@@ -606,13 +629,19 @@ cache_max_size = 64M
         check(any(b'<testcase name="a"/>' in m for m in rep) and
               any(b'name="more"' in m for m in rep), f"run {n + 1}: junit content {rep}")
         up = {u[0]: u for u in test.uploads}
-        check(up["junit"][1:3] == ("gzip", "junit.gz") and
+        check(up["junit"][1:3] == ("gzip", "junit.xml.gz") and
               up["junit"][3].get("expire_in") == ["30 days"], f"junit upload {up['junit']}")
         check(up["archive"][1:3] == ("zip", "test-output.zip"), f"archive upload {up['archive']}")
-        check(sorted(test.artifacts) == ["report.xml"], f"test archive {sorted(test.artifacts)}")
-        check(build.uploads[0][2] == "build-output.zip" and
+        check(sorted(test.artifacts) == ["bin/app", "more/extra.xml", "report.xml"],
+              f"test archive (report.xml and the untracked files) {sorted(test.artifacts)}")
+        check(build.uploads[0][2] == "build-v1.4-main.zip" and
               build.artifact_query.get("expire_in") == ["1 day"], f"build upload {build.uploads}")
         check(sorted(build.artifacts) == ["bin/app"], f"build archive {sorted(build.artifacts)}")
+        # tokens: masked by their prefixes, also across two writes
+        t = trace(build)
+        for w in ("pushing with glpat-*** now", "glpat-*** done", "deploy token gldt-***\n",
+                  "tag=v1.4-main raw=v$APP_VERSION"):
+            check(w in t, f"run {n + 1}: build: {w!r} missing:\n{t}")
         # deploy: both
         t = trace(deploy)
         for w in ("app-built", "REPORT-OK", "DEPLOYED"):
@@ -641,6 +670,17 @@ cache_max_size = 64M
                                      (212, 211, 200), (213, 211, 200), (213, 212, 200)],
           f"downloads {fake.downloads}")
     check(not fake.errors, "the fake saw protocol errors:\n  " + "\n  ".join(fake.errors))
+    # the printed tokens nowhere in clear: traces, the daemon's log, the
+    # database and every file of the state dir (the split one's second half
+    # is in the script's text on its own, where no prefix announces it)
+    tokens = [PAT_TOKEN, SPLIT_TOKEN, DEPLOY_TOKEN, PAT_TOKEN[6:], DEPLOY_TOKEN[5:]]
+    for r in runs:
+        for j in r:
+            for tok in tokens:
+                check(tok.encode() not in j.trace, f"a token in the trace of {j.id}")
+    hits = grep_files([log_path] + list(all_files(state)), tokens)
+    hits = [h for h in hits if not h[0].startswith(os.path.join(state, "images"))]
+    check(not hits, f"tokens found in files: {hits}")
     fake.stop()
     destroy_test_pools(tmp)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -499,8 +499,9 @@ static void test_gitlab_report_formats(void **state)
     assert_int_equal(gitlab_artifacts_pack(src, &a, gz, 0, &res, &err), 0);
     assert_int_equal(res.files, 1);
     assert_int_equal(res.bytes, 22);
+    /* the last component of the name, as gitlab-runner's filepath.Base */
     name = gitlab_artifact_file_name(&a);
-    assert_string_equal(name, "dot_env_");
+    assert_string_equal(name, "env_");
     free(name);
     a.paths = paths;
     assert_int_equal(gitlab_artifacts_pack(src, &a, gz, 0, &res, &err), -EINVAL);
@@ -512,6 +513,19 @@ static void test_gitlab_report_formats(void **state)
     name = gitlab_artifact_file_name(&a);
     assert_string_equal(name, "artifacts.zip");
     free(name);
+    static const struct {
+        const char *name, *want;
+    } names[] = {{"", "artifacts.zip"},         {"build-1.2", "build-1.2.zip"},
+                 {"out/dist/", "dist.zip"},     {"/", "default.zip"},
+                 {".", "default.zip"},          {"a\\b", "a_b.zip"},
+                 {"junit.xml", "junit.xml.zip"}};
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        a.name = (char *)names[i].name;
+        name = gitlab_artifact_file_name(&a);
+        assert_string_equal(name, names[i].want);
+        free(name);
+    }
+    a.name = NULL;
     a.format = "tar";
     assert_int_equal(gitlab_artifacts_pack(src, &a, gz, 0, &res, &err), -ENOTSUP);
     err = al_error_free(err);

@@ -190,12 +190,36 @@ static void test_save_restore_fallback(void **state)
     assert_true(asprintf(&empty, "%s/42/empty.zip", f->store_dir) > 0);
     assert_int_equal(access(empty, F_OK), -1);
 
+    /* untracked: the guest's copies of the untracked files, under their
+     * own paths, with the paths' files, each once */
+    write_file(f->work, GITLAB_UNTRACKED_DIR "/build/obj.o", 6, 'o');
+    write_file(f->work, GITLAB_UNTRACKED_DIR "/vendor/b.txt", 4, 'B');
+    struct gitlab_cache_spec cu = spec_of(paths);
+    cu.untracked = true;
+    assert_int_equal(gitlab_cache_store_put(s, 42, "untracked", f->work, &cu, &bytes, NULL), 0);
+    const char *ukey[] = {"untracked"};
+    _cleanup_free_ char *dest3 = al_path_join(f->root, "restored3.zip");
+    assert_int_equal(gitlab_cache_store_get(s, 42, ukey, 1, dest3, &idx, NULL), 0);
+    _cleanup_free_ char *listing4 = zip_listing(dest3);
+    /* in walk order */
+    assert_int_equal(strlen(listing4), strlen("build/obj.o=6,vendor/b.txt=4,vendor/lib/a.txt=10"));
+    assert_non_null(strstr(listing4, "build/obj.o=6"));
+    assert_non_null(strstr(listing4, "vendor/b.txt=4"));
+    assert_non_null(strstr(listing4, "vendor/lib/a.txt=10"));
+    /* without untracked the copies are not the cache's */
+    assert_int_equal(gitlab_cache_store_put(s, 42, "tracked", f->work, &c, &bytes, NULL), 0);
+    const char *tkey[] = {"tracked"};
+    _cleanup_free_ char *dest4 = al_path_join(f->root, "restored4.zip");
+    assert_int_equal(gitlab_cache_store_get(s, 42, tkey, 1, dest4, &idx, NULL), 0);
+    _cleanup_free_ char *listing5 = zip_listing(dest4);
+    assert_string_equal(listing5, "vendor/b.txt=4,vendor/lib/a.txt=10");
+
     struct gitlab_cache_stats stats;
     gitlab_cache_store_stats(s, &stats);
-    assert_int_equal(stats.hits, 2);
+    assert_int_equal(stats.hits, 4);
     assert_int_equal(stats.misses, 2);
-    assert_int_equal(stats.saves, 2);
-    assert_int_equal(stats.archives, 1);
+    assert_int_equal(stats.saves, 4);
+    assert_int_equal(stats.archives, 3);
     assert_int_equal(stats.evictions, 0);
     gitlab_cache_store_free(s);
 }

@@ -2,6 +2,7 @@
  * from them (run here with the host's /bin/sh), artifact patterns, CRC-32. */
 #include "test_util.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -580,9 +581,19 @@ static void test_spec_vm(void **state)
 /* Runs the job's script as the guest helper does (/bin/sh -e -c) in a fresh
  * dir with env; returns the exit status and the output (stdout and stderr
  * together). */
+static int run_script_in(const struct job_spec *spec, const char *dir, char **ret_out);
+
 static int run_script(const struct job_spec *spec, char **ret_out)
 {
     char *dir = test_tmpdir("gljob");
+    int rc = run_script_in(spec, dir, ret_out);
+    test_tmpdir_remove(dir);
+    return rc;
+}
+
+/* Runs the job's script with the host's /bin/sh in dir (which it keeps). */
+static int run_script_in(const struct job_spec *spec, const char *dir, char **ret_out)
+{
     _cleanup_free_ char *script = al_path_join(dir, "job.sh");
     _cleanup_free_ char *out = al_path_join(dir, "out");
     assert_int_equal(al_write_file_atomic(script, spec->script, strlen(spec->script), 0600, NULL),
@@ -606,7 +617,8 @@ static int run_script(const struct job_spec *spec, char **ret_out)
     assert_int_equal(waitpid(pid, &status, 0), pid);
     size_t len = 0;
     assert_int_equal(al_read_file(out, 1 << 20, ret_out, &len, NULL), 0);
-    test_tmpdir_remove(dir);
+    unlink(out);
+    unlink(script);
     assert_true(WIFEXITED(status));
     return WEXITSTATUS(status);
 }
@@ -617,7 +629,7 @@ static void test_script_semantics(void **state)
     /* success: every line runs and is echoed; after_script runs in its own shell */
     _cleanup_free_ char *ok = payload(
             "{\"key\": \"CERT\", \"value\": \"pem-data\\n\", \"file\": true},"
-            "{\"key\": \"SPACEY\", \"value\": \"a 'b' \\\"c\\\" $d\"}",
+            "{\"key\": \"SPACEY\", \"value\": \"a 'b' \\\"c\\\" $d\", \"raw\": true}",
             STEP_SCRIPT("\"echo one\", \"X=kept; echo \\\"$SPACEY\\\"\", \"cat \\\"$CERT\\\"\","
                         "\"case $CERT in /*) echo abs;; esac\"") "," STEP_AFTER("\"echo "
                                                                                 "after:${X:-unset}"
@@ -665,6 +677,106 @@ static void test_script_semantics(void **state)
     assert_null(strstr(out, "released\n"));
     free(out);
     job_spec_free(spec);
+}
+
+_printf_(1, 2) static int system_fmt(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *cmd = NULL;
+    int n = vasprintf(&cmd, fmt, ap);
+    va_end(ap);
+    assert_true(n > 0);
+    int st = system(cmd);
+    free(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static bool exists_in(const char *dir, const char *rel)
+{
+    _cleanup_free_ char *p = al_path_join(dir, rel);
+    return access(p, F_OK) == 0;
+}
+
+static void test_script_untracked(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc = payload(
+            "",
+            STEP_SCRIPT("\"mkdir -p dist && echo new > dist/new.txt && echo gen > src/gen.o\","
+                        "\"echo changed > src/main.c\""),
+            "{\"name\": \"u\", \"untracked\": true, \"exclude\": [\"**/*.o\"]}");
+    struct job_spec *spec = spec_of(doc, GITLAB_CLONE_HOST);
+    /* the staging dir is handed back */
+    assert_int_equal(spec->n_artifacts, 1);
+    assert_string_equal(spec->artifacts[0], GITLAB_UNTRACKED_DIR);
+
+    /* no git work tree: everything but .git and the host's list */
+    char *dir = test_tmpdir("glu");
+    char *out = NULL;
+    assert_int_equal(
+            system_fmt(
+                    "cd '%s' && mkdir -p .git src && echo c > src/main.c && "
+                    "echo t > 'a *b' && printf './src/main.c\\n./a *b\\n' > " GITLAB_TRACKED_LIST,
+                    dir),
+            0);
+    assert_int_equal(run_script_in(spec, dir, &out), 0);
+    assert_true(exists_in(dir, GITLAB_UNTRACKED_DIR "/dist/new.txt"));
+    assert_true(
+            exists_in(dir, GITLAB_UNTRACKED_DIR "/src/gen.o")); /* excluded later, by the host */
+    assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/src/main.c"));
+    assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/a *b"));
+    assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/.git"));
+    assert_null(strstr(out, "WARNING"));
+    free(out);
+    test_tmpdir_remove(dir);
+
+    /* a git work tree: what git says is untracked, ignored files too */
+    dir = test_tmpdir("glu");
+    assert_int_equal(system_fmt("cd '%s' && git init -q . && mkdir src && echo c > src/main.c && "
+                                "echo ign > .ignored && echo .ignored > .gitignore && "
+                                "git add src/main.c .gitignore >/dev/null 2>&1",
+                                dir),
+                     0);
+    assert_int_equal(run_script_in(spec, dir, &out), 0);
+    assert_true(exists_in(dir, GITLAB_UNTRACKED_DIR "/dist/new.txt"));
+    assert_true(exists_in(dir, GITLAB_UNTRACKED_DIR "/.ignored"));
+    assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/src/main.c"));
+    assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/.gitignore"));
+    free(out);
+    test_tmpdir_remove(dir);
+
+    /* neither: a warning, nothing copied, the job still succeeds */
+    dir = test_tmpdir("glu");
+    assert_int_equal(system_fmt("mkdir -p '%s/src'", dir), 0);
+    assert_int_equal(run_script_in(spec, dir, &out), 0);
+    assert_non_null(strstr(out, "WARNING: untracked: not a git work tree"));
+    assert_false(exists_in(dir, GITLAB_UNTRACKED_DIR "/dist/new.txt"));
+    free(out);
+    test_tmpdir_remove(dir);
+    job_spec_free(spec);
+
+    /* what goes into the archive under which name */
+    struct gitlab_job *j = parse_ok(doc);
+    const struct gitlab_artifact *a = &j->artifacts[0];
+    assert_string_equal(gitlab_artifact_member(a, GITLAB_UNTRACKED_DIR "/dist/new.txt"),
+                        "dist/new.txt");
+    assert_null(gitlab_artifact_member(a, GITLAB_UNTRACKED_DIR "/src/gen.o")); /* excluded */
+    assert_null(gitlab_artifact_member(a, GITLAB_UNTRACKED_DIR));
+    assert_null(gitlab_artifact_member(a, "dist/new.txt")); /* no paths */
+    gitlab_job_free(j);
+    char *paths[] = {"dist/", NULL}, *none[] = {NULL};
+    struct gitlab_artifact both = {
+            .paths = paths, .n_paths = 1, .exclude = none, .untracked = true};
+    /* once: from the work dir's part */
+    assert_string_equal(gitlab_artifact_member(&both, "dist/new.txt"), "dist/new.txt");
+    assert_null(gitlab_artifact_member(&both, GITLAB_UNTRACKED_DIR "/dist/new.txt"));
+    assert_string_equal(gitlab_artifact_member(&both, GITLAB_UNTRACKED_DIR "/x"), "x");
+    /* the staging dir is never part of the work dir's files */
+    char *all[] = {".", NULL};
+    struct gitlab_artifact dot = {.paths = all, .n_paths = 1, .exclude = none};
+    assert_null(gitlab_artifact_member(&dot, GITLAB_UNTRACKED_DIR "/x"));
+    assert_string_equal(gitlab_artifact_member(&dot, "x"), "x");
 }
 
 static void test_artifact_patterns(void **state)
@@ -779,6 +891,201 @@ static void test_register_answer(void **state)
             -EINVAL);
 }
 
+static void test_expand(void **state)
+{
+    (void)state;
+    struct gitlab_variable vars[] = {
+            {.key = "A", .value = "alpha"},
+            {.key = "B_1", .value = "$A"},
+            {.key = "A", .value = "last"}, /* the last definition wins */
+            {.key = "F", .value = "file contents", .file = true},
+            {.key = "-", .value = "dash"},
+    };
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+            {"plain", "plain"},
+            {"$A/${A}x", "last/lastx"},
+            {"$Ax ${A}x", " lastx"}, /* $Ax is the variable Ax */
+            {"$B_1", "$A"},          /* one pass: not expanded again */
+            {"$UNKNOWN-${NOPE}-", "--"},
+            {"$$ ${$} $$A", "$ $ $A"},
+            {"$1x $* $# $@ $! $? ${1}", "x      "},
+            {"$- ${-}", "dash dash"}, /* not special in gitlab-runner's lookup */
+            {"${A:-default}", ""},    /* no shell operators: a name that is not set */
+            {"a$", "a$"},
+            {"$ $/ $.", "$ $/ $."},
+            {"x${}y", "xy"},
+            {"x${A", "xA"}, /* an unclosed "${" is dropped */
+            {"$F", ""},     /* a file variable's path exists only in the guest */
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *out = NULL;
+        assert_int_equal(gitlab_expand(cases[i].in, vars, ARRAY_SIZE(vars), 100, &out), 0);
+        if (strcmp(out, cases[i].want) != 0)
+            fail_msg("case %zu: \"%s\" expanded to \"%s\", want \"%s\"", i, cases[i].in, out,
+                     cases[i].want);
+        free(out);
+    }
+    /* the size is bounded, however often a long value is named */
+    char *out = NULL;
+    assert_int_equal(gitlab_expand("$A$A", vars, ARRAY_SIZE(vars), 8, &out), 0);
+    assert_string_equal(out, "lastlast");
+    free(out);
+    out = NULL;
+    assert_int_equal(gitlab_expand("$A$A$A", vars, ARRAY_SIZE(vars), 8, &out), -E2BIG);
+    assert_null(out);
+    assert_int_equal(gitlab_expand("", vars, 0, 0, &out), 0);
+    assert_string_equal(out, "");
+    free(out);
+}
+
+static void test_expand_payload(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *doc =
+            payload("{\"key\": \"CI_COMMIT_REF_SLUG\", \"value\": \"main\"},"
+                    "{\"key\": \"VERSION\", \"value\": \"1.2\"},"
+                    "{\"key\": \"TAG\", \"value\": \"v$VERSION-${CI_COMMIT_REF_SLUG}\"},"
+                    "{\"key\": \"RAW\", \"value\": \"v$VERSION\", \"raw\": true},"
+                    "{\"key\": \"URL\", \"value\": \"https://x.test/$CI_JOB_TOKEN\"},"
+                    "{\"key\": \"CI_JOB_TOKEN\", \"value\": \"" TOKEN "\", \"masked\": true}",
+                    STEP_SCRIPT("\"echo $TAG\""),
+                    "{\"name\": \"app-$TAG\", \"paths\": [\"dist/$VERSION/\", \"$RAW.txt\"],"
+                    " \"exclude\": [\"dist/$VERSION/tmp\"]},"
+                    "{\"name\": \"$NOTSET\", \"paths\": [\"x\"]},"
+                    "{\"paths\": [\"y\"]}");
+    struct gitlab_job *j = parse_ok(doc);
+    assert_string_equal(gitlab_job_variable(j, "TAG"), "v1.2-main");
+    assert_string_equal(gitlab_job_variable(j, "RAW"), "v$VERSION"); /* raw: as sent */
+    assert_string_equal(j->artifacts[0].name, "app-v1.2-main");
+    assert_string_equal(j->artifacts[0].paths[0], "dist/1.2/");
+    /* later expansions see the values as expanded; a raw one's "$" stays */
+    assert_string_equal(j->artifacts[0].paths[1], "v$VERSION.txt");
+    assert_string_equal(j->artifacts[0].exclude[0], "dist/1.2/tmp");
+    assert_string_equal(j->artifacts[1].name, "default");
+    assert_null(j->artifacts[2].name);
+    /* a variable that brings in the job token is treated as holding it */
+    assert_string_equal(gitlab_job_variable(j, "URL"), "https://x.test/" TOKEN);
+    struct gitlab_spec_opts o = {.clone = GITLAB_CLONE_HOST};
+    struct job_spec *spec = NULL;
+    assert_int_equal(gitlab_job_to_spec(j, &o, &spec, NULL), 0);
+    assert_null(env_get(spec->env, spec->n_env, "URL"));
+    assert_null(env_get(spec->secret_env, spec->n_secret_env, "URL"));
+    assert_string_equal(env_get(spec->env, spec->n_env, "TAG"), "v1.2-main");
+    job_spec_free(spec);
+    gitlab_job_free(j);
+
+    /* caches: key, paths, fallback keys */
+    _cleanup_free_ char *cdoc =
+            with_cache("{\"key\": \"deps-$CI_COMMIT_REF_SLUG-non_protected\", \"paths\": "
+                       "[\"$DIR/\"], \"fallback_keys\": [\"deps-${BASE}-non_protected\"]}");
+    char *vars = strstr(cdoc, "\"variables\": [");
+    assert_non_null(vars);
+    char *cdoc2 = NULL;
+    assert_true(asprintf(&cdoc2,
+                         "%.*s\"variables\": [{\"key\": \"CI_COMMIT_REF_SLUG\", \"value\": "
+                         "\"feat\"}, {\"key\": \"DIR\", \"value\": \"vendor\"},"
+                         "{\"key\": \"BASE\", \"value\": \"main\"}%s",
+                         (int)(vars - cdoc), cdoc, vars + strlen("\"variables\": [")) > 0);
+    j = parse_ok(cdoc2);
+    free(cdoc2);
+    assert_string_equal(j->caches[0].key, "deps-feat-non_protected");
+    assert_string_equal(j->caches[0].paths[0], "vendor/");
+    assert_string_equal(j->caches[0].fallback_keys[0], "deps-main-non_protected");
+    gitlab_job_free(j);
+
+    /* limits: a value that expands too long; control characters brought
+     * into a path */
+    _cleanup_free_ char *big = malloc(40000);
+    memset(big, 'v', 39999);
+    big[39999] = '\0';
+    _cleanup_free_ char *vbig = NULL;
+    assert_true(asprintf(&vbig,
+                         "{\"key\": \"BIG\", \"value\": \"%s\"},"
+                         "{\"key\": \"TWICE\", \"value\": \"$BIG$BIG\"}",
+                         big) > 0);
+    _cleanup_free_ char *d = payload(vbig, STEP_SCRIPT("\"true\""), "");
+    _cleanup_free_ char *msg = parse_err(d, strlen(d), -EINVAL);
+    assert_non_null(strstr(msg, "TWICE: expanded, the value is longer than"));
+    _cleanup_free_ char *d2 = payload("{\"key\": \"NL\", \"value\": \"a\\nb\"}",
+                                      STEP_SCRIPT("\"true\""), "{\"paths\": [\"$NL\"]}");
+    _cleanup_free_ char *msg2 = parse_err(d2, strlen(d2), -EINVAL);
+    assert_non_null(strstr(msg2, "artifacts[0].paths[0]: expanded, it holds control"));
+    /* references are bounded for the whole job, not per value */
+    struct al_buf refs = AL_BUF_INIT;
+    for (int i = 0; i < 3; i++) {
+        al_buf_printf(&refs, "%s{\"key\": \"R%d\", \"value\": \"", i ? "," : "", i);
+        for (int k = 0; k < GITLAB_EXPAND_MAX_REFS / 3 + 1; k++)
+            al_buf_puts(&refs, "$X");
+        al_buf_puts(&refs, "\"}");
+    }
+    _cleanup_free_ char *d3 = payload(refs.data, STEP_SCRIPT("\"true\""), "");
+    al_buf_free(&refs);
+    _cleanup_free_ char *msg3 = parse_err(d3, strlen(d3), -EINVAL);
+    assert_non_null(strstr(msg3, "variables: more than 65536 \"$\" to expand"));
+}
+
+static char *with_features(const char *features)
+{
+    _cleanup_free_ char *doc = payload("", STEP_SCRIPT("\"true\""), "");
+    char *at = strstr(doc, "\"features\": {");
+    assert_non_null(at);
+    char *s = NULL;
+    assert_true(asprintf(&s, "%.*s\"features\": {%s, %s", (int)(at - doc), doc, features,
+                         at + strlen("\"features\": {")) > 0);
+    return s;
+}
+
+static void test_parse_mask_prefixes(void **state)
+{
+    (void)state;
+    /* none sent: gitlab-runner's default */
+    _cleanup_free_ char *doc = payload("", STEP_SCRIPT("\"true\""), "");
+    struct gitlab_job *j = parse_ok(doc);
+    assert_int_equal(j->n_mask_prefixes, 1);
+    assert_string_equal(j->mask_prefixes[0], "glpat-");
+    gitlab_job_free(j);
+
+    _cleanup_free_ char *d =
+            with_features("\"token_mask_prefixes\": [\"glrt-\", \"gldt-\", \"glpat-\", \"glrt-\"]");
+    j = parse_ok(d);
+    assert_int_equal(j->n_mask_prefixes, 3);
+    assert_string_equal(j->mask_prefixes[0], "glrt-");
+    assert_string_equal(j->mask_prefixes[1], "gldt-");
+    assert_string_equal(j->mask_prefixes[2], "glpat-");
+    assert_null(j->mask_prefixes[3]);
+    gitlab_job_free(j);
+
+    /* more than gitlab-runner uses: the first 15, the rest ignored */
+    struct al_buf b = AL_BUF_INIT;
+    al_buf_puts(&b, "\"token_mask_prefixes\": [");
+    for (int i = 0; i < 20; i++)
+        al_buf_printf(&b, "%s\"pfx%02d-\"", i ? ", " : "", i);
+    al_buf_puts(&b, "]");
+    _cleanup_free_ char *d20 = with_features(b.data);
+    al_buf_free(&b);
+    j = parse_ok(d20);
+    assert_int_equal(j->n_mask_prefixes, GITLAB_JOB_MASK_PREFIXES);
+    assert_string_equal(j->mask_prefixes[14], "pfx14-");
+    gitlab_job_free(j);
+
+    static const struct {
+        const char *features, *want;
+    } bad[] = {
+            {"\"token_mask_prefixes\": [\"gl\"]", "features.token_mask_prefixes[0]: expected 3"},
+            {"\"token_mask_prefixes\": [\"ok-\", \"a b-\"]", "features.token_mask_prefixes[1]"},
+            {"\"token_mask_prefixes\": \"glpat-\"", "features.token_mask_prefixes: expected"},
+            {"\"token_mask_prefixes\": [7]", "features.token_mask_prefixes[0]: expected a string"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        _cleanup_free_ char *bd = with_features(bad[i].features);
+        _cleanup_free_ char *msg = parse_err(bd, strlen(bd), -EINVAL);
+        if (!strstr(msg, bad[i].want))
+            fail_msg("case %zu: message \"%s\" lacks \"%s\"", i, msg, bad[i].want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -788,6 +1095,9 @@ int main(void)
             cmocka_unit_test(test_parse_rejects_document),
             cmocka_unit_test(test_parse_dependencies),
             cmocka_unit_test(test_parse_cache),
+            cmocka_unit_test(test_expand),
+            cmocka_unit_test(test_expand_payload),
+            cmocka_unit_test(test_parse_mask_prefixes),
             cmocka_unit_test(test_parse_git_info),
             cmocka_unit_test(test_ident_of_broken_payload),
             cmocka_unit_test(test_secret_never_in_errors),
@@ -795,6 +1105,7 @@ int main(void)
             cmocka_unit_test(test_spec_refusals),
             cmocka_unit_test(test_spec_vm),
             cmocka_unit_test(test_script_semantics),
+            cmocka_unit_test(test_script_untracked),
             cmocka_unit_test(test_artifact_patterns),
             cmocka_unit_test(test_url_and_helpers),
     };

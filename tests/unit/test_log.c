@@ -162,6 +162,140 @@ static void test_redact_stream_split_secret(void **state)
     al_buf_free(&out);
 }
 
+/* Feeds in split at each '|' through a stream and returns what came out. */
+static char *stream_through(const char *in)
+{
+    struct al_redact_stream rs = {0};
+    struct al_buf out = AL_BUF_INIT;
+    const char *p = in;
+    for (;;) {
+        size_t n = strcspn(p, "|");
+        assert_int_equal(al_redact_stream_feed(&rs, p, n, &out), 0);
+        if (!p[n])
+            break;
+        p += n + 1;
+    }
+    assert_int_equal(al_redact_stream_flush(&rs, &out), 0);
+    return al_buf_steal(&out);
+}
+
+static void test_redact_token_prefixes(void **state)
+{
+    (void)state;
+    assert_int_equal(al_redact_add_prefix("glpat-"), 0);
+    assert_int_equal(al_redact_add_prefix("glrt-"), 0);
+    struct {
+        const char *in, *want;
+    } cases[] = {
+            {"token glpat-AbC_9.x= end", "token glpat-*** end"},
+            {"glpat-abc", "glpat-***"},
+            /* inside a word too, as gitlab-runner masks */
+            {"xglpat-abc,y", "xglpat-***,y"},
+            /* a prefix with no token after it stays */
+            {"glpat- x glpat-", "glpat- x glpat-"},
+            {"glpa-abc glpat", "glpa-abc glpat"},
+            /* the token runs on over a second prefix */
+            {"glpat-impglpat-erdiet ok", "glpat-*** ok"},
+            {"a glrt-t0k\nb", "a glrt-***\nb"},
+            {"\"glrt-Q1\";glrt-", "\"glrt-***\";glrt-"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        size_t len = 0;
+        char *out = al_redact(cases[i].in, strlen(cases[i].in), &len);
+        assert_non_null(out);
+        assert_string_equal(out, cases[i].want);
+        assert_int_equal(len, strlen(out));
+        free(out);
+    }
+    assert_true(al_redact_contains("x glpat-a", 9));
+    assert_false(al_redact_contains("x glpat- a", 10));
+
+    /* split anywhere: in the prefix, right after it, inside the token */
+    struct {
+        const char *in, *want;
+    } split[] = {
+            {"glp|at-abc def", "glpat-*** def"},   {"glpat-|abc def", "glpat-*** def"},
+            {"glpat-a|b|c| def", "glpat-*** def"}, {"x gl|pat| -no", "x glpat -no"},
+            {"end glpat-abc|", "end glpat-***"},   {"g|l|r|t|-|Z", "glrt-***"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(split); i++) {
+        char *out = stream_through(split[i].in);
+        assert_string_equal(out, split[i].want);
+        free(out);
+    }
+
+    /* the text before a token is not held back; the token is */
+    struct al_redact_stream rs = {0};
+    struct al_buf out = AL_BUF_INIT;
+    assert_int_equal(al_redact_stream_feed(&rs, "line 1\nkey glpat-abc", 20, &out), 0);
+    assert_string_equal(out.data, "line 1\nkey ");
+    assert_int_equal(al_redact_stream_feed(&rs, "def\n", 4, &out), 0);
+    assert_string_equal(out.data, "line 1\nkey glpat-***\n");
+    assert_int_equal(rs.held_len, 0);
+
+    /* a token longer than a stream may hold: masked at once, the rest dropped */
+    al_buf_reset(&out);
+    char big[1024];
+    memset(big, 'k', sizeof(big));
+    assert_int_equal(al_redact_stream_feed(&rs, "glpat-", 6, &out), 0);
+    for (size_t i = 0; i < 2 * AL_REDACT_TOKEN_HOLD_MAX / sizeof(big); i++) {
+        assert_int_equal(al_redact_stream_feed(&rs, big, sizeof(big), &out), 0);
+        assert_true(rs.held_len <= AL_REDACT_TOKEN_HOLD_MAX + sizeof(big));
+    }
+    assert_int_equal(al_redact_stream_feed(&rs, "kk tail", 7, &out), 0);
+    assert_int_equal(al_redact_stream_flush(&rs, &out), 0);
+    assert_string_equal(out.data, "glpat-*** tail");
+    al_buf_free(&out);
+
+    /* limits: length, characters, count; registrations are counted */
+    assert_int_equal(al_redact_add_prefix("gl"), -EINVAL);
+    assert_int_equal(al_redact_add_prefix("has space-"), -EINVAL);
+    assert_int_equal(al_redact_add_prefix("tab\t-"), -EINVAL);
+    char longp[AL_REDACT_PREFIX_MAX_LEN + 2];
+    memset(longp, 'p', sizeof(longp) - 1);
+    longp[sizeof(longp) - 1] = '\0';
+    assert_int_equal(al_redact_add_prefix(longp), -EINVAL);
+    assert_int_equal(al_redact_add_prefix("glpat-"), 0); /* a second reference */
+    al_redact_remove_prefix("glpat-");
+    char *o = al_redact("glpat-x", 7, NULL);
+    assert_string_equal(o, "glpat-***");
+    free(o);
+    al_redact_remove_prefix("glpat-");
+    o = al_redact("glpat-x", 7, NULL);
+    assert_string_equal(o, "glpat-x");
+    free(o);
+    al_redact_clear();
+    for (int i = 0; i < AL_REDACT_MAX_PREFIXES; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "pre%d-", i);
+        assert_int_equal(al_redact_add_prefix(name), 0);
+    }
+    assert_int_equal(al_redact_add_prefix("one-too-many-"), -ENOSPC);
+    al_redact_clear();
+}
+
+static void test_redact_secret_and_prefix(void **state)
+{
+    (void)state;
+    /* a registered secret wins where it starts; a prefixed token hides any
+     * secret inside it */
+    assert_int_equal(al_redact_add("s3cr3t-value"), 0);
+    assert_int_equal(al_redact_add_prefix("glpat-"), 0);
+    char *out = stream_through("a s3cr|3t-value b glpat-xs3cr3t-v|alue c");
+    assert_string_equal(out, "a *** b glpat-*** c");
+    free(out);
+    out = stream_through("short output");
+    assert_string_equal(out, "short output");
+    free(out);
+    /* the log lines too */
+    log_info("job1", "pushing with glpat-0123456789abcdefghij to origin");
+    char *line = captured();
+    assert_non_null(strstr(line, "pushing with glpat-*** to origin"));
+    assert_null(strstr(line, "0123456789abcdefghij"));
+    free(line);
+    al_redact_clear();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -171,6 +305,8 @@ int main(void)
             cmocka_unit_test(test_redaction_in_logs),
             cmocka_unit_test(test_redact_overlapping),
             cmocka_unit_test(test_redact_stream_split_secret),
+            cmocka_unit_test(test_redact_token_prefixes),
+            cmocka_unit_test(test_redact_secret_and_prefix),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
