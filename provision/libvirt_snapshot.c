@@ -909,6 +909,11 @@ void lv_snapshot_choose(struct lv_vm *v)
         set_fallback(v, SNAPSHOT_FB_UNSUPPORTED, "inject = guestfs VMs boot");
         return;
     }
+    if (lb->remote) {
+        /* saved state, its base disk and its manifest are files of this host */
+        set_fallback(v, SNAPSHOT_FB_UNSUPPORTED, "VMs of a remote transport boot");
+        return;
+    }
     if (v->req.disk_bytes > v->image->virtual_size) {
         /* the saved guest knows its disk's size */
         set_fallback(v, SNAPSHOT_FB_UNSUPPORTED, "a disk larger than the image's");
