@@ -139,10 +139,18 @@ static int start_work(void *data, struct al_error **err)
     struct lv_vm *v = data;
     if (v->restore)
         return lv_snapshot_restore_work(v, err);
-    v->dom = virDomainCreateXML(v->lb->conn, v->domain_xml, 0);
+    /* remote: paused until the console stream is open, which would lose
+     * what the kernel printed before (a pty drops output nobody reads) */
+    bool remote = v->lb->remote;
+    v->dom = virDomainCreateXML(v->lb->conn, v->domain_xml, remote ? VIR_DOMAIN_START_PAUSED : 0);
     if (!v->dom)
         return al_error_set(err, EIO, "starting the VM: %s", lv_libvirt_msg());
-    return v->lb->remote ? lv_open_streams(v, err) : 0;
+    if (!remote)
+        return 0;
+    int r = lv_open_streams(v, err);
+    if (r == 0 && virDomainResume(v->dom) < 0)
+        r = al_error_set(err, EIO, "resuming the VM: %s", lv_libvirt_msg());
+    return r;
 }
 
 /* A worker of v's returned: false when v goes no further, because it is
