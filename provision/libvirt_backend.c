@@ -122,7 +122,10 @@ void lv_finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const ch
         channel_close(v->ch);
         v->ch = NULL;
     }
-    lv_streams_stop(v);
+    /* a start worker may be opening them still: its completion goes on to
+     * the teardown, which stops them */
+    if (!v->worker_busy)
+        lv_streams_stop(v);
     if (v->base.ev->finished)
         v->base.ev->finished(&v->base, &v->result, v->base.ev_data);
 }
@@ -148,7 +151,6 @@ static void lv_destroy(struct vm *vm, backend_done_cb done, void *data)
         channel_close(v->ch);
         v->ch = NULL;
     }
-    lv_streams_stop(v);
     uv_timer_stop(&v->hb_timer);
     if (v->worker_busy)
         return; /* the worker's completion continues the teardown */

@@ -172,26 +172,31 @@ int lv_console_start(struct lv_vm *v, struct al_error **err)
     return 0;
 }
 
+/* Without a loop (the backend is gone) the abort waits here. */
+static void release(uv_loop_t *loop, virStreamPtr st)
+{
+    if (!st)
+        return;
+    if (loop) {
+        channel_stream_release(loop, st);
+        return;
+    }
+    virStreamAbort(st);
+    virStreamFree(st);
+}
+
 void lv_streams_stop(struct lv_vm *v)
 {
     uv_loop_t *loop = v->lb ? v->lb->b->env.loop : NULL;
     struct lv_console *c = TAKE_PTR(v->console);
     if (c) {
         virStreamEventRemoveCallback(c->st);
-        if (loop)
-            channel_stream_release(loop, c->st);
-        else
-            virStreamFree(c->st);
+        release(loop, c->st);
         close(c->fd);
         free(c);
     }
     virStreamPtr streams[] = {TAKE_PTR(v->con_stream), TAKE_PTR(v->chan_stream)};
     for (size_t i = 0; i < ARRAY_SIZE(streams); i++) {
-        if (!streams[i])
-            continue;
-        if (loop)
-            channel_stream_release(loop, streams[i]);
-        else
-            virStreamFree(streams[i]);
+        release(loop, streams[i]);
     }
 }

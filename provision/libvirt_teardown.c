@@ -174,6 +174,7 @@ static void vm_teardown_done(void *data, int result, struct al_error *err)
 
 void lv_destroy_continue(struct lv_vm *v)
 {
+    lv_streams_stop(v); /* no worker holds v now */
     struct vm_teardown *vt = calloc(1, sizeof(*vt));
     lv_ensure_conn(v->lb);
     if (vt) {

@@ -43,6 +43,7 @@ struct ctx {
     bool finished;
     enum job_state state;
     int exit_code;
+    uint64_t ms_provision, ms_start;
     char art_sha[65];
     uint64_t art_size;
     size_t art_files;
@@ -151,6 +152,8 @@ static void on_finished(const char *job, enum job_state st, const struct attempt
     c->state = st;
     if (r) {
         c->exit_code = r->exit_code;
+        c->ms_provision = r->ms_provision;
+        c->ms_start = r->ms_start;
         c->art_files = r->artifact_files.n;
         if (r->artifact_files.n) {
             snprintf(c->art_sha, sizeof(c->art_sha), "%s", r->artifact_files.v[0].sha256);
@@ -274,8 +277,10 @@ static void run_jobs(const char *dir, bool remote, int n, uint64_t *lat_ms)
             fail_msg("artifact sha256 %s, the guest's %.64s", c.art_sha, sha + 4);
         lat_ms[i] = (c.first_output_us - c.submitted_us) / 1000;
         fprintf(stderr,
-                "transport %s job %d: queued -> first output %llu ms, line1 -> line3 %llu ms\n",
+                "transport %s job %d: queued -> first output %llu ms (provision %llu ms, start "
+                "%llu ms), line1 -> line3 %llu ms\n",
                 remote ? "remote" : "local", i, (unsigned long long)lat_ms[i],
+                (unsigned long long)c.ms_provision, (unsigned long long)c.ms_start,
                 (unsigned long long)gap);
     }
 
