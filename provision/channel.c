@@ -174,7 +174,7 @@ static void on_throttle_timer(uv_timer_t *t)
         return;
     int r = read_start(ch);
     if (r < 0)
-        end(ch, r, "resuming reading the channel failed");
+        end(ch, r, ch->stream ? "resuming reading the channel stream failed" : uv_strerror(r));
 }
 
 /* Accounts what one read brought; over the rate, stops reading for as long
@@ -254,7 +254,7 @@ static void start_reading(struct channel *ch)
     ch->connected = true;
     int r = read_start(ch);
     if (r < 0) {
-        end(ch, r, "reading the channel failed");
+        end(ch, r, uv_strerror(r));
         return;
     }
     process_queue(ch);
