@@ -38,15 +38,22 @@ static int check_templates(const struct backend_settings *b, const char *file,
 }
 
 /* libguestfs opens the overlay as a file of this host: a remote transport
- * has none. (transport = auto is decided at connection, where the backend
- * refuses the same pairing.) */
+ * has none. transport = auto is remote for a network URI. */
 static int check_libvirt(const struct backend_settings *b, const char *file, struct al_error **err)
 {
-    if (b->libvirt.transport == LV_TRANSPORT_REMOTE && b->libvirt.inject == INJECT_GUESTFS)
+    if (b->libvirt.inject != INJECT_GUESTFS)
+        return 0;
+    if (b->libvirt.transport == LV_TRANSPORT_REMOTE)
         return al_error_set(err, EINVAL,
                             "%s: backend \"%s\": inject = guestfs needs the overlay on this "
                             "host; with transport = remote use inject = seed",
                             file, b->name);
+    if (b->libvirt.transport == LV_TRANSPORT_AUTO && libvirt_uri_is_remote(b->libvirt.uri))
+        return al_error_set(err, EINVAL,
+                            "%s: backend \"%s\": inject = guestfs needs the overlay on this "
+                            "host, and %s is remote (transport = auto); use inject = seed, or "
+                            "transport = local if the host shares this one's files",
+                            file, b->name, b->libvirt.uri);
     return 0;
 }
 

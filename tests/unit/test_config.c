@@ -82,6 +82,9 @@ static void test_transport_key(void **state)
     char *msg = load_err("[backend \"h2\"]\ntransport = remote\ninject = guestfs\n");
     assert_non_null(strstr(msg, "backend \"h2\": inject = guestfs needs the overlay on this host"));
     free(msg);
+    msg = load_err("[backend \"h2\"]\nuri = qemu+tls://h2/system\ninject = guestfs\n");
+    assert_non_null(strstr(msg, "qemu+tls://h2/system is remote (transport = auto)"));
+    free(msg);
     msg = load_err("[backend \"h2\"]\ntransport = nfs\n");
     assert_non_null(strstr(msg, "test.conf:2: bad value \"nfs\" for key \"transport\""));
     free(msg);
