@@ -539,10 +539,11 @@ static int lv_open(struct backend *b, struct al_error **err)
         log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
                  b->name, lb->accel.reason);
 
-    r = lv_connect(lb, err);
+    /* before connecting: the pool is made by the host when it is remote */
+    r = choose_transport(lb, err);
     if (r < 0)
         goto fail;
-    r = choose_transport(lb, err);
+    r = lv_connect(lb, err);
     if (r < 0)
         goto fail;
     if (*b->cfg->libvirt.network) {

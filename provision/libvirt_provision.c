@@ -8,7 +8,8 @@
 
 int lv_ensure_pool(struct lv_backend *lb, struct al_error **err)
 {
-    return libvirt_pool_ensure(lb->conn, lb->pool_name, lb->pool_dir, true, err);
+    /* remote: the pool's path is the host's, which builds it */
+    return libvirt_pool_ensure(lb->conn, lb->pool_name, lb->pool_dir, !lb->remote, err);
 }
 
 /* Creates v's overlay volume on backing (the image, or a snapshot's base). */
