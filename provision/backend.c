@@ -9,6 +9,7 @@ const char *const backend_type_names[] = {"libvirt", "proxmox", NULL};
 const char *const vm_start_names[] = {"boot", "snapshot", "auto", NULL};
 
 const char *const inject_mode_names[] = {"seed", "guestfs", NULL};
+const char *const libvirt_transport_names[] = {"auto", "local", "remote", NULL};
 
 static const char *name_of(const char *const *names, size_t n, int v)
 {
@@ -34,6 +35,20 @@ int inject_mode_from_string(const char *s, int *ret)
         }
     }
     return -EINVAL;
+}
+
+bool libvirt_uri_is_remote(const char *uri)
+{
+    const char *sep = uri ? strstr(uri, "://") : NULL;
+    if (!sep)
+        return false;
+    const char *plus = memchr(uri, '+', (size_t)(sep - uri));
+    if (plus) {
+        size_t n = (size_t)(sep - plus - 1);
+        return !(n == 4 && strncmp(plus + 1, "unix", 4) == 0);
+    }
+    const char *host = sep + 3;
+    return *host && *host != '/' && *host != '?';
 }
 
 static const struct backend_ops *all_ops[] = {

@@ -42,8 +42,25 @@ enum vm_start {
     VM_START_AUTO,     /* snapshot where the backend supports it, boot elsewhere */
 };
 
+/* How a libvirt backend reaches its VMs' channel, console and seed
+ * (key "transport"). */
+enum libvirt_transport {
+    LV_TRANSPORT_AUTO = 0, /* remote when libvirt calls the connection remote */
+    LV_TRANSPORT_LOCAL,    /* a unix socket, a console log file and a seed file
+                            * on this host's filesystem, shared with QEMU */
+    LV_TRANSPORT_REMOTE,   /* libvirt streams and a seed volume: nothing on the
+                            * host's filesystem is assumed */
+};
+
 /* Names of enum backend_type and enum inject_mode, NULL-terminated. */
 extern const char *const backend_type_names[];
+extern const char *const libvirt_transport_names[];
+
+/* True when a libvirt URI reaches its host over a network: a transport of
+ * ssh, libssh, libssh2, tls, tcp or ext ("qemu+ssh://h/system"), or a host
+ * name without one ("qemu://h/system" is TLS). "qemu:///system",
+ * "qemu+unix:///system", "test:///default" are local. */
+bool libvirt_uri_is_remote(const char *uri);
 extern const char *const vm_start_names[];
 extern const char *const inject_mode_names[];
 
@@ -64,6 +81,7 @@ struct libvirt_settings {
     char *emulator; /* the QEMU binary of the domains; "" = libvirt's default */
     char *network;
     char *storage_pool;
+    int transport; /* enum libvirt_transport */
 };
 
 /* Settings of a Proxmox VE backend. Strings are never NULL ("" = unset). */

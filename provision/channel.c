@@ -1,6 +1,7 @@
 #include "provision/channel.h"
 
 #include <fcntl.h>
+#include <libvirt/virterror.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,10 +9,13 @@
 #include "runner/base/macro.h"
 #include "runner/base/ratelimit.h"
 #include "runner/base/util.h"
+#include "runner/loop/work.h"
 
 #define READ_CHUNK     (64u * 1024u)
 #define FILE_CHUNK     (256u * 1024u)
 #define RETRY_DELAY_MS 50
+/* reads of a stream per event, so that a busy guest cannot hold the loop */
+#define STREAM_READS_PER_EVENT 16
 
 enum item_kind { ITEM_FRAME, ITEM_FILE };
 
@@ -31,6 +35,14 @@ struct item {
 struct channel {
     uv_loop_t *loop;
     uv_pipe_t pipe;
+    /* the remote transport instead of the pipe: a libvirt stream driven by
+     * its event callback (READABLE while reading, WRITABLE while a write is
+     * pending) */
+    virStreamPtr stream;
+    int stream_events;
+    bool stream_reading;
+    const uint8_t *wbuf; /* the write in progress on the stream */
+    size_t wlen, woff;
     uv_timer_t retry;
     uv_timer_t throttle; /* reading paused until it fires */
     uv_write_t wreq;
@@ -62,6 +74,8 @@ struct channel {
 };
 
 static void process_queue(struct channel *ch);
+static int stream_set_events(struct channel *ch, int events);
+static void written(struct channel *ch, int status);
 
 /* The item being sent, or NULL when the queue is empty. */
 static struct item *queue_front(struct channel *ch)
@@ -90,6 +104,10 @@ static void maybe_free(struct channel *ch)
     }
     if (ch->file_fd >= 0)
         close(ch->file_fd);
+    /* only now: the stream's own callback may have been on the stack when
+     * channel_close() was called */
+    if (ch->stream)
+        channel_stream_release(ch->loop, ch->stream);
     al_frame_decoder_free(&ch->dec);
     free(ch->chunk);
     free(ch->path);
@@ -110,9 +128,10 @@ static void end(struct channel *ch, int result, const char *message)
         return;
     ch->ended = true;
     ch->connected = false;
-    if (ch->pipe_open) {
+    if (ch->stream)
+        stream_set_events(ch, 0);
+    else if (ch->pipe_open)
         uv_read_stop((uv_stream_t *)&ch->pipe);
-    }
     /* fail pending file streams so their owners hear about it */
     al_list_for_each(it, &ch->queue, struct item, link) {
         if (it->kind == ITEM_FILE && it->done && !ch->closing) {
@@ -128,15 +147,34 @@ static void end(struct channel *ch, int result, const char *message)
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 
+static int read_start(struct channel *ch)
+{
+    if (ch->stream) {
+        ch->stream_reading = true;
+        return stream_set_events(ch, ch->stream_events | VIR_STREAM_EVENT_READABLE);
+    }
+    return uv_read_start((uv_stream_t *)&ch->pipe, on_alloc, on_read);
+}
+
+static void read_stop(struct channel *ch)
+{
+    if (ch->stream) {
+        ch->stream_reading = false;
+        stream_set_events(ch, ch->stream_events & ~VIR_STREAM_EVENT_READABLE);
+        return;
+    }
+    uv_read_stop((uv_stream_t *)&ch->pipe);
+}
+
 static void on_throttle_timer(uv_timer_t *t)
 {
     struct channel *ch = t->data;
     ch->throttled = false;
     if (ch->ended || ch->closing)
         return;
-    int r = uv_read_start((uv_stream_t *)&ch->pipe, on_alloc, on_read);
+    int r = read_start(ch);
     if (r < 0)
-        end(ch, r, uv_strerror(r));
+        end(ch, r, ch->stream ? "resuming reading the channel stream failed" : uv_strerror(r));
 }
 
 /* Accounts what one read brought; over the rate, stops reading for as long
@@ -152,7 +190,7 @@ static void throttle(struct channel *ch, uint64_t bytes, uint64_t frames)
         wait = wf;
     if (!wait)
         return;
-    uv_read_stop((uv_stream_t *)&ch->pipe);
+    read_stop(ch);
     ch->throttled = true;
     ch->throttled_ms += wait;
     ch->throttles++;
@@ -167,6 +205,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = sizeof(ch->rbuf);
 }
 
+/* Decodes n bytes read into rbuf. */
+static void consume(struct channel *ch, size_t n);
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct channel *ch = s->data;
@@ -179,13 +220,18 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         end(ch, (int)n, uv_strerror((int)n));
         return;
     }
+    consume(ch, (size_t)n);
+}
+
+static void consume(struct channel *ch, size_t n)
+{
     ch->received += (uint64_t)n;
     uint64_t frames = 0;
     size_t off = 0;
-    while (off < (size_t)n && !ch->ended && !ch->closing) {
+    while (off < n && !ch->ended && !ch->closing) {
         size_t used = 0;
         struct al_frame f;
-        int r = al_frame_decoder_feed(&ch->dec, ch->rbuf + off, (size_t)n - off, &used, &f);
+        int r = al_frame_decoder_feed(&ch->dec, ch->rbuf + off, n - off, &used, &f);
         if (r < 0) {
             if (r == -EMSGSIZE)
                 end(ch, -EMSGSIZE, "the guest sent an oversized frame");
@@ -206,7 +252,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 static void start_reading(struct channel *ch)
 {
     ch->connected = true;
-    int r = uv_read_start((uv_stream_t *)&ch->pipe, on_alloc, on_read);
+    int r = read_start(ch);
     if (r < 0) {
         end(ch, r, uv_strerror(r));
         return;
@@ -267,6 +313,132 @@ static void try_connect(struct channel *ch)
     req->data = ch;
     uv_pipe_connect(req, &ch->pipe, ch->path, on_connect);
 }
+
+/* ---------------------------------------------------- the stream transport */
+
+static int stream_set_events(struct channel *ch, int events)
+{
+    if (!ch->stream || events == ch->stream_events)
+        return 0;
+    if (virStreamEventUpdateCallback(ch->stream, events) < 0)
+        return -EIO;
+    ch->stream_events = events;
+    return 0;
+}
+
+static const char *stream_error(void)
+{
+    const char *m = virGetLastErrorMessage();
+    return m && *m ? m : "the libvirt stream failed";
+}
+
+/* Sends what is left of the pending write; false when the stream cannot
+ * take more now or the channel ended. */
+static bool stream_flush(struct channel *ch)
+{
+    while (ch->woff < ch->wlen) {
+        int n = virStreamSend(ch->stream, (const char *)ch->wbuf + ch->woff, ch->wlen - ch->woff);
+        if (n == -2)
+            return false;
+        if (n < 0) {
+            ch->writing = false;
+            end(ch, -EIO, stream_error());
+            return false;
+        }
+        ch->woff += (size_t)n;
+    }
+    ch->wbuf = NULL;
+    stream_set_events(ch, ch->stream_events & ~VIR_STREAM_EVENT_WRITABLE);
+    return true;
+}
+
+static void on_stream_event(virStreamPtr st, int events, void *opaque)
+{
+    struct channel *ch = opaque;
+    (void)st;
+    if (ch->closing || ch->ended)
+        return;
+    if ((events & VIR_STREAM_EVENT_WRITABLE) && ch->writing && stream_flush(ch))
+        written(ch, 0);
+    for (int i = 0; i < STREAM_READS_PER_EVENT && ch->stream_reading && !ch->closing && !ch->ended;
+         i++) {
+        int n = virStreamRecv(ch->stream, (char *)ch->rbuf, sizeof(ch->rbuf));
+        if (n == -2)
+            break;
+        if (n == 0) {
+            end(ch, 0, "the guest closed the channel");
+            break;
+        }
+        if (n < 0) {
+            end(ch, -EIO, stream_error());
+            break;
+        }
+        consume(ch, (size_t)n);
+    }
+}
+
+int channel_open_stream(uv_loop_t *loop, virStreamPtr st, uint32_t max_payload,
+                        const struct channel_ops *ops, void *data, struct channel **ret,
+                        struct al_error **err)
+{
+    struct channel *ch = calloc(1, sizeof(*ch));
+    if (!ch)
+        return al_error_set(err, ENOMEM, "allocating a channel");
+    ch->chunk = malloc(AL_PROTO_HEADER_SIZE + FILE_CHUNK);
+    if (!ch->chunk) {
+        free(ch);
+        return al_error_set(err, ENOMEM, "allocating a channel");
+    }
+    ch->loop = loop;
+    ch->ops = ops;
+    ch->data = data;
+    al_list_init(&ch->queue);
+    ch->file_fd = -1;
+    ch->dec.max_payload = max_payload ? max_payload : AL_PROTO_MAX_PAYLOAD;
+    if (virStreamEventAddCallback(st, VIR_STREAM_EVENT_READABLE, on_stream_event, ch, NULL) < 0) {
+        int r = al_error_set(err, EIO, "watching the channel stream: %s", stream_error());
+        free(ch->chunk);
+        free(ch);
+        return r;
+    }
+    ch->stream = st;
+    ch->stream_events = VIR_STREAM_EVENT_READABLE;
+    ch->stream_reading = true;
+    ch->connected = true;
+    uv_timer_init(loop, &ch->retry);
+    ch->retry.data = ch;
+    uv_timer_init(loop, &ch->throttle);
+    ch->throttle.data = ch;
+    *ret = ch;
+    return 0;
+}
+
+static int stream_release_work(void *data, struct al_error **err)
+{
+    (void)err;
+    virStreamPtr st = data;
+    virStreamAbort(st);
+    virStreamFree(st);
+    return 0;
+}
+
+static void stream_release_done(void *data, int result, struct al_error *err)
+{
+    (void)data;
+    (void)result;
+    al_error_free(err);
+}
+
+void channel_stream_release(uv_loop_t *loop, virStreamPtr st)
+{
+    if (!st)
+        return;
+    /* aborting is a round trip to libvirtd: not on the loop */
+    if (al_work_queue(loop, stream_release_work, stream_release_done, st, NULL) < 0)
+        stream_release_work(st, NULL);
+}
+
+/* ------------------------------------------------------ the unix socket */
 
 int channel_open(uv_loop_t *loop, const char *path, unsigned connect_timeout_ms,
                  uint32_t max_payload, const struct channel_ops *ops, void *data,
@@ -353,9 +525,8 @@ static void pop_front(struct channel *ch)
     item_free(it);
 }
 
-static void on_written(uv_write_t *w, int status)
+static void written(struct channel *ch, int status)
 {
-    struct channel *ch = w->data;
     ch->writing = false;
     if (ch->closing) {
         maybe_free(ch);
@@ -371,8 +542,27 @@ static void on_written(uv_write_t *w, int status)
     process_queue(ch);
 }
 
+static void on_written(uv_write_t *w, int status)
+{
+    written(w->data, status);
+}
+
 static void write_buf(struct channel *ch, uint8_t *buf, size_t len)
 {
+    if (ch->stream) {
+        /* sent from the WRITABLE event: a write never completes inside
+         * process_queue(), so queued frames cannot recurse */
+        ch->writing = true;
+        ch->wbuf = buf;
+        ch->wlen = len;
+        ch->woff = 0;
+        int r = stream_set_events(ch, ch->stream_events | VIR_STREAM_EVENT_WRITABLE);
+        if (r < 0) {
+            ch->writing = false;
+            end(ch, r, "writing to the channel failed");
+        }
+        return;
+    }
     uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
     ch->writing = true;
     ch->wreq.data = ch;
@@ -502,6 +692,11 @@ void channel_close(struct channel *ch)
         return;
     ch->closing = true;
     ch->ended = true;
+    if (ch->stream) {
+        /* no callback after this; a write under way is abandoned */
+        virStreamEventRemoveCallback(ch->stream);
+        ch->writing = false;
+    }
     uv_timer_stop(&ch->retry);
     uv_timer_stop(&ch->throttle);
     ch->pending_closes += 2;

@@ -1,5 +1,8 @@
-/* The host end of a VM's virtio-serial channel: a libuv pipe connected to
- * the unix socket libvirt created for the port, speaking proto.h frames.
+/* The host end of a VM's virtio-serial channel, speaking proto.h frames over
+ * one of two transports: a libuv pipe connected to the unix socket libvirt
+ * created for the port on this host (channel_open), or a libvirt stream
+ * from virDomainOpenChannel() driven by libvirt's events on the loop
+ * (channel_open_stream), for a host that shares no filesystem with us.
  *
  * Frames are validated by the decoder (size, type); callers validate
  * payloads. Writes are queued in order; channel_send_file() streams a file
@@ -10,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <libvirt/libvirt.h>
 #include <uv.h>
 
 #include "provision/proto/proto.h"
@@ -32,6 +36,19 @@ struct channel_ops {
 int channel_open(uv_loop_t *loop, const char *path, unsigned connect_timeout_ms,
                  uint32_t max_payload, const struct channel_ops *ops, void *data,
                  struct channel **ret, struct al_error **err);
+
+/* Speaks over st, a stream opened with VIR_STREAM_NONBLOCK and
+ * virDomainOpenChannel(); takes st on success (the channel aborts and frees
+ * it when closed). Connected at once. The rate limit pauses reading the
+ * stream, but libvirt's client keeps buffering what the guest sends
+ * meanwhile: over a stream the guest is not slowed down by it. */
+int channel_open_stream(uv_loop_t *loop, virStreamPtr st, uint32_t max_payload,
+                        const struct channel_ops *ops, void *data, struct channel **ret,
+                        struct al_error **err);
+
+/* Aborts and frees st (its event callback removed) on the thread pool:
+ * the abort waits for libvirtd. NULL is ignored. */
+void channel_stream_release(uv_loop_t *loop, virStreamPtr st);
 
 /* Queues one frame. Returns 0, -ENOTCONN before the connection is up or
  * after it ended, -EMSGSIZE, -ENOMEM. */

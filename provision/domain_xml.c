@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "provision/proto/proto.h"
 #include "runner/base/buf.h"
 #include "runner/base/util.h"
 #include "runner/base/xml.h"
@@ -40,9 +41,8 @@ static int emit_esc(struct al_buf *b, const char *value)
 
 int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_error **err)
 {
-    if (!p->name || !p->domain_type || !p->kernel || !p->disk_path || !p->channel_path)
-        return al_error_set(err, EINVAL,
-                            "domain XML: name, type, kernel, disk and channel are required");
+    if (!p->name || !p->domain_type || !p->kernel || !p->disk_path)
+        return al_error_set(err, EINVAL, "domain XML: name, type, kernel and disk are required");
     if (p->vcpus < 1 || p->memory < (64u << 20))
         return al_error_set(err, EINVAL, "domain XML: need at least 1 vCPU and 64 MiB");
 
@@ -104,9 +104,16 @@ int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_er
         EMITV(&b, p->seed_path);
         EMIT(&b, "'/>\n      <target dev='vdb' bus='virtio'/>\n      <readonly/>\n    </disk>\n");
     }
-    EMIT(&b, "    <channel type='unix'>\n      <source mode='bind' path='");
-    EMITV(&b, p->channel_path);
-    EMIT(&b, "'/>\n      <target type='virtio' name='org.agentlab.job'/>\n    </channel>\n");
+    /* Without a path libvirt puts the socket in its own channel directory
+     * on the host that runs QEMU, and virDomainOpenChannel() reaches it; a
+     * unix socket, not a pty, because QEMU sees a client connect at once. */
+    EMIT(&b, "    <channel type='unix'>\n      <source mode='bind'");
+    if (p->channel_path) {
+        EMIT(&b, " path='");
+        EMITV(&b, p->channel_path);
+        EMIT(&b, "'");
+    }
+    EMIT(&b, "/>\n      <target type='virtio' name='" AL_PROTO_PORT_NAME "'/>\n    </channel>\n");
     EMIT(&b, "    <serial type='pty'>\n");
     if (p->console_log) {
         EMIT(&b, "      <log file='");
@@ -158,6 +165,23 @@ int volume_xml_build(const char *name, const char *backing, uint64_t capacity, c
              "  <backingStore>\n    <path>");
     EMITV(&b, backing);
     EMIT(&b, "</path>\n    <format type='qcow2'/>\n  </backingStore>\n</volume>\n");
+    *ret_xml = al_buf_steal(&b);
+    return *ret_xml ? 0 : al_error_set(err, ENOMEM, "volume XML");
+fail:
+    return al_error_set(err, -r, "volume XML for %s", name);
+}
+
+int seed_volume_xml_build(const char *name, uint64_t capacity, char **ret_xml,
+                          struct al_error **err)
+{
+    _cleanup_buf_ struct al_buf b = AL_BUF_INIT;
+    int r = 0;
+    EMIT(&b, "<volume>\n  <name>");
+    EMITV(&b, name);
+    EMITF(&b, "</name>\n  <capacity unit='bytes'>%" PRIu64 "</capacity>\n", capacity);
+    /* read-only to the guest; QEMU's user reads it like the local seed */
+    EMIT(&b, "  <target>\n    <format type='raw'/>\n"
+             "    <permissions><mode>0644</mode></permissions>\n  </target>\n</volume>\n");
     *ret_xml = al_buf_steal(&b);
     return *ret_xml ? 0 : al_error_set(err, ENOMEM, "volume XML");
 fail:

@@ -16,6 +16,8 @@
  * still run with the first one */
 #define AL_NWFILTER_NAME "agentlab-egress-2"
 #define AL_DOMAIN_PREFIX "agentlab-"
+/* a seed volume's name: the domain's and this */
+#define AL_SEED_VOL_SUFFIX ".seed.iso"
 
 struct domain_params {
     const char *name;
@@ -27,14 +29,17 @@ struct domain_params {
     const char *initrd;
     const char *cmdline;
     const char *disk_path;
-    const char *disk_format; /* "qcow2" */
-    const char *seed_path;   /* NoCloud ISO, or NULL (guestfs injection) */
-    const char *channel_path;
-    const char *console_log; /* serial console log file, or NULL */
-    const char *network;     /* libvirt network name, or NULL for no NIC */
-    const char *gateway;     /* with network: the IPv4 address DHCP/DNS may reach */
-    char *const *gateways6;  /* with network: the host's IPv6 addresses on it,
-                              * NULL-terminated; NULL or empty when it has none */
+    const char *disk_format;  /* "qcow2" */
+    const char *seed_path;    /* NoCloud ISO (a file or a volume's path on the
+                               * host), or NULL (guestfs injection) */
+    const char *channel_path; /* the channel's unix socket on this host, or NULL:
+                               * libvirt's own path there (remote transport) */
+    const char *console_log;  /* serial console log file written by virtlogd,
+                               * or NULL (remote transport: read as a stream) */
+    const char *network;      /* libvirt network name, or NULL for no NIC */
+    const char *gateway;      /* with network: the IPv4 address DHCP/DNS may reach */
+    char *const *gateways6;   /* with network: the host's IPv6 addresses on it,
+                               * NULL-terminated; NULL or empty when it has none */
     /* ownership metadata */
     const char *job_id;
     int attempt;
@@ -51,6 +56,10 @@ int domain_xml_build(const struct domain_params *p, char **ret_xml, struct al_er
  * with the given virtual size in bytes. */
 int volume_xml_build(const char *name, const char *backing, uint64_t capacity, char **ret_xml,
                      struct al_error **err);
+
+/* Volume XML for a raw seed ISO of capacity bytes, uploaded afterwards. */
+int seed_volume_xml_build(const char *name, uint64_t capacity, char **ret_xml,
+                          struct al_error **err);
 
 /* A transient dir storage pool named name at path. */
 int pool_xml_build(const char *name, const char *path, char **ret_xml, struct al_error **err);

@@ -122,6 +122,10 @@ void lv_finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const ch
         channel_close(v->ch);
         v->ch = NULL;
     }
+    /* a start worker may be opening them still: its completion goes on to
+     * the teardown, which stops them */
+    if (!v->worker_busy)
+        lv_streams_stop(v);
     if (v->base.ev->finished)
         v->base.ev->finished(&v->base, &v->result, v->base.ev_data);
 }
@@ -220,6 +224,11 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     v->base.ev_data = ev_data;
     v->req = *req;
     v->inject = req->inject >= 0 ? req->inject : b->cfg->libvirt.inject;
+    /* libguestfs needs the overlay as a file here; the same cloud-init
+     * data reaches the guest on the seed (the backend's own setting is
+     * refused at open) */
+    if (lb->remote && v->inject == INJECT_GUESTFS)
+        v->inject = INJECT_SEED;
     v->snap_fb = -1;
     v->t0 = al_now_mono_ms();
     v->accel = lv_accel_now(lb);
@@ -249,11 +258,12 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
         !(v->run_dir = al_path_join(lb->vms_dir, v->base.name)) ||
         !(v->channel_path = al_path_join(v->run_dir, "job.sock")) ||
         !(v->seed_path = al_path_join(v->run_dir, "seed.iso")) ||
-        !(v->console_log = al_path_join(v->run_dir, "console.log"))) {
+        !(v->console_log = al_path_join(v->run_dir, "console.log")) ||
+        (lb->remote && asprintf(&v->seed_vol_name, "%s" AL_SEED_VOL_SUFFIX, v->base.name) < 0)) {
         r = al_error_set(err, ENOMEM, "allocating a VM");
         goto fail;
     }
-    if (strlen(v->channel_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+    if (!lb->remote && strlen(v->channel_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         r = al_error_set(err, ENAMETOOLONG,
                          "the channel socket path %s is too long for a unix socket; use a "
                          "shorter run_dir",
@@ -456,6 +466,22 @@ static int prepare_network(struct lv_backend *lb, struct al_error **err)
     return 0;
 }
 
+/* transport = auto: remote when the URI reaches its host over a network
+ * (ssh, tls, tcp); a unix socket to a libvirtd is taken for this host's. */
+static int choose_transport(struct lv_backend *lb, struct al_error **err)
+{
+    const struct libvirt_settings *ls = &lb->b->cfg->libvirt;
+    lb->remote = ls->transport == LV_TRANSPORT_REMOTE ||
+                 (ls->transport == LV_TRANSPORT_AUTO && libvirt_uri_is_remote(ls->uri));
+    if (lb->remote && ls->inject == INJECT_GUESTFS)
+        return al_error_set(err, EINVAL,
+                            "backend %s: %s is a remote connection (transport = auto) and inject "
+                            "= guestfs needs the overlay on this host; set inject = seed, or "
+                            "transport = local if the host shares this one's filesystem",
+                            lb->b->name, ls->uri);
+    return 0;
+}
+
 /* Disconnects and frees the backend's private part. */
 static void lv_backend_free(struct backend *b)
 {
@@ -513,6 +539,10 @@ static int lv_open(struct backend *b, struct al_error **err)
         log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
                  b->name, lb->accel.reason);
 
+    /* before connecting: the pool is made by the host when it is remote */
+    r = choose_transport(lb, err);
+    if (r < 0)
+        goto fail;
     r = lv_connect(lb, err);
     if (r < 0)
         goto fail;

@@ -1,7 +1,8 @@
 /* What the files of the libvirt backend share (libvirt_backend.c: ops,
  * connection and capacity; libvirt_channel.c: the guest channel, boot
  * watchdog and heartbeat; libvirt_provision.c: overlay, seed, domain and
- * batched injection; libvirt_teardown.c: destroy and owned leftovers).
+ * batched injection; libvirt_remote.c: the remote transport's seed volume
+ * and streams; libvirt_teardown.c: destroy and owned leftovers).
  * Private to those files. */
 #ifndef AL_LIBVIRT_PRIV_H
 #define AL_LIBVIRT_PRIV_H
@@ -44,11 +45,15 @@
 
 struct lv_vm;
 struct lv_snap_slot;
+struct lv_console;
 
 struct lv_backend {
     struct backend *b;
     virConnectPtr conn;
     int lifecycle_id;
+    /* transport = remote (or auto on a remote connection): the channel and
+     * console are libvirt streams, the seed a volume in the pool */
+    bool remote;
     struct accel_result accel;
     char *pool_name;
     char *pool_dir;
@@ -90,9 +95,15 @@ struct lv_vm {
     char *run_dir;
     char *channel_path;
     char *seed_path;
-    char *console_log;
+    char *console_log; /* on this host: virtlogd's, or copied from the console stream */
     char *vol_name;
     char *vol_path;
+    /* remote transport */
+    char *seed_vol_name;
+    char *seed_vol_path;      /* the uploaded seed's path on the host */
+    virStreamPtr chan_stream; /* opened by the start worker, until the channel takes it */
+    virStreamPtr con_stream;  /* ... until the console copier takes it */
+    struct lv_console *console;
     char *meta_data;
     char *user_data;
     char *domain_xml;
@@ -171,6 +182,20 @@ void lv_on_inject_timer_closed(uv_handle_t *h);
 /* Worker: replaces a restore's overlay by a fresh one on the image and
  * builds the boot XML (a restore that failed). */
 int lv_boot_instead(struct lv_vm *v, struct al_error **err);
+
+/* libvirt_remote.c */
+/* Worker: uploads the seed ISO written at v->seed_path as the volume
+ * v->seed_vol_name of the backend's pool and sets v->seed_vol_path. A
+ * failed upload leaves no volume. */
+int lv_seed_upload(struct lv_vm *v, struct al_error **err);
+/* Worker, after the domain started: opens its console and channel as
+ * non-blocking streams (v->con_stream, v->chan_stream). */
+int lv_open_streams(struct lv_vm *v, struct al_error **err);
+/* Loop: copies the console stream (taken from v->con_stream) into
+ * v->console_log, which the boot watchdog and the console tail read. */
+int lv_console_start(struct lv_vm *v, struct al_error **err);
+/* Loop: stops copying and releases every stream v still holds. */
+void lv_streams_stop(struct lv_vm *v);
 
 /* libvirt_snapshot.c */
 /* Reads what snapshots depend on from the connection (QEMU and libvirt

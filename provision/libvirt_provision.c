@@ -8,7 +8,8 @@
 
 int lv_ensure_pool(struct lv_backend *lb, struct al_error **err)
 {
-    return libvirt_pool_ensure(lb->conn, lb->pool_name, lb->pool_dir, true, err);
+    /* remote: the pool's path is the host's, which builds it */
+    return libvirt_pool_ensure(lb->conn, lb->pool_name, lb->pool_dir, !lb->remote, err);
 }
 
 /* Creates v's overlay volume on backing (the image, or a snapshot's base). */
@@ -52,9 +53,13 @@ static int build_domain_xml(struct lv_vm *v, struct al_error **err)
             .cmdline = v->cmdline,
             .disk_path = v->vol_path,
             .disk_format = "qcow2",
-            .seed_path = v->inject == INJECT_GUESTFS ? NULL : v->seed_path,
-            .channel_path = v->channel_path,
-            .console_log = v->console_log,
+            .seed_path = v->inject == INJECT_GUESTFS ? NULL
+                         : lb->remote                ? v->seed_vol_path
+                                                     : v->seed_path,
+            /* remote: libvirt's socket path and no virtlogd file on the host;
+             * both are read as streams */
+            .channel_path = lb->remote ? NULL : v->channel_path,
+            .console_log = lb->remote ? NULL : v->console_log,
             .network = *lb->b->cfg->libvirt.network ? lb->b->cfg->libvirt.network : NULL,
             .gateway = lb->gateway,
             .gateways6 = lb->gateway6,
@@ -102,6 +107,11 @@ int lv_provision_work(void *data, struct al_error **err)
         r = seed_iso_write(v->seed_path, 0644, v->meta_data, v->user_data, NULL, err);
         if (r < 0)
             return al_error_wrap(err, "writing the seed ISO");
+        if (lb->remote) {
+            r = lv_seed_upload(v, err);
+            if (r < 0)
+                return r;
+        }
     }
     if (v->restore)
         return 0; /* the XML is the saved one, edited when restoring */
@@ -130,10 +140,18 @@ static int start_work(void *data, struct al_error **err)
     struct lv_vm *v = data;
     if (v->restore)
         return lv_snapshot_restore_work(v, err);
-    v->dom = virDomainCreateXML(v->lb->conn, v->domain_xml, 0);
+    /* remote: paused until the console stream is open, which would lose
+     * what the kernel printed before (a pty drops output nobody reads) */
+    bool remote = v->lb->remote;
+    v->dom = virDomainCreateXML(v->lb->conn, v->domain_xml, remote ? VIR_DOMAIN_START_PAUSED : 0);
     if (!v->dom)
         return al_error_set(err, EIO, "starting the VM: %s", lv_libvirt_msg());
-    return 0;
+    if (!remote)
+        return 0;
+    int r = lv_open_streams(v, err);
+    if (r == 0 && virDomainResume(v->dom) < 0)
+        r = al_error_set(err, EIO, "resuming the VM: %s", lv_libvirt_msg());
+    return r;
 }
 
 /* A worker of v's returned: false when v goes no further, because it is
@@ -166,10 +184,24 @@ static void on_started(void *data, int result, struct al_error *err)
         return;
     struct al_error *cerr = NULL;
     const struct backend_env *ac = &v->lb->b->env;
-    int r = channel_open(v->lb->b->env.loop, v->channel_path, CONNECT_TIMEOUT_MS,
+    int r;
+    if (v->lb->remote) {
+        r = lv_console_start(v, &cerr);
+        if (r == 0) {
+            r = channel_open_stream(ac->loop, v->chan_stream, (uint32_t)ac->channel_max_frame_bytes,
+                                    &lv_channel_ops, v, &v->ch, &cerr);
+            if (r == 0)
+                v->chan_stream = NULL; /* the channel's now */
+        }
+    } else {
+        r = channel_open(ac->loop, v->channel_path, CONNECT_TIMEOUT_MS,
                          (uint32_t)ac->channel_max_frame_bytes, &lv_channel_ops, v, &v->ch, &cerr);
+    }
     if (r < 0) {
-        lv_finish(v, VM_INFRA_ERROR, 0, "opening the channel: %s", al_error_message(cerr));
+        lv_finish(v, VM_INFRA_ERROR, 0, "%s: %s",
+                  v->lb->remote ? "streaming the guest's console and channel"
+                                : "opening the channel",
+                  al_error_message(cerr));
         al_error_free(cerr);
         return;
     }

@@ -874,7 +874,9 @@ static char *snapshot_dir(const struct vm_image *img, int cpus, uint64_t memory)
  * pools' snapshots made (engine_warm.c asks) rather than on the first job. */
 void lv_snapshot_prepare(struct lv_backend *lb, const struct vm_request *req)
 {
-    if (req->start == VM_START_BOOT || !req->image || req->disk_bytes > req->image->virtual_size)
+    /* a remote transport's VMs boot (lv_snapshot_choose): nothing to make */
+    if (lb->remote || req->start == VM_START_BOOT || !req->image ||
+        req->disk_bytes > req->image->virtual_size)
         return;
     _cleanup_free_ char *sdir = snapshot_dir(req->image, req->cpus, req->memory);
     struct snapshot_manifest want = {0};
@@ -907,6 +909,11 @@ void lv_snapshot_choose(struct lv_vm *v)
         return;
     if (v->inject == INJECT_GUESTFS) {
         set_fallback(v, SNAPSHOT_FB_UNSUPPORTED, "inject = guestfs VMs boot");
+        return;
+    }
+    if (lb->remote) {
+        /* saved state, its base disk and its manifest are files of this host */
+        set_fallback(v, SNAPSHOT_FB_UNSUPPORTED, "VMs of a remote transport boot");
         return;
     }
     if (v->req.disk_bytes > v->image->virtual_size) {

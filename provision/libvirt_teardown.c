@@ -10,6 +10,7 @@ struct teardown {
     char *dom_name;
     virDomainPtr dom; /* may be NULL: look up by name */
     char *vol_name;
+    char *seed_vol_name; /* the remote transport's seed volume, or NULL */
     char *run_dir;
     bool must_be_ours;
 };
@@ -24,6 +25,7 @@ static void teardown_clear(struct teardown *t)
     free(t->pool_name);
     free(t->dom_name);
     free(t->vol_name);
+    free(t->seed_vol_name);
     free(t->run_dir);
     *t = (struct teardown){0};
 }
@@ -69,6 +71,14 @@ static int teardown_work(void *data, struct al_error **err)
                 r = al_error_set(err, EIO, "deleting volume %s: %s", t->vol_name, lv_libvirt_msg());
             virStorageVolFree(vol);
         }
+        /* created through libvirt: known to the pool without a refresh */
+        vol = pool && t->seed_vol_name ? virStorageVolLookupByName(pool, t->seed_vol_name) : NULL;
+        if (vol) {
+            if (virStorageVolDelete(vol, 0) < 0 && r == 0)
+                r = al_error_set(err, EIO, "deleting volume %s: %s", t->seed_vol_name,
+                                 lv_libvirt_msg());
+            virStorageVolFree(vol);
+        }
         if (pool)
             virStoragePoolFree(pool);
     }
@@ -95,6 +105,7 @@ static void vm_unlink(struct lv_vm *v)
  * gone already). */
 static void vm_free(struct lv_vm *v)
 {
+    lv_streams_stop(v);
     vm_unlink(v);
     free(v->image);
     free(v->base.name);
@@ -104,6 +115,8 @@ static void vm_free(struct lv_vm *v)
     free(v->console_log);
     free(v->vol_name);
     free(v->vol_path);
+    free(v->seed_vol_name);
+    free(v->seed_vol_path);
     free(v->meta_data);
     free(v->user_data);
     free(v->domain_xml);
@@ -161,6 +174,7 @@ static void vm_teardown_done(void *data, int result, struct al_error *err)
 
 void lv_destroy_continue(struct lv_vm *v)
 {
+    lv_streams_stop(v); /* no worker holds v now */
     struct vm_teardown *vt = calloc(1, sizeof(*vt));
     lv_ensure_conn(v->lb);
     if (vt) {
@@ -172,9 +186,11 @@ void lv_destroy_continue(struct lv_vm *v)
         vt->t.dom_name = strdup(v->base.name);
         vt->t.pool_name = strdup(v->lb->pool_name);
         vt->t.vol_name = strdup(v->vol_name);
+        vt->t.seed_vol_name = v->seed_vol_name ? strdup(v->seed_vol_name) : NULL;
         vt->t.run_dir = strdup(v->run_dir);
     }
     if (!vt || !vt->t.dom_name || !vt->t.pool_name || !vt->t.vol_name || !vt->t.run_dir ||
+        (v->seed_vol_name && !vt->t.seed_vol_name) ||
         al_work_queue(v->lb->b->env.loop, vm_teardown_work, vm_teardown_done, vt, NULL) < 0) {
         /* last resort: tear down synchronously rather than leak */
         struct al_error *err = NULL;
@@ -252,11 +268,17 @@ static int list_work(void *data, struct al_error **err)
         for (int i = 0; i < nv; i++) {
             const char *vn = virStorageVolGetName(vols[i]);
             size_t len = strlen(vn);
-            if (strncmp(vn, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) == 0 && len > 6 &&
-                streq(vn + len - 6, ".qcow2")) {
-                _cleanup_free_ char *name = strndup(vn, len - 6);
+            /* overlays, and the seeds of the remote transport */
+            static const char *const suffixes[] = {".qcow2", AL_SEED_VOL_SUFFIX};
+            for (size_t k = 0; k < ARRAY_SIZE(suffixes); k++) {
+                size_t sl = strlen(suffixes[k]);
+                if (strncmp(vn, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0 ||
+                    len <= strlen(AL_DOMAIN_PREFIX) + sl || !streq(vn + len - sl, suffixes[k]))
+                    continue;
+                _cleanup_free_ char *name = strndup(vn, len - sl);
                 if (name)
                     owned_get(c, name);
+                break;
             }
             virStorageVolFree(vols[i]);
         }
@@ -395,8 +417,12 @@ int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb done, 
     od->t.pool_name = strdup(lb->pool_name);
     if (asprintf(&od->t.vol_name, "%s.qcow2", name) < 0)
         od->t.vol_name = NULL;
+    /* a remote VM's seed (a lookup that finds none costs nothing) */
+    if (asprintf(&od->t.seed_vol_name, "%s" AL_SEED_VOL_SUFFIX, name) < 0)
+        od->t.seed_vol_name = NULL;
     od->t.run_dir = al_path_join(lb->vms_dir, name);
-    int r = (!od->t.dom_name || !od->t.pool_name || !od->t.vol_name || !od->t.run_dir)
+    int r = (!od->t.dom_name || !od->t.pool_name || !od->t.vol_name || !od->t.seed_vol_name ||
+             !od->t.run_dir)
                     ? -ENOMEM
                     : al_work_queue(b->env.loop, owned_destroy_work, owned_destroy_done, od, NULL);
     if (r < 0) {

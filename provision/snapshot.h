@@ -11,7 +11,8 @@ enum snapshot_fallback {
     SNAPSHOT_FB_STALE,          /* only stale ones (image, QEMU, ... changed) */
     SNAPSHOT_FB_BUSY,           /* every valid slot restores another job */
     SNAPSHOT_FB_RESTORE_FAILED, /* libvirt could not restore the state */
-    SNAPSHOT_FB_UNSUPPORTED,    /* inject = guestfs, or the domain cannot be restored */
+    SNAPSHOT_FB_UNSUPPORTED,    /* inject = guestfs, a remote transport, or the domain
+                                 * cannot be restored */
     SNAPSHOT_FB_COUNT,
 };
 

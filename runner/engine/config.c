@@ -163,6 +163,8 @@ static const struct config_key keys[] = {
         {SEC_BACKEND, T(BACKEND_LIBVIRT), "storage_pool", KEY_STRING, B(libvirt.storage_pool), "",
          0, 0, NULL,
          "libvirt storage pool for overlays (empty: agentlab-NAME-HASH, HASH of the state dir)"},
+        {SEC_BACKEND, T(BACKEND_LIBVIRT), "transport", KEY_ENUM, B(libvirt.transport), "auto", 0, 0,
+         libvirt_transport_names, "auto (remote for a remote URI), local or remote"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "url", KEY_STRING, B(proxmox.url), "", 0, 0, NULL,
          "https://HOST:8006"},
         {SEC_BACKEND, T(BACKEND_PROXMOX), "token_file", KEY_PATH, B(proxmox.token_file), "", 0, 0,
@@ -902,31 +904,9 @@ static int finish(struct config *c, const char *file, struct al_error **err)
             return al_error_set(err, ENOMEM, "out of memory");
     }
 
-    for (size_t i = 0; i < c->n_backends; i++) {
-        struct backend_settings *b = &c->backends[i];
-        if (b->type == BACKEND_PROXMOX &&
-            (!*b->proxmox.url || !*b->proxmox.template_vm ||
-             (!*b->proxmox.token_file && !(*b->proxmox.user && *b->proxmox.password_file))))
-            return al_error_set(err, EINVAL,
-                                "%s: backend \"%s\" of type proxmox needs url, template and "
-                                "token_file (or user and password_file)",
-                                file, b->name);
-    }
-    for (size_t i = 0; i < c->n_backends; i++) {
-        struct backend_settings *b = &c->backends[i];
-        for (char **t = b->proxmox.templates; t && *t; t++) {
-            char image[AL_NAME_MAX + 1];
-            image_map_entry_parse(*t, image, sizeof(image), NULL);
-            for (char **u = b->proxmox.templates; u < t; u++) {
-                char other[AL_NAME_MAX + 1];
-                image_map_entry_parse(*u, other, sizeof(other), NULL);
-                if (streq(image, other))
-                    return al_error_set(err, EINVAL,
-                                        "%s: backend \"%s\" names two templates for image \"%s\"",
-                                        file, b->name, image);
-            }
-        }
-    }
+    int r = config_backends_check(c, file, err);
+    if (r < 0)
+        return r;
     for (size_t i = 0; i < c->n_pools; i++) {
         struct config_pool *p = &c->pools[i];
         for (char **s = p->backends; s && *s; s++) {
@@ -934,7 +914,7 @@ static int finish(struct config *c, const char *file, struct al_error **err)
                 return al_error_set(err, EINVAL, "%s: pool \"%s\" names unknown backend \"%s\"",
                                     file, p->name, *s);
         }
-        int r = config_pool_resolve(c, p, file, err);
+        r = config_pool_resolve(c, p, file, err);
         if (r < 0)
             return r;
     }
@@ -943,7 +923,7 @@ static int finish(struct config *c, const char *file, struct al_error **err)
                             c->agent.pool);
     for (size_t i = 0; i < c->n_sources; i++) {
         struct config_source *s = &c->sources[i];
-        int r = config_source_pools_resolve(c, s, file, err);
+        r = config_source_pools_resolve(c, s, file, err);
         if (r < 0)
             return r;
         /* github: empty means https://api.github.com */

@@ -21,4 +21,9 @@ int config_pool_resolve(const struct config *c, struct config_pool *p, const cha
 int config_source_pools_resolve(const struct config *c, struct config_source *s, const char *file,
                                 struct al_error **err);
 
+/* Checks each backend section as a whole (a proxmox backend's required
+ * keys and templates, a libvirt backend's transport against its inject
+ * mode): -EINVAL naming file and backend. */
+int config_backends_check(const struct config *c, const char *file, struct al_error **err);
+
 #endif

@@ -20,6 +20,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <libvirt/libvirt.h>
+
 #include "fake_backend.h"
 #include "provision/backend.h"
 #include "runner/base/util.h"
@@ -652,20 +654,70 @@ static void test_vm_image_dup(void **state)
     free(c);
 }
 
+/* libvirt, remote transport: a seed volume left in the backend's pool by a
+ * VM that is gone is a leftover of that VM (named after it), and
+ * destroy_owned deletes it. */
+static void test_libvirt_seed_volume_leftover(void **state)
+{
+    struct ctx *c = *state;
+    virConnectPtr conn = virConnectOpen("test:///default");
+    assert_non_null(conn);
+    virStoragePoolPtr *pools = NULL;
+    int np = virConnectListAllStoragePools(conn, &pools, 0);
+    virStoragePoolPtr pool = NULL;
+    for (int i = 0; i < np; i++) {
+        if (!pool && strncmp(virStoragePoolGetName(pools[i]), "agentlab-", 9) == 0)
+            pool = pools[i];
+        else
+            virStoragePoolFree(pools[i]);
+    }
+    free(pools);
+    assert_non_null(pool);
+    char name[160];
+    assert_int_equal(c->b->ops->vm_name(c->b, "jseedleft", 1, name, sizeof(name)), 0);
+    char xml[512];
+    snprintf(xml, sizeof(xml),
+             "<volume><name>%s.seed.iso</name><capacity unit='bytes'>4096</capacity></volume>",
+             name);
+    virStorageVolPtr vol = virStorageVolCreateXML(pool, xml, 0);
+    assert_non_null(vol);
+    virStorageVolFree(vol);
+
+    assert_int_equal(owned_count(c), 1);
+    struct done_result d = {0};
+    assert_int_equal(c->b->ops->destroy_owned(c->b, name, on_done, &d), 0);
+    assert_true(test_run_until(&c->loop, &d.called, 20000));
+    assert_int_equal(d.result, 0);
+    assert_int_equal(owned_count(c), 0);
+    char vname[200];
+    snprintf(vname, sizeof(vname), "%s.seed.iso", name);
+    assert_null(virStorageVolLookupByName(pool, vname));
+    virStoragePoolFree(pool);
+    virConnectClose(conn);
+}
+
 static const struct CMUnitTest helpers[] = {
         cmocka_unit_test(test_vm_image_dup),
 };
 
-static const struct CMUnitTest contract[] = {
-        cmocka_unit_test(test_capacity),
-        cmocka_unit_test(test_vm_name),
-        cmocka_unit_test(test_list_owned_empty),
-        cmocka_unit_test(test_destroy_owned_unknown),
-        cmocka_unit_test(test_destroy_owned_refuses_foreign_names),
-        cmocka_unit_test(test_launch_refuses_invalid_job_ids),
-        cmocka_unit_test(test_destroy_at_once),
-        cmocka_unit_test(test_destroy_at_every_phase),
-        cmocka_unit_test(test_destroy_owned_refuses_live_vm),
+/* clang-format off */
+#define CONTRACT_TESTS                                              \
+    cmocka_unit_test(test_capacity),                                \
+    cmocka_unit_test(test_vm_name),                                 \
+    cmocka_unit_test(test_list_owned_empty),                        \
+    cmocka_unit_test(test_destroy_owned_unknown),                   \
+    cmocka_unit_test(test_destroy_owned_refuses_foreign_names),     \
+    cmocka_unit_test(test_launch_refuses_invalid_job_ids),          \
+    cmocka_unit_test(test_destroy_at_once),                         \
+    cmocka_unit_test(test_destroy_at_every_phase),                  \
+    cmocka_unit_test(test_destroy_owned_refuses_live_vm)
+/* clang-format on */
+
+static const struct CMUnitTest contract[] = {CONTRACT_TESTS};
+/* libvirt's event loop can be registered once per process: one group */
+static const struct CMUnitTest libvirt_contract[] = {
+        CONTRACT_TESTS,
+        cmocka_unit_test(test_libvirt_seed_volume_leftover),
 };
 
 int main(void)
@@ -674,7 +726,8 @@ int main(void)
     int failed = cmocka_run_group_tests_name("helpers", helpers, NULL, NULL);
     failed += cmocka_run_group_tests_name("fake", contract, setup_fake, teardown_fake);
     failed += cmocka_run_group_tests_name("proxmox", contract, setup_proxmox, teardown_proxmox);
-    failed += cmocka_run_group_tests_name("libvirt", contract, setup_libvirt, teardown_libvirt);
+    failed += cmocka_run_group_tests_name("libvirt", libvirt_contract, setup_libvirt,
+                                          teardown_libvirt);
     al_curl_global_cleanup();
     return test_exit_status(failed);
 }

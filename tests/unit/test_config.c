@@ -57,6 +57,46 @@ static void test_accel_keys(void **state)
     free(msg);
 }
 
+/* transport: auto by default, local or remote by hand; remote refuses
+ * libguestfs injection, which needs the overlay as a file of this host. */
+static void test_transport_key(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("[backend \"local\"]\n[backend \"h2\"]\n"
+                               "uri = qemu+ssh://agentlab@h2/system\ntransport = remote\n"
+                               "[backend \"h3\"]\ntransport = local\ninject = guestfs\n");
+    assert_int_equal(c->backends[0].libvirt.transport, LV_TRANSPORT_AUTO);
+    assert_int_equal(c->backends[1].libvirt.transport, LV_TRANSPORT_REMOTE);
+    assert_int_equal(c->backends[2].libvirt.transport, LV_TRANSPORT_LOCAL);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    assert_int_equal(config_print(c, f), 0);
+    fclose(f);
+    assert_non_null(strstr(out, "[backend \"h2\"]\n"));
+    assert_non_null(strstr(out, "transport = remote\n"));
+    assert_non_null(strstr(out, "transport = auto\n"));
+    free(out);
+    config_free(c);
+
+    char *msg = load_err("[backend \"h2\"]\ntransport = remote\ninject = guestfs\n");
+    assert_non_null(strstr(msg, "backend \"h2\": inject = guestfs needs the overlay on this host"));
+    free(msg);
+    msg = load_err("[backend \"h2\"]\nuri = qemu+tls://h2/system\ninject = guestfs\n");
+    assert_non_null(strstr(msg, "qemu+tls://h2/system is remote (transport = auto)"));
+    free(msg);
+    msg = load_err("[backend \"h2\"]\ntransport = nfs\n");
+    assert_non_null(strstr(msg, "test.conf:2: bad value \"nfs\" for key \"transport\""));
+    free(msg);
+    msg = load_err("[backend \"c\"]\ntype = proxmox\ntransport = remote\n");
+    assert_non_null(strstr(msg, "does not apply to backend type proxmox"));
+    free(msg);
+    /* the proxmox checks moved with it still hold */
+    msg = load_err("[backend \"c\"]\ntype = proxmox\nurl = https://pve:8006\n");
+    assert_non_null(strstr(msg, "of type proxmox needs url, template and token_file"));
+    free(msg);
+}
+
 static void test_defaults_without_file(void **state)
 {
     (void)state;
@@ -413,6 +453,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_defaults_without_file),
             cmocka_unit_test(test_accel_keys),
+            cmocka_unit_test(test_transport_key),
             cmocka_unit_test(test_full_file),
             cmocka_unit_test(test_env_override),
             cmocka_unit_test(test_errors_name_file_line_key),

@@ -12,6 +12,7 @@
 
 #include "runner/base/util.h"
 #include "runner/base/xml.h"
+#include "provision/backend.h"
 #include "provision/domain_xml.h"
 
 static char *tmp;
@@ -188,6 +189,81 @@ static void test_values_are_escaped(void **state)
     al_error_free(err);
 }
 
+/* The remote transport: nothing of the XML names a path of this host but
+ * the disks the host's own storage pool reported. The channel is a unix
+ * socket without a path (libvirt's channel directory on the host, reached
+ * with virDomainOpenChannel), the console has no log file (it is read as
+ * a stream), and the seed is the uploaded volume's path. */
+static void test_domain_remote_transport(void **state)
+{
+    (void)state;
+    struct domain_params p = sample();
+    p.channel_path = NULL;
+    p.console_log = NULL;
+    p.seed_path = "/var/lib/libvirt/images/agentlab-j1-1" AL_SEED_VOL_SUFFIX;
+    char *xml = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(domain_xml_build(&p, &xml, &err), 0);
+    assert_int_equal(validate(xml, "domain"), 0);
+    assert_null(strstr(xml, "/run/agentlab"));
+    assert_null(strstr(xml, "<log "));
+    assert_non_null(strstr(xml, "<channel type='unix'>\n      <source mode='bind'/>\n"
+                                "      <target type='virtio' name='org.agentlab.job'/>"));
+    assert_non_null(strstr(xml, "<serial type='pty'>\n      <target port='0'/>"));
+    assert_non_null(strstr(xml, "<source file='/var/lib/libvirt/images/agentlab-j1-1.seed.iso'/>\n"
+                                "      <target dev='vdb' bus='virtio'/>\n      <readonly/>"));
+    free(xml);
+
+    /* the local transport names its socket and log file */
+    p = sample();
+    assert_int_equal(domain_xml_build(&p, &xml, &err), 0);
+    assert_non_null(strstr(xml, "<source mode='bind' path='/run/agentlab/vms/x/job.sock'/>"));
+    assert_non_null(strstr(xml, "<log file='/run/agentlab/vms/x/console.log' append='off'/>"));
+    free(xml);
+
+    /* the seed volume: raw, readable by QEMU's user, of the ISO's size */
+    assert_int_equal(seed_volume_xml_build("agentlab-j1-1" AL_SEED_VOL_SUFFIX, 376832, &xml, &err),
+                     0);
+    assert_int_equal(validate(xml, "storagevol"), 0);
+    assert_non_null(strstr(xml, "<name>agentlab-j1-1.seed.iso</name>"));
+    assert_non_null(strstr(xml, "<capacity unit='bytes'>376832</capacity>"));
+    assert_non_null(strstr(xml, "<format type='raw'/>"));
+    assert_non_null(strstr(xml, "<mode>0644</mode>"));
+    free(xml);
+}
+
+/* transport = auto decides by the URI: a network transport or a host name
+ * is remote, a unix socket local. */
+static void test_uri_is_remote(void **state)
+{
+    (void)state;
+    static const char *const remote[] = {
+            "qemu+ssh://agentlab@h2/system",
+            "qemu+tls://h2.example/system",
+            "qemu+tcp://127.0.0.1:16599/system",
+            "qemu+libssh2://u@h/system",
+            "qemu://h2/system",
+            "qemu+ext://h/system?command=/bin/x",
+    };
+    static const char *const local[] = {
+            "qemu:///system",
+            "qemu:///session",
+            "test:///default",
+            "qemu+unix:///system?socket=/run/x/libvirt-sock",
+            "",
+            "qemu:///system?x=1",
+    };
+    for (size_t i = 0; i < sizeof(remote) / sizeof(remote[0]); i++) {
+        if (!libvirt_uri_is_remote(remote[i]))
+            fail_msg("%s taken for local", remote[i]);
+    }
+    for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
+        if (libvirt_uri_is_remote(local[i]))
+            fail_msg("%s taken for remote", local[i]);
+    }
+    assert_false(libvirt_uri_is_remote(NULL));
+}
+
 static void test_volume_pool_filter_validate(void **state)
 {
     (void)state;
@@ -279,6 +355,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_domain_validates),
+            cmocka_unit_test(test_domain_remote_transport),
+            cmocka_unit_test(test_uri_is_remote),
             cmocka_unit_test(test_values_are_escaped),
             cmocka_unit_test(test_network_gateways),
             cmocka_unit_test(test_volume_pool_filter_validate),
