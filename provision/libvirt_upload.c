@@ -248,7 +248,7 @@ static int vol_complete(virConnectPtr conn, virStoragePoolPtr pool, const char *
     r = vol_lookup(pool, name, &content, err);
     if (r <= 0)
         return r;
-    uint64_t have;
+    uint64_t have = 0;
     r = vol_physical(marker, &have, err);
     if (r < 0)
         return r;
