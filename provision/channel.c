@@ -314,6 +314,34 @@ static void try_connect(struct channel *ch)
     uv_pipe_connect(req, &ch->pipe, ch->path, on_connect);
 }
 
+/* A channel of either transport with nothing started yet (freed with
+ * free() of its chunk and itself), or NULL on ENOMEM. */
+static struct channel *channel_alloc(uv_loop_t *loop, uint32_t max_payload,
+                                     const struct channel_ops *ops, void *data)
+{
+    struct channel *ch = calloc(1, sizeof(*ch));
+    if (!ch || !(ch->chunk = malloc(AL_PROTO_HEADER_SIZE + FILE_CHUNK))) {
+        free(ch);
+        return NULL;
+    }
+    ch->loop = loop;
+    ch->ops = ops;
+    ch->data = data;
+    al_list_init(&ch->queue);
+    ch->file_fd = -1;
+    ch->dec.max_payload = max_payload ? max_payload : AL_PROTO_MAX_PAYLOAD;
+    return ch;
+}
+
+/* From here on the channel is freed by channel_close() only. */
+static void timers_init(struct channel *ch)
+{
+    uv_timer_init(ch->loop, &ch->retry);
+    ch->retry.data = ch;
+    uv_timer_init(ch->loop, &ch->throttle);
+    ch->throttle.data = ch;
+}
+
 /* ---------------------------------------------------- the stream transport */
 
 static int stream_set_events(struct channel *ch, int events)
@@ -381,20 +409,9 @@ int channel_open_stream(uv_loop_t *loop, virStreamPtr st, uint32_t max_payload,
                         const struct channel_ops *ops, void *data, struct channel **ret,
                         struct al_error **err)
 {
-    struct channel *ch = calloc(1, sizeof(*ch));
+    struct channel *ch = channel_alloc(loop, max_payload, ops, data);
     if (!ch)
         return al_error_set(err, ENOMEM, "allocating a channel");
-    ch->chunk = malloc(AL_PROTO_HEADER_SIZE + FILE_CHUNK);
-    if (!ch->chunk) {
-        free(ch);
-        return al_error_set(err, ENOMEM, "allocating a channel");
-    }
-    ch->loop = loop;
-    ch->ops = ops;
-    ch->data = data;
-    al_list_init(&ch->queue);
-    ch->file_fd = -1;
-    ch->dec.max_payload = max_payload ? max_payload : AL_PROTO_MAX_PAYLOAD;
     if (virStreamEventAddCallback(st, VIR_STREAM_EVENT_READABLE, on_stream_event, ch, NULL) < 0) {
         int r = al_error_set(err, EIO, "watching the channel stream: %s", stream_error());
         free(ch->chunk);
@@ -405,10 +422,7 @@ int channel_open_stream(uv_loop_t *loop, virStreamPtr st, uint32_t max_payload,
     ch->stream_events = VIR_STREAM_EVENT_READABLE;
     ch->stream_reading = true;
     ch->connected = true;
-    uv_timer_init(loop, &ch->retry);
-    ch->retry.data = ch;
-    uv_timer_init(loop, &ch->throttle);
-    ch->throttle.data = ch;
+    timers_init(ch);
     *ret = ch;
     return 0;
 }
@@ -444,28 +458,16 @@ int channel_open(uv_loop_t *loop, const char *path, unsigned connect_timeout_ms,
                  uint32_t max_payload, const struct channel_ops *ops, void *data,
                  struct channel **ret, struct al_error **err)
 {
-    struct channel *ch = calloc(1, sizeof(*ch));
-    if (!ch)
-        return al_error_set(err, ENOMEM, "allocating a channel");
-    ch->path = strdup(path);
-    ch->chunk = malloc(AL_PROTO_HEADER_SIZE + FILE_CHUNK);
-    if (!ch->path || !ch->chunk) {
-        free(ch->path);
+    struct channel *ch = channel_alloc(loop, max_payload, ops, data);
+    if (ch && !(ch->path = strdup(path))) {
         free(ch->chunk);
         free(ch);
-        return al_error_set(err, ENOMEM, "allocating a channel");
+        ch = NULL;
     }
-    ch->loop = loop;
-    ch->ops = ops;
-    ch->data = data;
-    al_list_init(&ch->queue);
-    ch->file_fd = -1;
-    ch->dec.max_payload = max_payload ? max_payload : AL_PROTO_MAX_PAYLOAD;
+    if (!ch)
+        return al_error_set(err, ENOMEM, "allocating a channel");
     ch->deadline_ms = uv_now(loop) + connect_timeout_ms;
-    uv_timer_init(loop, &ch->retry);
-    ch->retry.data = ch;
-    uv_timer_init(loop, &ch->throttle);
-    ch->throttle.data = ch;
+    timers_init(ch);
     try_connect(ch);
     *ret = ch;
     return 0;
