@@ -63,18 +63,10 @@ void image_info_list_free(struct image_info **v, size_t n)
 
 bool image_name_is_valid(const char *s)
 {
-    if (!s || !s[0] || strlen(s) > 63)
+    if (!al_name_is_valid(s))
         return false;
-    if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') ||
-          (s[0] >= '0' && s[0] <= '9')))
-        return false;
-    for (const char *p = s; *p; p++) {
-        char c = *p;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
-    }
     size_t n = strlen(s);
+    /* the lock file beside an image directory is "<name>.lock" */
     return !(n >= 5 && streq(s + n - 5, ".lock"));
 }
 

@@ -63,20 +63,6 @@ static const char *const role_names[] = {
         [IMAGE_VOL_INITRD] = "initrd",
 };
 
-static bool valid_image_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > IMAGE_VOL_IMAGE_MAX || s[0] == '.' || s[0] == '-')
-        return false;
-    for (const char *p = s; *p; p++) {
-        char c = *p;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
 static bool valid_sha256(const char *s)
 {
     if (strlen(s) != 64)
@@ -90,7 +76,7 @@ static bool valid_sha256(const char *s)
 int image_vol_name(const char *image, enum image_vol_role role, const char *sha256, char **ret_name,
                    struct al_error **err)
 {
-    if (!image || !valid_image_name(image))
+    if (!image || !al_name_is_valid(image))
         return al_error_set(err, EINVAL, "image name \"%s\" cannot name a volume",
                             image ? image : "");
     if (!sha256 || !valid_sha256(sha256))

@@ -37,13 +37,14 @@
 #include <stdint.h>
 
 #include "runner/base/error.h"
+#include "runner/base/util.h"
 
 #define IMAGE_VOL_PREFIX        "agentlab-img-"
 #define IMAGE_VOL_MARKER_SUFFIX ".sha256"
 /* hex digits of the sha256 in a volume's name */
 #define IMAGE_VOL_SHA_PREFIX 16
 /* the longest image name a volume name takes */
-#define IMAGE_VOL_IMAGE_MAX 64
+#define IMAGE_VOL_IMAGE_MAX AL_NAME_MAX
 
 enum image_vol_role {
     IMAGE_VOL_DISK,   /* the golden qcow2: "<...>-disk-<sha>.qcow2" */
@@ -59,8 +60,8 @@ enum image_vol_role {
 int libvirt_pool_ensure(virConnectPtr conn, const char *name, const char *dir, bool local_mkdir,
                         struct al_error **err);
 
-/* The content volume's name for image (1..IMAGE_VOL_IMAGE_MAX characters of
- * [A-Za-z0-9._-], not starting with '.' or '-'), role and sha256 (64
+/* The content volume's name for image (al_name_is_valid(), the rule every
+ * image name in the catalog passes), role and sha256 (64
  * lowercase hex). Returns 0, or -EINVAL for a bad image name or checksum.
  * The caller frees *ret_name. */
 int image_vol_name(const char *image, enum image_vol_role role, const char *sha256, char **ret_name,
