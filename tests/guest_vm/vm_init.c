@@ -70,8 +70,12 @@ int main(void)
     for (size_t i = 0; i < sizeof(mods) / sizeof(mods[0]); i++)
         load(mods[i]);
     char dev[300];
+    /* the port shows up once virtio_console has probed: well under a second
+     * usually, but a TCG guest on a host loaded several times over its CPUs
+     * has taken more than the 5 s this waited before (the job then failed
+     * with "channel closed before the guest helper started") */
     int tries = 0;
-    while (find_port(dev, sizeof(dev)) < 0 && tries++ < 500) {
+    while (find_port(dev, sizeof(dev)) < 0 && tries++ < 6000) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

@@ -165,6 +165,9 @@ def test_jobs(agentlabd):
     with open(os.path.join(alias, "manifest.json")) as f:
         manifest = json.load(f)
     manifest["name"] = "micro-alias"
+    # a mark only this image's VMs boot with, so the job proves from inside
+    # which image it runs in
+    manifest["cmdline"] += " agentlab_test_image=micro-alias"
     with open(os.path.join(alias, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     gitroot = os.path.join(tmp, "git")
@@ -239,14 +242,15 @@ poll_interval = 1s
     jobs["deps"] = fake.add_job(make_job(108, srv, sha, name="deps-job", dependencies=[
         {"id": 101, "name": "pass-job",
          "artifacts_file": {"filename": "artifacts.zip", "size": 1000}}], script=[
-        "cat out/result.txt", "cat logs/run.log", "test ! -e out/skip.txt", "cat README.txt"]))
+        "cat out/result.txt", "cat logs/run.log", "test ! -e out/skip.txt", "cat README.txt",
+        "cat /proc/cmdline"]))
     jobs["nodeps"] = fake.add_job(make_job(109, srv, sha, name="nodeps-job", dependencies=[
         {"id": 102, "name": "fail-job",
          "artifacts_file": {"filename": "artifacts.zip", "size": 1000}}],
         script=["echo NODEPS-RAN-$((6 * 7))"]))
     # image: picks the VM image, among the pool's allowed_images
     jobs["image"] = fake.add_job(make_job(110, srv, sha, name="image-job", image="micro-alias",
-                                          script=["echo IMAGE-JOB-RAN"]))
+                                          script=["echo IMAGE-JOB-RAN", "cat /proc/cmdline"]))
     jobs["notallowed"] = fake.add_job(make_job(111, srv, sha, name="notallowed-job",
                                                image="debian-12", script=["echo never runs"]))
     jobs["container"] = fake.add_job(make_job(112, srv, sha, name="container-job",
@@ -395,6 +399,11 @@ poll_interval = 1s
     f = final("image")
     check(f["state"] == "success" and b"IMAGE-JOB-RAN" in jobs["image"].trace,
           f"image: {f} {jobs['image'].trace!r}")
+    check(b"agentlab_test_image=micro-alias" in jobs["image"].trace,
+          f"image: the job did not run in micro-alias's VM: {jobs['image'].trace!r}")
+    check(b"console=ttyS0" in jobs["deps"].trace and
+          b"agentlab_test_image=" not in jobs["deps"].trace,
+          f"a job without image: did not run in micro's VM: {jobs['deps'].trace!r}")
     con = sqlite3.connect(db)
     row = con.execute("select spec from jobs where source_type = 'gitlab' and source_ref = '110'"
                       ).fetchone()
