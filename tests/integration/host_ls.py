@@ -14,6 +14,8 @@
   - the table output names both hosts; the daemon stops cleanly.
 
 Usage: host_ls.py AGENTLABD AGENTLAB REMOTE_LIBVIRTD_SH
+By hand, HOST_LS_WRAP="valgrind --error-exitcode=99 --leak-check=full" runs
+the daemon under that prefix.
 """
 import hashlib
 import json
@@ -26,6 +28,7 @@ import tempfile
 import time
 
 DAEMON, CLI, REMOTE = sys.argv[1:4]
+WRAP = os.environ.get("HOST_LS_WRAP", "").split()
 failures = []
 
 
@@ -106,7 +109,7 @@ def main():
         env.pop("AGENTLAB_STATE_DIR", None)
         env.pop("AGENTLAB_RUN_DIR", None)
         log = open(os.path.join(tmp, "agentlabd.log"), "w+")
-        daemon = subprocess.Popen([DAEMON], env=env, stderr=log)
+        daemon = subprocess.Popen(WRAP + [DAEMON], env=env, stderr=log)
         end = time.monotonic() + 60
         while True:
             log.seek(0)
@@ -193,6 +196,8 @@ def main():
         log.seek(0)
         text = log.read()
         check("open handles" not in text, "no open handles at exit")
+        if WRAP:
+            print(text[-3000:])
     finally:
         if daemon:
             daemon.kill()
