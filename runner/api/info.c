@@ -389,6 +389,8 @@ void api_hosts(struct api_ctx *ctx, struct api_req *r, const struct route_match 
             } else {
                 /* Proxmox: templates, not image files */
                 rc |= json_kv_null(g, "images_source");
+                rc |= json_kv_null(g, "images_age_ms");
+                rc |= json_kv_null(g, "images_error");
                 rc |= json_key(g, "images");
                 rc |= json_open_array(g);
                 rc |= json_close_array(g);

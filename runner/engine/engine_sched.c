@@ -391,7 +391,7 @@ static struct backend_slot *choose_slot(struct backend_slot **slots, size_t n, c
             bool broken;
             struct backend_capacity cap;
             if (!slot_fits(slots[i], j, reason, sizeof(reason), &broken, &cap)) {
-                snprintf(reasons[i], 160, "%.150s", reason);
+                snprintf(reasons[i], sizeof(reasons[i]), "%.150s", reason);
                 if (!why[0])
                     snprintf(why, why_size, "%s", reason);
                 all_broken &= broken;
