@@ -373,7 +373,7 @@ static bool less_loaded(const struct backend_capacity *a, const struct backend_c
  * that fits takes the job, so jobs spread across hosts. Proxmox backends
  * are the fallback tier, tried in the pool's order only when no host of
  * the first tier fits. Slots that do not fit get their reason in
- * reasons[i]; why gets the first of them; *ret_broken says whether every
+ * reasons[i]; why gets the first of them; *ret_all_broken says whether every
  * slot is broken. */
 static struct backend_slot *choose_slot(struct backend_slot **slots, size_t n, const struct ejob *j,
                                         char reasons[][160], char *why, size_t why_size,
