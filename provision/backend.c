@@ -51,6 +51,39 @@ bool libvirt_uri_is_remote(const char *uri)
     return *host && *host != '/' && *host != '?';
 }
 
+void libvirt_uri_redact(const char *uri, char *buf, size_t size)
+{
+    if (!size)
+        return;
+    buf[0] = '\0';
+    if (!uri)
+        return;
+    size_t end = strcspn(uri, "?");
+    const char *sep = strstr(uri, "://");
+    const char *auth = sep && (size_t)(sep - uri) < end ? sep + 3 : NULL;
+    size_t auth_len = auth ? strcspn(auth, "/?") : 0;
+    const char *at = auth ? memchr(auth, '@', auth_len) : NULL;
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon) /* user:password@host: keep the user */
+        snprintf(buf, size, "%.*s%.*s", (int)(colon - uri), uri, (int)(uri + end - at), at);
+    else
+        snprintf(buf, size, "%.*s", (int)end, uri);
+}
+
+void backend_host_info_clear(struct backend_host_info *h)
+{
+    if (!h)
+        return;
+    for (size_t i = 0; i < h->n_images; i++) {
+        free(h->images[i].image);
+        free(h->images[i].role);
+        free(h->images[i].volume);
+    }
+    free(h->images);
+    h->images = NULL;
+    h->n_images = 0;
+}
+
 static const struct backend_ops *all_ops[] = {
         [BACKEND_LIBVIRT] = &libvirt_backend_ops,
         [BACKEND_PROXMOX] = &proxmox_backend_ops,

@@ -52,6 +52,12 @@ enum libvirt_transport {
                             * host's filesystem is assumed */
 };
 
+/* Copies uri into buf (size bytes) without what may be a credential: a
+ * password in its user part ("qemu+ssh://u:pw@h/system" gives
+ * "qemu+ssh://u@h/system") and its query ("?keyfile=...", "?pkipath=...").
+ * Truncates to fit. */
+void libvirt_uri_redact(const char *uri, char *buf, size_t size);
+
 /* Names of enum backend_type and enum inject_mode, NULL-terminated. */
 extern const char *const backend_type_names[];
 extern const char *const libvirt_transport_names[];
@@ -228,6 +234,36 @@ struct vm_result {
     bool silent_boot;
 };
 
+/* A golden image a host holds (a complete image volume of its pool). */
+struct backend_host_image {
+    char *image;  /* the image's name */
+    char *role;   /* "disk", "kernel", "initrd" */
+    char *volume; /* the volume's name on the host */
+    char sha256[65];
+    uint64_t size;
+};
+
+/* What a backend knows of the host it drives, for `agentlab host ls`:
+ * state the backend keeps, never a fresh round trip. Filled by host_info;
+ * the caller frees the images with backend_host_info_clear(). */
+struct backend_host_info {
+    char uri[256];     /* where it connects, with no credentials; "" = n/a */
+    char transport[8]; /* "local", "remote"; "" = n/a */
+    bool reachable;    /* the connection is up */
+    char error[200];   /* why it is not (the last connection error), or "" */
+    /* true: images lists what the host holds (a remote host's pool, as last
+     * read; images_age_ms ago, images_error when that read failed). false:
+     * the backend reads the daemon's own image files (a local host) or has
+     * no notion of images */
+    bool images_listed;
+    struct backend_host_image *images;
+    size_t n_images;
+    int64_t images_age_ms; /* -1 = not read yet */
+    char images_error[200];
+};
+
+void backend_host_info_clear(struct backend_host_info *h);
+
 /* Events of one VM, delivered on the loop thread. finished runs exactly once
  * per launched VM (also when launch fails asynchronously); after it the VM
  * sends nothing more and the owner must call destroy. */
@@ -308,6 +344,11 @@ struct backend_ops {
      * job's launch would; cheap when all is ready. Only req's image, sizes
      * and start are read. Optional. */
     void (*prepare)(struct backend *b, const struct vm_request *req);
+    /* Fills *ret (zeroed by the caller) with what the backend knows of its
+     * host, from state it keeps: never blocks the loop; may start reading
+     * that state afresh in the background, which a later call sees.
+     * Optional. */
+    void (*host_info)(struct backend *b, struct backend_host_info *ret);
 };
 
 /* Shared context every backend gets. */

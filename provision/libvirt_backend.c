@@ -487,6 +487,7 @@ static void lv_backend_free(struct backend *b)
 {
     struct lv_backend *lb = b->priv;
     lv_disconnect(lb);
+    lv_hostinfo_release(lb);
     lv_snapshot_free_all(lb);
     free(lb->cpu_model);
     free(lb->pool_name);
@@ -633,4 +634,5 @@ const struct backend_ops libvirt_backend_ops = {
         .list_owned = lv_list_owned,
         .destroy_owned = lv_destroy_owned,
         .prepare = lv_prepare,
+        .host_info = lv_host_info,
 };

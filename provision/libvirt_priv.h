@@ -2,7 +2,8 @@
  * connection and capacity; libvirt_channel.c: the guest channel, boot
  * watchdog and heartbeat; libvirt_provision.c: overlay, seed, domain and
  * batched injection; libvirt_remote.c: the remote transport's seed volume
- * and streams; libvirt_teardown.c: destroy and owned leftovers).
+ * and streams; libvirt_teardown.c: destroy and owned leftovers;
+ * libvirt_hostinfo.c: what `agentlab host ls` shows).
  * Private to those files. */
 #ifndef AL_LIBVIRT_PRIV_H
 #define AL_LIBVIRT_PRIV_H
@@ -73,8 +74,9 @@ struct lv_backend {
     uv_timer_t *inject_timer;    /* the coalescing window; heap: closes after lb */
     bool inject_running;         /* one batch at a time */
     /* memory snapshots (libvirt_snapshot.c) */
-    struct al_list snap_slots; /* of lv_snap_slot.link */
-    uv_timer_t *snap_timer;    /* starts waiting makers; heap: closes after lb */
+    struct al_list snap_slots;    /* of lv_snap_slot.link */
+    uv_timer_t *snap_timer;       /* starts waiting makers; heap: closes after lb */
+    struct lv_hostinfo *hostinfo; /* libvirt_hostinfo.c's cache, or NULL */
     uint64_t qemu_version;
     uint64_t libvirt_version;
     char *cpu_model;
@@ -231,6 +233,12 @@ void lv_snapshot_vm_left(struct lv_backend *lb);
 void lv_snapshot_free_all(struct lv_backend *lb);
 /* A name the guest gets as its host name. */
 char *lv_make_hostname(const char *job_id);
+
+/* libvirt_hostinfo.c */
+void lv_host_info(struct backend *b, struct backend_host_info *ret);
+/* The backend closes: drops its hold on the cache (a read in flight keeps
+ * it until it ends). */
+void lv_hostinfo_release(struct lv_backend *lb);
 
 /* libvirt_teardown.c */
 void lv_destroy_continue(struct lv_vm *v);

@@ -561,3 +561,165 @@ int image_vol_sweep(virConnectPtr conn, const char *pool_name, const char *const
         *ret_removed = removed;
     return 0;
 }
+
+const char *image_vol_role_name(enum image_vol_role role)
+{
+    return (unsigned)role < ARRAY_SIZE(role_names) ? role_names[role] : "?";
+}
+
+void image_vol_entries_free(struct image_vol_entry *v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++) {
+        free(v[i].volume);
+        free(v[i].image);
+    }
+    free(v);
+}
+
+/* Splits a content volume's name into image, role and the checksum's
+ * prefix; false when it is not one image_vol_name() makes. */
+static bool parse_content_name(const char *name, char **ret_image, enum image_vol_role *ret_role,
+                               char sha_prefix[IMAGE_VOL_SHA_PREFIX + 1])
+{
+    size_t plen = strlen(IMAGE_VOL_PREFIX), n = strlen(name);
+    if (n <= plen || n > 255)
+        return false;
+    char buf[256];
+    memcpy(buf, name + plen, n - plen + 1);
+    size_t len = n - plen;
+    bool qcow2 = has_suffix(buf, len, ".qcow2");
+    if (qcow2)
+        buf[len -= 6] = '\0';
+    char *dash = strrchr(buf, '-');
+    if (!dash || strlen(dash + 1) != IMAGE_VOL_SHA_PREFIX)
+        return false;
+    for (const char *p = dash + 1; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    memcpy(sha_prefix, dash + 1, IMAGE_VOL_SHA_PREFIX + 1);
+    *dash = '\0';
+    char *role = strrchr(buf, '-');
+    if (!role)
+        return false;
+    *role++ = '\0';
+    size_t r;
+    for (r = 0; r < ARRAY_SIZE(role_names); r++)
+        if (streq(role, role_names[r]))
+            break;
+    if (r == ARRAY_SIZE(role_names) || qcow2 != (r == IMAGE_VOL_DISK) || !al_name_is_valid(buf))
+        return false;
+    if (!(*ret_image = strdup(buf)))
+        return false;
+    *ret_role = (enum image_vol_role)r;
+    return true;
+}
+
+/* 1 and *ret filled when the marker volume names a complete content volume
+ * of the pool, 0 when not, or a negative errno. */
+static int entry_of_marker(virConnectPtr conn, virStoragePoolPtr pool, virStorageVolPtr marker,
+                           const char *content, struct image_vol_entry *ret, struct al_error **err)
+{
+    _cleanup_free_ char *image = NULL;
+    enum image_vol_role role;
+    char prefix[IMAGE_VOL_SHA_PREFIX + 1];
+    if (!parse_content_name(content, &image, &role, prefix))
+        return 0;
+    uint64_t have = 0;
+    int r = vol_physical(marker, &have, err);
+    if (r < 0)
+        return r;
+    if (have > MARKER_MAX)
+        return 0;
+    char text[MARKER_MAX + 1];
+    r = marker_read(conn, marker, text, err);
+    if (r < 0)
+        return r;
+    /* "sha256 <64 hex> size <n>\n", exactly as image_vol_marker_text() writes it */
+    char sha[65];
+    if (strncmp(text, "sha256 ", 7) != 0 || strlen(text) < 7 + 64 + 6)
+        return 0;
+    memcpy(sha, text + 7, 64);
+    sha[64] = '\0';
+    if (!valid_sha256(sha) || strncmp(sha, prefix, IMAGE_VOL_SHA_PREFIX) != 0 ||
+        strncmp(text + 71, " size ", 6) != 0)
+        return 0;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long size = strtoull(text + 77, &end, 10);
+    if (errno || end == text + 77 || text[77] < '0' || text[77] > '9')
+        return 0;
+    _cleanup_free_ char *want = NULL;
+    r = image_vol_marker_text(sha, size, &want, err);
+    if (r < 0)
+        return r;
+    if (!streq(want, text))
+        return 0;
+    _cleanup_(virStorageVolFreep) virStorageVolPtr vol = NULL;
+    r = vol_lookup(pool, content, &vol, err);
+    if (r <= 0)
+        return r;
+    r = vol_physical(vol, &have, err);
+    if (r < 0)
+        return r;
+    if (have != size)
+        return 0;
+    char *volume = strdup(content);
+    if (!volume)
+        return al_error_set(err, ENOMEM, "volume list");
+    *ret = (struct image_vol_entry){
+            .volume = volume, .image = TAKE_PTR(image), .role = role, .size = size};
+    memcpy(ret->sha256, sha, sizeof(sha));
+    return 1;
+}
+
+static int entry_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct image_vol_entry *)a)->volume,
+                  ((const struct image_vol_entry *)b)->volume);
+}
+
+int image_vol_list(virConnectPtr conn, const char *pool_name, struct image_vol_entry **ret,
+                   size_t *ret_n, struct al_error **err)
+{
+    _cleanup_(virStoragePoolFreep) virStoragePoolPtr pool =
+            virStoragePoolLookupByName(conn, pool_name);
+    if (!pool) {
+        if (virGetLastErrorCode() != VIR_ERR_NO_STORAGE_POOL)
+            return al_error_set(err, EIO, "storage pool %s: %s", pool_name, libvirt_msg());
+        *ret = NULL;
+        *ret_n = 0;
+        return 0;
+    }
+    virStorageVolPtr *vols = NULL;
+    int n = virStoragePoolListAllVolumes(pool, &vols, 0);
+    if (n < 0)
+        return al_error_set(err, EIO, "listing the volumes of %s: %s", pool_name, libvirt_msg());
+    struct image_vol_entry *v = calloc((size_t)n + 1, sizeof(*v));
+    size_t used = 0;
+    int r = v ? 0 : al_error_set(err, ENOMEM, "volume list");
+    for (int i = 0; i < n && r == 0; i++) {
+        const char *name = virStorageVolGetName(vols[i]);
+        size_t clen = 0;
+        if (!name || image_vol_classify(name, &clen) != IMAGE_VOL_MARKER || clen > 255)
+            continue;
+        char content[256];
+        memcpy(content, name, clen);
+        content[clen] = '\0';
+        r = entry_of_marker(conn, pool, vols[i], content, &v[used], err);
+        if (r > 0) {
+            used++;
+            r = 0;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        virStorageVolFree(vols[i]);
+    free(vols);
+    if (r < 0) {
+        image_vol_entries_free(v, used);
+        return r;
+    }
+    qsort(v, used, sizeof(*v), entry_cmp);
+    *ret = v;
+    *ret_n = used;
+    return 0;
+}

@@ -138,4 +138,27 @@ void image_vol_clear(struct image_vol *v);
 int image_vol_sweep(virConnectPtr conn, const char *pool, const char *const *keep,
                     unsigned *ret_removed, struct al_error **err);
 
+/* A complete image volume found on a host. */
+struct image_vol_entry {
+    char *volume; /* the content volume's name */
+    char *image;  /* the image it holds a file of */
+    enum image_vol_role role;
+    char sha256[65]; /* from its marker */
+    uint64_t size;   /* bytes */
+};
+
+/* The name of role ("disk", "kernel", "initrd"). */
+const char *image_vol_role_name(enum image_vol_role role);
+
+/* Lists the complete image volumes of pool (see the top of this file: the
+ * marker holds the text for its content's checksum and size, the content
+ * has that size), sorted by volume name, into *ret (*ret_n entries; the
+ * caller frees with image_vol_entries_free()). Incomplete volumes and names
+ * that are not ours are left out; nothing is changed on the host. A missing
+ * pool lists nothing. Returns 0 or a negative errno. */
+int image_vol_list(virConnectPtr conn, const char *pool, struct image_vol_entry **ret,
+                   size_t *ret_n, struct al_error **err);
+
+void image_vol_entries_free(struct image_vol_entry *v, size_t n);
+
 #endif

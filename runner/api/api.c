@@ -47,6 +47,7 @@ static const api_endpoint_fn endpoints[ROUTE_COUNT] = {
         [ROUTE_EVENTS] = api_events,
         [ROUTE_IMAGES] = api_images,
         [ROUTE_POOLS] = api_pools,
+        [ROUTE_HOSTS] = api_hosts,
         [ROUTE_VMS] = api_vms,
         [ROUTE_STATUS] = api_status,
         [ROUTE_GC] = api_gc,

@@ -292,6 +292,120 @@ void api_pools(struct api_ctx *ctx, struct api_req *r, const struct route_match 
     reply_gen(r, 200, g, rc);
 }
 
+/* A host's images: what the backend listed on it (a remote host), else the
+ * daemon's catalogue, whose files a local host's VMs read. */
+static int gen_host_images(yajl_gen g, const struct backend_host_info *h,
+                           struct image_info *const *cat, size_t n_cat, const char *cat_error)
+{
+    int r = 0;
+    if (h->images_listed) {
+        r |= json_kv_str(g, "images_source", "host storage pool");
+        if (h->images_age_ms >= 0)
+            r |= json_kv_int(g, "images_age_ms", h->images_age_ms);
+        else
+            r |= json_kv_null(g, "images_age_ms");
+        r |= json_kv_str(g, "images_error", h->images_error[0] ? h->images_error : NULL);
+        r |= json_key(g, "images");
+        r |= json_open_array(g);
+        for (size_t i = 0; i < h->n_images; i++) {
+            const struct backend_host_image *x = &h->images[i];
+            r |= json_open_map(g);
+            r |= json_kv_str(g, "name", x->image);
+            r |= json_kv_str(g, "role", x->role);
+            r |= json_kv_str(g, "sha256", x->sha256);
+            r |= json_kv_uint(g, "size", x->size);
+            r |= json_kv_str(g, "volume", x->volume);
+            r |= json_close_map(g);
+        }
+        return r | json_close_array(g);
+    }
+    r |= json_kv_str(g, "images_source", "local files");
+    r |= json_kv_null(g, "images_age_ms");
+    r |= json_kv_str(g, "images_error", cat_error);
+    r |= json_key(g, "images");
+    r |= json_open_array(g);
+    for (size_t i = 0; i < n_cat; i++) {
+        r |= json_open_map(g);
+        r |= json_kv_str(g, "name", cat[i]->name);
+        r |= json_kv_str(g, "role", "disk");
+        r |= json_kv_str(g, "sha256", cat[i]->sha256 && *cat[i]->sha256 ? cat[i]->sha256 : NULL);
+        r |= json_close_map(g);
+    }
+    return r | json_close_array(g);
+}
+
+void api_hosts(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
+{
+    (void)m;
+    struct engine_host *hosts = calloc(MAX_BACKENDS, sizeof(*hosts));
+    if (!hosts) {
+        api_reply_error(r, 500, "internal", "out of memory");
+        return;
+    }
+    size_t n = engine_hosts(ctx->engine, hosts, MAX_BACKENDS);
+    if (n > MAX_BACKENDS)
+        n = MAX_BACKENDS;
+    /* the catalogue, for the local hosts (read once, only when one needs it) */
+    struct image_info **cat = NULL;
+    size_t n_cat = 0;
+    bool cat_read = false;
+    _cleanup_error_ struct al_error *cat_err = NULL;
+    _cleanup_json_gen_ yajl_gen g = json_gen_new();
+    int rc = g ? 0 : -ENOMEM;
+    if (g) {
+        rc |= json_open_map(g);
+        rc |= json_key(g, "hosts");
+        rc |= json_open_array(g);
+        for (size_t i = 0; i < n; i++) {
+            const struct engine_backend_status *st = &hosts[i].st;
+            const struct backend_capacity *c = &st->cap;
+            const struct backend_host_info *h = &hosts[i].info;
+            rc |= json_open_map(g);
+            rc |= json_kv_str(g, "name", st->name);
+            rc |= json_kv_str(g, "type", st->type);
+            rc |= json_kv_str(g, "uri", h->uri[0] ? h->uri : NULL);
+            rc |= json_kv_str(g, "transport", h->transport[0] ? h->transport : NULL);
+            rc |= json_kv_bool(g, "reachable", h->reachable);
+            rc |= json_kv_str(g, "error", h->error[0] ? h->error : NULL);
+            rc |= json_kv_bool(g, "healthy", c->healthy);
+            rc |= json_kv_str(g, "reason", c->healthy || !c->reason[0] ? NULL : c->reason);
+            rc |= json_kv_str(g, "accel", c->accel[0] ? c->accel : NULL);
+            rc |= json_kv_str(g, "accel_reason", c->accel_reason[0] ? c->accel_reason : NULL);
+            rc |= json_kv_int(g, "max_vms", c->max_vms);
+            rc |= json_kv_int(g, "used_vms", c->used_vms);
+            rc |= json_kv_int(g, "vcpus", c->vcpus);
+            rc |= json_kv_int(g, "used_vcpus", c->used_vcpus);
+            rc |= json_kv_uint(g, "memory", c->memory);
+            rc |= json_kv_uint(g, "used_memory", c->used_memory);
+            rc |= json_kv_uint(g, "warm_ready", st->warm_ready);
+            rc |= json_kv_uint(g, "warm_booting", st->warm_booting);
+            if (streq(st->type, "libvirt") || h->images_listed) {
+                if (!h->images_listed && !cat_read) {
+                    cat_read = true;
+                    if (image_list(ctx->cfg->agent.state_dir, &cat, &n_cat, &cat_err) < 0)
+                        n_cat = 0;
+                }
+                rc |= gen_host_images(g, h, cat, n_cat, cat_err ? al_error_message(cat_err) : NULL);
+            } else {
+                /* Proxmox: templates, not image files */
+                rc |= json_kv_null(g, "images_source");
+                rc |= json_kv_null(g, "images_age_ms");
+                rc |= json_kv_null(g, "images_error");
+                rc |= json_key(g, "images");
+                rc |= json_open_array(g);
+                rc |= json_close_array(g);
+            }
+            rc |= json_close_map(g);
+        }
+        rc |= json_close_array(g);
+        rc |= json_close_map(g);
+    }
+    image_info_list_free(cat, n_cat);
+    engine_hosts_clear(hosts, n);
+    free(hosts);
+    reply_gen(r, 200, g, rc);
+}
+
 void api_images(struct api_ctx *ctx, struct api_req *r, const struct route_match *m)
 {
     (void)m;

@@ -10,6 +10,7 @@
 void api_healthz(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
 void api_metrics(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
 void api_pools(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
+void api_hosts(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
 void api_images(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
 void api_vms(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);
 void api_status(struct api_ctx *ctx, struct api_req *r, const struct route_match *m);

@@ -33,6 +33,7 @@ enum route_id {
     ROUTE_EVENTS,        /* GET /v1/events */
     ROUTE_IMAGES,        /* GET /v1/images */
     ROUTE_POOLS,         /* GET /v1/pools */
+    ROUTE_HOSTS,         /* GET /v1/hosts */
     ROUTE_VMS,           /* GET /v1/vms */
     ROUTE_STATUS,        /* GET /v1/status */
     ROUTE_GC,            /* POST /v1/gc */

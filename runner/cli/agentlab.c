@@ -77,6 +77,7 @@ static const struct cli_command commands[] = {
         {"batch", "submit many jobs at once, watch them, collect their results", cmd_batch},
         {"pool", "backends and pools of the running daemon: capacity, health", cmd_pool},
         {"vm", "VMs the running daemon owns", cmd_vm},
+        {"host", "hosts behind the daemon's backends: reachable, accelerator, images", cmd_host},
         {"image", "build, list, inspect and remove golden images", cmd_image},
         {"gitlab", "register agentlabd as a GitLab runner", cmd_gitlab},
 };

@@ -16,6 +16,8 @@ int cmd_image(int argc, char **argv);
 /* agentlab pool status, agentlab vm ls (cmd_pool.c) */
 int cmd_pool(int argc, char **argv);
 int cmd_vm(int argc, char **argv);
+/* agentlab host ls (cmd_host.c) */
+int cmd_host(int argc, char **argv);
 /* agentlab batch ... (cmd_batch.c) */
 int cmd_batch(int argc, char **argv);
 /* agentlab gitlab register (cmd_gitlab.c) */

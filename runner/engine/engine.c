@@ -569,6 +569,31 @@ size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size
     return e->n_slots;
 }
 
+size_t engine_hosts(struct engine *e, struct engine_host *ret, size_t max)
+{
+    struct engine_backend_status st[64];
+    size_t n = engine_backends(e, st, ARRAY_SIZE(st));
+    for (size_t i = 0; i < n && i < max && i < ARRAY_SIZE(st); i++) {
+        struct backend_slot *s = &e->slots[i];
+        struct engine_host h = {.st = st[i], .info = {.images_age_ms = -1}};
+        if (s->b && s->b->ops->host_info) {
+            s->b->ops->host_info(s->b, &h.info);
+        } else {
+            h.info.reachable = st[i].cap.healthy;
+            if (!h.info.reachable)
+                snprintf(h.info.error, sizeof(h.info.error), "%s", st[i].cap.reason);
+        }
+        ret[i] = h;
+    }
+    return n;
+}
+
+void engine_hosts_clear(struct engine_host *v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        backend_host_info_clear(&v[i].info);
+}
+
 unsigned engine_live_jobs(struct engine *e, enum job_source_type source)
 {
     unsigned n = 0;

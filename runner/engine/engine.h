@@ -162,6 +162,19 @@ struct engine_backend_status {
 /* Fills up to max entries; returns the number of backends. */
 size_t engine_backends(struct engine *e, struct engine_backend_status *ret, size_t max);
 
+/* One backend and its host for `agentlab host ls`: the status of
+ * engine_backends() and what the backend knows of its host (its host_info
+ * op; a backend without one reports only reachable = healthy and why not). */
+struct engine_host {
+    struct engine_backend_status st;
+    struct backend_host_info info;
+};
+
+/* Fills up to max entries; returns the number of backends. The caller frees
+ * each info with backend_host_info_clear() (engine_hosts_clear()). */
+size_t engine_hosts(struct engine *e, struct engine_host *ret, size_t max);
+void engine_hosts_clear(struct engine_host *v, size_t n);
+
 /* Warm VMs of a pool (NULL = all pools): booted and waiting, and booting. */
 void engine_warm_counts(struct engine *e, const char *pool, unsigned *ret_ready,
                         unsigned *ret_booting);

@@ -300,25 +300,9 @@ void eng_start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *war
 
 /* ------------------------------------------------------------ scheduling */
 
-static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size,
-                      bool *ret_broken)
-{
-    if (!eng_slot_serves_image(j->e, slot, j->spec->image)) {
-        if (ret_broken)
-            *ret_broken = true;
-        snprintf(why, size, "backend %.63s has no template for image %.63s", slot->cfg->name,
-                 j->spec->image);
-        return false;
-    }
-    return eng_slot_has_room(slot, j->spec->resources.cpus,
-                             (uint64_t)j->spec->resources.memory_mb << 20, why, size, ret_broken);
-}
-
-/* Whether the backend can take a VM of that size now. ret_broken (may be
- * NULL) says the backend cannot work until an operator fixes it (bad
- * credentials, a certificate mismatch). */
-bool eng_slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
-                       bool *ret_broken)
+/* eng_slot_has_room(), also handing out the capacity it read. */
+static bool slot_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
+                      bool *ret_broken, struct backend_capacity *ret_cap)
 {
     if (ret_broken)
         *ret_broken = false;
@@ -341,7 +325,89 @@ bool eng_slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *
                  c.used_vms, c.max_vms, c.used_vcpus, c.vcpus);
         return false;
     }
+    if (ret_cap)
+        *ret_cap = c;
     return true;
+}
+
+/* Whether the job fits the backend now; ret_cap (may be NULL) gets its
+ * capacity when it does. */
+static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size,
+                      bool *ret_broken, struct backend_capacity *ret_cap)
+{
+    if (!eng_slot_serves_image(j->e, slot, j->spec->image)) {
+        if (ret_broken)
+            *ret_broken = true;
+        snprintf(why, size, "backend %.63s has no template for image %.63s", slot->cfg->name,
+                 j->spec->image);
+        return false;
+    }
+    return slot_room(slot, j->spec->resources.cpus, (uint64_t)j->spec->resources.memory_mb << 20,
+                     why, size, ret_broken, ret_cap);
+}
+
+/* Whether the backend can take a VM of that size now. ret_broken (may be
+ * NULL) says the backend cannot work until an operator fixes it (bad
+ * credentials, a certificate mismatch). */
+bool eng_slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
+                       bool *ret_broken)
+{
+    return slot_room(slot, cpus, mem, why, size, ret_broken, NULL);
+}
+
+/* True when capacity a is less loaded than b: a lower share of its VM slots
+ * in use, then more vCPUs free. Equal loads are not "less": the earlier
+ * backend of the pool keeps the job. */
+static bool less_loaded(const struct backend_capacity *a, const struct backend_capacity *b)
+{
+    /* used_a/max_a < used_b/max_b without division (max_vms > 0 here: a
+     * backend with no slot never fits) */
+    int64_t la = (int64_t)a->used_vms * b->max_vms, lb = (int64_t)b->used_vms * a->max_vms;
+    if (la != lb)
+        return la < lb;
+    return a->vcpus - a->used_vcpus > b->vcpus - b->used_vcpus;
+}
+
+/* The slot of the pool that takes job j now, or NULL. The first tier is
+ * every backend that is not Proxmox (libvirt hosts): the least loaded one
+ * that fits takes the job, so jobs spread across hosts. Proxmox backends
+ * are the fallback tier, tried in the pool's order only when no host of
+ * the first tier fits. Slots that do not fit get their reason in
+ * reasons[i]; why gets the first of them; *ret_all_broken says whether every
+ * slot is broken. */
+static struct backend_slot *choose_slot(struct backend_slot **slots, size_t n, const struct ejob *j,
+                                        char reasons[][160], char *why, size_t why_size,
+                                        bool *ret_all_broken)
+{
+    bool all_broken = n > 0;
+    size_t best = n;
+    struct backend_capacity best_cap = {0};
+    for (int tier = 0; tier < 2 && best == n; tier++) {
+        for (size_t i = 0; i < n; i++) {
+            bool fallback_tier = slots[i]->cfg->type == BACKEND_PROXMOX;
+            if (fallback_tier != (tier == 1))
+                continue;
+            char reason[256];
+            bool broken;
+            struct backend_capacity cap;
+            if (!slot_fits(slots[i], j, reason, sizeof(reason), &broken, &cap)) {
+                snprintf(reasons[i], sizeof(reasons[i]), "%.150s", reason);
+                if (!why[0])
+                    snprintf(why, why_size, "%s", reason);
+                all_broken &= broken;
+                continue;
+            }
+            all_broken = false;
+            if (best == n || (!fallback_tier && less_loaded(&cap, &best_cap))) {
+                best = i;
+                best_cap = cap;
+                if (fallback_tier)
+                    break; /* in the pool's order */
+            }
+        }
+    }
+    *ret_all_broken = all_broken;
+    return best < n ? slots[best] : NULL;
 }
 
 void eng_schedule(struct engine *e)
@@ -361,28 +427,37 @@ void eng_schedule(struct engine *e)
             continue;
         }
         struct backend_slot *slots[32];
+        char reasons[32][160];
         size_t n = eng_pool_slots(e, eng_pool_of(e, j->spec), slots, ARRAY_SIZE(slots));
+        for (size_t i = 0; i < n; i++)
+            reasons[i][0] = '\0';
         char why[256] = "";
-        bool all_broken = n > 0, started = false;
-        for (size_t i = 0; i < n; i++) {
-            char reason[256];
-            bool broken;
-            if (!slot_fits(slots[i], j, reason, sizeof(reason), &broken)) {
-                if (!why[0])
-                    snprintf(why, sizeof(why), "%s", reason);
-                all_broken &= broken;
-                continue;
+        bool all_broken;
+        struct backend_slot *chosen =
+                choose_slot(slots, n, j, reasons, why, sizeof(why), &all_broken);
+        if (chosen) {
+            /* each backend that could not take it keeps why; one that had
+             * room but more load was not skipped. It is a fallback when the
+             * job goes to the Proxmox tier or past a backend listed before. */
+            const char *past = NULL;
+            bool to_fallback_tier = chosen->cfg->type == BACKEND_PROXMOX, before = true;
+            for (size_t i = 0; i < n; i++) {
+                if (slots[i] == chosen)
+                    before = false;
+                if (!reasons[i][0])
+                    continue;
+                snprintf(slots[i]->last_fallback, sizeof(slots[i]->last_fallback), "%s",
+                         reasons[i]);
+                bool passed = to_fallback_tier ? slots[i]->cfg->type != BACKEND_PROXMOX || before
+                                               : before;
+                if (!past && passed)
+                    past = reasons[i];
             }
-            if (i > 0) {
-                snprintf(slots[0]->last_fallback, sizeof(slots[0]->last_fallback), "%.150s", why);
-                log_info(j->id, "falling back to backend %s: %s", slots[i]->cfg->name, why);
-            }
+            if (past)
+                log_info(j->id, "falling back to backend %s: %s", chosen->cfg->name, past);
             al_list_del(&j->link);
-            eng_start_attempt(j, slots[i], NULL);
-            started = true;
-            break;
-        }
-        if (!started && all_broken) {
+            eng_start_attempt(j, chosen, NULL);
+        } else if (all_broken) {
             /* waiting would be forever: only an operator can fix this */
             char msg[400];
             snprintf(msg, sizeof(msg),

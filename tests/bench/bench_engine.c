@@ -3,7 +3,9 @@
  * transition (PROVISIONING, BOOTING, RUNNING, SUCCEEDED), the VM records,
  * log files and teardown; jobs arrive as they would at a daemon (at most 64
  * waiting at a time), and the peak RSS is that of a daemon with N jobs in
- * its history. Usage: bench_engine [N] (default 10000). */
+ * its history. With HOSTS > 1 the VMs are spread over that many fake libvirt
+ * hosts of one pool (64 VMs in all), which the spread rule picks among for
+ * every job. Usage: bench_engine [N [HOSTS]] (default 10000, 1). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,11 +38,19 @@ int main(int argc, char **argv)
     char tmpl[] = "/tmp/agentlab-bench-engine-XXXXXX";
     if (!mkdtemp(tmpl))
         return 1;
-    char conf[1024];
-    snprintf(conf, sizeof(conf),
-             "[agent]\nstate_dir = %s\nrun_dir = %s/run\nimage = micro\nlog_level = error\n"
-             "[backend \"local\"]\nmax_vms = 64\n",
-             tmpl, tmpl);
+    unsigned hosts = argc > 2 ? (unsigned)strtoul(argv[2], NULL, 10) : 1;
+    if (hosts < 1 || hosts > 32) {
+        fprintf(stderr, "HOSTS: 1..32 (a pool's backends)\n");
+        return 1;
+    }
+    char conf[8192];
+    int used = snprintf(conf, sizeof(conf),
+                        "[agent]\nstate_dir = %s\nrun_dir = %s/run\nimage = micro\n"
+                        "log_level = error\n",
+                        tmpl, tmpl);
+    for (unsigned h = 0; h < hosts; h++)
+        used += snprintf(conf + used, sizeof(conf) - (size_t)used,
+                         "[backend \"h%u\"]\nmax_vms = %u\n", h, 64 / hosts ? 64 / hosts : 1);
     struct al_error *err = NULL;
     struct config *cfg = NULL;
     fake_backend_write_image(tmpl, "micro");
@@ -99,6 +109,14 @@ int main(int argc, char **argv)
     printf("engine: %u jobs (%u succeeded) in %.2f s = %.0f jobs/s wall, %.0f jobs per CPU-s; "
            "peak RSS %.1f MB with %u jobs in the history\n",
            n, c.succeeded, secs, n / secs, n / cpu, (double)ru.ru_maxrss / 1024.0, n);
+    struct engine_backend_status st[32];
+    size_t nb = engine_backends(e, st, 32);
+    unsigned lo = ~0u, hi = 0;
+    for (size_t i = 0; i < nb && i < 32; i++) {
+        lo = st[i].jobs_started < lo ? st[i].jobs_started : lo;
+        hi = st[i].jobs_started > hi ? st[i].jobs_started : hi;
+    }
+    printf("engine: %u hosts, attempts per host %u..%u\n", hosts, lo, hi);
     engine_stop(e, NULL, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);

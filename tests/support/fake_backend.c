@@ -269,6 +269,11 @@ void fake_backend_register(void)
     fake_a_health = 0;
 }
 
+void fake_backend_register_type(int type)
+{
+    backend_register(type, &fake_backend_ops);
+}
+
 int fake_backend_launched(void)
 {
     return launched;

@@ -22,6 +22,10 @@ extern const struct backend_ops fake_backend_ops;
 /* Registers the fake as the libvirt backend type and resets the counters. */
 void fake_backend_register(void);
 
+/* Registers the fake also as backend type (enum backend_type), e.g. as
+ * proxmox to give a pool a fallback tier; fake_backend_register() first. */
+void fake_backend_register_type(int type);
+
 /* VMs launched since registration. */
 int fake_backend_launched(void);
 

@@ -181,6 +181,46 @@ static void test_routing(void **state)
     tc_resp_clear(&r);
 }
 
+/* GET /v1/hosts on a backend with no host_info (the fake): reachable is
+ * its health, capacity and use are the backend's, a libvirt-typed host's
+ * images are the catalogue's. */
+static void test_hosts(void **state)
+{
+    struct api_fixture *c = *state;
+    char id[STORE_JOB_ID_SIZE];
+    submit(c, "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"hang\"}}", id);
+    wait_state(c, id, JOB_STATE_RUNNING);
+    struct tc_resp r = {0};
+    assert_int_equal(req(c, "GET", "/v1/hosts", NULL, &r), 200);
+    yajl_val v = parse_json(&r);
+    const char *hp[] = {"hosts", NULL};
+    yajl_val hosts = yajl_tree_get(v, hp, yajl_t_array);
+    assert_non_null(hosts);
+    assert_int_equal(hosts->u.array.len, 1);
+    yajl_val h = hosts->u.array.values[0];
+    assert_string_equal(jstr(h, "name", NULL), "local");
+    assert_string_equal(jstr(h, "type", NULL), "libvirt");
+    const char *reach[] = {"reachable", NULL};
+    assert_true(YAJL_IS_TRUE(yajl_tree_get(h, reach, yajl_t_any)));
+    assert_null(jstr(h, "uri", NULL)); /* the fake knows no host */
+    assert_null(jstr(h, "error", NULL));
+    assert_int_equal(jint(h, "max_vms", NULL), 3);
+    assert_int_equal(jint(h, "used_vms", NULL), 1);
+    assert_string_equal(jstr(h, "images_source", NULL), "local files");
+    const char *ip[] = {"images", NULL};
+    yajl_val images = yajl_tree_get(h, ip, yajl_t_array);
+    assert_non_null(images);
+    assert_int_equal(images->u.array.len, 1);
+    assert_string_equal(jstr(images->u.array.values[0], "name", NULL), "debian-12");
+    assert_non_null(jstr(images->u.array.values[0], "sha256", NULL));
+    yajl_tree_free(v);
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/jobs/%s/cancel", id);
+    assert_int_equal(req(c, "POST", path, NULL, &r), 202);
+    wait_state(c, id, JOB_STATE_CANCELED);
+    tc_resp_clear(&r);
+}
+
 static void test_submit_show(void **state)
 {
     struct api_fixture *c = *state;
@@ -770,6 +810,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_submit_errors, api_fixture_setup,
                                             api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_list, api_fixture_setup, api_fixture_teardown),
+            cmocka_unit_test_setup_teardown(test_hosts, api_fixture_setup, api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_cancel, api_fixture_setup, api_fixture_teardown),
             cmocka_unit_test_setup_teardown(test_logs_follow, api_fixture_setup,
                                             api_fixture_teardown),

@@ -264,6 +264,34 @@ static void test_uri_is_remote(void **state)
     assert_false(libvirt_uri_is_remote(NULL));
 }
 
+/* What host ls shows of a URI: no password, no query. */
+static void test_uri_redact(void **state)
+{
+    (void)state;
+    static const char *const cases[][2] = {
+            {"qemu+ssh://agentlab@h2/system", "qemu+ssh://agentlab@h2/system"},
+            {"qemu+ssh://u:secret@h2:22/system", "qemu+ssh://u@h2:22/system"},
+            {"qemu+tls://h2.example/system?pkipath=/etc/pki/x", "qemu+tls://h2.example/system"},
+            {"qemu+libssh2://u:pw@h/system?keyfile=/k&known_hosts=/kh",
+             "qemu+libssh2://u@h/system"},
+            {"qemu:///system", "qemu:///system"},
+            {"test:///default", "test:///default"},
+            {"qemu+unix:///system?socket=/run/x", "qemu+unix:///system"},
+            {"", ""},
+    };
+    char buf[256];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        libvirt_uri_redact(cases[i][0], buf, sizeof(buf));
+        if (strcmp(buf, cases[i][1]) != 0)
+            fail_msg("%s gave %s, not %s", cases[i][0], buf, cases[i][1]);
+    }
+    libvirt_uri_redact(NULL, buf, sizeof(buf));
+    assert_string_equal(buf, "");
+    char small[12];
+    libvirt_uri_redact("qemu+ssh://u:secret@host/system", small, sizeof(small));
+    assert_string_equal(small, "qemu+ssh://"); /* cut, never the password */
+}
+
 static void test_volume_pool_filter_validate(void **state)
 {
     (void)state;
@@ -357,6 +385,7 @@ int main(void)
             cmocka_unit_test(test_domain_validates),
             cmocka_unit_test(test_domain_remote_transport),
             cmocka_unit_test(test_uri_is_remote),
+            cmocka_unit_test(test_uri_redact),
             cmocka_unit_test(test_values_are_escaped),
             cmocka_unit_test(test_network_gateways),
             cmocka_unit_test(test_volume_pool_filter_validate),

@@ -123,7 +123,27 @@ static void engine_down(struct ctx *c)
     c->engine = NULL;
 }
 
-static int setup(void **state)
+/* Two libvirt-typed hosts of 2 and 4 VMs and a proxmox-typed backend of
+ * one, all played by the fake. */
+static const char spread_conf_fmt[] = "[agent]\n"
+                                      "state_dir = %s\n"
+                                      "run_dir = %s/run\n"
+                                      "log_level = error\n"
+                                      "image = debian-12\n"
+                                      "[backend \"l2\"]\n"
+                                      "max_vms = 2\n"
+                                      "[backend \"l4\"]\n"
+                                      "max_vms = 4\n"
+                                      "[backend \"pve\"]\n"
+                                      "type = proxmox\n"
+                                      "url = https://127.0.0.1:8006\n"
+                                      "token_file = /nonexistent\n"
+                                      "template = 9000\n"
+                                      "max_vms = 1\n"
+                                      "[pool \"default\"]\n"
+                                      "backends = pve, l2, l4\n";
+
+static int setup_conf(void **state, bool spread)
 {
     struct ctx *c = calloc(1, sizeof(*c));
     uv_loop_init(&c->loop);
@@ -131,7 +151,10 @@ static int setup(void **state)
     unsetenv("AGENTLAB_STATE_DIR");
     unsetenv("AGENTLAB_RUN_DIR");
     char conf[2048];
-    snprintf(conf, sizeof(conf), conf_fmt, c->dir, c->dir);
+    if (spread)
+        snprintf(conf, sizeof(conf), spread_conf_fmt, c->dir, c->dir);
+    else
+        snprintf(conf, sizeof(conf), conf_fmt, c->dir, c->dir);
     struct al_error *err = NULL;
     assert_int_equal(config_load_string(conf, strlen(conf), "test.conf", &c->cfg, &err), 0);
     fake_backend_write_image(c->dir, "debian-12");
@@ -144,6 +167,18 @@ static int setup(void **state)
     al_log_set_level(AL_LOG_ERROR);
     *state = c;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_conf(state, false);
+}
+
+static int setup_spread(void **state)
+{
+    int r = setup_conf(state, true);
+    fake_backend_register_type(BACKEND_PROXMOX);
+    return r;
 }
 
 static int teardown(void **state)
@@ -159,6 +194,12 @@ static int teardown(void **state)
     test_tmpdir_remove(c->dir);
     free(c);
     return 0;
+}
+
+static int teardown_spread(void **state)
+{
+    backend_register(BACKEND_PROXMOX, &proxmox_backend_ops);
+    return teardown(state);
 }
 
 static char *submit(struct ctx *c, const char *json, char id[STORE_JOB_ID_SIZE])
@@ -441,6 +482,49 @@ static void test_fallback_to_second_backend(void **state)
     assert_string_equal(c->last_backend, "a");
 }
 
+/* Among the libvirt hosts that fit, the least loaded takes the job (share
+ * of VM slots in use, then free vCPUs, then the pool's order); the
+ * proxmox backend, though listed first, only when both hosts are full. */
+static void test_spread_least_loaded(void **state)
+{
+    struct ctx *c = *state;
+    engine_up(c);
+    /* 0/2 = 0/4: pool order; 0/4 < 1/2; 1/4 < 1/2; 1/2 = 2/4, then l2's 63
+     * free vCPUs beat l4's 62; l2 full; l2 full; both full: pve */
+    static const char *const want[] = {"l2", "l4", "l4", "l2", "l4", "l4", "pve"};
+    char ids[8][STORE_JOB_ID_SIZE];
+    for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
+        assert_null(submit(c, "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"hang\"}}", ids[i]));
+        wait_state(c, ids[i], JOB_STATE_RUNNING);
+        if (!streq(c->last_backend, want[i]))
+            fail_msg("job %zu went to %s, not %s", i + 1, c->last_backend, want[i]);
+    }
+    struct engine_backend_status st[4];
+    assert_int_equal(engine_backends(c->engine, st, 4), 3);
+    assert_string_equal(st[0].name, "l2");
+    assert_int_equal(st[0].jobs_started, 2);
+    assert_int_equal(st[1].jobs_started, 4);
+    assert_int_equal(st[2].jobs_started, 1);
+    /* the hosts say why the last job passed them by; pve was never skipped */
+    assert_non_null(strstr(st[0].last_fallback, "backend l2 is full (2/2 VMs"));
+    assert_non_null(strstr(st[1].last_fallback, "backend l4 is full (4/4 VMs"));
+    assert_string_equal(st[2].last_fallback, "");
+    /* everything full: the next one waits, and takes the first slot freed */
+    assert_null(submit(c, "{\"command\":[\"true\"]}", ids[7]));
+    uv_run(&c->loop, UV_RUN_NOWAIT);
+    assert_int_equal(state_of(c, ids[7], NULL, NULL), JOB_STATE_QUEUED);
+    struct al_error *err = NULL;
+    assert_int_equal(engine_cancel(c->engine, ids[1], &err), 0);
+    wait_finished(c, 2);
+    assert_int_equal(state_of(c, ids[7], NULL, NULL), JOB_STATE_SUCCEEDED);
+    assert_string_equal(c->last_backend, "l4");
+    for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
+        if (i != 1)
+            assert_int_equal(engine_cancel(c->engine, ids[i], &err), 0);
+    }
+    wait_finished(c, 8);
+}
+
 static void run_for(struct ctx *c, unsigned ms)
 {
     uint64_t end = al_now_mono_ms() + ms;
@@ -592,6 +676,8 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_observer_cannot_reenter, setup, teardown),
             cmocka_unit_test_setup_teardown(test_store_errors_are_logged, setup, teardown),
             cmocka_unit_test_setup_teardown(test_fallback_to_second_backend, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_spread_least_loaded, setup_spread,
+                                            teardown_spread),
             cmocka_unit_test_setup_teardown(test_retry_infra_errors_only, setup, teardown),
             cmocka_unit_test_setup_teardown(test_unhealthy_and_broken_backends, setup, teardown),
             cmocka_unit_test_setup_teardown(test_rejects_bad_jobs, setup, teardown),
