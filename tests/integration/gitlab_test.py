@@ -126,6 +126,52 @@ def make_repo(root):
     return sha
 
 
+LFS_CONTENT = b"large file content held by Git LFS\n" * 64
+SUB_CONTENT = b"a file of the submodule\n"
+
+
+def make_sub_lfs_repos(root):
+    """Bare repos at root/lib.git and root/super.git: super has two commits,
+    the submodule lib under the relative URL ../lib.git and data/blob.bin
+    tracked by Git LFS (a pointer in the repository). Returns (super's sha,
+    the LFS object's oid)."""
+    import hashlib
+    lib = os.path.join(root, "lib-work")
+    os.makedirs(lib)
+    git("init", "-q", "-b", "main", ".", cwd=lib)
+    with open(os.path.join(lib, "sub.txt"), "wb") as f:
+        f.write(SUB_CONTENT)
+    git("add", ".", cwd=lib)
+    git("commit", "-q", "-m", "lib", cwd=lib)
+    lib_sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=lib, capture_output=True,
+                             text=True, check=True).stdout.strip()
+    git("clone", "-q", "--bare", lib, os.path.join(root, "lib.git"), cwd=root)
+    work = os.path.join(root, "super-work")
+    os.makedirs(os.path.join(work, "data"))
+    git("init", "-q", "-b", "main", ".", cwd=work)
+    with open(os.path.join(work, "README.txt"), "w") as f:
+        f.write("first\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "first", cwd=work)
+    oid = hashlib.sha256(LFS_CONTENT).hexdigest()
+    with open(os.path.join(work, "data", "blob.bin"), "w") as f:
+        f.write(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\n"
+                f"size {len(LFS_CONTENT)}\n")
+    with open(os.path.join(work, ".gitattributes"), "w") as f:
+        f.write("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    with open(os.path.join(work, ".gitmodules"), "w") as f:
+        f.write('[submodule "lib"]\n\tpath = lib\n\turl = ../lib.git\n')
+    git("add", ".", cwd=work)
+    git("update-index", "--add", "--cacheinfo", f"160000,{lib_sha},lib", cwd=work)
+    git("commit", "-q", "-m", "submodule and LFS file", cwd=work)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    bare = os.path.join(root, "super.git")
+    git("clone", "-q", "--bare", work, bare, cwd=root)
+    git("update-ref", "refs/pipelines/7", sha, cwd=bare)
+    return sha, oid
+
+
 def grep_files(paths, needles):
     hits = []
     for p in paths:
