@@ -130,33 +130,34 @@ LFS_CONTENT = b"large file content held by Git LFS\n" * 64
 SUB_CONTENT = b"a file of the submodule\n"
 
 
-def make_sub_lfs_repos(root):
-    """Bare repos at root/lib.git and root/super.git: super has two commits,
+def make_sub_lfs_repos(root, name="super", lfs_content=LFS_CONTENT):
+    """Bare repos at root/lib.git and root/NAME.git: NAME has two commits,
     the submodule lib under the relative URL ../lib.git and data/blob.bin
-    tracked by Git LFS (a pointer in the repository). Returns (super's sha,
-    the LFS object's oid)."""
+    tracked by Git LFS (a pointer to lfs_content in the repository). Returns
+    (NAME's sha, the LFS object's oid)."""
     import hashlib
     lib = os.path.join(root, "lib-work")
-    os.makedirs(lib)
-    git("init", "-q", "-b", "main", ".", cwd=lib)
-    with open(os.path.join(lib, "sub.txt"), "wb") as f:
-        f.write(SUB_CONTENT)
-    git("add", ".", cwd=lib)
-    git("commit", "-q", "-m", "lib", cwd=lib)
+    if not os.path.isdir(lib):
+        os.makedirs(lib)
+        git("init", "-q", "-b", "main", ".", cwd=lib)
+        with open(os.path.join(lib, "sub.txt"), "wb") as f:
+            f.write(SUB_CONTENT)
+        git("add", ".", cwd=lib)
+        git("commit", "-q", "-m", "lib", cwd=lib)
+        git("clone", "-q", "--bare", lib, os.path.join(root, "lib.git"), cwd=root)
     lib_sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=lib, capture_output=True,
                              text=True, check=True).stdout.strip()
-    git("clone", "-q", "--bare", lib, os.path.join(root, "lib.git"), cwd=root)
-    work = os.path.join(root, "super-work")
+    work = os.path.join(root, name + "-work")
     os.makedirs(os.path.join(work, "data"))
     git("init", "-q", "-b", "main", ".", cwd=work)
     with open(os.path.join(work, "README.txt"), "w") as f:
         f.write("first\n")
     git("add", ".", cwd=work)
     git("commit", "-q", "-m", "first", cwd=work)
-    oid = hashlib.sha256(LFS_CONTENT).hexdigest()
+    oid = hashlib.sha256(lfs_content).hexdigest()
     with open(os.path.join(work, "data", "blob.bin"), "w") as f:
         f.write(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\n"
-                f"size {len(LFS_CONTENT)}\n")
+                f"size {len(lfs_content)}\n")
     with open(os.path.join(work, ".gitattributes"), "w") as f:
         f.write("*.bin filter=lfs diff=lfs merge=lfs -text\n")
     with open(os.path.join(work, ".gitmodules"), "w") as f:
@@ -166,7 +167,7 @@ def make_sub_lfs_repos(root):
     git("commit", "-q", "-m", "submodule and LFS file", cwd=work)
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True,
                          check=True).stdout.strip()
-    bare = os.path.join(root, "super.git")
+    bare = os.path.join(root, name + ".git")
     git("clone", "-q", "--bare", work, bare, cwd=root)
     git("update-ref", "refs/pipelines/7", sha, cwd=bare)
     return sha, oid
@@ -219,8 +220,13 @@ def test_jobs(agentlabd):
     gitroot = os.path.join(tmp, "git")
     os.makedirs(gitroot)
     sha = make_repo(gitroot)
+    # a submodule under a relative URL and a Git LFS file; and a repository
+    # whose LFS object the server does not have
+    sub_sha, lfs_oid = make_sub_lfs_repos(gitroot)
+    gone_sha, _ = make_sub_lfs_repos(gitroot, "lfsgone", b"an object nobody uploaded\n")
 
     fake = FakeGitLab(RUNNER_TOKEN, git_root=gitroot, long_poll_s=2.0).start()
+    fake.lfs_objects[lfs_oid] = LFS_CONTENT
     srv = fake.url
     token_file = os.path.join(tmp, "runner.token")
     with open(token_file, "w") as f:
@@ -301,6 +307,20 @@ poll_interval = 1s
                                                image="debian-12", script=["echo never runs"]))
     jobs["container"] = fake.add_job(make_job(112, srv, sha, name="container-job",
                                               image="ruby:3.3", script=["echo never runs"]))
+    # submodules (recursive, relative URL), Git LFS and GIT_DEPTH=1 on the
+    # host checkout (GitLab sends GIT_DEPTH as git_info.depth too)
+    def plain(k, v):
+        return {"key": k, "value": v, "public": True, "masked": False, "file": False,
+                "raw": False}
+    jobs["sublfs"] = fake.add_job(make_job(113, srv, sub_sha, name="sublfs-job", project="super",
+                                           depth=1, variables=[
+        plain("GIT_DEPTH", "1"), plain("GIT_SUBMODULE_STRATEGY", "recursive")], script=[
+        "sha256sum lib/sub.txt data/blob.bin", "echo \"shallow: $(cat .git/shallow)\""]))
+    jobs["lfsgone"] = fake.add_job(make_job(114, srv, gone_sha, name="lfsgone-job",
+                                            project="lfsgone", script=["echo never runs"]))
+    jobs["badflags"] = fake.add_job(make_job(115, srv, sha, name="badflags-job", variables=[
+        plain("GIT_FETCH_EXTRA_FLAGS", "--prune --upload-pack=/bin/sh")],
+        script=["echo never runs"]))
     # last: agentlabd is stopped while it runs
     # (handed out after the later stage: dependencies without artifacts_file
     # download nothing)
@@ -467,6 +487,40 @@ poll_interval = 1s
         check("ERROR: Job failed (system failure): " in t and want in t,
               f"{name}: the trace does not say {want!r}: {t!r}")
         check("never runs" not in t.replace("echo never runs", ""), f"{name}: the script ran")
+
+    # submodules, LFS, depth: what the job printed of its work dir
+    import hashlib
+    f = final("sublfs")
+    t = jobs["sublfs"].trace.decode()
+    check(f["state"] == "success", f"sublfs: {f}\n{t}")
+    for want in ("Updating/initializing submodules recursively with git depth set to 1...\n",
+                 f"{hashlib.sha256(SUB_CONTENT).hexdigest()}  lib/sub.txt\n",
+                 f"{hashlib.sha256(LFS_CONTENT).hexdigest()}  data/blob.bin\n",
+                 f"shallow: {sub_sha}\n"):
+        check(want in t, f"sublfs: {want!r} missing from the trace:\n{t}")
+    check(fake.lfs_downloads == [lfs_oid], f"LFS downloads: {fake.lfs_downloads}")
+    for name, want in (("lfsgone", "fetching the sources failed: git lfs pull (Git LFS objects "
+                                   "could not be fetched) failed"),
+                       ("badflags", 'GIT_FETCH_EXTRA_FLAGS: agentlab does not pass '
+                                    '"--upload-pack=/bin/sh"')):
+        f = final(name)
+        t = jobs[name].trace.decode()
+        check(f["state"] == "failed" and f["failure_reason"] == "runner_system_failure",
+              f"{name}: {f}")
+        check(want in t and "never runs" not in t.replace("echo never runs", ""),
+              f"{name}: the trace does not say {want!r}: {t!r}")
+    check(fake.git_auth_failures == 0,
+          f"git/LFS requests without the job token: {fake.git_auth_paths}")
+    # the host checkout's time: from the job's start to its submit (daemon log)
+    def stamp(line):
+        return time.mktime(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) + \
+            int(line[20:23]) / 1000
+    for name in ("pass", "image", "sublfs"):
+        gid = jobs[name].id
+        began = [ln for ln in log.splitlines() if f": job {gid} (" in ln]
+        submitted = [ln for ln in log.splitlines() if f"GitLab job {gid} (" in ln]
+        if began and submitted:
+            print(f"  checkout of {name}: {stamp(submitted[0]) - stamp(began[0]):.2f}s")
 
     # long polling
     check(fake.echoed > 0, "last_update was never echoed")

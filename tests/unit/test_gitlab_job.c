@@ -336,21 +336,30 @@ static void test_parse_git_variables(void **state)
     assert_strv(d->git.submodule_paths, NULL, 0);
 
     /* everything set; values are expanded first; the last definition wins */
-    _cleanup_gitlab_job_ struct gitlab_job *j = parse_git_vars(
-            GIT_VAR("MY_DEPTH", "1") "," GIT_VAR("GIT_DEPTH", "7") "," GIT_VAR("GIT_DEPTH", "$MY_"
-                                                                                            "DEPTH") "," GIT_VAR("GIT_CHECKOUT", "false") "," GIT_VAR("GIT_CLEAN_FLAGS", " -ffdx\\t--exclude=keep/ ") "," GIT_VAR(
-                    "GIT_FETCH_EXTRA_FLAGS",
-                    "--tags --jobs=4 --no-prune") "," GIT_VAR("GIT_SUBMODULE_STRATEGY",
-                                                              "recursive") "," GIT_VAR("GIT_"
-                                                                                       "SUBMODULE_"
-                                                                                       "PATHS",
-                                                                                       "lib "
-                                                                                       ":(exclude)"
-                                                                                       "vendor") "," GIT_VAR("GIT_SUBMODULE_UPDATE_FLAGS",
-                                                                                                             "--remote --jobs=2 -N") "," GIT_VAR("GIT_SUBMODULE_DEPTH",
-                                                                                                                                                 "3") "," GIT_VAR("GIT_SUBMODULE_FORCE_HTTPS",
-                                                                                                                                                                  "True") "," GIT_VAR("GIT_LFS_SKIP_SMUDGE",
-                                                                                                                                                                                      "1"));
+    _cleanup_gitlab_job_ struct gitlab_job *j = parse_git_vars(GIT_VAR("MY_DEPTH", "1") "," GIT_VAR("GIT_DEPTH", "7") "," GIT_VAR(
+            "GIT_DEPTH",
+            "$MY_"
+            "DEPTH") "," GIT_VAR("GIT_CHECKOUT",
+                                 "false") "," GIT_VAR("GIT_CLEAN_FLAGS", " -ffdx\\t--exclude=keep/"
+                                                                         " ") "," GIT_VAR("GIT_"
+                                                                                          "FETCH_"
+                                                                                          "EXTRA_"
+                                                                                          "FLAGS",
+                                                                                          "--tags "
+                                                                                          "--jobs="
+                                                                                          "4 "
+                                                                                          "--no-"
+                                                                                          "prune") "," GIT_VAR("GIT_SUBMODULE_STRATEGY",
+                                                                                                               "recursive") "," GIT_VAR("GIT_"
+                                                                                                                                        "SUBMODULE_"
+                                                                                                                                        "PATHS",
+                                                                                                                                        "lib "
+                                                                                                                                        ":(exclude)"
+                                                                                                                                        "vendor") "," GIT_VAR("GIT_SUBMODULE_UPDATE_FLAGS",
+                                                                                                                                                              "--remote --jobs=2 -N") "," GIT_VAR("GIT_SUBMODULE_DEPTH",
+                                                                                                                                                                                                  "3") "," GIT_VAR("GIT_SUBMODULE_FORCE_HTTPS",
+                                                                                                                                                                                                                   "True") "," GIT_VAR("GIT_LFS_SKIP_SMUDGE",
+                                                                                                                                                                                                                                       "1"));
     assert_true(j->git.depth_set);
     assert_int_equal(gitlab_git_depth(&j->git, j->depth), 1);
     assert_int_equal(gitlab_git_submodule_depth(&j->git, j->depth), 3);
@@ -775,8 +784,8 @@ static void test_script_semantics(void **state)
     /* success: every line runs and is echoed; after_script runs in its own shell */
     _cleanup_free_ char *ok = payload(
             "{\"key\": \"CERT\", \"value\": \"pem-data\\n\", \"file\": true},"
-            "{\"key\": \"SPACEY\", \"value\": \"a 'b' \"c\" $d\", \"raw\": true}",
-            STEP_SCRIPT("\"echo one\", \"X=kept; echo \"$SPACEY\"\", \"cat \"$CERT\"\","
+            "{\"key\": \"SPACEY\", \"value\": \"a 'b' \\\"c\\\" $d\", \"raw\": true}",
+            STEP_SCRIPT("\"echo one\", \"X=kept; echo \\\"$SPACEY\\\"\", \"cat \\\"$CERT\\\"\","
                         "\"case $CERT in /*) echo abs;; esac\"") "," STEP_AFTER("\"echo "
                                                                                 "after:${X:-unset}"
                                                                                 "\", \"exit 4\""),
