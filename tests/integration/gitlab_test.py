@@ -38,6 +38,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 from gitlab_fake import FakeGitLab, make_job  # noqa: E402
+from gitlab_git_repos import LFS_CONTENT, SUB_CONTENT, make_sub_lfs_repos  # noqa: E402
 from libvirt_cleanup import destroy_test_pools  # noqa: E402
 from skip import skip  # noqa: E402
 
@@ -124,53 +125,6 @@ def make_repo(root):
     git("clone", "-q", "--bare", work, bare, cwd=root)
     git("update-ref", "refs/pipelines/7", sha, cwd=bare)
     return sha
-
-
-LFS_CONTENT = b"large file content held by Git LFS\n" * 64
-SUB_CONTENT = b"a file of the submodule\n"
-
-
-def make_sub_lfs_repos(root, name="super", lfs_content=LFS_CONTENT):
-    """Bare repos at root/lib.git and root/NAME.git: NAME has two commits,
-    the submodule lib under the relative URL ../lib.git and data/blob.bin
-    tracked by Git LFS (a pointer to lfs_content in the repository). Returns
-    (NAME's sha, the LFS object's oid)."""
-    import hashlib
-    lib = os.path.join(root, "lib-work")
-    if not os.path.isdir(lib):
-        os.makedirs(lib)
-        git("init", "-q", "-b", "main", ".", cwd=lib)
-        with open(os.path.join(lib, "sub.txt"), "wb") as f:
-            f.write(SUB_CONTENT)
-        git("add", ".", cwd=lib)
-        git("commit", "-q", "-m", "lib", cwd=lib)
-        git("clone", "-q", "--bare", lib, os.path.join(root, "lib.git"), cwd=root)
-    lib_sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=lib, capture_output=True,
-                             text=True, check=True).stdout.strip()
-    work = os.path.join(root, name + "-work")
-    os.makedirs(os.path.join(work, "data"))
-    git("init", "-q", "-b", "main", ".", cwd=work)
-    with open(os.path.join(work, "README.txt"), "w") as f:
-        f.write("first\n")
-    git("add", ".", cwd=work)
-    git("commit", "-q", "-m", "first", cwd=work)
-    oid = hashlib.sha256(lfs_content).hexdigest()
-    with open(os.path.join(work, "data", "blob.bin"), "w") as f:
-        f.write(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\n"
-                f"size {len(lfs_content)}\n")
-    with open(os.path.join(work, ".gitattributes"), "w") as f:
-        f.write("*.bin filter=lfs diff=lfs merge=lfs -text\n")
-    with open(os.path.join(work, ".gitmodules"), "w") as f:
-        f.write('[submodule "lib"]\n\tpath = lib\n\turl = ../lib.git\n')
-    git("add", ".", cwd=work)
-    git("update-index", "--add", "--cacheinfo", f"160000,{lib_sha},lib", cwd=work)
-    git("commit", "-q", "-m", "submodule and LFS file", cwd=work)
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    bare = os.path.join(root, name + ".git")
-    git("clone", "-q", "--bare", work, bare, cwd=root)
-    git("update-ref", "refs/pipelines/7", sha, cwd=bare)
-    return sha, oid
 
 
 def grep_files(paths, needles):
