@@ -6,8 +6,9 @@ relative URL and a Git LFS file (gitlab_test.py uses it). Run as a program
 it builds them under DIR/git, serves them with the fake GitLab (git smart
 HTTP through git http-backend, the Git LFS batch API, the job token checked
 on every request; see gitlab_fake.py) on 127.0.0.1 and writes
-"URL SHA GONE_SHA" to DIR/info: super.git at SHA (its LFS object is
-served), lfsgone.git at GONE_SHA (its LFS object is not). On SIGTERM it
+"URL SHA GONE_SHA SSH_SHA" to DIR/info: super.git at SHA (its LFS object
+is served), lfsgone.git at GONE_SHA (its LFS object is not), sshsub.git at
+SSH_SHA (its submodule URL is git@127.0.0.1:git/lib.git). On SIGTERM it
 writes what it saw to DIR/status as JSON and exits:
   gitlab_git_repos.py DIR TOKEN
 """
@@ -30,9 +31,9 @@ def git(*args, cwd=None):
                             GIT_CONFIG_NOSYSTEM="1", HOME=cwd or "/tmp"))
 
 
-def make_sub_lfs_repos(root, name="super", lfs_content=LFS_CONTENT):
+def make_sub_lfs_repos(root, name="super", lfs_content=LFS_CONTENT, sub_url="../lib.git"):
     """Bare repos at root/lib.git and root/NAME.git: NAME has two commits,
-    the submodule lib under the relative URL ../lib.git and data/blob.bin
+    the submodule lib under sub_url (a URL relative to NAME's) and data/blob.bin
     tracked by Git LFS (a pointer to lfs_content in the repository). Returns
     (NAME's sha, the LFS object's oid)."""
     lib = os.path.join(root, "lib-work")
@@ -60,7 +61,7 @@ def make_sub_lfs_repos(root, name="super", lfs_content=LFS_CONTENT):
     with open(os.path.join(work, ".gitattributes"), "w") as f:
         f.write("*.bin filter=lfs diff=lfs merge=lfs -text\n")
     with open(os.path.join(work, ".gitmodules"), "w") as f:
-        f.write('[submodule "lib"]\n\tpath = lib\n\turl = ../lib.git\n')
+        f.write(f'[submodule "lib"]\n\tpath = lib\n\turl = {sub_url}\n')
     git("add", ".", cwd=work)
     git("update-index", "--add", "--cacheinfo", f"160000,{lib_sha},lib", cwd=work)
     git("commit", "-q", "-m", "submodule and LFS file", cwd=work)
@@ -81,6 +82,7 @@ def main():
     os.makedirs(root)
     sha, oid = make_sub_lfs_repos(root)
     gone_sha, _ = make_sub_lfs_repos(root, "lfsgone", b"an object nobody uploaded\n")
+    ssh_sha, _ = make_sub_lfs_repos(root, "sshsub", sub_url="git@127.0.0.1:git/lib.git")
     fake = FakeGitLab("glrt-unused", git_root=root).start()
     fake.lfs_objects[oid] = LFS_CONTENT
     job = fake.add_job(make_job(1, fake.url, sha, ["true"], project="super", token=token))
@@ -96,7 +98,7 @@ def main():
         os._exit(0)
     signal.signal(signal.SIGTERM, stop)
     with open(os.path.join(top, "info.tmp"), "w") as f:
-        f.write(f"{fake.url} {sha} {gone_sha}\n")
+        f.write(f"{fake.url} {sha} {gone_sha} {ssh_sha}\n")
     os.rename(os.path.join(top, "info.tmp"), os.path.join(top, "info"))
     while True:
         time.sleep(1)

@@ -28,6 +28,7 @@ struct ctx {
     char url[128];
     char sha[48];
     char gone_sha[48];
+    char ssh_sha[48];
 };
 
 struct outcome {
@@ -69,9 +70,9 @@ static int setup(void **state)
     for (int i = 0; i < 600; i++) {
         FILE *f = fopen(info, "re");
         if (f) {
-            int n = fscanf(f, "%127s %47s %47s", c->url, c->sha, c->gone_sha);
+            int n = fscanf(f, "%127s %47s %47s %47s", c->url, c->sha, c->gone_sha, c->ssh_sha);
             fclose(f);
-            assert_int_equal(n, 3);
+            assert_int_equal(n, 4);
             *state = c;
             return 0;
         }
@@ -283,12 +284,43 @@ static void test_lfs_object_missing(void **state)
     print_message("%s\n", o.message);
 }
 
+/* A submodule URL in ssh form: refused (http and https only) unless
+ * GIT_SUBMODULE_FORCE_HTTPS rewrites it onto the repository's scheme. */
+static void test_submodule_force_https(void **state)
+{
+    struct ctx *c = *state;
+    const char *ssh[] = {"GIT_SUBMODULE_STRATEGY", "normal", "GIT_LFS_SKIP_SMUDGE", "1", NULL};
+    struct outcome o = {0};
+    checkout(c, "ssh", "sshsub", c->ssh_sha, ssh, &o);
+    assert_int_equal(o.result, -EIO);
+    if (!strstr(o.message, "git submodule update failed (exit "))
+        fail_msg("message: %s", o.message);
+    const char *https[] = {"GIT_SUBMODULE_STRATEGY",
+                           "normal",
+                           "GIT_SUBMODULE_FORCE_HTTPS",
+                           "true",
+                           "GIT_LFS_SKIP_SMUDGE",
+                           "1",
+                           NULL};
+    struct outcome o2 = {0};
+    checkout(c, "https", "sshsub", c->ssh_sha, https, &o2);
+    if (o2.result != 0)
+        fail_msg("checkout failed: %s", o2.message);
+    _cleanup_free_ char *sub = read_text(c, "https", "lib/sub.txt");
+    assert_string_equal(sub, "a file of the submodule\n");
+    /* the recorded URL is the rewritten one, without credentials */
+    _cleanup_free_ char *config = read_text(c, "https", ".git/config");
+    assert_non_null(strstr(config, "url = git@127.0.0.1:git/lib.git"));
+    assert_null(strstr(config, TOKEN));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_submodules_lfs_depth),
             cmocka_unit_test(test_no_checkout),
             cmocka_unit_test(test_lfs_object_missing),
+            cmocka_unit_test(test_submodule_force_https),
     };
     return test_exit_status(cmocka_run_group_tests(tests, setup, teardown));
 }
