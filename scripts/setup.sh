@@ -6,8 +6,9 @@ set -eu
 # scdoc renders the man pages at build time, man-db checks them (man_pages);
 # debhelper and lintian build and check the Debian package (scripts/package.sh).
 # faketime moves agentlabd's wall clock in the fault campaign (tests/faults/).
+# git-lfs: the GitLab host checkout pulls Git LFS objects (runner/sources/gitlab_checkout.c).
 # libxml2-utils: xmllint checks batch JUnit reports against tests/contracts/junit.xsd.
-PKGS="build-essential cmake pkg-config git ca-certificates
+PKGS="build-essential cmake pkg-config git git-lfs ca-certificates
 libvirt-dev libguestfs-dev libcurl4-openssl-dev libyajl-dev libuv1-dev
 libcmocka-dev libsqlite3-dev sqlite3 libarchive-dev libinih-dev libhttp-parser-dev
 libssl-dev zlib1g-dev

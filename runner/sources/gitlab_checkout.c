@@ -22,19 +22,39 @@
 
 #define DEFAULT_TIMEOUT_S 600
 #define STDERR_KEEP       2048
-#define MAX_ARGS          (GITLAB_JOB_MAX_REFSPECS + 16)
+#define MAX_ARGS          (GITLAB_JOB_MAX_REFSPECS + 2 * GITLAB_GIT_MAX_WORDS + 24)
+#define MAX_CONFIG        12 /* GIT_CONFIG_KEY_n entries */
 
 enum step {
     STEP_INIT = 0,
     STEP_REMOTE,
     STEP_FETCH,
     STEP_CHECKOUT,
+    STEP_LFS_DETECT,
+    STEP_LFS_PULL,
+    STEP_CLEAN,
+    STEP_SUBMODULES,
+    STEP_SUBMODULE_LFS,
     STEP_PACK,
     STEP_DONE,
 };
 
-static const char *const step_names[] = {"git init",     "git remote add",       "git fetch",
-                                         "git checkout", "packing the work dir", ""};
+static const char *const step_names[] = {
+        "git init",
+        "git remote add",
+        "git fetch",
+        "git checkout",
+        "looking for Git LFS files",
+        "git lfs pull (Git LFS objects could not be fetched)",
+        "git clean",
+        "git submodule update",
+        "git lfs pull in the submodules (Git LFS objects could not be fetched)",
+        "packing the work dir",
+        "",
+};
+
+/* Run in each submodule: LFS objects only where its attributes ask. */
+#define SUBMODULE_LFS_CMD "if git grep -q -e filter=lfs -- '*.gitattributes'; then git lfs pull; fi"
 
 struct git_run;
 
@@ -44,12 +64,20 @@ struct gitlab_checkout {
     char *src;
     char *tar;
     char *url;         /* without credentials */
+    char *url_base;    /* scheme://host[:port]/ of url */
+    char *ssh_scp;     /* "git@HOST:", ssh spellings of url's host */
+    char *ssh_url;     /* "ssh://git@HOST/" */
     char *auth_header; /* "Authorization: Basic ..." (wiped) */
     char *auth_b64;    /* registered with the redactor */
     char *sha;
     char **refspecs;
     char **unpack_zips;
     int depth;
+    int submodule_depth;
+    struct gitlab_git_opts git; /* a copy */
+    bool lfs_installed;         /* git-lfs in PATH */
+    bool has_lfs;               /* the checked-out tree asks for filter=lfs */
+    void (*note)(const char *line, void *data);
     uint64_t max_bytes;
     bool list_tracked;
     enum step step;
@@ -115,9 +143,13 @@ static void checkout_free(struct gitlab_checkout *c)
     free(c->src);
     free(c->tar);
     free(c->url);
+    free(c->url_base);
+    free(c->ssh_scp);
+    free(c->ssh_url);
     free(c->sha);
     strv_free(c->refspecs);
     strv_free(c->unpack_zips);
+    gitlab_git_opts_clear(&c->git);
     free(c);
 }
 
@@ -191,6 +223,15 @@ static void run_done(struct git_run *g)
         set_failure(c, -ECANCELED, "checkout canceled");
     } else if (c->timed_out) {
         set_failure(c, -ETIMEDOUT, "%s timed out", step_names[c->step]);
+    } else if (c->step == STEP_LFS_DETECT && !g->term_signal &&
+               (g->status == 0 || g->status == 1)) {
+        /* git grep: 0 found, 1 not found */
+        c->has_lfs = g->status == 0;
+        if (c->has_lfs && !c->lfs_installed)
+            set_failure(c, -ENOENT,
+                        "the repository stores files in Git LFS (filter=lfs in .gitattributes) "
+                        "but git-lfs is not installed on the agentlab host: install it, or set "
+                        "GIT_LFS_SKIP_SMUDGE=1 to get the pointer files");
     } else if (g->term_signal || g->status != 0) {
         char tail[STDERR_KEEP];
         tail_text(g, tail, sizeof(tail));
@@ -208,6 +249,40 @@ static void run_done(struct git_run *g)
     c->step++;
     if (step_start(c) < 0)
         finish(c);
+}
+
+static bool strv_empty(char *const *v)
+{
+    return !v || !v[0];
+}
+
+/* Whether the current step has anything to do for this job. */
+static bool step_wanted(const struct gitlab_checkout *c)
+{
+    bool checkout = !c->git.no_checkout;
+    bool submodules = checkout && c->git.submodules != GITLAB_SUBMODULES_NONE;
+    switch (c->step) {
+    case STEP_CHECKOUT:
+        return checkout;
+    case STEP_LFS_DETECT:
+        return checkout && !c->git.lfs_skip_smudge;
+    case STEP_LFS_PULL:
+        return c->has_lfs;
+    case STEP_CLEAN:
+        return checkout && !strv_empty(c->git.clean_flags);
+    case STEP_SUBMODULES:
+        return submodules;
+    case STEP_SUBMODULE_LFS:
+        return submodules && !c->git.lfs_skip_smudge;
+    default:
+        return true;
+    }
+}
+
+static void note(struct gitlab_checkout *c, const char *line)
+{
+    if (c->note)
+        c->note(line, c->data);
 }
 
 static void on_exit_cb(uv_process_t *p, int64_t status, int term_signal)
@@ -251,12 +326,41 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         run_done(g);
 }
 
+/* git's configuration, as GIT_CONFIG_KEY_n/VALUE_n pairs. */
+static int config_pairs(struct gitlab_checkout *c, const char **keys, const char **values,
+                        size_t *ret_n, char **ret_header_key, char **ret_force_key)
+{
+    size_t n = 0;
+    /* the token only for the repository's own host (submodules, LFS) */
+    if (asprintf(ret_header_key, "http.%s.extraHeader", c->url_base) < 0)
+        return -ENOMEM;
+    keys[n] = *ret_header_key, values[n++] = c->auth_header;
+    keys[n] = "credential.helper", values[n++] = "";
+    if (c->git.submodule_force_https) {
+        /* gitlab-runner's GIT_SUBMODULE_FORCE_HTTPS: ssh URLs of this host
+         * are fetched over the repository's own scheme */
+        if (asprintf(ret_force_key, "url.%s.insteadOf", c->url_base) < 0)
+            return -ENOMEM;
+        keys[n] = *ret_force_key, values[n++] = c->ssh_scp;
+        keys[n] = *ret_force_key, values[n++] = c->ssh_url;
+    }
+    if (c->step == STEP_LFS_PULL || c->step == STEP_SUBMODULE_LFS) {
+        /* what `git lfs install` would write into a global config */
+        keys[n] = "filter.lfs.process", values[n++] = "git-lfs filter-process";
+        keys[n] = "filter.lfs.required", values[n++] = "true";
+        keys[n] = "filter.lfs.clean", values[n++] = "git-lfs clean -- %f";
+        keys[n] = "filter.lfs.smudge", values[n++] = "git-lfs smudge -- %f";
+    }
+    *ret_n = n;
+    return 0;
+}
+
 /* Environment of git: nothing from the daemon's but PATH and proxies. */
 static int git_env(struct gitlab_checkout *c, char ***ret)
 {
     static const char *const pass[] = {"PATH",       "http_proxy",  "https_proxy", "no_proxy",
                                        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"};
-    _cleanup_strv_ char **env = calloc(32, sizeof(char *));
+    _cleanup_strv_ char **env = calloc(24 + 2 * MAX_CONFIG, sizeof(char *));
     if (!env)
         return -ENOMEM;
     size_t n = 0;
@@ -274,18 +378,25 @@ static int git_env(struct gitlab_checkout *c, char ***ret)
             "GIT_CONFIG_NOSYSTEM=1",
             "GIT_CONFIG_GLOBAL=/dev/null",
             "GIT_ALLOW_PROTOCOL=http:https",
-            "GIT_CONFIG_COUNT=2",
-            "GIT_CONFIG_KEY_0=http.extraHeader",
-            "GIT_CONFIG_KEY_1=credential.helper",
-            "GIT_CONFIG_VALUE_1=",
     };
     for (size_t i = 0; i < ARRAY_SIZE(fixed); i++) {
         if (!(env[n++] = strdup(fixed[i])))
             return -ENOMEM;
     }
-    if (asprintf(&env[n++], "HOME=%s", c->dir) < 0 ||
-        asprintf(&env[n++], "GIT_CONFIG_VALUE_0=%s", c->auth_header) < 0)
+    if (asprintf(&env[n++], "HOME=%s", c->dir) < 0)
         return -ENOMEM;
+    const char *keys[MAX_CONFIG], *values[MAX_CONFIG];
+    _cleanup_free_ char *header_key = NULL, *force_key = NULL;
+    size_t nc = 0;
+    if (config_pairs(c, keys, values, &nc, &header_key, &force_key) < 0)
+        return -ENOMEM;
+    if (asprintf(&env[n++], "GIT_CONFIG_COUNT=%zu", nc) < 0)
+        return -ENOMEM;
+    for (size_t i = 0; i < nc; i++) {
+        if (asprintf(&env[n++], "GIT_CONFIG_KEY_%zu=%s", i, keys[i]) < 0 ||
+            asprintf(&env[n++], "GIT_CONFIG_VALUE_%zu=%s", i, values[i]) < 0)
+            return -ENOMEM;
+    }
     *ret = TAKE_PTR(env);
     return 0;
 }
@@ -430,9 +541,12 @@ static int step_start(struct gitlab_checkout *c)
         set_failure(c, -ECANCELED, "checkout canceled");
         return c->result;
     }
+    while (!step_wanted(c))
+        c->step++;
     const char *argv[MAX_ARGS];
     size_t n = 0;
     char depth[32];
+    char line[128];
     argv[n++] = "git";
     switch (c->step) {
     case STEP_INIT:
@@ -456,13 +570,14 @@ static int step_start(struct gitlab_checkout *c)
         argv[n++] = "-C";
         argv[n++] = c->src;
         argv[n++] = "fetch";
-        argv[n++] = "-q";
         argv[n++] = "--no-tags";
         argv[n++] = "--no-recurse-submodules";
         if (c->depth > 0) {
             snprintf(depth, sizeof(depth), "--depth=%d", c->depth);
             argv[n++] = depth;
         }
+        for (char **f = c->git.fetch_flags; f && *f && n < MAX_ARGS - 3; f++)
+            argv[n++] = *f;
         argv[n++] = "origin";
         if (!c->refspecs || !c->refspecs[0])
             argv[n++] = c->sha;
@@ -480,6 +595,68 @@ static int step_start(struct gitlab_checkout *c)
         argv[n++] = c->sha;
         argv[n++] = "--";
         break;
+    case STEP_LFS_DETECT:
+        argv[n++] = "-C";
+        argv[n++] = c->src;
+        argv[n++] = "grep";
+        argv[n++] = "-q";
+        argv[n++] = "-e";
+        argv[n++] = "filter=lfs";
+        argv[n++] = "--";
+        argv[n++] = "*.gitattributes";
+        break;
+    case STEP_LFS_PULL:
+        argv[n++] = "-C";
+        argv[n++] = c->src;
+        argv[n++] = "lfs";
+        argv[n++] = "pull";
+        break;
+    case STEP_CLEAN:
+        argv[n++] = "-C";
+        argv[n++] = c->src;
+        argv[n++] = "clean";
+        for (char **f = c->git.clean_flags; f && *f && n < MAX_ARGS - 1; f++)
+            argv[n++] = *f;
+        break;
+    case STEP_SUBMODULES: {
+        bool recursive = c->git.submodules == GITLAB_SUBMODULES_RECURSIVE;
+        if (c->submodule_depth > 0)
+            snprintf(line, sizeof(line),
+                     "Updating/initializing submodules%s with git depth set to %d...\n",
+                     recursive ? " recursively" : "", c->submodule_depth);
+        else
+            snprintf(line, sizeof(line), "Updating/initializing submodules%s...\n",
+                     recursive ? " recursively" : "");
+        note(c, line);
+        argv[n++] = "-C";
+        argv[n++] = c->src;
+        argv[n++] = "submodule";
+        argv[n++] = "--quiet";
+        argv[n++] = "update";
+        argv[n++] = "--init";
+        if (recursive)
+            argv[n++] = "--recursive";
+        if (c->submodule_depth > 0) {
+            snprintf(depth, sizeof(depth), "--depth=%d", c->submodule_depth);
+            argv[n++] = depth;
+        }
+        for (char **f = c->git.submodule_update_flags; f && *f && n < MAX_ARGS - 2; f++)
+            argv[n++] = *f;
+        argv[n++] = "--";
+        for (char **f = c->git.submodule_paths; f && *f && n < MAX_ARGS - 1; f++)
+            argv[n++] = *f;
+        break;
+    }
+    case STEP_SUBMODULE_LFS:
+        argv[n++] = "-C";
+        argv[n++] = c->src;
+        argv[n++] = "submodule";
+        argv[n++] = "--quiet";
+        argv[n++] = "foreach";
+        if (c->git.submodules == GITLAB_SUBMODULES_RECURSIVE)
+            argv[n++] = "--recursive";
+        argv[n++] = SUBMODULE_LFS_CMD;
+        break;
     case STEP_PACK: {
         int r = al_work_queue(c->loop, pack_work, pack_done, c, NULL);
         if (r < 0)
@@ -495,6 +672,79 @@ static int step_start(struct gitlab_checkout *c)
         set_failure(c, r == UV_ENOENT ? -ENOENT : -EIO, "%s: cannot run git: %s",
                     step_names[c->step], uv_strerror(r));
     return r < 0 ? c->result : 0;
+}
+
+static char **strv_copy(char *const *v)
+{
+    size_t n = 0;
+    while (v && v[n])
+        n++;
+    char **out = calloc(n + 1, sizeof(char *));
+    for (size_t i = 0; out && i < n; i++) {
+        if (!(out[i] = strdup(v[i]))) {
+            strv_free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static int git_opts_copy(const struct gitlab_git_opts *from, struct gitlab_git_opts *to,
+                         struct al_error **err)
+{
+    *to = *from;
+    to->clean_flags = strv_copy(from->clean_flags);
+    to->fetch_flags = strv_copy(from->fetch_flags);
+    to->submodule_paths = strv_copy(from->submodule_paths);
+    to->submodule_update_flags = strv_copy(from->submodule_update_flags);
+    if (!to->clean_flags || !to->fetch_flags || !to->submodule_paths ||
+        !to->submodule_update_flags) {
+        gitlab_git_opts_clear(to);
+        return al_error_set(err, ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+/* url_base ("scheme://host[:port]/") and the ssh spellings of the host. */
+static int url_parts(struct gitlab_checkout *c, struct al_error **err)
+{
+    const char *auth = strstr(c->url, "://");
+    if (!auth)
+        return al_error_set(err, EINVAL, "no scheme");
+    auth += 3;
+    size_t auth_len = strcspn(auth, "/?#");
+    size_t host_len = auth_len;
+    if (auth[0] == '[') {
+        const char *close = memchr(auth, ']', auth_len);
+        host_len = close ? (size_t)(close - auth) + 1 : auth_len;
+    } else {
+        const char *colon = memchr(auth, ':', auth_len);
+        if (colon)
+            host_len = (size_t)(colon - auth);
+    }
+    if (asprintf(&c->url_base, "%.*s/", (int)(auth - c->url + auth_len), c->url) < 0 ||
+        asprintf(&c->ssh_scp, "git@%.*s:", (int)host_len, auth) < 0 ||
+        asprintf(&c->ssh_url, "ssh://git@%.*s/", (int)host_len, auth) < 0)
+        return al_error_set(err, ENOMEM, "out of memory");
+    return 0;
+}
+
+static bool program_in_path(const char *name)
+{
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    while (*path) {
+        size_t len = strcspn(path, ":");
+        char buf[4096];
+        int n = snprintf(buf, sizeof(buf), "%.*s/%s", (int)len, len ? path : ".", name);
+        if (len && n > 0 && (size_t)n < sizeof(buf) && access(buf, X_OK) == 0)
+            return true;
+        path += len;
+        if (*path == ':')
+            path++;
+    }
+    return false;
 }
 
 static void on_start_failed_closed(uv_handle_t *h)
@@ -519,14 +769,21 @@ int gitlab_checkout_start(uv_loop_t *loop, const struct gitlab_checkout_params *
     c->loop = loop;
     c->cb = cb;
     c->data = data;
-    c->depth = p->depth;
+    c->note = p->note;
     c->max_bytes = p->max_bytes;
     c->list_tracked = p->list_tracked;
     int r = gitlab_url_strip_credentials(p->repo_url, &c->url, err);
+    if (r == 0)
+        r = url_parts(c, err);
+    if (r == 0 && p->git)
+        r = git_opts_copy(p->git, &c->git, err);
     if (r < 0) {
         checkout_free(c);
         return al_error_wrap(err, "repository URL");
     }
+    c->depth = gitlab_git_depth(p->git, p->depth);
+    c->submodule_depth = gitlab_git_submodule_depth(p->git, p->depth);
+    c->lfs_installed = program_in_path("git-lfs");
     size_t n = 0;
     for (const char *const *s = p->unpack_zips; s && *s; s++)
         n++;

@@ -7,11 +7,18 @@
  * The VM gets the sources without ever seeing the job token or needing a
  * network.
  *
- * The token reaches git as an HTTP Authorization header through git's
- * GIT_CONFIG_* environment, never in argv, in .git/config or on disk; the
- * remote URL git records has no credentials. git may use only http and
- * https (GIT_ALLOW_PROTOCOL), reads no system or global config, and never
- * prompts. Loop thread only.
+ * The GIT_* variables (gitlab_git.h) add, as gitlab-runner does: the
+ * fetch flags and depth; `git clean` after the checkout; `git submodule
+ * update --init` (relative submodule URLs resolve against the repository
+ * URL); `git lfs pull` in the repository, when its .gitattributes ask for
+ * filter=lfs, and in its submodules; or no checkout at all.
+ *
+ * The token reaches git (and git-lfs) as an HTTP Authorization header
+ * through git's GIT_CONFIG_* environment, for URLs of the repository's
+ * host only (http.<scheme://host/>.extraHeader), never in argv, in
+ * .git/config or on disk; the remote URLs git records have no
+ * credentials. git may use only http and https (GIT_ALLOW_PROTOCOL), reads
+ * no system or global config, and never prompts. Loop thread only.
  */
 #ifndef AL_GITLAB_CHECKOUT_H
 #define AL_GITLAB_CHECKOUT_H
@@ -21,6 +28,7 @@
 #include <uv.h>
 
 #include "runner/base/error.h"
+#include "runner/sources/gitlab_git.h"
 
 struct gitlab_checkout;
 
@@ -38,7 +46,11 @@ struct gitlab_checkout_params {
     /* writes the checked-out files, before the zips are unpacked, as
      * GITLAB_TRACKED_LIST (gitlab_job.h) into the tree */
     bool list_tracked;
-    int64_t timeout_s; /* the whole checkout; 0 = 10 minutes */
+    int64_t timeout_s;                 /* the whole checkout; 0 = 10 minutes */
+    const struct gitlab_git_opts *git; /* the job's GIT_* variables; NULL = none set */
+    /* called with a line for the job's trace ("Updating/initializing
+     * submodules...\n") as steps the variables ask for start; may be NULL */
+    void (*note)(const char *line, void *data);
 };
 
 /* result 0: tar_path is the packed work dir (the caller owns the file).

@@ -404,6 +404,11 @@ static int parse_tree(const char *data, size_t len, yajl_val *ret, struct al_err
                          GITLAB_JOB_MAX_VALUES, "job payload", ret, err);
 }
 
+static const char *lookup_variable(const void *job, const char *key)
+{
+    return gitlab_job_variable(job, key);
+}
+
 int gitlab_job_parse(const char *data, size_t len, struct gitlab_job **ret_job,
                      struct al_error **err)
 {
@@ -417,6 +422,8 @@ int gitlab_job_parse(const char *data, size_t len, struct gitlab_job **ret_job,
     r = parse_root(root, j, err);
     if (r == 0)
         r = gitlab_job_expand(j, err);
+    if (r == 0)
+        r = gitlab_git_opts_parse(lookup_variable, j, &j->git, err);
     if (r < 0)
         return r;
     *ret_job = TAKE_PTR(j);
@@ -455,6 +462,7 @@ struct gitlab_job *gitlab_job_free(struct gitlab_job *j)
     free(j->ref);
     free(j->sha);
     strv_free(j->refspecs);
+    gitlab_git_opts_clear(&j->git);
     for (size_t i = 0; i < j->n_variables; i++) {
         free(j->variables[i].key);
         al_wipe_free(j->variables[i].value);

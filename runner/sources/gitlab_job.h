@@ -25,6 +25,7 @@
 
 #include "runner/base/error.h"
 #include "runner/engine/spec.h"
+#include "runner/sources/gitlab_git.h"
 
 /* Limits of a job payload. */
 #define GITLAB_JOB_MAX_BYTES        (2u << 20) /* whole document */
@@ -159,6 +160,8 @@ struct gitlab_job {
      * GITLAB_JOB_MASK_PREFIXES. NULL-terminated, never NULL. */
     char **mask_prefixes;
     size_t n_mask_prefixes;
+    /* the GIT_* variables of the host-side checkout (gitlab_git.h) */
+    struct gitlab_git_opts git;
 };
 
 /* The most an expanded string may grow to, and all expanded variable
@@ -192,7 +195,8 @@ int gitlab_expand(const char *s, const struct gitlab_variable *vars, size_t n, s
  * calls it. */
 int gitlab_job_expand(struct gitlab_job *job, struct al_error **err);
 
-/* Parses and validates a job payload. data need not be NUL-terminated.
+/* Parses and validates a job payload, its GIT_* variables included
+ * (gitlab_git.h, after expansion). data need not be NUL-terminated.
  * On success *ret_job is a new job the caller frees with gitlab_job_free().
  * Errors: -E2BIG (document too large), -EINVAL (the message names the
  * field), -ENOMEM. */

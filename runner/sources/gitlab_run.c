@@ -354,6 +354,11 @@ void gl_start_job(struct gitlab *g, const char *body, size_t len)
     gl_cache_restore(j, deps_next);
 }
 
+static void checkout_note(const char *line, void *data)
+{
+    gl_trace_append(data, line, strlen(line));
+}
+
 static void checkout_begin(struct gljob *j)
 {
     struct gitlab *g = j->g;
@@ -380,6 +385,8 @@ static void checkout_begin(struct gljob *j)
             .timeout_s = CHECKOUT_TIMEOUT_S,
             .unpack_zips = zips,
             .list_tracked = gitlab_job_wants_untracked(payload),
+            .git = &payload->git,
+            .note = checkout_note,
     };
     if (!j->checkout_dir || !zips ||
         gitlab_checkout_start(g->loop, &cp, on_checkout_done, j, &j->checkout, &err) < 0) {

@@ -27,7 +27,15 @@ Simulated server behaviour:
     is),
     unpacked and kept (the archive as `artifacts`, reports in `reports`);
   - git over smart HTTP (git http-backend) under /git/, with the job token
-    as Basic auth (user gitlab-ci-token).
+    as Basic auth (user gitlab-ci-token) on every request: a request
+    without it, or with another token, is answered 401 and counted in
+    `git_auth_failures` (with its path in `git_auth_paths`);
+  - the Git LFS batch API of those repositories (POST
+    /git/P.git/info/lfs/objects/batch, operation download, basic transfer)
+    with download actions on /git/P.git/gitlab-lfs/objects/OID, as GitLab
+    lays them out; objects come from `lfs_objects` (oid -> bytes), each
+    download is recorded in `lfs_downloads` and any request off the LFS
+    contract is a protocol error.
 
 Listens on 127.0.0.1 only. Run standalone for a manual demo:
   gitlab_fake.py --runner-token glrt-... [--port N]
@@ -242,6 +250,11 @@ class FakeGitLab:
         self.echoed = 0             # requests that echoed a value we issued
         self.runners = []
         self.features = None        # info.features of the last job request
+        self.git_auth_failures = 0  # git/LFS requests without a running job's token
+        self.git_auth_paths = []
+        self.lfs_objects = {}       # Git LFS objects served: oid -> bytes
+        self.lfs_downloads = []     # oids downloaded
+        self.lfs_batches = 0
         self.httpd = None
 
     # ---- control ----
@@ -706,6 +719,9 @@ class _Handler(BaseHTTPRequestHandler):
     def git(self, url):
         fake = self.server_fake
         data = self.body()
+        lfs_batch = re.match(r"^/git/([\w.-]+\.git)/info/lfs/objects/batch$", url.path)
+        lfs_object = re.match(r"^/git/([\w.-]+\.git)/gitlab-lfs/objects/([0-9a-f]{64})$",
+                              url.path)
         auth = self.headers.get("Authorization", "")
         ok = False
         if auth.startswith("Basic "):
@@ -718,9 +734,18 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 ok = False
         if not ok:
+            with fake.lock:
+                fake.git_auth_failures += 1
+                fake.git_auth_paths.append(url.path)
             return self.reply(401, "HTTP Basic: Access denied\n",
                               headers={"WWW-Authenticate": 'Basic realm="GitLab"'},
                               ctype="text/plain")
+        if lfs_batch:
+            return self.lfs_batch(lfs_batch.group(1), data)
+        if lfs_object:
+            return self.lfs_object(lfs_object.group(2))
+        if "/info/lfs/" in url.path or "/gitlab-lfs/" in url.path:
+            return self.bad("not a Git LFS endpoint")
         if not fake.git_root:
             return self.reply(404, "no repositories\n", ctype="text/plain")
         env = {
@@ -757,6 +782,58 @@ class _Handler(BaseHTTPRequestHandler):
             elif k:
                 headers[k] = v
         self.reply(code, body, headers=headers, ctype=ctype)
+
+    # ---- Git LFS (batch API, basic transfer, download only) ----
+    LFS_TYPE = "application/vnd.git-lfs+json"
+
+    def lfs_batch(self, repo, data):
+        fake = self.server_fake
+        if self.command != "POST":
+            return self.bad("the LFS batch API takes POST")
+        if not self.headers.get("Accept", "").startswith(self.LFS_TYPE):
+            return self.bad(f"Accept must be {self.LFS_TYPE}")
+        if not self.headers.get("Content-Type", "").startswith(self.LFS_TYPE):
+            return self.bad(f"Content-Type must be {self.LFS_TYPE}")
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return self.bad("LFS batch body is not JSON")
+        if not isinstance(doc, dict) or doc.get("operation") != "download":
+            return self.bad("LFS batch: operation must be download")
+        if "basic" not in (doc.get("transfers") or ["basic"]):
+            return self.bad("LFS batch: the client does not offer the basic transfer")
+        objs = doc.get("objects")
+        if not isinstance(objs, list) or not objs:
+            return self.bad("LFS batch: objects must be a non-empty list")
+        out = []
+        for o in objs:
+            if (not isinstance(o, dict) or not isinstance(o.get("oid"), str) or
+                    not re.match(r"^[0-9a-f]{64}$", o["oid"]) or not _type_ok(o.get("size"), int)):
+                return self.bad(f"LFS batch: malformed object {o!r}")
+            with fake.lock:
+                blob = fake.lfs_objects.get(o["oid"])
+            if blob is None or len(blob) != o["size"]:
+                out.append({"oid": o["oid"], "size": o["size"],
+                            "error": {"code": 404, "message": "Object does not exist"}})
+                continue
+            href = f"http://{self.headers.get('Host')}/git/{repo}/gitlab-lfs/objects/{o['oid']}"
+            out.append({"oid": o["oid"], "size": o["size"], "authenticated": True,
+                        "actions": {"download": {"href": href, "expires_in": 3600}}})
+        with fake.lock:
+            fake.lfs_batches += 1
+        self.reply(200, {"transfer": "basic", "objects": out}, ctype=self.LFS_TYPE)
+
+    def lfs_object(self, oid):
+        fake = self.server_fake
+        if self.command != "GET":
+            return self.bad("LFS objects are downloaded with GET")
+        with fake.lock:
+            blob = fake.lfs_objects.get(oid)
+            if blob is not None:
+                fake.lfs_downloads.append(oid)
+        if blob is None:
+            return self.reply(404, {"message": "404 Not Found"})
+        self.reply(200, blob, ctype="application/octet-stream")
 
 
 def main():

@@ -38,6 +38,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fakes"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
 from gitlab_fake import FakeGitLab, make_job  # noqa: E402
+from gitlab_git_repos import LFS_CONTENT, SUB_CONTENT, make_sub_lfs_repos  # noqa: E402
 from libvirt_cleanup import destroy_test_pools  # noqa: E402
 from skip import skip  # noqa: E402
 
@@ -173,8 +174,13 @@ def test_jobs(agentlabd):
     gitroot = os.path.join(tmp, "git")
     os.makedirs(gitroot)
     sha = make_repo(gitroot)
+    # a submodule under a relative URL and a Git LFS file; and a repository
+    # whose LFS object the server does not have
+    sub_sha, lfs_oid = make_sub_lfs_repos(gitroot)
+    gone_sha, _ = make_sub_lfs_repos(gitroot, "lfsgone", b"an object nobody uploaded\n")
 
     fake = FakeGitLab(RUNNER_TOKEN, git_root=gitroot, long_poll_s=2.0).start()
+    fake.lfs_objects[lfs_oid] = LFS_CONTENT
     srv = fake.url
     token_file = os.path.join(tmp, "runner.token")
     with open(token_file, "w") as f:
@@ -255,6 +261,20 @@ poll_interval = 1s
                                                image="debian-12", script=["echo never runs"]))
     jobs["container"] = fake.add_job(make_job(112, srv, sha, name="container-job",
                                               image="ruby:3.3", script=["echo never runs"]))
+    # submodules (recursive, relative URL), Git LFS and GIT_DEPTH=1 on the
+    # host checkout (GitLab sends GIT_DEPTH as git_info.depth too)
+    def plain(k, v):
+        return {"key": k, "value": v, "public": True, "masked": False, "file": False,
+                "raw": False}
+    jobs["sublfs"] = fake.add_job(make_job(113, srv, sub_sha, name="sublfs-job", project="super",
+                                           depth=1, variables=[
+        plain("GIT_DEPTH", "1"), plain("GIT_SUBMODULE_STRATEGY", "recursive")], script=[
+        "sha256sum lib/sub.txt data/blob.bin", "echo \"shallow: $(cat .git/shallow)\""]))
+    jobs["lfsgone"] = fake.add_job(make_job(114, srv, gone_sha, name="lfsgone-job",
+                                            project="lfsgone", script=["echo never runs"]))
+    jobs["badflags"] = fake.add_job(make_job(115, srv, sha, name="badflags-job", variables=[
+        plain("GIT_FETCH_EXTRA_FLAGS", "--prune --upload-pack=/bin/sh")],
+        script=["echo never runs"]))
     # last: agentlabd is stopped while it runs
     # (handed out after the later stage: dependencies without artifacts_file
     # download nothing)
@@ -421,6 +441,40 @@ poll_interval = 1s
         check("ERROR: Job failed (system failure): " in t and want in t,
               f"{name}: the trace does not say {want!r}: {t!r}")
         check("never runs" not in t.replace("echo never runs", ""), f"{name}: the script ran")
+
+    # submodules, LFS, depth: what the job printed of its work dir
+    import hashlib
+    f = final("sublfs")
+    t = jobs["sublfs"].trace.decode()
+    check(f["state"] == "success", f"sublfs: {f}\n{t}")
+    for want in ("Updating/initializing submodules recursively with git depth set to 1...\n",
+                 f"{hashlib.sha256(SUB_CONTENT).hexdigest()}  lib/sub.txt\n",
+                 f"{hashlib.sha256(LFS_CONTENT).hexdigest()}  data/blob.bin\n",
+                 f"shallow: {sub_sha}\n"):
+        check(want in t, f"sublfs: {want!r} missing from the trace:\n{t}")
+    check(fake.lfs_downloads == [lfs_oid], f"LFS downloads: {fake.lfs_downloads}")
+    for name, want in (("lfsgone", "fetching the sources failed: git lfs pull (Git LFS objects "
+                                   "could not be fetched) failed"),
+                       ("badflags", 'GIT_FETCH_EXTRA_FLAGS: agentlab does not pass '
+                                    '"--upload-pack=/bin/sh"')):
+        f = final(name)
+        t = jobs[name].trace.decode()
+        check(f["state"] == "failed" and f["failure_reason"] == "runner_system_failure",
+              f"{name}: {f}")
+        check(want in t and "never runs" not in t.replace("echo never runs", ""),
+              f"{name}: the trace does not say {want!r}: {t!r}")
+    check(fake.git_auth_failures == 0,
+          f"git/LFS requests without the job token: {fake.git_auth_paths}")
+    # the host checkout's time: from the job's start to its submit (daemon log)
+    def stamp(line):
+        return time.mktime(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) + \
+            int(line[20:23]) / 1000
+    for name in ("pass", "image", "sublfs"):
+        gid = jobs[name].id
+        began = [ln for ln in log.splitlines() if f": job {gid} (" in ln]
+        submitted = [ln for ln in log.splitlines() if f"GitLab job {gid} (" in ln]
+        if began and submitted:
+            print(f"  checkout of {name}: {stamp(submitted[0]) - stamp(began[0]):.2f}s")
 
     # long polling
     check(fake.echoed > 0, "last_update was never echoed")
