@@ -328,9 +328,13 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
         c.used_vcpus += v->req.cpus;
         c.used_memory += v->req.memory;
     }
-    if (!c.healthy)
-        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down",
-                 b->cfg->libvirt.uri);
+    if (!c.healthy) {
+        if (lb->conn_error[0])
+            snprintf(c.reason, sizeof(c.reason), "libvirt connection down: %.130s", lb->conn_error);
+        else
+            snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %.100s is down",
+                     b->cfg->libvirt.uri);
+    }
     *ret = c;
 }
 
@@ -360,6 +364,32 @@ static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int det
     return 0;
 }
 
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    struct lv_backend *lb = t->data;
+    if (lv_ensure_conn(lb))
+        uv_timer_stop(t);
+}
+
+static void on_reconnect_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* A host nobody asks about (no job queued) is retried by the timer, so
+ * that it comes back, and its leftovers go, without a job. */
+static void reconnect_timer_start(struct lv_backend *lb)
+{
+    if (!lb->reconnect_timer) {
+        lb->reconnect_timer = malloc(sizeof(*lb->reconnect_timer));
+        if (!lb->reconnect_timer)
+            return; /* capacity() still reconnects */
+        uv_timer_init(lb->b->env.loop, lb->reconnect_timer);
+        lb->reconnect_timer->data = lb;
+    }
+    uv_timer_start(lb->reconnect_timer, on_reconnect_timer, RECONNECT_MS, RECONNECT_MS);
+}
+
 static void on_conn_closed(virConnectPtr conn, int reason, void *data)
 {
     (void)conn;
@@ -371,6 +401,27 @@ static void on_conn_closed(virConnectPtr conn, int reason, void *data)
              lb->b->cfg->libvirt.uri,
              reason >= 0 && (size_t)reason < ARRAY_SIZE(reasons) ? reasons[reason] : "unknown");
     log_warn(NULL, "backend %s: %s; reconnecting", lb->b->name, lb->conn_error);
+    if (!lb->remote)
+        return; /* QEMU's channel sockets and log files outlive libvirtd */
+    lb->host_lost = true;
+    /* the channel and the console were streams of that connection: the
+     * jobs end as infrastructure errors (the engine retries them on a
+     * fresh VM), and their teardown, which needs the host, waits for the
+     * sweep after the reconnect */
+    for (;;) {
+        struct lv_vm *victim = NULL;
+        al_list_for_each(v, &lb->vms, struct lv_vm, link) {
+            if (!v->finished && !v->destroying) {
+                victim = v;
+                break;
+            }
+        }
+        if (!victim)
+            break;
+        lv_finish(victim, VM_INFRA_ERROR, 0, "lost the libvirt host of backend %s: %s", lb->b->name,
+                  lb->conn_error);
+    }
+    reconnect_timer_start(lb);
 }
 
 static void lv_disconnect(struct lv_backend *lb)
@@ -416,12 +467,26 @@ static int lv_connect(struct lv_backend *lb, struct al_error **err)
     return 0;
 }
 
-/* Reconnects a dead connection, at most every 2 s. Returns true when up. */
+/* True while a worker may use lb->conn, which a reconnect would free. */
+static bool conn_in_use(struct lv_backend *lb)
+{
+    if (lb->clones_running || lb->inject_running)
+        return true;
+    al_list_for_each(v, &lb->vms, struct lv_vm, link) {
+        if (v->worker_busy)
+            return true;
+    }
+    return false;
+}
+
+/* Reconnects a dead connection, at most every RECONNECT_MS. Returns true
+ * when up. */
 bool lv_ensure_conn(struct lv_backend *lb)
 {
     if (lb->conn && !lb->conn_dead)
         return true;
-    if (al_now_mono_ms() - lb->last_retry < 2000)
+    /* calls on a closed connection fail at once: the workers end soon */
+    if (al_now_mono_ms() - lb->last_retry < RECONNECT_MS || (lb->conn && conn_in_use(lb)))
         return false;
     lv_disconnect(lb);
     struct al_error *err = NULL;
@@ -431,6 +496,11 @@ bool lv_ensure_conn(struct lv_backend *lb)
         return false;
     }
     log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->libvirt.uri);
+    /* what the host kept of the VMs whose jobs ended with the connection */
+    if (lb->host_lost) {
+        lb->host_lost = false;
+        lv_host_sweep(lb);
+    }
     return true;
 }
 
@@ -489,6 +559,8 @@ static void lv_backend_free(struct backend *b)
     lv_disconnect(lb);
     lv_hostinfo_release(lb);
     lv_snapshot_free_all(lb);
+    lv_images_free(lb);
+    pthread_mutex_destroy(&lb->img_lock);
     free(lb->cpu_model);
     free(lb->pool_name);
     free(lb->pool_dir);
@@ -511,6 +583,7 @@ static int lv_open(struct backend *b, struct al_error **err)
     al_list_init(&lb->inject_queue);
     al_list_init(&lb->snap_slots);
     lb->lifecycle_id = -1;
+    pthread_mutex_init(&lb->img_lock, NULL);
     int r;
     virSetErrorFunc(NULL, quiet_libvirt_errors);
 
@@ -519,8 +592,13 @@ static int lv_open(struct backend *b, struct al_error **err)
     } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name, fnv1a(env->state_dir)) < 0) {
         lb->pool_name = NULL;
     }
+    /* a host reached over the network has no state dir of ours: the pool
+     * goes where libvirt keeps its images there */
     _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
-    lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
+    if (libvirt_uri_is_remote(b->cfg->libvirt.uri))
+        lb->pool_dir = lb->pool_name ? al_path_join(REMOTE_POOL_ROOT, lb->pool_name) : NULL;
+    else
+        lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
     lb->vms_dir = al_path_join(env->run_dir, "vms");
     if (!lb->pool_name || !lb->pool_dir || !lb->vms_dir) {
         r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
@@ -568,7 +646,7 @@ fail:
 
 static bool has_makers(struct lv_backend *lb)
 {
-    if (lb->clones_running)
+    if (lb->clones_running || lb->host_sweep_running)
         return true;
     al_list_for_each(v, &lb->vms, struct lv_vm, link) {
         if (v->snap_maker)
@@ -614,6 +692,8 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
             uv_close((uv_handle_t *)lb->inject_timer, lv_on_inject_timer_closed);
         if (lb->snap_timer)
             uv_close((uv_handle_t *)lb->snap_timer, lv_on_inject_timer_closed); /* frees */
+        if (lb->reconnect_timer)
+            uv_close((uv_handle_t *)lb->reconnect_timer, on_reconnect_timer_closed);
         lv_backend_free(b);
     }
     if (done)
