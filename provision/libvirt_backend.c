@@ -364,9 +364,34 @@ static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int det
     return 0;
 }
 
+/* The remote transport's channel and console were streams of the lost
+ * connection: the jobs end as infrastructure errors (the engine retries
+ * them on a fresh VM); their teardown, which needs the host, fails until
+ * the sweep after the reconnect. */
+static void finish_lost_vms(struct lv_backend *lb)
+{
+    for (;;) {
+        struct lv_vm *victim = NULL;
+        al_list_for_each(v, &lb->vms, struct lv_vm, link) {
+            if (!v->finished && !v->destroying) {
+                victim = v;
+                break;
+            }
+        }
+        if (!victim)
+            return;
+        lv_finish(victim, VM_INFRA_ERROR, 0, "lost the libvirt host of backend %s: %s", lb->b->name,
+                  lb->conn_error);
+    }
+}
+
 static void on_reconnect_timer(uv_timer_t *t)
 {
     struct lv_backend *lb = t->data;
+    if (lb->finish_lost) {
+        lb->finish_lost = false;
+        finish_lost_vms(lb);
+    }
     if (lv_ensure_conn(lb))
         uv_timer_stop(t);
 }
@@ -377,17 +402,18 @@ static void on_reconnect_timer_closed(uv_handle_t *h)
 }
 
 /* A host nobody asks about (no job queued) is retried by the timer, so
- * that it comes back, and its leftovers go, without a job. */
+ * that it comes back, and its leftovers go, without a job. Its first run
+ * is at once, outside libvirt's close callback. */
 static void reconnect_timer_start(struct lv_backend *lb)
 {
     if (!lb->reconnect_timer) {
         lb->reconnect_timer = malloc(sizeof(*lb->reconnect_timer));
         if (!lb->reconnect_timer)
-            return; /* capacity() still reconnects */
+            return; /* capacity() still reconnects; the streams end the VMs */
         uv_timer_init(lb->b->env.loop, lb->reconnect_timer);
         lb->reconnect_timer->data = lb;
     }
-    uv_timer_start(lb->reconnect_timer, on_reconnect_timer, RECONNECT_MS, RECONNECT_MS);
+    uv_timer_start(lb->reconnect_timer, on_reconnect_timer, 0, RECONNECT_MS);
 }
 
 static void on_conn_closed(virConnectPtr conn, int reason, void *data)
@@ -401,26 +427,11 @@ static void on_conn_closed(virConnectPtr conn, int reason, void *data)
              lb->b->cfg->libvirt.uri,
              reason >= 0 && (size_t)reason < ARRAY_SIZE(reasons) ? reasons[reason] : "unknown");
     log_warn(NULL, "backend %s: %s; reconnecting", lb->b->name, lb->conn_error);
-    if (!lb->remote)
-        return; /* QEMU's channel sockets and log files outlive libvirtd */
+    /* VMs torn down meanwhile are left on the host */
     lb->host_lost = true;
-    /* the channel and the console were streams of that connection: the
-     * jobs end as infrastructure errors (the engine retries them on a
-     * fresh VM), and their teardown, which needs the host, waits for the
-     * sweep after the reconnect */
-    for (;;) {
-        struct lv_vm *victim = NULL;
-        al_list_for_each(v, &lb->vms, struct lv_vm, link) {
-            if (!v->finished && !v->destroying) {
-                victim = v;
-                break;
-            }
-        }
-        if (!victim)
-            break;
-        lv_finish(victim, VM_INFRA_ERROR, 0, "lost the libvirt host of backend %s: %s", lb->b->name,
-                  lb->conn_error);
-    }
+    /* a local VM's channel socket and log file outlive libvirtd */
+    lb->finish_lost = lb->remote;
+    lb->last_retry = al_now_mono_ms(); /* a moment for the host */
     reconnect_timer_start(lb);
 }
 

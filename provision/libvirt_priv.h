@@ -74,12 +74,12 @@ struct lv_backend {
     uint64_t last_retry; /* ms, of the last reconnect attempt */
     char conn_error[160];
     char health[160];
-    /* remote transport: retries the connection while it is down; heap:
-     * closes after lb */
+    /* retries the connection while it is down; heap: closes after lb */
     uv_timer_t *reconnect_timer;
-    /* remote transport: the connection was lost; the reconnect sweeps what
-     * the host kept of our VMs, and that sweep is running */
+    /* the connection was lost; the reconnect sweeps what the host kept of
+     * our VMs (teardowns meanwhile fail), and that sweep is running */
     bool host_lost;
+    bool finish_lost; /* its VMs are yet to be ended (reconnect timer) */
     bool host_sweep_running;
     /* remote transport: the image files' checksums (libvirt_images.c),
      * and one upload at a time into the pool; both under img_lock */
@@ -230,7 +230,7 @@ void lv_streams_stop(struct lv_vm *v);
 int lv_images_ensure(struct lv_vm *v, struct al_error **err);
 /* Frees the checksum cache (backend close). */
 void lv_images_free(struct lv_backend *lb);
-/* Loop, remote transport: the connection came back after it was lost:
+/* Loop: the connection came back after it was lost:
  * destroys the domains of ours the host kept and deletes their overlay and
  * seed volumes (VMs of no live attempt of this backend). */
 void lv_host_sweep(struct lv_backend *lb);

@@ -39,8 +39,14 @@ static int teardown_work(void *data, struct al_error **err)
         return al_error_set(err, ENOTCONN,
                             "no connection to libvirtd; %s is left for the next sweep",
                             t->dom_name ? t->dom_name : "the VM");
-    if (!t->dom && t->dom_name)
+    if (!t->dom && t->dom_name) {
         t->dom = virDomainLookupByName(t->conn, t->dom_name);
+        /* a host that does not answer keeps the run dir's owner file, by
+         * which the next sweep finds the VM */
+        if (!t->dom && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN)
+            return al_error_set(err, ENOTCONN, "looking up %s: %s; it is left for the next sweep",
+                                t->dom_name, lv_libvirt_msg());
+    }
     if (t->dom && t->must_be_ours) {
         char *meta = virDomainGetMetadata(t->dom, VIR_DOMAIN_METADATA_ELEMENT, AL_XML_NS, 0);
         bool ours = meta != NULL;
@@ -180,10 +186,10 @@ void lv_destroy_continue(struct lv_vm *v)
 {
     lv_streams_stop(v); /* no worker holds v now */
     struct vm_teardown *vt = calloc(1, sizeof(*vt));
-    lv_ensure_conn(v->lb);
+    bool up = lv_ensure_conn(v->lb);
     if (vt) {
         vt->v = v;
-        vt->t.conn = v->lb->conn;
+        vt->t.conn = up ? v->lb->conn : NULL;
         if (vt->t.conn)
             virConnectRef(vt->t.conn);
         vt->t.dom = TAKE_PTR(v->dom);
