@@ -603,15 +603,8 @@ static int lv_open(struct backend *b, struct al_error **err)
     } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name, fnv1a(env->state_dir)) < 0) {
         lb->pool_name = NULL;
     }
-    /* a host reached over the network has no state dir of ours: the pool
-     * goes where libvirt keeps its images there */
-    _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
-    if (libvirt_uri_is_remote(b->cfg->libvirt.uri))
-        lb->pool_dir = lb->pool_name ? al_path_join(REMOTE_POOL_ROOT, lb->pool_name) : NULL;
-    else
-        lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
     lb->vms_dir = al_path_join(env->run_dir, "vms");
-    if (!lb->pool_name || !lb->pool_dir || !lb->vms_dir) {
+    if (!lb->pool_name || !lb->vms_dir) {
         r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
         goto fail;
     }
@@ -633,6 +626,17 @@ static int lv_open(struct backend *b, struct al_error **err)
     r = choose_transport(lb, err);
     if (r < 0)
         goto fail;
+    /* another host that shares no files has no state dir of ours: the pool
+     * goes where libvirt keeps its images there */
+    _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
+    if (lb->remote && libvirt_uri_is_remote(b->cfg->libvirt.uri))
+        lb->pool_dir = al_path_join(REMOTE_POOL_ROOT, lb->pool_name);
+    else
+        lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
+    if (!lb->pool_dir) {
+        r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
+        goto fail;
+    }
     r = lv_connect(lb, err);
     if (r < 0)
         goto fail;
