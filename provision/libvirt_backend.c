@@ -451,13 +451,12 @@ static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int det
 
 /* Opens the connection with keepalives, domain events, a close callback and
  * the storage pool. Loop thread. */
-static int lv_connect(struct lv_backend *lb, struct al_error **err)
+/* Subscribes conn (taken) to keepalives, domain events and its close, and
+ * makes sure of the storage pool; then it is lb's connection. Loop thread. */
+static int lv_connect_setup(struct lv_backend *lb, virConnectPtr conn, struct al_error **err)
 {
     const char *uri = lb->b->cfg->libvirt.uri;
-    lb->last_retry = al_now_mono_ms();
-    lb->conn = virConnectOpen(uri);
-    if (!lb->conn)
-        return al_error_set(err, EIO, "connecting to %s: %s", uri, lv_libvirt_msg());
+    lb->conn = conn;
     /* keepalives need the event loop, which runs on our uv loop */
     virConnectSetKeepAlive(lb->conn, 5, 3);
     virConnectRegisterCloseCallback(lb->conn, on_conn_closed, lb, NULL);
@@ -478,6 +477,66 @@ static int lv_connect(struct lv_backend *lb, struct al_error **err)
     return 0;
 }
 
+/* Opens the connection with keepalives, domain events, a close callback and
+ * the storage pool. Loop thread: at open, where waiting is expected. */
+static int lv_connect(struct lv_backend *lb, struct al_error **err)
+{
+    const char *uri = lb->b->cfg->libvirt.uri;
+    lb->last_retry = al_now_mono_ms();
+    virConnectPtr conn = virConnectOpen(uri);
+    if (!conn)
+        return al_error_set(err, EIO, "connecting to %s: %s", uri, lv_libvirt_msg());
+    return lv_connect_setup(lb, conn, err);
+}
+
+/* A reconnect: virConnectOpen() on the thread pool, since a host that
+ * drops packets holds it for the TCP connect timeout. */
+struct reconnect {
+    struct lv_backend *lb;
+    char *uri;
+    virConnectPtr conn;
+};
+
+static int reconnect_work(void *data, struct al_error **err)
+{
+    struct reconnect *rc = data;
+    rc->conn = virConnectOpen(rc->uri);
+    if (!rc->conn)
+        return al_error_set(err, EIO, "connecting to %s: %s", rc->uri, lv_libvirt_msg());
+    return 0;
+}
+
+static void reconnect_done(void *data, int result, struct al_error *err)
+{
+    struct reconnect *rc = data;
+    struct lv_backend *lb = rc->lb;
+    virConnectPtr conn = TAKE_PTR(rc->conn);
+    free(rc->uri);
+    free(rc);
+    lb->reconnecting = false;
+    if (lb->closing) {
+        if (conn)
+            virConnectClose(conn);
+        al_error_free(err);
+        lv_close_continue(lb);
+        return;
+    }
+    if (result == 0 && lv_connect_setup(lb, conn, &err) == 0) {
+        log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->libvirt.uri);
+        if (lb->reconnect_timer)
+            uv_timer_stop(lb->reconnect_timer);
+        /* what the host kept of the VMs whose jobs ended with the
+         * connection, or whose teardown could not reach it */
+        if (lb->host_lost) {
+            lb->host_lost = false;
+            lv_host_sweep(lb);
+        }
+        return;
+    }
+    snprintf(lb->conn_error, sizeof(lb->conn_error), "%.150s", al_error_message(err));
+    al_error_free(err);
+}
+
 /* True while a worker may use lb->conn, which a reconnect would free. */
 static bool conn_in_use(struct lv_backend *lb)
 {
@@ -490,29 +549,33 @@ static bool conn_in_use(struct lv_backend *lb)
     return false;
 }
 
-/* Reconnects a dead connection, at most every RECONNECT_MS. Returns true
- * when up. */
+/* Whether the connection is up; when it is down, starts a reconnect in
+ * the background, at most every RECONNECT_MS. */
 bool lv_ensure_conn(struct lv_backend *lb)
 {
     if (lb->conn && !lb->conn_dead)
         return true;
     /* calls on a closed connection fail at once: the workers end soon */
-    if (al_now_mono_ms() - lb->last_retry < RECONNECT_MS || (lb->conn && conn_in_use(lb)))
+    uint64_t now = al_now_mono_ms();
+    if (lb->reconnecting || lb->closing || now - lb->last_retry < RECONNECT_MS ||
+        (lb->conn && conn_in_use(lb)))
         return false;
     lv_disconnect(lb);
-    struct al_error *err = NULL;
-    if (lv_connect(lb, &err) < 0) {
-        snprintf(lb->conn_error, sizeof(lb->conn_error), "%.150s", al_error_message(err));
-        al_error_free(err);
-        return false;
+    lb->last_retry = now;
+    struct reconnect *rc = calloc(1, sizeof(*rc));
+    if (rc) {
+        rc->lb = lb;
+        rc->uri = strdup(lb->b->cfg->libvirt.uri);
     }
-    log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->libvirt.uri);
-    /* what the host kept of the VMs whose jobs ended with the connection */
-    if (lb->host_lost) {
-        lb->host_lost = false;
-        lv_host_sweep(lb);
+    if (!rc || !rc->uri ||
+        al_work_queue(lb->b->env.loop, reconnect_work, reconnect_done, rc, NULL) < 0) {
+        if (rc)
+            free(rc->uri);
+        free(rc);
+        return false; /* tried again after RECONNECT_MS */
     }
-    return true;
+    lb->reconnecting = true;
+    return false;
 }
 
 /* A NIC is opt-in: define the egress filter and learn the network's host
@@ -661,7 +724,7 @@ fail:
 
 static bool has_makers(struct lv_backend *lb)
 {
-    if (lb->clones_running || lb->host_sweep_running)
+    if (lb->clones_running || lb->host_sweep_running || lb->reconnecting)
         return true;
     al_list_for_each(v, &lb->vms, struct lv_vm, link) {
         if (v->snap_maker)

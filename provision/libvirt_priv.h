@@ -79,7 +79,8 @@ struct lv_backend {
     /* the connection was lost; the reconnect sweeps what the host kept of
      * our VMs (teardowns meanwhile fail), and that sweep is running */
     bool host_lost;
-    bool finish_lost; /* its VMs are yet to be ended (reconnect timer) */
+    bool finish_lost;  /* its VMs are yet to be ended (reconnect timer) */
+    bool reconnecting; /* a virConnectOpen() runs on the thread pool */
     bool host_sweep_running;
     /* remote transport: the image files' checksums (libvirt_images.c),
      * and one upload at a time into the pool; both under img_lock */
@@ -186,7 +187,8 @@ void lv_note_throttling(struct lv_vm *v);
 void lv_finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
         _printf_(4, 5);
 void lv_phase(struct lv_vm *v, enum vm_phase p);
-/* Reconnects when the connection is down; false while it stays down. */
+/* True when the connection is up; when down, starts reconnecting in the
+ * background (at most every RECONNECT_MS) and returns false. */
 bool lv_ensure_conn(struct lv_backend *lb);
 /* A close waiting for VMs of the backend's own: finishes it once none is
  * left. */
