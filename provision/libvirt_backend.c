@@ -152,6 +152,11 @@ static void lv_destroy(struct vm *vm, backend_done_cb done, void *data)
         v->ch = NULL;
     }
     uv_timer_stop(&v->hb_timer);
+    if (v->images_wait) {
+        /* no worker: the timer that would queue one again is stopped */
+        v->images_wait = false;
+        v->worker_busy = false;
+    }
     if (v->worker_busy)
         return; /* the worker's completion continues the teardown */
     lv_destroy_continue(v);

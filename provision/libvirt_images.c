@@ -10,10 +10,10 @@
  * checksum, hence a new volume, uploaded once; a file touched without a
  * change of content is hashed again and finds its volume present.
  *
- * The cache and the uploads are under lb->img_lock: a job's provisioning
- * worker that needs an image being uploaded for another job waits for it
- * there (libvirt_upload.h: uploads into one pool must not overlap), then
- * finds it present. */
+ * The cache and the uploads are under lb->img_lock (libvirt_upload.h:
+ * uploads into one pool must not overlap). A job's provisioning that finds
+ * it taken (an upload for another job) gives its thread back and is
+ * queued again after IMAGES_WAIT_MS, then finds the image present. */
 #include "provision/libvirt_priv.h"
 #include "provision/libvirt_upload.h"
 #include "runner/base/sha256.h"
@@ -168,7 +168,12 @@ int lv_images_ensure(struct lv_vm *v, struct al_error **err)
             {IMAGE_VOL_INITRD, img->initrd, &v->host_initrd},
     };
     int r = 0;
-    pthread_mutex_lock(&v->lb->img_lock);
+    /* another job's upload into the pool: not a thread of the pool spent
+     * waiting for it (the loop tries again shortly) */
+    if (pthread_mutex_trylock(&v->lb->img_lock) != 0) {
+        v->images_busy = true;
+        return 0;
+    }
     for (size_t i = 0; i < ARRAY_SIZE(parts) && r == 0; i++) {
         if (parts[i].path && !*parts[i].ret)
             r = ensure_one(v, parts[i].role, parts[i].path, parts[i].ret, err);

@@ -41,6 +41,8 @@
 #define CONNECT_TIMEOUT_MS 15000
 /* a lost connection is retried this often */
 #define RECONNECT_MS 2000
+/* a job whose image is being uploaded for another job looks again after */
+#define IMAGES_WAIT_MS 250
 /* the parent of a remote host's storage pool directory (libvirt's own) */
 #define REMOTE_POOL_ROOT   "/var/lib/libvirt/images"
 #define CONSOLE_TAIL_BYTES 1500
@@ -126,6 +128,9 @@ struct lv_vm {
     char *host_disk;
     char *host_kernel;
     char *host_initrd;
+    bool images_busy;         /* the worker found another job's upload running */
+    bool images_wait;         /* ... and hb_timer queues it again */
+    bool images_told;         /* ... which the job's log says once */
     virStreamPtr chan_stream; /* opened by the start worker, until the channel takes it */
     virStreamPtr con_stream;  /* ... until the console copier takes it */
     struct lv_console *console;
@@ -228,7 +233,8 @@ void lv_streams_stop(struct lv_vm *v);
  * (disk, kernel, initrd) as volumes, uploading what is missing or changed
  * (by sha256, computed here once per file version), and sets v->host_disk,
  * v->host_kernel and v->host_initrd to their paths on the host. Uploads
- * into one pool run one at a time. */
+ * into one pool run one at a time: while another runs, returns 0 at once
+ * with v->images_busy set, and the caller tries again later. */
 int lv_images_ensure(struct lv_vm *v, struct al_error **err);
 /* Frees the checksum cache (backend close). */
 void lv_images_free(struct lv_backend *lb);

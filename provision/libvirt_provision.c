@@ -105,8 +105,8 @@ int lv_provision_work(void *data, struct al_error **err)
     /* remote: nothing of this host's filesystem, also not the image */
     if (lb->remote) {
         r = lv_images_ensure(v, err);
-        if (r < 0)
-            return r;
+        if (r < 0 || v->images_busy)
+            return r; /* busy: lv_on_provisioned queues this again */
     }
     /* a restore's disk is an overlay on the snapshot's frozen base */
     r = create_overlay(v, v->restore && v->snap ? lv_snapshot_base(v->snap) : image_disk(v), err);
@@ -377,11 +377,39 @@ static void inject_queue(struct lv_vm *v)
         uv_timer_start(lb->inject_timer, on_inject_window, INJECT_WINDOW_MS, 0);
 }
 
+static void on_images_wait(uv_timer_t *t)
+{
+    struct lv_vm *v = t->data;
+    v->images_wait = false;
+    if (v->finished) {
+        /* lost with its host meanwhile: the owner's destroy goes on */
+        v->worker_busy = false;
+        return;
+    }
+    if (al_work_queue(v->lb->b->env.loop, lv_provision_work, lv_on_provisioned, v, NULL) < 0) {
+        v->worker_busy = false;
+        lv_finish(v, VM_INFRA_ERROR, 0, "queueing provisioning failed");
+    }
+}
+
 void lv_on_provisioned(void *data, int result, struct al_error *err)
 {
     struct lv_vm *v = data;
     if (!worker_done(v, result, err))
         return;
+    if (v->images_busy) {
+        /* the heartbeat timer is idle until the VM starts; destroy stops
+         * it and goes on (images_wait) */
+        if (!v->images_told)
+            log_info(v->req.job_id, "backend %s: waiting for another job's upload of image %s",
+                     v->lb->b->name, v->image->name);
+        v->images_busy = false;
+        v->images_told = true;
+        v->images_wait = true;
+        v->worker_busy = true;
+        uv_timer_start(&v->hb_timer, on_images_wait, IMAGES_WAIT_MS, 0);
+        return;
+    }
     if (v->inject == INJECT_GUESTFS && !v->injected) {
         inject_queue(v);
         return;

@@ -8,6 +8,8 @@
  *    each host; output streams live from the remote one; the artifacts
  *    come back; nothing is left on either host. The image's disk, kernel
  *    and initrd were uploaded to h2 once, for its first job only.
+ *    Meanwhile "h3" (the same remote libvirtd, its own pool, max_vms = 2)
+ *    runs two jobs at once: the image is uploaded once, not twice.
  * 2. The disk rebuilt (new content) is uploaded again for the next job on
  *    h2; the kernel touched (same content) is hashed again, not uploaded.
  * 3. That job (local is busy) killed mid-job with the remote libvirtd: it
@@ -443,8 +445,10 @@ static void test_fleet(void **state)
              "[backend \"local\"]\nmax_vms = 1\n"
              "[backend \"h2\"]\nuri = %s\nmax_vms = 1\n"
              "[pool \"fleet\"]\nbackends = local, h2\n"
-             "[pool \"remote\"]\nlabels = remote-only\nbackends = h2\n",
-             tmp, tmp, uri);
+             "[pool \"remote\"]\nlabels = remote-only\nbackends = h2\n"
+             "[backend \"h3\"]\nuri = %s\nmax_vms = 2\n"
+             "[pool \"pair\"]\nlabels = pair-only\nbackends = h3\n",
+             tmp, tmp, uri, uri);
     struct al_error *err = NULL;
     struct config *cfg = NULL;
     if (config_load_string(conf, strlen(conf), "fleet.conf", &cfg, &err) < 0)
@@ -465,8 +469,13 @@ static void test_fleet(void **state)
     uint64_t t0 = al_now_mono_ms();
     for (int i = 0; i < 4; i++)
         submit(&f, "fleet", job_sh);
+    /* meanwhile two at once on h3 (the same host, its own pool, max_vms =
+     * 2): the second job's provisioning finds the first one's upload
+     * running and waits for it */
+    for (int i = 0; i < 2; i++)
+        submit(&f, "pair", job_sh);
     struct waiter w = {.f = &f, .from = 0, .pred = pred_finished};
-    run_until_pred(&w, 240000, "the four jobs");
+    run_until_pred(&w, 300000, "the four jobs and the pair");
     fprintf(stderr, "four jobs on two hosts: %.1f s\n", (double)(al_now_mono_ms() - t0) / 1000.0);
     char boot_ids[MAX_JOBS][40];
     size_t n_boot = 0;
@@ -491,6 +500,8 @@ static void test_fleet(void **state)
     }
     assert_int_equal(on_local, 2);
     assert_int_equal(on_h2, 2);
+    for (size_t i = 4; i < 6; i++)
+        check_job(&f.jobs[i], boot_ids, &n_boot);
     assert_clean(rconn, "h2");
     assert_clean(lconn, "local");
     /* uploaded once: for h2's first job, not its second; never for local */
@@ -500,6 +511,12 @@ static void test_fleet(void **state)
     assert_int_equal(log_count("backend h2: uploaded image micro's kernel"), 1);
     assert_int_equal(log_count("backend h2: uploaded image micro's initrd"), 1);
     assert_int_equal(log_count("backend local: uploaded"), 0);
+    /* one upload each, though two jobs needed them at once */
+    assert_int_equal(log_count("backend h3: uploaded image micro's disk"), 1);
+    assert_int_equal(log_count("backend h3: uploaded image micro's kernel"), 1);
+    assert_int_equal(log_count("backend h3: uploaded image micro's initrd"), 1);
+    fprintf(stderr, "h3: %d job(s) waited for the other's upload\n",
+            log_count("backend h3: waiting for another job's upload"));
     char before[512];
     remote_volumes("-disk-", before, sizeof(before));
 
