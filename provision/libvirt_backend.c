@@ -454,8 +454,6 @@ static void lv_disconnect(struct lv_backend *lb)
 
 static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *data);
 
-/* Opens the connection with keepalives, domain events, a close callback and
- * the storage pool. Loop thread. */
 /* Subscribes conn (taken) to keepalives, domain events and its close, and
  * makes sure of the storage pool; then it is lb's connection. Loop thread. */
 static int lv_connect_setup(struct lv_backend *lb, virConnectPtr conn, struct al_error **err)
