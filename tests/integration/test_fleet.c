@@ -4,8 +4,9 @@
  * (tests/scripts/remote-libvirtd.sh), reached as
  * qemu+tcp://127.0.0.1:PORT/system. Both have max_vms = 1.
  *
- * 1. Four jobs submitted at once all succeed, each in a fresh VM, two on
- *    each host; output streams live from the remote one; the artifacts
+ * 1. Four jobs submitted at once all succeed, each in a fresh VM, on both
+ *    hosts (two on each unless one is much slower); output streams live
+ *    from the remote one; the artifacts
  *    come back; nothing is left on either host. The image's disk, kernel
  *    and initrd were uploaded to h2 once, for its first job only.
  *    Meanwhile "h3" (the same remote libvirtd, its own pool, max_vms = 2)
@@ -498,8 +499,13 @@ static void test_fleet(void **state)
             fail_msg("job %s ran on no host we know", j->id);
         }
     }
-    assert_int_equal(on_local, 2);
-    assert_int_equal(on_h2, 2);
+    /* both at once (max_vms = 1 each); then the next free host: two each
+     * unless one host is much slower (under valgrind h2's first job hashes
+     * the image for half a minute, and local takes three) */
+    fprintf(stderr, "fleet jobs: %d on local, %d on h2\n", on_local, on_h2);
+    assert_true(on_local >= 1);
+    assert_true(on_h2 >= 1);
+    assert_int_equal(on_local + on_h2, 4);
     for (size_t i = 4; i < 6; i++)
         check_job(&f.jobs[i], boot_ids, &n_boot);
     assert_clean(rconn, "h2");
