@@ -152,6 +152,11 @@ static void lv_destroy(struct vm *vm, backend_done_cb done, void *data)
         v->ch = NULL;
     }
     uv_timer_stop(&v->hb_timer);
+    if (v->images_wait) {
+        /* no worker: the timer that would queue one again is stopped */
+        v->images_wait = false;
+        v->worker_busy = false;
+    }
     if (v->worker_busy)
         return; /* the worker's completion continues the teardown */
     lv_destroy_continue(v);
@@ -328,9 +333,13 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
         c.used_vcpus += v->req.cpus;
         c.used_memory += v->req.memory;
     }
-    if (!c.healthy)
-        snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %s is down",
-                 b->cfg->libvirt.uri);
+    if (!c.healthy) {
+        if (lb->conn_error[0])
+            snprintf(c.reason, sizeof(c.reason), "libvirt connection down: %.130s", lb->conn_error);
+        else
+            snprintf(c.reason, sizeof(c.reason), "the libvirt connection to %.100s is down",
+                     b->cfg->libvirt.uri);
+    }
     *ret = c;
 }
 
@@ -360,6 +369,58 @@ static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int det
     return 0;
 }
 
+/* The remote transport's channel and console were streams of the lost
+ * connection: the jobs end as infrastructure errors (the engine retries
+ * them on a fresh VM); their teardown, which needs the host, fails until
+ * the sweep after the reconnect. */
+static void finish_lost_vms(struct lv_backend *lb)
+{
+    for (;;) {
+        struct lv_vm *victim = NULL;
+        al_list_for_each(v, &lb->vms, struct lv_vm, link) {
+            if (!v->finished && !v->destroying) {
+                victim = v;
+                break;
+            }
+        }
+        if (!victim)
+            return;
+        lv_finish(victim, VM_INFRA_ERROR, 0, "lost the libvirt host of backend %s: %s", lb->b->name,
+                  lb->conn_error);
+    }
+}
+
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    struct lv_backend *lb = t->data;
+    if (lb->finish_lost) {
+        lb->finish_lost = false;
+        finish_lost_vms(lb);
+    }
+    if (lv_ensure_conn(lb))
+        uv_timer_stop(t);
+}
+
+static void on_reconnect_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* A host nobody asks about (no job queued) is retried by the timer, so
+ * that it comes back, and its leftovers go, without a job. Its first run
+ * is at once, outside libvirt's close callback. */
+static void reconnect_timer_start(struct lv_backend *lb)
+{
+    if (!lb->reconnect_timer) {
+        lb->reconnect_timer = malloc(sizeof(*lb->reconnect_timer));
+        if (!lb->reconnect_timer)
+            return; /* capacity() still reconnects; the streams end the VMs */
+        uv_timer_init(lb->b->env.loop, lb->reconnect_timer);
+        lb->reconnect_timer->data = lb;
+    }
+    uv_timer_start(lb->reconnect_timer, on_reconnect_timer, 0, RECONNECT_MS);
+}
+
 static void on_conn_closed(virConnectPtr conn, int reason, void *data)
 {
     (void)conn;
@@ -371,6 +432,12 @@ static void on_conn_closed(virConnectPtr conn, int reason, void *data)
              lb->b->cfg->libvirt.uri,
              reason >= 0 && (size_t)reason < ARRAY_SIZE(reasons) ? reasons[reason] : "unknown");
     log_warn(NULL, "backend %s: %s; reconnecting", lb->b->name, lb->conn_error);
+    /* VMs torn down meanwhile are left on the host */
+    lb->host_lost = true;
+    /* a local VM's channel socket and log file outlive libvirtd */
+    lb->finish_lost = lb->remote;
+    lb->last_retry = al_now_mono_ms(); /* a moment for the host */
+    reconnect_timer_start(lb);
 }
 
 static void lv_disconnect(struct lv_backend *lb)
@@ -387,15 +454,12 @@ static void lv_disconnect(struct lv_backend *lb)
 
 static int lifecycle_cb(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *data);
 
-/* Opens the connection with keepalives, domain events, a close callback and
- * the storage pool. Loop thread. */
-static int lv_connect(struct lv_backend *lb, struct al_error **err)
+/* Subscribes conn (taken) to keepalives, domain events and its close, and
+ * makes sure of the storage pool; then it is lb's connection. Loop thread. */
+static int lv_connect_setup(struct lv_backend *lb, virConnectPtr conn, struct al_error **err)
 {
     const char *uri = lb->b->cfg->libvirt.uri;
-    lb->last_retry = al_now_mono_ms();
-    lb->conn = virConnectOpen(uri);
-    if (!lb->conn)
-        return al_error_set(err, EIO, "connecting to %s: %s", uri, lv_libvirt_msg());
+    lb->conn = conn;
     /* keepalives need the event loop, which runs on our uv loop */
     virConnectSetKeepAlive(lb->conn, 5, 3);
     virConnectRegisterCloseCallback(lb->conn, on_conn_closed, lb, NULL);
@@ -416,22 +480,105 @@ static int lv_connect(struct lv_backend *lb, struct al_error **err)
     return 0;
 }
 
-/* Reconnects a dead connection, at most every 2 s. Returns true when up. */
+/* Opens the connection with keepalives, domain events, a close callback and
+ * the storage pool. Loop thread: at open, where waiting is expected. */
+static int lv_connect(struct lv_backend *lb, struct al_error **err)
+{
+    const char *uri = lb->b->cfg->libvirt.uri;
+    lb->last_retry = al_now_mono_ms();
+    virConnectPtr conn = virConnectOpen(uri);
+    if (!conn)
+        return al_error_set(err, EIO, "connecting to %s: %s", uri, lv_libvirt_msg());
+    return lv_connect_setup(lb, conn, err);
+}
+
+/* A reconnect: virConnectOpen() on the thread pool, since a host that
+ * drops packets holds it for the TCP connect timeout. */
+struct reconnect {
+    struct lv_backend *lb;
+    char *uri;
+    virConnectPtr conn;
+};
+
+static int reconnect_work(void *data, struct al_error **err)
+{
+    struct reconnect *rc = data;
+    rc->conn = virConnectOpen(rc->uri);
+    if (!rc->conn)
+        return al_error_set(err, EIO, "connecting to %s: %s", rc->uri, lv_libvirt_msg());
+    return 0;
+}
+
+static void reconnect_done(void *data, int result, struct al_error *err)
+{
+    struct reconnect *rc = data;
+    struct lv_backend *lb = rc->lb;
+    virConnectPtr conn = TAKE_PTR(rc->conn);
+    free(rc->uri);
+    free(rc);
+    lb->reconnecting = false;
+    if (lb->closing) {
+        if (conn)
+            virConnectClose(conn);
+        al_error_free(err);
+        lv_close_continue(lb);
+        return;
+    }
+    if (result == 0 && lv_connect_setup(lb, conn, &err) == 0) {
+        log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->libvirt.uri);
+        if (lb->reconnect_timer)
+            uv_timer_stop(lb->reconnect_timer);
+        /* what the host kept of the VMs whose jobs ended with the
+         * connection, or whose teardown could not reach it */
+        if (lb->host_lost) {
+            lb->host_lost = false;
+            lv_host_sweep(lb);
+        }
+        return;
+    }
+    snprintf(lb->conn_error, sizeof(lb->conn_error), "%.150s", al_error_message(err));
+    al_error_free(err);
+}
+
+/* True while a worker may use lb->conn, which a reconnect would free. */
+static bool conn_in_use(struct lv_backend *lb)
+{
+    if (lb->clones_running || lb->inject_running)
+        return true;
+    al_list_for_each(v, &lb->vms, struct lv_vm, link) {
+        if (v->worker_busy)
+            return true;
+    }
+    return false;
+}
+
+/* Whether the connection is up; when it is down, starts a reconnect in
+ * the background, at most every RECONNECT_MS. */
 bool lv_ensure_conn(struct lv_backend *lb)
 {
     if (lb->conn && !lb->conn_dead)
         return true;
-    if (al_now_mono_ms() - lb->last_retry < 2000)
+    /* calls on a closed connection fail at once: the workers end soon */
+    uint64_t now = al_now_mono_ms();
+    if (lb->reconnecting || lb->closing || now - lb->last_retry < RECONNECT_MS ||
+        (lb->conn && conn_in_use(lb)))
         return false;
     lv_disconnect(lb);
-    struct al_error *err = NULL;
-    if (lv_connect(lb, &err) < 0) {
-        snprintf(lb->conn_error, sizeof(lb->conn_error), "%.150s", al_error_message(err));
-        al_error_free(err);
-        return false;
+    lb->last_retry = now;
+    struct reconnect *rc = calloc(1, sizeof(*rc));
+    if (rc) {
+        rc->lb = lb;
+        rc->uri = strdup(lb->b->cfg->libvirt.uri);
     }
-    log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->libvirt.uri);
-    return true;
+    if (!rc || !rc->uri ||
+        al_work_queue(lb->b->env.loop, reconnect_work, reconnect_done, rc, NULL) < 0) {
+        if (rc)
+            free(rc->uri);
+        free(rc);
+        return false; /* tried again after RECONNECT_MS */
+    }
+    lb->reconnecting = true;
+    return false;
 }
 
 /* A NIC is opt-in: define the egress filter and learn the network's host
@@ -489,6 +636,8 @@ static void lv_backend_free(struct backend *b)
     lv_disconnect(lb);
     lv_hostinfo_release(lb);
     lv_snapshot_free_all(lb);
+    lv_images_free(lb);
+    pthread_mutex_destroy(&lb->img_lock);
     free(lb->cpu_model);
     free(lb->pool_name);
     free(lb->pool_dir);
@@ -511,6 +660,7 @@ static int lv_open(struct backend *b, struct al_error **err)
     al_list_init(&lb->inject_queue);
     al_list_init(&lb->snap_slots);
     lb->lifecycle_id = -1;
+    pthread_mutex_init(&lb->img_lock, NULL);
     int r;
     virSetErrorFunc(NULL, quiet_libvirt_errors);
 
@@ -519,10 +669,8 @@ static int lv_open(struct backend *b, struct al_error **err)
     } else if (asprintf(&lb->pool_name, "agentlab-%s-%08x", b->name, fnv1a(env->state_dir)) < 0) {
         lb->pool_name = NULL;
     }
-    _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
-    lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
     lb->vms_dir = al_path_join(env->run_dir, "vms");
-    if (!lb->pool_name || !lb->pool_dir || !lb->vms_dir) {
+    if (!lb->pool_name || !lb->vms_dir) {
         r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
         goto fail;
     }
@@ -544,6 +692,17 @@ static int lv_open(struct backend *b, struct al_error **err)
     r = choose_transport(lb, err);
     if (r < 0)
         goto fail;
+    /* another host that shares no files has no state dir of ours: the pool
+     * goes where libvirt keeps its images there */
+    _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
+    if (lb->remote && libvirt_uri_is_remote(b->cfg->libvirt.uri))
+        lb->pool_dir = al_path_join(REMOTE_POOL_ROOT, lb->pool_name);
+    else
+        lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
+    if (!lb->pool_dir) {
+        r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
+        goto fail;
+    }
     r = lv_connect(lb, err);
     if (r < 0)
         goto fail;
@@ -568,7 +727,7 @@ fail:
 
 static bool has_makers(struct lv_backend *lb)
 {
-    if (lb->clones_running)
+    if (lb->clones_running || lb->host_sweep_running || lb->reconnecting)
         return true;
     al_list_for_each(v, &lb->vms, struct lv_vm, link) {
         if (v->snap_maker)
@@ -614,6 +773,8 @@ static void lv_close(struct backend *b, void (*done)(void *data), void *data)
             uv_close((uv_handle_t *)lb->inject_timer, lv_on_inject_timer_closed);
         if (lb->snap_timer)
             uv_close((uv_handle_t *)lb->snap_timer, lv_on_inject_timer_closed); /* frees */
+        if (lb->reconnect_timer)
+            uv_close((uv_handle_t *)lb->reconnect_timer, on_reconnect_timer_closed);
         lv_backend_free(b);
     }
     if (done)

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <libvirt/libvirt.h>
 #include <stdarg.h>
 #include <libvirt/virterror.h>
@@ -38,6 +39,12 @@
 #include "provision/snapshot_manifest.h"
 
 #define CONNECT_TIMEOUT_MS 15000
+/* a lost connection is retried this often */
+#define RECONNECT_MS 2000
+/* a job whose image is being uploaded for another job looks again after */
+#define IMAGES_WAIT_MS 250
+/* the parent of a remote host's storage pool directory (libvirt's own) */
+#define REMOTE_POOL_ROOT   "/var/lib/libvirt/images"
 #define CONSOLE_TAIL_BYTES 1500
 /* inject = guestfs: overlays ready within this window share one libguestfs
  * appliance (its launch is seconds, the window a rounding error) */
@@ -69,6 +76,19 @@ struct lv_backend {
     uint64_t last_retry; /* ms, of the last reconnect attempt */
     char conn_error[160];
     char health[160];
+    /* retries the connection while it is down; heap: closes after lb */
+    uv_timer_t *reconnect_timer;
+    /* the connection was lost; the reconnect sweeps what the host kept of
+     * our VMs (teardowns meanwhile fail), and that sweep is running */
+    bool host_lost;
+    bool finish_lost;  /* its VMs are yet to be ended (reconnect timer) */
+    bool reconnecting; /* a virConnectOpen() runs on the thread pool */
+    bool host_sweep_running;
+    /* remote transport: the image files' checksums (libvirt_images.c),
+     * and one upload at a time into the pool; both under img_lock */
+    pthread_mutex_t img_lock;
+    struct lv_file_sum *sums;
+    size_t n_sums;
     /* inject = guestfs: overlays waiting for the next shared appliance */
     struct al_list inject_queue; /* of lv_vm.inject_link, FIFO */
     uv_timer_t *inject_timer;    /* the coalescing window; heap: closes after lb */
@@ -102,7 +122,15 @@ struct lv_vm {
     char *vol_path;
     /* remote transport */
     char *seed_vol_name;
-    char *seed_vol_path;      /* the uploaded seed's path on the host */
+    char *seed_vol_path; /* the uploaded seed's path on the host */
+    /* the image's volumes on the host: the overlay's backing file and
+     * the direct boot's kernel and initrd (NULL: the image's local files) */
+    char *host_disk;
+    char *host_kernel;
+    char *host_initrd;
+    bool images_busy;         /* the worker found another job's upload running */
+    bool images_wait;         /* ... and hb_timer queues it again */
+    bool images_told;         /* ... which the job's log says once */
     virStreamPtr chan_stream; /* opened by the start worker, until the channel takes it */
     virStreamPtr con_stream;  /* ... until the console copier takes it */
     struct lv_console *console;
@@ -164,7 +192,8 @@ void lv_note_throttling(struct lv_vm *v);
 void lv_finish(struct lv_vm *v, enum vm_outcome outcome, int exit_code, const char *fmt, ...)
         _printf_(4, 5);
 void lv_phase(struct lv_vm *v, enum vm_phase p);
-/* Reconnects when the connection is down; false while it stays down. */
+/* True when the connection is up; when down, starts reconnecting in the
+ * background (at most every RECONNECT_MS) and returns false. */
 bool lv_ensure_conn(struct lv_backend *lb);
 /* A close waiting for VMs of the backend's own: finishes it once none is
  * left. */
@@ -198,6 +227,21 @@ int lv_open_streams(struct lv_vm *v, struct al_error **err);
 int lv_console_start(struct lv_vm *v, struct al_error **err);
 /* Loop: stops copying and releases every stream v still holds. */
 void lv_streams_stop(struct lv_vm *v);
+
+/* libvirt_images.c */
+/* Worker, remote transport: makes sure the host's pool holds v's image
+ * (disk, kernel, initrd) as volumes, uploading what is missing or changed
+ * (by sha256, computed here once per file version), and sets v->host_disk,
+ * v->host_kernel and v->host_initrd to their paths on the host. Uploads
+ * into one pool run one at a time: while another runs, returns 0 at once
+ * with v->images_busy set, and the caller tries again later. */
+int lv_images_ensure(struct lv_vm *v, struct al_error **err);
+/* Frees the checksum cache (backend close). */
+void lv_images_free(struct lv_backend *lb);
+/* Loop: the connection came back after it was lost:
+ * destroys the domains of ours the host kept and deletes their overlay and
+ * seed volumes (VMs of no live attempt of this backend). */
+void lv_host_sweep(struct lv_backend *lb);
 
 /* libvirt_snapshot.c */
 /* Reads what snapshots depend on from the connection (QEMU and libvirt

@@ -12,6 +12,12 @@ int lv_ensure_pool(struct lv_backend *lb, struct al_error **err)
     return libvirt_pool_ensure(lb->conn, lb->pool_name, lb->pool_dir, !lb->remote, err);
 }
 
+/* The golden disk the overlay is backed by: its volume on a remote host. */
+static const char *image_disk(const struct lv_vm *v)
+{
+    return v->host_disk ? v->host_disk : v->image->disk;
+}
+
 /* Creates v's overlay volume on backing (the image, or a snapshot's base). */
 static int create_overlay(struct lv_vm *v, const char *backing, struct al_error **err)
 {
@@ -48,8 +54,9 @@ static int build_domain_xml(struct lv_vm *v, struct al_error **err)
             .emulator = *lb->b->cfg->libvirt.emulator ? lb->b->cfg->libvirt.emulator : NULL,
             .vcpus = v->req.cpus,
             .memory = v->req.memory,
-            .kernel = v->image->kernel,
-            .initrd = v->image->initrd,
+            /* remote: the volumes of the host's pool */
+            .kernel = v->host_kernel ? v->host_kernel : v->image->kernel,
+            .initrd = v->host_initrd ? v->host_initrd : v->image->initrd,
             .cmdline = v->cmdline,
             .disk_path = v->vol_path,
             .disk_format = "qcow2",
@@ -84,8 +91,8 @@ int lv_provision_work(void *data, struct al_error **err)
     /* the owner file lets gc attribute leftovers of a VM that never got a domain */
     _cleanup_free_ char *owner_path = al_path_join(v->run_dir, "owner");
     _cleanup_free_ char *owner_line = NULL;
-    if (!owner_path ||
-        asprintf(&owner_line, "%s %s %d\n", lb->b->env.owner_id, v->req.job_id, v->req.attempt) < 0)
+    if (!owner_path || asprintf(&owner_line, "%s %s %d %s\n", lb->b->env.owner_id, v->req.job_id,
+                                v->req.attempt, lb->b->name) < 0)
         return al_error_set(err, ENOMEM, "owner file");
     r = al_write_file_atomic(owner_path, owner_line, strlen(owner_line), 0644, err);
     if (r < 0)
@@ -95,8 +102,14 @@ int lv_provision_work(void *data, struct al_error **err)
     r = lv_ensure_pool(lb, err);
     if (r < 0)
         return r;
+    /* remote: nothing of this host's filesystem, also not the image */
+    if (lb->remote) {
+        r = lv_images_ensure(v, err);
+        if (r < 0 || v->images_busy)
+            return r; /* busy: lv_on_provisioned queues this again */
+    }
     /* a restore's disk is an overlay on the snapshot's frozen base */
-    r = create_overlay(v, v->restore && v->snap ? lv_snapshot_base(v->snap) : v->image->disk, err);
+    r = create_overlay(v, v->restore && v->snap ? lv_snapshot_base(v->snap) : image_disk(v), err);
     if (r < 0)
         return r;
     /* read on the loop thread only after this work item completed */
@@ -131,7 +144,7 @@ int lv_boot_instead(struct lv_vm *v, struct al_error **err)
     free(v->vol_path);
     v->vol_path = NULL;
     v->restore = false;
-    int r = create_overlay(v, v->image->disk, err);
+    int r = create_overlay(v, image_disk(v), err);
     return r < 0 ? r : build_domain_xml(v, err);
 }
 
@@ -364,11 +377,39 @@ static void inject_queue(struct lv_vm *v)
         uv_timer_start(lb->inject_timer, on_inject_window, INJECT_WINDOW_MS, 0);
 }
 
+static void on_images_wait(uv_timer_t *t)
+{
+    struct lv_vm *v = t->data;
+    v->images_wait = false;
+    if (v->finished) {
+        /* lost with its host meanwhile: the owner's destroy goes on */
+        v->worker_busy = false;
+        return;
+    }
+    if (al_work_queue(v->lb->b->env.loop, lv_provision_work, lv_on_provisioned, v, NULL) < 0) {
+        v->worker_busy = false;
+        lv_finish(v, VM_INFRA_ERROR, 0, "queueing provisioning failed");
+    }
+}
+
 void lv_on_provisioned(void *data, int result, struct al_error *err)
 {
     struct lv_vm *v = data;
     if (!worker_done(v, result, err))
         return;
+    if (v->images_busy) {
+        /* the heartbeat timer is idle until the VM starts; destroy stops
+         * it and goes on (images_wait) */
+        if (!v->images_told)
+            log_info(v->req.job_id, "backend %s: waiting for another job's upload of image %s",
+                     v->lb->b->name, v->image->name);
+        v->images_busy = false;
+        v->images_told = true;
+        v->images_wait = true;
+        v->worker_busy = true;
+        uv_timer_start(&v->hb_timer, on_images_wait, IMAGES_WAIT_MS, 0);
+        return;
+    }
     if (v->inject == INJECT_GUESTFS && !v->injected) {
         inject_queue(v);
         return;

@@ -1,6 +1,7 @@
 /* The libvirt backend's teardown: destroying a VM at any phase with all it
  * owns, and finding and removing owned leftovers after a restart. */
 #include "provision/libvirt_priv.h"
+#include "provision/libvirt_upload.h"
 
 /* ------------------------------------------------------------ teardown */
 
@@ -38,8 +39,14 @@ static int teardown_work(void *data, struct al_error **err)
         return al_error_set(err, ENOTCONN,
                             "no connection to libvirtd; %s is left for the next sweep",
                             t->dom_name ? t->dom_name : "the VM");
-    if (!t->dom && t->dom_name)
+    if (!t->dom && t->dom_name) {
         t->dom = virDomainLookupByName(t->conn, t->dom_name);
+        /* a host that does not answer keeps the run dir's owner file, by
+         * which the next sweep finds the VM */
+        if (!t->dom && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN)
+            return al_error_set(err, ENOTCONN, "looking up %s: %s; it is left for the next sweep",
+                                t->dom_name, lv_libvirt_msg());
+    }
     if (t->dom && t->must_be_ours) {
         char *meta = virDomainGetMetadata(t->dom, VIR_DOMAIN_METADATA_ELEMENT, AL_XML_NS, 0);
         bool ours = meta != NULL;
@@ -117,6 +124,9 @@ static void vm_free(struct lv_vm *v)
     free(v->vol_path);
     free(v->seed_vol_name);
     free(v->seed_vol_path);
+    free(v->host_disk);
+    free(v->host_kernel);
+    free(v->host_initrd);
     free(v->meta_data);
     free(v->user_data);
     free(v->domain_xml);
@@ -176,10 +186,10 @@ void lv_destroy_continue(struct lv_vm *v)
 {
     lv_streams_stop(v); /* no worker holds v now */
     struct vm_teardown *vt = calloc(1, sizeof(*vt));
-    lv_ensure_conn(v->lb);
+    bool up = lv_ensure_conn(v->lb);
     if (vt) {
         vt->v = v;
-        vt->t.conn = v->lb->conn;
+        vt->t.conn = up ? v->lb->conn : NULL;
         if (vt->t.conn)
             virConnectRef(vt->t.conn);
         vt->t.dom = TAKE_PTR(v->dom);
@@ -268,6 +278,11 @@ static int list_work(void *data, struct al_error **err)
         for (int i = 0; i < nv; i++) {
             const char *vn = virStorageVolGetName(vols[i]);
             size_t len = strlen(vn);
+            /* the golden images' volumes share the prefix; kept */
+            if (image_vol_classify(vn, NULL) != IMAGE_VOL_NOT_OURS) {
+                virStorageVolFree(vols[i]);
+                continue;
+            }
             /* overlays, and the seeds of the remote transport */
             static const char *const suffixes[] = {".qcow2", AL_SEED_VOL_SUFFIX};
             for (size_t k = 0; k < ARRAY_SIZE(suffixes); k++) {
@@ -293,23 +308,26 @@ static int list_work(void *data, struct al_error **err)
         while ((de = readdir(d))) {
             if (strncmp(de->d_name, AL_DOMAIN_PREFIX, strlen(AL_DOMAIN_PREFIX)) != 0)
                 continue;
-            struct owned_vm *o = owned_get(c, de->d_name);
-            if (!o || o->owner)
-                continue;
             _cleanup_free_ char *dir = al_path_join(c->vms_dir, de->d_name);
             _cleanup_free_ char *path = dir ? al_path_join(dir, "owner") : NULL;
             _cleanup_free_ char *text = NULL;
             struct al_error *rerr = NULL;
-            if (path && al_read_file(path, 4096, &text, NULL, &rerr) == 0) {
-                char owner[256], job[128];
-                int attempt = 0;
-                if (sscanf(text, "%255s %127s %d", owner, job, &attempt) == 3) {
-                    o->owner = strdup(owner);
-                    o->job_id = strdup(job);
-                    o->attempt = attempt;
-                }
-            }
+            char owner[256], job[128], backend[128];
+            int attempt = 0, fields = 0;
+            if (path && al_read_file(path, 4096, &text, NULL, &rerr) == 0)
+                fields = sscanf(text, "%255s %127s %d %127s", owner, job, &attempt, backend);
             al_error_free(rerr);
+            /* the run dirs of all the daemon's libvirt backends share
+             * vms_dir: another backend's are its own to sweep (a file
+             * without a backend's name is of an older agentlabd) */
+            if (fields == 4 && !streq(backend, c->lb->b->name))
+                continue;
+            struct owned_vm *o = owned_get(c, de->d_name);
+            if (!o || o->owner || fields < 3)
+                continue;
+            o->owner = strdup(owner);
+            o->job_id = strdup(job);
+            o->attempt = attempt;
         }
         closedir(d);
     }
@@ -430,4 +448,84 @@ int lv_destroy_owned(struct backend *b, const char *name, backend_done_cb done, 
         free(od);
     }
     return r;
+}
+
+/* ------------------------------------------ after the host came back */
+
+struct host_sweep {
+    struct lv_backend *lb;
+    unsigned pending; /* destroys under way, plus one while listing */
+    unsigned destroyed;
+    unsigned failed;
+};
+
+static void host_sweep_step(struct host_sweep *hs)
+{
+    if (--hs->pending > 0)
+        return;
+    struct lv_backend *lb = hs->lb;
+    if (hs->destroyed || hs->failed)
+        log_info(NULL, "backend %s: the host kept %u VMs of ours; removed %u%s", lb->b->name,
+                 hs->destroyed + hs->failed, hs->destroyed,
+                 hs->failed ? " (the rest at the next sweep)" : "");
+    lb->host_sweep_running = false;
+    free(hs);
+    lv_close_continue(lb);
+}
+
+static void on_host_leftover_destroyed(int result, const struct al_error *err, void *data)
+{
+    struct host_sweep *hs = data;
+    if (result < 0) {
+        hs->failed++;
+        log_warn(NULL, "backend %s: removing a VM the host kept: %s", hs->lb->b->name,
+                 al_error_message(err));
+    } else {
+        hs->destroyed++;
+    }
+    host_sweep_step(hs);
+}
+
+static void on_host_listed(int result, struct owned_vm *vms, size_t n, const struct al_error *err,
+                           void *data)
+{
+    struct host_sweep *hs = data;
+    struct lv_backend *lb = hs->lb;
+    if (result < 0)
+        log_warn(NULL, "backend %s: listing what the host kept: %s", lb->b->name,
+                 al_error_message(err));
+    for (size_t i = 0; i < n && !lb->closing; i++) {
+        /* ours: made by this process (a domain's metadata or the run dir's
+         * owner file), or an overlay or seed in this backend's pool that
+         * nothing claims; never a VM of a live attempt (lv_destroy_owned
+         * refuses those) */
+        const struct owned_vm *o = &vms[i];
+        if (o->owner && !streq(o->owner, lb->b->env.owner_id))
+            continue;
+        if (lv_find_vm(lb, o->name))
+            continue;
+        hs->pending++;
+        if (lv_destroy_owned(lb->b, o->name, on_host_leftover_destroyed, hs) < 0) {
+            hs->pending--;
+            hs->failed++;
+        }
+    }
+    owned_vm_array_free(vms, n);
+    host_sweep_step(hs);
+}
+
+void lv_host_sweep(struct lv_backend *lb)
+{
+    if (lb->host_sweep_running || lb->closing)
+        return;
+    struct host_sweep *hs = calloc(1, sizeof(*hs));
+    if (!hs)
+        return; /* the engine's periodic sweep finds them */
+    hs->lb = lb;
+    hs->pending = 1;
+    lb->host_sweep_running = true;
+    if (lv_list_owned(lb->b, on_host_listed, hs) < 0) {
+        lb->host_sweep_running = false;
+        free(hs);
+    }
 }

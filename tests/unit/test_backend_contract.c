@@ -696,6 +696,70 @@ static void test_libvirt_seed_volume_leftover(void **state)
     virConnectClose(conn);
 }
 
+/* libvirt: what the daemon's other backends own is not this one's to list
+ * (and so to destroy): a run dir whose owner file names another backend
+ * (all libvirt backends share run_dir/vms), and a golden image's volume in
+ * the pool (it shares the domains' prefix). A run dir that names this
+ * backend is its leftover. */
+static void test_libvirt_leftovers_of_others(void **state)
+{
+    struct ctx *c = *state;
+    virConnectPtr conn = virConnectOpen("test:///default");
+    assert_non_null(conn);
+    virStoragePoolPtr *pools = NULL;
+    int np = virConnectListAllStoragePools(conn, &pools, 0);
+    virStoragePoolPtr pool = NULL;
+    for (int i = 0; i < np; i++) {
+        if (!pool && strncmp(virStoragePoolGetName(pools[i]), "agentlab-", 9) == 0)
+            pool = pools[i];
+        else
+            virStoragePoolFree(pools[i]);
+    }
+    free(pools);
+    assert_non_null(pool);
+    static const char img_xml[] =
+            "<volume><name>agentlab-img-micro-disk-0123456789abcdef.qcow2</name>"
+            "<capacity unit='bytes'>4096</capacity></volume>";
+    virStorageVolPtr vol = virStorageVolCreateXML(pool, img_xml, 0);
+    assert_non_null(vol);
+
+    struct al_error *err = NULL;
+    const char *owners[][2] = {{"jotherbe", "elsewhere"}, {"jthisbe", c->b->name}};
+    char *dirs[2];
+    for (size_t i = 0; i < 2; i++) {
+        char name[160], line[512];
+        assert_int_equal(c->b->ops->vm_name(c->b, owners[i][0], 1, name, sizeof(name)), 0);
+        char *vms = joined(c->run_dir, "vms");
+        dirs[i] = joined(vms, name);
+        free(vms);
+        assert_int_equal(al_mkdir_p(dirs[i], 0711, &err), 0);
+        char *owner = joined(dirs[i], "owner");
+        snprintf(line, sizeof(line), "%s %s 1 %s\n", c->b->env.owner_id, owners[i][0],
+                 owners[i][1]);
+        assert_int_equal(al_write_file_atomic(owner, line, strlen(line), 0644, &err), 0);
+        free(owner);
+    }
+    /* only this backend's run dir */
+    assert_int_equal(owned_count(c), 1);
+
+    struct done_result d = {0};
+    char name[160];
+    assert_int_equal(c->b->ops->vm_name(c->b, "jthisbe", 1, name, sizeof(name)), 0);
+    assert_int_equal(c->b->ops->destroy_owned(c->b, name, on_done, &d), 0);
+    assert_true(test_run_until(&c->loop, &d.called, 20000));
+    assert_int_equal(d.result, 0);
+    assert_int_equal(owned_count(c), 0);
+    assert_int_equal(access(dirs[1], F_OK), -1);
+    assert_int_equal(access(dirs[0], F_OK), 0); /* the other backend's stays */
+    assert_int_equal(al_rm_rf(dirs[0], &err), 0);
+    free(dirs[0]);
+    free(dirs[1]);
+    virStorageVolDelete(vol, 0);
+    virStorageVolFree(vol);
+    virStoragePoolFree(pool);
+    virConnectClose(conn);
+}
+
 static const struct CMUnitTest helpers[] = {
         cmocka_unit_test(test_vm_image_dup),
 };
@@ -718,6 +782,7 @@ static const struct CMUnitTest contract[] = {CONTRACT_TESTS};
 static const struct CMUnitTest libvirt_contract[] = {
         CONTRACT_TESTS,
         cmocka_unit_test(test_libvirt_seed_volume_leftover),
+        cmocka_unit_test(test_libvirt_leftovers_of_others),
 };
 
 int main(void)
