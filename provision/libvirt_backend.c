@@ -694,11 +694,13 @@ static int lv_open(struct backend *b, struct al_error **err)
         goto fail;
     /* another host that shares no files has no state dir of ours: the pool
      * goes where libvirt keeps its images there */
-    _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
-    if (lb->remote && libvirt_uri_is_remote(b->cfg->libvirt.uri))
+    if (lb->remote && libvirt_uri_is_remote(b->cfg->libvirt.uri)) {
         lb->pool_dir = al_path_join(REMOTE_POOL_ROOT, lb->pool_name);
-    else
+    } else {
+        /* a block of its own: the gotos below must not jump into its scope */
+        _cleanup_free_ char *pools = al_path_join(env->state_dir, "pools");
         lb->pool_dir = pools ? al_path_join(pools, b->name) : NULL;
+    }
     if (!lb->pool_dir) {
         r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
         goto fail;

@@ -446,7 +446,7 @@ void eng_schedule(struct engine *e)
                     before = false;
                 if (!reasons[i][0])
                     continue;
-                snprintf(slots[i]->last_fallback, sizeof(slots[i]->last_fallback), "%s",
+                snprintf(slots[i]->last_fallback, sizeof(slots[i]->last_fallback), "%.159s",
                          reasons[i]);
                 bool passed = to_fallback_tier ? slots[i]->cfg->type != BACKEND_PROXMOX || before
                                                : before;
