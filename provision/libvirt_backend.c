@@ -629,6 +629,37 @@ static int choose_transport(struct lv_backend *lb, struct al_error **err)
     return 0;
 }
 
+/* The accelerator of another host (a network URI): KVM when that host's
+ * libvirt offers KVM domains for its QEMU, else TCG with libvirt's reason.
+ * It cannot be proven by booting a kernel there as the local probe does;
+ * the boot watchdog turns KVM down for this backend alone when a guest
+ * shows no sign of life (see boot_watchdog() in libvirt_channel.c). */
+static int host_accel_decide(struct lv_backend *lb, struct al_error **err)
+{
+    struct accel_result *a = &lb->accel;
+    const char *name = lb->b->name;
+    memset(a, 0, sizeof(*a));
+    if (lb->b->cfg->libvirt.accel == ACCEL_TCG) {
+        a->kind = ACCEL_KIND_TCG;
+        snprintf(a->reason, sizeof(a->reason), "accel = tcg in the configuration");
+        return 0;
+    }
+    char *caps = virConnectGetDomainCapabilities(lb->conn, NULL, "x86_64", NULL, "kvm", 0);
+    if (caps) {
+        free(caps);
+        a->kind = ACCEL_KIND_KVM;
+        log_info(NULL, "backend %s: the host's libvirt offers KVM; VMs there run under KVM", name);
+        return 0;
+    }
+    if (lb->b->cfg->libvirt.accel == ACCEL_KVM)
+        return al_error_set(err, ENODEV, "backend %s: accel = kvm, but the host offers no KVM: %s",
+                            name, lv_libvirt_msg());
+    a->kind = ACCEL_KIND_TCG;
+    snprintf(a->reason, sizeof(a->reason), "the host offers no KVM: %.200s", lv_libvirt_msg());
+    log_warn(NULL, "backend %s: %s; VMs there run under TCG software emulation", name, a->reason);
+    return 0;
+}
+
 /* Disconnects and frees the backend's private part. */
 static void lv_backend_free(struct backend *b)
 {
@@ -678,15 +709,21 @@ static int lv_open(struct backend *b, struct al_error **err)
     if (r < 0)
         goto fail;
 
-    struct accel_probe_opts ao = {.mode = b->cfg->libvirt.accel, .cache_dir = env->run_dir};
-    r = accel_probe(&ao, &lb->accel, err);
-    if (r < 0)
-        goto fail;
-    /* said once per boot of the host: whoever probed first says it */
-    if (lb->accel.kind == ACCEL_KIND_TCG && b->cfg->libvirt.accel == ACCEL_AUTO &&
-        !lb->accel.from_cache)
-        log_warn(NULL, "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
-                 b->name, lb->accel.reason);
+    /* this machine's KVM says nothing of another host's: that one is asked
+     * once connected (host_accel_decide()) */
+    lb->host_accel = libvirt_uri_is_remote(b->cfg->libvirt.uri);
+    if (!lb->host_accel) {
+        struct accel_probe_opts ao = {.mode = b->cfg->libvirt.accel, .cache_dir = env->run_dir};
+        r = accel_probe(&ao, &lb->accel, err);
+        if (r < 0)
+            goto fail;
+        /* said once per boot of the host: whoever probed first says it */
+        if (lb->accel.kind == ACCEL_KIND_TCG && b->cfg->libvirt.accel == ACCEL_AUTO &&
+            !lb->accel.from_cache)
+            log_warn(NULL,
+                     "backend %s: KVM is not usable (%s); VMs run under TCG software emulation",
+                     b->name, lb->accel.reason);
+    }
 
     /* before connecting: the pool is made by the host when it is remote */
     r = choose_transport(lb, err);
@@ -717,9 +754,24 @@ static int lv_open(struct backend *b, struct al_error **err)
     lv_snapshot_probe(lb);
 
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t host_mem = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    if (lb->host_accel) {
+        r = host_accel_decide(lb, err);
+        if (r < 0)
+            goto fail;
+        /* the defaults are that host's CPUs and 80% of its memory */
+        virNodeInfo ni;
+        if (virNodeGetInfo(lb->conn, &ni) == 0 && ni.cpus > 0 && ni.memory > 0) {
+            cpus = (long)ni.cpus;
+            host_mem = (uint64_t)ni.memory << 10;
+        } else if (b->cfg->vcpus <= 0 || b->cfg->memory <= 0) {
+            r = al_error_set(err, EIO, "backend %s: reading the host's CPUs and memory: %s",
+                             b->name, lv_libvirt_msg());
+            goto fail;
+        }
+    }
     lb->vcpus = b->cfg->vcpus > 0 ? b->cfg->vcpus : (int)(cpus > 0 ? cpus : 1);
-    lb->memory = b->cfg->memory > 0 ? b->cfg->memory : (uint64_t)pages * (uint64_t)page / 10u * 8u;
+    lb->memory = b->cfg->memory > 0 ? b->cfg->memory : host_mem / 10u * 8u;
     lb->max_vms = b->cfg->max_vms > 0 ? b->cfg->max_vms : lb->vcpus;
     return 0;
 fail:

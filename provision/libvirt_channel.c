@@ -240,7 +240,7 @@ const struct channel_ops lv_channel_ops = {
 /* What the verdict is now: a watchdog may have turned KVM down since. */
 enum accel_kind lv_accel_now(struct lv_backend *lb)
 {
-    if (lb->b->cfg->libvirt.accel == ACCEL_AUTO) {
+    if (lb->b->cfg->libvirt.accel == ACCEL_AUTO && !lb->host_accel) {
         struct accel_probe_opts o = {.mode = ACCEL_AUTO, .cache_dir = lb->b->env.run_dir};
         struct accel_result r;
         if (accel_probe(&o, &r, NULL) == 0)
@@ -301,7 +301,17 @@ static bool boot_watchdog(struct lv_vm *v)
              "output on its console, no hello from its helper)",
              bound_s, v->accel == ACCEL_KIND_KVM ? "KVM" : "TCG");
     bool forced_kvm = bc->libvirt.accel == ACCEL_KVM;
-    if (v->accel == ACCEL_KIND_KVM && !forced_kvm) {
+    if (v->accel == ACCEL_KIND_KVM && !forced_kvm && v->lb->host_accel) {
+        /* another host's KVM: this backend alone turns it down */
+        if (v->lb->accel.kind == ACCEL_KIND_KVM) {
+            v->lb->accel.kind = ACCEL_KIND_TCG;
+            snprintf(v->lb->accel.reason, sizeof(v->lb->accel.reason), "%s", reason);
+            log_warn(v->req.job_id,
+                     "backend %s: KVM is not usable on that host (%s); VMs there run under TCG "
+                     "software emulation from now on",
+                     v->lb->b->name, reason);
+        }
+    } else if (v->accel == ACCEL_KIND_KVM && !forced_kvm) {
         if (accel_mark_kvm_unusable(v->lb->b->env.run_dir, reason))
             log_warn(v->req.job_id,
                      "backend %s: KVM is not usable (%s); VMs run under TCG software emulation "

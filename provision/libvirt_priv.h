@@ -63,6 +63,9 @@ struct lv_backend {
      * console are libvirt streams, the seed a volume in the pool */
     bool remote;
     struct accel_result accel;
+    /* accel describes another machine (a network URI): decided from that
+     * host's libvirt, never from this machine's probe or its cache file */
+    bool host_accel;
     char *pool_name;
     char *pool_dir;
     char *vms_dir; /* <run_dir>/vms */

@@ -185,9 +185,33 @@ static bool worker_done(struct lv_vm *v, int result, struct al_error *err)
     return true;
 }
 
+/* Another host's KVM (accel = auto, host_accel) that cannot start a guest
+ * at all (QEMU aborts, e.g. "failed to set MSR"): this backend runs its VMs
+ * under TCG from now on, and the job is retried once without using up an
+ * attempt, as after the boot watchdog. */
+static void host_kvm_start_failed(struct lv_vm *v, const char *msg)
+{
+    struct lv_backend *lb = v->lb;
+    if (!lb->host_accel || v->restore || v->accel != ACCEL_KIND_KVM ||
+        lb->b->cfg->libvirt.accel != ACCEL_AUTO)
+        return;
+    v->result.silent_boot = true;
+    if (lb->accel.kind != ACCEL_KIND_KVM)
+        return;
+    lb->accel.kind = ACCEL_KIND_TCG;
+    snprintf(lb->accel.reason, sizeof(lb->accel.reason), "a KVM guest could not start: %.200s",
+             msg);
+    log_warn(v->req.job_id,
+             "backend %s: KVM is not usable on that host (%s); VMs there run under TCG software "
+             "emulation from now on",
+             lb->b->name, lb->accel.reason);
+}
+
 static void on_started(void *data, int result, struct al_error *err)
 {
     struct lv_vm *v = data;
+    if (result < 0 && !v->destroying)
+        host_kvm_start_failed(v, al_error_message(err));
     if (!worker_done(v, result, err))
         return;
     v->t_started = al_now_mono_ms();

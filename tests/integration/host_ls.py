@@ -165,6 +165,14 @@ def main():
         check(h["transport"] == "remote" and h["uri"] == uri, "h2: transport remote, its URI")
         check(h["reachable"] is True and h["error"] is None, "h2: reachable")
         check(h["max_vms"] == 1, "h2: capacity")
+        # that host's accelerator and size come from its libvirt, not from
+        # this machine's probe (the host is this machine here, so its CPUs
+        # are ours; KVM when its libvirt offers KVM domains)
+        check(h["vcpus"] == os.cpu_count() and h["memory"] > 0,
+              "h2: the host's CPUs and memory: %s vCPUs" % h["vcpus"])
+        check(h["accel"] == "kvm" or (h["accel"] == "tcg" and
+                                      h["accel_reason"].startswith("the host offers no KVM")),
+              "h2: accelerator from the host's libvirt: %s (%s)" % (h["accel"], h["accel_reason"]))
         check(h["images_source"] == "host storage pool" and h["images_error"] is None,
               "h2: images read from its pool")
         got = [(i["name"], i["role"], i["sha256"], i["size"], i["volume"]) for i in h["images"]]
