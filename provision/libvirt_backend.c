@@ -209,8 +209,8 @@ static int lv_vm_name(struct backend *b, const char *job_id, int attempt, char *
     return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
-static int lv_launch(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
-                     void *ev_data, struct vm **ret_vm, struct al_error **err)
+int lv_launch_vm(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
+                 void *ev_data, bool snap_maker, struct vm **ret_vm, struct al_error **err)
 {
     struct lv_backend *lb = b->priv;
     if (!al_name_is_valid(req->job_id))
@@ -235,6 +235,7 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     if (lb->remote && v->inject == INJECT_GUESTFS)
         v->inject = INJECT_SEED;
     v->snap_fb = -1;
+    v->snap_maker = snap_maker;
     v->t0 = al_now_mono_ms();
     v->accel = lv_accel_now(lb);
     snprintf(v->result.accel, sizeof(v->result.accel), "%s", accel_kind_name(v->accel));
@@ -282,8 +283,12 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
     }
     /* a warm VM's helper is started by agentlab-guest.service, which runs
      * only with agentlab.warm=1 on the kernel command line */
-    if (asprintf(&v->cmdline, "%s%s", v->image->cmdline ? v->image->cmdline : "",
-                 req->warm ? " agentlab.warm=1" : "") < 0) {
+    /* a snapshot's guest zeroes the pages it frees: QEMU saves a zero page
+     * as a flag, so the state holds the memory in use, not all the memory
+     * the boot ever touched (the decompressed initrd, the boot's page
+     * cache); every restore reads and loads less */
+    if (asprintf(&v->cmdline, "%s%s%s", v->image->cmdline ? v->image->cmdline : "",
+                 req->warm ? " agentlab.warm=1" : "", snap_maker ? " init_on_free=1" : "") < 0) {
         v->cmdline = NULL;
         r = al_error_set(err, ENOMEM, "kernel command line");
         goto fail;
@@ -313,6 +318,12 @@ static int lv_launch(struct backend *b, const struct vm_request *req, const stru
 fail:
     uv_close((uv_handle_t *)&v->hb_timer, lv_on_hb_timer_closed);
     return r;
+}
+
+static int lv_launch(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
+                     void *ev_data, struct vm **ret_vm, struct al_error **err)
+{
+    return lv_launch_vm(b, req, ev, ev_data, false, ret_vm, err);
 }
 
 static void lv_capacity(struct backend *b, struct backend_capacity *ret)

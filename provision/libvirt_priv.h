@@ -186,6 +186,10 @@ static inline uint64_t lv_since_ms(const struct lv_vm *v)
 }
 
 /* libvirt_backend.c */
+/* The backend's launch(); snap_maker: the VM boots to be saved as a
+ * memory snapshot (its kernel zeroes freed pages, so the state is small). */
+int lv_launch_vm(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
+                 void *ev_data, bool snap_maker, struct vm **ret_vm, struct al_error **err);
 struct lv_vm *lv_find_vm(struct lv_backend *lb, const char *name);
 /* The last CONSOLE_TAIL_BYTES of the console log, or NULL. */
 char *lv_console_tail(const struct lv_vm *v);

@@ -469,7 +469,7 @@ static void maker_start(struct lv_backend *lb, struct lv_snap_slot *s, const str
     };
     struct vm *vm = NULL;
     struct al_error *err = NULL;
-    if (lb->b->ops->launch(lb->b, &req, &maker_events, mk, &vm, &err) < 0) {
+    if (lv_launch_vm(lb->b, &req, &maker_events, mk, true, &vm, &err) < 0) {
         log_warn(NULL, "backend %s: cannot make a snapshot of %s: %s", lb->b->name, mk->image.name,
                  al_error_message(err));
         al_error_free(err);
@@ -477,7 +477,6 @@ static void maker_start(struct lv_backend *lb, struct lv_snap_slot *s, const str
         return;
     }
     mk->v = container_of(vm, struct lv_vm, base);
-    mk->v->snap_maker = true;
     mk->v->snap = s;
     s->maker = mk->v;
     s->loaded = false;

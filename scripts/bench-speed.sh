@@ -4,9 +4,9 @@
 #  1. agentlab run started -> the workload's first output line: cold (agentlab run), warm
 #     (a daemon with warm = 1), snapshot (a daemon with start = snapshot and no
 #     warm pool; plus the host-side cost of one restore, virDomainRestoreFlags,
-#     and what making the snapshot cost), and the shell-recipe baseline (qemu-img
-#     create -b + genisoimage + virsh create + waiting for a runcmd line on
-#     the serial console)
+#     the guest's part after it, and what making the snapshot cost), and the
+#     shell-recipe baseline (qemu-img create -b + genisoimage + virsh create +
+#     waiting for a runcmd line on the serial console)
 #  2. host-side provisioning of a cold job (accepted -> domain started), split
 #     into libvirt's own domain-create call and everything agentlab does
 #  3. total job time against a bare `virsh create` of the same image running
@@ -148,7 +148,7 @@ i=0
 while [ $i -lt "$n" ]; do
     AGENTLAB_CONFIG=$work/snap.conf "$agentlab" run -q --json -- sh -c 'echo first' \
         >"$work/snap.json" 2>/dev/null
-    echo "$(jsonv start <"$work/snap.json") $(jsonv provision <"$work/snap.json")" >>"$work/snap_host"
+    echo "$(jsonv start <"$work/snap.json") $(jsonv provision <"$work/snap.json") $(jsonv boot <"$work/snap.json")" >>"$work/snap_host"
     i=$((i + 1))
 done
 snapdir=$(dirname "$(ls "$AGENTLAB_STATE_DIR"/images/"$image"/snapshots/*/slot-0/manifest.json | head -1)")
@@ -192,6 +192,7 @@ printf '%-58s %10s\n' "agentlab run started -> first output line, warm (warm = 1
 printf '%-58s %10s\n' "agentlab run started -> first output line, snapshot" "$(col 1 "$work/snap_first")"
 printf '%-58s %10s\n' "snapshot: host-side restore (virDomainRestoreFlags)" "$(col 1 "$work/snap_host")"
 printf '%-58s %10s\n' "snapshot: host provisioning before the restore" "$(col 2 "$work/snap_host")"
+printf '%-58s %10s\n' "snapshot: restored -> workload started (guest wakes, FRESHEN)" "$(col 3 "$work/snap_host")"
 printf '%-58s %10s\n' "snapshot: making slot 0 (boot + sync + save), once" "$snap_made"
 printf '%-58s %7s KiB\n' "snapshot: disk per slot (state), shared base" "$snap_state + $snap_base"
 printf '%-58s %10s\n' "first output line, baseline shell recipe" "$(col 3 "$work/baseline")"

@@ -78,6 +78,7 @@ static int setup_signals(struct helper *h)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGIO); /* the host connected to the port (port_watch_host()) */
     if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
         return -errno;
     h->sig_fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -198,6 +199,8 @@ int main(int argc, char **argv)
         helper_free(&h);
         return 1;
     }
+    if (port_watch_host(&h.port) < 0)
+        note("port: no SIGIO when the host connects (%s); polling for it", strerror(errno));
 
     h.phase = PHASE_SETUP;
     send_hello(&h);

@@ -224,6 +224,11 @@ static void read_signals(struct helper *h)
     while (read(h->sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGCHLD)
             continue;
+        if (si.ssi_signo == SIGIO) {
+            /* the host connected: read the port now, not after the backoff */
+            h->port_retry_at = 0;
+            continue;
+        }
         diag(h, "got signal %u; stopping", si.ssi_signo);
         cancel(h, END_ERROR, "helper terminated by a signal");
     }

@@ -55,6 +55,16 @@ int port_open(struct port *p, const char *path, unsigned wait_ms, struct al_erro
     }
 }
 
+int port_watch_host(struct port *p)
+{
+    if (p->is_socket || p->fd < 0)
+        return 0;
+    int fl = fcntl(p->fd, F_GETFL);
+    if (fl < 0 || fcntl(p->fd, F_SETOWN, getpid()) < 0 || fcntl(p->fd, F_SETFL, fl | O_ASYNC) < 0)
+        return -1;
+    return 0;
+}
+
 void port_close(struct port *p)
 {
     if (p->fd >= 0)

@@ -32,6 +32,13 @@ struct port {
  * boot). Returns 0 or a negative errno. */
 int port_open(struct port *p, const char *path, unsigned wait_ms, struct al_error **err);
 
+/* Has the kernel send this process SIGIO when the host side of a virtio
+ * port connects (the driver does on every host open), so a helper waiting
+ * for a host wakes at once instead of at its next retry: what a guest
+ * restored from a memory snapshot waits for. Nothing to do on a socket.
+ * Returns 0 or -1 with errno set. */
+int port_watch_host(struct port *p);
+
 void port_close(struct port *p);
 
 /* Queues one frame. Returns 0, -EMSGSIZE, -ENOMEM, or -EPIPE when dead
