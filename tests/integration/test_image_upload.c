@@ -45,24 +45,10 @@ static char *micro_file(const char *name)
     return p;
 }
 
-/* Runs the harness with cmd and args; returns its exit status, its first
- * output line in out (may be NULL). */
+/* The remote-libvirtd harness with args (test_run_first_line()). */
 static int harness(const char *args, char *out, size_t out_size)
 {
-    _cleanup_free_ char *cmd = NULL;
-    assert_true(asprintf(&cmd, "'%s' %s", script, args) > 0);
-    FILE *f = popen(cmd, "r");
-    assert_non_null(f);
-    char line[256] = "";
-    if (!fgets(line, sizeof(line), f))
-        line[0] = '\0';
-    while (fgetc(f) != EOF)
-        ;
-    int st = pclose(f);
-    line[strcspn(line, "\n")] = '\0';
-    if (out)
-        snprintf(out, out_size, "%s", line);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return test_run_first_line(script, args, out, out_size);
 }
 
 /* Runs a shell command inside the remote host's namespace; returns its exit

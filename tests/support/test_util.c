@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "runner/base/error.h"
 #include "runner/base/util.h"
@@ -182,4 +183,23 @@ int test_exit_status(int failed)
     if (failed)
         return failed;
     return skipped ? 77 : 0;
+}
+
+int test_run_first_line(const char *path, const char *args, char *out, size_t out_size)
+{
+    char *cmd = NULL;
+    assert_true(asprintf(&cmd, "'%s' %s", path, args) > 0);
+    FILE *f = popen(cmd, "r");
+    free(cmd);
+    assert_non_null(f);
+    char line[256] = "";
+    if (!fgets(line, sizeof(line), f))
+        line[0] = '\0';
+    while (fgetc(f) != EOF)
+        ;
+    int st = pclose(f);
+    line[strcspn(line, "\n")] = '\0';
+    if (out)
+        snprintf(out, out_size, "%s", line);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }

@@ -29,6 +29,12 @@ void test_destroy_storage_pools(const char *dir);
  * when the fixture is not there. */
 char *test_micro_tmpdir(const char *tag);
 
+/* Runs the program path with args (shell words, appended as they are) and
+ * returns its exit status (128 when it did not exit) with its first output
+ * line, without the newline, in out (may be NULL); the rest is read and
+ * dropped. */
+int test_run_first_line(const char *path, const char *args, char *out, size_t out_size);
+
 /* Runs the loop until *flag is true or timeout_ms passes; returns *flag. */
 bool test_run_until(uv_loop_t *loop, const bool *flag, unsigned timeout_ms);
 
