@@ -249,6 +249,32 @@ enum accel_kind lv_accel_now(struct lv_backend *lb)
     return lb->accel.kind;
 }
 
+/* A guest of v's backend under KVM (chosen by accel = auto) showed that KVM
+ * does not work there: the backend's VMs run under TCG from now on. Another
+ * host's KVM is turned down for this backend alone; this machine's for
+ * every backend here, through the probe's cache file. */
+void lv_kvm_unusable(struct lv_vm *v, const char *reason)
+{
+    struct lv_backend *lb = v->lb;
+    if (lb->host_accel) {
+        if (lb->accel.kind != ACCEL_KIND_KVM)
+            return;
+        lb->accel.kind = ACCEL_KIND_TCG;
+        snprintf(lb->accel.reason, sizeof(lb->accel.reason), "%s", reason);
+        log_warn(v->req.job_id,
+                 "backend %s: KVM is not usable on that host (%s); VMs there run under TCG "
+                 "software emulation from now on",
+                 lb->b->name, reason);
+        return;
+    }
+    if (accel_mark_kvm_unusable(lb->b->env.run_dir, reason))
+        log_warn(v->req.job_id,
+                 "backend %s: KVM is not usable (%s); VMs run under TCG software emulation "
+                 "from now on",
+                 lb->b->name, reason);
+    (void)lv_accel_now(lb);
+}
+
 /* A Linux kernel on the console: its banner, or a line with a printk time
  * stamp ("[    1.234567] ..."; a kernel booted with quiet prints few). */
 static bool console_shows_life(const char *path)
@@ -301,24 +327,8 @@ static bool boot_watchdog(struct lv_vm *v)
              "output on its console, no hello from its helper)",
              bound_s, v->accel == ACCEL_KIND_KVM ? "KVM" : "TCG");
     bool forced_kvm = bc->libvirt.accel == ACCEL_KVM;
-    if (v->accel == ACCEL_KIND_KVM && !forced_kvm && v->lb->host_accel) {
-        /* another host's KVM: this backend alone turns it down */
-        if (v->lb->accel.kind == ACCEL_KIND_KVM) {
-            v->lb->accel.kind = ACCEL_KIND_TCG;
-            snprintf(v->lb->accel.reason, sizeof(v->lb->accel.reason), "%s", reason);
-            log_warn(v->req.job_id,
-                     "backend %s: KVM is not usable on that host (%s); VMs there run under TCG "
-                     "software emulation from now on",
-                     v->lb->b->name, reason);
-        }
-    } else if (v->accel == ACCEL_KIND_KVM && !forced_kvm) {
-        if (accel_mark_kvm_unusable(v->lb->b->env.run_dir, reason))
-            log_warn(v->req.job_id,
-                     "backend %s: KVM is not usable (%s); VMs run under TCG software emulation "
-                     "from now on",
-                     v->lb->b->name, reason);
-        (void)lv_accel_now(v->lb);
-    }
+    if (v->accel == ACCEL_KIND_KVM && !forced_kvm)
+        lv_kvm_unusable(v, reason);
     v->result.silent_boot = !forced_kvm;
     lv_finish(v, VM_INFRA_ERROR, 0, "%s", reason);
     return true;

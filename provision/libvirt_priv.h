@@ -209,6 +209,7 @@ void lv_close_continue(struct lv_backend *lb);
 /* libvirt_channel.c */
 extern const struct channel_ops lv_channel_ops;
 void lv_deliver(struct lv_vm *v, bool has_job);
+void lv_kvm_unusable(struct lv_vm *v, const char *reason);
 enum accel_kind lv_accel_now(struct lv_backend *lb);
 void lv_on_heartbeat_check(uv_timer_t *t);
 

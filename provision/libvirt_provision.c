@@ -196,15 +196,9 @@ static void host_kvm_start_failed(struct lv_vm *v, const char *msg)
         lb->b->cfg->libvirt.accel != ACCEL_AUTO)
         return;
     v->result.silent_boot = true;
-    if (lb->accel.kind != ACCEL_KIND_KVM)
-        return;
-    lb->accel.kind = ACCEL_KIND_TCG;
-    snprintf(lb->accel.reason, sizeof(lb->accel.reason), "a KVM guest could not start: %.200s",
-             msg);
-    log_warn(v->req.job_id,
-             "backend %s: KVM is not usable on that host (%s); VMs there run under TCG software "
-             "emulation from now on",
-             lb->b->name, lb->accel.reason);
+    char reason[256];
+    snprintf(reason, sizeof(reason), "a KVM guest could not start: %.200s", msg);
+    lv_kvm_unusable(v, reason);
 }
 
 static void on_started(void *data, int result, struct al_error *err)
