@@ -174,9 +174,27 @@ void eng_schedule(struct engine *e);
 /* Starts the job's next attempt on slot's backend, on the warm VM warm when
  * one is given (the attempt then owns it). */
 void eng_start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *warm);
-/* Whether the backend can take a VM of that size now (why says why not). */
-bool eng_slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
-                       bool *ret_broken);
+/* What a VM about to be placed asks of a backend. */
+struct slot_need {
+    const char *image; /* NULL = the default image (the proxmox template check) */
+    int cpus;
+    uint64_t memory; /* bytes */
+    bool warm;       /* booted ahead of its job: only backends with assign */
+};
+/* The spread rule, one for jobs and warm VMs: the slot of slots[0..n) that
+ * takes a VM with need now, or NULL. The first tier is every backend that
+ * is not Proxmox (libvirt hosts): the least loaded one that fits takes the
+ * VM (the lowest share of its VM slots in use, then the most vCPUs free,
+ * then the earliest), so VMs spread across hosts. Every VM a backend holds,
+ * warm or running a job, counts as its load. Proxmox backends are the
+ * fallback tier, tried in the pool's order only when no host of the first
+ * tier fits. reasons (NULL, or n entries the caller cleared) gets why each
+ * slot that does not fit was skipped; why (why_size 0 for none) the first of
+ * those; ret_all_broken (may be NULL) whether every slot is skipped until an
+ * operator fixes something. */
+struct backend_slot *eng_choose_slot(struct engine *e, struct backend_slot **slots, size_t n,
+                                     const struct slot_need *need, char (*reasons)[160], char *why,
+                                     size_t why_size, bool *ret_all_broken);
 
 /* ---- engine_warm.c: warm pools */
 

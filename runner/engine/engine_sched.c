@@ -300,12 +300,11 @@ void eng_start_attempt(struct ejob *j, struct backend_slot *slot, struct vm *war
 
 /* ------------------------------------------------------------ scheduling */
 
-/* eng_slot_has_room(), also handing out the capacity it read. */
+/* Whether the backend has room for a VM of that size now; ret_cap gets the
+ * capacity it read when it does. */
 static bool slot_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
                       bool *ret_broken, struct backend_capacity *ret_cap)
 {
-    if (ret_broken)
-        *ret_broken = false;
     if (!slot->b) {
         snprintf(why, size, "backend %.63s is not available: %.80s", slot->cfg->name,
                  slot->open_error);
@@ -315,8 +314,7 @@ static bool slot_room(struct backend_slot *slot, int cpus, uint64_t mem, char *w
     slot->b->ops->capacity(slot->b, &c);
     if (!c.healthy) {
         snprintf(why, size, "backend %.63s is unhealthy: %.150s", slot->cfg->name, c.reason);
-        if (ret_broken)
-            *ret_broken = c.broken;
+        *ret_broken = c.broken;
         return false;
     }
     if (c.used_vms >= c.max_vms || c.used_vcpus + cpus > c.vcpus ||
@@ -325,39 +323,35 @@ static bool slot_room(struct backend_slot *slot, int cpus, uint64_t mem, char *w
                  c.used_vms, c.max_vms, c.used_vcpus, c.vcpus);
         return false;
     }
-    if (ret_cap)
-        *ret_cap = c;
+    *ret_cap = c;
     return true;
 }
 
-/* Whether the job fits the backend now; ret_cap (may be NULL) gets its
- * capacity when it does. */
-static bool slot_fits(struct backend_slot *slot, const struct ejob *j, char *why, size_t size,
-                      bool *ret_broken, struct backend_capacity *ret_cap)
+/* Whether the VM fits the backend now; ret_cap gets the backend's capacity
+ * when it does. ret_broken says the backend cannot take it until an
+ * operator fixes something (bad credentials, a certificate mismatch, no
+ * template for the image). */
+static bool slot_fits(struct engine *e, struct backend_slot *slot, const struct slot_need *need,
+                      char *why, size_t size, bool *ret_broken, struct backend_capacity *ret_cap)
 {
-    if (!eng_slot_serves_image(j->e, slot, j->spec->image)) {
-        if (ret_broken)
-            *ret_broken = true;
+    *ret_broken = false;
+    if (!eng_slot_serves_image(e, slot, need->image)) {
+        *ret_broken = true;
         snprintf(why, size, "backend %.63s has no template for image %.63s", slot->cfg->name,
-                 j->spec->image);
+                 need->image);
         return false;
     }
-    return slot_room(slot, j->spec->resources.cpus, (uint64_t)j->spec->resources.memory_mb << 20,
-                     why, size, ret_broken, ret_cap);
-}
-
-/* Whether the backend can take a VM of that size now. ret_broken (may be
- * NULL) says the backend cannot work until an operator fixes it (bad
- * credentials, a certificate mismatch). */
-bool eng_slot_has_room(struct backend_slot *slot, int cpus, uint64_t mem, char *why, size_t size,
-                       bool *ret_broken)
-{
-    return slot_room(slot, cpus, mem, why, size, ret_broken, NULL);
+    if (need->warm && slot->b && !slot->b->ops->assign) {
+        *ret_broken = true;
+        snprintf(why, size, "backend %.63s keeps no warm VMs", slot->cfg->name);
+        return false;
+    }
+    return slot_room(slot, need->cpus, need->memory, why, size, ret_broken, ret_cap);
 }
 
 /* True when capacity a is less loaded than b: a lower share of its VM slots
  * in use, then more vCPUs free. Equal loads are not "less": the earlier
- * backend of the pool keeps the job. */
+ * backend of the pool keeps the VM. */
 static bool less_loaded(const struct backend_capacity *a, const struct backend_capacity *b)
 {
     /* used_a/max_a < used_b/max_b without division (max_vms > 0 here: a
@@ -368,16 +362,9 @@ static bool less_loaded(const struct backend_capacity *a, const struct backend_c
     return a->vcpus - a->used_vcpus > b->vcpus - b->used_vcpus;
 }
 
-/* The slot of the pool that takes job j now, or NULL. The first tier is
- * every backend that is not Proxmox (libvirt hosts): the least loaded one
- * that fits takes the job, so jobs spread across hosts. Proxmox backends
- * are the fallback tier, tried in the pool's order only when no host of
- * the first tier fits. Slots that do not fit get their reason in
- * reasons[i]; why gets the first of them; *ret_all_broken says whether every
- * slot is broken. */
-static struct backend_slot *choose_slot(struct backend_slot **slots, size_t n, const struct ejob *j,
-                                        char reasons[][160], char *why, size_t why_size,
-                                        bool *ret_all_broken)
+struct backend_slot *eng_choose_slot(struct engine *e, struct backend_slot **slots, size_t n,
+                                     const struct slot_need *need, char (*reasons)[160], char *why,
+                                     size_t why_size, bool *ret_all_broken)
 {
     bool all_broken = n > 0;
     size_t best = n;
@@ -390,9 +377,10 @@ static struct backend_slot *choose_slot(struct backend_slot **slots, size_t n, c
             char reason[256];
             bool broken;
             struct backend_capacity cap;
-            if (!slot_fits(slots[i], j, reason, sizeof(reason), &broken, &cap)) {
-                snprintf(reasons[i], sizeof(reasons[i]), "%.150s", reason);
-                if (!why[0])
+            if (!slot_fits(e, slots[i], need, reason, sizeof(reason), &broken, &cap)) {
+                if (reasons)
+                    snprintf(reasons[i], sizeof(reasons[i]), "%.150s", reason);
+                if (why_size && !why[0])
                     snprintf(why, why_size, "%s", reason);
                 all_broken &= broken;
                 continue;
@@ -406,7 +394,8 @@ static struct backend_slot *choose_slot(struct backend_slot **slots, size_t n, c
             }
         }
     }
-    *ret_all_broken = all_broken;
+    if (ret_all_broken)
+        *ret_all_broken = all_broken;
     return best < n ? slots[best] : NULL;
 }
 
@@ -433,8 +422,13 @@ void eng_schedule(struct engine *e)
             reasons[i][0] = '\0';
         char why[256] = "";
         bool all_broken;
+        const struct slot_need need = {
+                .image = j->spec->image,
+                .cpus = j->spec->resources.cpus,
+                .memory = (uint64_t)j->spec->resources.memory_mb << 20,
+        };
         struct backend_slot *chosen =
-                choose_slot(slots, n, j, reasons, why, sizeof(why), &all_broken);
+                eng_choose_slot(e, slots, n, &need, reasons, why, sizeof(why), &all_broken);
         if (chosen) {
             /* each backend that could not take it keeps why; one that had
              * room but more load was not skipped. It is a fallback when the

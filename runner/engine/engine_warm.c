@@ -180,7 +180,9 @@ static void snapshots_prepare(struct engine *e)
     }
 }
 
-/* Tops every pool up to its warm count where a backend has room. */
+/* Tops every pool up to its warm count where a backend has room, each VM
+ * placed by the spread rule of jobs (eng_choose_slot), so a pool's warm VMs
+ * spread over its libvirt hosts and one host's loss does not take them all. */
 void eng_warm_fill(struct engine *e)
 {
     if (!e->started || e->stopping || e->reconcile_only)
@@ -196,15 +198,12 @@ void eng_warm_fill(struct engine *e)
             have += w->pool == pool;
         struct backend_slot *slots[32];
         size_t n = eng_pool_slots(e, pool, slots, ARRAY_SIZE(slots));
+        const struct slot_need need = {
+                .image = pool->image, .cpus = pool->cpus, .memory = pool->memory, .warm = true};
         while (have < want) {
-            struct backend_slot *slot = NULL;
-            for (size_t i = 0; i < n && !slot; i++) {
-                char why[256];
-                if (slots[i]->b && slots[i]->b->ops->assign &&
-                    eng_slot_serves_image(e, slots[i], pool->image) &&
-                    eng_slot_has_room(slots[i], pool->cpus, pool->memory, why, sizeof(why), NULL))
-                    slot = slots[i];
-            }
+            /* a launched VM counts on its backend at once, so the next one
+             * goes to the then least loaded host */
+            struct backend_slot *slot = eng_choose_slot(e, slots, n, &need, NULL, NULL, 0, NULL);
             if (!slot)
                 break;
             warm_launch(e, pool, slot);

@@ -17,6 +17,8 @@ struct fake_vm {
     int lines;   /* stream:N */
     unsigned ms; /* between stream lines */
     bool destroyed;
+    bool warm;     /* booted without a job: waits connected for assign() */
+    bool assigned; /* a warm VM that got its job */
     backend_done_cb done;
     void *done_data;
     struct fake_backend *fb;
@@ -69,7 +71,11 @@ static void fake_step(uv_timer_t *t)
         ev->phase(&v->base, VM_PHASE_BOOTING, v->base.ev_data);
         break;
     case 1:
-        ev->phase(&v->base, VM_PHASE_CONNECTED, v->base.ev_data);
+        /* an assigned warm VM's owner saw CONNECTED in assign() */
+        if (!v->assigned)
+            ev->phase(&v->base, VM_PHASE_CONNECTED, v->base.ev_data);
+        if (v->warm && !v->assigned)
+            return; /* until assign() */
         ev->phase(&v->base, VM_PHASE_RUNNING, v->base.ev_data);
         if (strncmp(v->mode, "stream:", 7) == 0) {
             uv_timer_start(&v->timer, fake_step, v->ms, 0);
@@ -145,6 +151,22 @@ static void fake_capacity(struct backend *b, struct backend_capacity *ret)
     *ret = c;
 }
 
+/* What the VM plays: the job's FAKE, FAKE_MS (a warm VM's job comes with
+ * assign()). The strings stay the request's, alive until the VM is
+ * destroyed. */
+static void set_workload(struct fake_vm *v, const struct vm_request *req)
+{
+    v->mode = mode_of(req);
+    v->ms = 20;
+    v->lines = 0;
+    int x = 0;
+    const char *ms = env_of(req, "FAKE_MS");
+    if (ms && al_parse_int(ms, 1, 60000, &x) == 0)
+        v->ms = (unsigned)x;
+    if (strncmp(v->mode, "stream:", 7) == 0 && al_parse_int(v->mode + 7, 0, 100000, &x) == 0)
+        v->lines = x;
+}
+
 static int fake_launch(struct backend *b, const struct vm_request *req, const struct vm_events *ev,
                        void *ev_data, struct vm **ret, struct al_error **err)
 {
@@ -158,14 +180,8 @@ static int fake_launch(struct backend *b, const struct vm_request *req, const st
     char name[160];
     fake_vm_name(b, req->job_id, req->attempt, name, sizeof(name));
     v->base = (struct vm){.backend = b, .name = strdup(name), .ev = ev, .ev_data = ev_data};
-    v->mode = mode_of(req);
-    v->ms = 20;
-    int x = 0;
-    const char *ms = env_of(req, "FAKE_MS");
-    if (ms && al_parse_int(ms, 1, 60000, &x) == 0)
-        v->ms = (unsigned)x;
-    if (strncmp(v->mode, "stream:", 7) == 0 && al_parse_int(v->mode + 7, 0, 100000, &x) == 0)
-        v->lines = x;
+    set_workload(v, req);
+    v->warm = req->warm;
     v->fb = fb;
     uv_timer_init(b->env.loop, &v->timer);
     v->timer.data = v;
@@ -174,6 +190,27 @@ static int fake_launch(struct backend *b, const struct vm_request *req, const st
     fb->launched++;
     launched++;
     *ret = &v->base;
+    return 0;
+}
+
+/* Like the libvirt backend's: only a warm VM whose helper is connected
+ * takes a job; its new owner sees the phases it missed at once, then the
+ * job runs. */
+static int fake_assign(struct vm *vm, const struct vm_request *req, const struct vm_events *ev,
+                       void *ev_data, struct al_error **err)
+{
+    struct fake_vm *v = container_of(vm, struct fake_vm, base);
+    if (!v->warm || v->assigned || v->step < 2)
+        return al_error_set(err, EBUSY, "VM %s is not a ready warm VM", vm->name);
+    set_workload(v, req);
+    v->assigned = true;
+    v->base.ev = ev;
+    v->base.ev_data = ev_data;
+    ev->phase(vm, VM_PHASE_PROVISIONED, ev_data);
+    ev->phase(vm, VM_PHASE_BOOTING, ev_data);
+    ev->phase(vm, VM_PHASE_CONNECTED, ev_data);
+    v->step = 1;
+    uv_timer_start(&v->timer, fake_step, fake_backend_delay_ms, 0);
     return 0;
 }
 
@@ -256,6 +293,7 @@ const struct backend_ops fake_backend_ops = {
         .vm_name = fake_vm_name,
         .capacity = fake_capacity,
         .launch = fake_launch,
+        .assign = fake_assign,
         .cancel = fake_cancel,
         .destroy = fake_destroy,
         .list_owned = fake_list_owned,

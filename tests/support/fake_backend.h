@@ -9,6 +9,9 @@
  *   FAKE=timeout       the in-guest timeout fires
  *   FAKE=stream:N      N lines "line K" every FAKE_MS (default 20) ms, exit 0
  *   FAKE=error         the VM fails before booting (infrastructure error)
+ *
+ * A warm VM (request .warm) stops once connected, until assign() hands it a
+ * job, which it then plays the same way.
  */
 #ifndef AL_TEST_FAKE_BACKEND_H
 #define AL_TEST_FAKE_BACKEND_H

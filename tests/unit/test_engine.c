@@ -525,6 +525,163 @@ static void test_spread_least_loaded(void **state)
     wait_finished(c, 8);
 }
 
+static void run_for(struct ctx *c, unsigned ms);
+
+/* Warm pools on three libvirt-typed hosts and a proxmox-typed backend
+ * listed first, all played by the fake; %d: max_vms of a, h2, h3, then the
+ * default pool's warm count. Pool "pinned" (warm %d) lives on h2 alone and
+ * is filled first: its warm VM is load on h2 like any other. */
+static const char warm_conf_fmt[] = "[agent]\n"
+                                    "state_dir = %s\n"
+                                    "run_dir = %s/run\n"
+                                    "log_level = error\n"
+                                    "image = debian-12\n"
+                                    "[backend \"pve\"]\n"
+                                    "type = proxmox\n"
+                                    "url = https://127.0.0.1:8006\n"
+                                    "token_file = /nonexistent\n"
+                                    "template = 9000\n"
+                                    "max_vms = 2\n"
+                                    "[backend \"a\"]\n"
+                                    "max_vms = %d\n"
+                                    "[backend \"h2\"]\n"
+                                    "max_vms = %d\n"
+                                    "[backend \"h3\"]\n"
+                                    "max_vms = %d\n"
+                                    "[pool \"pinned\"]\n"
+                                    "labels = pinned\n"
+                                    "backends = h2\n"
+                                    "warm = %d\n"
+                                    "[pool \"default\"]\n"
+                                    "backends = pve, a, h2, h3\n"
+                                    "warm = %d\n";
+
+static void use_warm_conf(struct ctx *c, int max_a, int max_h2, int max_h3, int pinned_warm,
+                          int warm)
+{
+    char conf[2048];
+    snprintf(conf, sizeof(conf), warm_conf_fmt, c->dir, c->dir, max_a, max_h2, max_h3, pinned_warm,
+             warm);
+    config_free(c->cfg);
+    c->cfg = NULL;
+    struct al_error *err = NULL;
+    assert_int_equal(config_load_string(conf, strlen(conf), "test.conf", &c->cfg, &err), 0);
+}
+
+/* Runs the loop until n warm VMs are ready and none boots (or 5 s pass). */
+static void wait_warm_ready(struct ctx *c, unsigned n)
+{
+    uint64_t end = al_now_mono_ms() + 5000;
+    unsigned ready = 0, booting = 0;
+    while (al_now_mono_ms() < end) {
+        uv_run(&c->loop, UV_RUN_ONCE);
+        engine_warm_counts(c->engine, NULL, &ready, &booting);
+        if (ready == n && booting == 0)
+            break;
+    }
+    assert_int_equal(ready, n);
+    assert_int_equal(booting, 0);
+}
+
+/* Asserts how many warm VMs of pool sit on each of pve, a, h2, h3. */
+static void assert_warm_on(struct ctx *c, const char *pool, int pve, int a, int h2, int h3)
+{
+    static const char *const names[] = {"pve", "a", "h2", "h3"};
+    const int want[] = {pve, a, h2, h3};
+    int have[ARRAY_SIZE(names)] = {0};
+    struct engine_warm_info info[16];
+    size_t n = engine_warm_list(c->engine, info, ARRAY_SIZE(info));
+    assert_true(n <= ARRAY_SIZE(info));
+    for (size_t i = 0; i < n; i++) {
+        if (!streq(info[i].pool, pool))
+            continue;
+        size_t k = 0;
+        while (k < ARRAY_SIZE(names) && !streq(info[i].backend, names[k]))
+            k++;
+        assert_true(k < ARRAY_SIZE(names));
+        have[k]++;
+    }
+    for (size_t k = 0; k < ARRAY_SIZE(names); k++) {
+        if (have[k] != want[k])
+            fail_msg("pool %s: %d warm VMs on %s, not %d (pve/a/h2/h3: %d/%d/%d/%d)", pool, have[k],
+                     names[k], want[k], have[0], have[1], have[2], have[3]);
+    }
+}
+
+/* Warm VMs are placed by the spread rule of jobs: three on three hosts of
+ * room 4 go one per host, not all on the first one with room; the Proxmox
+ * backend listed first gets none while the hosts have room. A job takes
+ * one, and its replacement goes to a host with the least load, counting
+ * the job's VM. */
+static void test_warm_spread_across_hosts(void **state)
+{
+    struct ctx *c = *state;
+    use_warm_conf(c, 4, 4, 4, 0, 3);
+    engine_up(c);
+    wait_warm_ready(c, 3);
+    assert_warm_on(c, "default", 0, 1, 1, 1);
+
+    char id[STORE_JOB_ID_SIZE];
+    assert_null(submit(c, "{\"command\":[\"x\"],\"env\":{\"FAKE\":\"hang\"}}", id));
+    wait_state(c, id, JOB_STATE_RUNNING);
+    if (!strstr(c->last_backend, ", warm VM "))
+        fail_msg("the job booted cold on %s", c->last_backend);
+    wait_warm_ready(c, 3);
+    /* the job's host holds its VM; the replacement went to one of the
+     * two others: one host has two VMs, the others one, pve none */
+    char job_host[8] = "";
+    snprintf(job_host, sizeof(job_host), "%.*s", (int)strcspn(c->last_backend, ","),
+             c->last_backend);
+    int warm_a = streq(job_host, "a") ? 0 : 1, warm_h2 = streq(job_host, "h2") ? 0 : 1,
+        warm_h3 = streq(job_host, "h3") ? 0 : 1;
+    assert_int_equal(warm_a + warm_h2 + warm_h3, 2);
+    /* least loaded (all 1/4, equal vCPUs): the earliest host of the pool */
+    if (warm_a == 1)
+        warm_a++;
+    else
+        warm_h2++;
+    assert_warm_on(c, "default", 0, warm_a, warm_h2, warm_h3);
+
+    struct al_error *err = NULL;
+    assert_int_equal(engine_cancel(c->engine, id, &err), 0);
+    wait_finished(c, 1);
+    assert_int_equal(state_of(c, id, NULL, NULL), JOB_STATE_CANCELED);
+}
+
+/* A host that is unhealthy or full gets no warm VM; the Proxmox tier takes
+ * one only when no libvirt host has room; a backend that cannot assign a
+ * job to a warm VM (real Proxmox) gets none at all. */
+static void test_warm_skips_full_unhealthy_and_fallback(void **state)
+{
+    struct ctx *c = *state;
+    /* a unhealthy; h2 (1 VM) full with pinned's warm VM; h3 takes two */
+    fake_a_health = 1;
+    use_warm_conf(c, 4, 1, 2, 1, 3);
+    engine_up(c);
+    wait_warm_ready(c, 4);
+    assert_warm_on(c, "pinned", 0, 0, 1, 0);
+    assert_warm_on(c, "default", 1, 0, 0, 2);
+    engine_down(c);
+
+    /* the same over a proxmox backend without assign: the third waits */
+    static struct backend_ops no_warm_ops;
+    no_warm_ops = fake_backend_ops;
+    no_warm_ops.assign = NULL;
+    backend_register(BACKEND_PROXMOX, &no_warm_ops);
+    engine_up(c);
+    wait_warm_ready(c, 3);
+    run_for(c, 200);
+    unsigned ready = 0, booting = 0;
+    engine_warm_counts(c->engine, "default", &ready, &booting);
+    assert_int_equal(ready + booting, 2);
+    assert_warm_on(c, "default", 0, 0, 0, 2);
+
+    /* a back: it takes the missing one */
+    fake_a_health = 0;
+    wait_warm_ready(c, 4);
+    assert_warm_on(c, "default", 0, 1, 0, 2);
+}
+
 static void run_for(struct ctx *c, unsigned ms)
 {
     uint64_t end = al_now_mono_ms() + ms;
@@ -678,6 +835,10 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_fallback_to_second_backend, setup, teardown),
             cmocka_unit_test_setup_teardown(test_spread_least_loaded, setup_spread,
                                             teardown_spread),
+            cmocka_unit_test_setup_teardown(test_warm_spread_across_hosts, setup_spread,
+                                            teardown_spread),
+            cmocka_unit_test_setup_teardown(test_warm_skips_full_unhealthy_and_fallback,
+                                            setup_spread, teardown_spread),
             cmocka_unit_test_setup_teardown(test_retry_infra_errors_only, setup, teardown),
             cmocka_unit_test_setup_teardown(test_unhealthy_and_broken_backends, setup, teardown),
             cmocka_unit_test_setup_teardown(test_rejects_bad_jobs, setup, teardown),
