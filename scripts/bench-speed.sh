@@ -16,11 +16,15 @@
 #
 # Medians over N runs (default 5). Needs root, a built image (IMAGE, default
 # debian-12) and a free machine: the numbers are only comparable with each
-# other. Usage: scripts/bench-speed.sh [N]
+# other. ROWS=start measures only the start-up rows (1: cold, warm, snapshot)
+# and skips the baseline, 4 and 5 (a Debian run in a third of the time).
+# Usage: [IMAGE=NAME] [ROWS=all|start] scripts/bench-speed.sh [N]
 set -eu
 cd "$(dirname "$0")/.."
 n=${1:-5}
 image=${IMAGE:-debian-12}
+rows=${ROWS:-all}
+case $rows in all|start) ;; *) echo "ROWS is all or start"; exit 2 ;; esac
 build=$PWD/build
 agentlab=$build/agentlab
 daemon=$build/agentlabd
@@ -90,7 +94,9 @@ done
 
 # the baseline needs cloud-init in the image (its runcmd prints the line): an
 # image without a root file system (micro: kernel + initramfs) has none
-if [ -n "$(sed -n 's/.*"filesystem_label": *"\(.*\)".*/\1/p' "$img/manifest.json")" ]; then
+if [ "$rows" = start ]; then
+    echo "- - - -" >"$work/baseline"
+elif [ -n "$(sed -n 's/.*"filesystem_label": *"\(.*\)".*/\1/p' "$img/manifest.json")" ]; then
     echo "== baseline: the shell recipe, $n runs"
     cmdline=$(sed -n 's/.*"cmdline": *"\([^"]*\)".*/\1/p' "$img/manifest.json")
     i=0
@@ -156,6 +162,24 @@ snap_made=$(sed -n 's/.*"made_ms": *\([0-9]*\).*/\1/p' "$snapdir/manifest.json")
 snap_state=$(du -k "$snapdir/state" | cut -f1)
 snap_base=$(du -k "$snapdir/base.qcow2" | cut -f1)
 
+# the rows of 1 (cold, warm, snapshot)
+start_rows() {
+    printf '%-58s %10s\n' "agentlab run started -> first output line, cold" "$(col 1 "$work/cold_first")"
+    printf '%-58s %10s\n' "agentlab run started -> first output line, warm (warm = 1)" "$(col 1 "$work/warm_first")"
+    printf '%-58s %10s\n' "agentlab run started -> first output line, snapshot" "$(col 1 "$work/snap_first")"
+    printf '%-58s %10s\n' "snapshot: host-side restore (virDomainRestoreFlags)" "$(col 1 "$work/snap_host")"
+    printf '%-58s %10s\n' "snapshot: host provisioning before the restore" "$(col 2 "$work/snap_host")"
+    printf '%-58s %10s\n' "snapshot: restored -> workload started (guest wakes, FRESHEN)" "$(col 3 "$work/snap_host")"
+    printf '%-58s %10s\n' "snapshot: making slot 0 (boot + sync + save), once" "$snap_made"
+    printf '%-58s %7s KiB\n' "snapshot: disk per slot (state), shared base" "$snap_state + $snap_base"
+}
+if [ "$rows" = start ]; then
+    echo
+    echo "image: $image; medians over $n runs, milliseconds (ROWS=start)"
+    start_rows
+    exit 0
+fi
+
 echo "== 4: 8 jobs at once to a daemon (max_vms = 2)"
 start_daemon burst
 sleep 2
@@ -187,14 +211,7 @@ stop_daemon
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r), accel: $(sed -n 's/^kind=//p' "$work/run/accel-probe" 2>/dev/null || echo ?)"
 echo "image: $image; medians over $n runs, milliseconds"
-printf '%-58s %10s\n' "agentlab run started -> first output line, cold" "$(col 1 "$work/cold_first")"
-printf '%-58s %10s\n' "agentlab run started -> first output line, warm (warm = 1)" "$(col 1 "$work/warm_first")"
-printf '%-58s %10s\n' "agentlab run started -> first output line, snapshot" "$(col 1 "$work/snap_first")"
-printf '%-58s %10s\n' "snapshot: host-side restore (virDomainRestoreFlags)" "$(col 1 "$work/snap_host")"
-printf '%-58s %10s\n' "snapshot: host provisioning before the restore" "$(col 2 "$work/snap_host")"
-printf '%-58s %10s\n' "snapshot: restored -> workload started (guest wakes, FRESHEN)" "$(col 3 "$work/snap_host")"
-printf '%-58s %10s\n' "snapshot: making slot 0 (boot + sync + save), once" "$snap_made"
-printf '%-58s %7s KiB\n' "snapshot: disk per slot (state), shared base" "$snap_state + $snap_base"
+start_rows
 printf '%-58s %10s\n' "first output line, baseline shell recipe" "$(col 3 "$work/baseline")"
 printf '%-58s %10s\n' "cold host provisioning: agentlab's own work" "$(col 1 "$work/cold")"
 printf '%-58s %10s\n' "cold host provisioning: libvirt overlay volume create" "$(col 5 "$work/cold")"
