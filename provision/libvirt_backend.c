@@ -492,7 +492,8 @@ static int lv_connect_setup(struct lv_backend *lb, virConnectPtr conn, struct al
 }
 
 /* Opens the connection with keepalives, domain events, a close callback and
- * the storage pool. Loop thread: at open, where waiting is expected. */
+ * the storage pool. Loop thread, at open, for a local URI only (its socket
+ * answers or fails at once); a network URI connects like a reconnect. */
 static int lv_connect(struct lv_backend *lb, struct al_error **err)
 {
     const char *uri = lb->b->cfg->libvirt.uri;
@@ -502,6 +503,8 @@ static int lv_connect(struct lv_backend *lb, struct al_error **err)
         return al_error_set(err, EIO, "connecting to %s: %s", uri, lv_libvirt_msg());
     return lv_connect_setup(lb, conn, err);
 }
+
+static int host_setup(struct lv_backend *lb, struct al_error **err);
 
 /* A reconnect: virConnectOpen() on the thread pool, since a host that
  * drops packets holds it for the TCP connect timeout. */
@@ -535,19 +538,33 @@ static void reconnect_done(void *data, int result, struct al_error *err)
         lv_close_continue(lb);
         return;
     }
+    bool first = lb->host_unknown;
     if (result == 0 && lv_connect_setup(lb, conn, &err) == 0) {
-        log_info(NULL, "backend %s: reconnected to %s", lb->b->name, lb->b->cfg->libvirt.uri);
-        if (lb->reconnect_timer)
-            uv_timer_stop(lb->reconnect_timer);
-        /* what the host kept of the VMs whose jobs ended with the
-         * connection, or whose teardown could not reach it */
-        if (lb->host_lost) {
-            lb->host_lost = false;
-            lv_host_sweep(lb);
+        if (first && host_setup(lb, &err) < 0) {
+            /* e.g. accel = kvm and the host has none: tried again */
+            lv_disconnect(lb);
+        } else {
+            log_info(NULL, "backend %s: %s to %s", lb->b->name, first ? "connected" : "reconnected",
+                     lb->b->cfg->libvirt.uri);
+            if (lb->reconnect_timer)
+                uv_timer_stop(lb->reconnect_timer);
+            /* what the host kept of the VMs whose jobs ended with the
+             * connection, or whose teardown could not reach it; at the
+             * first connection, what an earlier run of ours left there
+             * (the engine's sweep at start could not reach the host) */
+            if (lb->host_lost || first) {
+                lb->host_lost = false;
+                lv_host_sweep(lb);
+            }
+            return;
         }
-        return;
     }
     snprintf(lb->conn_error, sizeof(lb->conn_error), "%.150s", al_error_message(err));
+    if (first && !lb->host_unknown_said) {
+        lb->host_unknown_said = true;
+        log_warn(NULL, "backend %s: %s; retrying every %d ms", lb->b->name, lb->conn_error,
+                 RECONNECT_MS);
+    }
     al_error_free(err);
 }
 
@@ -690,6 +707,43 @@ static void lv_backend_free(struct backend *b)
     b->priv = NULL;
 }
 
+/* What needs the host once connected: the network and its egress filter,
+ * the versions snapshots depend on, and for another machine its
+ * accelerator and size. Loop thread (round trips to a host that answers). */
+static int host_setup(struct lv_backend *lb, struct al_error **err)
+{
+    const struct backend_settings *cfg = lb->b->cfg;
+    int r;
+    if (*cfg->libvirt.network) {
+        r = prepare_network(lb, err);
+        if (r < 0)
+            return r;
+    }
+    lv_snapshot_probe(lb);
+
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t host_mem = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    if (lb->host_accel) {
+        r = host_accel_decide(lb, err);
+        if (r < 0)
+            return r;
+        /* the defaults are that host's CPUs and 80% of its memory */
+        virNodeInfo ni;
+        if (virNodeGetInfo(lb->conn, &ni) == 0 && ni.cpus > 0 && ni.memory > 0) {
+            cpus = (long)ni.cpus;
+            host_mem = (uint64_t)ni.memory << 10;
+        } else if (cfg->vcpus <= 0 || cfg->memory <= 0) {
+            return al_error_set(err, EIO, "backend %s: reading the host's CPUs and memory: %s",
+                                lb->b->name, lv_libvirt_msg());
+        }
+    }
+    lb->vcpus = cfg->vcpus > 0 ? cfg->vcpus : (int)(cpus > 0 ? cpus : 1);
+    lb->memory = cfg->memory > 0 ? cfg->memory : host_mem / 10u * 8u;
+    lb->max_vms = cfg->max_vms > 0 ? cfg->max_vms : lb->vcpus;
+    lb->host_unknown = false;
+    return 0;
+}
+
 static int lv_open(struct backend *b, struct al_error **err)
 {
     const struct backend_env *env = &b->env;
@@ -753,37 +807,25 @@ static int lv_open(struct backend *b, struct al_error **err)
         r = al_error_set(err, ENOMEM, "allocating the libvirt backend");
         goto fail;
     }
+    if (lb->host_accel) {
+        /* another machine: connected in the background (host_setup() once
+         * it answers); meanwhile the configured size, or one VM */
+        lb->host_unknown = true;
+        lb->accel.kind = ACCEL_KIND_TCG;
+        snprintf(lb->accel.reason, sizeof(lb->accel.reason), "not known until the host answers");
+        snprintf(lb->conn_error, sizeof(lb->conn_error), "connecting to %.120s",
+                 b->cfg->libvirt.uri);
+        lb->vcpus = b->cfg->vcpus > 0 ? b->cfg->vcpus : 1;
+        lb->memory = b->cfg->memory > 0 ? b->cfg->memory : 0;
+        lb->max_vms = b->cfg->max_vms > 0 ? b->cfg->max_vms : lb->vcpus;
+        reconnect_timer_start(lb);
+        return 0;
+    }
     r = lv_connect(lb, err);
+    if (r == 0)
+        r = host_setup(lb, err);
     if (r < 0)
         goto fail;
-    if (*b->cfg->libvirt.network) {
-        r = prepare_network(lb, err);
-        if (r < 0)
-            goto fail;
-    }
-
-    lv_snapshot_probe(lb);
-
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    uint64_t host_mem = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
-    if (lb->host_accel) {
-        r = host_accel_decide(lb, err);
-        if (r < 0)
-            goto fail;
-        /* the defaults are that host's CPUs and 80% of its memory */
-        virNodeInfo ni;
-        if (virNodeGetInfo(lb->conn, &ni) == 0 && ni.cpus > 0 && ni.memory > 0) {
-            cpus = (long)ni.cpus;
-            host_mem = (uint64_t)ni.memory << 10;
-        } else if (b->cfg->vcpus <= 0 || b->cfg->memory <= 0) {
-            r = al_error_set(err, EIO, "backend %s: reading the host's CPUs and memory: %s",
-                             b->name, lv_libvirt_msg());
-            goto fail;
-        }
-    }
-    lb->vcpus = b->cfg->vcpus > 0 ? b->cfg->vcpus : (int)(cpus > 0 ? cpus : 1);
-    lb->memory = b->cfg->memory > 0 ? b->cfg->memory : host_mem / 10u * 8u;
-    lb->max_vms = b->cfg->max_vms > 0 ? b->cfg->max_vms : lb->vcpus;
     return 0;
 fail:
     lv_backend_free(b);

@@ -66,6 +66,12 @@ struct lv_backend {
     /* accel describes another machine (a network URI): decided from that
      * host's libvirt, never from this machine's probe or its cache file */
     bool host_accel;
+    /* a network URI is connected first in the background, like a
+     * reconnect (a host that drops packets would hold the loop for the TCP
+     * connect timeout): until it answers, its accelerator, size and pool
+     * are not known and the backend is unhealthy ("connecting") */
+    bool host_unknown;
+    bool host_unknown_said; /* its first failure was logged */
     char *pool_name;
     char *pool_dir;
     char *vms_dir; /* <run_dir>/vms */

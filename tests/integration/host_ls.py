@@ -11,6 +11,11 @@
     and one whose marker does not match are left out); after the remote
     libvirtd stops, reachable turns false with the connection error, and
     true again once it is back;
+  - "h3" at a TCP port on 127.0.0.1 that accepts connections and never
+    answers (a host that hangs): the daemon still gets ready and serves the
+    others (a network URI is connected in the background, never on the
+    event loop), h3 shows as unreachable while connecting, and once the
+    port closes the daemon stops cleanly;
   - the table output names both hosts; the daemon stops cleanly.
 
 Usage: host_ls.py AGENTLABD AGENTLAB REMOTE_LIBVIRTD_SH
@@ -24,7 +29,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import socket
 import tempfile
+import threading
 import time
 
 DAEMON, CLI, REMOTE = sys.argv[1:4]
@@ -84,8 +91,44 @@ def upload_volume(uri, pool, name, path):
     virsh(uri, "vol-upload", "--pool", pool, name, path)
 
 
+class HangingHost:
+    """A listener on 127.0.0.1 that accepts and never says a word."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.accepted = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(c)
+
+    def close(self):
+        # shutdown wakes the accept() of the thread (close alone does not,
+        # and the socket would go on taking connections)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
+        for c in self.conns:
+            c.close()
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="host-ls-")
+    hang = HangingHost()
     state, rundir, rl = (os.path.join(tmp, d) for d in ("state", "run", "rl"))
     os.makedirs(state)
     os.makedirs(rundir)
@@ -104,7 +147,9 @@ def main():
         with open(conf, "w") as fh:
             fh.write("[agent]\nstate_dir = %s\nrun_dir = %s\nlog_level = info\n"
                      "[backend \"local\"]\nuri = test:///default\nmax_vms = 3\n"
-                     "[backend \"h2\"]\nuri = %s\nmax_vms = 1\n" % (state, rundir, uri))
+                     "[backend \"h2\"]\nuri = %s\nmax_vms = 1\n"
+                     "[backend \"h3\"]\nuri = qemu+tcp://127.0.0.1:%d/system\nmax_vms = 1\n"
+                     % (state, rundir, uri, hang.port))
         env = dict(os.environ, AGENTLAB_CONFIG=conf)
         env.pop("AGENTLAB_STATE_DIR", None)
         env.pop("AGENTLAB_RUN_DIR", None)
@@ -120,10 +165,17 @@ def main():
                 raise RuntimeError("agentlabd did not get ready:\n" + log.read())
             time.sleep(0.1)
 
-        # the daemon made its pool on the host; give it one complete image
+        # the daemon connects to h2 in the background and makes its pool
+        # there (not asked through `host ls` yet: that would read h2's
+        # images before the volumes below exist); give it one complete image
         # volume and two that are not complete
-        pools = [x.strip() for x in virsh(uri, "pool-list", "--name").splitlines() if x.strip()]
-        pool = [x for x in pools if x.startswith("agentlab-h2-")]
+        end = time.monotonic() + 30
+        while True:
+            pools = [x.strip() for x in virsh(uri, "pool-list", "--name").splitlines() if x.strip()]
+            pool = [x for x in pools if x.startswith("agentlab-h2-")]
+            if pool or time.monotonic() > end:
+                break
+            time.sleep(0.2)
         check(len(pool) == 1, "the daemon created its storage pool on the remote host")
         pool = pool[0]
         content = os.path.join(tmp, "kernel")
@@ -145,6 +197,13 @@ def main():
             fh.write("sha256 %s size 99\n" % other)
         upload_volume(uri, pool, stale, content)
         upload_volume(uri, pool, stale + ".sha256", marker)
+
+        # h3 hangs: the daemon is ready and serves the others all the same
+        check(hang.accepted >= 1, "the daemon is connecting to the hanging host (%d)" % hang.accepted)
+        h3 = hosts(env)["h3"]
+        check(h3["reachable"] is False and
+              h3["error"] == "connecting to qemu+tcp://127.0.0.1:%d/system" % hang.port,
+              "h3: unreachable while connecting: %s" % h3["error"])
 
         h = wait_for(env, "h2", lambda x: x["images_age_ms"] is not None, 20)
         all_hosts = hosts(env)
@@ -197,6 +256,13 @@ def main():
         h = wait_for(env, "h2", lambda x: x["reachable"], 30)
         check(h["reachable"] is True and h["error"] is None, "h2: reachable again")
 
+        # the hanging host hangs up: its connection attempt ends, the
+        # daemon can stop (it waits for a connection attempt in flight)
+        hang.close()
+        connecting = "connecting to qemu+tcp://127.0.0.1:%d/system" % hang.port
+        h3 = wait_for(env, "h3", lambda x: x["error"] != connecting, 30)
+        check(h3["reachable"] is False and h3["error"].startswith(connecting + ": "),
+              "h3: unreachable, with the connection error: %s" % h3["error"])
         daemon.send_signal(signal.SIGTERM)
         rc = daemon.wait(timeout=60)
         daemon = None
@@ -207,6 +273,7 @@ def main():
         if WRAP:
             print(text[-3000:])
     finally:
+        hang.close()
         if daemon:
             daemon.kill()
             daemon.wait()
