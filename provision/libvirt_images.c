@@ -13,7 +13,17 @@
  * The cache and the uploads are under lb->img_lock (libvirt_upload.h:
  * uploads into one pool must not overlap). A job's provisioning that finds
  * it taken (an upload for another job) gives its thread back and is
- * queued again after IMAGES_WAIT_MS, then finds the image present. */
+ * queued again after IMAGES_WAIT_MS, then finds the image present.
+ *
+ * Old builds are swept (image_vol_sweep_unused(), whose header has the
+ * rule) after every upload, still under img_lock on the same worker: the
+ * current checksums are the cache's (image, role) entries, so an image no
+ * job used since the daemon started is not touched. What a VM of ours was
+ * handed stays held (lb->holds) until its teardown, since its domain, which
+ * would show the host using it, is created later (seed, injection). A
+ * volume kept because something used it sets lb->sweep_pending, which the
+ * next VM's teardown turns into a sweep on its worker
+ * (lv_images_sweep_pending()). */
 #include "provision/libvirt_priv.h"
 #include "provision/libvirt_upload.h"
 #include "runner/base/sha256.h"

@@ -751,14 +751,20 @@ static int host_refs_add(struct host_refs *h, char *xml, struct al_error **err)
     return 0;
 }
 
-static bool host_uses(const struct host_refs *h, const char *const *held, const char *name)
+/* Whether vol's path on the host appears in what the host uses or in
+ * held; true when its path is unknown. Paths, not names: another pool of
+ * the host may hold a volume of the same name. */
+static bool host_uses(const struct host_refs *h, const char *const *held, virStorageVolPtr vol)
 {
+    _cleanup_free_ char *path = virStorageVolGetPath(vol);
+    if (!path)
+        return true;
     for (size_t i = 0; i < h->n; i++) {
-        if (strstr(h->xml[i], name))
+        if (strstr(h->xml[i], path))
             return true;
     }
     for (const char *const *p = held; p && *p; p++) {
-        if (strstr(*p, name))
+        if (streq(*p, path))
             return true;
     }
     return false;
@@ -863,7 +869,7 @@ int image_vol_sweep_unused(virConnectPtr conn, const char *pool_name,
         }
         bool complete = find_name(names, n, m, strlen(m)) >= 0;
         if (!complete || is_old_build(names[i], cur, n_cur)) {
-            if (host_uses(&refs, held, names[i]))
+            if (host_uses(&refs, held, vols[i]))
                 res.in_use++;
             else
                 drop[i] = true;

@@ -5,7 +5,8 @@
  * Volumes are named by image, role and checksum
  * (agentlab-img-<image>-<role>-<first 16 hex of sha256>[.qcow2]), so "is it
  * there" is a lookup and a rebuilt image (new checksum) gets a new volume
- * beside the old one, which image_vol_sweep() removes once no longer kept.
+ * beside the old one, which image_vol_sweep_unused() (the daemon's rule) or
+ * image_vol_sweep() (an explicit keep list) removes once no longer needed.
  *
  * No half volume: libvirt cannot rename a volume, so completion is a second,
  * tiny volume, the marker (<content name>.sha256), created only after the
@@ -153,12 +154,13 @@ struct image_vol_sweep_result {
 
 /* Deletes from pool (when it exists) the image volumes of ours that are no
  * longer needed, by this rule, decided per content volume:
- *  - one that the host uses is kept, whatever else holds: its name appears
- *    in the XML of any domain on the connection (running ones' live XML,
- *    with the <backingStore> chain; defined ones' config), of any volume
- *    of the pool that is not an image volume (an overlay backed by it), or
- *    in one of the strings of held (NULL-terminated, may be NULL: the
- *    caller's own users, e.g. the paths a VM will boot from);
+ *  - one that the host uses is kept, whatever else holds: its path on the
+ *    host appears in the XML of any domain on the connection (running
+ *    ones' live XML, with the <backingStore> chain; defined ones' config)
+ *    or of any volume of the pool that is not an image volume (an overlay
+ *    backed by it), or is one of held (NULL-terminated, may be NULL: the
+ *    caller's own users, e.g. the paths a VM will boot from before its
+ *    domain exists); a volume whose path libvirt does not tell is kept;
  *  - else one without its marker (an upload that was cut) is deleted;
  *  - else one whose image and role are in cur (n_cur entries) but whose
  *    name is not image_vol_name() of that entry's checksum (an old build)
