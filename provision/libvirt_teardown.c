@@ -165,7 +165,7 @@ struct vm_teardown {
     struct teardown t;
     struct lv_vm *v;
     /* the remote transport: its pool may hold old image volumes only this
-     * VM kept (lv_images_sweep_pending()); lives until the VM is freed */
+     * VM kept (lv_images_sweep_pending()); a backend outlives its VMs */
     struct lv_backend *images_lb;
     char *job_id;
 };
@@ -215,9 +215,12 @@ void lv_destroy_continue(struct lv_vm *v)
     if (!vt || !vt->t.dom_name || !vt->t.pool_name || !vt->t.vol_name || !vt->t.run_dir ||
         (v->seed_vol_name && !vt->t.seed_vol_name) ||
         al_work_queue(v->lb->b->env.loop, vm_teardown_work, vm_teardown_done, vt, NULL) < 0) {
-        /* last resort: tear down synchronously rather than leak */
+        /* last resort: tear down synchronously rather than leak (no sweep
+         * on the loop: the next VM's teardown does it) */
         struct al_error *err = NULL;
-        int r = vt ? vm_teardown_work(vt, &err) : -ENOMEM;
+        int r = vt ? teardown_work(&vt->t, &err) : -ENOMEM;
+        if (v->lb->remote)
+            lv_images_release(v->lb, v);
         if (vt)
             vm_teardown_done(vt, r, err);
         else
