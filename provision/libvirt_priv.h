@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <libvirt/libvirt.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <libvirt/virterror.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,7 @@
 #define INJECT_BATCH_MAX 16
 
 struct lv_vm;
+struct lv_image_hold;
 struct lv_snap_slot;
 struct lv_console;
 
@@ -98,6 +100,12 @@ struct lv_backend {
     pthread_mutex_t img_lock;
     struct lv_file_sum *sums;
     size_t n_sums;
+    /* a sweep kept old image volumes a domain used: sweep again once a VM
+     * of ours ended (set and cleared on workers, hence atomic) */
+    atomic_bool sweep_pending;
+    /* the image volumes VMs of ours boot from (libvirt_images.c's lock) */
+    struct lv_image_hold *holds;
+    size_t n_holds;
     /* inject = guestfs: overlays waiting for the next shared appliance */
     struct al_list inject_queue; /* of lv_vm.inject_link, FIFO */
     uv_timer_t *inject_timer;    /* the coalescing window; heap: closes after lb */
@@ -250,7 +258,15 @@ void lv_streams_stop(struct lv_vm *v);
  * into one pool run one at a time: while another runs, returns 0 at once
  * with v->images_busy set, and the caller tries again later. */
 int lv_images_ensure(struct lv_vm *v, struct al_error **err);
-/* Frees the checksum cache (backend close). */
+/* Worker, remote transport, after a VM of lb ended (its domain and
+ * overlay gone): when an earlier sweep kept old image volumes a domain
+ * used, sweeps again through conn, unless an upload holds the pool (the
+ * flag then stays for the next VM's end). Logs, never fails. */
+void lv_images_sweep_pending(struct lv_backend *lb, virConnectPtr conn, const char *job_id);
+/* Any thread: v no longer boots from the image volumes its ensure handed
+ * it (teardown: its domain is gone). */
+void lv_images_release(struct lv_backend *lb, const struct lv_vm *v);
+/* Frees the checksum cache and the holds (backend close). */
 void lv_images_free(struct lv_backend *lb);
 /* Loop: the connection came back after it was lost:
  * destroys the domains of ours the host kept and deletes their overlay and

@@ -164,12 +164,22 @@ static void on_torn_down(void *data, int result, struct al_error *err)
 struct vm_teardown {
     struct teardown t;
     struct lv_vm *v;
+    /* the remote transport: its pool may hold old image volumes only this
+     * VM kept (lv_images_sweep_pending()); a backend outlives its VMs */
+    struct lv_backend *images_lb;
+    char *job_id;
 };
 
 static int vm_teardown_work(void *data, struct al_error **err)
 {
     struct vm_teardown *vt = data;
-    return teardown_work(&vt->t, err);
+    int r = teardown_work(&vt->t, err);
+    if (vt->images_lb) {
+        lv_images_release(vt->images_lb, vt->v);
+        if (vt->t.conn)
+            lv_images_sweep_pending(vt->images_lb, vt->t.conn, vt->job_id);
+    }
+    return r;
 }
 
 static void vm_teardown_done(void *data, int result, struct al_error *err)
@@ -177,6 +187,7 @@ static void vm_teardown_done(void *data, int result, struct al_error *err)
     struct vm_teardown *vt = data;
     struct lv_vm *v = vt->v;
     teardown_clear(&vt->t);
+    free(vt->job_id);
     free(vt);
     v->dom = NULL;
     on_torn_down(v, result, err);
@@ -198,13 +209,18 @@ void lv_destroy_continue(struct lv_vm *v)
         vt->t.vol_name = strdup(v->vol_name);
         vt->t.seed_vol_name = v->seed_vol_name ? strdup(v->seed_vol_name) : NULL;
         vt->t.run_dir = strdup(v->run_dir);
+        vt->images_lb = v->lb->remote ? v->lb : NULL;
+        vt->job_id = v->req.job_id ? strdup(v->req.job_id) : NULL;
     }
     if (!vt || !vt->t.dom_name || !vt->t.pool_name || !vt->t.vol_name || !vt->t.run_dir ||
         (v->seed_vol_name && !vt->t.seed_vol_name) ||
         al_work_queue(v->lb->b->env.loop, vm_teardown_work, vm_teardown_done, vt, NULL) < 0) {
-        /* last resort: tear down synchronously rather than leak */
+        /* last resort: tear down synchronously rather than leak (no sweep
+         * on the loop: the next VM's teardown does it) */
         struct al_error *err = NULL;
         int r = vt ? teardown_work(&vt->t, &err) : -ENOMEM;
+        if (v->lb->remote)
+            lv_images_release(v->lb, v);
         if (vt)
             vm_teardown_done(vt, r, err);
         else

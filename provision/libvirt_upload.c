@@ -723,3 +723,189 @@ int image_vol_list(virConnectPtr conn, const char *pool_name, struct image_vol_e
     *ret_n = used;
     return 0;
 }
+
+/* What the host uses: the XML of every domain on the connection and of
+ * every volume of pool that is not an image volume of ours. */
+struct host_refs {
+    char **xml;
+    size_t n;
+};
+
+static void host_refs_clear(struct host_refs *h)
+{
+    for (size_t i = 0; i < h->n; i++)
+        free(h->xml[i]);
+    free(h->xml);
+    *h = (struct host_refs){0};
+}
+
+static int host_refs_add(struct host_refs *h, char *xml, struct al_error **err)
+{
+    char **v = realloc(h->xml, (h->n + 1) * sizeof(*v));
+    if (!v) {
+        free(xml);
+        return al_error_set(err, ENOMEM, "domain XML");
+    }
+    h->xml = v;
+    h->xml[h->n++] = xml;
+    return 0;
+}
+
+/* Whether vol's path on the host appears in what the host uses or in
+ * held; true when its path is unknown. Paths, not names: another pool of
+ * the host may hold a volume of the same name. */
+static bool host_uses(const struct host_refs *h, const char *const *held, virStorageVolPtr vol)
+{
+    _cleanup_free_ char *path = virStorageVolGetPath(vol);
+    if (!path)
+        return true;
+    for (size_t i = 0; i < h->n; i++) {
+        if (strstr(h->xml[i], path))
+            return true;
+    }
+    for (const char *const *p = held; p && *p; p++) {
+        if (streq(*p, path))
+            return true;
+    }
+    return false;
+}
+
+static int host_refs_read(virConnectPtr conn, virStorageVolPtr *vols, char **names, int n_vols,
+                          struct host_refs *h, struct al_error **err)
+{
+    virDomainPtr *doms = NULL;
+    int n = virConnectListAllDomains(conn, &doms, 0);
+    if (n < 0)
+        return al_error_set(err, EIO, "listing the domains: %s", libvirt_msg());
+    int r = 0;
+    for (int i = 0; i < n; i++) {
+        if (r == 0) {
+            char *xml = virDomainGetXMLDesc(doms[i], 0);
+            if (xml)
+                r = host_refs_add(h, xml, err);
+            else if (virGetLastErrorCode() != VIR_ERR_NO_DOMAIN) /* gone meanwhile */
+                r = al_error_set(err, EIO, "the XML of domain %s: %s", virDomainGetName(doms[i]),
+                                 libvirt_msg());
+        }
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+    for (int i = 0; i < n_vols && r == 0; i++) {
+        if (image_vol_classify(names[i], NULL) != IMAGE_VOL_NOT_OURS)
+            continue;
+        char *xml = virStorageVolGetXMLDesc(vols[i], 0);
+        if (xml)
+            r = host_refs_add(h, xml, err);
+        else if (virGetLastErrorCode() != VIR_ERR_NO_STORAGE_VOL)
+            r = al_error_set(err, EIO, "the XML of volume %s: %s", names[i], libvirt_msg());
+    }
+    return r;
+}
+
+/* Whether content (a content volume's name, complete) is an old build of
+ * a file in cur; false when unknown. */
+static bool is_old_build(const char *content, const struct image_vol_current *cur, size_t n_cur)
+{
+    _cleanup_free_ char *image = NULL;
+    enum image_vol_role role;
+    char prefix[IMAGE_VOL_SHA_PREFIX + 1];
+    if (!parse_content_name(content, &image, &role, prefix))
+        return false;
+    bool known = false;
+    for (size_t i = 0; i < n_cur; i++) {
+        if (cur[i].role != role || !streq(cur[i].image, image))
+            continue;
+        _cleanup_free_ char *want = NULL;
+        if (image_vol_name(cur[i].image, cur[i].role, cur[i].sha256, &want, NULL) < 0)
+            return false; /* a bad entry: keep */
+        if (streq(want, content))
+            return false;
+        known = true;
+    }
+    return known;
+}
+
+int image_vol_sweep_unused(virConnectPtr conn, const char *pool_name,
+                           const struct image_vol_current *cur, size_t n_cur,
+                           const char *const *held, struct image_vol_sweep_result *ret,
+                           struct al_error **err)
+{
+    _cleanup_(virStoragePoolFreep) virStoragePoolPtr pool =
+            virStoragePoolLookupByName(conn, pool_name);
+    if (!pool) {
+        if (virGetLastErrorCode() == VIR_ERR_NO_STORAGE_POOL) {
+            if (ret)
+                *ret = (struct image_vol_sweep_result){0};
+            return 0;
+        }
+        return al_error_set(err, EIO, "storage pool %s: %s", pool_name, libvirt_msg());
+    }
+    virStorageVolPtr *vols = NULL;
+    int n = virStoragePoolListAllVolumes(pool, &vols, 0);
+    if (n < 0)
+        return al_error_set(err, EIO, "listing the volumes of %s: %s", pool_name, libvirt_msg());
+    _cleanup_free_ char **names = calloc((size_t)n + 1, sizeof(*names));
+    _cleanup_free_ bool *drop = calloc((size_t)n + 1, sizeof(*drop));
+    int r = names && drop ? 0 : al_error_set(err, ENOMEM, "volume names");
+    for (int i = 0; i < n && r == 0; i++) {
+        const char *s = virStorageVolGetName(vols[i]);
+        names[i] = s ? strdup(s) : NULL;
+        if (!names[i])
+            r = al_error_set(err, ENOMEM, "volume names");
+    }
+    struct host_refs refs = {0};
+    if (r == 0)
+        r = host_refs_read(conn, vols, names, n, &refs, err);
+    struct image_vol_sweep_result res = {0};
+    /* contents first: a marker's fate is its content's */
+    for (int i = 0; i < n && r == 0; i++) {
+        if (image_vol_classify(names[i], NULL) != IMAGE_VOL_CONTENT)
+            continue;
+        _cleanup_free_ char *m = NULL;
+        if (asprintf(&m, "%s" IMAGE_VOL_MARKER_SUFFIX, names[i]) < 0) {
+            m = NULL;
+            r = al_error_set(err, ENOMEM, "marker name");
+            break;
+        }
+        bool complete = find_name(names, n, m, strlen(m)) >= 0;
+        if (!complete || is_old_build(names[i], cur, n_cur)) {
+            if (host_uses(&refs, held, vols[i]))
+                res.in_use++;
+            else
+                drop[i] = true;
+        }
+    }
+    for (int i = 0; i < n && r == 0; i++) {
+        size_t clen = 0;
+        if (image_vol_classify(names[i], &clen) != IMAGE_VOL_MARKER)
+            continue;
+        int c = find_name(names, n, names[i], clen);
+        drop[i] = c < 0 || drop[c];
+    }
+    /* markers before contents: a content never looks complete after its
+     * marker went, whatever stops this half-way */
+    for (int pass = 0; pass < 2 && r == 0; pass++) {
+        for (int i = 0; i < n && r == 0; i++) {
+            enum image_vol_kind kind = image_vol_classify(names[i], NULL);
+            if (!drop[i] || (kind == IMAGE_VOL_MARKER) != (pass == 0))
+                continue;
+            if (virStorageVolDelete(vols[i], 0) < 0) {
+                r = al_error_set(err, EIO, "deleting volume %s: %s", names[i], libvirt_msg());
+                break;
+            }
+            res.removed++;
+        }
+    }
+    host_refs_clear(&refs);
+    for (int i = 0; i < n; i++) {
+        if (names)
+            free(names[i]);
+        virStorageVolFree(vols[i]);
+    }
+    free(vols);
+    if (r < 0)
+        return r;
+    if (ret)
+        *ret = res;
+    return 0;
+}

@@ -5,7 +5,8 @@
  * Volumes are named by image, role and checksum
  * (agentlab-img-<image>-<role>-<first 16 hex of sha256>[.qcow2]), so "is it
  * there" is a lookup and a rebuilt image (new checksum) gets a new volume
- * beside the old one, which image_vol_sweep() removes once no longer kept.
+ * beside the old one, which image_vol_sweep_unused() (the daemon's rule) or
+ * image_vol_sweep() (an explicit keep list) removes once no longer needed.
  *
  * No half volume: libvirt cannot rename a volume, so completion is a second,
  * tiny volume, the marker (<content name>.sha256), created only after the
@@ -137,6 +138,45 @@ void image_vol_clear(struct image_vol *v);
  * errno; a missing pool is no error. */
 int image_vol_sweep(virConnectPtr conn, const char *pool, const char *const *keep,
                     unsigned *ret_removed, struct al_error **err);
+
+/* A file of an image whose current checksum the caller knows. */
+struct image_vol_current {
+    const char *image;
+    enum image_vol_role role;
+    const char *sha256; /* 64 lowercase hex */
+};
+
+struct image_vol_sweep_result {
+    unsigned removed; /* volumes deleted, contents and markers */
+    unsigned in_use;  /* content volumes that would have gone but the host
+                       * still uses (kept: sweep again once that ends) */
+};
+
+/* Deletes from pool (when it exists) the image volumes of ours that are no
+ * longer needed, by this rule, decided per content volume:
+ *  - one that the host uses is kept, whatever else holds: its path on the
+ *    host appears in the XML of any domain on the connection (running
+ *    ones' live XML, with the <backingStore> chain; defined ones' config)
+ *    or of any volume of the pool that is not an image volume (an overlay
+ *    backed by it), or is one of held (NULL-terminated, may be NULL: the
+ *    caller's own users, e.g. the paths a VM will boot from before its
+ *    domain exists); a volume whose path libvirt does not tell is kept;
+ *  - else one without its marker (an upload that was cut) is deleted;
+ *  - else one whose image and role are in cur (n_cur entries) but whose
+ *    name is not image_vol_name() of that entry's checksum (an old build)
+ *    is deleted;
+ *  - else it is kept: a name we cannot parse, or an image the caller knows
+ *    nothing of (when in doubt, keep).
+ * A marker goes with its content, and a marker without content goes; a
+ * marker is deleted before its content. An error reading what the host
+ * uses deletes nothing. The caller must hold off uploads into the pool
+ * while this runs (a content of an upload in flight has no marker yet).
+ * *ret (may be NULL) gets the counts. Returns 0 or a negative
+ * errno; a missing pool is no error. */
+int image_vol_sweep_unused(virConnectPtr conn, const char *pool,
+                           const struct image_vol_current *cur, size_t n_cur,
+                           const char *const *held, struct image_vol_sweep_result *ret,
+                           struct al_error **err);
 
 /* A complete image volume found on a host. */
 struct image_vol_entry {

@@ -11,8 +11,12 @@
  *    and initrd were uploaded to h2 once, for its first job only.
  *    Meanwhile "h3" (the same remote libvirtd, its own pool, max_vms = 2)
  *    runs two jobs at once: the image is uploaded once, not twice.
- * 2. The disk rebuilt (new content) is uploaded again for the next job on
- *    h2; the kernel touched (same content) is hashed again, not uploaded.
+ * 2. The disk rebuilt (new content) while a job on h3 runs on the old
+ *    one: h3's next job uploads the new disk (the kernel, touched with the
+ *    same content, is hashed again, not uploaded); the old disk stays
+ *    while the running job uses it and is swept once that job (cancelled)
+ *    ended. The next job on h2 uploads the new disk too, and h2's old disk
+ *    (no domain uses it) is swept at once.
  * 3. That job (local is busy) killed mid-job with the remote libvirtd: it
  *    ends as an infrastructure error, is retried on local and succeeds; h2
  *    reports itself unhealthy.
@@ -40,7 +44,7 @@
 #include "runner/loop/virt_uv.h"
 
 #define OWNER     "daemon:00000000000000000000000000f1ee70"
-#define MAX_JOBS  8
+#define MAX_JOBS  12
 #define ART_BYTES 50000
 
 /* one loop for the process: libvirt's event implementation cannot move */
@@ -250,6 +254,7 @@ struct waiter {
     bool done;
     bool (*pred)(struct waiter *w);
     const char *job_id; /* for pred_output */
+    const char *expect; /* for pred_h3_disks */
 };
 
 static void on_wait_tick(uv_timer_t *t)
@@ -397,13 +402,18 @@ static void assert_clean(virConnectPtr c, const char *host)
         fail_msg("%s: %s outlived its job", host, what);
 }
 
-/* The volume names of h2's pool holding needle, comma-separated. */
-static void remote_volumes(const char *needle, char *buf, size_t size)
+/* The volume names holding needle of the remote host's pools whose names
+ * start with pool_prefix ("agentlab-h2-": h2's), comma-separated. */
+static void remote_volumes(const char *pool_prefix, const char *needle, char *buf, size_t size)
 {
     buf[0] = '\0';
     virStoragePoolPtr *pools = NULL;
     int np = virConnectListAllStoragePools(rconn, &pools, 0);
     for (int i = 0; i < np; i++) {
+        if (strncmp(virStoragePoolGetName(pools[i]), pool_prefix, strlen(pool_prefix)) != 0) {
+            virStoragePoolFree(pools[i]);
+            continue;
+        }
         virStoragePoolRefresh(pools[i], 0);
         virStorageVolPtr *vols = NULL;
         int nv = virStoragePoolListAllVolumes(pools[i], &vols, 0);
@@ -419,6 +429,29 @@ static void remote_volumes(const char *needle, char *buf, size_t size)
         virStoragePoolFree(pools[i]);
     }
     free(pools);
+}
+
+/* Whether every name of the comma-separated list names is in list. */
+static bool all_in(const char *names, const char *list)
+{
+    _cleanup_free_ char *copy = strdup(names);
+    assert_non_null(copy);
+    char *save = NULL;
+    for (char *n = strtok_r(copy, ",", &save); n; n = strtok_r(NULL, ",", &save)) {
+        if (!strstr(list, n))
+            return false;
+    }
+    return true;
+}
+
+/* h3's pool holds only the disk volumes named in w->expect
+ * (comma-separated). */
+static bool pred_h3_disks(struct waiter *w)
+{
+    char now[512];
+    remote_volumes("agentlab-h3-", "-disk-", now, sizeof(now));
+    /* in any order: a refresh may list them otherwise */
+    return strlen(now) == strlen(w->expect) && all_in(now, w->expect);
 }
 
 static void test_fleet(void **state)
@@ -512,17 +545,58 @@ static void test_fleet(void **state)
     assert_int_equal(log_count("backend h3: uploaded image micro's initrd"), 1);
     fprintf(stderr, "h3: %d job(s) waited for the other's upload\n",
             log_count("backend h3: waiting for another job's upload"));
-    char before[512];
-    remote_volumes("-disk-", before, sizeof(before));
+    char before[512], h3_before[512];
+    remote_volumes("agentlab-h2-", "-disk-", before, sizeof(before));
+    remote_volumes("agentlab-h3-", "-disk-", h3_before, sizeof(h3_before));
 
-    /* 2. the disk rebuilt (new content), the kernel touched (same content);
-     * 3. a job holds local, the next goes to h2, which dies mid-job */
+    /* 2. the disk rebuilt (new content), the kernel touched (same content),
+     * while a job on h3 runs on the old disk */
+    struct job *old_user = submit(&f, "pair", "echo started; sleep 600");
+    w = (struct waiter){.f = &f, .pred = pred_started, .job_id = old_user->id};
+    run_until_pred(&w, 180000, "the job on the old image on h3");
     _cleanup_free_ char *cmd = NULL;
     assert_true(asprintf(&cmd,
                          "qemu-io -f qcow2 -c 'write -P 0x5a 0 64k' '%s/state/images/micro/"
                          "disk.qcow2' >/dev/null && touch '%s/state/images/micro/vmlinuz'",
                          tmp, tmp) > 0);
     assert_int_equal(system(cmd), 0);
+    /* h3's next job uploads the new disk; the old one stays while the
+     * running job's overlay is backed by it, and goes once it ended */
+    size_t h3_from = f.n;
+    struct job *h3_new = submit(&f, "pair", job_sh);
+    w = (struct waiter){.f = &f, .pred = pred_started, .job_id = h3_new->id};
+    run_until_pred(&w, 180000, "h3's job on the rebuilt image");
+    assert_int_equal(log_count("backend h3: uploaded image micro's disk"), 2);
+    assert_int_equal(log_count("backend h3: uploaded image micro's kernel"), 1);
+    assert_int_equal(log_count("backend h3: 1 old image volumes still in use"), 1);
+    assert_int_equal(log_count("backend h3: removed"), 0);
+    char h3_both[512];
+    remote_volumes("agentlab-h3-", "-disk-", h3_both, sizeof(h3_both));
+    fprintf(stderr, "disk volumes on h3: before the rebuild %s, while a job uses it %s\n",
+            h3_before, h3_both);
+    assert_true(all_in(h3_before, h3_both));
+    assert_true(strlen(h3_both) > strlen(h3_before)); /* the new beside the old */
+    assert_int_equal(engine_cancel(f.engine, old_user->id, &err), 0);
+    w = (struct waiter){.f = &f, .from = h3_from - 1, .pred = pred_finished};
+    run_until_pred(&w, 180000, "the two jobs on h3");
+    check_job(h3_new, boot_ids, &n_boot);
+    /* the cancelled job's teardown swept: only the new disk is left */
+    char h3_new_disk[512] = "";
+    for (char *save = NULL, *n = strtok_r(h3_both, ",", &save); n; n = strtok_r(NULL, ",", &save)) {
+        if (!strstr(h3_before, n)) {
+            size_t l = strlen(h3_new_disk);
+            snprintf(h3_new_disk + l, sizeof(h3_new_disk) - l, "%s%s", l ? "," : "", n);
+        }
+    }
+    uint64_t t_end = al_now_mono_ms();
+    w = (struct waiter){.f = &f, .pred = pred_h3_disks, .expect = h3_new_disk};
+    run_until_pred(&w, 60000, "the sweep of h3's old disk");
+    fprintf(stderr, "h3: old disk swept %llu ms after its last user ended; left %s\n",
+            (unsigned long long)(al_now_mono_ms() - t_end), h3_new_disk);
+    print_log_lines("old image volumes");
+    assert_int_equal(log_count("backend h3: removed 2 old image volumes"), 1);
+
+    /* 3. a job holds local, the next goes to h2, which dies mid-job */
     size_t from = f.n;
     struct job *hold = submit(&f, "fleet", "echo hold; head -c 50000 /dev/zero > art.bin");
     struct job *victim = submit(&f, "fleet", job_sh);
@@ -534,9 +608,12 @@ static void test_fleet(void **state)
     assert_int_equal(log_count("backend h2: uploaded image micro's disk"), 2);
     assert_int_equal(log_count("backend h2: uploaded image micro's kernel"), 1);
     char after[512];
-    remote_volumes("-disk-", after, sizeof(after));
+    remote_volumes("agentlab-h2-", "-disk-", after, sizeof(after));
     fprintf(stderr, "disk volumes on h2: before the rebuild %s, after %s\n", before, after);
-    assert_true(strlen(after) > strlen(before)); /* a new name beside the old */
+    /* the new one replaced the old (no domain on h2 used it) */
+    assert_int_equal(strlen(after), strlen(before));
+    assert_string_not_equal(after, before);
+    assert_int_equal(log_count("backend h2: removed 2 old image volumes"), 1);
     remote_kill();
     uint64_t t_kill = al_now_mono_ms();
     w = (struct waiter){.f = &f, .from = from, .pred = pred_finished};

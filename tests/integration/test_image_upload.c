@@ -30,6 +30,8 @@
 #define POOL_DIR    "/var/lib/libvirt/images/agentlab-upload-test"
 #define POOL_RB     "agentlab-upload-rebuild"
 #define POOL_RB_DIR "/var/lib/libvirt/images/agentlab-upload-rebuild"
+#define POOL_SW     "agentlab-upload-sweep"
+#define POOL_SW_DIR "/var/lib/libvirt/images/agentlab-upload-sweep"
 
 static char *tmp;        /* the test's dir: hidden from the remote host */
 static char *remote_dir; /* the harness's state */
@@ -371,17 +373,22 @@ static void assert_nothing_complete(const char *name)
     assert_false(has_vol(POOL, name));
 }
 
-static void create_raw(const char *name, uint64_t size)
+static void create_raw_in(const char *pool_name, const char *name, uint64_t size)
 {
     _cleanup_free_ char *xml = NULL;
     assert_int_equal(image_vol_xml(name, size, &xml, NULL), 0);
-    virStoragePoolPtr pool = virStoragePoolLookupByName(conn, POOL);
+    virStoragePoolPtr pool = virStoragePoolLookupByName(conn, pool_name);
     assert_non_null(pool);
     virStorageVolPtr v = virStorageVolCreateXML(pool, xml, 0);
     if (!v)
         fail_msg("creating %s: %s", name, virGetLastErrorMessage());
     virStorageVolFree(v);
     virStoragePoolFree(pool);
+}
+
+static void create_raw(const char *name, uint64_t size)
+{
+    create_raw_in(POOL, name, size);
 }
 
 /* Uploads that fail mid-way leave nothing that looks complete, and the next
@@ -572,12 +579,153 @@ static void test_upload_on_worker(void **state)
     test_loop_close(&loop);
 }
 
+/* One file of the sweep test: its old and new build uploaded. */
+struct sweep_file {
+    const char *file;
+    enum image_vol_role role;
+    char *rebuilt;
+    char sha_old[AL_SHA256_HEX_SIZE], sha_new[AL_SHA256_HEX_SIZE];
+    struct image_vol old, new;
+};
+
+static void sweep_ok(const struct image_vol_current *cur, size_t n_cur, const char *const *held,
+                     unsigned removed, unsigned in_use)
+{
+    struct image_vol_sweep_result res = {0};
+    struct al_error *err = NULL;
+    uint64_t t0 = al_now_mono_ms();
+    if (image_vol_sweep_unused(conn, POOL_SW, cur, n_cur, held, &res, &err) < 0)
+        fail_msg("sweep: %s", al_error_message(err));
+    printf("# sweep: %u removed, %u kept in use, %" PRIu64 " ms\n", res.removed, res.in_use,
+           al_now_mono_ms() - t0);
+    assert_int_equal(res.removed, removed);
+    assert_int_equal(res.in_use, in_use);
+}
+
+static void assert_complete(const char *name, bool present)
+{
+    _cleanup_free_ char *m = marker_of(name);
+    assert_int_equal(has_vol(POOL_SW, name), present);
+    assert_int_equal(has_vol(POOL_SW, m), present);
+}
+
+/* The daemon's sweep rule (image_vol_sweep_unused()): a rebuilt image's
+ * old volumes go, but only once nothing uses them: not a domain defined on
+ * the host (its kernel), not an overlay volume backed by the old disk, not
+ * a path the caller holds; cut uploads and stray markers go at once; an
+ * image the caller does not know stays. */
+static void test_sweep_unused(void **state)
+{
+    (void)state;
+    struct sweep_file f[] = {
+            {.file = "disk.qcow2", .role = IMAGE_VOL_DISK},
+            {.file = "vmlinuz", .role = IMAGE_VOL_KERNEL},
+            {.file = "initrd.img", .role = IMAGE_VOL_INITRD},
+    };
+    struct image_vol_current cur[ARRAY_SIZE(f)];
+    for (size_t i = 0; i < ARRAY_SIZE(f); i++) {
+        _cleanup_free_ char *path = micro_file(f[i].file);
+        _cleanup_free_ char *copy = NULL;
+        assert_true(asprintf(&copy, "sweep-%s", f[i].file) > 0);
+        f[i].rebuilt = modified_copy(path, copy, -1);
+        sha_of(path, f[i].sha_old);
+        sha_of(f[i].rebuilt, f[i].sha_new);
+        ensure_ok(POOL_SW, POOL_SW_DIR, "micro", f[i].role, path, f[i].sha_old, &f[i].old);
+        ensure_ok(POOL_SW, POOL_SW_DIR, "micro", f[i].role, f[i].rebuilt, f[i].sha_new, &f[i].new);
+        assert_true(f[i].old.uploaded && f[i].new.uploaded);
+        cur[i] = (struct image_vol_current){
+                .image = "micro", .role = f[i].role, .sha256 = f[i].sha_new};
+    }
+    /* an image the sweep is told nothing of */
+    _cleanup_free_ char *kernel = micro_file("vmlinuz");
+    struct image_vol other = {0};
+    ensure_ok(POOL_SW, POOL_SW_DIR, "other", IMAGE_VOL_KERNEL, kernel, f[1].sha_old, &other);
+    /* a cut upload of micro's initrd (no marker), and a marker whose
+     * content is gone */
+    static const char cut_sha[] =
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    static const char stray_sha[] =
+            "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    _cleanup_free_ char *cut = NULL, *stray = NULL;
+    assert_int_equal(image_vol_name("micro", IMAGE_VOL_INITRD, cut_sha, &cut, NULL), 0);
+    assert_int_equal(image_vol_name("micro", IMAGE_VOL_KERNEL, stray_sha, &stray, NULL), 0);
+    _cleanup_free_ char *stray_marker = marker_of(stray);
+    create_raw_in(POOL_SW, cut, 4096);
+    create_raw_in(POOL_SW, stray_marker, 16);
+
+    /* the old disk backs an overlay, the old kernel boots a defined domain */
+    virStoragePoolPtr pool = virStoragePoolLookupByName(conn, POOL_SW);
+    assert_non_null(pool);
+    _cleanup_free_ char *ovl_xml = NULL;
+    assert_true(asprintf(&ovl_xml,
+                         "<volume><name>sweep-overlay.qcow2</name>"
+                         "<capacity unit='bytes'>67108864</capacity>"
+                         "<target><format type='qcow2'/></target>"
+                         "<backingStore><path>%s</path><format type='qcow2'/></backingStore>"
+                         "</volume>",
+                         f[0].old.path) > 0);
+    virStorageVolPtr overlay = virStorageVolCreateXML(pool, ovl_xml, 0);
+    if (!overlay)
+        fail_msg("creating the overlay: %s", virGetLastErrorMessage());
+    _cleanup_free_ char *dom_xml = NULL;
+    assert_true(asprintf(&dom_xml,
+                         "<domain type='qemu'><name>agentlab-sweep-test</name>"
+                         "<memory unit='MiB'>64</memory>"
+                         "<os><type arch='x86_64'>hvm</type><kernel>%s</kernel></os>"
+                         "</domain>",
+                         f[1].old.path) > 0);
+    virDomainPtr dom = virDomainDefineXML(conn, dom_xml);
+    if (!dom)
+        fail_msg("defining the domain: %s", virGetLastErrorMessage());
+    /* the old initrd: a VM's, before its domain exists */
+    const char *held[] = {f[2].old.path, NULL};
+
+    /* the cut upload and the stray marker go; the three old builds stay */
+    sweep_ok(cur, ARRAY_SIZE(cur), held, 2, 3);
+    assert_false(has_vol(POOL_SW, cut));
+    assert_false(has_vol(POOL_SW, stray_marker));
+    for (size_t i = 0; i < ARRAY_SIZE(f); i++) {
+        assert_complete(f[i].old.name, true);
+        assert_complete(f[i].new.name, true);
+    }
+    assert_complete(other.name, true);
+
+    /* the overlay gone, the old disk and its marker go */
+    assert_int_equal(virStorageVolDelete(overlay, 0), 0);
+    virStorageVolFree(overlay);
+    sweep_ok(cur, ARRAY_SIZE(cur), held, 2, 2);
+    assert_complete(f[0].old.name, false);
+    assert_complete(f[1].old.name, true);
+
+    /* the domain and the hold gone, the old kernel and initrd go */
+    assert_int_equal(virDomainUndefine(dom), 0);
+    virDomainFree(dom);
+    sweep_ok(cur, ARRAY_SIZE(cur), NULL, 4, 0);
+    for (size_t i = 0; i < ARRAY_SIZE(f); i++) {
+        assert_complete(f[i].old.name, false);
+        assert_complete(f[i].new.name, true);
+    }
+    assert_complete(other.name, true);
+    /* nothing else to do; the host's remaining copies are the new builds */
+    sweep_ok(cur, ARRAY_SIZE(cur), NULL, 0, 0);
+    for (size_t i = 0; i < ARRAY_SIZE(f); i++) {
+        char there[AL_SHA256_HEX_SIZE];
+        remote_sha(f[i].new.path, there);
+        assert_string_equal(there, f[i].sha_new);
+        image_vol_clear(&f[i].old);
+        image_vol_clear(&f[i].new);
+        free(f[i].rebuilt);
+    }
+    image_vol_clear(&other);
+    virStoragePoolFree(pool);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_host_is_separate), cmocka_unit_test(test_upload_once),
             cmocka_unit_test(test_rebuilt_image),    cmocka_unit_test(test_cut_uploads),
-            cmocka_unit_test(test_upload_on_worker),
+            cmocka_unit_test(test_upload_on_worker), cmocka_unit_test(test_sweep_unused),
     };
     return test_exit_status(cmocka_run_group_tests(tests, setup, teardown));
 }

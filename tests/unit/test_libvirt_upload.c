@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "provision/libvirt_upload.h"
+#include "runner/base/macro.h"
 #include "runner/base/util.h"
 
 #define SHA_A "1b7af784841125887e688254229e282829e17245d0e47fe7280da9b68a30d9e1"
@@ -237,12 +238,113 @@ static void test_list_without_markers(void **state)
     virConnectClose(conn);
 }
 
+#define SHA_K          \
+    "aaaaaaaaaaaaaaaa" \
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define KERNEL_NEW "agentlab-img-micro-kernel-eeeeeeeeeeeeeeee"
+#define KERNEL_OLD "agentlab-img-micro-kernel-ffffffffffffffff"
+#define INITRD_OLD "agentlab-img-micro-initrd-9999999999999999"
+#define OTHER      "agentlab-img-other-disk-1111111111111111.qcow2"
+
+static char *vol_path(virStoragePoolPtr pool, const char *name)
+{
+    virStorageVolPtr v = virStorageVolLookupByName(pool, name);
+    assert_non_null(v);
+    char *p = virStorageVolGetPath(v);
+    assert_non_null(p);
+    virStorageVolFree(v);
+    return p;
+}
+
+static void sweep_unused_ok(virConnectPtr conn, const struct image_vol_current *cur, size_t n,
+                            const char *const *held, unsigned removed, unsigned in_use)
+{
+    struct image_vol_sweep_result res = {99, 99};
+    struct al_error *err = NULL;
+    if (image_vol_sweep_unused(conn, "default-pool", cur, n, held, &res, &err) < 0)
+        fail_msg("%s", al_error_message(err));
+    assert_int_equal(res.removed, removed);
+    assert_int_equal(res.in_use, in_use);
+}
+
+/* The daemon's rule on the test driver: old builds of a known image and
+ * role go unless a domain, another volume or the caller uses them; cut
+ * uploads and stray markers go; unknown images and foreign volumes stay. */
+static void test_sweep_unused(void **state)
+{
+    (void)state;
+    virSetErrorFunc(NULL, quiet);
+    virConnectPtr conn = virConnectOpen("test:///default");
+    assert_non_null(conn);
+    virStoragePoolPtr pool = virStoragePoolLookupByName(conn, "default-pool");
+    assert_non_null(pool);
+    const char *complete[] = {K, OLD, KERNEL_NEW, KERNEL_OLD, INITRD_OLD, OTHER};
+    for (size_t i = 0; i < ARRAY_SIZE(complete); i++) {
+        create_vol(pool, complete[i]);
+        _cleanup_free_ char *m = NULL;
+        assert_true(asprintf(&m, "%s" M, complete[i]) > 0);
+        create_vol(pool, m);
+    }
+    create_vol(pool, CUT);
+    create_vol(pool, LONE M);
+    create_vol(pool, "someone-elses.img");
+    const struct image_vol_current cur[] = {
+            {"micro", IMAGE_VOL_DISK, SHA_K},
+            {"micro", IMAGE_VOL_KERNEL,
+             "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"},
+            {"micro", IMAGE_VOL_INITRD,
+             "8888888888888888888888888888888888888888888888888888888888888888"},
+    };
+    /* a domain boots the old kernel, the caller holds the old initrd */
+    _cleanup_free_ char *kpath = vol_path(pool, KERNEL_OLD);
+    _cleanup_free_ char *ipath = vol_path(pool, INITRD_OLD);
+    _cleanup_free_ char *xml = NULL;
+    assert_true(asprintf(&xml,
+                         "<domain type='test'><name>sweep</name><memory>65536</memory>"
+                         "<os><type>hvm</type><kernel>%s</kernel></os></domain>",
+                         kpath) > 0);
+    virDomainPtr dom = virDomainDefineXML(conn, xml);
+    if (!dom)
+        fail_msg("%s", virGetLastErrorMessage());
+    const char *held[] = {ipath, NULL};
+
+    /* OLD and its marker, CUT, the stray marker */
+    sweep_unused_ok(conn, cur, ARRAY_SIZE(cur), held, 4, 2);
+    assert_false(has_vol(pool, OLD));
+    assert_false(has_vol(pool, OLD M));
+    assert_false(has_vol(pool, CUT));
+    assert_false(has_vol(pool, LONE M));
+    assert_true(has_vol(pool, K) && has_vol(pool, K M));
+    assert_true(has_vol(pool, KERNEL_OLD) && has_vol(pool, KERNEL_OLD M));
+    assert_true(has_vol(pool, INITRD_OLD) && has_vol(pool, INITRD_OLD M));
+    assert_true(has_vol(pool, OTHER) && has_vol(pool, OTHER M));
+
+    /* the domain gone, the hold too: both old builds go */
+    assert_int_equal(virDomainUndefine(dom), 0);
+    virDomainFree(dom);
+    sweep_unused_ok(conn, cur, ARRAY_SIZE(cur), NULL, 4, 0);
+    assert_false(has_vol(pool, KERNEL_OLD) || has_vol(pool, KERNEL_OLD M));
+    assert_false(has_vol(pool, INITRD_OLD) || has_vol(pool, INITRD_OLD M));
+    assert_true(has_vol(pool, K) && has_vol(pool, KERNEL_NEW));
+    assert_true(has_vol(pool, OTHER));
+    assert_true(has_vol(pool, "someone-elses.img"));
+    /* told nothing: nothing complete goes */
+    sweep_unused_ok(conn, NULL, 0, NULL, 0, 0);
+    assert_true(has_vol(pool, K) && has_vol(pool, KERNEL_NEW) && has_vol(pool, OTHER));
+    struct image_vol_sweep_result res = {99, 99};
+    assert_int_equal(image_vol_sweep_unused(conn, "no-such-pool", NULL, 0, NULL, &res, NULL), 0);
+    assert_int_equal(res.removed, 0);
+    virStoragePoolFree(pool);
+    virConnectClose(conn);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-            cmocka_unit_test(test_names),    cmocka_unit_test(test_marker_text),
-            cmocka_unit_test(test_classify), cmocka_unit_test(test_volume_xml_validates),
-            cmocka_unit_test(test_sweep),    cmocka_unit_test(test_list_without_markers),
+            cmocka_unit_test(test_names),        cmocka_unit_test(test_marker_text),
+            cmocka_unit_test(test_classify),     cmocka_unit_test(test_volume_xml_validates),
+            cmocka_unit_test(test_sweep),        cmocka_unit_test(test_list_without_markers),
+            cmocka_unit_test(test_sweep_unused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
