@@ -22,7 +22,10 @@
  *
  * Anything that does not hold (no slot, stale manifest, restore error)
  * boots the VM normally; the reason is counted (provision/snapshot.h) and
- * told to the job as a diagnostic. */
+ * told to the job as a diagnostic.
+ *
+ * Stale, unused and unfinished slots are removed as libvirt_snapshot_gc.c
+ * says. */
 #include "provision/libvirt_priv.h"
 
 #include <time.h>
@@ -851,9 +854,10 @@ static char *snapshot_dir(const struct vm_image *img, int cpus, uint64_t memory)
     return sdir;
 }
 
-/* Wants the first of the size's slots that is missing or stale made, unless
- * one is being made or too many tries failed: the daemon starts with its
- * pools' snapshots made (engine_warm.c asks) rather than on the first job. */
+/* Sweeps the image's snapshots (libvirt_snapshot_gc.c), then wants the
+ * first of the size's slots that is missing or stale made, unless one is
+ * being made or too many tries failed: the daemon starts with its pools'
+ * snapshots made (engine_warm.c asks) rather than on the first job. */
 void lv_snapshot_prepare(struct lv_backend *lb, const struct vm_request *req)
 {
     /* a remote transport's VMs boot (lv_snapshot_choose): nothing to make */
@@ -948,7 +952,7 @@ void lv_snapshot_choose(struct lv_vm *v)
                          changed ? why : "its last restore failed");
             stale_changed |= changed;
             if (changed) /* garbage now, not when remade */
-                lv_snapshot_gc_slot(lb, s, why);
+                lv_snapshot_gc_slot(lb, s);
             if (!to_make)
                 to_make = s;
             continue;

@@ -195,9 +195,8 @@ static bool in_use(const struct lv_snap_slot *s)
     return s->user || s->maker || s->cloning || s->removing;
 }
 
-void lv_snapshot_gc_slot(struct lv_backend *lb, struct lv_snap_slot *s, const char *why)
+void lv_snapshot_gc_slot(struct lv_backend *lb, struct lv_snap_slot *s)
 {
-    (void)why;
     if (lb->closing || in_use(s))
         return;
     _cleanup_free_ char *root = root_of(s->dir);
