@@ -52,12 +52,12 @@ struct gc_job {
 
 static void gc_job_free(struct gc_job *j)
 {
-    for (size_t i = 0; j && i < j->n; i++)
+    if (!j)
+        return;
+    for (size_t i = 0; i < j->n; i++)
         free(j->t[i].dir);
-    if (j) {
-        free(j->t);
-        free(j->root);
-    }
+    free(j->t);
+    free(j->root);
     free(j);
 }
 
