@@ -119,7 +119,7 @@ struct lv_backend {
     char *cpu_model;
     /* close() waits for the snapshot makers' teardown */
     bool closing;
-    unsigned clones_running; /* snapshot copies on the thread pool */
+    unsigned clones_running; /* snapshot copies and removals on the thread pool */
     void (*close_done)(void *data);
     void *close_data;
 };
@@ -307,6 +307,50 @@ void lv_snapshot_vm_left(struct lv_backend *lb);
 void lv_snapshot_free_all(struct lv_backend *lb);
 /* A name the guest gets as its host name. */
 char *lv_make_hostname(const char *job_id);
+
+/* One slot of a snapshot, known from disk or being made (libvirt_snapshot.c;
+ * libvirt_snapshot_gc.c removes them). */
+struct lv_snap_slot {
+    struct al_list link; /* on lb->snap_slots */
+    char *dir;
+    char *state;
+    char *base;
+    char *manifest_path;
+    struct snapshot_manifest m;
+    bool loaded;         /* m is the manifest on disk */
+    bool broken;         /* a restore from it failed: remade before use */
+    struct lv_vm *user;  /* the job VM restored from it */
+    struct lv_vm *maker; /* the VM being saved into it */
+    bool cloning;        /* being copied from another slot */
+    bool removing;       /* being removed (garbage): neither loaded nor made meanwhile */
+    uint64_t failed_ms;  /* when making it last failed (monotonic), 0 = never */
+    unsigned failures;   /* in a row */
+    /* to be made once a VM slot is free (see maker_want()) */
+    struct vm_image *wait_img;
+    int wait_cpus;
+    uint64_t wait_memory;
+};
+
+/* The slot of this dir from lb->snap_slots, added when new; NULL on ENOMEM. */
+struct lv_snap_slot *lv_snap_slot_get(struct lv_backend *lb, const char *dir);
+/* Reads the slot's manifest unless loaded; false when there is none, it is
+ * unreadable, or the slot is being removed. */
+bool lv_snap_slot_load(struct lv_snap_slot *s);
+/* Unlinks and frees a slot; its VMs forget it. */
+void lv_snap_slot_free(struct lv_snap_slot *s);
+/* The present conditions for a VM of this image and size into *ret (the
+ * caller clears it). Returns 0 or -ENOMEM. */
+int lv_snap_conditions(struct lv_backend *lb, const struct vm_image *img, int cpus, uint64_t memory,
+                       struct snapshot_manifest *ret);
+/* The directory that holds the image's files, a new string or NULL. */
+char *lv_snap_image_dir(const struct vm_image *img);
+
+/* libvirt_snapshot_gc.c: garbage collection of snapshot slots */
+/* Slot s (no VM uses it) was found stale: removes it on the thread pool. The slot stays in the list, loading nothing until it is gone. */
+void lv_snapshot_gc_slot(struct lv_backend *lb, struct lv_snap_slot *s);
+/* Sweeps the image's snapshots/ dir: removes the slots no VM uses that are
+ * stale, numbered >= max_vms, or without a manifest. */
+void lv_snapshot_sweep(struct lv_backend *lb, const struct vm_image *img);
 
 /* libvirt_hostinfo.c */
 void lv_host_info(struct backend *b, struct backend_host_info *ret);

@@ -22,7 +22,10 @@
  *
  * Anything that does not hold (no slot, stale manifest, restore error)
  * boots the VM normally; the reason is counted (provision/snapshot.h) and
- * told to the job as a diagnostic. */
+ * told to the job as a diagnostic.
+ *
+ * Stale, unused and unfinished slots are removed as libvirt_snapshot_gc.c
+ * says. */
 #include "provision/libvirt_priv.h"
 
 #include <time.h>
@@ -41,26 +44,6 @@
 /* a maker waits this long for a free VM slot: queued jobs go first */
 #define MAKER_IDLE_MS 2000u
 
-struct lv_snap_slot {
-    struct al_list link; /* on lb->snap_slots */
-    char *dir;
-    char *state;
-    char *base;
-    char *manifest_path;
-    struct snapshot_manifest m;
-    bool loaded;         /* m is the manifest on disk */
-    bool broken;         /* a restore from it failed: remade before use */
-    struct lv_vm *user;  /* the job VM restored from it */
-    struct lv_vm *maker; /* the VM being saved into it */
-    bool cloning;        /* being copied from another slot */
-    uint64_t failed_ms;  /* when making it last failed (monotonic), 0 = never */
-    unsigned failures;   /* in a row */
-    /* to be made once a VM slot is free (see maker_want()) */
-    struct vm_image *wait_img;
-    int wait_cpus;
-    uint64_t wait_memory;
-};
-
 /* A VM being made into a snapshot: owns what its request points at. */
 struct snap_maker {
     struct lv_backend *lb;
@@ -78,7 +61,7 @@ struct snap_maker {
 
 /* ------------------------------------------------------------- helpers */
 
-static void slot_free(struct lv_snap_slot *s)
+void lv_snap_slot_free(struct lv_snap_slot *s)
 {
     if (s->user)
         s->user->snap = NULL;
@@ -97,17 +80,17 @@ static void slot_free(struct lv_snap_slot *s)
 void lv_snapshot_free_all(struct lv_backend *lb)
 {
     while (!al_list_empty(&lb->snap_slots))
-        slot_free(al_list_first_entry(&lb->snap_slots, struct lv_snap_slot, link));
+        lv_snap_slot_free(al_list_first_entry(&lb->snap_slots, struct lv_snap_slot, link));
 }
 
 /* The directory that holds the image's files: the golden disk's. */
-static char *image_dir(const struct vm_image *img)
+char *lv_snap_image_dir(const struct vm_image *img)
 {
     const char *slash = strrchr(img->disk, '/');
     return slash ? strndup(img->disk, (size_t)(slash - img->disk)) : NULL;
 }
 
-static struct lv_snap_slot *slot_get(struct lv_backend *lb, const char *dir)
+struct lv_snap_slot *lv_snap_slot_get(struct lv_backend *lb, const char *dir)
 {
     al_list_for_each(s, &lb->snap_slots, struct lv_snap_slot, link) {
         if (streq(s->dir, dir))
@@ -122,7 +105,7 @@ static struct lv_snap_slot *slot_get(struct lv_backend *lb, const char *dir)
     s->base = al_path_join(dir, "base.qcow2");
     s->manifest_path = al_path_join(dir, "manifest.json");
     if (!s->dir || !s->state || !s->base || !s->manifest_path) {
-        slot_free(s);
+        lv_snap_slot_free(s);
         return NULL;
     }
     al_list_add_tail(&lb->snap_slots, &s->link);
@@ -131,8 +114,10 @@ static struct lv_snap_slot *slot_get(struct lv_backend *lb, const char *dir)
 
 /* Reads the slot's manifest; false when there is none (or it is unreadable,
  * which makes the slot one to remake). */
-static bool slot_load(struct lv_snap_slot *s)
+bool lv_snap_slot_load(struct lv_snap_slot *s)
 {
+    if (s->removing)
+        return false;
     if (s->loaded)
         return true;
     _cleanup_free_ char *text = NULL;
@@ -154,7 +139,7 @@ static bool slot_load(struct lv_snap_slot *s)
  * the size and modification time of its disk, kernel and initrd. */
 static char *image_identity(const struct vm_image *img)
 {
-    _cleanup_free_ char *dir = image_dir(img);
+    _cleanup_free_ char *dir = lv_snap_image_dir(img);
     _cleanup_free_ char *path = dir ? al_path_join(dir, "manifest.json") : NULL;
     _cleanup_free_ char *text = NULL;
     _cleanup_free_ char *sha = NULL, *created = NULL;
@@ -188,8 +173,8 @@ static char *image_identity(const struct vm_image *img)
 }
 
 /* The present conditions for a VM of this request. */
-static int conditions(struct lv_backend *lb, const struct vm_image *img, int cpus, uint64_t memory,
-                      struct snapshot_manifest *ret)
+int lv_snap_conditions(struct lv_backend *lb, const struct vm_image *img, int cpus, uint64_t memory,
+                       struct snapshot_manifest *ret)
 {
     struct snapshot_manifest m = {
             .qemu_version = lb->qemu_version,
@@ -301,17 +286,18 @@ static void on_snap_timer(uv_timer_t *t)
 {
     struct lv_backend *lb = t->data;
     al_list_for_each(s, &lb->snap_slots, struct lv_snap_slot, link) {
-        if (!s->wait_img || s->maker || s->cloning || s->user)
-            continue;
+        if (!s->wait_img || s->maker || s->cloning || s->user || s->removing)
+            continue; /* a removal's end re-arms the timer */
         if (al_list_length(&lb->vms) >= (size_t)lb->max_vms)
             return; /* the next VM to leave tries again */
         struct snapshot_manifest want = {0};
-        if (conditions(lb, s->wait_img, s->wait_cpus, s->wait_memory, &want) < 0)
+        if (lv_snap_conditions(lb, s->wait_img, s->wait_cpus, s->wait_memory, &want) < 0)
             continue;
         struct vm_image *img = s->wait_img;
         s->wait_img = NULL;
         char why[200]; /* made meanwhile (a copy of another slot)? */
-        bool make = !slot_load(s) || s->broken || snapshot_manifest_check(&s->m, &want, why, 200);
+        bool make = !lv_snap_slot_load(s) || s->broken ||
+                    snapshot_manifest_check(&s->m, &want, why, 200);
         if (make) /* one maker at a time: its VM leaving re-arms the timer */
             maker_start(lb, s, img, s->wait_cpus, s->wait_memory, &want);
         snapshot_manifest_clear(&want);
@@ -777,11 +763,11 @@ static void clone_start(struct lv_backend *lb, struct lv_snap_slot *src)
     for (int k = 0; k < lb->max_vms && k < 64 && cj->n < ARRAY_SIZE(cj->t); k++) {
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%.*s/slot-%d", (int)prefix, src->dir, k);
-        struct lv_snap_slot *s = slot_get(lb, dir);
-        if (!s || s == src || s->maker || s->user || s->cloning)
+        struct lv_snap_slot *s = lv_snap_slot_get(lb, dir);
+        if (!s || s == src || s->maker || s->user || s->cloning || s->removing)
             continue;
         char why[200];
-        if (slot_load(s) && !s->broken &&
+        if (lv_snap_slot_load(s) && !s->broken &&
             snapshot_manifest_check(&s->m, &src->m, why, sizeof(why)) == 0)
             continue;
         struct clone_target *t = &cj->t[cj->n];
@@ -861,37 +847,41 @@ void lv_snapshot_synced(struct lv_vm *v)
 /* The directory of an image's snapshots of one size, a new string. */
 static char *snapshot_dir(const struct vm_image *img, int cpus, uint64_t memory)
 {
-    _cleanup_free_ char *idir = image_dir(img);
+    _cleanup_free_ char *idir = lv_snap_image_dir(img);
     char *sdir = NULL;
     if (!idir || asprintf(&sdir, "%s/snapshots/%dc-%" PRIu64 "m", idir, cpus, memory >> 20) < 0)
         return NULL;
     return sdir;
 }
 
-/* Wants the first of the size's slots that is missing or stale made, unless
- * one is being made or too many tries failed: the daemon starts with its
- * pools' snapshots made (engine_warm.c asks) rather than on the first job. */
+/* Sweeps the image's snapshots (libvirt_snapshot_gc.c), then wants the
+ * first of the size's slots that is missing or stale made, unless one is
+ * being made or too many tries failed: the daemon starts with its pools'
+ * snapshots made (engine_warm.c asks) rather than on the first job. */
 void lv_snapshot_prepare(struct lv_backend *lb, const struct vm_request *req)
 {
     /* a remote transport's VMs boot (lv_snapshot_choose): nothing to make */
-    if (lb->remote || req->start == VM_START_BOOT || !req->image ||
-        req->disk_bytes > req->image->virtual_size)
+    if (lb->remote || !req->image)
+        return;
+    lv_snapshot_sweep(lb, req->image);
+    if (req->start == VM_START_BOOT || req->disk_bytes > req->image->virtual_size)
         return;
     _cleanup_free_ char *sdir = snapshot_dir(req->image, req->cpus, req->memory);
     struct snapshot_manifest want = {0};
-    if (!sdir || conditions(lb, req->image, req->cpus, req->memory, &want) < 0)
+    if (!sdir || lv_snap_conditions(lb, req->image, req->cpus, req->memory, &want) < 0)
         return;
     struct lv_snap_slot *to_make = NULL;
     for (int k = 0; k < lb->max_vms && k < 64; k++) {
         char dir[PATH_MAX], why[200];
         snprintf(dir, sizeof(dir), "%s/slot-%d", sdir, k);
-        struct lv_snap_slot *s = slot_get(lb, dir);
+        struct lv_snap_slot *s = lv_snap_slot_get(lb, dir);
         if (!s || s->maker || s->cloning || s->wait_img) {
             to_make = NULL; /* being made, or about to be */
             break;
         }
         if (!to_make && !s->user &&
-            (!slot_load(s) || s->broken || snapshot_manifest_check(&s->m, &want, why, 200) < 0))
+            (!lv_snap_slot_load(s) || s->broken ||
+             snapshot_manifest_check(&s->m, &want, why, 200) < 0))
             to_make = s;
     }
     snapshot_manifest_clear(&want);
@@ -926,7 +916,7 @@ void lv_snapshot_choose(struct lv_vm *v)
         return;
     }
     struct snapshot_manifest want = {0};
-    if (conditions(lb, v->image, v->req.cpus, v->req.memory, &want) < 0) {
+    if (lv_snap_conditions(lb, v->image, v->req.cpus, v->req.memory, &want) < 0) {
         set_fallback(v, SNAPSHOT_FB_NONE, "out of memory");
         return;
     }
@@ -937,7 +927,7 @@ void lv_snapshot_choose(struct lv_vm *v)
     for (int k = 0; k < lb->max_vms && k < 64; k++) {
         char dir[PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/slot-%d", sdir, k);
-        struct lv_snap_slot *s = slot_get(lb, dir);
+        struct lv_snap_slot *s = lv_snap_slot_get(lb, dir);
         if (!s)
             break;
         if (s->maker || s->cloning) {
@@ -948,7 +938,7 @@ void lv_snapshot_choose(struct lv_vm *v)
             busy++;
             continue;
         }
-        if (!slot_load(s)) {
+        if (!lv_snap_slot_load(s)) {
             if (!to_make)
                 to_make = s;
             continue;
@@ -961,6 +951,8 @@ void lv_snapshot_choose(struct lv_vm *v)
                 snprintf(stale_why, sizeof(stale_why), "%s",
                          changed ? why : "its last restore failed");
             stale_changed |= changed;
+            if (changed) /* garbage now, not when remade */
+                lv_snapshot_gc_slot(lb, s);
             if (!to_make)
                 to_make = s;
             continue;

@@ -4,6 +4,7 @@
 
 static uint64_t fallbacks[SNAPSHOT_FB_COUNT];
 static uint64_t restores;
+static uint64_t gc_slots, gc_bytes;
 
 const char *snapshot_fallback_name(enum snapshot_fallback r)
 {
@@ -30,4 +31,20 @@ void snapshot_count_restore(void)
 uint64_t snapshot_restores(void)
 {
     return restores;
+}
+
+void snapshot_count_gc(uint64_t slots, uint64_t bytes)
+{
+    gc_slots += slots;
+    gc_bytes += bytes;
+}
+
+uint64_t snapshot_gc_slots(void)
+{
+    return gc_slots;
+}
+
+uint64_t snapshot_gc_bytes(void)
+{
+    return gc_bytes;
 }

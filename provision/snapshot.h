@@ -1,6 +1,8 @@
 /* Counters of memory-snapshot starts (provision/libvirt_snapshot.c), for
- * the metrics endpoint: how many VMs were restored, and why the others that
- * asked for a snapshot booted instead. Process-wide, loop thread only. */
+ * the metrics endpoint: how many VMs were restored, why the others that
+ * asked for a snapshot booted instead, and what garbage collection
+ * removed (provision/libvirt_snapshot_gc.c). Process-wide, loop thread
+ * only. */
 #ifndef AL_SNAPSHOT_H
 #define AL_SNAPSHOT_H
 
@@ -24,5 +26,10 @@ uint64_t snapshot_fallbacks(enum snapshot_fallback r);
 
 void snapshot_count_restore(void);
 uint64_t snapshot_restores(void);
+
+/* slots removed by garbage collection, and the bytes that freed */
+void snapshot_count_gc(uint64_t slots, uint64_t bytes);
+uint64_t snapshot_gc_slots(void);
+uint64_t snapshot_gc_bytes(void);
 
 #endif

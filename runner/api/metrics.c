@@ -444,6 +444,12 @@ int api_metrics_render(struct api_metrics *m, struct engine *e, const struct api
         r |= al_buf_printf(o, "agentlab_snapshot_fallbacks_total{reason=\"%s\"} %" PRIu64 "\n",
                            snapshot_fallback_name((enum snapshot_fallback)i),
                            snapshot_fallbacks((enum snapshot_fallback)i));
+    r |= header(o, "agentlab_snapshot_gc_slots_total", "counter",
+                "Memory snapshot slots removed as stale, unused or unfinished.");
+    r |= al_buf_printf(o, "agentlab_snapshot_gc_slots_total %" PRIu64 "\n", snapshot_gc_slots());
+    r |= header(o, "agentlab_snapshot_gc_bytes_total", "counter",
+                "Disk bytes freed by removing memory snapshot slots.");
+    r |= al_buf_printf(o, "agentlab_snapshot_gc_bytes_total %" PRIu64 "\n", snapshot_gc_bytes());
     r |= header(o, "agentlab_channel_throttled_seconds_total", "counter",
                 "Time guests were held back by the channel's rate limit (finished attempts).");
     r |= al_buf_printf(o, "agentlab_channel_throttled_seconds_total %.3f\n",

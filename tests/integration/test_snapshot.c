@@ -10,7 +10,12 @@
  *  - a corrupted state file makes the job boot, and it succeeds;
  *  - after the image changed (its manifest rewritten, as a rebuild does) no
  *    snapshot is used by three jobs at once, and the new snapshot's maker
- *    waits for a free VM slot: never more than max_vms VMs at any output.
+ *    waits for a free VM slot: never more than max_vms VMs at any output;
+ *  - garbage collection: at the start the sweep removes a slot numbered
+ *    >= max_vms, a slot a killed maker left without a manifest and a slot
+ *    of another size with a broken manifest, and leaves files not ours;
+ *    the stale slots of the changed image are removed as soon as the jobs
+ *    find them stale (counted, with their state files' bytes).
  * Prints the submit -> first output latency of the restored jobs. Needs
  * AGENTLAB_TEST_STATE (with images/micro). */
 #include "test_util.h"
@@ -165,6 +170,52 @@ static void slot_path(struct ctx *c, int k, const char *file, char *buf, size_t 
     snprintf(buf, size, "%s/state/images/micro/snapshots/1c-1024m/slot-%d/%s", c->dir, k, file);
 }
 
+static void plant(const char *dir, const char *rel, const char *text, size_t pad)
+{
+    char p[1200];
+    snprintf(p, sizeof(p), "%s/state/images/micro/snapshots/%s", dir, rel);
+    char *slash = strrchr(p, '/');
+    *slash = '\0';
+    struct al_error *err = NULL;
+    assert_int_equal(al_mkdir_p(p, 0711, &err), 0);
+    *slash = '/';
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    for (size_t i = 0; i < pad; i++)
+        fputc('x', f);
+    fclose(f);
+}
+
+static bool planted(const char *dir, const char *rel)
+{
+    char p[1200];
+    snprintf(p, sizeof(p), "%s/state/images/micro/snapshots/%s", dir, rel);
+    struct stat st;
+    return lstat(p, &st) == 0;
+}
+
+/* Runs the loop until garbage collection removed this many slots in all. */
+static void wait_gc(struct ctx *c, uint64_t slots)
+{
+    uint64_t end = al_now_mono_ms() + 20000;
+    while (snapshot_gc_slots() < slots && al_now_mono_ms() < end) {
+        uv_run(&c->loop, UV_RUN_NOWAIT);
+        usleep(20000);
+    }
+    assert_true(snapshot_gc_slots() >= slots);
+}
+
+static char *slurp(const char *path)
+{
+    char *text = NULL;
+    size_t len = 0;
+    struct al_error *err = NULL;
+    if (al_read_file(path, 1 << 20, &text, &len, &err) < 0)
+        al_error_free(err);
+    return text;
+}
+
 /* Runs the loop until the three slots have manifests. */
 static void wait_for_slots(struct ctx *c)
 {
@@ -288,6 +339,17 @@ static void test_snapshots(void **state)
         fail_msg("engine: %s", al_error_message(err));
     static const struct engine_observer obs = {.output = on_output, .finished = on_finished};
     engine_observe(c.engine, &obs, &c);
+    /* what a daemon before this one left: a slot of a larger max_vms, one
+     * whose maker was killed mid-save, a size of an unreadable manifest;
+     * and files not ours */
+    plant(dir, "1c-1024m/slot-7/manifest.json", "{}", 0);
+    plant(dir, "1c-1024m/slot-7/state", "", 1 << 20);
+    plant(dir, "1c-1024m/slot-1/state.tmp", "", 1 << 20);
+    plant(dir, "4c-2048m/slot-0/manifest.json", "{\"schema\": 1}", 0);
+    plant(dir, "4c-2048m/slot-0/state", "", 1 << 20);
+    plant(dir, "keep.txt", "not ours", 0);
+    plant(dir, "1c-1024m/keep.txt", "not ours", 0);
+    uint64_t gc0 = snapshot_gc_slots(), gc_bytes0 = snapshot_gc_bytes();
     engine_start(c.engine, NULL, NULL);
 
     /* 1. the daemon has its pool's snapshot made from the start, with no
@@ -295,6 +357,14 @@ static void test_snapshots(void **state)
     char pattern[1024];
     snprintf(pattern, sizeof(pattern), "%s/run/vms/agentlab-snap-*", dir);
     assert_true(wait_glob(&c, pattern, 30000));
+    wait_gc(&c, gc0 + 3);
+    assert_int_equal(snapshot_gc_slots(), gc0 + 3);
+    assert_true(snapshot_gc_bytes() >= gc_bytes0 + (3u << 20));
+    assert_false(planted(dir, "1c-1024m/slot-7"));
+    assert_false(planted(dir, "1c-1024m/slot-1/state.tmp"));
+    assert_false(planted(dir, "4c-2048m"));
+    assert_true(planted(dir, "keep.txt"));
+    assert_true(planted(dir, "1c-1024m/keep.txt"));
     uint64_t none0 = snapshot_fallbacks(SNAPSHOT_FB_NONE);
     run_jobs(&c, "echo booted", 1);
     assert_false(is_slot_vm(c.runs[0].vm));
@@ -358,7 +428,34 @@ static void test_snapshots(void **state)
              dir);
     assert_int_equal(system(cmd), 0);
     uint64_t stale0 = snapshot_fallbacks(SNAPSHOT_FB_STALE);
+    /* slots 1 and 2 are idle (slot 0 may be being remade after step 4) */
+    char *old_manifest[N_AT_ONCE] = {0};
+    uint64_t state_bytes = 0;
+    for (int k = 1; k < N_AT_ONCE; k++) {
+        char p[1024];
+        slot_path(&c, k, "manifest.json", p, sizeof(p));
+        old_manifest[k] = slurp(p);
+        assert_non_null(old_manifest[k]);
+        slot_path(&c, k, "state", p, sizeof(p));
+        struct stat st;
+        assert_int_equal(stat(p, &st), 0);
+        state_bytes += (uint64_t)st.st_blocks * 512u;
+    }
+    gc0 = snapshot_gc_slots();
+    gc_bytes0 = snapshot_gc_bytes();
     run_jobs(&c, "echo after-rebuild", N_AT_ONCE);
+    /* removed when found stale, not when remade (a maker quick enough to
+     * start once the first job left would have written new manifests) */
+    assert_true(snapshot_gc_slots() >= gc0 + 2);
+    assert_true(snapshot_gc_bytes() >= gc_bytes0 + state_bytes);
+    for (int k = 1; k < N_AT_ONCE; k++) {
+        char p[1024];
+        slot_path(&c, k, "manifest.json", p, sizeof(p));
+        char *now = slurp(p);
+        assert_true(!now || !streq(now, old_manifest[k]));
+        free(now);
+        free(old_manifest[k]);
+    }
     for (size_t i = 0; i < N_AT_ONCE; i++)
         assert_false(is_slot_vm(c.runs[i].vm));
     assert_true(snapshot_fallbacks(SNAPSHOT_FB_STALE) >= stale0 + 1);
