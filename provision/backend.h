@@ -144,6 +144,10 @@ struct backend_capacity {
      * refused, certificate mismatch); the engine fails jobs whose every
      * backend is broken instead of queueing them forever */
     bool broken;
+    /* the size is not known yet (a host not connected since the start):
+     * max_vms, vcpus and memory are the configured ones or placeholders,
+     * and admission does not refuse a job for not fitting them */
+    bool size_unknown;
     char reason[160]; /* why not healthy */
     /* the accelerator VMs start under ("kvm", "tcg"; "" = not applicable)
      * and, for tcg, why KVM is not used */

@@ -334,6 +334,7 @@ static void lv_capacity(struct backend *b, struct backend_capacity *ret)
             .vcpus = lb->vcpus,
             .memory = lb->memory,
             .healthy = lv_ensure_conn(lb),
+            .size_unknown = lb->host_unknown,
     };
     enum accel_kind k = lv_accel_now(lb);
     snprintf(c.accel, sizeof(c.accel), "%s", accel_kind_name(k));

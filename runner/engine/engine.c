@@ -326,7 +326,7 @@ static int validate(struct engine *e, struct job_spec *spec, char *const *among,
         }
         struct backend_capacity c;
         slots[i]->b->ops->capacity(slots[i]->b, &c);
-        if (spec->resources.cpus <= c.vcpus && mem <= c.memory && c.max_vms > 0)
+        if (c.size_unknown || (spec->resources.cpus <= c.vcpus && mem <= c.memory && c.max_vms > 0))
             fits = true;
     }
     if (n && !has_template)
