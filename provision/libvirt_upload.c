@@ -489,24 +489,36 @@ static int find_name(char **names, int n, const char *name, size_t len)
     return -1;
 }
 
-int image_vol_sweep(virConnectPtr conn, const char *pool_name, const char *const *keep,
-                    unsigned *ret_removed, struct al_error **err)
+static void pool_volumes_free(virStorageVolPtr *vols, char **names, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (names)
+            free(names[i]);
+        virStorageVolFree(vols[i]);
+    }
+    free(names);
+    free(vols);
+}
+
+/* The volumes of the pool and their names (n of each; names[n] is NULL)
+ * for the sweeps, freed with pool_volumes_free(); a name may be set to NULL
+ * by the caller (a deleted marker). Returns 1 when listed, 0 when the pool
+ * does not exist (nothing to sweep), or a negative errno. */
+static int pool_volumes(virConnectPtr conn, const char *pool_name, virStorageVolPtr **ret_vols,
+                        char ***ret_names, int *ret_n, struct al_error **err)
 {
     _cleanup_(virStoragePoolFreep) virStoragePoolPtr pool =
             virStoragePoolLookupByName(conn, pool_name);
     if (!pool) {
-        if (virGetLastErrorCode() == VIR_ERR_NO_STORAGE_POOL) {
-            if (ret_removed)
-                *ret_removed = 0;
+        if (virGetLastErrorCode() == VIR_ERR_NO_STORAGE_POOL)
             return 0;
-        }
         return al_error_set(err, EIO, "storage pool %s: %s", pool_name, libvirt_msg());
     }
     virStorageVolPtr *vols = NULL;
     int n = virStoragePoolListAllVolumes(pool, &vols, 0);
     if (n < 0)
         return al_error_set(err, EIO, "listing the volumes of %s: %s", pool_name, libvirt_msg());
-    _cleanup_free_ char **names = calloc((size_t)n + 1, sizeof(*names));
+    char **names = calloc((size_t)n + 1, sizeof(*names));
     int r = names ? 0 : al_error_set(err, ENOMEM, "volume names");
     for (int i = 0; i < n && r == 0; i++) {
         const char *s = virStorageVolGetName(vols[i]);
@@ -514,6 +526,29 @@ int image_vol_sweep(virConnectPtr conn, const char *pool_name, const char *const
         if (!names[i])
             r = al_error_set(err, ENOMEM, "volume names");
     }
+    if (r < 0) {
+        pool_volumes_free(vols, names, n);
+        return r;
+    }
+    *ret_vols = vols;
+    *ret_names = names;
+    *ret_n = n;
+    return 1;
+}
+
+int image_vol_sweep(virConnectPtr conn, const char *pool_name, const char *const *keep,
+                    unsigned *ret_removed, struct al_error **err)
+{
+    virStorageVolPtr *vols = NULL;
+    char **names = NULL;
+    int n = 0;
+    int r = pool_volumes(conn, pool_name, &vols, &names, &n, err);
+    if (r <= 0) {
+        if (r == 0 && ret_removed)
+            *ret_removed = 0; /* no such pool */
+        return r;
+    }
+    r = 0;
     /* pass 0 removes markers, pass 1 contents: a content is never without
      * its marker while it is still kept */
     unsigned removed = 0;
@@ -549,12 +584,7 @@ int image_vol_sweep(virConnectPtr conn, const char *pool_name, const char *const
             }
         }
     }
-    for (int i = 0; i < n; i++) {
-        if (names)
-            free(names[i]);
-        virStorageVolFree(vols[i]);
-    }
-    free(vols);
+    pool_volumes_free(vols, names, n);
     if (r < 0)
         return r;
     if (ret_removed)
@@ -830,29 +860,17 @@ int image_vol_sweep_unused(virConnectPtr conn, const char *pool_name,
                            const char *const *held, struct image_vol_sweep_result *ret,
                            struct al_error **err)
 {
-    _cleanup_(virStoragePoolFreep) virStoragePoolPtr pool =
-            virStoragePoolLookupByName(conn, pool_name);
-    if (!pool) {
-        if (virGetLastErrorCode() == VIR_ERR_NO_STORAGE_POOL) {
-            if (ret)
-                *ret = (struct image_vol_sweep_result){0};
-            return 0;
-        }
-        return al_error_set(err, EIO, "storage pool %s: %s", pool_name, libvirt_msg());
-    }
     virStorageVolPtr *vols = NULL;
-    int n = virStoragePoolListAllVolumes(pool, &vols, 0);
-    if (n < 0)
-        return al_error_set(err, EIO, "listing the volumes of %s: %s", pool_name, libvirt_msg());
-    _cleanup_free_ char **names = calloc((size_t)n + 1, sizeof(*names));
-    _cleanup_free_ bool *drop = calloc((size_t)n + 1, sizeof(*drop));
-    int r = names && drop ? 0 : al_error_set(err, ENOMEM, "volume names");
-    for (int i = 0; i < n && r == 0; i++) {
-        const char *s = virStorageVolGetName(vols[i]);
-        names[i] = s ? strdup(s) : NULL;
-        if (!names[i])
-            r = al_error_set(err, ENOMEM, "volume names");
+    char **names = NULL;
+    int n = 0;
+    int r = pool_volumes(conn, pool_name, &vols, &names, &n, err);
+    if (r <= 0) {
+        if (r == 0 && ret)
+            *ret = (struct image_vol_sweep_result){0}; /* no such pool */
+        return r;
     }
+    _cleanup_free_ bool *drop = calloc((size_t)n + 1, sizeof(*drop));
+    r = drop ? 0 : al_error_set(err, ENOMEM, "volume names");
     struct host_refs refs = {0};
     if (r == 0)
         r = host_refs_read(conn, vols, names, n, &refs, err);
@@ -897,12 +915,7 @@ int image_vol_sweep_unused(virConnectPtr conn, const char *pool_name,
         }
     }
     host_refs_clear(&refs);
-    for (int i = 0; i < n; i++) {
-        if (names)
-            free(names[i]);
-        virStorageVolFree(vols[i]);
-    }
-    free(vols);
+    pool_volumes_free(vols, names, n);
     if (r < 0)
         return r;
     if (ret)
