@@ -346,7 +346,8 @@ int lv_snap_conditions(struct lv_backend *lb, const struct vm_image *img, int cp
 char *lv_snap_image_dir(const struct vm_image *img);
 
 /* libvirt_snapshot_gc.c: garbage collection of snapshot slots */
-/* Slot s (no VM uses it) was found stale: removes it on the thread pool. The slot stays in the list, loading nothing until it is gone. */
+/* Slot s (no VM uses it) was found stale: removes it on the thread pool. The slot stays in the
+ * list, loading nothing until it is gone. */
 void lv_snapshot_gc_slot(struct lv_backend *lb, struct lv_snap_slot *s);
 /* Sweeps the image's snapshots/ dir: removes the slots no VM uses that are
  * stale, numbered >= max_vms, or without a manifest. */
